@@ -1,0 +1,2 @@
+//! placeholder while the crate is written
+#![forbid(unsafe_code)]
