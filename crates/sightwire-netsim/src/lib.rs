@@ -1,0 +1,546 @@
+//! A deterministic network simulator for Sightwire's tests: hosts, NATs and an internet
+//! core, in virtual time, with seeded loss and jitter.
+//!
+//! NATs follow the RFC 4787 axes ([`Mapping`], [`Filtering`], [`PortAllocation`],
+//! hairpinning, mapping timeout) and there is a model of Linux `masquerade` with its
+//! conntrack collision ([`LinuxInput::BareMasquerade`]) and with the usual
+//! `ct state new drop` input firewall ([`LinuxInput::CtStateNewDrop`]). Packets carry an
+//! IP TTL that every router (each NAT, and each of [`SimConfig::internet_hops`] core
+//! routers) decrements, so low-TTL packets expire before they cross the internet.
+//!
+//! What it is not for: it does no I/O and reads no clock (the caller owns virtual time),
+//! models no congestion, fragmentation, ICMP or IPv6 NAT, and knows no protocols: a
+//! rendezvous or relay is a public host whose packets the test handles itself.
+//!
+//! The same seed and the same calls give the same deliveries, bit for bit.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use sightwire_netsim::*;
+//!
+//! let epoch = Instant::now();
+//! let mut sim = Sim::new(epoch, SimConfig::default());
+//! let server = sim.add_public_host("198.51.100.1".parse()?);
+//! let nat = sim.add_nat("203.0.113.1".parse()?, NatConfig::new(NatBehavior::Rfc4787 {
+//!     mapping: Mapping::EndpointIndependent,
+//!     filtering: Filtering::AddressAndPortDependent,
+//!     ports: PortAllocation::Preserve,
+//! }));
+//! let client = sim.add_host_behind(nat, "192.168.1.2".parse()?);
+//!
+//! let from = "192.168.1.2:4000".parse()?;
+//! let to = "198.51.100.1:3478".parse()?;
+//! sim.send(from, to, None, b"hello".to_vec());
+//! while let Some(at) = sim.next_event_time() {
+//!     sim.advance_to(at);
+//! }
+//! let delivery = sim.poll_delivery().expect("delivered");
+//! assert_eq!(delivery.host, server);
+//! assert_eq!(delivery.from, "203.0.113.1:4000".parse()?); // port preserved
+//! assert_eq!(delivery.payload, b"hello");
+//! # let _ = client;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod nat;
+mod rng;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+pub use nat::{
+    FIRST_DYNAMIC_PORT, Filtering, LinuxInput, MAX_CONTACTED_PER_MAPPING, MAX_NAT_ENTRIES, Mapping,
+    NatBehavior, NatConfig, NatDrop, PortAllocation,
+};
+pub use rng::SplitMix64;
+
+use nat::NatState;
+
+/// TTL of packets sent without an explicit one.
+pub const DEFAULT_TTL: u8 = 64;
+/// Most packets in flight; further sends are dropped (and counted) until some land.
+pub const MAX_IN_FLIGHT: usize = 100_000;
+/// Most delivered packets waiting for [`Sim::poll_delivery`]; further ones are dropped.
+pub const MAX_UNPOLLED_DELIVERIES: usize = 100_000;
+
+/// Simulator-wide settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SimConfig {
+    /// Seed of every random choice (loss, jitter, random NAT ports).
+    pub seed: u64,
+    /// One-way latency between hosts on a LAN and between a host and its NAT.
+    pub lan_latency: Duration,
+    /// Default one-way latency of a site's uplink to the internet core; a packet across
+    /// the internet takes the sender's plus the receiver's uplink latency.
+    pub uplink_latency: Duration,
+    /// Extra uniformly random delay in `0..=jitter` per internet crossing.
+    pub jitter: Duration,
+    /// Probability (per million) that a packet crossing the internet is lost.
+    pub loss_per_million: u32,
+    /// Routers in the internet core between any two sites; each decrements the TTL.
+    pub internet_hops: u8,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 0,
+            lan_latency: Duration::from_millis(1),
+            uplink_latency: Duration::from_millis(20),
+            jitter: Duration::ZERO,
+            loss_per_million: 0,
+            internet_hops: 4,
+        }
+    }
+}
+
+/// A host in the simulation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct HostId(pub usize);
+
+/// A NAT in the simulation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct NatId(pub usize);
+
+/// Where a host is attached.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Attachment {
+    /// Directly on the internet with this address.
+    Public(IpAddr),
+    /// On the LAN behind a NAT, with this private address.
+    BehindNat(NatId, IpAddr),
+    /// Disconnected: everything to and from it is dropped.
+    Detached,
+}
+
+/// A packet that reached a host.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Delivery {
+    /// Virtual time of arrival.
+    pub at: Instant,
+    /// The receiving host.
+    pub host: HostId,
+    /// Source address as the receiver sees it (after any NAT).
+    pub from: SocketAddr,
+    /// Destination address (the receiver's own address and port).
+    pub to: SocketAddr,
+    /// TTL left on arrival.
+    pub ttl: u8,
+    /// The datagram.
+    pub payload: Vec<u8>,
+}
+
+/// Counters of what happened to packets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct SimStats {
+    /// Packets handed to [`Sim::send`].
+    pub sent: u64,
+    /// Packets delivered to a host.
+    pub delivered: u64,
+    /// Lost at random on the internet.
+    pub lost: u64,
+    /// Expired (TTL reached zero at a router).
+    pub ttl_expired: u64,
+    /// Dropped by a NAT: no mapping, filtered, no hairpin or ports exhausted.
+    pub nat_dropped: u64,
+    /// Of those, unsolicited inbound packets that created a Linux conntrack collision.
+    pub conntrack_collisions: u64,
+    /// No host or NAT owns the destination (e.g. a private address on the internet).
+    pub unroutable: u64,
+    /// Sent from an address no attached host owns, or to/from a detached host.
+    pub detached: u64,
+    /// Dropped because [`MAX_IN_FLIGHT`] or [`MAX_UNPOLLED_DELIVERIES`] was reached.
+    pub overflow: u64,
+}
+
+#[derive(Debug)]
+struct Host {
+    attachment: Attachment,
+    uplink_latency: Duration,
+}
+
+#[derive(Debug)]
+struct Nat {
+    state: NatState,
+    uplink_latency: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    /// Arrives at a host (destination already final).
+    Host(HostId),
+    /// Arrives at a NAT from its LAN.
+    NatInside(NatId),
+    /// Arrives at a NAT from the internet.
+    NatOutside(NatId),
+}
+
+#[derive(Debug)]
+struct Packet {
+    from: SocketAddr,
+    to: SocketAddr,
+    ttl: u8,
+    payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    stop: Stop,
+    packet: Packet,
+}
+
+/// The simulator. See the crate docs.
+#[derive(Debug)]
+pub struct Sim {
+    config: SimConfig,
+    now: Instant,
+    rng: SplitMix64,
+    hosts: Vec<Host>,
+    nats: Vec<Nat>,
+    /// Ordered by (arrival time, sequence number) so equal times keep send order.
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    in_flight: std::collections::HashMap<u64, InFlight>,
+    next_seq: u64,
+    deliveries: VecDeque<Delivery>,
+    stats: SimStats,
+}
+
+impl Sim {
+    /// An empty network whose virtual clock starts at `epoch`.
+    pub fn new(epoch: Instant, config: SimConfig) -> Self {
+        Sim {
+            config,
+            now: epoch,
+            rng: SplitMix64::new(config.seed),
+            hosts: Vec::new(),
+            nats: Vec::new(),
+            queue: BinaryHeap::new(),
+            in_flight: std::collections::HashMap::new(),
+            next_seq: 0,
+            deliveries: VecDeque::new(),
+            stats: SimStats::default(),
+        }
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Packet counters.
+    pub fn stats(&self) -> SimStats {
+        self.stats
+    }
+
+    /// The simulator's random generator, for tests that want seeded choices of their own.
+    pub fn rng(&mut self) -> &mut SplitMix64 {
+        &mut self.rng
+    }
+
+    /// Adds a host directly on the internet.
+    pub fn add_public_host(&mut self, ip: IpAddr) -> HostId {
+        self.hosts.push(Host {
+            attachment: Attachment::Public(ip),
+            uplink_latency: self.config.uplink_latency,
+        });
+        HostId(self.hosts.len() - 1)
+    }
+
+    /// Adds a NAT with the public address `public_ip`.
+    pub fn add_nat(&mut self, public_ip: IpAddr, config: NatConfig) -> NatId {
+        self.nats.push(Nat {
+            state: NatState::new(public_ip, config),
+            uplink_latency: self.config.uplink_latency,
+        });
+        NatId(self.nats.len() - 1)
+    }
+
+    /// Adds a host on the LAN behind `nat`.
+    pub fn add_host_behind(&mut self, nat: NatId, private_ip: IpAddr) -> HostId {
+        self.hosts.push(Host {
+            attachment: Attachment::BehindNat(nat, private_ip),
+            uplink_latency: self.config.uplink_latency,
+        });
+        HostId(self.hosts.len() - 1)
+    }
+
+    /// Moves a host (Wi-Fi → LTE, new DHCP lease, cable pulled). Packets in flight to
+    /// its old address are dropped on arrival.
+    pub fn attach(&mut self, host: HostId, attachment: Attachment) {
+        if let Some(h) = self.hosts.get_mut(host.0) {
+            h.attachment = attachment;
+        }
+    }
+
+    /// Where a host is attached.
+    pub fn attachment(&self, host: HostId) -> Option<Attachment> {
+        self.hosts.get(host.0).map(|h| h.attachment)
+    }
+
+    /// Sets the uplink latency of a public host's or a NAT's site.
+    pub fn set_host_uplink_latency(&mut self, host: HostId, latency: Duration) {
+        if let Some(h) = self.hosts.get_mut(host.0) {
+            h.uplink_latency = latency;
+        }
+    }
+
+    /// Sets the uplink latency of a NAT's site.
+    pub fn set_nat_uplink_latency(&mut self, nat: NatId, latency: Duration) {
+        if let Some(n) = self.nats.get_mut(nat.0) {
+            n.uplink_latency = latency;
+        }
+    }
+
+    /// Forgets every mapping of a NAT (a router reboot).
+    pub fn flush_nat(&mut self, nat: NatId) {
+        if let Some(n) = self.nats.get_mut(nat.0) {
+            n.state.flush();
+        }
+    }
+
+    /// Mappings and conntrack entries a NAT currently holds (expired ones included
+    /// until pruned).
+    pub fn nat_entries(&self, nat: NatId) -> usize {
+        self.nats.get(nat.0).map_or(0, |n| n.state.entry_count())
+    }
+
+    /// The public address of a NAT.
+    pub fn nat_public_ip(&self, nat: NatId) -> Option<IpAddr> {
+        self.nats.get(nat.0).map(|n| n.state.public_ip)
+    }
+
+    /// Sends a datagram from `from` (an address of an attached host: its public or
+    /// private IP) to `to`, with `ttl` or [`DEFAULT_TTL`]. Takes effect at the current
+    /// virtual time.
+    pub fn send(&mut self, from: SocketAddr, to: SocketAddr, ttl: Option<u8>, payload: Vec<u8>) {
+        self.stats.sent += 1;
+        let packet = Packet {
+            from,
+            to,
+            ttl: ttl.unwrap_or(DEFAULT_TTL),
+            payload,
+        };
+        let Some(sender) = self.host_at(from.ip()) else {
+            self.stats.detached += 1;
+            return;
+        };
+        let attachment = self.hosts.get(sender.0).map(|h| h.attachment);
+        match attachment {
+            Some(Attachment::Public(_)) => {
+                let latency = self
+                    .hosts
+                    .get(sender.0)
+                    .map_or(Duration::ZERO, |h| h.uplink_latency);
+                self.cross_internet(packet, latency);
+            }
+            Some(Attachment::BehindNat(nat, _)) => {
+                // Same LAN: straight to the other host. Otherwise through the NAT.
+                let lan_peer = self.host_at(to.ip()).filter(|h| {
+                    matches!(self.hosts.get(h.0).map(|h| h.attachment), Some(Attachment::BehindNat(n, _)) if n == nat)
+                });
+                let stop = match lan_peer {
+                    Some(peer) => Stop::Host(peer),
+                    None => Stop::NatInside(nat),
+                };
+                self.schedule(self.config.lan_latency, stop, packet);
+            }
+            Some(Attachment::Detached) | None => self.stats.detached += 1,
+        }
+    }
+
+    /// Time of the next packet arrival, if any packet is in flight.
+    pub fn next_event_time(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Moves virtual time to `until` (never backwards), processing every arrival due
+    /// by then in order; deliveries queue up for [`Sim::poll_delivery`].
+    pub fn advance_to(&mut self, until: Instant) {
+        while let Some(&Reverse((at, seq))) = self.queue.peek() {
+            if at > until {
+                break;
+            }
+            self.queue.pop();
+            if at > self.now {
+                self.now = at;
+            }
+            if let Some(flight) = self.in_flight.remove(&seq) {
+                self.arrive(flight);
+            }
+        }
+        if until > self.now {
+            self.now = until;
+        }
+    }
+
+    /// The next delivered packet, oldest first.
+    pub fn poll_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.pop_front()
+    }
+
+    // ---- internals ----------------------------------------------------------------
+
+    fn host_at(&self, ip: IpAddr) -> Option<HostId> {
+        self.hosts
+            .iter()
+            .position(|h| match h.attachment {
+                Attachment::Public(a) | Attachment::BehindNat(_, a) => a == ip,
+                Attachment::Detached => false,
+            })
+            .map(HostId)
+    }
+
+    fn schedule(&mut self, delay: Duration, stop: Stop, packet: Packet) {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.stats.overflow += 1;
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse((self.now + delay, seq)));
+        self.in_flight.insert(seq, InFlight { stop, packet });
+    }
+
+    /// Sends a packet across the internet core from a site with `source_uplink`.
+    fn cross_internet(&mut self, mut packet: Packet, source_uplink: Duration) {
+        if packet.ttl <= self.config.internet_hops {
+            self.stats.ttl_expired += 1;
+            return;
+        }
+        packet.ttl -= self.config.internet_hops;
+        if self.rng.chance(self.config.loss_per_million) {
+            self.stats.lost += 1;
+            return;
+        }
+        let jitter_nanos = u64::try_from(self.config.jitter.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_nanos(self.rng.below(jitter_nanos.saturating_add(1)));
+        let nat = self
+            .nats
+            .iter()
+            .position(|n| n.state.public_ip == packet.to.ip());
+        let (stop, dest_uplink) = match nat {
+            Some(index) => (
+                Stop::NatOutside(NatId(index)),
+                self.nats[index].uplink_latency,
+            ),
+            None => match self.host_at(packet.to.ip()) {
+                Some(h) if matches!(self.hosts[h.0].attachment, Attachment::Public(_)) => {
+                    (Stop::Host(h), self.hosts[h.0].uplink_latency)
+                }
+                _ => {
+                    self.stats.unroutable += 1;
+                    return;
+                }
+            },
+        };
+        self.schedule(source_uplink + dest_uplink + jitter, stop, packet);
+    }
+
+    fn arrive(&mut self, flight: InFlight) {
+        let InFlight { stop, mut packet } = flight;
+        match stop {
+            Stop::Host(host) => {
+                let owns = match self.hosts.get(host.0).map(|h| h.attachment) {
+                    Some(Attachment::Public(ip) | Attachment::BehindNat(_, ip)) => {
+                        ip == packet.to.ip()
+                    }
+                    _ => false,
+                };
+                if !owns {
+                    self.stats.detached += 1;
+                    return;
+                }
+                if self.deliveries.len() >= MAX_UNPOLLED_DELIVERIES {
+                    self.stats.overflow += 1;
+                    return;
+                }
+                self.stats.delivered += 1;
+                self.deliveries.push_back(Delivery {
+                    at: self.now,
+                    host,
+                    from: packet.from,
+                    to: packet.to,
+                    ttl: packet.ttl,
+                    payload: packet.payload,
+                });
+            }
+            Stop::NatInside(nat_id) => {
+                // The sender may have moved away while the packet was on the LAN.
+                let still_inside = self.host_at(packet.from.ip()).is_some_and(|h| {
+                    matches!(self.hosts[h.0].attachment, Attachment::BehindNat(n, _) if n == nat_id)
+                });
+                if !still_inside {
+                    self.stats.detached += 1;
+                    return;
+                }
+                if packet.ttl <= 1 {
+                    self.stats.ttl_expired += 1;
+                    return;
+                }
+                packet.ttl -= 1;
+                let now = self.now;
+                let Some(nat) = self.nats.get_mut(nat_id.0) else {
+                    return;
+                };
+                let public_ip = nat.state.public_ip;
+                let uplink = nat.uplink_latency;
+                let port = match nat
+                    .state
+                    .outbound(now, packet.from, packet.to, &mut self.rng)
+                {
+                    Ok(port) => port,
+                    Err(_) => {
+                        self.stats.nat_dropped += 1;
+                        return;
+                    }
+                };
+                packet.from = SocketAddr::new(public_ip, port);
+                if packet.to.ip() == public_ip {
+                    if !nat.state.config.hairpinning {
+                        self.stats.nat_dropped += 1;
+                        return;
+                    }
+                    // Loop back in as if it came from outside.
+                    self.schedule(Duration::ZERO, Stop::NatOutside(nat_id), packet);
+                    return;
+                }
+                self.cross_internet(packet, uplink);
+            }
+            Stop::NatOutside(nat_id) => {
+                if packet.ttl <= 1 {
+                    self.stats.ttl_expired += 1;
+                    return;
+                }
+                packet.ttl -= 1;
+                let now = self.now;
+                let Some(nat) = self.nats.get_mut(nat_id.0) else {
+                    return;
+                };
+                match nat.state.inbound(now, packet.to.port(), packet.from) {
+                    Ok(internal) => {
+                        packet.to = internal;
+                        match self.host_at(internal.ip()) {
+                            Some(h) => {
+                                self.schedule(self.config.lan_latency, Stop::Host(h), packet)
+                            }
+                            None => self.stats.detached += 1,
+                        }
+                    }
+                    Err(reason) => {
+                        self.stats.nat_dropped += 1;
+                        if reason == NatDrop::ConntrackCollision {
+                            self.stats.conntrack_collisions += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

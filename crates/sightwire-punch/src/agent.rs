@@ -1,0 +1,1190 @@
+//! The hole-punch agent: a sans-IO state machine driven by `handle_*` inputs and drained
+//! with `poll_*` outputs. The strategy and every timer are described in `spec/punch.md`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::probe::{MAX_PROBE_LEN, Probe, ProbeKind, PunchKey, TRANSACTION_ID_LEN, TransactionId};
+use crate::signal::{
+    Candidate, CandidateKind, CandidateSet, MAX_CANDIDATES_PER_SET, PunchSignal, Role,
+    StartAttempt, is_private,
+};
+
+/// TTL of NAT-opening packets: enough to leave our own NAT (one router), too little to
+/// reach the peer's NAT, so the peer's NAT never sees an unsolicited packet from us.
+pub const OPEN_TTL: u8 = 2;
+/// Delay between a pair's opening packet and its first check, so the opening packets of
+/// both sides have passed their own NATs before either side's checks arrive.
+pub const OPEN_LEAD: Duration = Duration::from_millis(100);
+/// First retransmission timeout of a connectivity check; doubles per retransmission.
+pub const CHECK_RTO_INITIAL: Duration = Duration::from_millis(100);
+/// Largest retransmission timeout while connecting.
+pub const CHECK_RTO_MAX: Duration = Duration::from_millis(1600);
+/// Interval of background checks on pairs better than the selected one (e.g. direct
+/// pairs while the relay carries the call).
+pub const BACKGROUND_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Every this many checks on a pair, an opening packet is sent again first (the peer's
+/// NAT may have reset, or a conntrack collision may have eaten the first one).
+pub const REOPEN_EVERY: u32 = 3;
+/// Time after the start at which port prediction begins (direct pairs had their chance).
+pub const PREDICTION_AFTER: Duration = Duration::from_millis(500);
+/// Ports above the peer's server-reflexive port probed per prediction round.
+pub const PREDICTION_WINDOW: u16 = 16;
+/// Interval between prediction rounds.
+pub const PREDICTION_ROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// Hard cap on prediction probes per attempt (reset by a network change).
+pub const MAX_PREDICTION_PROBES: u32 = 96;
+/// The controlling agent waits this long after the start for a LAN pair before
+/// nominating a direct public pair (unless no LAN pair is still being checked).
+pub const LAN_WAIT: Duration = Duration::from_millis(300);
+/// The controlling agent nominates the relay once this long has passed since the start
+/// without a working direct pair.
+pub const RELAY_AFTER: Duration = Duration::from_secs(2);
+/// Without a selected path this long after the start (or after a path was lost), the
+/// attempt fails.
+pub const FAIL_AFTER: Duration = Duration::from_secs(10);
+/// Interval of keepalive checks on the selected pair and on a working relay pair;
+/// below the ~30 s UDP mapping lifetime of common NATs.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// First retransmission timeout of a keepalive check; doubles per retransmission.
+pub const LIVENESS_RTO: Duration = Duration::from_millis(500);
+/// Keepalive checks sent without any answer before a working pair is declared dead
+/// (0.5 s + 1 s + 2 s = 3.5 s after the first one).
+pub const LIVENESS_RETRIES: u32 = 3;
+/// Nominating checks sent without an answer before the controlling agent gives up on
+/// that pair and nominates another (100+200+400+800+1600 ms ≈ 3.1 s).
+pub const NOMINATION_RETRIES: u32 = 5;
+/// Most local host candidates kept; extra ones are ignored.
+pub const MAX_HOST_CANDIDATES: usize = 8;
+/// Most remote candidates kept (signaled plus peer-reflexive).
+pub const MAX_REMOTE_CANDIDATES: usize = 16;
+/// Most peer-reflexive candidates learned per attempt.
+pub const MAX_PEER_REFLEXIVE: usize = 8;
+/// Most candidate pairs (one per remote address, plus the relay pair).
+pub const MAX_PAIRS: usize = 32;
+/// Most outstanding check transactions; the oldest is forgotten when full.
+pub const MAX_PENDING_TRANSACTIONS: usize = 64;
+/// Request transaction ids remembered to drop replays.
+pub const REPLAY_WINDOW: usize = 64;
+/// Most queued transmits; further transmits are dropped (and counted) until drained.
+pub const MAX_TRANSMIT_QUEUE: usize = 64;
+/// Most queued events; the oldest is dropped (and counted) when full.
+pub const MAX_EVENT_QUEUE: usize = 16;
+/// Most queued signals; the oldest is dropped (and counted) when full. A queued
+/// candidate update is replaced rather than appended.
+pub const MAX_SIGNAL_QUEUE: usize = 8;
+/// Sustained rate of probes an agent sends, all kinds together (packets per second).
+pub const PROBE_RATE_PER_SECOND: u64 = 200;
+/// Burst of probes an agent may send at once.
+pub const PROBE_BURST: u64 = 32;
+
+const NANOS_PER_TOKEN: u64 = 1_000_000_000 / PROBE_RATE_PER_SECOND;
+
+/// How a path reaches the peer, best first: LAN > direct public > relay.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum PathKind {
+    /// Relayed through the relay server.
+    Relay,
+    /// Direct over the public internet (through NATs).
+    Direct,
+    /// Direct on a local network (the peer's private host address answered).
+    Lan,
+}
+
+/// The path an event talks about.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PathInfo {
+    /// Where to send: the peer's address, or the relay server when `via_relay`.
+    pub remote: SocketAddr,
+    /// True when datagrams to `remote` must be wrapped in relay framing.
+    pub via_relay: bool,
+    /// LAN, direct or relay.
+    pub kind: PathKind,
+    /// Smoothed round-trip time of the path's checks.
+    pub rtt: Duration,
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum FailReason {
+    /// No pair (relay included) worked within [`FAIL_AFTER`].
+    NoWorkingPath,
+}
+
+/// What the agent reports to its driver.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first path was selected: the session may start.
+    Connected(PathInfo),
+    /// The selected path changed (upgrade relay → direct, direct → LAN, or a new path
+    /// after a loss or a network change). Send on the new path from now on.
+    PathChanged(PathInfo),
+    /// The selected path stopped answering. No path is selected until the next
+    /// `PathChanged`; the agent is already checking for one.
+    PathLost(PathInfo),
+    /// Nothing worked within the deadline. The agent stays idle until
+    /// `network_changed` or a new `Start`.
+    Failed(FailReason),
+}
+
+/// A datagram to send. Probes are small, so the bytes live inline: no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Transmit {
+    /// Destination address; the relay server when `via_relay`.
+    pub destination: SocketAddr,
+    /// Wrap the payload in relay framing for our relay allocation.
+    pub via_relay: bool,
+    /// Send with this IP TTL / hop limit (NAT-opening packets); `None` = socket default.
+    pub ttl: Option<u8>,
+    buffer: [u8; MAX_PROBE_LEN],
+    len: u8,
+}
+
+impl Transmit {
+    /// The datagram's bytes.
+    pub fn payload(&self) -> &[u8] {
+        self.buffer.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+}
+
+/// Counters of what the agent dropped or limited; for logs and tests.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Stats {
+    /// Datagrams received before a `Start` gave us a key.
+    pub dropped_not_started: u64,
+    /// Datagrams that failed to decode or authenticate.
+    pub dropped_invalid: u64,
+    /// Authenticated probes carrying our own role (reflected back at us).
+    pub dropped_reflected: u64,
+    /// Requests whose transaction id was seen recently (replays).
+    pub dropped_replayed: u64,
+    /// Responses matching no outstanding transaction from that address.
+    pub dropped_unmatched: u64,
+    /// Transmits dropped because the queue was full.
+    pub transmit_queue_full: u64,
+    /// Transmits dropped by the probe rate limit.
+    pub rate_limited: u64,
+    /// Peer-reflexive candidates not learned because the table was full.
+    pub peer_reflexive_rejected: u64,
+    /// Events or signals dropped because their queue was full.
+    pub queue_overflow: u64,
+    /// Probes sent (all kinds).
+    pub probes_sent: u64,
+    /// Prediction probes sent in the current attempt.
+    pub prediction_probes: u32,
+}
+
+/// Construction parameters of an [`Agent`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Addresses of the local interfaces the socket is reachable at (at most
+    /// [`MAX_HOST_CANDIDATES`] are used).
+    pub host_candidates: Vec<SocketAddr>,
+    /// Seed of the agent's random number generator (transaction ids). Give each agent
+    /// a fresh random seed in production and a fixed one in tests.
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Idle,
+    Waiting { start_at: Instant },
+    Running,
+    Failed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum CheckMode {
+    /// Initial checks with backoff up to `CHECK_RTO_MAX`.
+    Connect,
+    /// Slow checks on a pair better than the selected one.
+    Background,
+    /// Keepalive / liveness checks on a working pair.
+    Liveness,
+    /// Not checked.
+    Idle,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct PairKey {
+    remote: SocketAddr,
+    via_relay: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Pair {
+    key: PairKey,
+    kind: PathKind,
+    priority: u32,
+    mode: CheckMode,
+    next_check: Option<Instant>,
+    /// Checks sent in the current series (reset by success or a mode change).
+    sent: u32,
+    /// Send an opening packet before the next check.
+    open_pending: bool,
+    valid: bool,
+    rtt: Option<Duration>,
+    /// Controlling side: the next checks carry the nominate flag.
+    nominating: bool,
+}
+
+impl Pair {
+    fn new(key: PairKey, remote_kind: CandidateKind, priority: u32) -> Self {
+        let kind = if key.via_relay {
+            PathKind::Relay
+        } else if remote_kind == CandidateKind::Host && is_private(key.remote.ip()) {
+            PathKind::Lan
+        } else {
+            PathKind::Direct
+        };
+        Pair {
+            key,
+            kind,
+            priority,
+            mode: CheckMode::Idle,
+            next_check: None,
+            sent: 0,
+            open_pending: false,
+            valid: false,
+            rtt: None,
+            nominating: false,
+        }
+    }
+
+    /// NAT-opening packets only make sense towards public addresses of a NATed peer.
+    fn wants_open(&self) -> bool {
+        !self.key.via_relay && self.kind == PathKind::Direct
+    }
+
+    fn info(&self) -> PathInfo {
+        PathInfo {
+            remote: self.key.remote,
+            via_relay: self.key.via_relay,
+            kind: self.kind,
+            rtt: self.rtt.unwrap_or(Duration::ZERO),
+        }
+    }
+
+    fn start_checks(&mut self, mode: CheckMode, now: Instant) {
+        self.mode = mode;
+        self.sent = 0;
+        self.open_pending = self.wants_open();
+        self.next_check = Some(now);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    transaction: TransactionId,
+    key: PairKey,
+    sent_at: Instant,
+    nominate: bool,
+}
+
+/// Deterministic generator for transaction ids (SplitMix64). Transaction ids need to be
+/// unique, not secret: every probe is authenticated by the attempt key.
+#[derive(Clone, Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The hole-punch agent for one peer. See the crate docs for the run loop.
+#[derive(Debug)]
+pub struct Agent {
+    rng: SplitMix64,
+    phase: Phase,
+    role: Role,
+    key: Option<PunchKey>,
+    /// When checking began (reset after a loss or a network change without a path).
+    attempt_start: Option<Instant>,
+    local_hosts: Vec<SocketAddr>,
+    local_reflexive: Option<SocketAddr>,
+    local_relay: Option<SocketAddr>,
+    generation: u32,
+    remote_generation: Option<u32>,
+    remote: Vec<Candidate>,
+    pairs: Vec<Pair>,
+    pending: VecDeque<Pending>,
+    seen_requests: VecDeque<TransactionId>,
+    selected: Option<PairKey>,
+    /// Controlled side: the pair the controlling agent nominated last.
+    nominated_by_peer: Option<PairKey>,
+    ever_connected: bool,
+    prediction_next: Option<Instant>,
+    observed: Option<SocketAddr>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    signals: VecDeque<PunchSignal>,
+    budget_nanos: u64,
+    budget_at: Option<Instant>,
+    last_now: Option<Instant>,
+    stats: Stats,
+}
+
+impl Agent {
+    /// A new agent, idle until a [`PunchSignal::Start`] arrives through
+    /// [`Agent::handle_signal`].
+    pub fn new(config: Config) -> Self {
+        let mut local_hosts = config.host_candidates;
+        local_hosts.truncate(MAX_HOST_CANDIDATES);
+        Agent {
+            rng: SplitMix64(config.seed),
+            phase: Phase::Idle,
+            role: Role::Controlled,
+            key: None,
+            attempt_start: None,
+            local_hosts,
+            local_reflexive: None,
+            local_relay: None,
+            generation: 0,
+            remote_generation: None,
+            remote: Vec::new(),
+            pairs: Vec::new(),
+            pending: VecDeque::new(),
+            seen_requests: VecDeque::new(),
+            selected: None,
+            nominated_by_peer: None,
+            ever_connected: false,
+            prediction_next: None,
+            observed: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            signals: VecDeque::new(),
+            budget_nanos: PROBE_BURST * NANOS_PER_TOKEN,
+            budget_at: None,
+            last_now: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The selected path, if any: where the driver sends session packets.
+    pub fn selected_path(&self) -> Option<PathInfo> {
+        let key = self.selected?;
+        self.pair(key).map(Pair::info)
+    }
+
+    /// Our address as the peer last saw it (from a check response), if any.
+    pub fn observed_address(&self) -> Option<SocketAddr> {
+        self.observed
+    }
+
+    /// Drop and rate counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The role assigned by the last `Start` (controlled before any).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Our current candidates, as signaled to the peer.
+    pub fn local_candidates(&self) -> CandidateSet {
+        let mut candidates: Vec<Candidate> = self
+            .local_hosts
+            .iter()
+            .map(|&a| Candidate::new(CandidateKind::Host, a))
+            .collect();
+        if let Some(a) = self.local_reflexive {
+            candidates.push(Candidate::new(CandidateKind::ServerReflexive, a));
+        }
+        if let Some(a) = self.local_relay {
+            candidates.push(Candidate::new(CandidateKind::Relay, a));
+        }
+        candidates.truncate(MAX_CANDIDATES_PER_SET);
+        CandidateSet {
+            generation: self.generation,
+            candidates,
+        }
+    }
+
+    /// A datagram whose first byte is in the punch range arrived from `from` (for a
+    /// relayed datagram, the driver passes the relay server's address as `from` and the
+    /// unwrapped payload). Costs at most one HMAC computation and bounded table scans.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.observe_now(now);
+        let Some(key) = self.key.as_ref() else {
+            self.stats.dropped_not_started += 1;
+            return;
+        };
+        let probe = match Probe::decode(datagram, key) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.dropped_invalid += 1;
+                return;
+            }
+        };
+        if probe.sender == self.role {
+            self.stats.dropped_reflected += 1;
+            return;
+        }
+        let pair_key = PairKey {
+            remote: from,
+            via_relay: Some(from) == self.local_relay,
+        };
+        match probe.kind {
+            ProbeKind::Request { nominate } => {
+                self.on_request(now, pair_key, probe.transaction, nominate)
+            }
+            ProbeKind::Response { observed } => {
+                self.on_response(now, pair_key, probe.transaction, observed)
+            }
+            ProbeKind::Open => {}
+        }
+        self.evaluate(now);
+    }
+
+    /// A signal from the rendezvous or, through it, from the peer.
+    pub fn handle_signal(&mut self, now: Instant, signal: PunchSignal) {
+        self.observe_now(now);
+        match signal {
+            PunchSignal::Start(start) => self.start(now, start),
+            PunchSignal::Candidates(set) => self.merge_remote(now, set),
+            PunchSignal::LocalReflexive(address) => {
+                if self.local_reflexive != Some(address) {
+                    self.local_reflexive = Some(address);
+                    self.queue_candidates();
+                }
+            }
+        }
+        self.evaluate(now);
+    }
+
+    /// The local network changed (new interface addresses, e.g. Wi-Fi → LTE or a new
+    /// DHCP lease). Forgets our server-reflexive address (the rendezvous sends the new
+    /// one as [`PunchSignal::LocalReflexive`]), signals the new candidates to the peer,
+    /// re-verifies every working pair and re-checks all others.
+    pub fn network_changed(&mut self, now: Instant, host_candidates: Vec<SocketAddr>) {
+        self.observe_now(now);
+        self.local_hosts = host_candidates;
+        self.local_hosts.truncate(MAX_HOST_CANDIDATES);
+        self.local_reflexive = None;
+        self.generation = self.generation.wrapping_add(1);
+        self.queue_candidates();
+        if matches!(self.phase, Phase::Idle | Phase::Waiting { .. }) {
+            return;
+        }
+        self.phase = Phase::Running;
+        if self.selected.is_none() {
+            self.attempt_start = Some(now);
+        }
+        self.stats.prediction_probes = 0;
+        self.prediction_next = None;
+        let has_selection = self.selected.is_some();
+        for pair in &mut self.pairs {
+            if pair.valid {
+                pair.mode = CheckMode::Liveness;
+                pair.sent = 0;
+                pair.next_check = Some(now);
+            } else {
+                let mode = if has_selection {
+                    CheckMode::Background
+                } else {
+                    CheckMode::Connect
+                };
+                pair.start_checks(mode, now);
+            }
+        }
+        self.evaluate(now);
+    }
+
+    /// Time passed; `now` is at or after the instant [`Agent::poll_timeout`] returned.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe_now(now);
+        if let Phase::Waiting { start_at } = self.phase {
+            if now >= start_at {
+                self.begin(now);
+            }
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        for index in 0..self.pairs.len() {
+            let due = self
+                .pairs
+                .get(index)
+                .and_then(|p| p.next_check)
+                .is_some_and(|t| t <= now);
+            if due {
+                self.fire_pair(now, index);
+            }
+        }
+        self.predict(now);
+        self.evaluate(now);
+        if self.selected.is_none()
+            && self.attempt_start.is_some_and(|s| now >= s + FAIL_AFTER)
+            && self.phase == Phase::Running
+        {
+            self.phase = Phase::Failed;
+            for pair in &mut self.pairs {
+                pair.mode = CheckMode::Idle;
+                pair.next_check = None;
+            }
+            self.push_event(Event::Failed(FailReason::NoWorkingPath));
+        }
+    }
+
+    /// The next datagram to send, if any. Call until `None` after every input.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next message for the rendezvous / the peer, if any.
+    pub fn poll_signal(&mut self) -> Option<PunchSignal> {
+        self.signals.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Agent::handle_timeout`] next; `None` when no timer is running.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let after = |t: Instant| self.last_now.is_none_or(|n| t > n);
+        match self.phase {
+            Phase::Idle | Phase::Failed => return None,
+            Phase::Waiting { start_at } => return Some(start_at),
+            Phase::Running => {}
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        for pair in &self.pairs {
+            if let Some(t) = pair.next_check {
+                consider(t);
+            }
+        }
+        if let Some(t) = self.prediction_next {
+            consider(t);
+        }
+        if let (Some(start), None) = (self.attempt_start, self.selected) {
+            for deadline in [
+                start + LAN_WAIT,
+                start + PREDICTION_AFTER,
+                start + RELAY_AFTER,
+                start + FAIL_AFTER,
+            ] {
+                if after(deadline) {
+                    consider(deadline);
+                }
+            }
+        }
+        next
+    }
+
+    // ---- inputs -------------------------------------------------------------------
+
+    fn observe_now(&mut self, now: Instant) {
+        if self.last_now.is_none_or(|n| now > n) {
+            self.last_now = Some(now);
+        }
+    }
+
+    fn start(&mut self, now: Instant, start: StartAttempt) {
+        self.role = start.role;
+        self.key = Some(start.key);
+        self.local_relay = start.relay;
+        if start.local_reflexive.is_some() {
+            self.local_reflexive = start.local_reflexive;
+        }
+        self.pairs.clear();
+        self.pending.clear();
+        self.seen_requests.clear();
+        self.remote.clear();
+        self.remote_generation = None;
+        self.selected = None;
+        self.nominated_by_peer = None;
+        self.ever_connected = false;
+        self.prediction_next = None;
+        self.stats.prediction_probes = 0;
+        self.attempt_start = None;
+        self.phase = Phase::Waiting {
+            start_at: now + start.start_in,
+        };
+        self.merge_remote(now, start.remote);
+        self.queue_candidates();
+        if start.start_in.is_zero() {
+            self.begin(now);
+        }
+    }
+
+    fn begin(&mut self, now: Instant) {
+        self.phase = Phase::Running;
+        self.attempt_start = Some(now);
+        for pair in &mut self.pairs {
+            pair.start_checks(CheckMode::Connect, now);
+        }
+    }
+
+    fn merge_remote(&mut self, now: Instant, mut set: CandidateSet) {
+        match self.remote_generation {
+            Some(g) if set.generation < g => return,
+            Some(g) if set.generation > g => {
+                // The peer's network changed: forget its old addresses, keeping pairs
+                // that still work until liveness says otherwise.
+                self.remote.clear();
+                let selected = self.selected;
+                self.pairs.retain(|p| p.valid || Some(p.key) == selected);
+            }
+            _ => {}
+        }
+        self.remote_generation = Some(set.generation);
+        set.candidates.sort_by(|a, b| b.priority.cmp(&a.priority));
+        set.candidates.truncate(MAX_CANDIDATES_PER_SET);
+        for candidate in set.candidates {
+            if candidate.kind == CandidateKind::PeerReflexive {
+                continue; // learned locally only, never trusted from signaling
+            }
+            if !self
+                .remote
+                .iter()
+                .any(|c| c.address == candidate.address && c.kind == candidate.kind)
+            {
+                if self.remote.len() >= MAX_REMOTE_CANDIDATES {
+                    break;
+                }
+                self.remote.push(candidate);
+            }
+            let key = if candidate.kind == CandidateKind::Relay {
+                match self.local_relay {
+                    Some(relay) => PairKey {
+                        remote: relay,
+                        via_relay: true,
+                    },
+                    None => continue,
+                }
+            } else {
+                PairKey {
+                    remote: candidate.address,
+                    via_relay: false,
+                }
+            };
+            self.add_pair(now, key, candidate.kind, candidate.priority);
+        }
+    }
+
+    /// Adds a pair if it is new and the table has room; starts its checks if the attempt
+    /// is running. Returns whether the pair exists afterwards.
+    fn add_pair(&mut self, now: Instant, key: PairKey, kind: CandidateKind, priority: u32) -> bool {
+        if self.pair(key).is_some() {
+            return true;
+        }
+        if self.pairs.len() >= MAX_PAIRS {
+            return false;
+        }
+        let mut pair = Pair::new(key, kind, priority);
+        if self.phase == Phase::Running {
+            let mode = match self.selected_kind() {
+                Some(sel) if pair.kind <= sel => CheckMode::Idle,
+                Some(_) => CheckMode::Background,
+                None => CheckMode::Connect,
+            };
+            if mode != CheckMode::Idle {
+                pair.start_checks(mode, now);
+            }
+        }
+        self.pairs.push(pair);
+        true
+    }
+
+    fn on_request(
+        &mut self,
+        now: Instant,
+        key: PairKey,
+        transaction: TransactionId,
+        nominate: bool,
+    ) {
+        if self.seen_requests.contains(&transaction) {
+            self.stats.dropped_replayed += 1;
+            return;
+        }
+        if self.seen_requests.len() >= REPLAY_WINDOW {
+            self.seen_requests.pop_front();
+        }
+        self.seen_requests.push_back(transaction);
+
+        let response = Probe {
+            kind: ProbeKind::Response {
+                observed: key.remote,
+            },
+            sender: self.role,
+            transaction,
+        };
+        self.send_probe(now, key, None, &response);
+
+        if self.pair(key).is_none() {
+            // A check from an address we did not know: the peer's NAT mapped it there
+            // (symmetric NAT, conntrack collision, roaming). Learn it.
+            let learned = self
+                .remote
+                .iter()
+                .filter(|c| c.kind == CandidateKind::PeerReflexive)
+                .count();
+            if learned >= MAX_PEER_REFLEXIVE || self.remote.len() >= MAX_REMOTE_CANDIDATES {
+                self.stats.peer_reflexive_rejected += 1;
+                return;
+            }
+            let candidate = Candidate::new(CandidateKind::PeerReflexive, key.remote);
+            if !self.add_pair(now, key, candidate.kind, candidate.priority) {
+                self.stats.peer_reflexive_rejected += 1;
+                return;
+            }
+            self.remote.push(candidate);
+        }
+        if nominate && self.role == Role::Controlled {
+            self.nominated_by_peer = Some(key);
+        }
+        let running = self.phase == Phase::Running;
+        if let Some(pair) = self.pair_mut(key) {
+            // Triggered check: the path works towards us, so check it back right away.
+            if !pair.valid && running {
+                if pair.mode == CheckMode::Idle {
+                    pair.mode = CheckMode::Connect;
+                    pair.sent = 0;
+                }
+                // No opening packet: the peer's packet just crossed our NAT.
+                pair.open_pending = false;
+                pair.next_check = Some(now);
+            }
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        now: Instant,
+        key: PairKey,
+        transaction: TransactionId,
+        observed: SocketAddr,
+    ) {
+        let Some(index) = self
+            .pending
+            .iter()
+            .position(|p| p.transaction == transaction && p.key == key)
+        else {
+            self.stats.dropped_unmatched += 1;
+            return;
+        };
+        let Some(pending) = self.pending.remove(index) else {
+            return;
+        };
+        if !key.via_relay {
+            self.observed = Some(observed);
+        }
+        let sample = now.saturating_duration_since(pending.sent_at);
+        if self.pair(key).is_none() {
+            // Answer to a prediction probe: the peer is behind a NAT that mapped it to
+            // this port; keep it as a peer-reflexive pair.
+            let candidate = Candidate::new(CandidateKind::PeerReflexive, key.remote);
+            if !self.add_pair(now, key, candidate.kind, candidate.priority) {
+                self.stats.peer_reflexive_rejected += 1;
+                return;
+            }
+        }
+        let selected = self.selected;
+        let Some(pair) = self.pair_mut(key) else {
+            return;
+        };
+        pair.valid = true;
+        pair.rtt = Some(match pair.rtt {
+            Some(old) => (old * 7 + sample) / 8,
+            None => sample,
+        });
+        pair.sent = 0;
+        pair.open_pending = false;
+        if Some(key) == selected || key.via_relay {
+            pair.mode = CheckMode::Liveness;
+            pair.next_check = Some(now + KEEPALIVE_INTERVAL);
+        } else if pending.nominate {
+            // Keep liveness on it until selection below moves it.
+            pair.mode = CheckMode::Liveness;
+            pair.next_check = Some(now + KEEPALIVE_INTERVAL);
+        } else {
+            pair.mode = CheckMode::Idle;
+            pair.next_check = None;
+        }
+        if pending.nominate && self.role == Role::Controlling {
+            if let Some(pair) = self.pair_mut(key) {
+                pair.nominating = false;
+            }
+            self.select(now, key);
+        }
+    }
+
+    // ---- timers -------------------------------------------------------------------
+
+    fn fire_pair(&mut self, now: Instant, index: usize) {
+        let Some(pair) = self.pairs.get(index) else {
+            return;
+        };
+        let key = pair.key;
+        match pair.mode {
+            CheckMode::Idle => {
+                if let Some(p) = self.pairs.get_mut(index) {
+                    p.next_check = None;
+                }
+                return;
+            }
+            CheckMode::Liveness if pair.sent >= LIVENESS_RETRIES => {
+                self.pair_died(now, index);
+                return;
+            }
+            _ if pair.nominating && pair.sent >= NOMINATION_RETRIES => {
+                self.pair_died(now, index);
+                return;
+            }
+            _ => {}
+        }
+        if pair.open_pending {
+            let open = Probe {
+                kind: ProbeKind::Open,
+                sender: self.role,
+                transaction: self.new_transaction(),
+            };
+            self.send_probe(now, key, Some(OPEN_TTL), &open);
+            if let Some(p) = self.pairs.get_mut(index) {
+                p.open_pending = false;
+                p.next_check = Some(now + OPEN_LEAD);
+            }
+            return;
+        }
+        let nominate = pair.nominating && self.role == Role::Controlling;
+        let transaction = self.new_transaction();
+        let request = Probe {
+            kind: ProbeKind::Request { nominate },
+            sender: self.role,
+            transaction,
+        };
+        if self.pending.len() >= MAX_PENDING_TRANSACTIONS {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Pending {
+            transaction,
+            key,
+            sent_at: now,
+            nominate,
+        });
+        self.send_probe(now, key, None, &request);
+        let Some(p) = self.pairs.get_mut(index) else {
+            return;
+        };
+        p.sent = p.sent.saturating_add(1);
+        let backoff = |base: Duration, cap: Duration, n: u32| {
+            base.saturating_mul(1u32 << n.saturating_sub(1).min(16))
+                .min(cap)
+        };
+        let wait = match p.mode {
+            CheckMode::Connect => backoff(CHECK_RTO_INITIAL, CHECK_RTO_MAX, p.sent),
+            CheckMode::Background => {
+                backoff(CHECK_RTO_INITIAL, BACKGROUND_CHECK_INTERVAL, p.sent).max(CHECK_RTO_MAX)
+            }
+            CheckMode::Liveness => backoff(LIVENESS_RTO, Duration::MAX, p.sent),
+            CheckMode::Idle => Duration::ZERO,
+        };
+        p.next_check = Some(now + wait);
+        if p.wants_open() && p.sent % REOPEN_EVERY == 0 && p.mode != CheckMode::Liveness {
+            p.open_pending = true;
+        }
+    }
+
+    fn pair_died(&mut self, now: Instant, index: usize) {
+        let selected = self.selected;
+        let has_other = self.selected.is_some();
+        let Some(pair) = self.pairs.get_mut(index) else {
+            return;
+        };
+        pair.valid = false;
+        pair.nominating = false;
+        let key = pair.key;
+        let info = pair.info();
+        let lost_selected = Some(key) == selected;
+        // Keep looking for it: background while something else carries the call.
+        let mode = if has_other && !lost_selected {
+            CheckMode::Background
+        } else {
+            CheckMode::Connect
+        };
+        pair.start_checks(mode, now);
+        if lost_selected {
+            self.selected = None;
+            if self.nominated_by_peer == Some(key) {
+                self.nominated_by_peer = None;
+            }
+            self.push_event(Event::PathLost(info));
+            // Re-selection: a fresh attempt window; every other non-working pair is
+            // checked again at full speed.
+            self.attempt_start = Some(now);
+            self.stats.prediction_probes = 0;
+            self.prediction_next = None;
+            for pair in &mut self.pairs {
+                if !pair.valid && pair.mode != CheckMode::Connect {
+                    pair.start_checks(CheckMode::Connect, now);
+                }
+            }
+        }
+    }
+
+    fn predict(&mut self, now: Instant) {
+        let Some(start) = self.attempt_start else {
+            return;
+        };
+        if now < start + PREDICTION_AFTER || self.selected_kind() >= Some(PathKind::Direct) {
+            self.prediction_next = None;
+            return;
+        }
+        if self.prediction_next.is_some_and(|t| now < t) {
+            return;
+        }
+        let bases: Vec<SocketAddr> = self
+            .remote
+            .iter()
+            .filter(|c| c.kind == CandidateKind::ServerReflexive)
+            .map(|c| c.address)
+            .take(2)
+            .collect();
+        let mut sent_any = false;
+        for base in bases {
+            for offset in 1..=PREDICTION_WINDOW {
+                if self.stats.prediction_probes >= MAX_PREDICTION_PROBES {
+                    break;
+                }
+                let Some(port) = base.port().checked_add(offset) else {
+                    break;
+                };
+                let key = PairKey {
+                    remote: SocketAddr::new(base.ip(), port),
+                    via_relay: false,
+                };
+                if self.pair(key).is_some() {
+                    continue;
+                }
+                let transaction = self.new_transaction();
+                let request = Probe {
+                    kind: ProbeKind::Request { nominate: false },
+                    sender: self.role,
+                    transaction,
+                };
+                if self.pending.len() >= MAX_PENDING_TRANSACTIONS {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back(Pending {
+                    transaction,
+                    key,
+                    sent_at: now,
+                    nominate: false,
+                });
+                self.send_probe(now, key, None, &request);
+                self.stats.prediction_probes += 1;
+                sent_any = true;
+            }
+        }
+        self.prediction_next = if sent_any && self.stats.prediction_probes < MAX_PREDICTION_PROBES {
+            Some(now + PREDICTION_ROUND_INTERVAL)
+        } else {
+            None
+        };
+    }
+
+    // ---- selection ----------------------------------------------------------------
+
+    fn evaluate(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        match self.role {
+            Role::Controlled => {
+                if let Some(key) = self.nominated_by_peer {
+                    if self.selected != Some(key) && self.pair(key).is_some_and(|p| p.valid) {
+                        self.select(now, key);
+                    }
+                }
+            }
+            Role::Controlling => {
+                if self.pairs.iter().any(|p| p.nominating) {
+                    return;
+                }
+                let Some(best) = self.best_valid() else {
+                    return;
+                };
+                let Some(best_pair) = self.pair(best) else {
+                    return;
+                };
+                let best_kind = best_pair.kind;
+                let elapsed = self
+                    .attempt_start
+                    .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                let ready = match self.selected_kind() {
+                    Some(sel) => best_kind > sel,
+                    None => match best_kind {
+                        PathKind::Lan => true,
+                        PathKind::Direct => {
+                            elapsed >= LAN_WAIT
+                                || !self.pairs.iter().any(|p| {
+                                    p.kind == PathKind::Lan && p.mode == CheckMode::Connect
+                                })
+                        }
+                        PathKind::Relay => elapsed >= RELAY_AFTER,
+                    },
+                };
+                if ready {
+                    if let Some(pair) = self.pair_mut(best) {
+                        pair.nominating = true;
+                        pair.mode = CheckMode::Connect;
+                        pair.sent = 0;
+                        pair.open_pending = false;
+                        pair.next_check = Some(now);
+                    }
+                    if let Some(index) = self.pairs.iter().position(|p| p.key == best) {
+                        self.fire_pair(now, index);
+                    }
+                }
+            }
+        }
+    }
+
+    fn best_valid(&self) -> Option<PairKey> {
+        self.pairs
+            .iter()
+            .filter(|p| p.valid)
+            .max_by(|a, b| {
+                a.kind
+                    .cmp(&b.kind)
+                    .then_with(|| b.rtt.cmp(&a.rtt))
+                    .then_with(|| a.priority.cmp(&b.priority))
+            })
+            .map(|p| p.key)
+    }
+
+    fn select(&mut self, now: Instant, key: PairKey) {
+        if self.selected == Some(key) {
+            return;
+        }
+        let Some(pair) = self.pair_mut(key) else {
+            return;
+        };
+        pair.mode = CheckMode::Liveness;
+        pair.sent = 0;
+        pair.next_check = Some(now + KEEPALIVE_INTERVAL);
+        let info = pair.info();
+        let kind = pair.kind;
+        self.selected = Some(key);
+        self.attempt_start = self.attempt_start.or(Some(now));
+        self.push_event(if self.ever_connected {
+            Event::PathChanged(info)
+        } else {
+            Event::Connected(info)
+        });
+        self.ever_connected = true;
+        // Stop checking pairs that cannot beat the selection; keep probing better ones
+        // slowly. Working relay pairs stay on keepalive as the fallback.
+        for pair in &mut self.pairs {
+            if pair.key == key || (pair.valid && pair.key.via_relay) {
+                continue;
+            }
+            if pair.kind > kind {
+                if pair.mode != CheckMode::Background {
+                    pair.mode = CheckMode::Background;
+                    pair.sent = pair.sent.max(1);
+                    pair.next_check = Some(pair.next_check.map_or(now, |t| t.max(now)));
+                }
+            } else {
+                pair.mode = CheckMode::Idle;
+                pair.next_check = None;
+            }
+        }
+    }
+
+    // ---- helpers ------------------------------------------------------------------
+
+    fn selected_kind(&self) -> Option<PathKind> {
+        self.selected.and_then(|k| self.pair(k)).map(|p| p.kind)
+    }
+
+    fn pair(&self, key: PairKey) -> Option<&Pair> {
+        self.pairs.iter().find(|p| p.key == key)
+    }
+
+    fn pair_mut(&mut self, key: PairKey) -> Option<&mut Pair> {
+        self.pairs.iter_mut().find(|p| p.key == key)
+    }
+
+    fn new_transaction(&mut self) -> TransactionId {
+        let mut id = [0u8; TRANSACTION_ID_LEN];
+        id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+        id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes()[..4]);
+        TransactionId(id)
+    }
+
+    fn take_token(&mut self, now: Instant) -> bool {
+        let cap = PROBE_BURST * NANOS_PER_TOKEN;
+        if let Some(at) = self.budget_at {
+            let elapsed =
+                u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+            self.budget_nanos = self.budget_nanos.saturating_add(elapsed).min(cap);
+        }
+        if self.budget_at.is_none_or(|at| now > at) {
+            self.budget_at = Some(now);
+        }
+        if self.budget_nanos >= NANOS_PER_TOKEN {
+            self.budget_nanos -= NANOS_PER_TOKEN;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, key: PairKey, ttl: Option<u8>, probe: &Probe) {
+        let Some(punch_key) = self.key.as_ref() else {
+            return;
+        };
+        if self.transmits.len() >= MAX_TRANSMIT_QUEUE {
+            self.stats.transmit_queue_full += 1;
+            return;
+        }
+        let mut buffer = [0u8; MAX_PROBE_LEN];
+        let len = probe.encode(punch_key, &mut buffer);
+        if !self.take_token(now) {
+            self.stats.rate_limited += 1;
+            return;
+        }
+        self.stats.probes_sent += 1;
+        self.transmits.push_back(Transmit {
+            destination: key.remote,
+            via_relay: key.via_relay,
+            ttl,
+            buffer,
+            len: u8::try_from(len).unwrap_or(0),
+        });
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() >= MAX_EVENT_QUEUE {
+            self.events.pop_front();
+            self.stats.queue_overflow += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn queue_candidates(&mut self) {
+        let set = self.local_candidates();
+        self.signals
+            .retain(|s| !matches!(s, PunchSignal::Candidates(_)));
+        if self.signals.len() >= MAX_SIGNAL_QUEUE {
+            self.signals.pop_front();
+            self.stats.queue_overflow += 1;
+        }
+        self.signals.push_back(PunchSignal::Candidates(set));
+    }
+}
