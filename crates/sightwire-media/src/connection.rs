@@ -1,0 +1,580 @@
+//! [`MediaConnection`]: the sans-IO media state of one peer session, both directions.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::{Config, ConfigError};
+use crate::control::{ControlOut, ControlReceiver, ControlSender};
+use crate::frame::{Frame, MAX_STREAMS, PacketizeError, PacketizedFrame, StreamId};
+use crate::receiver::{ReceiveContext, Receiver};
+use crate::sender::{SendError, Sender};
+use crate::stats::{BitrateController, RttEstimator, Stats};
+use crate::wire::{
+    self, DecodeError, FRAGMENT_HEADER_LEN, MAX_CONTROL_MESSAGE_LEN, Packet, Report, ReportEcho,
+};
+
+/// Most events waiting for [`MediaConnection::poll_event`]; further events are dropped
+/// and counted in [`Stats::events_dropped`].
+pub const MAX_PENDING_EVENTS: usize = 1024;
+/// Most small packets (NACK, report, keyframe request, control) waiting for
+/// [`MediaConnection::poll_transmit`]; further ones are dropped (all are repeated by timers).
+pub const MAX_PENDING_SMALL_PACKETS: usize = 256;
+/// A target bitrate change smaller than this fraction raises no event.
+pub const BITRATE_EVENT_THRESHOLD: f64 = 0.05;
+
+/// A frame delivered to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedFrame {
+    /// The frame, with its payload reassembled in one `Bytes`.
+    pub frame: Frame,
+    /// The frame's sequence number on its stream.
+    pub frame_seq: u32,
+    /// A frame of this stream was lost since the previous delivered frame (a decoder may
+    /// want to conceal; with `hold_until_keyframe` a dependent frame is never flagged).
+    pub after_loss: bool,
+}
+
+/// Why a frame was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameLossReason {
+    /// Its deadline passed before all fragments arrived.
+    Late,
+    /// A receive memory limit forced it out.
+    Evicted,
+    /// It was complete but depends on a lost frame; discarded until a keyframe arrives.
+    AwaitingKeyframe,
+}
+
+/// Something the application must act on.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A complete frame, in order within its stream.
+    Frame(ReceivedFrame),
+    /// A frame will not be delivered.
+    FrameLost {
+        /// Its stream.
+        stream: StreamId,
+        /// Its sequence number.
+        frame_seq: u32,
+        /// Why.
+        reason: FrameLossReason,
+    },
+    /// The peer asks for a keyframe on one of our streams: the encoder should make the
+    /// next frame a keyframe.
+    KeyframeRequested {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// A control message from the peer, in order.
+    Control(Bytes),
+    /// The target bitrate the encoder should follow changed by at least
+    /// [`BITRATE_EVENT_THRESHOLD`].
+    TargetBitrate {
+        /// New target in bits per second.
+        bps: u64,
+    },
+}
+
+/// The bounded event queue.
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue {
+    events: VecDeque<Event>,
+}
+
+impl EventQueue {
+    pub(crate) fn push(&mut self, event: Event, stats: &mut Stats) {
+        if self.events.len() >= MAX_PENDING_EVENTS {
+            stats.events_dropped += 1;
+            return;
+        }
+        self.events.push_back(event);
+    }
+}
+
+/// Why `send_control` refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The message is longer than [`MAX_CONTROL_MESSAGE_LEN`].
+    #[error("control message of {len} bytes exceeds {limit}")]
+    MessageTooLong {
+        /// Message length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// `Config::max_control_queue` messages are already waiting.
+    #[error("control queue full ({limit} messages)")]
+    QueueFull {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// One media packet to hand to the session for encryption: `header || payload`.
+///
+/// For fragments the header is the 28-byte fragment header written for this transmission
+/// and the payload is a zero-copy slice of the frame shared by every viewer; the session
+/// copies both into its ciphertext buffer as it encrypts, which is the only copy a frame
+/// byte sees on the way out.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    header: [u8; FRAGMENT_HEADER_LEN],
+    header_len: usize,
+    payload: Bytes,
+}
+
+impl Transmit {
+    fn small(packet: Bytes) -> Transmit {
+        Transmit {
+            header: [0; FRAGMENT_HEADER_LEN],
+            header_len: 0,
+            payload: packet,
+        }
+    }
+
+    /// The packet's first bytes (empty for packets that are all payload).
+    pub fn header(&self) -> &[u8] {
+        self.header.get(..self.header_len).unwrap_or_default()
+    }
+
+    /// The bytes after the header.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Total packet length.
+    pub fn len(&self) -> usize {
+        self.header_len + self.payload.len()
+    }
+
+    /// Whether the packet is empty (never true for packets this crate makes).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the packet into `out`; returns the length, or `None` if `out` is too short.
+    pub fn write_to(&self, out: &mut [u8]) -> Option<usize> {
+        let len = self.len();
+        let (head, rest) = out.get_mut(..len)?.split_at_mut(self.header_len);
+        head.copy_from_slice(self.header());
+        rest.copy_from_slice(&self.payload);
+        Some(len)
+    }
+
+    /// The packet as one contiguous `Bytes` (copies fragments; for tests and simple
+    /// drivers).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.header_len == 0 {
+            return self.payload.clone();
+        }
+        let mut out = BytesMut::with_capacity(self.len());
+        out.extend_from_slice(self.header());
+        out.extend_from_slice(&self.payload);
+        out.freeze()
+    }
+}
+
+/// The media state of one peer session: sends frames and control messages, receives and
+/// reassembles the peer's, and runs loss recovery, keyframe requests and reports.
+///
+/// Sans-IO: feed it [`handle_input`](Self::handle_input) with each decrypted session
+/// payload and [`handle_timeout`](Self::handle_timeout) when
+/// [`poll_timeout`](Self::poll_timeout) is reached; after every call drain
+/// [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event).
+#[derive(Debug)]
+pub struct MediaConnection {
+    config: Config,
+    epoch: Instant,
+    rtt: RttEstimator,
+    stats: Stats,
+    events: EventQueue,
+    small_out: VecDeque<Bytes>,
+    keyframe_requests: u16,
+    sender: Sender,
+    receiver: Receiver,
+    control_sender: ControlSender,
+    control_receiver: ControlReceiver,
+    nack_seq: u16,
+    bitrate: BitrateController,
+    last_bitrate_event: u64,
+    next_report_at: Instant,
+    interval_start: Instant,
+    peer_report: Option<(u32, Instant)>,
+    echoed_peer: bool,
+    control_scratch: Vec<ControlOut>,
+}
+
+impl MediaConnection {
+    /// A connection whose clock starts at `now`. Fails if `config` is out of range.
+    pub fn new(config: Config, now: Instant) -> Result<MediaConnection, ConfigError> {
+        config.validate()?;
+        let bitrate = BitrateController::new(
+            config.initial_bitrate_bps,
+            config.min_bitrate_bps,
+            config.max_bitrate_bps,
+        );
+        Ok(MediaConnection {
+            rtt: RttEstimator::new(config.initial_rtt),
+            epoch: now,
+            stats: Stats::default(),
+            events: EventQueue::default(),
+            small_out: VecDeque::new(),
+            keyframe_requests: 0,
+            sender: Sender::new(),
+            receiver: Receiver::new(),
+            control_sender: ControlSender::default(),
+            control_receiver: ControlReceiver::default(),
+            nack_seq: 0,
+            last_bitrate_event: bitrate.target_bps(),
+            bitrate,
+            next_report_at: now,
+            interval_start: now,
+            peer_report: None,
+            echoed_peer: false,
+            control_scratch: Vec::new(),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Splits `frame` for this connection's packet size. To send one frame to many
+    /// viewers, packetize once (with the smallest packet size among them) and pass the same
+    /// [`PacketizedFrame`] to each viewer's [`send_frame`](Self::send_frame).
+    pub fn packetize(&self, frame: Frame) -> Result<PacketizedFrame, PacketizeError> {
+        PacketizedFrame::new(frame, self.config.max_packet_size)
+    }
+
+    /// Queues every fragment of `frame` and keeps it for retransmission; returns the
+    /// frame's sequence number on its stream.
+    pub fn send_frame(&mut self, now: Instant, frame: &PacketizedFrame) -> Result<u32, SendError> {
+        self.sender
+            .send_frame(now, frame, &self.config, &mut self.stats)
+    }
+
+    /// Queues a reliable, ordered control message.
+    pub fn send_control(&mut self, now: Instant, message: Bytes) -> Result<(), ControlError> {
+        if message.len() > MAX_CONTROL_MESSAGE_LEN {
+            return Err(ControlError::MessageTooLong {
+                len: message.len(),
+                limit: MAX_CONTROL_MESSAGE_LEN,
+            });
+        }
+        if self.control_sender.queued_len() >= self.config.max_control_queue {
+            return Err(ControlError::QueueFull {
+                limit: self.config.max_control_queue,
+            });
+        }
+        self.control_sender.push(message);
+        self.flush_control(now, false);
+        Ok(())
+    }
+
+    fn flush_control(&mut self, now: Instant, timeout: bool) {
+        let mut out = std::mem::take(&mut self.control_scratch);
+        let rto = self.rtt.rto();
+        if timeout {
+            self.control_sender.on_timeout(now, rto, &mut out);
+        }
+        self.control_sender.fill_window(now, rto, &mut out);
+        for message in out.drain(..) {
+            if message.retransmission {
+                self.stats.control_retransmitted += 1;
+            }
+            let mut packet = BytesMut::new();
+            wire::encode_control_data(message.seq, &message.message, &mut packet);
+            self.push_small(packet.freeze());
+        }
+        self.control_scratch = out;
+    }
+
+    fn push_small(&mut self, packet: Bytes) {
+        if self.small_out.len() < MAX_PENDING_SMALL_PACKETS {
+            self.small_out.push_back(packet);
+        }
+    }
+
+    fn receive_context(&mut self) -> (&mut Receiver, ReceiveContext<'_>) {
+        (
+            &mut self.receiver,
+            ReceiveContext {
+                config: &self.config,
+                rtt: self.rtt.smoothed(),
+                epoch: self.epoch,
+                stats: &mut self.stats,
+                events: &mut self.events,
+                keyframe_requests: &mut self.keyframe_requests,
+            },
+        )
+    }
+
+    /// Handles one media packet from the peer (the decrypted session payload). A packet
+    /// that does not decode is dropped, counted, and its error returned for logging.
+    pub fn handle_input(&mut self, now: Instant, packet: &[u8]) -> Result<(), DecodeError> {
+        let decoded = match wire::decode(packet) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.stats.packets_malformed += 1;
+                return Err(error);
+            }
+        };
+        match decoded {
+            Packet::Fragment { header, payload } => {
+                let (receiver, mut cx) = self.receive_context();
+                receiver.on_fragment(now, &header, payload, packet.len(), &mut cx);
+            }
+            Packet::Nack { nack_seq, entries } => {
+                self.stats.nacks_received += 1;
+                self.sender.on_nack(
+                    now,
+                    nack_seq,
+                    wire::nack_entries(entries),
+                    self.rtt.smoothed(),
+                    &self.config,
+                    &mut self.stats,
+                );
+            }
+            Packet::KeyframeRequest { stream } => {
+                self.stats.keyframe_requests_received += 1;
+                self.events
+                    .push(Event::KeyframeRequested { stream }, &mut self.stats);
+            }
+            Packet::Report(report) => self.on_report(now, &report),
+            Packet::ControlData { seq, message } => {
+                let mut delivered = Vec::new();
+                self.control_receiver.on_data(seq, message, &mut delivered);
+                for message in delivered {
+                    self.stats.control_delivered += 1;
+                    self.events.push(Event::Control(message), &mut self.stats);
+                }
+            }
+            Packet::ControlAck {
+                cumulative,
+                selective,
+            } => {
+                if let Some(sample) = self.control_sender.on_ack(now, cumulative, selective) {
+                    self.rtt.sample(sample);
+                }
+                self.flush_control(now, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn now_ms(&self, now: Instant) -> u32 {
+        // Wraps after 49 days; the echo arithmetic is modular.
+        now.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    fn on_report(&mut self, now: Instant, report: &Report) {
+        if let Some(echo) = report.echo {
+            let rtt_ms = self
+                .now_ms(now)
+                .wrapping_sub(echo.timestamp_ms)
+                .wrapping_sub(echo.delay_ms);
+            self.rtt.sample(Duration::from_millis(u64::from(rtt_ms)));
+        }
+        if report.packets_expected > 0 {
+            let received = report.packets_received.min(report.packets_expected);
+            let loss = 1.0 - f64::from(received) / f64::from(report.packets_expected);
+            self.stats.send_loss = loss;
+            self.bitrate
+                .on_report(loss, Duration::from_millis(u64::from(report.interval_ms)));
+            let target = self.bitrate.target_bps();
+            let change = target.abs_diff(self.last_bitrate_event) as f64;
+            if self.stats.frames_sent > 0
+                && change >= self.last_bitrate_event as f64 * BITRATE_EVENT_THRESHOLD
+            {
+                self.last_bitrate_event = target;
+                self.events
+                    .push(Event::TargetBitrate { bps: target }, &mut self.stats);
+            }
+        }
+        self.peer_report = Some((report.timestamp_ms, now));
+        if !self.echoed_peer {
+            // Answer the first report at once so both ends learn the RTT within one round
+            // trip instead of one report interval.
+            self.next_report_at = now;
+        }
+    }
+
+    fn send_report(&mut self, now: Instant) {
+        let (expected, received, bytes) = self.receiver.counters.take_interval();
+        let interval = now.saturating_duration_since(self.interval_start);
+        self.interval_start = now;
+        let interval_secs = interval.as_secs_f64();
+        if interval_secs > 0.0 {
+            self.stats.receive_bitrate_bps = (bytes as f64 * 8.0 / interval_secs) as u64;
+            let sent = std::mem::take(&mut self.sender.interval_bytes_sent);
+            self.stats.send_bitrate_bps = (sent as f64 * 8.0 / interval_secs) as u64;
+        }
+        if expected > 0 {
+            self.stats.receive_loss = 1.0 - f64::from(received.min(expected)) / f64::from(expected);
+        }
+        let jitter_us = u32::try_from(self.receiver.counters.jitter_us.max(0)).unwrap_or(u32::MAX);
+        let echo = self
+            .peer_report
+            .map(|(timestamp_ms, received_at)| ReportEcho {
+                timestamp_ms,
+                delay_ms: now.saturating_duration_since(received_at).as_millis() as u32,
+            });
+        if echo.is_some() {
+            self.echoed_peer = true;
+        }
+        let report = Report {
+            timestamp_ms: self.now_ms(now),
+            echo,
+            interval_ms: interval.as_millis().min(u128::from(u32::MAX)) as u32,
+            packets_expected: expected,
+            packets_received: received,
+            bytes_received: u32::try_from(bytes).unwrap_or(u32::MAX),
+            jitter_us,
+        };
+        let mut packet = BytesMut::new();
+        wire::encode_report(&report, &mut packet);
+        self.push_small(packet.freeze());
+        self.next_report_at = now + self.config.report_interval;
+    }
+
+    /// Runs every timer due at `now`: deadlines, NACKs, keyframe requests, control
+    /// retransmissions, reports.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let max_entries = wire::nack_entries_per_packet(self.config.max_packet_size);
+        let (receiver, mut cx) = self.receive_context();
+        receiver.on_timeout(now, &mut cx);
+        if let Some(batch) = receiver.poll_nack(now, max_entries, &cx) {
+            let mut packet = BytesMut::new();
+            wire::encode_nack(self.nack_seq, &batch.entries, &mut packet);
+            self.nack_seq = self.nack_seq.wrapping_add(1);
+            let packet = packet.freeze();
+            let copies = if batch.last_chance { 2 } else { 1 };
+            for _ in 0..copies {
+                self.stats.nacks_sent += 1;
+                self.push_small(packet.clone());
+            }
+        }
+        self.flush_control(now, true);
+        if now >= self.next_report_at {
+            self.send_report(now);
+        }
+        self.sender.prune_history(now, &self.config);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.receiver.next_timeout(&self.config),
+            self.control_sender.next_timeout(),
+            Some(self.next_report_at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next packet to send, highest priority first: control acks, keyframe requests,
+    /// NACKs, reports and control messages, then retransmissions, then new fragments.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some((cumulative, selective)) = self.control_receiver.take_ack() {
+            let mut packet = BytesMut::new();
+            wire::encode_control_ack(cumulative, selective, &mut packet);
+            return Some(Transmit::small(packet.freeze()));
+        }
+        if self.keyframe_requests != 0 {
+            let stream = self.keyframe_requests.trailing_zeros() as u8;
+            self.keyframe_requests &= self.keyframe_requests - 1;
+            if let Some(stream) = StreamId::new(stream) {
+                let mut packet = BytesMut::new();
+                wire::encode_keyframe_request(stream, &mut packet);
+                return Some(Transmit::small(packet.freeze()));
+            }
+        }
+        if let Some(packet) = self.small_out.pop_front() {
+            return Some(Transmit::small(packet));
+        }
+        let (mut fragment, retransmission) = match self.sender.retransmit_queue.pop_front() {
+            Some(fragment) => (fragment, true),
+            None => (self.sender.queue.pop_front()?, false),
+        };
+        fragment.header.packet_seq = self.sender.take_packet_seq();
+        if retransmission {
+            self.stats.fragments_retransmitted += 1;
+        } else {
+            self.stats.fragments_sent += 1;
+        }
+        let transmit = Transmit {
+            header: fragment.header.encode(),
+            header_len: FRAGMENT_HEADER_LEN,
+            payload: fragment.payload,
+        };
+        self.sender.interval_bytes_sent += transmit.len() as u64;
+        Some(transmit)
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.events.pop_front()
+    }
+
+    /// Counters and estimates.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.rtt = self.rtt.has_sample().then(|| self.rtt.smoothed());
+        stats.jitter = Duration::from_micros(
+            u64::try_from(self.receiver.counters.jitter_us.max(0)).unwrap_or(u64::MAX),
+        );
+        stats.target_bitrate_bps = self.bitrate.target_bps();
+        stats
+    }
+
+    /// The current target bitrate for the encoder, bits per second.
+    pub fn target_bitrate_bps(&self) -> u64 {
+        self.bitrate.target_bps()
+    }
+
+    /// Current memory use against the configured limits.
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            receive_buffered_bytes: self.receiver.buffered_bytes(),
+            receive_frames_in_flight: self.receiver.frames_in_flight(),
+            history_bytes: self.sender.history_bytes(),
+            history_frames: self.sender.history_frames(),
+            transmit_queue_packets: self.sender.queue.len() + self.sender.retransmit_queue.len(),
+            pending_events: self.events.events.len(),
+            control_queued: self.control_sender.queued_len(),
+            control_out_of_order: self.control_receiver.buffered(),
+        }
+    }
+}
+
+/// Memory held by a connection, for checking limits (and for tests that do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryUse {
+    /// Bytes in receive reassembly buffers (limit `max_buffered_bytes`).
+    pub receive_buffered_bytes: usize,
+    /// Frames held by the receiver (limit `max_frames_in_flight`).
+    pub receive_frames_in_flight: usize,
+    /// Frame bytes kept for retransmission (limit `max_history_bytes`).
+    pub history_bytes: usize,
+    /// Frames kept for retransmission (limit `max_history_frames`).
+    pub history_frames: usize,
+    /// Packets in the transmit queues (limit `max_transmit_queue`).
+    pub transmit_queue_packets: usize,
+    /// Events not yet polled (limit [`MAX_PENDING_EVENTS`]).
+    pub pending_events: usize,
+    /// Control messages queued or unacknowledged (limit `max_control_queue`).
+    pub control_queued: usize,
+    /// Control messages held out of order (limit `CONTROL_WINDOW`).
+    pub control_out_of_order: usize,
+}
+
+const _: () = assert!(MAX_STREAMS <= u16::BITS as usize);

@@ -1,0 +1,136 @@
+//! Media framing for Sightwire: live camera video, audio, metadata and a reliable control
+//! channel over an unreliable, encrypted datagram session.
+//!
+//! A [`MediaConnection`] is the media state of one peer session, in both directions. It
+//! splits frames into packets that fit the path ([`PacketizedFrame`], zero-copy `Bytes`
+//! slices shared by every viewer), reassembles the peer's frames with bounded memory,
+//! recovers losses with NACK-driven retransmission inside a latency budget, asks for
+//! keyframes after a loss, carries small reliable control messages, and exchanges reports
+//! from which it derives RTT, loss, jitter and a target bitrate for the encoder.
+//!
+//! What it is not for: it does no I/O, reads no clock and encrypts nothing. Its packets are
+//! the plaintext of `sightwire-session` transport packets; a driver (the `sightwire`
+//! endpoint, or a test) moves them. It does not parse codecs: a frame is opaque bytes plus
+//! the flags the encoder reported. The wire format is specified in `spec/media.md`.
+//!
+//! The driver loop, sans-IO style: after every input, drain transmits and events, then
+//! sleep until [`MediaConnection::poll_timeout`].
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use bytes::Bytes;
+//! use sightwire_media::{Codec, Config, Event, Frame, MediaConnection, StreamId};
+//!
+//! let start = Instant::now();
+//! let mut camera = MediaConnection::new(Config::default(), start)?;
+//! let mut viewer = MediaConnection::new(Config::default(), start)?;
+//!
+//! // Packetize once; the same fragments can go to many viewers.
+//! let frame = camera.packetize(Frame {
+//!     stream: StreamId::VIDEO,
+//!     codec: Codec::H264,
+//!     keyframe: true,
+//!     codec_config: true,
+//!     capture_time_us: 0,
+//!     data: Bytes::from(vec![7u8; 50_000]),
+//! })?;
+//! camera.send_frame(start, &frame)?;
+//!
+//! // The "network": hand every packet straight to the other side.
+//! let now = start + Duration::from_millis(20);
+//! let mut buf = [0u8; 1500];
+//! while let Some(transmit) = camera.poll_transmit() {
+//!     let len = transmit.write_to(&mut buf).expect("packet fits");
+//!     // (a real driver encrypts `buf[..len]` with the session here)
+//!     viewer.handle_input(now, &buf[..len])?;
+//! }
+//! viewer.handle_timeout(now);
+//! let mut delivered = None;
+//! while let Some(event) = viewer.poll_event() {
+//!     if let Event::Frame(received) = event {
+//!         delivered = Some(received);
+//!     }
+//! }
+//! let received = delivered.expect("frame delivered");
+//! assert_eq!(received.frame.data, frame.frame().data);
+//! assert!(viewer.poll_timeout().is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod connection;
+mod control;
+mod frame;
+mod receiver;
+mod sender;
+mod stats;
+pub mod wire;
+
+pub use config::{
+    Config, ConfigError, DEFAULT_MAX_PACKET_SIZE, IPV6_MIN_MTU, IPV6_UDP_HEADERS, MAX_PACKET_SIZE,
+    MIN_PACKET_SIZE, SESSION_OVERHEAD,
+};
+pub use connection::{
+    BITRATE_EVENT_THRESHOLD, ControlError, Event, FrameLossReason, MAX_PENDING_EVENTS,
+    MAX_PENDING_SMALL_PACKETS, MediaConnection, MemoryUse, ReceivedFrame, Transmit,
+};
+pub use control::{CONTROL_MAX_RTO, CONTROL_WINDOW};
+pub use frame::{Codec, Frame, MAX_STREAMS, PacketizeError, PacketizedFrame, StreamId};
+pub use sender::SendError;
+pub use stats::Stats;
+pub use wire::DecodeError;
+
+/// Fuzzing entry points; not part of the stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::{Duration, Instant};
+
+    use crate::{Config, MediaConnection};
+
+    /// Feeds `data` to a receiving connection as a sequence of packets (each prefixed by a
+    /// one-byte length and a one-byte time step in milliseconds), running timers and
+    /// draining output in between, and checks that the memory limits hold throughout.
+    /// Panics on a violation, which is what a fuzzer wants.
+    pub fn receive_packets(data: &[u8]) {
+        let start = Instant::now();
+        let config = Config {
+            max_frames_in_flight: 8,
+            max_buffered_bytes: 64 * 1024,
+            max_frame_size: 32 * 1024,
+            ..Config::default()
+        };
+        let Ok(mut connection) = MediaConnection::new(config.clone(), start) else {
+            return;
+        };
+        let mut now = start;
+        let mut rest = data;
+        while let [len, step, tail @ ..] = rest {
+            let len = usize::from(*len).min(tail.len());
+            let (packet, tail) = tail.split_at(len);
+            rest = tail;
+            now += Duration::from_millis(u64::from(*step));
+            let _ = connection.handle_input(now, packet);
+            if connection.poll_timeout().is_some_and(|at| at <= now) {
+                connection.handle_timeout(now);
+            }
+            while connection.poll_transmit().is_some() {}
+            while connection.poll_event().is_some() {}
+            let memory = connection.memory();
+            assert!(memory.receive_buffered_bytes <= config.max_buffered_bytes);
+            assert!(memory.receive_frames_in_flight <= config.max_frames_in_flight);
+        }
+        // Every timer must make progress: no wake-up that is already due after handling.
+        for _ in 0..64 {
+            let Some(at) = connection.poll_timeout() else {
+                break;
+            };
+            now = now.max(at);
+            connection.handle_timeout(now);
+            while connection.poll_transmit().is_some() {}
+            while connection.poll_event().is_some() {}
+            assert!(connection.poll_timeout().is_none_or(|next| next > now));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Sending media: frame sequence numbers, the transmit queue, the bounded retransmission
+//! history and NACK handling with deadline checks.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::frame::{MAX_STREAMS, PacketizedFrame, StreamId};
+use crate::stats::Stats;
+use crate::wire::{
+    FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FragmentHeader, NACK_ALL_FRAGMENTS,
+    NackEntry,
+};
+
+/// How many recent NACK sequence numbers the sender remembers to ignore repeated copies.
+pub(crate) const NACK_DEDUP_MEMORY: usize = 8;
+
+#[derive(Debug)]
+struct SentFrame {
+    stream: StreamId,
+    frame_seq: u32,
+    frame: PacketizedFrame,
+    sent_at: Instant,
+}
+
+/// A fragment waiting in the transmit queue; `packet_seq` is assigned when it leaves.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedFragment {
+    pub(crate) header: FragmentHeader,
+    pub(crate) payload: Bytes,
+}
+
+/// Why `send_frame` refused a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The frame was packetized for larger packets than this connection sends.
+    #[error("frame packetized for {packet_len}-byte packets, connection allows {max}")]
+    PacketTooLarge {
+        /// Largest packet the frame would produce.
+        packet_len: usize,
+        /// `Config::max_packet_size`.
+        max: usize,
+    },
+    /// The frame is larger than `Config::max_frame_size`.
+    #[error("frame of {size} bytes exceeds max_frame_size {limit}")]
+    FrameTooLarge {
+        /// Frame size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The transmit queue cannot take the frame's fragments (the driver is not draining
+    /// `poll_transmit`, or frames come faster than the path carries them).
+    #[error("transmit queue full: {queued} queued, frame needs {needed}, limit {limit}")]
+    TransmitQueueFull {
+        /// Packets queued now.
+        queued: usize,
+        /// Fragments of the frame.
+        needed: usize,
+        /// `Config::max_transmit_queue`.
+        limit: usize,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Sender {
+    next_frame_seq: [u32; MAX_STREAMS],
+    next_packet_seq: u32,
+    history: VecDeque<SentFrame>,
+    history_bytes: usize,
+    pub(crate) queue: VecDeque<QueuedFragment>,
+    pub(crate) retransmit_queue: VecDeque<QueuedFragment>,
+    recent_nacks: VecDeque<u16>,
+    /// Fragment bytes sent (header included) in the current report interval.
+    pub(crate) interval_bytes_sent: u64,
+}
+
+impl Sender {
+    pub(crate) fn new() -> Sender {
+        Sender {
+            next_frame_seq: [0; MAX_STREAMS],
+            next_packet_seq: 0,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            queue: VecDeque::new(),
+            retransmit_queue: VecDeque::new(),
+            recent_nacks: VecDeque::new(),
+            interval_bytes_sent: 0,
+        }
+    }
+
+    pub(crate) fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
+    pub(crate) fn history_frames(&self) -> usize {
+        self.history.len()
+    }
+
+    fn queued_packets(&self) -> usize {
+        self.queue.len() + self.retransmit_queue.len()
+    }
+
+    pub(crate) fn send_frame(
+        &mut self,
+        now: Instant,
+        frame: &PacketizedFrame,
+        config: &Config,
+        stats: &mut Stats,
+    ) -> Result<u32, SendError> {
+        if frame.max_packet_len() > config.max_packet_size {
+            return Err(SendError::PacketTooLarge {
+                packet_len: frame.max_packet_len(),
+                max: config.max_packet_size,
+            });
+        }
+        let size = frame.frame().data.len();
+        if size > config.max_frame_size {
+            return Err(SendError::FrameTooLarge {
+                size,
+                limit: config.max_frame_size,
+            });
+        }
+        let needed = usize::from(frame.fragment_count());
+        if self.queued_packets() + needed > config.max_transmit_queue {
+            return Err(SendError::TransmitQueueFull {
+                queued: self.queued_packets(),
+                needed,
+                limit: config.max_transmit_queue,
+            });
+        }
+        let stream = frame.frame().stream;
+        let Some(next) = self.next_frame_seq.get_mut(stream.index()) else {
+            return Ok(0);
+        };
+        let frame_seq = *next;
+        *next = next.wrapping_add(1);
+
+        let mut header = header_for(frame, frame_seq);
+        for index in 0..frame.fragment_count() {
+            if let Some(payload) = frame.fragment(index) {
+                header.fragment_index = index;
+                self.queue.push_back(QueuedFragment { header, payload });
+            }
+        }
+        self.history.push_back(SentFrame {
+            stream,
+            frame_seq,
+            frame: frame.clone(),
+            sent_at: now,
+        });
+        self.history_bytes += size;
+        self.prune_history(now, config);
+        stats.frames_sent += 1;
+        Ok(frame_seq)
+    }
+
+    /// Drops history beyond the byte, frame and age limits (oldest first).
+    pub(crate) fn prune_history(&mut self, now: Instant, config: &Config) {
+        let max_age = config.history_age();
+        while let Some(oldest) = self.history.front() {
+            let too_old = now.saturating_duration_since(oldest.sent_at) > max_age;
+            if !(too_old
+                || self.history_bytes > config.max_history_bytes
+                || self.history.len() > config.max_history_frames)
+            {
+                break;
+            }
+            self.history_bytes -= oldest.frame.frame().data.len();
+            self.history.pop_front();
+        }
+    }
+
+    /// Assigns the next packet sequence number.
+    pub(crate) fn take_packet_seq(&mut self) -> u32 {
+        let seq = self.next_packet_seq;
+        self.next_packet_seq = self.next_packet_seq.wrapping_add(1);
+        seq
+    }
+
+    /// Queues retransmissions for a NACK. `rtt` is the current estimate.
+    pub(crate) fn on_nack(
+        &mut self,
+        now: Instant,
+        nack_seq: u16,
+        entries: impl Iterator<Item = NackEntry>,
+        rtt: Duration,
+        config: &Config,
+        stats: &mut Stats,
+    ) {
+        if self.recent_nacks.contains(&nack_seq) {
+            return;
+        }
+        if self.recent_nacks.len() >= NACK_DEDUP_MEMORY {
+            self.recent_nacks.pop_front();
+        }
+        self.recent_nacks.push_back(nack_seq);
+        self.prune_history(now, config);
+
+        for entry in entries {
+            let found = self
+                .history
+                .iter()
+                .rev()
+                .find(|sent| sent.stream == entry.stream && sent.frame_seq == entry.frame_seq);
+            let Some(sent) = found else {
+                stats.retransmissions_skipped += 1;
+                continue;
+            };
+            let deadline = sent.sent_at + config.latency_budget;
+            let arrival = now + rtt / 2;
+            if arrival > deadline {
+                stats.retransmissions_skipped += 1;
+                continue;
+            }
+            // If the receiver could not run another NACK round after this one, send two
+            // copies: the loss of one retransmission would otherwise lose the frame.
+            let next_round_arrival = arrival + rtt + config.reorder_delay;
+            let copies = if next_round_arrival > deadline { 2 } else { 1 };
+            let count = sent.frame.fragment_count();
+            let end = if entry.fragment_count == NACK_ALL_FRAGMENTS {
+                count
+            } else {
+                entry
+                    .first_fragment
+                    .saturating_add(entry.fragment_count)
+                    .min(count)
+            };
+            let mut header = header_for(&sent.frame, sent.frame_seq);
+            header.flags |= FLAG_RETRANSMISSION;
+            for index in entry.first_fragment..end {
+                let Some(payload) = sent.frame.fragment(index) else {
+                    continue;
+                };
+                header.fragment_index = index;
+                for _ in 0..copies {
+                    if self.queue.len() + self.retransmit_queue.len() >= config.max_transmit_queue {
+                        stats.retransmissions_skipped += 1;
+                        break;
+                    }
+                    self.retransmit_queue.push_back(QueuedFragment {
+                        header,
+                        payload: payload.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn header_for(frame: &PacketizedFrame, frame_seq: u32) -> FragmentHeader {
+    let media = frame.frame();
+    let mut flags = 0;
+    if media.keyframe {
+        flags |= FLAG_KEYFRAME;
+    }
+    if media.codec_config {
+        flags |= FLAG_CODEC_CONFIG;
+    }
+    FragmentHeader {
+        stream: media.stream,
+        codec: media.codec,
+        flags,
+        packet_seq: 0,
+        frame_seq,
+        capture_time_us: media.capture_time_us,
+        frame_size: u32::try_from(media.data.len()).unwrap_or(u32::MAX),
+        fragment_index: 0,
+        fragment_count: frame.fragment_count(),
+    }
+}

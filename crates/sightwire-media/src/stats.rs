@@ -1,0 +1,153 @@
+//! RTT estimation, the loss-based bitrate controller and the public statistics.
+
+use std::time::Duration;
+
+/// Smoothed RTT as in RFC 6298 (`srtt`, `rttvar`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RttEstimator {
+    smoothed: Duration,
+    variation: Duration,
+    latest: Option<Duration>,
+}
+
+/// Longest RTT sample accepted; larger samples are treated as measurement garbage.
+pub(crate) const MAX_RTT_SAMPLE: Duration = Duration::from_secs(10);
+
+impl RttEstimator {
+    pub(crate) fn new(initial: Duration) -> RttEstimator {
+        RttEstimator {
+            smoothed: initial,
+            variation: initial / 2,
+            latest: None,
+        }
+    }
+
+    pub(crate) fn sample(&mut self, rtt: Duration) {
+        if rtt > MAX_RTT_SAMPLE {
+            return;
+        }
+        if self.latest.is_none() {
+            self.smoothed = rtt;
+            self.variation = rtt / 2;
+        } else {
+            let error = self.smoothed.abs_diff(rtt);
+            self.variation = (self.variation * 3 + error) / 4;
+            self.smoothed = (self.smoothed * 7 + rtt) / 8;
+        }
+        self.latest = Some(rtt);
+    }
+
+    pub(crate) fn smoothed(&self) -> Duration {
+        self.smoothed
+    }
+
+    pub(crate) fn has_sample(&self) -> bool {
+        self.latest.is_some()
+    }
+
+    /// Retransmission timeout for the control channel: `srtt + 4 * rttvar`, clamped.
+    pub(crate) fn rto(&self) -> Duration {
+        (self.smoothed + self.variation * 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(2))
+    }
+}
+
+/// Loss-based target bitrate controller (the loss half of Google Congestion Control,
+/// draft-ietf-rmcat-gcc-02 section 6): below 2 % loss grow 8 % per second, between 2 % and
+/// 10 % hold, above 10 % cut by `1 - 0.5 * loss`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BitrateController {
+    target_bps: f64,
+    min_bps: f64,
+    max_bps: f64,
+}
+
+/// Loss fraction below which the target grows.
+pub(crate) const LOSS_LOW: f64 = 0.02;
+/// Loss fraction above which the target shrinks.
+pub(crate) const LOSS_HIGH: f64 = 0.10;
+/// Growth per second of reports below [`LOSS_LOW`].
+pub(crate) const GROWTH_PER_SECOND: f64 = 1.08;
+
+impl BitrateController {
+    pub(crate) fn new(initial: u64, min: u64, max: u64) -> BitrateController {
+        BitrateController {
+            target_bps: initial as f64,
+            min_bps: min as f64,
+            max_bps: max as f64,
+        }
+    }
+
+    /// Applies one report covering `interval` with loss fraction `loss` (0..=1).
+    pub(crate) fn on_report(&mut self, loss: f64, interval: Duration) {
+        let seconds = interval.as_secs_f64().clamp(0.0, 5.0);
+        if loss < LOSS_LOW {
+            self.target_bps *= GROWTH_PER_SECOND.powf(seconds);
+        } else if loss > LOSS_HIGH {
+            self.target_bps *= 1.0 - 0.5 * loss.min(1.0);
+        }
+        self.target_bps = self.target_bps.clamp(self.min_bps, self.max_bps);
+    }
+
+    pub(crate) fn target_bps(&self) -> u64 {
+        self.target_bps as u64
+    }
+}
+
+/// Counters and estimates of one connection; see [`crate::MediaConnection::stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Smoothed round-trip time, once measured.
+    pub rtt: Option<Duration>,
+    /// Loss fraction of our fragments as last reported by the peer (0..=1).
+    pub send_loss: f64,
+    /// Loss fraction of the peer's fragments we measured over our last report interval.
+    pub receive_loss: f64,
+    /// Interarrival jitter of received frames.
+    pub jitter: Duration,
+    /// Bitrate we sent fragments at over the last report interval (bits/s).
+    pub send_bitrate_bps: u64,
+    /// Bitrate we received fragments at over the last report interval (bits/s).
+    pub receive_bitrate_bps: u64,
+    /// Target bitrate the encoder should follow (loss-based estimate).
+    pub target_bitrate_bps: u64,
+    /// Frames accepted by `send_frame`.
+    pub frames_sent: u64,
+    /// Fragment packets sent (first transmissions).
+    pub fragments_sent: u64,
+    /// Fragment packets retransmitted (each copy counted).
+    pub fragments_retransmitted: u64,
+    /// NACK entries the sender could not serve (frame gone from history or past deadline).
+    pub retransmissions_skipped: u64,
+    /// Frames delivered to the application.
+    pub frames_delivered: u64,
+    /// Frames given up because their deadline passed before they were complete.
+    pub frames_late: u64,
+    /// Frames discarded because a memory limit forced their eviction.
+    pub frames_evicted: u64,
+    /// Complete frames discarded while waiting for a keyframe.
+    pub frames_discarded_awaiting_keyframe: u64,
+    /// Fragments received (including duplicates and retransmissions).
+    pub fragments_received: u64,
+    /// Fragments received that were already present, or belonged to finished frames.
+    pub fragments_duplicate: u64,
+    /// Fragments rejected by a receive limit (frame size, frames in flight, bytes).
+    pub fragments_over_limit: u64,
+    /// Packets that failed to decode.
+    pub packets_malformed: u64,
+    /// NACK packets sent (each copy counted).
+    pub nacks_sent: u64,
+    /// NACK packets received.
+    pub nacks_received: u64,
+    /// Keyframe requests sent.
+    pub keyframe_requests_sent: u64,
+    /// Keyframe requests received.
+    pub keyframe_requests_received: u64,
+    /// Control messages delivered to the application.
+    pub control_delivered: u64,
+    /// Control messages retransmitted.
+    pub control_retransmitted: u64,
+    /// Events dropped because the application did not poll them (queue full).
+    pub events_dropped: u64,
+}
