@@ -1,2 +1,76 @@
-//! placeholder while the crate is written
+//! Device IDs for Sightwire.
+//!
+//! A Sightwire camera is known by its **device ID**: its EUI-48 MAC address, the string a
+//! person reads off the label and types into a viewer. This crate turns whatever people
+//! type into a [`DeviceId`], prints it in one canonical form, adds **check characters**
+//! that catch every single-character typo and every swap of two neighbouring characters,
+//! and reads and writes the **QR/URI form** that carries both the ID and the fingerprint
+//! of the camera's static public key, so that scanning a label adds the camera *and* pins
+//! its key.
+//!
+//! What it is not for: it does no networking, holds no keys and verifies no certificates
+//! (that is `sightwire-signal`); a [`KeyFingerprint`] only pins a key learned elsewhere.
+//! The formats are specified in `spec/id.md`, whose test vectors the tests load.
+//!
+//! ```
+//! use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint, ParseError};
+//!
+//! // Anything people write parses to the same ID.
+//! let id: DeviceId = "1c-c3-16-ab-cd-ef".parse()?;
+//! assert_eq!(id, "1CC3.16AB.CDEF".parse()?);
+//! assert_eq!(id.to_string(), "1C:C3:16:AB:CD:EF");
+//!
+//! // The checked human form catches typos.
+//! let human = id.to_checked_string();
+//! assert_eq!(human, "1CC3-16AB-CDEF-BC");
+//! assert_eq!(DeviceId::parse_checked(&human)?, id);
+//! // Two neighbouring digits swapped (EF -> FE):
+//! assert_eq!(
+//!     DeviceId::parse_checked("1CC3-16AB-CDFE-BC"),
+//!     Err(ParseError::CheckMismatch)
+//! );
+//!
+//! // The QR form pins the camera's static key.
+//! let device_public_key = [7u8; 32];
+//! let uri = DeviceUri::new(id, KeyFingerprint::of_public_key(&device_public_key));
+//! let scanned: DeviceUri = uri.to_string().parse()?;
+//! assert!(scanned.fingerprint().matches(&device_public_key));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod check;
+mod device_id;
+mod fingerprint;
+mod uri;
+
+pub use check::{CHECK_CHARS, crc8};
+pub use device_id::{DeviceId, MAX_INPUT_LEN, ParseError};
+pub use fingerprint::{FINGERPRINT_LEN, FingerprintError, KeyFingerprint};
+pub use uri::{DeviceUri, MAX_URI_LEN, URI_SCHEME, UriError};
+
+/// Fuzzing entry points; not part of the stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{DeviceId, DeviceUri};
+
+    /// Parses `input` every way this crate can and checks that whatever is accepted
+    /// formats canonically and parses back to the same value. Panics on a violation,
+    /// which is what a fuzzer wants.
+    pub fn parse_all(input: &str) {
+        if let Ok(id) = input.parse::<DeviceId>() {
+            let canonical = id.to_string();
+            assert_eq!(canonical.parse::<DeviceId>().ok(), Some(id));
+            assert_eq!(DeviceId::parse_checked(&id.to_checked_string()).ok(), Some(id));
+        }
+        if let Ok(id) = DeviceId::parse_checked(input) {
+            assert_eq!(input.parse::<DeviceId>().ok(), None);
+            assert_eq!(DeviceId::parse_checked(&id.to_checked_string()).ok(), Some(id));
+        }
+        if let Ok(uri) = input.parse::<DeviceUri>() {
+            let formatted = uri.to_string();
+            assert_eq!(formatted.parse::<DeviceUri>().ok(), Some(uri));
+        }
+    }
+}
