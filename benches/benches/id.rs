@@ -27,9 +27,7 @@ fn parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("id/format");
     group.throughput(Throughput::Elements(1));
     group.bench_function("display", |b| b.iter(|| black_box(id).to_string()));
-    group.bench_function("checked", |b| {
-        b.iter(|| black_box(id).to_checked_string())
-    });
+    group.bench_function("checked", |b| b.iter(|| black_box(id).to_checked_string()));
     group.finish();
 }
 

@@ -83,7 +83,10 @@ impl fmt::Display for ParseError {
         match self {
             Self::Empty => f.write_str("no device ID given"),
             Self::TooLong { len, limit } => {
-                write!(f, "input is {len} bytes long; a device ID is at most {limit}")
+                write!(
+                    f,
+                    "input is {len} bytes long; a device ID is at most {limit}"
+                )
             }
             Self::InvalidCharacter { ch, position } => write!(
                 f,

@@ -62,11 +62,17 @@ pub mod fuzzing {
         if let Ok(id) = input.parse::<DeviceId>() {
             let canonical = id.to_string();
             assert_eq!(canonical.parse::<DeviceId>().ok(), Some(id));
-            assert_eq!(DeviceId::parse_checked(&id.to_checked_string()).ok(), Some(id));
+            assert_eq!(
+                DeviceId::parse_checked(&id.to_checked_string()).ok(),
+                Some(id)
+            );
         }
         if let Ok(id) = DeviceId::parse_checked(input) {
             assert_eq!(input.parse::<DeviceId>().ok(), None);
-            assert_eq!(DeviceId::parse_checked(&id.to_checked_string()).ok(), Some(id));
+            assert_eq!(
+                DeviceId::parse_checked(&id.to_checked_string()).ok(),
+                Some(id)
+            );
         }
         if let Ok(uri) = input.parse::<DeviceUri>() {
             let formatted = uri.to_string();

@@ -48,7 +48,10 @@ fn main() -> anyhow::Result<()> {
     };
 
     println!("device ID      {id}");
-    println!("checked form   {}   (print this on the label)", id.to_checked_string());
+    println!(
+        "checked form   {}   (print this on the label)",
+        id.to_checked_string()
+    );
     if let Some(fingerprint) = fingerprint {
         let uri = DeviceUri::new(id, fingerprint);
         println!("key fingerprint {fingerprint}");
