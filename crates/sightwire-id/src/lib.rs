@@ -68,7 +68,7 @@ pub mod fuzzing {
             );
         }
         if let Ok(id) = DeviceId::parse_checked(input) {
-            assert_eq!(input.parse::<DeviceId>().ok(), None);
+            assert_eq!(input.parse::<DeviceId>().ok(), Some(id));
             assert_eq!(
                 DeviceId::parse_checked(&id.to_checked_string()).ok(),
                 Some(id)
