@@ -206,6 +206,7 @@ pub struct Sim {
     in_flight: std::collections::HashMap<u64, InFlight>,
     next_seq: u64,
     deliveries: VecDeque<Delivery>,
+    blocked_routes: Vec<(IpAddr, IpAddr)>,
     stats: SimStats,
 }
 
@@ -222,6 +223,7 @@ impl Sim {
             in_flight: std::collections::HashMap::new(),
             next_seq: 0,
             deliveries: VecDeque::new(),
+            blocked_routes: Vec::new(),
             stats: SimStats::default(),
         }
     }
@@ -292,6 +294,17 @@ impl Sim {
     pub fn set_nat_uplink_latency(&mut self, nat: NatId, latency: Duration) {
         if let Some(n) = self.nats.get_mut(nat.0) {
             n.uplink_latency = latency;
+        }
+    }
+
+    /// Blocks (or unblocks) the internet route between two public addresses, in both
+    /// directions: packets between them are dropped in the core (counted as lost). Models
+    /// an outage or a firewall on one path while other paths keep working.
+    pub fn set_route_blocked(&mut self, a: IpAddr, b: IpAddr, blocked: bool) {
+        self.blocked_routes
+            .retain(|&(x, y)| !((x, y) == (a, b) || (x, y) == (b, a)));
+        if blocked {
+            self.blocked_routes.push((a, b));
         }
     }
 
@@ -412,6 +425,15 @@ impl Sim {
             return;
         }
         packet.ttl -= self.config.internet_hops;
+        let (src, dst) = (packet.from.ip(), packet.to.ip());
+        if self
+            .blocked_routes
+            .iter()
+            .any(|&(x, y)| (x, y) == (src, dst) || (x, y) == (dst, src))
+        {
+            self.stats.lost += 1;
+            return;
+        }
         if self.rng.chance(self.config.loss_per_million) {
             self.stats.lost += 1;
             return;

@@ -461,3 +461,82 @@ proptest::proptest! {
         proptest::prop_assert!(stats_a.lost > 0 && stats_a.delivered > 100);
     }
 }
+
+#[test]
+fn blocked_routes_drop_both_directions() {
+    let mut bed = Bed::new(rfc(
+        Mapping::EndpointIndependent,
+        Filtering::EndpointIndependent,
+        PortAllocation::Preserve,
+    ));
+    let nat_ip: IpAddr = NAT_IP.parse().unwrap();
+    let server: IpAddr = SERVER_A.parse().unwrap();
+    bed.sim.set_route_blocked(server, nat_ip, true);
+    assert!(
+        bed.exchange(addr(CLIENT_IP, 5000), addr(SERVER_A, 1), None)
+            .is_empty()
+    );
+    assert_eq!(
+        bed.exchange(addr(CLIENT_IP, 5000), addr(SERVER_B, 1), None)
+            .len(),
+        1,
+        "other routes work"
+    );
+    assert!(!bed.inbound_passes(addr(SERVER_A, 1), 5000));
+    bed.sim.set_route_blocked(nat_ip, server, false);
+    assert_eq!(
+        bed.exchange(addr(CLIENT_IP, 5000), addr(SERVER_A, 1), None)
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn naive_simultaneous_open_between_bare_masquerades_fails() {
+    // DESIGN.md: with a bare masquerade on both sides, a plain simultaneous open
+    // fails: each side's first packet lands before the other's local packet, and
+    // conntrack moves the local packet to another port.
+    let mut sim = Sim::new(Instant::now(), SimConfig::default());
+    let bare = NatConfig::new(NatBehavior::Linux(LinuxInput::BareMasquerade));
+    let nat_a = sim.add_nat("203.0.113.1".parse().unwrap(), bare);
+    let nat_b = sim.add_nat("203.0.113.2".parse().unwrap(), bare);
+    sim.add_host_behind(nat_a, "192.168.1.2".parse().unwrap());
+    sim.add_host_behind(nat_b, "10.0.0.2".parse().unwrap());
+    let (a, b) = (addr("192.168.1.2", 5000), addr("10.0.0.2", 6000));
+    let (pub_a, pub_b) = (addr("203.0.113.1", 5000), addr("203.0.113.2", 6000));
+    // B is a little late, as a real peer always is.
+    sim.send(a, pub_b, None, vec![1]);
+    let t = sim.now() + Duration::from_millis(60);
+    sim.advance_to(t);
+    sim.send(b, pub_a, None, vec![2]);
+    for _ in 0..5 {
+        let t = sim.now() + Duration::from_millis(100);
+        sim.advance_to(t);
+        sim.send(a, pub_b, None, vec![1]);
+        sim.send(b, pub_a, None, vec![2]);
+    }
+    let t = sim.now() + Duration::from_secs(1);
+    sim.advance_to(t);
+    assert_eq!(sim.poll_delivery(), None, "nothing gets through");
+    assert!(sim.stats().conntrack_collisions >= 1);
+
+    // Same race with `ct state new drop` on both routers: it succeeds.
+    let mut sim = Sim::new(Instant::now(), SimConfig::default());
+    let fw = NatConfig::new(NatBehavior::Linux(LinuxInput::CtStateNewDrop));
+    let nat_a = sim.add_nat("203.0.113.1".parse().unwrap(), fw);
+    let nat_b = sim.add_nat("203.0.113.2".parse().unwrap(), fw);
+    sim.add_host_behind(nat_a, "192.168.1.2".parse().unwrap());
+    sim.add_host_behind(nat_b, "10.0.0.2".parse().unwrap());
+    sim.send(a, pub_b, None, vec![1]);
+    let t = sim.now() + Duration::from_millis(60);
+    sim.advance_to(t);
+    sim.send(b, pub_a, None, vec![2]);
+    let t = sim.now() + Duration::from_millis(100);
+    sim.advance_to(t);
+    sim.send(a, pub_b, None, vec![1]);
+    let t = sim.now() + Duration::from_secs(1);
+    sim.advance_to(t);
+    let got: Vec<Delivery> = std::iter::from_fn(|| sim.poll_delivery()).collect();
+    assert!(got.iter().any(|d| d.to == b), "A's retry reaches B");
+    assert!(got.iter().any(|d| d.to == a), "B's packet reaches A");
+}

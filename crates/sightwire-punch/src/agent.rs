@@ -36,8 +36,10 @@ pub const PREDICTION_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 /// Hard cap on prediction probes per attempt (reset by a network change).
 pub const MAX_PREDICTION_PROBES: u32 = 96;
 /// The controlling agent waits this long after the start for a LAN pair before
-/// nominating a direct public pair (unless no LAN pair is still being checked).
-pub const LAN_WAIT: Duration = Duration::from_millis(300);
+/// nominating a direct public pair (unless no LAN pair is still being checked). LAN
+/// checks start [`OPEN_LEAD`] before public ones, so a LAN path that exists has
+/// normally answered by then; a later one still wins through an upgrade.
+pub const LAN_WAIT: Duration = Duration::from_millis(150);
 /// The controlling agent nominates the relay once this long has passed since the start
 /// without a working direct pair.
 pub const RELAY_AFTER: Duration = Duration::from_secs(2);
@@ -71,9 +73,6 @@ pub const REPLAY_WINDOW: usize = 64;
 pub const MAX_TRANSMIT_QUEUE: usize = 64;
 /// Most queued events; the oldest is dropped (and counted) when full.
 pub const MAX_EVENT_QUEUE: usize = 16;
-/// Most queued signals; the oldest is dropped (and counted) when full. A queued
-/// candidate update is replaced rather than appended.
-pub const MAX_SIGNAL_QUEUE: usize = 8;
 /// Sustained rate of probes an agent sends, all kinds together (packets per second).
 pub const PROBE_RATE_PER_SECOND: u64 = 200;
 /// Burst of probes an agent may send at once.
@@ -169,7 +168,7 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Peer-reflexive candidates not learned because the table was full.
     pub peer_reflexive_rejected: u64,
-    /// Events or signals dropped because their queue was full.
+    /// Events dropped because the event queue was full.
     pub queue_overflow: u64,
     /// Probes sent (all kinds).
     pub probes_sent: u64,
@@ -382,6 +381,11 @@ impl Agent {
     /// Drop and rate counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Candidate pairs currently tracked (at most [`MAX_PAIRS`]); for diagnostics.
+    pub fn pair_count(&self) -> usize {
+        self.pairs.len()
     }
 
     /// The role assigned by the last `Start` (controlled before any).
@@ -630,9 +634,11 @@ impl Agent {
     }
 
     fn merge_remote(&mut self, now: Instant, mut set: CandidateSet) {
+        let mut peer_moved = false;
         match self.remote_generation {
             Some(g) if set.generation < g => return,
             Some(g) if set.generation > g => {
+                peer_moved = true;
                 // The peer's network changed: forget its old addresses, keeping pairs
                 // that still work until liveness says otherwise.
                 self.remote.clear();
@@ -673,6 +679,19 @@ impl Agent {
                 }
             };
             self.add_pair(now, key, candidate.kind, candidate.priority);
+        }
+        if peer_moved && self.phase == Phase::Running {
+            // Re-verify what works now and check every new address at full speed,
+            // even ones no better than the current path: that path is probably gone.
+            for pair in &mut self.pairs {
+                if pair.valid {
+                    pair.mode = CheckMode::Liveness;
+                    pair.sent = 0;
+                    pair.next_check = Some(now);
+                } else {
+                    pair.start_checks(CheckMode::Connect, now);
+                }
+            }
         }
     }
 
@@ -1177,14 +1196,11 @@ impl Agent {
         self.events.push_back(event);
     }
 
+    /// The only signal an agent emits is its candidate set, and a newer set supersedes
+    /// an unsent older one, so the signal queue never holds more than one message.
     fn queue_candidates(&mut self) {
         let set = self.local_candidates();
-        self.signals
-            .retain(|s| !matches!(s, PunchSignal::Candidates(_)));
-        if self.signals.len() >= MAX_SIGNAL_QUEUE {
-            self.signals.pop_front();
-            self.stats.queue_overflow += 1;
-        }
+        self.signals.clear();
         self.signals.push_back(PunchSignal::Candidates(set));
     }
 }

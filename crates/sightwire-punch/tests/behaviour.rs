@@ -1,0 +1,267 @@
+//! Scenario tests in the simulated network: the conntrack race, relay fallback and
+//! upgrade, keepalive, path loss and re-selection, roaming, and failure.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Model, Setup, Topology, World, addr};
+use sightwire_netsim::{Attachment, LinuxInput, NatBehavior, NatConfig};
+use sightwire_punch::{Event, FAIL_AFTER, KEEPALIVE_INTERVAL, PathKind};
+
+const SITE_A: &str = "203.0.113.1";
+const SITE_B: &str = "203.0.113.2";
+
+fn kinds(world: &World, side: usize) -> Vec<String> {
+    world.sides[side]
+        .events
+        .iter()
+        .map(|(_, e)| match e {
+            Event::Connected(p) => format!("Connected({:?})", p.kind),
+            Event::PathChanged(p) => format!("PathChanged({:?})", p.kind),
+            Event::PathLost(p) => format!("PathLost({:?})", p.kind),
+            Event::Failed(_) => "Failed".to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+fn block(world: &mut World, blocked: bool) {
+    world.sim.set_route_blocked(
+        addr(&format!("{SITE_A}:0")).ip(),
+        addr(&format!("{SITE_B}:0")).ip(),
+        blocked,
+    );
+}
+
+#[test]
+fn linux_conntrack_race_is_avoided_within_the_start_tolerance() {
+    // The camera starts 90 ms late (less than OPEN_LEAD plus the one-way delay): the
+    // low-TTL opening packets still open both masquerades before any check lands, so
+    // conntrack never records an unsolicited packet.
+    let mut setup = Setup::new(Topology::Apart(Model::LinuxBare, Model::LinuxBare));
+    setup.start_skew = Duration::from_millis(90);
+    let mut world = World::new(setup);
+    world.run_for(Duration::from_secs(5));
+    assert_eq!(
+        world.sim.stats().conntrack_collisions,
+        0,
+        "{:?}",
+        world.sim.stats()
+    );
+    for side in 0..2 {
+        let (t, kind) = world.connected(side).expect("connected");
+        assert_eq!(kind, PathKind::Direct, "side {side}");
+        assert!(t < Duration::from_secs(1), "side {side} took {t:?}");
+    }
+}
+
+#[test]
+fn linux_conntrack_race_beyond_the_start_tolerance_still_connects_by_relay() {
+    // 300 ms late: the viewer's checks reach the camera's bare masquerade first, the
+    // collision moves the camera's mapping, and both NATs then block each other's
+    // packets (spec/punch.md §"Known limits"). The call must still connect.
+    let mut setup = Setup::new(Topology::Apart(Model::LinuxBare, Model::LinuxBare));
+    setup.start_skew = Duration::from_millis(300);
+    let mut world = World::new(setup);
+    world.run_for(Duration::from_secs(5));
+    assert!(
+        world.sim.stats().conntrack_collisions > 0,
+        "the race must happen: {:?}",
+        world.sim.stats()
+    );
+    for side in 0..2 {
+        let (t, kind) = world.connected(side).expect("connected");
+        assert_eq!(kind, PathKind::Relay, "side {side}");
+        assert!(t < Duration::from_secs(3), "side {side} took {t:?}");
+    }
+}
+
+#[test]
+fn relay_first_then_upgrade_to_direct_with_only_a_path_change() {
+    let mut world = World::new(Setup::new(Topology::Apart(
+        Model::PortRestricted,
+        Model::PortRestricted,
+    )));
+    block(&mut world, true);
+    world.run_for(Duration::from_secs(4));
+    assert_eq!(world.selected_kind(0), Some(PathKind::Relay));
+    assert_eq!(world.selected_kind(1), Some(PathKind::Relay));
+    block(&mut world, false);
+    world.run_for(Duration::from_secs(20));
+    for side in 0..2 {
+        assert_eq!(
+            kinds(&world, side),
+            ["Connected(Relay)", "PathChanged(Direct)"],
+            "side {side}"
+        );
+        assert_eq!(world.selected_kind(side), Some(PathKind::Direct));
+    }
+    assert!(world.relay_forwarded > 0);
+}
+
+#[test]
+fn keepalives_hold_the_path_across_nat_timeouts() {
+    let mut world = World::new(Setup::new(Topology::Apart(
+        Model::PortRestricted,
+        Model::LinuxFirewall,
+    )));
+    world.run_for(Duration::from_secs(180));
+    for side in 0..2 {
+        assert_eq!(kinds(&world, side), ["Connected(Direct)"], "side {side}");
+    }
+    // The NATs forget a mapping after 30 s without outbound traffic.
+    assert!(KEEPALIVE_INTERVAL < Duration::from_secs(25));
+    assert!(
+        NatConfig::new(NatBehavior::Linux(LinuxInput::CtStateNewDrop)).mapping_timeout
+            <= Duration::from_secs(30)
+    );
+}
+
+#[test]
+fn lost_direct_path_falls_back_to_relay_and_comes_back() {
+    let mut world = World::new(Setup::new(Topology::Apart(
+        Model::Restricted,
+        Model::LinuxBare,
+    )));
+    world.run_for(Duration::from_secs(5));
+    assert_eq!(world.selected_kind(0), Some(PathKind::Direct));
+    block(&mut world, true);
+    world.run_for(Duration::from_secs(5 + 25));
+    for side in 0..2 {
+        assert_eq!(
+            kinds(&world, side),
+            [
+                "Connected(Direct)",
+                "PathLost(Direct)",
+                "PathChanged(Relay)"
+            ],
+            "side {side}"
+        );
+    }
+    block(&mut world, false);
+    world.run_for(Duration::from_secs(5 + 25 + 20));
+    for side in 0..2 {
+        assert_eq!(
+            world.selected_kind(side),
+            Some(PathKind::Direct),
+            "side {side}: {:?}",
+            kinds(&world, side)
+        );
+    }
+}
+
+#[test]
+fn without_relay_a_lost_path_ends_in_failure_not_a_hang() {
+    let mut setup = Setup::new(Topology::Apart(
+        Model::PortRestricted,
+        Model::PortRestricted,
+    ));
+    setup.with_relay = false;
+    let mut world = World::new(setup);
+    world.run_for(Duration::from_secs(3));
+    block(&mut world, true);
+    world.run_for(
+        Duration::from_secs(3)
+            + KEEPALIVE_INTERVAL
+            + Duration::from_secs(4)
+            + FAIL_AFTER
+            + Duration::from_secs(1),
+    );
+    for side in 0..2 {
+        assert_eq!(
+            kinds(&world, side),
+            ["Connected(Direct)", "PathLost(Direct)", "Failed"],
+            "side {side}"
+        );
+        assert_eq!(
+            world.sides[side].agent.poll_timeout(),
+            None,
+            "a failed agent sleeps"
+        );
+    }
+}
+
+#[test]
+fn symmetric_pair_without_relay_fails_by_the_deadline() {
+    let mut setup = Setup::new(Topology::Apart(
+        Model::SymmetricRandom,
+        Model::SymmetricRandom,
+    ));
+    setup.with_relay = false;
+    let mut world = World::new(setup);
+    world.run_for(FAIL_AFTER + Duration::from_millis(100));
+    for side in 0..2 {
+        assert_eq!(kinds(&world, side), ["Failed"], "side {side}");
+    }
+    let stats = world.sides[0].agent.stats();
+    assert!(
+        stats.prediction_probes > 0
+            && stats.prediction_probes <= sightwire_punch::MAX_PREDICTION_PROBES
+    );
+}
+
+fn roam(side: usize, new_nat: Option<Model>, new_ip: &str) {
+    let mut world = World::new(Setup::new(Topology::Apart(
+        Model::PortRestricted,
+        Model::Restricted,
+    )));
+    world.run_for(Duration::from_secs(3));
+    assert_eq!(world.selected_kind(side), Some(PathKind::Direct));
+    let old_remote = world.sides[1 - side]
+        .agent
+        .selected_path()
+        .map(|p| p.remote);
+    let attachment = match new_nat {
+        Some(model) => {
+            let nat = world
+                .sim
+                .add_nat("203.0.113.3".parse().unwrap(), model.nat().unwrap());
+            Attachment::BehindNat(nat, new_ip.parse().unwrap())
+        }
+        None => {
+            let nat = world.sides[side].nat.expect("behind a NAT");
+            Attachment::BehindNat(nat, new_ip.parse().unwrap())
+        }
+    };
+    let port = world.sides[side].local.port();
+    let new_local = SocketAddr::new(new_ip.parse().unwrap(), port);
+    world.move_side(side, attachment, new_local);
+    world.run_for(Duration::from_secs(30));
+    for s in 0..2 {
+        let events = kinds(&world, s);
+        assert_eq!(
+            events.first().map(String::as_str),
+            Some("Connected(Direct)"),
+            "side {s}: {events:?}"
+        );
+        assert_eq!(
+            world.selected_kind(s),
+            Some(PathKind::Direct),
+            "side {s}: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| e == "Failed"),
+            "side {s}: {events:?}"
+        );
+    }
+    let new_remote = world.sides[1 - side]
+        .agent
+        .selected_path()
+        .map(|p| p.remote);
+    assert_ne!(
+        new_remote, old_remote,
+        "the peer now sends to the new address"
+    );
+}
+
+#[test]
+fn viewer_moves_from_wifi_to_lte() {
+    roam(0, Some(Model::SymmetricSequential), "100.64.7.9");
+}
+
+#[test]
+fn camera_gets_a_new_dhcp_address() {
+    roam(1, None, "10.0.0.99");
+}
