@@ -1,0 +1,598 @@
+//! The Noise layer: pattern, prologues, static keys, the two `IK` messages (through
+//! `snow`) and the transport keypair that replaces snow's transport state.
+//!
+//! snow runs the handshake; its split keys go into [`Keypair`], which seals and opens in
+//! place with ChaCha20-Poly1305 exactly as Noise's transport phase does (nonce = 32 zero
+//! bits || 64-bit little-endian counter, empty associated data), so any Noise
+//! implementation's stateless transport mode interoperates. Owning the keys here is what
+//! lets them be zeroized on drop and lets the hot path encrypt in the caller's buffer.
+
+use std::fmt;
+use std::time::Instant;
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit, generic_array::GenericArray};
+use chacha20poly1305::{ChaCha20Poly1305, Tag};
+use rand::{CryptoRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use snow::params::{CipherChoice, DHChoice, HashChoice, NoiseParams};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+use snow::{Builder, HandshakeState};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::replay::{REJECT_AFTER_MESSAGES, ReplayWindow};
+use crate::wire::{
+    INITIATION_LEN, INITIATION_NOISE_LEN, INITIATION_PAYLOAD_LEN, Initiation, KEY_LEN, Packet,
+    RESPONSE_LEN, RESPONSE_NOISE_LEN, Response, TAG_LEN, TRANSPORT_HEADER_LEN,
+    write_transport_header,
+};
+
+/// The Noise protocol name of every Sightwire session (peer and rendezvous).
+pub const NOISE_PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+/// The protocol version bound into every prologue.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// First bytes of every prologue.
+pub const PROLOGUE_LABEL: &[u8] = b"sightwire-session";
+/// Prologue kind byte of a viewer ↔ device session.
+pub const PROLOGUE_KIND_PEER: u8 = 0x01;
+/// Prologue kind byte of a device/viewer ↔ rendezvous session.
+pub const PROLOGUE_KIND_RENDEZVOUS: u8 = 0x02;
+/// Length of a device ID (EUI-48).
+pub const DEVICE_ID_LEN: usize = 6;
+/// Longest prologue: label (17) || version (1) || kind (1) || device ID (6).
+pub const MAX_PROLOGUE_LEN: usize = PROLOGUE_LABEL.len() + 2 + DEVICE_ID_LEN;
+/// Length of a handshake hash (BLAKE2s).
+pub const HANDSHAKE_HASH_LEN: usize = 32;
+
+/// An X25519 public key.
+pub type PublicKey = [u8; KEY_LEN];
+/// A handshake hash: the Noise `h` after the last handshake message, unique per handshake
+/// and known only to its two parties (the channel binding for viewer authorization).
+pub type HandshakeHash = [u8; HANDSHAKE_HASH_LEN];
+
+/// What a session is for; it decides the Noise prologue, so a handshake made for one
+/// purpose (or one camera) cannot complete as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// Viewer (initiator) ↔ device (responder). Binds the device's ID.
+    Peer {
+        /// The device ID (its EUI-48 MAC address, 6 bytes).
+        device_id: [u8; DEVICE_ID_LEN],
+    },
+    /// Device or viewer (initiator) ↔ rendezvous server (responder).
+    Rendezvous,
+}
+
+/// The prologue bytes of a [`SessionKind`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Prologue {
+    bytes: [u8; MAX_PROLOGUE_LEN],
+    len: usize,
+}
+
+impl fmt::Debug for Prologue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Prologue({:02x?})", self.as_bytes())
+    }
+}
+
+impl Prologue {
+    /// The exact bytes fed to Noise as the prologue.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl SessionKind {
+    /// `"sightwire-session" || version || kind || device_id (peer only)`.
+    pub fn prologue(&self) -> Prologue {
+        let mut bytes = [0u8; MAX_PROLOGUE_LEN];
+        let label = PROLOGUE_LABEL.len();
+        bytes[..label].copy_from_slice(PROLOGUE_LABEL);
+        bytes[label] = PROTOCOL_VERSION;
+        let len = match self {
+            SessionKind::Peer { device_id } => {
+                bytes[label + 1] = PROLOGUE_KIND_PEER;
+                bytes[label + 2..].copy_from_slice(device_id);
+                MAX_PROLOGUE_LEN
+            }
+            SessionKind::Rendezvous => {
+                bytes[label + 1] = PROLOGUE_KIND_RENDEZVOUS;
+                label + 2
+            }
+        };
+        Prologue { bytes, len }
+    }
+}
+
+/// A static X25519 keypair (the identity of a device, viewer or rendezvous server).
+/// The private half is zeroized on drop.
+#[derive(Clone)]
+pub struct StaticKeypair {
+    private: Zeroizing<[u8; KEY_LEN]>,
+    public: PublicKey,
+}
+
+impl fmt::Debug for StaticKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticKeypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StaticKeypair {
+    /// Generates a keypair from a cryptographic RNG.
+    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        let mut private = Zeroizing::new([0u8; KEY_LEN]);
+        rng.fill_bytes(&mut private[..]);
+        Self::from_private(*private)
+    }
+
+    /// Rebuilds a keypair from its stored private key (X25519 clamps on use).
+    pub fn from_private(private: [u8; KEY_LEN]) -> Self {
+        let private = Zeroizing::new(private);
+        let mut public = [0u8; KEY_LEN];
+        if let Some(mut dh) = DefaultResolver.resolve_dh(&DHChoice::Curve25519) {
+            dh.set(&private[..]);
+            public.copy_from_slice(dh.pubkey());
+        }
+        Self { private, public }
+    }
+
+    /// The public key.
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The private key, for storage. Handle with care.
+    pub fn private_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.private
+    }
+}
+
+/// Why a Noise handshake message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// Message 1 did not decrypt: it was made for another static key, another device ID
+    /// or protocol version (prologue), or it was tampered with.
+    #[error(
+        "initiation does not authenticate for this responder (wrong key, device ID or version)"
+    )]
+    InitiationNotAuthenticated,
+    /// Message 2 did not decrypt: the responder does not hold the static key the initiator
+    /// expected (wrong device key or a man in the middle), or it was tampered with.
+    #[error(
+        "response does not prove the expected responder static key (wrong key or man in the middle)"
+    )]
+    ResponseNotAuthenticated,
+    /// snow refused a key or parameter (a local configuration problem, not network input).
+    #[error("noise configuration refused: {0}")]
+    Config(&'static str),
+}
+
+fn params() -> NoiseParams {
+    // The pattern name is a constant that parses; a failure would be a snow bug, and the
+    // fallback still names the same protocol.
+    NOISE_PATTERN.parse().unwrap_or_else(|_| {
+        NoiseParams::new(
+            NOISE_PATTERN.into(),
+            snow::params::BaseChoice::Noise,
+            snow::params::HandshakeChoice {
+                pattern: snow::params::HandshakePattern::IK,
+                modifiers: snow::params::HandshakeModifierList { list: vec![] },
+            },
+            DHChoice::Curve25519,
+            CipherChoice::ChaChaPoly,
+            HashChoice::Blake2s,
+        )
+    })
+}
+
+/// Feeds snow's ephemeral-key generation from a seed drawn from the caller's RNG, so the
+/// whole core stays deterministic under an injected RNG (snow would otherwise read the OS).
+struct SeededResolver {
+    seed: Zeroizing<[u8; 32]>,
+}
+
+struct SeededRandom(ChaCha20Rng);
+
+impl Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+/// Ephemeral source used to build a handshake: a seed for a ChaCha20 stream
+/// (production) or an exact ephemeral private key (test vectors).
+pub(crate) enum Ephemeral {
+    Seed(Zeroizing<[u8; 32]>),
+    #[cfg(test)]
+    Fixed(Zeroizing<[u8; 32]>),
+}
+
+impl Ephemeral {
+    pub(crate) fn from_rng(rng: &mut dyn RngCore) -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut seed[..]);
+        Ephemeral::Seed(seed)
+    }
+}
+
+impl CryptoResolver for SeededResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeededRandom(ChaCha20Rng::from_seed(*self.seed))))
+    }
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+fn build(
+    local: &StaticKeypair,
+    remote: Option<&PublicKey>,
+    prologue: &Prologue,
+    ephemeral: &Ephemeral,
+    initiator: bool,
+) -> Result<HandshakeState, HandshakeError> {
+    let config = |_| HandshakeError::Config("builder refused a key or prologue");
+    let (seed, fixed): (_, Option<&Zeroizing<[u8; 32]>>) = match ephemeral {
+        Ephemeral::Seed(seed) => (seed.clone(), None),
+        #[cfg(test)]
+        Ephemeral::Fixed(key) => (Zeroizing::new([0; 32]), Some(key)),
+    };
+    let mut builder = Builder::with_resolver(params(), Box::new(SeededResolver { seed }))
+        .local_private_key(&local.private[..])
+        .map_err(config)?
+        .prologue(prologue.as_bytes())
+        .map_err(config)?;
+    if let Some(remote) = remote {
+        builder = builder.remote_public_key(remote).map_err(config)?;
+    }
+    if let Some(key) = fixed {
+        builder = builder.fixed_ephemeral_key_for_testing_only(&key[..]);
+    }
+    let state = if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    };
+    state.map_err(|_| HandshakeError::Config("snow could not build the handshake"))
+}
+
+/// Initiator: builds message 1 into a full initiation packet (with `mac1`/`mac2` zero;
+/// the caller stamps them).
+pub(crate) fn write_initiation(
+    local: &StaticKeypair,
+    remote: &PublicKey,
+    prologue: &Prologue,
+    ephemeral: &Ephemeral,
+    sender_index: u32,
+    receiver_index: u32,
+    attempt: u64,
+) -> Result<(HandshakeState, [u8; INITIATION_LEN]), HandshakeError> {
+    let mut state = build(local, Some(remote), prologue, ephemeral, true)?;
+    let mut noise = [0u8; INITIATION_NOISE_LEN];
+    let written = state
+        .write_message(&attempt.to_be_bytes(), &mut noise)
+        .map_err(|_| HandshakeError::Config("snow could not write message 1"))?;
+    if written != INITIATION_NOISE_LEN {
+        return Err(HandshakeError::Config("message 1 has an unexpected length"));
+    }
+    let mut packet = [0u8; INITIATION_LEN];
+    Packet::Initiation(Initiation {
+        sender_index,
+        receiver_index,
+        noise: &noise,
+        mac1: &[0; 16],
+        mac2: &[0; 16],
+    })
+    .encode(&mut packet);
+    Ok((state, packet))
+}
+
+/// What a responder learned from a valid message 1.
+pub(crate) struct AcceptedInitiation {
+    pub(crate) state: HandshakeState,
+    pub(crate) remote_static: PublicKey,
+    pub(crate) attempt: u64,
+}
+
+/// Responder: reads message 1.
+pub(crate) fn read_initiation(
+    local: &StaticKeypair,
+    prologue: &Prologue,
+    ephemeral: &Ephemeral,
+    noise: &[u8; INITIATION_NOISE_LEN],
+) -> Result<AcceptedInitiation, HandshakeError> {
+    let mut state = build(local, None, prologue, ephemeral, false)?;
+    let mut payload = [0u8; INITIATION_NOISE_LEN];
+    let len = state
+        .read_message(noise, &mut payload)
+        .map_err(|_| HandshakeError::InitiationNotAuthenticated)?;
+    let attempt = payload
+        .get(..len)
+        .and_then(|p| <[u8; INITIATION_PAYLOAD_LEN]>::try_from(p).ok())
+        .map(u64::from_be_bytes)
+        .ok_or(HandshakeError::InitiationNotAuthenticated)?;
+    let remote_static: PublicKey = state
+        .get_remote_static()
+        .and_then(|s| s.try_into().ok())
+        .ok_or(HandshakeError::InitiationNotAuthenticated)?;
+    Ok(AcceptedInitiation {
+        state,
+        remote_static,
+        attempt,
+    })
+}
+
+/// Responder: writes message 2 and derives the transport keypair.
+pub(crate) fn write_response(
+    mut state: HandshakeState,
+    sender_index: u32,
+    receiver_index: u32,
+    now: Instant,
+) -> Result<([u8; RESPONSE_LEN], Keypair, HandshakeHash), HandshakeError> {
+    let mut noise = [0u8; RESPONSE_NOISE_LEN];
+    let written = state
+        .write_message(&[], &mut noise)
+        .map_err(|_| HandshakeError::Config("snow could not write message 2"))?;
+    if written != RESPONSE_NOISE_LEN {
+        return Err(HandshakeError::Config("message 2 has an unexpected length"));
+    }
+    let mut packet = [0u8; RESPONSE_LEN];
+    Packet::Response(Response {
+        sender_index,
+        receiver_index,
+        noise: &noise,
+    })
+    .encode(&mut packet);
+    let (keypair, hash) = split(&mut state, false, sender_index, receiver_index, now)?;
+    Ok((packet, keypair, hash))
+}
+
+/// Initiator: reads message 2 and derives the transport keypair. On failure `state` is
+/// unchanged (snow restores its checkpoint), so a forged response cannot spoil the
+/// handshake.
+pub(crate) fn read_response(
+    state: &mut HandshakeState,
+    noise: &[u8; RESPONSE_NOISE_LEN],
+    local_index: u32,
+    remote_index: u32,
+    now: Instant,
+) -> Result<(Keypair, HandshakeHash), HandshakeError> {
+    let mut payload = [0u8; RESPONSE_NOISE_LEN];
+    let len = state
+        .read_message(noise, &mut payload)
+        .map_err(|_| HandshakeError::ResponseNotAuthenticated)?;
+    if len != 0 {
+        return Err(HandshakeError::ResponseNotAuthenticated);
+    }
+    split(state, true, local_index, remote_index, now)
+}
+
+fn split(
+    state: &mut HandshakeState,
+    initiator: bool,
+    local_index: u32,
+    remote_index: u32,
+    now: Instant,
+) -> Result<(Keypair, HandshakeHash), HandshakeError> {
+    if !state.is_handshake_finished() {
+        return Err(HandshakeError::Config(
+            "split before the handshake finished",
+        ));
+    }
+    let hash: HandshakeHash = state
+        .get_handshake_hash()
+        .try_into()
+        .map_err(|_| HandshakeError::Config("handshake hash has an unexpected length"))?;
+    let (initiator_to_responder, responder_to_initiator) = state.dangerously_get_raw_split();
+    let (send, recv) = if initiator {
+        (
+            Zeroizing::new(initiator_to_responder),
+            Zeroizing::new(responder_to_initiator),
+        )
+    } else {
+        (
+            Zeroizing::new(responder_to_initiator),
+            Zeroizing::new(initiator_to_responder),
+        )
+    };
+    Ok((
+        Keypair::new(&send, &recv, local_index, remote_index, now),
+        hash,
+    ))
+}
+
+/// Why a transport packet could not be sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The output buffer cannot hold header, plaintext and tag.
+    #[error("output buffer of {available} bytes is too small for {needed}")]
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        available: usize,
+    },
+    /// The plaintext is longer than [`crate::MAX_PLAINTEXT_LEN`].
+    #[error("plaintext of {len} bytes exceeds the limit of {limit}")]
+    PlaintextTooLong {
+        /// Plaintext length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The sending counter reached [`REJECT_AFTER_MESSAGES`]: the keys may not be used again.
+    #[error("sending counter exhausted; a new handshake is required")]
+    CounterExhausted,
+    /// No session with this id.
+    #[error("no such session")]
+    UnknownSession,
+    /// The session has no transport keys yet (handshake in progress).
+    #[error("session is not established yet")]
+    NotEstablished,
+    /// The current keys are older than the reject-after time.
+    #[error("session keys have expired")]
+    KeysExpired,
+}
+
+/// One direction pair of transport keys, with its indices, counter and replay window.
+/// The ciphers zeroize their keys on drop.
+pub(crate) struct Keypair {
+    send: ChaCha20Poly1305,
+    recv: ChaCha20Poly1305,
+    pub(crate) local_index: u32,
+    pub(crate) remote_index: u32,
+    pub(crate) created: Instant,
+    pub(crate) send_counter: u64,
+    pub(crate) replay: ReplayWindow,
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keypair")
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .field("send_counter", &self.send_counter)
+            .finish_non_exhaustive()
+    }
+}
+
+fn noise_nonce(counter: u64) -> GenericArray<u8, chacha20poly1305::consts::U12> {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&counter.to_le_bytes());
+    nonce.into()
+}
+
+impl Keypair {
+    pub(crate) fn new(
+        send: &[u8; 32],
+        recv: &[u8; 32],
+        local_index: u32,
+        remote_index: u32,
+        now: Instant,
+    ) -> Self {
+        Self {
+            send: ChaCha20Poly1305::new(GenericArray::from_slice(send)),
+            recv: ChaCha20Poly1305::new(GenericArray::from_slice(recv)),
+            local_index,
+            remote_index,
+            created: now,
+            send_counter: 0,
+            replay: ReplayWindow::new(),
+        }
+    }
+
+    /// Seals `buf[TRANSPORT_HEADER_LEN..][..plaintext_len]` in place, writing the header in
+    /// front and the tag behind. Returns the packet length.
+    pub(crate) fn seal_in_place(
+        &mut self,
+        buf: &mut [u8],
+        plaintext_len: usize,
+    ) -> Result<usize, SealError> {
+        let needed = TRANSPORT_HEADER_LEN + plaintext_len + TAG_LEN;
+        if buf.len() < needed {
+            return Err(SealError::BufferTooSmall {
+                needed,
+                available: buf.len(),
+            });
+        }
+        let counter = self.send_counter;
+        if counter >= REJECT_AFTER_MESSAGES {
+            return Err(SealError::CounterExhausted);
+        }
+        let (header, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
+        let (body, tail) = rest.split_at_mut(plaintext_len);
+        let tag = self
+            .send
+            .encrypt_in_place_detached(&noise_nonce(counter), &[], body)
+            .map_err(|_| SealError::PlaintextTooLong {
+                len: plaintext_len,
+                limit: crate::wire::MAX_PLAINTEXT_LEN,
+            })?;
+        tail[..TAG_LEN].copy_from_slice(&tag);
+        write_transport_header(header, self.remote_index, counter);
+        self.send_counter = counter + 1;
+        Ok(needed)
+    }
+
+    /// Opens `ciphertext` (body || tag) in place; returns the plaintext length. Does not
+    /// touch the replay window: the caller checks before and marks after.
+    pub(crate) fn open_in_place(&self, counter: u64, ciphertext: &mut [u8]) -> Result<usize, ()> {
+        let body_len = ciphertext.len().checked_sub(TAG_LEN).ok_or(())?;
+        let (body, tag) = ciphertext.split_at_mut(body_len);
+        let tag = Tag::clone_from_slice(tag);
+        self.recv
+            .decrypt_in_place_detached(&noise_nonce(counter), &[], body, &tag)
+            .map_err(|_| ())?;
+        Ok(body_len)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_send_counter_for_test(&mut self, counter: u64) {
+        self.send_counter = counter;
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn fixed_ephemeral(key: [u8; 32]) -> Ephemeral {
+    Ephemeral::Fixed(Zeroizing::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prologues_differ_by_kind_and_device() {
+        let a = SessionKind::Peer {
+            device_id: [0, 1, 2, 3, 4, 5],
+        }
+        .prologue();
+        let b = SessionKind::Peer {
+            device_id: [0, 1, 2, 3, 4, 6],
+        }
+        .prologue();
+        let r = SessionKind::Rendezvous.prologue();
+        assert_ne!(a, b);
+        assert_ne!(a.as_bytes(), r.as_bytes());
+        assert_eq!(a.as_bytes().len(), MAX_PROLOGUE_LEN);
+        assert_eq!(&r.as_bytes()[..17], b"sightwire-session");
+        assert_eq!(
+            r.as_bytes()[17..],
+            [PROTOCOL_VERSION, PROLOGUE_KIND_RENDEZVOUS]
+        );
+    }
+
+    #[test]
+    fn exhausted_send_counter_refuses_to_seal() {
+        let now = Instant::now();
+        let mut k = Keypair::new(&[1; 32], &[2; 32], 1, 2, now);
+        k.set_send_counter_for_test(REJECT_AFTER_MESSAGES - 1);
+        let mut buf = [0u8; 64];
+        assert!(k.seal_in_place(&mut buf, 4).is_ok());
+        assert_eq!(
+            k.seal_in_place(&mut buf, 4),
+            Err(SealError::CounterExhausted)
+        );
+        assert_eq!(
+            k.seal_in_place(&mut [0u8; 10], 4),
+            Err(SealError::BufferTooSmall {
+                needed: 33,
+                available: 10
+            })
+        );
+    }
+}

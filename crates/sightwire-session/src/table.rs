@@ -1,0 +1,1242 @@
+//! The session table: many sessions on one socket, keyed by random local indices.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{CryptoRng, RngCore};
+use snow::HandshakeState;
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::cookie::{CookieChecker, CookieJar};
+use crate::noise::{
+    self, Ephemeral, HandshakeError, HandshakeHash, Keypair, Prologue, PublicKey, SealError,
+    SessionKind, StaticKeypair,
+};
+use crate::replay::ReplayError;
+use crate::wire::{
+    COOKIE_NONCE_LEN, DecodeError, INITIATION_LEN, Initiation, MAX_PLAINTEXT_LEN, Packet,
+    TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
+};
+
+/// How many random draws [`SessionTable`] makes to find a free local index before giving up.
+/// With at most 3 indices per session and [`Config::max_sessions`] far below 2³², one
+/// collision is already rare.
+pub const MAX_INDEX_DRAWS: usize = 16;
+
+/// The randomness a table needs (local indices, ephemeral keys, cookie secrets and
+/// nonces): any cryptographic RNG. Production passes an OS-seeded RNG; tests pass a
+/// seeded one and are deterministic.
+pub trait SessionRng: RngCore + CryptoRng + Send {}
+
+impl<T: RngCore + CryptoRng + Send> SessionRng for T {}
+
+/// A handle to one session in a [`SessionTable`] (stable across rekeys; never reused by
+/// the same table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+/// Which side of the handshake this end is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sent the initiation (viewer to device, anyone to the rendezvous). Only the
+    /// initiator starts rekeys.
+    Initiator,
+    /// Answered the initiation (device, rendezvous server).
+    Responder,
+}
+
+/// A datagram to send: the bytes are in the buffer passed to
+/// [`SessionTable::poll_transmit`] or [`SessionTable::seal`], `..len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Length of the datagram at the front of the buffer.
+    pub len: usize,
+}
+
+/// What an accepted datagram was.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Input<'d> {
+    /// An authenticated transport packet with application data.
+    Data {
+        /// The session it belongs to.
+        session: SessionId,
+        /// The plaintext, decrypted in place inside the datagram buffer.
+        plaintext: &'d mut [u8],
+        /// The packet authenticated from an address other than the session's previous
+        /// peer address; the session now sends there (roaming).
+        endpoint_changed: bool,
+    },
+    /// An authenticated transport packet with an empty plaintext (handshake confirmation
+    /// or keepalive); nothing for the application.
+    Keepalive {
+        /// The session it belongs to.
+        session: SessionId,
+        /// As in [`Input::Data`].
+        endpoint_changed: bool,
+    },
+    /// A handshake message or cookie reply was processed; call
+    /// [`SessionTable::poll_transmit`] and [`SessionTable::poll_event`].
+    Handshake {
+        /// The session it concerned, if one exists (a cookie reply sent under load creates none).
+        session: Option<SessionId>,
+    },
+}
+
+/// Why a datagram was dropped. Every case is also counted in [`Stats`]. None of these is
+/// ever answered on the wire, so an attacker learns nothing from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// Not a well-formed session packet.
+    #[error("malformed packet: {0}")]
+    Malformed(#[from] DecodeError),
+    /// No session holds this receiver index.
+    #[error("no session has receiver index {0:#010x}")]
+    UnknownIndex(u32),
+    /// The counter was a duplicate, too old, or beyond the message limit.
+    #[error("replayed or out-of-window packet: {0}")]
+    Replay(#[from] ReplayError),
+    /// The transport packet did not authenticate (forged, corrupted, or wrong keys).
+    #[error("transport packet did not authenticate")]
+    NotAuthenticated,
+    /// The packet is for keys older than the reject-after time.
+    #[error("packet for expired keys")]
+    KeysExpired,
+    /// The initiation's `mac1` is wrong (not made for this responder's static key).
+    #[error("initiation has a bad mac1")]
+    BadMac1,
+    /// The Noise handshake message was refused.
+    #[error("handshake refused: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// This table was created without a responder role and accepts no initiations.
+    #[error("this table does not accept incoming sessions")]
+    NotAccepting,
+    /// The table holds [`Config::max_sessions`] sessions.
+    #[error("session table full ({limit} sessions)")]
+    TableFull {
+        /// The limit.
+        limit: usize,
+    },
+    /// [`Config::max_half_open`] handshakes are already waiting for confirmation.
+    #[error("too many half-open sessions ({limit})")]
+    TooManyHalfOpen {
+        /// The limit.
+        limit: usize,
+    },
+    /// A rekey initiation came from a different static key than the session's peer.
+    #[error("rekey initiation from a different static key")]
+    RemoteKeyChanged,
+    /// A rekey initiation's attempt counter was not newer than the last one accepted
+    /// (a replayed initiation).
+    #[error("stale handshake attempt {attempt} (last accepted {last})")]
+    StaleAttempt {
+        /// Attempt number received.
+        attempt: u64,
+        /// Last attempt number accepted.
+        last: u64,
+    },
+    /// A response or cookie reply arrived for an index with no handshake in flight, or a
+    /// packet type this end never receives for that index.
+    #[error("unexpected packet for the session's state")]
+    Unexpected,
+    /// The cookie reply did not authenticate.
+    #[error("cookie reply did not authenticate")]
+    BadCookieReply,
+    /// No free random local index was found in [`MAX_INDEX_DRAWS`] draws.
+    #[error("could not allocate a local index")]
+    IndexesExhausted,
+}
+
+/// Why [`SessionTable::connect`] refused to start a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The table holds [`Config::max_sessions`] sessions.
+    #[error("session table full ({limit} sessions)")]
+    TableFull {
+        /// The limit.
+        limit: usize,
+    },
+    /// [`Config::max_half_open`] handshakes are already in flight.
+    #[error("too many half-open sessions ({limit})")]
+    TooManyHalfOpen {
+        /// The limit.
+        limit: usize,
+    },
+    /// No free random local index was found in [`MAX_INDEX_DRAWS`] draws.
+    #[error("could not allocate a local index")]
+    IndexesExhausted,
+    /// snow refused the keys (a configuration problem).
+    #[error("handshake setup failed: {0}")]
+    Handshake(#[from] HandshakeError),
+}
+
+/// Why an initiator's handshake gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// No valid response before the deadline, and no response at all arrived.
+    Timeout,
+    /// Responses arrived but none proved the expected static key: the peer is not the
+    /// device (or server) we expected — a wrong key or a man in the middle.
+    RemoteKeyMismatch {
+        /// How many unauthenticated responses arrived.
+        rejected_responses: u32,
+    },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Its keys reached the reject-after time without a successful rekey.
+    Expired,
+}
+
+/// Something the driver should know about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first handshake of a session completed (initiator: response verified;
+    /// responder: first transport packet on the new keys received).
+    Established {
+        /// The session.
+        session: SessionId,
+        /// Our role.
+        role: Role,
+        /// The peer's authenticated static key (the rendezvous checks it against the
+        /// device's ID certificate).
+        remote_static: PublicKey,
+        /// Where the peer is.
+        remote_addr: SocketAddr,
+    },
+    /// A rekey completed; traffic continues on new keys.
+    Rekeyed {
+        /// The session.
+        session: SessionId,
+    },
+    /// A first handshake failed; the session is gone.
+    HandshakeFailed {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: HandshakeFailure,
+    },
+    /// An established session ended; its id is no longer valid.
+    Closed {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Counters of everything the table did and dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Transport packets opened.
+    pub packets_opened: u64,
+    /// Transport packets sealed.
+    pub packets_sealed: u64,
+    /// Duplicates and too-old counters dropped by the replay window.
+    pub replays_dropped: u64,
+    /// Transport packets that did not authenticate.
+    pub auth_failures: u64,
+    /// Packets for unknown receiver indices.
+    pub unknown_index: u64,
+    /// Malformed packets.
+    pub malformed: u64,
+    /// Initiations dropped for a bad `mac1`.
+    pub bad_mac1: u64,
+    /// Cookie replies sent instead of doing DH.
+    pub cookie_replies_sent: u64,
+    /// Handshake messages that failed Noise authentication.
+    pub handshake_failures: u64,
+    /// Initiations dropped by the session or half-open limits.
+    pub limit_drops: u64,
+    /// Handshakes completed (first handshakes and rekeys, both roles).
+    pub handshakes_completed: u64,
+    /// Datagrams dropped because the transmit queue was full or the buffer too small.
+    pub transmits_dropped: u64,
+    /// Events dropped because the event queue was full.
+    pub events_dropped: u64,
+    /// Other drops (stale attempts, unexpected packets, expired keys).
+    pub other_drops: u64,
+}
+
+struct Pending {
+    state: Box<HandshakeState>,
+    local_index: u32,
+    attempt_started: Instant,
+    round_deadline: Instant,
+    rto: Duration,
+}
+
+struct Session {
+    role: Role,
+    prologue: Prologue,
+    remote_static: PublicKey,
+    remote_addr: SocketAddr,
+    current: Option<Keypair>,
+    previous: Option<Keypair>,
+    next: Option<Keypair>,
+    pending: Option<Pending>,
+    /// Initiator: last attempt number sent. Responder: last attempt number accepted.
+    last_attempt: u64,
+    /// Hash of the first handshake (viewer authorization binds to it).
+    first_handshake_hash: HandshakeHash,
+    established: bool,
+    rejected_responses: u32,
+    jar: Option<CookieJar>,
+    scheduled: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Current,
+    Previous,
+    Next,
+}
+
+impl Session {
+    fn slot_of(&self, index: u32) -> Option<Slot> {
+        let is = |k: &Option<Keypair>| k.as_ref().is_some_and(|k| k.local_index == index);
+        if is(&self.current) {
+            Some(Slot::Current)
+        } else if is(&self.previous) {
+            Some(Slot::Previous)
+        } else if is(&self.next) {
+            Some(Slot::Next)
+        } else {
+            None
+        }
+    }
+
+    fn keys(&mut self, slot: Slot) -> Option<&mut Keypair> {
+        match slot {
+            Slot::Current => self.current.as_mut(),
+            Slot::Previous => self.previous.as_mut(),
+            Slot::Next => self.next.as_mut(),
+        }
+        .map(|k| k as &mut Keypair)
+    }
+
+    fn is_half_open(&self) -> bool {
+        !self.established
+    }
+
+    fn next_deadline(&self, config: &Config) -> Option<Instant> {
+        let mut deadlines = [None; 5];
+        if let Some(p) = &self.pending {
+            deadlines[0] = Some(p.round_deadline.min(p.attempt_started + p.rto));
+        }
+        if let Some(k) = &self.current {
+            deadlines[1] = Some(k.created + config.reject_after_time);
+            if self.role == Role::Initiator && self.pending.is_none() {
+                deadlines[2] = Some(k.created + config.rekey_after_time);
+            }
+        }
+        deadlines[3] = self
+            .previous
+            .as_ref()
+            .map(|k| k.created + config.reject_after_time);
+        deadlines[4] = self
+            .next
+            .as_ref()
+            .map(|k| k.created + config.handshake_deadline);
+        deadlines.into_iter().flatten().min()
+    }
+}
+
+/// What the table answers initiations as.
+#[derive(Debug, Clone, Copy)]
+struct Responder {
+    prologue: Prologue,
+}
+
+/// Many Noise sessions behind one UDP socket. Sans-IO: feed it datagrams
+/// ([`handle_input`](Self::handle_input)) and time ([`handle_timeout`](Self::handle_timeout));
+/// take datagrams ([`poll_transmit`](Self::poll_transmit)), deadlines
+/// ([`poll_timeout`](Self::poll_timeout)) and events ([`poll_event`](Self::poll_event)).
+pub struct SessionTable {
+    local: StaticKeypair,
+    responder: Option<Responder>,
+    config: Config,
+    rng: Box<dyn SessionRng>,
+    sessions: HashMap<SessionId, Session>,
+    indices: HashMap<u32, SessionId>,
+    timers: BTreeSet<(Instant, SessionId)>,
+    next_id: u64,
+    half_open: usize,
+    cookie_checker: CookieChecker,
+    rate_window: Option<(Instant, u32)>,
+    transmits: VecDeque<(SocketAddr, [u8; INITIATION_LEN], usize)>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTable")
+            .field("local", &self.local)
+            .field("sessions", &self.sessions.len())
+            .field("half_open", &self.half_open)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionTable {
+    /// A table that only initiates (viewers; devices talking to the rendezvous).
+    pub fn new(local: StaticKeypair, config: Config, rng: Box<dyn SessionRng>) -> Self {
+        let cookie_checker = CookieChecker::new(local.public());
+        Self {
+            local,
+            responder: None,
+            config,
+            rng,
+            sessions: HashMap::new(),
+            indices: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_id: 1,
+            half_open: 0,
+            cookie_checker,
+            rate_window: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// A table that also answers initiations of `kind` (a device answers
+    /// `SessionKind::Peer { device_id: its own id }`; the rendezvous server answers
+    /// `SessionKind::Rendezvous`).
+    pub fn with_responder(
+        local: StaticKeypair,
+        kind: SessionKind,
+        config: Config,
+        rng: Box<dyn SessionRng>,
+    ) -> Self {
+        let mut table = Self::new(local, config, rng);
+        table.responder = Some(Responder {
+            prologue: kind.prologue(),
+        });
+        table
+    }
+
+    /// Our static public key.
+    pub fn local_public(&self) -> &PublicKey {
+        self.local.public()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Number of sessions (established and half-open).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether the table holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Number of sessions whose first handshake has not completed.
+    pub fn half_open(&self) -> usize {
+        self.half_open
+    }
+
+    /// The peer's static key (authenticated for a responder once the initiation
+    /// decrypted; for an initiator it is the key it was told to expect).
+    pub fn remote_static(&self, session: SessionId) -> Option<&PublicKey> {
+        self.sessions.get(&session).map(|s| &s.remote_static)
+    }
+
+    /// The peer's current address (moves only on authenticated packets).
+    pub fn remote_addr(&self, session: SessionId) -> Option<SocketAddr> {
+        self.sessions.get(&session).map(|s| s.remote_addr)
+    }
+
+    /// The hash of the session's first handshake, once established: the channel binding
+    /// for [`crate::auth`].
+    pub fn handshake_hash(&self, session: SessionId) -> Option<&HandshakeHash> {
+        self.sessions
+            .get(&session)
+            .filter(|s| s.established)
+            .map(|s| &s.first_handshake_hash)
+    }
+
+    /// Our role in the session.
+    pub fn role(&self, session: SessionId) -> Option<Role> {
+        self.sessions.get(&session).map(|s| s.role)
+    }
+
+    /// Whether the session can carry data.
+    pub fn is_established(&self, session: SessionId) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.established && s.current.is_some())
+    }
+
+    /// Sessions whose peer has this static key (e.g. to close them after revoking it).
+    pub fn sessions_with_remote(
+        &self,
+        remote_static: &PublicKey,
+    ) -> impl Iterator<Item = SessionId> + '_ {
+        let key = *remote_static;
+        self.sessions
+            .iter()
+            .filter(move |(_, s)| s.remote_static == key)
+            .map(|(id, _)| *id)
+    }
+
+    /// Ends a session now and forgets its keys (zeroized). No event is emitted.
+    pub fn close(&mut self, session: SessionId) -> bool {
+        self.remove(session).is_some()
+    }
+
+    /// Starts a session to `remote_static` at `remote_addr`; the initiation is queued for
+    /// [`poll_transmit`](Self::poll_transmit). For `SessionKind::Peer` the device ID is
+    /// the one the viewer expects; a device with another ID cannot complete it.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote_addr: SocketAddr,
+        kind: SessionKind,
+        remote_static: PublicKey,
+    ) -> Result<SessionId, ConnectError> {
+        if self.sessions.len() >= self.config.max_sessions {
+            return Err(ConnectError::TableFull {
+                limit: self.config.max_sessions,
+            });
+        }
+        if self.half_open >= self.config.max_half_open {
+            return Err(ConnectError::TooManyHalfOpen {
+                limit: self.config.max_half_open,
+            });
+        }
+        let id = self.new_id();
+        let session = Session {
+            role: Role::Initiator,
+            prologue: kind.prologue(),
+            remote_static,
+            remote_addr,
+            current: None,
+            previous: None,
+            next: None,
+            pending: None,
+            last_attempt: 0,
+            first_handshake_hash: [0; 32],
+            established: false,
+            rejected_responses: 0,
+            jar: Some(CookieJar::new(&remote_static)),
+            scheduled: None,
+        };
+        self.sessions.insert(id, session);
+        self.half_open += 1;
+        let deadline = now + self.config.handshake_deadline;
+        let rto = self.config.handshake_initial_rto;
+        if let Err(e) = self.send_attempt(id, now, deadline, rto) {
+            self.remove(id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn new_id(&mut self) -> SessionId {
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn allocate_index(&mut self, session: SessionId) -> Option<u32> {
+        for _ in 0..MAX_INDEX_DRAWS {
+            let candidate = self.rng.next_u32();
+            if candidate != 0 && !self.indices.contains_key(&candidate) {
+                self.indices.insert(candidate, session);
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    fn free_keys(indices: &mut HashMap<u32, SessionId>, keys: Option<Keypair>) {
+        if let Some(k) = keys {
+            indices.remove(&k.local_index);
+        }
+    }
+
+    /// Builds and queues a fresh initiation (new ephemeral, new index, next attempt
+    /// number) for an initiator session, replacing any attempt in flight.
+    fn send_attempt(
+        &mut self,
+        id: SessionId,
+        now: Instant,
+        round_deadline: Instant,
+        rto: Duration,
+    ) -> Result<(), ConnectError> {
+        let index = self
+            .allocate_index(id)
+            .ok_or(ConnectError::IndexesExhausted)?;
+        let ephemeral = Ephemeral::from_rng(&mut *self.rng);
+        let Some(session) = self.sessions.get_mut(&id) else {
+            self.indices.remove(&index);
+            return Ok(());
+        };
+        let receiver_index = session.current.as_ref().map_or(0, |k| k.remote_index);
+        let attempt = session.last_attempt.saturating_add(1);
+        let built = noise::write_initiation(
+            &self.local,
+            &session.remote_static,
+            &session.prologue,
+            &ephemeral,
+            index,
+            receiver_index,
+            attempt,
+        );
+        let (state, mut packet) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                self.indices.remove(&index);
+                return Err(e.into());
+            }
+        };
+        if let Some(jar) = session.jar.as_mut() {
+            jar.stamp(now, &mut packet);
+        }
+        session.last_attempt = attempt;
+        if let Some(old) = session.pending.replace(Pending {
+            state: Box::new(state),
+            local_index: index,
+            attempt_started: now,
+            round_deadline,
+            rto,
+        }) {
+            self.indices.remove(&old.local_index);
+        }
+        let destination = session.remote_addr;
+        self.queue_transmit(destination, &packet);
+        self.reschedule(id);
+        Ok(())
+    }
+
+    fn queue_transmit(&mut self, destination: SocketAddr, bytes: &[u8]) {
+        if self.transmits.len() >= self.config.max_queued_transmits || bytes.len() > INITIATION_LEN
+        {
+            self.stats.transmits_dropped += 1;
+            return;
+        }
+        let mut buf = [0u8; INITIATION_LEN];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        self.transmits.push_back((destination, buf, bytes.len()));
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() >= self.config.max_queued_events {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        self.events.push_back(event);
+    }
+
+    fn reschedule(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let deadline = session.next_deadline(&self.config);
+        if session.scheduled != deadline {
+            if let Some(old) = session.scheduled {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(new) = deadline {
+                self.timers.insert((new, id));
+            }
+            session.scheduled = deadline;
+        }
+    }
+
+    fn remove(&mut self, id: SessionId) -> Option<()> {
+        let mut session = self.sessions.remove(&id)?;
+        if let Some(at) = session.scheduled {
+            self.timers.remove(&(at, id));
+        }
+        for keys in [
+            session.current.take(),
+            session.previous.take(),
+            session.next.take(),
+        ] {
+            Self::free_keys(&mut self.indices, keys);
+        }
+        if let Some(p) = session.pending.take() {
+            self.indices.remove(&p.local_index);
+        }
+        if session.is_half_open() {
+            self.half_open = self.half_open.saturating_sub(1);
+        }
+        Some(())
+    }
+
+    /// Seals `plaintext` for `session` into `out` (which needs
+    /// `plaintext.len() + TRANSPORT_OVERHEAD` bytes). Returns where to send `out[..len]`.
+    pub fn seal(
+        &mut self,
+        session: SessionId,
+        now: Instant,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<Transmit, SealError> {
+        let needed = plaintext.len() + TRANSPORT_OVERHEAD;
+        let available = out.len();
+        let body = out
+            .get_mut(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plaintext.len())
+            .ok_or(SealError::BufferTooSmall { needed, available })?;
+        body.copy_from_slice(plaintext);
+        self.seal_in_place(session, now, out, plaintext.len())
+    }
+
+    /// Seals the plaintext already placed at `buf[TRANSPORT_HEADER_LEN..][..plaintext_len]`
+    /// (zero-copy: the media layer writes its payload there), writing the header in front
+    /// and the tag behind.
+    pub fn seal_in_place(
+        &mut self,
+        session: SessionId,
+        now: Instant,
+        buf: &mut [u8],
+        plaintext_len: usize,
+    ) -> Result<Transmit, SealError> {
+        if plaintext_len > MAX_PLAINTEXT_LEN {
+            return Err(SealError::PlaintextTooLong {
+                len: plaintext_len,
+                limit: MAX_PLAINTEXT_LEN,
+            });
+        }
+        let config = &self.config;
+        let s = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(SealError::UnknownSession)?;
+        let keys = s.current.as_mut().ok_or(SealError::NotEstablished)?;
+        if now.saturating_duration_since(keys.created) >= config.reject_after_time {
+            return Err(SealError::KeysExpired);
+        }
+        let len = keys.seal_in_place(buf, plaintext_len)?;
+        let wants_rekey = s.role == Role::Initiator
+            && s.pending.is_none()
+            && keys.send_counter >= config.rekey_after_messages;
+        let destination = s.remote_addr;
+        let round_deadline = keys.created + config.reject_after_time;
+        self.stats.packets_sealed += 1;
+        if wants_rekey {
+            let rto = self.config.handshake_initial_rto;
+            // A failed rekey start is retried by the timer; the packet is sealed either way.
+            let _ = self.send_attempt(session, now, round_deadline, rto);
+        }
+        Ok(Transmit { destination, len })
+    }
+
+    /// Processes one datagram whose first byte is in the session range (`0x01`–`0x0F`)
+    /// received from `from`. Transport packets are decrypted in place; the plaintext is
+    /// returned as a slice of `datagram`.
+    pub fn handle_input<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &'d mut [u8],
+    ) -> Result<Input<'d>, InputError> {
+        let result = self.dispatch(now, from, datagram);
+        if let Err(e) = &result {
+            let counter = match e {
+                InputError::Malformed(_) => &mut self.stats.malformed,
+                InputError::UnknownIndex(_) => &mut self.stats.unknown_index,
+                InputError::Replay(_) => &mut self.stats.replays_dropped,
+                InputError::NotAuthenticated => &mut self.stats.auth_failures,
+                InputError::BadMac1 => &mut self.stats.bad_mac1,
+                InputError::Handshake(_) => &mut self.stats.handshake_failures,
+                InputError::TableFull { .. } | InputError::TooManyHalfOpen { .. } => {
+                    &mut self.stats.limit_drops
+                }
+                _ => &mut self.stats.other_drops,
+            };
+            *counter += 1;
+        }
+        result
+    }
+
+    fn dispatch<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &'d mut [u8],
+    ) -> Result<Input<'d>, InputError> {
+        let (receiver_index, counter) = match Packet::decode(datagram)? {
+            Packet::Transport(t) => (t.receiver_index, t.counter),
+            Packet::Initiation(i) => {
+                let packet: [u8; INITIATION_LEN] = datagram
+                    .get(..INITIATION_LEN)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(InputError::Malformed(DecodeError::BadLength {
+                        packet_type: crate::wire::TYPE_INITIATION,
+                        len: datagram.len(),
+                        expected: INITIATION_LEN,
+                    }))?;
+                return self.on_initiation(now, from, &i, &packet);
+            }
+            Packet::Response(r) => {
+                let (sender, receiver, noise) = (r.sender_index, r.receiver_index, *r.noise);
+                return self.on_response(now, from, sender, receiver, &noise);
+            }
+            Packet::CookieReply(c) => {
+                let id = *self
+                    .indices
+                    .get(&c.receiver_index)
+                    .ok_or(InputError::UnknownIndex(c.receiver_index))?;
+                let session = self
+                    .sessions
+                    .get_mut(&id)
+                    .ok_or(InputError::UnknownIndex(c.receiver_index))?;
+                let in_flight = session
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.local_index == c.receiver_index);
+                let jar = session
+                    .jar
+                    .as_mut()
+                    .filter(|_| in_flight)
+                    .ok_or(InputError::Unexpected)?;
+                if !jar.consume_reply(now, &c) {
+                    return Err(InputError::BadCookieReply);
+                }
+                return Ok(Input::Handshake { session: Some(id) });
+            }
+        };
+        self.on_transport(now, from, receiver_index, counter, datagram)
+    }
+
+    fn on_transport<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        index: u32,
+        counter: u64,
+        datagram: &'d mut [u8],
+    ) -> Result<Input<'d>, InputError> {
+        let id = *self
+            .indices
+            .get(&index)
+            .ok_or(InputError::UnknownIndex(index))?;
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(InputError::UnknownIndex(index))?;
+        let slot = session
+            .slot_of(index)
+            .ok_or(InputError::UnknownIndex(index))?;
+        let lifetime = if slot == Slot::Next {
+            self.config.handshake_deadline
+        } else {
+            self.config.reject_after_time
+        };
+        let keys = session.keys(slot).ok_or(InputError::UnknownIndex(index))?;
+        // Safe order: cheap window check, then authenticate, then mark.
+        keys.replay.check(counter)?;
+        if now.saturating_duration_since(keys.created) >= lifetime {
+            return Err(InputError::KeysExpired);
+        }
+        let ciphertext = datagram
+            .get_mut(TRANSPORT_HEADER_LEN..)
+            .ok_or(InputError::NotAuthenticated)?;
+        let plaintext_len = keys
+            .open_in_place(counter, ciphertext)
+            .map_err(|()| InputError::NotAuthenticated)?;
+        keys.replay.mark(counter);
+        self.stats.packets_opened += 1;
+        let endpoint_changed = session.remote_addr != from;
+        session.remote_addr = from;
+        if slot == Slot::Next {
+            // First packet on the responder's new keys: the initiator has them, rotate.
+            let confirmed = session.next.take();
+            let retired = std::mem::replace(&mut session.previous, session.current.take());
+            session.current = confirmed;
+            Self::free_keys(&mut self.indices, retired);
+            self.stats.handshakes_completed += 1;
+            let event = if session.established {
+                Event::Rekeyed { session: id }
+            } else {
+                session.established = true;
+                self.half_open = self.half_open.saturating_sub(1);
+                Event::Established {
+                    session: id,
+                    role: Role::Responder,
+                    remote_static: session.remote_static,
+                    remote_addr: from,
+                }
+            };
+            self.push_event(event);
+            self.reschedule(id);
+        }
+        let plaintext = datagram
+            .get_mut(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plaintext_len)
+            .ok_or(InputError::NotAuthenticated)?;
+        if plaintext.is_empty() {
+            Ok(Input::Keepalive {
+                session: id,
+                endpoint_changed,
+            })
+        } else {
+            Ok(Input::Data {
+                session: id,
+                plaintext,
+                endpoint_changed,
+            })
+        }
+    }
+
+    fn under_load(&mut self, now: Instant) -> bool {
+        let count = match self.rate_window {
+            Some((start, count))
+                if now.saturating_duration_since(start) < Duration::from_secs(1) =>
+            {
+                count.saturating_add(1)
+            }
+            _ => {
+                self.rate_window = Some((now, 0));
+                1
+            }
+        };
+        if let Some((start, _)) = self.rate_window {
+            self.rate_window = Some((start, count));
+        }
+        self.half_open >= self.config.under_load_half_open
+            || count > self.config.under_load_initiations_per_second
+    }
+
+    fn on_initiation<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        initiation: &Initiation<'_>,
+        packet: &[u8; INITIATION_LEN],
+    ) -> Result<Input<'d>, InputError> {
+        let responder = self.responder.ok_or(InputError::NotAccepting)?;
+        if !self.cookie_checker.mac1_ok(packet) {
+            return Err(InputError::BadMac1);
+        }
+        if self.under_load(now)
+            && !self
+                .cookie_checker
+                .mac2_ok(now, &mut *self.rng, packet, from)
+        {
+            let mut nonce = [0u8; COOKIE_NONCE_LEN];
+            self.rng.fill_bytes(&mut nonce);
+            let mut reply = [0u8; INITIATION_LEN];
+            let len = self
+                .cookie_checker
+                .reply(now, &mut *self.rng, packet, from, nonce, &mut reply)
+                .unwrap_or(0);
+            self.queue_transmit(from, reply.get(..len).unwrap_or_default());
+            self.stats.cookie_replies_sent += 1;
+            return Ok(Input::Handshake { session: None });
+        }
+        // A rekey names the responder's current keys; anything else is a new session.
+        let existing = if initiation.receiver_index == 0 {
+            None
+        } else {
+            let id = *self
+                .indices
+                .get(&initiation.receiver_index)
+                .ok_or(InputError::UnknownIndex(initiation.receiver_index))?;
+            let s = self
+                .sessions
+                .get(&id)
+                .ok_or(InputError::UnknownIndex(initiation.receiver_index))?;
+            if s.role != Role::Responder
+                || s.slot_of(initiation.receiver_index) != Some(Slot::Current)
+            {
+                return Err(InputError::Unexpected);
+            }
+            Some(id)
+        };
+        if existing.is_none() {
+            if self.sessions.len() >= self.config.max_sessions {
+                return Err(InputError::TableFull {
+                    limit: self.config.max_sessions,
+                });
+            }
+            if self.half_open >= self.config.max_half_open {
+                return Err(InputError::TooManyHalfOpen {
+                    limit: self.config.max_half_open,
+                });
+            }
+        }
+        let ephemeral = Ephemeral::from_rng(&mut *self.rng);
+        let accepted = noise::read_initiation(
+            &self.local,
+            &responder.prologue,
+            &ephemeral,
+            initiation.noise,
+        )?;
+        if let Some(id) = existing {
+            let s = self.sessions.get(&id).ok_or(InputError::Unexpected)?;
+            if s.remote_static != accepted.remote_static {
+                return Err(InputError::RemoteKeyChanged);
+            }
+            if accepted.attempt <= s.last_attempt {
+                return Err(InputError::StaleAttempt {
+                    attempt: accepted.attempt,
+                    last: s.last_attempt,
+                });
+            }
+        }
+        let id = match existing {
+            Some(id) => id,
+            None => self.new_id(),
+        };
+        let index = self
+            .allocate_index(id)
+            .ok_or(InputError::IndexesExhausted)?;
+        let (response, keys, hash) =
+            match noise::write_response(accepted.state, index, initiation.sender_index, now) {
+                Ok(done) => done,
+                Err(e) => {
+                    self.indices.remove(&index);
+                    return Err(e.into());
+                }
+            };
+        match existing.and_then(|id| self.sessions.get_mut(&id)) {
+            Some(session) => {
+                // Rekey: the new keys wait in `next` until the initiator uses them. The
+                // peer address moves only when that (replay-protected) packet arrives.
+                let replaced = session.next.replace(keys);
+                session.last_attempt = accepted.attempt;
+                Self::free_keys(&mut self.indices, replaced);
+            }
+            None => {
+                self.sessions.insert(
+                    id,
+                    Session {
+                        role: Role::Responder,
+                        prologue: responder.prologue,
+                        remote_static: accepted.remote_static,
+                        remote_addr: from,
+                        current: None,
+                        previous: None,
+                        next: Some(keys),
+                        pending: None,
+                        last_attempt: accepted.attempt,
+                        first_handshake_hash: hash,
+                        established: false,
+                        rejected_responses: 0,
+                        jar: None,
+                        scheduled: None,
+                    },
+                );
+                self.half_open += 1;
+            }
+        }
+        self.queue_transmit(from, &response);
+        self.reschedule(id);
+        Ok(Input::Handshake { session: Some(id) })
+    }
+
+    fn on_response<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender_index: u32,
+        receiver_index: u32,
+        noise_msg: &[u8; crate::wire::RESPONSE_NOISE_LEN],
+    ) -> Result<Input<'d>, InputError> {
+        let id = *self
+            .indices
+            .get(&receiver_index)
+            .ok_or(InputError::UnknownIndex(receiver_index))?;
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(InputError::UnknownIndex(receiver_index))?;
+        let pending = session
+            .pending
+            .as_mut()
+            .filter(|p| p.local_index == receiver_index)
+            .ok_or(InputError::Unexpected)?;
+        let (keys, hash) = match noise::read_response(
+            &mut pending.state,
+            noise_msg,
+            receiver_index,
+            sender_index,
+            now,
+        ) {
+            Ok(done) => done,
+            Err(e) => {
+                session.rejected_responses = session.rejected_responses.saturating_add(1);
+                return Err(e.into());
+            }
+        };
+        session.pending = None;
+        session.rejected_responses = 0;
+        let retired = std::mem::replace(&mut session.previous, session.current.replace(keys));
+        Self::free_keys(&mut self.indices, retired);
+        session.remote_addr = from;
+        self.stats.handshakes_completed += 1;
+        let event = if session.established {
+            Event::Rekeyed { session: id }
+        } else {
+            session.established = true;
+            session.first_handshake_hash = hash;
+            self.half_open = self.half_open.saturating_sub(1);
+            Event::Established {
+                session: id,
+                role: Role::Initiator,
+                remote_static: session.remote_static,
+                remote_addr: from,
+            }
+        };
+        // Confirm the new keys at once with an empty transport packet, so the responder
+        // rotates without waiting for application data.
+        let mut confirm = [0u8; TRANSPORT_OVERHEAD];
+        let sealed = session
+            .current
+            .as_mut()
+            .map(|k| k.seal_in_place(&mut confirm, 0));
+        if let Some(Ok(len)) = sealed {
+            self.queue_transmit(from, confirm.get(..len).unwrap_or_default());
+        }
+        self.push_event(event);
+        self.reschedule(id);
+        Ok(Input::Handshake { session: Some(id) })
+    }
+
+    /// The next datagram to send (handshake messages, cookie replies, confirmations).
+    /// `buf` should hold at least [`crate::INITIATION_LEN`] bytes; a datagram that does
+    /// not fit is dropped and counted.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some((destination, bytes, len)) = self.transmits.pop_front() {
+            match (buf.get_mut(..len), bytes.get(..len)) {
+                (Some(out), Some(bytes)) => {
+                    out.copy_from_slice(bytes);
+                    return Some(Transmit { destination, len });
+                }
+                _ => self.stats.transmits_dropped += 1,
+            }
+        }
+        None
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Runs every timer due at `now`: handshake retransmission and deadlines, rekeys, key
+    /// expiry. Bounded: each due session is visited once per call.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<SessionId> = self
+            .timers
+            .range(..=(now, SessionId(u64::MAX)))
+            .map(|(_, id)| *id)
+            .collect();
+        for id in due {
+            self.session_timeout(id, now);
+        }
+    }
+
+    fn session_timeout(&mut self, id: SessionId, now: Instant) {
+        let config = self.config.clone();
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let expired = |k: &Option<Keypair>, life: Duration| {
+            k.as_ref()
+                .is_some_and(|k| now.saturating_duration_since(k.created) >= life)
+        };
+        if expired(&session.previous, config.reject_after_time) {
+            Self::free_keys(&mut self.indices, session.previous.take());
+        }
+        if expired(&session.next, config.handshake_deadline) {
+            Self::free_keys(&mut self.indices, session.next.take());
+        }
+        if expired(&session.current, config.reject_after_time) {
+            Self::free_keys(&mut self.indices, session.current.take());
+        }
+        let mut retry = None;
+        if let Some(p) = &session.pending {
+            if now >= p.round_deadline {
+                let rejected = session.rejected_responses;
+                if let Some(p) = session.pending.take() {
+                    self.indices.remove(&p.local_index);
+                }
+                if !session.established {
+                    let reason = if rejected > 0 {
+                        HandshakeFailure::RemoteKeyMismatch {
+                            rejected_responses: rejected,
+                        }
+                    } else {
+                        HandshakeFailure::Timeout
+                    };
+                    self.remove(id);
+                    self.push_event(Event::HandshakeFailed {
+                        session: id,
+                        reason,
+                    });
+                    return;
+                }
+            } else if now >= p.attempt_started + p.rto {
+                retry = Some((p.round_deadline, (p.rto * 2).min(config.handshake_max_rto)));
+            }
+        } else if session.role == Role::Initiator
+            && session.current.as_ref().is_some_and(|k| {
+                now.saturating_duration_since(k.created) >= config.rekey_after_time
+            })
+        {
+            let created = session.current.as_ref().map_or(now, |k| k.created);
+            retry = Some((
+                created + config.reject_after_time,
+                config.handshake_initial_rto,
+            ));
+        }
+        let dead = session.current.is_none()
+            && session.next.is_none()
+            && session.pending.is_none()
+            && retry.is_none();
+        if dead {
+            let was_established = session.established;
+            self.remove(id);
+            if was_established {
+                self.push_event(Event::Closed {
+                    session: id,
+                    reason: CloseReason::Expired,
+                });
+            }
+            return;
+        }
+        if let Some((round_deadline, rto)) = retry {
+            // On failure (no free index) the session stays scheduled and retries later.
+            let _ = self.send_attempt(id, now, round_deadline, rto);
+        }
+        self.reschedule(id);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn index_count(&self) -> usize {
+        self.indices.len()
+    }
+}

@@ -1,0 +1,1020 @@
+//! Deterministic, virtual-time tests of whole sessions: two tables and an in-memory
+//! network the test controls (drop, duplicate, reorder, rewrite, change addresses).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::wire::{COOKIE_REPLY_LEN, INITIATION_LEN, Packet, RESPONSE_LEN, TYPE_COOKIE_REPLY};
+use crate::*;
+
+pub(crate) const DEVICE_ID: [u8; 6] = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+fn rng(seed: u64) -> Box<ChaCha20Rng> {
+    Box::new(ChaCha20Rng::seed_from_u64(seed))
+}
+
+fn keypair(seed: u64) -> StaticKeypair {
+    StaticKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed))
+}
+
+/// A datagram in flight.
+#[derive(Debug, Clone)]
+struct Datagram {
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// A viewer (initiator) and a camera (responder) on a controllable network.
+struct Pair {
+    viewer: SessionTable,
+    camera: SessionTable,
+    viewer_addr: SocketAddr,
+    camera_addr: SocketAddr,
+    camera_public: PublicKey,
+    now: Instant,
+    viewer_session: Option<SessionId>,
+    camera_session: Option<SessionId>,
+    viewer_events: Vec<Event>,
+    camera_events: Vec<Event>,
+}
+
+impl Pair {
+    fn new(config: Config) -> Self {
+        Self::with_configs(config.clone(), config)
+    }
+
+    fn with_configs(viewer_config: Config, camera_config: Config) -> Self {
+        let camera_key = keypair(100);
+        let camera_public = *camera_key.public();
+        Self {
+            viewer: SessionTable::new(keypair(200), viewer_config, rng(1)),
+            camera: SessionTable::with_responder(
+                camera_key,
+                SessionKind::Peer {
+                    device_id: DEVICE_ID,
+                },
+                camera_config,
+                rng(2),
+            ),
+            viewer_addr: addr("198.51.100.20:5000"),
+            camera_addr: addr("192.0.2.10:7000"),
+            camera_public,
+            now: Instant::now(),
+            viewer_session: None,
+            camera_session: None,
+            viewer_events: Vec::new(),
+            camera_events: Vec::new(),
+        }
+    }
+
+    fn connect(&mut self) -> SessionId {
+        let id = self
+            .viewer
+            .connect(
+                self.now,
+                self.camera_addr,
+                SessionKind::Peer {
+                    device_id: DEVICE_ID,
+                },
+                self.camera_public,
+            )
+            .expect("connect");
+        self.viewer_session = Some(id);
+        id
+    }
+
+    fn drain(table: &mut SessionTable, from: SocketAddr) -> Vec<Datagram> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Some(t) = table.poll_transmit(&mut buf) {
+            out.push(Datagram {
+                from,
+                to: t.destination,
+                bytes: buf[..t.len].to_vec(),
+            });
+        }
+        out
+    }
+
+    fn viewer_out(&mut self) -> Vec<Datagram> {
+        Self::drain(&mut self.viewer, self.viewer_addr)
+    }
+
+    fn camera_out(&mut self) -> Vec<Datagram> {
+        Self::drain(&mut self.camera, self.camera_addr)
+    }
+
+    fn deliver_to_camera(&mut self, d: &Datagram) -> Result<Option<Vec<u8>>, InputError> {
+        let mut bytes = d.bytes.clone();
+        let r = self
+            .camera
+            .handle_input(self.now, d.from, &mut bytes)
+            .map(|i| match i {
+                Input::Data { plaintext, .. } => Some(plaintext.to_vec()),
+                _ => None,
+            });
+        self.collect_events();
+        r
+    }
+
+    fn deliver_to_viewer(&mut self, d: &Datagram) -> Result<Option<Vec<u8>>, InputError> {
+        let mut bytes = d.bytes.clone();
+        let r = self
+            .viewer
+            .handle_input(self.now, d.from, &mut bytes)
+            .map(|i| match i {
+                Input::Data { plaintext, .. } => Some(plaintext.to_vec()),
+                _ => None,
+            });
+        self.collect_events();
+        r
+    }
+
+    fn collect_events(&mut self) {
+        while let Some(e) = self.viewer.poll_event() {
+            self.viewer_events.push(e);
+        }
+        while let Some(e) = self.camera.poll_event() {
+            if let Event::Established { session, .. } = e {
+                self.camera_session = Some(session);
+            }
+            self.camera_events.push(e);
+        }
+    }
+
+    /// Delivers everything both sides transmit until both are quiet.
+    fn pump(&mut self) {
+        for _ in 0..16 {
+            let from_viewer = self.viewer_out();
+            let from_camera = self.camera_out();
+            if from_viewer.is_empty() && from_camera.is_empty() {
+                return;
+            }
+            for d in &from_viewer {
+                let _ = self.deliver_to_camera(d);
+            }
+            for d in &from_camera {
+                let _ = self.deliver_to_viewer(d);
+            }
+        }
+        self.collect_events();
+    }
+
+    fn established(config: Config) -> Self {
+        let mut pair = Self::new(config);
+        pair.connect();
+        pair.pump();
+        assert!(pair.camera_session.is_some(), "camera established");
+        pair
+    }
+
+    fn seal_viewer(&mut self, payload: &[u8]) -> Datagram {
+        let mut buf = vec![0u8; payload.len() + TRANSPORT_OVERHEAD];
+        let id = self.viewer_session.expect("viewer session");
+        let t = self
+            .viewer
+            .seal(id, self.now, payload, &mut buf)
+            .expect("seal");
+        buf.truncate(t.len);
+        Datagram {
+            from: self.viewer_addr,
+            to: t.destination,
+            bytes: buf,
+        }
+    }
+
+    fn seal_camera(&mut self, payload: &[u8]) -> Datagram {
+        let mut buf = vec![0u8; payload.len() + TRANSPORT_OVERHEAD];
+        let id = self.camera_session.expect("camera session");
+        let t = self
+            .camera
+            .seal(id, self.now, payload, &mut buf)
+            .expect("seal");
+        buf.truncate(t.len);
+        Datagram {
+            from: self.camera_addr,
+            to: t.destination,
+            bytes: buf,
+        }
+    }
+
+    /// Advances virtual time to `until`, running both tables' timers and delivering.
+    fn run_until(&mut self, until: Instant) {
+        loop {
+            let next = [self.viewer.poll_timeout(), self.camera.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(at) if at <= until => {
+                    self.now = self.now.max(at);
+                    self.viewer.handle_timeout(self.now);
+                    self.camera.handle_timeout(self.now);
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+        self.collect_events();
+    }
+}
+
+#[test]
+fn handshake_then_data_both_ways() {
+    let mut pair = Pair::established(Config::default());
+    let v = pair.viewer_session.unwrap();
+    let c = pair.camera_session.unwrap();
+    assert!(matches!(
+        pair.viewer_events[0],
+        Event::Established {
+            role: Role::Initiator,
+            ..
+        }
+    ));
+    match pair.camera_events[0] {
+        Event::Established {
+            role,
+            remote_static,
+            remote_addr,
+            ..
+        } => {
+            assert_eq!(role, Role::Responder);
+            assert_eq!(
+                remote_static,
+                *pair.viewer.local_public(),
+                "camera learns the viewer's key"
+            );
+            assert_eq!(remote_addr, pair.viewer_addr);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let hash = pair.viewer.handshake_hash(v).copied().expect("hash");
+    assert_eq!(
+        pair.camera.handshake_hash(c),
+        Some(&hash),
+        "both ends share the channel binding"
+    );
+    let d = pair.seal_viewer(b"to camera");
+    assert_eq!(pair.deliver_to_camera(&d), Ok(Some(b"to camera".to_vec())));
+    let d = pair.seal_camera(b"to viewer");
+    assert_eq!(pair.deliver_to_viewer(&d), Ok(Some(b"to viewer".to_vec())));
+    assert_eq!(pair.viewer.half_open(), 0);
+    assert_eq!(pair.camera.half_open(), 0);
+}
+
+#[test]
+fn wrong_device_key_is_refused_by_mac1() {
+    // The viewer expects key A; the host at that address holds key B.
+    let mut pair = Pair::new(Config::default());
+    pair.camera_public = *keypair(999).public();
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    assert_eq!(
+        pair.deliver_to_camera(&initiation),
+        Err(InputError::BadMac1)
+    );
+    assert!(pair.camera_out().is_empty(), "nothing answered");
+}
+
+#[test]
+fn wrong_device_id_is_refused_by_the_prologue() {
+    let mut pair = Pair::new(Config::default());
+    let id = pair
+        .viewer
+        .connect(
+            pair.now,
+            pair.camera_addr,
+            SessionKind::Peer {
+                device_id: [0, 1, 2, 3, 4, 5],
+            },
+            pair.camera_public,
+        )
+        .unwrap();
+    pair.viewer_session = Some(id);
+    let initiation = pair.viewer_out().remove(0);
+    assert_eq!(
+        pair.deliver_to_camera(&initiation),
+        Err(InputError::Handshake(
+            HandshakeError::InitiationNotAuthenticated
+        ))
+    );
+    // A rendezvous-kind initiation to a camera fails the same way.
+    pair.viewer
+        .connect(
+            pair.now,
+            pair.camera_addr,
+            SessionKind::Rendezvous,
+            pair.camera_public,
+        )
+        .unwrap();
+    let initiation = pair.viewer_out().remove(0);
+    assert_eq!(
+        pair.deliver_to_camera(&initiation),
+        Err(InputError::Handshake(
+            HandshakeError::InitiationNotAuthenticated
+        ))
+    );
+}
+
+/// A man in the middle answers the viewer with a response made by a responder that holds
+/// another key (here: a genuine response from an impostor camera to another viewer). The
+/// viewer refuses it with a typed error and, at the deadline, reports the mismatch.
+#[test]
+fn man_in_the_middle_response_is_refused_and_reported() {
+    let config = Config::default();
+    let mut victim = Pair::new(config.clone());
+    let victim_session = victim.connect();
+    let victim_initiation = victim.viewer_out().remove(0);
+    let Ok(Packet::Initiation(init)) = Packet::decode(&victim_initiation.bytes) else {
+        panic!()
+    };
+    let victim_index = init.sender_index;
+
+    // The attacker runs its own "camera" (key B) and a viewer that expects key B.
+    let mut attacker = Pair::new(config.clone());
+    attacker.camera = SessionTable::with_responder(
+        keypair(777),
+        SessionKind::Peer {
+            device_id: DEVICE_ID,
+        },
+        config,
+        rng(9),
+    );
+    attacker.camera_public = *keypair(777).public();
+    attacker.connect();
+    let their_initiation = attacker.viewer_out().remove(0);
+    attacker
+        .deliver_to_camera(&their_initiation)
+        .expect("impostor answers its own viewer");
+    let mut forged = attacker.camera_out().remove(0);
+    assert_eq!(forged.bytes.len(), RESPONSE_LEN);
+    // Readdress the impostor's response to the victim's handshake.
+    forged.bytes[5..9].copy_from_slice(&victim_index.to_be_bytes());
+    forged.from = victim.camera_addr;
+    assert_eq!(
+        victim.deliver_to_viewer(&forged),
+        Err(InputError::Handshake(
+            HandshakeError::ResponseNotAuthenticated
+        ))
+    );
+    assert!(!victim.viewer.is_established(victim_session));
+    let deadline = victim.now + HANDSHAKE_DEADLINE;
+    // Keep the real camera unreachable; only the attacker talks.
+    while let Some(at) = victim.viewer.poll_timeout() {
+        if at > deadline {
+            break;
+        }
+        victim.now = at;
+        victim.viewer.handle_timeout(at);
+        victim.viewer_out();
+    }
+    victim.collect_events();
+    assert_eq!(
+        victim.viewer_events,
+        vec![Event::HandshakeFailed {
+            session: victim_session,
+            reason: HandshakeFailure::RemoteKeyMismatch {
+                rejected_responses: 1
+            }
+        }]
+    );
+    assert!(victim.viewer.is_empty());
+}
+
+#[test]
+fn retransmission_backs_off_until_the_deadline() {
+    let mut pair = Pair::new(Config::default());
+    let start = pair.now;
+    let id = pair.connect();
+    let mut sent_at = vec![Duration::ZERO];
+    let mut indices = std::collections::HashSet::new();
+    for d in pair.viewer_out() {
+        let Ok(Packet::Initiation(i)) = Packet::decode(&d.bytes) else {
+            panic!()
+        };
+        indices.insert(i.sender_index);
+    }
+    while let Some(at) = pair.viewer.poll_timeout() {
+        pair.now = at;
+        pair.viewer.handle_timeout(at);
+        for d in pair.viewer_out() {
+            // Every retry is a fresh initiation with a fresh index (and ephemeral key).
+            let Ok(Packet::Initiation(i)) = Packet::decode(&d.bytes) else {
+                panic!()
+            };
+            assert!(indices.insert(i.sender_index), "index reused");
+            sent_at.push(at - start);
+        }
+    }
+    let secs: Vec<u64> = sent_at.iter().map(Duration::as_secs).collect();
+    // RTO 1, 2, 4, 8, 8 s (capped) until the 20 s deadline.
+    assert_eq!(secs, vec![0, 1, 3, 7, 15]);
+    assert_eq!(pair.now - start, HANDSHAKE_DEADLINE);
+    assert_eq!(
+        pair.viewer.poll_event(),
+        Some(Event::HandshakeFailed {
+            session: id,
+            reason: HandshakeFailure::Timeout
+        })
+    );
+    assert!(pair.viewer.is_empty());
+    assert_eq!(pair.viewer.index_count(), 0, "every index freed");
+}
+
+#[test]
+fn lost_response_is_recovered_by_retransmission() {
+    let mut pair = Pair::new(Config::default());
+    pair.connect();
+    let first = pair.viewer_out().remove(0);
+    pair.deliver_to_camera(&first).unwrap();
+    let _lost = pair.camera_out();
+    pair.run_until(pair.now + Duration::from_secs(2));
+    assert!(pair.camera_session.is_some());
+    assert!(pair.viewer.is_established(pair.viewer_session.unwrap()));
+    // The first, abandoned half-open session on the camera expires after the deadline.
+    assert_eq!(pair.camera.len(), 2);
+    pair.run_until(pair.now + HANDSHAKE_DEADLINE);
+    assert_eq!(pair.camera.len(), 1);
+    assert_eq!(pair.camera.half_open(), 0);
+}
+
+#[test]
+fn roaming_moves_the_endpoint_only_on_authenticated_packets() {
+    let mut pair = Pair::established(Config::default());
+    let c = pair.camera_session.unwrap();
+    let new_addr = addr("203.0.113.5:6000");
+
+    // A forged packet from a new address: refused, endpoint unchanged.
+    let mut forged = pair.seal_viewer(b"x");
+    forged.from = new_addr;
+    let last = forged.bytes.len() - 1;
+    forged.bytes[last] ^= 0x80;
+    assert_eq!(
+        pair.deliver_to_camera(&forged),
+        Err(InputError::NotAuthenticated)
+    );
+    assert_eq!(pair.camera.remote_addr(c), Some(pair.viewer_addr));
+
+    // A replay of a genuine packet from a new address: refused, endpoint unchanged.
+    let genuine = pair.seal_viewer(b"y");
+    pair.deliver_to_camera(&genuine).unwrap();
+    let mut replayed = genuine.clone();
+    replayed.from = new_addr;
+    assert!(matches!(
+        pair.deliver_to_camera(&replayed),
+        Err(InputError::Replay(ReplayError::Duplicate(_)))
+    ));
+    assert_eq!(pair.camera.remote_addr(c), Some(pair.viewer_addr));
+
+    // A genuine packet from the new address: accepted and reported.
+    let mut moved = pair.seal_viewer(b"z");
+    moved.from = new_addr;
+    let mut bytes = moved.bytes.clone();
+    match pair.camera.handle_input(pair.now, new_addr, &mut bytes) {
+        Ok(Input::Data {
+            endpoint_changed,
+            plaintext,
+            ..
+        }) => {
+            assert!(endpoint_changed);
+            assert_eq!(plaintext, b"z");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(pair.camera.remote_addr(c), Some(new_addr));
+    let reply = pair.seal_camera(b"back");
+    assert_eq!(reply.to, new_addr, "replies follow the roaming peer");
+}
+
+#[test]
+fn rekey_keeps_traffic_flowing_and_rejects_replays_after_it() {
+    let mut pair = Pair::established(Config::default());
+    let start = pair.now;
+    // In flight across the rekey: sealed on the old keys, delivered after.
+    let old_to_camera = pair.seal_viewer(b"old-1");
+    let old_to_viewer = pair.seal_camera(b"old-2");
+    let delivered_before = pair.seal_viewer(b"seen");
+    pair.deliver_to_camera(&delivered_before).unwrap();
+
+    pair.run_until(start + REKEY_AFTER_TIME + Duration::from_secs(1));
+    assert!(pair.viewer_events.contains(&Event::Rekeyed {
+        session: pair.viewer_session.unwrap()
+    }));
+    assert!(pair.camera_events.contains(&Event::Rekeyed {
+        session: pair.camera_session.unwrap()
+    }));
+
+    assert_eq!(
+        pair.deliver_to_camera(&old_to_camera),
+        Ok(Some(b"old-1".to_vec()))
+    );
+    assert_eq!(
+        pair.deliver_to_viewer(&old_to_viewer),
+        Ok(Some(b"old-2".to_vec()))
+    );
+    // Replay after rekey: still refused.
+    assert!(matches!(
+        pair.deliver_to_camera(&delivered_before),
+        Err(InputError::Replay(_))
+    ));
+    // New traffic uses the new keys.
+    let fresh = pair.seal_viewer(b"new");
+    assert_eq!(pair.deliver_to_camera(&fresh), Ok(Some(b"new".to_vec())));
+    let fresh = pair.seal_camera(b"new-back");
+    assert_eq!(
+        pair.deliver_to_viewer(&fresh),
+        Ok(Some(b"new-back".to_vec()))
+    );
+
+    // Once the old keys are past the reject-after time they are gone entirely.
+    pair.run_until(start + REJECT_AFTER_TIME + Duration::from_secs(1));
+    assert_eq!(
+        pair.deliver_to_camera(&old_to_camera)
+            .err()
+            .map(|e| matches!(e, InputError::UnknownIndex(_))),
+        Some(true)
+    );
+    // And the session is still alive on the newer keys.
+    let fresh = pair.seal_viewer(b"later");
+    assert_eq!(pair.deliver_to_camera(&fresh), Ok(Some(b"later".to_vec())));
+}
+
+#[test]
+fn rekey_after_messages_limit() {
+    let config = Config {
+        rekey_after_messages: 5,
+        ..Config::default()
+    };
+    let mut pair = Pair::established(config);
+    // The confirmation used counter 0; data packets use 1, 2, 3 without reaching 5 sent.
+    for i in 0..3u8 {
+        let d = pair.seal_viewer(&[i]);
+        pair.deliver_to_camera(&d).unwrap();
+        assert!(pair.viewer_out().is_empty(), "no rekey before the limit");
+    }
+    // The packet with counter 4 is the 5th sent on these keys: the limit.
+    let d = pair.seal_viewer(b"limit");
+    pair.deliver_to_camera(&d).unwrap();
+    let out = pair.viewer_out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].bytes.len(),
+        INITIATION_LEN,
+        "a rekey initiation was started"
+    );
+    for d in &out {
+        pair.deliver_to_camera(d).unwrap();
+    }
+    pair.pump();
+    assert!(pair.camera_events.contains(&Event::Rekeyed {
+        session: pair.camera_session.unwrap()
+    }));
+}
+
+#[test]
+fn responder_session_expires_without_rekey() {
+    let mut pair = Pair::established(Config::default());
+    let c = pair.camera_session.unwrap();
+    let v = pair.viewer_session.unwrap();
+    // The viewer disappears: run only the camera's timers.
+    let end = pair.now + REJECT_AFTER_TIME;
+    while let Some(at) = pair.camera.poll_timeout() {
+        if at > end {
+            break;
+        }
+        pair.now = at;
+        pair.camera.handle_timeout(at);
+    }
+    assert_eq!(
+        pair.camera.poll_event(),
+        Some(Event::Closed {
+            session: c,
+            reason: CloseReason::Expired
+        })
+    );
+    assert!(pair.camera.is_empty());
+    let _ = v;
+}
+
+#[test]
+fn rekey_initiation_replay_and_key_change_are_refused() {
+    let mut pair = Pair::established(Config::default());
+    pair.run_until(pair.now + REKEY_AFTER_TIME);
+    // Capture the rekey initiation (sent when the timer fired, already delivered), then replay it.
+    let mut pair2 = Pair::established(Config::default());
+    let v = pair2.viewer_session.unwrap();
+    pair2.now += REKEY_AFTER_TIME;
+    pair2.viewer.handle_timeout(pair2.now);
+    let rekey = pair2.viewer_out().remove(0);
+    assert_eq!(rekey.bytes.len(), INITIATION_LEN);
+    pair2.deliver_to_camera(&rekey).unwrap();
+    let response = pair2.camera_out();
+    assert_eq!(
+        pair2.deliver_to_camera(&rekey),
+        Err(InputError::StaleAttempt {
+            attempt: 2,
+            last: 2
+        }),
+        "a replayed rekey initiation is refused"
+    );
+    for d in &response {
+        pair2.deliver_to_viewer(d).unwrap();
+    }
+    pair2.pump();
+    assert!(pair2.viewer_events.contains(&Event::Rekeyed { session: v }));
+}
+
+#[test]
+fn cookie_path_under_load() {
+    // Every initiation counts as "under load".
+    let camera_config = Config {
+        under_load_half_open: 0,
+        ..Config::default()
+    };
+    let mut pair = Pair::with_configs(Config::default(), camera_config);
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    assert_eq!(pair.deliver_to_camera(&initiation), Ok(None));
+    let out = pair.camera_out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].bytes[0], TYPE_COOKIE_REPLY);
+    assert!(
+        out[0].bytes.len() <= initiation.bytes.len(),
+        "no amplification"
+    );
+    assert_eq!(out[0].bytes.len(), COOKIE_REPLY_LEN);
+    assert!(pair.camera.is_empty(), "no state kept, no DH done");
+    assert_eq!(pair.camera.stats().cookie_replies_sent, 1);
+    pair.deliver_to_viewer(&out[0]).unwrap();
+    // The retransmission carries mac2 and is served.
+    pair.run_until(pair.now + Duration::from_secs(3));
+    assert!(pair.camera_session.is_some());
+    assert_eq!(pair.camera.stats().cookie_replies_sent, 1);
+    // A cookie reply from another address than... a forged one is refused.
+    let mut forged = out[0].clone();
+    forged.bytes[40] ^= 1;
+    assert!(pair.deliver_to_viewer(&forged).is_err());
+}
+
+#[test]
+fn cookie_replies_under_an_initiation_flood_from_the_rate_limit() {
+    let camera_config = Config {
+        under_load_initiations_per_second: 3,
+        ..Config::default()
+    };
+    let mut pair = Pair::with_configs(Config::default(), camera_config);
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        pair.connect();
+        let initiation = pair.viewer_out().remove(0);
+        pair.deliver_to_camera(&initiation).unwrap();
+        for d in pair.camera_out() {
+            assert!(
+                d.bytes.len() <= initiation.bytes.len(),
+                "response larger than request"
+            );
+            answered.push(d.bytes[0]);
+        }
+    }
+    assert_eq!(answered, vec![0x02, 0x02, 0x02, 0x03, 0x03, 0x03]);
+    // The next second the window resets.
+    pair.now += Duration::from_secs(1);
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    pair.deliver_to_camera(&initiation).unwrap();
+    assert_eq!(pair.camera_out()[0].bytes[0], 0x02);
+}
+
+#[test]
+fn limit_max_sessions() {
+    let config = Config {
+        max_sessions: 2,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config.clone());
+    pair.connect();
+    pair.connect();
+    assert_eq!(
+        pair.viewer.connect(
+            pair.now,
+            pair.camera_addr,
+            SessionKind::Rendezvous,
+            pair.camera_public
+        ),
+        Err(ConnectError::TableFull { limit: 2 })
+    );
+    // Responder side: two viewers fill the camera, a third is dropped.
+    let mut results = Vec::new();
+    for d in pair.viewer_out() {
+        results.push(pair.deliver_to_camera(&d).is_ok());
+    }
+    assert_eq!(results, vec![true, true]);
+    let mut third = SessionTable::new(keypair(300), Config::default(), rng(30));
+    third
+        .connect(
+            pair.now,
+            pair.camera_addr,
+            SessionKind::Peer {
+                device_id: DEVICE_ID,
+            },
+            pair.camera_public,
+        )
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let t = third.poll_transmit(&mut buf).unwrap();
+    assert_eq!(
+        pair.camera
+            .handle_input(pair.now, addr("203.0.113.9:1"), &mut buf[..t.len]),
+        Err(InputError::TableFull { limit: 2 })
+    );
+    assert_eq!(pair.camera.stats().limit_drops, 1);
+}
+
+#[test]
+fn limit_max_half_open() {
+    let config = Config {
+        max_half_open: 3,
+        under_load_half_open: 100,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    for _ in 0..3 {
+        pair.connect();
+    }
+    assert_eq!(
+        pair.viewer.connect(
+            pair.now,
+            pair.camera_addr,
+            SessionKind::Rendezvous,
+            pair.camera_public
+        ),
+        Err(ConnectError::TooManyHalfOpen { limit: 3 })
+    );
+    let mut results = Vec::new();
+    let mut other = SessionTable::new(keypair(301), Config::default(), rng(31));
+    other
+        .connect(
+            pair.now,
+            pair.camera_addr,
+            SessionKind::Peer {
+                device_id: DEVICE_ID,
+            },
+            pair.camera_public,
+        )
+        .unwrap();
+    let mut extra = Pair::drain(&mut other, addr("203.0.113.7:1"));
+    let mut inputs = pair.viewer_out();
+    inputs.append(&mut extra);
+    for d in &inputs {
+        results.push(pair.deliver_to_camera(d));
+    }
+    assert_eq!(results[3], Err(InputError::TooManyHalfOpen { limit: 3 }));
+    assert_eq!(pair.camera.half_open(), 3);
+}
+
+#[test]
+fn limit_transmit_queue() {
+    let config = Config {
+        max_queued_transmits: 2,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    for _ in 0..3 {
+        pair.connect();
+    }
+    let sent = pair.viewer_out();
+    assert_eq!(sent.len(), 2, "third initiation dropped at the queue limit");
+    assert_eq!(pair.viewer.stats().transmits_dropped, 1);
+    for d in &sent {
+        pair.deliver_to_camera(d).unwrap();
+    }
+    pair.pump();
+    assert_eq!(pair.camera.len(), 2);
+    // The dropped initiation is simply retransmitted later: the limit costs latency only.
+    pair.run_until(pair.now + Duration::from_secs(2));
+    assert_eq!(pair.camera.len(), 3);
+}
+
+#[test]
+fn limit_event_queue_drops_and_counts() {
+    let config = Config {
+        max_queued_events: 1,
+        ..Config::default()
+    };
+    let mut table = SessionTable::new(keypair(5), config, rng(5));
+    let camera = *keypair(6).public();
+    let now = Instant::now();
+    for _ in 0..3 {
+        table
+            .connect(now, addr("192.0.2.1:1"), SessionKind::Rendezvous, camera)
+            .unwrap();
+    }
+    // All three time out with no answer: three HandshakeFailed events, one queued.
+    table.handle_timeout(now + HANDSHAKE_DEADLINE);
+    assert!(matches!(
+        table.poll_event(),
+        Some(Event::HandshakeFailed { .. })
+    ));
+    assert_eq!(table.poll_event(), None);
+    assert_eq!(table.stats().events_dropped, 2);
+}
+
+/// An RNG that always returns the same value: every index draw collides.
+struct StuckRng;
+impl rand::RngCore for StuckRng {
+    fn next_u32(&mut self) -> u32 {
+        7
+    }
+    fn next_u64(&mut self) -> u64 {
+        7
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        dest.fill(7);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        dest.fill(7);
+        Ok(())
+    }
+}
+impl rand::CryptoRng for StuckRng {}
+
+#[test]
+fn limit_index_draws() {
+    let mut table = SessionTable::new(keypair(5), Config::default(), Box::new(StuckRng));
+    let camera = *keypair(6).public();
+    let now = Instant::now();
+    table
+        .connect(now, addr("192.0.2.1:1"), SessionKind::Rendezvous, camera)
+        .unwrap();
+    assert_eq!(
+        table.connect(now, addr("192.0.2.1:1"), SessionKind::Rendezvous, camera),
+        Err(ConnectError::IndexesExhausted)
+    );
+    assert_eq!(table.len(), 1);
+}
+
+#[test]
+fn rendezvous_session_exposes_the_client_static_key() {
+    let server_key = keypair(50);
+    let server_public = *server_key.public();
+    let mut server = SessionTable::with_responder(
+        server_key,
+        SessionKind::Rendezvous,
+        Config::default(),
+        rng(51),
+    );
+    let device_key = keypair(52);
+    let device_public = *device_key.public();
+    let mut device = SessionTable::new(device_key, Config::default(), rng(53));
+    let now = Instant::now();
+    let server_addr = addr("192.0.2.53:3478");
+    let device_addr = addr("198.51.100.1:40000");
+    device
+        .connect(now, server_addr, SessionKind::Rendezvous, server_public)
+        .unwrap();
+    let mut buf = [0u8; 512];
+    for _ in 0..2 {
+        while let Some(t) = device.poll_transmit(&mut buf) {
+            let _ = server.handle_input(now, device_addr, &mut buf[..t.len]);
+        }
+        while let Some(t) = server.poll_transmit(&mut buf) {
+            let _ = device.handle_input(now, server_addr, &mut buf[..t.len]);
+        }
+    }
+    let Some(Event::Established {
+        session,
+        remote_static,
+        ..
+    }) = server.poll_event()
+    else {
+        panic!("no session")
+    };
+    assert_eq!(remote_static, device_public);
+    assert_eq!(server.remote_static(session), Some(&device_public));
+    assert_eq!(
+        server
+            .sessions_with_remote(&device_public)
+            .collect::<Vec<_>>(),
+        vec![session]
+    );
+}
+
+#[test]
+fn garbage_is_dropped_with_typed_errors() {
+    let mut pair = Pair::established(Config::default());
+    let from = pair.viewer_addr;
+    let now = pair.now;
+    let mut cases: Vec<(Vec<u8>, InputError)> = vec![
+        (vec![], InputError::Malformed(wire::DecodeError::Empty)),
+        (
+            vec![0x09, 1, 2],
+            InputError::Malformed(wire::DecodeError::UnknownType(0x09)),
+        ),
+        (
+            {
+                let mut v = vec![0x04; 40];
+                v[1..5].copy_from_slice(&[0, 0, 0, 1]);
+                v
+            },
+            InputError::UnknownIndex(1),
+        ),
+        (
+            vec![0x03; COOKIE_REPLY_LEN],
+            InputError::UnknownIndex(0x0303_0303),
+        ),
+    ];
+    let mut initiation = vec![0u8; INITIATION_LEN];
+    initiation[0] = 0x01;
+    cases.push((initiation, InputError::BadMac1));
+    for (mut bytes, expected) in cases {
+        assert_eq!(
+            pair.camera.handle_input(now, from, &mut bytes),
+            Err(expected)
+        );
+    }
+    // A table without a responder role accepts no initiations.
+    let mut initiation = vec![0u8; INITIATION_LEN];
+    initiation[0] = 0x01;
+    assert_eq!(
+        pair.viewer.handle_input(now, from, &mut initiation),
+        Err(InputError::NotAccepting)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any reordering with duplicates of packets inside the window is accepted exactly
+    /// once per packet, through the whole table.
+    #[test]
+    fn reordered_duplicated_packets_accepted_once(
+        count in 1usize..120,
+        order in proptest::collection::vec(any::<proptest::sample::Index>(), 1..250),
+    ) {
+        let mut pair = Pair::established(Config::default());
+        let packets: Vec<Datagram> = (0..count).map(|i| pair.seal_viewer(&(i as u32).to_be_bytes())).collect();
+        let mut accepted = vec![0u32; count];
+        // Every packet at least once, plus the random extra picks (duplicates, reordering).
+        let mut schedule: Vec<usize> = order.iter().map(|ix| ix.index(count)).collect();
+        for i in 0..count {
+            let at = order.get(i).map_or(0, |ix| ix.index(schedule.len() + 1));
+            schedule.insert(at, i);
+        }
+        for i in schedule {
+            match pair.deliver_to_camera(&packets[i]) {
+                Ok(Some(p)) => {
+                    prop_assert_eq!(p, (i as u32).to_be_bytes().to_vec());
+                    accepted[i] += 1;
+                }
+                Err(InputError::Replay(ReplayError::Duplicate(_))) => {}
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+        prop_assert!(accepted.iter().all(|&n| n == 1), "{:?}", accepted);
+    }
+
+    /// Any single bit flip anywhere in a transport packet is rejected.
+    #[test]
+    fn any_bit_flip_is_rejected(payload in proptest::collection::vec(any::<u8>(), 0..64), bit in any::<proptest::sample::Index>()) {
+        let mut pair = Pair::established(Config::default());
+        let mut d = pair.seal_viewer(&payload);
+        let bits = d.bytes.len() * 8;
+        let b = bit.index(bits);
+        d.bytes[b / 8] ^= 1 << (b % 8);
+        prop_assert!(pair.deliver_to_camera(&d).is_err());
+        // The genuine packet still goes through afterwards: the flip did not poison the window.
+        d.bytes[b / 8] ^= 1 << (b % 8);
+        let opened = pair.deliver_to_camera(&d);
+        prop_assert!(opened.is_ok(), "{:?}", opened);
+    }
+
+    /// Packets captured before a rekey, replayed after it (in any order), are refused.
+    #[test]
+    fn replay_after_rekey_is_rejected(count in 1usize..20, seed in any::<u64>()) {
+        let mut pair = Pair::established(Config::default());
+        let start = pair.now;
+        let captured: Vec<Datagram> = (0..count).map(|i| pair.seal_viewer(&[i as u8])).collect();
+        for d in &captured {
+            prop_assert!(pair.deliver_to_camera(d).is_ok());
+        }
+        pair.run_until(start + REKEY_AFTER_TIME + Duration::from_secs(1));
+        let rekeyed = Event::Rekeyed { session: pair.camera_session.unwrap() };
+        prop_assert!(pair.camera_events.contains(&rekeyed), "camera rekeyed");
+        let mut order: Vec<usize> = (0..count).collect();
+        let mut r = ChaCha20Rng::seed_from_u64(seed);
+        rand::seq::SliceRandom::shuffle(&mut order[..], &mut r);
+        for i in order {
+            prop_assert!(pair.deliver_to_camera(&captured[i]).is_err());
+        }
+    }
+}
