@@ -821,16 +821,17 @@ impl Agent {
             Some(old) => (old * 7 + sample) / 8,
             None => sample,
         });
-        pair.sent = 0;
         pair.open_pending = false;
-        if Some(key) == selected || key.via_relay {
-            pair.mode = CheckMode::Liveness;
-            pair.next_check = Some(now + KEEPALIVE_INTERVAL);
-        } else if pending.nominate {
-            // Keep liveness on it until selection below moves it.
+        if pair.nominating && !pending.nominate {
+            // A late answer to an ordinary check: the nomination keeps its own
+            // retransmission schedule.
+        } else if Some(key) == selected || key.via_relay || pending.nominate {
+            // Selected, relay fallback, or just nominated: keep it alive.
+            pair.sent = 0;
             pair.mode = CheckMode::Liveness;
             pair.next_check = Some(now + KEEPALIVE_INTERVAL);
         } else {
+            pair.sent = 0;
             pair.mode = CheckMode::Idle;
             pair.next_check = None;
         }
@@ -1031,8 +1032,15 @@ impl Agent {
                 }
             }
             Role::Controlling => {
-                if self.pairs.iter().any(|p| p.nominating) {
+                if self
+                    .pairs
+                    .iter()
+                    .any(|p| p.nominating && p.next_check.is_some())
+                {
                     return;
+                }
+                for pair in &mut self.pairs {
+                    pair.nominating = false;
                 }
                 let Some(best) = self.best_valid() else {
                     return;
