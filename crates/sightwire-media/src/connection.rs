@@ -21,6 +21,10 @@ pub const MAX_PENDING_EVENTS: usize = 1024;
 /// Most small packets (NACK, report, keyframe request, control) waiting for
 /// [`MediaConnection::poll_transmit`]; further ones are dropped (all are repeated by timers).
 pub const MAX_PENDING_SMALL_PACKETS: usize = 256;
+/// Reports are accumulated until they cover at least this many expected packets before
+/// the loss fraction is computed and fed to the bitrate controller (fewer packets give a
+/// meaningless fraction).
+pub const MIN_PACKETS_FOR_LOSS: u64 = 32;
 /// A target bitrate change smaller than this fraction raises no event.
 pub const BITRATE_EVENT_THRESHOLD: f64 = 0.05;
 
@@ -206,6 +210,8 @@ pub struct MediaConnection {
     interval_start: Instant,
     peer_report: Option<(u32, Instant)>,
     echoed_peer: bool,
+    /// Expected packets, received packets and milliseconds of reports not yet applied.
+    loss_accumulator: (u64, u64, u64),
     control_scratch: Vec<ControlOut>,
 }
 
@@ -236,6 +242,7 @@ impl MediaConnection {
             interval_start: now,
             peer_report: None,
             echoed_peer: false,
+            loss_accumulator: (0, 0, 0),
             control_scratch: Vec::new(),
             config,
         })
@@ -308,6 +315,7 @@ impl MediaConnection {
             ReceiveContext {
                 config: &self.config,
                 rtt: self.rtt.smoothed(),
+                rtt_measured: self.rtt.has_sample(),
                 epoch: self.epoch,
                 stats: &mut self.stats,
                 events: &mut self.events,
@@ -382,12 +390,19 @@ impl MediaConnection {
                 .wrapping_sub(echo.delay_ms);
             self.rtt.sample(Duration::from_millis(u64::from(rtt_ms)));
         }
-        if report.packets_expected > 0 {
-            let received = report.packets_received.min(report.packets_expected);
-            let loss = 1.0 - f64::from(received) / f64::from(report.packets_expected);
+        // Accumulate reports until they cover enough packets for a meaningful loss fraction.
+        let (expected, received, interval_ms) = &mut self.loss_accumulator;
+        *expected = expected.saturating_add(u64::from(report.packets_expected));
+        *received = received.saturating_add(u64::from(
+            report.packets_received.min(report.packets_expected),
+        ));
+        *interval_ms = interval_ms.saturating_add(u64::from(report.interval_ms));
+        if *expected >= MIN_PACKETS_FOR_LOSS {
+            let loss = 1.0 - *received as f64 / *expected as f64;
+            let interval = Duration::from_millis(*interval_ms);
+            self.loss_accumulator = (0, 0, 0);
             self.stats.send_loss = loss;
-            self.bitrate
-                .on_report(loss, Duration::from_millis(u64::from(report.interval_ms)));
+            self.bitrate.on_report(loss, interval);
             let target = self.bitrate.target_bps();
             let change = target.abs_diff(self.last_bitrate_event) as f64;
             if self.stats.frames_sent > 0
@@ -471,7 +486,8 @@ impl MediaConnection {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
-            self.receiver.next_timeout(&self.config),
+            self.receiver
+                .next_timeout(&self.config, self.rtt.smoothed()),
             self.control_sender.next_timeout(),
             Some(self.next_report_at),
         ]

@@ -47,9 +47,18 @@ impl ControlSender {
         self.queued.push_back(message);
     }
 
-    /// Moves queued messages into the window; returns those to send now.
+    /// Moves queued messages into the window; returns those to send now. The window is a
+    /// span of sequence numbers from the oldest unacknowledged message, so the receiver's
+    /// reorder window of the same size always covers every message in flight.
     pub(crate) fn fill_window(&mut self, now: Instant, rto: Duration, out: &mut Vec<ControlOut>) {
-        while self.in_flight.len() < CONTROL_WINDOW as usize {
+        loop {
+            let oldest = self
+                .in_flight
+                .front()
+                .map_or(self.next_seq, |message| message.seq);
+            if self.next_seq.wrapping_sub(oldest) >= CONTROL_WINDOW {
+                break;
+            }
             let Some(message) = self.queued.pop_front() else {
                 break;
             };

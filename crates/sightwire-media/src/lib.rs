@@ -74,7 +74,8 @@ pub use config::{
 };
 pub use connection::{
     BITRATE_EVENT_THRESHOLD, ControlError, Event, FrameLossReason, MAX_PENDING_EVENTS,
-    MAX_PENDING_SMALL_PACKETS, MediaConnection, MemoryUse, ReceivedFrame, Transmit,
+    MAX_PENDING_SMALL_PACKETS, MIN_PACKETS_FOR_LOSS, MediaConnection, MemoryUse, ReceivedFrame,
+    Transmit,
 };
 pub use control::{CONTROL_MAX_RTO, CONTROL_WINDOW};
 pub use frame::{Codec, Frame, MAX_STREAMS, PacketizeError, PacketizedFrame, StreamId};

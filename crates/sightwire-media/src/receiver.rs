@@ -38,9 +38,12 @@ struct PendingFrame {
     /// Bytes charged against `max_buffered_bytes`.
     charged: usize,
     deadline: Instant,
-    /// When missing fragments become due for a NACK; `None` once complete.
+    /// When missing fragments become due for the first NACK; `None` once complete.
     nack_at: Option<Instant>,
     nack_rounds: u32,
+    /// When the last NACK for this frame went out. The next one is due one RTT (as
+    /// estimated when it is checked, so a fresh measurement applies at once) later.
+    last_nacked: Option<Instant>,
 }
 
 impl PendingFrame {
@@ -54,7 +57,14 @@ impl PendingFrame {
             deadline,
             nack_at: Some(nack_at),
             nack_rounds: 0,
+            last_nacked: None,
         }
+    }
+
+    /// When the missing fragments are next due for a NACK, given the retry interval.
+    fn nack_due(&self, retry: Duration) -> Option<Instant> {
+        let first = self.nack_at?;
+        Some(self.last_nacked.map_or(first, |last| last + retry))
     }
 
     fn is_complete(&self) -> bool {
@@ -81,6 +91,8 @@ struct StreamState {
     loss_since_delivery: bool,
     interframe_codec: bool,
     last_keyframe_request: Option<Instant>,
+    /// The last frame given up for exceeding a receive limit (counted once).
+    last_rejected: Option<u32>,
     transit_min_current: Option<i128>,
     transit_min_previous: Option<i128>,
     transit_window_start: Option<Instant>,
@@ -147,6 +159,8 @@ impl ReceiveCounters {
 pub(crate) struct ReceiveContext<'a> {
     pub(crate) config: &'a Config,
     pub(crate) rtt: Duration,
+    /// Whether `rtt` is a measurement rather than the configured initial value.
+    pub(crate) rtt_measured: bool,
     pub(crate) epoch: Instant,
     pub(crate) stats: &'a mut Stats,
     pub(crate) events: &'a mut crate::connection::EventQueue,
@@ -189,9 +203,14 @@ impl Receiver {
         self.frames.len()
     }
 
-    /// One way delay estimate used to map capture times to local deadlines.
-    fn one_way(rtt: Duration) -> Duration {
-        rtt / 2
+    /// One way delay estimate used to map capture times to local deadlines. Before the
+    /// first RTT measurement it is zero: a lenient deadline, the sender's check is exact.
+    fn one_way(cx: &ReceiveContext<'_>) -> Duration {
+        if cx.rtt_measured {
+            cx.rtt / 2
+        } else {
+            Duration::ZERO
+        }
     }
 
     pub(crate) fn on_fragment(
@@ -211,10 +230,6 @@ impl Receiver {
             .saturating_add(packet_len as u64);
 
         let frame_size = header.frame_size as usize;
-        if frame_size > cx.config.max_frame_size {
-            cx.stats.fragments_over_limit += 1;
-            return;
-        }
         let stream_index = header.stream.index();
         let retransmission = header.flags & FLAG_RETRANSMISSION != 0;
         let meta = FrameMeta {
@@ -279,7 +294,7 @@ impl Receiver {
         let allowance = cx
             .config
             .latency_budget
-            .saturating_sub(Self::one_way(cx.rtt))
+            .saturating_sub(Self::one_way(cx))
             .saturating_sub(lateness);
         let deadline = now + allowance;
 
@@ -328,8 +343,13 @@ impl Receiver {
         if needs_buffer {
             let words = usize::from(header.fragment_count).div_ceil(64);
             let charge = frame_size + words * 8;
-            if charge > cx.config.max_buffered_bytes || !self.make_room(now, charge, Some(key), cx)
-            {
+            if frame_size > cx.config.max_frame_size || charge > cx.config.max_buffered_bytes {
+                // Can never be reassembled here: give it up now rather than NACK it.
+                cx.stats.fragments_over_limit += 1;
+                self.reject_frame(now, key, cx);
+                return;
+            }
+            if !self.make_room(now, charge, Some(key), cx) {
                 cx.stats.fragments_over_limit += 1;
                 return;
             }
@@ -438,6 +458,35 @@ impl Receiver {
                 stream: stream_id,
                 frame_seq: key.1,
                 reason,
+            },
+            cx.stats,
+        );
+        self.mark_loss(now, stream_id, cx);
+        self.deliver_in_order(now, stream_id, cx);
+    }
+
+    /// Gives up a frame that exceeds a receive limit (once per frame).
+    fn reject_frame(&mut self, now: Instant, key: (u8, u32), cx: &mut ReceiveContext<'_>) {
+        let Some(stream_id) = StreamId::new(key.0) else {
+            return;
+        };
+        let Some(stream) = self.streams.get_mut(stream_id.index()) else {
+            return;
+        };
+        if stream.last_rejected == Some(key.1) {
+            return;
+        }
+        stream.last_rejected = Some(key.1);
+        if self.frames.contains_key(&key) {
+            self.give_up(now, key, FrameLossReason::Evicted, cx);
+            return;
+        }
+        cx.stats.frames_evicted += 1;
+        cx.events.push(
+            Event::FrameLost {
+                stream: stream_id,
+                frame_seq: key.1,
+                reason: FrameLossReason::Evicted,
             },
             cx.stats,
         );
@@ -600,10 +649,10 @@ impl Receiver {
             if entries.len() >= max_entries {
                 break;
             }
-            let Some(nack_at) = frame.nack_at else {
+            let Some(due) = frame.nack_due(retry) else {
                 continue;
             };
-            if nack_at > now || frame.deadline <= now {
+            if due > now || frame.deadline <= now {
                 continue;
             }
             let Some(stream) = StreamId::new(stream) else {
@@ -637,7 +686,7 @@ impl Receiver {
                 }
             }
             frame.nack_rounds += 1;
-            frame.nack_at = Some(now + retry);
+            frame.last_nacked = Some(now);
             // If another round could not complete before the deadline, this is the last
             // chance: send the NACK twice.
             if now + retry + cx.rtt > frame.deadline {
@@ -654,7 +703,8 @@ impl Receiver {
         })
     }
 
-    pub(crate) fn next_timeout(&self, config: &Config) -> Option<Instant> {
+    pub(crate) fn next_timeout(&self, config: &Config, rtt: Duration) -> Option<Instant> {
+        let retry = rtt + config.reorder_delay;
         let mut earliest: Option<Instant> = None;
         let mut consider = |at: Instant| {
             earliest = Some(earliest.map_or(at, |current| current.min(at)));
@@ -664,7 +714,7 @@ impl Receiver {
                 continue;
             }
             consider(frame.deadline);
-            if let Some(nack_at) = frame.nack_at {
+            if let Some(nack_at) = frame.nack_due(retry) {
                 let gate = self
                     .last_nack_sent
                     .map_or(nack_at, |last| nack_at.max(last + config.nack_interval));

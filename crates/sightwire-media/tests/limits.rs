@@ -1,0 +1,740 @@
+//! Every limit of `spec/media.md` hit by a test, plus the loss-recovery rules that need a
+//! precise scenario (deadlines, keyframe hold-back, NACK rate limit, duplicate NACKs).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::{drain_events, drain_packets, fragments};
+use sightwire_media::wire::{self, NackEntry, Packet, Report};
+use sightwire_media::{
+    CONTROL_WINDOW, Codec, Config, ControlError, Event, Frame, FrameLossReason, MAX_PENDING_EVENTS,
+    MediaConnection, SendError, StreamId,
+};
+
+fn video(keyframe: bool, size: usize, fill: u8) -> Frame {
+    Frame {
+        stream: StreamId::VIDEO,
+        codec: Codec::H264,
+        keyframe,
+        codec_config: keyframe,
+        capture_time_us: 0,
+        data: Bytes::from(vec![fill; size]),
+    }
+}
+
+fn audio(capture_time_us: u64) -> Frame {
+    Frame {
+        stream: StreamId::AUDIO,
+        codec: Codec::Opus,
+        keyframe: true,
+        codec_config: false,
+        capture_time_us,
+        data: Bytes::from_static(b"opus packet"),
+    }
+}
+
+fn pair(config: Config, start: Instant) -> (MediaConnection, MediaConnection) {
+    (
+        MediaConnection::new(config.clone(), start).unwrap(),
+        MediaConnection::new(config, start).unwrap(),
+    )
+}
+
+/// Sends `frame` and returns its fragment packets.
+fn send(connection: &mut MediaConnection, now: Instant, frame: Frame) -> Vec<Bytes> {
+    let packetized = connection.packetize(frame).unwrap();
+    connection.send_frame(now, &packetized).unwrap();
+    fragments(&drain_packets(connection))
+}
+
+fn frames(events: &[Event]) -> Vec<(u32, Bytes)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Frame(received) => Some((received.frame_seq, received.frame.data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn default_packet_size_fits_ipv6_minimum_mtu_after_session_overhead() {
+    let budget = sightwire_media::IPV6_MIN_MTU
+        - sightwire_media::IPV6_UDP_HEADERS
+        - sightwire_media::SESSION_OVERHEAD;
+    assert_eq!(budget, 1203);
+    assert!(sightwire_media::DEFAULT_MAX_PACKET_SIZE <= budget);
+    let start = Instant::now();
+    let (mut camera, _) = pair(Config::default(), start);
+    let packets = send(&mut camera, start, video(true, 150_000, 1));
+    assert!(packets.iter().all(|packet| packet.len() <= 1200));
+    assert_eq!(
+        packets.len(),
+        150_000usize.div_ceil(1200 - wire::FRAGMENT_HEADER_LEN)
+    );
+}
+
+#[test]
+fn config_out_of_range_is_rejected() {
+    let start = Instant::now();
+    for config in [
+        Config {
+            max_packet_size: 1000,
+            ..Config::default()
+        },
+        Config {
+            max_packet_size: 9001,
+            ..Config::default()
+        },
+        Config {
+            max_frames_in_flight: 0,
+            ..Config::default()
+        },
+        Config {
+            max_frame_size: 17 * 1024 * 1024,
+            ..Config::default()
+        },
+        Config {
+            latency_budget: Duration::ZERO,
+            ..Config::default()
+        },
+        Config {
+            min_bitrate_bps: 10,
+            initial_bitrate_bps: 5,
+            ..Config::default()
+        },
+    ] {
+        assert!(MediaConnection::new(config, start).is_err());
+    }
+}
+
+#[test]
+fn max_frame_size_rejects_larger_frames_on_both_sides() {
+    let start = Instant::now();
+    let small = Config {
+        max_frame_size: 10_000,
+        ..Config::default()
+    };
+    let (mut sender, _) = pair(Config::default(), start);
+    let (mut limited, mut receiver) = pair(small, start);
+    assert!(matches!(
+        limited.send_frame(start, &limited.packetize(video(true, 10_001, 0)).unwrap()),
+        Err(SendError::FrameTooLarge {
+            size: 10_001,
+            limit: 10_000
+        })
+    ));
+    for packet in send(&mut sender, start, video(true, 10_001, 0)) {
+        receiver.handle_input(start, &packet).unwrap();
+    }
+    // The first fragment is refused and the frame given up; the other eight belong to a
+    // finished frame.
+    let stats = receiver.stats();
+    assert_eq!(
+        (stats.fragments_over_limit, stats.fragments_duplicate),
+        (1, 8)
+    );
+    assert_eq!(
+        receiver.stats().frames_evicted,
+        1,
+        "counted once, not per fragment"
+    );
+    assert_eq!(receiver.memory().receive_buffered_bytes, 0);
+    assert_eq!(
+        receiver.memory().receive_frames_in_flight,
+        0,
+        "nothing left to NACK"
+    );
+    // Exactly at the limit is fine, and is not held behind the rejected frame.
+    for packet in send(&mut sender, start, video(true, 10_000, 0)) {
+        receiver.handle_input(start, &packet).unwrap();
+    }
+    assert_eq!(receiver.stats().frames_delivered, 1);
+}
+
+#[test]
+fn max_frames_in_flight_evicts_the_oldest_incomplete_frames() {
+    let start = Instant::now();
+    let config = Config {
+        max_frames_in_flight: 4,
+        ..Config::default()
+    };
+    let (mut sender, mut receiver) = pair(config, start);
+    // Ten frames, each missing its last fragment.
+    for index in 0..10u8 {
+        let mut packets = send(&mut sender, start, video(true, 5_000, index));
+        packets.pop();
+        for packet in packets {
+            receiver.handle_input(start, &packet).unwrap();
+        }
+        assert!(receiver.memory().receive_frames_in_flight <= 4);
+    }
+    assert_eq!(receiver.memory().receive_frames_in_flight, 4);
+    assert_eq!(receiver.stats().frames_evicted, 6);
+    let lost = drain_events(&mut receiver)
+        .into_iter()
+        .filter(|event| {
+            matches!(
+                event,
+                Event::FrameLost {
+                    reason: FrameLossReason::Evicted,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(lost, 6);
+}
+
+#[test]
+fn max_buffered_bytes_bounds_reassembly_memory() {
+    let start = Instant::now();
+    let config = Config {
+        max_buffered_bytes: 100_000,
+        ..Config::default()
+    };
+    let (mut sender, mut receiver) = pair(config, start);
+    for index in 0..5u8 {
+        let mut packets = send(&mut sender, start, video(true, 40_000, index));
+        packets.pop();
+        for packet in packets {
+            receiver.handle_input(start, &packet).unwrap();
+            assert!(receiver.memory().receive_buffered_bytes <= 100_000);
+        }
+    }
+    // Two 40 KB frames fit, a third does not: three were evicted along the way.
+    assert_eq!(receiver.memory().receive_frames_in_flight, 2);
+    assert_eq!(receiver.stats().frames_evicted, 3);
+    // A single frame larger than the whole budget is refused outright.
+    let config = Config {
+        max_buffered_bytes: 30_000,
+        ..Config::default()
+    };
+    let (_, mut tight) = pair(config, start);
+    for packet in send(&mut sender, start, video(true, 40_000, 9)) {
+        tight.handle_input(start, &packet).unwrap();
+    }
+    assert_eq!(tight.memory().receive_buffered_bytes, 0);
+    assert!(tight.stats().fragments_over_limit > 0);
+}
+
+#[test]
+fn history_limits_bound_the_sender_and_stale_nacks_are_skipped() {
+    let start = Instant::now();
+    let config = Config {
+        max_history_bytes: 50_000,
+        max_history_frames: 3,
+        ..Config::default()
+    };
+    let (mut sender, _) = pair(config, start);
+    for index in 0..6u8 {
+        send(&mut sender, start, video(true, 20_000, index));
+        let memory = sender.memory();
+        assert!(memory.history_bytes <= 50_000 && memory.history_frames <= 3);
+    }
+    assert_eq!(sender.memory().history_frames, 2);
+    // A NACK for frame 0, long gone from history, retransmits nothing.
+    let mut nack = BytesMut::new();
+    let entry = NackEntry {
+        stream: StreamId::VIDEO,
+        frame_seq: 0,
+        first_fragment: 0,
+        fragment_count: 1,
+    };
+    wire::encode_nack(0, &[entry], &mut nack);
+    sender.handle_input(start, &nack).unwrap();
+    assert!(fragments(&drain_packets(&mut sender)).is_empty());
+    assert_eq!(sender.stats().retransmissions_skipped, 1);
+    // The age limit (the latency budget by default) empties the history.
+    sender.handle_timeout(start + Duration::from_millis(201));
+    assert_eq!(sender.memory().history_frames, 0);
+    assert_eq!(sender.memory().history_bytes, 0);
+}
+
+#[test]
+fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
+    let start = Instant::now();
+    let (mut sender, _) = pair(
+        Config {
+            max_history_age: Some(Duration::from_secs(5)),
+            ..Config::default()
+        },
+        start,
+    );
+    send(&mut sender, start, video(true, 5_000, 1));
+    let nack = |seq: u16| {
+        let mut out = BytesMut::new();
+        let entry = NackEntry {
+            stream: StreamId::VIDEO,
+            frame_seq: 0,
+            first_fragment: 1,
+            fragment_count: 2,
+        };
+        wire::encode_nack(seq, &[entry], &mut out);
+        out
+    };
+    // Early: one copy of each of the two fragments.
+    sender
+        .handle_input(start + Duration::from_millis(30), &nack(0))
+        .unwrap();
+    let retransmitted = fragments(&drain_packets(&mut sender));
+    assert_eq!(retransmitted.len(), 2);
+    match wire::decode(&retransmitted[0]).unwrap() {
+        Packet::Fragment { header, .. } => {
+            assert_ne!(header.flags & wire::FLAG_RETRANSMISSION, 0);
+            assert_eq!(header.fragment_index, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same NACK again (a repeated copy) is ignored.
+    sender
+        .handle_input(start + Duration::from_millis(31), &nack(0))
+        .unwrap();
+    assert!(fragments(&drain_packets(&mut sender)).is_empty());
+    // Late, with no time for another round: two copies each.
+    sender
+        .handle_input(start + Duration::from_millis(100), &nack(1))
+        .unwrap();
+    assert_eq!(fragments(&drain_packets(&mut sender)).len(), 4);
+    // Past the deadline (budget 200 ms minus half the 100 ms initial RTT): nothing.
+    sender
+        .handle_input(start + Duration::from_millis(151), &nack(2))
+        .unwrap();
+    assert!(fragments(&drain_packets(&mut sender)).is_empty());
+    assert_eq!(sender.stats().retransmissions_skipped, 1);
+}
+
+#[test]
+fn max_transmit_queue_refuses_frames_the_driver_has_not_drained() {
+    let start = Instant::now();
+    let config = Config {
+        max_transmit_queue: 300,
+        ..Config::default()
+    };
+    let (mut sender, _) = pair(config, start);
+    let keyframe = sender.packetize(video(true, 150_000, 0)).unwrap();
+    sender.send_frame(start, &keyframe).unwrap();
+    sender.send_frame(start, &keyframe).unwrap();
+    let needed = 150_000usize.div_ceil(1200 - wire::FRAGMENT_HEADER_LEN);
+    assert_eq!(
+        sender.send_frame(start, &keyframe),
+        Err(SendError::TransmitQueueFull {
+            queued: 2 * needed,
+            needed,
+            limit: 300
+        })
+    );
+    assert_eq!(sender.memory().transmit_queue_packets, 2 * needed);
+    drain_packets(&mut sender);
+    sender.send_frame(start, &keyframe).unwrap();
+}
+
+#[test]
+fn packetized_for_larger_packets_is_refused() {
+    let start = Instant::now();
+    let big = Config {
+        max_packet_size: 9000,
+        ..Config::default()
+    };
+    let (jumbo, _) = pair(big, start);
+    let (mut normal, _) = pair(Config::default(), start);
+    let frame = jumbo.packetize(video(true, 50_000, 0)).unwrap();
+    assert!(matches!(
+        normal.send_frame(start, &frame),
+        Err(SendError::PacketTooLarge { .. })
+    ));
+}
+
+#[test]
+fn control_queue_window_and_message_size_limits() {
+    let start = Instant::now();
+    let config = Config {
+        max_control_queue: 40,
+        ..Config::default()
+    };
+    let (mut a, mut b) = pair(config, start);
+    assert!(matches!(
+        a.send_control(start, Bytes::from(vec![0; 1001])),
+        Err(ControlError::MessageTooLong {
+            len: 1001,
+            limit: 1000
+        })
+    ));
+    a.send_control(start, Bytes::from(vec![0; 1000])).unwrap();
+    for index in 1..40u32 {
+        a.send_control(start, Bytes::from(index.to_be_bytes().to_vec()))
+            .unwrap();
+    }
+    assert_eq!(
+        a.send_control(start, Bytes::new()),
+        Err(ControlError::QueueFull { limit: 40 })
+    );
+    // Only a window's worth goes out before acknowledgements.
+    let packets: Vec<Bytes> = drain_packets(&mut a)
+        .into_iter()
+        .filter(|packet| packet.first() == Some(&wire::TYPE_CONTROL_DATA))
+        .collect();
+    assert_eq!(packets.len(), CONTROL_WINDOW as usize);
+    // Deliver all but the first: the receiver holds them out of order, delivers none.
+    for packet in &packets[1..] {
+        b.handle_input(start, packet).unwrap();
+    }
+    assert_eq!(b.memory().control_out_of_order, CONTROL_WINDOW as usize - 1);
+    assert!(drain_events(&mut b).is_empty());
+    b.handle_input(start, &packets[0]).unwrap();
+    assert_eq!(drain_events(&mut b).len(), CONTROL_WINDOW as usize);
+    // Acks free the window and the rest goes out.
+    for packet in drain_packets(&mut b) {
+        a.handle_input(start, &packet).unwrap();
+    }
+    let rest = drain_packets(&mut a)
+        .into_iter()
+        .filter(|packet| packet.first() == Some(&wire::TYPE_CONTROL_DATA))
+        .count();
+    assert_eq!(rest, 40 - CONTROL_WINDOW as usize);
+    // A message beyond the receive window is dropped, not buffered.
+    let mut far = BytesMut::new();
+    wire::encode_control_data(1000, b"far ahead", &mut far);
+    b.handle_input(start, &far).unwrap();
+    assert_eq!(b.memory().control_out_of_order, 0);
+}
+
+#[test]
+fn control_retransmits_until_acknowledged() {
+    let start = Instant::now();
+    let (mut a, mut b) = pair(Config::default(), start);
+    a.send_control(start, Bytes::from_static(b"ptz left"))
+        .unwrap();
+    drain_packets(&mut a); // lost
+    // Before any RTT sample the RTO is 100 ms + 4 x 50 ms.
+    let mut retransmitted = Vec::new();
+    let mut timeout = start;
+    while retransmitted.is_empty() {
+        timeout = a.poll_timeout().unwrap();
+        a.handle_timeout(timeout);
+        retransmitted = drain_packets(&mut a)
+            .into_iter()
+            .filter(|packet| packet.first() == Some(&wire::TYPE_CONTROL_DATA))
+            .collect();
+    }
+    assert_eq!(timeout, start + Duration::from_millis(300));
+    assert_eq!(retransmitted.len(), 1);
+    assert_eq!(a.stats().control_retransmitted, 1);
+    b.handle_input(timeout, &retransmitted[0]).unwrap();
+    assert_eq!(
+        drain_events(&mut b),
+        vec![Event::Control(Bytes::from_static(b"ptz left"))]
+    );
+    for packet in drain_packets(&mut b) {
+        a.handle_input(timeout, &packet).unwrap();
+    }
+    assert_eq!(a.memory().control_queued, 0);
+}
+
+#[test]
+fn pending_events_are_bounded() {
+    let start = Instant::now();
+    let (mut sender, mut receiver) = pair(
+        Config {
+            max_transmit_queue: 4096,
+            ..Config::default()
+        },
+        start,
+    );
+    for index in 0..(MAX_PENDING_EVENTS as u64 + 10) {
+        for packet in send(&mut sender, start, audio(index * 20_000)) {
+            receiver.handle_input(start, &packet).unwrap();
+        }
+    }
+    assert_eq!(receiver.memory().pending_events, MAX_PENDING_EVENTS);
+    assert_eq!(receiver.stats().events_dropped, 10);
+}
+
+#[test]
+fn lost_frame_is_given_up_at_its_deadline_and_a_keyframe_is_requested() {
+    let start = Instant::now();
+    let (mut camera, mut viewer) = pair(Config::default(), start);
+    for packet in send(&mut camera, start, video(true, 3_000, 0)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    // Frame 1 loses its second fragment, for good.
+    let mut packets = send(&mut camera, start, video(false, 3_000, 1));
+    packets.remove(1);
+    for packet in packets {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    // Frame 2 arrives complete but must wait behind frame 1.
+    for packet in send(&mut camera, start, video(false, 3_000, 2)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    assert_eq!(frames(&drain_events(&mut viewer)).len(), 1);
+    // Run the viewer's timers: it NACKs, then gives frame 1 up at the deadline.
+    let mut now = start;
+    let mut nacks = 0;
+    let mut keyframe_requests = 0;
+    let mut events = Vec::new();
+    while let Some(at) = viewer.poll_timeout() {
+        if at > start + Duration::from_millis(400) {
+            break;
+        }
+        now = at;
+        viewer.handle_timeout(now);
+        for packet in drain_packets(&mut viewer) {
+            match packet.first() {
+                Some(&wire::TYPE_NACK) => nacks += 1,
+                Some(&wire::TYPE_KEYFRAME_REQUEST) => keyframe_requests += 1,
+                _ => {}
+            }
+        }
+        events.extend(drain_events(&mut viewer));
+    }
+    assert!(
+        nacks >= 2,
+        "NACK repeated while the frame can still make it ({nacks})"
+    );
+    assert!(keyframe_requests >= 1);
+    assert!(events.contains(&Event::FrameLost {
+        stream: StreamId::VIDEO,
+        frame_seq: 1,
+        reason: FrameLossReason::Late
+    }));
+    // Frame 2 depends on frame 1: held back, not delivered.
+    assert!(events.contains(&Event::FrameLost {
+        stream: StreamId::VIDEO,
+        frame_seq: 2,
+        reason: FrameLossReason::AwaitingKeyframe
+    }));
+    let stats = viewer.stats();
+    assert_eq!(
+        (stats.frames_late, stats.frames_discarded_awaiting_keyframe),
+        (1, 1)
+    );
+    // P-frames stay held until the keyframe; the keyframe and what follows are delivered.
+    for (keyframe, fill) in [(false, 3), (true, 4), (false, 5)] {
+        for packet in send(&mut camera, now, video(keyframe, 3_000, fill)) {
+            viewer.handle_input(now, &packet).unwrap();
+        }
+    }
+    let delivered = frames(&drain_events(&mut viewer));
+    assert_eq!(
+        delivered.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert_eq!(delivered[0].1, Bytes::from(vec![4u8; 3_000]));
+}
+
+#[test]
+fn without_hold_back_dependent_frames_are_delivered_flagged() {
+    let start = Instant::now();
+    let config = Config {
+        hold_until_keyframe: false,
+        ..Config::default()
+    };
+    let (mut camera, mut viewer) = pair(config, start);
+    for packet in send(&mut camera, start, video(true, 2_000, 0)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    send(&mut camera, start, video(false, 2_000, 1)); // entirely lost
+    let later = start + Duration::from_millis(33);
+    for packet in send(&mut camera, later, video(false, 2_000, 2)) {
+        viewer.handle_input(later, &packet).unwrap();
+    }
+    viewer.handle_timeout(start + Duration::from_secs(1));
+    let delivered: Vec<(u32, bool)> = drain_events(&mut viewer)
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::Frame(received) => Some((received.frame_seq, received.after_loss)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![(0, false), (2, true)]);
+}
+
+#[test]
+fn wholly_missing_frame_is_nacked_as_all_fragments_and_recovered() {
+    let start = Instant::now();
+    let (mut camera, mut viewer) = pair(Config::default(), start);
+    for packet in send(&mut camera, start, video(true, 2_000, 0)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    send(&mut camera, start, video(false, 2_500, 1)); // lost entirely
+    for packet in send(&mut camera, start, video(false, 2_000, 2)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    viewer.handle_timeout(start); // first report
+    drain_packets(&mut viewer);
+    let at = viewer.poll_timeout().unwrap();
+    assert_eq!(
+        at,
+        start + Duration::from_millis(5),
+        "NACK after the reorder delay"
+    );
+    viewer.handle_timeout(at);
+    let nack = drain_packets(&mut viewer)
+        .into_iter()
+        .find(|packet| packet.first() == Some(&wire::TYPE_NACK))
+        .expect("NACK sent");
+    match wire::decode(&nack).unwrap() {
+        Packet::Nack { entries, .. } => assert_eq!(
+            wire::nack_entries(entries).collect::<Vec<_>>(),
+            vec![NackEntry {
+                stream: StreamId::VIDEO,
+                frame_seq: 1,
+                first_fragment: 0,
+                fragment_count: wire::NACK_ALL_FRAGMENTS
+            }]
+        ),
+        other => panic!("{other:?}"),
+    }
+    camera.handle_input(at, &nack).unwrap();
+    for packet in fragments(&drain_packets(&mut camera)) {
+        viewer.handle_input(at, &packet).unwrap();
+    }
+    let delivered = frames(&drain_events(&mut viewer));
+    assert_eq!(
+        delivered.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(delivered[1].1, Bytes::from(vec![1u8; 2_500]));
+}
+
+#[test]
+fn nacks_are_rate_limited_and_batched() {
+    let start = Instant::now();
+    let (mut camera, mut viewer) = pair(Config::default(), start);
+    // Two frames with holes, arriving 1 ms apart: their NACKs go out as one packet.
+    for (offset, fill) in [(0u64, 0u8), (1, 1)] {
+        let now = start + Duration::from_millis(offset);
+        let mut packets = send(&mut camera, now, video(true, 5_000, fill));
+        packets.remove(0);
+        for packet in packets {
+            viewer.handle_input(now, &packet).unwrap();
+        }
+    }
+    let mut nack_times = Vec::new();
+    let mut nack_seqs = Vec::new();
+    let mut now = start;
+    while let Some(at) = viewer.poll_timeout() {
+        if at > start + Duration::from_millis(100) {
+            break;
+        }
+        now = now.max(at);
+        viewer.handle_timeout(now);
+        for packet in drain_packets(&mut viewer) {
+            if let Ok(Packet::Nack { nack_seq, entries }) = wire::decode(&packet) {
+                // Last-chance NACKs go out twice with the same sequence number.
+                if nack_seqs.last() != Some(&nack_seq) {
+                    nack_seqs.push(nack_seq);
+                    nack_times.push((now, wire::nack_entries(entries).count()));
+                }
+            }
+        }
+    }
+    assert_eq!(nack_times[0].1, 1);
+    for pair in nack_times.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= Duration::from_millis(5),
+            "{nack_times:?}"
+        );
+    }
+    // The first NACK after the 5 ms reorder delay; the second frame's was due 1 ms later
+    // but waited for the 5 ms rate limit.
+    assert_eq!(nack_times[0], (start + Duration::from_millis(5), 1));
+    assert_eq!(nack_times[1], (start + Duration::from_millis(10), 1));
+}
+
+#[test]
+fn frame_sequence_jump_beyond_the_window_resyncs_the_stream() {
+    let start = Instant::now();
+    let config = Config {
+        max_frames_in_flight: 8,
+        ..Config::default()
+    };
+    let (mut camera, mut viewer) = pair(config, start);
+    for packet in send(&mut camera, start, video(true, 1_000, 0)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    for fill in 1..20u8 {
+        send(&mut camera, start, video(false, 1_000, fill)); // a long outage
+    }
+    for packet in send(&mut camera, start, video(true, 1_000, 20)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    let delivered = frames(&drain_events(&mut viewer));
+    assert_eq!(
+        delivered.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![0, 20]
+    );
+    assert!(viewer.memory().receive_frames_in_flight <= 8);
+}
+
+#[test]
+fn reports_measure_rtt_and_loss_and_drive_the_target_bitrate() {
+    let start = Instant::now();
+    let (mut camera, _) = pair(Config::default(), start);
+    let initial = camera.target_bitrate_bps();
+    send(&mut camera, start, video(true, 1_000, 0));
+    camera.handle_timeout(start); // first report
+    let mut report_bytes = BytesMut::new();
+    let mut now = start;
+    // Ten reports at 20 % loss: the target falls (GCC: x (1 - 0.5 loss) each time).
+    for step in 1..=10u32 {
+        now = start + Duration::from_millis(200 * u64::from(step));
+        report_bytes.clear();
+        wire::encode_report(
+            &Report {
+                timestamp_ms: 200 * step,
+                echo: Some(wire::ReportEcho {
+                    timestamp_ms: 0,
+                    delay_ms: 200 * step - 40,
+                }),
+                interval_ms: 200,
+                packets_expected: 100,
+                packets_received: 80,
+                bytes_received: 100_000,
+                jitter_us: 0,
+            },
+            &mut report_bytes,
+        );
+        camera.handle_input(now, &report_bytes).unwrap();
+    }
+    let stats = camera.stats();
+    assert_eq!(stats.rtt, Some(Duration::from_millis(40)));
+    assert!((stats.send_loss - 0.2).abs() < 1e-9);
+    let expected = (initial as f64 * 0.9f64.powi(10)) as u64;
+    assert!(
+        camera.target_bitrate_bps().abs_diff(expected) < 1_000,
+        "{} vs {expected}",
+        camera.target_bitrate_bps()
+    );
+    let lowered = camera.target_bitrate_bps();
+    assert!(
+        drain_events(&mut camera)
+            .iter()
+            .any(|event| matches!(event, Event::TargetBitrate { .. }))
+    );
+    // Then no loss for five seconds: it grows 8 % per second.
+    for step in 1..=25u32 {
+        now += Duration::from_millis(200);
+        report_bytes.clear();
+        wire::encode_report(
+            &Report {
+                interval_ms: 200,
+                packets_expected: 100,
+                packets_received: 100,
+                ..Report::default()
+            },
+            &mut report_bytes,
+        );
+        camera.handle_input(now, &report_bytes).unwrap();
+        let _ = step;
+    }
+    let grown = (lowered as f64 * 1.08f64.powi(5)) as u64;
+    assert!(
+        camera.target_bitrate_bps().abs_diff(grown) < 1_000,
+        "{} vs {grown}",
+        camera.target_bitrate_bps()
+    );
+}

@@ -1,0 +1,174 @@
+//! The acceptance scenario of `spec/media.md`: 5 % random loss each way, 50 ms RTT,
+//! 200 ms latency budget, 30 fps video with 150 KB keyframes every 2 s and 15 KB P-frames.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Link, Pair, frame_bytes};
+use sightwire_media::{Codec, Config, Event, Frame, MediaConnection, StreamId};
+
+const FPS: u64 = 30;
+const SECONDS: u64 = 20;
+const KEYFRAME_SIZE: usize = 150_000;
+const P_FRAME_SIZE: usize = 15_000;
+const KEYFRAME_INTERVAL_FRAMES: u64 = 2 * FPS;
+
+struct Outcome {
+    sent: u64,
+    in_time: u64,
+    late: u64,
+    worst_latency: Duration,
+    keyframes: u64,
+    pair_stats: (sightwire_media::Stats, sightwire_media::Stats),
+    lost_fraction: f64,
+}
+
+fn run(seed: u64) -> Outcome {
+    let start = Instant::now();
+    let config = Config::default();
+    let budget = config.latency_budget;
+    let camera = MediaConnection::new(config.clone(), start).unwrap();
+    let viewer = MediaConnection::new(config, start).unwrap();
+    let link = Link {
+        delay: Duration::from_millis(25),
+        loss: 0.05,
+    };
+    let mut pair = Pair::new(camera, viewer, start, link, seed);
+
+    let frame_interval = Duration::from_nanos(1_000_000_000 / FPS);
+    let total_frames = SECONDS * FPS;
+    let mut sent_at: HashMap<u32, (Instant, Bytes)> = HashMap::new();
+    let mut keyframe_wanted = false;
+    let mut keyframes = 0;
+    let mut camera_events_seen = 0;
+    for index in 0..total_frames {
+        let at = start + frame_interval * index as u32;
+        pair.run_until(at);
+        // The encoder follows keyframe requests at once.
+        for (_, event) in &pair.a_events[camera_events_seen..] {
+            if let Event::KeyframeRequested { stream } = event {
+                assert_eq!(*stream, StreamId::VIDEO);
+                keyframe_wanted = true;
+            }
+        }
+        camera_events_seen = pair.a_events.len();
+        let keyframe = index % KEYFRAME_INTERVAL_FRAMES == 0 || keyframe_wanted;
+        keyframe_wanted = false;
+        keyframes += u64::from(keyframe);
+        let size = if keyframe {
+            KEYFRAME_SIZE
+        } else {
+            P_FRAME_SIZE
+        };
+        let data = frame_bytes(index, size);
+        let frame = pair
+            .a
+            .packetize(Frame {
+                stream: StreamId::VIDEO,
+                codec: Codec::H264,
+                keyframe,
+                codec_config: keyframe,
+                capture_time_us: (at - start).as_micros() as u64,
+                data: data.clone(),
+            })
+            .unwrap();
+        let seq = pair.a.send_frame(at, &frame).unwrap();
+        sent_at.insert(seq, (at, data));
+    }
+    pair.run_until(start + frame_interval * total_frames as u32 + Duration::from_secs(1));
+
+    let mut in_time = 0;
+    let mut late = 0;
+    let mut worst = Duration::ZERO;
+    let mut last_seq = None;
+    for (delivered_at, event) in &pair.b_events {
+        if let Event::FrameLost {
+            frame_seq, reason, ..
+        } = event
+        {
+            // Printed so a failing seed shows which frames went and why.
+            println!(
+                "frame {frame_seq} (sent at {:?}) lost at {:?}: {reason:?}",
+                sent_at[frame_seq].0 - start,
+                *delivered_at - start
+            );
+        }
+        if let Event::Frame(received) = event {
+            let (sent, data) = &sent_at[&received.frame_seq];
+            assert_eq!(
+                &received.frame.data, data,
+                "frame {} corrupted",
+                received.frame_seq
+            );
+            assert!(last_seq < Some(received.frame_seq), "frames out of order");
+            last_seq = Some(received.frame_seq);
+            let latency = *delivered_at - *sent;
+            worst = worst.max(latency);
+            if latency <= budget {
+                in_time += 1;
+            } else {
+                late += 1;
+            }
+        }
+    }
+    Outcome {
+        sent: total_frames,
+        in_time,
+        late,
+        worst_latency: worst,
+        keyframes,
+        lost_fraction: pair.packets_lost as f64 / pair.packets_sent as f64,
+        pair_stats: (pair.a.stats(), pair.b.stats()),
+    }
+}
+
+#[test]
+fn five_percent_loss_delivers_at_least_999_per_mille_in_time() {
+    let seed = std::env::var("MEDIA_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5157_0001);
+    let outcome = run(seed);
+    let fraction = outcome.in_time as f64 / outcome.sent as f64;
+    let (camera, viewer) = &outcome.pair_stats;
+    println!(
+        "simulated loss: {} of {} frames delivered within the 200 ms budget = {:.3} % \
+         ({} late, worst latency {:?}, {} keyframes, {:.2} % packets lost on the links)",
+        outcome.in_time,
+        outcome.sent,
+        fraction * 100.0,
+        outcome.late,
+        outcome.worst_latency,
+        outcome.keyframes,
+        outcome.lost_fraction * 100.0,
+    );
+    println!(
+        "camera: send loss {:.3} fragments sent {} retransmitted {} skipped {} nacks received {} keyframe requests {} rtt {:?} target {} bit/s",
+        camera.send_loss,
+        camera.fragments_sent,
+        camera.fragments_retransmitted,
+        camera.retransmissions_skipped,
+        camera.nacks_received,
+        camera.keyframe_requests_received,
+        camera.rtt,
+        camera.target_bitrate_bps,
+    );
+    println!(
+        "viewer: delivered {} late {} evicted {} held {} nacks sent {} receive loss {:.3} jitter {:?}",
+        viewer.frames_delivered,
+        viewer.frames_late,
+        viewer.frames_evicted,
+        viewer.frames_discarded_awaiting_keyframe,
+        viewer.nacks_sent,
+        viewer.receive_loss,
+        viewer.jitter,
+    );
+    assert!(
+        outcome.lost_fraction > 0.04,
+        "the links really lose packets"
+    );
+    assert!(fraction >= 0.999, "only {:.3} % in time", fraction * 100.0);
+}
