@@ -256,16 +256,15 @@ impl NatState {
         if self.entries.len() >= MAX_NAT_ENTRIES {
             self.prune(now);
         }
-        if self.entries.len() >= MAX_NAT_ENTRIES {
-            if let Some(oldest) = self
+        if self.entries.len() >= MAX_NAT_ENTRIES
+            && let Some(oldest) = self
                 .entries
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(i, _)| i)
-            {
-                self.entries.swap_remove(oldest);
-            }
+        {
+            self.entries.swap_remove(oldest);
         }
     }
 

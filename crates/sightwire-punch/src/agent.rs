@@ -506,10 +506,10 @@ impl Agent {
     /// Time passed; `now` is at or after the instant [`Agent::poll_timeout`] returned.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.observe_now(now);
-        if let Phase::Waiting { start_at } = self.phase {
-            if now >= start_at {
-                self.begin(now);
-            }
+        if let Phase::Waiting { start_at } = self.phase
+            && now >= start_at
+        {
+            self.begin(now);
         }
         if self.phase != Phase::Running {
             return;
@@ -648,7 +648,8 @@ impl Agent {
             _ => {}
         }
         self.remote_generation = Some(set.generation);
-        set.candidates.sort_by(|a, b| b.priority.cmp(&a.priority));
+        set.candidates
+            .sort_by_key(|c| std::cmp::Reverse(c.priority));
         set.candidates.truncate(MAX_CANDIDATES_PER_SET);
         for candidate in set.candidates {
             if candidate.kind == CandidateKind::PeerReflexive {
@@ -1025,10 +1026,11 @@ impl Agent {
         }
         match self.role {
             Role::Controlled => {
-                if let Some(key) = self.nominated_by_peer {
-                    if self.selected != Some(key) && self.pair(key).is_some_and(|p| p.valid) {
-                        self.select(now, key);
-                    }
+                if let Some(key) = self.nominated_by_peer
+                    && self.selected != Some(key)
+                    && self.pair(key).is_some_and(|p| p.valid)
+                {
+                    self.select(now, key);
                 }
             }
             Role::Controlling => {

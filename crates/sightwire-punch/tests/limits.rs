@@ -100,17 +100,17 @@ fn signaled_candidates_and_pairs_are_capped() {
             now = a.poll_timeout().unwrap_or(now).max(now) + Duration::from_millis(200);
             a.handle_timeout(now);
             for t in drain(&mut a) {
-                if let Ok(p) = Probe::decode(t.payload(), &PunchKey::new(KEY)) {
-                    if let ProbeKind::Request { .. } = p.kind {
-                        let mut buf = [0u8; MAX_PROBE_LEN];
-                        let response = Probe {
-                            kind: ProbeKind::Response { observed: peer(0) },
-                            sender: Role::Controlling,
-                            transaction: p.transaction,
-                        };
-                        let len = response.encode(&PunchKey::new(KEY), &mut buf);
-                        a.handle_datagram(now, t.destination, &buf[..len]);
-                    }
+                if let Ok(p) = Probe::decode(t.payload(), &PunchKey::new(KEY))
+                    && let ProbeKind::Request { .. } = p.kind
+                {
+                    let mut buf = [0u8; MAX_PROBE_LEN];
+                    let response = Probe {
+                        kind: ProbeKind::Response { observed: peer(0) },
+                        sender: Role::Controlling,
+                        transaction: p.transaction,
+                    };
+                    let len = response.encode(&PunchKey::new(KEY), &mut buf);
+                    a.handle_datagram(now, t.destination, &buf[..len]);
                 }
             }
         }

@@ -342,13 +342,13 @@ impl World {
                 if let Some((&i, inner)) = rest.split_first() {
                     let i = usize::from(i) & 1;
                     self.relay_bindings[i] = Some(d.from);
-                    if !inner.is_empty() {
-                        if let Some(dest) = self.relay_bindings[1 - i] {
-                            let mut out = vec![FROM_RELAY];
-                            out.extend_from_slice(inner);
-                            self.relay_forwarded += 1;
-                            self.sim.send(addr(RELAY), dest, None, out);
-                        }
+                    if !inner.is_empty()
+                        && let Some(dest) = self.relay_bindings[1 - i]
+                    {
+                        let mut out = vec![FROM_RELAY];
+                        out.extend_from_slice(inner);
+                        self.relay_forwarded += 1;
+                        self.sim.send(addr(RELAY), dest, None, out);
                     }
                 }
             } else if let Some(i) = self.sides.iter().position(|s| s.host == d.host) {
