@@ -1,0 +1,376 @@
+//! The sans-IO relay: datagrams and the time in, what to send out.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sightwire_signal::grant::{GrantError, GrantRole, RelayGrantKey};
+
+use crate::wire::{RefusalReason, RelayPacket};
+
+/// Limits and timers of a relay. Every field is a bound on what a stranger can make the
+/// relay hold or do.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Most allocations held at once; binds for new allocations beyond it are refused
+    /// with [`RefusalReason::TableFull`].
+    pub max_allocations: usize,
+    /// An allocation with no forwarded data for this long is removed.
+    pub idle_timeout: Duration,
+    /// Most bytes one allocation may forward in its lifetime (both directions); after
+    /// that its data is dropped until it idles out.
+    pub max_bytes_per_allocation: u64,
+    /// Sustained forwarding rate per allocation, bytes per second (both directions).
+    pub rate_bytes_per_sec: u64,
+    /// Burst allowance on top of the rate, in bytes.
+    pub rate_burst_bytes: u64,
+    /// Most bind requests verified per second across the relay (each costs one HMAC);
+    /// beyond it binds are refused with [`RefusalReason::RateLimited`].
+    pub binds_per_sec: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            max_allocations: 100_000,
+            idle_timeout: Duration::from_secs(60),
+            max_bytes_per_allocation: 64 << 30,
+            // 40 Mbit/s: a 4K camera main stream with headroom.
+            rate_bytes_per_sec: 5_000_000,
+            rate_burst_bytes: 2_000_000,
+            binds_per_sec: 10_000,
+        }
+    }
+}
+
+/// What the driver does with the datagram it just passed to [`Relay::handle_datagram`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Action {
+    /// Send the same bytes, unchanged, to this address.
+    Forward(SocketAddr),
+    /// Send the first `len` bytes of the reply buffer back to the sender.
+    Reply(usize),
+    /// Send nothing.
+    Drop(DropReason),
+}
+
+/// Why a datagram was dropped (each has a counter in [`RelayStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a relay packet, or a packet type only the relay sends.
+    Malformed,
+    /// Data for a channel the relay does not hold.
+    UnknownChannel,
+    /// Data from an address not bound to that channel.
+    WrongSource,
+    /// Data before the other side has bound.
+    PeerNotBound,
+    /// The allocation is over its rate or byte cap.
+    OverLimit,
+    /// Both sides are bound to the sender's own address; forwarding would reflect the
+    /// packet back to where it came from.
+    Reflection,
+}
+
+/// Counters, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Datagrams forwarded.
+    pub forwarded_packets: u64,
+    /// Bytes forwarded (whole datagrams).
+    pub forwarded_bytes: u64,
+    /// Binds accepted.
+    pub binds: u64,
+    /// Binds refused, any reason.
+    pub binds_refused: u64,
+    /// Dropped: malformed.
+    pub dropped_malformed: u64,
+    /// Dropped: unknown channel.
+    pub dropped_unknown_channel: u64,
+    /// Dropped: wrong source address.
+    pub dropped_wrong_source: u64,
+    /// Dropped: the other side is not bound yet.
+    pub dropped_peer_not_bound: u64,
+    /// Dropped: over the rate or byte cap.
+    pub dropped_over_limit: u64,
+    /// Dropped: would have been reflected to its sender.
+    pub dropped_reflection: u64,
+    /// Allocations removed after idling.
+    pub expired_allocations: u64,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    allocation_id: [u8; 16],
+    device: Option<SocketAddr>,
+    viewer: Option<SocketAddr>,
+    last_active: Instant,
+    bytes_forwarded: u64,
+    bucket_tokens: u64,
+    bucket_refilled: Instant,
+}
+
+impl Allocation {
+    fn side_mut(&mut self, role: GrantRole) -> &mut Option<SocketAddr> {
+        match role {
+            GrantRole::Device => &mut self.device,
+            GrantRole::Viewer => &mut self.viewer,
+        }
+    }
+
+    /// Where data from `from` goes, if `from` is bound.
+    fn other_side(&self, from: SocketAddr) -> Result<SocketAddr, DropReason> {
+        let (peer, bound) = if self.device == Some(from) {
+            (self.viewer, true)
+        } else if self.viewer == Some(from) {
+            (self.device, true)
+        } else {
+            (None, false)
+        };
+        match (bound, peer) {
+            (false, _) => Err(DropReason::WrongSource),
+            (true, None) => Err(DropReason::PeerNotBound),
+            (true, Some(peer)) if peer == from => Err(DropReason::Reflection),
+            (true, Some(peer)) => Ok(peer),
+        }
+    }
+
+    /// Takes `len` bytes from the allocation's token bucket and byte budget.
+    fn charge(&mut self, now: Instant, len: u64, config: &RelayConfig) -> bool {
+        if self.bytes_forwarded.saturating_add(len) > config.max_bytes_per_allocation {
+            return false;
+        }
+        let elapsed = now.saturating_duration_since(self.bucket_refilled);
+        let refill = (elapsed.as_micros().min(u128::from(u64::MAX)) as u64)
+            .saturating_mul(config.rate_bytes_per_sec)
+            / 1_000_000;
+        if refill > 0 {
+            self.bucket_tokens = self
+                .bucket_tokens
+                .saturating_add(refill)
+                .min(config.rate_burst_bytes);
+            self.bucket_refilled = now;
+        }
+        if self.bucket_tokens < len {
+            return false;
+        }
+        self.bucket_tokens -= len;
+        self.bytes_forwarded += len;
+        true
+    }
+}
+
+/// The relay's state: allocations keyed by channel, and the bind rate limiter.
+///
+/// Drive it with [`Relay::handle_datagram`] for every datagram received and
+/// [`Relay::handle_timeout`] whenever [`Relay::poll_timeout`] passes.
+#[derive(Debug)]
+pub struct Relay {
+    config: RelayConfig,
+    grant_key: RelayGrantKey,
+    allocations: HashMap<u64, Allocation>,
+    /// Idle deadlines, earliest first; at most one entry per allocation (re-pushed
+    /// lazily when an allocation turns out to have been active).
+    idle_queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    bind_window_start: Option<Instant>,
+    binds_in_window: u32,
+    stats: RelayStats,
+}
+
+impl Relay {
+    /// A relay that accepts grants minted under `grant_key`.
+    pub fn new(config: RelayConfig, grant_key: RelayGrantKey) -> Self {
+        Self {
+            config,
+            grant_key,
+            allocations: HashMap::new(),
+            idle_queue: BinaryHeap::new(),
+            bind_window_start: None,
+            binds_in_window: 0,
+            stats: RelayStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Allocations currently held.
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Handles one received datagram. `now_unix` (seconds since the Unix epoch) is only
+    /// used to check grant expiry. A reply, if any, is written into `reply`, which must
+    /// hold at least [`crate::wire::BOUND_LEN`] bytes; replies are always shorter than the
+    /// request that caused them.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        now_unix: u64,
+        from: SocketAddr,
+        datagram: &[u8],
+        reply: &mut [u8],
+    ) -> Action {
+        let action = match RelayPacket::decode(datagram) {
+            Ok(RelayPacket::Data { channel, .. }) => self.forward(now, from, channel, datagram),
+            Ok(RelayPacket::Bind { token }) => {
+                let packet = self.bind(now, now_unix, from, &token);
+                match packet.encode(reply) {
+                    Some(len) => Action::Reply(len),
+                    None => Action::Drop(DropReason::Malformed),
+                }
+            }
+            // Only the relay sends these; a peer sending them is confused or hostile.
+            Ok(RelayPacket::Bound { .. } | RelayPacket::BindRefused { .. }) | Err(_) => {
+                Action::Drop(DropReason::Malformed)
+            }
+        };
+        if let Action::Drop(reason) = action {
+            let counter = match reason {
+                DropReason::Malformed => &mut self.stats.dropped_malformed,
+                DropReason::UnknownChannel => &mut self.stats.dropped_unknown_channel,
+                DropReason::WrongSource => &mut self.stats.dropped_wrong_source,
+                DropReason::PeerNotBound => &mut self.stats.dropped_peer_not_bound,
+                DropReason::OverLimit => &mut self.stats.dropped_over_limit,
+                DropReason::Reflection => &mut self.stats.dropped_reflection,
+            };
+            *counter += 1;
+        }
+        action
+    }
+
+    fn forward(&mut self, now: Instant, from: SocketAddr, channel: u64, datagram: &[u8]) -> Action {
+        let Some(allocation) = self.allocations.get_mut(&channel) else {
+            return Action::Drop(DropReason::UnknownChannel);
+        };
+        let to = match allocation.other_side(from) {
+            Ok(to) => to,
+            Err(reason) => return Action::Drop(reason),
+        };
+        let len = datagram.len() as u64;
+        if !allocation.charge(now, len, &self.config) {
+            return Action::Drop(DropReason::OverLimit);
+        }
+        allocation.last_active = now;
+        self.stats.forwarded_packets += 1;
+        self.stats.forwarded_bytes += len;
+        Action::Forward(to)
+    }
+
+    fn bind_rate_allows(&mut self, now: Instant) -> bool {
+        let window_over = self
+            .bind_window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1));
+        if window_over {
+            self.bind_window_start = Some(now);
+            self.binds_in_window = 0;
+        }
+        if self.binds_in_window >= self.config.binds_per_sec {
+            return false;
+        }
+        self.binds_in_window += 1;
+        true
+    }
+
+    fn bind(
+        &mut self,
+        now: Instant,
+        now_unix: u64,
+        from: SocketAddr,
+        token: &sightwire_signal::grant::RelayGrantToken,
+    ) -> RelayPacket<'static> {
+        let refused = |stats: &mut RelayStats, reason| {
+            stats.binds_refused += 1;
+            RelayPacket::BindRefused { reason }
+        };
+        if !self.bind_rate_allows(now) {
+            return refused(&mut self.stats, RefusalReason::RateLimited);
+        }
+        let claims = match self.grant_key.verify(token, now_unix) {
+            Ok(claims) => claims,
+            Err(GrantError::Expired { .. }) => {
+                return refused(&mut self.stats, RefusalReason::Expired);
+            }
+            Err(_) => return refused(&mut self.stats, RefusalReason::InvalidGrant),
+        };
+        let channel = channel_of(&claims.allocation_id);
+        let table_full = self.allocations.len() >= self.config.max_allocations;
+        let allocation = match self.allocations.entry(channel) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(_) if table_full => {
+                return refused(&mut self.stats, RefusalReason::TableFull);
+            }
+            Entry::Vacant(entry) => {
+                self.idle_queue
+                    .push(Reverse((now + self.config.idle_timeout, channel)));
+                entry.insert(Allocation {
+                    allocation_id: claims.allocation_id,
+                    device: None,
+                    viewer: None,
+                    last_active: now,
+                    bytes_forwarded: 0,
+                    bucket_tokens: self.config.rate_burst_bytes,
+                    bucket_refilled: now,
+                })
+            }
+        };
+        // Two allocations whose ids share the first 8 bytes: astronomically unlikely
+        // with random ids, but never let one grant bind into another's allocation.
+        if allocation.allocation_id != claims.allocation_id {
+            return refused(&mut self.stats, RefusalReason::InvalidGrant);
+        }
+        // Binding again (a restarted or roaming endpoint) moves that side.
+        *allocation.side_mut(claims.role) = Some(from);
+        allocation.last_active = now;
+        let peer_bound = match claims.role {
+            GrantRole::Device => allocation.viewer.is_some(),
+            GrantRole::Viewer => allocation.device.is_some(),
+        };
+        self.stats.binds += 1;
+        RelayPacket::Bound {
+            channel,
+            role: claims.role,
+            peer_bound,
+        }
+    }
+
+    /// When [`Relay::handle_timeout`] next has work: the earliest idle deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.idle_queue
+            .peek()
+            .map(|Reverse((deadline, _))| *deadline)
+    }
+
+    /// Removes allocations that have idled out by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((deadline, channel))) = self.idle_queue.peek() {
+            if deadline > now {
+                break;
+            }
+            self.idle_queue.pop();
+            let Some(allocation) = self.allocations.get(&channel) else {
+                continue;
+            };
+            let actual = allocation.last_active + self.config.idle_timeout;
+            if actual <= now {
+                self.allocations.remove(&channel);
+                self.stats.expired_allocations += 1;
+            } else {
+                self.idle_queue.push(Reverse((actual, channel)));
+            }
+        }
+    }
+}
+
+/// The channel number of an allocation: the first 8 bytes of its id, big-endian.
+pub fn channel_of(allocation_id: &[u8; 16]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&allocation_id[..8]);
+    u64::from_be_bytes(first)
+}

@@ -1,0 +1,96 @@
+//! `sightwire-relay`: the relay server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sightwire_relay::{Relay, RelayConfig, RelayServer};
+use sightwire_signal::grant::RelayGrantKey;
+use tracing_subscriber::EnvFilter;
+
+/// Forward encrypted datagrams between the two endpoints of granted allocations.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:3479")]
+    listen: SocketAddr,
+    /// File holding the 32-byte grant key shared with the rendezvous, as 64 hex digits.
+    #[arg(long)]
+    grant_key_file: PathBuf,
+    /// Most allocations held at once.
+    #[arg(long, default_value_t = RelayConfig::default().max_allocations)]
+    max_allocations: usize,
+    /// Seconds without data after which an allocation is removed.
+    #[arg(long, default_value_t = RelayConfig::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+    /// Sustained rate per allocation, bytes per second.
+    #[arg(long, default_value_t = RelayConfig::default().rate_bytes_per_sec)]
+    rate_bytes_per_sec: u64,
+    /// Most bytes one allocation may forward.
+    #[arg(long, default_value_t = RelayConfig::default().max_bytes_per_allocation)]
+    max_bytes_per_allocation: u64,
+}
+
+fn read_key(path: &PathBuf) -> anyhow::Result<RelayGrantKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading grant key {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).context("grant key is not hex")?;
+    let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+        bail!("grant key must be 32 bytes, got {}", bytes.len());
+    };
+    Ok(RelayGrantKey::from_bytes(key))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let config = RelayConfig {
+        max_allocations: args.max_allocations,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        rate_bytes_per_sec: args.rate_bytes_per_sec,
+        max_bytes_per_allocation: args.max_bytes_per_allocation,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(config, read_key(&args.grant_key_file)?);
+    let server = RelayServer::bind(args.listen, relay)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %server.local_addr()?, "relay ready");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let stats = server.run(stopped).await?;
+    tracing::info!(?stats, "relay stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
