@@ -318,11 +318,15 @@ impl NatState {
     ) -> Result<SocketAddr, NatDrop> {
         match self.config.behavior {
             NatBehavior::Linux(input) => {
-                if let Some(entry) = self.entries.iter().find(|e| {
+                // Conntrack refreshes an entry's timeout on every packet it matches,
+                // in either direction (a colliding entry included).
+                let timeout = self.config.mapping_timeout;
+                if let Some(entry) = self.entries.iter_mut().find(|e| {
                     e.external_port == external_port
                         && e.key_remote == Some(remote)
                         && e.expires > now
                 }) {
+                    entry.expires = now + timeout;
                     return if entry.collision {
                         Err(NatDrop::ConntrackCollision)
                     } else {

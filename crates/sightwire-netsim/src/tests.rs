@@ -540,3 +540,33 @@ fn naive_simultaneous_open_between_bare_masquerades_fails() {
     assert!(got.iter().any(|d| d.to == b), "A's retry reaches B");
     assert!(got.iter().any(|d| d.to == a), "B's packet reaches A");
 }
+
+#[test]
+fn linux_conntrack_entries_are_refreshed_in_both_directions() {
+    let timeout = Duration::from_secs(10);
+    let config = NatConfig::new(NatBehavior::Linux(LinuxInput::BareMasquerade))
+        .with_mapping_timeout(timeout);
+    let mut bed = Bed::new(config);
+    let peer = addr(SERVER_A, 1000);
+    let port = bed.mapped(5000, peer).port();
+    // Inbound packets alone keep the entry alive past the timeout...
+    for _ in 0..3 {
+        let t = bed.sim.now() + Duration::from_secs(8);
+        bed.sim.advance_to(t);
+        assert!(bed.inbound_passes(peer, port));
+    }
+    // ...and so does a colliding entry that keeps being hit: the peer's retries keep the
+    // local host's port blocked.
+    let other = addr(SERVER_B, 1000);
+    assert!(!bed.inbound_passes(other, 6000));
+    for _ in 0..3 {
+        let t = bed.sim.now() + Duration::from_secs(8);
+        bed.sim.advance_to(t);
+        assert!(!bed.inbound_passes(other, 6000));
+    }
+    assert_ne!(
+        bed.mapped(6000, other).port(),
+        6000,
+        "still colliding after 24 s of retries"
+    );
+}

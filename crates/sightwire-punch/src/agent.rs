@@ -21,9 +21,16 @@ pub const OPEN_LEAD: Duration = Duration::from_millis(100);
 pub const CHECK_RTO_INITIAL: Duration = Duration::from_millis(100);
 /// Largest retransmission timeout while connecting.
 pub const CHECK_RTO_MAX: Duration = Duration::from_millis(1600);
-/// Interval of background checks on pairs better than the selected one (e.g. direct
-/// pairs while the relay carries the call).
+/// Interval of background re-checks of a relay pair that stopped answering while a
+/// direct path carries the call (the relay is the fallback, so it is kept in view).
 pub const BACKGROUND_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// While a path is selected, pairs that could beat it are re-checked in synchronised
+/// rounds this far apart rather than continuously: longer than the 30 s for which a
+/// Linux conntrack entry (a colliding one included) outlives its last packet, so each
+/// round starts from clean NAT state on both sides instead of refreshing a collision.
+pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(35);
+/// Length of one re-punch round: connect-speed checks, with opening packets first.
+pub const REPUNCH_WINDOW: Duration = Duration::from_secs(3);
 /// Every this many checks on a pair, an opening packet is sent again first (the peer's
 /// NAT may have reset, or a conntrack collision may have eaten the first one).
 pub const REOPEN_EVERY: u32 = 3;
@@ -321,6 +328,10 @@ pub struct Agent {
     nominated_by_peer: Option<PairKey>,
     ever_connected: bool,
     prediction_next: Option<Instant>,
+    /// Start of the next re-punch round (while a path is selected).
+    repunch_next: Option<Instant>,
+    /// End of the current re-punch round or of checks triggered while a path is selected.
+    repunch_until: Option<Instant>,
     observed: Option<SocketAddr>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -356,6 +367,8 @@ impl Agent {
             nominated_by_peer: None,
             ever_connected: false,
             prediction_next: None,
+            repunch_next: None,
+            repunch_until: None,
             observed: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -485,21 +498,16 @@ impl Agent {
         }
         self.stats.prediction_probes = 0;
         self.prediction_next = None;
-        let has_selection = self.selected.is_some();
         for pair in &mut self.pairs {
             if pair.valid {
                 pair.mode = CheckMode::Liveness;
                 pair.sent = 0;
                 pair.next_check = Some(now);
             } else {
-                let mode = if has_selection {
-                    CheckMode::Background
-                } else {
-                    CheckMode::Connect
-                };
-                pair.start_checks(mode, now);
+                pair.start_checks(CheckMode::Connect, now);
             }
         }
+        self.bound_checks_while_selected(now);
         self.evaluate(now);
     }
 
@@ -524,6 +532,7 @@ impl Agent {
                 self.fire_pair(now, index);
             }
         }
+        self.run_repunch_rounds(now);
         self.predict(now);
         self.evaluate(now);
         if self.selected.is_none()
@@ -531,6 +540,8 @@ impl Agent {
             && self.phase == Phase::Running
         {
             self.phase = Phase::Failed;
+            self.repunch_next = None;
+            self.repunch_until = None;
             for pair in &mut self.pairs {
                 pair.mode = CheckMode::Idle;
                 pair.next_check = None;
@@ -571,7 +582,10 @@ impl Agent {
                 consider(t);
             }
         }
-        if let Some(t) = self.prediction_next {
+        for t in [self.prediction_next, self.repunch_next, self.repunch_until]
+            .into_iter()
+            .flatten()
+        {
             consider(t);
         }
         if let (Some(start), None) = (self.attempt_start, self.selected) {
@@ -613,6 +627,8 @@ impl Agent {
         self.nominated_by_peer = None;
         self.ever_connected = false;
         self.prediction_next = None;
+        self.repunch_next = None;
+        self.repunch_until = None;
         self.stats.prediction_probes = 0;
         self.attempt_start = None;
         self.phase = Phase::Waiting {
@@ -693,6 +709,7 @@ impl Agent {
                     pair.start_checks(CheckMode::Connect, now);
                 }
             }
+            self.bound_checks_while_selected(now);
         }
     }
 
@@ -707,16 +724,13 @@ impl Agent {
         }
         let mut pair = Pair::new(key, kind, priority);
         if self.phase == Phase::Running {
-            let mode = match self.selected_kind() {
-                Some(sel) if pair.kind <= sel => CheckMode::Idle,
-                Some(_) => CheckMode::Background,
-                None => CheckMode::Connect,
-            };
-            if mode != CheckMode::Idle {
-                pair.start_checks(mode, now);
+            match self.selected_kind() {
+                Some(sel) if pair.kind <= sel => {}
+                _ => pair.start_checks(CheckMode::Connect, now),
             }
         }
         self.pairs.push(pair);
+        self.bound_checks_while_selected(now);
         true
     }
 
@@ -780,6 +794,7 @@ impl Agent {
                 pair.next_check = Some(now);
             }
         }
+        self.bound_checks_while_selected(now);
     }
 
     fn on_response(
@@ -931,13 +946,17 @@ impl Agent {
         let key = pair.key;
         let info = pair.info();
         let lost_selected = Some(key) == selected;
-        // Keep looking for it: background while something else carries the call.
-        let mode = if has_other && !lost_selected {
-            CheckMode::Background
+        // Keep looking for it. While something else carries the call, a relay pair is
+        // re-checked slowly (it is the fallback) and any other pair waits for the next
+        // re-punch round.
+        if !has_other || lost_selected {
+            pair.start_checks(CheckMode::Connect, now);
+        } else if key.via_relay {
+            pair.start_checks(CheckMode::Background, now);
         } else {
-            CheckMode::Connect
-        };
-        pair.start_checks(mode, now);
+            pair.mode = CheckMode::Idle;
+            pair.next_check = None;
+        }
         if lost_selected {
             self.selected = None;
             if self.nominated_by_peer == Some(key) {
@@ -949,6 +968,8 @@ impl Agent {
             self.attempt_start = Some(now);
             self.stats.prediction_probes = 0;
             self.prediction_next = None;
+            self.repunch_next = None;
+            self.repunch_until = None;
             for pair in &mut self.pairs {
                 if !pair.valid && pair.mode != CheckMode::Connect {
                     pair.start_checks(CheckMode::Connect, now);
@@ -1116,21 +1137,69 @@ impl Agent {
             Event::Connected(info)
         });
         self.ever_connected = true;
-        // Stop checking pairs that cannot beat the selection; keep probing better ones
-        // slowly. Working relay pairs stay on keepalive as the fallback.
+        // Stop checking every other pair (a working relay pair stays on keepalive as the
+        // fallback). Pairs that could beat the selection are re-checked in re-punch
+        // rounds. Both sides anchor the rounds on the moment the controlling agent
+        // selected: the controlled agent selected half a round trip earlier (when the
+        // nomination arrived), so it adds that half.
+        let mut better_exists = false;
         for pair in &mut self.pairs {
             if pair.key == key || (pair.valid && pair.key.via_relay) {
                 continue;
             }
-            if pair.kind > kind {
-                if pair.mode != CheckMode::Background {
-                    pair.mode = CheckMode::Background;
-                    pair.sent = pair.sent.max(1);
-                    pair.next_check = Some(pair.next_check.map_or(now, |t| t.max(now)));
+            better_exists |= pair.kind > kind && !pair.key.via_relay;
+            pair.mode = CheckMode::Idle;
+            pair.next_check = None;
+        }
+        let anchor = match self.role {
+            Role::Controlling => now,
+            Role::Controlled => now + info.rtt / 2,
+        };
+        self.repunch_until = None;
+        self.repunch_next = better_exists.then(|| anchor + REPUNCH_INTERVAL);
+    }
+
+    /// Ends checks that were started while a path is selected (a re-punch round, a
+    /// triggered check, a network change) after [`REPUNCH_WINDOW`], so that nothing keeps
+    /// refreshing a conntrack collision between rounds.
+    fn bound_checks_while_selected(&mut self, now: Instant) {
+        if self.selected.is_some() {
+            let end = now + REPUNCH_WINDOW;
+            self.repunch_until = Some(self.repunch_until.map_or(end, |t| t.max(end)));
+            if self.repunch_next.is_none() {
+                self.repunch_next = Some(now + REPUNCH_INTERVAL);
+            }
+        }
+    }
+
+    fn run_repunch_rounds(&mut self, now: Instant) {
+        let selected = self.selected;
+        let Some(selected_kind) = self.selected_kind() else {
+            self.repunch_next = None;
+            self.repunch_until = None;
+            return;
+        };
+        if self.repunch_until.is_some_and(|t| now >= t) {
+            self.repunch_until = None;
+            for pair in &mut self.pairs {
+                let checking = matches!(pair.mode, CheckMode::Connect | CheckMode::Background);
+                if checking && !pair.valid && !pair.key.via_relay && Some(pair.key) != selected {
+                    pair.mode = CheckMode::Idle;
+                    pair.next_check = None;
                 }
-            } else {
-                pair.mode = CheckMode::Idle;
-                pair.next_check = None;
+            }
+        }
+        if self.repunch_next.is_some_and(|t| now >= t) {
+            let mut any = false;
+            for pair in &mut self.pairs {
+                if !pair.valid && !pair.key.via_relay && pair.kind > selected_kind {
+                    pair.start_checks(CheckMode::Connect, now);
+                    any = true;
+                }
+            }
+            self.repunch_next = any.then(|| now + REPUNCH_INTERVAL);
+            if any {
+                self.repunch_until = Some(now + REPUNCH_WINDOW);
             }
         }
     }

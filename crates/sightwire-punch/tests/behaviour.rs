@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::{Model, Setup, Topology, World, addr};
 use sightwire_netsim::{Attachment, LinuxInput, NatBehavior, NatConfig};
-use sightwire_punch::{Event, FAIL_AFTER, KEEPALIVE_INTERVAL, PathKind};
+use sightwire_punch::{
+    Event, FAIL_AFTER, KEEPALIVE_INTERVAL, PathKind, REPUNCH_INTERVAL, REPUNCH_WINDOW,
+};
 
 const SITE_A: &str = "203.0.113.1";
 const SITE_B: &str = "203.0.113.2";
@@ -58,24 +60,41 @@ fn linux_conntrack_race_is_avoided_within_the_start_tolerance() {
 }
 
 #[test]
-fn linux_conntrack_race_beyond_the_start_tolerance_still_connects_by_relay() {
+fn linux_conntrack_race_beyond_the_start_tolerance_recovers_in_a_repunch_round() {
     // 300 ms late: the viewer's checks reach the camera's bare masquerade first, the
     // collision moves the camera's mapping, and both NATs then block each other's
-    // packets (spec/punch.md §"Known limits"). The call must still connect.
+    // packets for as long as anything refreshes the collision entries. The relay
+    // carries the call; the direct pairs go quiet until the re-punch round, when all
+    // conntrack state has expired and both sides open their NATs together.
     let mut setup = Setup::new(Topology::Apart(Model::LinuxBare, Model::LinuxBare));
     setup.start_skew = Duration::from_millis(300);
     let mut world = World::new(setup);
     world.run_for(Duration::from_secs(5));
     assert!(
         world.sim.stats().conntrack_collisions > 0,
-        "the race must happen: {:?}",
-        world.sim.stats()
+        "the race must happen"
     );
     for side in 0..2 {
         let (t, kind) = world.connected(side).expect("connected");
         assert_eq!(kind, PathKind::Relay, "side {side}");
         assert!(t < Duration::from_secs(3), "side {side} took {t:?}");
     }
+    // Quiet until the round: the collision entries expire.
+    world.run_for(Duration::from_secs(30));
+    let before_round = world.sim.stats().conntrack_collisions;
+    world.run_for(Duration::from_secs(3) + REPUNCH_INTERVAL + REPUNCH_WINDOW);
+    for side in 0..2 {
+        assert_eq!(
+            kinds(&world, side),
+            ["Connected(Relay)", "PathChanged(Direct)"],
+            "side {side}"
+        );
+    }
+    assert_eq!(
+        world.sim.stats().conntrack_collisions,
+        before_round,
+        "the round collided nowhere"
+    );
 }
 
 #[test]
@@ -89,7 +108,7 @@ fn relay_first_then_upgrade_to_direct_with_only_a_path_change() {
     assert_eq!(world.selected_kind(0), Some(PathKind::Relay));
     assert_eq!(world.selected_kind(1), Some(PathKind::Relay));
     block(&mut world, false);
-    world.run_for(Duration::from_secs(20));
+    world.run_for(Duration::from_secs(3) + REPUNCH_INTERVAL + REPUNCH_WINDOW);
     for side in 0..2 {
         assert_eq!(
             kinds(&world, side),
@@ -141,7 +160,7 @@ fn lost_direct_path_falls_back_to_relay_and_comes_back() {
         );
     }
     block(&mut world, false);
-    world.run_for(Duration::from_secs(5 + 25 + 20));
+    world.run_for(Duration::from_secs(5 + 25) + REPUNCH_INTERVAL + REPUNCH_WINDOW);
     for side in 0..2 {
         assert_eq!(
             world.selected_kind(side),
