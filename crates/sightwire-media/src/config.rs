@@ -24,6 +24,10 @@ const _: () =
 const _: () = assert!(MIN_PACKET_SIZE >= CONTROL_DATA_HEADER_LEN + MAX_CONTROL_MESSAGE_LEN);
 const _: () = assert!(MIN_PACKET_SIZE > FRAGMENT_HEADER_LEN);
 
+/// Longest value any configured timer may take; keeps every `Instant` sum far from
+/// overflow.
+pub const MAX_TIMER: Duration = Duration::from_secs(60);
+
 /// Limits and timers of one media connection. `Config::default()` is what `spec/media.md`
 /// lists as defaults; both ends of a connection may use different values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +125,9 @@ pub enum ConfigError {
     /// A timer that must be positive is zero.
     #[error("{0} must be positive")]
     ZeroDuration(&'static str),
+    /// A timer is longer than [`MAX_TIMER`].
+    #[error("{0} exceeds the 60 s timer limit")]
+    DurationTooLong(&'static str),
 }
 
 impl Config {
@@ -144,14 +151,29 @@ impl Config {
                 return Err(ConfigError::ZeroLimit(name));
             }
         }
-        for (name, value) in [
-            ("latency_budget", self.latency_budget),
-            ("initial_rtt", self.initial_rtt),
-            ("report_interval", self.report_interval),
-            ("keyframe_request_interval", self.keyframe_request_interval),
+        for (name, value, must_be_positive) in [
+            ("latency_budget", self.latency_budget, true),
+            ("initial_rtt", self.initial_rtt, true),
+            ("report_interval", self.report_interval, true),
+            (
+                "keyframe_request_interval",
+                self.keyframe_request_interval,
+                true,
+            ),
+            // A positive NACK interval guarantees every NACK timer moves forward.
+            ("nack_interval", self.nack_interval, true),
+            ("reorder_delay", self.reorder_delay, false),
+            (
+                "max_history_age",
+                self.max_history_age.unwrap_or_default(),
+                false,
+            ),
         ] {
-            if value.is_zero() {
+            if must_be_positive && value.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+            if value > MAX_TIMER {
+                return Err(ConfigError::DurationTooLong(name));
             }
         }
         if !(self.min_bitrate_bps <= self.initial_bitrate_bps

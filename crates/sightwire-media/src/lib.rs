@@ -70,7 +70,7 @@ pub mod wire;
 
 pub use config::{
     Config, ConfigError, DEFAULT_MAX_PACKET_SIZE, IPV6_MIN_MTU, IPV6_UDP_HEADERS, MAX_PACKET_SIZE,
-    MIN_PACKET_SIZE, SESSION_OVERHEAD,
+    MAX_TIMER, MIN_PACKET_SIZE, SESSION_OVERHEAD,
 };
 pub use connection::{
     BITRATE_EVENT_THRESHOLD, ControlError, Event, FrameLossReason, MAX_PENDING_EVENTS,

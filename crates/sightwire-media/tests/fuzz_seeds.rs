@@ -5,11 +5,19 @@ use proptest::prelude::*;
 
 #[test]
 fn seed_corpus_passes_the_fuzz_entry_point() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/media_receiver");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/corpus/media_receiver"
+    );
     let mut seeds = 0;
     for entry in std::fs::read_dir(dir).expect("seed corpus present") {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("seed-") {
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("seed-")
+        {
             sightwire_media::fuzzing::receive_packets(&std::fs::read(&path).unwrap());
             seeds += 1;
         }

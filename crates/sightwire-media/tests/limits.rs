@@ -101,6 +101,14 @@ fn config_out_of_range_is_rejected() {
             ..Config::default()
         },
         Config {
+            latency_budget: Duration::from_secs(61),
+            ..Config::default()
+        },
+        Config {
+            nack_interval: Duration::ZERO,
+            ..Config::default()
+        },
+        Config {
             min_bitrate_bps: 10,
             initial_bitrate_bps: 5,
             ..Config::default()
