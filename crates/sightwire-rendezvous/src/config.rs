@@ -1,0 +1,236 @@
+//! The server's TOML configuration file.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7700"
+//! static_key = "rendezvous.key"          # hex X25519 private key (`sightwire-rendezvous keygen`)
+//! registry = "registry.sqlite"
+//! trusted_issuers = ["<hex Ed25519 public key>"]
+//!
+//! [relay]                                 # optional
+//! address = "198.51.100.1:3478"
+//! grant_key = "relay-grant.key"           # hex 32-byte secret shared with the relay
+//!
+//! [limits]                                # optional; defaults shown in CoreConfig
+//! keepalive_interval_ms = 20000
+//! presence_ttl_ms = 60000
+//! max_presence = 1000000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
+use sightwire_signal::grant::RelayGrantKey;
+
+use crate::core::{CoreConfig, RelayConfig};
+use crate::ratelimit::Rate;
+
+/// The file's content.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// File holding the server's static X25519 private key (64 hex digits).
+    pub static_key: PathBuf,
+    /// The registry's SQLite file.
+    pub registry: PathBuf,
+    /// Ed25519 public keys (64 hex digits each) whose certificates are accepted.
+    pub trusted_issuers: Vec<String>,
+    /// The relay, if any.
+    pub relay: Option<RelaySection>,
+    /// Overrides of the core's limits and timers.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// The relay's public address given to peers.
+    pub address: SocketAddr,
+    /// File holding the grant key (64 hex digits).
+    pub grant_key: PathBuf,
+}
+
+/// `[limits]`; every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Keepalive interval told to devices, ms.
+    pub keepalive_interval_ms: Option<u64>,
+    /// Presence lifetime without keepalive, ms.
+    pub presence_ttl_ms: Option<u64>,
+    /// Connect attempt lifetime, ms.
+    pub connect_ttl_ms: Option<u64>,
+    /// Punch start delay, ms.
+    pub punch_start_delay_ms: Option<u64>,
+    /// Relay grant lifetime, s.
+    pub relay_grant_ttl_secs: Option<u64>,
+    /// Most online devices.
+    pub max_presence: Option<usize>,
+    /// Most pending connect attempts.
+    pub max_pending_connects: Option<usize>,
+    /// Most sources per rate limiter.
+    pub max_rate_sources: Option<usize>,
+    /// Lookups per second per source.
+    pub lookups_per_second: Option<u32>,
+    /// Lookup burst per source.
+    pub lookup_burst: Option<u32>,
+    /// Registrations per second per source.
+    pub registers_per_second: Option<u32>,
+    /// Registration burst per source.
+    pub register_burst: Option<u32>,
+    /// Refuse certificates not recorded in the registry.
+    pub require_issued: Option<bool>,
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is invalid.
+    #[error("invalid configuration")]
+    Toml(#[from] toml::de::Error),
+    /// A key is not 64 hex digits or not a valid key.
+    #[error("invalid key in {what}")]
+    Key {
+        /// Which key.
+        what: String,
+    },
+    /// No trusted issuer, or too many.
+    #[error("trusted_issuers must list between 1 and {max} keys", max = sightwire_signal::cert::MAX_TRUSTED_ISSUERS)]
+    Issuers,
+}
+
+/// Reads a file holding 32 bytes as 64 hex digits (whitespace ignored).
+pub fn read_hex_key(path: &Path) -> Result<[u8; 32], ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_hex_key(text.trim()).ok_or_else(|| ConfigError::Key {
+        what: path.display().to_string(),
+    })
+}
+
+/// Parses 64 hex digits.
+pub fn parse_hex_key(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
+impl ServerConfig {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(toml::from_str(&text)?)
+    }
+
+    /// The trusted issuer set.
+    pub fn trusted_issuers(&self) -> Result<TrustedIssuers, ConfigError> {
+        let mut trust = TrustedIssuers::default();
+        for text in &self.trusted_issuers {
+            let key = parse_hex_key(text)
+                .and_then(|bytes| IssuerPublicKey::from_bytes(&bytes).ok())
+                .ok_or_else(|| ConfigError::Key {
+                    what: format!("trusted_issuers entry {text}"),
+                })?;
+            trust.add(key).map_err(|_| ConfigError::Issuers)?;
+        }
+        if trust.is_empty() {
+            return Err(ConfigError::Issuers);
+        }
+        Ok(trust)
+    }
+
+    /// The core configuration (reads the relay grant key file if a relay is configured).
+    pub fn core(&self) -> Result<CoreConfig, ConfigError> {
+        let mut core = CoreConfig::default();
+        let l = &self.limits;
+        let ms = Duration::from_millis;
+        if let Some(v) = l.keepalive_interval_ms {
+            core.keepalive_interval = ms(v);
+        }
+        if let Some(v) = l.presence_ttl_ms {
+            core.presence_ttl = ms(v);
+        }
+        if let Some(v) = l.connect_ttl_ms {
+            core.connect_ttl = ms(v);
+        }
+        if let Some(v) = l.punch_start_delay_ms {
+            core.punch_start_delay = ms(v);
+        }
+        if let Some(v) = l.relay_grant_ttl_secs {
+            core.relay_grant_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = l.max_presence {
+            core.max_presence = v;
+        }
+        if let Some(v) = l.max_pending_connects {
+            core.max_pending_connects = v;
+        }
+        if let Some(v) = l.max_rate_sources {
+            core.max_rate_sources = v;
+        }
+        core.lookup_rate = Rate {
+            per_second: l.lookups_per_second.unwrap_or(core.lookup_rate.per_second),
+            burst: l.lookup_burst.unwrap_or(core.lookup_rate.burst),
+        };
+        core.register_rate = Rate {
+            per_second: l
+                .registers_per_second
+                .unwrap_or(core.register_rate.per_second),
+            burst: l.register_burst.unwrap_or(core.register_rate.burst),
+        };
+        if let Some(v) = l.require_issued {
+            core.require_issued = v;
+        }
+        if let Some(relay) = &self.relay {
+            core.relay = Some(RelayConfig {
+                address: relay.address,
+                key: RelayGrantKey::from_bytes(read_hex_key(&relay.grant_key)?),
+            });
+        }
+        Ok(core)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configuration_parses() {
+        let text = r#"
+            listen = "127.0.0.1:7700"
+            static_key = "rendezvous.key"
+            registry = "registry.sqlite"
+            trusted_issuers = ["d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"]
+            [limits]
+            keepalive_interval_ms = 5000
+            lookups_per_second = 7
+        "#;
+        let config: ServerConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.trusted_issuers().unwrap().len(), 1);
+        let core = config.core().unwrap();
+        assert_eq!(core.keepalive_interval, Duration::from_secs(5));
+        assert_eq!(core.lookup_rate.per_second, 7);
+        assert!(core.relay.is_none());
+        assert!(toml::from_str::<ServerConfig>(&format!("{text}\nbogus = 1")).is_err());
+    }
+}

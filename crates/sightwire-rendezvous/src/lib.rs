@@ -1,0 +1,79 @@
+//! The Sightwire rendezvous: where devices register under their certified IDs and where
+//! viewers find them.
+//!
+//! - [`Rendezvous`] is the protocol core, sans-IO: it takes each decrypted signaling
+//!   message with the Noise session it came on (and that session's authenticated static
+//!   key), and queues replies. It verifies ID certificates, refuses a registration whose
+//!   session key is not the certified key (so knowing an ID is not enough to take it
+//!   over), keeps presence with expiry, introduces viewers to devices (certificate,
+//!   candidates, punch key and start delay), mints relay grants, rate-limits lookups per
+//!   source, bounds every table, and never answers an unregistered session with more
+//!   bytes than it sent.
+//! - [`Registry`] stores issued IDs, device keys and revocations; [`SqliteRegistry`] is
+//!   the default (one file, usable by the issuer tool while the server runs).
+//! - [`server`] is the tokio UDP driver: one socket, Noise sessions from
+//!   `sightwire-session`, the core, graceful shutdown. The `sightwire-rendezvous` binary
+//!   wraps it with a TOML config and the `issuer` tool.
+//!
+//! What it is not for: it never sees media and cannot read or forge the peers' Noise
+//! sessions with each other; it is not a relay. The protocol is in `spec/signaling.md`
+//! and `spec/registration.md`.
+//!
+//! ```
+//! use std::time::Instant;
+//! use rand::SeedableRng;
+//! use sightwire_rendezvous::{CoreConfig, MemoryRegistry, Peer, Rendezvous};
+//! use sightwire_signal::cert::{CertificateFields, IssuerKey, TrustedIssuers};
+//! use sightwire_signal::{Body, CandidateSet, Envelope, Register};
+//!
+//! let issuer = IssuerKey::from_seed(&[1; 32]);
+//! let device_key = [7u8; 32]; // the device's static X25519 public key
+//! let certificate = issuer.issue(CertificateFields {
+//!     device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+//!     device_key,
+//!     not_before: 0,
+//!     not_after: u64::MAX,
+//!     serial: 1,
+//! })?;
+//!
+//! let now = Instant::now();
+//! let mut rendezvous = Rendezvous::new(
+//!     CoreConfig::default(),
+//!     TrustedIssuers::single(issuer.public()),
+//!     MemoryRegistry::default(),
+//!     Box::new(rand::rngs::StdRng::seed_from_u64(1)),
+//!     now,
+//!     1_800_000_000,
+//! );
+//!
+//! // The session layer says: session 1, authenticated as `device_key`, from this address.
+//! let device = Peer { session: 1u64, remote_static: device_key, address: "203.0.113.5:4000".parse()? };
+//! let register = Envelope::new(1, Body::Register(Register { certificate, candidates: CandidateSet::default() }));
+//! rendezvous.handle_message(now, &device, &register.to_bytes()?);
+//!
+//! let reply = rendezvous.poll_transmit().expect("an answer");
+//! assert_eq!(reply.session, 1);
+//! assert!(matches!(Envelope::decode(&reply.payload)?.body, Body::RegisterAck(_)));
+//! assert_eq!(rendezvous.online(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+mod core;
+mod presence;
+mod ratelimit;
+mod registry;
+pub mod server;
+
+pub use crate::core::{
+    CoreConfig, DEFAULT_CONNECT_TTL, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LOOKUP_RATE,
+    DEFAULT_MAX_PENDING_CONNECTS, DEFAULT_MAX_PRESENCE, DEFAULT_MAX_RATE_SOURCES,
+    DEFAULT_PRESENCE_TTL, DEFAULT_PUNCH_START_DELAY, DEFAULT_REGISTER_RATE,
+    DEFAULT_RELAY_GRANT_TTL, MAX_OUTBOX, Peer, RelayConfig, Rendezvous, RngCoreCrypto,
+    SERVER_REFLEXIVE_PRIORITY, SWEEP_INTERVAL, Stats, Transmit,
+};
+pub use presence::MAX_STORED_HOST_CANDIDATES;
+pub use ratelimit::Rate;
+pub use registry::{DeviceRecord, MemoryRegistry, Registry, SqliteRegistry, SqliteRegistryError};

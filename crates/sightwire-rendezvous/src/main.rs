@@ -1,0 +1,272 @@
+//! `sightwire-rendezvous`: the rendezvous server and the operator's issuer tool.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use rand::{RngCore, SeedableRng};
+use sightwire_id::DeviceId;
+use sightwire_rendezvous::config::{ServerConfig, parse_hex_key, read_hex_key};
+use sightwire_rendezvous::server::{Server, unix_now};
+use sightwire_rendezvous::{Registry, Rendezvous, SqliteRegistry};
+use sightwire_session::StaticKeypair;
+use sightwire_signal::cert::{CertificateFields, IssuerKey};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Sightwire rendezvous server and ID issuer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create the server's static X25519 key (clients pin its public half).
+    Keygen {
+        /// Where to write the private key (hex); refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue and manage device ID certificates.
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum IssuerCommand {
+    /// Create an issuer signing key. Keep it offline.
+    NewKey {
+        /// Where to write the secret seed (hex); refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a certificate for (device ID, device static key) and record it.
+    Issue {
+        /// The issuer key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The registry file.
+        #[arg(long)]
+        registry: PathBuf,
+        /// The device ID as printed on the label (any common MAC notation).
+        #[arg(long)]
+        device_id: DeviceId,
+        /// The device's static X25519 public key, 64 hex digits.
+        #[arg(long)]
+        device_key: String,
+        /// Validity in days from now.
+        #[arg(long, default_value_t = 3650)]
+        valid_days: u64,
+        /// Write the 135-byte certificate here (it is also printed in hex).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List recorded certificates.
+    List {
+        /// The registry file.
+        #[arg(long)]
+        registry: PathBuf,
+    },
+    /// Revoke the current certificate of a device ID.
+    Revoke {
+        /// The registry file.
+        #[arg(long)]
+        registry: PathBuf,
+        /// The device ID.
+        #[arg(long)]
+        device_id: DeviceId,
+    },
+}
+
+fn write_new_secret(path: &Path, secret: &[u8; 32]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {} (does it exist?)", path.display()))?;
+    writeln!(file, "{}", hex::encode(secret))?;
+    Ok(())
+}
+
+fn fresh_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    secret
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve { config } => serve(&config),
+        Command::Keygen { out } => {
+            let secret = fresh_secret();
+            write_new_secret(&out, &secret)?;
+            println!(
+                "{}",
+                hex::encode(StaticKeypair::from_private(secret).public())
+            );
+            Ok(())
+        }
+        Command::Issuer(command) => issuer(command),
+    }
+}
+
+fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
+    match command {
+        IssuerCommand::NewKey { out } => {
+            let seed = fresh_secret();
+            write_new_secret(&out, &seed)?;
+            println!(
+                "{}",
+                hex::encode(IssuerKey::from_seed(&seed).public().to_bytes())
+            );
+        }
+        IssuerCommand::Issue {
+            key,
+            registry,
+            device_id,
+            device_key,
+            valid_days,
+            out,
+        } => {
+            let issuer = IssuerKey::from_seed(&read_hex_key(&key)?);
+            let device_key =
+                parse_hex_key(&device_key).context("device key must be 64 hex digits")?;
+            let mut registry = SqliteRegistry::open(&registry)?;
+            let id = *device_id.as_bytes();
+            let serial = match registry.lookup(id)? {
+                Some(record) => record
+                    .certificate
+                    .serial()
+                    .checked_add(1)
+                    .context("serial exhausted")?,
+                None => 1,
+            };
+            let now = unix_now();
+            let certificate = issuer.issue(CertificateFields {
+                device_id: id,
+                device_key,
+                not_before: now.saturating_sub(3600),
+                not_after: now.saturating_add(valid_days.saturating_mul(86_400)),
+                serial,
+            })?;
+            if !registry.record(&certificate)? {
+                bail!("the registry already holds a newer certificate for {device_id}");
+            }
+            if let Some(out) = out {
+                std::fs::write(&out, certificate.to_bytes())
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+            }
+            println!("{}", hex::encode(certificate.to_bytes()));
+            eprintln!("issued serial {serial} for {device_id}");
+        }
+        IssuerCommand::List { registry } => {
+            for record in SqliteRegistry::open(&registry)?.list()? {
+                let fields = record.certificate.fields();
+                println!(
+                    "{}  serial {:<6} key {}  valid {}..{}  issuer {}{}",
+                    hex_id(fields.device_id),
+                    fields.serial,
+                    hex::encode(fields.device_key),
+                    fields.not_before,
+                    fields.not_after,
+                    record.certificate.issuer(),
+                    if record.revoked { "  REVOKED" } else { "" },
+                );
+            }
+        }
+        IssuerCommand::Revoke {
+            registry,
+            device_id,
+        } => {
+            if !SqliteRegistry::open(&registry)?.revoke(*device_id.as_bytes())? {
+                bail!("no certificate recorded for {device_id}");
+            }
+            eprintln!("revoked {device_id}");
+        }
+    }
+    Ok(())
+}
+
+fn hex_id(id: [u8; 6]) -> String {
+    DeviceId::from_bytes(id).map_or_else(|_| hex::encode(id), |id| id.to_string())
+}
+
+fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let config = ServerConfig::load(config_path)
+        .with_context(|| format!("loading {}", config_path.display()))?;
+    let core_config = config.core()?;
+    let trust = config.trusted_issuers()?;
+    let static_key = StaticKeypair::from_private(read_hex_key(&config.static_key)?);
+    let registry = SqliteRegistry::open(&config.registry)
+        .with_context(|| format!("opening registry {}", config.registry.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let socket = tokio::net::UdpSocket::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let core = Rendezvous::new(
+            core_config,
+            trust,
+            registry,
+            Box::new(rand::rngs::StdRng::from_entropy()),
+            Instant::now(),
+            unix_now(),
+        );
+        let server = Server::new(
+            socket,
+            static_key.clone(),
+            sightwire_session::Config::default(),
+            core,
+            Box::new(rand::rngs::StdRng::from_entropy()),
+        );
+        tracing::info!(
+            listen = %server.local_addr()?,
+            public_key = %hex::encode(static_key.public()),
+            "rendezvous serving"
+        );
+        let core = server.run(shutdown_signal()).await?;
+        tracing::info!(stats = ?core.stats(), "stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

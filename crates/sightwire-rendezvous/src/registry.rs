@@ -1,0 +1,300 @@
+//! The registry: which IDs were issued to which device keys, and which were revoked.
+//!
+//! It persists (the default [`SqliteRegistry`] is one file) because it is the operator's
+//! record; presence (who is online where) is deliberately not stored here.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sightwire_signal::cert::{CERT_LEN, IdCertificate};
+
+/// What the registry knows about one device ID: its current certificate (the one with
+/// the highest serial seen) and whether that certificate is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The current certificate for the ID.
+    pub certificate: IdCertificate,
+    /// The operator revoked it.
+    pub revoked: bool,
+}
+
+/// Storage of issued IDs. The rendezvous calls it on registrations and connect requests
+/// (never on keepalives); the issuer tool calls it when issuing and revoking.
+///
+/// Implementations for networked databases let several rendezvous nodes share one
+/// registry.
+pub trait Registry {
+    /// Why storage failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The record for `device_id`, if any certificate was ever recorded for it.
+    fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error>;
+
+    /// Records `certificate` as the current one for its ID, replacing an older one
+    /// (lower serial). Recording a certificate whose serial is not higher than the current
+    /// one changes nothing and returns `false`.
+    fn record(&mut self, certificate: &IdCertificate) -> Result<bool, Self::Error>;
+
+    /// Marks the current certificate of `device_id` revoked. Returns `false` if there is
+    /// none.
+    fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error>;
+
+    /// Every record, ordered by device ID.
+    fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error>;
+}
+
+/// A registry in memory, for tests and for deployments that load IDs from elsewhere.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryRegistry {
+    records: HashMap<[u8; 6], DeviceRecord>,
+}
+
+impl Registry for MemoryRegistry {
+    type Error = std::convert::Infallible;
+
+    fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error> {
+        Ok(self.records.get(&device_id).copied())
+    }
+
+    fn record(&mut self, certificate: &IdCertificate) -> Result<bool, Self::Error> {
+        let id = certificate.device_id();
+        match self.records.get(&id) {
+            Some(current) if current.certificate.serial() >= certificate.serial() => Ok(false),
+            _ => {
+                self.records.insert(
+                    id,
+                    DeviceRecord {
+                        certificate: *certificate,
+                        revoked: false,
+                    },
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error> {
+        Ok(self
+            .records
+            .get_mut(&device_id)
+            .map(|record| record.revoked = true)
+            .is_some())
+    }
+
+    fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error> {
+        let mut records: Vec<_> = self.records.values().copied().collect();
+        records.sort_by_key(|record| record.certificate.device_id());
+        Ok(records)
+    }
+}
+
+/// Why the SQLite registry failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqliteRegistryError {
+    /// The database reported an error.
+    #[error("registry database error")]
+    Database(#[from] rusqlite::Error),
+    /// A stored certificate no longer decodes (the file was edited or corrupted).
+    #[error("registry holds a corrupt certificate for {device_id}")]
+    Corrupt {
+        /// The device ID (hex) of the bad row.
+        device_id: String,
+    },
+}
+
+/// The default registry: one SQLite file (WAL mode), so the issuer tool can issue and
+/// revoke while the server runs; the server reads it on every registration and connect.
+#[derive(Debug)]
+pub struct SqliteRegistry {
+    connection: rusqlite::Connection,
+}
+
+impl SqliteRegistry {
+    /// Opens (creating if needed) the registry at `path`.
+    pub fn open(path: &Path) -> Result<Self, SqliteRegistryError> {
+        Self::init(rusqlite::Connection::open(path)?)
+    }
+
+    /// A registry in memory (tests).
+    pub fn open_in_memory() -> Result<Self, SqliteRegistryError> {
+        Self::init(rusqlite::Connection::open_in_memory()?)
+    }
+
+    fn init(connection: rusqlite::Connection) -> Result<Self, SqliteRegistryError> {
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        // Writers (the issuer tool) and the server wait for each other briefly instead of
+        // failing with SQLITE_BUSY.
+        connection.busy_timeout(std::time::Duration::from_secs(2))?;
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS devices (
+                device_id BLOB PRIMARY KEY NOT NULL CHECK (length(device_id) = 6),
+                serial INTEGER NOT NULL,
+                certificate BLOB NOT NULL,
+                revoked INTEGER NOT NULL DEFAULT 0
+            ) STRICT;",
+        )?;
+        Ok(Self { connection })
+    }
+
+    fn row_to_record(
+        device_id: Vec<u8>,
+        certificate: Vec<u8>,
+        revoked: bool,
+    ) -> Result<DeviceRecord, SqliteRegistryError> {
+        let certificate =
+            IdCertificate::decode(&certificate).map_err(|_| SqliteRegistryError::Corrupt {
+                device_id: hex::encode(&device_id),
+            })?;
+        if certificate.device_id().as_slice() != device_id.as_slice() {
+            return Err(SqliteRegistryError::Corrupt {
+                device_id: hex::encode(&device_id),
+            });
+        }
+        Ok(DeviceRecord {
+            certificate,
+            revoked,
+        })
+    }
+}
+
+/// Serials are u64 on the wire and i64 in SQLite; store the bit pattern.
+fn serial_to_sql(serial: u64) -> i64 {
+    i64::from_ne_bytes(serial.to_ne_bytes())
+}
+
+impl Registry for SqliteRegistry {
+    type Error = SqliteRegistryError;
+
+    fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT certificate, revoked FROM devices WHERE device_id = ?1")?;
+        let mut rows = statement.query([device_id.as_slice()])?;
+        match rows.next()? {
+            None => Ok(None),
+            Some(row) => {
+                let certificate: Vec<u8> = row.get(0)?;
+                let revoked: bool = row.get(1)?;
+                Self::row_to_record(device_id.to_vec(), certificate, revoked).map(Some)
+            }
+        }
+    }
+
+    fn record(&mut self, certificate: &IdCertificate) -> Result<bool, Self::Error> {
+        let bytes: [u8; CERT_LEN] = certificate.to_bytes();
+        let id = certificate.device_id();
+        let transaction = self.connection.transaction()?;
+        let current: Option<i64> = transaction
+            .query_row(
+                "SELECT serial FROM devices WHERE device_id = ?1",
+                [id.as_slice()],
+                |row| row.get(0),
+            )
+            .map(Some)
+            .or_else(|error| match error {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                other => Err(other),
+            })?;
+        let newer = current
+            .is_none_or(|serial| u64::from_ne_bytes(serial.to_ne_bytes()) < certificate.serial());
+        if newer {
+            transaction.execute(
+                "INSERT OR REPLACE INTO devices (device_id, serial, certificate, revoked) VALUES (?1, ?2, ?3, 0)",
+                rusqlite::params![id.as_slice(), serial_to_sql(certificate.serial()), bytes.as_slice()],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(newer)
+    }
+
+    fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error> {
+        let changed = self.connection.execute(
+            "UPDATE devices SET revoked = 1 WHERE device_id = ?1",
+            [device_id.as_slice()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT device_id, certificate, revoked FROM devices ORDER BY device_id")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, Vec<u8>>(1)?,
+                row.get::<_, bool>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (device_id, certificate, revoked) = row?;
+            Self::row_to_record(device_id, certificate, revoked)
+        })
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightwire_signal::cert::{CertificateFields, IssuerKey};
+
+    fn cert(serial: u64, key: u8) -> IdCertificate {
+        IssuerKey::from_seed(&[1; 32])
+            .issue(CertificateFields {
+                device_id: [2, 0, 0, 0, 0, 1],
+                device_key: [key; 32],
+                not_before: 0,
+                not_after: u64::MAX,
+                serial,
+            })
+            .unwrap()
+    }
+
+    fn exercise(registry: &mut impl Registry) {
+        let id = [2, 0, 0, 0, 0, 1];
+        assert_eq!(registry.lookup(id).unwrap(), None);
+        assert!(!registry.revoke(id).unwrap());
+        assert!(registry.record(&cert(5, 1)).unwrap());
+        // An older or equal serial does not replace the current certificate.
+        assert!(!registry.record(&cert(4, 2)).unwrap());
+        assert!(!registry.record(&cert(5, 2)).unwrap());
+        assert_eq!(
+            registry.lookup(id).unwrap().unwrap().certificate,
+            cert(5, 1)
+        );
+        assert!(registry.revoke(id).unwrap());
+        assert!(registry.lookup(id).unwrap().unwrap().revoked);
+        // Re-issuing with a higher serial replaces the revoked certificate.
+        assert!(registry.record(&cert(u64::MAX, 3)).unwrap());
+        let record = registry.lookup(id).unwrap().unwrap();
+        assert_eq!(
+            (record.certificate, record.revoked),
+            (cert(u64::MAX, 3), false)
+        );
+        assert_eq!(registry.list().unwrap(), vec![record]);
+    }
+
+    #[test]
+    fn memory_registry_keeps_the_newest_certificate() {
+        exercise(&mut MemoryRegistry::default());
+    }
+
+    #[test]
+    fn sqlite_registry_keeps_the_newest_certificate_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        exercise(&mut SqliteRegistry::open(&path).unwrap());
+        let reopened = SqliteRegistry::open(&path).unwrap();
+        assert_eq!(reopened.list().unwrap().len(), 1);
+        assert_eq!(
+            reopened
+                .lookup([2, 0, 0, 0, 0, 1])
+                .unwrap()
+                .unwrap()
+                .certificate,
+            cert(u64::MAX, 3)
+        );
+    }
+}

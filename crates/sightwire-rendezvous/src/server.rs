@@ -1,0 +1,186 @@
+//! The tokio UDP server: one socket, Noise sessions (`sightwire-session`, responder for
+//! [`SessionKind::Rendezvous`]), and the [`Rendezvous`] core.
+//!
+//! Everything that is not an authenticated transport packet is handled (and dropped) by
+//! the session table, which answers handshakes and, under load, cookie replies; only the
+//! plaintext of authenticated transport packets reaches the core, with the static key
+//! the handshake proved.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
+use sightwire_signal::MAX_MESSAGE_LEN;
+use tokio::net::UdpSocket;
+
+use crate::core::{Peer, Rendezvous};
+use crate::registry::Registry;
+
+/// Largest datagram the server reads (anything longer is truncated by the OS and then
+/// rejected by the session layer).
+pub const MAX_DATAGRAM_LEN: usize = 2048;
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// A server: socket, session table and core.
+#[derive(Debug)]
+pub struct Server<R> {
+    socket: UdpSocket,
+    sessions: SessionTable,
+    core: Rendezvous<R, SessionId>,
+}
+
+impl<R: Registry> Server<R> {
+    /// A server on `socket` answering Noise handshakes as `static_key`.
+    pub fn new(
+        socket: UdpSocket,
+        static_key: StaticKeypair,
+        session_config: sightwire_session::Config,
+        core: Rendezvous<R, SessionId>,
+        session_rng: Box<dyn sightwire_session::SessionRng>,
+    ) -> Self {
+        let sessions = SessionTable::with_responder(
+            static_key,
+            SessionKind::Rendezvous,
+            session_config,
+            session_rng,
+        );
+        Self {
+            socket,
+            sessions,
+            core,
+        }
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The core (counters, presence).
+    pub fn core(&self) -> &Rendezvous<R, SessionId> {
+        &self.core
+    }
+
+    /// Serves until `shutdown` completes, then tells online devices the server is going
+    /// away and returns the core (its registry holds what must persist).
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<Rendezvous<R, SessionId>> {
+        tokio::pin!(shutdown);
+        let mut receive = vec![0u8; MAX_DATAGRAM_LEN];
+        let mut send = vec![0u8; MAX_DATAGRAM_LEN];
+        loop {
+            let deadline = [self.sessions.poll_timeout(), self.core.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                received = self.socket.recv_from(&mut receive) => {
+                    match received {
+                        Ok((len, from)) => self.on_datagram(from, &mut receive[..len]),
+                        // ICMP errors from earlier sends surface here on some platforms.
+                        Err(error) => tracing::debug!(%error, "recv_from failed"),
+                    }
+                }
+                () = sleep => {
+                    let now = Instant::now();
+                    self.sessions.handle_timeout(now);
+                    self.core.set_wall_clock(now, unix_now());
+                    self.core.handle_timeout(now);
+                }
+            }
+            self.flush(&mut send).await;
+        }
+        tracing::info!(
+            online = self.core.online(),
+            "shutting down: telling devices"
+        );
+        while self.core.shutdown_step() > 0 {
+            self.flush(&mut send).await;
+        }
+        Ok(self.core)
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &mut [u8]) {
+        let now = Instant::now();
+        match self.sessions.handle_input(now, from, datagram) {
+            Ok(Input::Data {
+                session, plaintext, ..
+            }) => {
+                let Some(remote_static) = self.sessions.remote_static(session).copied() else {
+                    return;
+                };
+                if plaintext.len() > MAX_MESSAGE_LEN {
+                    tracing::debug!(%from, len = plaintext.len(), "oversized signaling message dropped");
+                }
+                let peer = Peer {
+                    session,
+                    remote_static,
+                    address: from,
+                };
+                self.core.handle_message(now, &peer, plaintext);
+            }
+            Ok(_) => {}
+            Err(reason) => tracing::trace!(%from, %reason, "datagram dropped by the session layer"),
+        }
+    }
+
+    async fn flush(&mut self, buf: &mut [u8]) {
+        while let Some(event) = self.sessions.poll_event() {
+            match event {
+                Event::Established {
+                    session,
+                    remote_addr,
+                    ..
+                } => {
+                    tracing::debug!(?session, %remote_addr, "session established");
+                }
+                Event::Closed { session, .. } | Event::HandshakeFailed { session, .. } => {
+                    self.core.handle_session_closed(session);
+                }
+                _ => {}
+            }
+        }
+        while let Some(transmit) = self.sessions.poll_transmit(buf) {
+            send_datagram(&self.socket, transmit.destination, transmit.len, buf).await;
+        }
+        let now = Instant::now();
+        while let Some(transmit) = self.core.poll_transmit() {
+            match self
+                .sessions
+                .seal(transmit.session, now, &transmit.payload, buf)
+            {
+                Ok(sealed) => {
+                    send_datagram(&self.socket, sealed.destination, sealed.len, buf).await
+                }
+                Err(reason) => tracing::debug!(%reason, "could not seal a reply (session gone)"),
+            }
+        }
+    }
+}
+
+/// Takes the socket, not the server, so the server future stays `Send` without the core
+/// having to be `Sync`.
+async fn send_datagram(socket: &UdpSocket, to: SocketAddr, len: usize, buf: &[u8]) {
+    let Some(datagram) = buf.get(..len) else {
+        return;
+    };
+    if let Err(error) = socket.send_to(datagram, to).await {
+        tracing::debug!(%to, %error, "send_to failed");
+    }
+}

@@ -1,0 +1,166 @@
+//! Shared helpers: an issuer, devices with certificates, a core in virtual time.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use sightwire_rendezvous::{CoreConfig, MemoryRegistry, Peer, Rendezvous, Transmit};
+use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey, TrustedIssuers};
+use sightwire_signal::{
+    Body, Candidate, CandidateKind, CandidateSet, ConnectRequest, Envelope, MAX_MESSAGE_LEN,
+    Register,
+};
+
+pub const UNIX_START: u64 = 1_800_000_000;
+
+pub fn issuer() -> IssuerKey {
+    IssuerKey::from_seed(&[0x15; 32])
+}
+
+pub fn device_id(n: u32) -> [u8; 6] {
+    let b = n.to_be_bytes();
+    [0x02, 0x00, b[0], b[1], b[2], b[3]]
+}
+
+pub fn device_key(n: u32) -> [u8; 32] {
+    let mut key = [0xD0; 32];
+    key[..4].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+pub fn certificate(n: u32, serial: u64) -> IdCertificate {
+    certificate_for(device_id(n), device_key(n), serial, 0, u64::MAX)
+}
+
+pub fn certificate_for(
+    id: [u8; 6],
+    key: [u8; 32],
+    serial: u64,
+    not_before: u64,
+    not_after: u64,
+) -> IdCertificate {
+    issuer()
+        .issue(CertificateFields {
+            device_id: id,
+            device_key: key,
+            not_before,
+            not_after,
+            serial,
+        })
+        .unwrap()
+}
+
+pub fn address(n: u32) -> SocketAddr {
+    let b = n.to_be_bytes();
+    SocketAddr::from(([10, b[1], b[2], b[3]], 4000 + (n % 1000) as u16))
+}
+
+pub fn device_peer(n: u32) -> Peer<u64> {
+    Peer {
+        session: u64::from(n),
+        remote_static: device_key(n),
+        address: address(n),
+    }
+}
+
+pub fn viewer_peer(n: u32) -> Peer<u64> {
+    let mut key = [0x77; 32];
+    key[..4].copy_from_slice(&n.to_be_bytes());
+    Peer {
+        session: 1_000_000 + u64::from(n),
+        remote_static: key,
+        address: SocketAddr::from(([198, 51, 100, (n % 250) as u8], 5000)),
+    }
+}
+
+pub fn host(address: &str) -> Candidate {
+    Candidate {
+        kind: CandidateKind::Host,
+        address: address.parse().unwrap(),
+        priority: 126 << 24,
+    }
+}
+
+pub fn register_message(certificate: IdCertificate) -> Vec<u8> {
+    Envelope::new(
+        1,
+        Body::Register(Register {
+            certificate,
+            candidates: CandidateSet::new(vec![host("192.168.1.20:5000")]),
+        }),
+    )
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+pub fn connect_message(id: [u8; 6], want_relay: bool) -> Vec<u8> {
+    let envelope = Envelope::new(
+        9,
+        Body::ConnectRequest(ConnectRequest {
+            device_id: id,
+            candidates: CandidateSet::new(vec![host("10.9.9.9:6000")]),
+            want_relay,
+        }),
+    );
+    let mut out = Vec::new();
+    envelope.encode_padded(MAX_MESSAGE_LEN, &mut out).unwrap();
+    out
+}
+
+pub fn keepalive_message(request_id: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    Envelope::new(request_id, Body::Keepalive)
+        .encode_padded(16, &mut out)
+        .unwrap();
+    out
+}
+
+/// A core plus virtual time.
+pub struct Harness {
+    pub core: Rendezvous<MemoryRegistry, u64>,
+    pub now: Instant,
+}
+
+impl Harness {
+    pub fn new(config: CoreConfig) -> Self {
+        let now = Instant::now();
+        let core = Rendezvous::new(
+            config,
+            TrustedIssuers::single(issuer().public()),
+            MemoryRegistry::default(),
+            Box::new(rand::rngs::StdRng::seed_from_u64(7)),
+            now,
+            UNIX_START,
+        );
+        Self { core, now }
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while let Some(at) = self.core.poll_timeout().filter(|at| *at <= end) {
+            self.now = at.max(self.now);
+            self.core.handle_timeout(self.now);
+        }
+        self.now = end;
+    }
+
+    /// Sends `message` from `peer` and returns everything the core queued.
+    pub fn send(&mut self, peer: &Peer<u64>, message: &[u8]) -> Vec<(u64, Envelope)> {
+        self.core.handle_message(self.now, peer, message);
+        self.drain()
+    }
+
+    pub fn drain(&mut self) -> Vec<(u64, Envelope)> {
+        let mut out = Vec::new();
+        while let Some(Transmit { session, payload }) = self.core.poll_transmit() {
+            out.push((session, Envelope::decode(&payload).unwrap()));
+        }
+        out
+    }
+
+    pub fn register(&mut self, n: u32) -> Vec<(u64, Envelope)> {
+        self.send(&device_peer(n), &register_message(certificate(n, 1)))
+    }
+}

@@ -1,0 +1,576 @@
+//! The real server on loopback UDP with real Noise sessions: many devices register, a
+//! viewer resolves one, impersonation is refused, presence expires, devices come back
+//! after a restart, and the lookup rate limit is hit.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{UNIX_START, issuer};
+use rand::SeedableRng;
+use sightwire_rendezvous::server::Server;
+use sightwire_rendezvous::{CoreConfig, Rate, Registry, Rendezvous, SqliteRegistry};
+use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
+use sightwire_signal::cert::{CertificateFields, IdCertificate, TrustedIssuers};
+use sightwire_signal::{
+    Body, CandidateSet, Close, CloseReason, ConnectRequest, Envelope, ErrorCode, Limit,
+    MAX_MESSAGE_LEN, Register,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const KEEPALIVE: Duration = Duration::from_millis(1_000);
+const ACK_TIMEOUT: Duration = Duration::from_millis(300);
+
+fn server_key() -> StaticKeypair {
+    StaticKeypair::from_private([0x5E; 32])
+}
+
+fn rng(seed: u64) -> Box<rand::rngs::StdRng> {
+    Box::new(rand::rngs::StdRng::seed_from_u64(seed))
+}
+
+struct Running {
+    address: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Rendezvous<SqliteRegistry, SessionId>>,
+}
+
+async fn start_server(registry: &Path, address: SocketAddr, config: CoreConfig) -> Running {
+    let socket = UdpSocket::bind(address).await.unwrap();
+    let address = socket.local_addr().unwrap();
+    let core = Rendezvous::new(
+        config,
+        TrustedIssuers::single(issuer().public()),
+        SqliteRegistry::open(registry).unwrap(),
+        rng(1),
+        Instant::now(),
+        sightwire_rendezvous::server::unix_now(),
+    );
+    let server = Server::new(
+        socket,
+        server_key(),
+        sightwire_session::Config::default(),
+        core,
+        rng(2),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+    Running {
+        address,
+        stop,
+        task,
+    }
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        keepalive_interval: KEEPALIVE,
+        presence_ttl: KEEPALIVE * 3,
+        ..CoreConfig::default()
+    }
+}
+
+/// A client (device or viewer) speaking signaling inside a Noise session with the server.
+struct Client {
+    socket: UdpSocket,
+    table: SessionTable,
+    server: SocketAddr,
+    session: Option<SessionId>,
+    inbox: VecDeque<Envelope>,
+    next_request: u64,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn new(key: StaticKeypair, server: SocketAddr, seed: u64) -> Self {
+        Self {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            table: SessionTable::new(key, sightwire_session::Config::default(), rng(seed)),
+            server,
+            session: None,
+            inbox: VecDeque::new(),
+            next_request: 1,
+            buf: vec![0; 2048],
+        }
+    }
+
+    async fn flush(&mut self) {
+        let mut out = vec![0u8; 2048];
+        while let Some(t) = self.table.poll_transmit(&mut out) {
+            let _ = self.socket.send_to(&out[..t.len], t.destination).await;
+        }
+    }
+
+    /// Receives until `deadline`; returns after the first signaling message or event.
+    async fn pump(&mut self, deadline: tokio::time::Instant) -> bool {
+        let mut progressed = false;
+        let wake = self
+            .table
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .map_or(deadline, |t| t.min(deadline));
+        if let Ok(Ok((len, from))) =
+            tokio::time::timeout_at(wake, self.socket.recv_from(&mut self.buf)).await
+        {
+            if let Ok(Input::Data { plaintext, .. }) =
+                self.table
+                    .handle_input(Instant::now(), from, &mut self.buf[..len])
+            {
+                self.inbox.push_back(Envelope::decode(plaintext).unwrap());
+                progressed = true;
+            }
+        } else {
+            self.table.handle_timeout(Instant::now());
+        }
+        while let Some(event) = self.table.poll_event() {
+            if let Event::Established { session, .. } = event {
+                self.session = Some(session);
+                progressed = true;
+            }
+        }
+        self.flush().await;
+        progressed
+    }
+
+    async fn handshake(&mut self) {
+        if let Some(old) = self.session.take() {
+            self.table.close(old);
+        }
+        self.table
+            .connect(
+                Instant::now(),
+                self.server,
+                SessionKind::Rendezvous,
+                *server_key().public(),
+            )
+            .unwrap();
+        self.flush().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.session.is_none() && tokio::time::Instant::now() < deadline {
+            self.pump(deadline).await;
+        }
+        assert!(
+            self.session.is_some(),
+            "handshake with the rendezvous timed out"
+        );
+    }
+
+    async fn send(&mut self, body: Body, pad_to: usize) -> u64 {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let mut plaintext = Vec::new();
+        Envelope::new(request_id, body)
+            .encode_padded(pad_to, &mut plaintext)
+            .unwrap();
+        let mut out = vec![0u8; 2048];
+        let session = self.session.expect("a session");
+        if let Ok(t) = self
+            .table
+            .seal(session, Instant::now(), &plaintext, &mut out)
+        {
+            self.socket
+                .send_to(&out[..t.len], t.destination)
+                .await
+                .unwrap();
+        }
+        request_id
+    }
+
+    /// The next signaling message, within `timeout`.
+    async fn recv(&mut self, timeout: Duration) -> Option<Envelope> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(envelope) = self.inbox.pop_front() {
+                return Some(envelope);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            self.pump(deadline).await;
+        }
+    }
+
+    /// Sends a request and waits for the reply with its request id.
+    async fn request(&mut self, body: Body, pad_to: usize, timeout: Duration) -> Option<Envelope> {
+        let request_id = self.send(body, pad_to).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let envelope = self.recv(left).await?;
+            if envelope.request_id == request_id {
+                return Some(envelope);
+            }
+            self.inbox.push_back(envelope);
+            if self.inbox.len() > 16 {
+                self.inbox.pop_front();
+            }
+            if left.is_zero() {
+                return None;
+            }
+        }
+    }
+}
+
+/// A device: its key, its certificate, and the client.
+struct Device {
+    client: Client,
+    certificate: IdCertificate,
+}
+
+fn device_certificate(n: u32, key: &StaticKeypair) -> IdCertificate {
+    issuer()
+        .issue(CertificateFields {
+            device_id: common::device_id(n),
+            device_key: *key.public(),
+            not_before: 0,
+            not_after: u64::MAX,
+            serial: 1,
+        })
+        .unwrap()
+}
+
+impl Device {
+    async fn new(n: u32, server: SocketAddr) -> Self {
+        let key = StaticKeypair::from_private(
+            [n as u8 ^ 0x3C; 32].map(|b| b.wrapping_add((n >> 8) as u8)),
+        );
+        let certificate = device_certificate(n, &key);
+        Self {
+            client: Client::new(key, server, u64::from(n) + 100).await,
+            certificate,
+        }
+    }
+
+    async fn register(&mut self) -> Envelope {
+        let body = Body::Register(Register {
+            certificate: self.certificate,
+            candidates: CandidateSet::new(vec![common::host("192.168.1.20:5000")]),
+        });
+        self.client
+            .request(body, 0, Duration::from_secs(2))
+            .await
+            .expect("a reply to REGISTER")
+    }
+
+    async fn connect_and_register(&mut self) {
+        self.client.handshake().await;
+        let reply = self.register().await;
+        assert!(matches!(reply.body, Body::RegisterAck(_)), "{reply:?}");
+    }
+
+    /// One keepalive round: true if acknowledged. On silence, NOT_REGISTERED or a
+    /// shutdown notice, re-handshake and re-register (what a real device does).
+    async fn keepalive_or_recover(&mut self) -> bool {
+        if let Some(Envelope {
+            body:
+                Body::Close(Close {
+                    connect_id: None,
+                    reason: CloseReason::Shutdown,
+                }),
+            ..
+        }) = self.client.inbox.front()
+        {
+            self.client.inbox.pop_front();
+            self.connect_and_register().await;
+            return false;
+        }
+        match self.client.request(Body::Keepalive, 16, ACK_TIMEOUT).await {
+            Some(Envelope {
+                body: Body::KeepaliveAck { .. },
+                ..
+            }) => true,
+            _ => {
+                self.connect_and_register().await;
+                false
+            }
+        }
+    }
+}
+
+async fn viewer(server: SocketAddr, seed: u8) -> Client {
+    let mut client = Client::new(
+        StaticKeypair::from_private([seed; 32]),
+        server,
+        u64::from(seed),
+    )
+    .await;
+    client.handshake().await;
+    client
+}
+
+fn connect_body(n: u32) -> Body {
+    Body::ConnectRequest(ConnectRequest {
+        device_id: common::device_id(n),
+        candidates: CandidateSet::new(vec![common::host("10.9.9.9:6000")]),
+        want_relay: false,
+    })
+}
+
+#[tokio::test]
+async fn many_devices_register_and_a_viewer_resolves_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(
+        &dir.path().join("registry.sqlite"),
+        "127.0.0.1:0".parse().unwrap(),
+        config(),
+    )
+    .await;
+    let mut devices = Vec::new();
+    for n in 0..40 {
+        let mut device = Device::new(n, server.address).await;
+        device.connect_and_register().await;
+        devices.push(device);
+    }
+    let mut viewer = viewer(server.address, 0xEE).await;
+    let reply = viewer
+        .request(connect_body(17), MAX_MESSAGE_LEN, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let Body::ConnectResponse(response) = reply.body else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(response.certificate, devices[17].certificate);
+    // The certificate verifies for the viewer and pins the device's key.
+    let fields = response
+        .certificate
+        .verify(&TrustedIssuers::single(issuer().public()), UNIX_START)
+        .unwrap();
+    assert_eq!(&fields.device_key, devices[17].certificate.device_key());
+    // The device got the offer with the viewer's key and the same punch key.
+    let offer = devices[17]
+        .client
+        .recv(Duration::from_secs(2))
+        .await
+        .unwrap();
+    let Body::ConnectOffer(offer) = offer.body else {
+        panic!("{offer:?}")
+    };
+    assert_eq!(offer.connect_id, response.connect_id);
+    assert_eq!(offer.punch, response.punch);
+    assert_eq!(
+        offer.viewer_key,
+        *StaticKeypair::from_private([0xEE; 32]).public()
+    );
+    let _ = server.stop.send(());
+    let core = server.task.await.unwrap();
+    assert_eq!(core.stats().registrations, 40);
+    assert_eq!(core.registry().list().unwrap().len(), 40);
+}
+
+#[tokio::test]
+async fn impersonation_over_noise_is_refused_and_the_real_device_keeps_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(
+        &dir.path().join("registry.sqlite"),
+        "127.0.0.1:0".parse().unwrap(),
+        config(),
+    )
+    .await;
+    let mut real = Device::new(5, server.address).await;
+    real.connect_and_register().await;
+    // The attacker has the ID and a copy of the real certificate, but not the device's
+    // private key: its Noise session is keyed by its own static key.
+    let mut attacker = Device::new(999, server.address).await;
+    attacker.certificate = real.certificate;
+    attacker.client.handshake().await;
+    let reply = attacker.register().await;
+    assert!(
+        matches!(reply.body, Body::Error(e) if e.code == ErrorCode::NotAuthorized),
+        "{reply:?}"
+    );
+    // The real device still answers keepalives and receives the viewer's offer.
+    assert!(real.keepalive_or_recover().await);
+    let mut viewer = viewer(server.address, 0xEF).await;
+    let reply = viewer
+        .request(connect_body(5), MAX_MESSAGE_LEN, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(matches!(reply.body, Body::ConnectResponse(_)));
+    assert!(matches!(
+        real.client.recv(Duration::from_secs(2)).await.unwrap().body,
+        Body::ConnectOffer(_)
+    ));
+    let _ = server.stop.send(());
+    let core = server.task.await.unwrap();
+    assert_eq!(core.stats().impersonations_refused, 1);
+}
+
+#[tokio::test]
+async fn presence_expires_when_keepalives_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = CoreConfig {
+        keepalive_interval: Duration::from_millis(100),
+        presence_ttl: Duration::from_millis(300),
+        ..CoreConfig::default()
+    };
+    let server = start_server(
+        &dir.path().join("registry.sqlite"),
+        "127.0.0.1:0".parse().unwrap(),
+        short,
+    )
+    .await;
+    let mut device = Device::new(8, server.address).await;
+    device.connect_and_register().await;
+    let mut viewer = viewer(server.address, 0xE0).await;
+    let reply = viewer
+        .request(connect_body(8), MAX_MESSAGE_LEN, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(matches!(reply.body, Body::ConnectResponse(_)));
+    // Silence for longer than the TTL plus one sweep.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let reply = viewer
+        .request(connect_body(8), MAX_MESSAGE_LEN, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply.body, Body::Error(e) if e.code == ErrorCode::Offline),
+        "{reply:?}"
+    );
+    let _ = server.stop.send(());
+    assert_eq!(server.task.await.unwrap().stats().presence_expired, 1);
+}
+
+#[tokio::test]
+async fn devices_are_back_within_one_keepalive_interval_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.sqlite");
+    let first = start_server(&registry, "127.0.0.1:0".parse().unwrap(), config()).await;
+    let address = first.address;
+    let mut devices = Vec::new();
+    for n in 0..10 {
+        let mut device = Device::new(n, address).await;
+        device.connect_and_register().await;
+        devices.push(device);
+    }
+
+    // 1. Graceful restart: the server tells devices it is going; they re-register as
+    //    soon as the new process answers.
+    let _ = first.stop.send(());
+    let core = first.task.await.unwrap();
+    drop(core);
+    let restarted_at = tokio::time::Instant::now();
+    let second = start_server(&registry, address, config()).await;
+    for device in &mut devices {
+        let notice = device.client.recv(Duration::from_millis(500)).await;
+        assert!(
+            matches!(
+                notice,
+                Some(Envelope {
+                    body: Body::Close(Close {
+                        reason: CloseReason::Shutdown,
+                        ..
+                    }),
+                    ..
+                })
+            ),
+            "{notice:?}"
+        );
+        device.client.inbox.push_front(notice.unwrap());
+        device.keepalive_or_recover().await;
+    }
+    assert!(
+        restarted_at.elapsed() < KEEPALIVE,
+        "graceful recovery took {:?}",
+        restarted_at.elapsed()
+    );
+
+    // 2. Crash: no notice. Each device finds out at its next keepalive (no ack within
+    //    ACK_TIMEOUT) and re-registers.
+    second.task.abort();
+    let _ = second.task.await;
+    let crashed_at = tokio::time::Instant::now();
+    let third = start_server(&registry, address, config()).await;
+    // Devices run concurrently, as they would in the field.
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|mut device| {
+            tokio::spawn(async move {
+                let first = device.keepalive_or_recover().await;
+                let second = device.keepalive_or_recover().await;
+                (first, second)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (first, second) = task.await.unwrap();
+        assert!(
+            !first,
+            "the first keepalive after the crash goes unanswered"
+        );
+        assert!(second, "the device is registered again");
+    }
+    let recovery = crashed_at.elapsed();
+    assert!(
+        recovery < KEEPALIVE + ACK_TIMEOUT * 2,
+        "crash recovery took {recovery:?}"
+    );
+
+    let mut viewer = viewer(address, 0xE1).await;
+    let reply = viewer
+        .request(connect_body(3), MAX_MESSAGE_LEN, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(matches!(reply.body, Body::ConnectResponse(_)), "{reply:?}");
+    let _ = third.stop.send(());
+    let core = third.task.await.unwrap();
+    assert_eq!(
+        core.online(),
+        0,
+        "shutdown told every device and cleared presence"
+    );
+    assert_eq!(core.stats().registrations, 10);
+}
+
+#[tokio::test]
+async fn lookup_rate_limit_is_hit_over_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let limited = CoreConfig {
+        lookup_rate: Rate {
+            per_second: 1,
+            burst: 3,
+        },
+        ..config()
+    };
+    let server = start_server(
+        &dir.path().join("registry.sqlite"),
+        "127.0.0.1:0".parse().unwrap(),
+        limited,
+    )
+    .await;
+    let mut viewer = viewer(server.address, 0xE2).await;
+    let mut codes = Vec::new();
+    for n in 0..5 {
+        let reply = viewer
+            .request(
+                connect_body(100 + n),
+                MAX_MESSAGE_LEN,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        let Body::Error(error) = reply.body else {
+            panic!("{reply:?}")
+        };
+        codes.push((error.code, error.limit));
+    }
+    assert_eq!(&codes[..3], &[(ErrorCode::UnknownId, None); 3]);
+    assert_eq!(
+        &codes[3..],
+        &[(ErrorCode::RateLimited, Some(Limit::LookupRate)); 2]
+    );
+    let _ = server.stop.send(());
+    assert_eq!(server.task.await.unwrap().stats().rate_limited, 2);
+}
