@@ -53,6 +53,11 @@ pub const RELAY_AFTER: Duration = Duration::from_secs(2);
 /// Without a selected path this long after the start (or after a path was lost), the
 /// attempt fails.
 pub const FAIL_AFTER: Duration = Duration::from_secs(10);
+/// Deadline instead of [`FAIL_AFTER`] after a selected path was lost. Longer than a
+/// keepalive interval plus loss detection: if the peer's NAT rebooted, the peer can only
+/// be reached again once it sends something, which it does at its next keepalive at the
+/// latest (15 s), and it must then be given time to be checked and nominated.
+pub const RECOVERY_FAIL_AFTER: Duration = Duration::from_secs(30);
 /// Interval of keepalive checks on the selected pair and on a working relay pair;
 /// below the ~30 s UDP mapping lifetime of common NATs.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -115,7 +120,8 @@ pub struct PathInfo {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[non_exhaustive]
 pub enum FailReason {
-    /// No pair (relay included) worked within [`FAIL_AFTER`].
+    /// No pair (relay included) worked within [`FAIL_AFTER`] (or
+    /// [`RECOVERY_FAIL_AFTER`] after a loss).
     NoWorkingPath,
 }
 
@@ -314,6 +320,8 @@ pub struct Agent {
     key: Option<PunchKey>,
     /// When checking began (reset after a loss or a network change without a path).
     attempt_start: Option<Instant>,
+    /// The current attempt follows the loss of a selected path.
+    recovering: bool,
     local_hosts: Vec<SocketAddr>,
     local_reflexive: Option<SocketAddr>,
     local_relay: Option<SocketAddr>,
@@ -354,6 +362,7 @@ impl Agent {
             role: Role::Controlled,
             key: None,
             attempt_start: None,
+            recovering: false,
             local_hosts,
             local_reflexive: None,
             local_relay: None,
@@ -536,7 +545,7 @@ impl Agent {
         self.predict(now);
         self.evaluate(now);
         if self.selected.is_none()
-            && self.attempt_start.is_some_and(|s| now >= s + FAIL_AFTER)
+            && self.fail_deadline().is_some_and(|d| now >= d)
             && self.phase == Phase::Running
         {
             self.phase = Phase::Failed;
@@ -593,7 +602,7 @@ impl Agent {
                 start + LAN_WAIT,
                 start + PREDICTION_AFTER,
                 start + RELAY_AFTER,
-                start + FAIL_AFTER,
+                self.fail_deadline().unwrap_or(start + FAIL_AFTER),
             ] {
                 if after(deadline) {
                     consider(deadline);
@@ -644,6 +653,7 @@ impl Agent {
     fn begin(&mut self, now: Instant) {
         self.phase = Phase::Running;
         self.attempt_start = Some(now);
+        self.recovering = false;
         for pair in &mut self.pairs {
             pair.start_checks(CheckMode::Connect, now);
         }
@@ -896,7 +906,11 @@ impl Agent {
             }
             return;
         }
-        let nominate = pair.nominating && self.role == Role::Controlling;
+        // The controlling agent's keepalives on the selected pair carry the nominate flag
+        // too: after a change on either side (a move, a NAT reboot) the controlled agent
+        // re-learns from the next keepalive which address the selection now uses.
+        let keepalive_of_selected = pair.mode == CheckMode::Liveness && Some(key) == self.selected;
+        let nominate = (pair.nominating || keepalive_of_selected) && self.role == Role::Controlling;
         let transaction = self.new_transaction();
         let request = Probe {
             kind: ProbeKind::Request { nominate },
@@ -959,13 +973,11 @@ impl Agent {
         }
         if lost_selected {
             self.selected = None;
-            if self.nominated_by_peer == Some(key) {
-                self.nominated_by_peer = None;
-            }
             self.push_event(Event::PathLost(info));
             // Re-selection: a fresh attempt window; every other non-working pair is
             // checked again at full speed.
             self.attempt_start = Some(now);
+            self.recovering = true;
             self.stats.prediction_probes = 0;
             self.prediction_next = None;
             self.repunch_next = None;
@@ -1052,6 +1064,15 @@ impl Agent {
                     && self.pair(key).is_some_and(|p| p.valid)
                 {
                     self.select(now, key);
+                } else if self.selected.is_none()
+                    && self.ever_connected
+                    && let Some(best) = self.best_valid()
+                {
+                    // We lost our path but the controlling agent may not have noticed
+                    // (its own keepalive may still be 15 s away): carry on with the best
+                    // working pair, usually the relay, until a nomination arrives. The
+                    // nomination we had stands, so if that pair comes back we return to it.
+                    self.select(now, best);
                 }
             }
             Role::Controlling => {
@@ -1205,6 +1226,15 @@ impl Agent {
     }
 
     // ---- helpers ------------------------------------------------------------------
+
+    fn fail_deadline(&self) -> Option<Instant> {
+        let window = if self.recovering {
+            RECOVERY_FAIL_AFTER
+        } else {
+            FAIL_AFTER
+        };
+        self.attempt_start.map(|s| s + window)
+    }
 
     fn selected_kind(&self) -> Option<PathKind> {
         self.selected.and_then(|k| self.pair(k)).map(|p| p.kind)

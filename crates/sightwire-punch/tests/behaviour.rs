@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{Model, Setup, Topology, World, addr};
 use sightwire_netsim::{Attachment, LinuxInput, NatBehavior, NatConfig};
 use sightwire_punch::{
-    Event, FAIL_AFTER, KEEPALIVE_INTERVAL, PathKind, REPUNCH_INTERVAL, REPUNCH_WINDOW,
+    Event, FAIL_AFTER, KEEPALIVE_INTERVAL, PathKind, RECOVERY_FAIL_AFTER, REPUNCH_INTERVAL,
+    REPUNCH_WINDOW,
 };
 
 const SITE_A: &str = "203.0.113.1";
@@ -185,7 +186,7 @@ fn without_relay_a_lost_path_ends_in_failure_not_a_hang() {
         Duration::from_secs(3)
             + KEEPALIVE_INTERVAL
             + Duration::from_secs(4)
-            + FAIL_AFTER
+            + RECOVERY_FAIL_AFTER
             + Duration::from_secs(1),
     );
     for side in 0..2 {
