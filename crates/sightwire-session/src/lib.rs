@@ -128,15 +128,17 @@ pub use wire::{INITIATION_LEN, MAX_PLAINTEXT_LEN, TRANSPORT_HEADER_LEN, TRANSPOR
 #[doc(hidden)]
 pub mod fuzzing {
     use std::net::SocketAddr;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use rand::SeedableRng;
 
+    use crate::wire::{INITIATION_LEN, Packet};
     use crate::{Config, SessionKind, SessionTable, StaticKeypair};
 
-    /// Decodes arbitrary bytes as a session packet and re-encodes what decodes.
+    /// Decodes arbitrary bytes as a session packet (and as auth messages); whatever
+    /// decodes must re-encode to the same bytes.
     pub fn decode_packet(data: &[u8]) {
-        if let Ok(packet) = crate::wire::Packet::decode(data) {
+        if let Ok(packet) = Packet::decode(data) {
             let mut out = vec![0u8; data.len()];
             let len = packet.encode(&mut out);
             assert_eq!(
@@ -145,35 +147,106 @@ pub mod fuzzing {
                 "decode/encode must round-trip"
             );
         }
-        let _ = crate::auth::AuthRequest::decode(data);
-        let _ = crate::auth::AuthResponse::decode(data);
+        if let Ok(request) = crate::auth::AuthRequest::decode(data) {
+            let mut out = [0u8; crate::auth::MAX_AUTH_MESSAGE_LEN];
+            let len = request.encode(&mut out);
+            assert_eq!(
+                len.map(|l| &out[..l]),
+                Some(data),
+                "auth request must round-trip"
+            );
+        }
+        if let Ok(response) = crate::auth::AuthResponse::decode(data) {
+            let mut out = [0u8; 2];
+            let len = response.encode(&mut out);
+            assert_eq!(
+                len.map(|l| &out[..l]),
+                Some(data),
+                "auth response must round-trip"
+            );
+        }
     }
 
-    /// Feeds arbitrary datagrams to a responder table (a device), as an attacker could.
-    /// The first byte of each chunk picks a fake source port; chunks are split on `0xff 0xff`.
+    /// Feeds attacker datagrams to a device (responder table) that already has one
+    /// established session with a real viewer. `data` is split on `0xff`; in each chunk
+    /// the first byte is a control byte: bits 0-5 pick the source port, bit 6 stamps a
+    /// valid `mac1` onto a 145-byte initiation (so the fuzzer reaches the Noise code),
+    /// bit 7 advances virtual time by 7 s (timers, rekey, expiry). Afterwards the genuine
+    /// session must still carry data unless time expired it.
     pub fn responder_input(data: &[u8]) {
+        let device_id = [0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0);
-        let key = StaticKeypair::generate(&mut rng);
-        let mut table = SessionTable::with_responder(
-            key,
-            SessionKind::Peer {
-                device_id: [0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e],
-            },
+        let device_key = StaticKeypair::generate(&mut rng);
+        let device_public = *device_key.public();
+        let mut device = SessionTable::with_responder(
+            device_key,
+            SessionKind::Peer { device_id },
             Config::default(),
-            Box::new(rng),
+            Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(1)),
         );
-        let now = Instant::now();
+        let mut viewer = SessionTable::new(
+            StaticKeypair::generate(&mut rng),
+            Config::default(),
+            Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(2)),
+        );
+        let start = Instant::now();
+        let mut now = start;
+        let device_addr = SocketAddr::from(([192, 0, 2, 10], 7000));
+        let viewer_addr = SocketAddr::from(([198, 51, 100, 20], 5000));
+        let Ok(session) = viewer.connect(
+            now,
+            device_addr,
+            SessionKind::Peer { device_id },
+            device_public,
+        ) else {
+            return;
+        };
         let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            while let Some(t) = viewer.poll_transmit(&mut buf) {
+                let _ = device.handle_input(now, viewer_addr, &mut buf[..t.len]);
+            }
+            while let Some(t) = device.poll_transmit(&mut buf) {
+                let _ = viewer.handle_input(now, device_addr, &mut buf[..t.len]);
+            }
+        }
+        let mut jar = crate::cookie::CookieJar::new(&device_public);
         for chunk in data.split(|b| *b == 0xff).take(64) {
-            let Some((&port, datagram)) = chunk.split_first() else {
+            let Some((&control, datagram)) = chunk.split_first() else {
                 continue;
             };
-            let from = SocketAddr::from(([192, 0, 2, 1], u16::from(port)));
+            if control & 0x80 != 0 {
+                now += Duration::from_secs(7);
+                device.handle_timeout(now);
+            }
+            let from = SocketAddr::from(([203, 0, 113, 1], u16::from(control & 0x3f)));
             let mut owned = datagram.to_vec();
-            let _ = table.handle_input(now, from, &mut owned);
-            while table.poll_transmit(&mut buf).is_some() {}
-            while table.poll_event().is_some() {}
+            if control & 0x40 != 0
+                && let Ok(packet) = <&mut [u8; INITIATION_LEN]>::try_from(owned.as_mut_slice())
+            {
+                jar.stamp(now, packet);
+            }
+            let _ = device.handle_input(now, from, &mut owned);
+            while let Some(t) = device.poll_transmit(&mut buf) {
+                assert!(
+                    t.len <= datagram.len(),
+                    "a response larger than its request"
+                );
+            }
+            while device.poll_event().is_some() {}
+            assert!(device.half_open() <= device.config().max_half_open);
+            assert!(device.len() <= device.config().max_sessions);
         }
-        table.handle_timeout(now + std::time::Duration::from_secs(200));
+        // The genuine viewer's session is unharmed by anything the attacker sent, as long
+        // as virtual time has not expired its keys.
+        if now.saturating_duration_since(start) < crate::REJECT_AFTER_TIME {
+            let t = viewer.seal(session, now, b"still here", &mut buf);
+            let t = t.expect("viewer keys are valid");
+            match device.handle_input(now, viewer_addr, &mut buf[..t.len]) {
+                Ok(crate::Input::Data { plaintext, .. }) => assert_eq!(plaintext, b"still here"),
+                other => panic!("genuine session broken by attacker input: {other:?}"),
+            }
+        }
+        device.handle_timeout(now + Duration::from_secs(200));
     }
 }

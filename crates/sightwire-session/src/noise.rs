@@ -5,15 +5,15 @@
 //! place with ChaCha20-Poly1305 exactly as Noise's transport phase does (nonce = 32 zero
 //! bits || 64-bit little-endian counter, empty associated data), so any Noise
 //! implementation's stateless transport mode interoperates. Owning the keys here is what
-//! lets them be zeroized on drop and lets the hot path encrypt in the caller's buffer.
+//! lets them be zeroized on drop and lets the hot path encrypt in the caller's buffer,
+//! with ring's assembly ChaCha20-Poly1305 (see `spec/session.md`, "Backend").
 
 use std::fmt;
 use std::time::Instant;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit, generic_array::GenericArray};
-use chacha20poly1305::{ChaCha20Poly1305, Tag};
 use rand::{CryptoRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use snow::params::{CipherChoice, DHChoice, HashChoice, NoiseParams};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
@@ -449,10 +449,13 @@ pub enum SealError {
 }
 
 /// One direction pair of transport keys, with its indices, counter and replay window.
-/// The ciphers zeroize their keys on drop.
+///
+/// Only the zeroizing key bytes are stored; ring's AEAD key is expanded from them per
+/// packet (for ChaCha20-Poly1305 that is a 32-byte copy, lost in the benchmark noise),
+/// because ring does not zeroize its key objects on drop.
 pub(crate) struct Keypair {
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: Zeroizing<[u8; 32]>,
+    recv: Zeroizing<[u8; 32]>,
     pub(crate) local_index: u32,
     pub(crate) remote_index: u32,
     pub(crate) created: Instant,
@@ -470,10 +473,18 @@ impl fmt::Debug for Keypair {
     }
 }
 
-fn noise_nonce(counter: u64) -> GenericArray<u8, chacha20poly1305::consts::U12> {
+/// Noise's ChaChaPoly nonce: 32 zero bits, then the counter as 64-bit little-endian.
+fn noise_nonce(counter: u64) -> Nonce {
     let mut nonce = [0u8; 12];
     nonce[4..].copy_from_slice(&counter.to_le_bytes());
-    nonce.into()
+    Nonce::assume_unique_for_key(nonce)
+}
+
+fn aead_key(bytes: &[u8; 32]) -> Option<LessSafeKey> {
+    // ChaCha20-Poly1305 accepts every 32-byte key; `None` is unreachable.
+    UnboundKey::new(&CHACHA20_POLY1305, bytes)
+        .ok()
+        .map(LessSafeKey::new)
 }
 
 impl Keypair {
@@ -485,8 +496,8 @@ impl Keypair {
         now: Instant,
     ) -> Self {
         Self {
-            send: ChaCha20Poly1305::new(GenericArray::from_slice(send)),
-            recv: ChaCha20Poly1305::new(GenericArray::from_slice(recv)),
+            send: Zeroizing::new(*send),
+            recv: Zeroizing::new(*recv),
             local_index,
             remote_index,
             created: now,
@@ -513,16 +524,17 @@ impl Keypair {
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(SealError::CounterExhausted);
         }
+        let too_long = SealError::PlaintextTooLong {
+            len: plaintext_len,
+            limit: crate::wire::MAX_PLAINTEXT_LEN,
+        };
         let (header, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
         let (body, tail) = rest.split_at_mut(plaintext_len);
-        let tag = self
-            .send
-            .encrypt_in_place_detached(&noise_nonce(counter), &[], body)
-            .map_err(|_| SealError::PlaintextTooLong {
-                len: plaintext_len,
-                limit: crate::wire::MAX_PLAINTEXT_LEN,
-            })?;
-        tail[..TAG_LEN].copy_from_slice(&tag);
+        let tag = aead_key(&self.send)
+            .ok_or(too_long)?
+            .seal_in_place_separate_tag(noise_nonce(counter), Aad::empty(), body)
+            .map_err(|_| too_long)?;
+        tail[..TAG_LEN].copy_from_slice(tag.as_ref());
         write_transport_header(header, self.remote_index, counter);
         self.send_counter = counter + 1;
         Ok(needed)
@@ -531,13 +543,13 @@ impl Keypair {
     /// Opens `ciphertext` (body || tag) in place; returns the plaintext length. Does not
     /// touch the replay window: the caller checks before and marks after.
     pub(crate) fn open_in_place(&self, counter: u64, ciphertext: &mut [u8]) -> Result<usize, ()> {
-        let body_len = ciphertext.len().checked_sub(TAG_LEN).ok_or(())?;
-        let (body, tag) = ciphertext.split_at_mut(body_len);
-        let tag = Tag::clone_from_slice(tag);
-        self.recv
-            .decrypt_in_place_detached(&noise_nonce(counter), &[], body, &tag)
-            .map_err(|_| ())?;
-        Ok(body_len)
+        if ciphertext.len() < TAG_LEN {
+            return Err(());
+        }
+        let key = aead_key(&self.recv).ok_or(())?;
+        key.open_in_place(noise_nonce(counter), Aad::empty(), ciphertext)
+            .map(|plaintext| plaintext.len())
+            .map_err(|_| ())
     }
 
     #[cfg(test)]

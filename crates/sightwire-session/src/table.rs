@@ -1,6 +1,7 @@
 //! The session table: many sessions on one socket, keyed by random local indices.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,33 @@ use crate::wire::{
 /// With at most 3 indices per session and [`Config::max_sessions`] far below 2³², one
 /// collision is already rare.
 pub const MAX_INDEX_DRAWS: usize = 16;
+
+/// Hasher for the index and session maps (hot path: two lookups per packet). Keys are
+/// either random indices we chose or sequential ids we assigned, so an attacker cannot
+/// pick colliding keys to insert; lookups of attacker-chosen indices cost one probe.
+/// A multiply-xorshift mix is enough and several times cheaper than SipHash.
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        let mixed = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        mixed ^ (mixed >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).rotate_left(5);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IndexHasher>>;
 
 /// The randomness a table needs (local indices, ephemeral keys, cookie secrets and
 /// nonces): any cryptographic RNG. Production passes an OS-seeded RNG; tests pass a
@@ -349,8 +377,20 @@ impl Session {
         deadlines[4] = self
             .next
             .as_ref()
-            .map(|k| k.created + config.handshake_deadline);
+            .map(|k| k.created + self.next_lifetime(config));
         deadlines.into_iter().flatten().min()
+    }
+
+    /// How long unconfirmed responder keys live: a half-open session is given up after
+    /// the handshake deadline (frees the slot quickly); an established session keeps
+    /// rekeyed keys as long as any keys, so a lost confirmation is healed by the next
+    /// data packet or rekey.
+    fn next_lifetime(&self, config: &Config) -> Duration {
+        if self.established {
+            config.reject_after_time
+        } else {
+            config.handshake_deadline
+        }
     }
 }
 
@@ -369,8 +409,8 @@ pub struct SessionTable {
     responder: Option<Responder>,
     config: Config,
     rng: Box<dyn SessionRng>,
-    sessions: HashMap<SessionId, Session>,
-    indices: HashMap<u32, SessionId>,
+    sessions: FastMap<SessionId, Session>,
+    indices: FastMap<u32, SessionId>,
     timers: BTreeSet<(Instant, SessionId)>,
     next_id: u64,
     half_open: usize,
@@ -401,8 +441,8 @@ impl SessionTable {
             responder: None,
             config,
             rng,
-            sessions: HashMap::new(),
-            indices: HashMap::new(),
+            sessions: FastMap::default(),
+            indices: FastMap::default(),
             timers: BTreeSet::new(),
             next_id: 1,
             half_open: 0,
@@ -574,7 +614,7 @@ impl SessionTable {
         None
     }
 
-    fn free_keys(indices: &mut HashMap<u32, SessionId>, keys: Option<Keypair>) {
+    fn free_keys(indices: &mut FastMap<u32, SessionId>, keys: Option<Keypair>) {
         if let Some(k) = keys {
             indices.remove(&k.local_index);
         }
@@ -846,7 +886,7 @@ impl SessionTable {
             .slot_of(index)
             .ok_or(InputError::UnknownIndex(index))?;
         let lifetime = if slot == Slot::Next {
-            self.config.handshake_deadline
+            session.next_lifetime(&self.config)
         } else {
             self.config.reject_after_time
         };
@@ -951,7 +991,7 @@ impl SessionTable {
             self.stats.cookie_replies_sent += 1;
             return Ok(Input::Handshake { session: None });
         }
-        // A rekey names the responder's current keys; anything else is a new session.
+        // A rekey names the responder's keys; an initiation naming no index is a new session.
         let existing = if initiation.receiver_index == 0 {
             None
         } else {
@@ -963,9 +1003,10 @@ impl SessionTable {
                 .sessions
                 .get(&id)
                 .ok_or(InputError::UnknownIndex(initiation.receiver_index))?;
-            if s.role != Role::Responder
-                || s.slot_of(initiation.receiver_index) != Some(Slot::Current)
-            {
+            // The initiator names the keys it uses: our current ones, or our unconfirmed
+            // `next` ones if its confirmation was lost.
+            let named = s.slot_of(initiation.receiver_index);
+            if s.role != Role::Responder || !matches!(named, Some(Slot::Current | Slot::Next)) {
                 return Err(InputError::Unexpected);
             }
             Some(id)
@@ -1020,6 +1061,14 @@ impl SessionTable {
             Some(session) => {
                 // Rekey: the new keys wait in `next` until the initiator uses them. The
                 // peer address moves only when that (replay-protected) packet arrives.
+                if session.slot_of(initiation.receiver_index) == Some(Slot::Next) {
+                    // The authenticated initiator names our unconfirmed keys: it completed
+                    // that handshake and its confirmation was lost. Promote them first.
+                    let confirmed = session.next.take();
+                    let retired = std::mem::replace(&mut session.previous, session.current.take());
+                    session.current = confirmed;
+                    Self::free_keys(&mut self.indices, retired);
+                }
                 let replaced = session.next.replace(keys);
                 session.last_attempt = accepted.attempt;
                 Self::free_keys(&mut self.indices, replaced);
@@ -1171,7 +1220,7 @@ impl SessionTable {
         if expired(&session.previous, config.reject_after_time) {
             Self::free_keys(&mut self.indices, session.previous.take());
         }
-        if expired(&session.next, config.handshake_deadline) {
+        if expired(&session.next, session.next_lifetime(&config)) {
             Self::free_keys(&mut self.indices, session.next.take());
         }
         if expired(&session.current, config.reject_after_time) {

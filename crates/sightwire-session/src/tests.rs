@@ -550,6 +550,44 @@ fn rekey_keeps_traffic_flowing_and_rejects_replays_after_it() {
 }
 
 #[test]
+fn lost_rekey_confirmation_heals_on_the_next_rekey() {
+    let mut pair = Pair::established(Config::default());
+    let start = pair.now;
+    // First rekey: deliver initiation and response, lose the confirmation keepalive.
+    pair.now = start + REKEY_AFTER_TIME;
+    pair.viewer.handle_timeout(pair.now);
+    for d in pair.viewer_out() {
+        pair.deliver_to_camera(&d).unwrap();
+    }
+    for d in pair.camera_out() {
+        pair.deliver_to_viewer(&d).unwrap();
+    }
+    let lost = pair.viewer_out();
+    assert_eq!(lost.len(), 1, "the confirmation");
+    assert!(
+        !pair
+            .camera_events
+            .iter()
+            .any(|e| matches!(e, Event::Rekeyed { .. }))
+    );
+    // No traffic at all until the second rekey, which names the unconfirmed keys.
+    pair.run_until(start + REKEY_AFTER_TIME * 2 + Duration::from_secs(1));
+    assert!(
+        pair.camera_events
+            .iter()
+            .any(|e| matches!(e, Event::Rekeyed { .. }))
+    );
+    let d = pair.seal_viewer(b"still here");
+    assert_eq!(pair.deliver_to_camera(&d), Ok(Some(b"still here".to_vec())));
+    let d = pair.seal_camera(b"me too");
+    assert_eq!(pair.deliver_to_viewer(&d), Ok(Some(b"me too".to_vec())));
+    // Long after: the session survives on rekeys alone.
+    pair.run_until(start + REJECT_AFTER_TIME * 4);
+    let d = pair.seal_viewer(b"later");
+    assert_eq!(pair.deliver_to_camera(&d), Ok(Some(b"later".to_vec())));
+}
+
+#[test]
 fn rekey_after_messages_limit() {
     let config = Config {
         rekey_after_messages: 5,
@@ -1016,5 +1054,55 @@ proptest! {
         for i in order {
             prop_assert!(pair.deliver_to_camera(&captured[i]).is_err());
         }
+    }
+}
+
+#[test]
+fn fuzz_entry_points_accept_the_seed_corpus() {
+    for target in ["session_packet", "session_responder"] {
+        let dir = format!("{}/../../fuzz/corpus/{target}", env!("CARGO_MANIFEST_DIR"));
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("seed corpus") {
+            let path = entry.expect("entry").path();
+            let data = std::fs::read(&path).expect("seed");
+            if target == "session_packet" {
+                assert!(
+                    Packet::decode(&data).is_ok() || auth::AuthRequest::decode(&data).is_ok(),
+                    "{path:?}"
+                );
+                fuzzing::decode_packet(&data);
+            } else {
+                fuzzing::responder_input(&data);
+            }
+            seen += 1;
+        }
+        assert!(seen >= 2, "{target}: seeds");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The responder fuzz harness (no panic, no amplification, limits hold, the genuine
+    /// session survives) on arbitrary chunks, with valid-mac1 initiations mixed in.
+    #[test]
+    fn responder_survives_arbitrary_datagrams(
+        chunks in proptest::collection::vec(
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..160), any::<bool>()),
+            1..12,
+        ),
+    ) {
+        let mut data = Vec::new();
+        for (control, mut body, as_initiation) in chunks {
+            if as_initiation {
+                body.resize(INITIATION_LEN, 0);
+                body[0] = 0x01;
+            }
+            body.retain(|b| *b != 0xff);
+            data.push(if as_initiation { control | 0x40 } else { control } & 0xfe);
+            data.extend_from_slice(&body);
+            data.push(0xff);
+        }
+        fuzzing::responder_input(&data);
     }
 }
