@@ -470,7 +470,7 @@ impl MediaConnection {
             wire::encode_nack(self.nack_seq, &batch.entries, &mut packet);
             self.nack_seq = self.nack_seq.wrapping_add(1);
             let packet = packet.freeze();
-            let copies = if batch.last_chance { 2 } else { 1 };
+            let copies = if batch.redundant { 2 } else { 1 };
             for _ in 0..copies {
                 self.stats.nacks_sent += 1;
                 self.push_small(packet.clone());

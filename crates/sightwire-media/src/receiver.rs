@@ -181,7 +181,7 @@ pub(crate) struct Receiver {
 /// Output of a NACK flush: the entries and whether to send the packet twice.
 pub(crate) struct NackBatch {
     pub(crate) entries: Vec<NackEntry>,
-    pub(crate) last_chance: bool,
+    pub(crate) redundant: bool,
 }
 
 impl Receiver {
@@ -644,7 +644,7 @@ impl Receiver {
         }
         let retry = cx.rtt + cx.config.reorder_delay;
         let mut entries = Vec::new();
-        let mut last_chance = false;
+        let mut redundant = false;
         for (&(stream, frame_seq), frame) in self.frames.iter_mut() {
             if entries.len() >= max_entries {
                 break;
@@ -687,20 +687,17 @@ impl Receiver {
             }
             frame.nack_rounds += 1;
             frame.last_nacked = Some(now);
-            // If another round could not complete before the deadline, this is the last
-            // chance: send the NACK twice.
-            if now + retry + cx.rtt > frame.deadline {
-                last_chance = true;
+            // Deadline-aware redundancy: when at most one more round could complete
+            // before the deadline, send the NACK twice.
+            if now + retry * 2 + cx.rtt > frame.deadline {
+                redundant = true;
             }
         }
         if entries.is_empty() {
             return None;
         }
         self.last_nack_sent = Some(now);
-        Some(NackBatch {
-            entries,
-            last_chance,
-        })
+        Some(NackBatch { entries, redundant })
     }
 
     pub(crate) fn next_timeout(&self, config: &Config, rtt: Duration) -> Option<Instant> {

@@ -216,10 +216,11 @@ impl Sender {
                 stats.retransmissions_skipped += 1;
                 continue;
             }
-            // If the receiver could not run another NACK round after this one, send two
-            // copies: the loss of one retransmission would otherwise lose the frame.
-            let next_round_arrival = arrival + rtt + config.reorder_delay;
-            let copies = if next_round_arrival > deadline { 2 } else { 1 };
+            // Deadline-aware redundancy: when at most one more NACK round could complete
+            // after this one, send two copies. Losing a late retransmission is what loses
+            // frames; doubling only the last two rounds costs little bandwidth.
+            let round = rtt + config.reorder_delay;
+            let copies = if arrival + round * 2 > deadline { 2 } else { 1 };
             let count = sent.frame.fragment_count();
             let end = if entry.fragment_count == NACK_ALL_FRAGMENTS {
                 count

@@ -266,11 +266,12 @@ fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
     let start = Instant::now();
     let (mut sender, _) = pair(
         Config {
-            max_history_age: Some(Duration::from_secs(5)),
+            latency_budget: Duration::from_millis(500),
             ..Config::default()
         },
         start,
     );
+    // RTT is the 100 ms initial value; a NACK round takes rtt + reorder_delay = 105 ms.
     send(&mut sender, start, video(true, 5_000, 1));
     let nack = |seq: u16| {
         let mut out = BytesMut::new();
@@ -283,7 +284,7 @@ fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
         wire::encode_nack(seq, &[entry], &mut out);
         out
     };
-    // Early: one copy of each of the two fragments.
+    // Early (arrival at 80 ms, two more rounds fit before 500 ms): one copy each.
     sender
         .handle_input(start + Duration::from_millis(30), &nack(0))
         .unwrap();
@@ -301,14 +302,14 @@ fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
         .handle_input(start + Duration::from_millis(31), &nack(0))
         .unwrap();
     assert!(fragments(&drain_packets(&mut sender)).is_empty());
-    // Late, with no time for another round: two copies each.
+    // Late (arrival at 350 ms, at most one more round fits): two copies each.
     sender
-        .handle_input(start + Duration::from_millis(100), &nack(1))
+        .handle_input(start + Duration::from_millis(300), &nack(1))
         .unwrap();
     assert_eq!(fragments(&drain_packets(&mut sender)).len(), 4);
-    // Past the deadline (budget 200 ms minus half the 100 ms initial RTT): nothing.
+    // Past the deadline (arrival at 501 ms > 500 ms): nothing.
     sender
-        .handle_input(start + Duration::from_millis(151), &nack(2))
+        .handle_input(start + Duration::from_millis(451), &nack(2))
         .unwrap();
     assert!(fragments(&drain_packets(&mut sender)).is_empty());
     assert_eq!(sender.stats().retransmissions_skipped, 1);

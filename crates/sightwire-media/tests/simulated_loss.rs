@@ -15,6 +15,7 @@ const SECONDS: u64 = 20;
 const KEYFRAME_SIZE: usize = 150_000;
 const P_FRAME_SIZE: usize = 15_000;
 const KEYFRAME_INTERVAL_FRAMES: u64 = 2 * FPS;
+const AUDIO_FRAME_SIZE: usize = 160;
 
 struct Outcome {
     sent: u64,
@@ -24,6 +25,10 @@ struct Outcome {
     keyframes: u64,
     pair_stats: (sightwire_media::Stats, sightwire_media::Stats),
     lost_fraction: f64,
+    audio_sent: u64,
+    audio_in_time: u64,
+    controls_sent: u64,
+    controls_received: Vec<Bytes>,
 }
 
 fn run(seed: u64) -> Outcome {
@@ -44,9 +49,46 @@ fn run(seed: u64) -> Outcome {
     let mut keyframe_wanted = false;
     let mut keyframes = 0;
     let mut camera_events_seen = 0;
-    for index in 0..total_frames {
-        let at = start + frame_interval * index as u32;
+    // Audio (Opus, 20 ms) and a control message per second share the session with video.
+    let audio_interval = Duration::from_millis(20);
+    let mut audio_sent: HashMap<u32, Instant> = HashMap::new();
+    let mut controls_sent = 0u64;
+    let mut next_audio = start;
+    let mut index = 0u64;
+    let end = start + frame_interval * total_frames as u32;
+    let mut audio_counted = 0;
+    // Audio keeps flowing for a second after the last video frame, as a live stream does:
+    // a frame lost with no later frame behind it cannot be detected (spec/media.md 10).
+    while index < total_frames || next_audio < end + Duration::from_secs(1) {
+        let next_video = start + frame_interval * index as u32;
+        if next_audio < next_video || index == total_frames {
+            if next_audio < end {
+                audio_counted += 1;
+            }
+            pair.run_until(next_audio);
+            let frame = pair
+                .a
+                .packetize(Frame {
+                    stream: StreamId::AUDIO,
+                    codec: Codec::Opus,
+                    keyframe: true,
+                    codec_config: false,
+                    capture_time_us: (next_audio - start).as_micros() as u64,
+                    data: frame_bytes(1_000_000 + audio_sent.len() as u64, AUDIO_FRAME_SIZE),
+                })
+                .unwrap();
+            let seq = pair.a.send_frame(next_audio, &frame).unwrap();
+            audio_sent.insert(seq, next_audio);
+            next_audio += audio_interval;
+            continue;
+        }
+        let at = next_video;
         pair.run_until(at);
+        if index.is_multiple_of(FPS) {
+            let message = Bytes::from(format!("ptz step {index}"));
+            pair.b.send_control(at, message).unwrap();
+            controls_sent += 1;
+        }
         // The encoder follows keyframe requests at once.
         for (_, event) in &pair.a_events[camera_events_seen..] {
             if let Event::KeyframeRequested { stream } = event {
@@ -55,7 +97,7 @@ fn run(seed: u64) -> Outcome {
             }
         }
         camera_events_seen = pair.a_events.len();
-        let keyframe = index % KEYFRAME_INTERVAL_FRAMES == 0 || keyframe_wanted;
+        let keyframe = index.is_multiple_of(KEYFRAME_INTERVAL_FRAMES) || keyframe_wanted;
         keyframe_wanted = false;
         keyframes += u64::from(keyframe);
         let size = if keyframe {
@@ -77,16 +119,20 @@ fn run(seed: u64) -> Outcome {
             .unwrap();
         let seq = pair.a.send_frame(at, &frame).unwrap();
         sent_at.insert(seq, (at, data));
+        index += 1;
     }
-    pair.run_until(start + frame_interval * total_frames as u32 + Duration::from_secs(1));
+    pair.run_until(end + Duration::from_secs(2));
 
     let mut in_time = 0;
     let mut late = 0;
     let mut worst = Duration::ZERO;
     let mut last_seq = None;
+    let mut audio_in_time = 0;
     for (delivered_at, event) in &pair.b_events {
         if let Event::FrameLost {
-            frame_seq, reason, ..
+            stream: StreamId::VIDEO,
+            frame_seq,
+            reason,
         } = event
         {
             // Printed so a failing seed shows which frames went and why.
@@ -97,6 +143,13 @@ fn run(seed: u64) -> Outcome {
             );
         }
         if let Event::Frame(received) = event {
+            if received.frame.stream == StreamId::AUDIO {
+                let latency = *delivered_at - audio_sent[&received.frame_seq];
+                if received.frame_seq < audio_counted {
+                    audio_in_time += u64::from(latency <= budget);
+                }
+                continue;
+            }
             let (sent, data) = &sent_at[&received.frame_seq];
             assert_eq!(
                 &received.frame.data, data,
@@ -122,6 +175,17 @@ fn run(seed: u64) -> Outcome {
         keyframes,
         lost_fraction: pair.packets_lost as f64 / pair.packets_sent as f64,
         pair_stats: (pair.a.stats(), pair.b.stats()),
+        audio_sent: u64::from(audio_counted),
+        audio_in_time,
+        controls_sent,
+        controls_received: pair
+            .a_events
+            .iter()
+            .filter_map(|(_, event)| match event {
+                Event::Control(message) => Some(message.clone()),
+                _ => None,
+            })
+            .collect(),
     }
 }
 
@@ -166,9 +230,21 @@ fn five_percent_loss_delivers_at_least_999_per_mille_in_time() {
         viewer.receive_loss,
         viewer.jitter,
     );
+    println!(
+        "audio: {} of {} Opus frames within the budget; control: {} of {} messages, in order",
+        outcome.audio_in_time,
+        outcome.audio_sent,
+        outcome.controls_received.len(),
+        outcome.controls_sent,
+    );
     assert!(
         outcome.lost_fraction > 0.04,
         "the links really lose packets"
     );
+    let expected_controls: Vec<Bytes> = (0..outcome.controls_sent)
+        .map(|second| Bytes::from(format!("ptz step {}", second * FPS)))
+        .collect();
+    assert_eq!(outcome.controls_received, expected_controls);
+    assert!(outcome.audio_in_time as f64 >= 0.999 * outcome.audio_sent as f64);
     assert!(fraction >= 0.999, "only {:.3} % in time", fraction * 100.0);
 }
