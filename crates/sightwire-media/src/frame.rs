@@ -269,3 +269,69 @@ pub(crate) fn layout_is_valid(size: usize, count: u16) -> bool {
         .checked_mul(usize::from(count) - 1)
         .is_some_and(|before_last| before_last < size)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_split_layouts() {
+        assert_eq!(fragment_range(10, 4, 0), Some(0..3));
+        assert_eq!(fragment_range(10, 4, 3), Some(9..10));
+        assert_eq!(fragment_range(10, 4, 4), None);
+        // Six slots of two bytes would leave the last one empty.
+        assert!(!layout_is_valid(10, 6));
+        assert!(!layout_is_valid(2, 3));
+        assert!(!layout_is_valid(0, 1));
+        assert!(!layout_is_valid(5, 0));
+        assert!(layout_is_valid(1, 1));
+    }
+
+    #[test]
+    fn stream_ids_and_codecs() {
+        assert_eq!(StreamId::new(15).map(StreamId::get), Some(15));
+        assert_eq!(StreamId::new(16), None);
+        for codec in Codec::ALL {
+            assert_eq!(Codec::from_u8(codec.to_u8()), Some(codec));
+        }
+        assert_eq!(Codec::from_u8(0), None);
+        assert!(Codec::H265.has_interframe_dependency());
+        assert!(!Codec::Mjpeg.has_interframe_dependency());
+    }
+
+    #[test]
+    fn packetize_rejects_what_cannot_be_sent() {
+        let frame = |len: usize| Frame {
+            stream: StreamId::VIDEO,
+            codec: Codec::H264,
+            keyframe: true,
+            codec_config: false,
+            capture_time_us: 0,
+            data: Bytes::from(vec![0; len]),
+        };
+        assert_eq!(
+            PacketizedFrame::new(frame(0), 1200).unwrap_err(),
+            PacketizeError::EmptyFrame
+        );
+        assert_eq!(
+            PacketizedFrame::new(frame(1), FRAGMENT_HEADER_LEN).unwrap_err(),
+            PacketizeError::PacketTooSmall {
+                packet_size: FRAGMENT_HEADER_LEN
+            }
+        );
+        assert!(matches!(
+            PacketizedFrame::new(frame(MAX_FRAME_SIZE_LIMIT + 1), 1200),
+            Err(PacketizeError::FrameTooLarge { .. })
+        ));
+        // 65 535 one-byte fragments would be needed: over the count limit.
+        assert!(matches!(
+            PacketizedFrame::new(frame(MAX_FRAGMENT_COUNT + 1), FRAGMENT_HEADER_LEN + 1),
+            Err(PacketizeError::TooManyFragments { .. })
+        ));
+        let packetized = PacketizedFrame::new(frame(2345), 1200).unwrap();
+        assert_eq!(
+            (packetized.fragment_count(), packetized.fragment_len()),
+            (3, 782)
+        );
+    }
+}

@@ -151,3 +151,48 @@ pub struct Stats {
     /// Events dropped because the application did not poll them (queue full).
     pub events_dropped: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_follows_rfc6298_smoothing() {
+        let mut rtt = RttEstimator::new(Duration::from_millis(100));
+        assert!(!rtt.has_sample());
+        assert_eq!(rtt.rto(), Duration::from_millis(300));
+        rtt.sample(Duration::from_millis(40));
+        assert_eq!(rtt.smoothed(), Duration::from_millis(40));
+        rtt.sample(Duration::from_millis(80));
+        // srtt = 7/8 * 40 + 1/8 * 80 = 45; rttvar = 3/4 * 20 + 1/4 * 40 = 25.
+        assert_eq!(rtt.smoothed(), Duration::from_millis(45));
+        assert_eq!(rtt.rto(), Duration::from_millis(145));
+        // Garbage samples above the limit are ignored.
+        rtt.sample(MAX_RTT_SAMPLE + Duration::from_millis(1));
+        assert_eq!(rtt.smoothed(), Duration::from_millis(45));
+    }
+
+    #[test]
+    fn bitrate_controller_bands() {
+        let second = Duration::from_secs(1);
+        let mut controller = BitrateController::new(1_000_000, 100_000, 2_000_000);
+        controller.on_report(0.05, second);
+        assert_eq!(controller.target_bps(), 1_000_000, "2-10 % holds");
+        controller.on_report(0.0, second);
+        assert_eq!(controller.target_bps(), 1_080_000, "below 2 % grows 8 %/s");
+        controller.on_report(0.2, second);
+        assert_eq!(
+            controller.target_bps(),
+            972_000,
+            "above 10 % cuts by loss/2"
+        );
+        for _ in 0..100 {
+            controller.on_report(1.0, second);
+        }
+        assert_eq!(controller.target_bps(), 100_000, "clamped to the minimum");
+        for _ in 0..100 {
+            controller.on_report(0.0, second);
+        }
+        assert_eq!(controller.target_bps(), 2_000_000, "clamped to the maximum");
+    }
+}
