@@ -1274,19 +1274,23 @@ impl Agent {
     }
 
     fn send_probe(&mut self, now: Instant, key: PairKey, ttl: Option<u8>, probe: &Probe) {
-        let Some(punch_key) = self.key.as_ref() else {
+        if self.key.is_none() {
             return;
-        };
+        }
         if self.transmits.len() >= MAX_TRANSMIT_QUEUE {
             self.stats.transmit_queue_full += 1;
             return;
         }
-        let mut buffer = [0u8; MAX_PROBE_LEN];
-        let len = probe.encode(punch_key, &mut buffer);
+        // Limit before encoding: under a flood the dropped responses cost no HMAC.
         if !self.take_token(now) {
             self.stats.rate_limited += 1;
             return;
         }
+        let Some(punch_key) = self.key.as_ref() else {
+            return;
+        };
+        let mut buffer = [0u8; MAX_PROBE_LEN];
+        let len = probe.encode(punch_key, &mut buffer);
         self.stats.probes_sent += 1;
         self.transmits.push_back(Transmit {
             destination: key.remote,

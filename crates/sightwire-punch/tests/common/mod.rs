@@ -475,13 +475,4 @@ impl World {
         }
         out
     }
-
-    /// Round-trip time of the internet path between the two sites.
-    pub fn internet_rtt(&self) -> Duration {
-        self.sim_config_uplink() * 4
-    }
-
-    fn sim_config_uplink(&self) -> Duration {
-        SimConfig::default().uplink_latency
-    }
 }
