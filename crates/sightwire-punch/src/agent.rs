@@ -707,6 +707,12 @@ impl Agent {
             };
             self.add_pair(now, key, candidate.kind, candidate.priority);
         }
+        if peer_moved && self.phase == Phase::Failed {
+            // The peer is somewhere new: worth another attempt.
+            self.phase = Phase::Running;
+            self.attempt_start = Some(now);
+            self.recovering = false;
+        }
         if peer_moved && self.phase == Phase::Running {
             // Re-verify what works now and check every new address at full speed,
             // even ones no better than the current path: that path is probably gone.

@@ -285,3 +285,33 @@ fn viewer_moves_from_wifi_to_lte() {
 fn camera_gets_a_new_dhcp_address() {
     roam(1, None, "10.0.0.99");
 }
+
+#[test]
+fn a_failed_agent_tries_again_when_either_side_moves() {
+    let mut setup = Setup::new(Topology::Apart(
+        Model::SymmetricRandom,
+        Model::PortRestricted,
+    ));
+    setup.with_relay = false;
+    let mut world = World::new(setup);
+    world.run_for(FAIL_AFTER + Duration::from_secs(1));
+    for side in 0..2 {
+        assert_eq!(kinds(&world, side), ["Failed"], "side {side}");
+    }
+    // The viewer leaves its symmetric NAT for a full-cone one: its agent is told, the
+    // camera's agent learns it from the new candidate generation, and both retry.
+    let nat = world.sim.add_nat(
+        "203.0.113.3".parse().unwrap(),
+        Model::FullCone.nat().unwrap(),
+    );
+    let ip = "172.16.0.9".parse().unwrap();
+    world.move_side(0, Attachment::BehindNat(nat, ip), SocketAddr::new(ip, 5000));
+    world.run_for(FAIL_AFTER + Duration::from_secs(6));
+    for side in 0..2 {
+        assert_eq!(
+            kinds(&world, side),
+            ["Failed", "Connected(Direct)"],
+            "side {side}"
+        );
+    }
+}
