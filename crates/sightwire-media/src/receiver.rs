@@ -524,6 +524,14 @@ impl Receiver {
             if let Some(frame) = self.frames.remove(&key) {
                 self.buffered_bytes -= frame.charged;
                 cx.stats.frames_late += 1;
+                cx.events.push(
+                    Event::FrameLost {
+                        stream: stream_id,
+                        frame_seq: key.1,
+                        reason: FrameLossReason::Late,
+                    },
+                    cx.stats,
+                );
             }
         }
         if let Some(stream) = self.streams.get_mut(stream_id.index()) {
