@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sightwire_punch::probe::{MAX_PROBE_LEN, Probe, ProbeKind, TRANSACTION_ID_LEN, TransactionId};
 use sightwire_punch::{
-    Agent, Candidate, CandidateKind, CandidateSet, Config, PunchKey, PunchSignal, Role, StartAttempt,
+    Agent, Candidate, CandidateKind, CandidateSet, Config, PunchKey, PunchSignal, Role,
+    StartAttempt,
 };
 
 const KEY: [u8; 32] = [9; 32];
@@ -20,15 +21,26 @@ fn encoded(kind: ProbeKind, sender: Role, key: &PunchKey, id: u64) -> ([u8; MAX_
     let mut transaction = [0u8; TRANSACTION_ID_LEN];
     transaction[..8].copy_from_slice(&id.to_be_bytes());
     let mut buf = [0u8; MAX_PROBE_LEN];
-    let len = Probe { kind, sender, transaction: TransactionId(transaction) }.encode(key, &mut buf);
+    let len = Probe {
+        kind,
+        sender,
+        transaction: TransactionId(transaction),
+    }
+    .encode(key, &mut buf);
     (buf, len)
 }
 
 fn codec(c: &mut Criterion) {
     let key = PunchKey::new(KEY);
     let observed: SocketAddr = "203.0.113.9:40000".parse().unwrap();
-    let (request, request_len) = encoded(ProbeKind::Request { nominate: false }, Role::Controlling, &key, 1);
-    let (response, response_len) = encoded(ProbeKind::Response { observed }, Role::Controlled, &key, 1);
+    let (request, request_len) = encoded(
+        ProbeKind::Request { nominate: false },
+        Role::Controlling,
+        &key,
+        1,
+    );
+    let (response, response_len) =
+        encoded(ProbeKind::Response { observed }, Role::Controlled, &key, 1);
     let mut forged = request;
     forged[request_len - 1] ^= 1;
 
@@ -49,13 +61,20 @@ fn codec(c: &mut Criterion) {
     group.bench_function("decode response v4", |b| {
         b.iter(|| Probe::decode(black_box(&response[..response_len]), &key))
     });
-    group.bench_function("reject bad tag", |b| b.iter(|| Probe::decode(black_box(&forged[..request_len]), &key)));
-    group.bench_function("reject not punch", |b| b.iter(|| Probe::decode(black_box(&[0x01u8; 32][..]), &key)));
+    group.bench_function("reject bad tag", |b| {
+        b.iter(|| Probe::decode(black_box(&forged[..request_len]), &key))
+    });
+    group.bench_function("reject not punch", |b| {
+        b.iter(|| Probe::decode(black_box(&[0x01u8; 32][..]), &key))
+    });
     group.finish();
 }
 
 fn running_agent(now: Instant) -> Agent {
-    let mut agent = Agent::new(Config { host_candidates: vec!["192.168.1.5:5000".parse().unwrap()], seed: 1 });
+    let mut agent = Agent::new(Config {
+        host_candidates: vec!["192.168.1.5:5000".parse().unwrap()],
+        seed: 1,
+    });
     agent.handle_signal(
         now,
         PunchSignal::Start(StartAttempt {
@@ -66,7 +85,10 @@ fn running_agent(now: Instant) -> Agent {
             relay: None,
             remote: CandidateSet {
                 generation: 0,
-                candidates: vec![Candidate::new(CandidateKind::ServerReflexive, "203.0.113.2:6000".parse().unwrap())],
+                candidates: vec![Candidate::new(
+                    CandidateKind::ServerReflexive,
+                    "203.0.113.2:6000".parse().unwrap(),
+                )],
             },
         }),
     );
@@ -82,11 +104,23 @@ fn flood(c: &mut Criterion) {
     let mut group = c.benchmark_group("punch/agent flood");
     group.throughput(Throughput::Elements(1));
 
-    let (forged, len) = encoded(ProbeKind::Request { nominate: true }, Role::Controlling, &wrong, 5);
+    let (forged, len) = encoded(
+        ProbeKind::Request { nominate: true },
+        Role::Controlling,
+        &wrong,
+        5,
+    );
     let mut agent = running_agent(now);
-    group.bench_function("forged request", |b| b.iter(|| agent.handle_datagram(now, from, black_box(&forged[..len]))));
+    group.bench_function("forged request", |b| {
+        b.iter(|| agent.handle_datagram(now, from, black_box(&forged[..len])))
+    });
 
-    let (reflected, len) = encoded(ProbeKind::Request { nominate: false }, Role::Controlled, &key, 5);
+    let (reflected, len) = encoded(
+        ProbeKind::Request { nominate: false },
+        Role::Controlled,
+        &key,
+        5,
+    );
     let mut agent = running_agent(now);
     group.bench_function("reflected request", |b| {
         b.iter(|| agent.handle_datagram(now, from, black_box(&reflected[..len])))
@@ -99,7 +133,12 @@ fn flood(c: &mut Criterion) {
     group.bench_function("valid requests over the rate limit", |b| {
         b.iter(|| {
             id += 1;
-            let (request, len) = encoded(ProbeKind::Request { nominate: false }, Role::Controlling, &key, id);
+            let (request, len) = encoded(
+                ProbeKind::Request { nominate: false },
+                Role::Controlling,
+                &key,
+                id,
+            );
             agent.handle_datagram(now, from, black_box(&request[..len]));
             while agent.poll_transmit().is_some() {}
         })
