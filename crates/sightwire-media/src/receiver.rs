@@ -240,7 +240,7 @@ impl Receiver {
             fragment_count: header.fragment_count,
         };
 
-        let max_gap = cx.config.max_frames_in_flight as u32;
+        let max_gap = u32::try_from(cx.config.max_frames_in_flight).unwrap_or(u32::MAX);
         let Some(stream) = self.streams.get_mut(stream_index) else {
             return;
         };
