@@ -1,0 +1,229 @@
+//! What an endpoint needs to know before it starts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
+use sightwire_media::Config as MediaConfig;
+use sightwire_session::{PublicKey, StaticKeypair};
+use sightwire_signal::cert::{IdCertificate, TrustedIssuers};
+
+pub use crate::driver::PathPolicy;
+
+/// The rendezvous server: where it is and the static key pinned for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RendezvousServer {
+    /// Its UDP address.
+    pub address: SocketAddr,
+    /// Its static X25519 public key; a server that cannot prove it is refused.
+    pub public_key: PublicKey,
+}
+
+/// A device's identity: its static key pair and the ID certificate the operator issued
+/// for it.
+pub struct DeviceIdentity {
+    /// The device's static key pair (generated at first boot, never leaves the device).
+    pub keypair: StaticKeypair,
+    /// "Device ID X belongs to device key K", signed by the operator's issuer.
+    pub certificate: IdCertificate,
+}
+
+impl fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceIdentity")
+            .field("device_id", &self.certificate.device_id())
+            .field("keypair", &"redacted")
+            .finish()
+    }
+}
+
+/// Configuration of a [`crate::Device`].
+#[derive(Debug)]
+pub struct DeviceConfig {
+    /// Who the device is.
+    pub identity: DeviceIdentity,
+    /// The rendezvous to register with.
+    pub rendezvous: RendezvousServer,
+    /// Local address to bind the UDP socket to (`0.0.0.0:0` picks any port).
+    pub bind: SocketAddr,
+    /// The device password viewers may prove (the camera's admin password). `None`: only
+    /// viewers whose keys are already trusted are admitted.
+    pub password: Option<String>,
+    /// Viewer static keys trusted from the start.
+    pub trusted_viewers: Vec<PublicKey>,
+    /// Most viewers served at once; further connect offers are refused.
+    pub max_viewers: usize,
+    /// Media framing parameters.
+    pub media: MediaConfig,
+    /// Which paths to viewers may be used.
+    pub path_policy: PathPolicy,
+}
+
+impl DeviceConfig {
+    /// A configuration with the defaults: any local port, password auth, at most
+    /// [`DEFAULT_MAX_VIEWERS`] viewers.
+    pub fn new(identity: DeviceIdentity, rendezvous: RendezvousServer) -> Self {
+        Self {
+            identity,
+            rendezvous,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            password: None,
+            trusted_viewers: Vec::new(),
+            max_viewers: DEFAULT_MAX_VIEWERS,
+            media: default_media_config(),
+            path_policy: PathPolicy::Any,
+        }
+    }
+}
+
+/// Default for [`DeviceConfig::max_viewers`].
+pub const DEFAULT_MAX_VIEWERS: usize = 16;
+
+/// How long [`crate::Viewer::connect`] waits for the whole connect (lookup, punching or
+/// relay, handshake and authorization) by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Configuration of a [`crate::Viewer`].
+#[derive(Debug)]
+pub struct ViewerConfig {
+    /// The viewer's own static key pair (devices may remember it as trusted).
+    pub keypair: StaticKeypair,
+    /// The rendezvous to ask.
+    pub rendezvous: RendezvousServer,
+    /// Issuers whose ID certificates the viewer believes.
+    pub issuers: TrustedIssuers,
+    /// Local address to bind the UDP socket to.
+    pub bind: SocketAddr,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+    /// Ask for a relay allocation up front (the fallback when no direct path works).
+    pub want_relay: bool,
+    /// Media framing parameters.
+    pub media: MediaConfig,
+    /// Which paths to the device may be used.
+    pub path_policy: PathPolicy,
+}
+
+impl ViewerConfig {
+    /// A configuration with the defaults.
+    pub fn new(
+        keypair: StaticKeypair,
+        rendezvous: RendezvousServer,
+        issuers: TrustedIssuers,
+    ) -> Self {
+        Self {
+            keypair,
+            rendezvous,
+            issuers,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            want_relay: true,
+            media: default_media_config(),
+            path_policy: PathPolicy::Any,
+        }
+    }
+}
+
+/// Which device to watch: an ID a person typed, or a scanned label that also pins the
+/// device's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Just the ID: the device key comes from its ID certificate.
+    Id(DeviceId),
+    /// The ID and the fingerprint of the device key (QR code on the label): the key in
+    /// the certificate must match it.
+    Uri(DeviceUri),
+    /// The ID and the exact device key (a device the viewer has watched before).
+    Pinned(DeviceId, PublicKey),
+}
+
+impl Target {
+    /// The device ID.
+    pub fn device_id(&self) -> DeviceId {
+        match self {
+            Target::Id(id) | Target::Pinned(id, _) => *id,
+            Target::Uri(uri) => uri.id(),
+        }
+    }
+
+    /// Whether `key` is acceptable as this device's static key.
+    pub fn accepts_key(&self, key: &PublicKey) -> bool {
+        match self {
+            Target::Id(_) => true,
+            Target::Uri(uri) => uri.fingerprint().matches(key),
+            Target::Pinned(_, pinned) => pinned == key,
+        }
+    }
+
+    /// The pinned fingerprint, if any.
+    pub fn fingerprint(&self) -> Option<KeyFingerprint> {
+        match self {
+            Target::Id(_) => None,
+            Target::Uri(uri) => Some(uri.fingerprint()),
+            Target::Pinned(_, key) => Some(KeyFingerprint::of_public_key(key)),
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = sightwire_id::UriError;
+
+    /// A `sightwire:` URI, or anything [`DeviceId`] parses.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        if input
+            .get(..sightwire_id::URI_SCHEME.len() + 1)
+            .is_some_and(|p| p.eq_ignore_ascii_case("sightwire:"))
+        {
+            input.parse().map(Target::Uri)
+        } else {
+            input
+                .parse()
+                .map(Target::Id)
+                .map_err(sightwire_id::UriError::InvalidId)
+        }
+    }
+}
+
+/// How the viewer proves it may watch.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// The device password, if the viewer knows it.
+    pub password: Option<String>,
+    /// Ask the device to remember this viewer's key after a successful password proof.
+    pub remember: bool,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("password", &self.password.as_ref().map(|_| "redacted"))
+            .field("remember", &self.remember)
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Prove the device password.
+    pub fn password(password: impl Into<String>) -> Self {
+        Self {
+            password: Some(password.into()),
+            remember: true,
+        }
+    }
+
+    /// Rely on the device already trusting this viewer's key.
+    pub fn trusted_key() -> Self {
+        Self::default()
+    }
+}
+
+/// Media parameters that leave room for the relay's 9-byte header inside the IPv6
+/// minimum MTU, so one packet size works on every path.
+pub fn default_media_config() -> MediaConfig {
+    MediaConfig {
+        max_packet_size: sightwire_media::DEFAULT_MAX_PACKET_SIZE
+            - sightwire_relay::wire::DATA_HEADER_LEN,
+        ..MediaConfig::default()
+    }
+}

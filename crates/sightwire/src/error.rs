@@ -1,0 +1,40 @@
+//! Why a viewer could not connect.
+
+use sightwire_session::auth::AuthRejection;
+use sightwire_signal::ErrorCode;
+
+/// Why [`crate::Viewer::connect`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The local UDP socket could not be set up.
+    #[error("cannot open the UDP socket")]
+    Socket,
+    /// Nothing answered in time (rendezvous unreachable, or the device never answered).
+    #[error("timed out")]
+    Timeout,
+    /// The rendezvous refused: unknown ID, device offline, rate limited...
+    #[error("the rendezvous refused: {0:?}")]
+    Rendezvous(ErrorCode),
+    /// The device's ID certificate does not verify under a trusted issuer, or is for
+    /// another ID.
+    #[error("the device's ID certificate is not valid")]
+    CertificateInvalid,
+    /// The device key is not the one the viewer pinned (QR code fingerprint or a key
+    /// remembered from before), or the device could not prove it holds the certified key:
+    /// a wrong device or a man in the middle.
+    #[error("the device key does not match the pinned or certified key")]
+    KeyMismatch,
+    /// No path (direct or relayed) to the device worked.
+    #[error("no path to the device")]
+    NoPath,
+    /// The peer handshake failed.
+    #[error("the handshake with the device failed")]
+    HandshakeFailed,
+    /// The device refused this viewer (wrong password, key not trusted...).
+    #[error("the device refused this viewer: {0:?}")]
+    NotAuthorized(AuthRejection),
+    /// The endpoint stopped before the connection was up.
+    #[error("the endpoint stopped")]
+    Stopped,
+}

@@ -1,0 +1,156 @@
+//! What an endpoint reports to the application.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sightwire_media::{ReceivedFrame, StreamId};
+use sightwire_punch::PathKind;
+use sightwire_session::PublicKey;
+use sightwire_session::auth::AuthRejection;
+use sightwire_signal::ErrorCode;
+
+/// Identifies one viewer ↔ device connection at an endpoint (the rendezvous's connect id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// The path packets to a peer take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    /// LAN, direct over the internet, or through the relay.
+    pub kind: PathKind,
+    /// The peer's address, or the relay's.
+    pub remote: SocketAddr,
+    /// Round-trip time measured by the connectivity checks.
+    pub rtt: Duration,
+}
+
+impl Path {
+    /// `lan`, `direct` or `relay`.
+    pub fn kind_name(&self) -> &'static str {
+        path_kind_name(self.kind)
+    }
+}
+
+/// `lan`, `direct` or `relay`.
+pub fn path_kind_name(kind: PathKind) -> &'static str {
+    match kind {
+        PathKind::Lan => "lan",
+        PathKind::Direct => "direct",
+        PathKind::Relay => "relay",
+    }
+}
+
+/// Per-peer figures, reported about once a second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStats {
+    /// Current path, if any.
+    pub path: Option<Path>,
+    /// Media round-trip time from receiver reports.
+    pub rtt: Option<Duration>,
+    /// Fraction of media packets the peer reported lost, 0.0–1.0.
+    pub loss: f64,
+    /// Frames delivered to the application so far.
+    pub frames_delivered: u64,
+    /// Frames that missed their deadline.
+    pub frames_late: u64,
+    /// Frames dropped for other reasons (memory limits, held for a keyframe).
+    pub frames_dropped: u64,
+    /// Bytes of frames delivered so far.
+    pub bytes_delivered: u64,
+    /// Target bitrate estimated for the sender's encoder, bits per second.
+    pub target_bitrate_bps: u64,
+}
+
+/// Why a connection to a peer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerClosedReason {
+    /// The peer (or the local application) closed it.
+    Closed,
+    /// Nothing was heard from the peer for too long.
+    Timeout,
+    /// The device refused the viewer.
+    Rejected(AuthRejection),
+    /// The device's table of viewers is full.
+    TooManyViewers,
+    /// No path to the peer was found.
+    NoPath,
+    /// The peer could not complete the Noise handshake (wrong key or unreachable).
+    HandshakeFailed,
+}
+
+/// Something an endpoint reports.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The device is registered with the rendezvous (again, after a loss).
+    Registered {
+        /// The device's address as the rendezvous sees it.
+        observed: SocketAddr,
+    },
+    /// The link to the rendezvous failed; the endpoint is reconnecting. Existing peer
+    /// connections are not affected.
+    RendezvousLost,
+    /// The rendezvous refused a request.
+    RendezvousError {
+        /// What it said.
+        code: ErrorCode,
+    },
+    /// A peer is connected, authenticated and authorized; media may flow.
+    PeerConnected {
+        /// The connection.
+        peer: PeerId,
+        /// The peer's static key.
+        key: PublicKey,
+        /// The path in use.
+        path: Option<Path>,
+    },
+    /// The path to a peer changed (for example relay → direct).
+    PathChanged {
+        /// The connection.
+        peer: PeerId,
+        /// The new path.
+        path: Path,
+    },
+    /// The path to a peer stopped answering; a new one is being looked for.
+    PathLost {
+        /// The connection.
+        peer: PeerId,
+    },
+    /// A complete media frame from a peer.
+    Frame {
+        /// The connection.
+        peer: PeerId,
+        /// The frame.
+        frame: ReceivedFrame,
+    },
+    /// A control message from a peer, in order.
+    Control {
+        /// The connection.
+        peer: PeerId,
+        /// The message.
+        message: Bytes,
+    },
+    /// A peer asks for a keyframe on a stream we send.
+    KeyframeRequested {
+        /// The connection.
+        peer: PeerId,
+        /// The stream.
+        stream: StreamId,
+    },
+    /// Figures for a peer.
+    Stats {
+        /// The connection.
+        peer: PeerId,
+        /// The figures.
+        stats: PeerStats,
+    },
+    /// A connection ended.
+    PeerClosed {
+        /// The connection.
+        peer: PeerId,
+        /// Why.
+        reason: PeerClosedReason,
+    },
+}

@@ -1,0 +1,63 @@
+//! The Sightwire endpoint: a camera that can be added by its ID and watched from
+//! anywhere, and the viewer that watches it.
+//!
+//! One UDP socket per endpoint carries everything — the Noise session with the
+//! rendezvous, punch checks, the peer handshake and encrypted media — demultiplexed by
+//! the first byte. A tokio task drives the sans-IO cores (`sightwire-session`,
+//! `sightwire-punch`, `sightwire-media`) with one clock and one timer:
+//!
+//! - [`Device`] registers with the rendezvous under its certified ID (keeping the
+//!   registration alive and re-registering after a rendezvous restart), accepts the
+//!   viewers the rendezvous introduces, decides itself who may watch (password proof or
+//!   trusted key), and sends each frame to every authorized viewer, fragmenting it once.
+//! - [`Viewer::connect`] resolves the device ID (or QR URI) at the rendezvous, checks the
+//!   device's ID certificate (and the pinned key fingerprint), punches a direct path or
+//!   falls back to the relay, runs the Noise `IK` handshake against the certified key and
+//!   proves the password. Frames and path changes then arrive as [`Event`]s; relay →
+//!   direct upgrades happen underneath without the stream stopping.
+//!
+//! What it is not for: it does not encode or decode video, and it does not run the
+//! rendezvous or relay servers (`sightwire-rendezvous`, `sightwire-relay`). The flow is
+//! written down in `spec/endpoint.md`.
+//!
+//! ```no_run
+//! use sightwire::{Credentials, Event, RendezvousServer, Target, Viewer, ViewerConfig};
+//! use sightwire_session::StaticKeypair;
+//! use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
+//!
+//! # async fn watch(issuer: IssuerPublicKey, server_key: [u8; 32]) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ViewerConfig::new(
+//!     StaticKeypair::generate(&mut rand::rngs::OsRng),
+//!     RendezvousServer { address: "203.0.113.1:3478".parse()?, public_key: server_key },
+//!     TrustedIssuers::single(issuer),
+//! );
+//! // What the person typed, or scanned from the label.
+//! let target: Target = "1C:C3:16:AB:CD:EF".parse()?;
+//! let mut viewer = Viewer::connect(config, target, Credentials::password("admin123")).await?;
+//! while let Some(event) = viewer.next_event().await {
+//!     match event {
+//!         Event::Frame { frame, .. } => println!("{} bytes", frame.frame.data.len()),
+//!         Event::PathChanged { path, .. } => println!("now {}", path.kind_name()),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod driver;
+mod endpoint;
+mod error;
+mod events;
+
+pub use config::{
+    Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VIEWERS, DeviceConfig, DeviceIdentity,
+    PathPolicy, RendezvousServer, Target, ViewerConfig, default_media_config,
+};
+pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, Viewer};
+pub use error::ConnectError;
+pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, path_kind_name};
+pub use sightwire_media::{Codec, Frame, ReceivedFrame, StreamId};
+pub use sightwire_punch::PathKind;

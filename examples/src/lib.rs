@@ -1,0 +1,9 @@
+//! Pieces shared by the example peers (`camera`, `viewer`, `demo`) and their tests:
+//! a loopback deployment ([`local::LocalNetwork`]), H.264 access-unit splitting
+//! ([`annexb`]) and frame sources ([`source`]).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod annexb;
+pub mod local;
+pub mod source;

@@ -1,0 +1,201 @@
+//! A whole Sightwire deployment on loopback: issuer, rendezvous (with its embedded
+//! registry), relay. The demo and the end-to-end tests run cameras and viewers against
+//! it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use rand::{RngCore, SeedableRng};
+use sightwire::{DeviceIdentity, RendezvousServer, ViewerConfig};
+use sightwire_id::DeviceId;
+use sightwire_relay::{Relay, RelayConfig, RelayServer};
+use sightwire_rendezvous::server::{Server, unix_now};
+use sightwire_rendezvous::{CoreConfig, Rendezvous, SqliteRegistry};
+use sightwire_session::StaticKeypair;
+use sightwire_signal::cert::{CertificateFields, IssuerKey, TrustedIssuers};
+use sightwire_signal::grant::RelayGrantKey;
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How long issued demo certificates are valid.
+const CERTIFICATE_LIFETIME_SECS: u64 = 365 * 24 * 3600;
+
+/// A running rendezvous server.
+struct RunningRendezvous {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Issuer, rendezvous and relay on loopback.
+pub struct LocalNetwork {
+    /// The operator's issuer key.
+    pub issuer: IssuerKey,
+    /// Where the rendezvous is and its pinned key.
+    pub rendezvous: RendezvousServer,
+    /// The relay's address.
+    pub relay_address: SocketAddr,
+    rendezvous_key: [u8; 32],
+    relay_key: RelayGrantKey,
+    registry: std::path::PathBuf,
+    running: Option<RunningRendezvous>,
+    relay_stop: watch::Sender<bool>,
+    relay_task: JoinHandle<()>,
+    serial: u64,
+    core_config: CoreConfig,
+}
+
+impl std::fmt::Debug for LocalNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNetwork")
+            .field("rendezvous", &self.rendezvous.address)
+            .field("relay", &self.relay_address)
+            .finish()
+    }
+}
+
+impl LocalNetwork {
+    /// Starts a relay and a rendezvous on `127.0.0.1`, the rendezvous keeping its
+    /// registry in `registry` (an SQLite file, created if missing).
+    pub async fn start(registry: &Path) -> anyhow::Result<Self> {
+        Self::start_with(registry, CoreConfig::default()).await
+    }
+
+    /// As [`LocalNetwork::start`], with the rendezvous's timers and limits from `config`
+    /// (its relay setting is replaced by the local relay).
+    pub async fn start_with(registry: &Path, config: CoreConfig) -> anyhow::Result<Self> {
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let issuer = IssuerKey::from_seed(&seed);
+        let mut rendezvous_key = [0u8; 32];
+        rng.fill_bytes(&mut rendezvous_key);
+        let mut relay_secret = [0u8; 32];
+        rng.fill_bytes(&mut relay_secret);
+        let relay_key = RelayGrantKey::from_bytes(relay_secret);
+
+        let relay = RelayServer::bind(
+            "127.0.0.1:0".parse()?,
+            Relay::new(RelayConfig::default(), relay_key.clone()),
+        )
+        .await?;
+        let relay_address = relay.local_addr()?;
+        let (relay_stop, stopped) = watch::channel(false);
+        let relay_task = tokio::spawn(async move {
+            let _ = relay.run(stopped).await;
+        });
+
+        let public_key = *StaticKeypair::from_private(rendezvous_key).public();
+        let mut network = Self {
+            issuer,
+            rendezvous: RendezvousServer {
+                address: "127.0.0.1:0".parse()?,
+                public_key,
+            },
+            relay_address,
+            rendezvous_key,
+            relay_key,
+            registry: registry.to_owned(),
+            running: None,
+            relay_stop,
+            relay_task,
+            serial: 0,
+            core_config: config,
+        };
+        network.start_rendezvous("127.0.0.1:0".parse()?).await?;
+        Ok(network)
+    }
+
+    async fn start_rendezvous(&mut self, address: SocketAddr) -> anyhow::Result<()> {
+        let socket = UdpSocket::bind(address).await?;
+        self.rendezvous.address = socket.local_addr()?;
+        let config = CoreConfig {
+            relay: Some(sightwire_rendezvous::RelayConfig {
+                address: self.relay_address,
+                key: self.relay_key.clone(),
+            }),
+            ..self.core_config.clone()
+        };
+        let core = Rendezvous::new(
+            config,
+            TrustedIssuers::single(self.issuer.public()),
+            SqliteRegistry::open(&self.registry)?,
+            Box::new(rand::rngs::StdRng::from_entropy()),
+            Instant::now(),
+            unix_now(),
+        );
+        let server = Server::new(
+            socket,
+            StaticKeypair::from_private(self.rendezvous_key),
+            sightwire_session::Config::default(),
+            core,
+            Box::new(rand::rngs::StdRng::from_entropy()),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        self.running = Some(RunningRendezvous { stop, task });
+        Ok(())
+    }
+
+    /// Stops the rendezvous and starts it again on the same address, with the same key
+    /// and registry. `graceful`: an operator restarting the service (the server tells
+    /// online devices it is going away); otherwise a crash (the server just vanishes).
+    pub async fn restart_rendezvous(&mut self, graceful: bool) -> anyhow::Result<()> {
+        if graceful {
+            self.stop_rendezvous().await;
+        } else if let Some(running) = self.running.take() {
+            running.task.abort();
+            let _ = running.task.await;
+        }
+        self.start_rendezvous(self.rendezvous.address).await
+    }
+
+    async fn stop_rendezvous(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.send(());
+            let _ = running.task.await;
+        }
+    }
+
+    /// What a camera's first boot plus the operator's issuing step produce: a fresh
+    /// static key and a certificate binding `device_id` to it.
+    pub fn provision(&mut self, device_id: DeviceId) -> anyhow::Result<DeviceIdentity> {
+        let keypair = StaticKeypair::generate(&mut rand::rngs::OsRng);
+        self.serial += 1;
+        let now = unix_now();
+        let certificate = self.issuer.issue(CertificateFields {
+            device_id: *device_id.as_bytes(),
+            device_key: *keypair.public(),
+            not_before: now.saturating_sub(60),
+            not_after: now + CERTIFICATE_LIFETIME_SECS,
+            serial: self.serial,
+        })?;
+        Ok(DeviceIdentity {
+            keypair,
+            certificate,
+        })
+    }
+
+    /// A viewer configuration that trusts this network's issuer, with a fresh key.
+    pub fn viewer_config(&self) -> ViewerConfig {
+        ViewerConfig::new(
+            StaticKeypair::generate(&mut rand::rngs::OsRng),
+            self.rendezvous,
+            TrustedIssuers::single(self.issuer.public()),
+        )
+    }
+
+    /// Stops both servers.
+    pub async fn shutdown(mut self) {
+        self.stop_rendezvous().await;
+        let _ = self.relay_stop.send(true);
+        let _ = (&mut self.relay_task).await;
+    }
+}

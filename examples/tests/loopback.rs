@@ -1,0 +1,273 @@
+//! End to end on loopback: issuer, rendezvous, relay, cameras and viewers, all real,
+//! over real UDP sockets.
+
+use std::time::Duration;
+
+use sightwire::{
+    ConnectError, Credentials, Device, DeviceConfig, Event, PathKind, PathPolicy, Target, Viewer,
+};
+use sightwire_examples::local::LocalNetwork;
+use sightwire_examples::source::FrameSource;
+use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
+use sightwire_session::auth::AuthRejection;
+use tokio::time::timeout;
+
+const PASSWORD: &str = "correct horse";
+const KEEPALIVE: Duration = Duration::from_secs(2);
+
+struct Setup {
+    network: LocalNetwork,
+    device: Device,
+    uri: DeviceUri,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop (keeps the test free of a tempfile dependency).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "sightwire-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn setup(name: &str, policy: PathPolicy) -> Setup {
+    let dir = TempDir::new(name);
+    // A short keepalive interval so the restart test runs in seconds.
+    let core = sightwire_rendezvous::CoreConfig {
+        keepalive_interval: KEEPALIVE,
+        ..Default::default()
+    };
+    let mut network = LocalNetwork::start_with(&dir.0.join("registry.sqlite"), core)
+        .await
+        .unwrap();
+    let id: DeviceId = "1C:C3:16:AB:CD:EF".parse().unwrap();
+    let identity = network.provision(id).unwrap();
+    let uri = DeviceUri::new(
+        id,
+        KeyFingerprint::of_public_key(identity.certificate.device_key()),
+    );
+    let mut config = DeviceConfig::new(identity, network.rendezvous);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.password = Some(PASSWORD.into());
+    config.path_policy = policy;
+    let mut device = Device::start(config).await.unwrap();
+    wait_for(&mut device, |e| matches!(e, Event::Registered { .. })).await;
+    Setup {
+        network,
+        device,
+        uri,
+        _dir: dir,
+    }
+}
+
+async fn wait_for(device: &mut Device, mut matches: impl FnMut(&Event) -> bool) -> Event {
+    timeout(Duration::from_secs(15), async {
+        loop {
+            let event = device.next_event().await.expect("device running");
+            if matches(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+async fn connect(
+    setup: &Setup,
+    target: Target,
+    password: &str,
+    policy: PathPolicy,
+) -> Result<Viewer, ConnectError> {
+    let mut config = setup.network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.path_policy = policy;
+    Viewer::connect(config, target, Credentials::password(password)).await
+}
+
+/// Streams `frames` synthetic frames from the device at 100 fps and checks that every
+/// viewer receives each one byte for byte and in order. Returns the path each viewer saw.
+async fn stream_and_check(setup: &mut Setup, viewers: &mut [Viewer], frames: u32) -> Vec<PathKind> {
+    let mut source = FrameSource::synthetic(100, 25, frames);
+    let expected: Vec<_> = std::iter::from_fn(|| source.next_frame()).collect();
+    let mut paths = vec![None; viewers.len()];
+    for frame in &expected {
+        assert!(setup.device.send_frame(frame.clone()).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, viewer) in viewers.iter_mut().enumerate() {
+        let mut received = Vec::new();
+        timeout(Duration::from_secs(10), async {
+            while received.len() < expected.len() {
+                match viewer.next_event().await.expect("viewer running") {
+                    Event::Frame { frame, .. } => received.push(frame),
+                    Event::PeerConnected { path: Some(p), .. }
+                    | Event::PathChanged { path: p, .. } => paths[i] = Some(p.kind),
+                    Event::Stats { stats, .. } => {
+                        if let Some(p) = stats.path {
+                            paths[i] = Some(p.kind);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "viewer {i} got {} of {} frames",
+                received.len(),
+                expected.len()
+            )
+        });
+        for (got, sent) in received.iter().zip(&expected) {
+            assert_eq!(got.frame.data, sent.data, "frame payload differs");
+            assert_eq!(got.frame.keyframe, sent.keyframe);
+            assert_eq!(got.frame.capture_time_us, sent.capture_time_us);
+        }
+    }
+    paths
+        .into_iter()
+        .map(|p| p.expect("a path was reported"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_arrive_byte_identical_and_in_order() {
+    let mut setup = setup("order", PathPolicy::Any).await;
+    let viewer = connect(&setup, Target::Uri(setup.uri), PASSWORD, PathPolicy::Any)
+        .await
+        .expect("viewer connects");
+    wait_for(&mut setup.device, |e| {
+        matches!(e, Event::PeerConnected { .. })
+    })
+    .await;
+    let paths = stream_and_check(&mut setup, &mut [viewer], 60).await;
+    // Both ends on 127.0.0.1: a LAN path.
+    assert_eq!(paths, vec![PathKind::Lan]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_at_once() {
+    let mut setup = setup("two", PathPolicy::Any).await;
+    let first = connect(&setup, Target::Uri(setup.uri), PASSWORD, PathPolicy::Any)
+        .await
+        .unwrap();
+    let second = connect(
+        &setup,
+        Target::Id(setup.uri.id()),
+        PASSWORD,
+        PathPolicy::Any,
+    )
+    .await
+    .unwrap();
+    assert_ne!(first.peer(), second.peer());
+    for _ in 0..2 {
+        wait_for(&mut setup.device, |e| {
+            matches!(e, Event::PeerConnected { .. })
+        })
+        .await;
+    }
+    let paths = stream_and_check(&mut setup, &mut [first, second], 40).await;
+    assert_eq!(paths.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_mode_streams_through_the_relay() {
+    let mut setup = setup("relay", PathPolicy::RelayOnly).await;
+    let viewer = connect(
+        &setup,
+        Target::Uri(setup.uri),
+        PASSWORD,
+        PathPolicy::RelayOnly,
+    )
+    .await
+    .expect("viewer connects through the relay");
+    wait_for(&mut setup.device, |e| {
+        matches!(e, Event::PeerConnected { .. })
+    })
+    .await;
+    let paths = stream_and_check(&mut setup, &mut [viewer], 40).await;
+    assert_eq!(paths, vec![PathKind::Relay]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_by_the_device() {
+    let setup = setup("password", PathPolicy::Any).await;
+    let result = connect(&setup, Target::Uri(setup.uri), "wrong", PathPolicy::Any).await;
+    assert_eq!(
+        result.err(),
+        Some(ConnectError::NotAuthorized(AuthRejection::WrongPassword))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_pinned_to_another_key_refuses_the_device() {
+    let setup = setup("pinned", PathPolicy::Any).await;
+    let wrong = DeviceUri::new(setup.uri.id(), KeyFingerprint::of_public_key(&[9; 32]));
+    let result = connect(&setup, Target::Uri(wrong), PASSWORD, PathPolicy::Any).await;
+    assert_eq!(result.err(), Some(ConnectError::KeyMismatch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_device_is_reported() {
+    let setup = setup("unknown", PathPolicy::Any).await;
+    let other: DeviceId = "02:00:00:00:00:42".parse().unwrap();
+    let result = connect(&setup, Target::Id(other), PASSWORD, PathPolicy::Any).await;
+    assert_eq!(
+        result.err(),
+        Some(ConnectError::Rendezvous(
+            sightwire_signal::ErrorCode::UnknownId
+        ))
+    );
+}
+
+async fn restart_case(name: &str, graceful: bool) {
+    let mut setup = setup(name, PathPolicy::Any).await;
+    let viewer = connect(&setup, Target::Uri(setup.uri), PASSWORD, PathPolicy::Any)
+        .await
+        .unwrap();
+    wait_for(&mut setup.device, |e| {
+        matches!(e, Event::PeerConnected { .. })
+    })
+    .await;
+    setup.network.restart_rendezvous(graceful).await.unwrap();
+    let restarted = std::time::Instant::now();
+    // The peer session does not go through the rendezvous: frames keep flowing.
+    stream_and_check(&mut setup, &mut [viewer], 30).await;
+    // The device notices the new server (told so, or its keepalive goes unanswered) and
+    // registers again; a new viewer can then find it.
+    wait_for(&mut setup.device, |e| matches!(e, Event::Registered { .. })).await;
+    let took = restarted.elapsed();
+    println!(
+        "{} restart: device re-registered {took:?} after it (keepalive interval {KEEPALIVE:?})",
+        if graceful { "graceful" } else { "crash" }
+    );
+    // One keepalive interval, plus the unanswered keepalive's retries (3 x 1.5 s), plus slack.
+    assert!(took <= KEEPALIVE + Duration::from_millis(6_500), "{took:?}");
+    let again = connect(&setup, Target::Uri(setup.uri), PASSWORD, PathPolicy::Any).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_survives_a_graceful_rendezvous_restart() {
+    restart_case("graceful", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_survives_a_rendezvous_crash() {
+    restart_case("crash", false).await;
+}
