@@ -14,6 +14,16 @@
 //!
 //! The same seed and the same calls give the same deliveries, bit for bit.
 //!
+//! # Driving sans-IO cores
+//!
+//! The simulator owns virtual time; the test owns the protocol cores. One loop serves
+//! any number of cores: take the earliest of [`Sim::next_event_time`] and every core's
+//! own next timeout, [`Sim::advance_to`] it, hand each [`Delivery`] from
+//! [`Sim::poll_delivery`] to the core on [`Delivery::host`] (with `at` as its `now`),
+//! fire the cores whose timeout has come, and [`Sim::send`] whatever they want to send.
+//! `sightwire-punch`'s `tests/common/mod.rs` is a complete example, including a
+//! rendezvous and a relay played by public hosts.
+//!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use sightwire_netsim::*;
