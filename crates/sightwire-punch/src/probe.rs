@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -55,6 +56,9 @@ const ADDRESS_FAMILY_V6: u8 = 6;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// SHA-256's block size, the length HMAC pads its key to.
+const HMAC_BLOCK_LEN: usize = 64;
+
 /// The per-attempt secret both peers receive from the rendezvous.
 ///
 /// Zeroed on drop; `Debug` never prints it.
@@ -73,21 +77,16 @@ impl PunchKey {
     }
 
     fn mac(&self) -> HmacSha256 {
-        // HMAC accepts keys of any length, so this cannot fail; fall back to the
-        // `KeyInit` path through a match rather than unwrap.
-        let mut mac = match <HmacSha256 as Mac>::new_from_slice(&self.0) {
-            Ok(mac) => mac,
-            Err(_) => unreachable_key_length(),
-        };
+        // HMAC pads a key shorter than the hash block (64 bytes for SHA-256) with zeros,
+        // so keying with the padded block is exactly HMAC(key) and needs no fallible
+        // variable-length constructor.
+        let mut block = [0u8; HMAC_BLOCK_LEN];
+        block[..KEY_LEN].copy_from_slice(&self.0);
+        let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
+        block.zeroize();
         mac.update(TAG_DOMAIN);
         mac
     }
-}
-
-#[cold]
-fn unreachable_key_length() -> ! {
-    // HMAC's `new_from_slice` only fails for fixed-key-size MACs, which HMAC is not.
-    panic!("HMAC-SHA256 rejected a 32-byte key")
 }
 
 impl fmt::Debug for PunchKey {
