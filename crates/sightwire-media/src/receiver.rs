@@ -44,6 +44,8 @@ struct PendingFrame {
     /// When the last NACK for this frame went out. The next one is due one RTT (as
     /// estimated when it is checked, so a fresh measurement applies at once) later.
     last_nacked: Option<Instant>,
+    /// Where the current NACK round continues if the last NACK packet ran out of room.
+    nack_resume: u16,
 }
 
 impl PendingFrame {
@@ -58,6 +60,7 @@ impl PendingFrame {
             nack_at: Some(nack_at),
             nack_rounds: 0,
             last_nacked: None,
+            nack_resume: 0,
         }
     }
 
@@ -666,6 +669,7 @@ impl Receiver {
             let Some(stream) = StreamId::new(stream) else {
                 continue;
             };
+            let mut round_complete = true;
             match frame.meta {
                 None => entries.push(NackEntry {
                     stream,
@@ -674,7 +678,7 @@ impl Receiver {
                     fragment_count: NACK_ALL_FRAGMENTS,
                 }),
                 Some(meta) => {
-                    let mut index = 0u16;
+                    let mut index = frame.nack_resume;
                     while index < meta.fragment_count && entries.len() < max_entries {
                         if frame.has_fragment(index) {
                             index += 1;
@@ -691,10 +695,19 @@ impl Receiver {
                             fragment_count: index - start,
                         });
                     }
+                    if index < meta.fragment_count {
+                        // Out of room: the next NACK packet continues this round here.
+                        frame.nack_resume = index;
+                        round_complete = false;
+                    } else {
+                        frame.nack_resume = 0;
+                    }
                 }
             }
-            frame.nack_rounds += 1;
-            frame.last_nacked = Some(now);
+            if round_complete {
+                frame.nack_rounds += 1;
+                frame.last_nacked = Some(now);
+            }
             // Deadline-aware redundancy: when at most one more round could complete
             // before the deadline, send the NACK twice.
             if now + retry * 2 + cx.rtt > frame.deadline {

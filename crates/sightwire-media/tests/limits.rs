@@ -747,3 +747,111 @@ fn reports_measure_rtt_and_loss_and_drive_the_target_bitrate() {
         camera.target_bitrate_bps()
     );
 }
+
+#[test]
+fn pending_small_packets_are_bounded_when_the_driver_does_not_poll() {
+    let start = Instant::now();
+    let (mut idle, _) = pair(Config::default(), start);
+    // 400 report intervals without draining: at most MAX_PENDING_SMALL_PACKETS wait.
+    for step in 0..400u64 {
+        idle.handle_timeout(start + Duration::from_millis(200 * step));
+    }
+    let pending = drain_packets(&mut idle).len();
+    assert_eq!(pending, sightwire_media::MAX_PENDING_SMALL_PACKETS);
+}
+
+#[test]
+fn nack_dedup_memory_is_bounded() {
+    let start = Instant::now();
+    let (mut sender, _) = pair(Config::default(), start);
+    send(&mut sender, start, video(true, 5_000, 1));
+    let nack = |seq: u16| {
+        let mut out = BytesMut::new();
+        let entry = NackEntry {
+            stream: StreamId::VIDEO,
+            frame_seq: 0,
+            first_fragment: 0,
+            fragment_count: 1,
+        };
+        wire::encode_nack(seq, &[entry], &mut out);
+        out
+    };
+    let retransmissions = |sender: &mut MediaConnection, seq: u16| {
+        sender.handle_input(start, &nack(seq)).unwrap();
+        fragments(&drain_packets(sender)).len()
+    };
+    assert!(retransmissions(&mut sender, 0) > 0);
+    assert_eq!(retransmissions(&mut sender, 0), 0, "a repeat is ignored");
+    // Eight newer NACKs push sequence 0 out of the remembered set...
+    for seq in 1..=8 {
+        assert!(retransmissions(&mut sender, seq) > 0);
+    }
+    // ...so it counts as new again: memory stays at eight entries.
+    assert!(retransmissions(&mut sender, 0) > 0);
+}
+
+#[test]
+fn nack_entries_beyond_one_packet_wait_for_the_next() {
+    let start = Instant::now();
+    let (mut camera, mut viewer) = pair(Config::default(), start);
+    viewer.handle_timeout(start);
+    drain_packets(&mut viewer);
+    // 300 fragments, every other one lost: 150 runs, more than one NACK holds.
+    let packets = send(&mut camera, start, video(true, 300 * 1172, 0));
+    assert_eq!(packets.len(), 300);
+    for packet in packets.iter().step_by(2) {
+        viewer.handle_input(start, packet).unwrap();
+    }
+    let mut counts = Vec::new();
+    let mut seen = Vec::new();
+    while counts.len() < 2 {
+        let now = viewer.poll_timeout().unwrap();
+        viewer.handle_timeout(now);
+        for packet in drain_packets(&mut viewer) {
+            if let Ok(Packet::Nack { nack_seq, entries }) = wire::decode(&packet)
+                && !seen.contains(&nack_seq)
+            {
+                seen.push(nack_seq);
+                counts.push((now - start, wire::nack_entries(entries).count()));
+            }
+        }
+    }
+    assert_eq!(
+        counts[0],
+        (Duration::from_millis(5), wire::MAX_NACK_ENTRIES)
+    );
+    assert_eq!(
+        counts[1],
+        (Duration::from_millis(10), 150 - wire::MAX_NACK_ENTRIES)
+    );
+}
+
+#[test]
+fn loss_is_accumulated_over_at_least_min_packets() {
+    let start = Instant::now();
+    let (mut camera, _) = pair(Config::default(), start);
+    let report = |expected: u32, received: u32| {
+        let mut out = BytesMut::new();
+        wire::encode_report(
+            &Report {
+                interval_ms: 200,
+                packets_expected: expected,
+                packets_received: received,
+                ..Report::default()
+            },
+            &mut out,
+        );
+        out
+    };
+    // 20 packets with 10 lost: too few to judge, nothing changes yet.
+    camera.handle_input(start, &report(20, 10)).unwrap();
+    assert_eq!(camera.stats().send_loss, 0.0);
+    assert_eq!(camera.target_bitrate_bps(), 2_000_000);
+    // 20 more without loss: 40 >= MIN_PACKETS_FOR_LOSS, loss 10/40 = 25 % over 400 ms.
+    camera.handle_input(start, &report(20, 20)).unwrap();
+    assert_eq!(camera.stats().send_loss, 0.25);
+    assert_eq!(camera.target_bitrate_bps(), 1_750_000);
+    const _: () = assert!(
+        sightwire_media::MIN_PACKETS_FOR_LOSS > 20 && sightwire_media::MIN_PACKETS_FOR_LOSS <= 40
+    );
+}
