@@ -630,6 +630,17 @@ impl Agent {
         self.pairs.clear();
         self.pending.clear();
         self.seen_requests.clear();
+        // Candidates the peer signaled before our Start arrived (its Start may have
+        // come first) are kept and merged after the rendezvous' view below.
+        let signaled_earlier = self.remote_generation.map(|generation| CandidateSet {
+            generation,
+            candidates: self
+                .remote
+                .iter()
+                .filter(|c| c.kind != CandidateKind::PeerReflexive)
+                .copied()
+                .collect(),
+        });
         self.remote.clear();
         self.remote_generation = None;
         self.selected = None;
@@ -644,6 +655,9 @@ impl Agent {
             start_at: now + start.start_in,
         };
         self.merge_remote(now, start.remote);
+        if let Some(earlier) = signaled_earlier {
+            self.merge_remote(now, earlier);
+        }
         self.queue_candidates();
         if start.start_in.is_zero() {
             self.begin(now);

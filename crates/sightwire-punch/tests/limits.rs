@@ -350,3 +350,35 @@ fn datagrams_before_start_are_dropped() {
     assert!(a.poll_transmit().is_none());
     assert_eq!(a.poll_timeout(), None);
 }
+
+#[test]
+fn candidates_signaled_before_start_are_kept() {
+    let now = Instant::now();
+    let mut a = Agent::new(Config {
+        host_candidates: vec![],
+        seed: 0,
+    });
+    let early = Candidate::new(CandidateKind::Host, "10.1.1.1:7000".parse().unwrap());
+    a.handle_signal(
+        now,
+        PunchSignal::Candidates(CandidateSet {
+            generation: 0,
+            candidates: vec![early],
+        }),
+    );
+    a.handle_signal(
+        now,
+        start(
+            Role::Controlled,
+            vec![Candidate::new(CandidateKind::ServerReflexive, peer(1))],
+        ),
+    );
+    assert_eq!(
+        a.pair_count(),
+        2,
+        "the rendezvous' candidate and the one signaled earlier"
+    );
+    a.handle_timeout(now);
+    let destinations: Vec<SocketAddr> = drain(&mut a).iter().map(|t| t.destination).collect();
+    assert!(destinations.contains(&early.address), "{destinations:?}");
+}
