@@ -148,8 +148,13 @@ fn nat_matrix() {
         }
         println!();
     }
-    for hairpin in [false, true] {
-        let topology = Topology::SameLan(Model::PortRestricted, hairpin);
+    for (model, hairpin) in [
+        (Model::PortRestricted, false),
+        (Model::PortRestricted, true),
+        (Model::SymmetricRandom, false),
+        (Model::LinuxBare, true),
+    ] {
+        let topology = Topology::SameLan(model, hairpin);
         let cell = run(topology);
         println!("{topology}: {} ({:?})", label(&cell, rtt), cell.connect);
     }
