@@ -262,8 +262,11 @@ impl AuthRequest {
         match message_type {
             REQUEST_TRUSTED_KEY => {
                 expect_len(message_type, bytes, 2)?;
-                flags(bytes)?;
-                Ok(AuthRequest::TrustedKey)
+                // "Remember" means nothing for a key that is already trusted: no flags.
+                match bytes.get(1).copied().unwrap_or(0) {
+                    0 => Ok(AuthRequest::TrustedKey),
+                    other => Err(AuthDecodeError::UnknownFlags(other)),
+                }
             }
             REQUEST_PASSWORD => {
                 expect_len(message_type, bytes, MAX_AUTH_MESSAGE_LEN)?;

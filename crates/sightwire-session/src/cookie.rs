@@ -70,6 +70,7 @@ fn xnonce(nonce: &[u8; COOKIE_NONCE_LEN]) -> &GenericArray<u8, chacha20poly1305:
 }
 
 /// Responder side: checks `mac1`/`mac2` and makes cookie replies.
+#[derive(Clone)]
 pub(crate) struct CookieChecker {
     mac1_key: Zeroizing<[u8; 32]>,
     reply_cipher: XChaCha20Poly1305,
@@ -183,6 +184,7 @@ impl CookieChecker {
 
 /// Initiator side: stamps `mac1`/`mac2` onto initiations to one responder and keeps the
 /// cookie that responder gave.
+#[derive(Clone)]
 pub(crate) struct CookieJar {
     mac1_key: Zeroizing<[u8; 32]>,
     reply_cipher: XChaCha20Poly1305,

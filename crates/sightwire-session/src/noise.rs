@@ -453,6 +453,7 @@ pub enum SealError {
 /// Only the zeroizing key bytes are stored; ring's AEAD key is expanded from them per
 /// packet (for ChaCha20-Poly1305 that is a 32-byte copy, lost in the benchmark noise),
 /// because ring does not zeroize its key objects on drop.
+#[derive(Clone)]
 pub(crate) struct Keypair {
     send: Zeroizing<[u8; 32]>,
     recv: Zeroizing<[u8; 32]>,

@@ -65,6 +65,13 @@ impl<T: RngCore + CryptoRng + Send> SessionRng for T {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(u64);
 
+#[cfg(test)]
+impl SessionId {
+    pub(crate) fn for_test(raw: u64) -> Self {
+        SessionId(raw)
+    }
+}
+
 /// Which side of the handshake this end is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -1282,6 +1289,55 @@ impl SessionTable {
             let _ = self.send_attempt(id, now, round_deadline, rto);
         }
         self.reschedule(id);
+    }
+
+    /// A copy of the table with a new RNG, for the fuzz harness (which must not redo the
+    /// expensive genuine handshake for every input). Handshakes in flight are not copied
+    /// (snow's state cannot be cloned); their indices are dropped with them.
+    pub(crate) fn fork(&self, rng: Box<dyn SessionRng>) -> Self {
+        let mut indices = self.indices.clone();
+        let sessions = self
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                if let Some(p) = &s.pending {
+                    indices.remove(&p.local_index);
+                }
+                let copy = Session {
+                    role: s.role,
+                    prologue: s.prologue,
+                    remote_static: s.remote_static,
+                    remote_addr: s.remote_addr,
+                    current: s.current.clone(),
+                    previous: s.previous.clone(),
+                    next: s.next.clone(),
+                    pending: None,
+                    last_attempt: s.last_attempt,
+                    first_handshake_hash: s.first_handshake_hash,
+                    established: s.established,
+                    rejected_responses: s.rejected_responses,
+                    jar: s.jar.clone(),
+                    scheduled: s.scheduled,
+                };
+                (*id, copy)
+            })
+            .collect();
+        Self {
+            local: self.local.clone(),
+            responder: self.responder,
+            config: self.config.clone(),
+            rng,
+            sessions,
+            indices,
+            timers: self.timers.clone(),
+            next_id: self.next_id,
+            half_open: self.half_open,
+            cookie_checker: self.cookie_checker.clone(),
+            rate_window: self.rate_window,
+            transmits: self.transmits.clone(),
+            events: self.events.clone(),
+            stats: self.stats,
+        }
     }
 
     #[cfg(test)]

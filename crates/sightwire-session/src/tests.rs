@@ -948,6 +948,52 @@ fn rendezvous_session_exposes_the_client_static_key() {
 }
 
 #[test]
+fn limit_plaintext_and_buffer_sizes() {
+    let mut pair = Pair::established(Config::default());
+    let v = pair.viewer_session.unwrap();
+    let now = pair.now;
+    let mut big = vec![0u8; MAX_PLAINTEXT_LEN + TRANSPORT_OVERHEAD + 1];
+    assert_eq!(
+        pair.viewer
+            .seal_in_place(v, now, &mut big, MAX_PLAINTEXT_LEN + 1),
+        Err(SealError::PlaintextTooLong {
+            len: MAX_PLAINTEXT_LEN + 1,
+            limit: MAX_PLAINTEXT_LEN
+        })
+    );
+    // The largest plaintext goes through end to end.
+    let t = pair
+        .viewer
+        .seal_in_place(v, now, &mut big, MAX_PLAINTEXT_LEN)
+        .unwrap();
+    assert_eq!(t.len, wire::MAX_PACKET_LEN);
+    let mut bytes = big[..t.len].to_vec();
+    assert!(matches!(
+        pair.camera.handle_input(now, pair.viewer_addr, &mut bytes),
+        Ok(Input::Data { plaintext, .. }) if plaintext.len() == MAX_PLAINTEXT_LEN
+    ));
+    let mut small = [0u8; 20];
+    assert_eq!(
+        pair.viewer.seal(v, now, b"hello", &mut small),
+        Err(SealError::BufferTooSmall {
+            needed: 34,
+            available: 20
+        })
+    );
+    assert_eq!(
+        pair.viewer
+            .seal(SessionId::for_test(999), now, b"x", &mut big),
+        Err(SealError::UnknownSession)
+    );
+    // Replays are dropped and counted.
+    let d = pair.seal_viewer(b"once");
+    pair.deliver_to_camera(&d).unwrap();
+    let before = pair.camera.stats().replays_dropped;
+    assert!(pair.deliver_to_camera(&d).is_err());
+    assert_eq!(pair.camera.stats().replays_dropped, before + 1);
+}
+
+#[test]
 fn garbage_is_dropped_with_typed_errors() {
     let mut pair = Pair::established(Config::default());
     let from = pair.viewer_addr;

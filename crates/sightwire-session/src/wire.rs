@@ -56,6 +56,20 @@ pub const MAX_PLAINTEXT_LEN: usize = MAX_NOISE_MESSAGE_LEN - TAG_LEN;
 /// Largest transport packet (header + largest Noise message).
 pub const MAX_PACKET_LEN: usize = TRANSPORT_HEADER_LEN + MAX_NOISE_MESSAGE_LEN;
 
+/// Lowest first byte owned by the session layer (see `spec/README.md`).
+pub const FIRST_BYTE_MIN: u8 = 0x01;
+/// Highest first byte owned by the session layer.
+pub const FIRST_BYTE_MAX: u8 = 0x0F;
+
+/// Whether a datagram belongs to the session layer (first byte `0x01`–`0x0F`), for the
+/// endpoint's first-byte demultiplexer. Reserved types in the range are still routed
+/// here and dropped (and counted) by [`crate::SessionTable::handle_input`].
+pub fn is_session_packet(datagram: &[u8]) -> bool {
+    datagram
+        .first()
+        .is_some_and(|b| (FIRST_BYTE_MIN..=FIRST_BYTE_MAX).contains(b))
+}
+
 /// Why a datagram could not be decoded as a session packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -310,6 +324,20 @@ mod tests {
         assert_eq!(TRANSPORT_OVERHEAD, 29);
         // The DoS rule: nothing a responder sends in answer to an initiation is larger.
         const { assert!(RESPONSE_LEN <= INITIATION_LEN && COOKIE_REPLY_LEN <= INITIATION_LEN) };
+    }
+
+    #[test]
+    fn first_byte_range() {
+        assert!(!is_session_packet(&[]));
+        assert!(!is_session_packet(&[0x00]));
+        assert!(is_session_packet(&[0x01]));
+        assert!(is_session_packet(&[0x0F]));
+        assert!(!is_session_packet(&[0x10]));
+        assert!(!is_session_packet(&[0x20]));
+        assert_eq!(
+            Packet::decode(&[0x05; 40]),
+            Err(DecodeError::UnknownType(0x05))
+        );
     }
 
     #[test]
