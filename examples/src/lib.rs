@@ -1,9 +1,11 @@
 //! Pieces shared by the example peers (`camera`, `viewer`, `demo`) and their tests:
 //! a loopback deployment ([`local::LocalNetwork`]), H.264 access-unit splitting
-//! ([`annexb`]) and frame sources ([`source`]).
+//! ([`annexb`]), frame sources ([`source`]) and the camera's identity on disk
+//! ([`identity`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod annexb;
+pub mod identity;
 pub mod local;
 pub mod source;

@@ -211,9 +211,10 @@ pub enum PathPolicy {
     /// LAN, direct or relay: the best that works.
     #[default]
     Any,
-    /// Only the relay. Neither side learns the other's address (no host candidates are
-    /// advertised, no direct checks are sent or answered): privacy at the cost of the
-    /// relay hop.
+    /// Only the relay: no host candidates are advertised, the peer's direct candidates
+    /// are ignored, and no direct checks are sent or answered, so no packet travels
+    /// directly between the two. (The rendezvous still tells each side the other's
+    /// server-reflexive address.)
     RelayOnly,
 }
 
@@ -726,7 +727,7 @@ impl Driver {
             start_in: offer.punch.start_in,
             local_reflexive: Some(offer.observed),
             relay: None,
-            remote: to_punch_set(&offer.candidates),
+            remote: self.remote_candidates(&offer.candidates),
         };
         peer.pending_start = Some((start, now + GRANT_WAIT.min(offer.punch.start_in)));
         tracing::info!(peer = id.0, "connect offer from a viewer");
@@ -778,7 +779,7 @@ impl Driver {
             start_in: response.punch.start_in,
             local_reflexive: Some(response.observed),
             relay: None,
-            remote: to_punch_set(&response.candidates),
+            remote: self.remote_candidates(&response.candidates),
         };
         peer.pending_start = Some((start, now + GRANT_WAIT.min(response.punch.start_in)));
         self.note_observed(now, response.observed);
@@ -1137,6 +1138,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The peer's candidates as the agent should see them: under the relay-only policy
+    /// none but relay candidates, so the agent goes to the relay at once.
+    fn remote_candidates(&self, set: &SignalSet) -> PunchSet {
+        let mut candidates = to_punch_set(set);
+        if self.path_policy == PathPolicy::RelayOnly {
+            candidates.candidates.retain(|c| c.kind == PunchKind::Relay);
+        }
+        candidates
     }
 
     fn host_candidates(&self) -> Vec<SocketAddr> {

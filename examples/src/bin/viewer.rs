@@ -1,0 +1,274 @@
+//! `viewer`: watch a Sightwire camera.
+//!
+//! Connects by device ID (and password) or by the label's URI, writes the received H.264
+//! to a file (Annex-B, or MP4 via ffmpeg when the name ends in `.mp4`) or to stdout for
+//! `ffplay -`, and shows a live status line on stderr. Ctrl-C finalizes the file.
+//!
+//! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
+//! connect_ms), `first_keyframe` (ms since connect started), `path_changed`, `status`,
+//! and a final `summary`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::json;
+use sightwire::{Credentials, Event, PathPolicy, RendezvousServer, Target, Viewer, ViewerConfig};
+use sightwire_examples::identity::parse_key;
+use sightwire_session::StaticKeypair;
+use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
+
+/// Watch a camera by its ID or label URI.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The rendezvous server's UDP address.
+    #[arg(long)]
+    rendezvous: SocketAddr,
+    /// The rendezvous server's static public key (64 hex digits).
+    #[arg(long)]
+    rendezvous_key: String,
+    /// The issuer's public key (64 hex digits): certificates it signed are believed.
+    #[arg(long)]
+    issuer_key: String,
+    /// The device: its ID as printed on the label, or the `sightwire:` URI of its QR code.
+    #[arg(long)]
+    device: Target,
+    /// The device password.
+    #[arg(long)]
+    password: Option<String>,
+    /// Where to write the video: a file (`.h264` Annex-B; `.mp4` remuxed by ffmpeg at the
+    /// end) or `-` for stdout.
+    #[arg(long)]
+    out: String,
+    /// Stop after this many frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Stop after this many seconds of streaming.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Local address to bind.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: SocketAddr,
+    /// Use only the relay.
+    #[arg(long)]
+    relay_only: bool,
+    /// Give up connecting after this many seconds.
+    #[arg(long, default_value_t = 20.0)]
+    connect_timeout: f64,
+}
+
+struct Output {
+    json: bool,
+    writer: Box<dyn Write + Send>,
+    annexb_path: Option<PathBuf>,
+    mp4_path: Option<PathBuf>,
+}
+
+impl Output {
+    fn open(out: &str) -> anyhow::Result<Self> {
+        if out == "-" {
+            return Ok(Self {
+                json: false,
+                writer: Box::new(std::io::stdout()),
+                annexb_path: None,
+                mp4_path: None,
+            });
+        }
+        let path = PathBuf::from(out);
+        let (annexb, mp4) = if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mp4"))
+        {
+            (path.with_extension("h264"), Some(path))
+        } else {
+            (path, None)
+        };
+        let file = std::fs::File::create(&annexb)
+            .with_context(|| format!("creating {}", annexb.display()))?;
+        Ok(Self {
+            json: true,
+            writer: Box::new(std::io::BufWriter::new(file)),
+            annexb_path: Some(annexb),
+            mp4_path: mp4,
+        })
+    }
+
+    fn emit(&self, value: serde_json::Value) {
+        if self.json {
+            println!("{value}");
+        } else {
+            eprintln!("{value}");
+        }
+    }
+
+    fn finish(mut self, fps: f64) -> anyhow::Result<()> {
+        self.writer.flush()?;
+        drop(self.writer);
+        if let (Some(annexb), Some(mp4)) = (self.annexb_path, self.mp4_path) {
+            let status = std::process::Command::new("ffmpeg")
+                .args(["-loglevel", "error", "-y", "-r"])
+                .arg(format!("{fps:.3}"))
+                .arg("-i")
+                .arg(&annexb)
+                .args(["-c", "copy"])
+                .arg(&mp4)
+                .status()
+                .context("running ffmpeg to write the MP4 (the .h264 file is kept)")?;
+            anyhow::ensure!(status.success(), "ffmpeg failed; the .h264 file is kept");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let issuer = IssuerPublicKey::from_bytes(&parse_key(&args.issuer_key).context("--issuer-key")?)
+        .map_err(|_| anyhow::anyhow!("--issuer-key is not an Ed25519 public key"))?;
+    let mut config = ViewerConfig::new(
+        StaticKeypair::generate(&mut rand::rngs::OsRng),
+        RendezvousServer {
+            address: args.rendezvous,
+            public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+        },
+        TrustedIssuers::single(issuer),
+    );
+    config.bind = args.bind;
+    config.connect_timeout = Duration::from_secs_f64(args.connect_timeout);
+    if args.relay_only {
+        config.path_policy = PathPolicy::RelayOnly;
+    }
+    let mut output = Output::open(&args.out)?;
+    let credentials = match &args.password {
+        Some(password) => Credentials::password(password.clone()),
+        None => Credentials::trusted_key(),
+    };
+
+    let started = Instant::now();
+    let mut viewer = match Viewer::connect(config, args.device, credentials).await {
+        Ok(viewer) => viewer,
+        Err(error) => {
+            output.emit(json!({"event": "failed", "reason": error.to_string(), "ms": started.elapsed().as_millis() as u64}));
+            anyhow::bail!("could not connect: {error}");
+        }
+    };
+    let connect_ms = started.elapsed().as_millis() as u64;
+
+    let mut summary = Summary::default();
+    let mut first_keyframe = None;
+    let mut path = None;
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let streaming_since = Instant::now();
+    loop {
+        let stop = tokio::time::sleep_until(deadline.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            Into::into,
+        ));
+        tokio::select! {
+            event = viewer.next_event() => {
+                let Some(event) = event else { break };
+                match event {
+                    Event::PeerConnected { path: p, .. } => {
+                        path = p;
+                        output.emit(json!({"event": "connected", "path": p.map(|p| p.kind_name()), "connect_ms": connect_ms}));
+                    }
+                    Event::PathChanged { path: p, .. } => {
+                        let first = path.is_none();
+                        path = Some(p);
+                        if first {
+                            output.emit(json!({"event": "connected", "path": p.kind_name(), "connect_ms": connect_ms}));
+                        } else {
+                            output.emit(json!({"event": "path_changed", "path": p.kind_name(), "rtt_ms": p.rtt.as_secs_f64() * 1e3}));
+                        }
+                    }
+                    Event::PathLost { .. } => output.emit(json!({"event": "path_lost"})),
+                    Event::Frame { frame, .. } => {
+                        if first_keyframe.is_none() {
+                            if !frame.frame.keyframe {
+                                continue;
+                            }
+                            let ms = started.elapsed().as_millis() as u64;
+                            first_keyframe = Some(ms);
+                            output.emit(json!({"event": "first_keyframe", "ms": ms}));
+                        }
+                        output.writer.write_all(&frame.frame.data)?;
+                        summary.frames += 1;
+                        summary.bytes += frame.frame.data.len() as u64;
+                        if args.frames.is_some_and(|n| summary.frames >= n) {
+                            break;
+                        }
+                    }
+                    Event::Stats { stats, .. } => {
+                        summary.lost = stats.frames_dropped;
+                        summary.late = stats.frames_late;
+                        summary.loss = stats.loss;
+                        summary.rtt_ms = stats.rtt.map(|r| r.as_secs_f64() * 1e3);
+                        summary.bitrate_bps = stats.target_bitrate_bps;
+                        if stats.path.is_some() {
+                            path = stats.path;
+                        }
+                    }
+                    Event::PeerClosed { reason, .. } => {
+                        output.emit(json!({"event": "closed", "reason": format!("{reason:?}")}));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            _ = status_tick.tick() => {
+                let secs = streaming_since.elapsed().as_secs_f64().max(1e-3);
+                eprint!(
+                    "\r{} rtt {} ms  {:.1} Mbit/s  {:.1} fps  loss {:.1} %  frames {}   ",
+                    path.map_or("-", |p| p.kind_name()),
+                    summary.rtt_ms.map_or("-".into(), |r| format!("{r:.0}")),
+                    summary.bytes as f64 * 8.0 / secs / 1e6,
+                    summary.frames as f64 / secs,
+                    summary.loss * 100.0,
+                    summary.frames,
+                );
+            }
+            () = stop => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    eprintln!();
+    let secs = streaming_since.elapsed().as_secs_f64().max(1e-3);
+    let fps = summary.frames as f64 / secs;
+    output.emit(json!({
+        "event": "summary",
+        "frames": summary.frames,
+        "bytes": summary.bytes,
+        "lost": summary.lost,
+        "late": summary.late,
+        "path": path.map(|p| p.kind_name()),
+        "connect_ms": connect_ms,
+        "first_keyframe_ms": first_keyframe,
+    }));
+    viewer.close().await;
+    output.finish(if fps > 1.0 { fps.round() } else { 30.0 })?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Summary {
+    frames: u64,
+    bytes: u64,
+    lost: u64,
+    late: u64,
+    loss: f64,
+    rtt_ms: Option<f64>,
+    bitrate_bps: u64,
+}

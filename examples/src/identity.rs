@@ -1,0 +1,130 @@
+//! A camera's identity on disk: its static key (generated at first boot) and the ID
+//! certificate the operator issued for it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use rand::RngCore;
+use sightwire::DeviceIdentity;
+use sightwire_id::DeviceId;
+use sightwire_session::StaticKeypair;
+use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey};
+
+/// File holding the device's private key, hex.
+pub const KEY_FILE: &str = "device.key";
+/// File holding the device's certificate (raw or hex).
+pub const CERT_FILE: &str = "device.cert";
+/// Validity of a self-issued demo certificate.
+const DEMO_CERT_LIFETIME_SECS: u64 = 365 * 24 * 3600;
+
+/// Reads 32 bytes written as 64 hex digits.
+pub fn parse_key(text: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(text.trim()).context("not hex")?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| anyhow::anyhow!("a key is 32 bytes (64 hex digits), got {}", bytes.len()))
+}
+
+/// Reads a 32-byte key from a file of 64 hex digits.
+pub fn read_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_key(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// The device key in `state_dir`, generated (and stored with mode 0600) on first run.
+pub fn load_or_create_keypair(state_dir: &Path) -> anyhow::Result<StaticKeypair> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let path = state_dir.join(KEY_FILE);
+    if path.exists() {
+        return Ok(StaticKeypair::from_private(read_key(&path)?));
+    }
+    let keypair = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    write_private(&path, &hex::encode(keypair.private_bytes()))?;
+    Ok(keypair)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Where the certificate lives in `state_dir`.
+pub fn cert_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(CERT_FILE)
+}
+
+/// The device's identity: its key, and the certificate from `state_dir`, or — in demo
+/// mode, given the issuer's secret — a certificate issued here and stored for next time.
+pub fn load_identity(
+    state_dir: &Path,
+    demo_issuer: Option<&IssuerKey>,
+    device_id: Option<DeviceId>,
+) -> anyhow::Result<DeviceIdentity> {
+    let keypair = load_or_create_keypair(state_dir)?;
+    let path = cert_path(state_dir);
+    let certificate = if path.exists() {
+        // Either the raw certificate (as `sightwire-rendezvous issuer issue --out`
+        // writes it) or its hex.
+        let raw = std::fs::read(&path)?;
+        let bytes = if raw.len() == sightwire_signal::cert::CERT_LEN {
+            raw
+        } else {
+            hex::decode(String::from_utf8_lossy(&raw).trim()).context("certificate is not hex")?
+        };
+        IdCertificate::decode(&bytes).context("certificate does not decode")?
+    } else if let Some(issuer) = demo_issuer {
+        let id = device_id.unwrap_or_else(random_local_id);
+        let now = sightwire_relay::unix_now();
+        let mut serial = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut serial);
+        let certificate = issuer.issue(CertificateFields {
+            device_id: *id.as_bytes(),
+            device_key: *keypair.public(),
+            not_before: now.saturating_sub(60),
+            not_after: now + DEMO_CERT_LIFETIME_SECS,
+            serial: u64::from_be_bytes(serial) >> 1,
+        })?;
+        std::fs::write(&path, hex::encode(certificate.to_bytes()))?;
+        certificate
+    } else {
+        bail!(
+            "no ID certificate in {}. Ask the operator to issue one for this device key:\n  \
+             sightwire-rendezvous issuer issue --key <issuer key> --registry <registry> \
+             --device-id <ID> --device-key {} --out {}",
+            state_dir.display(),
+            hex::encode(keypair.public()),
+            path.display()
+        );
+    };
+    if certificate.device_key() != keypair.public() {
+        bail!(
+            "the certificate in {} is for another device key",
+            path.display()
+        );
+    }
+    Ok(DeviceIdentity {
+        keypair,
+        certificate,
+    })
+}
+
+/// A random unicast, locally administered MAC for demo devices without a real one.
+pub fn random_local_id() -> DeviceId {
+    loop {
+        let mut bytes = [0u8; 6];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        bytes[0] = (bytes[0] & 0xFC) | 0x02;
+        if let Ok(id) = DeviceId::from_bytes(bytes) {
+            return id;
+        }
+    }
+}
