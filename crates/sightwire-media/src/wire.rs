@@ -5,6 +5,17 @@ use bytes::{BufMut, BytesMut};
 
 use crate::frame::{Codec, MAX_STREAMS, StreamId, layout_is_valid};
 
+/// The first-byte range media reserves for its packet types (`spec/media.md` section 3).
+pub const MEDIA_TYPE_RANGE: core::ops::RangeInclusive<u8> = 0x40..=0x4F;
+
+/// Whether `packet` starts with a byte of the media type range: lets a driver route
+/// session plaintext to [`crate::MediaConnection::handle_input`] without decoding it.
+pub fn is_media_packet(packet: &[u8]) -> bool {
+    packet
+        .first()
+        .is_some_and(|first| MEDIA_TYPE_RANGE.contains(first))
+}
+
 /// Packet type: one fragment of a frame.
 pub const TYPE_FRAGMENT: u8 = 0x40;
 /// Packet type: negative acknowledgement listing missing fragments.

@@ -131,6 +131,10 @@ fn valid_vectors_decode_to_their_fields_and_reencode_byte_exact() {
             (other, kind) => panic!("{name}: decoded {other:?}, vector says {kind}"),
         }
         assert_eq!(encode(&packet), bytes, "{name}: re-encoding differs");
+        assert!(
+            wire::is_media_packet(&bytes),
+            "{name}: outside the media type range"
+        );
     }
 }
 
@@ -152,4 +156,13 @@ fn invalid_vectors_fail_with_the_named_error() {
             "{name}: got {variant}, vector says {expected}"
         );
     }
+}
+
+#[test]
+fn media_type_range_excludes_other_first_bytes() {
+    assert!(!wire::is_media_packet(&[]));
+    assert!(!wire::is_media_packet(&[0x01, 0, 0]));
+    assert!(!wire::is_media_packet(&[0x3F]));
+    assert!(!wire::is_media_packet(&[0x50]));
+    assert!(wire::is_media_packet(&[0x4F]));
 }
