@@ -10,10 +10,11 @@
 //! address = "198.51.100.1:3478"
 //! grant_key = "relay-grant.key"           # hex 32-byte secret shared with the relay
 //!
-//! [limits]                                # optional; defaults shown in CoreConfig
+//! [limits]                                # optional; defaults in CoreConfig
 //! keepalive_interval_ms = 20000
 //! presence_ttl_ms = 60000
 //! max_presence = 1000000
+//! max_sessions = 262144                   # Noise sessions (one per online device)
 //! ```
 
 use std::net::SocketAddr;
@@ -86,7 +87,13 @@ pub struct LimitsSection {
     pub register_burst: Option<u32>,
     /// Refuse certificates not recorded in the registry.
     pub require_issued: Option<bool>,
+    /// Most Noise sessions (devices and viewers together); default
+    /// [`DEFAULT_MAX_SESSIONS`].
+    pub max_sessions: Option<usize>,
 }
+
+/// Default bound on the server's Noise sessions: every online device holds one.
+pub const DEFAULT_MAX_SESSIONS: usize = 262_144;
 
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +163,13 @@ impl ServerConfig {
             return Err(ConfigError::Issuers);
         }
         Ok(trust)
+    }
+
+    /// The session layer's configuration.
+    pub fn session(&self) -> sightwire_session::Config {
+        let mut config = sightwire_session::Config::default();
+        config.max_sessions = self.limits.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        config
     }
 
     /// The core configuration (reads the relay grant key file if a relay is configured).
@@ -231,6 +245,7 @@ mod tests {
         assert_eq!(core.keepalive_interval, Duration::from_secs(5));
         assert_eq!(core.lookup_rate.per_second, 7);
         assert!(core.relay.is_none());
+        assert_eq!(config.session().max_sessions, DEFAULT_MAX_SESSIONS);
         assert!(toml::from_str::<ServerConfig>(&format!("{text}\nbogus = 1")).is_err());
     }
 }

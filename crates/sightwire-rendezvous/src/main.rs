@@ -210,6 +210,7 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = ServerConfig::load(config_path)
         .with_context(|| format!("loading {}", config_path.display()))?;
     let core_config = config.core()?;
+    let session_config = config.session();
     let trust = config.trusted_issuers()?;
     let static_key = StaticKeypair::from_private(read_hex_key(&config.static_key)?);
     let registry = SqliteRegistry::open(&config.registry)
@@ -232,7 +233,7 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         let server = Server::new(
             socket,
             static_key.clone(),
-            sightwire_session::Config::default(),
+            session_config,
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
         );

@@ -100,6 +100,10 @@ impl RateLimiter {
             Self::refill(rate, full, bucket, now_ms);
             bucket.milli_tokens < full
         });
+        // Give back the memory of a past burst of sources.
+        if self.buckets.capacity() > 4 * self.buckets.len() + 64 {
+            self.buckets.shrink_to(2 * self.buckets.len());
+        }
     }
 
     pub(crate) fn len(&self) -> usize {

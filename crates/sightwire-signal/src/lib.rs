@@ -10,6 +10,7 @@
 //! - [`cert`]: the 135-byte Ed25519 ID certificate, issuing and verification.
 //! - [`grant`]: relay grant tokens (HMAC-SHA256 under a key shared with the relay).
 //! - [`SignalCodec`]: length-prefixed framing for stream transports (`tokio-util`).
+//! - [`punch`]: conversions to and from `sightwire-punch`'s signal types.
 //!
 //! What it is not for: it does no I/O and holds no state. Encryption and peer
 //! authentication are the session layer's job (`sightwire-session`): signaling travels as
@@ -50,6 +51,7 @@ pub mod cert;
 mod codec;
 pub mod grant;
 mod message;
+pub mod punch;
 
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 mod proto {

@@ -116,7 +116,7 @@ def field_fixed64(number, value):
 
 
 def envelope(request_id, body_number, body, padding=b""):
-    return field_varint(1, 1) + field_varint(2, request_id) + field_bytes(3, padding) + field_bytes(body_number, body, keep_empty=True)
+    return field_varint(1, 1) + field_varint(2, request_id) + field_bytes(body_number, body, keep_empty=True) + field_bytes(3, padding)
 
 
 def address(ip, port):

@@ -1,0 +1,167 @@
+//! The binary: issuer key, issue, list, revoke; serve from a TOML file and stop
+//! gracefully on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sightwire-rendezvous");
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN).args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+#[test]
+fn issuer_tool_issues_lists_and_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, registry) = (
+        path(dir.path(), "issuer.key"),
+        path(dir.path(), "registry.sqlite"),
+    );
+    let (ok, public, _) = run(&["issuer", "new-key", "--out", &key]);
+    assert!(ok);
+    assert_eq!(public.trim().len(), 64);
+    // Never overwrites a key.
+    assert!(!run(&["issuer", "new-key", "--out", &key]).0);
+
+    let device_key = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+    let issue = |id: &str| {
+        run(&[
+            "issuer",
+            "issue",
+            "--key",
+            &key,
+            "--registry",
+            &registry,
+            "--device-id",
+            id,
+            "--device-key",
+            device_key,
+        ])
+    };
+    let (ok, certificate, stderr) = issue("1c-c3-16-ab-cd-ef");
+    assert!(ok, "{stderr}");
+    let bytes = hex::decode(certificate.trim()).unwrap();
+    let cert = sightwire_signal::cert::IdCertificate::decode(&bytes).unwrap();
+    let trust = sightwire_signal::cert::TrustedIssuers::single(
+        sightwire_signal::cert::IssuerPublicKey::from_bytes(
+            &hex::decode(public.trim()).unwrap().try_into().unwrap(),
+        )
+        .unwrap(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        cert.verify(&trust, now).unwrap().device_id,
+        [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef]
+    );
+    // Re-issuing bumps the serial.
+    let (ok, _, stderr) = issue("1C:C3:16:AB:CD:EF");
+    assert!(ok && stderr.contains("serial 2"), "{stderr}");
+    // A multicast MAC is not a device ID.
+    assert!(!issue("01:00:5e:00:00:01").0);
+
+    let (ok, list, _) = run(&["issuer", "list", "--registry", &registry]);
+    assert!(ok);
+    assert!(
+        list.contains("1C:C3:16:AB:CD:EF")
+            && list.contains("serial 2")
+            && !list.contains("REVOKED"),
+        "{list}"
+    );
+    assert!(
+        run(&[
+            "issuer",
+            "revoke",
+            "--registry",
+            &registry,
+            "--device-id",
+            "1CC3.16AB.CDEF"
+        ])
+        .0
+    );
+    assert!(
+        run(&["issuer", "list", "--registry", &registry])
+            .1
+            .contains("REVOKED")
+    );
+    assert!(
+        !run(&[
+            "issuer",
+            "revoke",
+            "--registry",
+            &registry,
+            "--device-id",
+            "02:00:00:00:00:01"
+        ])
+        .0
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_reads_its_config_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (issuer_key, server_key) = (
+        path(dir.path(), "issuer.key"),
+        path(dir.path(), "server.key"),
+    );
+    let (_, issuer_public, _) = run(&["issuer", "new-key", "--out", &issuer_key]);
+    let (ok, server_public, _) = run(&["keygen", "--out", &server_key]);
+    assert!(ok && server_public.trim().len() == 64);
+    let config = path(dir.path(), "rendezvous.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstatic_key = \"{server_key}\"\nregistry = \"{}\"\ntrusted_issuers = [\"{}\"]\n[limits]\nkeepalive_interval_ms = 5000\n",
+            path(dir.path(), "registry.sqlite"),
+            issuer_public.trim()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", &config])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("rendezvous serving"));
+    assert!(serving.is_some_and(|line| line.contains(server_public.trim())));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        lines
+            .map_while(Result::ok)
+            .any(|line| line.contains("stopped"))
+    );
+}
