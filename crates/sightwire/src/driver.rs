@@ -1175,8 +1175,8 @@ impl Driver {
                         loss: stats.receive_loss.max(stats.send_loss),
                         frames_delivered: p.frames_delivered,
                         frames_late: stats.frames_late,
-                        frames_dropped: stats.frames_evicted
-                            + stats.frames_discarded_awaiting_keyframe,
+                        frames_dropped: stats.frames_evicted,
+                        frames_skipped: stats.frames_discarded_awaiting_keyframe,
                         bytes_delivered: p.bytes_delivered,
                         target_bitrate_bps: stats.target_bitrate_bps,
                     },

@@ -54,8 +54,11 @@ pub struct PeerStats {
     pub frames_delivered: u64,
     /// Frames that missed their deadline.
     pub frames_late: u64,
-    /// Frames dropped for other reasons (memory limits, held for a keyframe).
+    /// Frames dropped because a memory limit was hit.
     pub frames_dropped: u64,
+    /// Frames skipped while waiting for a keyframe (on joining a stream, or after a
+    /// loss): they could not have been decoded.
+    pub frames_skipped: u64,
     /// Bytes of frames delivered so far.
     pub bytes_delivered: u64,
     /// Target bitrate estimated for the sender's encoder, bits per second.

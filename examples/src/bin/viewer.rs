@@ -213,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Event::Stats { stats, .. } => {
                         summary.lost = stats.frames_dropped;
+                        summary.skipped = stats.frames_skipped;
                         summary.late = stats.frames_late;
                         summary.loss = stats.loss;
                         summary.rtt_ms = stats.rtt.map(|r| r.as_secs_f64() * 1e3);
@@ -253,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
         "bytes": summary.bytes,
         "lost": summary.lost,
         "late": summary.late,
+        "skipped_before_keyframe": summary.skipped,
         "path": path.map(|p| p.kind_name()),
         "connect_ms": connect_ms,
         "first_keyframe_ms": first_keyframe,
@@ -267,6 +269,7 @@ struct Summary {
     frames: u64,
     bytes: u64,
     lost: u64,
+    skipped: u64,
     late: u64,
     loss: f64,
     rtt_ms: Option<f64>,
