@@ -256,11 +256,21 @@ fn limited(code: ErrorCode, limit: Limit, retry_after_ms: u64) -> ErrorReply {
     }
 }
 
-/// The canonical display form (`1C:C3:16:AB:CD:EF`) for logs; also for IDs that
-/// `sightwire_id::DeviceId` would refuse (multicast, zero), which an attacker may send.
-pub(crate) fn hex_id(id: [u8; 6]) -> String {
-    let [a, b, c, d, e, f] = id;
-    format!("{a:02X}:{b:02X}:{c:02X}:{d:02X}:{e:02X}:{f:02X}")
+/// Displays a device ID in the canonical form (`1C:C3:16:AB:CD:EF`) for logs without
+/// allocating; also IDs that `sightwire_id::DeviceId` would refuse (multicast, zero),
+/// which an attacker may send.
+#[derive(Clone, Copy)]
+pub(crate) struct IdDisplay(pub(crate) [u8; 6]);
+
+impl fmt::Display for IdDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02X}:{b:02X}:{c:02X}:{d:02X}:{e:02X}:{g:02X}")
+    }
+}
+
+pub(crate) fn hex_id(id: [u8; 6]) -> IdDisplay {
+    IdDisplay(id)
 }
 
 impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
@@ -586,7 +596,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             );
             return Err(error(ErrorCode::NotAuthorized).into());
         }
-        self.check_registry(&certificate, &device)?;
+        self.check_registry(&certificate, device)?;
         let entry = PresenceEntry::new(
             from.session,
             from.address,
@@ -616,7 +626,11 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
 
     /// Applies the registry's view: revoked or superseded certificates are refused;
     /// newer ones are recorded (or refused if `require_issued`).
-    fn check_registry(&mut self, certificate: &IdCertificate, device: &str) -> Result<(), Refusal> {
+    fn check_registry(
+        &mut self,
+        certificate: &IdCertificate,
+        device: IdDisplay,
+    ) -> Result<(), Refusal> {
         let record = match self.registry.lookup(certificate.device_id()) {
             Ok(record) => record,
             Err(reason) => {

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
-use sightwire_signal::MAX_MESSAGE_LEN;
 use tokio::net::UdpSocket;
 
 use crate::core::{Peer, Rendezvous};
@@ -125,9 +124,6 @@ impl<R: Registry> Server<R> {
                 let Some(remote_static) = self.sessions.remote_static(session).copied() else {
                     return;
                 };
-                if plaintext.len() > MAX_MESSAGE_LEN {
-                    tracing::debug!(%from, len = plaintext.len(), "oversized signaling message dropped");
-                }
                 let peer = Peer {
                     session,
                     remote_static,
