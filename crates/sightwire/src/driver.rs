@@ -415,6 +415,7 @@ impl Driver {
                 session,
                 plaintext,
                 endpoint_changed,
+                ..
             } => {
                 if Some(session) == self.rendezvous.session {
                     self.rendezvous.keepalive_sent = None;
@@ -431,6 +432,7 @@ impl Driver {
             Input::Keepalive {
                 session,
                 endpoint_changed,
+                ..
             } => {
                 if let Some(&peer_id) = self.by_session.get(&session) {
                     self.note_peer_heard(now, peer_id, from, endpoint_changed);
