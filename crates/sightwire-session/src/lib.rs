@@ -71,9 +71,11 @@
 //! let transmit = viewer.seal(session, now, b"hello camera", &mut buf)?;
 //! assert_eq!(transmit.destination, camera_addr);
 //! match camera.handle_input(now, viewer_addr, &mut buf[..transmit.len])? {
-//!     Input::Data { session, plaintext, endpoint_changed } => {
+//!     // `from` is authenticated; the session moves its peer address only on such packets.
+//!     Input::Data { session, plaintext, from, endpoint_changed } => {
 //!         assert_eq!(session, at_camera);
 //!         assert_eq!(plaintext, b"hello camera");
+//!         assert_eq!(from, viewer_addr);
 //!         assert!(!endpoint_changed);
 //!     }
 //!     other => panic!("unexpected {other:?}"),

@@ -102,6 +102,8 @@ pub enum Input<'d> {
         session: SessionId,
         /// The plaintext, decrypted in place inside the datagram buffer.
         plaintext: &'d mut [u8],
+        /// The source address, now authenticated: the session's peer address.
+        from: SocketAddr,
         /// The packet authenticated from an address other than the session's previous
         /// peer address; the session now sends there (roaming).
         endpoint_changed: bool,
@@ -111,6 +113,8 @@ pub enum Input<'d> {
     Keepalive {
         /// The session it belongs to.
         session: SessionId,
+        /// As in [`Input::Data`].
+        from: SocketAddr,
         /// As in [`Input::Data`].
         endpoint_changed: bool,
     },
@@ -941,12 +945,14 @@ impl SessionTable {
         if plaintext.is_empty() {
             Ok(Input::Keepalive {
                 session: id,
+                from,
                 endpoint_changed,
             })
         } else {
             Ok(Input::Data {
                 session: id,
                 plaintext,
+                from,
                 endpoint_changed,
             })
         }

@@ -484,9 +484,11 @@ fn roaming_moves_the_endpoint_only_on_authenticated_packets() {
         Ok(Input::Data {
             endpoint_changed,
             plaintext,
+            from,
             ..
         }) => {
             assert!(endpoint_changed);
+            assert_eq!(from, new_addr);
             assert_eq!(plaintext, b"z");
         }
         other => panic!("unexpected {other:?}"),
