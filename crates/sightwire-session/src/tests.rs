@@ -1154,3 +1154,187 @@ proptest! {
         fuzzing::responder_input(&data);
     }
 }
+
+/// A seeded lossy network: loss, duplication and reordering (random delays) in both
+/// directions, ten minutes of virtual time with traffic both ways, several rekeys.
+struct LossyNet {
+    rng: ChaCha20Rng,
+    loss: f64,
+    duplicate: f64,
+    in_flight: Vec<(Instant, Datagram)>,
+}
+
+impl LossyNet {
+    fn send(&mut self, now: Instant, d: Datagram) {
+        use rand::Rng;
+        if self.rng.gen_bool(self.loss) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = Duration::from_millis(self.rng.gen_range(10..80));
+            self.in_flight.push((now + delay, d.clone()));
+        }
+    }
+
+    fn next_delivery(&self) -> Option<Instant> {
+        self.in_flight.iter().map(|(at, _)| *at).min()
+    }
+
+    fn take_due(&mut self, now: Instant) -> Vec<Datagram> {
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.in_flight.drain(..).partition(|(at, _)| *at <= now);
+        self.in_flight = later;
+        due.into_iter().map(|(_, d)| d).collect()
+    }
+}
+
+fn lossy_run(seed: u64, loss: f64, duplicate: f64) {
+    let mut pair = Pair::new(Config::default());
+    let mut net = LossyNet {
+        rng: ChaCha20Rng::seed_from_u64(seed),
+        loss,
+        duplicate,
+        in_flight: Vec::new(),
+    };
+    let start = pair.now;
+    let end = start + Duration::from_secs(600);
+    let send_every = Duration::from_millis(500);
+    let mut next_send = start + send_every;
+    let mut sent_by_viewer = 0u32;
+    let mut accepted_at_camera = std::collections::HashMap::<Vec<u8>, u32>::new();
+    let mut accepted_at_viewer = std::collections::HashMap::<Vec<u8>, u32>::new();
+    pair.connect();
+    loop {
+        // Hand everything the tables want to send to the network.
+        for d in pair.viewer_out().into_iter().chain(pair.camera_out()) {
+            net.send(pair.now, d);
+        }
+        pair.collect_events();
+        for e in std::mem::take(&mut pair.viewer_events) {
+            match e {
+                // A driver reconnects after a failed first handshake.
+                Event::HandshakeFailed { .. } => {
+                    pair.connect();
+                }
+                Event::Closed { .. } => panic!("session closed at {:?}", pair.now - start),
+                _ => {}
+            }
+        }
+        let next = [
+            pair.viewer.poll_timeout(),
+            pair.camera.poll_timeout(),
+            net.next_delivery(),
+            Some(next_send),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the send timer always exists");
+        if next > end {
+            break;
+        }
+        pair.now = pair.now.max(next);
+        for d in net.take_due(pair.now) {
+            let result = if d.to == pair.camera_addr {
+                pair.deliver_to_camera(&d)
+            } else {
+                pair.deliver_to_viewer(&d)
+            };
+            match result {
+                Ok(Some(payload)) if d.to == pair.camera_addr => {
+                    *accepted_at_camera.entry(payload).or_default() += 1
+                }
+                Ok(Some(payload)) => *accepted_at_viewer.entry(payload).or_default() += 1,
+                Ok(None) => {}
+                // Duplicates, late packets for retired attempts, stale handshakes.
+                Err(
+                    InputError::Replay(_) | InputError::UnknownIndex(_) | InputError::Unexpected,
+                ) => {}
+                Err(InputError::StaleAttempt { .. }) => {}
+                Err(other) => panic!("unexpected drop {other:?} at {:?}", pair.now - start),
+            }
+        }
+        pair.viewer.handle_timeout(pair.now);
+        pair.camera.handle_timeout(pair.now);
+        if pair.now >= next_send {
+            next_send += send_every;
+            let viewer_ready = pair
+                .viewer_session
+                .is_some_and(|v| pair.viewer.is_established(v));
+            if viewer_ready {
+                let d = pair.seal_viewer(&sent_by_viewer.to_be_bytes());
+                sent_by_viewer += 1;
+                net.send(pair.now, d);
+            }
+            if let Some(c) = pair
+                .camera_session
+                .filter(|c| pair.camera.is_established(*c))
+            {
+                let mut buf = vec![0u8; 64];
+                if let Ok(t) = pair.camera.seal(
+                    c,
+                    pair.now,
+                    &pair.now.duration_since(start).as_millis().to_be_bytes(),
+                    &mut buf,
+                ) {
+                    buf.truncate(t.len);
+                    net.send(
+                        pair.now,
+                        Datagram {
+                            from: pair.camera_addr,
+                            to: t.destination,
+                            bytes: buf,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        sent_by_viewer > 1000,
+        "traffic flowed for most of the run ({sent_by_viewer})"
+    );
+    assert!(
+        accepted_at_camera.values().all(|&n| n == 1),
+        "a packet was accepted twice"
+    );
+    assert!(
+        accepted_at_viewer.values().all(|&n| n == 1),
+        "a packet was accepted twice"
+    );
+    let delivered = accepted_at_camera.len() as f64 / f64::from(sent_by_viewer);
+    assert!(
+        delivered > (1.0 - loss) * 0.9,
+        "delivered {delivered:.2} with loss {loss}"
+    );
+    let rekeys = pair
+        .camera_events
+        .iter()
+        .filter(|e| matches!(e, Event::Rekeyed { .. }))
+        .count();
+    assert!(rekeys >= 3, "rekeyed {rekeys} times in ten minutes");
+    // Abandoned half-open attempts were cleaned up; one live session each side.
+    assert_eq!(pair.viewer.len(), 1);
+    assert_eq!(pair.camera.len(), 1);
+}
+
+#[test]
+fn lossy_network_ten_minutes_fixed_seeds() {
+    for seed in 0..3 {
+        lossy_run(seed, 0.2, 0.1);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lossy_network_ten_minutes(seed in any::<u64>(), loss in 0.0f64..0.25, duplicate in 0.0f64..0.2) {
+        lossy_run(seed, loss, duplicate);
+    }
+}
