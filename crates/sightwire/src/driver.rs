@@ -196,6 +196,8 @@ pub(crate) struct Driver {
     events: mpsc::Sender<Event>,
     events_dropped: u64,
     out: Vec<u8>,
+    /// Scratch list of connection ids, reused by `flush`.
+    peer_ids: Vec<PeerId>,
     encode: BytesMut,
     rng: rand::rngs::StdRng,
     local_port: u16,
@@ -279,6 +281,7 @@ impl Driver {
             events: setup.events,
             events_dropped: 0,
             out: vec![0; DATAGRAM_BUFFER],
+            peer_ids: Vec::new(),
             encode: BytesMut::with_capacity(MAX_MESSAGE_LEN),
             rng: seed_rng,
             local_port,
@@ -424,9 +427,8 @@ impl Driver {
                         Err(error) => tracing::debug!(%error, "bad signaling message"),
                     }
                 } else if let Some(&peer_id) = self.by_session.get(&session) {
-                    // Copy out of the receive buffer: the payload is small (one packet).
-                    let plaintext = Bytes::copy_from_slice(plaintext);
-                    self.handle_peer_plaintext(now, peer_id, from, endpoint_changed, &plaintext);
+                    // The plaintext borrows the receive buffer, not `self`: no copy.
+                    self.handle_peer_plaintext(now, peer_id, from, endpoint_changed, plaintext);
                 }
             }
             Input::Keepalive {
@@ -1427,10 +1429,14 @@ impl Driver {
         while let Some(event) = self.sessions.poll_event() {
             self.handle_session_event(now, event);
         }
-        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
-        for id in ids {
+        // Runs after every datagram: reuse one id buffer instead of allocating.
+        let mut ids = std::mem::take(&mut self.peer_ids);
+        ids.clear();
+        ids.extend(self.peers.keys().copied());
+        for &id in &ids {
             self.flush_peer(now, id);
         }
+        self.peer_ids = ids;
     }
 
     fn handle_session_event(&mut self, now: Instant, event: SessionEvent) {
