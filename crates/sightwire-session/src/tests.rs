@@ -1338,3 +1338,47 @@ proptest! {
         lossy_run(seed, loss, duplicate);
     }
 }
+
+#[test]
+fn password_proof_is_bound_to_one_session() {
+    // Two sessions between the same viewer and camera have different handshake hashes,
+    // so a proof captured from one is refused in the other.
+    let mut pair = Pair::established(Config::default());
+    let first = pair.viewer_session.unwrap();
+    let first_camera = pair.camera_session.unwrap();
+    let second = pair.connect();
+    pair.pump();
+    let second_camera = pair.camera_session.unwrap();
+    assert_ne!(first_camera, second_camera);
+    let h1 = *pair.viewer.handshake_hash(first).unwrap();
+    let h2 = *pair.viewer.handshake_hash(second).unwrap();
+    assert_ne!(h1, h2);
+    assert_eq!(pair.camera.handshake_hash(second_camera), Some(&h2));
+
+    let key = auth::PasswordKey::derive(b"admin", &DEVICE_ID);
+    let mut authorizer = auth::ViewerAuthorizer::new(Some(key.clone()));
+    let viewer_key = *pair.camera.remote_static(second_camera).unwrap();
+    let captured = auth::AuthRequest::password(&key, &h1, false);
+    assert_eq!(
+        authorizer.authorize(pair.now, &viewer_key, &h2, &captured),
+        auth::AuthResponse::Rejected(auth::AuthRejection::WrongPassword)
+    );
+    let fresh = auth::AuthRequest::password(&key, &h2, true);
+    assert_eq!(
+        authorizer.authorize(pair.now, &viewer_key, &h2, &fresh),
+        auth::AuthResponse::Accepted { remembered: true }
+    );
+    // Revocation: the device forgets the key and closes that viewer's live sessions.
+    assert!(authorizer.revoke(&viewer_key));
+    let live: Vec<SessionId> = pair.camera.sessions_with_remote(&viewer_key).collect();
+    assert_eq!(live.len(), 2);
+    for id in live {
+        assert!(pair.camera.close(id));
+    }
+    assert!(pair.camera.is_empty());
+    let d = pair.seal_viewer(b"after revoke");
+    assert!(matches!(
+        pair.deliver_to_camera(&d),
+        Err(InputError::UnknownIndex(_))
+    ));
+}
