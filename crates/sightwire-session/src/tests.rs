@@ -1382,3 +1382,36 @@ fn password_proof_is_bound_to_one_session() {
         Err(InputError::UnknownIndex(_))
     ));
 }
+
+#[test]
+fn replayed_new_session_initiation_costs_a_half_open_slot_only() {
+    let mut pair = Pair::new(Config::default());
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    pair.deliver_to_camera(&initiation).unwrap();
+    for d in pair.camera_out() {
+        pair.deliver_to_viewer(&d).unwrap();
+    }
+    pair.pump();
+    let c = pair.camera_session.expect("established");
+    // An attacker replays the captured initiation from its own address.
+    let mut replay = initiation.clone();
+    replay.from = addr("203.0.113.66:4444");
+    pair.deliver_to_camera(&replay).unwrap();
+    let answers = pair.camera_out();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].to, replay.from);
+    assert!(answers[0].bytes.len() <= replay.bytes.len());
+    assert_eq!((pair.camera.len(), pair.camera.half_open()), (2, 1));
+    // The genuine session is untouched; the replayed one expires unconfirmed.
+    let d = pair.seal_viewer(b"fine");
+    assert_eq!(pair.deliver_to_camera(&d), Ok(Some(b"fine".to_vec())));
+    assert_eq!(pair.camera.remote_addr(c), Some(pair.viewer_addr));
+    pair.run_until(pair.now + HANDSHAKE_DEADLINE);
+    assert_eq!((pair.camera.len(), pair.camera.half_open()), (1, 0));
+    assert!(
+        pair.camera_events
+            .iter()
+            .all(|e| !matches!(e, Event::Established { session, .. } if *session != c))
+    );
+}
