@@ -23,8 +23,7 @@ use rand::{RngCore, SeedableRng};
 use sightwire_media::{Event as MediaEvent, Frame, MediaConnection, PacketizedFrame};
 use sightwire_punch::{
     Agent, Candidate as PunchCandidate, CandidateKind as PunchKind, CandidateSet as PunchSet,
-    Config as AgentConfig, Event as PunchEvent, PunchKey, PunchSignal, Role, StartAttempt,
-    probe::Probe,
+    Config as AgentConfig, Event as PunchEvent, PunchKey, PunchSignal, StartAttempt, probe::Probe,
 };
 use sightwire_relay::wire::{DATA_HEADER_LEN, RelayPacket, write_data_header};
 use sightwire_relay::{channel_of, unix_now};
@@ -38,9 +37,9 @@ use sightwire_session::{
 use sightwire_signal::cert::{IdCertificate, TrustedIssuers};
 use sightwire_signal::grant::{GRANT_TOKEN_LEN, RelayGrantToken};
 use sightwire_signal::{
-    Body, Candidate as SignalCandidate, CandidateKind as SignalKind, CandidateSet as SignalSet,
-    CandidateUpdate, Close, CloseReason, ConnectId, ConnectOffer, ConnectRequest, ConnectResponse,
-    Envelope, ErrorCode, MAX_MESSAGE_LEN, Register, RelayGrant,
+    Body, Candidate as SignalCandidate, CandidateSet as SignalSet, CandidateUpdate, Close,
+    CloseReason, ConnectId, ConnectOffer, ConnectRequest, ConnectResponse, Envelope, ErrorCode,
+    MAX_MESSAGE_LEN, Register, RelayGrant,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -595,11 +594,10 @@ impl Driver {
             Body::ConnectResponse(response) => self.viewer_handle_response(now, response),
             Body::RelayGrant(grant) => self.handle_grant(now, grant),
             Body::CandidateUpdate(update) => {
+                let candidates = self.remote_candidates(&update.candidates);
                 if let Some(peer) = self.peers.get_mut(&PeerId(update.connect_id.0)) {
-                    peer.agent.handle_signal(
-                        now,
-                        PunchSignal::Candidates(to_punch_set(&update.candidates)),
-                    );
+                    peer.agent
+                        .handle_signal(now, PunchSignal::Candidates(candidates));
                 }
             }
             Body::Close(Close {
@@ -725,14 +723,8 @@ impl Driver {
         else {
             return;
         };
-        let start = StartAttempt {
-            role: Role::Controlled,
-            key: peer.punch_key.clone(),
-            start_in: offer.punch.start_in,
-            local_reflexive: Some(offer.observed),
-            relay: None,
-            remote: self.remote_candidates(&offer.candidates),
-        };
+        let mut start = offer.to_punch_start(None);
+        start.remote = self.remote_candidates(&offer.candidates);
         peer.pending_start = Some((start, now + GRANT_WAIT.min(offer.punch.start_in)));
         tracing::info!(peer = id.0, "connect offer from a viewer");
         self.peers.insert(id, peer);
@@ -777,14 +769,8 @@ impl Driver {
         ) else {
             return;
         };
-        let start = StartAttempt {
-            role: Role::Controlling,
-            key: peer.punch_key.clone(),
-            start_in: response.punch.start_in,
-            local_reflexive: Some(response.observed),
-            relay: None,
-            remote: self.remote_candidates(&response.candidates),
-        };
+        let mut start = response.to_punch_start(None);
+        start.remote = self.remote_candidates(&response.candidates);
         peer.pending_start = Some((start, now + GRANT_WAIT.min(response.punch.start_in)));
         self.note_observed(now, response.observed);
         self.peers.insert(id, peer);
@@ -1147,7 +1133,7 @@ impl Driver {
     /// The peer's candidates as the agent should see them: under the relay-only policy
     /// none but relay candidates, so the agent goes to the relay at once.
     fn remote_candidates(&self, set: &SignalSet) -> PunchSet {
-        let mut candidates = to_punch_set(set);
+        let mut candidates = PunchSet::from(set.clone());
         if self.path_policy == PathPolicy::RelayOnly {
             candidates.candidates.retain(|c| c.kind == PunchKind::Relay);
         }
@@ -1547,11 +1533,16 @@ impl Driver {
         }
         for signal in signals {
             if let PunchSignal::Candidates(set) = signal {
-                let update = CandidateUpdate {
-                    connect_id: ConnectId(id.0),
-                    candidates: to_signal_set(&set),
-                };
-                self.send_signal(now, Body::CandidateUpdate(update), 0, None);
+                match SignalSet::try_from(set) {
+                    Ok(candidates) => {
+                        let update = CandidateUpdate {
+                            connect_id: ConnectId(id.0),
+                            candidates,
+                        };
+                        self.send_signal(now, Body::CandidateUpdate(update), 0, None);
+                    }
+                    Err(error) => tracing::warn!(%error, "candidate update not sent"),
+                }
             }
         }
         for event in punch_events {
@@ -1709,56 +1700,12 @@ fn is_virtual(addr: SocketAddr) -> bool {
     virtual_channel(addr).is_some()
 }
 
-fn to_punch_set(set: &SignalSet) -> PunchSet {
-    PunchSet {
-        generation: set.generation,
-        candidates: set
-            .candidates
-            .iter()
-            .map(|c| PunchCandidate {
-                kind: match c.kind {
-                    SignalKind::Host => PunchKind::Host,
-                    SignalKind::ServerReflexive => PunchKind::ServerReflexive,
-                    SignalKind::PeerReflexive => PunchKind::PeerReflexive,
-                    SignalKind::Relay => PunchKind::Relay,
-                },
-                address: c.address,
-                priority: c.priority,
-            })
-            .collect(),
-    }
-}
-
-fn to_signal_set(set: &PunchSet) -> SignalSet {
-    SignalSet {
-        generation: set.generation,
-        candidates: set
-            .candidates
-            .iter()
-            .take(sightwire_signal::MAX_CANDIDATES)
-            .map(|c| SignalCandidate {
-                kind: match c.kind {
-                    PunchKind::Host => SignalKind::Host,
-                    PunchKind::ServerReflexive => SignalKind::ServerReflexive,
-                    PunchKind::PeerReflexive => SignalKind::PeerReflexive,
-                    PunchKind::Relay => SignalKind::Relay,
-                },
-                address: c.address,
-                priority: c.priority,
-            })
-            .collect(),
-    }
-}
-
+/// Host candidates as signaling carries them.
 fn to_signal_candidates(hosts: &[SocketAddr]) -> Vec<SignalCandidate> {
-    to_signal_set(&PunchSet {
-        generation: 0,
-        candidates: hosts
-            .iter()
-            .map(|a| PunchCandidate::new(PunchKind::Host, *a))
-            .collect(),
-    })
-    .candidates
+    hosts
+        .iter()
+        .map(|a| SignalCandidate::from(PunchCandidate::new(PunchKind::Host, *a)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -1774,22 +1721,6 @@ mod tests {
         assert_eq!(virtual_channel("[2001:db8::1]:0".parse().unwrap()), None);
         assert_eq!(virtual_channel("[100::1]:5".parse().unwrap()), None);
         assert_eq!(virtual_channel("192.0.2.1:0".parse().unwrap()), None);
-    }
-
-    #[test]
-    fn candidate_conversion_round_trips() {
-        let set = PunchSet {
-            generation: 3,
-            candidates: vec![
-                PunchCandidate::new(PunchKind::Host, "192.168.1.2:5000".parse().unwrap()),
-                PunchCandidate::new(
-                    PunchKind::ServerReflexive,
-                    "203.0.113.1:6000".parse().unwrap(),
-                ),
-                PunchCandidate::new(PunchKind::Relay, "198.51.100.1:3479".parse().unwrap()),
-            ],
-        };
-        assert_eq!(to_punch_set(&to_signal_set(&set)), set);
     }
 
     #[test]
