@@ -1,0 +1,1278 @@
+//! The NAT lab: real Linux NATs in network namespaces, the real binaries, real H.264.
+//!
+//! `selftest_*` prove the lab itself (each NAT profile's mapping and filtering, the
+//! conntrack race, the access links' delay and loss, the fault tools, cleanup);
+//! `endpoint_*` run the camera and viewer through every pair of profiles and through
+//! faults. See `spec/lab.md` ("How to run", "Contract").
+//!
+//! ```text
+//! cargo test -p sightwire-examples --test lab -- --nocapture --test-threads=1
+//! ```
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+use lab::h264;
+use lab::netns;
+use lab::peers::{Camera, FileWatch, Stop, ViewerReport, ViewerRun};
+use lab::probe::Probe;
+use lab::servers::{self, LAB_KEEPALIVE_MS, Pki, ServerBinaries, Servers};
+use lab::topology::{
+    ACCESS_DELAY_MS, HostId, OUTSIDER_IP, Profile, REFLECTOR_IP, SiteId, Topology,
+};
+
+// ---------------------------------------------------------------------------------------
+// Self-tests: what each NAT profile does to real packets.
+// ---------------------------------------------------------------------------------------
+
+/// Reflector 1, 2 and an outsider (a public host nobody behind a NAT talked to).
+struct Internet {
+    r1: Probe,
+    r2: Probe,
+    outsider: Probe,
+}
+
+fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+fn internet(topology: &Topology) -> anyhow::Result<Internet> {
+    let run = topology.run();
+    let netns = topology.internet();
+    Ok(Internet {
+        r1: Probe::reflector(run, netns, "reflector1", addr(REFLECTOR_IP, 3478))?,
+        r2: Probe::reflector(run, netns, "reflector2", addr(REFLECTOR_IP, 3479))?,
+        outsider: Probe::start(run, netns, "outsider", addr(OUTSIDER_IP, 5000))?,
+    })
+}
+
+/// A topology with one site of `profile` and one host `h` in it.
+fn one_site(run: &lab::Run, profile: Profile) -> anyhow::Result<(Topology, SiteId, HostId)> {
+    let mut topology = Topology::new(run)?;
+    let site = topology.add_site(profile.name(), profile)?;
+    let host = match profile {
+        Profile::Public => topology.public_host(site)?,
+        _ => topology.add_host(site, "h")?,
+    };
+    Ok((topology, site, host))
+}
+
+fn any_port(port: u16) -> SocketAddr {
+    addr(std::net::Ipv4Addr::UNSPECIFIED, port)
+}
+
+/// Mapping: the host's socket seen from two reflectors (different destination ports).
+/// Returns both mappings.
+fn mappings(
+    topology: &Topology,
+    host: HostId,
+    net: &mut Internet,
+    port: u16,
+) -> anyhow::Result<(Probe, SocketAddr, SocketAddr)> {
+    let mut h = Probe::start(
+        topology.run(),
+        topology.host(host),
+        &format!("h{port}"),
+        any_port(port),
+    )?;
+    let r1 = net.r1.local;
+    let r2 = net.r2.local;
+    let m1 = h.mapping_via(r1, "map1")?;
+    let m2 = h.mapping_via(r2, "map2")?;
+    Ok((h, m1, m2))
+}
+
+/// Filtering: the outsider sends to the host's mapping; does it arrive?
+fn unsolicited_arrives(
+    h: &mut Probe,
+    net: &mut Internet,
+    mapping: SocketAddr,
+) -> anyhow::Result<bool> {
+    net.outsider.send(mapping, "unsolicited")?;
+    Ok(!h.arrivals("unsolicited")?.is_empty())
+}
+
+/// The conntrack race of DESIGN.md: the outsider's packet reaches the NAT at
+/// `public:port` before the host (bound to `port`) sends its first packet to the
+/// outsider. Returns the port the outsider then sees the host at, and whether a second
+/// packet from the outsider to `public:port` reaches the host.
+fn race(
+    topology: &Topology,
+    host: HostId,
+    site: SiteId,
+    net: &mut Internet,
+    port: u16,
+) -> anyhow::Result<(u16, bool)> {
+    let public = addr(topology.public_ip(site), port);
+    let mut h = Probe::start(
+        topology.run(),
+        topology.host(host),
+        &format!("race{port}"),
+        any_port(port),
+    )?;
+    net.outsider.send(public, "early")?;
+    // Let it reach the NAT (25 ms link) and settle in conntrack.
+    std::thread::sleep(Duration::from_millis(200));
+    h.send(net.outsider.local, "out")?;
+    let (seen, _) = net.outsider.expect("out")?;
+    net.outsider.send(public, "back")?;
+    let back = !h.arrivals("back")?.is_empty();
+    Ok((seen.port(), back))
+}
+
+fn report(lines: &mut String, claim: &str, ok: bool) {
+    let _ = writeln!(lines, "  [{}] {claim}", if ok { "ok" } else { "FAILED" });
+}
+
+fn finish_selftest(name: &str, lines: &str) -> anyhow::Result<()> {
+    eprintln!("\nNAT profile self-test `{name}`:\n{lines}");
+    ensure!(
+        !lines.contains("[FAILED]"),
+        "profile `{name}` does not behave as documented"
+    );
+    Ok(())
+}
+
+#[test]
+fn selftest_home() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_home", &[]) else {
+        return Ok(());
+    };
+    let (topology, site, host) = one_site(lab.run(), Profile::Home)?;
+    let mut net = internet(&topology)?;
+    let public = topology.public_ip(site);
+    let mut lines = String::new();
+
+    let (mut h, m1, m2) = mappings(&topology, host, &mut net, 40000)?;
+    report(
+        &mut lines,
+        &format!("port-preserving: 192.168.1.x:40000 -> {m1}"),
+        m1 == addr(public, 40000),
+    );
+    report(
+        &mut lines,
+        &format!("endpoint-independent mapping: {m1} via reflector 1, {m2} via reflector 2"),
+        m1 == m2,
+    );
+    report(
+        &mut lines,
+        "replies from a contacted endpoint arrive (the reflectors answered)",
+        true,
+    );
+    let arrived = unsolicited_arrives(&mut h, &mut net, m1)?;
+    report(
+        &mut lines,
+        "unsolicited inbound from an uncontacted endpoint is dropped (ct state new drop)",
+        !arrived,
+    );
+    let (port, back) = race(&topology, host, site, &mut net, 41000)?;
+    report(
+        &mut lines,
+        &format!(
+            "race: inbound before outbound leaves no conntrack entry, the port stays 41000 (seen {port})"
+        ),
+        port == 41000,
+    );
+    report(
+        &mut lines,
+        "race: the peer's next packet to :41000 arrives (the hole is open)",
+        back,
+    );
+    finish_selftest("home", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn selftest_bare() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_bare", &[]) else {
+        return Ok(());
+    };
+    let (topology, site, host) = one_site(lab.run(), Profile::Bare)?;
+    let mut net = internet(&topology)?;
+    let public = topology.public_ip(site);
+    let mut lines = String::new();
+
+    let (mut h, m1, m2) = mappings(&topology, host, &mut net, 40000)?;
+    report(
+        &mut lines,
+        &format!("port-preserving: 192.168.1.x:40000 -> {m1}"),
+        m1 == addr(public, 40000),
+    );
+    report(
+        &mut lines,
+        &format!("endpoint-independent mapping while no tuple clashes: {m1} / {m2}"),
+        m1 == m2,
+    );
+    let arrived = unsolicited_arrives(&mut h, &mut net, m1)?;
+    report(
+        &mut lines,
+        "unsolicited inbound is not forwarded (conntrack only forwards replies)",
+        !arrived,
+    );
+    let (port, back) = race(&topology, host, site, &mut net, 41000)?;
+    report(
+        &mut lines,
+        &format!(
+            "race: the early inbound packet's conntrack entry moves the host's mapping off 41000 (seen {port})"
+        ),
+        port != 41000,
+    );
+    report(
+        &mut lines,
+        "race: the peer's next packet to :41000 is lost (it hits the router's own entry)",
+        !back,
+    );
+
+    // The fix of spec/punch.md: a TTL-2 opening packet creates the mapping and dies in
+    // the internet core before the peer's NAT (here: a public peer on another site)
+    // sees it.
+    let mut topology = topology;
+    let peer_site = topology.add_site("peer", Profile::Public)?;
+    let peer_host = topology.public_host(peer_site)?;
+    let mut peer = Probe::start(
+        topology.run(),
+        topology.host(peer_host),
+        "peer",
+        any_port(6000),
+    )?;
+    let peer_addr = addr(topology.public_ip(peer_site), 6000);
+    let mut opener = Probe::start(
+        topology.run(),
+        topology.host(host),
+        "opener",
+        any_port(42000),
+    )?;
+    opener.set_ttl(2)?;
+    opener.send(peer_addr, "opening")?;
+    let reached = !peer.arrivals("opening")?.is_empty();
+    report(
+        &mut lines,
+        "a TTL-2 opening packet crosses the NAT and dies in the core (the peer never sees it)",
+        !reached,
+    );
+    peer.send(addr(public, 42000), "after-opening")?;
+    let through = !opener.arrivals("after-opening")?.is_empty();
+    report(
+        &mut lines,
+        "after the opening packet the peer's packet to :42000 arrives",
+        through,
+    );
+    opener.set_ttl(64)?;
+    opener.send(peer_addr, "check")?;
+    let (seen, _) = peer.expect("check")?;
+    report(
+        &mut lines,
+        &format!(
+            "and the host's own packets leave from :42000 (seen {})",
+            seen.port()
+        ),
+        seen.port() == 42000,
+    );
+    finish_selftest("bare", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn selftest_symmetric() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_symmetric", &[]) else {
+        return Ok(());
+    };
+    let (topology, site, host) = one_site(lab.run(), Profile::Symmetric)?;
+    let mut net = internet(&topology)?;
+    let public = topology.public_ip(site);
+    let mut lines = String::new();
+
+    let (mut h, m1, m2) = mappings(&topology, host, &mut net, 40000)?;
+    report(
+        &mut lines,
+        &format!(
+            "endpoint-dependent mapping: one socket, {m1} towards reflector 1, {m2} towards reflector 2"
+        ),
+        m1.port() != m2.port(),
+    );
+    report(
+        &mut lines,
+        "both on the router's public address",
+        m1.ip() == std::net::IpAddr::V4(public) && m2.ip() == std::net::IpAddr::V4(public),
+    );
+    let arrived = unsolicited_arrives(&mut h, &mut net, m1)?;
+    report(&mut lines, "unsolicited inbound is dropped", !arrived);
+    net.r2.send(m1, "cross")?;
+    let crossed = !h.arrivals("cross")?.is_empty();
+    report(
+        &mut lines,
+        "reflector 2 cannot use the mapping made towards reflector 1 (port-dependent filtering)",
+        !crossed,
+    );
+    finish_selftest("symmetric", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn selftest_public() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_public", &[]) else {
+        return Ok(());
+    };
+    let (topology, site, host) = one_site(lab.run(), Profile::Public)?;
+    let mut net = internet(&topology)?;
+    let public = topology.public_ip(site);
+    let mut lines = String::new();
+
+    let (mut h, m1, m2) = mappings(&topology, host, &mut net, 40000)?;
+    report(
+        &mut lines,
+        &format!("no translation: the host is seen at its own address {m1}"),
+        m1 == addr(public, 40000) && m2 == m1,
+    );
+    let arrived = unsolicited_arrives(&mut h, &mut net, m1)?;
+    report(
+        &mut lines,
+        "unsolicited inbound arrives (no firewall)",
+        arrived,
+    );
+    finish_selftest("public", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn selftest_same_lan() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_same_lan", &[]) else {
+        return Ok(());
+    };
+    let mut topology = Topology::new(lab.run())?;
+    let site = topology.add_site("lan", Profile::Home)?;
+    let a = topology.add_host(site, "a")?;
+    let b = topology.add_host(site, "b")?;
+    let net = internet(&topology)?;
+    let mut lines = String::new();
+
+    let mut pa = Probe::start(topology.run(), topology.host(a), "a", any_port(40000))?;
+    let mut pb = Probe::start(topology.run(), topology.host(b), "b", any_port(40001))?;
+    let mb = pb.mapping_via(net.r1.local, "map-b")?;
+    pa.send(addr(topology.host_ip(b), 40001), "lan")?;
+    let (from, _) = pb.expect("lan")?;
+    report(
+        &mut lines,
+        &format!("LAN path: a reaches b at its private address, from {from}"),
+        from == addr(topology.host_ip(a), 40000),
+    );
+    pa.send(mb, "hairpin")?;
+    let hairpinned = !pb.arrivals("hairpin")?.is_empty();
+    report(
+        &mut lines,
+        &format!(
+            "no hairpinning: a's packet to b's public mapping {mb} is not looped back (Linux masquerade)"
+        ),
+        !hairpinned,
+    );
+    finish_selftest("same-lan", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn selftest_double() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_double", &[]) else {
+        return Ok(());
+    };
+    let (topology, site, host) = one_site(lab.run(), Profile::Double)?;
+    let mut net = internet(&topology)?;
+    let public = topology.public_ip(site);
+    let mut lines = String::new();
+
+    let (mut h, m1, m2) = mappings(&topology, host, &mut net, 40000)?;
+    report(
+        &mut lines,
+        &format!(
+            "two NATs: 192.168.1.x:40000 -> 100.64.k.2:40000 -> {m1} (the carrier's address, port kept)"
+        ),
+        m1 == addr(public, 40000),
+    );
+    report(
+        &mut lines,
+        &format!("endpoint-independent through both: {m1} / {m2}"),
+        m1 == m2,
+    );
+    let arrived = unsolicited_arrives(&mut h, &mut net, m1)?;
+    report(&mut lines, "unsolicited inbound is dropped", !arrived);
+    let (port, back) = race(&topology, host, site, &mut net, 41000)?;
+    report(
+        &mut lines,
+        &format!("race: the carrier NAT drops the early packet, port stays 41000 (seen {port})"),
+        port == 41000,
+    );
+    report(&mut lines, "race: the peer's next packet arrives", back);
+    ensure!(topology.routers(site).len() == 2, "double has two routers");
+    finish_selftest("double", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn selftest_access_link_delay_and_loss() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_access_link", &[]) else {
+        return Ok(());
+    };
+    let (mut topology, site, host) = one_site(lab.run(), Profile::Home)?;
+    let mut net = internet(&topology)?;
+    let mut h = Probe::start(topology.run(), topology.host(host), "h", any_port(40000))?;
+    let mut lines = String::new();
+
+    let rtts = |h: &mut Probe, net: &mut Internet, tag: &str| -> anyhow::Result<Vec<u64>> {
+        let mut rtts = Vec::new();
+        for i in 0..5 {
+            let text = format!("{tag}-{i}");
+            h.send(net.r1.local, &text)?;
+            let sent = h.sent_at(&text)?;
+            let line = h.expect_prefix("seen ")?;
+            rtts.push(line.u64("t_ms").unwrap_or(0).saturating_sub(sent));
+        }
+        rtts.sort_unstable();
+        Ok(rtts)
+    };
+    let base = u64::from(2 * ACCESS_DELAY_MS);
+    let measured = rtts(&mut h, &mut net, "rtt")?;
+    report(
+        &mut lines,
+        &format!("RTT to the internet is 2 x {ACCESS_DELAY_MS} ms: measured {measured:?} ms"),
+        measured[0] >= base && measured[2] < base + 40,
+    );
+    topology.set_access(site, 100, 0)?;
+    let slow = rtts(&mut h, &mut net, "slow")?;
+    report(
+        &mut lines,
+        &format!("delay changes at run time: 100 ms one-way -> {slow:?} ms"),
+        slow[0] >= 200 && slow[2] < 240,
+    );
+    topology.set_access(site, ACCESS_DELAY_MS, 200)?;
+    h.burst(net.r1.local, 300, "loss")?;
+    let echoed = h.count_received("seen ", Duration::from_secs(1))?;
+    let (_, dropped) = topology.access_stats(site)?;
+    // 20 % each way: 300 * 0.8 * 0.8 = 192 expected; bounds are > 6 standard deviations.
+    report(
+        &mut lines,
+        &format!(
+            "20 % loss each way: {echoed} of 300 round trips survived (expected ~192), link dropped {dropped:?}"
+        ),
+        (140..=240).contains(&echoed) && dropped[0] > 0 && dropped[1] > 0,
+    );
+    finish_selftest("access link", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn selftest_fault_tools() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_fault_tools", &["conntrack"]) else {
+        return Ok(());
+    };
+    let mut topology = Topology::new(lab.run())?;
+    let home = topology.add_site("home", Profile::Home)?;
+    let other = topology.add_site("other", Profile::Home)?;
+    let host = topology.add_host(home, "h")?;
+    let mut net = internet(&topology)?;
+    let mut lines = String::new();
+
+    let mut h = Probe::start(topology.run(), topology.host(host), "h", any_port(40000))?;
+    h.send(net.outsider.local, "hello")?;
+    let (mapping, _) = net.outsider.expect("hello")?;
+    net.outsider.send(mapping, "reply1")?;
+    h.expect("reply1")?;
+    topology.flush_conntrack(home)?;
+    net.outsider.send(mapping, "reply2")?;
+    let lost = h.arrivals("reply2")?.is_empty();
+    report(
+        &mut lines,
+        "conntrack -F forgets the mapping: the peer's next packet is dropped",
+        lost,
+    );
+    h.send(net.outsider.local, "again")?;
+    let (again, _) = net.outsider.expect("again")?;
+    net.outsider.send(again, "reply3")?;
+    h.expect("reply3")?;
+    report(
+        &mut lines,
+        &format!(
+            "the host's next packet maps it anew ({mapping} -> {again}) and replies flow again"
+        ),
+        again.ip() == mapping.ip(),
+    );
+
+    let before = h.mapping_via(net.r1.local, "before")?;
+    let old_ip = topology.host_ip(host);
+    let new_ip = topology.renumber_host(host)?;
+    let after = h.mapping_via(net.r1.local, "after")?;
+    report(
+        &mut lines,
+        &format!(
+            "renumbering {old_ip} -> {new_ip}: the same socket keeps working, new mapping {before} -> {after}"
+        ),
+        after != before && after.ip() == before.ip(),
+    );
+
+    topology.move_host(host, other)?;
+    let moved = h.mapping_via(net.r1.local, "moved")?;
+    report(
+        &mut lines,
+        &format!("moving the host to another NAT: the same socket now appears at {moved}"),
+        moved.ip() == std::net::IpAddr::V4(topology.public_ip(other)),
+    );
+    ensure!(topology.host_site(host) == other, "host moved");
+    finish_selftest("fault tools", &lines)?;
+    lab.pass();
+    Ok(())
+}
+
+/// A pid that is not running.
+fn dead_pid() -> u32 {
+    (1..4_000_000u32)
+        .rev()
+        .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .unwrap_or(4_000_000)
+}
+
+#[test]
+fn selftest_cleanup() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("selftest_cleanup", &[]) else {
+        return Ok(());
+    };
+    // A panic inside a lab scope removes its namespaces and processes.
+    let recorded = std::sync::Mutex::new((Vec::new(), None));
+    eprintln!("lab: the panic below is deliberate (cleanup test)");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (topology, _, host) = one_site(lab.run(), Profile::Home).expect("topology");
+        let probe = Probe::start(
+            topology.run(),
+            topology.host(host),
+            "victim",
+            any_port(40000),
+        )
+        .expect("probe");
+        *recorded.lock().expect("lock") = (topology.namespace_names(), probe.pid());
+        panic!("deliberate panic inside a lab topology");
+    }));
+    ensure!(outcome.is_err(), "the closure panicked");
+    let (names, pid) = recorded
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    ensure!(!names.is_empty(), "the topology had namespaces");
+    let existing = netns::list_namespaces()?;
+    let left: Vec<_> = names.iter().filter(|n| existing.contains(n)).collect();
+    ensure!(left.is_empty(), "namespaces left after a panic: {left:?}");
+    let pid = pid.context("probe pid")?;
+    ensure!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} survived the panic"
+    );
+    eprintln!(
+        "lab: after a panic: {} namespaces and process {pid} removed",
+        names.len()
+    );
+
+    // Leftovers of a crashed run (owner pid dead) are removed, with their processes;
+    // namespaces of a live run are not.
+    let dead = dead_pid();
+    let stale = netns::Netns::create(&format!("{dead}-crashed"), "h")?;
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", stale.name(), "sleep", "600"])
+        .spawn()?;
+    let live = netns::Netns::create(&format!("{}-live", std::process::id()), "h")?;
+    let removed = netns::remove_stale()?;
+    let existing = netns::list_namespaces()?;
+    let _ = live.delete();
+    ensure!(
+        removed.contains(&stale.name().to_owned()),
+        "stale namespace {} not removed: {removed:?}",
+        stale.name()
+    );
+    ensure!(
+        !existing.contains(&stale.name().to_owned()),
+        "stale namespace still listed"
+    );
+    ensure!(
+        existing.contains(&live.name().to_owned()),
+        "a live run's namespace was removed"
+    );
+    let waited = Instant::now();
+    while sleeper.try_wait()?.is_none() {
+        ensure!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the stale run's process survived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("lab: stale namespace of dead pid {dead} removed with its process; live one kept");
+
+    // Two topologies in a row with the same roles do not collide.
+    for _ in 0..2 {
+        let (topology, site, host) = one_site(lab.run(), Profile::Home)?;
+        let net = internet(&topology)?;
+        let mut h = Probe::start(
+            topology.run(),
+            topology.host(host),
+            "again",
+            any_port(40000),
+        )?;
+        let mapping = h.mapping_via(net.r1.local, "twice")?;
+        ensure!(
+            mapping.ip() == std::net::IpAddr::V4(topology.public_ip(site)),
+            "mapping {mapping}"
+        );
+    }
+    lab.pass();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The endpoint under test: camera and viewer through the profiles and through faults.
+// ---------------------------------------------------------------------------------------
+
+/// Camera/viewer binaries, or `None` after saying why the endpoint tests wait.
+fn endpoint() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let binaries = servers::endpoint_binaries();
+    if binaries.is_none() {
+        eprintln!(
+            "lab: waiting for camera/viewer binaries (examples/src/bin/camera.rs, viewer.rs)"
+        );
+    }
+    binaries
+}
+
+/// What a viewer in a pair of profiles is expected to end up on.
+fn expected_path(camera: Profile, viewer: Profile) -> &'static str {
+    use Profile::{Public, Symmetric};
+    match (camera, viewer) {
+        // One side accepts packets from wherever the other's NAT maps them.
+        (Public, _) | (_, Public) => "direct",
+        // A random-port endpoint-dependent NAT against port-dependent filtering.
+        (Symmetric, _) | (_, Symmetric) => "relay",
+        // Both endpoint-independent mappings (home, bare, double): opening packets make
+        // both mappings exist before any check lands.
+        _ => "direct",
+    }
+}
+
+/// Everything an endpoint test needs: servers up, keys made.
+struct Bed {
+    topology: Topology,
+    bins: ServerBinaries,
+    servers: Servers,
+    camera_bin: std::path::PathBuf,
+    viewer_bin: std::path::PathBuf,
+    devices: u8,
+}
+
+impl Bed {
+    fn new(
+        run: &lab::Run,
+        camera_bin: std::path::PathBuf,
+        viewer_bin: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        let bins = servers::server_binaries()?;
+        let pki = servers::provision(run, &bins)?;
+        let topology = Topology::new(run)?;
+        let servers = Servers::start(&topology, &bins, pki)?;
+        Ok(Self {
+            topology,
+            bins,
+            servers,
+            camera_bin,
+            viewer_bin,
+            devices: 0,
+        })
+    }
+
+    fn pki(&self) -> &Pki {
+        &self.servers.pki
+    }
+
+    /// Provisions a new device and starts a camera for it on `host`.
+    fn camera(&mut self, host: HostId, label: &str, source: &str) -> anyhow::Result<Camera> {
+        self.devices += 1;
+        let device_id = format!("02:5e:00:00:10:{:02x}", self.devices);
+        let state = self.topology.run().path(&format!("{label}-state"));
+        servers::provision_device(self.pki(), &self.bins, &state, &device_id)?;
+        Camera::start(
+            self.topology.run(),
+            self.topology.host(host),
+            label,
+            &self.camera_bin,
+            self.pki(),
+            &state,
+            source,
+        )
+    }
+
+    fn viewer(
+        &self,
+        host: HostId,
+        label: &str,
+        device: &str,
+        stop: Stop,
+    ) -> anyhow::Result<ViewerRun> {
+        ViewerRun::start(
+            self.topology.run(),
+            self.topology.host(host),
+            label,
+            &self.viewer_bin,
+            self.pki(),
+            device,
+            stop,
+        )
+    }
+}
+
+/// The source the cameras stream: the real clip when ffmpeg is there, else synthetic.
+fn camera_source() -> String {
+    if lab::have_program("ffmpeg") && lab::have_program("ffprobe") {
+        match h264::clip() {
+            Ok(path) => return path.display().to_string(),
+            Err(error) => eprintln!("lab: no clip ({error:#}); using the synthetic source"),
+        }
+    }
+    "synthetic".into()
+}
+
+/// Seconds of video each matrix cell streams after connecting.
+const CELL_SECONDS: f64 = 3.0;
+
+/// A viewer must finish within: connect timeout (20 s) + streaming + slack.
+const VIEWER_DEADLINE: Duration = Duration::from_secs(45);
+
+fn cell_text(report: &ViewerReport) -> String {
+    match (&report.connected_path, report.exit_ok) {
+        (Some(path), ok) => format!(
+            "{}{} {}/{}",
+            path,
+            if ok { "" } else { "!" },
+            report.connect_ms.map_or("-".into(), |ms| ms.to_string()),
+            report
+                .first_keyframe_ms
+                .map_or("-".into(), |ms| ms.to_string()),
+        ),
+        (None, _) => "FAILED".into(),
+    }
+}
+
+#[test]
+fn endpoint_matrix() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_matrix", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let source = camera_source();
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let mut cameras = Vec::new();
+    let mut viewer_hosts = Vec::new();
+    for profile in Profile::ALL {
+        let site = bed
+            .topology
+            .add_site(&format!("c{}", profile.name()), profile)?;
+        let host = match profile {
+            Profile::Public => bed.topology.public_host(site)?,
+            _ => bed
+                .topology
+                .add_host(site, &format!("cam{}", profile.name()))?,
+        };
+        cameras.push((
+            profile,
+            bed.camera(host, &format!("camera-{profile}"), &source)?,
+        ));
+        let site = bed
+            .topology
+            .add_site(&format!("v{}", profile.name()), profile)?;
+        viewer_hosts.push(match profile {
+            Profile::Public => bed.topology.public_host(site)?,
+            _ => bed
+                .topology
+                .add_host(site, &format!("view{}", profile.name()))?,
+        });
+    }
+    let lan = bed.topology.add_site("lan", Profile::Home)?;
+    let lan_camera_host = bed.topology.add_host(lan, "camlan")?;
+    let lan_viewer_host = bed.topology.add_host(lan, "viewlan")?;
+    let lan_camera = bed.camera(lan_camera_host, "camera-lan", &source)?;
+
+    let mut cells = Vec::new();
+    for (camera_profile, camera) in &cameras {
+        for (viewer_profile, host) in Profile::ALL.iter().zip(&viewer_hosts) {
+            let label = format!("viewer-{camera_profile}-{viewer_profile}");
+            let mut viewer = bed.viewer(*host, &label, &camera.id, Stop::Seconds(CELL_SECONDS))?;
+            let report = viewer.finish(VIEWER_DEADLINE)?;
+            eprintln!(
+                "lab: camera {camera_profile:>9} viewer {viewer_profile:>9}: {} ({:?})",
+                cell_text(&report),
+                report.failure
+            );
+            cells.push((*camera_profile, *viewer_profile, report));
+        }
+    }
+    let mut lan_viewer = bed.viewer(
+        lan_viewer_host,
+        "viewer-same-lan",
+        &lan_camera.uri,
+        Stop::Seconds(CELL_SECONDS),
+    )?;
+    let lan_report = lan_viewer.finish(VIEWER_DEADLINE)?;
+
+    // The table: path connect_ms/first_keyframe_ms (ms since the viewer started
+    // connecting), `!` when the viewer did not exit 0.
+    let mut table = String::new();
+    let _ = write!(table, "{:<16}", "camera \\ viewer");
+    for profile in Profile::ALL {
+        let _ = write!(table, "| {profile:<18}");
+    }
+    for (row, (camera_profile, _)) in cameras.iter().enumerate() {
+        let _ = write!(table, "\n{camera_profile:<16}");
+        for cell in &cells[row * Profile::ALL.len()..(row + 1) * Profile::ALL.len()] {
+            let _ = write!(table, "| {:<18}", cell_text(&cell.2));
+        }
+    }
+    let _ = write!(
+        table,
+        "\nsame LAN (home, viewer by URI): {}",
+        cell_text(&lan_report)
+    );
+    eprintln!(
+        "\nNAT lab matrix: path connect_ms/first_keyframe_ms, {ACCESS_DELAY_MS} ms per access link\n{table}\n"
+    );
+
+    ensure!(
+        bed.servers.relay.try_status()?.is_none(),
+        "the relay died during the matrix\n{}",
+        bed.servers.relay.describe()
+    );
+    let mut problems = Vec::new();
+    for (camera_profile, viewer_profile, report) in &cells {
+        let expected = expected_path(*camera_profile, *viewer_profile);
+        check_cell(
+            &mut problems,
+            &format!("{camera_profile} -> {viewer_profile}"),
+            report,
+            expected,
+        );
+    }
+    check_cell(&mut problems, "same LAN", &lan_report, "lan");
+    ensure!(
+        problems.is_empty(),
+        "matrix cells differ from the expected table:\n{}",
+        problems.join("\n")
+    );
+    lab.pass();
+    Ok(())
+}
+
+fn check_cell(problems: &mut Vec<String>, name: &str, report: &ViewerReport, expected: &str) {
+    if !report.exit_ok {
+        problems.push(format!("{name}: viewer failed: {:?}", report.failure));
+    }
+    if report.connected_path.as_deref() != Some(expected) {
+        problems.push(format!(
+            "{name}: connected on {:?}, expected {expected}",
+            report.connected_path
+        ));
+    }
+    if report.final_path().as_deref() != Some(expected) {
+        problems.push(format!(
+            "{name}: ended on {:?}, expected {expected}",
+            report.final_path()
+        ));
+    }
+    if report.first_keyframe_ms.is_none() || report.frames() == 0 {
+        problems.push(format!(
+            "{name}: no video (first keyframe {:?}, {} frames)",
+            report.first_keyframe_ms,
+            report.frames()
+        ));
+    }
+}
+
+#[test]
+fn endpoint_real_video() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_real_video", &["ffmpeg", "ffprobe"]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let clip = h264::clip()?;
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    let camera = bed.camera(camera_host, "camera", &clip.display().to_string())?;
+    let total = u64::from(h264::CLIP_FPS * h264::CLIP_SECONDS);
+    let mut viewer = bed.viewer(viewer_host, "viewer", &camera.id, Stop::Frames(total))?;
+    let report = viewer.finish(Duration::from_secs(90))?;
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+
+    let source_bytes = std::fs::read(&clip)?;
+    let source = h264::access_units(&source_bytes);
+    let received_bytes = std::fs::read(&viewer.out)?;
+    let received = h264::access_units(&received_bytes);
+    let comparison = h264::compare(&source, &received)?;
+    let source_decoded = h264::frame_count(&clip)?;
+    let received_decoded = h264::frame_count(&viewer.out)?;
+    eprintln!(
+        "\nreal video: {} source frames ({} decoded by ffprobe); received {} frames from source frame {}, \
+         {} skipped, keyframe first: {}; ffprobe decodes {} frames of the received file; path {:?}, \
+         first keyframe at {:?} ms\n",
+        source.len(),
+        source_decoded,
+        comparison.received,
+        comparison.first_source_index,
+        comparison.skipped,
+        comparison.starts_with_keyframe,
+        received_decoded,
+        report.final_path(),
+        report.first_keyframe_ms,
+    );
+    ensure!(
+        source.len() as u64 == total && source_decoded == total,
+        "the clip has {total} frames"
+    );
+    ensure!(
+        comparison.received as u64 == total,
+        "received {} frames, expected {total}",
+        comparison.received
+    );
+    ensure!(
+        comparison.skipped == 0,
+        "{} frames missing in a loss-free run",
+        comparison.skipped
+    );
+    ensure!(
+        comparison.starts_with_keyframe,
+        "the received file does not start with a keyframe"
+    );
+    ensure!(
+        received_decoded == source_decoded,
+        "ffprobe decodes {received_decoded} frames, the source {source_decoded}"
+    );
+    ensure!(
+        report.frames() == total,
+        "summary says {} frames",
+        report.frames()
+    );
+    lab.pass();
+    Ok(())
+}
+
+/// A camera on a home site, a viewer on another home site, both on the real clip (or
+/// the synthetic source).
+struct StreamBed {
+    bed: Bed,
+    camera_site: SiteId,
+    viewer_site: SiteId,
+    viewer_host: HostId,
+    camera: Camera,
+    source: String,
+}
+
+fn stream_bed(
+    run: &lab::Run,
+    camera_bin: std::path::PathBuf,
+    viewer_bin: std::path::PathBuf,
+) -> anyhow::Result<StreamBed> {
+    let source = camera_source();
+    let mut bed = Bed::new(run, camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    let camera = bed.camera(camera_host, "camera", &source)?;
+    Ok(StreamBed {
+        bed,
+        camera_site,
+        viewer_site,
+        viewer_host,
+        camera,
+        source,
+    })
+}
+
+/// Checks a received file against the source (when it is the clip): every frame
+/// byte-identical to a source frame, in order. Returns (received, skipped).
+fn check_frames(source: &str, received: &std::path::Path) -> anyhow::Result<(usize, usize)> {
+    if source == "synthetic" {
+        let bytes = std::fs::read(received)?;
+        return Ok((h264::access_units(&bytes).len(), 0));
+    }
+    let source_bytes = std::fs::read(source)?;
+    let received_bytes = std::fs::read(received)?;
+    let comparison = h264::compare(
+        &h264::access_units(&source_bytes),
+        &h264::access_units(&received_bytes),
+    )?;
+    Ok((comparison.received, comparison.skipped))
+}
+
+/// Stall bound after `conntrack -F` on both NATs: the viewer's next feedback packet
+/// re-creates its mapping; the bound leaves room for liveness detection (3.5 s) and
+/// re-nomination.
+const FLUSH_RECOVERY: Duration = Duration::from_secs(8);
+
+/// Stall bound after the viewer's address changes.
+const ROAM_RECOVERY: Duration = Duration::from_secs(8);
+
+/// The media path does not involve the rendezvous: a restart may stall the stream this
+/// long at most.
+const RENDEZVOUS_RESTART_STALL: Duration = Duration::from_secs(1);
+
+/// The device re-registers within: its keepalive interval, twice, plus a handshake.
+const REREGISTER: Duration = Duration::from_millis(2 * LAB_KEEPALIVE_MS + 5_000);
+
+/// Streams for `seconds`, applies `fault` 3 s after the first keyframe, and returns the
+/// report, the longest stall after the fault (and whether the stream grew after
+/// `bound`), and the frame check.
+fn stream_with_fault(
+    sb: &mut StreamBed,
+    label: &str,
+    seconds: f64,
+    bound: Duration,
+    fault: impl FnOnce(&mut StreamBed) -> anyhow::Result<()>,
+) -> anyhow::Result<(ViewerReport, Duration, bool, (usize, usize))> {
+    let mut viewer = sb.bed.viewer(
+        sb.viewer_host,
+        label,
+        &sb.camera.id.clone(),
+        Stop::Seconds(seconds),
+    )?;
+    let watch = FileWatch::start(&viewer.out);
+    viewer
+        .process
+        .wait_event("first_keyframe", Duration::from_secs(30), |_| true)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let at = Instant::now();
+    fault(sb)?;
+    let report = viewer.finish(VIEWER_DEADLINE + Duration::from_secs_f64(seconds))?;
+    let (stall, recovered) = watch.longest_stall(at, at + bound);
+    let frames = check_frames(&sb.source, &viewer.out)?;
+    Ok((report, stall, recovered, frames))
+}
+
+#[test]
+fn endpoint_fault_loss() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_fault_loss", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut sb = stream_bed(lab.run(), camera_bin, viewer_bin)?;
+    let (camera_site, viewer_site) = (sb.camera_site, sb.viewer_site);
+    sb.bed
+        .topology
+        .set_access(camera_site, ACCESS_DELAY_MS, 50)?;
+    sb.bed
+        .topology
+        .set_access(viewer_site, ACCESS_DELAY_MS, 50)?;
+    let seconds = 10.0;
+    let mut viewer = sb.bed.viewer(
+        sb.viewer_host,
+        "viewer",
+        &sb.camera.id.clone(),
+        Stop::Seconds(seconds),
+    )?;
+    let report = viewer.finish(VIEWER_DEADLINE + Duration::from_secs(10))?;
+    let (received, skipped) = check_frames(&sb.source, &viewer.out)?;
+    let (_, dropped_camera) = sb.bed.topology.access_stats(camera_site)?;
+    let (_, dropped_viewer) = sb.bed.topology.access_stats(viewer_site)?;
+    let expected = (seconds * 30.0) as usize;
+    eprintln!(
+        "\n5 % loss on both access links (each direction): {received} frames delivered in {seconds} s \
+         (~{expected} sent), {skipped} passed over, none corrupt; viewer summary lost {} late {}; \
+         links dropped camera {dropped_camera:?} viewer {dropped_viewer:?}; path {:?}\n",
+        report.summary_u64("lost"),
+        report.summary_u64("late"),
+        report.final_path()
+    );
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+    ensure!(
+        received * 2 >= expected,
+        "only {received} of ~{expected} frames delivered under 5 % loss"
+    );
+    ensure!(
+        dropped_camera.iter().chain(&dropped_viewer).all(|&d| d > 0),
+        "the links dropped nothing"
+    );
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn endpoint_fault_conntrack_flush() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_fault_conntrack_flush", &["conntrack"]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut sb = stream_bed(lab.run(), camera_bin, viewer_bin)?;
+    let (report, stall, recovered, (received, skipped)) =
+        stream_with_fault(&mut sb, "viewer", 15.0, FLUSH_RECOVERY, |sb| {
+            sb.bed.topology.flush_conntrack(sb.camera_site)?;
+            sb.bed.topology.flush_conntrack(sb.viewer_site)
+        })?;
+    eprintln!(
+        "\nconntrack -F on both NATs mid-stream: longest stall {stall:?} (bound {FLUSH_RECOVERY:?}), \
+         recovered {recovered}, {received} frames ({skipped} passed over), paths {:?} then {:?}\n",
+        report.connected_path, report.path_changes
+    );
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+    ensure!(
+        recovered && stall <= FLUSH_RECOVERY,
+        "the stream did not recover within {FLUSH_RECOVERY:?} (stall {stall:?})"
+    );
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn endpoint_fault_rendezvous_restart() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_fault_rendezvous_restart", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut sb = stream_bed(lab.run(), camera_bin, viewer_bin)?;
+    let second_host = sb.bed.topology.add_host(sb.viewer_site, "viewer2")?;
+    let restart_at = std::cell::Cell::new(Instant::now());
+    let (report, stall, _, (received, _)) = stream_with_fault(
+        &mut sb,
+        "viewer",
+        12.0,
+        RENDEZVOUS_RESTART_STALL + Duration::from_secs(3),
+        |sb| {
+            restart_at.set(Instant::now());
+            sb.camera.process.mark()?;
+            sb.bed.servers.restart_rendezvous(Duration::from_secs(2))
+        },
+    )?;
+    // Re-registration: the camera says so, and a new viewer finds it by ID.
+    let registered = sb
+        .camera
+        .process
+        .wait_event("registered", REREGISTER, |_| true);
+    let deadline = restart_at.get() + REREGISTER + Duration::from_secs(20);
+    let mut second = None;
+    let mut attempts = 0;
+    while Instant::now() < deadline {
+        attempts += 1;
+        let mut viewer = sb.bed.viewer(
+            second_host,
+            &format!("viewer2-{attempts}"),
+            &sb.camera.id.clone(),
+            Stop::Seconds(2.0),
+        )?;
+        let r = viewer.finish(VIEWER_DEADLINE)?;
+        if r.exit_ok && r.frames() > 0 {
+            second = Some((r, restart_at.get().elapsed()));
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "\nrendezvous killed and restarted 3 s into the stream: longest stall {stall:?} (bound \
+         {RENDEZVOUS_RESTART_STALL:?}), {received} frames; camera re-registered: {}; a new viewer \
+         connected after {:?} ({attempts} attempts)\n",
+        registered.is_ok(),
+        second.as_ref().map(|(_, t)| *t)
+    );
+    ensure!(
+        report.exit_ok,
+        "viewer failed across the restart: {:?}",
+        report.failure
+    );
+    ensure!(
+        stall <= RENDEZVOUS_RESTART_STALL,
+        "the stream stalled {stall:?} while the rendezvous restarted"
+    );
+    registered.context("the camera did not report re-registration")?;
+    ensure!(
+        second.is_some(),
+        "no new viewer could connect after the restart"
+    );
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn endpoint_fault_viewer_renumbered() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_fault_viewer_renumbered", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut sb = stream_bed(lab.run(), camera_bin, viewer_bin)?;
+    let (report, stall, recovered, (received, skipped)) =
+        stream_with_fault(&mut sb, "viewer", 15.0, ROAM_RECOVERY, |sb| {
+            let host = sb.viewer_host;
+            sb.bed.topology.renumber_host(host).map(drop)
+        })?;
+    eprintln!(
+        "\nviewer renumbered mid-stream (192.168.1.x -> another address, new NAT mapping): longest \
+         stall {stall:?} (bound {ROAM_RECOVERY:?}), recovered {recovered}, {received} frames ({skipped} \
+         passed over), paths {:?} then {:?}\n",
+        report.connected_path, report.path_changes
+    );
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+    ensure!(
+        recovered && stall <= ROAM_RECOVERY,
+        "the stream did not recover within {ROAM_RECOVERY:?} (stall {stall:?})"
+    );
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn endpoint_fault_viewer_moves_to_other_nat() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_fault_viewer_moves", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut sb = stream_bed(lab.run(), camera_bin, viewer_bin)?;
+    let other = sb.bed.topology.add_site("view2", Profile::Home)?;
+    let (report, stall, recovered, (received, skipped)) =
+        stream_with_fault(&mut sb, "viewer", 15.0, ROAM_RECOVERY, |sb| {
+            let host = sb.viewer_host;
+            sb.bed.topology.move_host(host, other)
+        })?;
+    eprintln!(
+        "\nviewer moved to another home NAT mid-stream: longest stall {stall:?} (bound \
+         {ROAM_RECOVERY:?}), recovered {recovered}, {received} frames ({skipped} passed over), paths \
+         {:?} then {:?}\n",
+        report.connected_path, report.path_changes
+    );
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+    ensure!(
+        recovered && stall <= ROAM_RECOVERY,
+        "the stream did not recover within {ROAM_RECOVERY:?} (stall {stall:?})"
+    );
+    lab.pass();
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Real H.264: the test clip (ffmpeg), access-unit splitting, frame-by-frame comparison
+//! of what the viewer wrote with what the camera read, and decoding with ffprobe.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, bail};
+
+use super::netns::run;
+
+/// Frame rate of the clip.
+pub(crate) const CLIP_FPS: u32 = 30;
+/// Length of the clip.
+pub(crate) const CLIP_SECONDS: u32 = 20;
+/// Frames between keyframes (2 s).
+pub(crate) const CLIP_GOP: u32 = 60;
+
+/// The test clip: `testsrc2`, 1280×720, 30 fps, a keyframe every 2 s (closed GOPs), 20 s,
+/// Annex-B. Generated once per test process (cached by its ffmpeg arguments).
+pub(crate) fn clip() -> anyhow::Result<PathBuf> {
+    static CLIP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    CLIP.get_or_init(|| generate_clip().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn generate_clip() -> anyhow::Result<PathBuf> {
+    let args: Vec<String> = [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size=1280x720:rate={CLIP_FPS}:duration={CLIP_SECONDS}"),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        &CLIP_GOP.to_string(),
+        "-keyint_min",
+        &CLIP_GOP.to_string(),
+        "-sc_threshold",
+        "0",
+        "-bsf:v",
+        "h264_mp4toannexb",
+        "-f",
+        "h264",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let key: u64 = args.join(" ").bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let dir = std::env::temp_dir().join("sightwire-lab").join("clips");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
+        "testsrc2-720p{CLIP_FPS}-{CLIP_SECONDS}s-{key:016x}.h264"
+    ));
+    if path.exists() && frame_count(&path).ok() == Some(u64::from(CLIP_FPS * CLIP_SECONDS)) {
+        return Ok(path);
+    }
+    let partial = path.with_extension(format!("partial{}", std::process::id()));
+    run(Command::new("ffmpeg").args(&args).arg(&partial))?;
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// One NAL unit: its type and where it starts (at its start code) in the stream.
+#[derive(Debug, Clone, Copy)]
+struct Nal {
+    start: usize,
+    payload: usize,
+    kind: u8,
+}
+
+fn nal_units(stream: &[u8]) -> Vec<Nal> {
+    let mut nals = Vec::new();
+    let mut i = 0;
+    while i + 3 <= stream.len() {
+        if stream[i] == 0 && stream[i + 1] == 0 && stream[i + 2] == 1 {
+            // A four-byte start code's leading zero belongs to this NAL.
+            let start = if i > 0 && stream[i - 1] == 0 {
+                i - 1
+            } else {
+                i
+            };
+            let payload = i + 3;
+            if let Some(&header) = stream.get(payload) {
+                nals.push(Nal {
+                    start,
+                    payload,
+                    kind: header & 0x1f,
+                });
+            }
+            i = payload;
+        } else {
+            i += 1;
+        }
+    }
+    nals
+}
+
+/// One access unit (all NAL units of one frame, start codes included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AccessUnit<'a> {
+    /// The bytes.
+    pub(crate) bytes: &'a [u8],
+    /// Whether it holds an IDR slice.
+    pub(crate) keyframe: bool,
+}
+
+/// Splits an Annex-B stream into access units (H.264 7.4.1.2.3, simplified to what
+/// encoders emit: a new unit starts at an AUD/SPS/PPS/SEI after a slice, or at a slice
+/// whose `first_mb_in_slice` is 0 after a slice).
+pub(crate) fn access_units(stream: &[u8]) -> Vec<AccessUnit<'_>> {
+    let nals = nal_units(stream);
+    let mut units = Vec::new();
+    let mut unit_start = match nals.first() {
+        Some(nal) => nal.start,
+        None => return units,
+    };
+    let mut seen_slice = false;
+    let mut keyframe = false;
+    for nal in &nals {
+        let is_slice = matches!(nal.kind, 1 | 5);
+        let first_mb_zero = stream.get(nal.payload + 1).is_some_and(|b| b & 0x80 != 0);
+        let begins_unit = seen_slice
+            && (matches!(nal.kind, 6 | 7 | 8 | 9 | 14..=18) || (is_slice && first_mb_zero));
+        if begins_unit && nal.start > unit_start {
+            units.push(AccessUnit {
+                bytes: &stream[unit_start..nal.start],
+                keyframe,
+            });
+            unit_start = nal.start;
+            seen_slice = false;
+            keyframe = false;
+        }
+        seen_slice |= is_slice;
+        keyframe |= nal.kind == 5;
+    }
+    units.push(AccessUnit {
+        bytes: &stream[unit_start..],
+        keyframe,
+    });
+    units
+}
+
+/// How a received stream relates to the source the camera loops over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Comparison {
+    /// Access units received.
+    pub(crate) received: usize,
+    /// Source index (in the looped source) of the first received unit.
+    pub(crate) first_source_index: usize,
+    /// Source units passed over between received ones (lost or skipped frames).
+    pub(crate) skipped: usize,
+    /// Whether the first received unit is a keyframe.
+    pub(crate) starts_with_keyframe: bool,
+}
+
+/// Checks that every received access unit is byte-identical to a source access unit,
+/// in the source's (looping) order, and counts the units passed over. An error names
+/// the first received unit that matches nothing (a corrupt or foreign frame).
+pub(crate) fn compare(
+    source: &[AccessUnit<'_>],
+    received: &[AccessUnit<'_>],
+) -> anyhow::Result<Comparison> {
+    let Some(first) = received.first() else {
+        bail!("nothing received");
+    };
+    let start = source
+        .iter()
+        .position(|unit| unit.bytes == first.bytes)
+        .context("the first received frame is not a frame of the source")?;
+    let n = source.len();
+    let mut cursor = start;
+    let mut skipped = 0;
+    for (index, unit) in received.iter().enumerate().skip(1) {
+        let step = (1..=n)
+            .find(|step| source[(cursor + step) % n].bytes == unit.bytes)
+            .with_context(|| {
+                format!(
+                    "received frame {index} ({} bytes) matches no source frame after source frame {}",
+                    unit.bytes.len(),
+                    cursor % n
+                )
+            })?;
+        skipped += step - 1;
+        cursor += step;
+    }
+    Ok(Comparison {
+        received: received.len(),
+        first_source_index: start,
+        skipped,
+        starts_with_keyframe: first.keyframe,
+    })
+}
+
+/// Frames ffprobe decodes from a file (`-count_frames`).
+pub(crate) fn frame_count(path: &Path) -> anyhow::Result<u64> {
+    let out = run(Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path))?;
+    out.trim()
+        .trim_end_matches(',')
+        .parse()
+        .with_context(|| format!("ffprobe said {out:?}"))
+}
