@@ -451,8 +451,10 @@ pub enum SealError {
 ///
 /// ring does not zeroize its key objects. The key lives in its own heap allocation;
 /// on drop it is overwritten in place with the all-zero key of the same algorithm (same
-/// variant, so the same bytes) and the memory is passed through `black_box`, so the
-/// compiler cannot drop the overwrite as a dead store before the allocation is freed.
+/// variant, so the same bytes) and the memory is passed through `black_box`, which keeps
+/// the compiler from treating the overwrite as a dead store before the allocation is
+/// freed. `black_box` is documented as best effort (zeroize's volatile writes cannot be
+/// applied to a foreign type without `unsafe`); it holds for today's rustc/LLVM.
 /// Expanding ring's key per packet instead would cost two ~500-byte copies per packet
 /// (measured: 5-10 % of a 200-1400 byte seal+open).
 struct ScrubbedKey(Box<LessSafeKey>);
