@@ -8,4 +8,6 @@
 pub mod annexb;
 pub mod identity;
 pub mod local;
+pub mod mp4;
+pub mod rtsp;
 pub mod source;

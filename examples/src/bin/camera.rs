@@ -4,7 +4,9 @@
 //! operator (`sightwire-rendezvous issuer issue ... --out <state-dir>/device.cert`) or, in
 //! demo mode (`--issuer-secret`), is issued here. It registers with the rendezvous,
 //! prints its ID and label URI (and QR code), and streams H.264 from an Annex-B file at
-//! its frame rate (looping) or a synthetic source to every viewer it authorizes.
+//! its frame rate (looping), from an RTSP camera (`rtsp://user:pass@host/path`, pulled with
+//! retina and reconnected when it drops) or a synthetic source to every viewer it
+//! authorizes.
 //!
 //! stdout carries one JSON object per line (`ready`, `viewer_connected`, `viewer_closed`,
 //! `registered`, `rendezvous_lost`); human-readable text goes to stderr.
@@ -18,6 +20,7 @@ use clap::Parser;
 use serde_json::json;
 use sightwire::{Device, DeviceConfig, Event, PathPolicy, RendezvousServer};
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
+use sightwire_examples::rtsp::{self, RtspConfig};
 use sightwire_examples::source::FrameSource;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
 use sightwire_signal::cert::IssuerKey;
@@ -38,7 +41,8 @@ struct Args {
     /// The device password viewers must prove.
     #[arg(long)]
     password: Option<String>,
-    /// `synthetic` or an H.264 Annex-B file.
+    /// `synthetic`, an H.264 Annex-B file, or an RTSP camera URL
+    /// (`rtsp://user:pass@host/path`).
     #[arg(long, default_value = "synthetic")]
     source: String,
     /// Frame rate of the source.
@@ -84,12 +88,21 @@ async fn main() -> anyhow::Result<()> {
         id,
         KeyFingerprint::of_public_key(identity.certificate.device_key()),
     );
-    let mut source = if args.source == "synthetic" {
-        FrameSource::synthetic(args.fps, args.fps * 2, args.fps * 3600)
+    let rtsp_config = rtsp::is_rtsp_url(&args.source)
+        .then(|| RtspConfig::from_url(&args.source))
+        .transpose()?;
+    let mut source = if rtsp_config.is_some() {
+        None
+    } else if args.source == "synthetic" {
+        Some(FrameSource::synthetic(
+            args.fps,
+            args.fps * 2,
+            args.fps * 3600,
+        ))
     } else {
         let bytes =
             std::fs::read(&args.source).with_context(|| format!("reading {}", args.source))?;
-        FrameSource::annexb(&bytes, args.fps, true)?
+        Some(FrameSource::annexb(&bytes, args.fps, true)?)
     };
 
     let mut config = DeviceConfig::new(
@@ -111,15 +124,24 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{}", uri.to_qr_terminal()?);
     }
 
-    let mut ticker = tokio::time::interval(source.interval);
+    // An RTSP camera paces its own frames; a file or synthetic source is paced by the ticker.
+    let mut rtsp_frames = rtsp_config.map(rtsp::spawn);
+    let mut ticker = tokio::time::interval(
+        source
+            .as_ref()
+            .map_or(Duration::from_secs(1), |s| s.interval),
+    );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ready = false;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                if let Some(frame) = source.next_frame() {
+            _ = ticker.tick(), if source.is_some() => {
+                if let Some(frame) = source.as_mut().and_then(FrameSource::next_frame) {
                     device.send_frame(frame).await;
                 }
+            }
+            Some(frame) = next_rtsp_frame(&mut rtsp_frames) => {
+                device.send_frame(frame).await;
             }
             event = device.next_event() => {
                 let Some(event) = event else { break };
@@ -158,6 +180,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok();
     Ok(())
+}
+
+/// The next frame from the RTSP camera; never resolves without one.
+async fn next_rtsp_frame(
+    frames: &mut Option<tokio::sync::mpsc::Receiver<sightwire::Frame>>,
+) -> Option<sightwire::Frame> {
+    match frames {
+        Some(frames) => frames.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sigterm() {

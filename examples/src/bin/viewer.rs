@@ -1,7 +1,7 @@
 //! `viewer`: watch a Sightwire camera.
 //!
 //! Connects by device ID (and password) or by the label's URI, writes the received H.264
-//! to a file (Annex-B, or MP4 via ffmpeg when the name ends in `.mp4`) or to stdout for
+//! to a file (Annex-B, or MP4 written natively when the name ends in `.mp4`) or to stdout for
 //! `ffplay -`, and shows a live status line on stderr. Ctrl-C finalizes the file.
 //!
 //! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
@@ -18,6 +18,7 @@ use clap::Parser;
 use serde_json::json;
 use sightwire::{Credentials, Event, PathPolicy, RendezvousServer, Target, Viewer, ViewerConfig};
 use sightwire_examples::identity::parse_key;
+use sightwire_examples::mp4::Mp4Writer;
 use sightwire_session::StaticKeypair;
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 
@@ -40,8 +41,8 @@ struct Args {
     /// The device password.
     #[arg(long)]
     password: Option<String>,
-    /// Where to write the video: a file (`.h264` Annex-B; `.mp4` remuxed by ffmpeg at the
-    /// end) or `-` for stdout.
+    /// Where to write the video: a file (`.h264` Annex-B; `.mp4` MP4, finalized on exit
+    /// or Ctrl-C) or `-` for stdout.
     #[arg(long)]
     out: String,
     /// Stop after this many frames.
@@ -63,9 +64,13 @@ struct Args {
 
 struct Output {
     json: bool,
-    writer: Box<dyn Write + Send>,
-    annexb_path: Option<PathBuf>,
-    mp4_path: Option<PathBuf>,
+    sink: Sink,
+}
+
+/// Annex-B bytes as they arrive (file or stdout), or an MP4 file.
+enum Sink {
+    AnnexB(Box<dyn Write + Send>),
+    Mp4(Box<Mp4Writer<std::io::BufWriter<std::fs::File>>>),
 }
 
 impl Output {
@@ -73,28 +78,23 @@ impl Output {
         if out == "-" {
             return Ok(Self {
                 json: false,
-                writer: Box::new(std::io::stdout()),
-                annexb_path: None,
-                mp4_path: None,
+                sink: Sink::AnnexB(Box::new(std::io::stdout())),
             });
         }
         let path = PathBuf::from(out);
-        let (annexb, mp4) = if path
+        let sink = if path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("mp4"))
         {
-            (path.with_extension("h264"), Some(path))
+            Sink::Mp4(Box::new(
+                Mp4Writer::create(&path).with_context(|| format!("creating {}", path.display()))?,
+            ))
         } else {
-            (path, None)
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            Sink::AnnexB(Box::new(std::io::BufWriter::new(file)))
         };
-        let file = std::fs::File::create(&annexb)
-            .with_context(|| format!("creating {}", annexb.display()))?;
-        Ok(Self {
-            json: true,
-            writer: Box::new(std::io::BufWriter::new(file)),
-            annexb_path: Some(annexb),
-            mp4_path: mp4,
-        })
+        Ok(Self { json: true, sink })
     }
 
     fn emit(&self, value: serde_json::Value) {
@@ -105,20 +105,22 @@ impl Output {
         }
     }
 
-    fn finish(mut self, fps: f64) -> anyhow::Result<()> {
-        self.writer.flush()?;
-        drop(self.writer);
-        if let (Some(annexb), Some(mp4)) = (self.annexb_path, self.mp4_path) {
-            let status = std::process::Command::new("ffmpeg")
-                .args(["-loglevel", "error", "-y", "-r"])
-                .arg(format!("{fps:.3}"))
-                .arg("-i")
-                .arg(&annexb)
-                .args(["-c", "copy"])
-                .arg(&mp4)
-                .status()
-                .context("running ffmpeg to write the MP4 (the .h264 file is kept)")?;
-            anyhow::ensure!(status.success(), "ffmpeg failed; the .h264 file is kept");
+    fn write_frame(&mut self, frame: &sightwire::Frame) -> anyhow::Result<()> {
+        match &mut self.sink {
+            Sink::AnnexB(writer) => writer.write_all(&frame.data)?,
+            Sink::Mp4(mp4) => {
+                mp4.write_frame(&frame.data, frame.capture_time_us)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self.sink {
+            Sink::AnnexB(mut writer) => writer.flush()?,
+            Sink::Mp4(mp4) => {
+                mp4.finish()?;
+            }
         }
         Ok(())
     }
@@ -204,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
                             first_keyframe = Some(ms);
                             output.emit(json!({"event": "first_keyframe", "ms": ms}));
                         }
-                        output.writer.write_all(&frame.frame.data)?;
+                        output.write_frame(&frame.frame)?;
                         summary.frames += 1;
                         summary.bytes += frame.frame.data.len() as u64;
                         if args.frames.is_some_and(|n| summary.frames >= n) {
@@ -246,8 +248,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     eprintln!();
-    let secs = streaming_since.elapsed().as_secs_f64().max(1e-3);
-    let fps = summary.frames as f64 / secs;
     output.emit(json!({
         "event": "summary",
         "frames": summary.frames,
@@ -260,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
         "first_keyframe_ms": first_keyframe,
     }));
     viewer.close().await;
-    output.finish(if fps > 1.0 { fps.round() } else { 30.0 })?;
+    output.finish()?;
     Ok(())
 }
 

@@ -1,0 +1,338 @@
+//! An RTSP camera as a frame source: pulls H.264 from an IP camera with the `retina`
+//! client (RTP interleaved on the RTSP TCP connection) and yields one [`Frame`] per
+//! access unit.
+//!
+//! Each frame is Annex-B with 4-byte start codes; retina strips in-band SPS/PPS and
+//! prepends the current pair to every keyframe (whether the camera sent them in-band or
+//! only out of band in the SDP's `sprop-parameter-sets`), so every keyframe is a decoder
+//! entry point and the viewer's file stays decodable. The keyframe flag is retina's
+//! random-access-point flag and the capture time comes from the RTP timestamp.
+//!
+//! When the camera drops the session (or stops sending for [`RtspConfig::stall_timeout`])
+//! the source reconnects after a delay that doubles from [`RtspConfig::min_backoff`] up to
+//! [`RtspConfig::max_backoff`] and resets once a session delivers frames again. Capture
+//! times keep increasing across reconnects.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use retina::client::{
+    Credentials, PlayOptions, Session, SessionOptions, SetupOptions, TcpTransportOptions, Transport,
+};
+use retina::codec::{CodecItem, FrameFormat};
+use sightwire::{Codec, Frame, StreamId};
+use tokio::sync::mpsc;
+use url::Url;
+
+/// Default first reconnect delay.
+pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Default longest reconnect delay.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Default time without a frame after which a session counts as dead.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames buffered between the RTSP task and the camera loop; when full, the RTSP task
+/// waits (TCP back-pressure to the camera) rather than dropping frames a decoder needs.
+pub const FRAME_QUEUE_LEN: usize = 64;
+/// Assumed frame interval when a session ends before two frames gave a real one; used to
+/// place the next session's first frame after the last one.
+const DEFAULT_FRAME_INTERVAL_US: u64 = 33_333;
+
+/// Where and how to pull the camera's stream.
+#[derive(Debug, Clone)]
+pub struct RtspConfig {
+    /// The stream URL, credentials removed (retina refuses URLs carrying them).
+    pub url: Url,
+    /// User name and password for the camera's Basic/Digest authentication.
+    pub credentials: Option<Credentials>,
+    /// First reconnect delay.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// A session that delivers no frame for this long is torn down and reconnected.
+    pub stall_timeout: Duration,
+}
+
+/// Whether `source` names an RTSP stream (`rtsp://...`).
+pub fn is_rtsp_url(source: &str) -> bool {
+    source
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rtsp://"))
+}
+
+impl RtspConfig {
+    /// Parses `rtsp://user:pass@host[:port]/path`, moving the credentials (percent-decoded)
+    /// out of the URL, with the default reconnect timings.
+    pub fn from_url(source: &str) -> anyhow::Result<Self> {
+        let mut url = Url::parse(source).with_context(|| format!("bad RTSP URL {source}"))?;
+        anyhow::ensure!(url.scheme() == "rtsp", "not an rtsp:// URL: {source}");
+        anyhow::ensure!(url.host().is_some(), "RTSP URL has no host: {source}");
+        let credentials = if url.username().is_empty() && url.password().is_none() {
+            None
+        } else {
+            let credentials = Credentials {
+                username: percent_decode(url.username())?,
+                password: percent_decode(url.password().unwrap_or(""))?,
+            };
+            url.set_username("")
+                .and_then(|()| url.set_password(None))
+                .map_err(|()| anyhow::anyhow!("cannot remove credentials from {source}"))?;
+            Some(credentials)
+        };
+        Ok(Self {
+            url,
+            credentials,
+            min_backoff: DEFAULT_MIN_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        })
+    }
+}
+
+/// Decodes `%XX` escapes of a URL's user-info part.
+fn percent_decode(text: &str) -> anyhow::Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .with_context(|| format!("bad percent escape in {text:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).context("credentials are not UTF-8")
+}
+
+/// Reconnect delays: doubling from a minimum to a maximum, reset after success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: max.max(min),
+            next: min,
+        }
+    }
+
+    /// The delay before the next attempt; each call doubles the following one.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        delay
+    }
+
+    /// Back to the minimum delay (a session worked).
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Turns RTP timestamps of successive sessions into one monotonic microsecond clock.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureClock {
+    /// Added to the current session's elapsed time.
+    offset_us: u64,
+    last_us: Option<u64>,
+    last_interval_us: u64,
+}
+
+impl CaptureClock {
+    /// A new session begins: its first frame comes one frame interval after the last
+    /// frame of the previous session.
+    pub fn start_session(&mut self) {
+        if let Some(last) = self.last_us {
+            let interval = if self.last_interval_us == 0 {
+                DEFAULT_FRAME_INTERVAL_US
+            } else {
+                self.last_interval_us
+            };
+            self.offset_us = last.saturating_add(interval);
+        }
+    }
+
+    /// Capture time of a frame `elapsed` ticks of a `clock_rate_hz` clock after the
+    /// session's first RTP timestamp; never less than the previous result.
+    pub fn capture_time_us(&mut self, elapsed: i64, clock_rate_hz: u32) -> u64 {
+        let ticks = u64::try_from(elapsed).unwrap_or(0);
+        let session_us = u128::from(ticks) * 1_000_000 / u128::from(clock_rate_hz.max(1));
+        let session_us = u64::try_from(session_us).unwrap_or(u64::MAX);
+        let mut time = self.offset_us.saturating_add(session_us);
+        if let Some(last) = self.last_us {
+            time = time.max(last);
+            if time > last {
+                self.last_interval_us = time - last;
+            }
+        }
+        self.last_us = Some(time);
+        time
+    }
+}
+
+/// Starts pulling `config.url` on the current tokio runtime; frames arrive on the
+/// returned receiver. The task reconnects until the receiver is dropped.
+pub fn spawn(config: RtspConfig) -> mpsc::Receiver<Frame> {
+    let (tx, rx) = mpsc::channel(FRAME_QUEUE_LEN);
+    tokio::spawn(run(config, tx));
+    rx
+}
+
+/// Pulls frames into `frames`, reconnecting with backoff, until `frames` is closed.
+pub async fn run(config: RtspConfig, frames: mpsc::Sender<Frame>) {
+    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    let mut clock = CaptureClock::default();
+    loop {
+        let mut delivered = 0u64;
+        let result = stream_session(&config, &mut clock, &frames, &mut delivered).await;
+        if frames.is_closed() {
+            return;
+        }
+        if delivered > 0 {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        match result {
+            Ok(()) => tracing::warn!(
+                url = %config.url, frames = delivered, ?delay,
+                "RTSP session ended; reconnecting"
+            ),
+            Err(error) => tracing::warn!(
+                url = %config.url, frames = delivered, ?delay,
+                "RTSP session failed: {error:#}; reconnecting"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = frames.closed() => return,
+        }
+    }
+}
+
+/// One RTSP session: DESCRIBE, SETUP the first H.264 video stream, PLAY, forward frames.
+/// Returns when the camera ends the session, the stream stalls, or `frames` closes.
+async fn stream_session(
+    config: &RtspConfig,
+    clock: &mut CaptureClock,
+    frames: &mpsc::Sender<Frame>,
+    delivered: &mut u64,
+) -> anyhow::Result<()> {
+    let options = SessionOptions::default()
+        .creds(config.credentials.clone())
+        .user_agent(format!("sightwire-camera/{}", env!("CARGO_PKG_VERSION")));
+    let mut session = tokio::time::timeout(
+        config.stall_timeout,
+        Session::describe(config.url.clone(), options),
+    )
+    .await
+    .context("DESCRIBE timed out")??;
+    let video = session
+        .streams()
+        .iter()
+        .position(|s| s.media() == "video" && s.encoding_name() == "h264")
+        .context("the camera offers no H.264 video stream")?;
+    let setup = SetupOptions::default()
+        .transport(Transport::Tcp(TcpTransportOptions::default()))
+        .frame_format(FrameFormat::SIMPLE);
+    tokio::time::timeout(config.stall_timeout, session.setup(video, setup))
+        .await
+        .context("SETUP timed out")??;
+    let playing = tokio::time::timeout(config.stall_timeout, session.play(PlayOptions::default()))
+        .await
+        .context("PLAY timed out")??;
+    let mut demuxed = playing.demuxed()?;
+    clock.start_session();
+    loop {
+        let item = tokio::select! {
+            item = tokio::time::timeout(config.stall_timeout, demuxed.next()) => item
+                .map_err(|_| anyhow::anyhow!("no data for {:?}", config.stall_timeout))?,
+            () = frames.closed() => return Ok(()),
+        };
+        let Some(item) = item else {
+            return Ok(());
+        };
+        let CodecItem::VideoFrame(video_frame) = item? else {
+            continue;
+        };
+        let timestamp = video_frame.timestamp();
+        let capture_time_us =
+            clock.capture_time_us(timestamp.elapsed(), timestamp.clock_rate().get());
+        let keyframe = video_frame.is_random_access_point();
+        let data = Bytes::from(video_frame.into_data());
+        // With FrameFormat::SIMPLE the parameter sets, when known, lead a keyframe.
+        let codec_config = data.get(4).is_some_and(|header| header & 0x1F == 7);
+        let frame = Frame {
+            stream: StreamId::VIDEO,
+            codec: Codec::H264,
+            keyframe,
+            codec_config,
+            capture_time_us,
+            data,
+        };
+        if frames.send(frame).await.is_err() {
+            return Ok(());
+        }
+        *delivered += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moves_credentials_out_of_the_url() {
+        let config = RtspConfig::from_url("rtsp://admin:p%40ss%3Aw@192.0.2.7:554/Streaming/101")
+            .expect("valid");
+        assert_eq!(config.url.as_str(), "rtsp://192.0.2.7:554/Streaming/101");
+        let credentials = config.credentials.expect("credentials");
+        assert_eq!(credentials.username, "admin");
+        assert_eq!(credentials.password, "p@ss:w");
+        let anonymous = RtspConfig::from_url("rtsp://cam.local/live").expect("valid");
+        assert!(anonymous.credentials.is_none());
+        assert!(RtspConfig::from_url("http://cam.local/live").is_err());
+        assert!(RtspConfig::from_url("rtsp://u:%zz@cam/live").is_err());
+        assert!(is_rtsp_url("RTSP://cam/x") && !is_rtsp_url("clip.h264") && !is_rtsp_url("rt"));
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
+        let delays: Vec<_> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 3000, 3000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn capture_clock_is_monotonic_across_sessions() {
+        let mut clock = CaptureClock::default();
+        clock.start_session();
+        assert_eq!(clock.capture_time_us(0, 90_000), 0);
+        assert_eq!(clock.capture_time_us(3_000, 90_000), 33_333);
+        assert_eq!(clock.capture_time_us(6_000, 90_000), 66_666);
+        // A timestamp that goes backwards does not move the clock back.
+        assert_eq!(clock.capture_time_us(-90_000, 90_000), 66_666);
+        // The next session starts one interval after the last frame.
+        clock.start_session();
+        assert_eq!(clock.capture_time_us(0, 90_000), 99_999);
+        assert_eq!(clock.capture_time_us(9_000, 90_000), 199_999);
+        // No overflow on absurd input.
+        assert_eq!(clock.capture_time_us(i64::MAX, 1), u64::MAX);
+        assert_eq!(clock.capture_time_us(5, 0), u64::MAX);
+    }
+}
