@@ -259,8 +259,9 @@ async fn main() -> anyhow::Result<()> {
         "connect_ms": connect_ms,
         "first_keyframe_ms": first_keyframe,
     }));
-    viewer.close().await;
+    // Finalize the file first: a second Ctrl-C during the close must not cost the MP4 index.
     output.finish()?;
+    viewer.close().await;
     Ok(())
 }
 
