@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chacha20poly1305::{AeadInPlace, ChaCha20Poly1305, KeyInit, Nonce};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use sightwire_media::{Codec, Config, Event, Frame, MediaConnection, PacketizedFrame, StreamId};
 
 const FRAME_INTERVAL: Duration = Duration::from_millis(33);
@@ -78,7 +78,7 @@ impl Pipeline {
             let len = transmit.write_to(&mut self.buf).unwrap();
             self.session(len);
             self.packets += 1;
-            if self.lose_packets && self.packets % LOSS_PERIOD == 0 {
+            if self.lose_packets && self.packets.is_multiple_of(LOSS_PERIOD) {
                 continue;
             }
             let _ = self.viewer.handle_input(self.now, &self.buf[..len]);

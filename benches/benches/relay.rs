@@ -15,7 +15,7 @@ const WINDOW: usize = 32;
 const PAYLOAD: usize = 1200;
 
 /// Runs a future on its own single-threaded runtime in a background thread.
-fn spawn_runtime<F: std::future::Future<Output = ()> + Send + 'static>(future: F) {
+fn spawn_runtime<F: Future<Output = ()> + Send + 'static>(future: F) {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
