@@ -107,7 +107,12 @@ impl Output {
 
     fn write_frame(&mut self, frame: &sightwire::Frame) -> anyhow::Result<()> {
         match &mut self.sink {
-            Sink::AnnexB(writer) => writer.write_all(&frame.data)?,
+            Sink::AnnexB(writer) => {
+                writer.write_all(&frame.data)?;
+                // Flushed per frame: the file is always a playable prefix, and a lab
+                // watching it sees stalls to the frame.
+                writer.flush()?;
+            }
             Sink::Mp4(mp4) => {
                 mp4.write_frame(&frame.data, frame.capture_time_us)?;
             }
