@@ -2,11 +2,13 @@
 //! TCP connection (interleaved), Basic authentication, single-NAL and FU-A packets
 //! (RFC 6184), serving an H.264 clip made with ffmpeg.
 //!
-//! The server serves the clip twice, on two connections: the first with SPS/PPS in band
-//! and then it drops the connection (a camera dropping the session); the second with
-//! SPS/PPS only out of band in the SDP. The source must reconnect, and every frame it
-//! yields must equal the clip's access unit (start codes written as `00 00 00 01`),
-//! keyframes included, because retina puts the parameter sets in front of each keyframe.
+//! The server serves the clip three times, on three connections: the first with SPS/PPS
+//! in band, then it drops the connection (a camera dropping the session); the second with
+//! SPS/PPS only out of band in the SDP, then it goes silent with the connection open (a
+//! hung camera, caught by the stall timeout); the third in band again. The source must
+//! reconnect each time, and every frame it yields must equal the clip's access unit
+//! (start codes written as `00 00 00 01`), keyframes included, because retina puts the
+//! parameter sets in front of each keyframe.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -32,6 +34,10 @@ const PASSWORD: &str = "p@ss:word";
 const SESSION_ID: &str = "4242";
 const FIRST_SEQ: u16 = 1_000;
 const FIRST_RTPTIME: u32 = 5_000;
+/// Connections the server accepts (one per [`SessionPlan`]).
+const SESSIONS: usize = 3;
+/// The source's stall timeout here: how long the silent second session lasts.
+const STALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Returns `None` (after saying so loudly) when ffmpeg is missing outside CI.
 fn make_clip(path: &Path) -> Option<Vec<u8>> {
@@ -322,6 +328,10 @@ async fn rtsp_source_yields_the_clips_access_units_and_reconnects() {
             parameter_sets_in_band: false,
             drop_after_clip: false,
         },
+        SessionPlan {
+            parameter_sets_in_band: true,
+            drop_after_clip: false,
+        },
     ];
     let server = tokio::spawn(serve(listener, clip.clone(), plans, log.clone()));
 
@@ -329,8 +339,9 @@ async fn rtsp_source_yields_the_clips_access_units_and_reconnects() {
         RtspConfig::from_url(&format!("rtsp://{USER}:p%40ss%3Aword@{addr}/clip")).expect("config");
     config.min_backoff = Duration::from_millis(50);
     config.max_backoff = Duration::from_millis(200);
+    config.stall_timeout = STALL_TIMEOUT;
     let mut frames = spawn(config);
-    let wanted = 2 * clip.units.len();
+    let wanted = SESSIONS * clip.units.len();
     let mut received = Vec::with_capacity(wanted);
     let collect = async {
         while received.len() < wanted {
@@ -381,26 +392,32 @@ async fn rtsp_source_yields_the_clips_access_units_and_reconnects() {
             .windows(2)
             .all(|w| w[1].capture_time_us > w[0].capture_time_us)
     );
-    let gap = received[n].capture_time_us - received[n - 1].capture_time_us;
-    assert!(
-        gap.abs_diff(frame_us(1)) <= 1,
-        "second session starts {gap} µs after the first ended"
-    );
+    for session in 1..SESSIONS {
+        let first = session * n;
+        let gap = received[first].capture_time_us - received[first - 1].capture_time_us;
+        assert!(
+            gap.abs_diff(frame_us(1)) <= 1,
+            "session {session} starts {gap} µs after the previous one ended"
+        );
+    }
 
     let log = log.lock().expect("log");
-    assert_eq!(log.connections, 2, "the source reconnected once");
+    assert_eq!(
+        log.connections, SESSIONS,
+        "the source reconnected each time"
+    );
     assert!(
         log.unauthorized_describes >= 1,
         "the server challenged the client"
     );
     assert_eq!(
-        log.authorized_describes, 2,
-        "credentials sent on both sessions"
+        log.authorized_describes, SESSIONS,
+        "credentials sent on every session"
     );
     drop(log);
     server.abort();
     eprintln!(
-        "rtsp: {} frames ({keyframes} keyframes per pass) over 2 sessions matched the clip",
+        "rtsp: {} frames ({keyframes} keyframes per pass) over {SESSIONS} sessions matched the clip",
         received.len()
     );
 }
