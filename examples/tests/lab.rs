@@ -131,7 +131,7 @@ fn report(lines: &mut String, claim: &str, ok: bool) {
 }
 
 fn finish_selftest(name: &str, lines: &str) -> anyhow::Result<()> {
-    eprintln!("\nNAT profile self-test `{name}`:\n{lines}");
+    lab::publish(&format!("\nNAT profile self-test `{name}`:\n{lines}"));
     ensure!(
         !lines.contains("[FAILED]"),
         "profile `{name}` does not behave as documented"
@@ -574,10 +574,10 @@ fn selftest_cleanup() -> anyhow::Result<()> {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "process {pid} survived the panic"
     );
-    eprintln!(
+    lab::publish(&format!(
         "lab: after a panic: {} namespaces and process {pid} removed",
         names.len()
-    );
+    ));
 
     // Leftovers of a crashed run (owner pid dead) are removed, with their processes;
     // namespaces of a live run are not.
@@ -611,7 +611,9 @@ fn selftest_cleanup() -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("lab: stale namespace of dead pid {dead} removed with its process; live one kept");
+    lab::publish(&format!(
+        "lab: stale namespace of dead pid {dead} removed with its process; live one kept"
+    ));
 
     // Two topologies in a row with the same roles do not collide.
     for _ in 0..2 {
@@ -641,8 +643,8 @@ fn selftest_cleanup() -> anyhow::Result<()> {
 fn endpoint() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let binaries = servers::endpoint_binaries();
     if binaries.is_none() {
-        eprintln!(
-            "lab: waiting for camera/viewer binaries (examples/src/bin/camera.rs, viewer.rs)"
+        lab::publish(
+            "lab: waiting for camera/viewer binaries (examples/src/bin/camera.rs, viewer.rs)",
         );
     }
     binaries
@@ -846,9 +848,9 @@ fn endpoint_matrix() -> anyhow::Result<()> {
         "\nsame LAN (home, viewer by URI): {}",
         cell_text(&lan_report)
     );
-    eprintln!(
+    lab::publish(&format!(
         "\nNAT lab matrix: path connect_ms/first_keyframe_ms, {ACCESS_DELAY_MS} ms per access link\n{table}\n"
-    );
+    ));
 
     ensure!(
         bed.servers.relay.try_status()?.is_none(),
@@ -928,7 +930,7 @@ fn endpoint_real_video() -> anyhow::Result<()> {
     let comparison = h264::compare(&source, &received)?;
     let source_decoded = h264::frame_count(&clip)?;
     let received_decoded = h264::frame_count(&viewer.out)?;
-    eprintln!(
+    lab::publish(&format!(
         "\nreal video: {} source frames ({} decoded by ffprobe); received {} frames from source frame {}, \
          {} skipped, keyframe first: {}; ffprobe decodes {} frames of the received file; path {:?}, \
          first keyframe at {:?} ms\n",
@@ -941,7 +943,7 @@ fn endpoint_real_video() -> anyhow::Result<()> {
         received_decoded,
         report.final_path(),
         report.first_keyframe_ms,
-    );
+    ));
     ensure!(
         source.len() as u64 == total && source_decoded == total,
         "the clip has {total} frames"
@@ -1095,14 +1097,14 @@ fn endpoint_fault_loss() -> anyhow::Result<()> {
     let (_, dropped_camera) = sb.bed.topology.access_stats(camera_site)?;
     let (_, dropped_viewer) = sb.bed.topology.access_stats(viewer_site)?;
     let expected = (seconds * 30.0) as usize;
-    eprintln!(
+    lab::publish(&format!(
         "\n5 % loss on both access links (each direction): {received} frames delivered in {seconds} s \
          (~{expected} sent), {skipped} passed over, none corrupt; viewer summary lost {} late {}; \
          links dropped camera {dropped_camera:?} viewer {dropped_viewer:?}; path {:?}\n",
         report.summary_u64("lost"),
         report.summary_u64("late"),
         report.final_path()
-    );
+    ));
     ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
     ensure!(
         received * 2 >= expected,
@@ -1131,11 +1133,11 @@ fn endpoint_fault_conntrack_flush() -> anyhow::Result<()> {
             sb.bed.topology.flush_conntrack(sb.camera_site)?;
             sb.bed.topology.flush_conntrack(sb.viewer_site)
         })?;
-    eprintln!(
+    lab::publish(&format!(
         "\nconntrack -F on both NATs mid-stream: longest stall {stall:?} (bound {FLUSH_RECOVERY:?}), \
          recovered {recovered}, {received} frames ({skipped} passed over), paths {:?} then {:?}\n",
         report.connected_path, report.path_changes
-    );
+    ));
     ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
     ensure!(
         recovered && stall <= FLUSH_RECOVERY,
@@ -1191,13 +1193,13 @@ fn endpoint_fault_rendezvous_restart() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    eprintln!(
+    lab::publish(&format!(
         "\nrendezvous killed and restarted 3 s into the stream: longest stall {stall:?} (bound \
          {RENDEZVOUS_RESTART_STALL:?}), {received} frames; camera re-registered: {}; a new viewer \
          connected after {:?} ({attempts} attempts)\n",
         registered.is_ok(),
         second.as_ref().map(|(_, t)| *t)
-    );
+    ));
     ensure!(
         report.exit_ok,
         "viewer failed across the restart: {:?}",
@@ -1231,12 +1233,12 @@ fn endpoint_fault_viewer_renumbered() -> anyhow::Result<()> {
             let host = sb.viewer_host;
             sb.bed.topology.renumber_host(host).map(drop)
         })?;
-    eprintln!(
+    lab::publish(&format!(
         "\nviewer renumbered mid-stream (192.168.1.x -> another address, new NAT mapping): longest \
          stall {stall:?} (bound {ROAM_RECOVERY:?}), recovered {recovered}, {received} frames ({skipped} \
          passed over), paths {:?} then {:?}\n",
         report.connected_path, report.path_changes
-    );
+    ));
     ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
     ensure!(
         recovered && stall <= ROAM_RECOVERY,
@@ -1262,12 +1264,12 @@ fn endpoint_fault_viewer_moves_to_other_nat() -> anyhow::Result<()> {
             let host = sb.viewer_host;
             sb.bed.topology.move_host(host, other)
         })?;
-    eprintln!(
+    lab::publish(&format!(
         "\nviewer moved to another home NAT mid-stream: longest stall {stall:?} (bound \
          {ROAM_RECOVERY:?}), recovered {recovered}, {received} frames ({skipped} passed over), paths \
          {:?} then {:?}\n",
         report.connected_path, report.path_changes
-    );
+    ));
     ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
     ensure!(
         recovered && stall <= ROAM_RECOVERY,

@@ -116,6 +116,16 @@ pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
+/// Writes a result to stderr past libtest's output capture, so that the matrix, the
+/// self-test reports and the fault figures appear in CI logs even when the test passes
+/// (libtest captures only the `print!`/`eprint!` macros).
+pub(crate) fn publish(text: &str) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{text}");
+    let _ = stderr.flush();
+}
+
 /// Whether a program is on `PATH`.
 pub(crate) fn have_program(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
@@ -205,12 +215,12 @@ pub(crate) fn start(test: &str, tools: &[&str]) -> Option<Lab> {
             "NAT LAB CANNOT RUN IN CI ({test}): {reason}. CI must run the lab as root with \
              nftables, iproute2, conntrack and ffmpeg installed."
         );
-        eprintln!();
-        eprintln!("################################################################");
-        eprintln!("#  NAT LAB SKIPPED: {test}: {reason}");
-        eprintln!("#  (this test passes without checking anything; CI=true makes it fail)");
-        eprintln!("################################################################");
-        eprintln!();
+        publish(&format!(
+            "\n################################################################\n\
+             #  NAT LAB SKIPPED: {test}: {reason}\n\
+             #  (this test passes without checking anything; CI=true makes it fail)\n\
+             ################################################################\n"
+        ));
         return None;
     }
     static STALE: OnceLock<()> = OnceLock::new();
