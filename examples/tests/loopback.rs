@@ -101,7 +101,7 @@ async fn connect(
 /// Streams `frames` synthetic frames from the device at 100 fps and checks that every
 /// viewer receives each one byte for byte and in order. Returns the path each viewer saw.
 async fn stream_and_check(setup: &mut Setup, viewers: &mut [Viewer], frames: u32) -> Vec<PathKind> {
-    let mut source = FrameSource::synthetic(100, 25, frames);
+    let mut source = FrameSource::synthetic(100, 25, Some(frames));
     let expected: Vec<_> = std::iter::from_fn(|| source.next_frame()).collect();
     let mut paths = vec![None; viewers.len()];
     for frame in &expected {

@@ -94,11 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let mut source = if rtsp_config.is_some() {
         None
     } else if args.source == "synthetic" {
-        Some(FrameSource::synthetic(
-            args.fps,
-            args.fps * 2,
-            args.fps * 3600,
-        ))
+        Some(FrameSource::synthetic(args.fps, args.fps * 2, None))
     } else {
         let bytes =
             std::fs::read(&args.source).with_context(|| format!("reading {}", args.source))?;
@@ -133,6 +129,9 @@ async fn main() -> anyhow::Result<()> {
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ready = false;
+    // Created once, so a signal between two loop turns is not missed.
+    let shutdown = sightwire_examples::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = ticker.tick(), if source.is_some() => {
@@ -172,8 +171,7 @@ async fn main() -> anyhow::Result<()> {
                     _ => {}
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm() => break,
+            () = &mut shutdown => break,
         }
     }
     tokio::time::timeout(Duration::from_secs(2), device.shutdown())
@@ -190,14 +188,4 @@ async fn next_rtsp_frame(
         Some(frames) => frames.recv().await,
         None => std::future::pending().await,
     }
-}
-
-async fn sigterm() {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        term.recv().await;
-        return;
-    }
-    std::future::pending::<()>().await;
 }

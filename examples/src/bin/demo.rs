@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
             "H.264 1280x720 (ffmpeg testsrc2)",
         ),
         None => (
-            FrameSource::synthetic(FPS, 2 * FPS, args.seconds * FPS),
+            FrameSource::synthetic(FPS, 2 * FPS, Some(args.seconds * FPS)),
             "synthetic (ffmpeg not found)",
         ),
     };

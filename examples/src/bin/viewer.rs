@@ -179,6 +179,9 @@ async fn main() -> anyhow::Result<()> {
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let streaming_since = Instant::now();
+    // Created once, so a signal between two loop turns is not missed.
+    let shutdown = sightwire_examples::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         let stop = tokio::time::sleep_until(deadline.map_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(3600),
@@ -249,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             () = stop => break,
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut shutdown => break,
         }
     }
     eprintln!();
