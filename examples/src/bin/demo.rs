@@ -88,7 +88,11 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => (
             FrameSource::synthetic(FPS, 2 * FPS, Some(args.seconds * FPS)),
-            "synthetic (ffmpeg not found)",
+            if args.synthetic {
+                "synthetic (--synthetic)"
+            } else {
+                "synthetic (ffmpeg not found)"
+            },
         ),
     };
     println!("source        {kind}, {} frames at {FPS} fps", source.len());
