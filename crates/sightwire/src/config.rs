@@ -218,12 +218,19 @@ impl Credentials {
     }
 }
 
+/// Latency budget of the endpoint's media: long enough for about three NACK rounds at
+/// the 100–150 ms round trips of two home access links, short enough for live viewing
+/// and PTZ (the media crate's 200 ms default allows one round there; measured in the
+/// NAT lab's 5 % loss test, spec/lab.md).
+pub const DEFAULT_LATENCY_BUDGET: Duration = Duration::from_millis(500);
+
 /// Media parameters that leave room for the relay's 9-byte header inside the IPv6
 /// minimum MTU, so one packet size works on every path.
 pub fn default_media_config() -> MediaConfig {
     MediaConfig {
         max_packet_size: sightwire_media::DEFAULT_MAX_PACKET_SIZE
             - sightwire_relay::wire::DATA_HEADER_LEN,
+        latency_budget: DEFAULT_LATENCY_BUDGET,
         ..MediaConfig::default()
     }
 }

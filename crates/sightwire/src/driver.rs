@@ -77,6 +77,12 @@ const AUTH_ATTEMPTS: u32 = 10;
 const PEER_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connected peer silent for this long is dropped.
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A viewer whose path has been lost this long (or whose network changed) connects
+/// again through the rendezvous: a fresh punch from both sides, as after a move to
+/// another network, where the device's NAT would filter the viewer's new mapping.
+const REPATH_WAIT: Duration = Duration::from_secs(3);
+/// A reconnect the rendezvous refused is tried again after this long.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 /// How often per-peer figures are reported.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the local address is checked for a network change.
@@ -116,6 +122,9 @@ pub(crate) enum Side {
         connect_deadline: Instant,
         /// Connect request not yet answered: (request id, next retry).
         request: Option<(u64, Instant)>,
+        /// A connect request should go out as soon as the rendezvous session is up
+        /// (first connect, or a reconnect after a lost path or a network change).
+        want_connect: Option<Instant>,
     },
 }
 
@@ -152,13 +161,15 @@ struct Peer {
     pending_start: Option<(StartAttempt, Instant)>,
     relay: Option<RelayLink>,
     path: Option<Path>,
-    /// A newer authenticated address than the agent's path (roaming), direct paths only.
-    roamed_to: Option<SocketAddr>,
     session: Option<SessionId>,
     auth: AuthState,
     media: MediaConnection,
     created: Instant,
     last_heard: Instant,
+    /// When the punch agent lost the path, if no new one was found since.
+    lost_at: Option<Instant>,
+    /// A newer connection to the same peer is being set up to replace this one.
+    superseded: bool,
     frames_delivered: u64,
     bytes_delivered: u64,
 }
@@ -457,10 +468,10 @@ impl Driver {
             return;
         };
         peer.last_heard = now;
-        // Follow a roaming peer only on authenticated packets, and only between direct
-        // addresses: relay ↔ direct moves are the punch agent's decision.
-        if endpoint_changed && !is_virtual(from) && peer.path.is_some_and(|p| !p.kind_is_relay()) {
-            peer.roamed_to = Some(from);
+        // The session table already moved the peer's address (authenticated packets
+        // only); `route` follows it for direct paths.
+        if endpoint_changed {
+            tracing::debug!(peer = peer_id.0, %from, "peer now sends from a new address");
         }
     }
 
@@ -527,6 +538,17 @@ impl Driver {
         match response {
             AuthResponse::Accepted { .. } if newly_accepted => {
                 tracing::info!(peer = peer_id.0, "viewer authorized");
+                // The same viewer reconnected (it moved, or lost its path): the older
+                // connection's address is stale, stop sending there.
+                let stale: Vec<PeerId> = self
+                    .peers
+                    .values()
+                    .filter(|p| p.id != peer_id && p.remote_key == remote)
+                    .map(|p| p.id)
+                    .collect();
+                for id in stale {
+                    self.remove_peer(id, PeerClosedReason::Closed, true);
+                }
                 self.emit(Event::PeerConnected {
                     peer: peer_id,
                     key: remote,
@@ -554,16 +576,41 @@ impl Driver {
             AuthResponse::Accepted { .. } => {
                 peer.auth = AuthState::Accepted;
                 let (key, path) = (peer.remote_key, peer.path);
-                if let Side::Viewer { ready, .. } = &mut self.side
-                    && let Some(ready) = ready.take()
-                {
-                    let _ = ready.send(Ok(peer_id));
+                let first = match &mut self.side {
+                    Side::Viewer { ready, .. } => match ready.take() {
+                        Some(ready) => {
+                            let _ = ready.send(Ok(peer_id));
+                            true
+                        }
+                        None => false,
+                    },
+                    Side::Device { .. } => true,
+                };
+                if first {
+                    self.emit(Event::PeerConnected {
+                        peer: peer_id,
+                        key,
+                        path,
+                    });
+                } else {
+                    // A reconnect: to the application the stream just changed path.
+                    let replaced: Vec<PeerId> = self
+                        .peers
+                        .keys()
+                        .copied()
+                        .filter(|id| *id != peer_id)
+                        .collect();
+                    for id in replaced {
+                        self.drop_peer_quietly(id);
+                    }
+                    tracing::info!(peer = peer_id.0, "reconnected");
+                    if let Some(path) = path {
+                        self.emit(Event::PathChanged {
+                            peer: peer_id,
+                            path,
+                        });
+                    }
                 }
-                self.emit(Event::PeerConnected {
-                    peer: peer_id,
-                    key,
-                    path,
-                });
             }
             AuthResponse::Rejected(reason) => {
                 self.fail_viewer(ConnectError::NotAuthorized(reason));
@@ -647,11 +694,21 @@ impl Driver {
                 self.send_register(now);
             }
             _ => {
-                if let Side::Viewer { request, .. } = &mut self.side
+                if let Side::Viewer {
+                    request,
+                    ready,
+                    want_connect,
+                    ..
+                } = &mut self.side
                     && request.is_some_and(|(id, _)| id == request_id)
                 {
                     *request = None;
-                    self.fail_viewer(ConnectError::Rendezvous(code));
+                    if ready.is_some() {
+                        self.fail_viewer(ConnectError::Rendezvous(code));
+                    } else {
+                        // A reconnect (the device may be rebooting): keep trying.
+                        *want_connect = Some(now + RECONNECT_BACKOFF);
+                    }
                 }
                 self.emit(Event::RendezvousError { code });
             }
@@ -680,12 +737,13 @@ impl Driver {
             pending_start: None,
             relay: None,
             path: None,
-            roamed_to: None,
             session: None,
             auth: AuthState::NotStarted,
             media,
             created: now,
             last_heard: now,
+            lost_at: None,
+            superseded: false,
             frames_delivered: 0,
             bytes_delivered: 0,
         })
@@ -904,6 +962,54 @@ impl Driver {
         self.emit(Event::PeerClosed { peer: id, reason });
     }
 
+    /// Ends a connection that a newer one replaced, without a `PeerClosed` event (the
+    /// application sees one continuous stream).
+    fn drop_peer_quietly(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.remove(&id) else {
+            return;
+        };
+        if let Some(session) = peer.session {
+            self.by_session.remove(&session);
+            self.sessions.close(session);
+        }
+        if let Some(relay) = &peer.relay {
+            self.by_channel.remove(&relay.channel);
+        }
+        if self.rendezvous.ready {
+            self.send_signal(
+                Instant::now(),
+                Body::Close(Close {
+                    connect_id: Some(ConnectId(id.0)),
+                    reason: CloseReason::Done,
+                }),
+                0,
+                None,
+            );
+        }
+    }
+
+    /// Viewer: connect again through the rendezvous (keeping the current connection
+    /// until the new one is authorized).
+    fn start_reconnect(&mut self, now: Instant, why: &str) {
+        let Side::Viewer {
+            ready,
+            request,
+            want_connect,
+            ..
+        } = &mut self.side
+        else {
+            return;
+        };
+        if ready.is_some() || request.is_some() || want_connect.is_some() {
+            return;
+        }
+        tracing::info!(why, "reconnecting to the device");
+        *want_connect = Some(now);
+        for peer in self.peers.values_mut() {
+            peer.superseded = true;
+        }
+    }
+
     // ---------------------------------------------------------------- timers
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -931,6 +1037,14 @@ impl Driver {
         } = &self.side
         {
             consider(request.map(|(_, t)| t));
+            if let Side::Viewer {
+                want_connect: Some(at),
+                request: None,
+                ..
+            } = &self.side
+            {
+                consider(Some(*at));
+            }
             if ready.is_some() {
                 consider(Some(*connect_deadline));
             }
@@ -951,6 +1065,9 @@ impl Driver {
                 consider(Some(next));
             }
             consider(Some(peer.last_heard + PEER_IDLE_TIMEOUT));
+            if !peer.superseded {
+                consider(peer.lost_at.map(|at| at + REPATH_WAIT));
+            }
             if peer.auth != AuthState::Accepted {
                 consider(Some(peer.created + PEER_SETUP_TIMEOUT));
             }
@@ -1027,8 +1144,25 @@ impl Driver {
             }
             retry_connect = request.is_some_and(|(_, at)| at <= now);
         }
+        if let Side::Viewer {
+            want_connect: Some(at),
+            request: None,
+            ..
+        } = &self.side
+        {
+            retry_connect |= *at <= now;
+        }
         if retry_connect && self.rendezvous.ready {
             self.send_connect_request(now);
+        }
+        let lost = self.peers.values().any(|p| {
+            p.auth == AuthState::Accepted
+                && !p.superseded
+                && p.lost_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= REPATH_WAIT)
+        });
+        if lost {
+            self.start_reconnect(now, "path lost");
         }
         // Authorization retransmissions.
         let ids: Vec<PeerId> = self
@@ -1123,8 +1257,9 @@ impl Driver {
                 for peer in self.peers.values_mut() {
                     peer.agent.network_changed(now, hosts.clone());
                 }
-                if let Side::Device { .. } = self.side {
-                    self.send_register(now);
+                match self.side {
+                    Side::Device { .. } => self.send_register(now),
+                    Side::Viewer { .. } => self.start_reconnect(now, "local address changed"),
                 }
             }
         }
@@ -1224,10 +1359,13 @@ impl Driver {
             _ => self.next_request_id(),
         };
         if let Side::Viewer {
-            request: pending, ..
+            request: pending,
+            want_connect,
+            ..
         } = &mut self.side
         {
             *pending = Some((id, now + REQUEST_RETRY));
+            *want_connect = None;
         }
         self.send_signal(
             now,
@@ -1326,7 +1464,13 @@ impl Driver {
         let relayed = |peer: &Peer| peer.relay.as_ref().map(|r| (r.server, Some(r.channel)));
         match peer.path {
             Some(path) if path.kind_is_relay() => relayed(peer),
-            Some(path) => Some((peer.roamed_to.unwrap_or(path.remote), None)),
+            // A direct path goes to the address the peer's packets last *authenticated*
+            // from (the session follows a roaming peer, WireGuard-style); the agent's
+            // address only until the peer has sent on the path.
+            Some(path) => match peer.session.and_then(|s| self.sessions.remote_addr(s)) {
+                Some(addr) if !is_virtual(addr) => Some((addr, None)),
+                _ => Some((path.remote, None)),
+            },
             None => {
                 let addr = self.sessions.remote_addr(peer.session?)?;
                 match virtual_channel(addr) {
@@ -1441,9 +1585,13 @@ impl Driver {
                             self.rendezvous.register = None;
                             self.send_register(now);
                         }
-                        Side::Viewer { ready: Some(_), .. } if self.peers.is_empty() => {
-                            self.send_connect_request(now)
+                        Side::Viewer {
+                            want_connect: Some(_),
+                            ..
                         }
+                        | Side::Viewer {
+                            request: Some(_), ..
+                        } => self.send_connect_request(now),
                         Side::Viewer { .. } => {}
                     }
                     return;
@@ -1598,9 +1746,9 @@ impl Driver {
                     remote: info.remote,
                     rtt: info.rtt,
                 };
-                let changed = peer.path.is_some();
+                let changed = peer.path.is_some() || peer.lost_at.is_some();
+                peer.lost_at = None;
                 peer.path = Some(path);
-                peer.roamed_to = None;
                 tracing::info!(peer = id.0, path = path.kind_name(), remote = %path.remote, "path selected");
                 if is_viewer && peer.session.is_none() {
                     // The viewer starts the Noise handshake on the first working path.
@@ -1628,6 +1776,7 @@ impl Driver {
             }
             PunchEvent::PathLost(_) => {
                 peer.path = None;
+                peer.lost_at = Some(now);
                 self.emit(Event::PathLost { peer: id });
             }
             PunchEvent::Failed(_) if peer.auth != AuthState::Accepted => {

@@ -184,6 +184,7 @@ impl Viewer {
             ready: Some(ready_tx),
             connect_deadline: Instant::now() + config.connect_timeout,
             request: None,
+            want_connect: Some(Instant::now()),
         };
         let mut handle = spawn(
             socket,
@@ -204,7 +205,8 @@ impl Viewer {
         }
     }
 
-    /// The connection's id (also in every event).
+    /// The connection's id (also in its events). After a reconnect (the viewer moved,
+    /// or its path was lost) events carry the new connection's id.
     pub fn peer(&self) -> PeerId {
         self.peer
     }
@@ -222,7 +224,8 @@ impl Viewer {
     /// Sends a control message to the device (PTZ, settings...).
     pub async fn send_control(&self, message: Bytes) -> bool {
         self.handle
-            .command(Command::SendControl(Some(self.peer), message))
+            // To the device, whichever connection currently carries the stream.
+            .command(Command::SendControl(None, message))
             .await
     }
 

@@ -53,8 +53,9 @@ mod error;
 mod events;
 
 pub use config::{
-    Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_VIEWERS, DeviceConfig, DeviceIdentity,
-    PathPolicy, RendezvousServer, Target, ViewerConfig, default_media_config,
+    Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LATENCY_BUDGET, DEFAULT_MAX_VIEWERS,
+    DeviceConfig, DeviceIdentity, PathPolicy, RendezvousServer, Target, ViewerConfig,
+    default_media_config,
 };
 pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, Viewer};
 pub use error::ConnectError;
