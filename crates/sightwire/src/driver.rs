@@ -81,6 +81,11 @@ const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// again through the rendezvous: a fresh punch from both sides, as after a move to
 /// another network, where the device's NAT would filter the viewer's new mapping.
 const REPATH_WAIT: Duration = Duration::from_secs(3);
+/// Peers exchange media reports every 200 ms even when no frame flows; a viewer that
+/// hears nothing from its device for this long treats the path as broken (a NAT
+/// mapping moved or expired under it) and reconnects, without waiting for the punch
+/// agent's slower keepalive-based liveness check.
+const SILENCE_REPATH: Duration = Duration::from_secs(2);
 /// A reconnect the rendezvous refused is tried again after this long.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 /// How often per-peer figures are reported.
@@ -1065,8 +1070,11 @@ impl Driver {
                 consider(Some(next));
             }
             consider(Some(peer.last_heard + PEER_IDLE_TIMEOUT));
-            if !peer.superseded {
+            if !peer.superseded && matches!(self.side, Side::Viewer { .. }) {
                 consider(peer.lost_at.map(|at| at + REPATH_WAIT));
+                if peer.auth == AuthState::Accepted {
+                    consider(Some(peer.last_heard + SILENCE_REPATH));
+                }
             }
             if peer.auth != AuthState::Accepted {
                 consider(Some(peer.created + PEER_SETUP_TIMEOUT));
@@ -1161,8 +1169,15 @@ impl Driver {
                 && p.lost_at
                     .is_some_and(|at| now.saturating_duration_since(at) >= REPATH_WAIT)
         });
+        let silent = self.peers.values().any(|p| {
+            p.auth == AuthState::Accepted
+                && !p.superseded
+                && now.saturating_duration_since(p.last_heard) >= SILENCE_REPATH
+        });
         if lost {
             self.start_reconnect(now, "path lost");
+        } else if silent {
+            self.start_reconnect(now, "device silent");
         }
         // Authorization retransmissions.
         let ids: Vec<PeerId> = self
