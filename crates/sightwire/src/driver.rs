@@ -941,8 +941,23 @@ impl Driver {
     }
 
     fn remove_peer(&mut self, id: PeerId, reason: PeerClosedReason, tell_rendezvous: bool) {
+        if self.detach_peer(id, tell_rendezvous) {
+            tracing::info!(peer = id.0, ?reason, "connection closed");
+            self.emit(Event::PeerClosed { peer: id, reason });
+        }
+    }
+
+    /// Ends a connection that a newer one replaced, without a `PeerClosed` event (the
+    /// application sees one continuous stream).
+    fn drop_peer_quietly(&mut self, id: PeerId) {
+        self.detach_peer(id, true);
+    }
+
+    /// Forgets a connection: its session keys, its relay channel and, when asked, its
+    /// connect attempt at the rendezvous. Returns whether it existed.
+    fn detach_peer(&mut self, id: PeerId, tell_rendezvous: bool) -> bool {
         let Some(peer) = self.peers.remove(&id) else {
-            return;
+            return false;
         };
         if let Some(session) = peer.session {
             self.by_session.remove(&session);
@@ -952,35 +967,6 @@ impl Driver {
             self.by_channel.remove(&relay.channel);
         }
         if tell_rendezvous && self.rendezvous.ready {
-            let now = Instant::now();
-            self.send_signal(
-                now,
-                Body::Close(Close {
-                    connect_id: Some(ConnectId(id.0)),
-                    reason: CloseReason::Done,
-                }),
-                0,
-                None,
-            );
-        }
-        tracing::info!(peer = id.0, ?reason, "connection closed");
-        self.emit(Event::PeerClosed { peer: id, reason });
-    }
-
-    /// Ends a connection that a newer one replaced, without a `PeerClosed` event (the
-    /// application sees one continuous stream).
-    fn drop_peer_quietly(&mut self, id: PeerId) {
-        let Some(peer) = self.peers.remove(&id) else {
-            return;
-        };
-        if let Some(session) = peer.session {
-            self.by_session.remove(&session);
-            self.sessions.close(session);
-        }
-        if let Some(relay) = &peer.relay {
-            self.by_channel.remove(&relay.channel);
-        }
-        if self.rendezvous.ready {
             self.send_signal(
                 Instant::now(),
                 Body::Close(Close {
@@ -991,6 +977,7 @@ impl Driver {
                 None,
             );
         }
+        true
     }
 
     /// Viewer: connect again through the rendezvous (keeping the current connection
