@@ -237,37 +237,49 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
         );
+        // Handlers first: a SIGTERM right after the "serving" line must stop the
+        // server gracefully, not kill it.
+        let shutdown = shutdown_signal();
         tracing::info!(
             listen = %server.local_addr()?,
             public_key = %hex::encode(static_key.public()),
             "rendezvous serving"
         );
-        let core = server.run(shutdown_signal()).await?;
+        let core = server.run(shutdown).await?;
         tracing::info!(stats = ?core.stats(), "stopped");
         anyhow::Ok(())
     })
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers at once (signal futures are lazy, and a
+/// signal that arrives before its handler exists kills the process) and returns a future
+/// that completes on either.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
+                _ => {
+                    tracing::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
