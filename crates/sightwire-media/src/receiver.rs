@@ -607,6 +607,10 @@ impl Receiver {
             }
             stream.next_seq = stream.next_seq.wrapping_add(1);
             if stream.next_seq == 0 {
+                // Delivered frame u32::MAX: the sequence wrapped. Forget the highest seen
+                // too, or `next_seq <= highest` would hold again from 0 and the next call
+                // would walk four billion sequence numbers (found by fuzzing).
+                stream.highest_seen = None;
                 break;
             }
         }
