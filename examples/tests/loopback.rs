@@ -271,3 +271,41 @@ async fn stream_survives_a_graceful_rendezvous_restart() {
 async fn stream_survives_a_rendezvous_crash() {
     restart_case("crash", false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_messages_and_talk_back_audio_reach_the_device() {
+    let mut setup = setup("talkback", PathPolicy::Any).await;
+    let viewer = connect(&setup, Target::Uri(setup.uri), PASSWORD, PathPolicy::Any)
+        .await
+        .unwrap();
+    wait_for(&mut setup.device, |e| {
+        matches!(e, Event::PeerConnected { .. })
+    })
+    .await;
+    // PTZ command over the reliable control channel, then 20 ms of G.711 talk-back.
+    assert!(
+        viewer
+            .send_control(bytes::Bytes::from_static(b"ptz left 10"))
+            .await
+    );
+    let audio = sightwire::Frame {
+        stream: sightwire::StreamId::AUDIO,
+        codec: sightwire::Codec::G711Mu,
+        keyframe: true,
+        codec_config: false,
+        capture_time_us: 0,
+        data: bytes::Bytes::from(vec![0x7f; 160]),
+    };
+    assert!(viewer.send_frame(audio.clone()).await);
+    let control = wait_for(&mut setup.device, |e| matches!(e, Event::Control { .. })).await;
+    let Event::Control { message, .. } = control else {
+        unreachable!()
+    };
+    assert_eq!(&message[..], b"ptz left 10");
+    let frame = wait_for(&mut setup.device, |e| matches!(e, Event::Frame { .. })).await;
+    let Event::Frame { frame, .. } = frame else {
+        unreachable!()
+    };
+    assert_eq!(frame.frame.data, audio.data);
+    assert_eq!(frame.frame.stream, sightwire::StreamId::AUDIO);
+}
