@@ -210,6 +210,8 @@ pub(crate) struct Driver {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     events_dropped: u64,
+    /// `events_dropped` at the last report, so each new loss is logged once.
+    events_dropped_logged: u64,
     out: Vec<u8>,
     /// Scratch list of connection ids, reused by `flush`.
     peer_ids: Vec<PeerId>,
@@ -295,6 +297,7 @@ impl Driver {
             commands: setup.commands,
             events: setup.events,
             events_dropped: 0,
+            events_dropped_logged: 0,
             out: vec![0; DATAGRAM_BUFFER],
             peer_ids: Vec::new(),
             encode: BytesMut::with_capacity(MAX_MESSAGE_LEN),
@@ -1288,6 +1291,14 @@ impl Driver {
     }
 
     fn report_stats(&mut self) {
+        if self.events_dropped > self.events_dropped_logged {
+            tracing::warn!(
+                dropped = self.events_dropped - self.events_dropped_logged,
+                total = self.events_dropped,
+                "the application is not reading events fast enough; events were dropped"
+            );
+            self.events_dropped_logged = self.events_dropped;
+        }
         let reports: Vec<(PeerId, PeerStats)> = self
             .peers
             .values()
