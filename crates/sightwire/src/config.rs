@@ -9,7 +9,18 @@ use sightwire_media::Config as MediaConfig;
 use sightwire_session::{PublicKey, StaticKeypair};
 use sightwire_signal::cert::{IdCertificate, TrustedIssuers};
 
-pub use crate::driver::PathPolicy;
+/// Which paths an endpoint may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathPolicy {
+    /// LAN, direct or relay: the best that works.
+    #[default]
+    Any,
+    /// Only the relay: no host candidates are advertised, the peer's direct candidates
+    /// are ignored, and no direct checks are sent or answered, so no packet travels
+    /// directly between the two. (The rendezvous still tells each side the other's
+    /// server-reflexive address.)
+    RelayOnly,
+}
 
 /// The rendezvous server: where it is and the static key pinned for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,7 +44,7 @@ use sightwire_signal::{
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{RendezvousServer, Target};
+use crate::config::{PathPolicy, RendezvousServer, Target};
 use crate::error::ConnectError;
 use crate::events::{Event, Path, PeerClosedReason, PeerId, PeerStats};
 
@@ -222,19 +222,6 @@ pub(crate) struct Driver {
     next_network_check: Instant,
     next_stats: Instant,
     shutting_down: bool,
-}
-
-/// Which paths an endpoint may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PathPolicy {
-    /// LAN, direct or relay: the best that works.
-    #[default]
-    Any,
-    /// Only the relay: no host candidates are advertised, the peer's direct candidates
-    /// are ignored, and no direct checks are sent or answered, so no packet travels
-    /// directly between the two. (The rendezvous still tells each side the other's
-    /// server-reflexive address.)
-    RelayOnly,
 }
 
 pub(crate) struct DriverSetup {

@@ -11,8 +11,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::config::PathPolicy;
 use crate::config::{Credentials, DeviceConfig, Target, ViewerConfig};
-use crate::driver::{Command, Driver, DriverSetup, PathPolicy, Side};
+use crate::driver::{Command, Driver, DriverSetup, Side};
 use crate::error::ConnectError;
 use crate::events::{Event, PeerId};
 

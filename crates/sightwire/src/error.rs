@@ -34,6 +34,12 @@ pub enum ConnectError {
     /// The device refused this viewer (wrong password, key not trusted...).
     #[error("the device refused this viewer: {0:?}")]
     NotAuthorized(AuthRejection),
+    /// The device serves as many viewers as it may and refused another.
+    #[error("the device serves as many viewers as it may")]
+    DeviceBusy,
+    /// The viewer endpoint watches as many cameras as it may.
+    #[error("too many cameras watched from one endpoint")]
+    TooManyWatches,
     /// The endpoint stopped before the connection was up.
     #[error("the endpoint stopped")]
     Stopped,

@@ -10,6 +10,8 @@ use sightwire_session::PublicKey;
 use sightwire_session::auth::AuthRejection;
 use sightwire_signal::ErrorCode;
 
+use crate::error::ConnectError;
+
 /// Identifies one viewer ↔ device connection at an endpoint (the rendezvous's connect id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
@@ -155,5 +157,20 @@ pub enum Event {
         peer: PeerId,
         /// Why.
         reason: PeerClosedReason,
+    },
+    /// A watch could not connect to its camera and has stopped trying (a viewer
+    /// endpoint reports it for the watch; [`crate::Viewer::connect`] returns it as its
+    /// error).
+    ConnectFailed {
+        /// Why.
+        error: ConnectError,
+    },
+    /// Sending datagrams failed since the last report (for example no route after a
+    /// network change). The endpoint keeps going; the paths' own checks recover.
+    SendErrors {
+        /// Sends that failed since the last report.
+        count: u64,
+        /// What the last failure was.
+        last: std::io::ErrorKind,
     },
 }

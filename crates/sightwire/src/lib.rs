@@ -51,6 +51,7 @@ mod driver;
 mod endpoint;
 mod error;
 mod events;
+pub mod proto;
 
 pub use config::{
     Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LATENCY_BUDGET, DEFAULT_MAX_VIEWERS,

@@ -1,0 +1,678 @@
+//! One viewer ↔ device connection: its punch agent, relay allocation, Noise session,
+//! authorization state, media state and timers, and how its packets are routed.
+//!
+//! Relayed sessions: the session table identifies peers by address, but every peer
+//! reached through one relay shares that relay's address. So a datagram relayed on
+//! channel `c` is given to the table as coming from a *virtual* address that encodes `c`
+//! (`[100::c]:0`, inside the IPv6 discard prefix `100::/64`, RFC 6666), and a transmit to
+//! such an address is wrapped for channel `c` and sent to the relay.
+
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+use sightwire_media::{Event as MediaEvent, MediaConnection};
+use sightwire_punch::probe::Probe;
+use sightwire_punch::{Agent, Event as PunchEvent, PathKind, PunchKey, PunchSignal, StartAttempt};
+use sightwire_relay::wire::{DATA_HEADER_LEN, RelayPacket, write_data_header};
+use sightwire_session::auth::AuthRejection;
+use sightwire_session::{
+    HandshakeFailure, PublicKey, SessionId, SessionKind, TRANSPORT_HEADER_LEN,
+};
+use sightwire_signal::grant::{GRANT_TOKEN_LEN, RelayGrantToken};
+use sightwire_signal::{
+    Body, CandidateSet as SignalSet, CandidateUpdate, Close, CloseReason, ConnectId,
+};
+
+use super::timer::{TimerTable, timers};
+use super::{Endpoint, Role, WatchId};
+use crate::config::PathPolicy;
+use crate::error::ConnectError;
+use crate::events::{Event, Path, PeerClosedReason, PeerId, PeerStats};
+
+/// Relay binds are retransmitted at this interval until the relay answers.
+pub(crate) const RELAY_BIND_RETRY: Duration = Duration::from_millis(400);
+/// Most relay bind transmissions per grant.
+pub(crate) const RELAY_BIND_ATTEMPTS: u32 = 25;
+/// A connection that is not established and authorized by then is dropped.
+pub(crate) const PEER_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connected peer silent for this long is dropped.
+pub(crate) const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A viewer whose path has been lost this long connects again through the rendezvous:
+/// a fresh punch from both sides, as after a move to another network, where the
+/// device's NAT would filter the viewer's new mapping.
+pub(crate) const REPATH_WAIT: Duration = Duration::from_secs(3);
+/// Peers exchange media reports every 200 ms even when no frame flows; a viewer that
+/// hears nothing from its device for this long treats the path as broken (a NAT mapping
+/// moved or expired under it) and reconnects, without waiting for the punch agent's
+/// slower keepalive-based liveness check.
+pub(crate) const SILENCE_REPATH: Duration = Duration::from_secs(2);
+
+timers! {
+    /// Per-connection deadlines.
+    pub(crate) enum ConnTimer {
+        /// Start punching (the relay grant came, or waiting for it is over).
+        Start,
+        /// Resend the relay bind.
+        RelayBind,
+        /// Resend the authorization request (viewer).
+        AuthRetry,
+        /// Nothing heard from the peer for [`PEER_IDLE_TIMEOUT`].
+        Idle,
+        /// Not up and authorized within [`PEER_SETUP_TIMEOUT`].
+        Setup,
+        /// The path has been lost for [`REPATH_WAIT`] (viewer).
+        Repath,
+        /// Nothing heard for [`SILENCE_REPATH`] on an authorized connection (viewer).
+        Silence,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthState {
+    /// Waiting for the handshake.
+    NotStarted,
+    /// Viewer: request sent `attempts` times; device: waiting for a request.
+    Pending {
+        attempts: u32,
+    },
+    Accepted,
+}
+
+#[derive(Debug)]
+pub(crate) struct RelayLink {
+    pub(crate) server: SocketAddr,
+    pub(crate) token: RelayGrantToken,
+    pub(crate) channel: u64,
+    pub(crate) bound: bool,
+    pub(crate) attempts: u32,
+}
+
+/// Why a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Handshake(HandshakeFailure),
+    NoPath,
+    SetupTimeout,
+    Idle,
+    Rejected(AuthRejection),
+    AuthTimeout,
+    /// The device refused the connect offer: it serves all the viewers it may.
+    DeviceBusy,
+    /// The other side (through the rendezvous) ended the attempt.
+    ClosedByPeer,
+}
+
+impl Failure {
+    pub(crate) fn closed_reason(self) -> PeerClosedReason {
+        match self {
+            Failure::Handshake(_) => PeerClosedReason::HandshakeFailed,
+            Failure::NoPath => PeerClosedReason::NoPath,
+            Failure::SetupTimeout | Failure::Idle | Failure::AuthTimeout => {
+                PeerClosedReason::Timeout
+            }
+            Failure::Rejected(reason) => PeerClosedReason::Rejected(reason),
+            Failure::DeviceBusy => PeerClosedReason::TooManyViewers,
+            Failure::ClosedByPeer => PeerClosedReason::Closed,
+        }
+    }
+
+    pub(crate) fn connect_error(self) -> ConnectError {
+        match self {
+            Failure::Handshake(HandshakeFailure::RemoteKeyMismatch { .. }) => {
+                ConnectError::KeyMismatch
+            }
+            Failure::Handshake(_) => ConnectError::HandshakeFailed,
+            Failure::NoPath => ConnectError::NoPath,
+            Failure::SetupTimeout | Failure::Idle | Failure::AuthTimeout => ConnectError::Timeout,
+            Failure::Rejected(reason) => ConnectError::NotAuthorized(reason),
+            Failure::DeviceBusy => ConnectError::DeviceBusy,
+            Failure::ClosedByPeer => ConnectError::NoPath,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) id: PeerId,
+    /// The viewer's watch this connection serves (`None` on a device).
+    pub(crate) watch: Option<WatchId>,
+    pub(crate) device_id: [u8; 6],
+    /// The other end's static key (device key for a viewer, viewer key for a device).
+    pub(crate) remote_key: PublicKey,
+    pub(crate) agent: Agent,
+    punch_key: PunchKey,
+    /// Start signal held back until the relay grant arrives (or the wait is over).
+    pub(crate) pending_start: Option<StartAttempt>,
+    pub(crate) relay: Option<RelayLink>,
+    pub(crate) path: Option<Path>,
+    pub(crate) session: Option<SessionId>,
+    pub(crate) auth: AuthState,
+    pub(crate) media: MediaConnection,
+    pub(crate) created: Instant,
+    /// A newer connection for the same watch is being set up to replace this one.
+    pub(crate) superseded: bool,
+    frames_delivered: u64,
+    bytes_delivered: u64,
+    pub(crate) timers: TimerTable<ConnTimer, 7>,
+}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        now: Instant,
+        id: PeerId,
+        watch: Option<WatchId>,
+        device_id: [u8; 6],
+        remote_key: PublicKey,
+        punch_key: [u8; 32],
+        agent: Agent,
+        media: MediaConnection,
+    ) -> Self {
+        let mut timers = TimerTable::default();
+        timers.set(ConnTimer::Idle, now + PEER_IDLE_TIMEOUT);
+        timers.set(ConnTimer::Setup, now + PEER_SETUP_TIMEOUT);
+        Self {
+            id,
+            watch,
+            device_id,
+            remote_key,
+            agent,
+            punch_key: PunchKey::new(punch_key),
+            pending_start: None,
+            relay: None,
+            path: None,
+            session: None,
+            auth: AuthState::NotStarted,
+            media,
+            created: now,
+            superseded: false,
+            frames_delivered: 0,
+            bytes_delivered: 0,
+            timers,
+        }
+    }
+
+    /// Whether this connection's attempt key authenticates the probe.
+    pub(crate) fn authenticates_probe(&self, datagram: &[u8]) -> bool {
+        Probe::decode(datagram, &self.punch_key).is_ok()
+    }
+
+    /// Something authenticated arrived from the peer.
+    pub(crate) fn heard(&mut self, now: Instant) {
+        self.timers.set(ConnTimer::Idle, now + PEER_IDLE_TIMEOUT);
+        if self.watch.is_some() && self.auth == AuthState::Accepted && !self.superseded {
+            self.timers.set(ConnTimer::Silence, now + SILENCE_REPATH);
+        }
+    }
+
+    pub(crate) fn relay_bound(&mut self) {
+        if let Some(relay) = &mut self.relay {
+            relay.bound = true;
+        }
+        self.timers.stop(ConnTimer::RelayBind);
+    }
+
+    /// Authorized and with a session: media may leave.
+    pub(crate) fn may_send_media(&self) -> bool {
+        self.session.is_some() && self.auth == AuthState::Accepted
+    }
+
+    pub(crate) fn accepted(&mut self, now: Instant) {
+        self.auth = AuthState::Accepted;
+        self.timers.stop(ConnTimer::Setup);
+        self.timers.stop(ConnTimer::AuthRetry);
+        self.heard(now);
+    }
+
+    pub(crate) fn supersede(&mut self) {
+        self.superseded = true;
+        self.timers.stop(ConnTimer::Silence);
+        self.timers.stop(ConnTimer::Repath);
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.timers.next(),
+            self.agent.poll_timeout(),
+            self.media.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub(crate) fn peer_stats(&self) -> PeerStats {
+        let stats = self.media.stats();
+        PeerStats {
+            path: self.path,
+            rtt: stats.rtt,
+            loss: stats.receive_loss.max(stats.send_loss),
+            frames_delivered: self.frames_delivered,
+            frames_late: stats.frames_late,
+            frames_dropped: stats.frames_evicted,
+            frames_skipped: stats.frames_discarded_awaiting_keyframe,
+            bytes_delivered: self.bytes_delivered,
+            target_bitrate_bps: stats.target_bitrate_bps,
+        }
+    }
+}
+
+impl Endpoint {
+    /// A new connection with its own punch agent and media state.
+    pub(crate) fn new_connection(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        watch: Option<WatchId>,
+        device_id: [u8; 6],
+        remote_key: PublicKey,
+        punch_key: [u8; 32],
+    ) -> Option<Connection> {
+        let media = MediaConnection::new(self.media_config.clone(), now).ok()?;
+        let agent = Agent::new(sightwire_punch::Config {
+            host_candidates: self.host_candidates(),
+            seed: rand::RngCore::next_u64(&mut self.agent_rng),
+        });
+        self.stats.connections_opened += 1;
+        Some(Connection::new(
+            now, id, watch, device_id, remote_key, punch_key, agent, media,
+        ))
+    }
+
+    /// Holds the punch start until the relay grant (or `wait`) and registers `conn`.
+    pub(crate) fn insert_connection(
+        &mut self,
+        now: Instant,
+        mut conn: Connection,
+        start: StartAttempt,
+        wait: Duration,
+    ) {
+        conn.pending_start = Some(start);
+        conn.timers.set(ConnTimer::Start, now + wait);
+        self.conns.insert(conn.id, conn);
+    }
+
+    /// A relay grant for a connection: bind, and start punching now that the relay
+    /// candidate is known.
+    pub(crate) fn on_relay_grant(&mut self, now: Instant, grant: sightwire_signal::RelayGrant) {
+        let id = PeerId(grant.connect_id.0);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut allocation = [0u8; 16];
+        allocation.copy_from_slice(&grant.token.0[1..17]);
+        let channel = sightwire_relay::channel_of(&allocation);
+        if let Some(old) = conn.relay.take() {
+            self.by_channel.remove(&old.channel);
+        }
+        conn.relay = Some(RelayLink {
+            server: grant.relay,
+            token: grant.token,
+            channel,
+            bound: false,
+            attempts: 0,
+        });
+        // Start now: the grant was the last thing we were waiting for. (A grant that
+        // arrives after the wait is too late for this attempt's relay candidate.)
+        if let Some(mut start) = conn.pending_start.take() {
+            start.relay = Some(grant.relay);
+            conn.timers.stop(ConnTimer::Start);
+            conn.agent.handle_signal(now, PunchSignal::Start(start));
+        }
+        self.by_channel.insert(channel, id);
+        self.send_relay_bind(now, id);
+    }
+
+    fn send_relay_bind(&mut self, now: Instant, id: PeerId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(relay) = &mut conn.relay else {
+            return;
+        };
+        if relay.bound || relay.attempts >= RELAY_BIND_ATTEMPTS {
+            return;
+        }
+        relay.attempts += 1;
+        conn.timers
+            .set(ConnTimer::RelayBind, now + RELAY_BIND_RETRY);
+        let (token, server) = (relay.token, relay.server);
+        self.outbox.push_with(None, |buf| {
+            let buf = buf.get_mut(..1 + GRANT_TOKEN_LEN)?;
+            Some((server, (RelayPacket::Bind { token }).encode(buf)?))
+        });
+    }
+
+    /// Fires the connection's due timers and its cores' timeouts.
+    pub(crate) fn connection_timers(&mut self, now: Instant, id: PeerId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.agent.handle_timeout(now);
+            conn.media.handle_timeout(now);
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let Some(timer) = conn.timers.pop_expired(now) else {
+                return;
+            };
+            let watch = conn.watch;
+            match timer {
+                ConnTimer::Start => {
+                    if let Some(start) = conn.pending_start.take() {
+                        conn.agent.handle_signal(now, PunchSignal::Start(start));
+                    }
+                }
+                ConnTimer::RelayBind => self.send_relay_bind(now, id),
+                ConnTimer::AuthRetry => self.send_auth_request(now, id),
+                ConnTimer::Idle => return self.connection_failed(now, id, Failure::Idle),
+                ConnTimer::Setup => return self.connection_failed(now, id, Failure::SetupTimeout),
+                ConnTimer::Repath => {
+                    if let Some(watch) = watch {
+                        self.reconnect_watch(now, watch, "path lost");
+                    }
+                }
+                ConnTimer::Silence => {
+                    if let Some(watch) = watch {
+                        self.reconnect_watch(now, watch, "device silent");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection failed: the device closes it; the viewer lets its watch decide.
+    pub(crate) fn connection_failed(&mut self, now: Instant, id: PeerId, failure: Failure) {
+        tracing::info!(peer = id.0, ?failure, "connection failed");
+        match self.conns.get(&id).and_then(|c| c.watch) {
+            Some(watch) => self.watch_connection_failed(now, watch, id, failure),
+            None => self.close_connection(now, id, failure.closed_reason(), true),
+        }
+    }
+
+    /// Ends a connection and tells the application why.
+    pub(crate) fn close_connection(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        reason: PeerClosedReason,
+        tell_rendezvous: bool,
+    ) {
+        if let Some(conn) = self.detach_connection(now, id, tell_rendezvous) {
+            tracing::info!(peer = id.0, ?reason, "connection closed");
+            self.emit(conn.watch, Event::PeerClosed { peer: id, reason });
+            if let Some(watch) = conn.watch {
+                self.watch_connection_gone(now, watch, id);
+            }
+        }
+    }
+
+    /// Forgets a connection: its session keys, its relay channel and, when asked, its
+    /// connect attempt at the rendezvous.
+    pub(crate) fn detach_connection(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        tell_rendezvous: bool,
+    ) -> Option<Connection> {
+        let conn = self.conns.remove(&id)?;
+        self.stats.connections_closed += 1;
+        if let Some(session) = conn.session {
+            self.by_session.remove(&session);
+            self.sessions.close(session);
+        }
+        if let Some(relay) = &conn.relay {
+            self.by_channel.remove(&relay.channel);
+        }
+        if tell_rendezvous {
+            self.send_signal(
+                now,
+                Body::Close(Close {
+                    connect_id: Some(ConnectId(id.0)),
+                    reason: CloseReason::Done,
+                }),
+                0,
+                None,
+            );
+        }
+        Some(conn)
+    }
+
+    /// Where packets for `conn` go now: (destination, relay channel if relayed).
+    fn route(&self, conn: &Connection) -> Option<(SocketAddr, Option<u64>)> {
+        let relayed = |conn: &Connection| conn.relay.as_ref().map(|r| (r.server, Some(r.channel)));
+        match conn.path {
+            Some(path) if path.kind == PathKind::Relay => relayed(conn),
+            // A direct path goes to the address the peer's packets last *authenticated*
+            // from (the session follows a roaming peer, WireGuard-style); the agent's
+            // address only until the peer has sent on the path.
+            Some(path) => match conn.session.and_then(|s| self.sessions.remote_addr(s)) {
+                Some(addr) if virtual_channel(addr).is_none() => Some((addr, None)),
+                _ => Some((path.remote, None)),
+            },
+            None => {
+                let addr = self.sessions.remote_addr(conn.session?)?;
+                match virtual_channel(addr) {
+                    Some(_) => relayed(conn),
+                    None => Some((addr, None)),
+                }
+            }
+        }
+    }
+
+    /// Seals `plaintext` for connection `id` and queues it on its current route.
+    pub(crate) fn send_plaintext(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) {
+        self.send_sealed(now, id, |buf| {
+            buf.get_mut(..plaintext.len())?.copy_from_slice(plaintext);
+            Some(plaintext.len())
+        });
+    }
+
+    /// Seals what `write` puts in the plaintext area and queues it for connection `id`.
+    pub(crate) fn send_sealed(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let (Some(session), Some((destination, channel))) = (conn.session, self.route(conn)) else {
+            return;
+        };
+        let header = if channel.is_some() {
+            DATA_HEADER_LEN
+        } else {
+            0
+        };
+        let sessions = &mut self.sessions;
+        let mut sealed = false;
+        self.outbox.push_with(None, |buf| {
+            let len = write(buf.get_mut(header + TRANSPORT_HEADER_LEN..)?)?;
+            let transmit = sessions
+                .seal_in_place(session, now, buf.get_mut(header..)?, len)
+                .ok()?;
+            sealed = true;
+            if let Some(channel) = channel {
+                write_data_header(buf, channel);
+            }
+            Some((destination, header + transmit.len))
+        });
+        if !sealed {
+            self.stats.seal_failures += 1;
+        }
+    }
+
+    /// Drains a connection's probes, punch signals and events, and media events.
+    pub(crate) fn flush_connection(&mut self, now: Instant, id: PeerId) {
+        let relay_only = self.path_policy == PathPolicy::RelayOnly;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while let Some(transmit) = conn.agent.poll_transmit() {
+            let payload = transmit.payload();
+            if transmit.via_relay {
+                let Some(relay) = conn.relay.as_ref().filter(|r| r.bound) else {
+                    continue;
+                };
+                let (server, channel) = (relay.server, relay.channel);
+                self.outbox.push_with(None, |buf| {
+                    let len = DATA_HEADER_LEN + payload.len();
+                    buf.get_mut(DATA_HEADER_LEN..len)?.copy_from_slice(payload);
+                    write_data_header(buf, channel);
+                    Some((server, len))
+                });
+            } else if !relay_only {
+                self.outbox
+                    .push(transmit.destination, transmit.ttl, payload);
+            }
+        }
+        let mut signals = Vec::new();
+        while let Some(signal) = conn.agent.poll_signal() {
+            signals.push(signal);
+        }
+        let mut punch_events = Vec::new();
+        while let Some(event) = conn.agent.poll_event() {
+            punch_events.push(event);
+        }
+        for signal in signals {
+            if let PunchSignal::Candidates(set) = signal {
+                match SignalSet::try_from(set) {
+                    Ok(candidates) => {
+                        let update = CandidateUpdate {
+                            connect_id: ConnectId(id.0),
+                            candidates,
+                        };
+                        self.send_signal(now, Body::CandidateUpdate(update), 0, None);
+                    }
+                    Err(error) => tracing::warn!(%error, "candidate update not sent"),
+                }
+            }
+        }
+        for event in punch_events {
+            self.on_punch_event(now, id, event);
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let watch = conn.watch;
+        while let Some(event) = conn.media.poll_event() {
+            let event = match event {
+                MediaEvent::Frame(frame) => {
+                    conn.frames_delivered += 1;
+                    conn.bytes_delivered += frame.frame.data.len() as u64;
+                    Event::Frame { peer: id, frame }
+                }
+                MediaEvent::Control(message) => Event::Control { peer: id, message },
+                MediaEvent::KeyframeRequested { stream } => {
+                    Event::KeyframeRequested { peer: id, stream }
+                }
+                _ => continue,
+            };
+            if self.events.len() >= super::MAX_QUEUED_EVENTS {
+                self.stats.events_dropped += 1;
+            } else {
+                self.events.push_back(super::EndpointEvent { watch, event });
+            }
+        }
+    }
+
+    fn on_punch_event(&mut self, now: Instant, id: PeerId, event: PunchEvent) {
+        let is_viewer = matches!(self.role, Role::Viewer(_));
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let watch = conn.watch;
+        match event {
+            PunchEvent::Connected(info) | PunchEvent::PathChanged(info) => {
+                let path = Path {
+                    kind: info.kind,
+                    remote: info.remote,
+                    rtt: info.rtt,
+                };
+                let changed = conn.path.is_some() || conn.timers.is_set(ConnTimer::Repath);
+                conn.timers.stop(ConnTimer::Repath);
+                conn.path = Some(path);
+                tracing::info!(peer = id.0, path = path.kind_name(), remote = %path.remote, "path selected");
+                if is_viewer && conn.session.is_none() {
+                    // The viewer starts the Noise handshake on the first working path.
+                    let destination = match (info.via_relay, &conn.relay) {
+                        (true, Some(relay)) => virtual_addr(relay.channel),
+                        _ => info.remote,
+                    };
+                    let kind = SessionKind::Peer {
+                        device_id: conn.device_id,
+                    };
+                    match self
+                        .sessions
+                        .connect(now, destination, kind, conn.remote_key)
+                    {
+                        Ok(session) => {
+                            conn.session = Some(session);
+                            self.by_session.insert(session, id);
+                        }
+                        Err(error) => tracing::warn!(%error, "cannot start the peer handshake"),
+                    }
+                }
+                if changed || conn.auth == AuthState::Accepted {
+                    self.emit(watch, Event::PathChanged { peer: id, path });
+                }
+            }
+            PunchEvent::PathLost(_) => {
+                conn.path = None;
+                if conn.watch.is_some() && !conn.superseded {
+                    conn.timers.set(ConnTimer::Repath, now + REPATH_WAIT);
+                }
+                self.emit(watch, Event::PathLost { peer: id });
+            }
+            PunchEvent::Failed(_) if conn.auth != AuthState::Accepted => {
+                self.connection_failed(now, id, Failure::NoPath);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The virtual address standing for relay channel `channel` (see the module docs).
+pub(crate) fn virtual_addr(channel: u64) -> SocketAddr {
+    let high = 0x0100_0000_0000_0000u64;
+    let ip = Ipv6Addr::from((u128::from(high) << 64) | u128::from(channel));
+    SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, 0))
+}
+
+/// The relay channel a virtual address stands for, if it is one.
+pub(crate) fn virtual_channel(addr: SocketAddr) -> Option<u64> {
+    match addr {
+        SocketAddr::V6(v6) if v6.port() == 0 => {
+            let bits = u128::from(*v6.ip());
+            ((bits >> 64) as u64 == 0x0100_0000_0000_0000).then_some(bits as u64)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightwire_media::wire::TYPE_FRAGMENT;
+
+    #[test]
+    fn virtual_addresses_round_trip_and_never_collide_with_real_ones() {
+        for channel in [0, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(virtual_channel(virtual_addr(channel)), Some(channel));
+        }
+        assert_eq!(virtual_channel("[2001:db8::1]:0".parse().unwrap()), None);
+        assert_eq!(virtual_channel("[100::1]:5".parse().unwrap()), None);
+        assert_eq!(virtual_channel("192.0.2.1:0".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn media_and_auth_first_bytes_do_not_overlap() {
+        // The peer plaintext demultiplexer relies on these ranges (spec/endpoint.md).
+        assert!(!(0x01..=0x0F).contains(&TYPE_FRAGMENT));
+        assert!(!(0x80..=0x8F).contains(&TYPE_FRAGMENT));
+        assert!((0x01..=0x0F).contains(&sightwire_session::auth::REQUEST_PASSWORD));
+        assert!((0x80..=0x8F).contains(&sightwire_session::auth::RESPONSE_REJECTED));
+    }
+}

@@ -1,0 +1,211 @@
+//! What only a device does: register under its certified ID, accept the viewers the
+//! rendezvous introduces (up to a limit), and decide itself who may watch.
+
+use std::time::{Duration, Instant};
+
+use sightwire_session::PublicKey;
+use sightwire_session::auth::{
+    AuthRequest, AuthResponse, MAX_AUTH_MESSAGE_LEN, PasswordKey, ViewerAuthorizer,
+};
+use sightwire_signal::cert::IdCertificate;
+use sightwire_signal::{Body, Close, CloseReason, ConnectOffer, Register};
+
+use super::connection::AuthState;
+use super::rendezvous::REQUEST_RETRY;
+use super::{CommandError, Endpoint, EndpointTimer, Role};
+use crate::events::{Event, PeerClosedReason, PeerId};
+
+/// How long to wait for the relay grant that follows a connect offer (or response)
+/// before starting to punch without it.
+pub(crate) const GRANT_WAIT: Duration = Duration::from_millis(300);
+
+/// What a device endpoint needs besides the common configuration.
+pub struct DeviceSettings {
+    /// "Device ID X belongs to device key K", signed by the operator's issuer.
+    pub certificate: IdCertificate,
+    /// The device password viewers may prove. `None`: only trusted keys are admitted.
+    pub password: Option<String>,
+    /// Viewer static keys trusted from the start.
+    pub trusted_viewers: Vec<PublicKey>,
+    /// Most viewers served at once; further connect offers are refused.
+    pub max_viewers: usize,
+}
+
+impl std::fmt::Debug for DeviceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSettings")
+            .field("device_id", &self.certificate.device_id())
+            .field("password", &self.password.as_ref().map(|_| "redacted"))
+            .field("trusted_viewers", &self.trusted_viewers.len())
+            .field("max_viewers", &self.max_viewers)
+            .finish()
+    }
+}
+
+pub(crate) struct DeviceRole {
+    pub(crate) certificate: IdCertificate,
+    authorizer: ViewerAuthorizer,
+    max_viewers: usize,
+}
+
+impl std::fmt::Debug for DeviceRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("device_id", &self.certificate.device_id())
+            .field("max_viewers", &self.max_viewers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceRole {
+    pub(crate) fn new(settings: DeviceSettings) -> Self {
+        let device_id = settings.certificate.device_id();
+        let password = settings
+            .password
+            .as_deref()
+            .map(|p| PasswordKey::derive(p.as_bytes(), &device_id));
+        let mut authorizer = ViewerAuthorizer::new(password);
+        for key in &settings.trusted_viewers {
+            if authorizer.trust(*key).is_err() {
+                tracing::warn!("trusted viewer list full; ignoring the rest");
+                break;
+            }
+        }
+        Self {
+            certificate: settings.certificate,
+            authorizer,
+            max_viewers: settings.max_viewers,
+        }
+    }
+}
+
+impl Endpoint {
+    /// Trusts a viewer key (it may then connect without the password), or revokes it.
+    pub fn set_trusted(&mut self, key: PublicKey, trusted: bool) -> Result<(), CommandError> {
+        let Role::Device(device) = &mut self.role else {
+            return Err(CommandError::NotADevice);
+        };
+        if trusted {
+            // A full list keeps the keys it has; the viewer can still use the password.
+            let _ = device.authorizer.trust(key);
+        } else {
+            device.authorizer.revoke(&key);
+        }
+        Ok(())
+    }
+
+    /// Sends (or resends) the registration.
+    pub(crate) fn send_register(&mut self, now: Instant) {
+        let Role::Device(device) = &self.role else {
+            return;
+        };
+        let register = Register {
+            certificate: device.certificate,
+            candidates: self.signal_host_candidates(),
+        };
+        let id = match self.rendezvous.register {
+            Some(id) => id,
+            None => self.next_request_id(),
+        };
+        self.rendezvous.register = Some(id);
+        self.timers
+            .set(EndpointTimer::RegisterRetry, now + REQUEST_RETRY);
+        if self.rendezvous.ready {
+            self.send_signal(now, Body::Register(register), id, None);
+            self.expect_answer(now);
+        }
+    }
+
+    pub(crate) fn device_on_offer(&mut self, now: Instant, offer: ConnectOffer) {
+        let Role::Device(device) = &self.role else {
+            return;
+        };
+        let id = PeerId(offer.connect_id.0);
+        if self.conns.contains_key(&id) {
+            return;
+        }
+        let (device_id, max_viewers) = (device.certificate.device_id(), device.max_viewers);
+        if self.conns.len() >= max_viewers {
+            tracing::warn!(limit = max_viewers, "refusing a viewer: table full");
+            self.send_signal(
+                now,
+                Body::Close(Close {
+                    connect_id: Some(offer.connect_id),
+                    reason: CloseReason::Rejected,
+                }),
+                0,
+                None,
+            );
+            return;
+        }
+        let Some(conn) = self.new_connection(
+            now,
+            id,
+            None,
+            device_id,
+            offer.viewer_key,
+            offer.punch.punch_key,
+        ) else {
+            return;
+        };
+        let mut start = offer.to_punch_start(None);
+        start.remote = self.remote_candidates(&offer.candidates);
+        tracing::info!(peer = id.0, "connect offer from a viewer");
+        self.insert_connection(now, conn, start, GRANT_WAIT.min(offer.punch.start_in));
+    }
+
+    pub(crate) fn device_on_auth_request(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) {
+        let Role::Device(device) = &mut self.role else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(session) = conn.session else {
+            return;
+        };
+        let (Ok(request), Some(hash), Some(remote)) = (
+            AuthRequest::decode(plaintext),
+            self.sessions.handshake_hash(session),
+            self.sessions.remote_static(session).copied(),
+        ) else {
+            return;
+        };
+        let response = device.authorizer.authorize(now, &remote, hash, &request);
+        let mut wire = [0u8; MAX_AUTH_MESSAGE_LEN];
+        let Some(len) = response.encode(&mut wire) else {
+            return;
+        };
+        let accepted = matches!(response, AuthResponse::Accepted { .. });
+        let newly_accepted = accepted && conn.auth != AuthState::Accepted;
+        if newly_accepted {
+            conn.accepted(now);
+        }
+        let path = conn.path;
+        self.send_plaintext(now, id, &wire[..len]);
+        if newly_accepted {
+            tracing::info!(peer = id.0, "viewer authorized");
+            // The same viewer reconnected (it moved, or lost its path): the older
+            // connection's address is stale, stop sending there.
+            let stale: Vec<PeerId> = self
+                .conns
+                .values()
+                .filter(|c| c.id != id && c.remote_key == remote)
+                .map(|c| c.id)
+                .collect();
+            for stale in stale {
+                self.close_connection(now, stale, PeerClosedReason::Closed, true);
+            }
+            self.emit(
+                None,
+                Event::PeerConnected {
+                    peer: id,
+                    key: remote,
+                    path,
+                },
+            );
+        } else if let AuthResponse::Rejected(reason) = response {
+            tracing::info!(peer = id.0, ?reason, "viewer refused");
+        }
+    }
+}

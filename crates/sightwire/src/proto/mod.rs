@@ -1,0 +1,931 @@
+//! The sans-IO endpoint core: everything a camera or a viewer does, with no socket, no
+//! clock and no task.
+//!
+//! [`Endpoint`] composes the session table (`sightwire-session`), one punch agent and one
+//! media connection per peer (`sightwire-punch`, `sightwire-media`) and the signaling
+//! with the rendezvous (`sightwire-signal`). It is driven the way quinn-proto and str0m
+//! are:
+//!
+//! - inputs: [`Endpoint::handle_datagram`] (a datagram and where it came from),
+//!   [`Endpoint::handle_timeout`], commands ([`Endpoint::connect`],
+//!   [`Endpoint::send_frame`], [`Endpoint::network_changed`], ...), the local address the
+//!   OS would use ([`Endpoint::set_local_ip`]), the wall clock for certificate checks
+//!   ([`Endpoint::set_unix_time`]) and send failures ([`Endpoint::handle_send_error`]);
+//! - outputs: [`Endpoint::poll_transmit`] (datagrams, each with the TTL to send it with),
+//!   [`Endpoint::poll_event`] and [`Endpoint::poll_timeout`].
+//!
+//! After every input, poll transmits and events until both are empty, then sleep until
+//! `poll_timeout`. The tokio driver (`crate::driver`) does exactly that on a UDP socket;
+//! the tests do it in `sightwire-netsim`'s virtual time.
+//!
+//! ```
+//! use std::time::Instant;
+//! use rand::SeedableRng;
+//! use sightwire::proto::{Endpoint, EndpointConfig, WatchRequest};
+//! use sightwire::{Credentials, RendezvousServer};
+//! use sightwire_session::StaticKeypair;
+//! use sightwire_signal::cert::{IssuerKey, TrustedIssuers};
+//!
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+//! let now = Instant::now();
+//! let rendezvous = RendezvousServer { address: "198.51.100.1:3478".parse()?, public_key: [1; 32] };
+//! let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous, Box::new(rng));
+//! let issuers = TrustedIssuers::single(IssuerKey::from_seed(&[2; 32]).public());
+//! let mut viewer = Endpoint::viewer(config, issuers, now)?;
+//! let watch = viewer.connect(now, WatchRequest::new("1C:C3:16:AB:CD:EF".parse()?, Credentials::password("admin123")))?;
+//!
+//! // First thing out: the Noise handshake with the rendezvous.
+//! viewer.handle_timeout(now);
+//! let transmit = viewer.poll_transmit().expect("a handshake");
+//! assert_eq!(transmit.destination, rendezvous.address);
+//! # let _ = watch;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod connection;
+mod device;
+mod outbox;
+mod rendezvous;
+pub(crate) mod timer;
+mod viewer;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sightwire_media::{Frame, MediaConnection, PacketizeError};
+use sightwire_relay::wire::{DATA_HEADER_LEN, RelayPacket, write_data_header};
+use sightwire_session::{
+    Config as SessionConfig, Event as SessionEvent, Input, PublicKey, SessionKind, SessionRng,
+    SessionTable, StaticKeypair,
+};
+use sightwire_signal::MAX_MESSAGE_LEN;
+use sightwire_signal::cert::TrustedIssuers;
+
+use crate::config::{PathPolicy, RendezvousServer};
+use crate::events::{Event, PeerId};
+
+use connection::{AuthState, Connection, virtual_channel};
+use device::DeviceRole;
+pub use device::DeviceSettings;
+use outbox::Outbox;
+pub use outbox::{MAX_DATAGRAM_LEN, MAX_QUEUED_TRANSMITS, Transmit};
+use rendezvous::RendezvousLink;
+use timer::{TimerTable, timers};
+use viewer::ViewerRole;
+pub use viewer::{MAX_WATCHES, WatchId, WatchRequest};
+
+/// Most events queued for the application; beyond it events are dropped and counted
+/// ([`EndpointStats::events_dropped`]) rather than grow without bound.
+pub const MAX_QUEUED_EVENTS: usize = 4096;
+/// How often per-peer figures are reported.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// Media datagrams pulled into the transmit queue per refill (round robin over peers,
+/// so one viewer's keyframe does not hold back the others).
+const MEDIA_REFILL: usize = 64;
+/// Media datagrams taken from one peer per round of a refill.
+const MEDIA_PER_PEER_ROUND: usize = 8;
+
+/// What both kinds of endpoint need to start.
+pub struct EndpointConfig {
+    /// The endpoint's static key pair.
+    pub keypair: StaticKeypair,
+    /// The rendezvous server.
+    pub rendezvous: RendezvousServer,
+    /// Media framing parameters.
+    pub media: sightwire_media::Config,
+    /// Which paths to peers may be used.
+    pub path_policy: PathPolicy,
+    /// The local UDP port (host candidates are the local IP with this port).
+    pub local_port: u16,
+    /// Randomness for handshakes (ephemeral keys, session indices) and punch agents. The
+    /// driver passes an OS-seeded generator; tests pass a seeded one and replay exactly.
+    pub rng: Box<dyn SessionRng>,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("rendezvous", &self.rendezvous)
+            .field("path_policy", &self.path_policy)
+            .field("local_port", &self.local_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointConfig {
+    /// A configuration with the default media parameters and path policy, and local
+    /// port 0 (no host candidates until [`Endpoint::set_local_ip`] and a real port).
+    pub fn new(
+        keypair: StaticKeypair,
+        rendezvous: RendezvousServer,
+        rng: Box<dyn SessionRng>,
+    ) -> Self {
+        Self {
+            keypair,
+            rendezvous,
+            media: crate::config::default_media_config(),
+            path_policy: PathPolicy::Any,
+            local_port: 0,
+            rng,
+        }
+    }
+}
+
+/// An event, with the watch it concerns (viewer endpoints; `None` on a device).
+#[derive(Debug, Clone)]
+pub struct EndpointEvent {
+    /// The watch (one camera a viewer endpoint watches), if any.
+    pub watch: Option<WatchId>,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Who a frame or control message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipients {
+    /// Every authorized peer (a device's viewers; every camera a viewer watches).
+    All,
+    /// One connection.
+    Peer(PeerId),
+    /// The connection currently serving one watch (viewer).
+    Watch(WatchId),
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The command is for a viewer endpoint.
+    #[error("only a viewer endpoint can do this")]
+    NotAViewer,
+    /// The command is for a device endpoint.
+    #[error("only a device endpoint can do this")]
+    NotADevice,
+    /// No such watch (never existed, or it ended).
+    #[error("no such watch")]
+    UnknownWatch,
+    /// The endpoint watches [`MAX_WATCHES`] cameras already.
+    #[error("too many watches (limit {limit})")]
+    TooManyWatches {
+        /// The limit.
+        limit: usize,
+    },
+    /// The frame cannot be framed (for example larger than the media limit).
+    #[error("frame not sent: {0}")]
+    Frame(#[from] PacketizeError),
+    /// The endpoint has shut down.
+    #[error("the endpoint has shut down")]
+    ShutDown,
+}
+
+/// Endpoint-wide counters: what was dropped or failed, so nothing is lost silently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Datagrams whose first byte belongs to no protocol, dropped.
+    pub datagrams_unknown: u64,
+    /// Datagrams handed to the driver.
+    pub transmits: u64,
+    /// Datagrams dropped because the transmit queue was full.
+    pub transmits_dropped: u64,
+    /// Sends the driver reported as failed ([`Endpoint::handle_send_error`]).
+    pub send_errors: u64,
+    /// Packets that could not be sealed (session gone or keys expired).
+    pub seal_failures: u64,
+    /// Events dropped because the application did not poll them.
+    pub events_dropped: u64,
+    /// Peer connections opened.
+    pub connections_opened: u64,
+    /// Peer connections closed.
+    pub connections_closed: u64,
+}
+
+timers! {
+    /// Endpoint-wide deadlines.
+    pub(crate) enum EndpointTimer {
+        /// Try (again) to open the rendezvous session.
+        RendezvousRetry,
+        /// Send the next keepalive to the rendezvous.
+        Keepalive,
+        /// The last keepalive (or registration) went unanswered.
+        KeepaliveTimeout,
+        /// Resend the registration.
+        RegisterRetry,
+        /// Report per-peer figures.
+        Stats,
+    }
+}
+
+/// The device- or viewer-specific part.
+#[derive(Debug)]
+enum Role {
+    Device(DeviceRole),
+    Viewer(ViewerRole),
+}
+
+/// The endpoint core. See the module docs.
+pub struct Endpoint {
+    now: Instant,
+    unix_now: u64,
+    role: Role,
+    sessions: SessionTable,
+    rendezvous: RendezvousLink,
+    /// Ordered so every walk over connections is deterministic (simulation replays).
+    conns: BTreeMap<PeerId, Connection>,
+    by_session: HashMap<sightwire_session::SessionId, PeerId>,
+    by_channel: HashMap<u64, PeerId>,
+    media_config: sightwire_media::Config,
+    path_policy: PathPolicy,
+    /// Fragments a device's frames once for all viewers.
+    packetizer: MediaConnection,
+    outbox: Outbox,
+    events: VecDeque<EndpointEvent>,
+    timers: TimerTable<EndpointTimer, 5>,
+    encode: BytesMut,
+    agent_rng: StdRng,
+    local_port: u16,
+    host_ip: Option<IpAddr>,
+    /// Where the last media refill stopped, so the next starts after it.
+    media_cursor: Option<PeerId>,
+    /// Scratch list of connection ids, reused instead of allocating per datagram.
+    scratch_ids: Vec<PeerId>,
+    stats: EndpointStats,
+    /// `send_errors` and `events_dropped` at the last report.
+    reported: (u64, u64),
+    last_send_error: Option<std::io::ErrorKind>,
+    shut_down: bool,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("role", &self.role)
+            .field("connections", &self.conns.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A camera endpoint: registers under its certified ID and serves viewers.
+    pub fn device(
+        config: EndpointConfig,
+        settings: DeviceSettings,
+        now: Instant,
+    ) -> Result<Self, sightwire_media::ConfigError> {
+        let role = Role::Device(DeviceRole::new(settings));
+        Self::new(config, role, now)
+    }
+
+    /// A viewer endpoint: watches any number of cameras (up to [`MAX_WATCHES`]) over one
+    /// socket and one rendezvous session. `issuers` are the ID-certificate issuers it
+    /// believes.
+    pub fn viewer(
+        config: EndpointConfig,
+        issuers: TrustedIssuers,
+        now: Instant,
+    ) -> Result<Self, sightwire_media::ConfigError> {
+        Self::new(config, Role::Viewer(ViewerRole::new(issuers)), now)
+    }
+
+    fn new(
+        config: EndpointConfig,
+        role: Role,
+        now: Instant,
+    ) -> Result<Self, sightwire_media::ConfigError> {
+        let mut rng = config.rng;
+        let agent_rng = StdRng::from_rng(&mut rng).unwrap_or_else(|_| StdRng::seed_from_u64(0));
+        let sessions = match &role {
+            Role::Device(device) => SessionTable::with_responder(
+                config.keypair,
+                SessionKind::Peer {
+                    device_id: device.certificate.device_id(),
+                },
+                SessionConfig::default(),
+                rng,
+            ),
+            Role::Viewer(_) => SessionTable::new(config.keypair, SessionConfig::default(), rng),
+        };
+        let mut timers = TimerTable::default();
+        timers.set(EndpointTimer::RendezvousRetry, now);
+        timers.set(EndpointTimer::Stats, now + STATS_INTERVAL);
+        Ok(Self {
+            now,
+            unix_now: 0,
+            role,
+            sessions,
+            rendezvous: RendezvousLink::new(config.rendezvous),
+            conns: BTreeMap::new(),
+            by_session: HashMap::new(),
+            by_channel: HashMap::new(),
+            packetizer: MediaConnection::new(config.media.clone(), now)?,
+            media_config: config.media,
+            path_policy: config.path_policy,
+            outbox: Outbox::default(),
+            events: VecDeque::new(),
+            timers,
+            encode: BytesMut::with_capacity(MAX_MESSAGE_LEN),
+            agent_rng,
+            local_port: config.local_port,
+            host_ip: None,
+            media_cursor: None,
+            scratch_ids: Vec::new(),
+            stats: EndpointStats::default(),
+            reported: (0, 0),
+            last_send_error: None,
+            shut_down: false,
+        })
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// The current wall clock, seconds since the Unix epoch (certificate validity).
+    /// Call before inputs; the driver does so before each one.
+    pub fn set_unix_time(&mut self, unix_secs: u64) {
+        self.unix_now = unix_secs;
+    }
+
+    /// A datagram arrived from `from`. The buffer is decrypted in place.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        self.now = now;
+        if self.shut_down {
+            return;
+        }
+        self.stats.datagrams_received += 1;
+        match datagram.first() {
+            Some(0x01..=0x0F) => self.on_session_packet(now, from, datagram),
+            Some(0x20..=0x2F) => self.on_punch_packet(now, from, datagram, None),
+            Some(0x30..=0x3F) => self.on_relay_packet(now, from, datagram),
+            _ => self.stats.datagrams_unknown += 1,
+        }
+        self.flush(now);
+    }
+
+    /// Time passed: fire every timer that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.shut_down {
+            return;
+        }
+        self.sessions.handle_timeout(now);
+        while let Some(timer) = self.timers.pop_expired(now) {
+            self.on_endpoint_timer(now, timer);
+        }
+        self.viewer_timers(now);
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        ids.extend(self.conns.keys().copied());
+        for &id in &ids {
+            self.connection_timers(now, id);
+        }
+        self.scratch_ids = ids;
+        self.flush(now);
+    }
+
+    /// The local IP address the OS would use towards the rendezvous (the driver asks the
+    /// OS; `None` when there is no route). A change from a previously known address is a
+    /// network change (see [`Endpoint::network_changed`]).
+    pub fn set_local_ip(&mut self, now: Instant, ip: Option<IpAddr>) {
+        self.now = now;
+        if ip.is_none() || ip == self.host_ip {
+            return;
+        }
+        let first = self.host_ip.is_none();
+        self.host_ip = ip;
+        if !first {
+            tracing::info!(?ip, "local address changed");
+            self.network_changed(now);
+        } else if let Role::Device(_) = self.role
+            && self.rendezvous.ready
+        {
+            // Host candidates became known after registering: tell the rendezvous.
+            self.send_register(now);
+            self.flush(now);
+        }
+    }
+
+    /// The network moved under the endpoint (an app that knows: Android's
+    /// `ConnectivityManager`, iOS's `NWPathMonitor`): every punch agent re-gathers, a
+    /// device registers again, a viewer reconnects each watch through the rendezvous.
+    pub fn network_changed(&mut self, now: Instant) {
+        self.now = now;
+        if self.shut_down {
+            return;
+        }
+        let hosts = self.host_candidates();
+        for conn in self.conns.values_mut() {
+            conn.agent.network_changed(now, hosts.clone());
+        }
+        match self.role {
+            Role::Device(_) => self.send_register(now),
+            Role::Viewer(_) => self.reconnect_all_watches(now, "network changed"),
+        }
+        self.flush(now);
+    }
+
+    /// The driver could not send a datagram to `destination`. Counted, and reported to
+    /// the application once per [`STATS_INTERVAL`] as [`Event::SendErrors`].
+    pub fn handle_send_error(
+        &mut self,
+        _now: Instant,
+        destination: SocketAddr,
+        kind: std::io::ErrorKind,
+    ) {
+        self.stats.send_errors += 1;
+        self.last_send_error = Some(kind);
+        tracing::debug!(%destination, ?kind, "send failed");
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    /// Sends a frame: from a device to its viewers, from a viewer to its cameras
+    /// (talk-back). Fragmented once; every recipient shares the fragments. Returns how
+    /// many connections it was queued for.
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        to: Recipients,
+        frame: Frame,
+    ) -> Result<usize, CommandError> {
+        self.now = now;
+        if self.shut_down {
+            return Err(CommandError::ShutDown);
+        }
+        let packetized = self.packetizer.packetize(frame)?;
+        let ids = self.recipients(to)?;
+        let mut queued = 0;
+        for id in ids {
+            if let Some(conn) = self.conns.get_mut(&id)
+                && conn.auth == AuthState::Accepted
+                && conn.media.send_frame(now, &packetized).is_ok()
+            {
+                queued += 1;
+            }
+        }
+        self.flush(now);
+        Ok(queued)
+    }
+
+    /// Sends a control message (PTZ, settings...) reliably and in order. Returns how many
+    /// connections it was queued for.
+    pub fn send_control(
+        &mut self,
+        now: Instant,
+        to: Recipients,
+        message: Bytes,
+    ) -> Result<usize, CommandError> {
+        self.now = now;
+        if self.shut_down {
+            return Err(CommandError::ShutDown);
+        }
+        let mut queued = 0;
+        for id in self.recipients(to)? {
+            if let Some(conn) = self.conns.get_mut(&id)
+                && conn.auth == AuthState::Accepted
+                && conn.media.send_control(now, message.clone()).is_ok()
+            {
+                queued += 1;
+            }
+        }
+        self.flush(now);
+        Ok(queued)
+    }
+
+    fn recipients(&self, to: Recipients) -> Result<Vec<PeerId>, CommandError> {
+        Ok(match to {
+            Recipients::All => self.conns.keys().copied().collect(),
+            Recipients::Peer(id) => vec![id],
+            Recipients::Watch(watch) => {
+                let Role::Viewer(viewer) = &self.role else {
+                    return Err(CommandError::NotAViewer);
+                };
+                let watch = viewer
+                    .watches
+                    .get(&watch)
+                    .ok_or(CommandError::UnknownWatch)?;
+                watch.current.into_iter().collect()
+            }
+        })
+    }
+
+    /// Closes every connection, deregisters a device and stops. Transmits (the goodbyes)
+    /// may still be polled; nothing else happens afterwards.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        if self.shut_down {
+            return;
+        }
+        let ids: Vec<PeerId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close_connection(now, id, crate::events::PeerClosedReason::Closed, true);
+        }
+        if let Role::Device(_) = self.role {
+            self.send_deregister(now);
+        }
+        self.flush(now);
+        self.shut_down = true;
+    }
+
+    /// Whether [`Endpoint::shutdown`] ran.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    // ----------------------------------------------------------------- outputs
+
+    /// The next datagram to send. It borrows the endpoint until the next call.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        if self.outbox.len() == 0 && !self.shut_down {
+            self.refill_media();
+        }
+        self.stats.transmits_dropped = self.outbox.dropped;
+        let transmit = self.outbox.pop();
+        if transmit.is_some() {
+            self.stats.transmits += 1;
+        }
+        transmit
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.shut_down {
+            return None;
+        }
+        let mut earliest = self.sessions.poll_timeout();
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                earliest = Some(earliest.map_or(t, |e: Instant| e.min(t)));
+            }
+        };
+        consider(self.timers.next());
+        if let Role::Viewer(viewer) = &self.role {
+            for watch in viewer.watches.values() {
+                consider(watch.timers.next());
+            }
+        }
+        for conn in self.conns.values() {
+            consider(conn.poll_timeout());
+        }
+        earliest
+    }
+
+    /// Endpoint-wide counters.
+    pub fn stats(&self) -> EndpointStats {
+        EndpointStats {
+            transmits_dropped: self.outbox.dropped,
+            ..self.stats
+        }
+    }
+
+    /// Open peer connections (including ones still being set up).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the device is registered (always `false` on a viewer).
+    pub fn is_registered(&self) -> bool {
+        self.rendezvous.registered
+    }
+
+    /// The connection ids currently open.
+    pub fn connections(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.conns.keys().copied()
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    fn emit(&mut self, watch: Option<WatchId>, event: Event) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        self.events.push_back(EndpointEvent { watch, event });
+    }
+
+    fn on_endpoint_timer(&mut self, now: Instant, timer: EndpointTimer) {
+        match timer {
+            EndpointTimer::RendezvousRetry => self.connect_rendezvous(now),
+            EndpointTimer::Keepalive => self.send_keepalive(now),
+            EndpointTimer::KeepaliveTimeout => self.keepalive_timed_out(now),
+            EndpointTimer::RegisterRetry => self.send_register(now),
+            EndpointTimer::Stats => {
+                self.timers.set(EndpointTimer::Stats, now + STATS_INTERVAL);
+                self.report_stats();
+            }
+        }
+    }
+
+    fn on_relay_packet(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        let channel = match RelayPacket::decode(datagram) {
+            Ok(RelayPacket::Data { channel, .. }) => channel,
+            Ok(RelayPacket::Bound { channel, .. }) => {
+                if let Some(conn) = self.conn_by_channel(channel, from) {
+                    conn.relay_bound();
+                }
+                return;
+            }
+            Ok(RelayPacket::BindRefused { reason }) => {
+                tracing::warn!(relay = %from, ?reason, "relay refused our bind");
+                return;
+            }
+            Ok(RelayPacket::Bind { .. }) | Err(_) => return,
+        };
+        let Some(id) = self.conn_by_channel(channel, from).map(|c| c.id) else {
+            return;
+        };
+        let Some(inner) = datagram.get_mut(DATA_HEADER_LEN..) else {
+            return;
+        };
+        match inner.first() {
+            Some(0x01..=0x0F) => {
+                self.on_session_packet(now, connection::virtual_addr(channel), inner)
+            }
+            Some(0x20..=0x2F) => self.on_punch_packet(now, from, inner, Some(id)),
+            _ => {}
+        }
+    }
+
+    fn conn_by_channel(&mut self, channel: u64, relay: SocketAddr) -> Option<&mut Connection> {
+        let id = self.by_channel.get(&channel)?;
+        self.conns
+            .get_mut(id)
+            .filter(|c| c.relay.as_ref().is_some_and(|r| r.server == relay))
+    }
+
+    fn on_punch_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        relayed_for: Option<PeerId>,
+    ) {
+        if relayed_for.is_none() && self.path_policy == PathPolicy::RelayOnly {
+            return;
+        }
+        // Only the connection whose attempt key authenticates the probe gets it, so a
+        // stranger's probes cost at most one MAC check per connection and touch no state.
+        let target = relayed_for.or_else(|| {
+            self.conns
+                .values()
+                .find(|c| c.authenticates_probe(datagram))
+                .map(|c| c.id)
+        });
+        if let Some(conn) = target.and_then(|id| self.conns.get_mut(&id)) {
+            conn.agent.handle_datagram(now, from, datagram);
+            conn.heard(now);
+        }
+    }
+
+    fn on_session_packet(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        let input = match self.sessions.handle_input(now, from, datagram) {
+            Ok(input) => input,
+            Err(error) => {
+                tracing::trace!(%from, %error, "session packet dropped");
+                return;
+            }
+        };
+        match input {
+            Input::Data {
+                session, plaintext, ..
+            } => {
+                if Some(session) == self.rendezvous.session {
+                    self.rendezvous_heard(now);
+                    self.on_signal(now, plaintext);
+                } else if let Some(&id) = self.by_session.get(&session) {
+                    // The plaintext borrows the receive buffer, not `self`: no copy.
+                    self.on_peer_plaintext(now, id, plaintext);
+                }
+            }
+            Input::Keepalive { session, .. } => {
+                if let Some(&id) = self.by_session.get(&session) {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.heard(now);
+                    }
+                } else if Some(session) == self.rendezvous.session {
+                    self.rendezvous_heard(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_peer_plaintext(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.heard(now);
+        match plaintext.first() {
+            Some(0x01..=0x0F) => self.device_on_auth_request(now, id, plaintext),
+            Some(0x80..=0x8F) => self.viewer_on_auth_response(now, id, plaintext),
+            Some(_) if conn.auth == AuthState::Accepted => {
+                if let Err(error) = conn.media.handle_input(now, plaintext) {
+                    tracing::trace!(%error, "bad media packet");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_session_event(&mut self, now: Instant, event: SessionEvent) {
+        match event {
+            SessionEvent::Established {
+                session,
+                remote_static,
+                ..
+            } => {
+                if Some(session) == self.rendezvous.session {
+                    self.rendezvous_established(now);
+                } else {
+                    self.peer_session_established(now, session, remote_static);
+                }
+            }
+            SessionEvent::HandshakeFailed { session, reason } => {
+                if Some(session) == self.rendezvous.session {
+                    tracing::warn!(?reason, "rendezvous handshake failed");
+                    self.rendezvous.session = None;
+                    self.rendezvous.ready = false;
+                    self.schedule_rendezvous_retry(now);
+                } else if let Some(id) = self.by_session.remove(&session) {
+                    self.connection_failed(now, id, connection::Failure::Handshake(reason));
+                }
+            }
+            SessionEvent::Closed { session, .. } => {
+                if Some(session) == self.rendezvous.session {
+                    self.rendezvous_lost(now);
+                } else if let Some(id) = self.by_session.remove(&session) {
+                    self.close_connection(now, id, crate::events::PeerClosedReason::Closed, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer session completed its handshake: attach it to its connection.
+    fn peer_session_established(
+        &mut self,
+        now: Instant,
+        session: sightwire_session::SessionId,
+        remote_static: PublicKey,
+    ) {
+        // The device learns which connection a session belongs to by the viewer key the
+        // rendezvous introduced; the viewer started the session itself.
+        let id = self.by_session.get(&session).copied().or_else(|| {
+            self.conns
+                .values()
+                .filter(|c| c.session.is_none() && c.remote_key == remote_static)
+                .max_by_key(|c| c.created)
+                .map(|c| c.id)
+        });
+        let Some(id) = id else {
+            tracing::info!("closing a session from a peer nobody introduced");
+            self.sessions.close(session);
+            return;
+        };
+        self.by_session.insert(session, id);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.session = Some(session);
+            conn.heard(now);
+            conn.auth = AuthState::Pending { attempts: 0 };
+        }
+        if let Role::Viewer(_) = self.role {
+            self.send_auth_request(now, id);
+        }
+    }
+
+    /// Drains every core's queued output after an input: session handshakes and events,
+    /// then each connection's probes, signals, path events and media events. Media
+    /// datagrams stay in their connection until [`Endpoint::poll_transmit`] pulls them.
+    fn flush(&mut self, now: Instant) {
+        loop {
+            if self.outbox.is_full() {
+                break;
+            }
+            let (sessions, conns, by_channel) = (&mut self.sessions, &self.conns, &self.by_channel);
+            let mut produced = false;
+            self.outbox.push_with(None, |buf| {
+                let transmit = sessions.poll_transmit(buf.get_mut(DATA_HEADER_LEN..)?)?;
+                produced = true;
+                let len = transmit.len;
+                match virtual_channel(transmit.destination) {
+                    Some(channel) => {
+                        let server = by_channel
+                            .get(&channel)
+                            .and_then(|id| conns.get(id))
+                            .and_then(|c| c.relay.as_ref())
+                            .map(|r| r.server)?;
+                        write_data_header(buf, channel);
+                        Some((server, DATA_HEADER_LEN + len))
+                    }
+                    None => {
+                        buf.copy_within(DATA_HEADER_LEN..DATA_HEADER_LEN + len, 0);
+                        Some((transmit.destination, len))
+                    }
+                }
+            });
+            if !produced {
+                break;
+            }
+        }
+        while let Some(event) = self.sessions.poll_event() {
+            self.on_session_event(now, event);
+        }
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        ids.extend(self.conns.keys().copied());
+        for &id in &ids {
+            self.flush_connection(now, id);
+        }
+        self.scratch_ids = ids;
+    }
+
+    /// Pulls media datagrams into the transmit queue, a few per connection per round.
+    fn refill_media(&mut self) {
+        let now = self.now;
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        ids.extend(self.conns.keys().copied());
+        // Start after the connection served last.
+        if let Some(cursor) = self.media_cursor {
+            let split = ids.partition_point(|id| *id <= cursor);
+            ids.rotate_left(split);
+        }
+        let mut pulled = 0;
+        'rounds: loop {
+            let mut any = false;
+            for &id in &ids {
+                for _ in 0..MEDIA_PER_PEER_ROUND {
+                    if pulled >= MEDIA_REFILL {
+                        self.media_cursor = Some(id);
+                        break 'rounds;
+                    }
+                    let Some(conn) = self.conns.get_mut(&id) else {
+                        break;
+                    };
+                    if !conn.may_send_media() {
+                        // Nothing may leave before the viewer is authorized.
+                        while conn.media.poll_transmit().is_some() {}
+                        break;
+                    }
+                    let Some(transmit) = conn.media.poll_transmit() else {
+                        break;
+                    };
+                    any = true;
+                    pulled += 1;
+                    self.send_sealed(now, id, |buf| transmit.write_to(buf));
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        self.scratch_ids = ids;
+    }
+
+    fn report_stats(&mut self) {
+        if self.stats.events_dropped > self.reported.1 {
+            tracing::warn!(
+                dropped = self.stats.events_dropped - self.reported.1,
+                total = self.stats.events_dropped,
+                "the application is not reading events fast enough; events were dropped"
+            );
+            self.reported.1 = self.stats.events_dropped;
+        }
+        if self.stats.send_errors > self.reported.0 {
+            let count = self.stats.send_errors - self.reported.0;
+            self.reported.0 = self.stats.send_errors;
+            let last = self.last_send_error.unwrap_or(std::io::ErrorKind::Other);
+            tracing::warn!(count, ?last, "datagrams could not be sent");
+            self.emit(None, Event::SendErrors { count, last });
+        }
+        let reports: Vec<(Option<WatchId>, PeerId, crate::events::PeerStats)> = self
+            .conns
+            .values()
+            .filter(|c| c.auth == AuthState::Accepted)
+            .map(|c| (c.watch, c.id, c.peer_stats()))
+            .collect();
+        for (watch, peer, stats) in reports {
+            self.emit(watch, Event::Stats { peer, stats });
+        }
+    }
+
+    fn host_candidates(&self) -> Vec<SocketAddr> {
+        if self.path_policy == PathPolicy::RelayOnly || self.local_port == 0 {
+            return Vec::new();
+        }
+        self.host_ip
+            .map(|ip| SocketAddr::new(ip, self.local_port))
+            .into_iter()
+            .collect()
+    }
+}

@@ -1,0 +1,614 @@
+//! What only a viewer does: watch cameras. Each watch is one camera: its connect
+//! requests, the connection serving it and, while it reconnects, the attempt that will
+//! replace that connection. Watches share the socket and the rendezvous session, and
+//! never disturb each other.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sightwire_session::auth::{AuthRequest, AuthResponse, MAX_AUTH_MESSAGE_LEN, PasswordKey};
+use sightwire_signal::cert::TrustedIssuers;
+use sightwire_signal::{Body, ConnectRequest, ConnectResponse, ErrorCode, MAX_MESSAGE_LEN};
+
+use super::connection::{AuthState, ConnTimer, Failure};
+use super::device::GRANT_WAIT;
+use super::rendezvous::REQUEST_RETRY;
+use super::timer::{TimerTable, timers};
+use super::{CommandError, Endpoint, Role};
+use crate::config::{Credentials, DEFAULT_CONNECT_TIMEOUT, Target};
+use crate::error::ConnectError;
+use crate::events::{Event, PeerId};
+
+/// Most cameras one viewer endpoint watches at once.
+pub const MAX_WATCHES: usize = 64;
+/// Viewer authorization requests are retransmitted at this interval.
+pub(crate) const AUTH_RETRY: Duration = Duration::from_millis(500);
+/// Most authorization requests sent.
+pub(crate) const AUTH_ATTEMPTS: u32 = 10;
+/// A reconnect the rendezvous refused (or that failed) is tried again after this long.
+pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
+/// Connect requests are padded to this size so the rendezvous may answer them in full
+/// (it never answers an unregistered client with more than it sent).
+const CONNECT_REQUEST_PADDED_LEN: usize = MAX_MESSAGE_LEN;
+
+/// One camera a viewer endpoint watches; stable across reconnects (the [`PeerId`] of
+/// the connection serving it changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchId(pub u64);
+
+/// What to watch and how.
+#[derive(Debug, Clone)]
+pub struct WatchRequest {
+    /// The camera: an ID, a scanned label, or a remembered key.
+    pub target: Target,
+    /// How the viewer proves it may watch.
+    pub credentials: Credentials,
+    /// Ask for a relay allocation up front (the fallback when no direct path works).
+    pub want_relay: bool,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+}
+
+impl WatchRequest {
+    /// A request with the defaults (relay wanted, [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn new(target: Target, credentials: Credentials) -> Self {
+        Self {
+            target,
+            credentials,
+            want_relay: true,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+timers! {
+    /// Per-watch deadlines.
+    pub(crate) enum WatchTimer {
+        /// Resend the unanswered connect request.
+        RequestRetry,
+        /// Connect (again) through the rendezvous.
+        Reconnect,
+        /// The first connect must be done by then.
+        Deadline,
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Watch {
+    target: Target,
+    password: Option<PasswordKey>,
+    remember: bool,
+    want_relay: bool,
+    /// Connected at least once (the application has its handle).
+    connected: bool,
+    /// The unanswered connect request's id.
+    request: Option<u64>,
+    /// A connect request should go out as soon as the rendezvous session is up.
+    want_connect: bool,
+    /// The authorized connection serving the watch.
+    pub(crate) current: Option<PeerId>,
+    /// The connection being set up (the first one, or a replacement).
+    attempt: Option<PeerId>,
+    pub(crate) timers: TimerTable<WatchTimer, 3>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ViewerRole {
+    issuers: TrustedIssuers,
+    pub(crate) watches: BTreeMap<WatchId, Watch>,
+    next_watch: u64,
+}
+
+impl ViewerRole {
+    pub(crate) fn new(issuers: TrustedIssuers) -> Self {
+        Self {
+            issuers,
+            watches: BTreeMap::new(),
+            next_watch: 1,
+        }
+    }
+}
+
+impl Endpoint {
+    /// Starts watching a camera: looks it up at the rendezvous, checks its certificate
+    /// (and pinned key), punches or relays a path, runs the Noise handshake and proves
+    /// the credentials. [`Event::PeerConnected`] (or [`Event::ConnectFailed`]) for the
+    /// returned watch says how it went.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        request: WatchRequest,
+    ) -> Result<WatchId, CommandError> {
+        self.now = now;
+        if self.shut_down {
+            return Err(CommandError::ShutDown);
+        }
+        let Role::Viewer(viewer) = &mut self.role else {
+            return Err(CommandError::NotAViewer);
+        };
+        if viewer.watches.len() >= MAX_WATCHES {
+            return Err(CommandError::TooManyWatches { limit: MAX_WATCHES });
+        }
+        let id = WatchId(viewer.next_watch);
+        viewer.next_watch += 1;
+        let device_id = request.target.device_id();
+        let mut timers = TimerTable::default();
+        timers.set(WatchTimer::Deadline, now + request.connect_timeout);
+        viewer.watches.insert(
+            id,
+            Watch {
+                target: request.target,
+                password: request
+                    .credentials
+                    .password
+                    .as_deref()
+                    .map(|p| PasswordKey::derive(p.as_bytes(), device_id.as_bytes())),
+                remember: request.credentials.remember,
+                want_relay: request.want_relay,
+                connected: false,
+                request: None,
+                want_connect: true,
+                current: None,
+                attempt: None,
+                timers,
+            },
+        );
+        if self.rendezvous.ready {
+            self.send_connect_request(now, id);
+        }
+        self.flush(now);
+        Ok(id)
+    }
+
+    /// Stops watching a camera: closes its connections (they end with
+    /// [`Event::PeerClosed`]) and forgets the watch.
+    pub fn close_watch(&mut self, now: Instant, watch: WatchId) -> Result<(), CommandError> {
+        self.now = now;
+        let Role::Viewer(viewer) = &mut self.role else {
+            return Err(CommandError::NotAViewer);
+        };
+        let Some(removed) = viewer.watches.remove(&watch) else {
+            return Err(CommandError::UnknownWatch);
+        };
+        for id in [removed.current, removed.attempt].into_iter().flatten() {
+            if self.detach_connection(now, id, true).is_some() {
+                self.emit(
+                    Some(watch),
+                    Event::PeerClosed {
+                        peer: id,
+                        reason: crate::events::PeerClosedReason::Closed,
+                    },
+                );
+            }
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Whether `watch` is still open (it ends when its connection closes for good, when
+    /// its first connect fails, or on [`Endpoint::close_watch`]).
+    pub fn has_watch(&self, watch: WatchId) -> bool {
+        matches!(&self.role, Role::Viewer(v) if v.watches.contains_key(&watch))
+    }
+
+    /// The open watches.
+    pub fn watches(&self) -> Vec<WatchId> {
+        match &self.role {
+            Role::Viewer(viewer) => viewer.watches.keys().copied().collect(),
+            Role::Device(_) => Vec::new(),
+        }
+    }
+
+    /// The connection currently serving `watch`, once connected.
+    pub fn watch_peer(&self, watch: WatchId) -> Option<PeerId> {
+        match &self.role {
+            Role::Viewer(viewer) => viewer.watches.get(&watch)?.current,
+            Role::Device(_) => None,
+        }
+    }
+
+    fn watch_mut(&mut self, watch: WatchId) -> Option<&mut Watch> {
+        match &mut self.role {
+            Role::Viewer(viewer) => viewer.watches.get_mut(&watch),
+            Role::Device(_) => None,
+        }
+    }
+
+    pub(crate) fn viewer_timers(&mut self, now: Instant) {
+        let Role::Viewer(viewer) = &self.role else {
+            return;
+        };
+        let ids: Vec<WatchId> = viewer.watches.keys().copied().collect();
+        for id in ids {
+            while let Some(timer) = self.watch_mut(id).and_then(|w| w.timers.pop_expired(now)) {
+                match timer {
+                    WatchTimer::RequestRetry => {
+                        if self.watch_mut(id).is_some_and(|w| w.request.is_some())
+                            && self.rendezvous.ready
+                        {
+                            self.send_connect_request(now, id);
+                        }
+                    }
+                    WatchTimer::Reconnect => {
+                        if let Some(watch) = self.watch_mut(id) {
+                            watch.want_connect = true;
+                            if let Some(conn) = watch.current.and_then(|c| self.conns.get_mut(&c)) {
+                                conn.supersede();
+                            }
+                        }
+                        if self.rendezvous.ready {
+                            self.send_connect_request(now, id);
+                        }
+                    }
+                    WatchTimer::Deadline => {
+                        let Some(watch) = self.watch_mut(id) else {
+                            break;
+                        };
+                        if !watch.connected {
+                            let error = if watch.attempt.is_some() {
+                                ConnectError::NoPath
+                            } else {
+                                ConnectError::Timeout
+                            };
+                            self.fail_watch(now, id, error);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the connect requests that waited for the rendezvous session.
+    pub(crate) fn send_wanted_connect_requests(&mut self, now: Instant) {
+        let Role::Viewer(viewer) = &self.role else {
+            return;
+        };
+        let wanted: Vec<WatchId> = viewer
+            .watches
+            .iter()
+            .filter(|(_, w)| w.want_connect || w.request.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in wanted {
+            self.send_connect_request(now, id);
+        }
+    }
+
+    /// The rendezvous session died: the requests in flight go out again on the next.
+    pub(crate) fn viewer_requests_lost(&mut self, _now: Instant) {
+        if let Role::Viewer(viewer) = &mut self.role {
+            for watch in viewer.watches.values_mut() {
+                if watch.request.take().is_some() {
+                    watch.want_connect = true;
+                    watch.timers.stop(WatchTimer::RequestRetry);
+                }
+            }
+        }
+    }
+
+    fn send_connect_request(&mut self, now: Instant, id: WatchId) {
+        let candidates = self.signal_host_candidates();
+        let fresh_id = self.next_request_id();
+        let Some(watch) = self.watch_mut(id) else {
+            return;
+        };
+        let request = ConnectRequest {
+            device_id: *watch.target.device_id().as_bytes(),
+            candidates,
+            want_relay: watch.want_relay,
+        };
+        let request_id = *watch.request.get_or_insert(fresh_id);
+        watch.want_connect = false;
+        watch
+            .timers
+            .set(WatchTimer::RequestRetry, now + REQUEST_RETRY);
+        self.send_signal(
+            now,
+            Body::ConnectRequest(request),
+            request_id,
+            Some(CONNECT_REQUEST_PADDED_LEN),
+        );
+        self.expect_answer(now);
+    }
+
+    fn watch_of_request(&self, request_id: u64) -> Option<WatchId> {
+        let Role::Viewer(viewer) = &self.role else {
+            return None;
+        };
+        viewer
+            .watches
+            .iter()
+            .find(|(_, w)| w.request == Some(request_id))
+            .map(|(id, _)| *id)
+    }
+
+    pub(crate) fn viewer_on_response(
+        &mut self,
+        now: Instant,
+        request_id: u64,
+        response: ConnectResponse,
+    ) {
+        let Some(watch_id) = self.watch_of_request(request_id) else {
+            return;
+        };
+        let unix_now = self.unix_now;
+        let Role::Viewer(viewer) = &mut self.role else {
+            return;
+        };
+        let Some(watch) = viewer.watches.get_mut(&watch_id) else {
+            return;
+        };
+        watch.request = None;
+        watch.timers.stop(WatchTimer::RequestRetry);
+        let target = watch.target;
+        let checked = match response.certificate.verify(&viewer.issuers, unix_now) {
+            Ok(fields) if fields.device_id != *target.device_id().as_bytes() => {
+                Err(ConnectError::CertificateInvalid)
+            }
+            Ok(fields) if !target.accepts_key(&fields.device_key) => {
+                tracing::warn!("the device key in the certificate is not the pinned key");
+                Err(ConnectError::KeyMismatch)
+            }
+            Ok(fields) => Ok(*fields),
+            Err(error) => {
+                tracing::warn!(%error, "device certificate refused");
+                Err(ConnectError::CertificateInvalid)
+            }
+        };
+        let fields = match checked {
+            Ok(fields) => fields,
+            Err(error) => return self.watch_attempt_refused(now, watch_id, error),
+        };
+        let id = PeerId(response.connect_id.0);
+        if self.conns.contains_key(&id) {
+            return;
+        }
+        let Some(conn) = self.new_connection(
+            now,
+            id,
+            Some(watch_id),
+            fields.device_id,
+            fields.device_key,
+            response.punch.punch_key,
+        ) else {
+            return;
+        };
+        // A newer attempt replaces an older one still being set up.
+        let older = self.watch_mut(watch_id).and_then(|w| w.attempt.replace(id));
+        if let Some(older) = older {
+            self.detach_connection(now, older, true);
+        }
+        let mut start = response.to_punch_start(None);
+        start.remote = self.remote_candidates(&response.candidates);
+        self.note_observed(now, response.observed);
+        self.insert_connection(now, conn, start, GRANT_WAIT.min(response.punch.start_in));
+    }
+
+    /// The rendezvous refused a request. Returns the watch it was for, if any.
+    pub(crate) fn viewer_on_request_refused(
+        &mut self,
+        now: Instant,
+        request_id: u64,
+        code: ErrorCode,
+    ) -> Option<WatchId> {
+        let id = self.watch_of_request(request_id)?;
+        if let Some(watch) = self.watch_mut(id) {
+            watch.request = None;
+            watch.timers.stop(WatchTimer::RequestRetry);
+        }
+        self.emit(Some(id), Event::RendezvousError { code });
+        self.watch_attempt_refused(now, id, ConnectError::Rendezvous(code));
+        Some(id)
+    }
+
+    /// A connect attempt was refused before a connection existed: a first connect
+    /// fails; a reconnect (the camera may be rebooting) is tried again later.
+    fn watch_attempt_refused(&mut self, now: Instant, id: WatchId, error: ConnectError) {
+        let Some(watch) = self.watch_mut(id) else {
+            return;
+        };
+        if watch.connected {
+            watch
+                .timers
+                .set(WatchTimer::Reconnect, now + RECONNECT_BACKOFF);
+        } else {
+            self.fail_watch(now, id, error);
+        }
+    }
+
+    pub(crate) fn send_auth_request(&mut self, now: Instant, id: PeerId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let (Some(session), Some(watch_id)) = (conn.session, conn.watch) else {
+            return;
+        };
+        let attempts = match conn.auth {
+            AuthState::Pending { attempts } => attempts,
+            _ => 0,
+        };
+        if attempts >= AUTH_ATTEMPTS {
+            return self.connection_failed(now, id, Failure::AuthTimeout);
+        }
+        conn.auth = AuthState::Pending {
+            attempts: attempts + 1,
+        };
+        conn.timers.set(ConnTimer::AuthRetry, now + AUTH_RETRY);
+        let Role::Viewer(viewer) = &self.role else {
+            return;
+        };
+        let (Some(watch), Some(hash)) = (
+            viewer.watches.get(&watch_id),
+            self.sessions.handshake_hash(session),
+        ) else {
+            return;
+        };
+        let request = match &watch.password {
+            Some(key) => AuthRequest::password(key, hash, watch.remember),
+            None => AuthRequest::TrustedKey,
+        };
+        let mut wire = [0u8; MAX_AUTH_MESSAGE_LEN];
+        if let Some(len) = request.encode(&mut wire) {
+            self.send_plaintext(now, id, &wire[..len]);
+        }
+    }
+
+    pub(crate) fn viewer_on_auth_response(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) {
+        let Ok(response) = AuthResponse::decode(plaintext) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(watch_id) = conn.watch else {
+            return;
+        };
+        if !matches!(conn.auth, AuthState::Pending { .. }) {
+            return;
+        }
+        match response {
+            AuthResponse::Accepted { .. } => {
+                conn.accepted(now);
+                let (key, path) = (conn.remote_key, conn.path);
+                let Some(watch) = self.watch_mut(watch_id) else {
+                    return;
+                };
+                if watch.attempt == Some(id) {
+                    watch.attempt = None;
+                }
+                let replaced = watch.current.replace(id);
+                let first = !watch.connected;
+                watch.connected = true;
+                watch.timers.stop(WatchTimer::Deadline);
+                watch.timers.stop(WatchTimer::Reconnect);
+                if let Some(old) = replaced.filter(|old| *old != id) {
+                    // A reconnect: the application sees one stream that changed path.
+                    self.detach_connection(now, old, true);
+                }
+                if first {
+                    self.emit(
+                        Some(watch_id),
+                        Event::PeerConnected {
+                            peer: id,
+                            key,
+                            path,
+                        },
+                    );
+                } else {
+                    tracing::info!(peer = id.0, "reconnected");
+                    if let Some(path) = path {
+                        self.emit(Some(watch_id), Event::PathChanged { peer: id, path });
+                    }
+                }
+            }
+            AuthResponse::Rejected(reason) => {
+                self.watch_connection_failed(now, watch_id, id, Failure::Rejected(reason));
+            }
+        }
+    }
+
+    /// Connects `watch` again through the rendezvous, keeping its current connection
+    /// until the new one is authorized.
+    pub(crate) fn reconnect_watch(&mut self, now: Instant, id: WatchId, why: &str) {
+        let ready = self.rendezvous.ready;
+        let Some(watch) = self.watch_mut(id) else {
+            return;
+        };
+        if !watch.connected
+            || watch.request.is_some()
+            || watch.want_connect
+            || watch.attempt.is_some()
+            || watch.timers.is_set(WatchTimer::Reconnect)
+        {
+            return;
+        }
+        tracing::info!(why, watch = id.0, "reconnecting to the device");
+        watch.want_connect = true;
+        if let Some(conn) = watch.current.and_then(|c| self.conns.get_mut(&c)) {
+            conn.supersede();
+        }
+        if ready {
+            self.send_connect_request(now, id);
+        }
+    }
+
+    pub(crate) fn reconnect_all_watches(&mut self, now: Instant, why: &str) {
+        for id in self.watches() {
+            self.reconnect_watch(now, id, why);
+        }
+    }
+
+    /// A connection of `watch` failed.
+    pub(crate) fn watch_connection_failed(
+        &mut self,
+        now: Instant,
+        watch_id: WatchId,
+        id: PeerId,
+        failure: Failure,
+    ) {
+        let Some(watch) = self.watch_mut(watch_id) else {
+            self.close_connection(now, id, failure.closed_reason(), true);
+            return;
+        };
+        if !watch.connected {
+            return self.fail_watch(now, watch_id, failure.connect_error());
+        }
+        if watch.attempt == Some(id) {
+            // A replacement that did not work: keep the current connection, try again.
+            watch.attempt = None;
+            watch
+                .timers
+                .set(WatchTimer::Reconnect, now + RECONNECT_BACKOFF);
+            tracing::info!(peer = id.0, ?failure, "reconnect attempt failed");
+            self.detach_connection(now, id, true);
+            return;
+        }
+        self.close_connection(now, id, failure.closed_reason(), true);
+    }
+
+    /// A connection of `watch` was closed (and the application told): the watch ends
+    /// once nothing serves it and nothing is being set up.
+    pub(crate) fn watch_connection_gone(&mut self, now: Instant, watch_id: WatchId, id: PeerId) {
+        let Some(watch) = self.watch_mut(watch_id) else {
+            return;
+        };
+        if watch.current == Some(id) {
+            watch.current = None;
+        }
+        if watch.attempt == Some(id) {
+            watch.attempt = None;
+        }
+        if watch.current.is_none() && watch.attempt.is_none() {
+            if watch.connected {
+                tracing::info!(watch = watch_id.0, "watch ended");
+                self.forget_watch(now, watch_id);
+            } else if watch.request.is_none() && !watch.want_connect {
+                self.fail_watch(now, watch_id, ConnectError::NoPath);
+            }
+        }
+    }
+
+    /// Ends a watch that never connected: its connections go quietly.
+    fn fail_watch(&mut self, now: Instant, watch_id: WatchId, error: ConnectError) {
+        tracing::info!(watch = watch_id.0, %error, "connect failed");
+        self.forget_watch(now, watch_id);
+        self.emit(Some(watch_id), Event::ConnectFailed { error });
+    }
+
+    fn forget_watch(&mut self, now: Instant, watch_id: WatchId) {
+        let Role::Viewer(viewer) = &mut self.role else {
+            return;
+        };
+        viewer.watches.remove(&watch_id);
+        let ids: Vec<PeerId> = self
+            .conns
+            .values()
+            .filter(|c| c.watch == Some(watch_id))
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.detach_connection(now, id, true);
+        }
+    }
+}
