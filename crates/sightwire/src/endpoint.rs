@@ -1,85 +1,89 @@
-//! The public handles: [`Device`] and [`Viewer`].
+//! The public handles: [`Device`], [`ViewerEndpoint`] and [`Viewer`].
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rand::SeedableRng;
 use sightwire_media::Frame;
 use sightwire_session::PublicKey;
-use sightwire_session::auth::{PasswordKey, ViewerAuthorizer};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::PathPolicy;
-use crate::config::{Credentials, DeviceConfig, Target, ViewerConfig};
-use crate::driver::{Command, Driver, DriverSetup, Side};
+use crate::config::{Credentials, DeviceConfig, RendezvousServer, Target, ViewerConfig};
+use crate::driver::{Command, Driver};
 use crate::error::ConnectError;
 use crate::events::{Event, PeerId};
+use crate::proto::{DeviceSettings, Endpoint, EndpointConfig, Recipients, WatchId, WatchRequest};
 
-/// Queued application events per endpoint; beyond it events are dropped (and counted)
-/// rather than stall the network loop.
+/// Queued application events per device, or per watched camera; beyond it events are
+/// dropped (and counted) rather than stall the network loop.
 pub const EVENT_QUEUE: usize = 4096;
 /// Queued application commands per endpoint.
 pub const COMMAND_QUEUE: usize = 256;
 
-/// The shared part of both handles.
+/// The running driver task of one socket.
 #[derive(Debug)]
-struct Handle {
+struct Task {
     commands: mpsc::Sender<Command>,
-    events: mpsc::Receiver<Event>,
-    task: Option<JoinHandle<()>>,
+    join: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
 }
 
-impl Handle {
+impl Task {
+    async fn bind(
+        bind: SocketAddr,
+        config: impl FnOnce(u16) -> EndpointConfig,
+        make: impl FnOnce(EndpointConfig, Instant) -> Result<Endpoint, sightwire_media::ConfigError>,
+        device_events: Option<mpsc::Sender<Event>>,
+    ) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(bind).await?;
+        let local_addr = socket.local_addr()?;
+        let config = config(local_addr.port());
+        let rendezvous = config.rendezvous.address;
+        let endpoint = make(config, Instant::now())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let driver = Driver::new(socket, endpoint, command_rx, device_events, rendezvous);
+        Ok(Self {
+            commands,
+            join: Some(tokio::spawn(driver.run())),
+            local_addr,
+        })
+    }
+
     async fn command(&self, command: Command) -> bool {
         self.commands.send(command).await.is_ok()
     }
 
     async fn shutdown(&mut self) {
         let _ = self.commands.send(Command::Shutdown).await;
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(join) = self.join.take() {
+            let _ = join.await;
         }
     }
 }
 
-impl Drop for Handle {
+impl Drop for Task {
     fn drop(&mut self) {
         let _ = self.commands.try_send(Command::Shutdown);
     }
 }
 
-fn spawn(
-    socket: UdpSocket,
-    side: Side,
+fn endpoint_config(
     keypair: sightwire_session::StaticKeypair,
-    rendezvous: crate::RendezvousServer,
+    rendezvous: RendezvousServer,
     media: sightwire_media::Config,
-    path_policy: PathPolicy,
-) -> std::io::Result<Handle> {
-    let local_addr = socket.local_addr()?;
-    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
-    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let driver = Driver::new(DriverSetup {
-        socket,
-        side,
-        keypair,
-        rendezvous,
-        media,
-        path_policy,
-        commands: command_rx,
-        events: event_tx,
-    })
-    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let task = tokio::spawn(driver.run());
-    Ok(Handle {
-        commands: command_tx,
-        events: event_rx,
-        task: Some(task),
-        local_addr,
-    })
+    path_policy: crate::PathPolicy,
+    local_port: u16,
+) -> EndpointConfig {
+    let rng = rand::rngs::StdRng::from_entropy();
+    let mut config = EndpointConfig::new(keypair, rendezvous, Box::new(rng));
+    config.media = media;
+    config.path_policy = path_policy;
+    config.local_port = local_port;
+    config
 }
 
 /// A camera: registered with the rendezvous under its certified ID, accepting viewers
@@ -87,156 +91,270 @@ fn spawn(
 /// of them.
 #[derive(Debug)]
 pub struct Device {
-    handle: Handle,
+    task: Task,
+    events: mpsc::Receiver<Event>,
 }
 
 impl Device {
     /// Binds the socket and starts registering. Returns at once; watch
     /// [`Event::Registered`].
     pub async fn start(config: DeviceConfig) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(config.bind).await?;
-        let device_id = config.identity.certificate.device_id();
-        let password = config
-            .password
-            .as_deref()
-            .map(|p| PasswordKey::derive(p.as_bytes(), &device_id));
-        let mut authorizer = ViewerAuthorizer::new(password);
-        for key in &config.trusted_viewers {
-            let _ = authorizer.trust(*key);
-        }
-        let side = Side::Device {
-            certificate: config.identity.certificate,
-            authorizer,
-            max_viewers: config.max_viewers,
+        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let DeviceConfig {
+            identity,
+            rendezvous,
+            bind,
+            password,
+            trusted_viewers,
+            max_viewers,
+            media,
+            path_policy,
+        } = config;
+        let settings = DeviceSettings {
+            certificate: identity.certificate,
+            password,
+            trusted_viewers,
+            max_viewers,
         };
-        let handle = spawn(
-            socket,
-            side,
-            config.identity.keypair,
-            config.rendezvous,
-            config.media,
-            config.path_policy,
-        )?;
-        Ok(Self { handle })
+        let task = Task::bind(
+            bind,
+            |port| endpoint_config(identity.keypair, rendezvous, media, path_policy, port),
+            |config, now| Endpoint::device(config, settings, now),
+            Some(event_tx),
+        )
+        .await?;
+        Ok(Self { task, events })
     }
 
     /// The local socket address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.handle.local_addr
+        self.task.local_addr
     }
 
     /// Sends a frame to every authorized viewer. It is fragmented once; the fragments
     /// are shared by all viewers.
     pub async fn send_frame(&self, frame: Frame) -> bool {
-        self.handle.command(Command::SendFrame(frame)).await
+        self.task
+            .command(Command::SendFrame(Recipients::All, frame))
+            .await
     }
 
     /// Sends a control message to one viewer, or to all.
     pub async fn send_control(&self, to: Option<PeerId>, message: Bytes) -> bool {
-        self.handle.command(Command::SendControl(to, message)).await
+        let to = to.map_or(Recipients::All, Recipients::Peer);
+        self.task.command(Command::SendControl(to, message)).await
     }
 
     /// Trusts a viewer key (it may then connect without the password), or revokes it.
     pub async fn set_trusted(&self, key: PublicKey, trusted: bool) -> bool {
-        self.handle.command(Command::SetTrusted(key, trusted)).await
+        self.task.command(Command::SetTrusted(key, trusted)).await
+    }
+
+    /// Tells the endpoint the network changed (the platform knows before the driver's
+    /// once-a-second check does): it registers again and re-gathers every path.
+    pub async fn network_changed(&self) -> bool {
+        self.task.command(Command::NetworkChanged).await
     }
 
     /// The next event; `None` once the device has stopped.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.handle.events.recv().await
+        self.events.recv().await
     }
 
     /// Closes every viewer connection, deregisters and stops.
     pub async fn shutdown(mut self) {
-        self.handle.shutdown().await;
+        self.task.shutdown().await;
     }
 }
 
-/// A viewer's connection to one device.
+/// A viewer endpoint: one socket and one rendezvous session from which any number of
+/// cameras (up to [`crate::proto::MAX_WATCHES`]) are watched, as a 9-camera grid does.
+/// Each [`ViewerEndpoint::watch`] returns a [`Viewer`] for one camera; one camera
+/// reconnecting never disturbs the others. Dropping (or shutting down) the endpoint ends
+/// every watch.
+#[derive(Debug)]
+pub struct ViewerEndpoint {
+    task: Task,
+    connect_timeout: Duration,
+    want_relay: bool,
+}
+
+impl ViewerEndpoint {
+    /// Binds the socket and opens the rendezvous session.
+    pub async fn bind(config: ViewerConfig) -> std::io::Result<Self> {
+        let ViewerConfig {
+            keypair,
+            rendezvous,
+            issuers,
+            bind,
+            connect_timeout,
+            want_relay,
+            media,
+            path_policy,
+        } = config;
+        let task = Task::bind(
+            bind,
+            |port| endpoint_config(keypair, rendezvous, media, path_policy, port),
+            |config, now| Endpoint::viewer(config, issuers, now),
+            None,
+        )
+        .await?;
+        Ok(Self {
+            task,
+            connect_timeout,
+            want_relay,
+        })
+    }
+
+    /// The local socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.task.local_addr
+    }
+
+    /// Watches one camera: resolves once frames can flow, or with why not.
+    pub async fn watch(
+        &self,
+        target: Target,
+        credentials: Credentials,
+    ) -> Result<Viewer, ConnectError> {
+        let mut request = WatchRequest::new(target, credentials);
+        request.connect_timeout = self.connect_timeout;
+        request.want_relay = self.want_relay;
+        watch(&self.task.commands, self.task.local_addr, request, None).await
+    }
+
+    /// Tells the endpoint the network changed: every watch reconnects through the
+    /// rendezvous and every path is looked for again.
+    pub async fn network_changed(&self) -> bool {
+        self.task.command(Command::NetworkChanged).await
+    }
+
+    /// Closes every watch and stops the endpoint.
+    pub async fn shutdown(mut self) {
+        self.task.shutdown().await;
+    }
+}
+
+async fn watch(
+    commands: &mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+    request: WatchRequest,
+    owned: Option<Task>,
+) -> Result<Viewer, ConnectError> {
+    let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let command = Command::Watch {
+        request,
+        events: event_tx,
+        ready: ready_tx,
+    };
+    if commands.send(command).await.is_err() {
+        return Err(ConnectError::Stopped);
+    }
+    match ready_rx.await {
+        Ok(Ok((watch, peer))) => Ok(Viewer {
+            commands: commands.clone(),
+            events,
+            watch,
+            peer,
+            local_addr,
+            owned,
+        }),
+        Ok(Err(error)) => {
+            if let Some(mut owned) = owned {
+                owned.shutdown().await;
+            }
+            Err(error)
+        }
+        Err(_) => Err(ConnectError::Stopped),
+    }
+}
+
+/// A viewer's view of one camera: frames, path changes and figures arrive as
+/// [`Event`]s; after a path loss or a network change the endpoint reconnects underneath
+/// and events continue with the new connection's [`PeerId`].
 #[derive(Debug)]
 pub struct Viewer {
-    handle: Handle,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+    watch: WatchId,
     peer: PeerId,
+    local_addr: SocketAddr,
+    /// The endpoint, when this viewer has one of its own ([`Viewer::connect`]).
+    owned: Option<Task>,
 }
 
 impl Viewer {
-    /// Looks the device up at the rendezvous, punches (or relays) a path to it, runs the
-    /// Noise handshake against the certified (and pinned) device key, and proves it may
-    /// watch. Resolves once frames can flow, or with why not.
+    /// Binds a socket of its own, looks the device up at the rendezvous, punches (or
+    /// relays) a path to it, runs the Noise handshake against the certified (and pinned)
+    /// device key, and proves it may watch. Resolves once frames can flow, or with why
+    /// not. To watch several cameras from one socket, use [`ViewerEndpoint`].
     pub async fn connect(
         config: ViewerConfig,
         target: Target,
         credentials: Credentials,
     ) -> Result<Self, ConnectError> {
-        let socket = UdpSocket::bind(config.bind)
+        let mut request = WatchRequest::new(target, credentials);
+        request.connect_timeout = config.connect_timeout;
+        request.want_relay = config.want_relay;
+        let endpoint = ViewerEndpoint::bind(config)
             .await
             .map_err(|_| ConnectError::Socket)?;
-        let password = credentials
-            .password
-            .as_deref()
-            .map(|p| PasswordKey::derive(p.as_bytes(), target.device_id().as_bytes()));
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let side = Side::Viewer {
-            target,
-            issuers: config.issuers,
-            password,
-            remember: credentials.remember,
-            want_relay: config.want_relay,
-            ready: Some(ready_tx),
-            connect_deadline: Instant::now() + config.connect_timeout,
-            request: None,
-            want_connect: Some(Instant::now()),
-        };
-        let mut handle = spawn(
-            socket,
-            side,
-            config.keypair,
-            config.rendezvous,
-            config.media,
-            config.path_policy,
-        )
-        .map_err(|_| ConnectError::Socket)?;
-        match ready_rx.await {
-            Ok(Ok(peer)) => Ok(Self { handle, peer }),
-            Ok(Err(error)) => {
-                handle.shutdown().await;
-                Err(error)
-            }
-            Err(_) => Err(ConnectError::Stopped),
-        }
+        let task = endpoint.task;
+        let (commands, local_addr) = (task.commands.clone(), task.local_addr);
+        watch(&commands, local_addr, request, Some(task)).await
     }
 
-    /// The connection's id (also in its events). After a reconnect (the viewer moved,
-    /// or its path was lost) events carry the new connection's id.
+    /// The connection's id when the watch connected. After a reconnect (the viewer
+    /// moved, or its path was lost) events carry the new connection's id.
     pub fn peer(&self) -> PeerId {
         self.peer
     }
 
     /// The local socket address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.handle.local_addr
+        self.local_addr
     }
 
-    /// The next event (frames, path changes, figures); `None` once closed.
+    /// The next event (frames, path changes, figures); `None` once the watch ended.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.handle.events.recv().await
+        self.events.recv().await
     }
 
     /// Sends a control message to the device (PTZ, settings...).
     pub async fn send_control(&self, message: Bytes) -> bool {
-        self.handle
-            // To the device, whichever connection currently carries the stream.
-            .command(Command::SendControl(None, message))
+        let to = Recipients::Watch(self.watch);
+        self.commands
+            .send(Command::SendControl(to, message))
             .await
+            .is_ok()
     }
 
     /// Sends a frame to the device (talk-back audio).
     pub async fn send_frame(&self, frame: Frame) -> bool {
-        self.handle.command(Command::SendFrame(frame)).await
+        let to = Recipients::Watch(self.watch);
+        self.commands
+            .send(Command::SendFrame(to, frame))
+            .await
+            .is_ok()
     }
 
-    /// Closes the connection.
+    /// Tells the endpoint the network changed (see [`ViewerEndpoint::network_changed`]).
+    pub async fn network_changed(&self) -> bool {
+        self.commands.send(Command::NetworkChanged).await.is_ok()
+    }
+
+    /// Stops watching; a viewer from [`Viewer::connect`] also stops its endpoint.
     pub async fn close(mut self) {
-        self.handle.shutdown().await;
+        let _ = self.commands.send(Command::CloseWatch(self.watch)).await;
+        if let Some(mut owned) = self.owned.take() {
+            owned.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        let _ = self.commands.try_send(Command::CloseWatch(self.watch));
     }
 }

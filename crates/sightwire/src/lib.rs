@@ -58,7 +58,7 @@ pub use config::{
     DeviceConfig, DeviceIdentity, PathPolicy, RendezvousServer, Target, ViewerConfig,
     default_media_config,
 };
-pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, Viewer};
+pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, Viewer, ViewerEndpoint};
 pub use error::ConnectError;
 pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, path_kind_name};
 pub use sightwire_media::{Codec, Frame, ReceivedFrame, StreamId};
