@@ -28,6 +28,7 @@
 //! own next timeout, [`Sim::advance_to`] it, hand each [`Delivery`] from
 //! [`Sim::poll_delivery`] to the core on [`Delivery::host`] (with `at` as its `now`),
 //! fire the cores whose timeout has come, and [`Sim::send`] whatever they want to send.
+//! `sightwire-testkit`'s `Network` is that loop; use it rather than writing another.
 //! `sightwire-punch`'s `tests/common/mod.rs` is a complete example, including a
 //! rendezvous and a relay played by public hosts.
 //!
