@@ -63,7 +63,7 @@ proptest! {
             packets.push(copy);
         }
         // Fisher-Yates with a seeded generator.
-        let mut rng = common::Rng::new(order_seed);
+        let mut rng = sightwire_testkit::TestRng::new(order_seed);
         for i in (1..packets.len()).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             packets.swap(i, j);
@@ -229,23 +229,25 @@ proptest! {
         count in 1usize..60,
         loss_seed in any::<u64>(),
     ) {
-        let start = Instant::now();
         let link = common::Link { delay: Duration::from_millis(20), loss: 0.2 };
-        let a = MediaConnection::new(Config::default(), start).unwrap();
-        let b = MediaConnection::new(Config::default(), start).unwrap();
-        let mut pair = common::Pair::new(a, b, start, link, loss_seed);
+        let mut pair = common::Pair::new(link, loss_seed, |start| {
+            let a = MediaConnection::new(Config::default(), start).unwrap();
+            let b = MediaConnection::new(Config::default(), start).unwrap();
+            (a, b)
+        });
+        let start = pair.start();
         let mut sent = Vec::new();
         for index in 0..count {
             let message = Bytes::from(format!("message {index}"));
-            pair.a.send_control(start, message.clone()).unwrap();
+            pair.a().send_control(start, message.clone()).unwrap();
             sent.push(message);
         }
         pair.run_until(start + Duration::from_secs(30));
-        let received: Vec<Bytes> = pair.b_events.iter().filter_map(|(_, event)| match event {
+        let received: Vec<Bytes> = pair.b_events().iter().filter_map(|(_, event)| match event {
             Event::Control(message) => Some(message.clone()),
             _ => None,
         }).collect();
         prop_assert_eq!(received, sent);
-        prop_assert_eq!(pair.a.memory().control_queued, 0);
+        prop_assert_eq!(pair.a().memory().control_queued, 0);
     }
 }

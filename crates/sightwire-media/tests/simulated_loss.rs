@@ -32,16 +32,18 @@ struct Outcome {
 }
 
 fn run(seed: u64) -> Outcome {
-    let start = Instant::now();
     let config = Config::default();
     let budget = config.latency_budget;
-    let camera = MediaConnection::new(config.clone(), start).unwrap();
-    let viewer = MediaConnection::new(config, start).unwrap();
     let link = Link {
         delay: Duration::from_millis(25),
         loss: 0.05,
     };
-    let mut pair = Pair::new(camera, viewer, start, link, seed);
+    let mut pair = Pair::new(link, seed, |start| {
+        let camera = MediaConnection::new(config.clone(), start).unwrap();
+        let viewer = MediaConnection::new(config, start).unwrap();
+        (camera, viewer)
+    });
+    let start = pair.start();
 
     let frame_interval = Duration::from_nanos(1_000_000_000 / FPS);
     let total_frames = SECONDS * FPS;
@@ -67,7 +69,7 @@ fn run(seed: u64) -> Outcome {
             }
             pair.run_until(next_audio);
             let frame = pair
-                .a
+                .a()
                 .packetize(Frame {
                     stream: StreamId::AUDIO,
                     codec: Codec::Opus,
@@ -77,7 +79,7 @@ fn run(seed: u64) -> Outcome {
                     data: frame_bytes(1_000_000 + audio_sent.len() as u64, AUDIO_FRAME_SIZE),
                 })
                 .unwrap();
-            let seq = pair.a.send_frame(next_audio, &frame).unwrap();
+            let seq = pair.a().send_frame(next_audio, &frame).unwrap();
             audio_sent.insert(seq, next_audio);
             next_audio += audio_interval;
             continue;
@@ -86,17 +88,17 @@ fn run(seed: u64) -> Outcome {
         pair.run_until(at);
         if index.is_multiple_of(FPS) {
             let message = Bytes::from(format!("ptz step {index}"));
-            pair.b.send_control(at, message).unwrap();
+            pair.b().send_control(at, message).unwrap();
             controls_sent += 1;
         }
         // The encoder follows keyframe requests at once.
-        for (_, event) in &pair.a_events[camera_events_seen..] {
+        for (_, event) in &pair.a_events()[camera_events_seen..] {
             if let Event::KeyframeRequested { stream } = event {
                 assert_eq!(*stream, StreamId::VIDEO);
                 keyframe_wanted = true;
             }
         }
-        camera_events_seen = pair.a_events.len();
+        camera_events_seen = pair.a_events().len();
         let keyframe = index.is_multiple_of(KEYFRAME_INTERVAL_FRAMES) || keyframe_wanted;
         keyframe_wanted = false;
         keyframes += u64::from(keyframe);
@@ -107,7 +109,7 @@ fn run(seed: u64) -> Outcome {
         };
         let data = frame_bytes(index, size);
         let frame = pair
-            .a
+            .a()
             .packetize(Frame {
                 stream: StreamId::VIDEO,
                 codec: Codec::H264,
@@ -117,7 +119,7 @@ fn run(seed: u64) -> Outcome {
                 data: data.clone(),
             })
             .unwrap();
-        let seq = pair.a.send_frame(at, &frame).unwrap();
+        let seq = pair.a().send_frame(at, &frame).unwrap();
         sent_at.insert(seq, (at, data));
         index += 1;
     }
@@ -128,7 +130,7 @@ fn run(seed: u64) -> Outcome {
     let mut worst = Duration::ZERO;
     let mut last_seq = None;
     let mut audio_in_time = 0;
-    for (delivered_at, event) in &pair.b_events {
+    for (delivered_at, event) in pair.b_events() {
         if let Event::FrameLost {
             stream: StreamId::VIDEO,
             frame_seq,
@@ -173,13 +175,13 @@ fn run(seed: u64) -> Outcome {
         late,
         worst_latency: worst,
         keyframes,
-        lost_fraction: pair.packets_lost as f64 / pair.packets_sent as f64,
-        pair_stats: (pair.a.stats(), pair.b.stats()),
+        lost_fraction: pair.packets_lost() as f64 / pair.packets_sent() as f64,
+        pair_stats: (pair.a().stats(), pair.b().stats()),
         audio_sent: u64::from(audio_counted),
         audio_in_time,
         controls_sent,
         controls_received: pair
-            .a_events
+            .a_events()
             .iter()
             .filter_map(|(_, event)| match event {
                 Event::Control(message) => Some(message.clone()),

@@ -8,6 +8,13 @@
 //! IP TTL that every router (each NAT, and each of [`SimConfig::internet_hops`] core
 //! routers) decrements, so low-TTL packets expire before they cross the internet.
 //!
+//! NATs nest: [`Sim::add_nat_behind`] puts a NAT's WAN side on another NAT's LAN, for
+//! double NAT (a home router behind an ISP router) and carrier-grade NAT (many homes
+//! behind one CGN). A packet from behind the inner NAT is translated by it, crosses the
+//! outer LAN, is translated again by the outer NAT and then crosses the internet; each
+//! NAT decrements the TTL. Hosts on the outer LAN reach the inner NAT's WAN address
+//! directly, as LAN traffic subject to the inner NAT's filtering.
+//!
 //! What it is not for: it does no I/O and reads no clock (the caller owns virtual time),
 //! models no congestion, fragmentation, ICMP or IPv6 NAT, and knows no protocols: a
 //! rendezvous or relay is a public host whose packets the test handles itself.
@@ -21,6 +28,7 @@
 //! own next timeout, [`Sim::advance_to`] it, hand each [`Delivery`] from
 //! [`Sim::poll_delivery`] to the core on [`Delivery::host`] (with `at` as its `now`),
 //! fire the cores whose timeout has come, and [`Sim::send`] whatever they want to send.
+//! `sightwire-testkit`'s `Network` is that loop; use it rather than writing another.
 //! `sightwire-punch`'s `tests/common/mod.rs` is a complete example, including a
 //! rendezvous and a relay played by public hosts.
 //!
@@ -121,7 +129,7 @@ pub struct NatId(pub usize);
 pub enum Attachment {
     /// Directly on the internet with this address.
     Public(IpAddr),
-    /// On the LAN behind a NAT, with this private address.
+    /// On the LAN behind a NAT (top-level or nested), with this private address.
     BehindNat(NatId, IpAddr),
     /// Disconnected: everything to and from it is dropped.
     Detached,
@@ -175,8 +183,12 @@ struct Host {
 
 #[derive(Debug)]
 struct Nat {
+    /// `state.public_ip` is the WAN address: public for a top-level NAT, an address on
+    /// the outer NAT's LAN for a nested one.
     state: NatState,
     uplink_latency: Duration,
+    /// The NAT whose LAN this NAT's WAN side is on; `None` for one on the internet.
+    outer: Option<NatId>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -185,7 +197,7 @@ enum Stop {
     Host(HostId),
     /// Arrives at a NAT from its LAN.
     NatInside(NatId),
-    /// Arrives at a NAT from the internet.
+    /// Arrives at a NAT from its WAN side (the internet, or the outer NAT's LAN).
     NatOutside(NatId),
 }
 
@@ -267,8 +279,44 @@ impl Sim {
         self.nats.push(Nat {
             state: NatState::new(public_ip, config),
             uplink_latency: self.config.uplink_latency,
+            outer: None,
         });
         NatId(self.nats.len() - 1)
+    }
+
+    /// Adds a NAT whose WAN side sits on the LAN of `outer` with the private address
+    /// `wan_private_ip`: a home router behind an ISP router (double NAT) or a site behind
+    /// carrier-grade NAT. Its outbound packets are translated by it, cross the outer LAN
+    /// (`lan_latency`) and are translated again by `outer` (and by `outer`'s own outer
+    /// NAT, if it is nested too). Hosts on `outer`'s LAN reach it at `wan_private_ip`
+    /// without crossing the internet; from the internet that address is unroutable.
+    ///
+    /// # Panics
+    ///
+    /// If `outer` is not a NAT of this simulator. (A NAT can only be nested in one that
+    /// already exists, so the nesting never forms a cycle.)
+    pub fn add_nat_behind(
+        &mut self,
+        outer: NatId,
+        wan_private_ip: IpAddr,
+        config: NatConfig,
+    ) -> NatId {
+        assert!(
+            outer.0 < self.nats.len(),
+            "add_nat_behind: {outer:?} is not a NAT of this simulator"
+        );
+        self.nats.push(Nat {
+            state: NatState::new(wan_private_ip, config),
+            uplink_latency: self.config.uplink_latency,
+            outer: Some(outer),
+        });
+        NatId(self.nats.len() - 1)
+    }
+
+    /// The NAT whose LAN `nat`'s WAN side is on, for a NAT added with
+    /// [`Sim::add_nat_behind`]; `None` for a top-level NAT or an unknown id.
+    pub fn nat_outer(&self, nat: NatId) -> Option<NatId> {
+        self.nats.get(nat.0).and_then(|n| n.outer)
     }
 
     /// Adds a host on the LAN behind `nat`.
@@ -300,7 +348,8 @@ impl Sim {
         }
     }
 
-    /// Sets the uplink latency of a NAT's site.
+    /// Sets the uplink latency of a NAT's site (used only by a top-level NAT: a nested
+    /// NAT's packets reach the internet through its outer NAT's uplink).
     pub fn set_nat_uplink_latency(&mut self, nat: NatId, latency: Duration) {
         if let Some(n) = self.nats.get_mut(nat.0) {
             n.uplink_latency = latency;
@@ -331,7 +380,8 @@ impl Sim {
         self.nats.get(nat.0).map_or(0, |n| n.state.entry_count())
     }
 
-    /// The public address of a NAT.
+    /// The WAN address of a NAT: its public address, or for a NAT added with
+    /// [`Sim::add_nat_behind`] its private address on the outer NAT's LAN.
     pub fn nat_public_ip(&self, nat: NatId) -> Option<IpAddr> {
         self.nats.get(nat.0).map(|n| n.state.public_ip)
     }
@@ -339,6 +389,9 @@ impl Sim {
     /// Sends a datagram from `from` (an address of an attached host: its public or
     /// private IP) to `to`, with `ttl` or [`DEFAULT_TTL`]. Takes effect at the current
     /// virtual time.
+    ///
+    /// The sender is the first host attached at `from`'s IP, so give hosts on different
+    /// LANs different private addresses if they are to send.
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, ttl: Option<u8>, payload: Vec<u8>) {
         self.stats.sent += 1;
         let packet = Packet {
@@ -361,14 +414,9 @@ impl Sim {
                 self.cross_internet(packet, latency);
             }
             Some(Attachment::BehindNat(nat, _)) => {
-                // Same LAN: straight to the other host. Otherwise through the NAT.
-                let lan_peer = self.host_at(to.ip()).filter(|h| {
-                    matches!(self.hosts.get(h.0).map(|h| h.attachment), Some(Attachment::BehindNat(n, _)) if n == nat)
-                });
-                let stop = match lan_peer {
-                    Some(peer) => Stop::Host(peer),
-                    None => Stop::NatInside(nat),
-                };
+                // Same LAN (another host, or a nested NAT's WAN side): straight there.
+                // Otherwise through the NAT.
+                let stop = self.lan_stop(nat, to.ip()).unwrap_or(Stop::NatInside(nat));
                 self.schedule(self.config.lan_latency, stop, packet);
             }
             Some(Attachment::Detached) | None => self.stats.detached += 1,
@@ -417,6 +465,22 @@ impl Sim {
             .map(HostId)
     }
 
+    /// What owns `ip` on the LAN of `nat`: a host attached there, or the WAN side of a
+    /// NAT nested behind `nat`.
+    fn lan_stop(&self, nat: NatId, ip: IpAddr) -> Option<Stop> {
+        if let Some(h) = self
+            .hosts
+            .iter()
+            .position(|h| h.attachment == Attachment::BehindNat(nat, ip))
+        {
+            return Some(Stop::Host(HostId(h)));
+        }
+        self.nats
+            .iter()
+            .position(|n| n.outer == Some(nat) && n.state.public_ip == ip)
+            .map(|n| Stop::NatOutside(NatId(n)))
+    }
+
     fn schedule(&mut self, delay: Duration, stop: Stop, packet: Packet) {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             self.stats.overflow += 1;
@@ -450,10 +514,11 @@ impl Sim {
         }
         let jitter_nanos = u64::try_from(self.config.jitter.as_nanos()).unwrap_or(u64::MAX);
         let jitter = Duration::from_nanos(self.rng.below(jitter_nanos.saturating_add(1)));
+        // Only top-level NATs are on the internet; a nested NAT's WAN address is private.
         let nat = self
             .nats
             .iter()
-            .position(|n| n.state.public_ip == packet.to.ip());
+            .position(|n| n.outer.is_none() && n.state.public_ip == packet.to.ip());
         let (stop, dest_uplink) = match nat {
             Some(index) => (
                 Stop::NatOutside(NatId(index)),
@@ -501,11 +566,9 @@ impl Sim {
                 });
             }
             Stop::NatInside(nat_id) => {
-                // The sender may have moved away while the packet was on the LAN.
-                let still_inside = self.host_at(packet.from.ip()).is_some_and(|h| {
-                    matches!(self.hosts[h.0].attachment, Attachment::BehindNat(n, _) if n == nat_id)
-                });
-                if !still_inside {
+                // The sender (a host, or a nested NAT's WAN side) may have moved away
+                // while the packet was on the LAN.
+                if self.lan_stop(nat_id, packet.from.ip()).is_none() {
                     self.stats.detached += 1;
                     return;
                 }
@@ -520,6 +583,7 @@ impl Sim {
                 };
                 let public_ip = nat.state.public_ip;
                 let uplink = nat.uplink_latency;
+                let outer = nat.outer;
                 let port = match nat
                     .state
                     .outbound(now, packet.from, packet.to, &mut self.rng)
@@ -540,7 +604,17 @@ impl Sim {
                     self.schedule(Duration::ZERO, Stop::NatOutside(nat_id), packet);
                     return;
                 }
-                self.cross_internet(packet, uplink);
+                match outer {
+                    // A nested NAT's WAN side is on the outer LAN: to a neighbour there,
+                    // or into the outer NAT.
+                    Some(outer) => {
+                        let stop = self
+                            .lan_stop(outer, packet.to.ip())
+                            .unwrap_or(Stop::NatInside(outer));
+                        self.schedule(self.config.lan_latency, stop, packet);
+                    }
+                    None => self.cross_internet(packet, uplink),
+                }
             }
             Stop::NatOutside(nat_id) => {
                 if packet.ttl <= 1 {
@@ -555,10 +629,8 @@ impl Sim {
                 match nat.state.inbound(now, packet.to.port(), packet.from) {
                     Ok(internal) => {
                         packet.to = internal;
-                        match self.host_at(internal.ip()) {
-                            Some(h) => {
-                                self.schedule(self.config.lan_latency, Stop::Host(h), packet)
-                            }
+                        match self.lan_stop(nat_id, internal.ip()) {
+                            Some(stop) => self.schedule(self.config.lan_latency, stop, packet),
                             None => self.stats.detached += 1,
                         }
                     }

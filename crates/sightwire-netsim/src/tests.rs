@@ -570,3 +570,301 @@ fn linux_conntrack_entries_are_refreshed_in_both_directions() {
         "still colliding after 24 s of retries"
     );
 }
+
+// ---- nested NAT (double NAT / carrier-grade NAT) -----------------------------------
+
+const CGN_PUBLIC: &str = "203.0.113.50";
+const HOME_WAN: &str = "100.64.0.2";
+const HOME_CLIENT: &str = "192.168.1.2";
+const CGN_NEIGHBOUR: &str = "100.64.0.3";
+
+/// A public server, a CGN (outer NAT) with a home router (inner NAT) and a neighbour host
+/// on its LAN, and a client behind the home router.
+struct Nested {
+    sim: Sim,
+    server: HostId,
+    outer: NatId,
+    inner: NatId,
+    client: HostId,
+    neighbour: HostId,
+}
+
+impl Nested {
+    fn new(outer: NatConfig, inner: NatConfig) -> Self {
+        let mut sim = Sim::new(Instant::now(), SimConfig::default());
+        let server = sim.add_public_host(SERVER_A.parse().unwrap());
+        let outer = sim.add_nat(CGN_PUBLIC.parse().unwrap(), outer);
+        let inner = sim.add_nat_behind(outer, HOME_WAN.parse().unwrap(), inner);
+        let client = sim.add_host_behind(inner, HOME_CLIENT.parse().unwrap());
+        let neighbour = sim.add_host_behind(outer, CGN_NEIGHBOUR.parse().unwrap());
+        Nested {
+            sim,
+            server,
+            outer,
+            inner,
+            client,
+            neighbour,
+        }
+    }
+
+    fn exchange(&mut self, from: SocketAddr, to: SocketAddr) -> Vec<Delivery> {
+        self.sim.send(from, to, None, vec![7]);
+        while let Some(t) = self.sim.next_event_time() {
+            self.sim.advance_to(t);
+        }
+        std::iter::from_fn(|| self.sim.poll_delivery()).collect()
+    }
+}
+
+fn symmetric_sequential() -> NatConfig {
+    rfc(
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+        PortAllocation::Sequential,
+    )
+}
+
+fn port_restricted_cone() -> NatConfig {
+    rfc(
+        Mapping::EndpointIndependent,
+        Filtering::AddressAndPortDependent,
+        PortAllocation::Preserve,
+    )
+}
+
+#[test]
+fn double_nat_round_trip_to_a_public_server() {
+    let mut net = Nested::new(symmetric_sequential(), port_restricted_cone());
+    assert_eq!(net.sim.nat_outer(net.inner), Some(net.outer));
+    assert_eq!(net.sim.nat_outer(net.outer), None);
+    assert_eq!(
+        net.sim.nat_public_ip(net.inner),
+        Some(HOME_WAN.parse().unwrap()),
+        "a nested NAT's address is its WAN private address"
+    );
+    let client = addr(HOME_CLIENT, 5000);
+    let server = addr(SERVER_A, 3478);
+    let start = net.sim.now();
+    let got = net.exchange(client, server);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].host, net.server);
+    // The inner NAT preserves 5000; the outer allocates sequentially.
+    assert_eq!(got[0].from, addr(CGN_PUBLIC, FIRST_DYNAMIC_PORT));
+    let config = SimConfig::default();
+    assert_eq!(
+        got[0].at - start,
+        2 * config.lan_latency + 2 * config.uplink_latency,
+        "home LAN + CGN LAN + both uplinks"
+    );
+    assert_eq!(net.sim.nat_entries(net.inner), 1);
+    assert_eq!(net.sim.nat_entries(net.outer), 1);
+
+    // The reply finds its way back through both NATs.
+    let got = net.exchange(server, got[0].from);
+    assert_eq!(got.len(), 1, "reply delivered: {:?}", net.sim.stats());
+    assert_eq!(got[0].host, net.client);
+    assert_eq!(got[0].to, client);
+    assert_eq!(got[0].from, server);
+    // The internet cannot address the inner NAT's private WAN address.
+    assert!(net.exchange(server, addr(HOME_WAN, 5000)).is_empty());
+    assert_eq!(net.sim.stats().unroutable, 1);
+}
+
+#[test]
+fn each_nat_decrements_the_ttl() {
+    let mut net = Nested::new(port_restricted_cone(), port_restricted_cone());
+    let server = addr(SERVER_A, 3478);
+    let hops = SimConfig::default().internet_hops;
+    let single = net.exchange(addr(CGN_NEIGHBOUR, 5000), server);
+    let double = net.exchange(addr(HOME_CLIENT, 5000), server);
+    assert_eq!(single[0].ttl, DEFAULT_TTL - 1 - hops);
+    assert_eq!(
+        double[0].ttl,
+        single[0].ttl - 1,
+        "one more NAT, one less TTL"
+    );
+    let reply = net.exchange(server, double[0].from);
+    assert_eq!(reply[0].ttl, DEFAULT_TTL - hops - 2);
+    // TTL 2 passes the inner NAT and dies at the outer one: no outer mapping made.
+    let before = net.sim.stats().ttl_expired;
+    net.sim
+        .send(addr(HOME_CLIENT, 6000), server, Some(2), vec![1]);
+    while let Some(t) = net.sim.next_event_time() {
+        net.sim.advance_to(t);
+    }
+    assert_eq!(net.sim.stats().ttl_expired, before + 1);
+    assert_eq!(net.sim.nat_entries(net.inner), 2);
+    assert_eq!(
+        net.sim.nat_entries(net.outer),
+        2,
+        "only the two earlier mappings"
+    );
+}
+
+#[test]
+fn flushing_either_nat_breaks_the_path() {
+    for flush_inner in [true, false] {
+        let mut net = Nested::new(port_restricted_cone(), port_restricted_cone());
+        let server = addr(SERVER_A, 3478);
+        let seen = net.exchange(addr(HOME_CLIENT, 5000), server)[0].from;
+        assert_eq!(net.exchange(server, seen).len(), 1);
+        let (flushed, kept) = if flush_inner {
+            (net.inner, net.outer)
+        } else {
+            (net.outer, net.inner)
+        };
+        net.sim.flush_nat(flushed);
+        assert_eq!(net.sim.nat_entries(flushed), 0);
+        assert_eq!(
+            net.sim.nat_entries(kept),
+            1,
+            "the other NAT keeps its mapping"
+        );
+        let dropped = net.sim.stats().nat_dropped;
+        assert!(
+            net.exchange(server, seen).is_empty(),
+            "flush inner {flush_inner}: the reply no longer gets in"
+        );
+        assert_eq!(net.sim.stats().nat_dropped, dropped + 1);
+        // A new outbound packet restores the path.
+        let seen = net.exchange(addr(HOME_CLIENT, 5000), server)[0].from;
+        assert_eq!(net.exchange(server, seen).len(), 1);
+    }
+}
+
+#[test]
+fn outer_lan_hosts_reach_the_inner_nat_wan_address() {
+    for (filtering, passes) in [
+        (Filtering::EndpointIndependent, true),
+        (Filtering::AddressAndPortDependent, false),
+    ] {
+        let inner = rfc(
+            Mapping::EndpointIndependent,
+            filtering,
+            PortAllocation::Preserve,
+        );
+        let mut net = Nested::new(symmetric_sequential(), inner);
+        // The client opens a mapping on the home router by talking to the server.
+        net.exchange(addr(HOME_CLIENT, 5000), addr(SERVER_A, 3478));
+        let outer_entries = net.sim.nat_entries(net.outer);
+        let start = net.sim.now();
+        let got = net.exchange(addr(CGN_NEIGHBOUR, 7000), addr(HOME_WAN, 5000));
+        assert_eq!(
+            got.iter().any(|d| d.host == net.client),
+            passes,
+            "{filtering:?}"
+        );
+        if passes {
+            assert_eq!(got[0].to, addr(HOME_CLIENT, 5000));
+            assert_eq!(
+                got[0].from,
+                addr(CGN_NEIGHBOUR, 7000),
+                "LAN traffic: no outer NAT"
+            );
+            assert_eq!(got[0].ttl, DEFAULT_TTL - 1, "only the inner NAT routed it");
+            assert_eq!(got[0].at - start, 2 * SimConfig::default().lan_latency);
+        }
+        // The client answers the neighbour's private address directly, through its
+        // home router only.
+        let got = net.exchange(addr(HOME_CLIENT, 5000), addr(CGN_NEIGHBOUR, 7000));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].host, net.neighbour);
+        assert_eq!(got[0].from, addr(HOME_WAN, 5000));
+        assert_eq!(got[0].ttl, DEFAULT_TTL - 1);
+        assert_eq!(
+            net.sim.nat_entries(net.outer),
+            outer_entries,
+            "LAN traffic does not touch the outer NAT"
+        );
+        // Now the neighbour is a contacted endpoint: it passes any filter.
+        let got = net.exchange(addr(CGN_NEIGHBOUR, 7000), addr(HOME_WAN, 5000));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].host, net.client);
+    }
+}
+
+#[test]
+fn hosts_move_between_the_inner_and_outer_lan() {
+    let mut net = Nested::new(port_restricted_cone(), port_restricted_cone());
+    let server = addr(SERVER_A, 3478);
+    let hops = SimConfig::default().internet_hops;
+    // Client moves from the home LAN onto the CGN LAN.
+    let cgn_ip: IpAddr = "100.64.0.9".parse().unwrap();
+    net.sim
+        .attach(net.client, Attachment::BehindNat(net.outer, cgn_ip));
+    assert!(
+        net.exchange(addr(HOME_CLIENT, 5000), server).is_empty(),
+        "the old address is gone"
+    );
+    let got = net.exchange(SocketAddr::new(cgn_ip, 5000), server);
+    assert_eq!(got[0].ttl, DEFAULT_TTL - 1 - hops, "one NAT now");
+    assert_eq!(net.sim.nat_entries(net.inner), 0);
+    let reply = net.exchange(server, got[0].from);
+    assert_eq!(reply.len(), 1);
+    assert_eq!(reply[0].host, net.client);
+    // The neighbour moves behind the home router and reaches the server through both.
+    net.sim.attach(
+        net.neighbour,
+        Attachment::BehindNat(net.inner, "192.168.1.3".parse().unwrap()),
+    );
+    let got = net.exchange(addr("192.168.1.3", 6000), server);
+    assert_eq!(got[0].ttl, DEFAULT_TTL - 2 - hops, "two NATs now");
+    assert_eq!(got[0].from.ip(), CGN_PUBLIC.parse::<IpAddr>().unwrap());
+    let reply = net.exchange(server, got[0].from);
+    assert_eq!(reply.len(), 1);
+    assert_eq!(reply[0].host, net.neighbour);
+    assert_eq!(reply[0].to, addr("192.168.1.3", 6000));
+}
+
+#[test]
+fn hairpin_through_the_outer_nat_reaches_another_home() {
+    // Two homes behind one CGN that hairpins: a client in one home reaches a client in
+    // the other at its public (CGN) address, through four NAT traversals.
+    let mut sim = Sim::new(Instant::now(), SimConfig::default());
+    sim.add_public_host(SERVER_A.parse().unwrap());
+    let full_cone = rfc(
+        Mapping::EndpointIndependent,
+        Filtering::EndpointIndependent,
+        PortAllocation::Sequential,
+    );
+    let cgn = sim.add_nat(
+        CGN_PUBLIC.parse().unwrap(),
+        full_cone.with_hairpinning(true),
+    );
+    let home_a = sim.add_nat_behind(cgn, "100.64.0.2".parse().unwrap(), port_restricted_cone());
+    let home_b = sim.add_nat_behind(cgn, "100.64.0.4".parse().unwrap(), full_cone);
+    sim.add_host_behind(home_a, "192.168.1.2".parse().unwrap());
+    let b = sim.add_host_behind(home_b, "192.168.2.2".parse().unwrap());
+    let run = |sim: &mut Sim, from: SocketAddr, to: SocketAddr| {
+        sim.send(from, to, None, vec![1]);
+        while let Some(t) = sim.next_event_time() {
+            sim.advance_to(t);
+        }
+        std::iter::from_fn(|| sim.poll_delivery()).collect::<Vec<_>>()
+    };
+    let server = addr(SERVER_A, 3478);
+    let seen_b = run(&mut sim, addr("192.168.2.2", 6000), server)[0].from;
+    assert_eq!(seen_b.ip(), CGN_PUBLIC.parse::<IpAddr>().unwrap());
+    let got = run(&mut sim, addr("192.168.1.2", 5000), seen_b);
+    assert_eq!(got.len(), 1, "{:?}", sim.stats());
+    assert_eq!(got[0].host, b);
+    assert_eq!(got[0].to, addr("192.168.2.2", 6000));
+    assert_eq!(got[0].from.ip(), CGN_PUBLIC.parse::<IpAddr>().unwrap());
+    assert_eq!(
+        got[0].ttl,
+        DEFAULT_TTL - 4,
+        "home A, CGN out, CGN in, home B"
+    );
+
+    // Without hairpinning on the CGN the same packet is dropped there.
+    let mut sim2 = Sim::new(Instant::now(), SimConfig::default());
+    sim2.add_public_host(SERVER_A.parse().unwrap());
+    let cgn = sim2.add_nat(CGN_PUBLIC.parse().unwrap(), full_cone);
+    let home_a = sim2.add_nat_behind(cgn, "100.64.0.2".parse().unwrap(), full_cone);
+    let home_b = sim2.add_nat_behind(cgn, "100.64.0.4".parse().unwrap(), full_cone);
+    sim2.add_host_behind(home_a, "192.168.1.2".parse().unwrap());
+    sim2.add_host_behind(home_b, "192.168.2.2".parse().unwrap());
+    let seen_b = run(&mut sim2, addr("192.168.2.2", 6000), server)[0].from;
+    assert!(run(&mut sim2, addr("192.168.1.2", 5000), seen_b).is_empty());
+    assert_eq!(sim2.stats().nat_dropped, 1);
+}

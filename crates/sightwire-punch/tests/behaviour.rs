@@ -17,7 +17,8 @@ const SITE_A: &str = "203.0.113.1";
 const SITE_B: &str = "203.0.113.2";
 
 fn kinds(world: &World, side: usize) -> Vec<String> {
-    world.sides[side]
+    world
+        .side(side)
         .events
         .iter()
         .map(|(_, e)| match e {
@@ -31,7 +32,7 @@ fn kinds(world: &World, side: usize) -> Vec<String> {
 }
 
 fn block(world: &mut World, blocked: bool) {
-    world.sim.set_route_blocked(
+    world.sim_mut().set_route_blocked(
         addr(&format!("{SITE_A}:0")).ip(),
         addr(&format!("{SITE_B}:0")).ip(),
         blocked,
@@ -48,10 +49,10 @@ fn linux_conntrack_race_is_avoided_within_the_start_tolerance() {
     let mut world = World::new(setup);
     world.run_for(Duration::from_secs(5));
     assert_eq!(
-        world.sim.stats().conntrack_collisions,
+        world.sim().stats().conntrack_collisions,
         0,
         "{:?}",
-        world.sim.stats()
+        world.sim().stats()
     );
     for side in 0..2 {
         let (t, kind) = world.connected(side).expect("connected");
@@ -72,7 +73,7 @@ fn linux_conntrack_race_beyond_the_start_tolerance_recovers_in_a_repunch_round()
     let mut world = World::new(setup);
     world.run_for(Duration::from_secs(5));
     assert!(
-        world.sim.stats().conntrack_collisions > 0,
+        world.sim().stats().conntrack_collisions > 0,
         "the race must happen"
     );
     for side in 0..2 {
@@ -82,7 +83,7 @@ fn linux_conntrack_race_beyond_the_start_tolerance_recovers_in_a_repunch_round()
     }
     // Quiet until the round: the collision entries expire.
     world.run_for(Duration::from_secs(30));
-    let before_round = world.sim.stats().conntrack_collisions;
+    let before_round = world.sim().stats().conntrack_collisions;
     world.run_for(Duration::from_secs(3) + REPUNCH_INTERVAL + REPUNCH_WINDOW);
     for side in 0..2 {
         assert_eq!(
@@ -92,7 +93,7 @@ fn linux_conntrack_race_beyond_the_start_tolerance_recovers_in_a_repunch_round()
         );
     }
     assert_eq!(
-        world.sim.stats().conntrack_collisions,
+        world.sim().stats().conntrack_collisions,
         before_round,
         "the round collided nowhere"
     );
@@ -118,7 +119,7 @@ fn relay_first_then_upgrade_to_direct_with_only_a_path_change() {
         );
         assert_eq!(world.selected_kind(side), Some(PathKind::Direct));
     }
-    assert!(world.relay_forwarded > 0);
+    assert!(world.relay_forwarded() > 0);
 }
 
 #[test]
@@ -196,7 +197,7 @@ fn without_relay_a_lost_path_ends_in_failure_not_a_hang() {
             "side {side}"
         );
         assert_eq!(
-            world.sides[side].agent.poll_timeout(),
+            world.side(side).agent.poll_timeout(),
             None,
             "a failed agent sleeps"
         );
@@ -217,7 +218,7 @@ fn symmetric_pair_without_relay_fails_by_the_deadline() {
     }
     // Port prediction ran into its hard cap and stopped there.
     for side in 0..2 {
-        let stats = world.sides[side].agent.stats();
+        let stats = world.side(side).agent.stats();
         assert_eq!(
             stats.prediction_probes,
             sightwire_punch::MAX_PREDICTION_PROBES,
@@ -233,23 +234,20 @@ fn roam(side: usize, new_nat: Option<Model>, new_ip: &str) {
     )));
     world.run_for(Duration::from_secs(3));
     assert_eq!(world.selected_kind(side), Some(PathKind::Direct));
-    let old_remote = world.sides[1 - side]
-        .agent
-        .selected_path()
-        .map(|p| p.remote);
+    let old_remote = world.side(1 - side).agent.selected_path().map(|p| p.remote);
     let attachment = match new_nat {
         Some(model) => {
             let nat = world
-                .sim
+                .sim_mut()
                 .add_nat("203.0.113.3".parse().unwrap(), model.nat().unwrap());
             Attachment::BehindNat(nat, new_ip.parse().unwrap())
         }
         None => {
-            let nat = world.sides[side].nat.expect("behind a NAT");
+            let nat = world.side(side).nat.expect("behind a NAT");
             Attachment::BehindNat(nat, new_ip.parse().unwrap())
         }
     };
-    let port = world.sides[side].local.port();
+    let port = world.side(side).local.port();
     let new_local = SocketAddr::new(new_ip.parse().unwrap(), port);
     world.move_side(side, attachment, new_local);
     world.run_for(Duration::from_secs(30));
@@ -270,10 +268,7 @@ fn roam(side: usize, new_nat: Option<Model>, new_ip: &str) {
             "side {s}: {events:?}"
         );
     }
-    let new_remote = world.sides[1 - side]
-        .agent
-        .selected_path()
-        .map(|p| p.remote);
+    let new_remote = world.side(1 - side).agent.selected_path().map(|p| p.remote);
     assert_ne!(
         new_remote, old_remote,
         "the peer now sends to the new address"
@@ -304,7 +299,7 @@ fn a_failed_agent_tries_again_when_either_side_moves() {
     }
     // The viewer leaves its symmetric NAT for a full-cone one: its agent is told, the
     // camera's agent learns it from the new candidate generation, and both retry.
-    let nat = world.sim.add_nat(
+    let nat = world.sim_mut().add_nat(
         "203.0.113.3".parse().unwrap(),
         Model::FullCone.nat().unwrap(),
     );

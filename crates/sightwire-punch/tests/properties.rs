@@ -61,8 +61,8 @@ proptest! {
         let mut world = World::new(setup);
         world.run_for(RUN);
         for side in 0..2 {
-            let agent = &world.sides[side].agent;
-            let events = &world.sides[side].events;
+            let agent = &world.side(side).agent;
+            let events = &world.side(side).events;
             let failed = matches!(events.last(), Some((_, Event::Failed(_))));
             let selected = agent.selected_path().is_some();
             // Every agent is in exactly one healthy end state: a selected path, a
@@ -89,7 +89,7 @@ proptest! {
         let run = |setup: Setup| {
             let mut world = World::new(setup);
             world.run_for(Duration::from_secs(15));
-            (world.trace(), world.sim.stats(), world.sides[0].agent.stats(), world.sides[1].agent.stats())
+            (world.trace(), world.sim().stats(), world.side(0).agent.stats(), world.side(1).agent.stats())
         };
         let first = run(setup);
         let second = run(setup);
@@ -143,31 +143,31 @@ proptest! {
         let mut end = Duration::from_secs(at);
         match disruption {
             Disruption::Outage(span) => {
-                world.sim.set_route_blocked(sites.0, sites.1, true);
+                world.sim_mut().set_route_blocked(sites.0, sites.1, true);
                 end += span;
                 world.run_for(end);
-                world.sim.set_route_blocked(sites.0, sites.1, false);
+                world.sim_mut().set_route_blocked(sites.0, sites.1, false);
             }
             Disruption::ViewerMoves(model) => {
-                let nat = world.sim.add_nat("203.0.113.3".parse().unwrap(), model.nat().unwrap());
+                let nat = world.sim_mut().add_nat("203.0.113.3".parse().unwrap(), model.nat().unwrap());
                 let ip = "172.16.5.5".parse().unwrap();
                 world.move_side(0, Attachment::BehindNat(nat, ip), std::net::SocketAddr::new(ip, 5000));
             }
             Disruption::CameraReaddressed => {
                 let ip: std::net::IpAddr = "10.0.0.77".parse().unwrap();
-                let nat = world.sides[1].nat.unwrap();
+                let nat = world.side(1).nat.unwrap();
                 world.move_side(1, Attachment::BehindNat(nat, ip), std::net::SocketAddr::new(ip, 6000));
             }
             Disruption::RouterReboot(side) => {
-                let nat = world.sides[side].nat.unwrap();
-                world.sim.flush_nat(nat);
+                let nat = world.side(side).nat.unwrap();
+                world.sim_mut().flush_nat(nat);
             }
         }
         world.run_for(end + sightwire_punch::KEEPALIVE_INTERVAL + sightwire_punch::REPUNCH_INTERVAL + RECOVERY_FAIL_AFTER);
         for side in 0..2 {
-            let events = &world.sides[side].events;
+            let events = &world.side(side).events;
             prop_assert!(
-                world.sides[side].agent.selected_path().is_some(),
+                world.side(side).agent.selected_path().is_some(),
                 "side {side} has no path after {disruption:?}: {a:?} x {b:?} {events:?}"
             );
             prop_assert!(!events.iter().any(|(_, e)| matches!(e, Event::Failed(_))), "side {side} failed: {events:?}");

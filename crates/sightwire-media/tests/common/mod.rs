@@ -1,171 +1,169 @@
-//! Deterministic virtual-time network between two media connections.
+//! Two media connections in a `sightwire-netsim` network, driven in virtual time by
+//! `sightwire-testkit` (the one driver loop and seeded RNG of the workspace's tests).
 #![allow(dead_code, unreachable_pub)]
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sightwire_media::{Event, MediaConnection};
+use sightwire_testkit::sightwire_netsim::SimConfig;
+use sightwire_testkit::{Network, Node, NodeId, SimTransmit, TestRng};
 
-/// SplitMix64: a tiny seeded generator so every run replays exactly.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+const A: &str = "198.51.100.1:5000";
+const B: &str = "198.51.100.2:6000";
+/// Largest datagram a connection may emit (the original harness' buffer).
+const MAX_DATAGRAM: usize = 2048;
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
-
-/// One direction of the simulated path.
+/// The path between the two connections, the same both ways.
 #[derive(Debug, Clone, Copy)]
 pub struct Link {
+    /// One-way delay.
     pub delay: Duration,
+    /// Probability that a packet is lost.
     pub loss: f64,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct InFlight {
-    at: Instant,
-    order: u64,
-    to_b: bool,
-    packet: Vec<u8>,
+/// A media connection on a simulated host, sending everything to its peer.
+struct Endpoint {
+    connection: MediaConnection,
+    local: SocketAddr,
+    peer: SocketAddr,
+    events: Vec<(Instant, Event)>,
 }
 
-/// Two connections, `a` and `b`, joined by lossy delayed links, stepped in virtual time.
+impl Node for Endpoint {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        _from: SocketAddr,
+        _to: SocketAddr,
+        _ttl: u8,
+        payload: &[u8],
+    ) {
+        self.connection
+            .handle_input(now, payload)
+            .expect("well-formed packet");
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.connection.handle_timeout(now);
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.connection.poll_timeout()
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<SimTransmit> {
+        // Called after every input and before every step: log events as they happen.
+        while let Some(event) = self.connection.poll_event() {
+            self.events.push((now, event));
+        }
+        let transmit = self.connection.poll_transmit()?;
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let len = transmit.write_to(&mut buf).expect("packet fits the buffer");
+        Some(SimTransmit {
+            from: self.local,
+            to: self.peer,
+            ttl: None,
+            payload: buf[..len].to_vec(),
+        })
+    }
+}
+
+/// Two connections, `a` and `b`, on public hosts joined by a lossy delayed path,
+/// stepped in virtual time.
 pub struct Pair {
-    pub a: MediaConnection,
-    pub b: MediaConnection,
-    pub now: Instant,
-    pub a_to_b: Link,
-    pub b_to_a: Link,
-    pub rng: Rng,
-    in_flight: BinaryHeap<Reverse<InFlight>>,
-    order: u64,
-    pub a_events: Vec<(Instant, Event)>,
-    pub b_events: Vec<(Instant, Event)>,
-    pub packets_sent: u64,
-    pub packets_lost: u64,
+    pub net: Network,
+    a: NodeId,
+    b: NodeId,
 }
 
 impl Pair {
+    /// A pair over `link` with loss seeded by `seed`; `make` builds the two connections
+    /// (a, b) given the virtual start time.
     pub fn new(
-        a: MediaConnection,
-        b: MediaConnection,
-        start: Instant,
         link: Link,
         seed: u64,
+        make: impl FnOnce(Instant) -> (MediaConnection, MediaConnection),
     ) -> Pair {
-        Pair {
-            a,
-            b,
-            now: start,
-            a_to_b: link,
-            b_to_a: link,
-            rng: Rng::new(seed),
-            in_flight: BinaryHeap::new(),
-            order: 0,
-            a_events: Vec::new(),
-            b_events: Vec::new(),
-            packets_sent: 0,
-            packets_lost: 0,
-        }
+        let mut net = Network::new(SimConfig {
+            seed,
+            jitter: Duration::ZERO,
+            loss_per_million: (link.loss * 1e6).round() as u32,
+            ..SimConfig::default()
+        });
+        let (a_addr, b_addr): (SocketAddr, SocketAddr) = (A.parse().unwrap(), B.parse().unwrap());
+        let sim = net.sim_mut();
+        let a_host = sim.add_public_host(a_addr.ip());
+        let b_host = sim.add_public_host(b_addr.ip());
+        // A packet across the internet takes both uplinks' latency.
+        sim.set_host_uplink_latency(a_host, link.delay / 2);
+        sim.set_host_uplink_latency(b_host, link.delay - link.delay / 2);
+        let (a, b) = make(net.epoch());
+        let endpoint = |connection, local, peer| {
+            Box::new(Endpoint {
+                connection,
+                local,
+                peer,
+                events: Vec::new(),
+            })
+        };
+        let a = net.add_node(a_host, endpoint(a, a_addr, b_addr));
+        let b = net.add_node(b_host, endpoint(b, b_addr, a_addr));
+        Pair { net, a, b }
     }
 
-    /// Moves every pending transmit onto the links and every event into the logs.
-    pub fn drain(&mut self) {
-        let mut buf = [0u8; 2048];
-        for from_a in [true, false] {
-            loop {
-                let connection = if from_a { &mut self.a } else { &mut self.b };
-                let Some(transmit) = connection.poll_transmit() else {
-                    break;
-                };
-                let len = transmit.write_to(&mut buf).expect("packet fits the buffer");
-                let link = if from_a { self.a_to_b } else { self.b_to_a };
-                self.packets_sent += 1;
-                if self.rng.chance(link.loss) {
-                    self.packets_lost += 1;
-                    continue;
-                }
-                self.order += 1;
-                self.in_flight.push(Reverse(InFlight {
-                    at: self.now + link.delay,
-                    order: self.order,
-                    to_b: from_a,
-                    packet: buf[..len].to_vec(),
-                }));
-            }
-        }
-        while let Some(event) = self.a.poll_event() {
-            self.a_events.push((self.now, event));
-        }
-        while let Some(event) = self.b.poll_event() {
-            self.b_events.push((self.now, event));
-        }
+    /// The virtual time the pair started at.
+    pub fn start(&self) -> Instant {
+        self.net.epoch()
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Instant {
+        self.net.now()
+    }
+
+    /// Connection `a` (what it queues goes out on the next run).
+    pub fn a(&mut self) -> &mut MediaConnection {
+        &mut self.net.node_mut::<Endpoint>(self.a).connection
+    }
+
+    /// Connection `b`.
+    pub fn b(&mut self) -> &mut MediaConnection {
+        &mut self.net.node_mut::<Endpoint>(self.b).connection
+    }
+
+    /// `a`'s events with the virtual time they happened at.
+    pub fn a_events(&self) -> &[(Instant, Event)] {
+        &self.net.node::<Endpoint>(self.a).events
+    }
+
+    /// `b`'s events.
+    pub fn b_events(&self) -> &[(Instant, Event)] {
+        &self.net.node::<Endpoint>(self.b).events
+    }
+
+    /// Packets either connection sent.
+    pub fn packets_sent(&self) -> u64 {
+        self.net.sim().stats().sent
+    }
+
+    /// Of those, packets the path lost.
+    pub fn packets_lost(&self) -> u64 {
+        self.net.sim().stats().lost
     }
 
     /// Runs the network and both timers up to `until` (exclusive of later events).
     pub fn run_until(&mut self, until: Instant) {
-        loop {
-            self.drain();
-            let next_packet = self.in_flight.peek().map(|Reverse(packet)| packet.at);
-            let next = [next_packet, self.a.poll_timeout(), self.b.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let Some(next) = next.filter(|&at| at <= until) else {
-                self.now = until;
-                return;
-            };
-            self.now = self.now.max(next);
-            while let Some(Reverse(packet)) = self.in_flight.peek() {
-                if packet.at > self.now {
-                    break;
-                }
-                let Some(Reverse(packet)) = self.in_flight.pop() else {
-                    break;
-                };
-                let target = if packet.to_b {
-                    &mut self.b
-                } else {
-                    &mut self.a
-                };
-                target
-                    .handle_input(self.now, &packet.packet)
-                    .expect("well-formed packet");
-            }
-            for connection in [&mut self.a, &mut self.b] {
-                if connection.poll_timeout().is_some_and(|at| at <= self.now) {
-                    connection.handle_timeout(self.now);
-                }
-            }
-        }
+        self.net.run_until(until);
     }
 }
 
 /// Deterministic frame content: byte `i` of frame `n`.
 pub fn frame_bytes(frame_index: u64, len: usize) -> Bytes {
-    let mut rng = Rng::new(frame_index ^ 0xA5A5_5A5A);
-    let mut data = Vec::with_capacity(len);
-    while data.len() < len {
-        data.extend_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    data.truncate(len);
+    let mut data = vec![0; len];
+    TestRng::new(frame_index ^ 0xA5A5_5A5A).fill(&mut data);
     Bytes::from(data)
 }
 

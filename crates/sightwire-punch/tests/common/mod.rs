@@ -1,6 +1,11 @@
-//! Test harness: two punch agents in a `sightwire-netsim` network, with a minimal
-//! rendezvous (observes server-reflexive addresses, starts both sides together, carries
-//! signals with a delay) and a minimal relay (forwards between the two sides).
+//! Test harness: two punch agents in a `sightwire-netsim` network driven by
+//! `sightwire-testkit`, with a minimal rendezvous (observes server-reflexive addresses,
+//! starts both sides together, carries signals with a delay) and a minimal relay
+//! (forwards between the two sides), each a testkit `Node` on its own host.
+//!
+//! Signals travel out of band (the rendezvous' TCP connection, not simulated): each node
+//! queues the signals it emits, and `World` moves them to the receiving side's inbox
+//! between steps; a side's next timeout includes its earliest inbox entry.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::VecDeque;
@@ -16,6 +21,7 @@ use sightwire_punch::{
     Agent, Candidate, CandidateKind, CandidateSet, Config, Event, PathKind, PunchKey, PunchSignal,
     Role, StartAttempt,
 };
+use sightwire_testkit::{Network, Node, NodeId, SimTransmit};
 
 pub const RENDEZVOUS: &str = "198.51.100.10:3478";
 pub const RELAY: &str = "198.51.100.20:3478";
@@ -154,25 +160,190 @@ impl Setup {
     }
 }
 
+/// One side: a punch agent on its host, with what the test checks.
 pub struct Side {
     pub host: HostId,
     pub nat: Option<NatId>,
     pub local: SocketAddr,
     pub agent: Agent,
     pub events: Vec<(Duration, Event)>,
-    pub reflexive: Option<SocketAddr>,
+    /// 0 for A, 1 for B (the harness' relay framing names the side).
+    index: u8,
+    /// Event times are measured from here (the synchronized start).
+    start_at: Instant,
     /// Signals (from the peer or the rendezvous) in flight to this side.
     inbox: VecDeque<(Instant, PunchSignal)>,
+    /// Signals this side sends to the peer, with their arrival time.
+    to_peer: Vec<(Instant, PunchSignal)>,
+    outbox: VecDeque<SimTransmit>,
+}
+
+impl Side {
+    /// Moves what the agent wants done after an input into the side's queues.
+    fn drain(&mut self, now: Instant) {
+        while let Some(t) = self.agent.poll_transmit() {
+            let payload = if t.via_relay {
+                let mut out = vec![TO_RELAY, self.index];
+                out.extend_from_slice(t.payload());
+                out
+            } else {
+                t.payload().to_vec()
+            };
+            self.outbox.push_back(SimTransmit {
+                from: self.local,
+                to: t.destination,
+                ttl: t.ttl,
+                payload,
+            });
+        }
+        while let Some(signal) = self.agent.poll_signal() {
+            if matches!(signal, PunchSignal::Candidates(_)) {
+                self.to_peer.push((now + SIGNAL_DELAY, signal));
+            }
+        }
+        let since = now.saturating_duration_since(self.start_at);
+        while let Some(event) = self.agent.poll_event() {
+            self.events.push((since, event));
+        }
+    }
+}
+
+impl Node for Side {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        _to: SocketAddr,
+        _ttl: u8,
+        payload: &[u8],
+    ) {
+        let Some((&first, rest)) = payload.split_first() else {
+            return;
+        };
+        if first == FROM_RELAY && from == addr(RELAY) {
+            self.agent.handle_datagram(now, addr(RELAY), rest);
+        } else if sightwire_punch::is_punch_packet(payload) {
+            self.agent.handle_datagram(now, from, payload);
+        }
+        self.drain(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        while self.inbox.front().is_some_and(|&(t, _)| t <= now) {
+            if let Some((_, signal)) = self.inbox.pop_front() {
+                self.agent.handle_signal(now, signal);
+                self.drain(now);
+            }
+        }
+        if self.agent.poll_timeout().is_some_and(|t| t <= now) {
+            self.agent.handle_timeout(now);
+            self.drain(now);
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        let inbox = self.inbox.front().map(|&(t, _)| t);
+        [self.agent.poll_timeout(), inbox]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn poll_transmit(&mut self, _now: Instant) -> Option<SimTransmit> {
+        self.outbox.pop_front()
+    }
+}
+
+/// The rendezvous: notes each side's server-reflexive address and tells the side.
+#[derive(Default)]
+struct RendezvousNode {
+    reflexive: [Option<SocketAddr>; 2],
+    /// (side, arrival, signal) for the sides.
+    to_sides: Vec<(usize, Instant, PunchSignal)>,
+}
+
+impl Node for RendezvousNode {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        _to: SocketAddr,
+        _ttl: u8,
+        payload: &[u8],
+    ) {
+        if let [REGISTER, i, ..] = *payload {
+            let i = usize::from(i) & 1;
+            self.reflexive[i] = Some(from);
+            // Rendezvous → client: "you are seen at" (only meaningful after a network
+            // change; harmless otherwise).
+            self.to_sides
+                .push((i, now + SIGNAL_DELAY / 2, PunchSignal::LocalReflexive(from)));
+        }
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+    fn poll_transmit(&mut self, _now: Instant) -> Option<SimTransmit> {
+        None
+    }
+}
+
+/// The relay: binds each side's address and forwards between the two.
+#[derive(Default)]
+struct RelayNode {
+    bindings: [Option<SocketAddr>; 2],
+    forwarded: u64,
+    outbox: VecDeque<SimTransmit>,
+}
+
+impl Node for RelayNode {
+    fn handle_datagram(
+        &mut self,
+        _now: Instant,
+        from: SocketAddr,
+        _to: SocketAddr,
+        _ttl: u8,
+        payload: &[u8],
+    ) {
+        let Some((&TO_RELAY, rest)) = payload.split_first() else {
+            return;
+        };
+        if let Some((&i, inner)) = rest.split_first() {
+            let i = usize::from(i) & 1;
+            self.bindings[i] = Some(from);
+            if !inner.is_empty()
+                && let Some(dest) = self.bindings[1 - i]
+            {
+                let mut out = vec![FROM_RELAY];
+                out.extend_from_slice(inner);
+                self.forwarded += 1;
+                self.outbox.push_back(SimTransmit {
+                    from: addr(RELAY),
+                    to: dest,
+                    ttl: None,
+                    payload: out,
+                });
+            }
+        }
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+    fn poll_transmit(&mut self, _now: Instant) -> Option<SimTransmit> {
+        self.outbox.pop_front()
+    }
 }
 
 pub struct World {
-    pub sim: Sim,
+    pub net: Network,
     pub epoch: Instant,
-    pub sides: [Side; 2],
     pub start_at: Instant,
-    relay_bindings: [Option<SocketAddr>; 2],
-    pub relay_forwarded: u64,
     pub key: PunchKey,
+    sides: [NodeId; 2],
+    rendezvous: NodeId,
+    relay: NodeId,
 }
 
 pub fn addr(s: &str) -> SocketAddr {
@@ -185,10 +356,11 @@ fn ip(s: &str) -> IpAddr {
 
 impl World {
     pub fn new(setup: Setup) -> World {
-        let epoch = Instant::now();
-        let mut sim = Sim::new(epoch, setup.sim);
-        sim.add_public_host(addr(RENDEZVOUS).ip());
-        sim.add_public_host(addr(RELAY).ip());
+        let mut net = Network::new(setup.sim);
+        let epoch = net.epoch();
+        let sim = net.sim_mut();
+        let rendezvous_host = sim.add_public_host(addr(RENDEZVOUS).ip());
+        let relay_host = sim.add_public_host(addr(RELAY).ip());
         let place = |sim: &mut Sim, model: Model, public: &str, private: &str| match model.nat() {
             None => (sim.add_public_host(ip(public)), None, ip(public)),
             Some(config) => {
@@ -202,8 +374,8 @@ impl World {
         };
         let (a, b) = match setup.topology {
             Topology::Apart(ma, mb) => (
-                place(&mut sim, ma, "203.0.113.1", "192.168.1.10"),
-                place(&mut sim, mb, "203.0.113.2", "10.0.0.20"),
+                place(sim, ma, "203.0.113.1", "192.168.1.10"),
+                place(sim, mb, "203.0.113.2", "10.0.0.20"),
             ),
             Topology::SameLan(model, hairpin) => {
                 let config = model.nat().unwrap_or(NatConfig::new(NatBehavior::Linux(
@@ -218,83 +390,117 @@ impl World {
                 )
             }
         };
-        let side = |(host, nat, address): (HostId, Option<NatId>, IpAddr), port: u16, seed: u64| {
-            let local = SocketAddr::new(address, port);
+        let side = |(host, nat, address): (HostId, Option<NatId>, IpAddr), index: u8, seed: u64| {
+            let local = SocketAddr::new(address, 5000 + 1000 * u16::from(index));
             Side {
                 host,
                 nat,
                 local,
+                index,
                 agent: Agent::new(Config {
                     host_candidates: vec![local],
                     seed,
                 }),
                 events: Vec::new(),
-                reflexive: None,
+                start_at: epoch,
                 inbox: VecDeque::new(),
+                to_peer: Vec::new(),
+                outbox: VecDeque::new(),
             }
         };
         let seed = setup.sim.seed;
+        // Sides first: at one instant their timers fire in this order.
+        let side_a = side(a, 0, seed ^ 0xA);
+        let side_b = side(b, 1, seed ^ 0xB);
+        let sides = [
+            net.add_node(side_a.host, Box::new(side_a)),
+            net.add_node(side_b.host, Box::new(side_b)),
+        ];
+        let rendezvous = net.add_node(rendezvous_host, Box::new(RendezvousNode::default()));
+        let relay = net.add_node(relay_host, Box::new(RelayNode::default()));
         let mut world = World {
-            sim,
+            net,
             epoch,
-            sides: [side(a, 5000, seed ^ 0xA), side(b, 6000, seed ^ 0xB)],
             start_at: epoch,
-            relay_bindings: [None, None],
-            relay_forwarded: 0,
             key: PunchKey::new([seed as u8; 32]),
+            sides,
+            rendezvous,
+            relay,
         };
         world.register_both();
         if setup.with_relay {
             // The driver allocates at the relay: one packet binds the side's address.
             for i in 0..2 {
-                let local = world.sides[i].local;
-                world
-                    .sim
-                    .send(local, addr(RELAY), None, vec![TO_RELAY, i as u8]);
+                world.send_from_side(i, addr(RELAY), vec![TO_RELAY, i as u8]);
             }
-            world.run_network_only(Duration::from_millis(400));
+            world.run_more(Duration::from_millis(400));
         }
         world.start(setup.with_relay, setup.start_skew);
         world
     }
 
+    /// The simulator.
+    pub fn sim(&self) -> &Sim {
+        self.net.sim()
+    }
+
+    /// The simulator, to change the network under the agents.
+    pub fn sim_mut(&mut self) -> &mut Sim {
+        self.net.sim_mut()
+    }
+
+    /// Side `i` (0 is A, the controlling side).
+    pub fn side(&self, i: usize) -> &Side {
+        self.net.node::<Side>(self.sides[i])
+    }
+
+    fn side_mut(&mut self, i: usize) -> &mut Side {
+        self.net.node_mut::<Side>(self.sides[i])
+    }
+
+    /// Datagrams the relay forwarded between the sides.
+    pub fn relay_forwarded(&self) -> u64 {
+        self.net.node::<RelayNode>(self.relay).forwarded
+    }
+
+    /// Queues a harness datagram from side `i`'s local address.
+    fn send_from_side(&mut self, i: usize, to: SocketAddr, payload: Vec<u8>) {
+        let side = self.side_mut(i);
+        let from = side.local;
+        side.outbox.push_back(SimTransmit {
+            from,
+            to,
+            ttl: None,
+            payload,
+        });
+    }
+
     /// Each side sends a packet to the rendezvous, which notes the source address.
     fn register_both(&mut self) {
         for i in 0..2 {
-            self.sides[i].reflexive = None;
-            let local = self.sides[i].local;
-            self.sim
-                .send(local, addr(RENDEZVOUS), None, vec![REGISTER, i as u8]);
+            self.register(i);
         }
-        self.run_network_only(Duration::from_millis(400));
+        self.run_more(Duration::from_millis(400));
     }
 
     fn register(&mut self, i: usize) {
-        self.sides[i].reflexive = None;
-        let local = self.sides[i].local;
-        self.sim
-            .send(local, addr(RENDEZVOUS), None, vec![REGISTER, i as u8]);
-    }
-
-    fn run_network_only(&mut self, span: Duration) {
-        let until = self.sim.now() + span;
-        while let Some(t) = self.sim.next_event_time().filter(|&t| t <= until) {
-            self.sim.advance_to(t);
-            self.handle_deliveries();
-        }
-        self.sim.advance_to(until);
+        self.net
+            .node_mut::<RendezvousNode>(self.rendezvous)
+            .reflexive[i] = None;
+        self.send_from_side(i, addr(RENDEZVOUS), vec![REGISTER, i as u8]);
     }
 
     fn start(&mut self, with_relay: bool, skew: Duration) {
-        let now = self.sim.now();
+        let now = self.net.now();
         // The rendezvous sends Start to both; each arrives after SIGNAL_DELAY / 2 and
         // starts at the same absolute time.
         let arrive = now + SIGNAL_DELAY / 2;
         self.start_at = arrive + START_MARGIN;
+        let reflexive = self.net.node::<RendezvousNode>(self.rendezvous).reflexive;
         for i in 0..2 {
-            let peer = &self.sides[1 - i];
+            let peer = self.side(1 - i);
             let mut candidates = vec![Candidate::new(CandidateKind::Host, peer.local)];
-            if let Some(r) = peer.reflexive {
+            if let Some(r) = reflexive[1 - i] {
                 candidates.push(Candidate::new(CandidateKind::ServerReflexive, r));
             }
             if with_relay {
@@ -308,123 +514,40 @@ impl World {
                 },
                 key: self.key.clone(),
                 start_in: START_MARGIN + if i == 1 { skew } else { Duration::ZERO },
-                local_reflexive: self.sides[i].reflexive,
+                local_reflexive: reflexive[i],
                 relay: with_relay.then(|| addr(RELAY)),
                 remote: CandidateSet {
                     generation: 0,
                     candidates,
                 },
             };
-            self.sides[i]
-                .inbox
-                .push_back((arrive, PunchSignal::Start(start)));
+            let start_at = self.start_at;
+            let side = self.side_mut(i);
+            side.start_at = start_at;
+            side.inbox.push_back((arrive, PunchSignal::Start(start)));
         }
     }
 
-    fn handle_deliveries(&mut self) {
-        while let Some(d) = self.sim.poll_delivery() {
-            let (first, rest) = match d.payload.split_first() {
-                Some((f, r)) => (*f, r),
-                None => continue,
-            };
-            if d.to == addr(RENDEZVOUS) && first == REGISTER {
-                if let Some(&i) = rest.first() {
-                    let i = usize::from(i);
-                    self.sides[i].reflexive = Some(d.from);
-                    // Rendezvous → client: "you are seen at" (only meaningful after a
-                    // network change; harmless otherwise).
-                    let at = d.at + SIGNAL_DELAY / 2;
-                    self.sides[i]
-                        .inbox
-                        .push_back((at, PunchSignal::LocalReflexive(d.from)));
-                }
-            } else if d.to == addr(RELAY) && first == TO_RELAY {
-                if let Some((&i, inner)) = rest.split_first() {
-                    let i = usize::from(i) & 1;
-                    self.relay_bindings[i] = Some(d.from);
-                    if !inner.is_empty()
-                        && let Some(dest) = self.relay_bindings[1 - i]
-                    {
-                        let mut out = vec![FROM_RELAY];
-                        out.extend_from_slice(inner);
-                        self.relay_forwarded += 1;
-                        self.sim.send(addr(RELAY), dest, None, out);
-                    }
-                }
-            } else if let Some(i) = self.sides.iter().position(|s| s.host == d.host) {
-                let now = d.at;
-                if first == FROM_RELAY && d.from == addr(RELAY) {
-                    self.sides[i].agent.handle_datagram(now, addr(RELAY), rest);
-                } else if sightwire_punch::is_punch_packet(&d.payload) {
-                    self.sides[i].agent.handle_datagram(now, d.from, &d.payload);
-                }
-                self.drain(i, now);
-            }
+    /// Moves the out-of-band signals the nodes emitted to the sides' inboxes.
+    fn route_signals(net: &mut Network, sides: [NodeId; 2], rendezvous: NodeId) {
+        let from_rendezvous =
+            std::mem::take(&mut net.node_mut::<RendezvousNode>(rendezvous).to_sides);
+        for (i, at, signal) in from_rendezvous {
+            net.node_mut::<Side>(sides[i]).inbox.push_back((at, signal));
         }
-    }
-
-    fn drain(&mut self, i: usize, now: Instant) {
-        let local = self.sides[i].local;
-        while let Some(t) = self.sides[i].agent.poll_transmit() {
-            if t.via_relay {
-                let mut out = vec![TO_RELAY, i as u8];
-                out.extend_from_slice(t.payload());
-                self.sim.send(local, t.destination, t.ttl, out);
-            } else {
-                self.sim
-                    .send(local, t.destination, t.ttl, t.payload().to_vec());
-            }
-        }
-        while let Some(signal) = self.sides[i].agent.poll_signal() {
-            if matches!(signal, PunchSignal::Candidates(_)) {
-                self.sides[1 - i]
-                    .inbox
-                    .push_back((now + SIGNAL_DELAY, signal));
-            }
-        }
-        let since = now.saturating_duration_since(self.start_at);
-        while let Some(event) = self.sides[i].agent.poll_event() {
-            self.sides[i].events.push((since, event));
+        for i in 0..2 {
+            let signals = std::mem::take(&mut net.node_mut::<Side>(sides[i]).to_peer);
+            net.node_mut::<Side>(sides[1 - i]).inbox.extend(signals);
         }
     }
 
     /// Runs agents and network until `until` (absolute virtual time).
     pub fn run_until(&mut self, until: Instant) {
-        let mut steps = 0u64;
-        loop {
-            steps += 1;
-            assert!(steps < 2_000_000, "simulation does not make progress");
-            let mut next = self.sim.next_event_time();
-            let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            for side in &self.sides {
-                if let Some(t) = side.agent.poll_timeout() {
-                    consider(t);
-                }
-                if let Some(&(t, _)) = side.inbox.front() {
-                    consider(t);
-                }
-            }
-            let Some(next) = next else { break };
-            if next > until {
-                break;
-            }
-            let now = next.max(self.sim.now());
-            self.sim.advance_to(now);
-            self.handle_deliveries();
-            for i in 0..2 {
-                while self.sides[i].inbox.front().is_some_and(|&(t, _)| t <= now) {
-                    if let Some((_, signal)) = self.sides[i].inbox.pop_front() {
-                        self.sides[i].agent.handle_signal(now, signal);
-                        self.drain(i, now);
-                    }
-                }
-                if self.sides[i].agent.poll_timeout().is_some_and(|t| t <= now) {
-                    self.sides[i].agent.handle_timeout(now);
-                    self.drain(i, now);
-                }
-            }
-        }
-        self.sim.advance_to(until);
+        let (sides, rendezvous) = (self.sides, self.rendezvous);
+        self.net.run_until_condition(until, |net| {
+            World::route_signals(net, sides, rendezvous);
+            false
+        });
     }
 
     /// Runs for `span` after the synchronized start.
@@ -435,26 +558,27 @@ impl World {
 
     /// Runs `span` more virtual time.
     pub fn run_more(&mut self, span: Duration) {
-        let until = self.sim.now() + span;
+        let until = self.net.now() + span;
         self.run_until(until);
     }
 
     /// Moves side `i` to a new attachment and tells its agent, then re-registers with
     /// the rendezvous and re-binds the relay, like a driver would.
     pub fn move_side(&mut self, i: usize, attachment: Attachment, new_local: SocketAddr) {
-        let now = self.sim.now();
-        self.sim.attach(self.sides[i].host, attachment);
-        self.sides[i].local = new_local;
-        self.sides[i].agent.network_changed(now, vec![new_local]);
-        self.drain(i, now);
+        let now = self.net.now();
+        let host = self.side(i).host;
+        self.net.sim_mut().attach(host, attachment);
+        let side = self.side_mut(i);
+        side.local = new_local;
+        side.agent.network_changed(now, vec![new_local]);
+        side.drain(now);
         self.register(i);
-        self.sim
-            .send(new_local, addr(RELAY), None, vec![TO_RELAY, i as u8]);
+        self.send_from_side(i, addr(RELAY), vec![TO_RELAY, i as u8]);
     }
 
     /// First `Connected` of side `i`: (time since start, path kind).
     pub fn connected(&self, i: usize) -> Option<(Duration, PathKind)> {
-        self.sides[i].events.iter().find_map(|(t, e)| match e {
+        self.side(i).events.iter().find_map(|(t, e)| match e {
             Event::Connected(p) => Some((*t, p.kind)),
             _ => None,
         })
@@ -462,14 +586,14 @@ impl World {
 
     /// The path kind side `i` has selected now.
     pub fn selected_kind(&self, i: usize) -> Option<PathKind> {
-        self.sides[i].agent.selected_path().map(|p| p.kind)
+        self.side(i).agent.selected_path().map(|p| p.kind)
     }
 
     /// A compact, deterministic trace of both sides' events (for same-seed checks).
     pub fn trace(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (i, side) in self.sides.iter().enumerate() {
-            for (t, e) in &side.events {
+        for i in 0..2 {
+            for (t, e) in &self.side(i).events {
                 out.push(format!("{i} {:?} {e:?}", t));
             }
         }
