@@ -116,6 +116,22 @@ impl Failure {
         }
     }
 
+    /// Whether another attempt may succeed where this one failed (a path or a timing
+    /// problem), as opposed to an answer (refused, wrong key, busy).
+    pub(crate) fn is_transient(self) -> bool {
+        match self {
+            Failure::Handshake(HandshakeFailure::RemoteKeyMismatch { .. })
+            | Failure::Rejected(_)
+            | Failure::DeviceBusy => false,
+            Failure::Handshake(_)
+            | Failure::NoPath
+            | Failure::SetupTimeout
+            | Failure::Idle
+            | Failure::AuthTimeout
+            | Failure::ClosedByPeer => true,
+        }
+    }
+
     pub(crate) fn connect_error(self) -> ConnectError {
         match self {
             Failure::Handshake(HandshakeFailure::RemoteKeyMismatch { .. }) => {

@@ -89,6 +89,8 @@ pub(crate) struct Watch {
     pub(crate) current: Option<PeerId>,
     /// The connection being set up (the first one, or a replacement).
     attempt: Option<PeerId>,
+    /// Why the last attempt of a first connect failed (reported at the deadline).
+    last_failure: Option<ConnectError>,
     pub(crate) timers: TimerTable<WatchTimer, 3>,
 }
 
@@ -150,6 +152,7 @@ impl Endpoint {
                 want_connect: true,
                 current: None,
                 attempt: None,
+                last_failure: None,
                 timers,
             },
         );
@@ -245,10 +248,10 @@ impl Endpoint {
                             break;
                         };
                         if !watch.connected {
-                            let error = if watch.attempt.is_some() {
-                                ConnectError::NoPath
-                            } else {
-                                ConnectError::Timeout
+                            let error = match (watch.attempt, watch.last_failure) {
+                                (Some(_), _) => ConnectError::NoPath,
+                                (None, Some(last)) => last,
+                                (None, None) => ConnectError::Timeout,
                             };
                             self.fail_watch(now, id, error);
                             break;
@@ -552,7 +555,29 @@ impl Endpoint {
             return;
         };
         if !watch.connected {
-            return self.fail_watch(now, watch_id, failure.connect_error());
+            let error = failure.connect_error();
+            let retry_at = now + RECONNECT_BACKOFF;
+            let before_deadline = watch
+                .timers
+                .get(WatchTimer::Deadline)
+                .is_some_and(|deadline| retry_at < deadline);
+            if !failure.is_transient() || !before_deadline {
+                return self.fail_watch(now, watch_id, error);
+            }
+            // The camera may be briefly unreachable (its NAT forgot it until its next
+            // keepalive, or the path was lost while setting up): ask again until the
+            // connect deadline rather than give up on the first attempt.
+            tracing::info!(peer = id.0, ?failure, "connect attempt failed; retrying");
+            watch.last_failure = Some(error);
+            if watch.attempt == Some(id) {
+                watch.attempt = None;
+            }
+            if watch.current == Some(id) {
+                watch.current = None;
+            }
+            watch.timers.set(WatchTimer::Reconnect, retry_at);
+            self.detach_connection(now, id, true);
+            return;
         }
         if watch.attempt == Some(id) {
             // A replacement that did not work: keep the current connection, try again.

@@ -1,0 +1,409 @@
+//! The endpoint core end to end in the network simulator: the NAT matrix of the lab,
+//! roaming, conntrack flushes, a rendezvous restart, loss, and one viewer endpoint
+//! watching a grid of cameras. Deterministic (seeded), no root, virtual time; run with
+//! `--nocapture` to see the figures.
+
+mod sim;
+
+use std::time::Duration;
+
+use sightwire::proto::{MAX_QUEUED_EVENTS, MAX_WATCHES, WatchRequest};
+use sightwire::{ConnectError, Credentials, Event, PathKind, Target};
+use sim::{FPS, GOP, Site, World};
+
+/// How long each connected pair streams before its frames are counted.
+const STREAM: Duration = Duration::from_secs(3);
+/// The rendezvous's default keepalive interval (the longest a camera behind a flushed
+/// NAT is unreachable).
+const KEEPALIVE: Duration = sightwire_rendezvous::DEFAULT_KEEPALIVE_INTERVAL;
+/// A viewer must connect within this long.
+const CONNECT_LIMIT: Duration = Duration::from_secs(20);
+
+struct PairResult {
+    connect: Duration,
+    path: Option<PathKind>,
+    frames: u64,
+}
+
+/// Frames a viewer must have after connecting at `connect` (since the camera started at
+/// the epoch + 1 s... it waits for the next keyframe, then gets every frame) and
+/// streaming `STREAM`, allowing one frame of slack at each end.
+fn frames_expected(world_start_offset: Duration, connect: Duration) -> u64 {
+    let gop = Duration::from_micros(GOP * 1_000_000 / FPS);
+    let connected = world_start_offset + connect;
+    // The first keyframe at or after the connect.
+    let keyframes = connected.as_micros().div_ceil(gop.as_micros()) as u64;
+    let first = Duration::from_micros(keyframes * gop.as_micros() as u64);
+    let end = connected + STREAM;
+    let frames = (end.saturating_sub(first)).as_micros() as u64 * FPS / 1_000_000;
+    frames.saturating_sub(2)
+}
+
+/// Places a camera and a viewer (`viewer_site: None`: on the camera's LAN), connects
+/// and streams.
+fn run_pair(seed: u64, camera_site: Site, viewer_site: Option<Site>) -> PairResult {
+    let mut world = World::new(seed, 0);
+    let camera_place = world.place(camera_site);
+    let camera = world.add_camera(camera_place);
+    let viewer_place = match viewer_site {
+        Some(site) => world.place(site),
+        None => world.place_beside(camera_place),
+    };
+    let viewer = world.add_viewer(viewer_place);
+    world.run_for(Duration::from_secs(1));
+    assert_eq!(world.online(), 1, "the camera registered");
+    let watch = world.watch(viewer, camera);
+    let connect = world
+        .run_until(CONNECT_LIMIT, |w| {
+            w.viewer(viewer).watch(watch).connected_at.is_some()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{camera_site:?} camera, {viewer_site:?} viewer: no connection ({:?})",
+                world.viewer(viewer).watch(watch).failed
+            )
+        });
+    world.run_for(STREAM);
+    let log = world.viewer(viewer).watch(watch);
+    let expected = frames_expected(Duration::from_secs(1), connect);
+    assert!(
+        log.frames >= expected,
+        "{camera_site:?} camera, {viewer_site:?} viewer: {} frames, expected {expected}",
+        log.frames
+    );
+    PairResult {
+        connect,
+        path: log.path,
+        frames: log.frames,
+    }
+}
+
+/// The path a pair must end up on. A symmetric NAT with random ports maps every
+/// destination to an unpredictable port, and every NAT here except none at all filters
+/// on the full 5-tuple, so only a public peer can answer it directly.
+fn expected_path(camera: Site, viewer: Option<Site>) -> PathKind {
+    match viewer {
+        None => PathKind::Lan,
+        Some(viewer) => {
+            let symmetric = camera == Site::Symmetric || viewer == Site::Symmetric;
+            let public = camera == Site::Public || viewer == Site::Public;
+            if symmetric && !public {
+                PathKind::Relay
+            } else {
+                PathKind::Direct
+            }
+        }
+    }
+}
+
+#[test]
+fn nat_matrix_every_pair_connects_on_the_expected_path() {
+    let started = std::time::Instant::now();
+    println!(
+        "\ncamera \\ viewer | {} | same LAN",
+        Site::ALL.map(Site::short).join(" | ")
+    );
+    let mut failures = Vec::new();
+    for (i, camera) in Site::ALL.into_iter().enumerate() {
+        let mut row = Vec::new();
+        let viewers = Site::ALL
+            .into_iter()
+            .map(Some)
+            .chain((camera != Site::Public).then_some(None));
+        for (j, viewer) in viewers.enumerate() {
+            let result = run_pair(100 + (i * 10 + j) as u64, camera, viewer);
+            let expected = expected_path(camera, viewer);
+            if result.path != Some(expected) {
+                failures.push(format!(
+                    "{camera:?} camera, {viewer:?} viewer: {:?}, expected {expected:?}",
+                    result.path
+                ));
+            }
+            row.push(format!(
+                "{} {} ms {} fr",
+                result.path.map_or("none", sightwire::path_kind_name),
+                result.connect.as_millis(),
+                result.frames
+            ));
+        }
+        println!("{} | {}", camera.short(), row.join(" | "));
+    }
+    println!("(matrix: {:?} wall)", started.elapsed());
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Camera and viewer at two homes, connected and streaming; returns the world and the
+/// indices.
+fn streaming(seed: u64, loss_per_million: u32) -> (World, usize, sightwire::proto::WatchId) {
+    let mut world = World::new(seed, loss_per_million);
+    let camera_place = world.place(Site::Home);
+    let camera = world.add_camera(camera_place);
+    let viewer_place = world.place(Site::Home);
+    let viewer = world.add_viewer(viewer_place);
+    world.run_for(Duration::from_secs(1));
+    let watch = world.watch(viewer, camera);
+    world
+        .run_until(CONNECT_LIMIT, |w| w.viewer(viewer).watch(watch).frames > 0)
+        .expect("streaming");
+    world.run_for(Duration::from_secs(2));
+    (world, viewer, watch)
+}
+
+/// After a fault, how long until frames flow again (a full second of them), and the
+/// longest gap between two frames.
+fn recovery(world: &mut World, viewer: usize, watch: sightwire::proto::WatchId) -> Duration {
+    let before = world.viewer(viewer).watch(watch).frames;
+    world.viewer_mut(viewer).reset_gaps();
+    world
+        .run_until(Duration::from_secs(30), |w| {
+            w.viewer(viewer).watch(watch).frames >= before + FPS
+        })
+        .expect("frames flow again");
+    world.viewer(viewer).watch(watch).longest_gap
+}
+
+#[test]
+fn viewer_renumbered_on_its_lan_keeps_watching() {
+    let (mut world, viewer, watch) = streaming(11, 0);
+    let nat = world.viewers[viewer].1.nat.unwrap();
+    let ip = "10.2.0.77".parse().unwrap();
+    world.move_viewer_to(viewer, nat, ip);
+    let outage = recovery(&mut world, viewer, watch);
+    println!("renumbered: longest gap {outage:?}");
+    assert!(outage < Duration::from_secs(5), "outage {outage:?}");
+    assert_eq!(world.viewer(viewer).watch(watch).failed, None);
+}
+
+#[test]
+fn viewer_moved_to_another_nat_keeps_watching() {
+    for site in [Site::Home, Site::Symmetric, Site::DoubleNat] {
+        let (mut world, viewer, watch) = streaming(12, 0);
+        let (nat, ip) = world.new_lan(site);
+        world.move_viewer_to(viewer, nat, ip);
+        let outage = recovery(&mut world, viewer, watch);
+        let path = world.viewer(viewer).watch(watch).path;
+        println!(
+            "moved to {}: longest gap {outage:?}, now {path:?}",
+            site.short()
+        );
+        assert!(outage < Duration::from_secs(5), "outage {outage:?}");
+        assert_eq!(path, Some(expected_path(Site::Home, Some(site))));
+    }
+}
+
+#[test]
+fn conntrack_flushes_on_either_side_heal() {
+    for side in ["camera", "viewer", "both"] {
+        let (mut world, viewer, watch) = streaming(13, 0);
+        let camera_nat = world.cameras[0].2.nat.unwrap();
+        let viewer_nat = world.viewers[viewer].1.nat.unwrap();
+        if side != "viewer" {
+            world.net.sim_mut().flush_nat(camera_nat);
+        }
+        if side != "camera" {
+            world.net.sim_mut().flush_nat(viewer_nat);
+        }
+        let outage = recovery(&mut world, viewer, watch);
+        println!("conntrack flush ({side}): longest gap {outage:?}");
+        assert!(outage < Duration::from_secs(5), "outage {outage:?}");
+        // The camera's registration heals too: its next keepalive opens a new mapping
+        // to the rendezvous, after which a new viewer finds it. (Until then the
+        // rendezvous's offers die at the camera's NAT.)
+        world.run_for(KEEPALIVE);
+        let second_place = world.place(Site::Home);
+        let second = world.add_viewer(second_place);
+        let second_watch = world.watch(second, 0);
+        world
+            .run_until(CONNECT_LIMIT, |w| {
+                w.viewer(second).watch(second_watch).connected_at.is_some()
+            })
+            .expect("the camera is reachable again after the flush");
+    }
+}
+
+#[test]
+fn rendezvous_restart_does_not_disturb_streams_and_cameras_reregister() {
+    let (mut world, viewer, watch) = streaming(14, 0);
+    let registrations = world.camera(0).registrations;
+    world.viewer_mut(viewer).reset_gaps();
+    world.restart_rendezvous();
+    assert_eq!(world.online(), 0);
+    let took = world
+        .run_until(Duration::from_secs(60), |w| w.online() == 1)
+        .expect("the camera registers again");
+    world.run_for(Duration::from_secs(2));
+    let log = world.viewer(viewer).watch(watch);
+    println!(
+        "rendezvous restart: camera back online after {took:?}; stream's longest gap {:?}",
+        log.longest_gap
+    );
+    assert!(world.camera(0).registrations > registrations);
+    assert!(log.longest_gap < Duration::from_millis(200), "{log:?}");
+    assert_eq!(log.closed, 0, "the stream never closed");
+    // A new viewer finds the camera through the restarted rendezvous.
+    let place = world.place(Site::Home);
+    let second = world.add_viewer(place);
+    let second_watch = world.watch(second, 0);
+    world
+        .run_until(CONNECT_LIMIT, |w| {
+            w.viewer(second).watch(second_watch).connected_at.is_some()
+        })
+        .expect("connects after the restart");
+}
+
+#[test]
+fn five_percent_loss_still_connects_and_streams() {
+    let mut connects = Vec::new();
+    for seed in 0..4 {
+        let mut world = World::new(20 + seed, 50_000);
+        let camera_place = world.place(Site::Home);
+        let camera = world.add_camera(camera_place);
+        let viewer_place = world.place(Site::Home);
+        let viewer = world.add_viewer(viewer_place);
+        world
+            .run_until(Duration::from_secs(10), |w| w.online() == 1)
+            .expect("registers despite loss");
+        let watch = world.watch(viewer, camera);
+        let connect = world
+            .run_until(CONNECT_LIMIT, |w| {
+                w.viewer(viewer).watch(watch).connected_at.is_some()
+            })
+            .expect("connects despite loss");
+        let start = world.viewer(viewer).watch(watch).frames;
+        world.run_for(Duration::from_secs(10));
+        let frames = world.viewer(viewer).watch(watch).frames - start;
+        let sent = 10 * FPS;
+        println!("5% loss, seed {seed}: connected in {connect:?}, {frames}/{sent} frames");
+        // Every fragment of a 12 kB keyframe must arrive; retransmissions cover most.
+        assert!(frames * 100 >= sent * 85, "{frames}/{sent}");
+        connects.push(connect);
+    }
+}
+
+#[test]
+fn one_viewer_endpoint_watches_a_grid_and_one_camera_restarting_disturbs_no_other() {
+    let mut world = World::new(15, 0);
+    let sites = [
+        Site::Home,
+        Site::Public,
+        Site::BareMasquerade,
+        Site::Symmetric,
+        Site::DoubleNat,
+        Site::Home,
+        Site::Home,
+        Site::BareMasquerade,
+        Site::DoubleNat,
+    ];
+    for site in sites {
+        let place = world.place(site);
+        world.add_camera(place);
+    }
+    let viewer_place = world.place(Site::Home);
+    let viewer = world.add_viewer(viewer_place);
+    world.run_for(Duration::from_secs(1));
+    assert_eq!(world.online(), sites.len());
+    let watches: Vec<_> = (0..sites.len()).map(|c| world.watch(viewer, c)).collect();
+    let took = world
+        .run_until(CONNECT_LIMIT, |w| {
+            watches
+                .iter()
+                .all(|&watch| w.viewer(viewer).watch(watch).frames > 0)
+        })
+        .expect("every camera of the grid streams");
+    println!("grid of {}: all streaming after {took:?}", sites.len());
+    assert_eq!(
+        world.viewer(viewer).endpoint.connection_count(),
+        sites.len()
+    );
+
+    // Camera 4 power-cycles: a fresh endpoint registers under the same ID.
+    world.run_for(Duration::from_secs(1));
+    world.viewer_mut(viewer).reset_gaps();
+    let restarted = 4;
+    let before = world.viewer(viewer).watch(watches[restarted]).frames;
+    world.restart_camera(restarted);
+    world
+        .run_until(Duration::from_secs(40), |w| {
+            w.viewer(viewer).watch(watches[restarted]).frames > before + FPS
+        })
+        .expect("the restarted camera streams again");
+    for (camera, &watch) in watches.iter().enumerate() {
+        let log = world.viewer(viewer).watch(watch);
+        if camera == restarted {
+            println!("restarted camera: outage {:?}", log.longest_gap);
+            continue;
+        }
+        assert!(
+            log.longest_gap < Duration::from_millis(200),
+            "camera {camera} disturbed: {log:?}"
+        );
+        assert_eq!(log.closed, 0, "camera {camera} closed");
+    }
+    assert_eq!(world.viewer(viewer).endpoint.watches().len(), sites.len());
+}
+
+#[test]
+fn a_viewer_endpoint_refuses_watches_beyond_its_limit() {
+    let mut world = World::new(16, 0);
+    let place = world.place(Site::Home);
+    let viewer = world.add_viewer(place);
+    let now = world.now();
+    let endpoint = &mut world.viewer_mut(viewer).endpoint;
+    for n in 0..MAX_WATCHES {
+        let id = format!("1C:C3:16:01:00:{n:02X}").parse().unwrap();
+        let request = WatchRequest::new(Target::Id(id), Credentials::password("x"));
+        endpoint.connect(now, request).expect("within the limit");
+    }
+    let id = "1C:C3:16:02:00:00".parse().unwrap();
+    let request = WatchRequest::new(Target::Id(id), Credentials::password("x"));
+    assert_eq!(
+        endpoint.connect(now, request),
+        Err(sightwire::proto::CommandError::TooManyWatches { limit: MAX_WATCHES })
+    );
+    // Watches of unknown cameras fail and free their slots.
+    world.run_for(Duration::from_secs(30));
+    let viewer_node = world.viewer(viewer);
+    assert!(viewer_node.endpoint.watches().is_empty());
+    let failures = viewer_node
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, Event::ConnectFailed { .. }))
+        .count();
+    assert_eq!(failures, MAX_WATCHES);
+    assert!(viewer_node.events.iter().any(|e| matches!(
+        e.event,
+        Event::ConnectFailed {
+            error: ConnectError::Rendezvous(_)
+        }
+    )));
+}
+
+#[test]
+fn an_application_that_stops_polling_events_loses_events_not_memory() {
+    let (mut world, viewer, _) = streaming(17, 0);
+    world.viewer_mut(viewer).drain_events = false;
+    // 25 frames and one stats report a second: 4096 events take under 3 minutes.
+    world.run_for(Duration::from_secs(200));
+    let node = world.viewer_mut(viewer);
+    let dropped = node.endpoint.stats().events_dropped;
+    assert!(dropped > 0);
+    let mut queued = 0;
+    while node.endpoint.poll_event().is_some() {
+        queued += 1;
+    }
+    assert_eq!(queued, MAX_QUEUED_EVENTS);
+}
+
+#[test]
+fn the_simulation_replays_exactly_from_its_seed() {
+    let trace = |seed| {
+        let (world, viewer, watch) = streaming(seed, 20_000);
+        let log = world.viewer(viewer).watch(watch);
+        (
+            log.frames,
+            log.connected_at.map(|t| t - world.net.epoch()),
+            world.net.sim().stats(),
+        )
+    };
+    assert_eq!(trace(30), trace(30));
+}
