@@ -169,7 +169,8 @@ fn viewer_renumbered_on_its_lan_keeps_watching() {
     let ip = "10.2.0.77".parse().unwrap();
     world.move_viewer_to(viewer, nat, ip);
     let outage = recovery(&mut world, viewer, watch);
-    println!("renumbered: longest gap {outage:?}");
+    let path = world.viewer(viewer).watch(watch).path;
+    println!("renumbered: longest gap {outage:?}, now {path:?}");
     assert!(outage < Duration::from_secs(5), "outage {outage:?}");
     assert_eq!(world.viewer(viewer).watch(watch).failed, None);
 }
