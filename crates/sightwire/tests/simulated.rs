@@ -408,3 +408,115 @@ fn the_simulation_replays_exactly_from_its_seed() {
     };
     assert_eq!(trace(30), trace(30));
 }
+
+/// Garbage of every first-byte class, from strangers and from the addresses the
+/// endpoints trust (the peer, the rendezvous, the relay), thrown at a camera and a viewer
+/// mid-stream: nothing panics and the stream goes on.
+#[test]
+fn hostile_datagrams_mid_stream_change_nothing() {
+    let (mut world, viewer, watch) = streaming(18, 0);
+    let mut rng = sightwire_testkit::TestRng::new(18);
+    let camera_public: std::net::SocketAddr = "203.0.1.1:40000".parse().unwrap();
+    let viewer_public: std::net::SocketAddr = "203.0.2.1:40000".parse().unwrap();
+    let sources = [
+        sim::RENDEZVOUS.parse().unwrap(),
+        sim::RELAY.parse().unwrap(),
+        camera_public,
+        viewer_public,
+        "192.0.2.66:6666".parse().unwrap(),
+    ];
+    let classes: [u8; 6] = [0x01, 0x04, 0x20, 0x30, 0x31, 0x40];
+    world.viewer_mut(viewer).reset_gaps();
+    let frames_before = world.viewer(viewer).watch(watch).frames;
+    for round in 0..200 {
+        let now = world.now();
+        for _ in 0..20 {
+            let len = 1 + rng.below(1500) as usize;
+            let mut datagram = vec![0u8; len];
+            rng.fill(&mut datagram);
+            if rng.chance(0.9) {
+                datagram[0] =
+                    classes[rng.below(classes.len() as u64) as usize] + rng.below(4) as u8;
+            }
+            let from = sources[rng.below(sources.len() as u64) as usize];
+            let node = if round % 2 == 0 {
+                world.camera_mut(0)
+            } else {
+                world.viewer_mut(viewer)
+            };
+            node.endpoint.handle_datagram(now, from, &mut datagram);
+        }
+        world.run_for(Duration::from_millis(10));
+    }
+    let log = world.viewer(viewer).watch(watch);
+    println!(
+        "4000 hostile datagrams over 2 s: {} frames, longest gap {:?}",
+        log.frames - frames_before,
+        log.longest_gap
+    );
+    assert_eq!(log.closed, 0);
+    assert!(log.longest_gap < Duration::from_millis(200), "{log:?}");
+    assert!(log.frames - frames_before >= 2 * FPS - 2);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Any bytes, to a fresh device and a fresh viewer with a watch pending: no panic,
+    /// and each datagram is counted.
+    #[test]
+    fn any_datagram_is_handled_without_panic(
+        datagrams in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1600), 1..8),
+    ) {
+        let mut world = World::new(19, 0);
+        let place = world.place(Site::Home);
+        world.add_camera(place);
+        let place = world.place(Site::Home);
+        let viewer = world.add_viewer(place);
+        world.watch(viewer, 0);
+        let now = world.now();
+        let from = sim::RENDEZVOUS.parse().unwrap();
+        for datagram in &datagrams {
+            let mut copy = datagram.clone();
+            world.camera_mut(0).endpoint.handle_datagram(now, from, &mut copy);
+            let mut copy = datagram.clone();
+            world.viewer_mut(viewer).endpoint.handle_datagram(now, from, &mut copy);
+        }
+        let received = world.camera(0).endpoint.stats().datagrams_received;
+        proptest::prop_assert_eq!(received, datagrams.len() as u64);
+    }
+}
+
+#[test]
+fn send_errors_reach_the_application_once_a_second() {
+    let (mut world, viewer, _) = streaming(21, 0);
+    let now = world.now();
+    let to = sim::RENDEZVOUS.parse().unwrap();
+    let endpoint = &mut world.viewer_mut(viewer).endpoint;
+    for _ in 0..3 {
+        endpoint.handle_send_error(now, to, std::io::ErrorKind::NetworkUnreachable);
+    }
+    assert_eq!(endpoint.stats().send_errors, 3);
+    world.run_for(Duration::from_millis(1100));
+    let reports: Vec<_> = world
+        .viewer(viewer)
+        .events
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::SendErrors { count, last } => Some((e.watch, count, last)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reports,
+        vec![(None, 3, std::io::ErrorKind::NetworkUnreachable)]
+    );
+    // Reported once: no new errors, no new report.
+    world.run_for(Duration::from_secs(2));
+    let again = world
+        .viewer(viewer)
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, Event::SendErrors { .. }))
+        .count();
+    assert_eq!(again, 1);
+}
