@@ -309,3 +309,96 @@ async fn control_messages_and_talk_back_audio_reach_the_device() {
     assert_eq!(frame.frame.data, audio.data);
     assert_eq!(frame.frame.stream, sightwire::StreamId::AUDIO);
 }
+
+/// One viewer endpoint (one socket, one rendezvous session) watches two cameras; closing
+/// one watch leaves the other streaming, and talk-back goes only to its own camera.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_viewer_endpoint_watches_two_cameras() {
+    let mut setup = setup("grid", PathPolicy::Any).await;
+    let id: DeviceId = "1C:C3:16:AB:CD:F0".parse().unwrap();
+    let identity = setup.network.provision(id).unwrap();
+    let mut config = DeviceConfig::new(identity, setup.network.rendezvous);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.password = Some(PASSWORD.into());
+    let mut second_device = Device::start(config).await.unwrap();
+    wait_for(&mut second_device, |e| {
+        matches!(e, Event::Registered { .. })
+    })
+    .await;
+
+    let mut config = setup.network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let endpoint = sightwire::ViewerEndpoint::bind(config).await.unwrap();
+    let mut first = endpoint
+        .watch(Target::Uri(setup.uri), Credentials::password(PASSWORD))
+        .await
+        .expect("first camera");
+    let mut second = endpoint
+        .watch(Target::Id(id), Credentials::password(PASSWORD))
+        .await
+        .expect("second camera");
+    assert_eq!(first.local_addr(), endpoint.local_addr());
+    assert_eq!(second.local_addr(), endpoint.local_addr());
+    wait_for(&mut setup.device, |e| {
+        matches!(e, Event::PeerConnected { .. })
+    })
+    .await;
+    wait_for(&mut second_device, |e| {
+        matches!(e, Event::PeerConnected { .. })
+    })
+    .await;
+
+    // Each camera's frames reach its own watch only.
+    let frame = |device: u8| sightwire::Frame {
+        stream: sightwire::StreamId::VIDEO,
+        codec: sightwire::Codec::H264,
+        keyframe: true,
+        codec_config: true,
+        capture_time_us: 0,
+        data: bytes::Bytes::from(vec![device; 3000]),
+    };
+    assert!(setup.device.send_frame(frame(1)).await);
+    assert!(second_device.send_frame(frame(2)).await);
+    for (viewer, expected) in [(&mut first, 1u8), (&mut second, 2u8)] {
+        let data = timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(Event::Frame { frame, .. }) = viewer.next_event().await {
+                    return frame.frame.data;
+                }
+            }
+        })
+        .await
+        .expect("a frame");
+        assert!(
+            data.iter().all(|&b| b == expected),
+            "frame from the wrong camera"
+        );
+    }
+
+    // Talk-back goes to the watch's own camera.
+    assert!(
+        second
+            .send_control(bytes::Bytes::from_static(b"zoom"))
+            .await
+    );
+    let control = wait_for(&mut second_device, |e| matches!(e, Event::Control { .. })).await;
+    assert!(matches!(control, Event::Control { message, .. } if &message[..] == b"zoom"));
+
+    // Closing the first watch closes its connection; the second keeps streaming.
+    first.close().await;
+    wait_for(&mut setup.device, |e| matches!(e, Event::PeerClosed { .. })).await;
+    assert!(second_device.send_frame(frame(2)).await);
+    timeout(Duration::from_secs(10), async {
+        loop {
+            match second.next_event().await {
+                Some(Event::Frame { .. }) => return,
+                Some(_) => {}
+                None => panic!("the second watch ended with the first"),
+            }
+        }
+    })
+    .await
+    .expect("the second camera still streams");
+    endpoint.shutdown().await;
+    second_device.shutdown().await;
+}

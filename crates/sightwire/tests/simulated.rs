@@ -520,3 +520,34 @@ fn send_errors_reach_the_application_once_a_second() {
         .count();
     assert_eq!(again, 1);
 }
+
+#[test]
+fn closing_a_watch_or_shutting_down_ends_the_peer_connection_at_once() {
+    // The viewer stops watching: the camera stops streaming to it within a round trip.
+    let (mut world, viewer, watch) = streaming(22, 0);
+    let now = world.now();
+    world
+        .viewer_mut(viewer)
+        .endpoint
+        .close_watch(now, watch)
+        .unwrap();
+    let took = world
+        .run_until(Duration::from_secs(5), |w| {
+            w.camera(0).connected_peers() == 0
+        })
+        .expect("the camera dropped the viewer");
+    println!("watch closed: camera released the viewer after {took:?}");
+    assert!(took < Duration::from_millis(500));
+
+    // The camera shuts down: the viewer's watch ends within a round trip.
+    let (mut world, viewer, watch) = streaming(23, 0);
+    let now = world.now();
+    world.camera_mut(0).endpoint.shutdown(now);
+    let took = world
+        .run_until(Duration::from_secs(5), |w| {
+            !w.viewer(viewer).endpoint.has_watch(watch)
+        })
+        .expect("the watch ended");
+    assert!(took < Duration::from_millis(500));
+    assert_eq!(world.viewer(viewer).watch(watch).closed, 1);
+}

@@ -30,6 +30,9 @@ use crate::error::ConnectError;
 use crate::events::{Event, Path, PeerClosedReason, PeerId, PeerStats};
 
 /// Relay binds are retransmitted at this interval until the relay answers.
+/// Peer-session plaintext saying "I am closing this connection" (`spec/endpoint.md` §3),
+/// so the other side stops at once instead of after the idle timeout.
+pub(crate) const GOODBYE: u8 = 0x90;
 pub(crate) const RELAY_BIND_RETRY: Duration = Duration::from_millis(400);
 /// Most relay bind transmissions per grant.
 pub(crate) const RELAY_BIND_ATTEMPTS: u32 = 25;

@@ -68,7 +68,7 @@ use sightwire_signal::cert::TrustedIssuers;
 use crate::config::{PathPolicy, RendezvousServer};
 use crate::events::{Event, PeerId};
 
-use connection::{AuthState, Connection, virtual_channel};
+use connection::{AuthState, Connection, GOODBYE, virtual_channel};
 use device::DeviceRole;
 pub use device::DeviceSettings;
 use outbox::Outbox;
@@ -523,6 +523,7 @@ impl Endpoint {
         }
         let ids: Vec<PeerId> = self.conns.keys().copied().collect();
         for id in ids {
+            self.send_plaintext(now, id, &[GOODBYE]);
             self.close_connection(now, id, crate::events::PeerClosedReason::Closed, true);
         }
         if let Role::Device(_) = self.role {
@@ -728,6 +729,11 @@ impl Endpoint {
         match plaintext.first() {
             Some(0x01..=0x0F) => self.device_on_auth_request(now, id, plaintext),
             Some(0x80..=0x8F) => self.viewer_on_auth_response(now, id, plaintext),
+            // Authenticated by the session, so only the peer itself can say it.
+            Some(&GOODBYE) => {
+                tracing::info!(peer = id.0, "the peer said goodbye");
+                self.close_connection(now, id, crate::events::PeerClosedReason::Closed, false);
+            }
             Some(_) if conn.auth == AuthState::Accepted => {
                 if let Err(error) = conn.media.handle_input(now, plaintext) {
                     tracing::trace!(%error, "bad media packet");

@@ -174,6 +174,7 @@ impl Endpoint {
             return Err(CommandError::UnknownWatch);
         };
         for id in [removed.current, removed.attempt].into_iter().flatten() {
+            self.send_plaintext(now, id, &[super::connection::GOODBYE]);
             if self.detach_connection(now, id, true).is_some() {
                 self.emit(
                     Some(watch),

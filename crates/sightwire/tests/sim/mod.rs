@@ -379,6 +379,9 @@ impl Node for EndpointNode {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.endpoint.set_unix_time(unix_at(self.epoch, now));
+        if self.endpoint.is_shut_down() {
+            self.next_frame = None;
+        }
         if let Some(at) = self.next_frame
             && at <= now
         {
