@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use sightwire_limits::{Rate, TokenBucket};
 
 use crate::probe::{MAX_PROBE_LEN, Probe, ProbeKind, PunchKey, TRANSACTION_ID_LEN, TransactionId};
+use crate::role::Role;
 use crate::signal::{
-    Candidate, CandidateKind, CandidateSet, MAX_CANDIDATES_PER_SET, PunchSignal, Role,
-    StartAttempt, is_private,
+    Candidate, CandidateKind, CandidateSet, MAX_CANDIDATES_PER_SET, PunchSignal, StartAttempt,
+    is_private,
 };
 
 /// TTL of NAT-opening packets: enough to leave our own NAT (one router), too little to
