@@ -7,17 +7,16 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::{Config, ConfigError};
 use crate::control::{ControlOut, ControlReceiver, ControlSender};
-use crate::frame::{Frame, MAX_STREAMS, PacketizeError, PacketizedFrame, StreamId};
+use crate::event::{Event, EventQueue};
+use crate::frame::{Frame, PacketizeError, PacketizedFrame};
 use crate::receiver::{ReceiveContext, Receiver};
 use crate::sender::{SendError, Sender};
 use crate::stats::{BitrateController, RttEstimator, Stats};
+use crate::stream::{MAX_STREAMS, StreamId};
 use crate::wire::{
     self, DecodeError, FRAGMENT_HEADER_LEN, MAX_CONTROL_MESSAGE_LEN, Packet, Report, ReportEcho,
 };
 
-/// Most events waiting for [`MediaConnection::poll_event`]; further events are dropped
-/// and counted in [`Stats::events_dropped`].
-pub const MAX_PENDING_EVENTS: usize = 1024;
 /// Most small packets (NACK, report, keyframe request, control) waiting for
 /// [`MediaConnection::poll_transmit`]; further ones are dropped (all are repeated by timers).
 pub const MAX_PENDING_SMALL_PACKETS: usize = 256;
@@ -27,77 +26,6 @@ pub const MAX_PENDING_SMALL_PACKETS: usize = 256;
 pub const MIN_PACKETS_FOR_LOSS: u64 = 32;
 /// A target bitrate change smaller than this fraction raises no event.
 pub const BITRATE_EVENT_THRESHOLD: f64 = 0.05;
-
-/// A frame delivered to the application.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedFrame {
-    /// The frame, with its payload reassembled in one `Bytes`.
-    pub frame: Frame,
-    /// The frame's sequence number on its stream.
-    pub frame_seq: u32,
-    /// A frame of this stream was lost since the previous delivered frame (a decoder may
-    /// want to conceal; with `hold_until_keyframe` a dependent frame is never flagged).
-    pub after_loss: bool,
-}
-
-/// Why a frame was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FrameLossReason {
-    /// Its deadline passed before all fragments arrived.
-    Late,
-    /// A receive memory limit forced it out.
-    Evicted,
-    /// It was complete but depends on a lost frame; discarded until a keyframe arrives.
-    AwaitingKeyframe,
-}
-
-/// Something the application must act on.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A complete frame, in order within its stream.
-    Frame(ReceivedFrame),
-    /// A frame will not be delivered.
-    FrameLost {
-        /// Its stream.
-        stream: StreamId,
-        /// Its sequence number.
-        frame_seq: u32,
-        /// Why.
-        reason: FrameLossReason,
-    },
-    /// The peer asks for a keyframe on one of our streams: the encoder should make the
-    /// next frame a keyframe.
-    KeyframeRequested {
-        /// The stream.
-        stream: StreamId,
-    },
-    /// A control message from the peer, in order.
-    Control(Bytes),
-    /// The target bitrate the encoder should follow changed by at least
-    /// [`BITRATE_EVENT_THRESHOLD`].
-    TargetBitrate {
-        /// New target in bits per second.
-        bps: u64,
-    },
-}
-
-/// The bounded event queue.
-#[derive(Debug, Default)]
-pub(crate) struct EventQueue {
-    events: VecDeque<Event>,
-}
-
-impl EventQueue {
-    pub(crate) fn push(&mut self, event: Event, stats: &mut Stats) {
-        if self.events.len() >= MAX_PENDING_EVENTS {
-            stats.events_dropped += 1;
-            return;
-        }
-        self.events.push_back(event);
-    }
-}
 
 /// Why `send_control` refused a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -537,7 +465,7 @@ impl MediaConnection {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.events.pop_front()
+        self.events.pop()
     }
 
     /// Counters and estimates.
@@ -564,7 +492,7 @@ impl MediaConnection {
             history_bytes: self.sender.history_bytes(),
             history_frames: self.sender.history_frames(),
             transmit_queue_packets: self.sender.queue.len() + self.sender.retransmit_queue.len(),
-            pending_events: self.events.events.len(),
+            pending_events: self.events.len(),
             control_queued: self.control_sender.queued_len(),
             control_out_of_order: self.control_receiver.buffered(),
         }
@@ -585,7 +513,7 @@ pub struct MemoryUse {
     pub history_frames: usize,
     /// Packets in the transmit queues (limit `max_transmit_queue`).
     pub transmit_queue_packets: usize,
-    /// Events not yet polled (limit [`MAX_PENDING_EVENTS`]).
+    /// Events not yet polled (limit [`MAX_PENDING_EVENTS`](crate::MAX_PENDING_EVENTS)).
     pub pending_events: usize,
     /// Control messages queued or unacknowledged (limit `max_control_queue`).
     pub control_queued: usize,

@@ -62,10 +62,12 @@
 mod config;
 mod connection;
 mod control;
+mod event;
 mod frame;
 mod receiver;
 mod sender;
 mod stats;
+mod stream;
 pub mod wire;
 
 pub use config::{
@@ -73,14 +75,15 @@ pub use config::{
     MAX_TIMER, MIN_PACKET_SIZE, SESSION_OVERHEAD,
 };
 pub use connection::{
-    BITRATE_EVENT_THRESHOLD, ControlError, Event, FrameLossReason, MAX_PENDING_EVENTS,
-    MAX_PENDING_SMALL_PACKETS, MIN_PACKETS_FOR_LOSS, MediaConnection, MemoryUse, ReceivedFrame,
-    Transmit,
+    BITRATE_EVENT_THRESHOLD, ControlError, MAX_PENDING_SMALL_PACKETS, MIN_PACKETS_FOR_LOSS,
+    MediaConnection, MemoryUse, Transmit,
 };
 pub use control::{CONTROL_MAX_RTO, CONTROL_WINDOW};
-pub use frame::{Codec, Frame, MAX_STREAMS, PacketizeError, PacketizedFrame, StreamId};
+pub use event::{Event, FrameLossReason, MAX_PENDING_EVENTS, ReceivedFrame};
+pub use frame::{Frame, PacketizeError, PacketizedFrame};
 pub use sender::SendError;
 pub use stats::Stats;
+pub use stream::{Codec, MAX_STREAMS, StreamId};
 pub use wire::DecodeError;
 
 /// Fuzzing entry points; not part of the stable API.

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::config::Config;
-use crate::frame::{Codec, Frame, MAX_STREAMS, StreamId};
+use crate::event::{Event, EventQueue, FrameLossReason, ReceivedFrame};
+use crate::frame::Frame;
+use crate::stats::Stats;
+use crate::stream::{Codec, MAX_STREAMS, StreamId};
 use crate::wire::{
     FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FragmentHeader, NACK_ALL_FRAGMENTS,
     NackEntry,
 };
-use crate::{Event, FrameLossReason, ReceivedFrame, stats::Stats};
 
 /// Length of each window of the windowed-minimum transit filter that maps capture times to
 /// local time. Two windows are kept, so the base follows a clock drift within 10 s.
@@ -166,7 +168,7 @@ pub(crate) struct ReceiveContext<'a> {
     pub(crate) rtt_measured: bool,
     pub(crate) epoch: Instant,
     pub(crate) stats: &'a mut Stats,
-    pub(crate) events: &'a mut crate::connection::EventQueue,
+    pub(crate) events: &'a mut EventQueue,
     /// Bit `i` set: send a keyframe request for stream `i`.
     pub(crate) keyframe_requests: &'a mut u16,
 }
@@ -380,7 +382,7 @@ impl Receiver {
             return;
         }
         let Some(range) =
-            crate::frame::fragment_range(frame_size, header.fragment_count, header.fragment_index)
+            crate::wire::fragment_range(frame_size, header.fragment_count, header.fragment_index)
         else {
             return;
         };

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::frame::{MAX_STREAMS, PacketizedFrame, StreamId};
+use crate::frame::PacketizedFrame;
 use crate::stats::Stats;
+use crate::stream::{MAX_STREAMS, StreamId};
 use crate::wire::{
     FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FragmentHeader, NACK_ALL_FRAGMENTS,
     NackEntry,

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::frame::{Codec, MAX_STREAMS, StreamId, layout_is_valid};
+use crate::stream::{Codec, MAX_STREAMS, StreamId};
 
 /// The first-byte range media reserves for its packet types (`spec/media.md` section 3).
 pub const MEDIA_TYPE_RANGE: core::ops::RangeInclusive<u8> = 0x40..=0x4F;
@@ -415,9 +415,8 @@ fn decode_fragment(input: &[u8]) -> Result<Packet<'_>, DecodeError> {
     {
         return Err(bad_layout());
     }
-    let range =
-        crate::frame::fragment_range(frame_size, header.fragment_count, header.fragment_index)
-            .ok_or_else(bad_layout)?;
+    let range = fragment_range(frame_size, header.fragment_count, header.fragment_index)
+        .ok_or_else(bad_layout)?;
     if range.len() != payload.len() {
         return Err(bad_layout());
     }
@@ -502,5 +501,50 @@ pub(crate) fn nack_entries_per_packet(max_packet_size: usize) -> usize {
     (max_packet_size.saturating_sub(NACK_HEADER_LEN) / NACK_ENTRY_LEN).clamp(1, MAX_NACK_ENTRIES)
 }
 
+/// The byte range of fragment `index` in a frame of `size` bytes split into `count` even
+/// fragments, or `None` if the index is out of range or the layout is impossible.
+pub(crate) fn fragment_range(
+    size: usize,
+    count: u16,
+    index: u16,
+) -> Option<core::ops::Range<usize>> {
+    if index >= count || !layout_is_valid(size, count) {
+        return None;
+    }
+    let chunk = size.div_ceil(usize::from(count));
+    let start = chunk.checked_mul(usize::from(index))?;
+    let end = start.checked_add(chunk)?.min(size);
+    (start < end).then_some(start..end)
+}
+
+/// Whether `count` even fragments of a `size`-byte frame all carry at least one byte.
+pub(crate) fn layout_is_valid(size: usize, count: u16) -> bool {
+    if size == 0 || count == 0 || usize::from(count) > size {
+        return false;
+    }
+    let chunk = size.div_ceil(usize::from(count));
+    chunk
+        .checked_mul(usize::from(count) - 1)
+        .is_some_and(|before_last| before_last < size)
+}
+
 // Stream ids travel as one byte.
 const _: () = assert!(MAX_STREAMS <= 256);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_split_layouts() {
+        assert_eq!(fragment_range(10, 4, 0), Some(0..3));
+        assert_eq!(fragment_range(10, 4, 3), Some(9..10));
+        assert_eq!(fragment_range(10, 4, 4), None);
+        // Six slots of two bytes would leave the last one empty.
+        assert!(!layout_is_valid(10, 6));
+        assert!(!layout_is_valid(2, 3));
+        assert!(!layout_is_valid(0, 1));
+        assert!(!layout_is_valid(5, 0));
+        assert!(layout_is_valid(1, 1));
+    }
+}

@@ -5,10 +5,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sightwire_limits::{Rate, TokenBucket};
+
 use crate::probe::{MAX_PROBE_LEN, Probe, ProbeKind, PunchKey, TRANSACTION_ID_LEN, TransactionId};
+use crate::role::Role;
 use crate::signal::{
-    Candidate, CandidateKind, CandidateSet, MAX_CANDIDATES_PER_SET, PunchSignal, Role,
-    StartAttempt, is_private,
+    Candidate, CandidateKind, CandidateSet, MAX_CANDIDATES_PER_SET, PunchSignal, StartAttempt,
+    is_private,
 };
 
 /// TTL of NAT-opening packets: enough to leave our own NAT (one router), too little to
@@ -90,7 +93,13 @@ pub const PROBE_RATE_PER_SECOND: u64 = 200;
 /// Burst of probes an agent may send at once.
 pub const PROBE_BURST: u64 = 32;
 
-const NANOS_PER_TOKEN: u64 = 1_000_000_000 / PROBE_RATE_PER_SECOND;
+/// [`PROBE_RATE_PER_SECOND`] and [`PROBE_BURST`] as a bucket rate (both fit a `u32`).
+const PROBE_RATE: Rate = Rate {
+    per_second: PROBE_RATE_PER_SECOND as u32,
+    burst: PROBE_BURST as u32,
+};
+const _: () = assert!(PROBE_RATE_PER_SECOND <= u32::MAX as u64);
+const _: () = assert!(PROBE_BURST <= u32::MAX as u64);
 
 /// How a path reaches the peer, best first: LAN > direct public > relay.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
@@ -344,8 +353,9 @@ pub struct Agent {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     signals: VecDeque<PunchSignal>,
-    budget_nanos: u64,
-    budget_at: Option<Instant>,
+    /// Paces every probe sent; created full at the first probe (the agent has no clock
+    /// before that).
+    probe_bucket: Option<TokenBucket>,
     last_now: Option<Instant>,
     stats: Stats,
 }
@@ -382,8 +392,7 @@ impl Agent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             signals: VecDeque::new(),
-            budget_nanos: PROBE_BURST * NANOS_PER_TOKEN,
-            budget_at: None,
+            probe_bucket: None,
             last_now: None,
             stats: Stats::default(),
         }
@@ -1276,21 +1285,9 @@ impl Agent {
     }
 
     fn take_token(&mut self, now: Instant) -> bool {
-        let cap = PROBE_BURST * NANOS_PER_TOKEN;
-        if let Some(at) = self.budget_at {
-            let elapsed =
-                u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
-            self.budget_nanos = self.budget_nanos.saturating_add(elapsed).min(cap);
-        }
-        if self.budget_at.is_none_or(|at| now > at) {
-            self.budget_at = Some(now);
-        }
-        if self.budget_nanos >= NANOS_PER_TOKEN {
-            self.budget_nanos -= NANOS_PER_TOKEN;
-            true
-        } else {
-            false
-        }
+        self.probe_bucket
+            .get_or_insert_with(|| TokenBucket::new(PROBE_RATE, now))
+            .try_take(now)
     }
 
     fn send_probe(&mut self, now: Instant, key: PairKey, ttl: Option<u8>, probe: &Probe) {

@@ -82,6 +82,7 @@
 
 mod agent;
 pub mod probe;
+mod role;
 mod signal;
 
 pub use agent::{
@@ -94,9 +95,10 @@ pub use agent::{
     REOPEN_EVERY, REPLAY_WINDOW, REPUNCH_INTERVAL, REPUNCH_WINDOW, Stats, Transmit,
 };
 pub use probe::{ProbeError, PunchKey, is_punch_packet};
+pub use role::Role;
 pub use signal::{
-    Candidate, CandidateKind, CandidateSet, MAX_CANDIDATES_PER_SET, PunchSignal, Role,
-    StartAttempt, is_private,
+    Candidate, CandidateKind, CandidateSet, MAX_CANDIDATES_PER_SET, PunchSignal, StartAttempt,
+    is_private,
 };
 
 /// Fuzzing entry points; not part of the stable API.

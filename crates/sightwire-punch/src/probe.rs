@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::signal::Role;
+use crate::role::Role;
 
 /// First byte of a connectivity check request.
 pub const TYPE_CHECK_REQUEST: u8 = 0x20;

@@ -7,20 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::probe::PunchKey;
+use crate::role::Role;
 
 /// Most candidates a [`CandidateSet`] may carry; extra candidates are ignored (the
 /// lowest-priority ones, after sorting by priority).
 pub const MAX_CANDIDATES_PER_SET: usize = 16;
-
-/// Which side of the attempt an agent is. The rendezvous assigns it (the viewer is
-/// controlling, the device controlled); only the controlling agent nominates.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum Role {
-    /// Chooses (nominates) the pair both sides use.
-    Controlling,
-    /// Follows the controlling agent's nomination.
-    Controlled,
-}
 
 /// How a candidate address was learned.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]

@@ -6,6 +6,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sightwire_limits::{Rate, TokenBucket};
 use sightwire_signal::grant::{GrantError, GrantRole, RelayGrantKey};
 
 use crate::wire::{RefusalReason, RelayPacket};
@@ -23,12 +24,33 @@ pub struct RelayConfig {
     /// that its data is dropped until it idles out.
     pub max_bytes_per_allocation: u64,
     /// Sustained forwarding rate per allocation, bytes per second (both directions).
+    /// Values above `u32::MAX` (4 GB/s) count as `u32::MAX`.
     pub rate_bytes_per_sec: u64,
-    /// Burst allowance on top of the rate, in bytes.
+    /// Burst allowance on top of the rate, in bytes (the size of the allocation's token
+    /// bucket). Values above `u32::MAX` count as `u32::MAX`.
     pub rate_burst_bytes: u64,
-    /// Most bind requests verified per second across the relay (each costs one HMAC);
-    /// beyond it binds are refused with [`RefusalReason::RateLimited`].
+    /// Most bind requests verified per second across the relay (each costs one HMAC),
+    /// as a token bucket of that rate and that burst; beyond it binds are refused with
+    /// [`RefusalReason::RateLimited`].
     pub binds_per_sec: u32,
+}
+
+impl RelayConfig {
+    /// The per-allocation forwarding rate as a bucket rate.
+    fn data_rate(&self) -> Rate {
+        Rate {
+            per_second: u32::try_from(self.rate_bytes_per_sec).unwrap_or(u32::MAX),
+            burst: u32::try_from(self.rate_burst_bytes).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The relay-wide bind rate as a bucket rate.
+    fn bind_rate(&self) -> Rate {
+        Rate {
+            per_second: self.binds_per_sec,
+            burst: self.binds_per_sec,
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -110,8 +132,8 @@ struct Allocation {
     viewer: Option<SocketAddr>,
     last_active: Instant,
     bytes_forwarded: u64,
-    bucket_tokens: u64,
-    bucket_refilled: Instant,
+    /// Forwarding rate, in bytes.
+    bucket: TokenBucket,
 }
 
 impl Allocation {
@@ -140,25 +162,16 @@ impl Allocation {
     }
 
     /// Takes `len` bytes from the allocation's token bucket and byte budget.
-    fn charge(&mut self, now: Instant, len: u64, config: &RelayConfig) -> bool {
-        if self.bytes_forwarded.saturating_add(len) > config.max_bytes_per_allocation {
+    fn charge(&mut self, now: Instant, len: u64, max_bytes: u64) -> bool {
+        if self.bytes_forwarded.saturating_add(len) > max_bytes {
             return false;
         }
-        let elapsed = now.saturating_duration_since(self.bucket_refilled);
-        let refill = (elapsed.as_micros().min(u128::from(u64::MAX)) as u64)
-            .saturating_mul(config.rate_bytes_per_sec)
-            / 1_000_000;
-        if refill > 0 {
-            self.bucket_tokens = self
-                .bucket_tokens
-                .saturating_add(refill)
-                .min(config.rate_burst_bytes);
-            self.bucket_refilled = now;
-        }
-        if self.bucket_tokens < len {
+        let Ok(len32) = u32::try_from(len) else {
+            return false;
+        };
+        if !self.bucket.try_take_n(now, len32) {
             return false;
         }
-        self.bucket_tokens -= len;
         self.bytes_forwarded += len;
         true
     }
@@ -176,8 +189,8 @@ pub struct Relay {
     /// Idle deadlines, earliest first; at most one entry per allocation (re-pushed
     /// lazily when an allocation turns out to have been active).
     idle_queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    bind_window_start: Option<Instant>,
-    binds_in_window: u32,
+    /// Bind verifications; created full at the first bind (no clock before that).
+    bind_bucket: Option<TokenBucket>,
     stats: RelayStats,
 }
 
@@ -189,8 +202,7 @@ impl Relay {
             grant_key,
             allocations: HashMap::new(),
             idle_queue: BinaryHeap::new(),
-            bind_window_start: None,
-            binds_in_window: 0,
+            bind_bucket: None,
             stats: RelayStats::default(),
         }
     }
@@ -254,7 +266,7 @@ impl Relay {
             Err(reason) => return Action::Drop(reason),
         };
         let len = datagram.len() as u64;
-        if !allocation.charge(now, len, &self.config) {
+        if !allocation.charge(now, len, self.config.max_bytes_per_allocation) {
             return Action::Drop(DropReason::OverLimit);
         }
         allocation.last_active = now;
@@ -264,18 +276,10 @@ impl Relay {
     }
 
     fn bind_rate_allows(&mut self, now: Instant) -> bool {
-        let window_over = self
-            .bind_window_start
-            .is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1));
-        if window_over {
-            self.bind_window_start = Some(now);
-            self.binds_in_window = 0;
-        }
-        if self.binds_in_window >= self.config.binds_per_sec {
-            return false;
-        }
-        self.binds_in_window += 1;
-        true
+        let rate = self.config.bind_rate();
+        self.bind_bucket
+            .get_or_insert_with(|| TokenBucket::new(rate, now))
+            .try_take(now)
     }
 
     fn bind(
@@ -315,8 +319,7 @@ impl Relay {
                     viewer: None,
                     last_active: now,
                     bytes_forwarded: 0,
-                    bucket_tokens: self.config.rate_burst_bytes,
-                    bucket_refilled: now,
+                    bucket: TokenBucket::new(self.config.data_rate(), now),
                 })
             }
         };

@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let server = RelayServer::bind(args.listen, relay)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let shutdown = shutdown_signal();
+    let shutdown = sightwire_shutdown::shutdown_signal();
     tracing::info!(listen = %server.local_addr()?, "relay ready");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -73,34 +73,4 @@ async fn main() -> anyhow::Result<()> {
     let stats = server.run(stopped).await?;
     tracing::info!(?stats, "relay stopped");
     Ok(())
-}
-
-/// Registers the SIGTERM and SIGINT handlers at once (a signal that arrives before its
-/// handler exists kills the process) and completes on either.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let terminate = signal(SignalKind::terminate());
-        let interrupt = signal(SignalKind::interrupt());
-        async move {
-            match (terminate, interrupt) {
-                (Ok(mut terminate), Ok(mut interrupt)) => {
-                    tokio::select! {
-                        _ = terminate.recv() => {}
-                        _ = interrupt.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

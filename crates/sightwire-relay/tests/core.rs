@@ -245,6 +245,21 @@ fn rate_cap_drops_excess_and_refills() {
 }
 
 #[test]
+fn huge_rate_configs_saturate_instead_of_overflowing() {
+    let mut h = Harness::new(RelayConfig {
+        rate_bytes_per_sec: u64::MAX,
+        rate_burst_bytes: u64::MAX,
+        ..RelayConfig::default()
+    });
+    let channel = h.pair(1, addr(1), addr(2));
+    for _ in 0..100 {
+        assert_eq!(h.data(addr(1), channel, 1000), Action::Forward(addr(2)));
+    }
+    h.now += Duration::from_secs(1 << 30);
+    assert_eq!(h.data(addr(1), channel, 1000), Action::Forward(addr(2)));
+}
+
+#[test]
 fn byte_cap_ends_forwarding() {
     let mut h = Harness::new(RelayConfig {
         max_bytes_per_allocation: 5_000,

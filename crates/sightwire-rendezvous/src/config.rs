@@ -25,8 +25,8 @@ use serde::Deserialize;
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 use sightwire_signal::grant::RelayGrantKey;
 
+use crate::Rate;
 use crate::core::{CoreConfig, RelayConfig};
-use crate::ratelimit::Rate;
 
 /// The file's content.
 #[derive(Debug, Clone, Deserialize)]

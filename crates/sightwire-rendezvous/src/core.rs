@@ -18,8 +18,9 @@ use sightwire_signal::{
     MAX_MESSAGE_LEN, PunchParams, Register, RegisterAck, RelayGrant,
 };
 
+use crate::Rate;
 use crate::presence::{PresenceEntry, PresenceTable};
-use crate::ratelimit::{Rate, RateLimiter, RateRefusal};
+use crate::ratelimit::{RateLimiter, RateRefusal};
 use crate::registry::Registry;
 
 /// Default keepalive interval told to devices. Below the 30 s UDP mapping timeout of
@@ -383,8 +384,8 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         self.stats.presence_expired += expired as u64;
         self.pending
             .retain(|_, pending| pending.expires_ms > now_ms);
-        self.lookup_limiter.forget_idle(now_ms);
-        self.register_limiter.forget_idle(now_ms);
+        self.lookup_limiter.forget_idle(now);
+        self.register_limiter.forget_idle(now);
     }
 
     /// One step of a graceful shutdown: tells up to the outbox's free room of online
@@ -535,10 +536,10 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         limiter: &mut RateLimiter,
         stats: &mut Stats,
         from: &Peer<S>,
-        now_ms: u64,
+        now: Instant,
         limit: Limit,
     ) -> Result<(), Refusal> {
-        match limiter.check(from.address.ip(), now_ms) {
+        match limiter.check(from.address.ip(), now) {
             Ok(()) => Ok(()),
             Err(RateRefusal::Empty { retry_after_ms }) => {
                 stats.rate_limited += 1;
@@ -566,7 +567,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             &mut self.register_limiter,
             &mut self.stats,
             from,
-            now_ms,
+            now,
             Limit::RegisterRate,
         )?;
         let certificate = register.certificate;
@@ -711,7 +712,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             &mut self.lookup_limiter,
             &mut self.stats,
             from,
-            now_ms,
+            now,
             Limit::LookupRate,
         )?;
         let device_id = request.device_id;

@@ -75,5 +75,5 @@ pub use crate::core::{
     SERVER_REFLEXIVE_PRIORITY, SWEEP_INTERVAL, Stats, Transmit,
 };
 pub use presence::MAX_STORED_HOST_CANDIDATES;
-pub use ratelimit::Rate;
 pub use registry::{DeviceRecord, MemoryRegistry, Registry, SqliteRegistry, SqliteRegistryError};
+pub use sightwire_limits::Rate;

@@ -239,7 +239,7 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         );
         // Handlers first: a SIGTERM right after the "serving" line must stop the
         // server gracefully, not kill it.
-        let shutdown = shutdown_signal();
+        let shutdown = sightwire_shutdown::shutdown_signal();
         tracing::info!(
             listen = %server.local_addr()?,
             public_key = %hex::encode(static_key.public()),
@@ -249,37 +249,4 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(stats = ?core.stats(), "stopped");
         anyhow::Ok(())
     })
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-/// Registers the SIGTERM and SIGINT handlers at once (signal futures are lazy, and a
-/// signal that arrives before its handler exists kills the process) and returns a future
-/// that completes on either.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let terminate = signal(SignalKind::terminate());
-        let interrupt = signal(SignalKind::interrupt());
-        async move {
-            match (terminate, interrupt) {
-                (Ok(mut terminate), Ok(mut interrupt)) => {
-                    tokio::select! {
-                        _ = terminate.recv() => {}
-                        _ = interrupt.recv() => {}
-                    }
-                }
-                _ => {
-                    tracing::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

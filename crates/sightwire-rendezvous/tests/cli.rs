@@ -1,5 +1,5 @@
 //! The binary: issuer key, issue, list, revoke; serve from a TOML file and stop
-//! gracefully on SIGTERM.
+//! gracefully on SIGTERM or SIGINT.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -113,6 +113,19 @@ fn issuer_tool_issues_lists_and_revokes() {
 #[cfg(unix)]
 #[test]
 fn serve_reads_its_config_and_stops_gracefully_on_sigterm() {
+    serve_and_stop_on("-TERM");
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_stops_gracefully_on_sigint() {
+    serve_and_stop_on("-INT");
+}
+
+/// Serves from a config file, waits until serving, sends `signal` (as `kill` spells it)
+/// and checks that the server stops by itself, with status 0.
+#[cfg(unix)]
+fn serve_and_stop_on(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (issuer_key, server_key) = (
         path(dir.path(), "issuer.key"),
@@ -146,17 +159,17 @@ fn serve_reads_its_config_and_stops_gracefully_on_sigterm() {
         .find(|line| line.contains("rendezvous serving"));
     assert!(serving.is_some_and(|line| line.contains(server_public.trim())));
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
+            assert!(status.success(), "exit status {status} after {signal}");
             break;
         }
-        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        assert!(Instant::now() < deadline, "server did not stop on {signal}");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(

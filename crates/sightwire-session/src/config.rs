@@ -22,7 +22,9 @@ pub const MAX_SESSIONS: usize = 4096;
 pub const MAX_HALF_OPEN: usize = 512;
 /// Default number of half-open sessions at which the responder is "under load".
 pub const UNDER_LOAD_HALF_OPEN: usize = 64;
-/// Default number of initiations per second above which the responder is "under load".
+/// Default number of initiations per second above which the responder is "under load":
+/// the rate and burst of a token bucket that every initiation with a valid `mac1` draws
+/// from; an initiation finding it empty is handled under load.
 pub const UNDER_LOAD_INITIATIONS_PER_SECOND: u32 = 256;
 /// Default bound of the queue of handshake datagrams waiting for `poll_transmit`.
 pub const MAX_QUEUED_TRANSMITS: usize = 1024;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::{CryptoRng, RngCore};
+use sightwire_limits::{Rate, TokenBucket};
 use snow::HandshakeState;
 use thiserror::Error;
 
@@ -426,7 +427,9 @@ pub struct SessionTable {
     next_id: u64,
     half_open: usize,
     cookie_checker: CookieChecker,
-    rate_window: Option<(Instant, u32)>,
+    /// Initiations within `under_load_initiations_per_second` (rate and burst); an
+    /// initiation finding it empty means "under load". Created full at the first one.
+    initiation_bucket: Option<TokenBucket>,
     transmits: VecDeque<(SocketAddr, [u8; INITIATION_LEN], usize)>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -458,7 +461,7 @@ impl SessionTable {
             next_id: 1,
             half_open: 0,
             cookie_checker,
-            rate_window: None,
+            initiation_bucket: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -959,22 +962,17 @@ impl SessionTable {
     }
 
     fn under_load(&mut self, now: Instant) -> bool {
-        let count = match self.rate_window {
-            Some((start, count))
-                if now.saturating_duration_since(start) < Duration::from_secs(1) =>
-            {
-                count.saturating_add(1)
-            }
-            _ => {
-                self.rate_window = Some((now, 0));
-                1
-            }
+        let per_second = self.config.under_load_initiations_per_second;
+        let rate = Rate {
+            per_second,
+            burst: per_second,
         };
-        if let Some((start, _)) = self.rate_window {
-            self.rate_window = Some((start, count));
-        }
-        self.half_open >= self.config.under_load_half_open
-            || count > self.config.under_load_initiations_per_second
+        // Every initiation is counted, whatever the half-open count says.
+        let over_rate = !self
+            .initiation_bucket
+            .get_or_insert_with(|| TokenBucket::new(rate, now))
+            .try_take(now);
+        self.half_open >= self.config.under_load_half_open || over_rate
     }
 
     fn on_initiation<'d>(
@@ -1339,7 +1337,7 @@ impl SessionTable {
             next_id: self.next_id,
             half_open: self.half_open,
             cookie_checker: self.cookie_checker.clone(),
-            rate_window: self.rate_window,
+            initiation_bucket: self.initiation_bucket.clone(),
             transmits: self.transmits.clone(),
             events: self.events.clone(),
             stats: self.stats,

@@ -727,7 +727,7 @@ fn cookie_replies_under_an_initiation_flood_from_the_rate_limit() {
         }
     }
     assert_eq!(answered, vec![0x02, 0x02, 0x02, 0x03, 0x03, 0x03]);
-    // The next second the window resets.
+    // A second later the bucket has refilled.
     pair.now += Duration::from_secs(1);
     pair.connect();
     let initiation = pair.viewer_out().remove(0);

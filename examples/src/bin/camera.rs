@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ready = false;
     // Created once, so a signal between two loop turns is not missed.
-    let shutdown = sightwire_examples::shutdown_signal();
+    let shutdown = sightwire_shutdown::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

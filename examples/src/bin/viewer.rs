@@ -180,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let streaming_since = Instant::now();
     // Created once, so a signal between two loop turns is not missed.
-    let shutdown = sightwire_examples::shutdown_signal();
+    let shutdown = sightwire_shutdown::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let stop = tokio::time::sleep_until(deadline.map_or_else(
