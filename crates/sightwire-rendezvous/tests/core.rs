@@ -454,6 +454,7 @@ fn unpadded_lookup_gets_padding_required_not_an_amplified_answer() {
             device_id: device_id(1),
             candidates: CandidateSet::default(),
             want_relay: false,
+            login: bytes::Bytes::new(),
         }),
     )
     .to_bytes()

@@ -315,6 +315,7 @@ fn connect_body(n: u32) -> Body {
         device_id: common::device_id(n),
         candidates: CandidateSet::new(vec![common::host("10.9.9.9:6000")]),
         want_relay: false,
+        login: bytes::Bytes::new(),
     })
 }
 

@@ -61,8 +61,9 @@ mod proto {
 pub use codec::{CodecError, FRAME_HEADER_LEN, SignalCodec};
 pub use message::{
     Body, Candidate, CandidateKind, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId,
-    ConnectOffer, ConnectRequest, ConnectResponse, Envelope, ErrorCode, ErrorReply, Limit,
-    PUNCH_KEY_LEN, PunchParams, Register, RegisterAck, RelayGrant,
+    ConnectOffer, ConnectRequest, ConnectResponse, Consent, Envelope, ErrorCode, ErrorReply,
+    Introduction, Limit, MAX_LOGIN_LEN, PUNCH_KEY_LEN, PunchParams, Register, RegisterAck,
+    RelayGrant,
 };
 
 /// The signaling protocol version this crate speaks.

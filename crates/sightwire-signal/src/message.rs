@@ -12,6 +12,9 @@ use crate::{DecodeError, EncodeError, MAX_CANDIDATES, MAX_MESSAGE_LEN, PROTOCOL_
 
 /// Length of a punch key.
 pub const PUNCH_KEY_LEN: usize = 32;
+/// Longest login message carried in a [`ConnectRequest`], [`Introduction`] or
+/// [`Consent`].
+pub const MAX_LOGIN_LEN: usize = 128;
 
 /// Identifies one connect attempt between a viewer and a device; chosen at random by the
 /// rendezvous.
@@ -110,6 +113,32 @@ pub struct ConnectRequest {
     pub candidates: CandidateSet,
     /// Ask for relay grants right away.
     pub want_relay: bool,
+    /// The first message of the viewer's password login, or empty when it relies on a
+    /// key the device trusts. At most [`MAX_LOGIN_LEN`] bytes.
+    pub login: Bytes,
+}
+
+/// Rendezvous → device: a viewer asks to be introduced; nothing about its address is
+/// disclosed before the device consents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introduction {
+    /// The connect attempt.
+    pub connect_id: ConnectId,
+    /// The viewer's static key, as authenticated by its Noise session with the rendezvous.
+    pub viewer_key: [u8; 32],
+    /// The viewer's login opening (may be empty). At most [`MAX_LOGIN_LEN`] bytes.
+    pub login: Bytes,
+}
+
+/// Device ↔ rendezvous ↔ viewer: one step of the consent exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    /// The connect attempt.
+    pub connect_id: ConnectId,
+    /// The next login message, or empty. At most [`MAX_LOGIN_LEN`] bytes.
+    pub login: Bytes,
+    /// Device → rendezvous only: the device admits the viewer.
+    pub accept: bool,
 }
 
 /// Rendezvous → viewer: the device and how to reach it.
@@ -224,6 +253,9 @@ pub enum ErrorCode {
     PaddingRequired,
     /// The server failed internally.
     Internal,
+    /// The device cannot be reached by this viewer: unknown, offline, refused, or no
+    /// consent in time — deliberately indistinguishable.
+    Unavailable,
     /// A code this implementation does not know (from a newer peer).
     Unknown(i32),
 }
@@ -305,6 +337,10 @@ pub enum Body {
     Close(Close),
     /// See [`ErrorReply`].
     Error(ErrorReply),
+    /// See [`Introduction`].
+    Introduction(Introduction),
+    /// See [`Consent`].
+    Consent(Consent),
 }
 
 impl Body {
@@ -323,6 +359,8 @@ impl Body {
             Body::RelayGrant(_) => "relay_grant",
             Body::Close(_) => "close",
             Body::Error(_) => "error",
+            Body::Introduction(_) => "introduction",
+            Body::Consent(_) => "consent",
         }
     }
 }
@@ -652,6 +690,16 @@ fn fixed<const N: usize>(raw: &[u8], field: &'static str) -> Result<[u8; N], Dec
     })
 }
 
+fn login_from_proto(raw: Bytes) -> Result<Bytes, DecodeError> {
+    if raw.len() > MAX_LOGIN_LEN {
+        return Err(DecodeError::InvalidField {
+            field: "login",
+            reason: "longer than MAX_LOGIN_LEN",
+        });
+    }
+    Ok(raw)
+}
+
 fn connect_id_from_proto(raw: u64) -> Result<ConnectId, DecodeError> {
     if raw == 0 {
         return Err(DecodeError::InvalidField {
@@ -700,6 +748,7 @@ impl ErrorCode {
             ErrorCode::RelayUnavailable => P::RelayUnavailable as i32,
             ErrorCode::PaddingRequired => P::PaddingRequired as i32,
             ErrorCode::Internal => P::Internal as i32,
+            ErrorCode::Unavailable => P::Unavailable as i32,
             ErrorCode::Unknown(raw) => raw,
         }
     }
@@ -722,6 +771,7 @@ impl ErrorCode {
             Ok(P::RelayUnavailable) => ErrorCode::RelayUnavailable,
             Ok(P::PaddingRequired) => ErrorCode::PaddingRequired,
             Ok(P::Internal) => ErrorCode::Internal,
+            Ok(P::Unavailable) => ErrorCode::Unavailable,
             Ok(P::Unspecified) | Err(_) => ErrorCode::Unknown(raw),
         }
     }
@@ -800,6 +850,7 @@ impl Body {
                 device_id: Bytes::copy_from_slice(&request.device_id),
                 candidates: candidates_to_proto(&request.candidates),
                 want_relay: request.want_relay,
+                login: request.login.clone(),
             }),
             Body::ConnectResponse(response) => P::ConnectResponse(proto::ConnectResponse {
                 connect_id: response.connect_id.0,
@@ -837,6 +888,16 @@ impl Body {
                 retry_after_ms: millis(error.retry_after),
                 min_request_len: error.min_request_len,
             }),
+            Body::Introduction(intro) => P::Introduction(proto::Introduction {
+                connect_id: intro.connect_id.0,
+                viewer_key: Bytes::copy_from_slice(&intro.viewer_key),
+                login: intro.login.clone(),
+            }),
+            Body::Consent(consent) => P::Consent(proto::Consent {
+                connect_id: consent.connect_id.0,
+                login: consent.login.clone(),
+                accept: consent.accept,
+            }),
         }
     }
 
@@ -860,6 +921,7 @@ impl Body {
                 device_id: fixed(&request.device_id, "device_id")?,
                 candidates: candidates_from_proto(request.candidates)?,
                 want_relay: request.want_relay,
+                login: login_from_proto(request.login)?,
             }),
             P::ConnectResponse(response) => Body::ConnectResponse(ConnectResponse {
                 connect_id: connect_id_from_proto(response.connect_id)?,
@@ -896,6 +958,16 @@ impl Body {
                 limit: Limit::from_proto(error.limit),
                 retry_after: Duration::from_millis(u64::from(error.retry_after_ms)),
                 min_request_len: error.min_request_len,
+            }),
+            P::Introduction(intro) => Body::Introduction(Introduction {
+                connect_id: connect_id_from_proto(intro.connect_id)?,
+                viewer_key: fixed(&intro.viewer_key, "viewer_key")?,
+                login: login_from_proto(intro.login)?,
+            }),
+            P::Consent(consent) => Body::Consent(Consent {
+                connect_id: connect_id_from_proto(consent.connect_id)?,
+                login: login_from_proto(consent.login)?,
+                accept: consent.accept,
             }),
         })
     }

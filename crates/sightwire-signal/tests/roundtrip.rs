@@ -10,9 +10,9 @@ use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey};
 use sightwire_signal::grant::{GRANT_TOKEN_LEN, RelayGrantToken};
 use sightwire_signal::{
     Body, Candidate, CandidateKind, CandidateSet, CandidateUpdate, Close, CloseReason, CodecError,
-    ConnectId, ConnectOffer, ConnectRequest, ConnectResponse, DecodeError, EncodeError, Envelope,
-    ErrorCode, ErrorReply, Limit, MAX_CANDIDATES, MAX_MESSAGE_LEN, PunchParams, Register,
-    RegisterAck, RelayGrant, SignalCodec,
+    ConnectId, ConnectOffer, ConnectRequest, ConnectResponse, Consent, DecodeError, EncodeError,
+    Envelope, ErrorCode, ErrorReply, Introduction, Limit, MAX_CANDIDATES, MAX_LOGIN_LEN,
+    MAX_MESSAGE_LEN, PunchParams, Register, RegisterAck, RelayGrant, SignalCodec,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -68,6 +68,10 @@ fn connect_id() -> impl Strategy<Value = ConnectId> {
     (1u64..).prop_map(ConnectId)
 }
 
+fn login() -> impl Strategy<Value = bytes::Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..=MAX_LOGIN_LEN).prop_map(bytes::Bytes::from)
+}
+
 fn millis() -> impl Strategy<Value = Duration> {
     any::<u32>().prop_map(|ms| Duration::from_millis(u64::from(ms)))
 }
@@ -96,15 +100,30 @@ fn body() -> impl Strategy<Value = Body> {
         }),
         Just(Body::Keepalive),
         address().prop_map(|observed| Body::KeepaliveAck { observed }),
-        (any::<[u8; 6]>(), candidates(), any::<bool>()).prop_map(
-            |(device_id, candidates, want_relay)| {
+        (any::<[u8; 6]>(), candidates(), any::<bool>(), login()).prop_map(
+            |(device_id, candidates, want_relay, login)| {
                 Body::ConnectRequest(ConnectRequest {
                     device_id,
                     candidates,
                     want_relay,
+                    login,
                 })
             }
         ),
+        (connect_id(), any::<[u8; 32]>(), login()).prop_map(|(connect_id, viewer_key, login)| {
+            Body::Introduction(Introduction {
+                connect_id,
+                viewer_key,
+                login,
+            })
+        }),
+        (connect_id(), login(), any::<bool>()).prop_map(|(connect_id, login, accept)| {
+            Body::Consent(Consent {
+                connect_id,
+                login,
+                accept,
+            })
+        }),
         (
             connect_id(),
             certificate(),
@@ -333,5 +352,28 @@ fn encoding_into_a_small_buffer_fails_cleanly() {
     assert!(matches!(
         envelope.encode(&mut buf),
         Err(EncodeError::BufferTooSmall { .. })
+    ));
+}
+
+#[test]
+fn a_login_longer_than_the_limit_is_refused() {
+    let consent = |len: usize| {
+        Envelope::new(
+            1,
+            Body::Consent(Consent {
+                connect_id: ConnectId(7),
+                login: bytes::Bytes::from(vec![0xAB; len]),
+                accept: false,
+            }),
+        )
+    };
+    let mut buf = BytesMut::new();
+    consent(MAX_LOGIN_LEN).encode(&mut buf).unwrap();
+    assert!(Envelope::decode(&buf).is_ok());
+    let mut buf = BytesMut::new();
+    consent(MAX_LOGIN_LEN + 1).encode(&mut buf).unwrap();
+    assert!(matches!(
+        Envelope::decode(&buf),
+        Err(DecodeError::InvalidField { field: "login", .. })
     ));
 }

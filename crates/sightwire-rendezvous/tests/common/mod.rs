@@ -102,6 +102,7 @@ pub fn connect_message(id: [u8; 6], want_relay: bool) -> Vec<u8> {
             device_id: id,
             candidates: CandidateSet::new(vec![host("10.9.9.9:6000")]),
             want_relay,
+            login: bytes::Bytes::new(),
         }),
     );
     let mut out = Vec::new();

@@ -301,6 +301,7 @@ impl Endpoint {
             device_id: *watch.target.device_id().as_bytes(),
             candidates,
             want_relay: watch.want_relay,
+            login: bytes::Bytes::new(),
         };
         let request_id = *watch.request.get_or_insert(fresh_id);
         watch.want_connect = false;
