@@ -551,3 +551,57 @@ fn closing_a_watch_or_shutting_down_ends_the_peer_connection_at_once() {
     assert!(took < Duration::from_millis(500));
     assert_eq!(world.viewer(viewer).watch(watch).closed, 1);
 }
+
+/// Issue 12, finding 5: an authorized viewer seals a packet and sends it with a victim's
+/// source address. The camera challenges the new address and keeps streaming to the
+/// validated one; the victim receives a challenge, not a stream.
+#[test]
+fn finding_5_spoofed_authenticated_packet_does_not_move_the_stream() {
+    let (mut world, viewer, watch) = streaming(24, 0);
+    let victim_ip: std::net::IpAddr = "192.0.2.99".parse().unwrap();
+    let victim = world.add_counter(victim_ip);
+    let camera_public: std::net::SocketAddr = "203.0.1.1:40000".parse().unwrap();
+    // A fresh authenticated packet from the viewer, taken before it is sent.
+    let now = world.now();
+    let node = world.viewer_mut(viewer);
+    node.endpoint
+        .send_control(
+            now,
+            sightwire::proto::Recipients::Watch(watch),
+            bytes::Bytes::from_static(b"zoom"),
+        )
+        .unwrap();
+    let mut sealed = None;
+    while let Some(t) = node.endpoint.poll_transmit() {
+        if t.destination == camera_public && matches!(t.contents.first(), Some(0x01..=0x0F)) {
+            sealed = Some(t.contents.to_vec());
+        }
+    }
+    let mut sealed = sealed.expect("a sealed packet to the camera");
+    world.viewer_mut(viewer).reset_gaps();
+    let frames_before = world.viewer(viewer).watch(watch).frames;
+    let spoofed_from = std::net::SocketAddr::new(victim_ip, 5000);
+    let now = world.now();
+    world
+        .camera_mut(0)
+        .endpoint
+        .handle_datagram(now, spoofed_from, &mut sealed);
+    world.run_for(Duration::from_secs(3));
+    let counter = world.net.node::<sim::CounterNode>(victim);
+    let log = world.viewer(viewer).watch(watch);
+    println!(
+        "spoofed packet: victim got {} datagrams ({} bytes); viewer got {} frames, longest gap {:?}",
+        counter.received,
+        counter.bytes,
+        log.frames - frames_before,
+        log.longest_gap
+    );
+    assert!(
+        counter.received <= 1,
+        "the victim got {} datagrams",
+        counter.received
+    );
+    assert!(counter.bytes < 100);
+    assert!(log.longest_gap < Duration::from_millis(200), "{log:?}");
+    assert!(log.frames - frames_before >= 3 * FPS - 2);
+}

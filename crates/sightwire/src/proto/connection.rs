@@ -33,6 +33,17 @@ use crate::events::{Event, Path, PeerClosedReason, PeerId, PeerStats};
 /// Peer-session plaintext saying "I am closing this connection" (`spec/endpoint.md` §3),
 /// so the other side stops at once instead of after the idle timeout.
 pub(crate) const GOODBYE: u8 = 0x90;
+/// Peer-session plaintext `[PATH_CHALLENGE, token[8]]`: "answer this from where you
+/// are" (`spec/endpoint.md` §3). A direct path only moves to a new peer address once the
+/// peer answers from it, so one spoofed (even authenticated) packet cannot point a
+/// stream at a third party.
+pub(crate) const PATH_CHALLENGE: u8 = 0x91;
+/// Peer-session plaintext `[PATH_RESPONSE, token[8]]`, sent to where the challenge came
+/// from.
+pub(crate) const PATH_RESPONSE: u8 = 0x92;
+/// Least time between two challenges of one connection (bounds what a spoofer can make
+/// us send to a victim: one 39-byte datagram per interval).
+pub(crate) const PATH_CHALLENGE_INTERVAL: Duration = Duration::from_millis(200);
 pub(crate) const RELAY_BIND_RETRY: Duration = Duration::from_millis(400);
 /// Most relay bind transmissions per grant.
 pub(crate) const RELAY_BIND_ATTEMPTS: u32 = 25;
@@ -164,6 +175,11 @@ pub(crate) struct Connection {
     pub(crate) pending_start: Option<StartAttempt>,
     pub(crate) relay: Option<RelayLink>,
     pub(crate) path: Option<Path>,
+    /// The peer's direct address that has proven it receives what we send (the punch
+    /// check's address, or a path challenge answered from it).
+    pub(crate) validated: Option<SocketAddr>,
+    /// The outstanding path challenge: (address, token, when sent).
+    pub(crate) challenge: Option<(SocketAddr, [u8; 8], Instant)>,
     pub(crate) session: Option<SessionId>,
     pub(crate) auth: AuthState,
     pub(crate) media: MediaConnection,
@@ -200,6 +216,8 @@ impl Connection {
             pending_start: None,
             relay: None,
             path: None,
+            validated: None,
+            challenge: None,
             session: None,
             auth: AuthState::NotStarted,
             media,
@@ -465,9 +483,16 @@ impl Endpoint {
             // A direct path goes to the address the peer's packets last *authenticated*
             // from (the session follows a roaming peer, WireGuard-style); the agent's
             // address only until the peer has sent on the path.
+            // Only to an address that has proven it receives (a roaming peer's new
+            // address is challenged first, see `check_peer_address`).
             Some(path) => match conn.session.and_then(|s| self.sessions.remote_addr(s)) {
-                Some(addr) if virtual_channel(addr).is_none() => Some((addr, None)),
-                _ => Some((path.remote, None)),
+                Some(addr)
+                    if virtual_channel(addr).is_none()
+                        && conn.validated.is_none_or(|v| v == addr) =>
+                {
+                    Some((addr, None))
+                }
+                _ => Some((conn.validated.unwrap_or(path.remote), None)),
             },
             None => {
                 let addr = self.sessions.remote_addr(conn.session?)?;
@@ -494,10 +519,26 @@ impl Endpoint {
         id: PeerId,
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) {
+        self.send_sealed_to(now, id, None, write);
+    }
+
+    /// As [`Endpoint::send_sealed`], to `to` instead of the current route when given (a
+    /// direct address: path challenges and their answers).
+    pub(crate) fn send_sealed_to(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        to: Option<SocketAddr>,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let (Some(session), Some((destination, channel))) = (conn.session, self.route(conn)) else {
+        let route = match to {
+            Some(addr) => Some((addr, None)),
+            None => self.route(conn),
+        };
+        let (Some(session), Some((destination, channel))) = (conn.session, route) else {
             return;
         };
         let header = if channel.is_some() {
@@ -613,6 +654,10 @@ impl Endpoint {
                 let changed = conn.path.is_some() || conn.timers.is_set(ConnTimer::Repath);
                 conn.timers.stop(ConnTimer::Repath);
                 conn.path = Some(path);
+                if !info.via_relay {
+                    // The punch check was a request and its answer: return-routable.
+                    conn.validated = Some(info.remote);
+                }
                 tracing::info!(peer = id.0, path = path.kind_name(), remote = %path.remote, "path selected");
                 if is_viewer && conn.session.is_none() {
                     // The viewer starts the Noise handshake on the first working path.
@@ -694,4 +739,82 @@ mod tests {
         assert!((0x01..=0x0F).contains(&sightwire_session::auth::REQUEST_PASSWORD));
         assert!((0x80..=0x8F).contains(&sightwire_session::auth::RESPONSE_REJECTED));
     }
+}
+
+impl Endpoint {
+    /// An authenticated packet of connection `id` came from `from`. On a direct path, an
+    /// address other than the validated one is challenged; packets keep going to the
+    /// validated address until the peer answers from the new one.
+    pub(crate) fn check_peer_address(&mut self, now: Instant, id: PeerId, from: SocketAddr) {
+        if virtual_channel(from).is_some() {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let direct = conn.path.is_some_and(|p| p.kind != PathKind::Relay);
+        if !direct || conn.validated.is_none_or(|v| v == from) {
+            return;
+        }
+        if conn.challenge.is_some_and(|(_, _, sent)| {
+            now.saturating_duration_since(sent) < PATH_CHALLENGE_INTERVAL
+        }) {
+            return;
+        }
+        let mut token = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut self.agent_rng, &mut token);
+        conn.challenge = Some((from, token, now));
+        tracing::debug!(peer = id.0, %from, "challenging a new peer address");
+        self.send_sealed_to(now, id, Some(from), |buf| {
+            let out = buf.get_mut(..9)?;
+            out[0] = PATH_CHALLENGE;
+            out[1..].copy_from_slice(&token);
+            Some(9)
+        });
+    }
+
+    /// A path challenge or response arrived on connection `id` from `from`.
+    pub(crate) fn on_path_validation(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        from: SocketAddr,
+        plaintext: &[u8],
+    ) {
+        let Some((&kind, token)) = plaintext.split_first() else {
+            return;
+        };
+        let Ok(token) = <[u8; 8]>::try_from(token) else {
+            return;
+        };
+        if virtual_channel(from).is_some() {
+            return;
+        }
+        match kind {
+            PATH_CHALLENGE => self.send_sealed_to(now, id, Some(from), |buf| {
+                let out = buf.get_mut(..9)?;
+                out[0] = PATH_RESPONSE;
+                out[1..].copy_from_slice(&token);
+                Some(9)
+            }),
+            PATH_RESPONSE => {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                if conn.challenge.is_some_and(|(addr, expected, _)| {
+                    addr == from && tokens_equal(&expected, &token)
+                }) {
+                    tracing::info!(peer = id.0, %from, "peer address validated");
+                    conn.validated = Some(from);
+                    conn.challenge = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Compares two tokens without an early exit (no timing hint about a partial match).
+fn tokens_equal(a: &[u8; 8], b: &[u8; 8]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -68,7 +68,7 @@ use sightwire_signal::cert::TrustedIssuers;
 use crate::config::{PathPolicy, RendezvousServer};
 use crate::events::{Event, PeerId};
 
-use connection::{AuthState, Connection, GOODBYE, virtual_channel};
+use connection::{AuthState, Connection, GOODBYE, PATH_CHALLENGE, PATH_RESPONSE, virtual_channel};
 use device::DeviceRole;
 pub use device::DeviceSettings;
 use outbox::Outbox;
@@ -705,7 +705,7 @@ impl Endpoint {
                     self.on_signal(now, plaintext);
                 } else if let Some(&id) = self.by_session.get(&session) {
                     // The plaintext borrows the receive buffer, not `self`: no copy.
-                    self.on_peer_plaintext(now, id, plaintext);
+                    self.on_peer_plaintext(now, id, from, plaintext);
                 }
             }
             Input::Keepalive { session, .. } => {
@@ -721,12 +721,19 @@ impl Endpoint {
         }
     }
 
-    fn on_peer_plaintext(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) {
+    fn on_peer_plaintext(&mut self, now: Instant, id: PeerId, from: SocketAddr, plaintext: &[u8]) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         conn.heard(now);
+        self.check_peer_address(now, id, from);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         match plaintext.first() {
+            Some(&(PATH_CHALLENGE | PATH_RESPONSE)) => {
+                self.on_path_validation(now, id, from, plaintext);
+            }
             Some(0x01..=0x0F) => self.device_on_auth_request(now, id, plaintext),
             Some(0x80..=0x8F) => self.viewer_on_auth_response(now, id, plaintext),
             // Authenticated by the session, so only the peer itself can say it.

@@ -237,6 +237,27 @@ impl Node for RelayNode {
     }
 }
 
+/// A host that only counts what reaches it (a third party, a victim of spoofing).
+#[derive(Default)]
+pub struct CounterNode {
+    pub received: u64,
+    pub bytes: u64,
+}
+
+impl Node for CounterNode {
+    fn handle_datagram(&mut self, _: Instant, _: SocketAddr, _: SocketAddr, _: u8, p: &[u8]) {
+        self.received += 1;
+        self.bytes += p.len() as u64;
+    }
+    fn handle_timeout(&mut self, _: Instant) {}
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+    fn poll_transmit(&mut self, _: Instant) -> Option<SimTransmit> {
+        None
+    }
+}
+
 // -------------------------------------------------------------------- endpoints
 
 /// What a viewer saw of one watch.
@@ -800,6 +821,12 @@ impl World {
             ip,
         };
         self.net.node_mut::<EndpointNode>(node).renumber(now, ip);
+    }
+
+    /// A public host that counts what it receives.
+    pub fn add_counter(&mut self, ip: IpAddr) -> NodeId {
+        let host = self.net.sim_mut().add_public_host(ip);
+        self.net.add_node(host, Box::new(CounterNode::default()))
     }
 
     pub fn relay_forwarded(&self) -> u64 {
