@@ -716,31 +716,6 @@ pub(crate) fn virtual_channel(addr: SocketAddr) -> Option<u64> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sightwire_media::wire::TYPE_FRAGMENT;
-
-    #[test]
-    fn virtual_addresses_round_trip_and_never_collide_with_real_ones() {
-        for channel in [0, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
-            assert_eq!(virtual_channel(virtual_addr(channel)), Some(channel));
-        }
-        assert_eq!(virtual_channel("[2001:db8::1]:0".parse().unwrap()), None);
-        assert_eq!(virtual_channel("[100::1]:5".parse().unwrap()), None);
-        assert_eq!(virtual_channel("192.0.2.1:0".parse().unwrap()), None);
-    }
-
-    #[test]
-    fn media_and_auth_first_bytes_do_not_overlap() {
-        // The peer plaintext demultiplexer relies on these ranges (spec/endpoint.md).
-        assert!(!(0x01..=0x0F).contains(&TYPE_FRAGMENT));
-        assert!(!(0x80..=0x8F).contains(&TYPE_FRAGMENT));
-        assert!((0x01..=0x0F).contains(&sightwire_session::auth::REQUEST_PASSWORD));
-        assert!((0x80..=0x8F).contains(&sightwire_session::auth::RESPONSE_REJECTED));
-    }
-}
-
 impl Endpoint {
     /// An authenticated packet of connection `id` came from `from`. On a direct path, an
     /// address other than the validated one is challenged; packets keep going to the
@@ -817,4 +792,29 @@ impl Endpoint {
 /// Compares two tokens without an early exit (no timing hint about a partial match).
 fn tokens_equal(a: &[u8; 8], b: &[u8; 8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightwire_media::wire::TYPE_FRAGMENT;
+
+    #[test]
+    fn virtual_addresses_round_trip_and_never_collide_with_real_ones() {
+        for channel in [0, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(virtual_channel(virtual_addr(channel)), Some(channel));
+        }
+        assert_eq!(virtual_channel("[2001:db8::1]:0".parse().unwrap()), None);
+        assert_eq!(virtual_channel("[100::1]:5".parse().unwrap()), None);
+        assert_eq!(virtual_channel("192.0.2.1:0".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn media_and_auth_first_bytes_do_not_overlap() {
+        // The peer plaintext demultiplexer relies on these ranges (spec/endpoint.md).
+        assert!(!(0x01..=0x0F).contains(&TYPE_FRAGMENT));
+        assert!(!(0x80..=0x8F).contains(&TYPE_FRAGMENT));
+        assert!((0x01..=0x0F).contains(&sightwire_session::auth::REQUEST_PASSWORD));
+        assert!((0x80..=0x8F).contains(&sightwire_session::auth::RESPONSE_REJECTED));
+    }
 }
