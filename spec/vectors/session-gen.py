@@ -2,7 +2,8 @@
 """Independent generator of spec/vectors/session-ik.json (second implementation).
 
 Written from spec/session.md only, on top of the `noiseprotocol` package (pip install
-noiseprotocol), Python's hashlib/hmac and `cryptography`. The Rust tests check the Rust
+noiseprotocol), Python's hashlib/hmac, `cryptography` and `argon2-cffi` (pip install
+noiseprotocol cryptography argon2-cffi). The Rust tests check the Rust
 implementation against the JSON this script writes, so the two implementations must
 agree byte for byte.
 
