@@ -2,7 +2,8 @@
 """Independent generator of spec/vectors/session-ik.json (second implementation).
 
 Written from spec/session.md only, on top of the `noiseprotocol` package (pip install
-noiseprotocol), Python's hashlib/hmac and `cryptography`. The Rust tests check the Rust
+noiseprotocol), Python's hashlib/hmac, `cryptography` and `argon2-cffi` (pip install
+noiseprotocol cryptography argon2-cffi). The Rust tests check the Rust
 implementation against the JSON this script writes, so the two implementations must
 agree byte for byte.
 
@@ -13,6 +14,7 @@ import hmac
 import json
 import struct
 
+from argon2.low_level import Type, hash_secret_raw
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import Keypair, NoiseConnection
 
@@ -160,8 +162,8 @@ assert len(cookie_reply) == 61
 with_mac2 = initiation[:129] + blake2s_mac16(cookie, initiation[:129])
 
 password = b"correct horse battery staple"
-salt = b"sightwire-auth-v1 salt" + device_id
-password_key = hashlib.pbkdf2_hmac("sha256", password, salt, 100_000, 32)
+salt = b"sightwire-password-v2" + device_id
+password_key = hash_secret_raw(password, salt, time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, type=Type.ID, version=19)
 proof = hmac.new(password_key, b"sightwire-auth-v1" + bytes.fromhex(peer["handshake_hash"]), "sha256").digest()
 
 print(json.dumps({

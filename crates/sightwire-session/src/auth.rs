@@ -6,15 +6,21 @@
 //! session's handshake hash*:
 //!
 //! ```text
-//! password_key = PBKDF2-HMAC-SHA256(password, "sightwire-auth-v1 salt" || device_id, 100 000, 32)
+//! password_key = Argon2id(password, "sightwire-password-v2" || device_id, m = 19 MiB, t = 2, p = 1, 32 bytes)
 //! proof        = HMAC-SHA256(password_key, "sightwire-auth-v1" || handshake_hash)
 //! ```
 //!
-//! The handshake hash is unique to one handshake and known only to its two ends, so a
-//! proof is useless in any other session: a relay (which sees only ciphertext anyway) or a
-//! rendezvous cannot replay it, and a device impersonator cannot complete the handshake
-//! because the viewer pins the device's static key. See `spec/session.md`, "Viewer
-//! authorization", for the threat model.
+//! **Superseded by the PAKE login** ([`crate::login`]) and kept only for compatibility
+//! until the endpoint switches to it. The handshake hash is *not* secret: it is a hash of
+//! the handshake messages, which anyone on the path sees, so whoever learns a proof can
+//! test password guesses against it offline (one Argon2id per guess). The proof travels
+//! inside the session, so only the device the viewer pinned ever sees it, and it is
+//! useless in any other session (a replay fails); but nothing stronger holds. The login
+//! in [`crate::login`] gives no party without the password anything testable offline.
+//!
+//! Failed proofs are throttled per viewer key, with a global daily budget
+//! ([`LoginThrottle`]), not by a global lock that anyone could keep closed. See
+//! `spec/session.md`, "Viewer authorization" and "Login (PAKE)", for the threat model.
 //!
 //! ```
 //! use std::time::Instant;
@@ -39,7 +45,7 @@
 //! assert!(authorizer.is_trusted(&viewer_key));
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -47,22 +53,24 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::login::LoginThrottle;
 use crate::noise::{DEVICE_ID_LEN, HandshakeHash, PublicKey};
 
 /// Domain-separation label of the proof.
 pub const AUTH_LABEL: &[u8] = b"sightwire-auth-v1";
-/// Salt prefix of the password KDF (followed by the device ID).
-pub const AUTH_SALT_LABEL: &[u8] = b"sightwire-auth-v1 salt";
-/// PBKDF2 iterations. Fixed by the protocol: both ends must derive the same key.
-pub const PBKDF2_ITERATIONS: u32 = 100_000;
+/// Salt prefix of the password KDF (followed by the 6-byte device ID).
+pub const PASSWORD_SALT_LABEL: &[u8] = b"sightwire-password-v2";
+/// Argon2id memory cost in KiB (19 MiB; OWASP's minimum for Argon2id). Fixed by the
+/// protocol: both ends must derive the same key.
+pub const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
+/// Argon2id passes over the memory (time cost). Fixed by the protocol.
+pub const ARGON2_ITERATIONS: u32 = 2;
+/// Argon2id lanes (parallelism). Fixed by the protocol.
+pub const ARGON2_PARALLELISM: u32 = 1;
 /// Length of a password key and of a proof.
 pub const PROOF_LEN: usize = 32;
 /// Most keys a device remembers as trusted viewers.
 pub const MAX_TRUSTED_VIEWERS: usize = 64;
-/// Failed password proofs tolerated before the device stops accepting passwords.
-pub const MAX_PASSWORD_FAILURES: u32 = 5;
-/// How long password proofs are refused after [`MAX_PASSWORD_FAILURES`] failures.
-pub const PASSWORD_LOCKOUT: Duration = Duration::from_secs(60);
 /// Longest auth message (a password request).
 pub const MAX_AUTH_MESSAGE_LEN: usize = 2 + PROOF_LEN;
 
@@ -88,14 +96,91 @@ impl std::fmt::Debug for PasswordKey {
     }
 }
 
+/// Argon2id cost parameters of [`PasswordKey::derive_with_params`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory cost in KiB (at least `8 * parallelism`).
+    pub memory_kib: u32,
+    /// Passes over the memory (at least 1).
+    pub iterations: u32,
+    /// Lanes (at least 1).
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// The protocol's parameters ([`ARGON2_MEMORY_KIB`], [`ARGON2_ITERATIONS`],
+    /// [`ARGON2_PARALLELISM`]); [`PasswordKey::derive`] uses these.
+    pub const PROTOCOL: KdfParams = KdfParams {
+        memory_kib: ARGON2_MEMORY_KIB,
+        iterations: ARGON2_ITERATIONS,
+        parallelism: ARGON2_PARALLELISM,
+    };
+}
+
+// `PasswordKey::derive` relies on Argon2's defaults being the protocol's parameters.
+const _: () = assert!(
+    argon2::Params::DEFAULT_M_COST == ARGON2_MEMORY_KIB
+        && argon2::Params::DEFAULT_T_COST == ARGON2_ITERATIONS
+        && argon2::Params::DEFAULT_P_COST == ARGON2_PARALLELISM
+        && argon2::Params::DEFAULT_OUTPUT_LEN == PROOF_LEN
+);
+
+/// [`KdfParams`] that Argon2 refuses (too little memory, zero passes or lanes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("invalid Argon2id parameters {0:?}")]
+pub struct InvalidKdfParams(pub KdfParams);
+
 impl PasswordKey {
-    /// Derives the key (deliberately slow: [`PBKDF2_ITERATIONS`]).
+    /// Derives the key with Argon2id at the protocol's parameters ([`KdfParams::PROTOCOL`]:
+    /// 19 MiB, 2 passes, 1 lane; tens of milliseconds on a phone or PC, a few hundred on
+    /// a camera SoC, so a device derives once at setup and stores the key). The salt is
+    /// [`PASSWORD_SALT_LABEL`] followed by the device ID, so a key does not transfer to
+    /// another device with the same password.
     pub fn derive(password: &[u8], device_id: &[u8; DEVICE_ID_LEN]) -> Self {
-        let mut salt = [0u8; AUTH_SALT_LABEL.len() + DEVICE_ID_LEN];
-        salt[..AUTH_SALT_LABEL.len()].copy_from_slice(AUTH_SALT_LABEL);
-        salt[AUTH_SALT_LABEL.len()..].copy_from_slice(device_id);
+        // `Params::DEFAULT` is exactly the protocol's (checked at compile time below), so
+        // this path has no invalid-parameter error to handle.
+        Self::derive_argon2(password, device_id, argon2::Params::DEFAULT)
+    }
+
+    /// Derives with other Argon2id costs. **For tests and benchmarks only**: a key
+    /// derived with anything but [`KdfParams::PROTOCOL`] does not match the other end's.
+    pub fn derive_with_params(
+        password: &[u8],
+        device_id: &[u8; DEVICE_ID_LEN],
+        params: KdfParams,
+    ) -> Result<Self, InvalidKdfParams> {
+        let argon_params = argon2::Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            Some(PROOF_LEN),
+        )
+        .map_err(|_| InvalidKdfParams(params))?;
+        Ok(Self::derive_argon2(password, device_id, argon_params))
+    }
+
+    fn derive_argon2(
+        password: &[u8],
+        device_id: &[u8; DEVICE_ID_LEN],
+        params: argon2::Params,
+    ) -> Self {
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut salt = [0u8; PASSWORD_SALT_LABEL.len() + DEVICE_ID_LEN];
+        salt[..PASSWORD_SALT_LABEL.len()].copy_from_slice(PASSWORD_SALT_LABEL);
+        salt[PASSWORD_SALT_LABEL.len()..].copy_from_slice(device_id);
         let mut key = Zeroizing::new([0u8; PROOF_LEN]);
-        pbkdf2::pbkdf2_hmac::<Sha256>(password, &salt, PBKDF2_ITERATIONS, &mut key[..]);
+        // With valid parameters, a 28-byte salt and a 32-byte output, Argon2 fails only
+        // for a password of 4 GiB or more: hash such a password down first (both ends do
+        // the same, so they still agree). A 32-byte password cannot fail.
+        if argon
+            .hash_password_into(password, &salt, &mut key[..])
+            .is_err()
+        {
+            let digest: Zeroizing<[u8; 32]> =
+                Zeroizing::new(<Sha256 as sha2::Digest>::digest(password).into());
+            let _ = argon.hash_password_into(&digest[..], &salt, &mut key[..]);
+        }
         Self(key)
     }
 
@@ -143,7 +228,8 @@ pub enum AuthRejection {
     NotTrusted,
     /// The password proof is wrong (code `0x02`).
     WrongPassword,
-    /// Too many wrong proofs recently; passwords are refused for a while (code `0x03`).
+    /// Too many wrong passwords recently, from this viewer key or from everyone
+    /// ([`LoginThrottle`]); try again later (code `0x03`).
     LockedOut,
     /// The device has no password set (code `0x04`).
     NoPassword,
@@ -326,13 +412,12 @@ pub struct TrustListFull {
     pub limit: usize,
 }
 
-/// The device's side: trusted viewer keys, the password key and a failure limiter.
+/// The device's side: trusted viewer keys, the password key and the login throttle.
 #[derive(Debug, Clone)]
 pub struct ViewerAuthorizer {
     trusted: Vec<PublicKey>,
     password: Option<PasswordKey>,
-    failures: u32,
-    locked_until: Option<Instant>,
+    throttle: LoginThrottle,
 }
 
 impl ViewerAuthorizer {
@@ -341,9 +426,14 @@ impl ViewerAuthorizer {
         Self {
             trusted: Vec::new(),
             password,
-            failures: 0,
-            locked_until: None,
+            throttle: LoginThrottle::new(),
         }
+    }
+
+    /// The throttle of failed password logins. A driver that also runs the PAKE login
+    /// ([`crate::login`]) should use this one for both, so they share one budget.
+    pub fn throttle_mut(&mut self) -> &mut LoginThrottle {
+        &mut self.throttle
     }
 
     /// Replaces the password key (`None` disables password logins).
@@ -401,25 +491,20 @@ impl ViewerAuthorizer {
                 }
             }
             AuthRequest::Password { proof, remember } => {
-                if self.locked_until.is_some_and(|until| now < until) {
-                    return AuthResponse::Rejected(AuthRejection::LockedOut);
-                }
                 let Some(key) = &self.password else {
                     return AuthResponse::Rejected(AuthRejection::NoPassword);
                 };
+                if self.throttle.check(now, remote_static).is_err() {
+                    return AuthResponse::Rejected(AuthRejection::LockedOut);
+                }
                 let expected = key.proof(handshake_hash);
                 if bool::from(expected.ct_eq(proof)) {
-                    self.failures = 0;
-                    self.locked_until = None;
+                    self.throttle.record_success(now, remote_static);
                     // `trust` is Ok for a new or already-trusted key, Err only when full.
                     let remembered = *remember && self.trust(*remote_static).is_ok();
                     AuthResponse::Accepted { remembered }
                 } else {
-                    self.failures = self.failures.saturating_add(1);
-                    if self.failures >= MAX_PASSWORD_FAILURES {
-                        self.failures = 0;
-                        self.locked_until = Some(now + PASSWORD_LOCKOUT);
-                    }
+                    self.throttle.record_failure(now, remote_static);
                     AuthResponse::Rejected(AuthRejection::WrongPassword)
                 }
             }
@@ -513,36 +598,72 @@ mod tests {
     }
 
     #[test]
-    fn lockout_after_failures_then_recovers() {
+    fn failures_delay_that_viewer_key_not_everyone() {
+        use crate::login::{FREE_FAILURES_PER_VIEWER, VIEWER_BACKOFF_BASE};
         let key = PasswordKey::derive(b"right", &DEVICE);
         let wrong = PasswordKey::derive(b"wrong", &DEVICE);
         let mut authorizer = ViewerAuthorizer::new(Some(key.clone()));
         let now = Instant::now();
-        let viewer = [3u8; 32];
-        for _ in 0..MAX_PASSWORD_FAILURES {
+        let attacker = [3u8; 32];
+        let owner = [4u8; 32];
+        let bad = AuthRequest::password(&wrong, &[1; 32], false);
+        for _ in 0..=FREE_FAILURES_PER_VIEWER {
             assert_eq!(
-                authorizer.authorize(
-                    now,
-                    &viewer,
-                    &[1; 32],
-                    &AuthRequest::password(&wrong, &[1; 32], false)
-                ),
+                authorizer.authorize(now, &attacker, &[1; 32], &bad),
                 AuthResponse::Rejected(AuthRejection::WrongPassword)
             );
         }
         let good = AuthRequest::password(&key, &[1; 32], false);
+        // The key that failed waits, even with the right password...
         assert_eq!(
-            authorizer.authorize(now, &viewer, &[1; 32], &good),
+            authorizer.authorize(now, &attacker, &[1; 32], &good),
             AuthResponse::Rejected(AuthRejection::LockedOut)
         );
+        // ...while the owner, with another key, is not locked out (the old global lock).
         assert_eq!(
-            authorizer.authorize(now + PASSWORD_LOCKOUT, &viewer, &[1; 32], &good),
+            authorizer.authorize(now, &owner, &[1; 32], &good),
+            AuthResponse::Accepted { remembered: false }
+        );
+        assert_eq!(
+            authorizer.authorize(now + VIEWER_BACKOFF_BASE, &attacker, &[1; 32], &good),
             AuthResponse::Accepted { remembered: false }
         );
         let mut none = ViewerAuthorizer::new(None);
         assert_eq!(
-            none.authorize(now, &viewer, &[1; 32], &good),
+            none.authorize(now, &owner, &[1; 32], &good),
             AuthResponse::Rejected(AuthRejection::NoPassword)
+        );
+    }
+
+    #[test]
+    fn argon2id_vector_and_cheap_params() {
+        // Same as spec/vectors/session-ik.json "auth" (independent Python argon2-cffi).
+        let key = PasswordKey::derive(b"correct horse battery staple", &DEVICE);
+        assert_eq!(
+            hex::encode(key.as_bytes()),
+            "b09af78d255d08033f3e5ec0b1f0d2d927f9ca7ce54473e60ebe15038484814a"
+        );
+        let cheap = KdfParams {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let fast = PasswordKey::derive_with_params(b"correct horse battery staple", &DEVICE, cheap)
+            .unwrap();
+        assert_ne!(fast.as_bytes(), key.as_bytes());
+        assert_eq!(
+            PasswordKey::derive_with_params(b"x", &DEVICE, KdfParams::PROTOCOL)
+                .unwrap()
+                .as_bytes(),
+            PasswordKey::derive(b"x", &DEVICE).as_bytes()
+        );
+        let invalid = KdfParams {
+            iterations: 0,
+            ..cheap
+        };
+        assert_eq!(
+            PasswordKey::derive_with_params(b"x", &DEVICE, invalid).map(|_| ()),
+            Err(InvalidKdfParams(invalid))
         );
     }
 

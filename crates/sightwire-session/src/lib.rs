@@ -12,6 +12,8 @@
 //!   explicit 64-bit counter as nonce; a replay window of [`REPLAY_WINDOW`] packets;
 //! - WireGuard-style rekeying with the previous keys still accepted, keys zeroized on drop;
 //! - stateless DoS cookies under load ([`wire::TYPE_COOKIE_REPLY`]);
+//! - password login before any session exists, by PAKE through an untrusted rendezvous,
+//!   with a login throttle for the device ([`login`]);
 //! - viewer authorization after the handshake ([`auth`]).
 //!
 //! **What it is not for.** It opens no socket, reads no clock and spawns nothing: the
@@ -98,6 +100,7 @@
 pub mod auth;
 mod config;
 mod cookie;
+pub mod login;
 mod noise;
 mod replay;
 mod table;
