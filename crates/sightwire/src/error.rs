@@ -34,6 +34,11 @@ pub enum ConnectError {
     /// The device refused this viewer (wrong password, key not trusted...).
     #[error("the device refused this viewer: {0:?}")]
     NotAuthorized(AuthRejection),
+    /// The camera cannot be reached with these credentials: its ID is unknown, it is
+    /// offline, or it did not accept the password or key. The rendezvous deliberately
+    /// does not say which (a stranger must not learn whether an ID exists).
+    #[error("the camera is unknown, offline, or did not accept these credentials")]
+    Unavailable,
     /// The device serves as many viewers as it may and refused another.
     #[error("the device serves as many viewers as it may")]
     DeviceBusy,

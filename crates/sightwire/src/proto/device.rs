@@ -7,10 +7,12 @@ use sightwire_session::PublicKey;
 use sightwire_session::auth::{
     AuthRequest, AuthResponse, MAX_AUTH_MESSAGE_LEN, PasswordKey, ViewerAuthorizer,
 };
+use sightwire_session::login::LoginThrottle;
 use sightwire_signal::cert::IdCertificate;
 use sightwire_signal::{Body, Close, CloseReason, ConnectOffer, Register};
 
 use super::connection::AuthState;
+use super::consent::Consents;
 use super::rendezvous::REQUEST_RETRY;
 use super::{CommandError, Endpoint, EndpointTimer, Role};
 use crate::events::{Event, PeerClosedReason, PeerId};
@@ -44,8 +46,14 @@ impl std::fmt::Debug for DeviceSettings {
 
 pub(crate) struct DeviceRole {
     pub(crate) certificate: IdCertificate,
-    authorizer: ViewerAuthorizer,
+    pub(crate) authorizer: ViewerAuthorizer,
     max_viewers: usize,
+    /// The password login key (`None`: only trusted keys are admitted).
+    pub(crate) password: Option<PasswordKey>,
+    /// Per-key backoff and a global budget for password logins.
+    pub(crate) throttle: LoginThrottle,
+    /// Introductions being consented to.
+    pub(crate) consents: Consents,
 }
 
 impl std::fmt::Debug for DeviceRole {
@@ -64,7 +72,7 @@ impl DeviceRole {
             .password
             .as_deref()
             .map(|p| PasswordKey::derive(p.as_bytes(), &device_id));
-        let mut authorizer = ViewerAuthorizer::new(password);
+        let mut authorizer = ViewerAuthorizer::new(password.clone());
         for key in &settings.trusted_viewers {
             if authorizer.trust(*key).is_err() {
                 tracing::warn!("trusted viewer list full; ignoring the rest");
@@ -75,6 +83,9 @@ impl DeviceRole {
             certificate: settings.certificate,
             authorizer,
             max_viewers: settings.max_viewers,
+            password,
+            throttle: LoginThrottle::new(),
+            consents: Consents::default(),
         }
     }
 }
@@ -117,11 +128,23 @@ impl Endpoint {
     }
 
     pub(crate) fn device_on_offer(&mut self, now: Instant, offer: ConnectOffer) {
-        let Role::Device(device) = &self.role else {
-            return;
-        };
         let id = PeerId(offer.connect_id.0);
         if self.conns.contains_key(&id) {
+            return;
+        }
+        let Role::Device(device) = &mut self.role else {
+            return;
+        };
+        // Only a viewer this device admitted (its key trusted, or its password login
+        // confirmed) gets a connection, and with it a viewer slot.
+        if !device
+            .consents
+            .take_accepted(offer.connect_id, &offer.viewer_key)
+        {
+            tracing::warn!(
+                connect = offer.connect_id.0,
+                "offer without consent ignored"
+            );
             return;
         }
         let (device_id, max_viewers) = (device.certificate.device_id(), device.max_viewers);
@@ -171,7 +194,18 @@ impl Endpoint {
         ) else {
             return;
         };
-        let response = device.authorizer.authorize(now, &remote, hash, &request);
+        // Every device connection comes from an offer the device consented to (a
+        // trusted key, or a confirmed password login), so the request only says whether
+        // to remember the key. Its proof field is not checked: the login replaced it.
+        let _ = hash;
+        let remember = matches!(request, AuthRequest::Password { remember: true, .. });
+        let response = if device.authorizer.is_trusted(&remote) {
+            AuthResponse::Accepted { remembered: true }
+        } else {
+            AuthResponse::Accepted {
+                remembered: remember && device.authorizer.trust(remote).is_ok(),
+            }
+        };
         let mut wire = [0u8; MAX_AUTH_MESSAGE_LEN];
         let Some(len) = response.encode(&mut wire) else {
             return;

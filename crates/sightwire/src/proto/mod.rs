@@ -43,6 +43,7 @@
 //! ```
 
 mod connection;
+mod consent;
 mod device;
 mod outbox;
 mod rendezvous;
@@ -69,6 +70,7 @@ use crate::config::{PathPolicy, RendezvousServer};
 use crate::events::{Event, PeerId};
 
 use connection::{AuthState, Connection, GOODBYE, PATH_CHALLENGE, PATH_RESPONSE, virtual_channel};
+pub use consent::MAX_PENDING_CONSENTS;
 use device::DeviceRole;
 pub use device::DeviceSettings;
 use outbox::Outbox;

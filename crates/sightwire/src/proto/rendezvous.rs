@@ -251,6 +251,11 @@ impl Endpoint {
                 self.viewer_on_response(now, envelope.request_id, response)
             }
             Body::RelayGrant(grant) => self.on_relay_grant(now, grant),
+            Body::Introduction(intro) => self.device_on_introduction(now, intro),
+            Body::Consent(consent) => match self.role {
+                Role::Device(_) => self.device_on_consent(now, consent),
+                Role::Viewer(_) => self.viewer_on_consent(now, envelope.request_id, consent),
+            },
             Body::CandidateUpdate(update) => {
                 let candidates = self.remote_candidates(&update.candidates);
                 if let Some(conn) = self.conns.get_mut(&PeerId(update.connect_id.0)) {

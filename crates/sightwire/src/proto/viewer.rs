@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sightwire_session::auth::{AuthRequest, AuthResponse, MAX_AUTH_MESSAGE_LEN, PasswordKey};
+use sightwire_session::login::ViewerLogin;
 use sightwire_signal::cert::TrustedIssuers;
 use sightwire_signal::{Body, ConnectRequest, ConnectResponse, ErrorCode, MAX_MESSAGE_LEN};
 
@@ -91,6 +93,10 @@ pub(crate) struct Watch {
     attempt: Option<PeerId>,
     /// Why the last attempt of a first connect failed (reported at the deadline).
     last_failure: Option<ConnectError>,
+    /// The password login of the connect request in flight, and its opening (resent with
+    /// the request).
+    pub(crate) login: Option<ViewerLogin>,
+    login_opening: Bytes,
     pub(crate) timers: TimerTable<WatchTimer, 3>,
 }
 
@@ -153,6 +159,8 @@ impl Endpoint {
                 current: None,
                 attempt: None,
                 last_failure: None,
+                login: None,
+                login_opening: Bytes::new(),
                 timers,
             },
         );
@@ -211,7 +219,7 @@ impl Endpoint {
         }
     }
 
-    fn watch_mut(&mut self, watch: WatchId) -> Option<&mut Watch> {
+    pub(crate) fn watch_mut(&mut self, watch: WatchId) -> Option<&mut Watch> {
         match &mut self.role {
             Role::Viewer(viewer) => viewer.watches.get_mut(&watch),
             Role::Device(_) => None,
@@ -297,11 +305,27 @@ impl Endpoint {
         let Some(watch) = self.watch_mut(id) else {
             return;
         };
+        let device_id = *watch.target.device_id().as_bytes();
+        if watch.request.is_none() {
+            // A new request: a new login (a retransmission resends the same opening).
+            let password = watch.password.clone();
+            let started = self.start_login(password.as_ref(), &device_id);
+            let Some(watch) = self.watch_mut(id) else {
+                return;
+            };
+            (watch.login, watch.login_opening) = match started {
+                Some((login, opening)) => (Some(login), opening),
+                None => (None, Bytes::new()),
+            };
+        }
+        let Some(watch) = self.watch_mut(id) else {
+            return;
+        };
         let request = ConnectRequest {
-            device_id: *watch.target.device_id().as_bytes(),
+            device_id,
             candidates,
             want_relay: watch.want_relay,
-            login: bytes::Bytes::new(),
+            login: watch.login_opening.clone(),
         };
         let request_id = *watch.request.get_or_insert(fresh_id);
         watch.want_connect = false;
@@ -317,7 +341,7 @@ impl Endpoint {
         self.expect_answer(now);
     }
 
-    fn watch_of_request(&self, request_id: u64) -> Option<WatchId> {
+    pub(crate) fn watch_of_request(&self, request_id: u64) -> Option<WatchId> {
         let Role::Viewer(viewer) = &self.role else {
             return None;
         };
@@ -403,7 +427,11 @@ impl Endpoint {
             watch.timers.stop(WatchTimer::RequestRetry);
         }
         self.emit(Some(id), Event::RendezvousError { code });
-        self.watch_attempt_refused(now, id, ConnectError::Rendezvous(code));
+        let error = match code {
+            ErrorCode::Unavailable => ConnectError::Unavailable,
+            code => ConnectError::Rendezvous(code),
+        };
+        self.watch_attempt_refused(now, id, error);
         Some(id)
     }
 
@@ -449,8 +477,15 @@ impl Endpoint {
         ) else {
             return;
         };
+        // The password was proven in the login before the introduction (consent); the
+        // request only says whether the device should remember this key. No proof
+        // travels any more: the proof field is zero.
+        let _ = hash;
         let request = match &watch.password {
-            Some(key) => AuthRequest::password(key, hash, watch.remember),
+            Some(_) => AuthRequest::Password {
+                proof: [0; sightwire_session::auth::PROOF_LEN],
+                remember: watch.remember,
+            },
             None => AuthRequest::TrustedKey,
         };
         let mut wire = [0u8; MAX_AUTH_MESSAGE_LEN];
