@@ -33,9 +33,15 @@ pub fn read_key(path: &Path) -> anyhow::Result<[u8; 32]> {
 
 /// The device key in `state_dir`, generated (and stored with mode 0600) on first run.
 pub fn load_or_create_keypair(state_dir: &Path) -> anyhow::Result<StaticKeypair> {
+    load_or_create_key_file(state_dir, KEY_FILE)
+}
+
+/// The static key in `state_dir/file`, generated (and stored with mode 0600) on first
+/// run.
+pub fn load_or_create_key_file(state_dir: &Path, file: &str) -> anyhow::Result<StaticKeypair> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let path = state_dir.join(KEY_FILE);
+    let path = state_dir.join(file);
     if path.exists() {
         return Ok(StaticKeypair::from_private(read_key(&path)?));
     }
@@ -126,5 +132,94 @@ pub fn random_local_id() -> DeviceId {
         if let Ok(id) = DeviceId::from_bytes(bytes) {
             return id;
         }
+    }
+}
+
+/// File of a viewer's state directory holding its private key, hex.
+pub const VIEWER_KEY_FILE: &str = "viewer.key";
+/// File of a viewer's state directory listing the devices it has watched: one
+/// `<device ID> <device key hex>` per line (trust on first use).
+pub const KNOWN_DEVICES_FILE: &str = "known_devices";
+
+/// The devices a viewer has watched before, and the key each one proved (TOFU).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KnownDevices {
+    devices: Vec<(DeviceId, [u8; 32])>,
+}
+
+impl KnownDevices {
+    /// Reads `state_dir/known_devices` (empty if missing). Lines that do not parse are
+    /// an error: a silently ignored pin is no pin.
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = state_dir.join(KNOWN_DEVICES_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses the file's text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut devices = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((id, key)) = line.split_once(char::is_whitespace) else {
+                bail!("line {}: expected `<device ID> <key hex>`", n + 1);
+            };
+            let id: DeviceId = id
+                .parse()
+                .map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
+            devices.push((id, parse_key(key).with_context(|| format!("line {}", n + 1))?));
+        }
+        Ok(Self { devices })
+    }
+
+    /// The key pinned for `id`, if the viewer has watched it before.
+    pub fn key_of(&self, id: DeviceId) -> Option<[u8; 32]> {
+        self.devices.iter().find(|(d, _)| *d == id).map(|(_, k)| *k)
+    }
+
+    /// Pins `key` for `id` and appends it to the file. Returns whether it was new.
+    pub fn remember(&mut self, state_dir: &Path, id: DeviceId, key: [u8; 32]) -> anyhow::Result<bool> {
+        use std::io::Write;
+        if self.key_of(id).is_some() {
+            return Ok(false);
+        }
+        self.devices.push((id, key));
+        let path = state_dir.join(KNOWN_DEVICES_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(file, "{id} {}", hex::encode(key))?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod known_devices_tests {
+    use super::*;
+
+    #[test]
+    fn pins_survive_a_restart_and_bad_lines_are_refused() {
+        let dir = std::env::temp_dir().join(format!("sightwire-tofu-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let id: DeviceId = "1C:C3:16:AB:CD:EF".parse().unwrap();
+        let mut known = KnownDevices::load(&dir).unwrap();
+        assert_eq!(known.key_of(id), None);
+        assert!(known.remember(&dir, id, [7; 32]).unwrap());
+        assert!(!known.remember(&dir, id, [8; 32]).unwrap(), "a pin is never replaced");
+        let again = KnownDevices::load(&dir).unwrap();
+        assert_eq!(again.key_of(id), Some([7; 32]));
+        assert!(KnownDevices::parse("1C:C3:16:AB:CD:EF nothex").is_err());
+        assert!(KnownDevices::parse("garbage").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,7 +9,6 @@ use sightwire::{
 use sightwire_examples::local::LocalNetwork;
 use sightwire_examples::source::FrameSource;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
-use sightwire_session::auth::AuthRejection;
 use tokio::time::timeout;
 
 const PASSWORD: &str = "correct horse";
@@ -206,11 +205,24 @@ async fn relay_only_mode_streams_through_the_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_refused_by_the_device() {
-    let setup = setup("password", PathPolicy::Any).await;
+    let mut setup = setup("password", PathPolicy::Any).await;
+    let started = std::time::Instant::now();
     let result = connect(&setup, Target::Uri(setup.uri), "wrong", PathPolicy::Any).await;
-    assert_eq!(
-        result.err(),
-        Some(ConnectError::NotAuthorized(AuthRejection::WrongPassword))
+    // Refused at the login, before any address was disclosed: the same answer as an
+    // unknown or offline camera.
+    assert_eq!(result.err(), Some(ConnectError::Unavailable));
+    assert!(started.elapsed() >= sightwire_rendezvous::CONSENT_WINDOW);
+    // The camera never opened a connection for it.
+    assert!(
+        timeout(Duration::from_millis(300), async {
+            loop {
+                if let Some(Event::PeerConnected { .. }) = setup.device.next_event().await {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_err()
     );
 }
 
@@ -227,12 +239,8 @@ async fn unknown_device_is_reported() {
     let setup = setup("unknown", PathPolicy::Any).await;
     let other: DeviceId = "02:00:00:00:00:42".parse().unwrap();
     let result = connect(&setup, Target::Id(other), PASSWORD, PathPolicy::Any).await;
-    assert_eq!(
-        result.err(),
-        Some(ConnectError::Rendezvous(
-            sightwire_signal::ErrorCode::UnknownId
-        ))
-    );
+    // Deliberately the same answer as a wrong password (spec/signaling.md §4.5).
+    assert_eq!(result.err(), Some(ConnectError::Unavailable));
 }
 
 async fn restart_case(name: &str, graceful: bool) {

@@ -605,3 +605,119 @@ fn finding_5_spoofed_authenticated_packet_does_not_move_the_stream() {
     assert!(log.longest_gap < Duration::from_millis(200), "{log:?}");
     assert!(log.frames - frames_before >= 3 * FPS - 2);
 }
+
+// ------------------------------------------------------------- issue 12 (security)
+
+/// Finding 1: a stranger keeps asking for a camera with wrong passwords (one endpoint,
+/// many watches, again and again); none of it takes a viewer slot, and the owner
+/// connects at once.
+#[test]
+fn finding_1_strangers_cannot_take_viewer_slots() {
+    let mut world = World::new(40, 0);
+    let place = world.place(Site::Home);
+    let camera = world.add_camera(place);
+    let place = world.place(Site::Home);
+    let stranger = world.add_viewer(place);
+    let place = world.place(Site::Home);
+    let owner = world.add_viewer(place);
+    world.run_for(Duration::from_secs(1));
+    let mut max_connections = 0;
+    for _round in 0..5 {
+        for _ in 0..20 {
+            world.watch_with(stranger, camera, "guess");
+        }
+        for _ in 0..10 {
+            world.run_for(Duration::from_millis(100));
+            max_connections = max_connections.max(world.camera(camera).connected_peers());
+        }
+    }
+    assert_eq!(max_connections, 0, "a stranger held a viewer slot");
+    let watch = world.watch(owner, camera);
+    let took = world
+        .run_until(CONNECT_LIMIT, |w| w.viewer(owner).watch(watch).frames > 0)
+        .expect("the owner connects while the stranger keeps trying");
+    println!("owner streaming {took:?} after 100 stranger attempts");
+}
+
+/// Finding 3: an unknown ID, an offline camera and a wrong password get the same
+/// answer at the same moment, and nothing about the camera's address reaches the
+/// stranger (not one packet between the two).
+#[test]
+fn finding_3_unknown_offline_and_refused_look_the_same() {
+    let mut world = World::new(41, 0);
+    let place = world.place(Site::Home);
+    let online = world.add_camera(place);
+    let place = world.place(Site::Home);
+    let offline = world.add_camera(place);
+    let place = world.place(Site::Home);
+    let stranger = world.add_viewer(place);
+    world.run_for(Duration::from_secs(1));
+    let offline_id = world.cameras[offline].1;
+    // The offline camera leaves.
+    let now = world.now();
+    world.camera_mut(offline).endpoint.shutdown(now);
+    world.run_for(Duration::from_secs(1));
+    assert_eq!(world.online(), 1);
+    let unknown: sightwire_id::DeviceId = "1C:C3:16:77:77:77".parse().unwrap();
+    let start = world.now();
+    let cases = [
+        ("unknown", world.watch_id(stranger, unknown, "guess")),
+        ("offline", world.watch_id(stranger, offline_id, sim::PASSWORD)),
+        ("wrong password", world.watch_with(stranger, online, "guess")),
+    ];
+    world.run_for(Duration::from_secs(10));
+    let node = world.viewer(stranger);
+    let mut answers = Vec::new();
+    for (name, watch) in cases {
+        let log = node.watch(watch);
+        println!(
+            "{name}: {:?} after {:?}",
+            log.failed,
+            log.failed_at.map(|t| t - start)
+        );
+        answers.push(log.failed);
+    }
+    assert!(answers.iter().all(|a| *a == Some(ConnectError::Unavailable)), "{answers:?}");
+    // Same moment: all three failed in the same instant relative to their requests.
+    let times: Vec<_> = cases_failed_times(node, &cases.map(|(_, w)| w));
+    assert!(times.windows(2).all(|w| w[0] == w[1]), "{times:?} after {start:?}");
+    // Nothing travelled between the stranger and the online camera.
+    let camera_public: std::net::SocketAddr = "203.0.1.1:40000".parse().unwrap();
+    let stranger_public: std::net::SocketAddr = "203.0.3.1:40000".parse().unwrap();
+    assert_eq!(node.sent_to.get(&camera_public), None);
+    assert_eq!(world.camera(online).sent_to.get(&stranger_public), None);
+}
+
+fn cases_failed_times(
+    node: &sim::EndpointNode,
+    watches: &[sightwire::proto::WatchId],
+) -> Vec<Option<std::time::Instant>> {
+    watches
+        .iter()
+        .map(|w| node.watch(*w).failed_at)
+        .collect()
+}
+
+/// Finding 9: wrong passwords from strangers do not lock the owner out.
+#[test]
+fn finding_9_wrong_passwords_do_not_lock_the_owner_out() {
+    let mut world = World::new(42, 0);
+    let place = world.place(Site::Home);
+    let camera = world.add_camera(place);
+    let mut strangers = Vec::new();
+    for _ in 0..6 {
+        let place = world.place(Site::Home);
+        strangers.push(world.add_viewer(place));
+    }
+    let place = world.place(Site::Home);
+    let owner = world.add_viewer(place);
+    world.run_for(Duration::from_secs(1));
+    for &stranger in &strangers {
+        world.watch_with(stranger, camera, "123456");
+    }
+    world.run_for(Duration::from_secs(5));
+    let watch = world.watch(owner, camera);
+    world
+        .run_until(CONNECT_LIMIT, |w| w.viewer(owner).watch(watch).connected_at.is_some())
+        .expect("the owner is not locked out by strangers' wrong passwords");
+}

@@ -17,9 +17,10 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use sightwire::{Credentials, Event, PathPolicy, RendezvousServer, Target, Viewer, ViewerConfig};
-use sightwire_examples::identity::parse_key;
+use sightwire_examples::identity::{
+    KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
+};
 use sightwire_examples::mp4::Mp4Writer;
-use sightwire_session::StaticKeypair;
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 
 /// Watch a camera by its ID or label URI.
@@ -60,6 +61,21 @@ struct Args {
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 20.0)]
     connect_timeout: f64,
+    /// Where the viewer keeps its static key (so a camera that remembered it still
+    /// knows it) and the keys of cameras it has watched (trust on first use: a camera
+    /// whose key changed is refused). Default: `$SIGHTWIRE_VIEWER_STATE`, else
+    /// `$HOME/.local/state/sightwire-viewer`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+/// The state directory: the flag, the environment, or the user's state directory.
+fn state_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("SIGHTWIRE_VIEWER_STATE").map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state/sightwire-viewer"))
+        })
+        .unwrap_or_else(|| PathBuf::from("sightwire-viewer-state"))
 }
 
 struct Output {
@@ -142,8 +158,25 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let issuer = IssuerPublicKey::from_bytes(&parse_key(&args.issuer_key).context("--issuer-key")?)
         .map_err(|_| anyhow::anyhow!("--issuer-key is not an Ed25519 public key"))?;
+    let state = state_dir(args.state_dir.clone());
+    let keypair = load_or_create_key_file(&state, VIEWER_KEY_FILE)?;
+    let mut known = KnownDevices::load(&state)?;
+    // Trust on first use: a camera watched before must prove the same key again.
+    let id = args.device.device_id();
+    let target = match known.key_of(id) {
+        Some(key) => {
+            if !args.device.accepts_key(&key) {
+                anyhow::bail!(
+                    "{id}: the key pinned in {} does not match the label you gave",
+                    state.display()
+                );
+            }
+            Target::Pinned(id, key)
+        }
+        None => args.device,
+    };
     let mut config = ViewerConfig::new(
-        StaticKeypair::generate(&mut rand::rngs::OsRng),
+        keypair,
         RendezvousServer {
             address: args.rendezvous,
             public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
@@ -162,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let mut viewer = match Viewer::connect(config, args.device, credentials).await {
+    let mut viewer = match Viewer::connect(config, target, credentials).await {
         Ok(viewer) => viewer,
         Err(error) => {
             output.emit(json!({"event": "failed", "reason": error.to_string(), "ms": started.elapsed().as_millis() as u64}));
@@ -191,7 +224,10 @@ async fn main() -> anyhow::Result<()> {
             event = viewer.next_event() => {
                 let Some(event) = event else { break };
                 match event {
-                    Event::PeerConnected { path: p, .. } => {
+                    Event::PeerConnected { path: p, key, .. } => {
+                        if known.remember(&state, id, key)? {
+                            tracing::info!(%id, "pinned the camera's key (first use)");
+                        }
                         path = p;
                         output.emit(json!({"event": "connected", "path": p.map(|p| p.kind_name()), "connect_ms": connect_ms}));
                     }

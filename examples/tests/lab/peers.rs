@@ -153,6 +153,9 @@ impl ViewerRun {
             PASSWORD.into(),
             "--out".into(),
             out.display().to_string(),
+            // Each run's viewer keeps its key and pinned devices in the run directory.
+            "--state-dir".into(),
+            run.path(&format!("{label}-state")).display().to_string(),
         ];
         match stop {
             Stop::Frames(n) => args.extend(["--frames".into(), n.to_string()]),

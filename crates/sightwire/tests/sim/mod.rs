@@ -265,6 +265,7 @@ impl Node for CounterNode {
 pub struct WatchLog {
     pub connected_at: Option<Instant>,
     pub failed: Option<ConnectError>,
+    pub failed_at: Option<Instant>,
     pub peer: Option<PeerId>,
     pub path: Option<PathKind>,
     pub frames: u64,
@@ -290,6 +291,8 @@ pub struct EndpointNode {
     next_frame: Option<Instant>,
     pub frames_sent: u64,
     pub registrations: u64,
+    /// Datagrams sent, per destination.
+    pub sent_to: BTreeMap<SocketAddr, u64>,
 }
 
 impl EndpointNode {
@@ -305,6 +308,7 @@ impl EndpointNode {
             next_frame: None,
             frames_sent: 0,
             registrations: 0,
+            sent_to: BTreeMap::new(),
         }
     }
 
@@ -355,7 +359,10 @@ impl EndpointNode {
                     }
                     log.last_frame_at = Some(now);
                 }
-                Event::ConnectFailed { error } => log.failed = Some(*error),
+                Event::ConnectFailed { error } => {
+                    log.failed = Some(*error);
+                    log.failed_at = Some(now);
+                }
                 Event::PeerClosed { .. } => log.closed += 1,
                 Event::Registered { .. } => self.registrations += 1,
                 _ => {}
@@ -424,6 +431,7 @@ impl Node for EndpointNode {
 
     fn poll_transmit(&mut self, _: Instant) -> Option<SimTransmit> {
         let t = self.endpoint.poll_transmit()?;
+        *self.sent_to.entry(t.destination).or_default() += 1;
         Some(SimTransmit {
             from: self.local,
             to: t.destination,
@@ -726,9 +734,19 @@ impl World {
 
     /// Viewer `viewer` starts watching camera `camera`.
     pub fn watch(&mut self, viewer: usize, camera: usize) -> WatchId {
-        let now = self.now();
+        self.watch_with(viewer, camera, PASSWORD)
+    }
+
+    /// Viewer `viewer` starts watching camera `camera` with `password`.
+    pub fn watch_with(&mut self, viewer: usize, camera: usize, password: &str) -> WatchId {
         let id = self.cameras[camera].1;
-        let request = WatchRequest::new(Target::Id(id), Credentials::password(PASSWORD));
+        self.watch_id(viewer, id, password)
+    }
+
+    /// Viewer `viewer` starts watching device ID `id` (registered or not).
+    pub fn watch_id(&mut self, viewer: usize, id: DeviceId, password: &str) -> WatchId {
+        let now = self.now();
+        let request = WatchRequest::new(Target::Id(id), Credentials::password(password));
         self.viewer_mut(viewer)
             .endpoint
             .connect(now, request)
