@@ -67,8 +67,13 @@ def xchacha20poly1305_encrypt(key, nonce24, plaintext, ad):
     return ChaCha20Poly1305(subkey).encrypt(b"\0" * 4 + nonce24[16:], plaintext, ad)
 
 
+def tai64n(unix_nanos):
+    """Timestamp of message 1: 2**62 + Unix seconds (u64 BE) || nanoseconds (u32 BE)."""
+    return struct.pack(">QI", (1 << 62) + unix_nanos // 1_000_000_000, unix_nanos % 1_000_000_000)
+
+
 def handshake(name, prologue, init_static, init_eph, resp_static, resp_eph, sender, receiver_hint,
-              resp_index, attempt, plaintexts):
+              resp_index, attempt, unix_nanos, plaintexts):
     init = NoiseConnection.from_name(PATTERN)
     init.set_as_initiator()
     init.set_prologue(prologue)
@@ -84,13 +89,15 @@ def handshake(name, prologue, init_static, init_eph, resp_static, resp_eph, send
     init.start_handshake()
     resp.start_handshake()
 
-    msg1 = init.write_message(struct.pack(">Q", attempt))
-    assert len(msg1) == 104
+    payload1 = struct.pack(">Q", attempt) + tai64n(unix_nanos)
+    assert len(payload1) == 20
+    msg1 = init.write_message(payload1)
+    assert len(msg1) == 116
     body = bytes([0x01]) + struct.pack(">II", sender, receiver_hint) + msg1
     mac1 = blake2s_mac16(labelled_key(b"sightwire-session mac1 v1", resp_public), body)
     initiation = body + mac1 + b"\0" * 16
-    assert len(initiation) == 145
-    assert resp.read_message(msg1) == struct.pack(">Q", attempt)
+    assert len(initiation) == 157
+    assert resp.read_message(msg1) == payload1
 
     msg2 = resp.write_message(b"")
     assert len(msg2) == 48
@@ -127,6 +134,8 @@ def handshake(name, prologue, init_static, init_eph, resp_static, resp_eph, send
         "receiver_index_in_initiation": receiver_hint,
         "responder_index": resp_index,
         "attempt": attempt,
+        "unix_nanos": unix_nanos,
+        "timestamp": h(tai64n(unix_nanos)),
         "initiation": h(initiation),
         "response": h(response),
         "handshake_hash": h(hh),
@@ -140,12 +149,12 @@ def fixed(byte):
 
 device_id = bytes.fromhex("001a2b3c4d5e")
 peer = handshake("peer", prologue_peer(device_id), fixed(0x11), fixed(0x22), fixed(0x33), fixed(0x44),
-                 0x0A0B0C0D, 0, 0x01020304, 1,
+                 0x0A0B0C0D, 0, 0x01020304, 1, 1_767_225_600_123_456_789,
                  [("i2r", b""), ("i2r", b"hello camera"), ("r2i", b"hello viewer")])
 rekey = handshake("peer-rekey", prologue_peer(device_id), fixed(0x11), fixed(0x55), fixed(0x33), fixed(0x66),
-                  0x11111111, 0x01020304, 0x22222222, 7, [("i2r", b"after rekey")])
+                  0x11111111, 0x01020304, 0x22222222, 7, 1_767_225_720_000_000_001, [("i2r", b"after rekey")])
 rendezvous = handshake("rendezvous", prologue_rendezvous(), fixed(0x77), fixed(0x88), fixed(0x99), fixed(0xAA),
-                       0xDEADBEEF, 0, 0x0BADF00D, 1, [("i2r", b"register")])
+                       0xDEADBEEF, 0, 0x0BADF00D, 1, 1, [("i2r", b"register")])
 
 # Cookie: the responder of the peer vector, under load, answers the peer initiation.
 resp_public = bytes.fromhex(peer["responder_static_public"])
@@ -155,11 +164,11 @@ source_v4 = ("198.51.100.20", 5000)
 addr_bytes = bytes([198, 51, 100, 20]) + struct.pack(">H", 5000)
 cookie = blake2s_mac16(cookie_secret, addr_bytes)
 nonce = bytes(range(24))
-mac1 = initiation[113:129]
+mac1 = initiation[125:141]
 enc = xchacha20poly1305_encrypt(labelled_key(b"sightwire-session cookie v1", resp_public), nonce, cookie, mac1)
 cookie_reply = bytes([0x03]) + struct.pack(">I", peer["initiator_index"]) + nonce + enc
 assert len(cookie_reply) == 61
-with_mac2 = initiation[:129] + blake2s_mac16(cookie, initiation[:129])
+with_mac2 = initiation[:141] + blake2s_mac16(cookie, initiation[:141])
 
 password = b"correct horse battery staple"
 salt = b"sightwire-password-v2" + device_id

@@ -100,6 +100,7 @@ impl<R: Registry> Server<R> {
                     let now = Instant::now();
                     self.sessions.handle_timeout(now);
                     self.core.set_wall_clock(now, unix_now());
+                    self.sessions.set_unix_time(unix_now().saturating_mul(1_000_000_000));
                     self.core.handle_timeout(now);
                 }
             }

@@ -26,6 +26,31 @@ pub const UNDER_LOAD_HALF_OPEN: usize = 64;
 /// the rate and burst of a token bucket that every initiation with a valid `mac1` draws
 /// from; an initiation finding it empty is handled under load.
 pub const UNDER_LOAD_INITIATIONS_PER_SECOND: u32 = 256;
+/// Default maximum number of half-open responder sessions created by initiations from one
+/// source (an IPv4 address or an IPv6 /64). Reaching it, an initiation without a valid
+/// `mac2` gets a cookie reply; one with a valid `mac2` replaces that source's oldest
+/// half-open session. One source can never hold more.
+pub const MAX_HALF_OPEN_PER_SOURCE: usize = 8;
+/// Default per-source initiation rate (per second; WireGuard's `INITIATIONS_PER_SECOND`).
+/// Each source has two token buckets of this rate and [`INITIATION_BURST_PER_SOURCE`]:
+/// initiations without a valid `mac2` draw from the first (empty: cookie reply, no DH),
+/// initiations whose `mac2` proves the source address draw from the second (empty: dropped
+/// with [`InputError::RateLimited`](crate::InputError::RateLimited)). Checked before any DH.
+pub const INITIATIONS_PER_SOURCE_PER_SECOND: u32 = 20;
+/// Default burst of the per-source initiation buckets (see
+/// [`INITIATIONS_PER_SOURCE_PER_SECOND`]).
+pub const INITIATION_BURST_PER_SOURCE: u32 = 10;
+/// Default bound of the table of sources (per-source buckets and half-open counts).
+/// When it is full, the least recently seen source holding no half-open session is
+/// forgotten; nobody is refused for it. Kept above [`MAX_HALF_OPEN`], so there always is
+/// such a source. About 150 bytes an entry.
+pub const MAX_SOURCES: usize = 4096;
+/// Default bound of the table of remote static keys with the greatest initiation
+/// timestamp accepted from each (replay protection of message 1). When it is full, the
+/// least recently accepted key is forgotten (a replay of that key's old initiation could
+/// then create one half-open session again; it can never complete). About 120 bytes an
+/// entry.
+pub const MAX_REMOTE_TIMESTAMPS: usize = 4096;
 /// Default bound of the queue of handshake datagrams waiting for `poll_transmit`.
 pub const MAX_QUEUED_TRANSMITS: usize = 1024;
 /// Default bound of the queue of events waiting for `poll_event`.
@@ -55,6 +80,16 @@ pub struct Config {
     pub under_load_half_open: usize,
     /// See [`UNDER_LOAD_INITIATIONS_PER_SECOND`].
     pub under_load_initiations_per_second: u32,
+    /// See [`MAX_HALF_OPEN_PER_SOURCE`].
+    pub max_half_open_per_source: usize,
+    /// See [`INITIATIONS_PER_SOURCE_PER_SECOND`].
+    pub initiations_per_source_per_second: u32,
+    /// See [`INITIATION_BURST_PER_SOURCE`].
+    pub initiation_burst_per_source: u32,
+    /// See [`MAX_SOURCES`].
+    pub max_sources: usize,
+    /// See [`MAX_REMOTE_TIMESTAMPS`].
+    pub max_remote_timestamps: usize,
     /// See [`MAX_QUEUED_TRANSMITS`].
     pub max_queued_transmits: usize,
     /// See [`MAX_QUEUED_EVENTS`].
@@ -74,6 +109,11 @@ impl Default for Config {
             max_half_open: MAX_HALF_OPEN,
             under_load_half_open: UNDER_LOAD_HALF_OPEN,
             under_load_initiations_per_second: UNDER_LOAD_INITIATIONS_PER_SECOND,
+            max_half_open_per_source: MAX_HALF_OPEN_PER_SOURCE,
+            initiations_per_source_per_second: INITIATIONS_PER_SOURCE_PER_SECOND,
+            initiation_burst_per_source: INITIATION_BURST_PER_SOURCE,
+            max_sources: MAX_SOURCES,
+            max_remote_timestamps: MAX_REMOTE_TIMESTAMPS,
             max_queued_transmits: MAX_QUEUED_TRANSMITS,
             max_queued_events: MAX_QUEUED_EVENTS,
         }

@@ -151,7 +151,7 @@ impl CookieChecker {
     }
 
     /// Builds the cookie reply for an initiation from `src` (61 bytes, smaller than the
-    /// 145-byte initiation that caused it).
+    /// 157-byte initiation that caused it).
     pub(crate) fn reply(
         &mut self,
         now: Instant,

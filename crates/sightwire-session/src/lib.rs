@@ -100,6 +100,7 @@
 pub mod auth;
 mod config;
 mod cookie;
+mod dos;
 pub mod login;
 mod noise;
 mod replay;
@@ -112,9 +113,11 @@ mod tests;
 mod vectors;
 
 pub use config::{
-    Config, HANDSHAKE_DEADLINE, HANDSHAKE_INITIAL_RTO, HANDSHAKE_MAX_RTO, MAX_HALF_OPEN,
-    MAX_QUEUED_EVENTS, MAX_QUEUED_TRANSMITS, MAX_SESSIONS, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME, UNDER_LOAD_HALF_OPEN, UNDER_LOAD_INITIATIONS_PER_SECOND,
+    Config, HANDSHAKE_DEADLINE, HANDSHAKE_INITIAL_RTO, HANDSHAKE_MAX_RTO,
+    INITIATION_BURST_PER_SOURCE, INITIATIONS_PER_SOURCE_PER_SECOND, MAX_HALF_OPEN,
+    MAX_HALF_OPEN_PER_SOURCE, MAX_QUEUED_EVENTS, MAX_QUEUED_TRANSMITS, MAX_REMOTE_TIMESTAMPS,
+    MAX_SESSIONS, MAX_SOURCES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    UNDER_LOAD_HALF_OPEN, UNDER_LOAD_INITIATIONS_PER_SECOND,
 };
 pub use cookie::{COOKIE_LIFETIME, COOKIE_SECRET_LIFETIME, LABEL_COOKIE, LABEL_MAC1};
 pub use noise::{
@@ -128,7 +131,8 @@ pub use table::{
     SessionId, SessionRng, SessionTable, Stats, Transmit,
 };
 pub use wire::{
-    INITIATION_LEN, MAX_PLAINTEXT_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD, is_session_packet,
+    INITIATION_LEN, MAX_PLAINTEXT_LEN, TIMESTAMP_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
+    is_session_packet,
 };
 
 /// Fuzzing entry points (not a stable API).
@@ -239,7 +243,7 @@ pub mod fuzzing {
     /// Feeds attacker datagrams to a device (responder table) that already has one
     /// established session with a real viewer. `data` is split on `0xff`; in each chunk
     /// the first byte is a control byte: bits 0-5 pick the source port, bit 6 stamps a
-    /// valid `mac1` onto a 145-byte initiation (so the fuzzer reaches the Noise code),
+    /// valid `mac1` onto a 157-byte initiation (so the fuzzer reaches the Noise code),
     /// bit 7 advances virtual time by 7 s (timers, rekey, expiry). Checked: no panic, no
     /// response larger than its request, limits hold, and afterwards the genuine viewer's
     /// packet is still accepted unless virtual time expired its keys.

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use crate::replay::{REJECT_AFTER_MESSAGES, ReplayWindow};
 use crate::wire::{
     INITIATION_LEN, INITIATION_NOISE_LEN, INITIATION_PAYLOAD_LEN, Initiation, KEY_LEN, Packet,
-    RESPONSE_LEN, RESPONSE_NOISE_LEN, Response, TAG_LEN, TRANSPORT_HEADER_LEN,
+    RESPONSE_LEN, RESPONSE_NOISE_LEN, Response, TAG_LEN, TIMESTAMP_LEN, TRANSPORT_HEADER_LEN,
     write_transport_header,
 };
 
@@ -269,6 +269,14 @@ fn build(
     state.map_err(|_| HandshakeError::Config("snow could not build the handshake"))
 }
 
+/// The plaintext payload of message 1 (`spec/session.md`, §2.1).
+pub(crate) struct InitiationPayload {
+    /// Attempt number: strictly increasing over the initiations of one session.
+    pub(crate) attempt: u64,
+    /// TAI64N-style timestamp: strictly increasing over the initiations of one table.
+    pub(crate) timestamp: [u8; TIMESTAMP_LEN],
+}
+
 /// Initiator: builds message 1 into a full initiation packet (with `mac1`/`mac2` zero;
 /// the caller stamps them).
 pub(crate) fn write_initiation(
@@ -278,12 +286,15 @@ pub(crate) fn write_initiation(
     ephemeral: &Ephemeral,
     sender_index: u32,
     receiver_index: u32,
-    attempt: u64,
+    contents: &InitiationPayload,
 ) -> Result<(HandshakeState, [u8; INITIATION_LEN]), HandshakeError> {
     let mut state = build(local, Some(remote), prologue, ephemeral, true)?;
+    let mut payload = [0u8; INITIATION_PAYLOAD_LEN];
+    payload[..8].copy_from_slice(&contents.attempt.to_be_bytes());
+    payload[8..].copy_from_slice(&contents.timestamp);
     let mut noise = [0u8; INITIATION_NOISE_LEN];
     let written = state
-        .write_message(&attempt.to_be_bytes(), &mut noise)
+        .write_message(&payload, &mut noise)
         .map_err(|_| HandshakeError::Config("snow could not write message 1"))?;
     if written != INITIATION_NOISE_LEN {
         return Err(HandshakeError::Config("message 1 has an unexpected length"));
@@ -305,6 +316,8 @@ pub(crate) struct AcceptedInitiation {
     pub(crate) state: HandshakeState,
     pub(crate) remote_static: PublicKey,
     pub(crate) attempt: u64,
+    /// The initiator's timestamp (big-endian: byte order is time order).
+    pub(crate) timestamp: [u8; TIMESTAMP_LEN],
 }
 
 /// Responder: reads message 1.
@@ -319,11 +332,16 @@ pub(crate) fn read_initiation(
     let len = state
         .read_message(noise, &mut payload)
         .map_err(|_| HandshakeError::InitiationNotAuthenticated)?;
-    let attempt = payload
+    let payload = payload
         .get(..len)
         .and_then(|p| <[u8; INITIATION_PAYLOAD_LEN]>::try_from(p).ok())
-        .map(u64::from_be_bytes)
         .ok_or(HandshakeError::InitiationNotAuthenticated)?;
+    let (attempt, timestamp) = payload.split_at(8);
+    let attempt = <[u8; 8]>::try_from(attempt)
+        .map(u64::from_be_bytes)
+        .map_err(|_| HandshakeError::InitiationNotAuthenticated)?;
+    let timestamp = <[u8; TIMESTAMP_LEN]>::try_from(timestamp)
+        .map_err(|_| HandshakeError::InitiationNotAuthenticated)?;
     let remote_static: PublicKey = state
         .get_remote_static()
         .and_then(|s| s.try_into().ok())
@@ -332,6 +350,7 @@ pub(crate) fn read_initiation(
         state,
         remote_static,
         attempt,
+        timestamp,
     })
 }
 

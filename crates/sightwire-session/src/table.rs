@@ -12,20 +12,25 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::cookie::{CookieChecker, CookieJar};
+use crate::dos::{SourceKey, SourceTable, Timestamp, TimestampTable, tai64n};
 use crate::noise::{
     self, Ephemeral, HandshakeError, HandshakeHash, Keypair, Prologue, PublicKey, SealError,
     SessionKind, StaticKeypair,
 };
 use crate::replay::ReplayError;
 use crate::wire::{
-    COOKIE_NONCE_LEN, DecodeError, INITIATION_LEN, Initiation, MAX_PLAINTEXT_LEN, Packet,
-    TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
+    COOKIE_NONCE_LEN, DecodeError, INITIATION_LEN, INITIATION_MAC2_OFFSET, Initiation, MAC_LEN,
+    MAX_PLAINTEXT_LEN, Packet, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
 };
 
 /// How many random draws [`SessionTable`] makes to find a free local index before giving up.
 /// With at most 3 indices per session and [`Config::max_sessions`] far below 2³², one
 /// collision is already rare.
 pub const MAX_INDEX_DRAWS: usize = 16;
+
+/// How many of the least recently seen sources each initiation looks at to forget idle
+/// ones (bounded garbage collection of the source table; eviction covers the rest).
+const SOURCE_EXPIRY_BATCH: usize = 4;
 
 /// Hasher for the index and session maps (hot path: two lookups per packet). Keys are
 /// either random indices we chose or sequential ids we assigned, so an attacker cannot
@@ -168,6 +173,18 @@ pub enum InputError {
         /// The limit.
         limit: usize,
     },
+    /// The initiation's source address (proven by a valid `mac2`) exceeded its
+    /// per-source initiation rate ([`Config::initiations_per_source_per_second`]); no DH
+    /// was done. Sources are IPv4 addresses or IPv6 /64 prefixes.
+    #[error("initiations from this source exceed {per_second}/s")]
+    RateLimited {
+        /// The per-source rate.
+        per_second: u32,
+    },
+    /// Message 1's timestamp is not newer than the greatest one accepted from the same
+    /// static key: a replayed (or reordered, older) initiation. Nothing changed.
+    #[error("replayed initiation (timestamp not newer than the last accepted)")]
+    ReplayedInitiation,
     /// A rekey initiation came from a different static key than the session's peer.
     #[error("rekey initiation from a different static key")]
     RemoteKeyChanged,
@@ -300,6 +317,26 @@ pub struct Stats {
     pub handshake_failures: u64,
     /// Initiations dropped by the session or half-open limits.
     pub limit_drops: u64,
+    /// Initiations with a proven source address dropped by the per-source rate limit
+    /// ([`InputError::RateLimited`]).
+    pub rate_limited: u64,
+    /// Cookie replies sent because of a per-source limit (the source's unproven bucket was
+    /// empty or it held [`Config::max_half_open_per_source`] half-open sessions) while the
+    /// table as a whole was not under load. Included in `cookie_replies_sent`.
+    pub source_cookie_replies: u64,
+    /// Initiations refused as replays by their timestamp ([`InputError::ReplayedInitiation`]).
+    pub replayed_initiations: u64,
+    /// Half-open responder sessions evicted (the oldest) to make room for a new
+    /// initiation when the table or its half-open limit was full.
+    pub half_open_evicted: u64,
+    /// Half-open responder sessions evicted because their source reached
+    /// [`Config::max_half_open_per_source`] (that source's oldest).
+    pub source_half_open_evicted: u64,
+    /// Sources forgotten because the source table was full ([`Config::max_sources`]).
+    pub sources_evicted: u64,
+    /// Remote static keys whose greatest timestamp was forgotten because the table was
+    /// full ([`Config::max_remote_timestamps`]).
+    pub timestamps_evicted: u64,
     /// Handshakes completed (first handshakes and rekeys, both roles).
     pub handshakes_completed: u64,
     /// Datagrams dropped because the transmit queue was full or the buffer too small.
@@ -335,6 +372,8 @@ struct Session {
     rejected_responses: u32,
     jar: Option<CookieJar>,
     scheduled: Option<Instant>,
+    /// Responder, while half-open: the source whose half-open count it is in.
+    source: Option<SourceKey>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -430,6 +469,17 @@ pub struct SessionTable {
     /// Initiations within `under_load_initiations_per_second` (rate and burst); an
     /// initiation finding it empty means "under load". Created full at the first one.
     initiation_bucket: Option<TokenBucket>,
+    /// Per-source buckets and half-open counts (bounded: `max_sources`).
+    sources: SourceTable,
+    /// Half-open responder sessions, oldest (smallest id) first: what gets evicted.
+    half_open_responders: BTreeSet<SessionId>,
+    /// Greatest initiation timestamp accepted per remote static key (bounded).
+    timestamps: TimestampTable,
+    /// Wall clock from [`SessionTable::set_unix_time`], nanoseconds since the Unix epoch;
+    /// 0 until set.
+    unix_nanos: u64,
+    /// The last timestamp this table sent (as nanoseconds since the epoch).
+    last_timestamp: u64,
     transmits: VecDeque<(SocketAddr, [u8; INITIATION_LEN], usize)>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -450,6 +500,12 @@ impl SessionTable {
     /// A table that only initiates (viewers; devices talking to the rendezvous).
     pub fn new(local: StaticKeypair, config: Config, rng: Box<dyn SessionRng>) -> Self {
         let cookie_checker = CookieChecker::new(local.public());
+        let source_rate = Rate {
+            per_second: config.initiations_per_source_per_second,
+            burst: config.initiation_burst_per_source,
+        };
+        let sources = SourceTable::new(config.max_sources, source_rate);
+        let timestamps = TimestampTable::new(config.max_remote_timestamps);
         Self {
             local,
             responder: None,
@@ -462,6 +518,11 @@ impl SessionTable {
             half_open: 0,
             cookie_checker,
             initiation_bucket: None,
+            sources,
+            half_open_responders: BTreeSet::new(),
+            timestamps,
+            unix_nanos: 0,
+            last_timestamp: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -482,6 +543,28 @@ impl SessionTable {
             prologue: kind.prologue(),
         });
         table
+    }
+
+    /// The wall clock, nanoseconds since the Unix epoch. The driver calls it before
+    /// inputs (as it passes `now`), at least before [`connect`](Self::connect) and
+    /// [`handle_timeout`](Self::handle_timeout), which build initiations.
+    ///
+    /// Every initiation carries a timestamp (`spec/session.md`, §2.1): the greater of this
+    /// clock and one nanosecond after the previous timestamp this table sent. So the
+    /// timestamps of one table strictly increase even if the clock steps back or is never
+    /// set. Never set, the clock is 0 and the timestamps are a counter (1, 2, 3 … ns after
+    /// the epoch): enough for tests and simulators, whose responders are as young as their
+    /// initiators. A real initiator must set it: after a restart a counter starts again
+    /// at 1 and a responder that remembers this static key refuses it as a replay. A
+    /// responder needs no clock (it only compares timestamps).
+    pub fn set_unix_time(&mut self, unix_nanos: u64) {
+        self.unix_nanos = unix_nanos;
+    }
+
+    fn next_timestamp(&mut self) -> Timestamp {
+        let t = self.unix_nanos.max(self.last_timestamp.saturating_add(1));
+        self.last_timestamp = t;
+        tai64n(t)
     }
 
     /// Our static public key.
@@ -599,6 +682,7 @@ impl SessionTable {
             rejected_responses: 0,
             jar: Some(CookieJar::new(&remote_static)),
             scheduled: None,
+            source: None,
         };
         self.sessions.insert(id, session);
         self.half_open += 1;
@@ -647,6 +731,7 @@ impl SessionTable {
             .allocate_index(id)
             .ok_or(ConnectError::IndexesExhausted)?;
         let ephemeral = Ephemeral::from_rng(&mut *self.rng);
+        let timestamp = self.next_timestamp();
         let Some(session) = self.sessions.get_mut(&id) else {
             self.indices.remove(&index);
             return Ok(());
@@ -660,7 +745,7 @@ impl SessionTable {
             &ephemeral,
             index,
             receiver_index,
-            attempt,
+            &noise::InitiationPayload { attempt, timestamp },
         );
         let (state, mut packet) = match built {
             Ok(built) => built,
@@ -741,7 +826,17 @@ impl SessionTable {
         if session.is_half_open() {
             self.half_open = self.half_open.saturating_sub(1);
         }
+        self.release_source(id, session.source.take());
         Some(())
+    }
+
+    /// A responder session left the half-open state (established or removed): it no
+    /// longer counts against its source or waits for eviction.
+    fn release_source(&mut self, id: SessionId, source: Option<SourceKey>) {
+        self.half_open_responders.remove(&id);
+        if let Some(entry) = source.and_then(|key| self.sources.get_mut(&key)) {
+            entry.half_open = entry.half_open.saturating_sub(1);
+        }
     }
 
     /// Seals `plaintext` for `session` into `out` (which needs
@@ -823,6 +918,8 @@ impl SessionTable {
                 InputError::TableFull { .. } | InputError::TooManyHalfOpen { .. } => {
                     &mut self.stats.limit_drops
                 }
+                InputError::RateLimited { .. } => &mut self.stats.rate_limited,
+                InputError::ReplayedInitiation => &mut self.stats.replayed_initiations,
                 _ => &mut self.stats.other_drops,
             };
             *counter += 1;
@@ -927,6 +1024,7 @@ impl SessionTable {
             session.current = confirmed;
             Self::free_keys(&mut self.indices, retired);
             self.stats.handshakes_completed += 1;
+            let source = session.source.take();
             let event = if session.established {
                 Event::Rekeyed { session: id }
             } else {
@@ -939,6 +1037,7 @@ impl SessionTable {
                     remote_addr: from,
                 }
             };
+            self.release_source(id, source);
             self.push_event(event);
             self.reschedule(id);
         }
@@ -986,11 +1085,29 @@ impl SessionTable {
         if !self.cookie_checker.mac1_ok(packet) {
             return Err(InputError::BadMac1);
         }
-        if self.under_load(now)
-            && !self
+        let under_load = self.under_load(now);
+        // An all-zero mac2 means "no cookie" (§5); a valid mac2 proves the source address.
+        let proven = packet
+            .get(INITIATION_MAC2_OFFSET..)
+            .is_some_and(|mac2| mac2 != [0u8; MAC_LEN])
+            && self
                 .cookie_checker
-                .mac2_ok(now, &mut *self.rng, packet, from)
-        {
+                .mac2_ok(now, &mut *self.rng, packet, from);
+        let new_session = initiation.receiver_index == 0;
+        // Per-source limits, before any DH. Each initiation draws from one bucket.
+        let source_key = SourceKey::of(from);
+        self.sources.expire(now, SOURCE_EXPIRY_BATCH);
+        let (source, evicted) = self.sources.touch(now, source_key);
+        self.stats.sources_evicted += evicted;
+        let source_full = new_session && source.half_open >= self.config.max_half_open_per_source;
+        if proven {
+            if !source.proven.try_take(now) {
+                return Err(InputError::RateLimited {
+                    per_second: self.config.initiations_per_source_per_second,
+                });
+            }
+        } else if under_load || source_full || !source.unproven.try_take(now) {
+            // Prove the address first: a cookie reply, no DH, no state.
             let mut nonce = [0u8; COOKIE_NONCE_LEN];
             self.rng.fill_bytes(&mut nonce);
             let mut reply = [0u8; INITIATION_LEN];
@@ -1000,10 +1117,13 @@ impl SessionTable {
                 .unwrap_or(0);
             self.queue_transmit(from, reply.get(..len).unwrap_or_default());
             self.stats.cookie_replies_sent += 1;
+            if !under_load {
+                self.stats.source_cookie_replies += 1;
+            }
             return Ok(Input::Handshake { session: None });
         }
         // A rekey names the responder's keys; an initiation naming no index is a new session.
-        let existing = if initiation.receiver_index == 0 {
+        let existing = if new_session {
             None
         } else {
             let id = *self
@@ -1022,7 +1142,9 @@ impl SessionTable {
             }
             Some(id)
         };
-        if existing.is_none() {
+        // A full table makes room by evicting its oldest half-open responder session
+        // (below, once this initiation has proved valid); with none to evict, refuse now.
+        if existing.is_none() && self.half_open_responders.is_empty() {
             if self.sessions.len() >= self.config.max_sessions {
                 return Err(InputError::TableFull {
                     limit: self.config.max_sessions,
@@ -1053,6 +1175,16 @@ impl SessionTable {
                 });
             }
         }
+        if self
+            .timestamps
+            .check(&accepted.remote_static, &accepted.timestamp)
+            .is_err()
+        {
+            return Err(InputError::ReplayedInitiation);
+        }
+        if existing.is_none() {
+            self.make_room(source_key)?;
+        }
         let id = match existing {
             Some(id) => id,
             None => self.new_id(),
@@ -1068,6 +1200,9 @@ impl SessionTable {
                     return Err(e.into());
                 }
             };
+        self.stats.timestamps_evicted += self
+            .timestamps
+            .record(accepted.remote_static, accepted.timestamp);
         match existing.and_then(|id| self.sessions.get_mut(&id)) {
             Some(session) => {
                 // Rekey: the new keys wait in `next` until the initiator uses them. The
@@ -1102,14 +1237,63 @@ impl SessionTable {
                         rejected_responses: 0,
                         jar: None,
                         scheduled: None,
+                        source: Some(source_key),
                     },
                 );
                 self.half_open += 1;
+                self.half_open_responders.insert(id);
+                let (source, evicted) = self.sources.touch(now, source_key);
+                source.half_open += 1;
+                self.stats.sources_evicted += evicted;
             }
         }
         self.queue_transmit(from, &response);
         self.reschedule(id);
         Ok(Input::Handshake { session: Some(id) })
+    }
+
+    /// Before a new responder session from `source` is inserted: evicts that source's
+    /// oldest half-open session if it holds [`Config::max_half_open_per_source`], then
+    /// the table's oldest half-open responder session while the session or half-open
+    /// limit is reached. Our own (initiator) handshakes are never evicted.
+    fn make_room(&mut self, source: SourceKey) -> Result<(), InputError> {
+        let held = self.sources.get_mut(&source).map_or(0, |s| s.half_open);
+        if held >= self.config.max_half_open_per_source {
+            let oldest = self
+                .half_open_responders
+                .iter()
+                .find(|id| {
+                    self.sessions
+                        .get(id)
+                        .is_some_and(|s| s.source == Some(source))
+                })
+                .copied();
+            if let Some(id) = oldest {
+                self.remove(id);
+                self.stats.source_half_open_evicted += 1;
+            }
+        }
+        while self.sessions.len() >= self.config.max_sessions
+            || self.half_open >= self.config.max_half_open
+        {
+            let Some(oldest) = self.half_open_responders.first().copied() else {
+                return Err(if self.sessions.len() >= self.config.max_sessions {
+                    InputError::TableFull {
+                        limit: self.config.max_sessions,
+                    }
+                } else {
+                    InputError::TooManyHalfOpen {
+                        limit: self.config.max_half_open,
+                    }
+                });
+            };
+            if self.remove(oldest).is_none() {
+                // Not in the table (cannot happen): forget it so the loop ends.
+                self.half_open_responders.remove(&oldest);
+            }
+            self.stats.half_open_evicted += 1;
+        }
+        Ok(())
     }
 
     fn on_response<'d>(
@@ -1322,6 +1506,7 @@ impl SessionTable {
                     rejected_responses: s.rejected_responses,
                     jar: s.jar.clone(),
                     scheduled: s.scheduled,
+                    source: s.source,
                 };
                 (*id, copy)
             })
@@ -1338,6 +1523,11 @@ impl SessionTable {
             half_open: self.half_open,
             cookie_checker: self.cookie_checker.clone(),
             initiation_bucket: self.initiation_bucket.clone(),
+            sources: self.sources.clone(),
+            half_open_responders: self.half_open_responders.clone(),
+            timestamps: self.timestamps.clone(),
+            unix_nanos: self.unix_nanos,
+            last_timestamp: self.last_timestamp,
             transmits: self.transmits.clone(),
             events: self.events.clone(),
             stats: self.stats,
@@ -1347,5 +1537,23 @@ impl SessionTable {
     #[cfg(test)]
     pub(crate) fn index_count(&self) -> usize {
         self.indices.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Half-open responder sessions counted against the source of `from`.
+    #[cfg(test)]
+    pub(crate) fn half_open_from(&mut self, from: SocketAddr) -> usize {
+        self.sources
+            .get_mut(&SourceKey::of(from))
+            .map_or(0, |s| s.half_open)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn timestamp_count(&self) -> usize {
+        self.timestamps.len()
     }
 }

@@ -753,12 +753,11 @@ fn limit_max_sessions() {
         ),
         Err(ConnectError::TableFull { limit: 2 })
     );
-    // Responder side: two viewers fill the camera, a third is dropped.
-    let mut results = Vec::new();
-    for d in pair.viewer_out() {
-        results.push(pair.deliver_to_camera(&d).is_ok());
-    }
-    assert_eq!(results, vec![true, true]);
+    // Responder side: two viewers fill the camera with established sessions, a third is
+    // dropped (a half-open session would have been evicted instead; see
+    // `finding_2_full_half_open_table_evicts_the_oldest`).
+    pair.pump();
+    assert_eq!((pair.camera.len(), pair.camera.half_open()), (2, 0));
     let mut third = SessionTable::new(keypair(300), Config::default(), rng(30));
     third
         .connect(
@@ -800,26 +799,26 @@ fn limit_max_half_open() {
         ),
         Err(ConnectError::TooManyHalfOpen { limit: 3 })
     );
-    let mut results = Vec::new();
-    let mut other = SessionTable::new(keypair(301), Config::default(), rng(31));
-    other
-        .connect(
-            pair.now,
-            pair.camera_addr,
-            SessionKind::Peer {
-                device_id: DEVICE_ID,
-            },
-            pair.camera_public,
-        )
-        .unwrap();
-    let mut extra = Pair::drain(&mut other, addr("203.0.113.7:1"));
-    let mut inputs = pair.viewer_out();
-    inputs.append(&mut extra);
-    for d in &inputs {
-        results.push(pair.deliver_to_camera(d));
+    // The camera's half-open slots are all its own handshakes (never evicted): an
+    // initiation finds nothing to evict and is refused before any DH.
+    for _ in 0..3 {
+        pair.camera
+            .connect(
+                pair.now,
+                addr("192.0.2.99:1"),
+                SessionKind::Rendezvous,
+                pair.camera_public,
+            )
+            .unwrap();
     }
-    assert_eq!(results[3], Err(InputError::TooManyHalfOpen { limit: 3 }));
+    let _ = pair.camera_out();
+    let inputs = pair.viewer_out();
+    assert_eq!(
+        pair.deliver_to_camera(&inputs[0]),
+        Err(InputError::TooManyHalfOpen { limit: 3 })
+    );
     assert_eq!(pair.camera.half_open(), 3);
+    assert_eq!(pair.camera.stats().limit_drops, 1);
 }
 
 #[test]
@@ -1264,6 +1263,8 @@ fn lossy_run(seed: u64, loss: f64, duplicate: f64) {
                     InputError::Replay(_) | InputError::UnknownIndex(_) | InputError::Unexpected,
                 ) => {}
                 Err(InputError::StaleAttempt { .. }) => {}
+                // Duplicated (or overtaken) initiations: refused by their timestamp.
+                Err(InputError::ReplayedInitiation) => {}
                 Err(other) => panic!("unexpected drop {other:?} at {:?}", pair.now - start),
             }
         }
@@ -1391,8 +1392,189 @@ fn password_proof_is_bound_to_one_session() {
     ));
 }
 
+// ---------------------------------------------------------------------------------------
+// Security issue 12, finding 2: one address filled the 512-entry half-open table while
+// answering cookies like an honest client; replayed initiations were accepted.
+
+/// An attacker at one address that builds initiations for the camera (a fresh static key
+/// and timestamp each time, as many clients would) and answers cookie replies like an
+/// honest client: it stamps every later initiation with the cookie. It never confirms,
+/// so every initiation the camera accepts stays half-open.
+struct Flooder {
+    rng: ChaCha20Rng,
+    camera_public: PublicKey,
+    jar: cookie::CookieJar,
+    sent: u64,
+}
+
+impl Flooder {
+    fn new(camera_public: PublicKey, seed: u64) -> Self {
+        Self {
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            camera_public,
+            jar: cookie::CookieJar::new(&camera_public),
+            sent: 0,
+        }
+    }
+
+    fn initiation(&mut self, now: Instant) -> Vec<u8> {
+        use rand::RngCore;
+        self.sent += 1;
+        let key = StaticKeypair::generate(&mut self.rng);
+        let ephemeral = noise::Ephemeral::from_rng(&mut self.rng);
+        let (_, mut packet) = noise::write_initiation(
+            &key,
+            &self.camera_public,
+            &SessionKind::Peer {
+                device_id: DEVICE_ID,
+            }
+            .prologue(),
+            &ephemeral,
+            self.rng.next_u32() | 1,
+            0,
+            &noise::InitiationPayload {
+                attempt: 1,
+                timestamp: dos::tai64n(self.sent),
+            },
+        )
+        .expect("initiation");
+        self.jar.stamp(now, &mut packet);
+        packet.to_vec()
+    }
+
+    /// Takes the camera's answers: keeps cookies, ignores responses (never confirms).
+    fn answer(&mut self, now: Instant, datagrams: &[Datagram]) {
+        for d in datagrams {
+            if let Ok(Packet::CookieReply(reply)) = Packet::decode(&d.bytes) {
+                // Bound to the mac1 of the initiation just sent, as for a client.
+                assert!(self.jar.consume_reply(now, &reply));
+            }
+        }
+    }
+}
+
+/// Sends one flooder initiation from `from` to the pair's camera; returns the result and
+/// hands the camera's answers to the flooder.
+fn flood_once(
+    pair: &mut Pair,
+    flooder: &mut Flooder,
+    from: SocketAddr,
+) -> Result<Option<Vec<u8>>, InputError> {
+    let d = Datagram {
+        from,
+        to: pair.camera_addr,
+        bytes: flooder.initiation(pair.now),
+    };
+    let result = pair.deliver_to_camera(&d);
+    let answers: Vec<Datagram> = pair
+        .camera_out()
+        .into_iter()
+        .filter(|a| a.to == from)
+        .collect();
+    flooder.answer(pair.now, &answers);
+    result
+}
+
 #[test]
-fn replayed_new_session_initiation_costs_a_half_open_slot_only() {
+fn finding_2_one_source_cannot_fill_the_half_open_table() {
+    // Default limits: the finding's setting (512 half-open, 64 before "under load").
+    let mut pair = Pair::new(Config::default());
+    let mut flooder = Flooder::new(pair.camera_public, 7);
+    let attacker = addr("203.0.113.66:4444");
+    let start = pair.now;
+    let step = Duration::from_millis(1000 / 26);
+    let mut honest_started = false;
+    // 30 s at ~26 initiations per second (the finding's rate): more than 512 half-open
+    // sessions' worth within the 20 s each one lives.
+    while pair.now < start + Duration::from_secs(30) {
+        pair.now += step;
+        let _ = flood_once(&mut pair, &mut flooder, attacker);
+        pair.camera.handle_timeout(pair.now);
+        let held = pair.camera.half_open_from(attacker);
+        assert!(
+            held <= MAX_HALF_OPEN_PER_SOURCE,
+            "one source holds {held} half-open sessions"
+        );
+        assert!(pair.camera.half_open() <= MAX_HALF_OPEN_PER_SOURCE + 1);
+        // Mid-flood, at the point where the old table was full, an honest viewer from
+        // another address connects and must complete.
+        if !honest_started && pair.now >= start + Duration::from_secs(22) {
+            honest_started = true;
+            pair.connect();
+        }
+        if honest_started {
+            for d in pair.viewer_out() {
+                let _ = pair.deliver_to_camera(&d);
+            }
+            let to_viewer: Vec<Datagram> = pair
+                .camera_out()
+                .into_iter()
+                .filter(|d| d.to == pair.viewer_addr)
+                .collect();
+            for d in &to_viewer {
+                let _ = pair.deliver_to_viewer(d);
+            }
+            pair.viewer.handle_timeout(pair.now);
+        }
+    }
+    assert!(flooder.sent >= 750);
+    let stats = pair.camera.stats();
+    assert!(
+        stats.cookie_replies_sent >= 1,
+        "the attacker had to answer cookies"
+    );
+    assert!(
+        stats.rate_limited > 0 && stats.source_half_open_evicted > 0,
+        "{stats:?}"
+    );
+    let viewer_session = pair.viewer_session.expect("honest viewer connected");
+    assert!(pair.viewer.is_established(viewer_session));
+    let camera_session = pair.camera_session.expect("honest session established");
+    assert_eq!(
+        pair.camera.remote_static(camera_session),
+        Some(pair.viewer.local_public())
+    );
+    let d = pair.seal_viewer(b"still watching");
+    assert_eq!(
+        pair.deliver_to_camera(&d),
+        Ok(Some(b"still watching".to_vec()))
+    );
+}
+
+#[test]
+fn finding_2_replayed_initiation_is_rejected() {
+    let mut pair = Pair::new(Config::default());
+    pair.connect();
+    // The first attempt is lost; the retransmission (a newer initiation) gets through.
+    let first = pair.viewer_out().remove(0);
+    pair.run_until(pair.now + HANDSHAKE_INITIAL_RTO);
+    let c = pair
+        .camera_session
+        .expect("established by the retransmission");
+    assert_eq!((pair.camera.len(), pair.camera.half_open()), (1, 0));
+    let replayed_before = pair.camera.stats().replayed_initiations;
+    // An attacker replays the delivered initiation (captured on the way) and the older,
+    // lost one, from its own address and from the viewer's.
+    for from in [addr("203.0.113.66:4444"), pair.viewer_addr] {
+        let mut replay = first.clone();
+        replay.from = from;
+        assert_eq!(
+            pair.deliver_to_camera(&replay),
+            Err(InputError::ReplayedInitiation)
+        );
+    }
+    assert!(pair.camera_out().is_empty(), "no response to a replay");
+    assert_eq!((pair.camera.len(), pair.camera.half_open()), (1, 0));
+    assert_eq!(
+        pair.camera.stats().replayed_initiations,
+        replayed_before + 2
+    );
+    assert!(pair.camera.is_established(c));
+    assert_eq!(pair.camera.remote_addr(c), Some(pair.viewer_addr));
+}
+
+#[test]
+fn finding_2_replayed_initiation_does_not_disturb_the_established_session() {
     let mut pair = Pair::new(Config::default());
     pair.connect();
     let initiation = pair.viewer_out().remove(0);
@@ -1402,24 +1584,245 @@ fn replayed_new_session_initiation_costs_a_half_open_slot_only() {
     }
     pair.pump();
     let c = pair.camera_session.expect("established");
-    // An attacker replays the captured initiation from its own address.
-    let mut replay = initiation.clone();
-    replay.from = addr("203.0.113.66:4444");
-    pair.deliver_to_camera(&replay).unwrap();
-    let answers = pair.camera_out();
-    assert_eq!(answers.len(), 1);
-    assert_eq!(answers[0].to, replay.from);
-    assert!(answers[0].bytes.len() <= replay.bytes.len());
-    assert_eq!((pair.camera.len(), pair.camera.half_open()), (2, 1));
-    // The genuine session is untouched; the replayed one expires unconfirmed.
+    for from in [addr("203.0.113.66:4444"), pair.viewer_addr] {
+        let mut replay = initiation.clone();
+        replay.from = from;
+        assert_eq!(
+            pair.deliver_to_camera(&replay),
+            Err(InputError::ReplayedInitiation)
+        );
+    }
+    assert!(pair.camera_out().is_empty());
+    assert_eq!((pair.camera.len(), pair.camera.half_open()), (1, 0));
     let d = pair.seal_viewer(b"fine");
     assert_eq!(pair.deliver_to_camera(&d), Ok(Some(b"fine".to_vec())));
     assert_eq!(pair.camera.remote_addr(c), Some(pair.viewer_addr));
-    pair.run_until(pair.now + HANDSHAKE_DEADLINE);
-    assert_eq!((pair.camera.len(), pair.camera.half_open()), (1, 0));
-    assert!(
-        pair.camera_events
-            .iter()
-            .all(|e| !matches!(e, Event::Established { session, .. } if *session != c))
+    // Even after the session is gone, the key's greatest timestamp is remembered.
+    assert!(pair.camera.close(c));
+    assert_eq!(
+        pair.deliver_to_camera(&initiation),
+        Err(InputError::ReplayedInitiation)
     );
+    assert!(pair.camera.is_empty());
+    // A new connection from the same viewer (newer timestamp) is accepted.
+    pair.viewer.close(pair.viewer_session.unwrap());
+    pair.camera_session = None;
+    pair.connect();
+    pair.pump();
+    assert!(pair.camera_session.is_some());
+}
+
+#[test]
+fn finding_2_per_source_rate_limit() {
+    let config = Config {
+        initiations_per_source_per_second: 2,
+        initiation_burst_per_source: 2,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    let mut flooder = Flooder::new(pair.camera_public, 8);
+    let attacker = addr("203.0.113.66:4444");
+    // Without a cookie: the burst gets a DH, then the source must prove its address.
+    assert_eq!(flood_once(&mut pair, &mut flooder, attacker), Ok(None));
+    assert_eq!(flood_once(&mut pair, &mut flooder, attacker), Ok(None));
+    assert_eq!(pair.camera.half_open(), 2);
+    assert_eq!(flood_once(&mut pair, &mut flooder, attacker), Ok(None));
+    assert_eq!(pair.camera.half_open(), 2, "answered with a cookie, no DH");
+    assert_eq!(pair.camera.stats().source_cookie_replies, 1);
+    // With the cookie (address proven): its own bucket, then dropped.
+    assert_eq!(flood_once(&mut pair, &mut flooder, attacker), Ok(None));
+    assert_eq!(flood_once(&mut pair, &mut flooder, attacker), Ok(None));
+    assert_eq!(pair.camera.half_open(), 4);
+    assert_eq!(
+        flood_once(&mut pair, &mut flooder, attacker),
+        Err(InputError::RateLimited { per_second: 2 })
+    );
+    assert_eq!(pair.camera.stats().rate_limited, 1);
+    assert_eq!(pair.camera.half_open(), 4);
+    // Other sources are not limited by it.
+    pair.connect();
+    pair.pump();
+    assert!(pair.camera_session.is_some());
+    // Half a second refills one token.
+    pair.now += Duration::from_millis(500);
+    assert_eq!(flood_once(&mut pair, &mut flooder, attacker), Ok(None));
+    assert_eq!(
+        flood_once(&mut pair, &mut flooder, attacker),
+        Err(InputError::RateLimited { per_second: 2 })
+    );
+}
+
+#[test]
+fn finding_2_ipv6_sources_are_grouped_by_64() {
+    let config = Config {
+        max_half_open_per_source: 2,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    let mut flooder = Flooder::new(pair.camera_public, 9);
+    // Three addresses (and ports) of one /64: one source.
+    let same_64 = [
+        addr("[2001:db8:1:2::1]:1000"),
+        addr("[2001:db8:1:2:8000::7]:2000"),
+        addr("[2001:db8:1:2:ffff:ffff:ffff:ffff]:3000"),
+    ];
+    assert_eq!(flood_once(&mut pair, &mut flooder, same_64[0]), Ok(None));
+    assert_eq!(flood_once(&mut pair, &mut flooder, same_64[1]), Ok(None));
+    assert_eq!(pair.camera.half_open(), 2);
+    // At the per-source cap: without a cookie, a cookie reply and no DH.
+    assert_eq!(flood_once(&mut pair, &mut flooder, same_64[2]), Ok(None));
+    assert_eq!(pair.camera.half_open(), 2);
+    assert_eq!(pair.camera.stats().source_cookie_replies, 1);
+    // The neighbouring /64 is another source.
+    let other_64 = addr("[2001:db8:1:3::1]:1000");
+    assert_eq!(flood_once(&mut pair, &mut flooder, other_64), Ok(None));
+    assert_eq!(pair.camera.half_open(), 3);
+    // With the cookie (bound to the exact address), the /64 replaces its own oldest
+    // half-open session rather than growing past the cap.
+    assert_eq!(flood_once(&mut pair, &mut flooder, same_64[2]), Ok(None));
+    assert_eq!(pair.camera.half_open(), 3);
+    assert_eq!(pair.camera.stats().source_half_open_evicted, 1);
+}
+
+#[test]
+fn finding_2_full_half_open_table_evicts_the_oldest() {
+    let config = Config {
+        max_half_open: 3,
+        under_load_half_open: 100,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    let mut flooder = Flooder::new(pair.camera_public, 10);
+    // Three sources, one half-open session each: the table is full.
+    let mut first_response = None;
+    for i in 1..=3 {
+        let from = addr(&format!("203.0.113.{i}:1"));
+        let d = Datagram {
+            from,
+            to: pair.camera_addr,
+            bytes: flooder.initiation(pair.now),
+        };
+        assert_eq!(pair.deliver_to_camera(&d), Ok(None));
+        let out = pair.camera_out();
+        first_response.get_or_insert(out[0].bytes.clone());
+    }
+    assert_eq!(pair.camera.half_open(), 3);
+    // An honest viewer is not refused: the oldest half-open session makes room.
+    pair.connect();
+    pair.pump();
+    assert!(pair.camera_session.is_some());
+    assert_eq!(pair.camera.stats().half_open_evicted, 1);
+    assert_eq!(pair.camera.stats().limit_drops, 0);
+    assert_eq!((pair.camera.len(), pair.camera.half_open()), (3, 2));
+    // The evicted one was the oldest: its index is gone.
+    let Ok(Packet::Response(r)) = Packet::decode(first_response.as_deref().unwrap()) else {
+        panic!()
+    };
+    let mut probe = vec![0u8; TRANSPORT_OVERHEAD];
+    probe[0] = wire::TYPE_TRANSPORT;
+    probe[1..5].copy_from_slice(&r.sender_index.to_be_bytes());
+    assert_eq!(
+        pair.camera
+            .handle_input(pair.now, addr("203.0.113.1:1"), &mut probe),
+        Err(InputError::UnknownIndex(r.sender_index))
+    );
+}
+
+#[test]
+fn limit_max_sources_evicts_instead_of_refusing() {
+    let config = Config {
+        max_sources: 2,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    let mut flooder = Flooder::new(pair.camera_public, 11);
+    for i in 1..=5 {
+        let from = addr(&format!("203.0.113.{i}:1"));
+        assert_eq!(flood_once(&mut pair, &mut flooder, from), Ok(None));
+    }
+    assert_eq!(pair.camera.half_open(), 5, "nobody refused");
+    assert!(pair.camera.source_count() <= 2);
+    assert!(pair.camera.stats().sources_evicted >= 3);
+    pair.connect();
+    pair.pump();
+    assert!(pair.camera_session.is_some());
+}
+
+#[test]
+fn limit_max_remote_timestamps_evicts_the_least_recent_key() {
+    let config = Config {
+        max_remote_timestamps: 2,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    pair.deliver_to_camera(&initiation).unwrap();
+    assert_eq!(
+        pair.deliver_to_camera(&initiation),
+        Err(InputError::ReplayedInitiation)
+    );
+    // Two other keys push the viewer's key out of the bounded table.
+    let mut flooder = Flooder::new(pair.camera_public, 12);
+    for i in 1..=2 {
+        let from = addr(&format!("203.0.113.{i}:1"));
+        assert_eq!(flood_once(&mut pair, &mut flooder, from), Ok(None));
+    }
+    assert_eq!(pair.camera.timestamp_count(), 2);
+    assert_eq!(pair.camera.stats().timestamps_evicted, 1);
+    // The documented cost of forgetting: the old initiation is accepted once more, as a
+    // half-open session that can never complete.
+    let before = pair.camera.half_open();
+    assert_eq!(pair.deliver_to_camera(&initiation), Ok(None));
+    assert_eq!(pair.camera.half_open(), before + 1);
+}
+
+#[test]
+fn initiation_timestamps_follow_the_wall_clock_and_never_repeat() {
+    let camera_key = keypair(100);
+    let prologue = SessionKind::Peer {
+        device_id: DEVICE_ID,
+    }
+    .prologue();
+    let read = |bytes: &[u8]| {
+        let Ok(Packet::Initiation(i)) = Packet::decode(bytes) else {
+            panic!()
+        };
+        noise::read_initiation(
+            &camera_key,
+            &prologue,
+            &noise::Ephemeral::from_rng(&mut ChaCha20Rng::seed_from_u64(0)),
+            i.noise,
+        )
+        .unwrap()
+        .timestamp
+    };
+    let mut viewer = SessionTable::new(keypair(200), Config::default(), rng(1));
+    let now = Instant::now();
+    let connect = |viewer: &mut SessionTable| {
+        viewer
+            .connect(
+                now,
+                addr("192.0.2.10:7000"),
+                SessionKind::Peer {
+                    device_id: DEVICE_ID,
+                },
+                *camera_key.public(),
+            )
+            .unwrap();
+        Pair::drain(viewer, addr("198.51.100.20:5000"))
+            .remove(0)
+            .bytes
+    };
+    // Never set: a counter.
+    assert_eq!(read(&connect(&mut viewer)), dos::tai64n(1));
+    assert_eq!(read(&connect(&mut viewer)), dos::tai64n(2));
+    // Set: the wall clock.
+    let wall = 1_767_225_600_000_000_000;
+    viewer.set_unix_time(wall);
+    assert_eq!(read(&connect(&mut viewer)), dos::tai64n(wall));
+    // Unchanged or stepped back: still strictly increasing.
+    assert_eq!(read(&connect(&mut viewer)), dos::tai64n(wall + 1));
+    viewer.set_unix_time(wall - 1_000_000_000);
+    assert_eq!(read(&connect(&mut viewer)), dos::tai64n(wall + 2));
 }

@@ -72,6 +72,12 @@ fn handshake_and_transport_vectors() {
         let hint = int(&v["receiver_index_in_initiation"]) as u32;
         let responder_index = int(&v["responder_index"]) as u32;
         let attempt = int(&v["attempt"]);
+        let timestamp = crate::dos::tai64n(int(&v["unix_nanos"]));
+        assert_eq!(
+            hex::encode(timestamp),
+            v["timestamp"].as_str().unwrap(),
+            "{name}: timestamp"
+        );
 
         let (mut init_state, mut initiation) = noise::write_initiation(
             &initiator,
@@ -80,7 +86,7 @@ fn handshake_and_transport_vectors() {
             &fixed_ephemeral(key(&v["initiator_ephemeral_private"])),
             sender,
             hint,
-            attempt,
+            &noise::InitiationPayload { attempt, timestamp },
         )
         .unwrap();
         CookieJar::new(responder.public()).stamp(now, &mut initiation);
@@ -103,6 +109,7 @@ fn handshake_and_transport_vectors() {
         )
         .unwrap();
         assert_eq!(accepted.attempt, attempt);
+        assert_eq!(accepted.timestamp, timestamp);
         assert_eq!(&accepted.remote_static, initiator.public());
         let (response, mut responder_keys, responder_hash) =
             noise::write_response(accepted.state, responder_index, sender, now).unwrap();

@@ -25,9 +25,14 @@ pub const COOKIE_LEN: usize = 16;
 /// Length of the XChaCha20-Poly1305 nonce in a cookie reply.
 pub const COOKIE_NONCE_LEN: usize = 24;
 
-/// Plaintext payload of Noise message 1: the initiator's handshake attempt counter (u64).
-pub const INITIATION_PAYLOAD_LEN: usize = 8;
-/// Noise `IK` message 1: `e` (32) || encrypted `s` (32 + 16) || encrypted payload (8 + 16).
+/// Length of the TAI64N-style timestamp in message 1: seconds since the Unix epoch plus
+/// 2⁶² (u64 big-endian) || nanoseconds (u32 big-endian). Big-endian, so comparing the
+/// bytes compares the times (see `spec/session.md`, §2.1).
+pub const TIMESTAMP_LEN: usize = 12;
+/// Plaintext payload of Noise message 1: the initiator's handshake attempt counter (u64
+/// big-endian) || its timestamp ([`TIMESTAMP_LEN`] bytes).
+pub const INITIATION_PAYLOAD_LEN: usize = 8 + TIMESTAMP_LEN;
+/// Noise `IK` message 1: `e` (32) || encrypted `s` (32 + 16) || encrypted payload (20 + 16).
 pub const INITIATION_NOISE_LEN: usize =
     KEY_LEN + KEY_LEN + TAG_LEN + INITIATION_PAYLOAD_LEN + TAG_LEN;
 /// Noise `IK` message 2: `e` (32) || encrypted empty payload (16).
@@ -35,7 +40,7 @@ pub const RESPONSE_NOISE_LEN: usize = KEY_LEN + TAG_LEN;
 
 /// Header of every handshake packet: type (1) || sender index (4) || receiver index (4).
 const HANDSHAKE_HEADER_LEN: usize = 1 + 4 + 4;
-/// Total length of a handshake initiation (145 bytes).
+/// Total length of a handshake initiation (157 bytes).
 pub const INITIATION_LEN: usize = HANDSHAKE_HEADER_LEN + INITIATION_NOISE_LEN + MAC_LEN + MAC_LEN;
 /// Offset of `mac1` in an initiation: the MAC covers every byte before it.
 pub const INITIATION_MAC1_OFFSET: usize = HANDSHAKE_HEADER_LEN + INITIATION_NOISE_LEN;
@@ -318,7 +323,7 @@ mod tests {
 
     #[test]
     fn layout_sizes_match_the_spec() {
-        assert_eq!(INITIATION_LEN, 145);
+        assert_eq!(INITIATION_LEN, 157);
         assert_eq!(RESPONSE_LEN, 57);
         assert_eq!(COOKIE_REPLY_LEN, 61);
         assert_eq!(TRANSPORT_OVERHEAD, 29);
@@ -347,8 +352,8 @@ mod tests {
         assert!(matches!(
             Packet::decode(&[TYPE_INITIATION; INITIATION_LEN + 1]),
             Err(DecodeError::BadLength {
-                len: 146,
-                expected: 145,
+                len: 158,
+                expected: 157,
                 ..
             })
         ));

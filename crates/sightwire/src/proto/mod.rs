@@ -351,6 +351,8 @@ impl Endpoint {
     /// Call before inputs; the driver does so before each one.
     pub fn set_unix_time(&mut self, unix_secs: u64) {
         self.unix_now = unix_secs;
+        self.sessions
+            .set_unix_time(unix_secs.saturating_mul(1_000_000_000));
     }
 
     /// A datagram arrived from `from`. The buffer is decrypted in place.
