@@ -174,7 +174,10 @@ impl KnownDevices {
             let id: DeviceId = id
                 .parse()
                 .map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
-            devices.push((id, parse_key(key).with_context(|| format!("line {}", n + 1))?));
+            devices.push((
+                id,
+                parse_key(key).with_context(|| format!("line {}", n + 1))?,
+            ));
         }
         Ok(Self { devices })
     }
@@ -185,7 +188,12 @@ impl KnownDevices {
     }
 
     /// Pins `key` for `id` and appends it to the file. Returns whether it was new.
-    pub fn remember(&mut self, state_dir: &Path, id: DeviceId, key: [u8; 32]) -> anyhow::Result<bool> {
+    pub fn remember(
+        &mut self,
+        state_dir: &Path,
+        id: DeviceId,
+        key: [u8; 32],
+    ) -> anyhow::Result<bool> {
         use std::io::Write;
         if self.key_of(id).is_some() {
             return Ok(false);
@@ -215,7 +223,10 @@ mod known_devices_tests {
         let mut known = KnownDevices::load(&dir).unwrap();
         assert_eq!(known.key_of(id), None);
         assert!(known.remember(&dir, id, [7; 32]).unwrap());
-        assert!(!known.remember(&dir, id, [8; 32]).unwrap(), "a pin is never replaced");
+        assert!(
+            !known.remember(&dir, id, [8; 32]).unwrap(),
+            "a pin is never replaced"
+        );
         let again = KnownDevices::load(&dir).unwrap();
         assert_eq!(again.key_of(id), Some([7; 32]));
         assert!(KnownDevices::parse("1C:C3:16:AB:CD:EF nothex").is_err());

@@ -144,7 +144,7 @@ impl Driver {
     fn now(&mut self) -> Instant {
         let unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .unwrap_or_default();
         self.endpoint.set_unix_time(unix);
         Instant::now()
     }

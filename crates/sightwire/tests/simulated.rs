@@ -662,8 +662,14 @@ fn finding_3_unknown_offline_and_refused_look_the_same() {
     let start = world.now();
     let cases = [
         ("unknown", world.watch_id(stranger, unknown, "guess")),
-        ("offline", world.watch_id(stranger, offline_id, sim::PASSWORD)),
-        ("wrong password", world.watch_with(stranger, online, "guess")),
+        (
+            "offline",
+            world.watch_id(stranger, offline_id, sim::PASSWORD),
+        ),
+        (
+            "wrong password",
+            world.watch_with(stranger, online, "guess"),
+        ),
     ];
     world.run_for(Duration::from_secs(10));
     let node = world.viewer(stranger);
@@ -677,10 +683,18 @@ fn finding_3_unknown_offline_and_refused_look_the_same() {
         );
         answers.push(log.failed);
     }
-    assert!(answers.iter().all(|a| *a == Some(ConnectError::Unavailable)), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| *a == Some(ConnectError::Unavailable)),
+        "{answers:?}"
+    );
     // Same moment: all three failed in the same instant relative to their requests.
     let times: Vec<_> = cases_failed_times(node, &cases.map(|(_, w)| w));
-    assert!(times.windows(2).all(|w| w[0] == w[1]), "{times:?} after {start:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] == w[1]),
+        "{times:?} after {start:?}"
+    );
     // Nothing travelled between the stranger and the online camera.
     let camera_public: std::net::SocketAddr = "203.0.1.1:40000".parse().unwrap();
     let stranger_public: std::net::SocketAddr = "203.0.3.1:40000".parse().unwrap();
@@ -692,10 +706,7 @@ fn cases_failed_times(
     node: &sim::EndpointNode,
     watches: &[sightwire::proto::WatchId],
 ) -> Vec<Option<std::time::Instant>> {
-    watches
-        .iter()
-        .map(|w| node.watch(*w).failed_at)
-        .collect()
+    watches.iter().map(|w| node.watch(*w).failed_at).collect()
 }
 
 /// Finding 9: wrong passwords from strangers do not lock the owner out.
@@ -718,6 +729,8 @@ fn finding_9_wrong_passwords_do_not_lock_the_owner_out() {
     world.run_for(Duration::from_secs(5));
     let watch = world.watch(owner, camera);
     world
-        .run_until(CONNECT_LIMIT, |w| w.viewer(owner).watch(watch).connected_at.is_some())
+        .run_until(CONNECT_LIMIT, |w| {
+            w.viewer(owner).watch(watch).connected_at.is_some()
+        })
         .expect("the owner is not locked out by strangers' wrong passwords");
 }

@@ -73,7 +73,8 @@ struct Args {
 fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("SIGHTWIRE_VIEWER_STATE").map(PathBuf::from))
         .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state/sightwire-viewer"))
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".local/state/sightwire-viewer"))
         })
         .unwrap_or_else(|| PathBuf::from("sightwire-viewer-state"))
 }

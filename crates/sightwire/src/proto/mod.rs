@@ -347,12 +347,13 @@ impl Endpoint {
 
     // ------------------------------------------------------------------ inputs
 
-    /// The current wall clock, seconds since the Unix epoch (certificate validity).
-    /// Call before inputs; the driver does so before each one.
-    pub fn set_unix_time(&mut self, unix_secs: u64) {
-        self.unix_now = unix_secs;
-        self.sessions
-            .set_unix_time(unix_secs.saturating_mul(1_000_000_000));
+    /// The current wall clock, as time since the Unix epoch: certificate validity, and
+    /// the timestamp that makes each handshake initiation unique (`spec/session.md`
+    /// §3.3). Call before inputs; the driver does so before each one.
+    pub fn set_unix_time(&mut self, since_epoch: Duration) {
+        self.unix_now = since_epoch.as_secs();
+        let nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX);
+        self.sessions.set_unix_time(nanos);
     }
 
     /// A datagram arrived from `from`. The buffer is decrypted in place.

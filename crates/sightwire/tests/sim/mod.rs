@@ -47,7 +47,13 @@ pub const DELTA_BYTES: usize = 2_000;
 pub const GOP: u64 = 25;
 
 fn unix_at(epoch: Instant, now: Instant) -> u64 {
-    UNIX_EPOCH_OFFSET + now.saturating_duration_since(epoch).as_secs()
+    unix_time_at(epoch, now).as_secs()
+}
+
+/// The simulated wall clock: [`UNIX_EPOCH_OFFSET`] at the epoch, advancing with virtual
+/// time.
+fn unix_time_at(epoch: Instant, now: Instant) -> Duration {
+    Duration::from_secs(UNIX_EPOCH_OFFSET) + now.saturating_duration_since(epoch)
 }
 
 // ---------------------------------------------------------------------- servers
@@ -158,6 +164,9 @@ impl Node for RendezvousNode {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.sessions.handle_timeout(now);
+        let wall = unix_time_at(self.epoch, now);
+        self.sessions
+            .set_unix_time(u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX));
         self.core.set_wall_clock(now, unix_at(self.epoch, now));
         self.core.handle_timeout(now);
         self.flush(now);
@@ -320,7 +329,7 @@ impl EndpointNode {
     /// The host got a new address (the driver would notice within a second).
     pub fn renumber(&mut self, now: Instant, ip: IpAddr) {
         self.local = SocketAddr::new(ip, self.local.port());
-        self.endpoint.set_unix_time(unix_at(self.epoch, now));
+        self.endpoint.set_unix_time(unix_time_at(self.epoch, now));
         self.endpoint.set_local_ip(now, Some(ip));
     }
 
@@ -400,13 +409,13 @@ impl Node for EndpointNode {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, _: SocketAddr, _: u8, p: &[u8]) {
         let datagram = &mut self.buf[..p.len()];
         datagram.copy_from_slice(p);
-        self.endpoint.set_unix_time(unix_at(self.epoch, now));
+        self.endpoint.set_unix_time(unix_time_at(self.epoch, now));
         self.endpoint.handle_datagram(now, from, datagram);
         self.record(now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.endpoint.set_unix_time(unix_at(self.epoch, now));
+        self.endpoint.set_unix_time(unix_time_at(self.epoch, now));
         if self.endpoint.is_shut_down() {
             self.next_frame = None;
         }
@@ -695,7 +704,7 @@ impl World {
             max_viewers: 16,
         };
         let mut endpoint = Endpoint::device(config, settings, now).unwrap();
-        endpoint.set_unix_time(unix_at(self.net.epoch(), now));
+        endpoint.set_unix_time(unix_time_at(self.net.epoch(), now));
         endpoint.set_local_ip(now, Some(placement.ip));
         let mut node = EndpointNode::new(
             endpoint,
@@ -720,7 +729,7 @@ impl World {
         let config = self.endpoint_config();
         let issuers = TrustedIssuers::single(self.issuer.public());
         let mut endpoint = Endpoint::viewer(config, issuers, now).unwrap();
-        endpoint.set_unix_time(unix_at(self.net.epoch(), now));
+        endpoint.set_unix_time(unix_time_at(self.net.epoch(), now));
         endpoint.set_local_ip(now, Some(placement.ip));
         let node = EndpointNode::new(
             endpoint,
