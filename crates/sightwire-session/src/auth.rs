@@ -132,12 +132,12 @@ pub struct InvalidKdfParams(pub KdfParams);
 
 impl PasswordKey {
     /// Derives the key with Argon2id at the protocol's parameters ([`KdfParams::PROTOCOL`]:
-    /// 19 MiB, 2 passes, 1 lane; tens of milliseconds on a phone or PC, a few hundred on
-    /// a camera SoC, so a device derives once at setup and stores the key). The salt is
+    /// 19 MiB, 2 passes, 1 lane; tens of milliseconds on a phone or PC, an estimated few
+    /// hundred on a camera SoC, so a device derives once at setup and stores the key). The salt is
     /// [`PASSWORD_SALT_LABEL`] followed by the device ID, so a key does not transfer to
     /// another device with the same password.
     pub fn derive(password: &[u8], device_id: &[u8; DEVICE_ID_LEN]) -> Self {
-        // `Params::DEFAULT` is exactly the protocol's (checked at compile time below), so
+        // `Params::DEFAULT` is exactly the protocol's (checked at compile time above), so
         // this path has no invalid-parameter error to handle.
         Self::derive_argon2(password, device_id, argon2::Params::DEFAULT)
     }

@@ -178,6 +178,25 @@ pub mod fuzzing {
         }
     }
 
+    /// Arbitrary bytes as each login message (`crate::login`): as msg1 at a device, as
+    /// msg2 at a viewer that sent a genuine msg1, as msg3 at a device that answered a
+    /// genuine msg1. Checked: no panic, and no forged msg2 or msg3 is accepted.
+    pub fn login_messages(data: &[u8]) {
+        use crate::auth::PasswordKey;
+        use crate::login::{DeviceLogin, ViewerLogin};
+        let key = PasswordKey::from_bytes([0x42; 32]);
+        let viewer = [9u8; 32];
+        let device_id = [0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let _ = DeviceLogin::respond(&key, &viewer, &device_id, data, &mut rng);
+        let (v, msg1) = ViewerLogin::start(&key, &viewer, &device_id, &mut rng);
+        assert!(v.finish(data).is_err(), "forged msg2 accepted");
+        let Ok((d, _)) = DeviceLogin::respond(&key, &viewer, &device_id, &msg1, &mut rng) else {
+            panic!("genuine msg1 refused");
+        };
+        assert!(d.finish(data).is_err(), "forged msg3 accepted");
+    }
+
     /// A device with one session established with a genuine viewer, and one packet
     /// the viewer sealed on it (built once per process: the handshake is the slow part).
     struct Fixture {

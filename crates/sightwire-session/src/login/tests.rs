@@ -274,3 +274,30 @@ proptest! {
         prop_assert!(d.finish(&bytes).is_err());
     }
 }
+
+/// Writes a genuine transcript as the fuzz seed corpus (`fuzz/corpus/session_login`).
+#[test]
+#[ignore = "run by hand to refresh the fuzz corpus"]
+fn write_fuzz_seeds() {
+    let (msg1, msg2, msg3) = transcript(1);
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/corpus/session_login"
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in [
+        ("seed-msg1", msg1),
+        ("seed-msg2", msg2),
+        ("seed-msg3", msg3),
+    ] {
+        std::fs::write(format!("{dir}/{name}"), bytes).unwrap();
+    }
+}
+
+#[test]
+fn fuzz_entry_point_on_genuine_messages() {
+    let (msg1, msg2, msg3) = transcript(1);
+    for m in [&msg1[..], &msg2, &msg3, &[], &[TYPE_LOGIN_START]] {
+        crate::fuzzing::login_messages(m);
+    }
+}
