@@ -886,6 +886,19 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         certificate: &IdCertificate,
         device: IdDisplay,
     ) -> Result<(), Refusal> {
+        let floor = match self.registry.revocation_floor(certificate.device_id()) {
+            Ok(floor) => floor,
+            Err(reason) => {
+                self.stats.registry_errors += 1;
+                tracing::error!(%reason, "registry lookup failed");
+                return Err(error(ErrorCode::Internal).into());
+            }
+        };
+        if certificate.serial() <= floor {
+            self.stats.certificates_refused += 1;
+            tracing::info!(%device, serial = certificate.serial(), floor, "registration refused: at or below the revocation floor");
+            return Err(error(ErrorCode::Revoked).into());
+        }
         let record = match self.registry.lookup(certificate.device_id()) {
             Ok(record) => record,
             Err(reason) => {

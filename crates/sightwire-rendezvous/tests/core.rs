@@ -1337,3 +1337,20 @@ fn low_replies_to_registered_devices_are_size_capped() {
         Body::KeepaliveAck { .. }
     ));
 }
+
+#[test]
+fn low_revocation_floor_refuses_unrecorded_ids_and_lower_serials() {
+    let mut h = Harness::new(CoreConfig::default());
+    // Revoked before the rendezvous ever saw the ID (a stolen factory key).
+    h.core
+        .registry_mut()
+        .revoke_through(device_id(5), 3)
+        .unwrap();
+    for serial in [1, 3] {
+        let replies = h.send(&device_peer(5), &register_message(certificate(5, serial)));
+        assert_eq!(error_of(&replies).code, ErrorCode::Revoked);
+    }
+    assert_eq!(h.core.online(), 0);
+    let replies = h.send(&device_peer(5), &register_message(certificate(5, 4)));
+    assert!(matches!(replies[0].1.body, Body::RegisterAck(_)));
+}
