@@ -2,7 +2,8 @@
 //! driver passes in each decrypted signaling message with its session, the session's
 //! authenticated static key and source address, and `now`.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -14,13 +15,14 @@ use sightwire_signal::cert::{CertificateError, IdCertificate, TrustedIssuers};
 use sightwire_signal::grant::{GrantClaims, GrantRole, RelayGrantKey};
 use sightwire_signal::{
     Body, Candidate, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId, ConnectOffer,
-    ConnectRequest, ConnectResponse, DecodeError, Envelope, ErrorCode, ErrorReply, Limit,
-    MAX_MESSAGE_LEN, PunchParams, Register, RegisterAck, RelayGrant,
+    ConnectRequest, ConnectResponse, Consent, DecodeError, Envelope, ErrorCode, ErrorReply,
+    Introduction, Limit, MAX_MESSAGE_LEN, PunchParams, Register, RegisterAck, RelayGrant,
 };
 
 use crate::Rate;
+use crate::decoy::{decoy_delay, decoy_login_reply};
 use crate::presence::{PresenceEntry, PresenceTable};
-use crate::ratelimit::{RateLimiter, RateRefusal};
+use crate::ratelimit::{RateLimiter, RateRefusal, source_key};
 use crate::registry::Registry;
 
 /// Default keepalive interval told to devices. Below the 30 s UDP mapping timeout of
@@ -56,6 +58,43 @@ pub const DEFAULT_REGISTER_RATE: Rate = Rate {
     per_second: 20,
     burst: 100,
 };
+/// Default lookups (connect requests) per authenticated identity (the session's static
+/// key), whatever sources its packets come from: rate and burst.
+pub const DEFAULT_IDENTITY_LOOKUP_RATE: Rate = Rate {
+    per_second: 2,
+    burst: 10,
+};
+/// Default introductions per device ID **per minute** (`per_second` is read as per
+/// minute) and burst, counted for every connect request naming the ID, whether or not
+/// it exists: nobody can flood one camera with introductions.
+pub const DEFAULT_INTRODUCTION_RATE_PER_MINUTE: Rate = Rate {
+    per_second: 30,
+    burst: 10,
+};
+/// Default rate of the other signaling messages (`CONSENT`, `CANDIDATE_UPDATE`,
+/// `RELAY_REQUEST`, `CLOSE`, `REGISTER` and retransmitted `CONNECT_REQUEST`s) per session.
+pub const DEFAULT_SESSION_MESSAGE_RATE: Rate = Rate {
+    per_second: 20,
+    burst: 40,
+};
+/// Default bound on attempts one identity may have pending (awaiting consent or
+/// disclosed and not yet expired).
+pub const DEFAULT_MAX_PENDING_PER_IDENTITY: usize = 8;
+/// How long after receiving a `CONNECT_REQUEST` the rendezvous answers
+/// `ERROR UNAVAILABLE` if the device has not accepted (spec/signaling.md §4.5).
+pub const CONSENT_WINDOW: Duration = Duration::from_secs(3);
+/// A `CONNECT_REQUEST` must be at least this long (padded): its answers (the device's
+/// login message, `CONNECT_RESPONSE` and a `RELAY_GRANT`) must fit in it, and the rule
+/// must not depend on whether the ID exists.
+pub const MIN_CONNECT_REQUEST_LEN: usize = MAX_MESSAGE_LEN;
+/// `CANDIDATE_UPDATE`s forwarded per side of one disclosed attempt.
+pub const MAX_CANDIDATE_UPDATES_PER_ATTEMPT: u8 = 8;
+/// Relay grant pairs minted per attempt (the one for `want_relay` included).
+pub const MAX_RELAY_GRANTS_PER_ATTEMPT: u8 = 2;
+/// A reply to a registered device may exceed its request by up to this size: a device
+/// holds a certified key (accountable, revocable), its Noise handshake proved its
+/// address, and its unpadded `KEEPALIVE` must get a `KEEPALIVE_ACK` (at most 40 bytes).
+pub const REGISTERED_REPLY_ALLOWANCE: usize = 64;
 /// Priority given to a server-reflexive candidate the rendezvous adds.
 pub const SERVER_REFLEXIVE_PRIORITY: u32 = 90 << 24;
 
@@ -97,6 +136,14 @@ pub struct CoreConfig {
     pub max_rate_sources: usize,
     /// Connect requests per source.
     pub lookup_rate: Rate,
+    /// Connect requests per authenticated identity.
+    pub identity_lookup_rate: Rate,
+    /// Connect requests per device ID, per minute.
+    pub introduction_rate_per_minute: Rate,
+    /// Other signaling messages per session.
+    pub session_message_rate: Rate,
+    /// Most pending attempts per identity.
+    pub max_pending_per_identity: usize,
     /// Registrations per source.
     pub register_rate: Rate,
     /// Refuse certificates that are not in the registry (`UNKNOWN_ID`) instead of
@@ -119,6 +166,10 @@ impl Default for CoreConfig {
             max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
             max_rate_sources: DEFAULT_MAX_RATE_SOURCES,
             lookup_rate: DEFAULT_LOOKUP_RATE,
+            identity_lookup_rate: DEFAULT_IDENTITY_LOOKUP_RATE,
+            introduction_rate_per_minute: DEFAULT_INTRODUCTION_RATE_PER_MINUTE,
+            session_message_rate: DEFAULT_SESSION_MESSAGE_RATE,
+            max_pending_per_identity: DEFAULT_MAX_PENDING_PER_IDENTITY,
             register_rate: DEFAULT_REGISTER_RATE,
             require_issued: false,
             relay: None,
@@ -159,10 +210,21 @@ pub struct Stats {
     pub certificates_refused: u64,
     /// Keepalives answered.
     pub keepalives: u64,
-    /// Connect requests answered with an introduction.
+    /// Introductions sent to devices.
     pub introductions: u64,
-    /// Connect requests for unknown or offline IDs.
+    /// Connect requests for unknown, revoked or offline IDs (answered like a refusal).
     pub lookups_failed: u64,
+    /// Attempts disclosed on the device's consent.
+    pub disclosures: u64,
+    /// `ERROR UNAVAILABLE` answers at the end of the consent window.
+    pub unavailable: u64,
+    /// Login messages relayed between the sessions of an attempt.
+    pub logins_relayed: u64,
+    /// Decoy login replies sent for unreachable IDs.
+    pub decoys: u64,
+    /// Consent, candidate, relay or close messages ignored: from a session that is not
+    /// the right party of the attempt, a second login, or a message the stage forbids.
+    pub ignored: u64,
     /// Requests refused by a rate limit.
     pub rate_limited: u64,
     /// Requests refused because a table was full.
@@ -182,15 +244,59 @@ pub struct Stats {
     pub registry_errors: u64,
 }
 
+/// Where an attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The device was introduced (or the ID is unreachable); awaiting consent.
+    Introduced,
+    /// The device refused (or went away): `UNAVAILABLE` at the deadline.
+    Refused,
+    /// The device accepted; addresses were disclosed.
+    Disclosed,
+}
+
+/// The device side of an attempt whose device was introduced.
+#[derive(Debug, Clone)]
+struct DeviceSide<S> {
+    session: S,
+    key: [u8; 32],
+    certificate: IdCertificate,
+}
+
 #[derive(Debug, Clone)]
 struct PendingConnect<S> {
     viewer: S,
-    device: S,
-    device_id: [u8; 6],
-    device_key: [u8; 32],
     viewer_key: [u8; 32],
-    expires_ms: u64,
+    viewer_address: SocketAddr,
+    request_id: u64,
+    request_len: usize,
+    device_id: [u8; 6],
+    /// `None` for an unreachable ID: the rendezvous plays the device's part.
+    device: Option<DeviceSide<S>>,
+    viewer_candidates: CandidateSet,
+    want_relay: bool,
+    /// The viewer's first login message (for the decoy).
+    login: Bytes,
+    stage: Stage,
+    /// The login message forwarded to the viewer (resent on a retransmission).
+    to_viewer: Option<Bytes>,
+    /// A login message was forwarded to the device.
+    to_device: bool,
+    /// The consent deadline until disclosure, then the end of the attempt's life.
+    expires: Instant,
+    /// Candidate updates forwarded from the device and from the viewer.
+    updates: [u8; 2],
+    grants: u8,
     allocation: Option<[u8; 16]>,
+}
+
+/// What a timer of the timer heap does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// Send the decoy login reply of an unreachable ID.
+    Decoy,
+    /// The consent window closed.
+    Deadline,
 }
 
 /// The rendezvous state machine.
@@ -207,8 +313,20 @@ pub struct Rendezvous<R, S> {
     epoch_unix: u64,
     presence: PresenceTable<S>,
     pending: HashMap<ConnectId, PendingConnect<S>>,
-    lookup_limiter: RateLimiter,
-    register_limiter: RateLimiter,
+    /// (viewer session, request id) → attempt, for retransmissions.
+    by_request: HashMap<(S, u64), ConnectId>,
+    /// Pending attempts per viewer identity.
+    pending_by_identity: HashMap<[u8; 32], usize>,
+    /// Consent deadlines and decoy replies, earliest first (stale entries are skipped).
+    timers: BinaryHeap<Reverse<(Instant, TimerKind, u64)>>,
+    /// The source each session is charged to: the address its handshake proved (or its
+    /// first message came from), never the claimed source of later datagrams.
+    session_sources: HashMap<S, u128>,
+    lookup_limiter: RateLimiter<u128>,
+    identity_limiter: RateLimiter<[u8; 32]>,
+    introduction_limiter: RateLimiter<[u8; 6]>,
+    session_limiter: RateLimiter<S>,
+    register_limiter: RateLimiter<u128>,
     outbox: VecDeque<Transmit<S>>,
     encode_buffer: BytesMut,
     next_sweep: Instant,
@@ -289,8 +407,27 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         Self {
             presence: PresenceTable::new(config.max_presence),
             pending: HashMap::new(),
-            lookup_limiter: RateLimiter::new(config.lookup_rate, config.max_rate_sources),
-            register_limiter: RateLimiter::new(config.register_rate, config.max_rate_sources),
+            by_request: HashMap::new(),
+            pending_by_identity: HashMap::new(),
+            timers: BinaryHeap::new(),
+            session_sources: HashMap::new(),
+            lookup_limiter: RateLimiter::new(config.lookup_rate, config.max_rate_sources, now),
+            identity_limiter: RateLimiter::new(
+                config.identity_lookup_rate,
+                config.max_rate_sources,
+                now,
+            ),
+            introduction_limiter: RateLimiter::per_minute(
+                config.introduction_rate_per_minute,
+                config.max_rate_sources,
+                now,
+            ),
+            session_limiter: RateLimiter::new(
+                config.session_message_rate,
+                config.max_rate_sources,
+                now,
+            ),
+            register_limiter: RateLimiter::new(config.register_rate, config.max_rate_sources, now),
             config,
             trust,
             registry,
@@ -360,17 +497,36 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         self.outbox.pop_front()
     }
 
-    /// When to call [`Rendezvous::handle_timeout`] next.
+    /// When to call [`Rendezvous::handle_timeout`] next: the next consent deadline or
+    /// decoy reply, or the next sweep.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let idle = self.presence.len() == 0
             && self.pending.is_empty()
             && self.lookup_limiter.len() == 0
+            && self.identity_limiter.len() == 0
+            && self.introduction_limiter.len() == 0
+            && self.session_limiter.len() == 0
             && self.register_limiter.len() == 0;
-        (!idle).then_some(self.next_sweep)
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        [(!idle).then_some(self.next_sweep), timer]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Expires presence and connect attempts, forgets idle rate-limit buckets.
+    /// Fires due consent deadlines and decoy replies; expires presence and connect
+    /// attempts and forgets idle rate-limit buckets every [`SWEEP_INTERVAL`].
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, kind, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match kind {
+                TimerKind::Decoy => self.fire_decoy(ConnectId(id)),
+                TimerKind::Deadline => self.fire_deadline(ConnectId(id)),
+            }
+        }
         if now < self.next_sweep {
             return;
         }
@@ -382,9 +538,19 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             tracing::debug!(expired, "presence expired");
         }
         self.stats.presence_expired += expired as u64;
-        self.pending
-            .retain(|_, pending| pending.expires_ms > now_ms);
+        let expired: Vec<ConnectId> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.stage == Stage::Disclosed && pending.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.remove_attempt(id);
+        }
         self.lookup_limiter.forget_idle(now);
+        self.identity_limiter.forget_idle(now);
+        self.introduction_limiter.forget_idle(now);
+        self.session_limiter.forget_idle(now);
         self.register_limiter.forget_idle(now);
     }
 
@@ -410,13 +576,46 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         sessions.len()
     }
 
-    /// The session layer closed `session`: forget what was bound to it.
+    /// The session layer established `session` with a handshake from `address`: the
+    /// session's requests are charged to that source, whatever source later datagrams
+    /// claim. (A driver that does not call this gets the source of the session's first
+    /// message.)
+    pub fn handle_session_established(&mut self, session: S, address: SocketAddr) {
+        if self.session_sources.len() < self.config.max_rate_sources
+            || self.session_sources.contains_key(&session)
+        {
+            self.session_sources
+                .insert(session, source_key(address.ip()));
+        }
+    }
+
+    /// The session layer closed `session`: forget what was bound to it. Attempts of its
+    /// viewer end; attempts awaiting its device's consent are refused (the viewer still
+    /// hears `UNAVAILABLE` only at the deadline); disclosed ones end.
     pub fn handle_session_closed(&mut self, session: S) {
         if let Some(device_id) = self.presence.remove_session(&session) {
             tracing::debug!(device = %hex_id(device_id), "device offline: session closed");
         }
-        self.pending
-            .retain(|_, pending| pending.viewer != session && pending.device != session);
+        self.session_sources.remove(&session);
+        let mut ended = Vec::new();
+        for (id, pending) in &mut self.pending {
+            let is_device = pending
+                .device
+                .as_ref()
+                .is_some_and(|d| d.session == session);
+            if pending.viewer == session {
+                ended.push(*id);
+            } else if is_device {
+                if pending.stage == Stage::Disclosed {
+                    ended.push(*id);
+                } else {
+                    pending.stage = Stage::Refused;
+                }
+            }
+        }
+        for id in ended {
+            self.remove_attempt(id);
+        }
     }
 
     /// One decrypted signaling message from `from`.
@@ -452,11 +651,18 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             Body::ConnectRequest(request) => {
                 self.on_connect(now, from, request_len, request_id, request)
             }
-            Body::CandidateUpdate(update) => self.on_candidates(from, update),
-            Body::RelayRequest { connect_id } => {
-                self.on_relay_request(now, from, request_len, request_id, connect_id)
-            }
-            Body::Close(close) => self.on_close(from, close),
+            Body::Consent(consent) => self
+                .session_check(now, from, request_id == 0)
+                .and_then(|()| self.on_consent(now, from, consent)),
+            Body::CandidateUpdate(update) => self
+                .session_check(now, from, request_id == 0)
+                .and_then(|()| self.on_candidates(from, update)),
+            Body::RelayRequest { connect_id } => self
+                .session_check(now, from, false)
+                .and_then(|()| self.on_relay_request(now, from, request_len, connect_id)),
+            Body::Close(close) => self
+                .session_check(now, from, request_id == 0)
+                .and_then(|()| self.on_close(from, close)),
             // Messages only the rendezvous sends, and errors from clients: nothing to do.
             other => {
                 tracing::debug!(
@@ -475,13 +681,14 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         self.presence.device_of(session).is_some()
     }
 
-    /// Queues `envelope` to `to`. Answers to a session that is not a registered device
-    /// are never larger than the request: a larger one becomes `PADDING_REQUIRED`, and
-    /// if even that does not fit, nothing is sent.
+    /// Queues `envelope` to `to`. Answers (`request_len` given) are never larger than
+    /// the request, plus [`REGISTERED_REPLY_ALLOWANCE`] for a registered device: a larger
+    /// one becomes `PADDING_REQUIRED`, and if even that does not fit, nothing is sent.
     fn send(&mut self, to: S, request_len: Option<usize>, envelope: Envelope) {
         let limit = match request_len {
-            Some(len) if !self.is_registered_device(&to) => len,
-            _ => MAX_MESSAGE_LEN,
+            Some(len) if self.is_registered_device(&to) => len.max(REGISTERED_REPLY_ALLOWANCE),
+            Some(len) => len,
+            None => MAX_MESSAGE_LEN,
         };
         let len = envelope.encoded_len();
         if len > limit {
@@ -532,14 +739,15 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         );
     }
 
-    fn rate_check(
-        limiter: &mut RateLimiter,
+    fn rate_check<K: Copy + Eq + Hash>(
+        limiter: &mut RateLimiter<K>,
         stats: &mut Stats,
+        key: K,
         from: &Peer<S>,
         now: Instant,
         limit: Limit,
     ) -> Result<(), Refusal> {
-        match limiter.check(from.address.ip(), now) {
+        match limiter.check(key, now) {
             Ok(()) => Ok(()),
             Err(RateRefusal::Empty { retry_after_ms }) => {
                 stats.rate_limited += 1;
@@ -548,8 +756,51 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             }
             Err(RateRefusal::TableFull) => {
                 stats.rate_limited += 1;
-                tracing::warn!(source = %from.address, ?limit, "rate limiter source table full");
+                tracing::warn!(source = %from.address, ?limit, "rate limiter table full");
                 Err(limited(ErrorCode::RateLimited, Limit::SourceTable, 1_000).into())
+            }
+        }
+    }
+
+    /// The source `from`'s session is charged to: pinned at its handshake (or first
+    /// message), so a session cannot spread over many sources nor spend the budget of a
+    /// source it merely claims in later datagrams.
+    fn charged_source(&mut self, from: &Peer<S>) -> u128 {
+        if let Some(source) = self.session_sources.get(&from.session) {
+            return *source;
+        }
+        let source = source_key(from.address.ip());
+        if self.session_sources.len() < self.config.max_rate_sources {
+            self.session_sources.insert(from.session, source);
+        }
+        source
+    }
+
+    /// The per-session rate of the other signaling messages. Notifications over it are
+    /// dropped (counted); requests get `RATE_LIMITED` without a `limit`.
+    fn session_check(
+        &mut self,
+        now: Instant,
+        from: &Peer<S>,
+        notification: bool,
+    ) -> Result<(), Refusal> {
+        match self.session_limiter.check(from.session, now) {
+            Ok(()) => Ok(()),
+            Err(refusal) => {
+                self.stats.rate_limited += 1;
+                tracing::debug!(source = %from.address, "session message rate limited");
+                if notification {
+                    return Err(Refusal::Silent);
+                }
+                let retry_after_ms = match refusal {
+                    RateRefusal::Empty { retry_after_ms } => retry_after_ms,
+                    RateRefusal::TableFull => 1_000,
+                };
+                Err(ErrorReply {
+                    retry_after: Duration::from_millis(retry_after_ms),
+                    ..error(ErrorCode::RateLimited)
+                }
+                .into())
             }
         }
     }
@@ -563,9 +814,12 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         register: Register,
     ) -> Result<(), Refusal> {
         let now_ms = self.ms(now);
+        self.session_check(now, from, false)?;
+        let source = self.charged_source(from);
         Self::rate_check(
             &mut self.register_limiter,
             &mut self.stats,
+            source,
             from,
             now,
             Limit::RegisterRate,
@@ -632,6 +886,19 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         certificate: &IdCertificate,
         device: IdDisplay,
     ) -> Result<(), Refusal> {
+        let floor = match self.registry.revocation_floor(certificate.device_id()) {
+            Ok(floor) => floor,
+            Err(reason) => {
+                self.stats.registry_errors += 1;
+                tracing::error!(%reason, "registry lookup failed");
+                return Err(error(ErrorCode::Internal).into());
+            }
+        };
+        if certificate.serial() <= floor {
+            self.stats.certificates_refused += 1;
+            tracing::info!(%device, serial = certificate.serial(), floor, "registration refused: at or below the revocation floor");
+            return Err(error(ErrorCode::Revoked).into());
+        }
         let record = match self.registry.lookup(certificate.device_id()) {
             Ok(record) => record,
             Err(reason) => {
@@ -699,6 +966,9 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         Ok(())
     }
 
+    /// `CONNECT_REQUEST` (spec/signaling.md §4.5, steps 1–2). Every request that passes
+    /// the limits becomes an attempt answered at the same moment in the same way unless
+    /// the device accepts, whether or not the ID exists.
     fn on_connect(
         &mut self,
         now: Instant,
@@ -707,15 +977,73 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         request_id: u64,
         request: ConnectRequest,
     ) -> Result<(), Refusal> {
-        let now_ms = self.ms(now);
+        // A retransmission: resend the last login message forwarded for it, nothing else.
+        if let Some(connect_id) = self.by_request.get(&(from.session, request_id)).copied() {
+            self.session_check(now, from, false)?;
+            let resend = self
+                .pending
+                .get(&connect_id)
+                .and_then(|pending| pending.to_viewer.clone());
+            if let Some(login) = resend {
+                // Bounded by this request too: a retransmission may be shorter.
+                self.send_consent_to_viewer(connect_id, login, request_len);
+            }
+            return Ok(());
+        }
+        // Padding first, and independent of the ID: the answers must fit in the request.
+        if request_len < MIN_CONNECT_REQUEST_LEN {
+            return Err(ErrorReply {
+                min_request_len: MIN_CONNECT_REQUEST_LEN as u32,
+                ..error(ErrorCode::PaddingRequired)
+            }
+            .into());
+        }
+        let source = self.charged_source(from);
         Self::rate_check(
             &mut self.lookup_limiter,
             &mut self.stats,
+            source,
             from,
             now,
             Limit::LookupRate,
         )?;
+        Self::rate_check(
+            &mut self.identity_limiter,
+            &mut self.stats,
+            from.remote_static,
+            from,
+            now,
+            Limit::LookupRate,
+        )?;
+        let own = self
+            .pending_by_identity
+            .get(&from.remote_static)
+            .copied()
+            .unwrap_or(0);
+        if own >= self.config.max_pending_per_identity {
+            self.stats.capacity_refused += 1;
+            tracing::debug!(viewer = %from.address, limit = self.config.max_pending_per_identity, "pending attempts per identity");
+            let retry = u64::try_from(CONSENT_WINDOW.as_millis()).unwrap_or(u64::MAX);
+            return Err(limited(ErrorCode::Capacity, Limit::ConnectTable, retry).into());
+        }
+        if self.pending.len() >= self.config.max_pending_connects {
+            self.stats.capacity_refused += 1;
+            tracing::warn!(
+                limit = self.config.max_pending_connects,
+                "connect table full"
+            );
+            return Err(limited(ErrorCode::Capacity, Limit::ConnectTable, 1_000).into());
+        }
+        // Introductions per device ID, counted for every ID named (existing or not).
         let device_id = request.device_id;
+        Self::rate_check(
+            &mut self.introduction_limiter,
+            &mut self.stats,
+            device_id,
+            from,
+            now,
+            Limit::LookupRate,
+        )?;
         let device = hex_id(device_id);
         let record = match self.registry.lookup(device_id) {
             Ok(record) => record,
@@ -725,110 +1053,306 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 return Err(error(ErrorCode::Internal).into());
             }
         };
-        let Some(record) = record else {
-            self.stats.lookups_failed += 1;
-            return Err(error(ErrorCode::UnknownId).into());
-        };
-        if record.revoked {
-            // Revocation takes effect at once, also for a device that is online.
-            if self.presence.remove_device(&device_id) {
-                tracing::info!(%device, "revoked device removed from presence");
+        let reachable = match record {
+            Some(record) if record.revoked => {
+                // Revocation takes effect at once, also for a device that is online.
+                if self.presence.remove_device(&device_id) {
+                    tracing::info!(%device, "revoked device removed from presence");
+                }
+                None
             }
-            self.stats.lookups_failed += 1;
-            return Err(error(ErrorCode::Revoked).into());
-        }
-        let Some(entry) = self.presence.get(&device_id) else {
-            self.stats.lookups_failed += 1;
-            return Err(error(ErrorCode::Offline).into());
+            Some(record) => self.presence.get(&device_id).map(|entry| DeviceSide {
+                session: entry.session,
+                key: *record.certificate.device_key(),
+                certificate: record.certificate,
+            }),
+            None => None,
         };
-        let device_session = entry.session;
+        let connect_id = self.fresh_connect_id();
+        let deadline = now + CONSENT_WINDOW;
+        let login = request.login;
+        let device_session = reachable.as_ref().map(|side| side.session);
+        if device_session.is_none() {
+            self.stats.lookups_failed += 1;
+            if !login.is_empty() {
+                let at = now + decoy_delay(&mut *self.rng);
+                self.timers
+                    .push(Reverse((at, TimerKind::Decoy, connect_id.0)));
+            }
+        }
+        self.timers
+            .push(Reverse((deadline, TimerKind::Deadline, connect_id.0)));
+        self.pending.insert(
+            connect_id,
+            PendingConnect {
+                viewer: from.session,
+                viewer_key: from.remote_static,
+                viewer_address: from.address,
+                request_id,
+                request_len,
+                device_id,
+                device: reachable,
+                viewer_candidates: request.candidates,
+                want_relay: request.want_relay,
+                login: login.clone(),
+                stage: Stage::Introduced,
+                to_viewer: None,
+                to_device: false,
+                expires: deadline,
+                updates: [0; 2],
+                grants: 0,
+                allocation: None,
+            },
+        );
+        self.by_request
+            .insert((from.session, request_id), connect_id);
+        *self
+            .pending_by_identity
+            .entry(from.remote_static)
+            .or_insert(0) += 1;
+        if let Some(session) = device_session {
+            self.stats.introductions += 1;
+            tracing::debug!(%device, connect = connect_id.0, "introducing a viewer");
+            let introduction = Introduction {
+                connect_id,
+                viewer_key: from.remote_static,
+                login,
+            };
+            self.enqueue(session, &Envelope::new(0, Body::Introduction(introduction)));
+        }
+        Ok(())
+    }
+
+    /// Forwards a login message to the viewer of `connect_id` as `CONSENT`, bounded by
+    /// its request's size and `bound`.
+    fn send_consent_to_viewer(&mut self, connect_id: ConnectId, login: Bytes, bound: usize) {
+        let Some(pending) = self.pending.get(&connect_id) else {
+            return;
+        };
+        let (viewer, request_id, request_len) =
+            (pending.viewer, pending.request_id, pending.request_len);
+        let consent = Consent {
+            connect_id,
+            login,
+            accept: false,
+        };
+        self.send(
+            viewer,
+            Some(request_len.min(bound)),
+            Envelope::new(request_id, Body::Consent(consent)),
+        );
+    }
+
+    /// `CONSENT` from a client (§4.5, steps 3–4).
+    fn on_consent(
+        &mut self,
+        now: Instant,
+        from: &Peer<S>,
+        consent: Consent,
+    ) -> Result<(), Refusal> {
+        let connect_id = consent.connect_id;
+        let Some(pending) = self.pending.get_mut(&connect_id) else {
+            self.stats.ignored += 1;
+            return Err(Refusal::Silent);
+        };
+        let from_device = pending
+            .device
+            .as_ref()
+            .is_some_and(|side| side.session == from.session);
+        if from_device {
+            let refusal = consent.login.is_empty() && !consent.accept;
+            if !consent.login.is_empty() {
+                if pending.stage == Stage::Introduced && pending.to_viewer.is_none() {
+                    pending.to_viewer = Some(consent.login.clone());
+                    self.stats.logins_relayed += 1;
+                    self.send_consent_to_viewer(connect_id, consent.login, MAX_MESSAGE_LEN);
+                } else {
+                    self.stats.ignored += 1;
+                }
+            }
+            let Some(pending) = self.pending.get_mut(&connect_id) else {
+                return Err(Refusal::Silent);
+            };
+            if consent.accept {
+                if pending.stage == Stage::Introduced {
+                    return self.disclose(now, connect_id);
+                }
+                self.stats.ignored += 1;
+            } else if refusal && pending.stage == Stage::Introduced {
+                // An explicit refusal: the viewer hears UNAVAILABLE at the deadline.
+                pending.stage = Stage::Refused;
+            }
+            return Err(Refusal::Silent);
+        }
+        if pending.viewer == from.session {
+            // The viewer's answer to the device's login message: one, after that message,
+            // before disclosure. For an unreachable ID it goes nowhere (the decoy's
+            // confirmation fails like a wrong password's).
+            let allowed = !consent.login.is_empty()
+                && pending.stage == Stage::Introduced
+                && pending.to_viewer.is_some()
+                && !pending.to_device;
+            if !allowed {
+                self.stats.ignored += 1;
+                return Err(Refusal::Silent);
+            }
+            pending.to_device = true;
+            if let Some(side) = &pending.device {
+                let session = side.session;
+                self.stats.logins_relayed += 1;
+                let forward = Consent {
+                    connect_id,
+                    login: consent.login,
+                    accept: false,
+                };
+                self.enqueue(session, &Envelope::new(0, Body::Consent(forward)));
+            }
+            return Err(Refusal::Silent);
+        }
+        self.stats.ignored += 1;
+        Err(Refusal::Silent)
+    }
+
+    /// The device accepted: `CONNECT_OFFER` to the device, then `CONNECT_RESPONSE` to the
+    /// viewer (and grants for `want_relay`).
+    fn disclose(&mut self, now: Instant, connect_id: ConnectId) -> Result<(), Refusal> {
+        let Some(pending) = self.pending.get(&connect_id) else {
+            return Err(Refusal::Silent);
+        };
+        let Some(side) = pending.device.clone() else {
+            return Err(Refusal::Silent);
+        };
+        let Some(entry) = self.presence.get(&pending.device_id) else {
+            return Err(Refusal::Silent);
+        };
+        if entry.session != side.session {
+            return Err(Refusal::Silent);
+        }
         let device_observed = entry.observed.get();
         let device_generation = entry.generation;
         let device_candidates = entry.candidates(SERVER_REFLEXIVE_PRIORITY);
-        if self.pending.len() >= self.config.max_pending_connects {
-            self.stats.capacity_refused += 1;
-            tracing::warn!(
-                limit = self.config.max_pending_connects,
-                "connect table full"
-            );
-            return Err(limited(ErrorCode::Capacity, Limit::ConnectTable, 1_000).into());
-        }
-        let connect_id = self.fresh_connect_id();
+        let (viewer, viewer_key, viewer_address) =
+            (pending.viewer, pending.viewer_key, pending.viewer_address);
+        let (request_id, request_len, want_relay) =
+            (pending.request_id, pending.request_len, pending.want_relay);
+        let mut viewer_candidates = pending.viewer_candidates.clone();
         let mut punch_key = [0u8; 32];
         self.rng.fill_bytes(&mut punch_key);
         let punch = PunchParams {
             punch_key,
             start_in: self.config.punch_start_delay,
         };
-        let mut viewer_candidates = request.candidates.candidates;
-        viewer_candidates.truncate(sightwire_signal::MAX_CANDIDATES - 1);
-        viewer_candidates.push(Candidate {
+        viewer_candidates
+            .candidates
+            .truncate(sightwire_signal::MAX_CANDIDATES - 1);
+        viewer_candidates.candidates.push(Candidate {
             kind: sightwire_signal::CandidateKind::ServerReflexive,
-            address: from.address,
+            address: viewer_address,
             priority: SERVER_REFLEXIVE_PRIORITY,
         });
         let response = ConnectResponse {
             connect_id,
-            certificate: record.certificate,
+            certificate: side.certificate,
             candidates: CandidateSet {
                 generation: device_generation,
                 candidates: device_candidates,
             },
             punch,
-            observed: from.address,
+            observed: viewer_address,
         };
-        let response_envelope = Envelope::new(request_id, Body::ConnectResponse(response));
-        let response_len = response_envelope.encoded_len();
-        if response_len > request_len && !self.is_registered_device(&from.session) {
-            // Tell the viewer how much to pad; do not bother the device.
-            return Err(ErrorReply {
-                min_request_len: u32::try_from(response_len).unwrap_or(u32::MAX),
-                ..error(ErrorCode::PaddingRequired)
-            }
-            .into());
-        }
-        self.pending.insert(
-            connect_id,
-            PendingConnect {
-                viewer: from.session,
-                device: device_session,
-                device_id,
-                device_key: *record.certificate.device_key(),
-                viewer_key: from.remote_static,
-                expires_ms: now_ms.saturating_add(
-                    u64::try_from(self.config.connect_ttl.as_millis()).unwrap_or(u64::MAX),
-                ),
-                allocation: None,
-            },
-        );
-        self.stats.introductions += 1;
-        tracing::debug!(%device, viewer = %from.address, connect = connect_id.0, "introducing");
         let offer = ConnectOffer {
             connect_id,
-            viewer_key: from.remote_static,
-            candidates: CandidateSet {
-                generation: request.candidates.generation,
-                candidates: viewer_candidates,
-            },
+            viewer_key,
+            candidates: viewer_candidates,
             punch,
             observed: device_observed,
         };
-        self.enqueue(device_session, &Envelope::new(0, Body::ConnectOffer(offer)));
-        self.send(from.session, Some(request_len), response_envelope);
-        if request.want_relay {
-            // The response and the viewer's grant together stay within the request size;
-            // a viewer that did not pad enough gets no grant here and asks with
-            // RELAY_REQUEST.
+        let expires = now + self.config.connect_ttl;
+        if let Some(pending) = self.pending.get_mut(&connect_id) {
+            pending.stage = Stage::Disclosed;
+            pending.expires = expires;
+        }
+        self.stats.disclosures += 1;
+        tracing::debug!(device = %hex_id(side.certificate.device_id()), connect = connect_id.0, "device consented: disclosing");
+        self.enqueue(side.session, &Envelope::new(0, Body::ConnectOffer(offer)));
+        let response_envelope = Envelope::new(request_id, Body::ConnectResponse(response));
+        let response_len = response_envelope.encoded_len();
+        self.send(viewer, Some(request_len), response_envelope);
+        if want_relay {
+            // The response and the viewer's grant together stay within the request size.
             let budget = request_len.saturating_sub(response_len);
-            if let Err(Refusal::Reply(reply)) = self.grant_relay(now, connect_id, Some(budget)) {
+            if let Err(Refusal::Reply(reply)) = self.grant_relay(now, connect_id, (viewer, budget))
+            {
                 self.send(
-                    from.session,
+                    viewer,
                     Some(budget),
                     Envelope::new(request_id, Body::Error(reply)),
                 );
             }
         }
         Ok(())
+    }
+
+    /// The consent window of `connect_id` closed: `UNAVAILABLE` unless it was disclosed.
+    fn fire_deadline(&mut self, connect_id: ConnectId) {
+        let Some(pending) = self.pending.get(&connect_id) else {
+            return;
+        };
+        if pending.stage == Stage::Disclosed {
+            return;
+        }
+        let (viewer, request_id, request_len) =
+            (pending.viewer, pending.request_id, pending.request_len);
+        let device = pending.device.as_ref().map(|side| side.session);
+        self.stats.unavailable += 1;
+        self.send(
+            viewer,
+            Some(request_len),
+            Envelope::new(request_id, Body::Error(error(ErrorCode::Unavailable))),
+        );
+        if let Some(session) = device {
+            // Tell the device the introduction is over (it may drop its login state).
+            let close = Close {
+                connect_id: Some(connect_id),
+                reason: CloseReason::Timeout,
+            };
+            self.enqueue(session, &Envelope::new(0, Body::Close(close)));
+        }
+        self.remove_attempt(connect_id);
+    }
+
+    /// The decoy's login reply for an unreachable ID is due.
+    fn fire_decoy(&mut self, connect_id: ConnectId) {
+        let Some(pending) = self.pending.get(&connect_id) else {
+            return;
+        };
+        if pending.device.is_some() || pending.to_viewer.is_some() {
+            return;
+        }
+        let (login, viewer_key, device_id) =
+            (pending.login.clone(), pending.viewer_key, pending.device_id);
+        let Some(reply) = decoy_login_reply(&login, &viewer_key, device_id, &mut *self.rng) else {
+            return;
+        };
+        if let Some(pending) = self.pending.get_mut(&connect_id) {
+            pending.to_viewer = Some(reply.clone());
+        }
+        self.stats.decoys += 1;
+        self.send_consent_to_viewer(connect_id, reply, MAX_MESSAGE_LEN);
+    }
+
+    fn remove_attempt(&mut self, connect_id: ConnectId) {
+        let Some(pending) = self.pending.remove(&connect_id) else {
+            return;
+        };
+        self.by_request
+            .remove(&(pending.viewer, pending.request_id));
+        if let Some(count) = self.pending_by_identity.get_mut(&pending.viewer_key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.pending_by_identity.remove(&pending.viewer_key);
+            }
+        }
     }
 
     fn fresh_connect_id(&mut self) -> ConnectId {
@@ -847,7 +1371,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         &mut self,
         now: Instant,
         connect_id: ConnectId,
-        request_len: Option<usize>,
+        request: (S, usize),
     ) -> Result<(), Refusal> {
         let Some(relay) = self.config.relay.clone() else {
             return Err(error(ErrorCode::RelayUnavailable).into());
@@ -858,6 +1382,10 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         let Some(pending) = self.pending.get(&connect_id) else {
             return Err(error(ErrorCode::UnknownConnect).into());
         };
+        if pending.grants >= MAX_RELAY_GRANTS_PER_ATTEMPT {
+            self.stats.rate_limited += 1;
+            return Err(error(ErrorCode::RateLimited).into());
+        }
         let allocation_id = match pending.allocation {
             Some(id) => id,
             None => {
@@ -869,19 +1397,24 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         let Some(pending) = self.pending.get_mut(&connect_id) else {
             return Err(error(ErrorCode::UnknownConnect).into());
         };
+        let Some(side) = pending.device.clone() else {
+            return Err(error(ErrorCode::UnknownConnect).into());
+        };
         pending.allocation = Some(allocation_id);
-        let pending = pending.clone();
+        pending.grants += 1;
+        let (viewer, viewer_key, device_id) =
+            (pending.viewer, pending.viewer_key, pending.device_id);
         for (role, session) in [
-            (GrantRole::Device, pending.device),
-            (GrantRole::Viewer, pending.viewer),
+            (GrantRole::Device, side.session),
+            (GrantRole::Viewer, viewer),
         ] {
             let token = relay.key.seal(&GrantClaims {
                 allocation_id,
                 role,
                 expires_at,
-                device_id: pending.device_id,
-                device_key: pending.device_key,
-                viewer_key: pending.viewer_key,
+                device_id,
+                device_key: side.key,
+                viewer_key,
             });
             let grant = Envelope::new(
                 0,
@@ -891,16 +1424,37 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                     token,
                 }),
             );
-            // The viewer's grant is bounded by its request size; the device is registered.
-            let bound = if role == GrantRole::Viewer {
-                request_len
-            } else {
-                None
-            };
+            // The requester's grant is a reply, bounded by its request; the other is a
+            // notification (at most MAX_RELAY_GRANTS_PER_ATTEMPT per attempt).
+            let bound = (session == request.0).then_some(request.1);
             self.send(session, bound, grant);
             self.stats.relay_grants += 1;
         }
         Ok(())
+    }
+
+    /// The disclosed attempt `connect_id` and which side `from` is (0 device, 1 viewer).
+    /// Attempts not yet disclosed are `UNKNOWN_CONNECT` to everyone: before consent there
+    /// is nothing to update, relay or close through the rendezvous.
+    fn disclosed_party(&self, from: &Peer<S>, connect_id: ConnectId) -> Result<usize, Refusal> {
+        let Some(pending) = self
+            .pending
+            .get(&connect_id)
+            .filter(|pending| pending.stage == Stage::Disclosed)
+        else {
+            return Err(error(ErrorCode::UnknownConnect).into());
+        };
+        if pending
+            .device
+            .as_ref()
+            .is_some_and(|side| side.session == from.session)
+        {
+            Ok(0)
+        } else if pending.viewer == from.session {
+            Ok(1)
+        } else {
+            Err(error(ErrorCode::NotAuthorized).into())
+        }
     }
 
     fn on_relay_request(
@@ -908,28 +1462,29 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         now: Instant,
         from: &Peer<S>,
         request_len: usize,
-        _request_id: u64,
         connect_id: ConnectId,
     ) -> Result<(), Refusal> {
-        let Some(pending) = self.pending.get(&connect_id) else {
-            return Err(error(ErrorCode::UnknownConnect).into());
-        };
-        if pending.viewer != from.session && pending.device != from.session {
-            return Err(error(ErrorCode::NotAuthorized).into());
-        }
-        self.grant_relay(now, connect_id, Some(request_len))
+        self.disclosed_party(from, connect_id)?;
+        self.grant_relay(now, connect_id, (from.session, request_len))
     }
 
     fn on_candidates(&mut self, from: &Peer<S>, update: CandidateUpdate) -> Result<(), Refusal> {
-        let Some(pending) = self.pending.get(&update.connect_id) else {
+        let side = self.disclosed_party(from, update.connect_id)?;
+        let Some(pending) = self.pending.get_mut(&update.connect_id) else {
             return Err(error(ErrorCode::UnknownConnect).into());
         };
-        let to = if from.session == pending.viewer {
-            pending.device
-        } else if from.session == pending.device {
+        if pending.updates[side] >= MAX_CANDIDATE_UPDATES_PER_ATTEMPT {
+            self.stats.rate_limited += 1;
+            return Err(error(ErrorCode::RateLimited).into());
+        }
+        pending.updates[side] += 1;
+        let to = if side == 0 {
             pending.viewer
         } else {
-            return Err(error(ErrorCode::NotAuthorized).into());
+            match &pending.device {
+                Some(device) => device.session,
+                None => return Err(error(ErrorCode::UnknownConnect).into()),
+            }
         };
         // Forwarded as-is: one message out per message in, never larger.
         self.enqueue(to, &Envelope::new(0, Body::CandidateUpdate(update)));
@@ -937,42 +1492,63 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
     }
 
     fn on_close(&mut self, from: &Peer<S>, close: Close) -> Result<(), Refusal> {
-        match close.connect_id {
-            None => {
-                if let Some(device_id) = self.presence.remove_session(&from.session) {
-                    tracing::debug!(device = %hex_id(device_id), reason = ?close.reason, "device went offline");
+        let Some(connect_id) = close.connect_id else {
+            if let Some(device_id) = self.presence.remove_session(&from.session) {
+                tracing::debug!(device = %hex_id(device_id), reason = ?close.reason, "device went offline");
+            }
+            return Ok(());
+        };
+        let Some(pending) = self.pending.get_mut(&connect_id) else {
+            return Err(error(ErrorCode::UnknownConnect).into());
+        };
+        let device = pending.device.as_ref().map(|side| side.session);
+        let from_device = device == Some(from.session);
+        let from_viewer = pending.viewer == from.session;
+        if pending.stage != Stage::Disclosed {
+            if from_device {
+                // A refusal: the viewer still hears UNAVAILABLE only at the deadline.
+                pending.stage = Stage::Refused;
+                return Ok(());
+            }
+            if from_viewer {
+                // The viewer gave up: the device learns it, nobody is answered.
+                self.remove_attempt(connect_id);
+                if let Some(session) = device {
+                    self.forward_close(session, connect_id, close.reason);
                 }
-                Ok(())
+                return Ok(());
             }
-            Some(connect_id) => {
-                let Some(pending) = self.pending.get(&connect_id) else {
-                    return Err(error(ErrorCode::UnknownConnect).into());
-                };
-                let to = if from.session == pending.viewer {
-                    pending.device
-                } else if from.session == pending.device {
-                    pending.viewer
-                } else {
-                    return Err(error(ErrorCode::NotAuthorized).into());
-                };
-                self.pending.remove(&connect_id);
-                let reason = if close.reason == CloseReason::Unspecified {
-                    CloseReason::Done
-                } else {
-                    close.reason
-                };
-                self.enqueue(
-                    to,
-                    &Envelope::new(
-                        0,
-                        Body::Close(Close {
-                            connect_id: Some(connect_id),
-                            reason,
-                        }),
-                    ),
-                );
-                Ok(())
-            }
+            return Err(error(ErrorCode::UnknownConnect).into());
         }
+        let to = if from_viewer {
+            device
+        } else if from_device {
+            Some(pending.viewer)
+        } else {
+            return Err(error(ErrorCode::NotAuthorized).into());
+        };
+        self.remove_attempt(connect_id);
+        if let Some(to) = to {
+            self.forward_close(to, connect_id, close.reason);
+        }
+        Ok(())
+    }
+
+    fn forward_close(&mut self, to: S, connect_id: ConnectId, reason: CloseReason) {
+        let reason = if reason == CloseReason::Unspecified {
+            CloseReason::Done
+        } else {
+            reason
+        };
+        self.enqueue(
+            to,
+            &Envelope::new(
+                0,
+                Body::Close(Close {
+                    connect_id: Some(connect_id),
+                    reason,
+                }),
+            ),
+        );
     }
 }

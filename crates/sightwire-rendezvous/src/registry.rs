@@ -35,9 +35,20 @@ pub trait Registry {
     /// one changes nothing and returns `false`.
     fn record(&mut self, certificate: &IdCertificate) -> Result<bool, Self::Error>;
 
-    /// Marks the current certificate of `device_id` revoked. Returns `false` if there is
-    /// none.
+    /// Marks the current certificate of `device_id` revoked (raises the ID's revocation
+    /// floor to its serial). Returns `false` if there is none (use
+    /// [`Registry::revoke_through`] then).
     fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error>;
+
+    /// Revokes every certificate of `device_id` with a serial ≤ `serial`, whether or not
+    /// one was ever recorded: the ID's revocation floor becomes at least `serial` (it
+    /// never goes down). Certificates at or below the floor are refused (`REVOKED`)
+    /// everywhere the registry is consulted.
+    fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error>;
+
+    /// The revocation floor of `device_id` (0 when nothing was revoked; serials start
+    /// at 1).
+    fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error>;
 
     /// Every record, ordered by device ID.
     fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error>;
@@ -47,13 +58,18 @@ pub trait Registry {
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRegistry {
     records: HashMap<[u8; 6], DeviceRecord>,
+    floors: HashMap<[u8; 6], u64>,
 }
 
 impl Registry for MemoryRegistry {
     type Error = std::convert::Infallible;
 
     fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error> {
-        Ok(self.records.get(&device_id).copied())
+        let floor = self.floors.get(&device_id).copied().unwrap_or(0);
+        Ok(self.records.get(&device_id).map(|record| DeviceRecord {
+            revoked: record.revoked || record.certificate.serial() <= floor,
+            ..*record
+        }))
     }
 
     fn record(&mut self, certificate: &IdCertificate) -> Result<bool, Self::Error> {
@@ -74,15 +90,30 @@ impl Registry for MemoryRegistry {
     }
 
     fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error> {
-        Ok(self
-            .records
-            .get_mut(&device_id)
-            .map(|record| record.revoked = true)
-            .is_some())
+        let Some(record) = self.records.get_mut(&device_id) else {
+            return Ok(false);
+        };
+        record.revoked = true;
+        let serial = record.certificate.serial();
+        self.revoke_through(device_id, serial)?;
+        Ok(true)
+    }
+
+    fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error> {
+        let floor = self.floors.entry(device_id).or_insert(0);
+        *floor = (*floor).max(serial);
+        Ok(())
+    }
+
+    fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error> {
+        Ok(self.floors.get(&device_id).copied().unwrap_or(0))
     }
 
     fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error> {
-        let mut records: Vec<_> = self.records.values().copied().collect();
+        let mut records = Vec::new();
+        for id in self.records.keys() {
+            records.extend(self.lookup(*id)?);
+        }
         records.sort_by_key(|record| record.certificate.device_id());
         Ok(records)
     }
@@ -132,6 +163,10 @@ impl SqliteRegistry {
                 serial INTEGER NOT NULL,
                 certificate BLOB NOT NULL,
                 revoked INTEGER NOT NULL DEFAULT 0
+            ) STRICT;
+            CREATE TABLE IF NOT EXISTS revocations (
+                device_id BLOB PRIMARY KEY NOT NULL CHECK (length(device_id) = 6),
+                floor INTEGER NOT NULL
             ) STRICT;",
         )?;
         Ok(Self { connection })
@@ -163,6 +198,10 @@ fn serial_to_sql(serial: u64) -> i64 {
     i64::from_ne_bytes(serial.to_ne_bytes())
 }
 
+fn serial_from_sql(serial: i64) -> u64 {
+    u64::from_ne_bytes(serial.to_ne_bytes())
+}
+
 impl Registry for SqliteRegistry {
     type Error = SqliteRegistryError;
 
@@ -176,7 +215,11 @@ impl Registry for SqliteRegistry {
             Some(row) => {
                 let certificate: Vec<u8> = row.get(0)?;
                 let revoked: bool = row.get(1)?;
-                Self::row_to_record(device_id.to_vec(), certificate, revoked).map(Some)
+                let mut record = Self::row_to_record(device_id.to_vec(), certificate, revoked)?;
+                drop(rows);
+                record.revoked |=
+                    record.certificate.serial() <= self.revocation_floor(device_id)?;
+                Ok(Some(record))
             }
         }
     }
@@ -213,7 +256,48 @@ impl Registry for SqliteRegistry {
             "UPDATE devices SET revoked = 1 WHERE device_id = ?1",
             [device_id.as_slice()],
         )?;
+        if let Some(record) = self.lookup(device_id)? {
+            self.revoke_through(device_id, record.certificate.serial())?;
+        }
         Ok(changed > 0)
+    }
+
+    fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error> {
+        let transaction = self.connection.transaction()?;
+        let current: Option<i64> = transaction
+            .query_row(
+                "SELECT floor FROM revocations WHERE device_id = ?1",
+                [device_id.as_slice()],
+                |row| row.get(0),
+            )
+            .map(Some)
+            .or_else(|error| match error {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                other => Err(other),
+            })?;
+        let floor = current.map_or(0, serial_from_sql).max(serial);
+        transaction.execute(
+            "INSERT OR REPLACE INTO revocations (device_id, floor) VALUES (?1, ?2)",
+            rusqlite::params![device_id.as_slice(), serial_to_sql(floor)],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error> {
+        let floor: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT floor FROM revocations WHERE device_id = ?1",
+                [device_id.as_slice()],
+                |row| row.get(0),
+            )
+            .map(Some)
+            .or_else(|error| match error {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                other => Err(other),
+            })?;
+        Ok(floor.map_or(0, serial_from_sql))
     }
 
     fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error> {
@@ -227,11 +311,20 @@ impl Registry for SqliteRegistry {
                 row.get::<_, bool>(2)?,
             ))
         })?;
-        rows.map(|row| {
-            let (device_id, certificate, revoked) = row?;
-            Self::row_to_record(device_id, certificate, revoked)
-        })
-        .collect()
+        let records: Result<Vec<_>, Self::Error> = rows
+            .map(|row| {
+                let (device_id, certificate, revoked) = row?;
+                Self::row_to_record(device_id, certificate, revoked)
+            })
+            .collect();
+        records?
+            .into_iter()
+            .map(|mut record| {
+                let floor = self.revocation_floor(record.certificate.device_id())?;
+                record.revoked |= record.certificate.serial() <= floor;
+                Ok(record)
+            })
+            .collect()
     }
 }
 
@@ -274,6 +367,33 @@ mod tests {
             (cert(u64::MAX, 3), false)
         );
         assert_eq!(registry.list().unwrap(), vec![record]);
+    }
+
+    /// Low finding: revocation needed an existing record and was not a serial floor.
+    fn revocation_is_a_floor(registry: &mut impl Registry) {
+        let id = [2, 0, 0, 0, 0, 1];
+        // Revoking an ID never seen, through serial 5.
+        registry.revoke_through(id, 5).unwrap();
+        assert_eq!(registry.revocation_floor(id).unwrap(), 5);
+        registry.record(&cert(5, 1)).unwrap();
+        assert!(registry.lookup(id).unwrap().unwrap().revoked);
+        // The floor never goes down.
+        registry.revoke_through(id, 2).unwrap();
+        assert_eq!(registry.revocation_floor(id).unwrap(), 5);
+        // Above the floor: fine.
+        registry.record(&cert(6, 2)).unwrap();
+        assert!(!registry.lookup(id).unwrap().unwrap().revoked);
+        assert_eq!(registry.revocation_floor([2, 0, 0, 0, 0, 9]).unwrap(), 0);
+    }
+
+    #[test]
+    fn low_revocation_floor_works_without_a_record_memory() {
+        revocation_is_a_floor(&mut MemoryRegistry::default());
+    }
+
+    #[test]
+    fn low_revocation_floor_works_without_a_record_sqlite() {
+        revocation_is_a_floor(&mut SqliteRegistry::open_in_memory().unwrap());
     }
 
     #[test]

@@ -146,6 +146,8 @@ impl<R: Registry> Server<R> {
                     ..
                 } => {
                     tracing::debug!(?session, %remote_addr, "session established");
+                    // Charge the session's requests to the address its handshake proved.
+                    self.core.handle_session_established(session, remote_addr);
                 }
                 Event::Closed { session, .. } | Event::HandshakeFailed { session, .. } => {
                     self.core.handle_session_closed(session);

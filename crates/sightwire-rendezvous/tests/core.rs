@@ -3,16 +3,39 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use sightwire_rendezvous::{CoreConfig, MAX_OUTBOX, Peer, Rate, Registry, RelayConfig};
+use sightwire_rendezvous::{
+    CONSENT_WINDOW, CoreConfig, MAX_OUTBOX, Peer, Rate, Registry, RelayConfig,
+};
 use sightwire_signal::grant::{GrantRole, RelayGrantKey};
 use sightwire_signal::{
     Body, CandidateKind, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId, Envelope,
-    ErrorCode, ErrorReply, Limit,
+    ErrorCode, ErrorReply, Limit, MAX_MESSAGE_LEN,
 };
+
+/// Sends a connect request from `viewer` for `id` and checks that nothing at all comes
+/// back before the consent window closes; returns the answer at that moment.
+fn unavailable_after_window(h: &mut Harness, viewer: &Peer<u64>, message: &[u8]) -> ErrorReply {
+    let replies = h.send(viewer, message);
+    assert!(
+        replies.iter().all(|(s, _)| *s != viewer.session),
+        "{replies:?}"
+    );
+    h.advance(CONSENT_WINDOW - Duration::from_millis(1));
+    let early = h.drain();
+    assert!(early.iter().all(|(s, _)| *s != viewer.session), "{early:?}");
+    h.advance(Duration::from_millis(1));
+    let replies: Vec<_> = h
+        .drain()
+        .into_iter()
+        .filter(|(s, _)| *s == viewer.session)
+        .collect();
+    error_of(&replies)
+}
 
 fn error_of(replies: &[(u64, Envelope)]) -> ErrorReply {
     match replies {
@@ -93,7 +116,7 @@ fn impersonation_is_refused_and_the_real_registration_is_untouched() {
     assert_eq!(h.core.session_of(device_id(1)), Some(1));
     assert_eq!(h.core.online(), 1);
     // A viewer still reaches the real device.
-    let replies = h.send(&viewer_peer(1), &connect_message(device_id(1), false));
+    let replies = h.connect_and_accept(&viewer_peer(1), 1, false);
     assert!(
         replies
             .iter()
@@ -132,10 +155,16 @@ fn revoked_and_superseded_certificates_are_refused() {
     let mut h = Harness::new(CoreConfig::default());
     h.register(3);
     h.core.registry_mut().revoke(device_id(3)).unwrap();
-    // Revocation applies at the next lookup even though the device is online.
+    // Revocation applies at the next lookup even though the device is online; the viewer
+    // hears what it hears for any unreachable ID.
     assert_eq!(
-        error_of(&h.send(&viewer_peer(1), &connect_message(device_id(3), false))).code,
-        ErrorCode::Revoked
+        unavailable_after_window(
+            &mut h,
+            &viewer_peer(1),
+            &connect_message(device_id(3), false)
+        )
+        .code,
+        ErrorCode::Unavailable
     );
     assert_eq!(h.core.online(), 0);
     assert_eq!(
@@ -189,7 +218,7 @@ fn keepalives_refresh_presence_and_report_the_observed_address() {
         panic!("{replies:?}")
     };
     assert_eq!(*observed, moved.address);
-    let replies = h.send(&viewer_peer(1), &connect_message(device_id(1), false));
+    let replies = h.connect_and_accept(&viewer_peer(1), 1, false);
     let Some(Body::ConnectResponse(response)) = replies
         .iter()
         .map(|(_, e)| &e.body)
@@ -218,8 +247,13 @@ fn presence_expires_without_keepalives() {
     assert_eq!(h.core.online(), 1, "device 2 stopped sending keepalives");
     assert_eq!(h.core.stats().presence_expired, 1);
     assert_eq!(
-        error_of(&h.send(&viewer_peer(1), &connect_message(device_id(2), false))).code,
-        ErrorCode::Offline
+        unavailable_after_window(
+            &mut h,
+            &viewer_peer(1),
+            &connect_message(device_id(2), false)
+        )
+        .code,
+        ErrorCode::Unavailable
     );
     // Its next keepalive is told to register again.
     assert_eq!(
@@ -233,8 +267,12 @@ fn connect_introduces_viewer_and_device_with_one_punch_key() {
     let mut h = Harness::new(CoreConfig::default());
     h.register(1);
     let viewer = viewer_peer(1);
-    let replies = h.send(&viewer, &connect_message(device_id(1), false));
-    assert_eq!(replies.len(), 2, "{replies:?}");
+    let replies = h.connect_and_accept(&viewer, 1, false);
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    // In this order: the introduction, the offer to the device, the response.
+    assert!(matches!(replies[0].1.body, Body::Introduction(_)));
+    assert!(matches!(replies[1].1.body, Body::ConnectOffer(_)));
+    assert!(matches!(replies[2].1.body, Body::ConnectResponse(_)));
     let offer = replies.iter().find_map(|(s, e)| match &e.body {
         Body::ConnectOffer(offer) if *s == 1 => Some(offer.clone()),
         _ => None,
@@ -311,31 +349,6 @@ fn connect_introduces_viewer_and_device_with_one_punch_key() {
 }
 
 #[test]
-fn unknown_and_offline_ids_are_distinguished() {
-    let mut h = Harness::new(CoreConfig::default());
-    assert_eq!(
-        error_of(&h.send(&viewer_peer(1), &connect_message(device_id(42), false))).code,
-        ErrorCode::UnknownId
-    );
-    h.register(42);
-    let close = Envelope::new(
-        0,
-        Body::Close(Close {
-            connect_id: None,
-            reason: CloseReason::Shutdown,
-        }),
-    )
-    .to_bytes()
-    .unwrap();
-    assert!(h.send(&device_peer(42), &close).is_empty());
-    assert_eq!(
-        error_of(&h.send(&viewer_peer(1), &connect_message(device_id(42), false))).code,
-        ErrorCode::Offline
-    );
-    assert_eq!(h.core.stats().lookups_failed, 2);
-}
-
-#[test]
 fn lookup_rate_limit_is_hit_and_says_so() {
     let rate = Rate {
         per_second: 1,
@@ -345,28 +358,26 @@ fn lookup_rate_limit_is_hit_and_says_so() {
         lookup_rate: rate,
         ..CoreConfig::default()
     });
-    for _ in 0..3 {
-        assert_eq!(
-            error_of(&h.send(&viewer_peer(1), &connect_message(device_id(7), false))).code,
-            ErrorCode::UnknownId
-        );
+    for request_id in 0..3 {
+        let message = connect_message_with(device_id(7), false, request_id, &[]);
+        assert!(h.send(&viewer_peer(1), &message).is_empty());
     }
-    let refused = error_of(&h.send(&viewer_peer(1), &connect_message(device_id(7), false)));
+    let message = connect_message_with(device_id(7), false, 3, &[]);
+    let refused = error_of(&h.send(&viewer_peer(1), &message));
     assert_eq!(
         (refused.code, refused.limit),
         (ErrorCode::RateLimited, Some(Limit::LookupRate))
     );
     assert_eq!(refused.retry_after, Duration::from_secs(1));
     // Another source is not affected; the first recovers after retry_after.
-    assert_eq!(
-        error_of(&h.send(&viewer_peer(2), &connect_message(device_id(7), false))).code,
-        ErrorCode::UnknownId
+    assert!(
+        h.send(&viewer_peer(2), &connect_message(device_id(7), false))
+            .is_empty()
     );
     h.advance(refused.retry_after);
-    assert_eq!(
-        error_of(&h.send(&viewer_peer(1), &connect_message(device_id(7), false))).code,
-        ErrorCode::UnknownId
-    );
+    h.drain();
+    let message = connect_message_with(device_id(7), false, 4, &[]);
+    assert!(h.send(&viewer_peer(1), &message).is_empty());
     assert_eq!(h.core.stats().rate_limited, 1);
 }
 
@@ -420,14 +431,14 @@ fn connect_table_limit_is_hit_and_says_so() {
     });
     h.register(1);
     h.send(&viewer_peer(1), &connect_message(device_id(1), false));
-    h.send(&viewer_peer(1), &connect_message(device_id(1), false));
-    let refused = error_of(&h.send(&viewer_peer(1), &connect_message(device_id(1), false)));
+    h.send(&viewer_peer(2), &connect_message(device_id(1), false));
+    let refused = error_of(&h.send(&viewer_peer(3), &connect_message(device_id(1), false)));
     assert_eq!(
         (refused.code, refused.limit),
         (ErrorCode::Capacity, Some(Limit::ConnectTable))
     );
-    // Attempts expire after connect_ttl and free the table.
-    h.advance(Duration::from_secs(31));
+    // Attempts without consent end at the consent deadline and free the table.
+    h.advance(CONSENT_WINDOW);
     h.send(&device_peer(1), &keepalive_message(1));
     assert_eq!(h.core.pending_connects(), 0);
 }
@@ -481,7 +492,7 @@ fn relay_grants_verify_at_the_relay_and_bind_both_peers() {
     });
     h.register(1);
     let viewer = viewer_peer(1);
-    let replies = h.send(&viewer, &connect_message(device_id(1), true));
+    let replies = h.connect_and_accept(&viewer, 1, true);
     let grants: Vec<_> = replies
         .iter()
         .filter_map(|(s, e)| match &e.body {
@@ -519,7 +530,7 @@ fn relay_grants_verify_at_the_relay_and_bind_both_peers() {
 fn relay_request_without_a_relay_says_unavailable() {
     let mut h = Harness::new(CoreConfig::default());
     h.register(1);
-    let replies = h.send(&viewer_peer(1), &connect_message(device_id(1), false));
+    let replies = h.connect_and_accept(&viewer_peer(1), 1, false);
     let connect_id = replies.iter().find_map(|(_, e)| match &e.body {
         Body::ConnectResponse(r) => Some(r.connect_id),
         _ => None,
@@ -608,6 +619,22 @@ enum Op {
         viewer: u32,
         device: u32,
         want_relay: bool,
+        login: bool,
+    },
+    /// A `CONSENT` for one of the connect ids seen so far, from any session.
+    Consent {
+        from_device: bool,
+        who: u32,
+        pick: usize,
+        login: bool,
+        accept: bool,
+    },
+    /// A candidate update, relay request or close for a seen connect id, from anyone.
+    Other {
+        from_device: bool,
+        who: u32,
+        pick: usize,
+        kind: u8,
     },
     Garbage {
         viewer: u32,
@@ -622,56 +649,154 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u32..6, 0u32..6).prop_map(|(device, as_key_of)| Op::Register { device, as_key_of }),
         (0u32..6).prop_map(|device| Op::Keepalive { device }),
-        (0u32..4, 0u32..8, any::<bool>()).prop_map(|(viewer, device, want_relay)| Op::Connect {
-            viewer,
-            device,
-            want_relay
-        }),
+        (0u32..4, 0u32..8, any::<bool>(), any::<bool>()).prop_map(
+            |(viewer, device, want_relay, login)| Op::Connect {
+                viewer,
+                device,
+                want_relay,
+                login
+            }
+        ),
+        (
+            any::<bool>(),
+            0u32..6,
+            any::<usize>(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(from_device, who, pick, login, accept)| Op::Consent {
+                from_device,
+                who,
+                pick,
+                login,
+                accept
+            }),
+        (any::<bool>(), 0u32..6, any::<usize>(), 0u8..3).prop_map(
+            |(from_device, who, pick, kind)| Op::Other {
+                from_device,
+                who,
+                pick,
+                kind
+            }
+        ),
         (0u32..4, prop::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(viewer, bytes)| Op::Garbage { viewer, bytes }),
-        (0u32..40_000).prop_map(|ms| Op::Advance { ms }),
+        (0u32..4_000).prop_map(|ms| Op::Advance { ms }),
     ]
 }
 
+/// Checks the consent invariant on everything the core sent: no `CONNECT_RESPONSE`,
+/// `CONNECT_OFFER`, `RELAY_GRANT` or `CANDIDATE_UPDATE` for an attempt whose introduced
+/// device session has not sent `accept`; an `INTRODUCTION` goes only to the device
+/// session the ID is registered on.
+fn check_consent(
+    sent: &[(u64, Envelope)],
+    introduced: &mut std::collections::HashMap<ConnectId, u64>,
+    accepted: &std::collections::HashSet<ConnectId>,
+    online: &[(u64, u32)],
+) -> Result<(), TestCaseError> {
+    for (session, envelope) in sent {
+        let disclosed = match &envelope.body {
+            Body::Introduction(intro) => {
+                prop_assert!(online.iter().any(|(s, _)| s == session));
+                introduced.insert(intro.connect_id, *session);
+                None
+            }
+            Body::ConnectResponse(r) => Some(r.connect_id),
+            Body::ConnectOffer(o) => Some(o.connect_id),
+            Body::RelayGrant(g) => Some(g.connect_id),
+            Body::CandidateUpdate(u) => Some(u.connect_id),
+            _ => None,
+        };
+        if let Some(id) = disclosed {
+            prop_assert!(accepted.contains(&id), "disclosed {:?} without accept", id);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Whatever happens: no panic; a device is only ever online on a session keyed by its
-    /// certified key; tables stay within their limits; and nothing sent to a session that
-    /// is not a registered device is larger than the request that caused it.
+    /// certified key; tables stay within their limits; nothing sent to a session that
+    /// is not a registered device is larger than the request that caused it; and no
+    /// sequence of messages from any sessions discloses an attempt without the accept of
+    /// its introduced device session.
     #[test]
-    fn invariants_hold_under_arbitrary_traffic(ops in prop::collection::vec(op(), 1..60)) {
+    fn invariants_hold_under_arbitrary_traffic(ops in prop::collection::vec(op(), 1..80)) {
         let relay = RelayConfig { address: "198.51.100.1:3478".parse().unwrap(), key: RelayGrantKey::from_bytes([1; 32]) };
         let mut h = Harness::new(CoreConfig { max_presence: 4, max_pending_connects: 3, relay: Some(relay), ..CoreConfig::default() });
+        let mut introduced = std::collections::HashMap::new();
+        let mut accepted = std::collections::HashSet::new();
+        let mut seen: Vec<ConnectId> = Vec::new();
         for op in ops {
+            let online: Vec<(u64, u32)> = (0..6).filter_map(|n| h.core.session_of(device_id(n)).map(|s| (s, n))).collect();
             let (peer, message) = match op {
                 Op::Register { device, as_key_of } => {
                     let peer = Peer { remote_static: device_key(as_key_of), ..device_peer(device) };
                     (peer, register_message(certificate(device, 1)))
                 }
                 Op::Keepalive { device } => (device_peer(device), keepalive_message(3)),
-                Op::Connect { viewer, device, want_relay } => {
-                    let mut message = connect_message(device_id(device), want_relay);
+                Op::Connect { viewer, device, want_relay, login } => {
+                    let login: &[u8] = if login { &[0x42; 32] } else { &[] };
+                    let mut message = connect_message_with(device_id(device), want_relay, 9, login);
                     // Sometimes unpadded.
-                    if viewer % 2 == 0 {
+                    if viewer % 2 == 0 && device % 2 == 0 {
                         message = Envelope::decode(&message).unwrap().to_bytes().unwrap().to_vec();
                     }
                     (viewer_peer(viewer), message)
                 }
+                Op::Consent { from_device, who, pick, login, accept } => {
+                    let Some(id) = (!seen.is_empty()).then(|| seen[pick % seen.len()]) else { continue };
+                    let peer = if from_device { device_peer(who) } else { viewer_peer(who) };
+                    if accept && introduced.get(&id) == Some(&peer.session) {
+                        accepted.insert(id);
+                    }
+                    let login: &[u8] = if login { &[0x43; 65] } else { &[] };
+                    (peer, consent_message(id, login, accept))
+                }
+                Op::Other { from_device, who, pick, kind } => {
+                    let Some(connect_id) = (!seen.is_empty()).then(|| seen[pick % seen.len()]) else { continue };
+                    let peer = if from_device { device_peer(who) } else { viewer_peer(who) };
+                    let body = match kind {
+                        0 => Body::CandidateUpdate(CandidateUpdate { connect_id, candidates: CandidateSet::new(vec![host("10.1.1.1:1")]) }),
+                        1 => Body::RelayRequest { connect_id },
+                        _ => Body::Close(Close { connect_id: Some(connect_id), reason: CloseReason::Done }),
+                    };
+                    let mut message = Vec::new();
+                    Envelope::new(5, body).encode_padded(MAX_MESSAGE_LEN, &mut message).unwrap();
+                    (peer, message)
+                }
                 Op::Garbage { viewer, bytes } => (viewer_peer(viewer), bytes),
                 Op::Advance { ms } => {
                     h.advance(Duration::from_millis(u64::from(ms)));
+                    let sent = h.drain();
+                    check_consent(&sent, &mut introduced, &accepted, &online)?;
                     continue;
                 }
             };
-            let registered_before: Vec<u64> = (0..6).filter_map(|n| h.core.session_of(device_id(n))).collect();
+            let registered_before: Vec<u64> = online.iter().map(|(s, _)| *s).collect();
             h.core.handle_message(h.now, &peer, &message);
+            let mut sent = Vec::new();
             while let Some(t) = h.core.poll_transmit() {
                 let to_device = registered_before.contains(&t.session) || (0..6).any(|n| h.core.session_of(device_id(n)) == Some(t.session));
                 if t.session == peer.session && !to_device {
                     prop_assert!(t.payload.len() <= message.len(), "{} > {}", t.payload.len(), message.len());
                 }
+                sent.push((t.session, Envelope::decode(&t.payload).unwrap()));
             }
+            for (_, envelope) in &sent {
+                let id = match &envelope.body {
+                    Body::Introduction(i) => Some(i.connect_id),
+                    Body::Consent(c) => Some(c.connect_id),
+                    _ => None,
+                };
+                if let Some(id) = id && !seen.contains(&id) {
+                    seen.push(id);
+                }
+            }
+            check_consent(&sent, &mut introduced, &accepted, &online)?;
             for n in 0..6 {
                 if let Some(session) = h.core.session_of(device_id(n)) {
                     prop_assert_eq!(session, u64::from(n), "device {} online on a foreign session", n);
@@ -681,4 +806,551 @@ proptest! {
             prop_assert!(h.core.pending_connects() <= 3);
         }
     }
+}
+
+fn to(replies: &[(u64, Envelope)], session: u64) -> Vec<Envelope> {
+    replies
+        .iter()
+        .filter(|(s, _)| *s == session)
+        .map(|(_, e)| e.clone())
+        .collect()
+}
+
+fn generous() -> CoreConfig {
+    let many = Rate {
+        per_second: 1_000,
+        burst: 1_000,
+    };
+    CoreConfig {
+        lookup_rate: many,
+        identity_lookup_rate: many,
+        session_message_rate: many,
+        introduction_rate_per_minute: many,
+        ..CoreConfig::default()
+    }
+}
+
+#[test]
+fn finding_3_unknown_offline_and_refused_look_the_same() {
+    let mut h = Harness::new(CoreConfig::default());
+    // 43 goes offline, 44 refuses, 45 stays silent, 42 was never issued.
+    for n in [43, 44, 45] {
+        h.register(n);
+    }
+    let close = Envelope::new(
+        0,
+        Body::Close(Close {
+            connect_id: None,
+            reason: CloseReason::Shutdown,
+        }),
+    )
+    .to_bytes()
+    .unwrap();
+    h.send(&device_peer(43), &close);
+    let viewers: Vec<_> = (1..=4).map(viewer_peer).collect();
+    let mut sent = Vec::new();
+    for (viewer, n) in viewers.iter().zip([42, 43, 44, 45]) {
+        sent.extend(h.send(viewer, &connect_message(device_id(n), false)));
+    }
+    let refusing = introduction_to(&sent, device_peer(44).session).unwrap();
+    sent.extend(h.send(&device_peer(44), &consent_message(refusing, &[], false)));
+    for viewer in &viewers {
+        assert!(
+            to(&sent, viewer.session).is_empty(),
+            "nothing before the deadline"
+        );
+    }
+    h.advance(CONSENT_WINDOW - Duration::from_millis(1));
+    let early = h.drain();
+    for viewer in &viewers {
+        assert!(to(&early, viewer.session).is_empty(), "{early:?}");
+    }
+    h.advance(Duration::from_millis(1));
+    let answers = h.drain();
+    let mut bodies = Vec::new();
+    for viewer in &viewers {
+        let mine = to(&answers, viewer.session);
+        assert_eq!(mine.len(), 1, "{answers:?}");
+        bodies.push(mine[0].clone());
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+    assert!(matches!(bodies[0].body, Body::Error(e) if e.code == ErrorCode::Unavailable));
+    assert_eq!(h.core.pending_connects(), 0);
+}
+
+#[test]
+fn finding_3_no_address_before_consent() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let viewer = viewer_peer(1);
+    let replies = h.send(
+        &viewer,
+        &connect_message_with(device_id(1), false, 9, &[0x42; 32]),
+    );
+    // Only the introduction, to the device: the viewer's key and login, no address.
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let (
+        session,
+        Envelope {
+            body: Body::Introduction(intro),
+            ..
+        },
+    ) = &replies[0]
+    else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(*session, device_peer(1).session);
+    assert_eq!(intro.viewer_key, viewer.remote_static);
+    assert_eq!(&intro.login[..], &[0x42; 32]);
+    let encoded = replies[0].1.to_bytes().unwrap();
+    let std::net::IpAddr::V4(viewer_ip) = viewer.address.ip() else {
+        panic!()
+    };
+    for needle in [&viewer_ip.octets()[..], &[10, 9, 9, 9][..]] {
+        assert!(
+            !encoded.windows(4).any(|w| w == needle),
+            "viewer address leaked"
+        );
+    }
+    // The device's login message reaches the viewer without any device address.
+    let relayed = h.send(
+        &device_peer(1),
+        &consent_message(intro.connect_id, &[0x43; 65], false),
+    );
+    let mine = to(&relayed, viewer.session);
+    assert!(
+        matches!(&mine[..], [Envelope { request_id: 9, body: Body::Consent(c) }] if c.login[..] == [0x43; 65] && !c.accept)
+    );
+    let encoded = mine[0].to_bytes().unwrap();
+    let std::net::IpAddr::V4(device_ip) = address(1).ip() else {
+        panic!()
+    };
+    for needle in [&device_ip.octets()[..], &[192, 168, 1, 20][..]] {
+        assert!(
+            !encoded.windows(4).any(|w| w == needle),
+            "device address leaked"
+        );
+    }
+    // Addresses travel only on accept.
+    let accepted = h.send(
+        &device_peer(1),
+        &consent_message(intro.connect_id, &[], true),
+    );
+    assert!(matches!(accepted[0].1.body, Body::ConnectOffer(_)));
+    assert!(matches!(
+        &to(&accepted, viewer.session)[..],
+        [Envelope {
+            body: Body::ConnectResponse(_),
+            ..
+        }]
+    ));
+    assert_eq!(h.core.stats().disclosures, 1);
+}
+
+#[test]
+fn finding_3_consent_exchange_is_relayed_only_between_the_attempts_sessions() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    h.register(2);
+    let (viewer, stranger) = (viewer_peer(1), viewer_peer(2));
+    let replies = h.send(
+        &viewer,
+        &connect_message_with(device_id(1), false, 9, &[1; 32]),
+    );
+    let id = introduction_to(&replies, 1).unwrap();
+    // A stranger's and another device's consent do nothing.
+    assert!(
+        h.send(&stranger, &consent_message(id, &[7; 65], false))
+            .is_empty()
+    );
+    assert!(
+        h.send(&device_peer(2), &consent_message(id, &[7; 65], true))
+            .is_empty()
+    );
+    // The viewer cannot speak before the device, nor accept for it.
+    assert!(
+        h.send(&viewer, &consent_message(id, &[3; 64], false))
+            .is_empty()
+    );
+    assert!(h.send(&viewer, &consent_message(id, &[], true)).is_empty());
+    // One login message each way.
+    let relayed = h.send(&device_peer(1), &consent_message(id, &[2; 65], false));
+    assert_eq!(relayed.len(), 1);
+    assert_eq!(relayed[0].0, viewer.session);
+    assert!(
+        h.send(&device_peer(1), &consent_message(id, &[9; 65], false))
+            .is_empty()
+    );
+    let relayed = h.send(&viewer, &consent_message(id, &[3; 64], false));
+    assert!(
+        matches!(&relayed[..], [(1, Envelope { request_id: 0, body: Body::Consent(c) })] if c.login[..] == [3; 64])
+    );
+    assert!(
+        h.send(&viewer, &consent_message(id, &[4; 64], false))
+            .is_empty()
+    );
+    // A retransmitted request gets the device's login message again, nothing else.
+    let again = h.send(
+        &viewer,
+        &connect_message_with(device_id(1), false, 9, &[1; 32]),
+    );
+    assert!(
+        matches!(&again[..], [(s, Envelope { request_id: 9, body: Body::Consent(c) })] if *s == viewer.session && c.login[..] == [2; 65])
+    );
+    assert_eq!(h.core.pending_connects(), 1);
+    assert_eq!(h.core.stats().disclosures, 0);
+    assert_eq!(h.core.stats().logins_relayed, 2);
+    // Only the device's accept discloses.
+    let accepted = h.send(&device_peer(1), &consent_message(id, &[], true));
+    assert!(matches!(
+        &to(&accepted, viewer.session)[..],
+        [Envelope {
+            body: Body::ConnectResponse(_),
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn finding_3_unreachable_ids_get_a_decoy_login_reply() {
+    let mut h = Harness::new(CoreConfig::default());
+    let viewer = viewer_peer(1);
+    assert!(
+        h.send(
+            &viewer,
+            &connect_message_with(device_id(42), false, 9, &[1; 32])
+        )
+        .is_empty()
+    );
+    h.advance(sightwire_rendezvous::DECOY_DELAY_MIN - Duration::from_millis(1));
+    assert!(h.drain().is_empty());
+    h.advance(
+        sightwire_rendezvous::DECOY_DELAY_MAX - sightwire_rendezvous::DECOY_DELAY_MIN
+            + Duration::from_millis(1),
+    );
+    let decoy = h.drain();
+    assert!(
+        matches!(&decoy[..], [(s, Envelope { request_id: 9, body: Body::Consent(c) })]
+        if *s == viewer.session && c.login.len() == sightwire_rendezvous::DECOY_LOGIN_REPLY_LEN && !c.accept),
+        "{decoy:?}"
+    );
+    // The viewer's confirmation goes nowhere; UNAVAILABLE at the deadline as for a wrong password.
+    let Body::Consent(c) = &decoy[0].1.body else {
+        panic!()
+    };
+    assert!(
+        h.send(&viewer, &consent_message(c.connect_id, &[5; 64], false))
+            .is_empty()
+    );
+    let at = CONSENT_WINDOW - sightwire_rendezvous::DECOY_DELAY_MAX - Duration::from_millis(1);
+    h.advance(at);
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(error_of(&h.drain()).code, ErrorCode::Unavailable);
+    assert_eq!(h.core.stats().decoys, 1);
+}
+
+#[test]
+fn finding_4_one_identity_cannot_fill_the_pending_table() {
+    let mut h = Harness::new(generous());
+    let key = viewer_peer(1).remote_static;
+    for n in 0..20u32 {
+        // One key, many sessions from many sources.
+        let peer = Peer {
+            session: 5_000 + u64::from(n),
+            remote_static: key,
+            address: SocketAddr::from(([203, 0, 113, n as u8], 7)),
+        };
+        let replies = h.send(&peer, &connect_message(device_id(100 + n), false));
+        if n < 8 {
+            assert!(replies.is_empty(), "{replies:?}");
+        } else {
+            let refused = error_of(&replies);
+            assert_eq!(
+                (refused.code, refused.limit),
+                (ErrorCode::Capacity, Some(Limit::ConnectTable))
+            );
+        }
+    }
+    assert_eq!(h.core.pending_connects(), 8);
+    // Everybody else still gets in.
+    assert!(
+        h.send(&viewer_peer(2), &connect_message(device_id(7), false))
+            .is_empty()
+    );
+    assert_eq!(h.core.pending_connects(), 9);
+    // Attempts end at the deadline and give the identity its room back.
+    h.advance(CONSENT_WINDOW);
+    assert_eq!(h.core.pending_connects(), 0);
+}
+
+#[test]
+fn finding_4_one_session_from_many_sources_is_limited() {
+    let mut h = Harness::new(CoreConfig {
+        max_pending_per_identity: 1_000,
+        max_pending_connects: 1_000,
+        ..CoreConfig::default()
+    });
+    let mut admitted = 0;
+    for n in 0..100u32 {
+        // The same session, each datagram from another IPv4 source or IPv6 /64.
+        let address = if n % 2 == 0 {
+            SocketAddr::from(([203, 0, 113, n as u8], 7))
+        } else {
+            SocketAddr::new(
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                    0x2001, 0xdb8, n as u16, 0, 0, 0, 0, 1,
+                )),
+                7,
+            )
+        };
+        let peer = Peer {
+            address,
+            ..viewer_peer(1)
+        };
+        let replies = h.send(
+            &peer,
+            &connect_message_with(device_id(100 + n), false, u64::from(n), &[]),
+        );
+        if replies.is_empty() {
+            admitted += 1;
+        } else {
+            assert_eq!(error_of(&replies).code, ErrorCode::RateLimited);
+        }
+    }
+    assert_eq!(admitted, 10, "the burst of one source and one identity");
+}
+
+#[test]
+fn finding_4_a_session_cannot_spend_a_victims_source_budget() {
+    let mut h = Harness::new(CoreConfig {
+        max_pending_per_identity: 100,
+        ..CoreConfig::default()
+    });
+    let victim = viewer_peer(1);
+    let attacker = Peer {
+        session: 666,
+        remote_static: [0x66; 32],
+        address: "203.0.113.66:1".parse().unwrap(),
+    };
+    h.core
+        .handle_session_established(attacker.session, attacker.address);
+    // The attacker's packets claim the victim's source.
+    for n in 0..10 {
+        let claimed = Peer {
+            address: victim.address,
+            ..attacker
+        };
+        h.send(
+            &claimed,
+            &connect_message_with(device_id(100 + n), false, u64::from(n), &[]),
+        );
+    }
+    // The victim still has its whole budget.
+    for n in 0..10 {
+        let replies = h.send(
+            &victim,
+            &connect_message_with(device_id(200 + n), false, u64::from(n), &[]),
+        );
+        assert!(replies.is_empty(), "{replies:?}");
+    }
+}
+
+#[test]
+fn finding_4_introductions_per_device_are_limited() {
+    let mut h = Harness::new(CoreConfig {
+        max_pending_per_identity: 100,
+        ..CoreConfig::default()
+    });
+    h.register(1);
+    let mut introductions = 0;
+    let mut limited = 0;
+    for n in 0..40 {
+        let replies = h.send(&viewer_peer(n), &connect_message(device_id(1), false));
+        introductions += replies
+            .iter()
+            .filter(|(_, e)| matches!(e.body, Body::Introduction(_)))
+            .count();
+        if !replies.is_empty() && introduction_to(&replies, 1).is_none() {
+            let refused = error_of(&replies);
+            assert_eq!(
+                (refused.code, refused.limit),
+                (ErrorCode::RateLimited, Some(Limit::LookupRate))
+            );
+            limited += 1;
+        }
+    }
+    assert_eq!(introductions, 10);
+    assert_eq!(limited, 30);
+    // The same for an ID that does not exist: the limit says nothing about existence.
+    for n in 0..10 {
+        assert!(
+            h.send(
+                &viewer_peer(100 + n),
+                &connect_message(device_id(99), false)
+            )
+            .is_empty()
+        );
+    }
+    assert_eq!(
+        error_of(&h.send(&viewer_peer(120), &connect_message(device_id(99), false))).code,
+        ErrorCode::RateLimited
+    );
+}
+
+fn candidate_update(connect_id: ConnectId) -> Vec<u8> {
+    Envelope::new(
+        0,
+        Body::CandidateUpdate(CandidateUpdate {
+            connect_id,
+            candidates: CandidateSet::new(vec![host("10.1.1.1:1")]),
+        }),
+    )
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+#[test]
+fn finding_7_candidate_updates_are_limited() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let viewer = viewer_peer(1);
+    let replies = h.send(&viewer, &connect_message(device_id(1), false));
+    let id = introduction_to(&replies, 1).unwrap();
+    // Before consent, nobody can make the device probe addresses.
+    assert_eq!(
+        error_of(&h.send(&viewer, &candidate_update(id))).code,
+        ErrorCode::UnknownConnect
+    );
+    h.send(&device_peer(1), &consent_message(id, &[], true));
+    for _ in 0..sightwire_rendezvous::MAX_CANDIDATE_UPDATES_PER_ATTEMPT {
+        assert_eq!(h.send(&viewer, &candidate_update(id))[0].0, 1);
+        assert_eq!(
+            h.send(&device_peer(1), &candidate_update(id))[0].0,
+            viewer.session
+        );
+    }
+    assert_eq!(
+        error_of(&h.send(&viewer, &candidate_update(id))).code,
+        ErrorCode::RateLimited
+    );
+    assert_eq!(
+        error_of(&h.send(&device_peer(1), &candidate_update(id))).code,
+        ErrorCode::RateLimited
+    );
+}
+
+#[test]
+fn finding_7_relay_requests_are_limited() {
+    let relay = RelayConfig {
+        address: "198.51.100.1:3478".parse().unwrap(),
+        key: RelayGrantKey::from_bytes([1; 32]),
+    };
+    let mut h = Harness::new(CoreConfig {
+        relay: Some(relay),
+        ..CoreConfig::default()
+    });
+    h.register(1);
+    let viewer = viewer_peer(1);
+    let replies = h.send(&viewer, &connect_message(device_id(1), false));
+    let id = introduction_to(&replies, 1).unwrap();
+    let mut request = Vec::new();
+    Envelope::new(3, Body::RelayRequest { connect_id: id })
+        .encode_padded(MAX_MESSAGE_LEN, &mut request)
+        .unwrap();
+    assert_eq!(
+        error_of(&h.send(&viewer, &request)).code,
+        ErrorCode::UnknownConnect
+    );
+    h.send(&device_peer(1), &consent_message(id, &[], true));
+    for _ in 0..sightwire_rendezvous::MAX_RELAY_GRANTS_PER_ATTEMPT {
+        let grants = h.send(&viewer, &request);
+        assert_eq!(grants.len(), 2, "{grants:?}");
+    }
+    assert_eq!(
+        error_of(&h.send(&viewer, &request)).code,
+        ErrorCode::RateLimited
+    );
+    assert_eq!(
+        h.core.stats().relay_grants,
+        2 * u64::from(sightwire_rendezvous::MAX_RELAY_GRANTS_PER_ATTEMPT)
+    );
+}
+
+#[test]
+fn finding_7_close_and_other_notifications_are_limited_per_session() {
+    let mut h = Harness::new(CoreConfig::default());
+    let viewer = viewer_peer(1);
+    let mut answered = 0;
+    for n in 1..=200 {
+        let close = Envelope::new(
+            0,
+            Body::Close(Close {
+                connect_id: Some(ConnectId(n)),
+                reason: CloseReason::Done,
+            }),
+        )
+        .to_bytes()
+        .unwrap();
+        answered += h.send(&viewer, &close).len();
+    }
+    assert_eq!(
+        answered,
+        sightwire_rendezvous::DEFAULT_SESSION_MESSAGE_RATE.burst as usize
+    );
+}
+
+#[test]
+fn low_replies_to_registered_devices_are_size_capped() {
+    let relay = RelayConfig {
+        address: "198.51.100.1:3478".parse().unwrap(),
+        key: RelayGrantKey::from_bytes([1; 32]),
+    };
+    let mut h = Harness::new(CoreConfig {
+        relay: Some(relay),
+        ..CoreConfig::default()
+    });
+    h.register(1);
+    let replies = h.connect_and_accept(&viewer_peer(1), 1, false);
+    let id = introduction_to(&replies, 1).unwrap();
+    // A registered device's tiny relay request would get a ~170-byte grant.
+    let tiny = Envelope::new(3, Body::RelayRequest { connect_id: id })
+        .to_bytes()
+        .unwrap();
+    let replies = h.send(&device_peer(1), &tiny);
+    let mine = to(&replies, 1);
+    assert!(
+        mine.iter().all(|e| e.encoded_len()
+            <= tiny
+                .len()
+                .max(sightwire_rendezvous::REGISTERED_REPLY_ALLOWANCE)),
+        "{mine:?}"
+    );
+    assert!(
+        matches!(&mine[..], [Envelope { body: Body::Error(e), .. }] if e.code == ErrorCode::PaddingRequired)
+    );
+    // Keepalives still get their ack unpadded.
+    let bare = Envelope::new(4, Body::Keepalive).to_bytes().unwrap();
+    assert!(matches!(
+        h.send(&device_peer(1), &bare)[0].1.body,
+        Body::KeepaliveAck { .. }
+    ));
+}
+
+#[test]
+fn low_revocation_floor_refuses_unrecorded_ids_and_lower_serials() {
+    let mut h = Harness::new(CoreConfig::default());
+    // Revoked before the rendezvous ever saw the ID (a stolen factory key).
+    h.core
+        .registry_mut()
+        .revoke_through(device_id(5), 3)
+        .unwrap();
+    for serial in [1, 3] {
+        let replies = h.send(&device_peer(5), &register_message(certificate(5, serial)));
+        assert_eq!(error_of(&replies).code, ErrorCode::Revoked);
+    }
+    assert_eq!(h.core.online(), 0);
+    let replies = h.send(&device_peer(5), &register_message(certificate(5, 4)));
+    assert!(matches!(replies[0].1.body, Body::RegisterAck(_)));
 }

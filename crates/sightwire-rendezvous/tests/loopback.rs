@@ -16,8 +16,8 @@ use sightwire_rendezvous::{CoreConfig, Rate, Registry, Rendezvous, SqliteRegistr
 use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
 use sightwire_signal::cert::{CertificateFields, IdCertificate, TrustedIssuers};
 use sightwire_signal::{
-    Body, CandidateSet, Close, CloseReason, ConnectRequest, Envelope, ErrorCode, Limit,
-    MAX_MESSAGE_LEN, Register,
+    Body, CandidateSet, Close, CloseReason, ConnectOffer, ConnectRequest, ConnectResponse, Consent,
+    Envelope, ErrorCode, Limit, MAX_MESSAGE_LEN, Register,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -319,6 +319,56 @@ fn connect_body(n: u32) -> Body {
     })
 }
 
+/// The consent flow with a device that trusts the viewer's key: the viewer asks, the
+/// device gets the introduction and accepts, the viewer gets the response and the device
+/// the offer.
+async fn connect_with_consent(
+    viewer: &mut Client,
+    device: &mut Device,
+    n: u32,
+) -> (ConnectResponse, ConnectOffer) {
+    let request_id = viewer.send(connect_body(n), MAX_MESSAGE_LEN).await;
+    let introduction = loop {
+        let envelope = device
+            .client
+            .recv(Duration::from_secs(2))
+            .await
+            .expect("an introduction");
+        if let Body::Introduction(introduction) = envelope.body {
+            break introduction;
+        }
+    };
+    let consent = Body::Consent(Consent {
+        connect_id: introduction.connect_id,
+        login: bytes::Bytes::new(),
+        accept: true,
+    });
+    device.client.send(consent, 0).await;
+    let response = loop {
+        let envelope = viewer
+            .recv(Duration::from_secs(2))
+            .await
+            .expect("a response");
+        if let (true, Body::ConnectResponse(response)) =
+            (envelope.request_id == request_id, envelope.body)
+        {
+            break response;
+        }
+    };
+    let offer = loop {
+        let envelope = device
+            .client
+            .recv(Duration::from_secs(2))
+            .await
+            .expect("an offer");
+        if let Body::ConnectOffer(offer) = envelope.body {
+            break offer;
+        }
+    };
+    assert_eq!(offer.connect_id, introduction.connect_id);
+    (response, offer)
+}
+
 #[tokio::test]
 async fn many_devices_register_and_a_viewer_resolves_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -335,13 +385,7 @@ async fn many_devices_register_and_a_viewer_resolves_one() {
         devices.push(device);
     }
     let mut viewer = viewer(server.address, 0xEE).await;
-    let reply = viewer
-        .request(connect_body(17), MAX_MESSAGE_LEN, Duration::from_secs(2))
-        .await
-        .unwrap();
-    let Body::ConnectResponse(response) = reply.body else {
-        panic!("{reply:?}")
-    };
+    let (response, offer) = connect_with_consent(&mut viewer, &mut devices[17], 17).await;
     assert_eq!(response.certificate, devices[17].certificate);
     // The certificate verifies for the viewer and pins the device's key.
     let fields = response
@@ -350,14 +394,6 @@ async fn many_devices_register_and_a_viewer_resolves_one() {
         .unwrap();
     assert_eq!(&fields.device_key, devices[17].certificate.device_key());
     // The device got the offer with the viewer's key and the same punch key.
-    let offer = devices[17]
-        .client
-        .recv(Duration::from_secs(2))
-        .await
-        .unwrap();
-    let Body::ConnectOffer(offer) = offer.body else {
-        panic!("{offer:?}")
-    };
     assert_eq!(offer.connect_id, response.connect_id);
     assert_eq!(offer.punch, response.punch);
     assert_eq!(
@@ -394,15 +430,7 @@ async fn impersonation_over_noise_is_refused_and_the_real_device_keeps_its_id() 
     // The real device still answers keepalives and receives the viewer's offer.
     assert!(real.keepalive_or_recover().await);
     let mut viewer = viewer(server.address, 0xEF).await;
-    let reply = viewer
-        .request(connect_body(5), MAX_MESSAGE_LEN, Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert!(matches!(reply.body, Body::ConnectResponse(_)));
-    assert!(matches!(
-        real.client.recv(Duration::from_secs(2)).await.unwrap().body,
-        Body::ConnectOffer(_)
-    ));
+    connect_with_consent(&mut viewer, &mut real, 5).await;
     let _ = server.stop.send(());
     let core = server.task.await.unwrap();
     assert_eq!(core.stats().impersonations_refused, 1);
@@ -425,21 +453,19 @@ async fn presence_expires_when_keepalives_stop() {
     let mut device = Device::new(8, server.address).await;
     device.connect_and_register().await;
     let mut viewer = viewer(server.address, 0xE0).await;
-    let reply = viewer
-        .request(connect_body(8), MAX_MESSAGE_LEN, Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert!(matches!(reply.body, Body::ConnectResponse(_)));
+    connect_with_consent(&mut viewer, &mut device, 8).await;
     // Silence for longer than the TTL plus one sweep.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let asked = tokio::time::Instant::now();
     let reply = viewer
-        .request(connect_body(8), MAX_MESSAGE_LEN, Duration::from_secs(2))
+        .request(connect_body(8), MAX_MESSAGE_LEN, Duration::from_secs(5))
         .await
         .unwrap();
     assert!(
-        matches!(reply.body, Body::Error(e) if e.code == ErrorCode::Offline),
+        matches!(reply.body, Body::Error(e) if e.code == ErrorCode::Unavailable),
         "{reply:?}"
     );
+    assert!(asked.elapsed() >= sightwire_rendezvous::CONSENT_WINDOW - Duration::from_millis(50));
     let _ = server.stop.send(());
     assert_eq!(server.task.await.unwrap().stats().presence_expired, 1);
 }
@@ -501,12 +527,14 @@ async fn devices_are_back_within_one_keepalive_interval_after_a_restart() {
             tokio::spawn(async move {
                 let first = device.keepalive_or_recover().await;
                 let second = device.keepalive_or_recover().await;
-                (first, second)
+                (first, second, device)
             })
         })
         .collect();
+    let mut devices = Vec::new();
     for task in tasks {
-        let (first, second) = task.await.unwrap();
+        let (first, second, device) = task.await.unwrap();
+        devices.push(device);
         assert!(
             !first,
             "the first keepalive after the crash goes unanswered"
@@ -520,11 +548,7 @@ async fn devices_are_back_within_one_keepalive_interval_after_a_restart() {
     );
 
     let mut viewer = viewer(address, 0xE1).await;
-    let reply = viewer
-        .request(connect_body(3), MAX_MESSAGE_LEN, Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert!(matches!(reply.body, Body::ConnectResponse(_)), "{reply:?}");
+    connect_with_consent(&mut viewer, &mut devices[3], 3).await;
     let _ = third.stop.send(());
     let core = third.task.await.unwrap();
     assert_eq!(
@@ -552,26 +576,26 @@ async fn lookup_rate_limit_is_hit_over_the_network() {
     )
     .await;
     let mut viewer = viewer(server.address, 0xE2).await;
-    let mut codes = Vec::new();
+    let mut ids = Vec::new();
     for n in 0..5 {
-        let reply = viewer
-            .request(
-                connect_body(100 + n),
-                MAX_MESSAGE_LEN,
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
+        ids.push(viewer.send(connect_body(100 + n), MAX_MESSAGE_LEN).await);
+    }
+    // The two over the limit are refused at once; the three admitted ones (unknown IDs)
+    // are answered UNAVAILABLE when the consent window closes.
+    let mut codes = std::collections::HashMap::new();
+    while codes.len() < 5 {
+        let reply = viewer.recv(Duration::from_secs(5)).await.expect("a reply");
         let Body::Error(error) = reply.body else {
             panic!("{reply:?}")
         };
-        codes.push((error.code, error.limit));
+        codes.insert(reply.request_id, (error.code, error.limit));
     }
-    assert_eq!(&codes[..3], &[(ErrorCode::UnknownId, None); 3]);
-    assert_eq!(
-        &codes[3..],
-        &[(ErrorCode::RateLimited, Some(Limit::LookupRate)); 2]
-    );
+    for id in &ids[..3] {
+        assert_eq!(codes[id], (ErrorCode::Unavailable, None));
+    }
+    for id in &ids[3..] {
+        assert_eq!(codes[id], (ErrorCode::RateLimited, Some(Limit::LookupRate)));
+    }
     let _ = server.stop.send(());
     assert_eq!(server.task.await.unwrap().stats().rate_limited, 2);
 }

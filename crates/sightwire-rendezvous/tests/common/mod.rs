@@ -8,8 +8,8 @@ use rand::SeedableRng;
 use sightwire_rendezvous::{CoreConfig, MemoryRegistry, Peer, Rendezvous, Transmit};
 use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey, TrustedIssuers};
 use sightwire_signal::{
-    Body, Candidate, CandidateKind, CandidateSet, ConnectRequest, Envelope, MAX_MESSAGE_LEN,
-    Register,
+    Body, Candidate, CandidateKind, CandidateSet, ConnectId, ConnectRequest, Consent, Envelope,
+    MAX_MESSAGE_LEN, Register,
 };
 
 pub const UNIX_START: u64 = 1_800_000_000;
@@ -96,18 +96,51 @@ pub fn register_message(certificate: IdCertificate) -> Vec<u8> {
 }
 
 pub fn connect_message(id: [u8; 6], want_relay: bool) -> Vec<u8> {
+    connect_message_with(id, want_relay, 9, &[])
+}
+
+/// A padded `CONNECT_REQUEST` with request id `request_id` and login opening `login`.
+pub fn connect_message_with(
+    id: [u8; 6],
+    want_relay: bool,
+    request_id: u64,
+    login: &[u8],
+) -> Vec<u8> {
     let envelope = Envelope::new(
-        9,
+        request_id,
         Body::ConnectRequest(ConnectRequest {
             device_id: id,
             candidates: CandidateSet::new(vec![host("10.9.9.9:6000")]),
             want_relay,
-            login: bytes::Bytes::new(),
+            login: bytes::Bytes::copy_from_slice(login),
         }),
     );
     let mut out = Vec::new();
     envelope.encode_padded(MAX_MESSAGE_LEN, &mut out).unwrap();
     out
+}
+
+/// A `CONSENT` notification.
+pub fn consent_message(connect_id: ConnectId, login: &[u8], accept: bool) -> Vec<u8> {
+    Envelope::new(
+        0,
+        Body::Consent(Consent {
+            connect_id,
+            login: bytes::Bytes::copy_from_slice(login),
+            accept,
+        }),
+    )
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+/// The connect id of the `INTRODUCTION` sent to `session`, if any.
+pub fn introduction_to(replies: &[(u64, Envelope)], session: u64) -> Option<ConnectId> {
+    replies.iter().find_map(|(s, e)| match &e.body {
+        Body::Introduction(intro) if *s == session => Some(intro.connect_id),
+        _ => None,
+    })
 }
 
 pub fn keepalive_message(request_id: u64) -> Vec<u8> {
@@ -159,6 +192,23 @@ impl Harness {
             out.push((session, Envelope::decode(&payload).unwrap()));
         }
         out
+    }
+
+    /// The consent flow with a device that trusts every viewer: `viewer` asks for device
+    /// `n`, the device gets the introduction and answers `CONSENT{accept}` at once.
+    /// Returns everything queued by both steps (the introduction included).
+    pub fn connect_and_accept(
+        &mut self,
+        viewer: &Peer<u64>,
+        n: u32,
+        want_relay: bool,
+    ) -> Vec<(u64, Envelope)> {
+        let mut replies = self.send(viewer, &connect_message(device_id(n), want_relay));
+        if let Some(connect_id) = introduction_to(&replies, device_peer(n).session) {
+            let accepted = self.send(&device_peer(n), &consent_message(connect_id, &[], true));
+            replies.extend(accepted);
+        }
+        replies
     }
 
     pub fn register(&mut self, n: u32) -> Vec<(u64, Envelope)> {

@@ -1,0 +1,76 @@
+//! The rendezvous's stand-in for a device that cannot be reached (spec/signaling.md
+//! §4.5, step 5): for an unknown, revoked or offline ID, or one whose device does not
+//! answer, a viewer that opened a password login gets a second login message anyway,
+//! after a delay drawn like a device's round trip, so that "no such camera" looks like
+//! "wrong password".
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::RngCore;
+
+/// Length of the device's login reply (the second message of the password login).
+pub const DECOY_LOGIN_REPLY_LEN: usize = 65;
+
+/// Shortest delay before the decoy reply: a fast LAN-to-cloud round trip of a device.
+pub const DECOY_DELAY_MIN: Duration = Duration::from_millis(40);
+/// Longest delay before the decoy reply: a slow mobile or satellite uplink.
+pub const DECOY_DELAY_MAX: Duration = Duration::from_millis(250);
+
+/// The delay before the decoy reply, uniform in [`DECOY_DELAY_MIN`]..=[`DECOY_DELAY_MAX`]
+/// (millisecond steps).
+pub(crate) fn decoy_delay(rng: &mut dyn RngCore) -> Duration {
+    let min = DECOY_DELAY_MIN.as_millis() as u64;
+    let span = DECOY_DELAY_MAX.as_millis() as u64 - min + 1;
+    Duration::from_millis(min + rng.next_u64() % span)
+}
+
+/// The second login message a device with an unknown password would send in answer to
+/// `msg1` from the viewer whose Noise static key is `viewer_key`, for `device_id`; `None`
+/// if `msg1` would make a real device stay silent (empty or malformed).
+///
+/// PLACEHOLDER: the real body runs the device's side of the password login with a fresh
+/// random password key:
+/// `sightwire_session::login::DeviceLogin::respond(&PasswordKey::random(rng), viewer_key,
+/// device_id, msg1, rng).ok().map(|(_, reply)| reply.into())`, so that the reply is
+/// distributed exactly like a real one and the viewer's confirmation fails exactly like
+/// a wrong password. Until that module lands, it returns random bytes of the real length.
+pub fn decoy_login_reply(
+    msg1: &[u8],
+    viewer_key: &[u8; 32],
+    device_id: [u8; 6],
+    rng: &mut dyn RngCore,
+) -> Option<Bytes> {
+    let _ = (viewer_key, device_id);
+    if msg1.is_empty() {
+        return None;
+    }
+    // PLACEHOLDER (see above): random bytes of the real length.
+    let mut reply = vec![0u8; DECOY_LOGIN_REPLY_LEN];
+    rng.fill_bytes(&mut reply);
+    Some(Bytes::from(reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn decoy_delays_stay_in_range() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..1_000 {
+            let delay = decoy_delay(&mut rng);
+            assert!((DECOY_DELAY_MIN..=DECOY_DELAY_MAX).contains(&delay));
+        }
+    }
+
+    #[test]
+    fn decoy_reply_has_the_real_length_and_only_for_a_login() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(decoy_login_reply(&[], &[1; 32], [2; 6], &mut rng), None);
+        let reply = decoy_login_reply(&[7; 32], &[1; 32], [2; 6], &mut rng).unwrap();
+        assert_eq!(reply.len(), DECOY_LOGIN_REPLY_LEN);
+    }
+}
