@@ -7,10 +7,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::RngCore;
+use rand::{CryptoRng, RngCore};
+use sightwire_session::auth::PasswordKey;
+use sightwire_session::login::DeviceLogin;
 
 /// Length of the device's login reply (the second message of the password login).
-pub const DECOY_LOGIN_REPLY_LEN: usize = 65;
+pub const DECOY_LOGIN_REPLY_LEN: usize = sightwire_session::login::LOGIN_RESPONSE_LEN;
 
 /// Shortest delay before the decoy reply: a fast LAN-to-cloud round trip of a device.
 pub const DECOY_DELAY_MIN: Duration = Duration::from_millis(40);
@@ -29,26 +31,22 @@ pub(crate) fn decoy_delay(rng: &mut dyn RngCore) -> Duration {
 /// `msg1` from the viewer whose Noise static key is `viewer_key`, for `device_id`; `None`
 /// if `msg1` would make a real device stay silent (empty or malformed).
 ///
-/// PLACEHOLDER: the real body runs the device's side of the password login with a fresh
-/// random password key:
-/// `sightwire_session::login::DeviceLogin::respond(&PasswordKey::random(rng), viewer_key,
-/// device_id, msg1, rng).ok().map(|(_, reply)| reply.into())`, so that the reply is
-/// distributed exactly like a real one and the viewer's confirmation fails exactly like
-/// a wrong password. Until that module lands, it returns random bytes of the real length.
-pub fn decoy_login_reply(
+/// It is a real device's answer, computed with a fresh random password key: distributed
+/// exactly like a real one, and the viewer's check of it fails exactly as for a wrong
+/// password.
+pub fn decoy_login_reply<R: RngCore + CryptoRng + ?Sized>(
     msg1: &[u8],
     viewer_key: &[u8; 32],
     device_id: [u8; 6],
-    rng: &mut dyn RngCore,
+    rng: &mut R,
 ) -> Option<Bytes> {
-    let _ = (viewer_key, device_id);
     if msg1.is_empty() {
         return None;
     }
-    // PLACEHOLDER (see above): random bytes of the real length.
-    let mut reply = vec![0u8; DECOY_LOGIN_REPLY_LEN];
-    rng.fill_bytes(&mut reply);
-    Some(Bytes::from(reply))
+    let key = PasswordKey::random(rng);
+    DeviceLogin::respond(&key, viewer_key, &device_id, msg1, rng)
+        .ok()
+        .map(|(_, reply)| Bytes::from(reply))
 }
 
 #[cfg(test)]
@@ -67,10 +65,27 @@ mod tests {
     }
 
     #[test]
-    fn decoy_reply_has_the_real_length_and_only_for_a_login() {
+    fn decoy_reply_fails_for_the_viewer_exactly_like_a_wrong_password() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert_eq!(decoy_login_reply(&[], &[1; 32], [2; 6], &mut rng), None);
-        let reply = decoy_login_reply(&[7; 32], &[1; 32], [2; 6], &mut rng).unwrap();
+        assert_eq!(
+            decoy_login_reply(&[7; 32], &[1; 32], [2; 6], &mut rng),
+            None
+        );
+        let password = PasswordKey::random(&mut rng);
+        let (login, msg1) =
+            sightwire_session::login::ViewerLogin::start(&password, &[1; 32], &[2; 6], &mut rng);
+        let reply = decoy_login_reply(&msg1, &[1; 32], [2; 6], &mut rng).unwrap();
         assert_eq!(reply.len(), DECOY_LOGIN_REPLY_LEN);
+        // The same error a real device with another password causes.
+        let (wrong_login, msg1_again) =
+            sightwire_session::login::ViewerLogin::start(&password, &[1; 32], &[2; 6], &mut rng);
+        let other = PasswordKey::random(&mut rng);
+        let (_, real_reply) =
+            DeviceLogin::respond(&other, &[1; 32], &[2; 6], &msg1_again, &mut rng).unwrap();
+        assert_eq!(
+            login.finish(&reply).unwrap_err(),
+            wrong_login.finish(&real_reply).unwrap_err()
+        );
     }
 }

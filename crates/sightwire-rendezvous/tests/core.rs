@@ -1015,10 +1015,20 @@ fn finding_3_consent_exchange_is_relayed_only_between_the_attempts_sessions() {
 fn finding_3_unreachable_ids_get_a_decoy_login_reply() {
     let mut h = Harness::new(CoreConfig::default());
     let viewer = viewer_peer(1);
+    // A real login opening: a malformed one makes a real device (and so the stand-in)
+    // stay silent.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let password = sightwire_session::auth::PasswordKey::random(&mut rng);
+    let (_, opening) = sightwire_session::login::ViewerLogin::start(
+        &password,
+        &viewer.remote_static,
+        &device_id(42),
+        &mut rng,
+    );
     assert!(
         h.send(
             &viewer,
-            &connect_message_with(device_id(42), false, 9, &[1; 32])
+            &connect_message_with(device_id(42), false, 9, &opening)
         )
         .is_empty()
     );

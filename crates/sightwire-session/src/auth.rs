@@ -131,6 +131,15 @@ const _: () = assert!(
 pub struct InvalidKdfParams(pub KdfParams);
 
 impl PasswordKey {
+    /// A key no password derives: what the rendezvous logs in with when it stands in
+    /// for a device that cannot be reached (`spec/signaling.md` §4.5), so its answer
+    /// fails exactly like a wrong password.
+    pub fn random<R: rand::RngCore + rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut key = Zeroizing::new([0u8; PROOF_LEN]);
+        rng.fill_bytes(&mut key[..]);
+        Self(key)
+    }
+
     /// Derives the key with Argon2id at the protocol's parameters ([`KdfParams::PROTOCOL`]:
     /// 19 MiB, 2 passes, 1 lane; tens of milliseconds on a phone or PC, an estimated few
     /// hundred on a camera SoC, so a device derives once at setup and stores the key). The salt is
