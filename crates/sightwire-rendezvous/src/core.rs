@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand::{CryptoRng, RngCore};
 use sightwire_signal::cert::{CertificateError, IdCertificate, TrustedIssuers};
-use sightwire_signal::grant::{GrantClaims, GrantRole, RelayGrantKey};
+use sightwire_signal::grant::{GRANT_NONCE_LEN, GrantClaims, GrantRole, RelayGrantKey};
 use sightwire_signal::{
     Body, Candidate, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId, ConnectOffer,
     ConnectRequest, ConnectResponse, DecodeError, Envelope, ErrorCode, ErrorReply, Limit,
@@ -875,14 +875,21 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             (GrantRole::Device, pending.device),
             (GrantRole::Viewer, pending.viewer),
         ] {
-            let token = relay.key.seal(&GrantClaims {
-                allocation_id,
-                role,
-                expires_at,
-                device_id: pending.device_id,
-                device_key: pending.device_key,
-                viewer_key: pending.viewer_key,
-            });
+            // A fresh random nonce per token: the claims are sealed, so observers of the
+            // grant or of the BIND learn neither peer (spec/signaling.md 5).
+            let mut nonce = [0u8; GRANT_NONCE_LEN];
+            self.rng.fill_bytes(&mut nonce);
+            let token = relay.key.seal(
+                &GrantClaims {
+                    allocation_id,
+                    role,
+                    expires_at,
+                    device_id: pending.device_id,
+                    device_key: pending.device_key,
+                    viewer_key: pending.viewer_key,
+                },
+                nonce,
+            );
             let grant = Envelope::new(
                 0,
                 Body::RelayGrant(RelayGrant {
