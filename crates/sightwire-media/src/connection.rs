@@ -444,7 +444,7 @@ impl MediaConnection {
         if let Some(packet) = self.small_out.pop_front() {
             return Some(Transmit::small(packet));
         }
-        let (mut fragment, retransmission) = match self.sender.retransmit_queue.pop_front() {
+        let (mut fragment, retransmission) = match self.sender.pop_retransmission() {
             Some(fragment) => (fragment, true),
             None => (self.sender.queue.pop_front()?, false),
         };
@@ -460,6 +460,10 @@ impl MediaConnection {
             payload: fragment.payload,
         };
         self.sender.interval_bytes_sent += transmit.len() as u64;
+        if !retransmission {
+            self.sender
+                .on_first_transmission(transmit.len(), &self.config);
+        }
         Some(transmit)
     }
 

@@ -81,7 +81,7 @@ pub use connection::{
 pub use control::{CONTROL_MAX_RTO, CONTROL_WINDOW};
 pub use event::{Event, FrameLossReason, MAX_PENDING_EVENTS, ReceivedFrame};
 pub use frame::{Frame, PacketizeError, PacketizedFrame};
-pub use sender::SendError;
+pub use sender::{RETRANSMIT_CREDIT_PER_BYTE, SendError};
 pub use stats::Stats;
 pub use stream::{Codec, MAX_STREAMS, StreamId};
 pub use wire::DecodeError;

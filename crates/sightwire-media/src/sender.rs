@@ -11,12 +11,26 @@ use crate::frame::PacketizedFrame;
 use crate::stats::Stats;
 use crate::stream::{MAX_STREAMS, StreamId};
 use crate::wire::{
-    FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FragmentHeader, NACK_ALL_FRAGMENTS,
-    NackEntry,
+    FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FRAGMENT_HEADER_LEN, FragmentHeader,
+    NACK_ALL_FRAGMENTS, NackEntry,
 };
 
 /// How many recent NACK sequence numbers the sender remembers to ignore repeated copies.
 pub(crate) const NACK_DEDUP_MEMORY: usize = 8;
+
+/// Retransmission credit earned per byte of first transmissions: retransmitted bytes never
+/// exceed this many times the bytes first sent (two, so the deadline-aware second copy
+/// of a wholly lost frame still fits).
+pub const RETRANSMIT_CREDIT_PER_BYTE: u64 = 2;
+
+/// When one fragment was last queued for retransmission.
+#[derive(Debug, Clone, Copy)]
+struct LastRetransmit {
+    /// When it was queued.
+    at: Instant,
+    /// Its ticket in the retransmission queue (see `Sender::retransmit_tickets`).
+    ticket: u64,
+}
 
 #[derive(Debug)]
 struct SentFrame {
@@ -24,6 +38,8 @@ struct SentFrame {
     frame_seq: u32,
     frame: PacketizedFrame,
     sent_at: Instant,
+    /// Per fragment, its last retransmission; empty until the frame is first NACKed.
+    retransmitted: Vec<Option<LastRetransmit>>,
 }
 
 /// A fragment waiting in the transmit queue; `packet_seq` is assigned when it leaves.
@@ -77,6 +93,14 @@ pub(crate) struct Sender {
     recent_nacks: VecDeque<u16>,
     /// Fragment bytes sent (header included) in the current report interval.
     pub(crate) interval_bytes_sent: u64,
+    /// Bytes of retransmission the sender may still queue: earned by first transmissions
+    /// ([`RETRANSMIT_CREDIT_PER_BYTE`] per byte), spent per queued copy, capped at
+    /// `RETRANSMIT_CREDIT_PER_BYTE × max_history_bytes`.
+    pub(crate) retransmit_credit: u64,
+    /// Tickets handed to retransmissions queued so far, and taken by those sent: a
+    /// fragment whose ticket is at least `retransmit_sent` is still in the queue.
+    retransmit_tickets: u64,
+    retransmit_sent: u64,
 }
 
 impl Sender {
@@ -90,7 +114,26 @@ impl Sender {
             retransmit_queue: VecDeque::new(),
             recent_nacks: VecDeque::new(),
             interval_bytes_sent: 0,
+            retransmit_credit: 0,
+            retransmit_tickets: 0,
+            retransmit_sent: 0,
         }
+    }
+
+    /// Earns retransmission credit for a first transmission of `len` bytes.
+    pub(crate) fn on_first_transmission(&mut self, len: usize, config: &Config) {
+        let cap = RETRANSMIT_CREDIT_PER_BYTE.saturating_mul(config.max_history_bytes as u64);
+        self.retransmit_credit = self
+            .retransmit_credit
+            .saturating_add(RETRANSMIT_CREDIT_PER_BYTE.saturating_mul(len as u64))
+            .min(cap);
+    }
+
+    /// Takes the next retransmission off the queue.
+    pub(crate) fn pop_retransmission(&mut self) -> Option<QueuedFragment> {
+        let fragment = self.retransmit_queue.pop_front()?;
+        self.retransmit_sent += 1;
+        Some(fragment)
     }
 
     pub(crate) fn history_bytes(&self) -> usize {
@@ -152,6 +195,7 @@ impl Sender {
             frame_seq,
             frame: frame.clone(),
             sent_at: now,
+            retransmitted: Vec::new(),
         });
         self.history_bytes += size;
         self.prune_history(now, config);
@@ -201,10 +245,15 @@ impl Sender {
         self.recent_nacks.push_back(nack_seq);
         self.prune_history(now, config);
 
+        // Each fragment is queued at most once per NACK packet (entries may overlap or
+        // repeat), never while an earlier retransmission of it is still queued, and at
+        // most once per half RTT (a receiver NACKs it again only a round later); every
+        // copy is paid from the retransmission credit.
+        let min_interval = rtt / 2;
         for entry in entries {
             let found = self
                 .history
-                .iter()
+                .iter_mut()
                 .rev()
                 .find(|sent| sent.stream == entry.stream && sent.frame_seq == entry.frame_seq);
             let Some(sent) = found else {
@@ -231,22 +280,50 @@ impl Sender {
                     .saturating_add(entry.fragment_count)
                     .min(count)
             };
+            if entry.first_fragment >= end {
+                continue;
+            }
+            if sent.retransmitted.is_empty() {
+                sent.retransmitted = vec![None; usize::from(count)];
+            }
             let mut header = header_for(&sent.frame, sent.frame_seq);
             header.flags |= FLAG_RETRANSMISSION;
             for index in entry.first_fragment..end {
                 let Some(payload) = sent.frame.fragment(index) else {
                     continue;
                 };
+                let Some(last) = sent.retransmitted.get_mut(usize::from(index)) else {
+                    continue;
+                };
+                if let Some(previous) = *last {
+                    let queued = previous.ticket >= self.retransmit_sent;
+                    let recent = now.saturating_duration_since(previous.at) < min_interval;
+                    if queued || recent {
+                        stats.retransmissions_deduplicated += 1;
+                        continue;
+                    }
+                }
                 header.fragment_index = index;
+                let cost = (FRAGMENT_HEADER_LEN + payload.len()) as u64;
                 for _ in 0..copies {
                     if self.queue.len() + self.retransmit_queue.len() >= config.max_transmit_queue {
                         stats.retransmissions_skipped += 1;
                         break;
                     }
+                    if self.retransmit_credit < cost {
+                        stats.retransmissions_over_budget += 1;
+                        break;
+                    }
+                    self.retransmit_credit -= cost;
                     self.retransmit_queue.push_back(QueuedFragment {
                         header,
                         payload: payload.clone(),
                     });
+                    *last = Some(LastRetransmit {
+                        at: now,
+                        ticket: self.retransmit_tickets,
+                    });
+                    self.retransmit_tickets += 1;
                 }
             }
         }

@@ -120,6 +120,12 @@ pub struct Stats {
     pub fragments_retransmitted: u64,
     /// NACK entries the sender could not serve (frame gone from history or past deadline).
     pub retransmissions_skipped: u64,
+    /// Fragments a NACK named again while their retransmission was still queued or had
+    /// been queued less than half an RTT earlier (not retransmitted again).
+    pub retransmissions_deduplicated: u64,
+    /// Retransmission copies not queued because the retransmission credit was spent
+    /// (retransmitted bytes are bounded by the bytes first sent).
+    pub retransmissions_over_budget: u64,
     /// Frames delivered to the application.
     pub frames_delivered: u64,
     /// Frames given up because their deadline passed before they were complete.

@@ -763,8 +763,13 @@ fn pending_small_packets_are_bounded_when_the_driver_does_not_poll() {
 #[test]
 fn nack_dedup_memory_is_bounded() {
     let start = Instant::now();
-    let (mut sender, _) = pair(Config::default(), start);
-    send(&mut sender, start, video(true, 5_000, 1));
+    let config = Config {
+        initial_rtt: Duration::from_millis(10),
+        ..Config::default()
+    };
+    let (mut sender, _) = pair(config, start);
+    // Large enough that its first transmission pays for every retransmission below.
+    send(&mut sender, start, video(true, 20_000, 1));
     let nack = |seq: u16| {
         let mut out = BytesMut::new();
         let entry = NackEntry {
@@ -776,8 +781,12 @@ fn nack_dedup_memory_is_bounded() {
         wire::encode_nack(seq, &[entry], &mut out);
         out
     };
-    let retransmissions = |sender: &mut MediaConnection, seq: u16| {
-        sender.handle_input(start, &nack(seq)).unwrap();
+    // NACKs one half RTT (5 ms) apart, so the per-fragment interval (4.4) lets each one
+    // through.
+    let mut now = start;
+    let mut retransmissions = |sender: &mut MediaConnection, seq: u16| {
+        now += Duration::from_millis(5);
+        sender.handle_input(now, &nack(seq)).unwrap();
         fragments(&drain_packets(sender)).len()
     };
     assert!(retransmissions(&mut sender, 0) > 0);
@@ -788,6 +797,124 @@ fn nack_dedup_memory_is_bounded() {
     }
     // ...so it counts as new again: memory stays at eight entries.
     assert!(retransmissions(&mut sender, 0) > 0);
+}
+
+/// A NACK naming `frame_seq` `times` times, every fragment each time.
+fn nack_repeating(seq: u16, frame_seq: u32, times: usize) -> BytesMut {
+    let entry = NackEntry {
+        stream: StreamId::VIDEO,
+        frame_seq,
+        first_fragment: 0,
+        fragment_count: wire::NACK_ALL_FRAGMENTS,
+    };
+    let mut out = BytesMut::new();
+    wire::encode_nack(seq, &vec![entry; times], &mut out);
+    out
+}
+
+#[test]
+fn finding_5_nack_amplification_is_bounded() {
+    // Security issue 12, finding 5: one NACK naming one frame 128 times queued 128 copies
+    // of every fragment. Now each fragment is queued at most once per NACK. (A budget
+    // long enough that one copy is sent, not the two of the deadline rule.)
+    let start = Instant::now();
+    let config = Config {
+        latency_budget: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let (mut sender, _) = pair(config, start);
+    let sent = send(&mut sender, start, video(true, 40_000, 1));
+    let fragment_count = sent.len();
+    assert!(fragment_count > 30);
+    let nack = nack_repeating(0, 0, wire::MAX_NACK_ENTRIES);
+    sender.handle_input(start, &nack).unwrap();
+    let retransmitted = fragments(&drain_packets(&mut sender));
+    assert_eq!(retransmitted.len(), fragment_count);
+    let stats = sender.stats();
+    assert_eq!(stats.fragments_retransmitted, fragment_count as u64);
+    assert_eq!(
+        stats.retransmissions_deduplicated,
+        (fragment_count * (wire::MAX_NACK_ENTRIES - 1)) as u64
+    );
+    // Sent bytes for that NACK are no more than the frame's own packets.
+    let bytes = |packets: &[Bytes]| packets.iter().map(Bytes::len).sum::<usize>();
+    assert!(bytes(&retransmitted) <= bytes(&sent));
+}
+
+#[test]
+fn nack_for_a_fragment_still_queued_or_just_retransmitted_is_deduplicated() {
+    let start = Instant::now();
+    let config = Config {
+        latency_budget: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let (mut sender, _) = pair(config, start);
+    let fragment_count = send(&mut sender, start, video(true, 5_000, 1)).len();
+    // Queued but not yet sent: a second NACK (new nack_seq) queues nothing more.
+    sender
+        .handle_input(start, &nack_repeating(0, 0, 1))
+        .unwrap();
+    let ms = |n| start + Duration::from_millis(n);
+    sender
+        .handle_input(ms(10), &nack_repeating(1, 0, 1))
+        .unwrap();
+    assert_eq!(fragments(&drain_packets(&mut sender)).len(), fragment_count);
+    // Sent, but queued 40 ms ago (less than half the 100 ms RTT): deduplicated again.
+    sender
+        .handle_input(ms(40), &nack_repeating(2, 0, 1))
+        .unwrap();
+    assert!(fragments(&drain_packets(&mut sender)).is_empty());
+    // Half an RTT after it was queued, a NACK is a new round and is served.
+    sender
+        .handle_input(ms(50), &nack_repeating(3, 0, 1))
+        .unwrap();
+    assert_eq!(fragments(&drain_packets(&mut sender)).len(), fragment_count);
+    assert_eq!(
+        sender.stats().retransmissions_deduplicated,
+        2 * fragment_count as u64
+    );
+}
+
+#[test]
+fn retransmissions_are_bounded_by_the_credit_first_transmissions_earn() {
+    // A peer NACKing one frame every half RTT for the whole latency budget gets at most
+    // RETRANSMIT_CREDIT_PER_BYTE times the bytes first sent, however small the RTT.
+    let start = Instant::now();
+    let config = Config {
+        initial_rtt: Duration::from_millis(2),
+        latency_budget: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let (mut sender, _) = pair(config, start);
+    let sent = send(&mut sender, start, video(true, 20_000, 1));
+    let first_bytes: usize = sent.iter().map(Bytes::len).sum();
+    let mut retransmitted_bytes = 0;
+    for round in 0..200u16 {
+        let now = start + Duration::from_millis(u64::from(round) * 2);
+        sender
+            .handle_input(now, &nack_repeating(round, 0, 1))
+            .unwrap();
+        retransmitted_bytes += fragments(&drain_packets(&mut sender))
+            .iter()
+            .map(Bytes::len)
+            .sum::<usize>();
+    }
+    let credit = sightwire_media::RETRANSMIT_CREDIT_PER_BYTE as usize * first_bytes;
+    assert!(
+        retransmitted_bytes <= credit,
+        "{retransmitted_bytes} > {credit}"
+    );
+    assert!(retransmitted_bytes > credit - 2 * 1200);
+    assert!(sender.stats().retransmissions_over_budget > 0);
+    // New first transmissions earn new credit.
+    send(&mut sender, start, video(true, 5_000, 2));
+    sender
+        .handle_input(
+            start + Duration::from_millis(500),
+            &nack_repeating(999, 1, 1),
+        )
+        .unwrap();
+    assert!(!fragments(&drain_packets(&mut sender)).is_empty());
 }
 
 #[test]

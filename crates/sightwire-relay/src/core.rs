@@ -6,10 +6,18 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use sightwire_limits::{Rate, TokenBucket};
-use sightwire_signal::grant::{GrantError, GrantRole, RelayGrantKey};
+use sightwire_signal::grant::{GrantClaims, GrantError, GrantRole, RelayGrantKey, RelayGrantToken};
 
-use crate::wire::{RefusalReason, RelayPacket};
+use crate::wire::{COOKIE_LEN, RefusalReason, RelayPacket};
+
+/// HKDF info of the key that makes challenge cookies, derived from the grant key.
+pub const COOKIE_KEY_CONTEXT: &[u8] = b"sightwire relay challenge cookie v1";
+/// A challenge cookie is valid in the epoch (of this many seconds of Unix time) it was
+/// made in and the next one: between 30 and 60 seconds.
+pub const COOKIE_EPOCH_SECS: u64 = 30;
 
 /// Limits and timers of a relay. Every field is a bound on what a stranger can make the
 /// relay hold or do.
@@ -29,10 +37,6 @@ pub struct RelayConfig {
     /// Burst allowance on top of the rate, in bytes (the size of the allocation's token
     /// bucket). Values above `u32::MAX` count as `u32::MAX`.
     pub rate_burst_bytes: u64,
-    /// Most bind requests verified per second across the relay (each costs one HMAC),
-    /// as a token bucket of that rate and that burst; beyond it binds are refused with
-    /// [`RefusalReason::RateLimited`].
-    pub binds_per_sec: u32,
 }
 
 impl RelayConfig {
@@ -41,14 +45,6 @@ impl RelayConfig {
         Rate {
             per_second: u32::try_from(self.rate_bytes_per_sec).unwrap_or(u32::MAX),
             burst: u32::try_from(self.rate_burst_bytes).unwrap_or(u32::MAX),
-        }
-    }
-
-    /// The relay-wide bind rate as a bucket rate.
-    fn bind_rate(&self) -> Rate {
-        Rate {
-            per_second: self.binds_per_sec,
-            burst: self.binds_per_sec,
         }
     }
 }
@@ -62,7 +58,6 @@ impl Default for RelayConfig {
             // 40 Mbit/s: a 4K camera main stream with headroom.
             rate_bytes_per_sec: 5_000_000,
             rate_burst_bytes: 2_000_000,
-            binds_per_sec: 10_000,
         }
     }
 }
@@ -105,10 +100,21 @@ pub struct RelayStats {
     pub forwarded_packets: u64,
     /// Bytes forwarded (whole datagrams).
     pub forwarded_bytes: u64,
-    /// Binds accepted.
+    /// Binds accepted (answered BOUND), moves included.
     pub binds: u64,
+    /// Binds that moved a bound side to a new address (after a challenge was answered).
+    pub binds_moved: u64,
     /// Binds refused, any reason.
     pub binds_refused: u64,
+    /// Binds refused because the token did not verify (malformed, forged, other key).
+    pub binds_invalid: u64,
+    /// Binds refused because the grant had expired.
+    pub binds_expired: u64,
+    /// Challenges sent: a bind from a new address for a side bound elsewhere.
+    pub challenges_sent: u64,
+    /// Binds that echoed a cookie that did not verify (stale, or for another address);
+    /// each was answered with a fresh challenge.
+    pub cookies_invalid: u64,
     /// Dropped: malformed.
     pub dropped_malformed: u64,
     /// Dropped: unknown channel.
@@ -189,8 +195,8 @@ pub struct Relay {
     /// Idle deadlines, earliest first; at most one entry per allocation (re-pushed
     /// lazily when an allocation turns out to have been active).
     idle_queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// Bind verifications; created full at the first bind (no clock before that).
-    bind_bucket: Option<TokenBucket>,
+    /// Key of the challenge cookies (derived from the grant key).
+    cookie_key: [u8; 32],
     stats: RelayStats,
 }
 
@@ -199,10 +205,10 @@ impl Relay {
     pub fn new(config: RelayConfig, grant_key: RelayGrantKey) -> Self {
         Self {
             config,
+            cookie_key: grant_key.derive_key(COOKIE_KEY_CONTEXT),
             grant_key,
             allocations: HashMap::new(),
             idle_queue: BinaryHeap::new(),
-            bind_bucket: None,
             stats: RelayStats::default(),
         }
     }
@@ -218,9 +224,9 @@ impl Relay {
     }
 
     /// Handles one received datagram. `now_unix` (seconds since the Unix epoch) is only
-    /// used to check grant expiry. A reply, if any, is written into `reply`, which must
-    /// hold at least [`crate::wire::BOUND_LEN`] bytes; replies are always shorter than the
-    /// request that caused them.
+    /// used to check grant expiry and to date challenge cookies. A reply, if any, is
+    /// written into `reply`, which must hold at least [`crate::wire::CHALLENGE_LEN`]
+    /// bytes; replies are always shorter than the request that caused them.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -231,17 +237,20 @@ impl Relay {
     ) -> Action {
         let action = match RelayPacket::decode(datagram) {
             Ok(RelayPacket::Data { channel, .. }) => self.forward(now, from, channel, datagram),
-            Ok(RelayPacket::Bind { token }) => {
-                let packet = self.bind(now, now_unix, from, &token);
+            Ok(RelayPacket::Bind { token, cookie }) => {
+                let packet = self.bind(now, now_unix, from, &token, cookie);
                 match packet.encode(reply) {
                     Some(len) => Action::Reply(len),
                     None => Action::Drop(DropReason::Malformed),
                 }
             }
             // Only the relay sends these; a peer sending them is confused or hostile.
-            Ok(RelayPacket::Bound { .. } | RelayPacket::BindRefused { .. }) | Err(_) => {
-                Action::Drop(DropReason::Malformed)
-            }
+            Ok(
+                RelayPacket::Bound { .. }
+                | RelayPacket::BindRefused { .. }
+                | RelayPacket::Challenge { .. },
+            )
+            | Err(_) => Action::Drop(DropReason::Malformed),
         };
         if let Action::Drop(reason) = action {
             let counter = match reason {
@@ -275,11 +284,73 @@ impl Relay {
         Action::Forward(to)
     }
 
-    fn bind_rate_allows(&mut self, now: Instant) -> bool {
-        let rate = self.config.bind_rate();
-        self.bind_bucket
-            .get_or_insert_with(|| TokenBucket::new(rate, now))
-            .try_take(now)
+    /// The cookie that lets `to` take over `claims.role` of the allocation from `from`
+    /// in `epoch`: HMAC-SHA256(cookie key, allocation id ‖ role ‖ from ‖ to ‖ epoch),
+    /// first [`COOKIE_LEN`] bytes. Stateless: nothing is stored per challenge.
+    fn cookie_mac(
+        &self,
+        claims: &GrantClaims,
+        from: SocketAddr,
+        to: SocketAddr,
+        epoch: u64,
+    ) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cookie_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(&claims.allocation_id);
+        mac.update(&[claims.role as u8]);
+        for address in [from, to] {
+            match address {
+                SocketAddr::V4(v4) => {
+                    mac.update(&[4]);
+                    mac.update(&v4.ip().octets());
+                }
+                SocketAddr::V6(v6) => {
+                    mac.update(&[6]);
+                    mac.update(&v6.ip().octets());
+                }
+            }
+            mac.update(&address.port().to_be_bytes());
+        }
+        mac.update(&epoch.to_be_bytes());
+        mac
+    }
+
+    fn cookie(
+        &self,
+        claims: &GrantClaims,
+        from: SocketAddr,
+        to: SocketAddr,
+        now_unix: u64,
+    ) -> [u8; COOKIE_LEN] {
+        let tag = self
+            .cookie_mac(claims, from, to, now_unix / COOKIE_EPOCH_SECS)
+            .finalize()
+            .into_bytes();
+        let mut cookie = [0u8; COOKIE_LEN];
+        cookie.copy_from_slice(&tag[..COOKIE_LEN]);
+        cookie
+    }
+
+    /// Whether `cookie` was made for this move in this epoch or the previous one
+    /// (constant-time comparison).
+    fn cookie_valid(
+        &self,
+        claims: &GrantClaims,
+        from: SocketAddr,
+        to: SocketAddr,
+        now_unix: u64,
+        cookie: &[u8; COOKIE_LEN],
+    ) -> bool {
+        let epoch = now_unix / COOKIE_EPOCH_SECS;
+        [Some(epoch), epoch.checked_sub(1)]
+            .into_iter()
+            .flatten()
+            .any(|epoch| {
+                self.cookie_mac(claims, from, to, epoch)
+                    .verify_truncated_left(cookie)
+                    .is_ok()
+            })
     }
 
     fn bind(
@@ -287,21 +358,26 @@ impl Relay {
         now: Instant,
         now_unix: u64,
         from: SocketAddr,
-        token: &sightwire_signal::grant::RelayGrantToken,
+        token: &RelayGrantToken,
+        cookie: Option<[u8; COOKIE_LEN]>,
     ) -> RelayPacket<'static> {
         let refused = |stats: &mut RelayStats, reason| {
             stats.binds_refused += 1;
             RelayPacket::BindRefused { reason }
         };
-        if !self.bind_rate_allows(now) {
-            return refused(&mut self.stats, RefusalReason::RateLimited);
-        }
+        // The token is verified (one ChaCha20-Poly1305 open) before anything else is
+        // looked at or charged, so garbage consumes nothing an honest bind needs.
+        // Expiry is checked on every bind, first or repeated.
         let claims = match self.grant_key.verify(token, now_unix) {
             Ok(claims) => claims,
             Err(GrantError::Expired { .. }) => {
+                self.stats.binds_expired += 1;
                 return refused(&mut self.stats, RefusalReason::Expired);
             }
-            Err(_) => return refused(&mut self.stats, RefusalReason::InvalidGrant),
+            Err(_) => {
+                self.stats.binds_invalid += 1;
+                return refused(&mut self.stats, RefusalReason::InvalidGrant);
+            }
         };
         let channel = channel_of(&claims.allocation_id);
         let table_full = self.allocations.len() >= self.config.max_allocations;
@@ -325,10 +401,42 @@ impl Relay {
         };
         // Two allocations whose ids share the first 8 bytes: astronomically unlikely
         // with random ids, but never let one grant bind into another's allocation.
-        if allocation.allocation_id != claims.allocation_id {
+        let same_allocation = allocation.allocation_id == claims.allocation_id;
+        let current = *allocation.side_mut(claims.role);
+        if !same_allocation {
+            self.stats.binds_invalid += 1;
             return refused(&mut self.stats, RefusalReason::InvalidGrant);
         }
-        // Binding again (a restarted or roaming endpoint) moves that side.
+        match current {
+            // First bind of this side: the grant is the authority.
+            None => {}
+            // The bound address binding again (a retransmission or keepalive).
+            Some(bound) if bound == from => {}
+            // Another address wants this side: a copied BIND replayed from a spoofed
+            // source must not divert the stream, so the new address has to prove it
+            // receives there first (return routability). Until then, nothing moves.
+            Some(bound) => {
+                let proven = cookie.is_some_and(|cookie| {
+                    self.cookie_valid(&claims, bound, from, now_unix, &cookie)
+                });
+                if !proven {
+                    if cookie.is_some() {
+                        self.stats.cookies_invalid += 1;
+                    }
+                    self.stats.challenges_sent += 1;
+                    return RelayPacket::Challenge {
+                        channel,
+                        role: claims.role,
+                        cookie: self.cookie(&claims, bound, from, now_unix),
+                    };
+                }
+                self.stats.binds_moved += 1;
+            }
+        }
+        // Borrow again: the cookie checks above needed `self`.
+        let Some(allocation) = self.allocations.get_mut(&channel) else {
+            return refused(&mut self.stats, RefusalReason::InvalidGrant);
+        };
         *allocation.side_mut(claims.role) = Some(from);
         allocation.last_active = now;
         let peer_bound = match claims.role {

@@ -4,11 +4,15 @@
 //! **allocation**. It holds nothing secret about the media: what it forwards are Noise
 //! transport packets it cannot read or forge. Allocations are authorized by **grants**
 //! that the rendezvous mints and the relay verifies with a shared key and no database
-//! lookup (`sightwire_signal::grant`). Each side binds with its own grant; from then on
-//! the relay forwards data packets from one bound address to the other, unchanged, so it
-//! never sends more than it received (no amplification). Allocations expire when idle and
-//! are metered (rate and total bytes). A flood of bogus packets costs one hash-map lookup
-//! each; binds cost one HMAC each and are rate limited.
+//! lookup (`sightwire_signal::grant`); the grants are sealed, so neither the relay's
+//! observers nor a copied BIND reveal who is calling whom. Each side binds with its own
+//! grant; from then on the relay forwards data packets from one bound address to the
+//! other, unchanged, so it never sends more than it received (no amplification). A bound
+//! side moves to a new address only after that address echoes a challenge cookie (return
+//! routability), so a replayed BIND cannot divert a stream. Allocations expire when idle
+//! and are metered (rate and total bytes); grants are checked for expiry on every bind. A
+//! flood of bogus packets costs one hash-map lookup each; a bogus bind costs one AEAD
+//! open, and charges nothing that honest binds need.
 //!
 //! What it is not for: it does not punch holes, pick paths or look inside packets; the
 //! endpoints (`sightwire-punch`) decide when to use it. The wire format is in
@@ -36,7 +40,9 @@
 //! // Each side binds with its grant and learns the channel.
 //! let mut reply_len = 0;
 //! for (from, role) in [(camera, GrantRole::Device), (viewer, GrantRole::Viewer)] {
-//!     let len = RelayPacket::Bind { token: key.seal(&claims(role)) }.encode(&mut packet).unwrap();
+//!     // The rendezvous seals each grant with a fresh random nonce.
+//!     let token = key.seal(&claims(role), [role as u8; 12]);
+//!     let len = RelayPacket::Bind { token, cookie: None }.encode(&mut packet).unwrap();
 //!     let Action::Reply(len) = relay.handle_datagram(now, unix, from, &packet[..len], &mut reply) else { panic!() };
 //!     reply_len = len;
 //! }
@@ -54,6 +60,9 @@ mod core;
 mod server;
 pub mod wire;
 
-pub use crate::core::{Action, DropReason, Relay, RelayConfig, RelayStats, channel_of};
+pub use crate::core::{
+    Action, COOKIE_EPOCH_SECS, COOKIE_KEY_CONTEXT, DropReason, Relay, RelayConfig, RelayStats,
+    channel_of,
+};
 pub use server::{RelayServer, unix_now};
 pub use wire::{RefusalReason, RelayPacket, WireError};

@@ -7,7 +7,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use crate::core::{Action, Relay, RelayStats};
-use crate::wire::BOUND_LEN;
+use crate::wire::CHALLENGE_LEN;
 
 /// Largest datagram the server reads; anything longer is truncated by the socket and
 /// then refused by the decoder as too long.
@@ -38,7 +38,7 @@ impl RelayServer {
     /// counters. Send errors (an unreachable peer) are counted in logs, never fatal.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<RelayStats> {
         let mut buf = vec![0u8; RECV_BUFFER_LEN];
-        let mut reply = [0u8; BOUND_LEN];
+        let mut reply = [0u8; CHALLENGE_LEN];
         loop {
             if *shutdown.borrow() {
                 break;

@@ -2,7 +2,8 @@
 
 use sightwire_signal::grant::{GRANT_TOKEN_LEN, GrantRole, RelayGrantToken};
 
-/// First byte of a bind request: `0x30 || grant token`.
+/// First byte of a bind request: `0x30 || grant token`, or `0x30 || grant token ||
+/// cookie` when answering a [`CHALLENGE`].
 pub const BIND: u8 = 0x30;
 /// First byte of a bind confirmation: `0x31 || channel || role || peer bound`.
 pub const BOUND: u8 = 0x31;
@@ -10,11 +11,20 @@ pub const BOUND: u8 = 0x31;
 pub const DATA: u8 = 0x32;
 /// First byte of a refused bind: `0x33 || reason`.
 pub const BIND_REFUSED: u8 = 0x33;
+/// First byte of a return-routability challenge: `0x34 || channel || role || cookie`,
+/// sent to a new address that asked to take over a bound side.
+pub const CHALLENGE: u8 = 0x34;
 
 /// Length of a channel number on the wire.
 pub const CHANNEL_LEN: usize = 8;
+/// Length of a challenge cookie.
+pub const COOKIE_LEN: usize = 16;
 /// Length of a bind request.
 pub const BIND_LEN: usize = 1 + GRANT_TOKEN_LEN;
+/// Length of a bind request that echoes a challenge cookie.
+pub const BIND_ECHO_LEN: usize = BIND_LEN + COOKIE_LEN;
+/// Length of a challenge.
+pub const CHALLENGE_LEN: usize = 1 + CHANNEL_LEN + 1 + COOKIE_LEN;
 /// Length of a bind confirmation.
 pub const BOUND_LEN: usize = 1 + CHANNEL_LEN + 2;
 /// Length of a bind refusal.
@@ -37,7 +47,9 @@ pub enum RefusalReason {
     Expired = 2,
     /// The relay holds as many allocations as it is configured for.
     TableFull = 3,
-    /// The relay is verifying as many binds per second as it is configured for.
+    /// Reserved: sent by earlier relays that rate limited bind verification (which let
+    /// garbage starve honest binds, security issue 12 finding 6). Not sent any more;
+    /// treat like `InvalidGrant`.
     RateLimited = 4,
 }
 
@@ -60,6 +72,8 @@ pub enum RelayPacket<'a> {
     Bind {
         /// The grant token (not yet verified).
         token: RelayGrantToken,
+        /// The cookie of a [`RelayPacket::Challenge`] this bind answers, if any.
+        cookie: Option<[u8; COOKIE_LEN]>,
     },
     /// The relay bound the sender.
     Bound {
@@ -81,6 +95,16 @@ pub enum RelayPacket<'a> {
     BindRefused {
         /// Why.
         reason: RefusalReason,
+    },
+    /// That side of the allocation is bound to another address: to move it here, bind
+    /// again with this cookie (proves the sender receives at this address).
+    Challenge {
+        /// Channel number of the allocation.
+        channel: u64,
+        /// The role the bind asked for.
+        role: GrantRole,
+        /// The cookie to echo.
+        cookie: [u8; COOKIE_LEN],
     },
 }
 
@@ -113,6 +137,15 @@ pub enum WireError {
     BadReason(u8),
 }
 
+/// The role byte after the channel of a BOUND or CHALLENGE.
+fn role_at(bytes: &[u8]) -> Result<GrantRole, WireError> {
+    match bytes[1 + CHANNEL_LEN] {
+        1 => Ok(GrantRole::Device),
+        2 => Ok(GrantRole::Viewer),
+        other => Err(WireError::BadRole(other)),
+    }
+}
+
 fn channel_at(bytes: &[u8]) -> u64 {
     let mut channel = [0u8; CHANNEL_LEN];
     channel.copy_from_slice(&bytes[1..1 + CHANNEL_LEN]);
@@ -129,21 +162,24 @@ impl<'a> RelayPacket<'a> {
         };
         match kind {
             BIND => {
-                if bytes.len() != BIND_LEN {
+                if bytes.len() != BIND_LEN && bytes.len() != BIND_ECHO_LEN {
                     return Err(bad_length);
                 }
-                let token = RelayGrantToken::from_slice(&bytes[1..]).map_err(|_| bad_length)?;
-                Ok(Self::Bind { token })
+                let token =
+                    RelayGrantToken::from_slice(&bytes[1..BIND_LEN]).map_err(|_| bad_length)?;
+                let cookie = match bytes.get(BIND_LEN..) {
+                    Some(rest) if !rest.is_empty() => {
+                        Some(rest.try_into().map_err(|_| bad_length)?)
+                    }
+                    _ => None,
+                };
+                Ok(Self::Bind { token, cookie })
             }
             BOUND => {
                 if bytes.len() != BOUND_LEN {
                     return Err(bad_length);
                 }
-                let role = match bytes[1 + CHANNEL_LEN] {
-                    1 => GrantRole::Device,
-                    2 => GrantRole::Viewer,
-                    other => return Err(WireError::BadRole(other)),
-                };
+                let role = role_at(bytes)?;
                 let peer_bound = match bytes[2 + CHANNEL_LEN] {
                     0 => false,
                     1 => true,
@@ -173,6 +209,20 @@ impl<'a> RelayPacket<'a> {
                     RefusalReason::from_byte(bytes[1]).ok_or(WireError::BadReason(bytes[1]))?;
                 Ok(Self::BindRefused { reason })
             }
+            CHALLENGE => {
+                if bytes.len() != CHALLENGE_LEN {
+                    return Err(bad_length);
+                }
+                let role = role_at(bytes)?;
+                let cookie = bytes[2 + CHANNEL_LEN..]
+                    .try_into()
+                    .map_err(|_| bad_length)?;
+                Ok(Self::Challenge {
+                    channel: channel_at(bytes),
+                    role,
+                    cookie,
+                })
+            }
             other => Err(WireError::UnknownType(other)),
         }
     }
@@ -181,11 +231,19 @@ impl<'a> RelayPacket<'a> {
     /// small (or a data payload is over [`MAX_DATA_PAYLOAD`]).
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
         match *self {
-            Self::Bind { token } => {
-                let out = out.get_mut(..BIND_LEN)?;
+            Self::Bind { token, cookie } => {
+                let len = if cookie.is_some() {
+                    BIND_ECHO_LEN
+                } else {
+                    BIND_LEN
+                };
+                let out = out.get_mut(..len)?;
                 out[0] = BIND;
-                out[1..].copy_from_slice(&token.0);
-                Some(BIND_LEN)
+                out[1..BIND_LEN].copy_from_slice(&token.0);
+                if let Some(cookie) = cookie {
+                    out[BIND_LEN..].copy_from_slice(&cookie);
+                }
+                Some(len)
             }
             Self::Bound {
                 channel,
@@ -215,6 +273,18 @@ impl<'a> RelayPacket<'a> {
                 out[1] = reason as u8;
                 Some(BIND_REFUSED_LEN)
             }
+            Self::Challenge {
+                channel,
+                role,
+                cookie,
+            } => {
+                let out = out.get_mut(..CHALLENGE_LEN)?;
+                out[0] = CHALLENGE;
+                out[1..1 + CHANNEL_LEN].copy_from_slice(&channel.to_be_bytes());
+                out[1 + CHANNEL_LEN] = role as u8;
+                out[2 + CHANNEL_LEN..].copy_from_slice(&cookie);
+                Some(CHALLENGE_LEN)
+            }
         }
     }
 }
@@ -240,7 +310,8 @@ mod tests {
         assert_eq!(RelayPacket::decode(&buf[..len]), Ok(packet));
         // Every shorter prefix is refused, and so is one trailing byte.
         for cut in 0..len {
-            assert!(RelayPacket::decode(&buf[..cut]).is_err() || buf[0] == DATA);
+            let plain_bind = buf[0] == BIND && cut == BIND_LEN;
+            assert!(RelayPacket::decode(&buf[..cut]).is_err() || buf[0] == DATA || plain_bind);
         }
         if buf[0] != DATA {
             assert!(RelayPacket::decode(&buf[..len + 1]).is_err());
@@ -251,6 +322,16 @@ mod tests {
     fn every_packet_round_trips_and_rejects_wrong_lengths() {
         round_trip(RelayPacket::Bind {
             token: RelayGrantToken([9; GRANT_TOKEN_LEN]),
+            cookie: None,
+        });
+        round_trip(RelayPacket::Bind {
+            token: RelayGrantToken([9; GRANT_TOKEN_LEN]),
+            cookie: Some([3; COOKIE_LEN]),
+        });
+        round_trip(RelayPacket::Challenge {
+            channel: 0x0102_0304_0506_0708,
+            role: GrantRole::Device,
+            cookie: [4; COOKIE_LEN],
         });
         round_trip(RelayPacket::Bound {
             channel: 0x0102_0304_0506_0708,
@@ -298,7 +379,9 @@ mod tests {
 
     #[test]
     fn responses_are_never_larger_than_a_bind() {
-        const { assert!(BOUND_LEN < BIND_LEN && BIND_REFUSED_LEN < BIND_LEN) };
+        const {
+            assert!(BOUND_LEN < BIND_LEN && BIND_REFUSED_LEN < BIND_LEN && CHALLENGE_LEN < BIND_LEN)
+        };
     }
 
     proptest! {

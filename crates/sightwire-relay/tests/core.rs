@@ -4,9 +4,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use sightwire_relay::wire::{BIND_LEN, DATA_HEADER_LEN};
-use sightwire_relay::{Action, DropReason, RefusalReason, Relay, RelayConfig, RelayPacket};
-use sightwire_signal::grant::{GrantClaims, GrantRole, RelayGrantKey, RelayGrantToken};
+use sightwire_relay::wire::{BIND_ECHO_LEN, BIND_LEN, CHALLENGE_LEN, COOKIE_LEN, DATA_HEADER_LEN};
+use sightwire_relay::{
+    Action, COOKIE_EPOCH_SECS, DropReason, RefusalReason, Relay, RelayConfig, RelayPacket,
+};
+use sightwire_signal::grant::{
+    GRANT_NONCE_LEN, GrantClaims, GrantRole, RelayGrantKey, RelayGrantToken,
+};
 
 const UNIX_NOW: u64 = 1_900_000_000;
 
@@ -14,15 +18,23 @@ fn key() -> RelayGrantKey {
     RelayGrantKey::from_bytes([0x42; 32])
 }
 
-fn grant(allocation: u8, role: GrantRole) -> RelayGrantToken {
-    key().seal(&GrantClaims {
+fn claims(allocation: u8, role: GrantRole, expires_at: u64) -> GrantClaims {
+    GrantClaims {
         allocation_id: [allocation; 16],
         role,
-        expires_at: UNIX_NOW + 600,
+        expires_at,
         device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
         device_key: [2; 32],
         viewer_key: [3; 32],
-    })
+    }
+}
+
+/// A grant valid for 600 s (tests use a fixed nonce; the rendezvous draws a random one).
+fn grant(allocation: u8, role: GrantRole) -> RelayGrantToken {
+    key().seal(
+        &claims(allocation, role, UNIX_NOW + 600),
+        [allocation ^ role as u8; GRANT_NONCE_LEN],
+    )
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -32,6 +44,8 @@ fn addr(port: u16) -> SocketAddr {
 struct Harness {
     relay: Relay,
     now: Instant,
+    /// Wall-clock time, Unix seconds (grant expiry, cookie epochs).
+    unix: u64,
     reply: [u8; 64],
 }
 
@@ -40,22 +54,42 @@ impl Harness {
         Self {
             relay: Relay::new(config, key()),
             now: Instant::now(),
+            unix: UNIX_NOW,
             reply: [0; 64],
         }
     }
 
     fn bind(&mut self, from: SocketAddr, token: RelayGrantToken) -> RelayPacket<'_> {
-        let mut packet = [0u8; BIND_LEN];
-        RelayPacket::Bind { token }.encode(&mut packet).unwrap();
+        self.bind_with(from, token, None)
+    }
+
+    fn bind_with(
+        &mut self,
+        from: SocketAddr,
+        token: RelayGrantToken,
+        cookie: Option<[u8; COOKIE_LEN]>,
+    ) -> RelayPacket<'_> {
+        let mut packet = [0u8; BIND_ECHO_LEN];
+        let len = RelayPacket::Bind { token, cookie }
+            .encode(&mut packet)
+            .unwrap();
         match self
             .relay
-            .handle_datagram(self.now, UNIX_NOW, from, &packet, &mut self.reply)
+            .handle_datagram(self.now, self.unix, from, &packet[..len], &mut self.reply)
         {
-            Action::Reply(len) => {
-                assert!(len < BIND_LEN, "reply larger than request");
-                RelayPacket::decode(&self.reply[..len]).unwrap()
+            Action::Reply(reply_len) => {
+                assert!(reply_len < len, "reply larger than request");
+                RelayPacket::decode(&self.reply[..reply_len]).unwrap()
             }
             other => panic!("bind answered with {other:?}"),
+        }
+    }
+
+    /// Binds from `from`, expecting a challenge, and returns its cookie.
+    fn challenged(&mut self, from: SocketAddr, token: RelayGrantToken) -> [u8; COOKIE_LEN] {
+        match self.bind(from, token) {
+            RelayPacket::Challenge { cookie, .. } => cookie,
+            other => panic!("not challenged: {other:?}"),
         }
     }
 
@@ -76,7 +110,7 @@ impl Harness {
         .encode(&mut packet)
         .unwrap();
         self.relay
-            .handle_datagram(self.now, UNIX_NOW, from, &packet, &mut self.reply)
+            .handle_datagram(self.now, self.unix, from, &packet, &mut self.reply)
     }
 
     /// Binds both sides of allocation `n` and returns its channel.
@@ -125,42 +159,154 @@ fn forwards_both_ways_only_between_bound_sides() {
 }
 
 #[test]
-fn rebinding_moves_a_side_for_roaming() {
+fn a_roaming_side_moves_after_answering_the_challenge() {
     let mut h = Harness::new(RelayConfig::default());
     let channel = h.pair(1, addr(1), addr(2));
-    h.bind(addr(9), grant(1, GrantRole::Viewer));
+    // Binding again from the bound address is idempotent: no challenge.
+    assert!(matches!(
+        h.bind(addr(2), grant(1, GrantRole::Viewer)),
+        RelayPacket::Bound { .. }
+    ));
+    // From a new address: a challenge, sent to the new address, and nothing moves yet.
+    let cookie = match h.bind(addr(9), grant(1, GrantRole::Viewer)) {
+        RelayPacket::Challenge {
+            channel: c,
+            role: GrantRole::Viewer,
+            cookie,
+        } => {
+            assert_eq!(c, channel);
+            cookie
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(h.data(addr(1), channel, 10), Action::Forward(addr(2)));
+    // Echoing the cookie from the new address moves the side.
+    match h.bind_with(addr(9), grant(1, GrantRole::Viewer), Some(cookie)) {
+        RelayPacket::Bound {
+            channel: c,
+            role: GrantRole::Viewer,
+            peer_bound: true,
+        } => assert_eq!(c, channel),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(h.data(addr(1), channel, 10), Action::Forward(addr(9)));
     assert_eq!(
         h.data(addr(2), channel, 10),
         Action::Drop(DropReason::WrongSource)
     );
+    // The cookie was for the move 2 -> 9: once at 9 it cannot move the side anywhere
+    // else (the old address is part of it).
+    assert!(matches!(
+        h.bind_with(addr(10), grant(1, GrantRole::Viewer), Some(cookie)),
+        RelayPacket::Challenge { .. }
+    ));
+    let stats = h.relay.stats();
+    assert_eq!((stats.binds_moved, stats.challenges_sent), (1, 2));
+    assert_eq!(stats.cookies_invalid, 1);
+}
+
+#[test]
+fn finding_8_bind_replay_from_spoofed_source_does_not_move_the_stream() {
+    // Security issue 12, finding 8: a copied BIND replayed with a spoofed source moved
+    // the viewer's side to that source, which then received the whole stream.
+    let mut h = Harness::new(RelayConfig::default());
+    let (device, viewer, victim) = (addr(1), addr(2), addr(7));
+    let channel = h.pair(1, device, viewer);
+    let copied = grant(1, GrantRole::Viewer);
+    for _ in 0..100 {
+        // The relay answers the spoofed source with a challenge, smaller than the BIND.
+        let cookie = h.challenged(victim, copied);
+        // The attacker never sees that cookie; guesses and replays of other cookies fail.
+        for guess in [[0u8; COOKIE_LEN], [0xff; COOKIE_LEN]] {
+            assert!(matches!(
+                h.bind_with(victim, copied, Some(guess)),
+                RelayPacket::Challenge { .. }
+            ));
+        }
+        // A cookie sent to one address does not work from another one.
+        assert!(matches!(
+            h.bind_with(addr(8), copied, Some(cookie)),
+            RelayPacket::Challenge { .. }
+        ));
+        // The stream keeps flowing to the real viewer, and only there.
+        assert_eq!(h.data(device, channel, 1200), Action::Forward(viewer));
+        assert_eq!(h.data(viewer, channel, 100), Action::Forward(device));
+    }
+    let stats = h.relay.stats();
+    assert_eq!(stats.binds_moved, 0);
+    assert_eq!(stats.challenges_sent, 400);
+    assert_eq!(stats.cookies_invalid, 300);
+    const { assert!(CHALLENGE_LEN < BIND_LEN) };
+}
+
+#[test]
+fn a_challenge_cookie_lives_one_to_two_epochs() {
+    let mut h = Harness::new(RelayConfig::default());
+    let channel = h.pair(1, addr(1), addr(2));
+    // Issued at the start of an epoch, still valid at the end of the next one...
+    h.unix = UNIX_NOW - UNIX_NOW % COOKIE_EPOCH_SECS;
+    let cookie = h.challenged(addr(9), grant(1, GrantRole::Viewer));
+    h.unix += 2 * COOKIE_EPOCH_SECS - 1;
+    let fresh = h.challenged(addr(8), grant(1, GrantRole::Viewer));
+    // ...but not one second later.
+    h.unix += 1;
+    assert!(matches!(
+        h.bind_with(addr(9), grant(1, GrantRole::Viewer), Some(cookie)),
+        RelayPacket::Challenge { .. }
+    ));
+    assert_eq!(h.data(addr(1), channel, 10), Action::Forward(addr(2)));
+    // A cookie from the previous epoch is accepted.
+    assert!(matches!(
+        h.bind_with(addr(8), grant(1, GrantRole::Viewer), Some(fresh)),
+        RelayPacket::Bound { .. }
+    ));
+    assert_eq!(h.data(addr(1), channel, 10), Action::Forward(addr(8)));
+}
+
+#[test]
+fn finding_8_expired_grant_cannot_bind_or_move() {
+    // Security issue 12, finding 8: grant expiry was not enforced after the first bind.
+    // Now every bind checks it; a bound allocation outlives its grant (until idle) but
+    // can no longer be bound to or moved.
+    let mut h = Harness::new(RelayConfig::default());
+    let channel = h.pair(1, addr(1), addr(2));
+    let cookie = h.challenged(addr(9), grant(1, GrantRole::Viewer));
+    h.unix = UNIX_NOW + 601;
+    let expired = RelayPacket::BindRefused {
+        reason: RefusalReason::Expired,
+    };
+    assert_eq!(h.bind(addr(2), grant(1, GrantRole::Viewer)), expired);
+    assert_eq!(h.bind(addr(9), grant(1, GrantRole::Viewer)), expired);
+    assert_eq!(
+        h.bind_with(addr(9), grant(1, GrantRole::Viewer), Some(cookie)),
+        expired
+    );
+    // A fresh allocation cannot be made with an expired grant either.
+    assert_eq!(h.bind(addr(3), grant(2, GrantRole::Device)), expired);
+    assert_eq!(h.relay.allocation_count(), 1);
+    // The bound allocation keeps forwarding between its addresses until it idles out.
+    assert_eq!(h.data(addr(1), channel, 10), Action::Forward(addr(2)));
+    let stats = h.relay.stats();
+    assert_eq!((stats.binds_expired, stats.binds_moved), (4, 0));
 }
 
 #[test]
 fn bad_and_expired_grants_are_refused() {
     let mut h = Harness::new(RelayConfig::default());
-    let forged = RelayGrantKey::from_bytes([1; 32]).seal(&GrantClaims {
-        allocation_id: [1; 16],
-        role: GrantRole::Device,
-        expires_at: UNIX_NOW + 600,
-        device_id: [0x1c, 0, 0, 0, 0, 1],
-        device_key: [0; 32],
-        viewer_key: [0; 32],
-    });
+    let forged = RelayGrantKey::from_bytes([1; 32]).seal(
+        &claims(1, GrantRole::Device, UNIX_NOW + 600),
+        [0; GRANT_NONCE_LEN],
+    );
     assert_eq!(
         h.bind(addr(1), forged),
         RelayPacket::BindRefused {
             reason: RefusalReason::InvalidGrant
         }
     );
-    let expired = key().seal(&GrantClaims {
-        allocation_id: [1; 16],
-        role: GrantRole::Device,
-        expires_at: UNIX_NOW - 1,
-        device_id: [0x1c, 0, 0, 0, 0, 1],
-        device_key: [0; 32],
-        viewer_key: [0; 32],
-    });
+    let expired = key().seal(
+        &claims(1, GrantRole::Device, UNIX_NOW - 1),
+        [0; GRANT_NONCE_LEN],
+    );
     assert_eq!(
         h.bind(addr(1), expired),
         RelayPacket::BindRefused {
@@ -168,7 +314,9 @@ fn bad_and_expired_grants_are_refused() {
         }
     );
     assert_eq!(h.relay.allocation_count(), 0);
-    assert_eq!(h.relay.stats().binds_refused, 2);
+    let stats = h.relay.stats();
+    assert_eq!(stats.binds_refused, 2);
+    assert_eq!((stats.binds_invalid, stats.binds_expired), (1, 1));
 }
 
 #[test]
@@ -188,7 +336,7 @@ fn allocation_table_limit() {
     );
     // Existing allocations keep working, and may still rebind.
     assert!(matches!(
-        h.bind(addr(30), grant(1, GrantRole::Device)),
+        h.bind(addr(11), grant(1, GrantRole::Device)),
         RelayPacket::Bound { .. }
     ));
     assert_eq!(h.relay.allocation_count(), 3);
@@ -278,31 +426,29 @@ fn byte_cap_ends_forwarding() {
 }
 
 #[test]
-fn bind_rate_limit_bounds_hmac_work() {
-    let mut h = Harness::new(RelayConfig {
-        binds_per_sec: 5,
-        ..RelayConfig::default()
-    });
-    let garbage = RelayGrantToken([0; 128]);
-    for _ in 0..5 {
+fn finding_6_garbage_binds_do_not_starve_honest_binds() {
+    // Security issue 12, finding 6: a relay-wide bind budget charged before the token
+    // was checked let ~10 Mbit/s of garbage BINDs make every honest bind fail. Now the
+    // token is verified first and garbage is charged to nothing.
+    let mut h = Harness::new(RelayConfig::default());
+    let mut garbage = RelayGrantToken([0; 128]);
+    for n in 0..20_000u32 {
+        garbage.0[..4].copy_from_slice(&n.to_be_bytes());
+        garbage.0[0] = 2;
+        let from = SocketAddr::from(([198, 51, 100, (n % 250) as u8], 1000 + (n % 7) as u16));
         assert_eq!(
-            h.bind(addr(1), garbage),
+            h.bind(from, garbage),
             RelayPacket::BindRefused {
                 reason: RefusalReason::InvalidGrant
             }
         );
     }
-    assert_eq!(
-        h.bind(addr(1), grant(1, GrantRole::Device)),
-        RelayPacket::BindRefused {
-            reason: RefusalReason::RateLimited
-        }
-    );
-    h.now += Duration::from_secs(1);
-    assert!(matches!(
-        h.bind(addr(1), grant(1, GrantRole::Device)),
-        RelayPacket::Bound { .. }
-    ));
+    // All within the same instant: honest binds still succeed, both sides.
+    let channel = h.pair(1, addr(1), addr(2));
+    assert_eq!(h.data(addr(1), channel, 10), Action::Forward(addr(2)));
+    let stats = h.relay.stats();
+    assert_eq!((stats.binds_invalid, stats.binds), (20_000, 2));
+    assert_eq!(h.relay.allocation_count(), 1);
 }
 
 #[test]
@@ -322,6 +468,9 @@ fn relay_only_packets_from_a_peer_are_dropped() {
     for packet in [
         &[0x31u8; 11][..],
         &[0x33, 1][..],
+        &[
+            0x34, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ][..],
         &[][..],
         &[0x7f, 1, 2][..],
     ] {
@@ -331,7 +480,7 @@ fn relay_only_packets_from_a_peer_are_dropped() {
             Action::Drop(DropReason::Malformed)
         );
     }
-    assert_eq!(h.relay.stats().dropped_malformed, 4);
+    assert_eq!(h.relay.stats().dropped_malformed, 5);
 }
 
 proptest! {
@@ -348,8 +497,8 @@ proptest! {
             let mut packet = vec![0u8; 1600];
             let len = match kind {
                 0 => { packet[..bytes.len()].copy_from_slice(&bytes); bytes.len() }
-                1 => RelayPacket::Bind { token: grant(allocation, GrantRole::Device) }.encode(&mut packet).unwrap(),
-                2 => RelayPacket::Bind { token: grant(allocation, GrantRole::Viewer) }.encode(&mut packet).unwrap(),
+                1 => RelayPacket::Bind { token: grant(allocation, GrantRole::Device), cookie: None }.encode(&mut packet).unwrap(),
+                2 => RelayPacket::Bind { token: grant(allocation, GrantRole::Viewer), cookie: bytes.get(..COOKIE_LEN).and_then(|c| c.try_into().ok()) }.encode(&mut packet).unwrap(),
                 _ => RelayPacket::Data { channel: u64::from_be_bytes([allocation; 8]), payload: &bytes }.encode(&mut packet).unwrap(),
             };
             h.now += Duration::from_millis(u64::from(port) * 7);

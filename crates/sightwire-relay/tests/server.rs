@@ -35,16 +35,24 @@ async fn two_endpoints_exchange_data_through_the_relay() {
     for role in [GrantRole::Device, GrantRole::Viewer] {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         socket.connect(relay_addr).await.unwrap();
-        let token = key.seal(&GrantClaims {
-            allocation_id: [9; 16],
-            role,
-            expires_at: unix_now() + 60,
-            device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-            device_key: [1; 32],
-            viewer_key: [2; 32],
-        });
+        let token = key.seal(
+            &GrantClaims {
+                allocation_id: [9; 16],
+                role,
+                expires_at: unix_now() + 60,
+                device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+                device_key: [1; 32],
+                viewer_key: [2; 32],
+            },
+            [role as u8; 12],
+        );
         let mut packet = [0u8; BIND_LEN];
-        RelayPacket::Bind { token }.encode(&mut packet).unwrap();
+        RelayPacket::Bind {
+            token,
+            cookie: None,
+        }
+        .encode(&mut packet)
+        .unwrap();
         socket.send(&packet).await.unwrap();
         let mut buf = [0u8; 64];
         let len = recv(&socket, &mut buf).await;

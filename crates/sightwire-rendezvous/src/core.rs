@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand::{CryptoRng, RngCore};
 use sightwire_signal::cert::{CertificateError, IdCertificate, TrustedIssuers};
-use sightwire_signal::grant::{GrantClaims, GrantRole, RelayGrantKey};
+use sightwire_signal::grant::{GRANT_NONCE_LEN, GrantClaims, GrantRole, RelayGrantKey};
 use sightwire_signal::{
     Body, Candidate, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId, ConnectOffer,
     ConnectRequest, ConnectResponse, Consent, DecodeError, Envelope, ErrorCode, ErrorReply,
@@ -1408,14 +1408,21 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             (GrantRole::Device, side.session),
             (GrantRole::Viewer, viewer),
         ] {
-            let token = relay.key.seal(&GrantClaims {
-                allocation_id,
-                role,
-                expires_at,
-                device_id,
-                device_key: side.key,
-                viewer_key,
-            });
+            // A fresh random nonce per token: the claims are sealed, so observers of the
+            // grant or of the BIND learn neither peer (spec/signaling.md 5).
+            let mut nonce = [0u8; GRANT_NONCE_LEN];
+            self.rng.fill_bytes(&mut nonce);
+            let token = relay.key.seal(
+                &GrantClaims {
+                    allocation_id,
+                    role,
+                    expires_at,
+                    device_id,
+                    device_key: side.key,
+                    viewer_key,
+                },
+                nonce,
+            );
             let grant = Envelope::new(
                 0,
                 Body::RelayGrant(RelayGrant {

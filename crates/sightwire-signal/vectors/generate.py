@@ -2,7 +2,8 @@
 """Writes spec/vectors/cert-*.json and spec/vectors/signal-*.json.
 
 An independent implementation of the wire formats (Python `cryptography` for Ed25519,
-the standard library for HMAC and a hand-written protobuf encoder), so that the Rust
+ChaCha20-Poly1305 for relay grants, the standard library for HMAC and a hand-written
+protobuf encoder), so that the Rust
 tests, which load these files, check the Rust code against something it did not write.
 Run from the repository root: python3 crates/sightwire-signal/vectors/generate.py
 """
@@ -13,10 +14,21 @@ import struct
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 OUT = "spec/vectors/"
 CERT_CONTEXT = b"sightwire id certificate v1"
-GRANT_CONTEXT = b"sightwire relay grant v1"
+GRANT_CONTEXT = b"sightwire relay grant v2"
+GRANT_VERSION = 2
+
+
+def seal_grant(grant_key, nonce, allocation_id, rest):
+    """header = version || allocation_id[0:8]; token = header || nonce ||
+    ChaCha20-Poly1305(HKDF-Expand(key, context, 32), nonce, allocation_id[8:16] || rest || 0^4, context || header)."""
+    sealing = hmac.new(grant_key, GRANT_CONTEXT + bytes([1]), hashlib.sha256).digest()
+    header = bytes([GRANT_VERSION]) + allocation_id[:8]
+    sealed = ChaCha20Poly1305(sealing).encrypt(nonce, allocation_id[8:] + rest + bytes(4), GRANT_CONTEXT + header)
+    return header + nonce + sealed
 
 
 def raw_public(private):
@@ -135,15 +147,21 @@ def signaling(good_cert):
     v4 = bytes([203, 0, 113, 7])
     v6 = bytes.fromhex("20010db8000000000000000000000001")
     grant_key = bytes([0x5A] * 32)
-    claims = (bytes([1]) + bytes(range(16)) + bytes([2]) + struct.pack(">Q", 1_800_000_300) + bytes.fromhex("1cc316abcdef")
-              + bytes([0x11] * 32) + bytes([0x22] * 32))
-    token = claims + hmac.new(grant_key, GRANT_CONTEXT + claims, hashlib.sha256).digest()
+    rest = (bytes([2]) + struct.pack(">Q", 1_800_000_300) + bytes.fromhex("1cc316abcdef")
+            + bytes([0x11] * 32) + bytes([0x22] * 32))
+    nonce = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaab")
+    token = seal_grant(grant_key, nonce, bytes(range(16)), rest)
+    assert len(token) == 128
     write("signal-relay-grant.json", dict(
-        description="relay grant tokens: token = claims || HMAC-SHA256(key, context || claims)",
-        mac_context=GRANT_CONTEXT.decode(), vectors=[dict(
+        description="relay grant tokens (version 2): header = 0x02 || allocation_id[0:8]; token = header || "
+                    "nonce[12] || ChaCha20-Poly1305(key = HKDF-Expand(grant_key, context, 32), nonce, "
+                    "plaintext = allocation_id[8:16] || role || expires_at || device_id || device_key || viewer_key || 0^4, "
+                    "aad = context || header)",
+        key_context=GRANT_CONTEXT.decode(), vectors=[dict(
             name="viewer-grant", key=grant_key.hex(), allocation_id=bytes(range(16)).hex(), role=2,
             expires_at=1_800_000_300, device_id="1cc316abcdef", device_key=(bytes([0x11] * 32)).hex(),
-            viewer_key=(bytes([0x22] * 32)).hex(), verify_at=1_800_000_000, token=token.hex())]))
+            viewer_key=(bytes([0x22] * 32)).hex(), nonce=nonce.hex(), verify_at=1_800_000_000,
+            token=token.hex())]))
     punch = field_bytes(1, bytes([0x33] * 32)) + field_varint(2, 250)
     messages = [
         ("keepalive", envelope(7, 12, b"")),

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use sightwire_media::{Event as MediaEvent, MediaConnection};
 use sightwire_punch::probe::Probe;
 use sightwire_punch::{Agent, Event as PunchEvent, PathKind, PunchKey, PunchSignal, StartAttempt};
-use sightwire_relay::wire::{DATA_HEADER_LEN, RelayPacket, write_data_header};
+use sightwire_relay::wire::{
+    BIND_ECHO_LEN, COOKIE_LEN, DATA_HEADER_LEN, RelayPacket, write_data_header,
+};
 use sightwire_session::auth::AuthRejection;
 use sightwire_session::{
     HandshakeFailure, PublicKey, SessionId, SessionKind, TRANSPORT_HEADER_LEN,
 };
-use sightwire_signal::grant::{GRANT_TOKEN_LEN, RelayGrantToken};
+use sightwire_signal::grant::RelayGrantToken;
 use sightwire_signal::{
     Body, CandidateSet as SignalSet, CandidateUpdate, Close, CloseReason, ConnectId,
 };
@@ -336,9 +338,8 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let mut allocation = [0u8; 16];
-        allocation.copy_from_slice(&grant.token.0[1..17]);
-        let channel = sightwire_relay::channel_of(&allocation);
+        // The token is sealed for the relay; only its channel is readable.
+        let channel = grant.token.channel();
         if let Some(old) = conn.relay.take() {
             self.by_channel.remove(&old.channel);
         }
@@ -361,6 +362,22 @@ impl Endpoint {
     }
 
     fn send_relay_bind(&mut self, now: Instant, id: PeerId) {
+        self.send_relay_bind_with(now, id, None);
+    }
+
+    /// The relay challenged our BIND (our side is bound at another address, e.g. our NAT
+    /// mapping changed between retransmissions): bind again echoing its cookie, which
+    /// proves we receive at this address (spec/relay.md 3). Counts as a bind attempt.
+    pub(crate) fn answer_relay_challenge(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        cookie: [u8; COOKIE_LEN],
+    ) {
+        self.send_relay_bind_with(now, id, Some(cookie));
+    }
+
+    fn send_relay_bind_with(&mut self, now: Instant, id: PeerId, cookie: Option<[u8; COOKIE_LEN]>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -375,8 +392,8 @@ impl Endpoint {
             .set(ConnTimer::RelayBind, now + RELAY_BIND_RETRY);
         let (token, server) = (relay.token, relay.server);
         self.outbox.push_with(None, |buf| {
-            let buf = buf.get_mut(..1 + GRANT_TOKEN_LEN)?;
-            Some((server, (RelayPacket::Bind { token }).encode(buf)?))
+            let buf = buf.get_mut(..BIND_ECHO_LEN)?;
+            Some((server, (RelayPacket::Bind { token, cookie }).encode(buf)?))
         });
     }
 

@@ -645,6 +645,14 @@ impl Endpoint {
                 tracing::warn!(relay = %from, ?reason, "relay refused our bind");
                 return;
             }
+            Ok(RelayPacket::Challenge {
+                channel, cookie, ..
+            }) => {
+                if let Some(id) = self.conn_by_channel(channel, from).map(|c| c.id) {
+                    self.answer_relay_challenge(now, id, cookie);
+                }
+                return;
+            }
             Ok(RelayPacket::Bind { .. }) | Err(_) => return,
         };
         let Some(id) = self.conn_by_channel(channel, from).map(|c| c.id) else {
