@@ -78,8 +78,9 @@ pub const DEFAULT_SESSION_MESSAGE_RATE: Rate = Rate {
     burst: 40,
 };
 /// Default bound on attempts one identity may have pending (awaiting consent or
-/// disclosed and not yet expired).
-pub const DEFAULT_MAX_PENDING_PER_IDENTITY: usize = 8;
+/// disclosed and not yet expired): as many cameras as one viewer endpoint watches at
+/// once (`sightwire::proto::MAX_WATCHES`), so a 64-camera wall connects in one go.
+pub const DEFAULT_MAX_PENDING_PER_IDENTITY: usize = 64;
 /// How long after receiving a `CONNECT_REQUEST` the rendezvous answers
 /// `ERROR UNAVAILABLE` if the device has not accepted (spec/signaling.md §4.5).
 pub const CONSENT_WINDOW: Duration = Duration::from_secs(3);
@@ -220,6 +221,9 @@ pub struct Stats {
     pub unavailable: u64,
     /// Login messages relayed between the sessions of an attempt.
     pub logins_relayed: u64,
+    /// Retransmitted connect requests (something of the attempt was lost; what was
+    /// sent so far is sent again).
+    pub retransmissions: u64,
     /// Decoy login replies sent for unreachable IDs.
     pub decoys: u64,
     /// Consent, candidate, relay or close messages ignored: from a session that is not
@@ -280,8 +284,10 @@ struct PendingConnect<S> {
     stage: Stage,
     /// The login message forwarded to the viewer (resent on a retransmission).
     to_viewer: Option<Bytes>,
-    /// A login message was forwarded to the device.
-    to_device: bool,
+    /// The login message forwarded to the device (re-forwarded if the viewer repeats it).
+    to_device: Option<Bytes>,
+    /// What disclosure sent (resent when either side shows it was lost).
+    disclosed: Option<Box<(ConnectOffer, ConnectResponse)>>,
     /// The consent deadline until disclosure, then the end of the attempt's life.
     expires: Instant,
     /// Candidate updates forwarded from the device and from the viewer.
@@ -977,16 +983,47 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         request_id: u64,
         request: ConnectRequest,
     ) -> Result<(), Refusal> {
-        // A retransmission: resend the last login message forwarded for it, nothing else.
+        // A retransmission: something of this attempt was lost. Resend what was sent so
+        // far and nothing new: the introduction (the device answers it again), the login
+        // message forwarded to the viewer, or — once disclosed — the offer and response.
         if let Some(connect_id) = self.by_request.get(&(from.session, request_id)).copied() {
             self.session_check(now, from, false)?;
-            let resend = self
-                .pending
-                .get(&connect_id)
-                .and_then(|pending| pending.to_viewer.clone());
-            if let Some(login) = resend {
-                // Bounded by this request too: a retransmission may be shorter.
-                self.send_consent_to_viewer(connect_id, login, request_len);
+            self.stats.retransmissions += 1;
+            let Some(pending) = self.pending.get(&connect_id) else {
+                return Ok(());
+            };
+            match (&pending.stage, &pending.device, &pending.disclosed) {
+                (Stage::Introduced, Some(side), _) => {
+                    let introduction = Introduction {
+                        connect_id,
+                        viewer_key: pending.viewer_key,
+                        login: pending.login.clone(),
+                    };
+                    let session = side.session;
+                    let resend = pending.to_viewer.clone();
+                    self.enqueue(session, &Envelope::new(0, Body::Introduction(introduction)));
+                    if let Some(login) = resend {
+                        // Bounded by this request too: a retransmission may be shorter.
+                        self.send_consent_to_viewer(connect_id, login, request_len);
+                    }
+                }
+                (Stage::Introduced, None, _) => {
+                    if let Some(login) = pending.to_viewer.clone() {
+                        self.send_consent_to_viewer(connect_id, login, request_len);
+                    }
+                }
+                (Stage::Disclosed, Some(side), Some(disclosed)) => {
+                    let (offer, response) = (**disclosed).clone();
+                    let (session, viewer, request_id) =
+                        (side.session, pending.viewer, pending.request_id);
+                    self.enqueue(session, &Envelope::new(0, Body::ConnectOffer(offer)));
+                    self.send(
+                        viewer,
+                        Some(request_len),
+                        Envelope::new(request_id, Body::ConnectResponse(response)),
+                    );
+                }
+                _ => {}
             }
             return Ok(());
         }
@@ -1097,7 +1134,8 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 login: login.clone(),
                 stage: Stage::Introduced,
                 to_viewer: None,
-                to_device: false,
+                to_device: None,
+                disclosed: None,
                 expires: deadline,
                 updates: [0; 2],
                 grants: 0,
@@ -1162,7 +1200,11 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         if from_device {
             let refusal = consent.login.is_empty() && !consent.accept;
             if !consent.login.is_empty() {
-                if pending.stage == Stage::Introduced && pending.to_viewer.is_none() {
+                let first = pending.to_viewer.is_none();
+                let repeat = pending.to_viewer.as_ref() == Some(&consent.login);
+                if pending.stage == Stage::Introduced && (first || repeat) {
+                    // One login message per attempt; the same one again is a
+                    // retransmission (the first may have been lost on its way).
                     pending.to_viewer = Some(consent.login.clone());
                     self.stats.logins_relayed += 1;
                     self.send_consent_to_viewer(connect_id, consent.login, MAX_MESSAGE_LEN);
@@ -1177,6 +1219,14 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 if pending.stage == Stage::Introduced {
                     return self.disclose(now, connect_id);
                 }
+                if let (Stage::Disclosed, Some(disclosed), Some(side)) =
+                    (&pending.stage, &pending.disclosed, &pending.device)
+                {
+                    // The device accepts again: its offer was lost.
+                    let (offer, session) = (disclosed.0.clone(), side.session);
+                    self.enqueue(session, &Envelope::new(0, Body::ConnectOffer(offer)));
+                    return Err(Refusal::Silent);
+                }
                 self.stats.ignored += 1;
             } else if refusal && pending.stage == Stage::Introduced {
                 // An explicit refusal: the viewer hears UNAVAILABLE at the deadline.
@@ -1188,15 +1238,16 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             // The viewer's answer to the device's login message: one, after that message,
             // before disclosure. For an unreachable ID it goes nowhere (the decoy's
             // confirmation fails like a wrong password's).
+            let repeat = pending.to_device.as_ref() == Some(&consent.login);
             let allowed = !consent.login.is_empty()
                 && pending.stage == Stage::Introduced
                 && pending.to_viewer.is_some()
-                && !pending.to_device;
+                && (pending.to_device.is_none() || repeat);
             if !allowed {
                 self.stats.ignored += 1;
                 return Err(Refusal::Silent);
             }
-            pending.to_device = true;
+            pending.to_device = Some(consent.login.clone());
             if let Some(side) = &pending.device {
                 let session = side.session;
                 self.stats.logins_relayed += 1;
@@ -1271,6 +1322,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         if let Some(pending) = self.pending.get_mut(&connect_id) {
             pending.stage = Stage::Disclosed;
             pending.expires = expires;
+            pending.disclosed = Some(Box::new((offer.clone(), response.clone())));
         }
         self.stats.disclosures += 1;
         tracing::debug!(device = %hex_id(side.certificate.device_id()), connect = connect_id.0, "device consented: disclosing");

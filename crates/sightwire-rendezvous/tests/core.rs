@@ -989,17 +989,26 @@ fn finding_3_consent_exchange_is_relayed_only_between_the_attempts_sessions() {
         h.send(&viewer, &consent_message(id, &[4; 64], false))
             .is_empty()
     );
-    // A retransmitted request gets the device's login message again, nothing else.
+    // A retransmitted request (something was lost) resends what was sent so far and
+    // nothing new: the introduction to the device, the device's login message to the
+    // viewer.
     let again = h.send(
         &viewer,
         &connect_message_with(device_id(1), false, 9, &[1; 32]),
     );
     assert!(
-        matches!(&again[..], [(s, Envelope { request_id: 9, body: Body::Consent(c) })] if *s == viewer.session && c.login[..] == [2; 65])
+        matches!(&to(&again, viewer.session)[..], [Envelope { request_id: 9, body: Body::Consent(c) }] if c.login[..] == [2; 65])
     );
+    assert_eq!(introduction_to(&again, 1), Some(id));
+    assert_eq!(again.len(), 2);
+    // The same login message again from either side is a retransmission: forwarded.
+    let repeated = h.send(&device_peer(1), &consent_message(id, &[2; 65], false));
+    assert_eq!(to(&repeated, viewer.session).len(), 1);
+    let repeated = h.send(&viewer, &consent_message(id, &[3; 64], false));
+    assert_eq!(repeated.len(), 1);
     assert_eq!(h.core.pending_connects(), 1);
     assert_eq!(h.core.stats().disclosures, 0);
-    assert_eq!(h.core.stats().logins_relayed, 2);
+    assert_eq!(h.core.stats().logins_relayed, 4);
     // Only the device's accept discloses.
     let accepted = h.send(&device_peer(1), &consent_message(id, &[], true));
     assert!(matches!(
@@ -1062,7 +1071,11 @@ fn finding_3_unreachable_ids_get_a_decoy_login_reply() {
 
 #[test]
 fn finding_4_one_identity_cannot_fill_the_pending_table() {
-    let mut h = Harness::new(generous());
+    // The default cap (64) is a viewer wall's worth; 8 keeps the test short.
+    let mut h = Harness::new(CoreConfig {
+        max_pending_per_identity: 8,
+        ..generous()
+    });
     let key = viewer_peer(1).remote_static;
     for n in 0..20u32 {
         // One key, many sessions from many sources.

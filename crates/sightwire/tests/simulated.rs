@@ -622,7 +622,7 @@ fn finding_1_strangers_cannot_take_viewer_slots() {
     let owner = world.add_viewer(place);
     world.run_for(Duration::from_secs(1));
     let mut max_connections = 0;
-    for _round in 0..5 {
+    for _round in 0..3 {
         for _ in 0..20 {
             world.watch_with(stranger, camera, "guess");
         }
@@ -636,7 +636,7 @@ fn finding_1_strangers_cannot_take_viewer_slots() {
     let took = world
         .run_until(CONNECT_LIMIT, |w| w.viewer(owner).watch(watch).frames > 0)
         .expect("the owner connects while the stranger keeps trying");
-    println!("owner streaming {took:?} after 100 stranger attempts");
+    println!("owner streaming {took:?} after 60 stranger attempts");
 }
 
 /// Finding 3: an unknown ID, an offline camera and a wrong password get the same

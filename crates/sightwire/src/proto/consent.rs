@@ -28,6 +28,9 @@ pub(crate) struct Consenting {
     pub(crate) viewer_key: PublicKey,
     /// The password login in progress, if any.
     login: Option<DeviceLogin>,
+    /// What this device last sent for the introduction (its login message, or empty for
+    /// a bare accept), resent when the rendezvous introduces again (something was lost).
+    last_sent: Bytes,
     pub(crate) accepted: bool,
     since: Instant,
 }
@@ -79,6 +82,24 @@ impl Endpoint {
         };
         let key = intro.viewer_key;
         let device_id = device.certificate.device_id();
+        // The same introduction again: something this device sent was lost. Send it
+        // again; nothing is decided twice (and no login guess is counted twice).
+        if let Some(entry) = device.consents.entries.get(&intro.connect_id) {
+            if entry.viewer_key == key {
+                let (last, accepted) = (entry.last_sent.clone(), entry.accepted);
+                self.send_consent(now, intro.connect_id, last, accepted);
+            }
+            return;
+        }
+        if self
+            .conns
+            .contains_key(&crate::events::PeerId(intro.connect_id.0))
+        {
+            return;
+        }
+        let Role::Device(device) = &mut self.role else {
+            return;
+        };
         if device.authorizer.is_trusted(&key) {
             tracing::info!(
                 connect = intro.connect_id.0,
@@ -90,6 +111,7 @@ impl Endpoint {
                 Consenting {
                     viewer_key: key,
                     login: None,
+                    last_sent: Bytes::new(),
                     accepted: true,
                     since: now,
                 },
@@ -118,17 +140,19 @@ impl Endpoint {
             Ok((login, reply)) => {
                 // The reply lets the viewer test one guess: it counts until confirmed.
                 device.throttle.record_failure(now, &key);
+                let reply = Bytes::from(reply);
                 device.consents.insert(
                     now,
                     intro.connect_id,
                     Consenting {
                         viewer_key: key,
                         login: Some(login),
+                        last_sent: reply.clone(),
                         accepted: false,
                         since: now,
                     },
                 );
-                self.send_consent(now, intro.connect_id, Bytes::from(reply), false);
+                self.send_consent(now, intro.connect_id, reply, false);
             }
             Err(error) => tracing::debug!(%error, "bad login opening"),
         }
@@ -143,6 +167,10 @@ impl Endpoint {
             return;
         };
         let Some(login) = entry.login.take() else {
+            if entry.accepted {
+                // The viewer's confirmation again: our accept was lost.
+                self.send_consent(now, consent.connect_id, Bytes::new(), true);
+            }
             return;
         };
         let key = entry.viewer_key;
@@ -151,6 +179,7 @@ impl Endpoint {
                 tracing::info!(connect = consent.connect_id.0, "password login succeeded");
                 device.throttle.record_success(now, &key);
                 entry.accepted = true;
+                entry.last_sent = Bytes::new();
                 self.send_consent(now, consent.connect_id, Bytes::new(), true);
             }
             Err(error) => {
@@ -170,10 +199,21 @@ impl Endpoint {
             return;
         };
         let Some(login) = watch.login.take() else {
+            // The device's login message again (the rendezvous resends it when our
+            // request is retransmitted): our confirmation may have been lost.
+            if let Some((id, reply)) = watch.login_reply.clone()
+                && id == consent.connect_id
+            {
+                self.send_consent(now, id, reply, false);
+            }
             return;
         };
         match login.finish(&consent.login) {
-            Ok(reply) => self.send_consent(now, consent.connect_id, Bytes::from(reply), false),
+            Ok(reply) => {
+                let reply = Bytes::from(reply);
+                watch.login_reply = Some((consent.connect_id, reply.clone()));
+                self.send_consent(now, consent.connect_id, reply, false);
+            }
             // A wrong password, or the rendezvous standing in for a device that is not
             // there: indistinguishable by design. The rendezvous's UNAVAILABLE follows.
             Err(error) => tracing::info!(%error, "login not confirmed by the device"),
@@ -220,6 +260,7 @@ mod tests {
             let entry = Consenting {
                 viewer_key: [n as u8; 32],
                 login: None,
+                last_sent: Bytes::new(),
                 accepted: true,
                 since: start + Duration::from_millis(n),
             };
@@ -240,6 +281,7 @@ mod tests {
         let entry = |since| Consenting {
             viewer_key: [1; 32],
             login: None,
+            last_sent: Bytes::new(),
             accepted: true,
             since,
         };

@@ -289,7 +289,15 @@ impl Endpoint {
             Body::Close(Close {
                 connect_id: None, ..
             }) => self.rendezvous_lost(now),
-            Body::Error(reply) => self.on_rendezvous_error(now, envelope.request_id, reply.code),
+            Body::Error(reply) => {
+                if let (Role::Viewer(_), ErrorCode::RateLimited | ErrorCode::Capacity) =
+                    (&self.role, reply.code)
+                    && self.viewer_request_throttled(now, envelope.request_id, reply.retry_after)
+                {
+                    return;
+                }
+                self.on_rendezvous_error(now, envelope.request_id, reply.code)
+            }
             _ => {}
         }
     }

@@ -97,6 +97,8 @@ pub(crate) struct Watch {
     /// the request).
     pub(crate) login: Option<ViewerLogin>,
     login_opening: Bytes,
+    /// Our confirmation of the device's login message (resent if that comes again).
+    pub(crate) login_reply: Option<(sightwire_signal::ConnectId, Bytes)>,
     pub(crate) timers: TimerTable<WatchTimer, 3>,
 }
 
@@ -161,6 +163,7 @@ impl Endpoint {
                 last_failure: None,
                 login: None,
                 login_opening: Bytes::new(),
+                login_reply: None,
                 timers,
             },
         );
@@ -313,6 +316,7 @@ impl Endpoint {
             let Some(watch) = self.watch_mut(id) else {
                 return;
             };
+            watch.login_reply = None;
             (watch.login, watch.login_opening) = match started {
                 Some((login, opening)) => (Some(login), opening),
                 None => (None, Bytes::new()),
@@ -433,6 +437,41 @@ impl Endpoint {
         };
         self.watch_attempt_refused(now, id, error);
         Some(id)
+    }
+
+    /// The rendezvous said "not now" (a rate limit or a full table) to a connect
+    /// request: ask again after the hinted delay (at least [`RECONNECT_BACKOFF`]) if the
+    /// watch's deadline allows. Returns whether it will.
+    pub(crate) fn viewer_request_throttled(
+        &mut self,
+        now: Instant,
+        request_id: u64,
+        retry_after: Duration,
+    ) -> bool {
+        let Some(id) = self.watch_of_request(request_id) else {
+            return false;
+        };
+        let Some(watch) = self.watch_mut(id) else {
+            return false;
+        };
+        let retry_at = now + retry_after.max(RECONNECT_BACKOFF);
+        let in_time = watch.connected
+            || watch
+                .timers
+                .get(WatchTimer::Deadline)
+                .is_some_and(|deadline| retry_at < deadline);
+        if !in_time {
+            return false;
+        }
+        tracing::info!(
+            watch = id.0,
+            ?retry_after,
+            "connect request throttled; retrying"
+        );
+        watch.request = None;
+        watch.timers.stop(WatchTimer::RequestRetry);
+        watch.timers.set(WatchTimer::Reconnect, retry_at);
+        true
     }
 
     /// A connect attempt was refused before a connection existed: a first connect
