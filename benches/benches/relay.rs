@@ -105,16 +105,24 @@ fn forwarding(c: &mut Criterion) {
     let (a, b) = (endpoint(), endpoint());
     let mut channel = 0;
     for (socket, role) in [(&a, GrantRole::Device), (&b, GrantRole::Viewer)] {
-        let token = key.seal(&GrantClaims {
-            allocation_id: [1; 16],
-            role,
-            expires_at: unix_now() + 3600,
-            device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-            device_key: [1; 32],
-            viewer_key: [2; 32],
-        });
+        let token = key.seal(
+            &GrantClaims {
+                allocation_id: [1; 16],
+                role,
+                expires_at: unix_now() + 3600,
+                device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+                device_key: [1; 32],
+                viewer_key: [2; 32],
+            },
+            [role as u8; 12],
+        );
         let mut bind = [0u8; BIND_LEN];
-        RelayPacket::Bind { token }.encode(&mut bind).unwrap();
+        RelayPacket::Bind {
+            token,
+            cookie: None,
+        }
+        .encode(&mut bind)
+        .unwrap();
         socket.send_to(&bind, relay).unwrap();
         let mut buf = [0u8; 64];
         let len = socket.recv(&mut buf).unwrap();

@@ -227,7 +227,7 @@ timers! {
 /// The device- or viewer-specific part.
 #[derive(Debug)]
 enum Role {
-    Device(DeviceRole),
+    Device(Box<DeviceRole>),
     Viewer(ViewerRole),
 }
 
@@ -281,7 +281,7 @@ impl Endpoint {
         settings: DeviceSettings,
         now: Instant,
     ) -> Result<Self, sightwire_media::ConfigError> {
-        let role = Role::Device(DeviceRole::new(settings));
+        let role = Role::Device(Box::new(DeviceRole::new(settings)));
         Self::new(config, role, now)
     }
 
