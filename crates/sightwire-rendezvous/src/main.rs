@@ -74,7 +74,8 @@ enum IssuerCommand {
         #[arg(long)]
         registry: PathBuf,
     },
-    /// Revoke the current certificate of a device ID.
+    /// Revoke the current certificate of a device ID, or (with `--through-serial`)
+    /// every certificate of it up to a serial, recorded or not.
     Revoke {
         /// The registry file.
         #[arg(long)]
@@ -82,6 +83,10 @@ enum IssuerCommand {
         /// The device ID.
         #[arg(long)]
         device_id: DeviceId,
+        /// Refuse every certificate of this ID with a serial at or below this one, even
+        /// one the registry never saw (a stolen key's certificate that was never used).
+        #[arg(long)]
+        through_serial: Option<u64>,
     },
 }
 
@@ -192,11 +197,21 @@ fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
         IssuerCommand::Revoke {
             registry,
             device_id,
+            through_serial,
         } => {
-            if !SqliteRegistry::open(&registry)?.revoke(*device_id.as_bytes())? {
-                bail!("no certificate recorded for {device_id}");
+            let mut registry = SqliteRegistry::open(&registry)?;
+            match through_serial {
+                Some(serial) => {
+                    registry.revoke_through(*device_id.as_bytes(), serial)?;
+                    eprintln!("revoked {device_id} through serial {serial}");
+                }
+                None => {
+                    if !registry.revoke(*device_id.as_bytes())? {
+                        bail!("no certificate recorded for {device_id} (use --through-serial)");
+                    }
+                    eprintln!("revoked {device_id}");
+                }
             }
-            eprintln!("revoked {device_id}");
         }
     }
     Ok(())

@@ -108,6 +108,25 @@ fn issuer_tool_issues_lists_and_revokes() {
         ])
         .0
     );
+    // An ID the registry never saw can still be revoked through a serial.
+    assert!(
+        run(&[
+            "issuer",
+            "revoke",
+            "--registry",
+            &registry,
+            "--device-id",
+            "02:00:00:00:00:01",
+            "--through-serial",
+            "7"
+        ])
+        .0
+    );
+    let floor = sightwire_rendezvous::SqliteRegistry::open(Path::new(&registry)).unwrap();
+    assert_eq!(
+        sightwire_rendezvous::Registry::revocation_floor(&floor, [2, 0, 0, 0, 0, 1]).unwrap(),
+        7
+    );
 }
 
 #[cfg(unix)]
