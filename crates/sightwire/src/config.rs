@@ -69,6 +69,9 @@ pub struct DeviceConfig {
     pub media: MediaConfig,
     /// Which paths to viewers may be used.
     pub path_policy: PathPolicy,
+    /// UDP socket buffer size to ask the kernel for, each way (it grants at most its
+    /// `net.core.rmem_max`/`wmem_max`; see [`crate::Device::socket_buffers`]).
+    pub socket_buffer_bytes: usize,
 }
 
 impl DeviceConfig {
@@ -84,9 +87,14 @@ impl DeviceConfig {
             max_viewers: DEFAULT_MAX_VIEWERS,
             media: default_media_config(),
             path_policy: PathPolicy::Any,
+            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
         }
     }
 }
+
+/// Default for [`DeviceConfig::socket_buffer_bytes`]: 4 MiB, a quarter of a second of
+/// a 100 Mbit/s burst (a keyframe to several viewers) instead of the kernel's ~200 KiB.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// Default for [`DeviceConfig::max_viewers`].
 pub const DEFAULT_MAX_VIEWERS: usize = 16;
@@ -114,6 +122,8 @@ pub struct ViewerConfig {
     pub media: MediaConfig,
     /// Which paths to the device may be used.
     pub path_policy: PathPolicy,
+    /// UDP socket buffer size to ask the kernel for, each way.
+    pub socket_buffer_bytes: usize,
 }
 
 impl ViewerConfig {
@@ -132,6 +142,7 @@ impl ViewerConfig {
             want_relay: true,
             media: default_media_config(),
             path_policy: PathPolicy::Any,
+            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
         }
     }
 }

@@ -23,22 +23,66 @@ pub const EVENT_QUEUE: usize = 4096;
 /// Queued application commands per endpoint.
 pub const COMMAND_QUEUE: usize = 256;
 
+/// The UDP socket buffer sizes the kernel granted (bytes; Linux reports twice what it
+/// reserves for payload, and caps requests at `net.core.rmem_max`/`wmem_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketBuffers {
+    /// Receive buffer (`SO_RCVBUF`).
+    pub receive: usize,
+    /// Send buffer (`SO_SNDBUF`).
+    pub send: usize,
+}
+
+/// Binds a non-blocking UDP socket with buffers of `buffer_bytes` each way (best effort:
+/// what the kernel granted is returned and logged).
+fn bind_socket(
+    bind: SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, SocketBuffers)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(error) = socket.set_recv_buffer_size(buffer_bytes) {
+        tracing::warn!(%error, buffer_bytes, "could not size the receive buffer");
+    }
+    if let Err(error) = socket.set_send_buffer_size(buffer_bytes) {
+        tracing::warn!(%error, buffer_bytes, "could not size the send buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.into())?;
+    let buffers = SocketBuffers {
+        receive: socket.recv_buffer_size()?,
+        send: socket.send_buffer_size()?,
+    };
+    if buffers.receive < buffer_bytes || buffers.send < buffer_bytes {
+        tracing::info!(
+            requested = buffer_bytes,
+            receive = buffers.receive,
+            send = buffers.send,
+            "the kernel granted smaller socket buffers (raise net.core.rmem_max/wmem_max)"
+        );
+    }
+    Ok((socket.into(), buffers))
+}
+
 /// The running driver task of one socket.
 #[derive(Debug)]
 struct Task {
     commands: mpsc::Sender<Command>,
     join: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
+    buffers: SocketBuffers,
 }
 
 impl Task {
     async fn bind(
         bind: SocketAddr,
+        buffer_bytes: usize,
         config: impl FnOnce(u16) -> EndpointConfig,
         make: impl FnOnce(EndpointConfig, Instant) -> Result<Endpoint, sightwire_media::ConfigError>,
         device_events: Option<mpsc::Sender<Event>>,
     ) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(bind).await?;
+        let (socket, buffers) = bind_socket(bind, buffer_bytes)?;
+        let socket = UdpSocket::from_std(socket)?;
         let local_addr = socket.local_addr()?;
         let config = config(local_addr.port());
         let rendezvous = config.rendezvous.address;
@@ -50,6 +94,7 @@ impl Task {
             commands,
             join: Some(tokio::spawn(driver.run())),
             local_addr,
+            buffers,
         })
     }
 
@@ -109,6 +154,7 @@ impl Device {
             max_viewers,
             media,
             path_policy,
+            socket_buffer_bytes,
         } = config;
         let settings = DeviceSettings {
             certificate: identity.certificate,
@@ -118,6 +164,7 @@ impl Device {
         };
         let task = Task::bind(
             bind,
+            socket_buffer_bytes,
             |port| endpoint_config(identity.keypair, rendezvous, media, path_policy, port),
             |config, now| Endpoint::device(config, settings, now),
             Some(event_tx),
@@ -129,6 +176,11 @@ impl Device {
     /// The local socket address.
     pub fn local_addr(&self) -> SocketAddr {
         self.task.local_addr
+    }
+
+    /// The socket buffer sizes the kernel granted.
+    pub fn socket_buffers(&self) -> SocketBuffers {
+        self.task.buffers
     }
 
     /// Sends a frame to every authorized viewer. It is fragmented once; the fragments
@@ -191,9 +243,11 @@ impl ViewerEndpoint {
             want_relay,
             media,
             path_policy,
+            socket_buffer_bytes,
         } = config;
         let task = Task::bind(
             bind,
+            socket_buffer_bytes,
             |port| endpoint_config(keypair, rendezvous, media, path_policy, port),
             |config, now| Endpoint::viewer(config, issuers, now),
             None,
@@ -209,6 +263,11 @@ impl ViewerEndpoint {
     /// The local socket address.
     pub fn local_addr(&self) -> SocketAddr {
         self.task.local_addr
+    }
+
+    /// The socket buffer sizes the kernel granted.
+    pub fn socket_buffers(&self) -> SocketBuffers {
+        self.task.buffers
     }
 
     /// Watches one camera: resolves once frames can flow, or with why not.

@@ -55,10 +55,10 @@ pub mod proto;
 
 pub use config::{
     Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LATENCY_BUDGET, DEFAULT_MAX_VIEWERS,
-    DeviceConfig, DeviceIdentity, PathPolicy, RendezvousServer, Target, ViewerConfig,
-    default_media_config,
+    DEFAULT_SOCKET_BUFFER_BYTES, DeviceConfig, DeviceIdentity, PathPolicy, RendezvousServer,
+    Target, ViewerConfig, default_media_config,
 };
-pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, Viewer, ViewerEndpoint};
+pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, SocketBuffers, Viewer, ViewerEndpoint};
 pub use error::ConnectError;
 pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, path_kind_name};
 pub use sightwire_media::{Codec, Frame, ReceivedFrame, StreamId};
