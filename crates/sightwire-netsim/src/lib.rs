@@ -62,6 +62,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod link;
 mod nat;
 mod rng;
 
@@ -70,12 +71,14 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+pub use link::Link;
 pub use nat::{
     FIRST_DYNAMIC_PORT, Filtering, LinuxInput, MAX_CONTACTED_PER_MAPPING, MAX_NAT_ENTRIES, Mapping,
     NatBehavior, NatConfig, NatDrop, PortAllocation,
 };
 pub use rng::SplitMix64;
 
+use link::LinkState;
 use nat::NatState;
 
 /// TTL of packets sent without an explicit one.
@@ -135,6 +138,15 @@ pub enum Attachment {
     Detached,
 }
 
+/// Which direction of an interface's [`Link`]s.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum LinkDirection {
+    /// Packets leaving the host, or leaving a NAT through its WAN side.
+    Up,
+    /// Packets reaching the host, or arriving at a NAT's WAN side.
+    Down,
+}
+
 /// A packet that reached a host.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Delivery {
@@ -173,12 +185,18 @@ pub struct SimStats {
     pub detached: u64,
     /// Dropped because [`MAX_IN_FLIGHT`] or [`MAX_UNPOLLED_DELIVERIES`] was reached.
     pub overflow: u64,
+    /// Tail-dropped at a full [`Link`] queue (or by a link of capacity 0).
+    pub queue_dropped: u64,
 }
 
 #[derive(Debug)]
 struct Host {
     attachment: Attachment,
     uplink_latency: Duration,
+    /// Every packet the host sends.
+    uplink: LinkState,
+    /// Every packet that reaches the host.
+    downlink: LinkState,
 }
 
 #[derive(Debug)]
@@ -189,6 +207,10 @@ struct Nat {
     uplink_latency: Duration,
     /// The NAT whose LAN this NAT's WAN side is on; `None` for one on the internet.
     outer: Option<NatId>,
+    /// Packets the NAT forwards out of its WAN side.
+    uplink: LinkState,
+    /// Packets arriving at its WAN side.
+    downlink: LinkState,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -213,6 +235,9 @@ struct Packet {
 struct InFlight {
     stop: Stop,
     packet: Packet,
+    /// The packet has already crossed the downlink of its stop (or does not cross it,
+    /// as a hairpinned packet does not cross its NAT's).
+    past_downlink: bool,
 }
 
 /// The simulator. See the crate docs.
@@ -270,6 +295,8 @@ impl Sim {
         self.hosts.push(Host {
             attachment: Attachment::Public(ip),
             uplink_latency: self.config.uplink_latency,
+            uplink: LinkState::default(),
+            downlink: LinkState::default(),
         });
         HostId(self.hosts.len() - 1)
     }
@@ -280,6 +307,8 @@ impl Sim {
             state: NatState::new(public_ip, config),
             uplink_latency: self.config.uplink_latency,
             outer: None,
+            uplink: LinkState::default(),
+            downlink: LinkState::default(),
         });
         NatId(self.nats.len() - 1)
     }
@@ -309,6 +338,8 @@ impl Sim {
             state: NatState::new(wan_private_ip, config),
             uplink_latency: self.config.uplink_latency,
             outer: Some(outer),
+            uplink: LinkState::default(),
+            downlink: LinkState::default(),
         });
         NatId(self.nats.len() - 1)
     }
@@ -324,6 +355,8 @@ impl Sim {
         self.hosts.push(Host {
             attachment: Attachment::BehindNat(nat, private_ip),
             uplink_latency: self.config.uplink_latency,
+            uplink: LinkState::default(),
+            downlink: LinkState::default(),
         });
         HostId(self.hosts.len() - 1)
     }
@@ -354,6 +387,64 @@ impl Sim {
         if let Some(n) = self.nats.get_mut(nat.0) {
             n.uplink_latency = latency;
         }
+    }
+
+    /// Sets the link of a host's own interface in the uplink direction: every packet the
+    /// host sends (to the internet for a public host, onto the LAN for one behind a
+    /// NAT) queues there first. Takes effect for packets sent from now on: call it
+    /// again to model a capacity drop or rise; packets already queued keep their timing.
+    pub fn set_host_uplink(&mut self, host: HostId, link: Link) {
+        if let Some(h) = self.hosts.get_mut(host.0) {
+            h.uplink.link = link;
+        }
+    }
+
+    /// Sets the link of a host's own interface in the downlink direction: every packet
+    /// that reaches the host queues there before it is delivered. Takes effect as
+    /// [`Sim::set_host_uplink`] does.
+    pub fn set_host_downlink(&mut self, host: HostId, link: Link) {
+        if let Some(h) = self.hosts.get_mut(host.0) {
+            h.downlink.link = link;
+        }
+    }
+
+    /// Sets the link of a NAT's WAN side in the uplink direction: every packet the NAT
+    /// forwards out of its WAN side (to the internet, or onto the outer LAN for a
+    /// nested NAT) queues there after translation, so the hosts behind it share it.
+    /// Hairpinned packets do not cross it. Takes effect as [`Sim::set_host_uplink`]
+    /// does.
+    pub fn set_nat_uplink(&mut self, nat: NatId, link: Link) {
+        if let Some(n) = self.nats.get_mut(nat.0) {
+            n.uplink.link = link;
+        }
+    }
+
+    /// Sets the link of a NAT's WAN side in the downlink direction: every packet that
+    /// arrives at the WAN side queues there before the NAT translates it (a shaper on
+    /// the ISP's side). Hairpinned packets do not cross it. Takes effect as
+    /// [`Sim::set_host_uplink`] does.
+    pub fn set_nat_downlink(&mut self, nat: NatId, link: Link) {
+        if let Some(n) = self.nats.get_mut(nat.0) {
+            n.downlink.link = link;
+        }
+    }
+
+    /// Bytes waiting in (or being serialized by) one of a host's links now; 0 for an
+    /// unknown host.
+    pub fn host_queued_bytes(&self, host: HostId, direction: LinkDirection) -> usize {
+        self.hosts.get(host.0).map_or(0, |h| match direction {
+            LinkDirection::Up => h.uplink.queued_bytes(self.now),
+            LinkDirection::Down => h.downlink.queued_bytes(self.now),
+        })
+    }
+
+    /// Bytes waiting in (or being serialized by) one of a NAT's WAN links now; 0 for
+    /// an unknown NAT.
+    pub fn nat_queued_bytes(&self, nat: NatId, direction: LinkDirection) -> usize {
+        self.nats.get(nat.0).map_or(0, |n| match direction {
+            LinkDirection::Up => n.uplink.queued_bytes(self.now),
+            LinkDirection::Down => n.downlink.queued_bytes(self.now),
+        })
     }
 
     /// Blocks (or unblocks) the internet route between two public addresses, in both
@@ -404,22 +495,31 @@ impl Sim {
             self.stats.detached += 1;
             return;
         };
-        let attachment = self.hosts.get(sender.0).map(|h| h.attachment);
+        let now = self.now;
+        let Some(host) = self.hosts.get_mut(sender.0) else {
+            self.stats.detached += 1;
+            return;
+        };
+        let attachment = host.attachment;
+        let latency = host.uplink_latency;
+        if attachment == Attachment::Detached {
+            self.stats.detached += 1;
+            return;
+        }
+        // The host's own interface first.
+        let Some(queued) = host.uplink.enqueue(now, packet.payload.len()) else {
+            self.stats.queue_dropped += 1;
+            return;
+        };
         match attachment {
-            Some(Attachment::Public(_)) => {
-                let latency = self
-                    .hosts
-                    .get(sender.0)
-                    .map_or(Duration::ZERO, |h| h.uplink_latency);
-                self.cross_internet(packet, latency);
-            }
-            Some(Attachment::BehindNat(nat, _)) => {
+            Attachment::Public(_) => self.cross_internet(packet, queued + latency),
+            Attachment::BehindNat(nat, _) => {
                 // Same LAN (another host, or a nested NAT's WAN side): straight there.
                 // Otherwise through the NAT.
                 let stop = self.lan_stop(nat, to.ip()).unwrap_or(Stop::NatInside(nat));
-                self.schedule(self.config.lan_latency, stop, packet);
+                self.schedule(queued + self.config.lan_latency, stop, packet);
             }
-            Some(Attachment::Detached) | None => self.stats.detached += 1,
+            Attachment::Detached => self.stats.detached += 1,
         }
     }
 
@@ -482,6 +582,17 @@ impl Sim {
     }
 
     fn schedule(&mut self, delay: Duration, stop: Stop, packet: Packet) {
+        self.schedule_flight(
+            delay,
+            InFlight {
+                stop,
+                packet,
+                past_downlink: false,
+            },
+        );
+    }
+
+    fn schedule_flight(&mut self, delay: Duration, flight: InFlight) {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             self.stats.overflow += 1;
             return;
@@ -489,7 +600,7 @@ impl Sim {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queue.push(Reverse((self.now + delay, seq)));
-        self.in_flight.insert(seq, InFlight { stop, packet });
+        self.in_flight.insert(seq, flight);
     }
 
     /// Sends a packet across the internet core from a site with `source_uplink`.
@@ -537,8 +648,47 @@ impl Sim {
         self.schedule(source_uplink + dest_uplink + jitter, stop, packet);
     }
 
+    /// Puts an arriving packet through the downlink of its stop (a host's interface or
+    /// a NAT's WAN side); returns it if it passes now, or `None` if it was dropped or
+    /// has to wait in the queue (then it arrives again, past the downlink, later).
+    fn through_downlink(&mut self, flight: InFlight) -> Option<InFlight> {
+        if flight.past_downlink {
+            return Some(flight);
+        }
+        let link = match flight.stop {
+            Stop::Host(host) => self.hosts.get_mut(host.0).map(|h| &mut h.downlink),
+            Stop::NatOutside(nat) => self.nats.get_mut(nat.0).map(|n| &mut n.downlink),
+            Stop::NatInside(_) => None,
+        };
+        let Some(link) = link else {
+            return Some(flight);
+        };
+        match link.enqueue(self.now, flight.packet.payload.len()) {
+            None => {
+                self.stats.queue_dropped += 1;
+                None
+            }
+            Some(Duration::ZERO) => Some(flight),
+            Some(wait) => {
+                self.schedule_flight(
+                    wait,
+                    InFlight {
+                        past_downlink: true,
+                        ..flight
+                    },
+                );
+                None
+            }
+        }
+    }
+
     fn arrive(&mut self, flight: InFlight) {
-        let InFlight { stop, mut packet } = flight;
+        let Some(flight) = self.through_downlink(flight) else {
+            return;
+        };
+        let InFlight {
+            stop, mut packet, ..
+        } = flight;
         match stop {
             Stop::Host(host) => {
                 let owns = match self.hosts.get(host.0).map(|h| h.attachment) {
@@ -600,10 +750,22 @@ impl Sim {
                         self.stats.nat_dropped += 1;
                         return;
                     }
-                    // Loop back in as if it came from outside.
-                    self.schedule(Duration::ZERO, Stop::NatOutside(nat_id), packet);
+                    // Loop back in as if it came from outside, without crossing the
+                    // WAN links.
+                    self.schedule_flight(
+                        Duration::ZERO,
+                        InFlight {
+                            stop: Stop::NatOutside(nat_id),
+                            packet,
+                            past_downlink: true,
+                        },
+                    );
                     return;
                 }
+                let Some(queued) = nat.uplink.enqueue(now, packet.payload.len()) else {
+                    self.stats.queue_dropped += 1;
+                    return;
+                };
                 match outer {
                     // A nested NAT's WAN side is on the outer LAN: to a neighbour there,
                     // or into the outer NAT.
@@ -611,9 +773,9 @@ impl Sim {
                         let stop = self
                             .lan_stop(outer, packet.to.ip())
                             .unwrap_or(Stop::NatInside(outer));
-                        self.schedule(self.config.lan_latency, stop, packet);
+                        self.schedule(queued + self.config.lan_latency, stop, packet);
                     }
-                    None => self.cross_internet(packet, uplink),
+                    None => self.cross_internet(packet, queued + uplink),
                 }
             }
             Stop::NatOutside(nat_id) => {

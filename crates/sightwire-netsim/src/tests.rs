@@ -868,3 +868,318 @@ fn hairpin_through_the_outer_nat_reaches_another_home() {
     assert!(run(&mut sim2, addr("192.168.1.2", 5000), seen_b).is_empty());
     assert_eq!(sim2.stats().nat_dropped, 1);
 }
+
+// ---- bottleneck links -------------------------------------------------------------
+
+const MBIT: u64 = 1_000_000;
+/// 10 ms on the wire at 1 Mbit/s.
+const PKT: usize = 1250;
+const MS: Duration = Duration::from_millis(1);
+
+/// Two public hosts; a packet between them takes 40 ms (two 20 ms uplinks) plus any
+/// queueing.
+fn public_pair() -> (Sim, Instant, HostId, HostId) {
+    let epoch = Instant::now();
+    let mut sim = Sim::new(epoch, SimConfig::default());
+    let a = sim.add_public_host(SERVER_A.parse().unwrap());
+    let b = sim.add_public_host(SERVER_B.parse().unwrap());
+    (sim, epoch, a, b)
+}
+
+/// Runs the network dry; returns arrival times (since `epoch`) of what arrived.
+fn drain_times(sim: &mut Sim, epoch: Instant) -> Vec<Duration> {
+    while let Some(t) = sim.next_event_time() {
+        sim.advance_to(t);
+    }
+    std::iter::from_fn(|| sim.poll_delivery())
+        .map(|d| d.at - epoch)
+        .collect()
+}
+
+fn burst(sim: &mut Sim, n: usize) {
+    for i in 0..n {
+        sim.send(
+            addr(SERVER_A, 1),
+            addr(SERVER_B, 1),
+            None,
+            vec![i as u8; PKT],
+        );
+    }
+}
+
+#[test]
+fn serialization_delay_of_one_packet_is_exact() {
+    let (mut sim, epoch, a, _) = public_pair();
+    sim.set_host_uplink(a, Link::new(MBIT, 100_000));
+    burst(&mut sim, 1);
+    assert_eq!(drain_times(&mut sim, epoch), [50 * MS], "10 ms + 40 ms");
+    // Rounded up to the nanosecond: 8 bits at 3 bit/s.
+    assert_eq!(
+        Link::new(3, 1).serialization(1),
+        Some(Duration::from_nanos(2_666_666_667))
+    );
+    assert_eq!(Link::unlimited().serialization(PKT), Some(Duration::ZERO));
+    assert_eq!(Link::new(0, PKT).serialization(PKT), None);
+    assert_eq!(Link::default(), Link::unlimited());
+}
+
+#[test]
+fn a_burst_leaves_spaced_by_serialization_time() {
+    let (mut sim, epoch, a, _) = public_pair();
+    sim.set_host_uplink(a, Link::new(MBIT, 100_000));
+    burst(&mut sim, 10);
+    assert_eq!(sim.host_queued_bytes(a, LinkDirection::Up), 10 * PKT);
+    sim.advance_to(epoch + 35 * MS);
+    // Three have left; the fourth is on the wire until 40 ms.
+    assert_eq!(sim.host_queued_bytes(a, LinkDirection::Up), 7 * PKT);
+    let expected: Vec<Duration> = (0..10).map(|i| (50 + 10 * i) * MS).collect();
+    assert_eq!(drain_times(&mut sim, epoch), expected);
+    assert_eq!(sim.host_queued_bytes(a, LinkDirection::Up), 0);
+}
+
+#[test]
+fn a_full_queue_drops_the_tail() {
+    let (mut sim, epoch, a, _) = public_pair();
+    sim.set_host_uplink(a, Link::new(MBIT, 5 * PKT));
+    burst(&mut sim, 12);
+    assert_eq!(sim.stats().queue_dropped, 7, "room for exactly five");
+    // At 10 ms the first has left: room for one more, not two.
+    sim.advance_to(epoch + 10 * MS);
+    burst(&mut sim, 2);
+    assert_eq!(sim.stats().queue_dropped, 8);
+    let expected: Vec<Duration> = (0..6).map(|i| (50 + 10 * i) * MS).collect();
+    assert_eq!(drain_times(&mut sim, epoch), expected);
+    let stats = sim.stats();
+    assert_eq!((stats.sent, stats.delivered, stats.lost), (14, 6, 0));
+    // A link of capacity 0 carries nothing.
+    sim.set_host_uplink(a, Link::new(0, 100_000));
+    burst(&mut sim, 3);
+    assert_eq!(sim.stats().queue_dropped, 11);
+}
+
+#[test]
+fn a_capacity_change_applies_to_later_packets() {
+    let (mut sim, epoch, a, _) = public_pair();
+    sim.set_host_uplink(a, Link::new(MBIT, 100_000));
+    burst(&mut sim, 3); // leave at 10, 20, 30 ms
+    sim.advance_to(epoch + 5 * MS);
+    sim.set_host_uplink(a, Link::new(2 * MBIT, 100_000));
+    burst(&mut sim, 2); // behind the backlog, 5 ms each: 35, 40 ms
+    sim.advance_to(epoch + 100 * MS);
+    sim.set_host_uplink(a, Link::new(MBIT / 2, 100_000));
+    burst(&mut sim, 2); // 20 ms each: 120, 140 ms
+    let expected: Vec<Duration> = [50, 60, 70, 75, 80, 160, 180]
+        .into_iter()
+        .map(|ms| ms * MS)
+        .collect();
+    assert_eq!(drain_times(&mut sim, epoch), expected);
+}
+
+/// Each sender sends `PKT`-byte packets to server A, one per its mean interval (µs) on
+/// average, until `until`, letting the simulator run in between; returns (arrival
+/// time, source port) of what arrived. A lone sender is strictly periodic; several get
+/// intervals uniform in half to one and a half times the mean, so that none keeps a
+/// fixed phase against the queue (with fixed phases, tail drop can lock one flow out).
+fn offered_load(
+    sim: &mut Sim,
+    epoch: Instant,
+    senders: &[(SocketAddr, u64)],
+    until: Duration,
+) -> Vec<(Duration, u16)> {
+    // Each sender's next send time.
+    let mut rng = SplitMix64::new(7);
+    let mut next: Vec<Duration> = senders.iter().map(|_| Duration::ZERO).collect();
+    let mut got = Vec::new();
+    loop {
+        let (i, &at) = next
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, t)| *t)
+            .expect("senders");
+        if at >= until {
+            break;
+        }
+        sim.advance_to(epoch + at);
+        got.extend(
+            std::iter::from_fn(|| sim.poll_delivery()).map(|d| (d.at - epoch, d.from.port())),
+        );
+        sim.send(senders[i].0, addr(SERVER_A, 1), None, vec![0; PKT]);
+        let mean = senders[i].1;
+        let jitter = if senders.len() > 1 {
+            rng.below(mean)
+        } else {
+            mean / 2
+        };
+        next[i] = at + Duration::from_micros(mean / 2 + jitter);
+    }
+    while let Some(t) = sim.next_event_time() {
+        sim.advance_to(t);
+    }
+    got.extend(std::iter::from_fn(|| sim.poll_delivery()).map(|d| (d.at - epoch, d.from.port())));
+    got
+}
+
+#[test]
+fn throughput_over_a_second_is_the_capacity() {
+    let epoch = Instant::now();
+    let mut sim = Sim::new(epoch, SimConfig::default());
+    sim.add_public_host(SERVER_A.parse().unwrap());
+    let sender = sim.add_public_host(SERVER_B.parse().unwrap());
+    // 4 Mbit/s shaped uplink, 8 Mbit/s offered.
+    sim.set_host_uplink(sender, Link::new(4 * MBIT, 40 * PKT));
+    let got = offered_load(
+        &mut sim,
+        epoch,
+        &[(addr(SERVER_B, 5000), 1250)],
+        Duration::from_secs(3),
+    );
+    let window = Duration::from_secs(1)..Duration::from_secs(2);
+    let bytes = got.iter().filter(|(at, _)| window.contains(at)).count() * PKT;
+    assert!(
+        bytes.abs_diff(500_000) <= PKT,
+        "{bytes} bytes in one second through 4 Mbit/s"
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.sent, stats.delivered + stats.queue_dropped);
+    assert!(stats.queue_dropped > 1000, "{stats:?}");
+}
+
+#[test]
+fn hosts_behind_one_nat_share_its_uplink() {
+    let epoch = Instant::now();
+    let mut sim = Sim::new(epoch, SimConfig::default());
+    sim.add_public_host(SERVER_A.parse().unwrap());
+    let nat = sim.add_nat(
+        NAT_IP.parse().unwrap(),
+        rfc(
+            Mapping::EndpointIndependent,
+            Filtering::AddressAndPortDependent,
+            PortAllocation::Preserve,
+        ),
+    );
+    sim.add_host_behind(nat, CLIENT_IP.parse().unwrap());
+    sim.add_host_behind(nat, "192.168.1.3".parse().unwrap());
+    sim.set_nat_uplink(nat, Link::new(MBIT, 10 * PKT));
+    // Each offers 1 Mbit/s (one packet per 10 ms on average): twice the capacity.
+    let got = offered_load(
+        &mut sim,
+        epoch,
+        &[
+            (addr(CLIENT_IP, 5000), 10_000),
+            (addr("192.168.1.3", 5001), 10_000),
+        ],
+        Duration::from_secs(10),
+    );
+    let first = got.iter().filter(|(_, port)| *port == 5000).count();
+    let second = got.iter().filter(|(_, port)| *port == 5001).count();
+    // 10 s at 100 packets/s, plus what was queued at the end.
+    assert!(
+        (1000..=1011).contains(&(first + second)),
+        "{first} + {second}"
+    );
+    for share in [first, second] {
+        assert!((400..=600).contains(&share), "{first} vs {second}");
+    }
+    assert!(sim.stats().queue_dropped > 800, "{:?}", sim.stats());
+}
+
+#[test]
+fn downlinks_queue_before_the_host_and_before_the_nat() {
+    // A host's downlink: two senders' packets leave it one after the other.
+    let (mut sim, epoch, a, b) = public_pair();
+    let c = sim.add_public_host("198.51.100.3".parse().unwrap());
+    sim.set_host_downlink(b, Link::new(MBIT, 100_000));
+    sim.send(addr(SERVER_A, 1), addr(SERVER_B, 1), None, vec![0; PKT]);
+    sim.send(
+        addr("198.51.100.3", 1),
+        addr(SERVER_B, 1),
+        None,
+        vec![0; PKT],
+    );
+    assert_eq!(drain_times(&mut sim, epoch), [50 * MS, 60 * MS]);
+    let _ = (a, c);
+
+    // A NAT's downlink: a server's answer waits there, then crosses the LAN.
+    let mut bed = Bed::new(rfc(
+        Mapping::EndpointIndependent,
+        Filtering::AddressAndPortDependent,
+        PortAllocation::Preserve,
+    ));
+    let public = bed.mapped(5000, addr(SERVER_A, 1));
+    bed.sim.set_nat_downlink(bed.nat, Link::new(MBIT, 100_000));
+    let start = bed.sim.now();
+    bed.sim.send(addr(SERVER_A, 1), public, None, vec![0; PKT]);
+    while let Some(t) = bed.sim.next_event_time() {
+        bed.sim.advance_to(t);
+    }
+    let got = bed.sim.poll_delivery().expect("delivered");
+    assert_eq!(got.at - start, 51 * MS, "40 ms + 10 ms queue + 1 ms LAN");
+}
+
+#[test]
+fn hairpinned_packets_skip_the_nat_links() {
+    let config = rfc(
+        Mapping::EndpointIndependent,
+        Filtering::EndpointIndependent,
+        PortAllocation::Preserve,
+    )
+    .with_hairpinning(true);
+    let mut bed = Bed::new(config);
+    let other = bed
+        .sim
+        .add_host_behind(bed.nat, "192.168.1.3".parse().unwrap());
+    let public = bed.mapped_from("192.168.1.3", 7000, addr(SERVER_A, 1));
+    // Links that carry nothing.
+    bed.sim.set_nat_uplink(bed.nat, Link::new(0, 0));
+    bed.sim.set_nat_downlink(bed.nat, Link::new(0, 0));
+    let got = bed.exchange(addr(CLIENT_IP, 5000), public, None);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].host, other);
+    assert!(
+        bed.exchange(addr(CLIENT_IP, 5000), addr(SERVER_A, 1), None)
+            .is_empty()
+    );
+    assert_eq!(bed.sim.stats().queue_dropped, 1);
+}
+
+fn run_shaped(seed: u64) -> (Vec<(Duration, u16)>, SimStats) {
+    let epoch = Instant::now();
+    let config = SimConfig {
+        seed,
+        jitter: Duration::from_millis(30),
+        loss_per_million: 100_000,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(epoch, config);
+    let server = sim.add_public_host(SERVER_A.parse().unwrap());
+    let nat = sim.add_nat(
+        NAT_IP.parse().unwrap(),
+        rfc(
+            Mapping::AddressAndPortDependent,
+            Filtering::AddressAndPortDependent,
+            PortAllocation::Random,
+        ),
+    );
+    sim.add_host_behind(nat, CLIENT_IP.parse().unwrap());
+    sim.set_nat_uplink(nat, Link::new(2 * MBIT, 20 * PKT));
+    sim.set_host_downlink(server, Link::new(MBIT, 10 * PKT));
+    let got = offered_load(
+        &mut sim,
+        epoch,
+        &[(addr(CLIENT_IP, 5000), 3000)],
+        Duration::from_secs(1),
+    );
+    (got, sim.stats())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8))]
+    #[test]
+    fn same_seed_same_run_through_bottlenecks(seed in proptest::prelude::any::<u64>()) {
+        let (a, stats_a) = run_shaped(seed);
+        let (b, stats_b) = run_shaped(seed);
+        proptest::prop_assert_eq!(&a, &b);
+        proptest::prop_assert_eq!(stats_a, stats_b);
+        proptest::prop_assert!(stats_a.queue_dropped > 0 && stats_a.lost > 0);
+    }
+}
