@@ -15,11 +15,37 @@
 //! NAT decrements the TTL. Hosts on the outer LAN reach the inner NAT's WAN address
 //! directly, as LAN traffic subject to the inner NAT's filtering.
 //!
+//! Bottlenecks are [`Link`]s: a capacity and a FIFO queue on a host's interface
+//! ([`Sim::set_host_uplink`], [`Sim::set_host_downlink`]) or a NAT's WAN side
+//! ([`Sim::set_nat_uplink`], [`Sim::set_nat_downlink`]), as a home uplink shaped to a few
+//! Mbit/s with `tbf` or `htb` behaves. See [Bottleneck links](#bottleneck-links).
+//!
 //! What it is not for: it does no I/O and reads no clock (the caller owns virtual time),
-//! models no congestion, fragmentation, ICMP or IPv6 NAT, and knows no protocols: a
+//! models no fragmentation, ICMP or IPv6 NAT, and knows no protocols: a
 //! rendezvous or relay is a public host whose packets the test handles itself.
 //!
 //! The same seed and the same calls give the same deliveries, bit for bit.
+//!
+//! # Bottleneck links
+//!
+//! Every link is unlimited until a setter gives it a [`Link`]. A packet entering a
+//! limited link waits for the bytes queued before it to drain at
+//! [`Link::capacity_bps`], takes its own serialization time (payload length × 8 /
+//! capacity, rounded up to the nanosecond), and then the path's latency; if the queue
+//! would hold more than [`Link::queue_bytes`] with it, it is dropped
+//! ([`SimStats::queue_dropped`]). A host's links carry everything it sends and
+//! receives; a NAT's carry what leaves and enters its WAN side, so the hosts behind it
+//! share them (hairpinned packets cross neither). Uplinks queue before the latency,
+//! downlinks after it (the shaper sits at the far end of the path). Calling a setter
+//! again changes the capacity for packets that enter afterwards: the ones already
+//! queued keep the departure time they were given.
+//!
+//! The model is one FIFO with tail drop per link and nothing more: no AQM (RED, CoDel,
+//! PIE), no ECN marking, no per-flow fairness (fq_codel, SFQ), no token-bucket burst
+//! allowance, no IP/UDP header bytes, and no cross traffic other than the packets a test
+//! sends. Flows sharing a link get what the FIFO gives them: with strictly periodic
+//! senders tail drop can lock one flow out (phase effects), so a fairness test should
+//! vary its senders' timing.
 //!
 //! # Driving sans-IO cores
 //!
