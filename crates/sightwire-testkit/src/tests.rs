@@ -387,3 +387,101 @@ fn test_rng_is_netsim_splitmix_and_stays_in_range() {
     assert_eq!(a, b);
     assert_ne!(a, [0; 13]);
 }
+
+/// Sends a `len`-byte datagram every `interval` until `count`, without listening.
+struct Blaster {
+    local: SocketAddr,
+    server: SocketAddr,
+    interval: Duration,
+    len: usize,
+    count: u32,
+    sent: u32,
+    next: Option<Instant>,
+    outbox: Vec<SimTransmit>,
+}
+
+impl Node for Blaster {
+    fn handle_datagram(&mut self, _: Instant, _: SocketAddr, _: SocketAddr, _: u8, _: &[u8]) {}
+    fn handle_timeout(&mut self, now: Instant) {
+        self.outbox.push(SimTransmit {
+            from: self.local,
+            to: self.server,
+            ttl: None,
+            payload: vec![0; self.len],
+        });
+        self.sent += 1;
+        self.next = (self.sent < self.count).then(|| now + self.interval);
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.next
+    }
+    fn poll_transmit(&mut self, _: Instant) -> Option<SimTransmit> {
+        self.outbox.pop()
+    }
+}
+
+/// What the bottleneck model means for a sender that ignores congestion: pushing twice
+/// a NAT uplink's capacity through its FIFO, about half arrives, at the capacity, and
+/// the rest is tail-dropped, and the queue stays full.
+#[test]
+fn a_sender_pushing_twice_the_capacity_loses_half() {
+    use sightwire_netsim::{Link, LinkDirection};
+
+    const PKT: usize = 1250; // 10 ms at 1 Mbit/s
+    let mut net = Network::new(SimConfig::default());
+    let server_host = net.sim_mut().add_public_host(addr(SERVER).ip());
+    let nat = net
+        .sim_mut()
+        .add_nat(NAT_IP.parse().unwrap(), port_restricted());
+    let client_host = net.sim_mut().add_host_behind(nat, addr(CLIENT).ip());
+    net.sim_mut()
+        .set_nat_uplink(nat, Link::new(1_000_000, 16 * PKT));
+    let server = net.add_node(
+        server_host,
+        Box::new(Echo {
+            silent: true,
+            ..Echo::default()
+        }),
+    );
+    let start = net.epoch();
+    net.add_node(
+        client_host,
+        Box::new(Blaster {
+            local: addr(CLIENT),
+            server: addr(SERVER),
+            interval: Duration::from_millis(5), // 2 Mbit/s
+            len: PKT,
+            count: 2000,
+            sent: 0,
+            next: Some(start),
+            outbox: Vec::new(),
+        }),
+    );
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(
+        net.sim().nat_queued_bytes(nat, LinkDirection::Up),
+        16 * PKT,
+        "a sender above capacity keeps the queue full"
+    );
+    net.run_for(Duration::from_secs(10));
+
+    let stats = net.sim().stats();
+    let received = &net.node::<Echo>(server).received;
+    assert_eq!(stats.sent, 2000);
+    assert_eq!(received.len() as u64, stats.delivered);
+    assert_eq!(stats.sent, stats.delivered + stats.queue_dropped);
+    // 10 s of sending at 100 packets/s through the link, plus the queue left at the end.
+    assert!(
+        (1000..=1017).contains(&stats.delivered),
+        "{} of 2000 delivered",
+        stats.delivered
+    );
+    // Once the queue is full, packets arrive at the capacity: 10 ms apart.
+    let late: Vec<Duration> = received
+        .windows(2)
+        .skip(100)
+        .take(100)
+        .map(|w| w[1].0 - w[0].0)
+        .collect();
+    assert!(late.iter().all(|&gap| gap == Duration::from_millis(10)));
+}
