@@ -206,7 +206,8 @@ impl MediaConnection {
     /// Lets the pacer raise its rate if the queue would not drain in time.
     fn on_queued(&mut self, now: Instant) {
         if let Some(pacer) = &mut self.pacer {
-            pacer.on_queued(now, self.sender.queued_bytes(), &self.config);
+            let window = crate::pacer::max_queue_time(&self.config, self.rtt.smoothed());
+            pacer.on_queued(now, self.sender.queued_bytes(), window);
         }
     }
 

@@ -89,7 +89,7 @@ pub use event::{Event, FrameLossReason, MAX_PENDING_EVENTS, ReceivedFrame};
 pub use frame::{Frame, PacketizeError, PacketizedFrame};
 pub use pacer::{
     DEFAULT_PACING_FACTOR_PERCENT, MAX_PACING_FACTOR_PERCENT, MIN_PACING_TARGET_BPS, PACER_BURST,
-    PACER_MIN_BURST_PACKETS, PACER_QUEUE_TIME_DIVISOR,
+    PACER_MIN_BURST_PACKETS, PACER_MIN_QUEUE_TIME_DIVISOR, PACER_RECOVERY_ROUNDS,
 };
 pub use sender::{RETRANSMIT_CREDIT_PER_BYTE, SendError};
 pub use stats::Stats;

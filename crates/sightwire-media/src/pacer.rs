@@ -23,13 +23,26 @@ pub const PACER_BURST: Duration = Duration::from_millis(5);
 /// …but at least this many largest packets.
 pub const PACER_MIN_BURST_PACKETS: u64 = 2;
 
-/// The pacer holds what it has queued at most `latency_budget / PACER_QUEUE_TIME_DIVISOR`
-/// (100 ms of the default 200 ms): when the queue holds more than the pacing rate drains
-/// in that time (an encoder above its target, a keyframe far larger than the frame
-/// budget), the rate rises to `8 × queued bytes / (latency_budget / 2)` until the queue is
-/// empty. A frame held past its deadline is worth nothing, and the rest of the budget is
-/// for the path and a retransmission round.
-pub const PACER_QUEUE_TIME_DIVISOR: u32 = 2;
+/// Recovery rounds (NACK, retransmission) the pacer leaves room for in the latency budget:
+/// it holds its queue at most `latency_budget - (rtt / 2 + PACER_RECOVERY_ROUNDS × (rtt +
+/// reorder_delay))`, and at least `latency_budget / PACER_MIN_QUEUE_TIME_DIVISOR`. When the
+/// queue holds more than the pacing rate drains in that time (an encoder above its target,
+/// a keyframe far larger than the frame budget), the rate rises to `8 × queued bytes /
+/// that time` until the queue is empty: a frame held past the point where its losses can
+/// still be repaired is worth less than one sent a little faster.
+pub const PACER_RECOVERY_ROUNDS: u32 = 3;
+/// See [`PACER_RECOVERY_ROUNDS`]: the queue time never shrinks below a quarter of the
+/// budget (at 50 ms RTT and the default 200 ms budget the rounds leave only 10 ms).
+pub const PACER_MIN_QUEUE_TIME_DIVISOR: u32 = 4;
+
+/// The longest the pacer may hold its queue at this RTT (see [`PACER_RECOVERY_ROUNDS`]).
+pub(crate) fn max_queue_time(config: &Config, rtt: Duration) -> Duration {
+    let recovery = rtt / 2 + (rtt + config.reorder_delay) * PACER_RECOVERY_ROUNDS;
+    config
+        .latency_budget
+        .saturating_sub(recovery)
+        .max(config.latency_budget / PACER_MIN_QUEUE_TIME_DIVISOR)
+}
 
 /// Nano-bits per byte: the bucket counts bits × 10⁹, so `rate` bits/s earn `rate`
 /// units per nanosecond and every computation is exact integer arithmetic.
@@ -93,12 +106,10 @@ impl Pacer {
     }
 
     /// After something was queued: raises the rate so `queued_bytes` leave within
-    /// `latency_budget / PACER_QUEUE_TIME_DIVISOR`. The raised rate holds until the queue
-    /// is empty ([`on_empty`](Self::on_empty)), so everything queued now leaves in time.
-    pub(crate) fn on_queued(&mut self, now: Instant, queued_bytes: u64, config: &Config) {
-        let window = (config.latency_budget / PACER_QUEUE_TIME_DIVISOR)
-            .as_nanos()
-            .max(1);
+    /// `max_queue_time` (see [`max_queue_time`]). The raised rate holds until the queue is
+    /// empty ([`on_empty`](Self::on_empty)), so everything queued now leaves in time.
+    pub(crate) fn on_queued(&mut self, now: Instant, queued_bytes: u64, max_queue_time: Duration) {
+        let window = max_queue_time.as_nanos().max(1);
         let needed = (u128::from(queued_bytes) * UNITS_PER_BYTE).div_ceil(window);
         let needed = u64::try_from(needed).unwrap_or(u64::MAX);
         if needed > self.drain_rate_bps {
@@ -213,16 +224,25 @@ mod tests {
     #[test]
     fn an_oversized_queue_raises_the_rate_until_empty() {
         let t0 = Instant::now();
-        let config = Config::default(); // 200 ms budget: drain within 100 ms
+        let config = Config::default();
+        // 200 ms budget at 20 ms RTT: 10 ms to the viewer and three rounds of 25 ms leave
+        // 115 ms.
+        let window = max_queue_time(&config, Duration::from_millis(20));
+        assert_eq!(window, Duration::from_millis(115));
+        // At 50 ms RTT only 10 ms would be left: a quarter of the budget instead.
+        assert_eq!(
+            max_queue_time(&config, Duration::from_millis(50)),
+            Duration::from_millis(50)
+        );
         let mut pacer = Pacer::new(t0, 2_000_000, &config);
         assert_eq!(pacer.rate_bps(), 5_000_000);
-        pacer.on_queued(t0, 62_500, &config);
-        assert_eq!(pacer.rate_bps(), 5_000_000, "62.5 kB drain in 100 ms");
-        pacer.on_queued(t0, 150_000, &config);
-        assert_eq!(pacer.rate_bps(), 12_000_000, "150 kB in 100 ms");
+        pacer.on_queued(t0, 71_875, window);
+        assert_eq!(pacer.rate_bps(), 5_000_000, "71.9 kB drain in 115 ms");
+        pacer.on_queued(t0, 143_750, window);
+        assert_eq!(pacer.rate_bps(), 10_000_000, "143.75 kB in 115 ms");
         assert_eq!(pacer.base_rate_bps(), 5_000_000);
-        pacer.on_queued(t0, 10_000, &config);
-        assert_eq!(pacer.rate_bps(), 12_000_000, "never lowered while queued");
+        pacer.on_queued(t0, 10_000, window);
+        assert_eq!(pacer.rate_bps(), 10_000_000, "never lowered while queued");
         pacer.on_empty(t0 + Duration::from_millis(100));
         assert_eq!(pacer.rate_bps(), 5_000_000);
     }
