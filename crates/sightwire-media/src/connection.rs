@@ -119,6 +119,8 @@ impl Transmit {
 /// payload and [`handle_timeout`](Self::handle_timeout) when
 /// [`poll_timeout`](Self::poll_timeout) is reached; after every call drain
 /// [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event).
+/// Fragments are paced (`spec/media.md` 4.5): `poll_transmit(now)` may return `None` while
+/// fragments wait, and `poll_timeout` then includes the time the next one may leave.
 #[derive(Debug)]
 pub struct MediaConnection {
     config: Config,
