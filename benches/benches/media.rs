@@ -37,8 +37,10 @@ struct Pipeline {
 impl Pipeline {
     fn new(lose_packets: bool, aead: bool) -> Pipeline {
         let start = Instant::now();
+        // Pacing off: this measures the CPU cost of framing, not the pacer's virtual time.
         let config = Config {
             max_transmit_queue: 16_384,
+            pacing_factor_percent: 0,
             ..Config::default()
         };
         let mut pipeline = Pipeline {
@@ -74,7 +76,7 @@ impl Pipeline {
 
     /// Moves every pending packet both ways; camera → viewer may lose packets.
     fn exchange(&mut self) {
-        while let Some(transmit) = self.camera.poll_transmit() {
+        while let Some(transmit) = self.camera.poll_transmit(self.now) {
             let len = transmit.write_to(&mut self.buf).unwrap();
             self.session(len);
             self.packets += 1;
@@ -83,7 +85,7 @@ impl Pipeline {
             }
             let _ = self.viewer.handle_input(self.now, &self.buf[..len]);
         }
-        while let Some(transmit) = self.viewer.poll_transmit() {
+        while let Some(transmit) = self.viewer.poll_transmit(self.now) {
             let len = transmit.write_to(&mut self.buf).unwrap();
             self.session(len);
             let _ = self.camera.handle_input(self.now, &self.buf[..len]);
@@ -146,10 +148,15 @@ fn packetize(keyframe: bool, data: Bytes, capture_time_us: u64) -> PacketizedFra
 
 /// The media packets of one frame, as the session would receive them to seal.
 fn packets_of(frame: &PacketizedFrame) -> Vec<Vec<u8>> {
-    let mut camera = MediaConnection::new(Config::default(), Instant::now()).unwrap();
-    camera.send_frame(Instant::now(), frame).unwrap();
+    let config = Config {
+        pacing_factor_percent: 0,
+        ..Config::default()
+    };
+    let now = Instant::now();
+    let mut camera = MediaConnection::new(config, now).unwrap();
+    camera.send_frame(now, frame).unwrap();
     let mut packets = Vec::new();
-    while let Some(transmit) = camera.poll_transmit() {
+    while let Some(transmit) = camera.poll_transmit(now) {
         if transmit.header().len() == sightwire_media::wire::FRAGMENT_HEADER_LEN {
             packets.push(transmit.to_bytes().to_vec());
         }

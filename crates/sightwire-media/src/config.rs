@@ -78,6 +78,14 @@ pub struct Config {
     pub min_bitrate_bps: u64,
     /// Upper bound of the target bitrate. Default 20 Mbit/s.
     pub max_bitrate_bps: u64,
+    /// Fragments leave at most at this percentage of the target bitrate (floored at
+    /// [`MIN_PACING_TARGET_BPS`](crate::MIN_PACING_TARGET_BPS), capped at
+    /// `max_bitrate_bps`), plus a small burst; see `spec/media.md`, "Pacing". `0` turns
+    /// pacing off (every fragment leaves at once; for drivers that pace elsewhere).
+    /// At most [`MAX_PACING_FACTOR_PERCENT`](crate::MAX_PACING_FACTOR_PERCENT).
+    /// Default [`DEFAULT_PACING_FACTOR_PERCENT`](crate::DEFAULT_PACING_FACTOR_PERCENT)
+    /// (2.5 ×).
+    pub pacing_factor_percent: u32,
 }
 
 impl Default for Config {
@@ -102,6 +110,7 @@ impl Default for Config {
             initial_bitrate_bps: 2_000_000,
             min_bitrate_bps: 100_000,
             max_bitrate_bps: 20_000_000,
+            pacing_factor_percent: crate::pacer::DEFAULT_PACING_FACTOR_PERCENT,
         }
     }
 }
@@ -125,6 +134,10 @@ pub enum ConfigError {
     /// A timer that must be positive is zero.
     #[error("{0} must be positive")]
     ZeroDuration(&'static str),
+    /// `pacing_factor_percent` above
+    /// [`MAX_PACING_FACTOR_PERCENT`](crate::MAX_PACING_FACTOR_PERCENT).
+    #[error("pacing_factor_percent {0} above the limit")]
+    PacingFactor(u32),
     /// A timer is longer than [`MAX_TIMER`].
     #[error("{0} exceeds the 60 s timer limit")]
     DurationTooLong(&'static str),
@@ -180,6 +193,9 @@ impl Config {
             && self.initial_bitrate_bps <= self.max_bitrate_bps)
         {
             return Err(ConfigError::Bitrates);
+        }
+        if self.pacing_factor_percent > crate::pacer::MAX_PACING_FACTOR_PERCENT {
+            return Err(ConfigError::PacingFactor(self.pacing_factor_percent));
         }
         Ok(())
     }

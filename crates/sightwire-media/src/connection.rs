@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::{ControlOut, ControlReceiver, ControlSender};
 use crate::event::{Event, EventQueue};
 use crate::frame::{Frame, PacketizeError, PacketizedFrame};
+use crate::pacer::Pacer;
 use crate::receiver::{ReceiveContext, Receiver};
 use crate::sender::{SendError, Sender};
 use crate::stats::{BitrateController, RttEstimator, Stats};
@@ -118,6 +119,8 @@ impl Transmit {
 /// payload and [`handle_timeout`](Self::handle_timeout) when
 /// [`poll_timeout`](Self::poll_timeout) is reached; after every call drain
 /// [`poll_transmit`](Self::poll_transmit) and [`poll_event`](Self::poll_event).
+/// Fragments are paced (`spec/media.md` 4.5): `poll_transmit(now)` may return `None` while
+/// fragments wait, and `poll_timeout` then includes the time the next one may leave.
 #[derive(Debug)]
 pub struct MediaConnection {
     config: Config,
@@ -133,6 +136,8 @@ pub struct MediaConnection {
     control_receiver: ControlReceiver,
     nack_seq: u16,
     bitrate: BitrateController,
+    /// `None` when `pacing_factor_percent` is 0.
+    pacer: Option<Pacer>,
     last_bitrate_event: u64,
     next_report_at: Instant,
     interval_start: Instant,
@@ -165,6 +170,8 @@ impl MediaConnection {
             control_receiver: ControlReceiver::default(),
             nack_seq: 0,
             last_bitrate_event: bitrate.target_bps(),
+            pacer: (config.pacing_factor_percent > 0)
+                .then(|| Pacer::new(now, bitrate.target_bps(), &config)),
             bitrate,
             next_report_at: now,
             interval_start: now,
@@ -191,8 +198,19 @@ impl MediaConnection {
     /// Queues every fragment of `frame` and keeps it for retransmission; returns the
     /// frame's sequence number on its stream.
     pub fn send_frame(&mut self, now: Instant, frame: &PacketizedFrame) -> Result<u32, SendError> {
-        self.sender
-            .send_frame(now, frame, &self.config, &mut self.stats)
+        let seq = self
+            .sender
+            .send_frame(now, frame, &self.config, &mut self.stats)?;
+        self.on_queued(now);
+        Ok(seq)
+    }
+
+    /// Lets the pacer raise its rate if the queue would not drain in time.
+    fn on_queued(&mut self, now: Instant) {
+        if let Some(pacer) = &mut self.pacer {
+            let window = crate::pacer::max_queue_time(&self.config, self.rtt.smoothed());
+            pacer.on_queued(now, self.sender.queued_bytes(), window);
+        }
     }
 
     /// Queues a reliable, ordered control message.
@@ -277,6 +295,7 @@ impl MediaConnection {
                     &self.config,
                     &mut self.stats,
                 );
+                self.on_queued(now);
             }
             Packet::KeyframeRequest { stream } => {
                 self.stats.keyframe_requests_received += 1;
@@ -332,6 +351,7 @@ impl MediaConnection {
             self.stats.send_loss = loss;
             self.bitrate.on_report(loss, interval);
             let target = self.bitrate.target_bps();
+            self.set_pacing_target(now, target);
             let change = target.abs_diff(self.last_bitrate_event) as f64;
             if self.stats.frames_sent > 0
                 && change >= self.last_bitrate_event as f64 * BITRATE_EVENT_THRESHOLD
@@ -347,6 +367,21 @@ impl MediaConnection {
             // trip instead of one report interval.
             self.next_report_at = now;
         }
+    }
+
+    /// Feeds the pacer a target bitrate. The loss-based controller calls this after every
+    /// applied report; a delay-based estimator would call it with its own target.
+    fn set_pacing_target(&mut self, now: Instant, target_bps: u64) {
+        if let Some(pacer) = &mut self.pacer {
+            pacer.set_target(now, target_bps, &self.config);
+        }
+    }
+
+    /// When the pacer lets the next queued fragment leave; `None` with nothing queued or
+    /// pacing off (then fragments leave at once).
+    fn pacer_deadline(&self) -> Option<Instant> {
+        let (len, _) = self.sender.peek_next()?;
+        Some(self.pacer.as_ref()?.next_send(len))
     }
 
     fn send_report(&mut self, now: Instant) {
@@ -411,9 +446,12 @@ impl MediaConnection {
         self.sender.prune_history(now, &self.config);
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, or (the
+    /// pacer's next send time) when [`poll_transmit`](Self::poll_transmit) has a paced
+    /// fragment to give. A driver simply calls both at that time.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
+            self.pacer_deadline(),
             self.receiver
                 .next_timeout(&self.config, self.rtt.smoothed()),
             self.control_sender.next_timeout(),
@@ -424,9 +462,11 @@ impl MediaConnection {
         .min()
     }
 
-    /// The next packet to send, highest priority first: control acks, keyframe requests,
-    /// NACKs, reports and control messages, then retransmissions, then new fragments.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// The next packet to send at `now`, highest priority first: control acks, keyframe
+    /// requests, NACKs, reports and control messages (never paced), then fragments as the
+    /// pacer allows: audio, then retransmissions, then other new fragments. `None` means
+    /// nothing may leave now; [`poll_timeout`](Self::poll_timeout) says when to ask again.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         if let Some((cumulative, selective)) = self.control_receiver.take_ack() {
             let mut packet = BytesMut::new();
             wire::encode_control_ack(cumulative, selective, &mut packet);
@@ -444,10 +484,18 @@ impl MediaConnection {
         if let Some(packet) = self.small_out.pop_front() {
             return Some(Transmit::small(packet));
         }
-        let (mut fragment, retransmission) = match self.sender.pop_retransmission() {
-            Some(fragment) => (fragment, true),
-            None => (self.sender.queue.pop_front()?, false),
-        };
+        let (len, _) = self.sender.peek_next()?;
+        if let Some(pacer) = &mut self.pacer
+            && !pacer.try_send(now, len)
+        {
+            return None;
+        }
+        let (mut fragment, retransmission) = self.sender.pop_next()?;
+        if let Some(pacer) = &mut self.pacer
+            && self.sender.queued_packets() == 0
+        {
+            pacer.on_empty(now);
+        }
         fragment.header.packet_seq = self.sender.take_packet_seq();
         if retransmission {
             self.stats.fragments_retransmitted += 1;
@@ -480,6 +528,8 @@ impl MediaConnection {
             u64::try_from(self.receiver.counters.jitter_us.max(0)).unwrap_or(u64::MAX),
         );
         stats.target_bitrate_bps = self.bitrate.target_bps();
+        stats.pacing_rate_bps = self.pacer.as_ref().map_or(0, Pacer::base_rate_bps);
+        stats.pacing_burst_bytes = self.pacer.as_ref().map_or(0, Pacer::burst_bytes);
         stats
     }
 
@@ -495,7 +545,7 @@ impl MediaConnection {
             receive_frames_in_flight: self.receiver.frames_in_flight(),
             history_bytes: self.sender.history_bytes(),
             history_frames: self.sender.history_frames(),
-            transmit_queue_packets: self.sender.queue.len() + self.sender.retransmit_queue.len(),
+            transmit_queue_packets: self.sender.queued_packets(),
             pending_events: self.events.len(),
             control_queued: self.control_sender.queued_len(),
             control_out_of_order: self.control_receiver.buffered(),

@@ -36,20 +36,25 @@
 //! })?;
 //! camera.send_frame(start, &frame)?;
 //!
-//! // The "network": hand every packet straight to the other side.
-//! let now = start + Duration::from_millis(20);
+//! // The "network": hand every packet straight to the other side. Fragments leave as
+//! // the pacer allows (2.5 × the 2 Mbit/s target): sleep until `poll_timeout` between.
+//! let mut now = start;
 //! let mut buf = [0u8; 1500];
-//! while let Some(transmit) = camera.poll_transmit() {
-//!     let len = transmit.write_to(&mut buf).expect("packet fits");
-//!     // (a real driver encrypts `buf[..len]` with the session here)
-//!     viewer.handle_input(now, &buf[..len])?;
-//! }
-//! viewer.handle_timeout(now);
 //! let mut delivered = None;
-//! while let Some(event) = viewer.poll_event() {
-//!     if let Event::Frame(received) = event {
-//!         delivered = Some(received);
+//! while delivered.is_none() && now < start + Duration::from_secs(1) {
+//!     camera.handle_timeout(now);
+//!     while let Some(transmit) = camera.poll_transmit(now) {
+//!         let len = transmit.write_to(&mut buf).expect("packet fits");
+//!         // (a real driver encrypts `buf[..len]` with the session here)
+//!         viewer.handle_input(now, &buf[..len])?;
 //!     }
+//!     viewer.handle_timeout(now);
+//!     while let Some(event) = viewer.poll_event() {
+//!         if let Event::Frame(received) = event {
+//!             delivered = Some(received);
+//!         }
+//!     }
+//!     now = camera.poll_timeout().map_or(now, |at| at.max(now + Duration::from_micros(1)));
 //! }
 //! let received = delivered.expect("frame delivered");
 //! assert_eq!(received.frame.data, frame.frame().data);
@@ -64,6 +69,7 @@ mod connection;
 mod control;
 mod event;
 mod frame;
+mod pacer;
 mod receiver;
 mod sender;
 mod stats;
@@ -81,6 +87,10 @@ pub use connection::{
 pub use control::{CONTROL_MAX_RTO, CONTROL_WINDOW};
 pub use event::{Event, FrameLossReason, MAX_PENDING_EVENTS, ReceivedFrame};
 pub use frame::{Frame, PacketizeError, PacketizedFrame};
+pub use pacer::{
+    DEFAULT_PACING_FACTOR_PERCENT, MAX_PACING_FACTOR_PERCENT, MIN_PACING_TARGET_BPS, PACER_BURST,
+    PACER_MIN_BURST_PACKETS, PACER_MIN_QUEUE_TIME_DIVISOR, PACER_RECOVERY_ROUNDS,
+};
 pub use sender::{RETRANSMIT_CREDIT_PER_BYTE, SendError};
 pub use stats::Stats;
 pub use stream::{Codec, MAX_STREAMS, StreamId};
@@ -119,7 +129,7 @@ pub mod fuzzing {
             if connection.poll_timeout().is_some_and(|at| at <= now) {
                 connection.handle_timeout(now);
             }
-            while connection.poll_transmit().is_some() {}
+            while connection.poll_transmit(now).is_some() {}
             while connection.poll_event().is_some() {}
             let memory = connection.memory();
             assert!(memory.receive_buffered_bytes <= config.max_buffered_bytes);
@@ -132,7 +142,7 @@ pub mod fuzzing {
             };
             now = now.max(at);
             connection.handle_timeout(now);
-            while connection.poll_transmit().is_some() {}
+            while connection.poll_transmit(now).is_some() {}
             while connection.poll_event().is_some() {}
             assert!(connection.poll_timeout().is_none_or(|next| next > now));
         }

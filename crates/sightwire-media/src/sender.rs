@@ -49,6 +49,13 @@ pub(crate) struct QueuedFragment {
     pub(crate) payload: Bytes,
 }
 
+impl QueuedFragment {
+    /// Length of the packet it becomes.
+    fn packet_len(&self) -> u64 {
+        (FRAGMENT_HEADER_LEN + self.payload.len()) as u64
+    }
+}
+
 /// Why `send_frame` refused a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -88,8 +95,14 @@ pub(crate) struct Sender {
     next_packet_seq: u32,
     history: VecDeque<SentFrame>,
     history_bytes: usize,
+    /// First transmissions of other streams than audio, in order.
     pub(crate) queue: VecDeque<QueuedFragment>,
+    /// First transmissions of [`StreamId::AUDIO`]: they leave ahead of everything else
+    /// the pacer holds (small, and the most latency-sensitive).
+    pub(crate) audio_queue: VecDeque<QueuedFragment>,
     pub(crate) retransmit_queue: VecDeque<QueuedFragment>,
+    /// Packet bytes (header included) in the three queues.
+    queued_bytes: u64,
     recent_nacks: VecDeque<u16>,
     /// Fragment bytes sent (header included) in the current report interval.
     pub(crate) interval_bytes_sent: u64,
@@ -111,7 +124,9 @@ impl Sender {
             history: VecDeque::new(),
             history_bytes: 0,
             queue: VecDeque::new(),
+            audio_queue: VecDeque::new(),
             retransmit_queue: VecDeque::new(),
+            queued_bytes: 0,
             recent_nacks: VecDeque::new(),
             interval_bytes_sent: 0,
             retransmit_credit: 0,
@@ -129,11 +144,37 @@ impl Sender {
             .min(cap);
     }
 
-    /// Takes the next retransmission off the queue.
-    pub(crate) fn pop_retransmission(&mut self) -> Option<QueuedFragment> {
-        let fragment = self.retransmit_queue.pop_front()?;
-        self.retransmit_sent += 1;
-        Some(fragment)
+    /// The next fragment to leave, in pacer priority order: audio first transmissions,
+    /// then retransmissions (any stream), then other first transmissions. Returns its
+    /// packet length and whether it is a retransmission.
+    pub(crate) fn peek_next(&self) -> Option<(usize, bool)> {
+        let (fragment, retransmission) = if let Some(f) = self.audio_queue.front() {
+            (f, false)
+        } else if let Some(f) = self.retransmit_queue.front() {
+            (f, true)
+        } else {
+            (self.queue.front()?, false)
+        };
+        Some((FRAGMENT_HEADER_LEN + fragment.payload.len(), retransmission))
+    }
+
+    /// Takes the fragment [`peek_next`](Self::peek_next) names off its queue.
+    pub(crate) fn pop_next(&mut self) -> Option<(QueuedFragment, bool)> {
+        let (fragment, retransmission) = if let Some(f) = self.audio_queue.pop_front() {
+            (f, false)
+        } else if let Some(f) = self.retransmit_queue.pop_front() {
+            self.retransmit_sent += 1;
+            (f, true)
+        } else {
+            (self.queue.pop_front()?, false)
+        };
+        self.queued_bytes = self.queued_bytes.saturating_sub(fragment.packet_len());
+        Some((fragment, retransmission))
+    }
+
+    /// Packet bytes waiting in the queues.
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
     }
 
     pub(crate) fn history_bytes(&self) -> usize {
@@ -144,8 +185,9 @@ impl Sender {
         self.history.len()
     }
 
-    fn queued_packets(&self) -> usize {
-        self.queue.len() + self.retransmit_queue.len()
+    /// Packets held by the pacer (all three queues); at most `max_transmit_queue`.
+    pub(crate) fn queued_packets(&self) -> usize {
+        self.queue.len() + self.audio_queue.len() + self.retransmit_queue.len()
     }
 
     pub(crate) fn send_frame(
@@ -184,10 +226,17 @@ impl Sender {
         *next = next.wrapping_add(1);
 
         let mut header = header_for(frame, frame_seq);
+        let queue = if stream == StreamId::AUDIO {
+            &mut self.audio_queue
+        } else {
+            &mut self.queue
+        };
         for index in 0..frame.fragment_count() {
             if let Some(payload) = frame.fragment(index) {
                 header.fragment_index = index;
-                self.queue.push_back(QueuedFragment { header, payload });
+                let fragment = QueuedFragment { header, payload };
+                self.queued_bytes += fragment.packet_len();
+                queue.push_back(fragment);
             }
         }
         self.history.push_back(SentFrame {
@@ -306,7 +355,9 @@ impl Sender {
                 header.fragment_index = index;
                 let cost = (FRAGMENT_HEADER_LEN + payload.len()) as u64;
                 for _ in 0..copies {
-                    if self.queue.len() + self.retransmit_queue.len() >= config.max_transmit_queue {
+                    let queued =
+                        self.queue.len() + self.audio_queue.len() + self.retransmit_queue.len();
+                    if queued >= config.max_transmit_queue {
                         stats.retransmissions_skipped += 1;
                         break;
                     }
@@ -315,6 +366,7 @@ impl Sender {
                         break;
                     }
                     self.retransmit_credit -= cost;
+                    self.queued_bytes += cost;
                     self.retransmit_queue.push_back(QueuedFragment {
                         header,
                         payload: payload.clone(),

@@ -112,6 +112,12 @@ pub struct Stats {
     pub receive_bitrate_bps: u64,
     /// Target bitrate the encoder should follow (loss-based estimate).
     pub target_bitrate_bps: u64,
+    /// Rate the pacer lets fragments leave at, `pacing_factor × target` (bits/s; 0 with
+    /// pacing off). It goes faster only to drain a queue that would otherwise wait past
+    /// the time losses can still be repaired in (`spec/media.md`, 4.5 "Pacing").
+    pub pacing_rate_bps: u64,
+    /// Burst the pacer allows after idling (bytes; 0 with pacing off).
+    pub pacing_burst_bytes: u64,
     /// Frames accepted by `send_frame`.
     pub frames_sent: u64,
     /// Fragment packets sent (first transmissions).

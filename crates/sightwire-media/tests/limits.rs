@@ -67,7 +67,7 @@ fn default_packet_size_fits_ipv6_minimum_mtu_after_session_overhead() {
     assert_eq!(budget, 1203);
     assert!(sightwire_media::DEFAULT_MAX_PACKET_SIZE <= budget);
     let start = Instant::now();
-    let (mut camera, _) = pair(Config::default(), start);
+    let (mut camera, _) = pair(common::unpaced(), start);
     let packets = send(&mut camera, start, video(true, 150_000, 1));
     assert!(packets.iter().all(|packet| packet.len() <= 1200));
     assert_eq!(
@@ -82,36 +82,36 @@ fn config_out_of_range_is_rejected() {
     for config in [
         Config {
             max_packet_size: 1000,
-            ..Config::default()
+            ..common::unpaced()
         },
         Config {
             max_packet_size: 9001,
-            ..Config::default()
+            ..common::unpaced()
         },
         Config {
             max_frames_in_flight: 0,
-            ..Config::default()
+            ..common::unpaced()
         },
         Config {
             max_frame_size: 17 * 1024 * 1024,
-            ..Config::default()
+            ..common::unpaced()
         },
         Config {
             latency_budget: Duration::ZERO,
-            ..Config::default()
+            ..common::unpaced()
         },
         Config {
             latency_budget: Duration::from_secs(61),
-            ..Config::default()
+            ..common::unpaced()
         },
         Config {
             nack_interval: Duration::ZERO,
-            ..Config::default()
+            ..common::unpaced()
         },
         Config {
             min_bitrate_bps: 10,
             initial_bitrate_bps: 5,
-            ..Config::default()
+            ..common::unpaced()
         },
     ] {
         assert!(MediaConnection::new(config, start).is_err());
@@ -123,9 +123,9 @@ fn max_frame_size_rejects_larger_frames_on_both_sides() {
     let start = Instant::now();
     let small = Config {
         max_frame_size: 10_000,
-        ..Config::default()
+        ..common::unpaced()
     };
-    let (mut sender, _) = pair(Config::default(), start);
+    let (mut sender, _) = pair(common::unpaced(), start);
     let (mut limited, mut receiver) = pair(small, start);
     assert!(matches!(
         limited.send_frame(start, &limited.packetize(video(true, 10_001, 0)).unwrap()),
@@ -167,7 +167,7 @@ fn max_frames_in_flight_evicts_the_oldest_incomplete_frames() {
     let start = Instant::now();
     let config = Config {
         max_frames_in_flight: 4,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, mut receiver) = pair(config, start);
     // Ten frames, each missing its last fragment.
@@ -201,7 +201,7 @@ fn max_buffered_bytes_bounds_reassembly_memory() {
     let start = Instant::now();
     let config = Config {
         max_buffered_bytes: 100_000,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, mut receiver) = pair(config, start);
     for index in 0..5u8 {
@@ -218,7 +218,7 @@ fn max_buffered_bytes_bounds_reassembly_memory() {
     // A single frame larger than the whole budget is refused outright.
     let config = Config {
         max_buffered_bytes: 30_000,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (_, mut tight) = pair(config, start);
     for packet in send(&mut sender, start, video(true, 40_000, 9)) {
@@ -234,7 +234,7 @@ fn history_limits_bound_the_sender_and_stale_nacks_are_skipped() {
     let config = Config {
         max_history_bytes: 50_000,
         max_history_frames: 3,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, _) = pair(config, start);
     for index in 0..6u8 {
@@ -267,7 +267,7 @@ fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
     let (mut sender, _) = pair(
         Config {
             latency_budget: Duration::from_millis(500),
-            ..Config::default()
+            ..common::unpaced()
         },
         start,
     );
@@ -320,7 +320,7 @@ fn max_transmit_queue_refuses_frames_the_driver_has_not_drained() {
     let start = Instant::now();
     let config = Config {
         max_transmit_queue: 300,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, _) = pair(config, start);
     let keyframe = sender.packetize(video(true, 150_000, 0)).unwrap();
@@ -345,10 +345,10 @@ fn packetized_for_larger_packets_is_refused() {
     let start = Instant::now();
     let big = Config {
         max_packet_size: 9000,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (jumbo, _) = pair(big, start);
-    let (mut normal, _) = pair(Config::default(), start);
+    let (mut normal, _) = pair(common::unpaced(), start);
     let frame = jumbo.packetize(video(true, 50_000, 0)).unwrap();
     assert!(matches!(
         normal.send_frame(start, &frame),
@@ -361,7 +361,7 @@ fn control_queue_window_and_message_size_limits() {
     let start = Instant::now();
     let config = Config {
         max_control_queue: 40,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut a, mut b) = pair(config, start);
     assert!(matches!(
@@ -413,7 +413,7 @@ fn control_queue_window_and_message_size_limits() {
 #[test]
 fn control_retransmits_until_acknowledged() {
     let start = Instant::now();
-    let (mut a, mut b) = pair(Config::default(), start);
+    let (mut a, mut b) = pair(common::unpaced(), start);
     a.send_control(start, Bytes::from_static(b"ptz left"))
         .unwrap();
     drain_packets(&mut a); // lost
@@ -448,7 +448,7 @@ fn pending_events_are_bounded() {
     let (mut sender, mut receiver) = pair(
         Config {
             max_transmit_queue: 4096,
-            ..Config::default()
+            ..common::unpaced()
         },
         start,
     );
@@ -464,7 +464,7 @@ fn pending_events_are_bounded() {
 #[test]
 fn lost_frame_is_given_up_at_its_deadline_and_a_keyframe_is_requested() {
     let start = Instant::now();
-    let (mut camera, mut viewer) = pair(Config::default(), start);
+    let (mut camera, mut viewer) = pair(common::unpaced(), start);
     for packet in send(&mut camera, start, video(true, 3_000, 0)) {
         viewer.handle_input(start, &packet).unwrap();
     }
@@ -539,7 +539,7 @@ fn without_hold_back_dependent_frames_are_delivered_flagged() {
     let start = Instant::now();
     let config = Config {
         hold_until_keyframe: false,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut camera, mut viewer) = pair(config, start);
     for packet in send(&mut camera, start, video(true, 2_000, 0)) {
@@ -564,7 +564,7 @@ fn without_hold_back_dependent_frames_are_delivered_flagged() {
 #[test]
 fn wholly_missing_frame_is_nacked_as_all_fragments_and_recovered() {
     let start = Instant::now();
-    let (mut camera, mut viewer) = pair(Config::default(), start);
+    let (mut camera, mut viewer) = pair(common::unpaced(), start);
     for packet in send(&mut camera, start, video(true, 2_000, 0)) {
         viewer.handle_input(start, &packet).unwrap();
     }
@@ -612,7 +612,7 @@ fn wholly_missing_frame_is_nacked_as_all_fragments_and_recovered() {
 #[test]
 fn nacks_are_rate_limited_and_batched() {
     let start = Instant::now();
-    let (mut camera, mut viewer) = pair(Config::default(), start);
+    let (mut camera, mut viewer) = pair(common::unpaced(), start);
     // Two frames with holes, arriving 1 ms apart: their NACKs go out as one packet.
     for (offset, fill) in [(0u64, 0u8), (1, 1)] {
         let now = start + Duration::from_millis(offset);
@@ -659,7 +659,7 @@ fn frame_sequence_jump_beyond_the_window_resyncs_the_stream() {
     let start = Instant::now();
     let config = Config {
         max_frames_in_flight: 8,
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut camera, mut viewer) = pair(config, start);
     for packet in send(&mut camera, start, video(true, 1_000, 0)) {
@@ -682,7 +682,7 @@ fn frame_sequence_jump_beyond_the_window_resyncs_the_stream() {
 #[test]
 fn reports_measure_rtt_and_loss_and_drive_the_target_bitrate() {
     let start = Instant::now();
-    let (mut camera, _) = pair(Config::default(), start);
+    let (mut camera, _) = pair(common::unpaced(), start);
     let initial = camera.target_bitrate_bps();
     send(&mut camera, start, video(true, 1_000, 0));
     camera.handle_timeout(start); // first report
@@ -751,7 +751,7 @@ fn reports_measure_rtt_and_loss_and_drive_the_target_bitrate() {
 #[test]
 fn pending_small_packets_are_bounded_when_the_driver_does_not_poll() {
     let start = Instant::now();
-    let (mut idle, _) = pair(Config::default(), start);
+    let (mut idle, _) = pair(common::unpaced(), start);
     // 400 report intervals without draining: at most MAX_PENDING_SMALL_PACKETS wait.
     for step in 0..400u64 {
         idle.handle_timeout(start + Duration::from_millis(200 * step));
@@ -765,7 +765,7 @@ fn nack_dedup_memory_is_bounded() {
     let start = Instant::now();
     let config = Config {
         initial_rtt: Duration::from_millis(10),
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, _) = pair(config, start);
     // Large enough that its first transmission pays for every retransmission below.
@@ -820,7 +820,7 @@ fn finding_5_nack_amplification_is_bounded() {
     let start = Instant::now();
     let config = Config {
         latency_budget: Duration::from_secs(1),
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, _) = pair(config, start);
     let sent = send(&mut sender, start, video(true, 40_000, 1));
@@ -846,7 +846,7 @@ fn nack_for_a_fragment_still_queued_or_just_retransmitted_is_deduplicated() {
     let start = Instant::now();
     let config = Config {
         latency_budget: Duration::from_secs(1),
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, _) = pair(config, start);
     let fragment_count = send(&mut sender, start, video(true, 5_000, 1)).len();
@@ -883,7 +883,7 @@ fn retransmissions_are_bounded_by_the_credit_first_transmissions_earn() {
     let config = Config {
         initial_rtt: Duration::from_millis(2),
         latency_budget: Duration::from_secs(2),
-        ..Config::default()
+        ..common::unpaced()
     };
     let (mut sender, _) = pair(config, start);
     let sent = send(&mut sender, start, video(true, 20_000, 1));
@@ -920,7 +920,7 @@ fn retransmissions_are_bounded_by_the_credit_first_transmissions_earn() {
 #[test]
 fn nack_entries_beyond_one_packet_wait_for_the_next() {
     let start = Instant::now();
-    let (mut camera, mut viewer) = pair(Config::default(), start);
+    let (mut camera, mut viewer) = pair(common::unpaced(), start);
     viewer.handle_timeout(start);
     drain_packets(&mut viewer);
     // 300 fragments, every other one lost: 150 runs, more than one NACK holds.
@@ -956,7 +956,7 @@ fn nack_entries_beyond_one_packet_wait_for_the_next() {
 #[test]
 fn loss_is_accumulated_over_at_least_min_packets() {
     let start = Instant::now();
-    let (mut camera, _) = pair(Config::default(), start);
+    let (mut camera, _) = pair(common::unpaced(), start);
     let report = |expected: u32, received: u32| {
         let mut out = BytesMut::new();
         wire::encode_report(
@@ -990,7 +990,7 @@ fn loss_is_accumulated_over_at_least_min_packets() {
 #[test]
 fn frame_sequence_wrap_is_bounded() {
     let start = Instant::now();
-    let mut receiver = MediaConnection::new(Config::default(), start).unwrap();
+    let mut receiver = MediaConnection::new(common::unpaced(), start).unwrap();
     let single = |frame_seq: u32, packet_seq: u32, keyframe: bool| {
         let header = wire::FragmentHeader {
             stream: StreamId::VIDEO,

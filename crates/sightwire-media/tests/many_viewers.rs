@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{drain_events, fragments};
 use sightwire_media::wire::{self, Packet};
-use sightwire_media::{Codec, Config, Event, Frame, MediaConnection, PacketizedFrame, StreamId};
+use sightwire_media::{Codec, Event, Frame, MediaConnection, PacketizedFrame, StreamId};
 
 #[test]
 fn viewers_share_fragment_memory_and_keep_their_own_state() {
@@ -23,23 +23,23 @@ fn viewers_share_fragment_memory_and_keep_their_own_state() {
             capture_time_us: 0,
             data: data.clone(),
         },
-        Config::default().max_packet_size,
+        common::unpaced().max_packet_size,
     )
     .unwrap();
     let mut senders: Vec<MediaConnection> = (0..3)
-        .map(|_| MediaConnection::new(Config::default(), start).unwrap())
+        .map(|_| MediaConnection::new(common::unpaced(), start).unwrap())
         .collect();
     // Viewer 1 already had a frame on this stream: its frame_seq differs.
     let warm_up = frame.clone();
     senders[1].send_frame(start, &warm_up).unwrap();
-    while senders[1].poll_transmit().is_some() {}
+    while senders[1].poll_transmit(start).is_some() {}
 
     let frame_range = data.as_ptr_range();
     let mut per_viewer_payloads = Vec::new();
     for sender in &mut senders {
         sender.send_frame(start, &frame).unwrap();
         let mut payloads = Vec::new();
-        while let Some(transmit) = sender.poll_transmit() {
+        while let Some(transmit) = sender.poll_transmit(start) {
             if transmit.header().len() == wire::FRAGMENT_HEADER_LEN {
                 // Zero copy: the payload points into the encoder's buffer.
                 assert!(frame_range.contains(&transmit.payload().as_ptr()));
@@ -67,7 +67,7 @@ fn viewers_share_fragment_memory_and_keep_their_own_state() {
 
     // Each viewer recovers its own losses: viewer 0 loses fragment 3, viewer 2 fragment 7.
     for (viewer, lost) in [(0usize, 3usize), (2, 7)] {
-        let mut receiver = MediaConnection::new(Config::default(), start).unwrap();
+        let mut receiver = MediaConnection::new(common::unpaced(), start).unwrap();
         for (index, (_, packet)) in per_viewer_payloads[viewer].iter().enumerate() {
             if index != lost {
                 receiver.handle_input(start, packet).unwrap();
@@ -75,13 +75,13 @@ fn viewers_share_fragment_memory_and_keep_their_own_state() {
         }
         let at = start + Duration::from_millis(5);
         receiver.handle_timeout(at);
-        while let Some(transmit) = receiver.poll_transmit() {
+        while let Some(transmit) = receiver.poll_transmit(start) {
             senders[viewer]
                 .handle_input(at, &transmit.to_bytes())
                 .unwrap();
         }
         let mut retransmitted = Vec::new();
-        while let Some(transmit) = senders[viewer].poll_transmit() {
+        while let Some(transmit) = senders[viewer].poll_transmit(start) {
             retransmitted.push(transmit.to_bytes());
         }
         let retransmitted = fragments(&retransmitted);

@@ -49,7 +49,7 @@ proptest! {
         codec in codec(),
     ) {
         let start = Instant::now();
-        let config = Config { max_packet_size: packet_size, ..Config::default() };
+        let config = Config { max_packet_size: packet_size, ..common::unpaced() };
         let mut sender = MediaConnection::new(config.clone(), start).unwrap();
         let mut receiver = MediaConnection::new(config, start).unwrap();
         let data = Bytes::from(data);
@@ -107,7 +107,7 @@ proptest! {
             (0x3fu8..=0x46, proptest::collection::vec(any::<u8>(), 0..1300)), 1..40),
     ) {
         let start = Instant::now();
-        let mut connection = MediaConnection::new(Config::default(), start).unwrap();
+        let mut connection = MediaConnection::new(common::unpaced(), start).unwrap();
         for (step, (kind, mut body)) in packets.into_iter().enumerate() {
             body.insert(0, kind);
             let now = start + Duration::from_millis(step as u64 * 7);
@@ -131,7 +131,7 @@ proptest! {
             max_frame_size: 60_000,
             max_frames_in_flight: 12,
             max_buffered_bytes: 150_000,
-            ..Config::default()
+            ..common::unpaced()
         };
         let mut connection = MediaConnection::new(config.clone(), start).unwrap();
         let mut now = start;
@@ -231,8 +231,8 @@ proptest! {
     ) {
         let link = common::Link { delay: Duration::from_millis(20), loss: 0.2 };
         let mut pair = common::Pair::new(link, loss_seed, |start| {
-            let a = MediaConnection::new(Config::default(), start).unwrap();
-            let b = MediaConnection::new(Config::default(), start).unwrap();
+            let a = MediaConnection::new(common::unpaced(), start).unwrap();
+            let b = MediaConnection::new(common::unpaced(), start).unwrap();
             (a, b)
         });
         let start = pair.start();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sightwire_media::{Event, MediaConnection};
+use sightwire_media::{Config, Event, MediaConnection};
 use sightwire_testkit::sightwire_netsim::SimConfig;
 use sightwire_testkit::{Network, Node, NodeId, SimTransmit, TestRng};
 
@@ -59,7 +59,7 @@ impl Node for Endpoint {
         while let Some(event) = self.connection.poll_event() {
             self.events.push((now, event));
         }
-        let transmit = self.connection.poll_transmit()?;
+        let transmit = self.connection.poll_transmit(now)?;
         let mut buf = [0u8; MAX_DATAGRAM];
         let len = transmit.write_to(&mut buf).expect("packet fits the buffer");
         Some(SimTransmit {
@@ -167,10 +167,21 @@ pub fn frame_bytes(frame_index: u64, len: usize) -> Bytes {
     Bytes::from(data)
 }
 
-/// Drains every pending transmit of `connection` as contiguous packets.
+/// The default configuration with pacing off, for tests of limits and loss recovery that
+/// drain everything queued at once (pacing has its own tests in `tests/pacing.rs`).
+pub fn unpaced() -> Config {
+    Config {
+        pacing_factor_percent: 0,
+        ..Config::default()
+    }
+}
+
+/// Drains every pending transmit of an unpaced `connection` (see [`unpaced`]) as contiguous
+/// packets. Without a pacer `poll_transmit` ignores its time, so any instant will do.
 pub fn drain_packets(connection: &mut MediaConnection) -> Vec<Bytes> {
+    let now = Instant::now();
     let mut packets = Vec::new();
-    while let Some(transmit) = connection.poll_transmit() {
+    while let Some(transmit) = connection.poll_transmit(now) {
         packets.push(transmit.to_bytes());
     }
     packets

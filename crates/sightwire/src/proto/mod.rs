@@ -900,10 +900,10 @@ impl Endpoint {
                     };
                     if !conn.may_send_media() {
                         // Nothing may leave before the viewer is authorized.
-                        while conn.media.poll_transmit().is_some() {}
+                        while conn.media.poll_transmit(now).is_some() {}
                         break;
                     }
-                    let Some(transmit) = conn.media.poll_transmit() else {
+                    let Some(transmit) = conn.media.poll_transmit(now) else {
                         break;
                     };
                     any = true;
