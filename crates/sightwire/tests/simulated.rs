@@ -734,3 +734,50 @@ fn finding_9_wrong_passwords_do_not_lock_the_owner_out() {
         })
         .expect("the owner is not locked out by strangers' wrong passwords");
 }
+
+/// Issue 13 (first piece): a camera on a 4 Mbit/s uplink with a shallow queue (20 kB, a
+/// cheap router) sends 60 kB keyframes. Sent at once, a keyframe overflows the queue;
+/// paced, most fit. Returns (frames delivered in 10 s, longest gap, packets the
+/// bottleneck dropped).
+fn through_a_shallow_uplink(pacing_factor_percent: u32) -> (u64, Duration, u64) {
+    let mut world = World::new(50, 0);
+    let mut media = sightwire::default_media_config();
+    media.pacing_factor_percent = pacing_factor_percent;
+    world.camera_media = Some(media);
+    let place = world.place(Site::Home);
+    let camera = world.add_camera(place);
+    world.camera_mut(camera).keyframe_bytes = 60_000;
+    world.camera_mut(camera).delta_bytes = 4_000;
+    let nat = place.nat.unwrap();
+    world.net.sim_mut().set_nat_uplink(
+        nat,
+        sightwire_testkit::sightwire_netsim::Link::new(4_000_000, 20_000),
+    );
+    let place = world.place(Site::Home);
+    let viewer = world.add_viewer(place);
+    world.run_for(Duration::from_secs(1));
+    let watch = world.watch(viewer, camera);
+    world.run_until(CONNECT_LIMIT, |w| {
+        w.viewer(viewer).watch(watch).connected_at.is_some()
+    });
+    let before = world.viewer(viewer).watch(watch).frames;
+    world.viewer_mut(viewer).reset_gaps();
+    world.run_for(Duration::from_secs(10));
+    let log = world.viewer(viewer).watch(watch);
+    let dropped = world.net.sim().stats().queue_dropped;
+    (log.frames - before, log.longest_gap, dropped)
+}
+
+#[test]
+fn pacing_lets_keyframes_through_a_shallow_uplink_queue() {
+    let (unpaced, unpaced_gap, unpaced_drops) = through_a_shallow_uplink(0);
+    let (paced, paced_gap, paced_drops) = through_a_shallow_uplink(250);
+    println!(
+        "4 Mbit/s uplink, 20 kB queue, 60 kB keyframes: unpaced {unpaced}/250 frames (longest gap {unpaced_gap:?}, {unpaced_drops} packets dropped at the queue), paced {paced}/250 (longest gap {paced_gap:?}, {paced_drops} dropped)"
+    );
+    // Unpaced, every keyframe overflows the queue and the stream collapses (issue 13's
+    // symptom). Paced at 2.5x the (loss-based) target the queue still overflows now and
+    // then, because nothing estimates the 4 Mbit/s yet; that is the next step.
+    assert!(paced * 100 >= 250 * 80, "paced: {paced}/250");
+    assert!(paced >= unpaced + 100, "paced {paced} vs unpaced {unpaced}");
+}

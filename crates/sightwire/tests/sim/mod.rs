@@ -298,6 +298,9 @@ pub struct EndpointNode {
     pub watches: BTreeMap<Option<WatchId>, WatchLog>,
     /// Camera: the next frame to send, and how many were sent.
     next_frame: Option<Instant>,
+    /// Camera: bytes of a keyframe and of a delta frame.
+    pub keyframe_bytes: usize,
+    pub delta_bytes: usize,
     pub frames_sent: u64,
     pub registrations: u64,
     /// Datagrams sent, per destination.
@@ -315,6 +318,8 @@ impl EndpointNode {
             drain_events: true,
             watches: BTreeMap::new(),
             next_frame: None,
+            keyframe_bytes: KEYFRAME_BYTES,
+            delta_bytes: DELTA_BYTES,
             frames_sent: 0,
             registrations: 0,
             sent_to: BTreeMap::new(),
@@ -384,9 +389,9 @@ impl EndpointNode {
         let seq = self.frames_sent;
         let keyframe = seq.is_multiple_of(GOP);
         let len = if keyframe {
-            KEYFRAME_BYTES
+            self.keyframe_bytes
         } else {
-            DELTA_BYTES
+            self.delta_bytes
         };
         let mut data = vec![0u8; len];
         data[..8].copy_from_slice(&seq.to_be_bytes());
@@ -526,6 +531,8 @@ pub struct World {
     sites: u8,
     pub cameras: Vec<(NodeId, DeviceId, Placement)>,
     identities: Vec<(StaticKeypair, IdCertificate)>,
+    /// Media parameters of the cameras added from now on (default: the endpoint's).
+    pub camera_media: Option<sightwire_media::Config>,
     pub viewers: Vec<(NodeId, Placement)>,
 }
 
@@ -584,6 +591,7 @@ impl World {
             sites: 0,
             cameras: Vec::new(),
             identities: Vec::new(),
+            camera_media: None,
             viewers: Vec::new(),
         }
     }
@@ -697,6 +705,9 @@ impl World {
         let now = self.now();
         let mut config = self.endpoint_config();
         config.keypair = keypair;
+        if let Some(media) = self.camera_media.clone() {
+            config.media = media;
+        }
         let settings = DeviceSettings {
             certificate,
             password: Some(PASSWORD.into()),
