@@ -158,6 +158,15 @@ pub enum Event {
         /// Why.
         reason: PeerClosedReason,
     },
+    /// The bitrate the local encoder should aim for changed (estimated from the peers'
+    /// reports). On a device it is the lowest target among its authorized viewers — one
+    /// encoder serves them all; on a viewer it is the target for its talk-back to that
+    /// camera. An RTSP camera switches between its main and sub stream on it; a file
+    /// source drops frames.
+    TargetBitrate {
+        /// Bits per second.
+        bps: u64,
+    },
     /// A watch could not connect to its camera and has stopped trying (a viewer
     /// endpoint reports it for the watch; [`crate::Viewer::connect`] returns it as its
     /// error).

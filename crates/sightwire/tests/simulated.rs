@@ -739,7 +739,7 @@ fn finding_9_wrong_passwords_do_not_lock_the_owner_out() {
 /// cheap router) sends 60 kB keyframes. Sent at once, a keyframe overflows the queue;
 /// paced, most fit. Returns (frames delivered in 10 s, longest gap, packets the
 /// bottleneck dropped).
-fn through_a_shallow_uplink(pacing_factor_percent: u32) -> (u64, Duration, u64) {
+fn through_a_shallow_uplink(pacing_factor_percent: u32) -> (u64, Duration, u64, Vec<u64>) {
     let mut world = World::new(50, 0);
     let mut media = sightwire::default_media_config();
     media.pacing_factor_percent = pacing_factor_percent;
@@ -765,13 +765,23 @@ fn through_a_shallow_uplink(pacing_factor_percent: u32) -> (u64, Duration, u64) 
     world.run_for(Duration::from_secs(10));
     let log = world.viewer(viewer).watch(watch);
     let dropped = world.net.sim().stats().queue_dropped;
-    (log.frames - before, log.longest_gap, dropped)
+    let targets: Vec<u64> = world
+        .camera(camera)
+        .events
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::TargetBitrate { bps } => Some(bps),
+            _ => None,
+        })
+        .collect();
+    println!("pacing {pacing_factor_percent}%: the camera's encoder targets {targets:?}");
+    (log.frames - before, log.longest_gap, dropped, targets)
 }
 
 #[test]
 fn pacing_lets_keyframes_through_a_shallow_uplink_queue() {
-    let (unpaced, unpaced_gap, unpaced_drops) = through_a_shallow_uplink(0);
-    let (paced, paced_gap, paced_drops) = through_a_shallow_uplink(250);
+    let (unpaced, unpaced_gap, unpaced_drops, unpaced_targets) = through_a_shallow_uplink(0);
+    let (paced, paced_gap, paced_drops, paced_targets) = through_a_shallow_uplink(250);
     println!(
         "4 Mbit/s uplink, 20 kB queue, 60 kB keyframes: unpaced {unpaced}/250 frames (longest gap {unpaced_gap:?}, {unpaced_drops} packets dropped at the queue), paced {paced}/250 (longest gap {paced_gap:?}, {paced_drops} dropped)"
     );
@@ -780,4 +790,14 @@ fn pacing_lets_keyframes_through_a_shallow_uplink_queue() {
     // then, because nothing estimates the 4 Mbit/s yet; that is the next step.
     assert!(paced * 100 >= 250 * 80, "paced: {paced}/250");
     assert!(paced >= unpaced + 100, "paced {paced} vs unpaced {unpaced}");
+    // The device tells its application (Event::TargetBitrate): unpaced, the losses drive
+    // the target to the floor; paced, it stays where the path can carry it.
+    assert!(
+        unpaced_targets.last().is_some_and(|&bps| bps < 500_000),
+        "{unpaced_targets:?}"
+    );
+    assert!(
+        paced_targets.last().is_some_and(|&bps| bps > 2_000_000),
+        "{paced_targets:?}"
+    );
 }

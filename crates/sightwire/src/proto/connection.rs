@@ -634,8 +634,13 @@ impl Endpoint {
             return;
         };
         let watch = conn.watch;
+        let mut target_changed = false;
         while let Some(event) = conn.media.poll_event() {
             let event = match event {
+                MediaEvent::TargetBitrate { .. } => {
+                    target_changed = true;
+                    continue;
+                }
                 MediaEvent::Frame(frame) => {
                     conn.frames_delivered += 1;
                     conn.bytes_delivered += frame.frame.data.len() as u64;
@@ -653,6 +658,29 @@ impl Endpoint {
                 self.events.push_back(super::EndpointEvent { watch, event });
             }
         }
+        if target_changed {
+            self.report_target_bitrate(watch);
+        }
+    }
+
+    /// Tells the application the encoder's new target: a device's is the lowest among its
+    /// authorized viewers (one encoder serves them all), a viewer's is per watch.
+    fn report_target_bitrate(&mut self, watch: Option<WatchId>) {
+        let targets = self
+            .conns
+            .values()
+            .filter(|c| c.auth == AuthState::Accepted && (watch.is_none() || c.watch == watch))
+            .map(|c| c.media.target_bitrate_bps());
+        let Some(bps) = targets.min() else {
+            return;
+        };
+        if watch.is_none() {
+            if self.last_target_bps == Some(bps) {
+                return;
+            }
+            self.last_target_bps = Some(bps);
+        }
+        self.emit(watch, Event::TargetBitrate { bps });
     }
 
     fn on_punch_event(&mut self, now: Instant, id: PeerId, event: PunchEvent) {

@@ -261,6 +261,8 @@ pub struct Endpoint {
     /// `send_errors` and `events_dropped` at the last report.
     reported: (u64, u64),
     last_send_error: Option<std::io::ErrorKind>,
+    /// The device's last reported encoder target.
+    last_target_bps: Option<u64>,
     shut_down: bool,
 }
 
@@ -341,6 +343,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             reported: (0, 0),
             last_send_error: None,
+            last_target_bps: None,
             shut_down: false,
         })
     }
@@ -611,7 +614,7 @@ impl Endpoint {
 
     // ---------------------------------------------------------------- internals
 
-    fn emit(&mut self, watch: Option<WatchId>, event: Event) {
+    pub(crate) fn emit(&mut self, watch: Option<WatchId>, event: Event) {
         if self.events.len() >= MAX_QUEUED_EVENTS {
             self.stats.events_dropped += 1;
             return;
