@@ -229,9 +229,12 @@ impl Driver {
             }
         }
         // Watches that ended for good (connect failed, closed by the camera): close their
-        // channels so `next_event` returns `None`.
-        let endpoint = &self.endpoint;
-        self.watches.retain(|watch, _| endpoint.has_watch(*watch));
+        // channels so `next_event` returns `None`. Every watch the endpoint has has a sink
+        // here, so a count is enough to know whether to look (not a scan per datagram).
+        if self.watches.len() > self.endpoint.watch_count() {
+            let endpoint = &self.endpoint;
+            self.watches.retain(|watch, _| endpoint.has_watch(*watch));
+        }
     }
 
     fn deliver_to_watch(&mut self, watch: WatchId, event: Event) -> bool {

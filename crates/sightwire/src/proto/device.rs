@@ -187,31 +187,24 @@ impl Endpoint {
         let Some(session) = conn.session else {
             return;
         };
-        let (Ok(request), Some(hash), Some(remote)) = (
+        let (Ok(request), Some(remote)) = (
             AuthRequest::decode(plaintext),
-            self.sessions.handshake_hash(session),
             self.sessions.remote_static(session).copied(),
         ) else {
             return;
         };
         // Every device connection comes from an offer the device consented to (a
-        // trusted key, or a confirmed password login), so the request only says whether
-        // to remember the key. Its proof field is not checked: the login replaced it.
-        let _ = hash;
+        // trusted key, or a confirmed password login), so the request is always
+        // accepted and only says whether to remember the key. Its proof field is not
+        // checked: the login replaced it.
         let remember = matches!(request, AuthRequest::Password { remember: true, .. });
-        let response = if device.authorizer.is_trusted(&remote) {
-            AuthResponse::Accepted { remembered: true }
-        } else {
-            AuthResponse::Accepted {
-                remembered: remember && device.authorizer.trust(remote).is_ok(),
-            }
-        };
+        let remembered = device.authorizer.is_trusted(&remote)
+            || (remember && device.authorizer.trust(remote).is_ok());
         let mut wire = [0u8; MAX_AUTH_MESSAGE_LEN];
-        let Some(len) = response.encode(&mut wire) else {
+        let Some(len) = (AuthResponse::Accepted { remembered }).encode(&mut wire) else {
             return;
         };
-        let accepted = matches!(response, AuthResponse::Accepted { .. });
-        let newly_accepted = accepted && conn.auth != AuthState::Accepted;
+        let newly_accepted = conn.auth != AuthState::Accepted;
         if newly_accepted {
             conn.accepted(now);
         }
@@ -238,8 +231,6 @@ impl Endpoint {
                     path,
                 },
             );
-        } else if let AuthResponse::Rejected(reason) = response {
-            tracing::info!(peer = id.0, ?reason, "viewer refused");
         }
     }
 }

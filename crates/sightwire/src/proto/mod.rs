@@ -466,13 +466,10 @@ impl Endpoint {
             return Err(CommandError::ShutDown);
         }
         let packetized = self.packetizer.packetize(frame)?;
-        let ids = self.recipients(to)?;
+        let only = self.recipient(to)?;
         let mut queued = 0;
-        for id in ids {
-            if let Some(conn) = self.conns.get_mut(&id)
-                && conn.auth == AuthState::Accepted
-                && conn.media.send_frame(now, &packetized).is_ok()
-            {
+        for conn in self.accepted_conns(only) {
+            if conn.media.send_frame(now, &packetized).is_ok() {
                 queued += 1;
             }
         }
@@ -492,12 +489,10 @@ impl Endpoint {
         if self.shut_down {
             return Err(CommandError::ShutDown);
         }
+        let only = self.recipient(to)?;
         let mut queued = 0;
-        for id in self.recipients(to)? {
-            if let Some(conn) = self.conns.get_mut(&id)
-                && conn.auth == AuthState::Accepted
-                && conn.media.send_control(now, message.clone()).is_ok()
-            {
+        for conn in self.accepted_conns(only) {
+            if conn.media.send_control(now, message.clone()).is_ok() {
                 queued += 1;
             }
         }
@@ -505,10 +500,13 @@ impl Endpoint {
         Ok(queued)
     }
 
-    fn recipients(&self, to: Recipients) -> Result<Vec<PeerId>, CommandError> {
+    /// Which connections `to` names, resolved without allocating: this runs for every
+    /// frame. `None`: all of them.
+    fn recipient(&self, to: Recipients) -> Result<Option<Option<PeerId>>, CommandError> {
         Ok(match to {
-            Recipients::All => self.conns.keys().copied().collect(),
-            Recipients::Peer(id) => vec![id],
+            Recipients::All => None,
+            Recipients::Peer(id) => Some(Some(id)),
+            // A watch between connections names nobody (`Some(None)`).
             Recipients::Watch(watch) => {
                 let Role::Viewer(viewer) = &self.role else {
                     return Err(CommandError::NotAViewer);
@@ -517,8 +515,18 @@ impl Endpoint {
                     .watches
                     .get(&watch)
                     .ok_or(CommandError::UnknownWatch)?;
-                watch.current.into_iter().collect()
+                Some(watch.current)
             }
+        })
+    }
+
+    /// The authorized connections among those [`Endpoint::recipient`] resolved.
+    fn accepted_conns(
+        &mut self,
+        only: Option<Option<PeerId>>,
+    ) -> impl Iterator<Item = &mut Connection> + '_ {
+        self.conns.values_mut().filter(move |c| {
+            c.auth == AuthState::Accepted && only.is_none_or(|id| id == Some(c.id))
         })
     }
 

@@ -103,14 +103,6 @@ impl Outbox {
             contents: current.buf.get(..current.len).unwrap_or_default(),
         })
     }
-
-    /// Forgets everything queued (shutdown).
-    #[allow(dead_code)]
-    pub(crate) fn clear(&mut self) {
-        while let Some(q) = self.queue.pop_front() {
-            self.free.push(q.buf);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -206,6 +206,27 @@ impl Endpoint {
         matches!(&self.role, Role::Viewer(v) if v.watches.contains_key(&watch))
     }
 
+    /// The first watch after `after` (or the first of all), in id order.
+    fn next_watch_after(&self, after: Option<WatchId>) -> Option<WatchId> {
+        let Role::Viewer(viewer) = &self.role else {
+            return None;
+        };
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        viewer
+            .watches
+            .range((from, std::ops::Bound::Unbounded))
+            .next()
+            .map(|(id, _)| *id)
+    }
+
+    /// How many watches are open.
+    pub fn watch_count(&self) -> usize {
+        match &self.role {
+            Role::Viewer(viewer) => viewer.watches.len(),
+            Role::Device(_) => 0,
+        }
+    }
+
     /// The open watches.
     pub fn watches(&self) -> Vec<WatchId> {
         match &self.role {
@@ -230,11 +251,11 @@ impl Endpoint {
     }
 
     pub(crate) fn viewer_timers(&mut self, now: Instant) {
-        let Role::Viewer(viewer) = &self.role else {
-            return;
-        };
-        let ids: Vec<WatchId> = viewer.watches.keys().copied().collect();
-        for id in ids {
+        // Walks the watches in key order without collecting them (this runs on every
+        // timeout, which pacing makes frequent); a watch removed on the way is skipped.
+        let mut next = self.next_watch_after(None);
+        while let Some(id) = next {
+            next = self.next_watch_after(Some(id));
             while let Some(timer) = self.watch_mut(id).and_then(|w| w.timers.pop_expired(now)) {
                 match timer {
                     WatchTimer::RequestRetry => {
@@ -493,7 +514,7 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let (Some(session), Some(watch_id)) = (conn.session, conn.watch) else {
+        let (Some(_), Some(watch_id)) = (conn.session, conn.watch) else {
             return;
         };
         let attempts = match conn.auth {
@@ -510,16 +531,12 @@ impl Endpoint {
         let Role::Viewer(viewer) = &self.role else {
             return;
         };
-        let (Some(watch), Some(hash)) = (
-            viewer.watches.get(&watch_id),
-            self.sessions.handshake_hash(session),
-        ) else {
+        let Some(watch) = viewer.watches.get(&watch_id) else {
             return;
         };
         // The password was proven in the login before the introduction (consent); the
         // request only says whether the device should remember this key. No proof
         // travels any more: the proof field is zero.
-        let _ = hash;
         let request = match &watch.password {
             Some(_) => AuthRequest::Password {
                 proof: [0; sightwire_session::auth::PROOF_LEN],
