@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use rusqlite::OptionalExtension;
+
 use sightwire_signal::cert::{CERT_LEN, IdCertificate};
 
 /// What the registry knows about one device ID: its current certificate (the one with
@@ -198,6 +200,21 @@ fn serial_to_sql(serial: u64) -> i64 {
     i64::from_ne_bytes(serial.to_ne_bytes())
 }
 
+/// The revocation floor of `device_id` (0 when none).
+fn floor_of(
+    connection: &rusqlite::Connection,
+    device_id: [u8; 6],
+) -> Result<u64, SqliteRegistryError> {
+    let floor: Option<i64> = connection
+        .query_row(
+            "SELECT floor FROM revocations WHERE device_id = ?1",
+            [device_id.as_slice()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(floor.map_or(0, serial_from_sql))
+}
+
 fn serial_from_sql(serial: i64) -> u64 {
     u64::from_ne_bytes(serial.to_ne_bytes())
 }
@@ -234,13 +251,8 @@ impl Registry for SqliteRegistry {
                 [id.as_slice()],
                 |row| row.get(0),
             )
-            .map(Some)
-            .or_else(|error| match error {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                other => Err(other),
-            })?;
-        let newer = current
-            .is_none_or(|serial| u64::from_ne_bytes(serial.to_ne_bytes()) < certificate.serial());
+            .optional()?;
+        let newer = current.is_none_or(|serial| serial_from_sql(serial) < certificate.serial());
         if newer {
             transaction.execute(
                 "INSERT OR REPLACE INTO devices (device_id, serial, certificate, revoked) VALUES (?1, ?2, ?3, 0)",
@@ -264,18 +276,7 @@ impl Registry for SqliteRegistry {
 
     fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error> {
         let transaction = self.connection.transaction()?;
-        let current: Option<i64> = transaction
-            .query_row(
-                "SELECT floor FROM revocations WHERE device_id = ?1",
-                [device_id.as_slice()],
-                |row| row.get(0),
-            )
-            .map(Some)
-            .or_else(|error| match error {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                other => Err(other),
-            })?;
-        let floor = current.map_or(0, serial_from_sql).max(serial);
+        let floor = floor_of(&transaction, device_id)?.max(serial);
         transaction.execute(
             "INSERT OR REPLACE INTO revocations (device_id, floor) VALUES (?1, ?2)",
             rusqlite::params![device_id.as_slice(), serial_to_sql(floor)],
@@ -285,19 +286,7 @@ impl Registry for SqliteRegistry {
     }
 
     fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error> {
-        let floor: Option<i64> = self
-            .connection
-            .query_row(
-                "SELECT floor FROM revocations WHERE device_id = ?1",
-                [device_id.as_slice()],
-                |row| row.get(0),
-            )
-            .map(Some)
-            .or_else(|error| match error {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                other => Err(other),
-            })?;
-        Ok(floor.map_or(0, serial_from_sql))
+        floor_of(&self.connection, device_id)
     }
 
     fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error> {
