@@ -4,7 +4,7 @@
 //! of the protocol: the only difference from production is the socket and the clock.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ pub struct RendezvousNode {
     epoch: Instant,
     sessions: SessionTable,
     core: Rendezvous<MemoryRegistry, SessionId>,
-    outbox: Vec<SimTransmit>,
+    outbox: VecDeque<SimTransmit>,
     buf: Vec<u8>,
 }
 
@@ -103,7 +103,7 @@ impl RendezvousNode {
             epoch,
             sessions,
             core,
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
             buf: vec![0; 2048],
         }
     }
@@ -121,7 +121,7 @@ impl RendezvousNode {
             }
         }
         while let Some(t) = self.sessions.poll_transmit(&mut self.buf) {
-            self.outbox.push(SimTransmit {
+            self.outbox.push_back(SimTransmit {
                 from: self.address,
                 to: t.destination,
                 ttl: None,
@@ -133,7 +133,7 @@ impl RendezvousNode {
                 .sessions
                 .seal(t.session, now, &t.payload, &mut self.buf)
             {
-                self.outbox.push(SimTransmit {
+                self.outbox.push_back(SimTransmit {
                     from: self.address,
                     to: sealed.destination,
                     ttl: None,
@@ -180,7 +180,7 @@ impl Node for RendezvousNode {
     }
 
     fn poll_transmit(&mut self, _: Instant) -> Option<SimTransmit> {
-        (!self.outbox.is_empty()).then(|| self.outbox.remove(0))
+        self.outbox.pop_front()
     }
 }
 
@@ -189,7 +189,7 @@ pub struct RelayNode {
     address: SocketAddr,
     epoch: Instant,
     relay: Relay,
-    outbox: Vec<SimTransmit>,
+    outbox: VecDeque<SimTransmit>,
     reply: Vec<u8>,
     pub forwarded: u64,
 }
@@ -200,7 +200,7 @@ impl RelayNode {
             address: RELAY.parse().unwrap(),
             epoch,
             relay: Relay::new(RelayConfig::default(), key),
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
             reply: vec![0; 2048],
             forwarded: 0,
         }
@@ -216,14 +216,14 @@ impl Node for RelayNode {
         {
             Action::Forward(to) => {
                 self.forwarded += 1;
-                self.outbox.push(SimTransmit {
+                self.outbox.push_back(SimTransmit {
                     from: self.address,
                     to,
                     ttl: None,
                     payload: p.to_vec(),
                 });
             }
-            Action::Reply(len) => self.outbox.push(SimTransmit {
+            Action::Reply(len) => self.outbox.push_back(SimTransmit {
                 from: self.address,
                 to: from,
                 ttl: None,
@@ -242,7 +242,7 @@ impl Node for RelayNode {
     }
 
     fn poll_transmit(&mut self, _: Instant) -> Option<SimTransmit> {
-        (!self.outbox.is_empty()).then(|| self.outbox.remove(0))
+        self.outbox.pop_front()
     }
 }
 
