@@ -54,6 +54,19 @@ valid.append(dict(name="control message", kind="control_data", hex=(struct.pack(
                   fields=dict(seq=5, message=message.hex())))
 valid.append(dict(name="control ack: 0..4 and 6 received", kind="control_ack",
                   hex=struct.pack(">BII", 0x45, 5, 1).hex(), fields=dict(cumulative=5, selective=1)))
+# Feedback: packets base+0 at reference, base+3 at +1.2 ms, base+1 (reordered) at +2.5 ms; the
+# base sequence number wraps (0xfffffffe + 3 = 1).
+def feedback(name, base, ref, entries):
+    pkt = struct.pack(">BIIH", 0x46, base, ref, len(entries))
+    for off, t in entries:
+        pkt += struct.pack(">HH", off, t)
+    valid.append(dict(name=name, kind="feedback", hex=pkt.hex(),
+                      fields=dict(base_seq=base, reference_us=ref,
+                                  entries=[dict(packet_seq=(base + off) % 2**32,
+                                                arrival_us=(ref + 100 * t) % 2**32) for off, t in entries])))
+
+
+feedback("feedback across a sequence and clock wrap", 0xfffffffe, 0xffffff00, [(0, 0), (3, 12), (1, 25)])
 
 bad("empty", b"", "Empty")
 bad("unknown type", bytes([0x01, 0]), "UnknownType")
@@ -78,6 +91,10 @@ bad("NACK entry with bad stream", struct.pack(">BHB", 0x41, 0, 1) + struct.pack(
 bad("keyframe request with trailing byte", bytes([0x42, 0, 0]), "TrailingBytes")
 bad("report with reserved flag", struct.pack(">BBIIIIIIII", 0x43, 2, 0, 0, 0, 0, 0, 0, 0, 0), "ReservedFlags")
 bad("control message of 1001 bytes", struct.pack(">BI", 0x44, 0) + bytes(1001), "ControlMessageTooLong")
+bad("feedback with zero entries", struct.pack(">BIIH", 0x46, 0, 0, 0), "BadFeedbackCount")
+bad("feedback with 251 entries", struct.pack(">BIIH", 0x46, 0, 0, 251) + bytes(4 * 251), "BadFeedbackCount")
+bad("feedback shorter than its count", struct.pack(">BIIH", 0x46, 0, 0, 2) + bytes(4), "Truncated")
+bad("feedback with a trailing byte", struct.pack(">BIIH", 0x46, 0, 0, 1) + bytes(5), "TrailingBytes")
 bad("control ack truncated", struct.pack(">BI", 0x45, 0), "Truncated")
 
 with open("media-packets.json", "w") as out:

@@ -86,6 +86,11 @@ pub struct Config {
     /// Default [`DEFAULT_PACING_FACTOR_PERCENT`](crate::DEFAULT_PACING_FACTOR_PERCENT)
     /// (2.5 ×).
     pub pacing_factor_percent: u32,
+    /// Estimate the path from one-way delay as well as loss (`spec/media.md` 4.6): the
+    /// receiver sends feedback packets with arrival times and the sender's target is the
+    /// lower of both estimates. Default true; off leaves the loss-based estimate alone in
+    /// charge (for comparison, and for peers that pace elsewhere).
+    pub delay_based_estimation: bool,
 }
 
 impl Default for Config {
@@ -111,6 +116,7 @@ impl Default for Config {
             min_bitrate_bps: 100_000,
             max_bitrate_bps: 20_000_000,
             pacing_factor_percent: crate::pacer::DEFAULT_PACING_FACTOR_PERCENT,
+            delay_based_estimation: true,
         }
     }
 }

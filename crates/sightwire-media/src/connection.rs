@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::admission::{Admission, FrameAdmission};
+use crate::bwe::{DelayBasedBwe, FeedbackRecorder};
 use crate::config::{Config, ConfigError};
 use crate::control::{ControlOut, ControlReceiver, ControlSender};
 use crate::event::{Event, EventQueue};
@@ -12,10 +14,11 @@ use crate::frame::{Frame, PacketizeError, PacketizedFrame};
 use crate::pacer::Pacer;
 use crate::receiver::{ReceiveContext, Receiver};
 use crate::sender::{SendError, Sender};
-use crate::stats::{BitrateController, RttEstimator, Stats};
+use crate::stats::{BitrateController, LOSS_LOW, RttEstimator, Stats};
 use crate::stream::{MAX_STREAMS, StreamId};
 use crate::wire::{
-    self, DecodeError, FRAGMENT_HEADER_LEN, MAX_CONTROL_MESSAGE_LEN, Packet, Report, ReportEcho,
+    self, DecodeError, FEEDBACK_ENTRY_LEN, FEEDBACK_HEADER_LEN, FRAGMENT_HEADER_LEN, FeedbackEntry,
+    MAX_CONTROL_MESSAGE_LEN, MAX_FEEDBACK_ENTRIES, Packet, Report, ReportEcho,
 };
 
 /// Most small packets (NACK, report, keyframe request, control) waiting for
@@ -27,6 +30,12 @@ pub const MAX_PENDING_SMALL_PACKETS: usize = 256;
 pub const MIN_PACKETS_FOR_LOSS: u64 = 32;
 /// A target bitrate change smaller than this fraction raises no event.
 pub const BITRATE_EVENT_THRESHOLD: f64 = 0.05;
+/// A keyframe asked for with [`Event::KeyframeRequested`] that has not been sent after
+/// this long is asked for again (the application may have missed or refused it).
+pub const KEYFRAME_REASK_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two [`Event::TargetBitrate`] events (the estimate may move with
+/// every feedback packet; an encoder reconfigures far less often).
+pub const BITRATE_EVENT_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why `send_control` refused a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +145,22 @@ pub struct MediaConnection {
     control_receiver: ControlReceiver,
     nack_seq: u16,
     bitrate: BitrateController,
+    /// The delay-based estimate; `None` when `Config::delay_based_estimation` is off.
+    delay_bwe: Option<DelayBasedBwe>,
+    /// Whether the peer has sent feedback (a peer that does not leaves the loss-based
+    /// estimate in charge).
+    feedback_seen: bool,
+    feedback: FeedbackRecorder,
+    feedback_scratch: Vec<FeedbackEntry>,
+    admission: FrameAdmission,
+    /// Per stream, the capture time of the newest keyframe sent (for the recovery window).
+    keyframe_capture_us: [Option<u64>; MAX_STREAMS],
+    /// Bit per stream: a keyframe is needed (peer request or dropped reference).
+    keyframe_wanted: u16,
+    /// Bit per stream: the application was asked for it, at `keyframe_asked_at`.
+    keyframe_asked: u16,
+    keyframe_asked_at: [Option<Instant>; MAX_STREAMS],
+    last_bitrate_event_at: Option<Instant>,
     /// `None` when `pacing_factor_percent` is 0.
     pacer: Option<Pacer>,
     last_bitrate_event: u64,
@@ -172,6 +197,22 @@ impl MediaConnection {
             last_bitrate_event: bitrate.target_bps(),
             pacer: (config.pacing_factor_percent > 0)
                 .then(|| Pacer::new(now, bitrate.target_bps(), &config)),
+            delay_bwe: config.delay_based_estimation.then(|| {
+                DelayBasedBwe::new(
+                    config.initial_bitrate_bps,
+                    config.min_bitrate_bps,
+                    config.max_bitrate_bps,
+                )
+            }),
+            feedback_seen: false,
+            feedback: FeedbackRecorder::default(),
+            feedback_scratch: Vec::with_capacity(MAX_FEEDBACK_ENTRIES),
+            admission: FrameAdmission::default(),
+            keyframe_capture_us: [None; MAX_STREAMS],
+            keyframe_wanted: 0,
+            keyframe_asked: 0,
+            keyframe_asked_at: [None; MAX_STREAMS],
+            last_bitrate_event_at: None,
             bitrate,
             next_report_at: now,
             interval_start: now,
@@ -197,19 +238,142 @@ impl MediaConnection {
 
     /// Queues every fragment of `frame` and keeps it for retransmission; returns the
     /// frame's sequence number on its stream.
+    ///
+    /// A video frame the path cannot carry within the latency budget is not sent
+    /// ([`SendError::FrameDropped`], `spec/media.md` 4.7): after a dropped reference frame
+    /// the stream's frames are dropped until its next keyframe, and an
+    /// [`Event::KeyframeRequested`] asks the encoder for one.
     pub fn send_frame(&mut self, now: Instant, frame: &PacketizedFrame) -> Result<u32, SendError> {
+        let wire_bytes =
+            frame.frame().data.len() + usize::from(frame.fragment_count()) * FRAGMENT_HEADER_LEN;
+        let transmission =
+            Duration::from_secs_f64(wire_bytes as f64 * 8.0 / self.path_rate_bps() as f64);
+        let media = frame.frame();
+        if media.keyframe {
+            let key = &mut self.keyframe_capture_us[media.stream.index() % MAX_STREAMS];
+            *key = Some(key.map_or(media.capture_time_us, |c| c.max(media.capture_time_us)));
+        }
+        // The receiver's rule (5.3): frames behind a keyframe may be later, by less and
+        // less as time passes.
+        let budget = crate::receiver::frame_budget(
+            self.keyframe_capture_us[media.stream.index() % MAX_STREAMS],
+            media.capture_time_us,
+            self.config.latency_budget,
+        )
+        .saturating_sub(self.rtt.smoothed() / 2);
+        let wait = self.queue_delay(now) + transmission;
+        let stream_bit = 1u16 << (media.stream.index() % MAX_STREAMS);
+        match self.admission.admit(media, wait, budget) {
+            Admission::Send => {}
+            Admission::Drop {
+                reason,
+                breaks_chain,
+            } => {
+                match reason {
+                    crate::DropReason::Congested => self.stats.frames_dropped_congested += 1,
+                    crate::DropReason::AwaitingKeyframe => {
+                        self.stats.frames_dropped_awaiting_keyframe += 1;
+                    }
+                }
+                if breaks_chain {
+                    self.keyframe_wanted |= stream_bit;
+                }
+                self.release_keyframe_requests(now);
+                return Err(SendError::FrameDropped { reason });
+            }
+        }
+        let keyframe = media.keyframe;
         let seq = self
             .sender
             .send_frame(now, frame, &self.config, &mut self.stats)?;
+        if keyframe {
+            self.keyframe_wanted &= !stream_bit;
+            self.keyframe_asked &= !stream_bit;
+        }
         self.on_queued(now);
         Ok(seq)
     }
 
-    /// Lets the pacer raise its rate if the queue would not drain in time.
+    /// Passes wanted keyframes (asked for by the peer, or needed after a dropped
+    /// reference frame) to the application as [`Event::KeyframeRequested`], but only
+    /// once the queues ahead have drained to half the latency budget: a keyframe is
+    /// several P-frames, and one made while the path is still full joins the queue that
+    /// caused the request and causes the next (`spec/media.md` 4.7). At most one request
+    /// per stream until a keyframe is sent, repeated after [`KEYFRAME_REASK_INTERVAL`].
+    fn release_keyframe_requests(&mut self, now: Instant) {
+        if self.keyframe_wanted == 0 {
+            return;
+        }
+        let budget = self
+            .config
+            .latency_budget
+            .saturating_sub(self.rtt.smoothed() / 2);
+        if self.queue_delay(now) > budget / 2 {
+            return;
+        }
+        for index in 0..MAX_STREAMS {
+            let bit = 1u16 << index;
+            if self.keyframe_wanted & bit == 0 {
+                continue;
+            }
+            let asked_recently = self.keyframe_asked & bit != 0
+                && self.keyframe_asked_at[index]
+                    .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_REASK_INTERVAL);
+            if asked_recently {
+                continue;
+            }
+            let Some(stream) = StreamId::new(index as u8) else {
+                continue;
+            };
+            self.keyframe_asked |= bit;
+            self.keyframe_asked_at[index] = Some(now);
+            self.events
+                .push(Event::KeyframeRequested { stream }, &mut self.stats);
+        }
+    }
+
+    /// How long a packet queued now waits before it leaves the path's queues: the
+    /// queuing delay the peer's feedback shows (4.6) plus the sender's own pacer queue at
+    /// the path rate (it drains into the path's bottleneck).
+    fn queue_delay(&self, now: Instant) -> Duration {
+        self.network_queue_delay(now) + self.drain_time(self.sender.queued_bytes())
+    }
+
+    /// The path's queuing delay from the peer's feedback (zero without feedback).
+    fn network_queue_delay(&self, now: Instant) -> Duration {
+        self.delay_bwe
+            .as_ref()
+            .map_or(Duration::ZERO, |bwe| bwe.queuing_delay(now))
+    }
+
+    /// How long `bytes` take to drain at the path rate.
+    fn drain_time(&self, bytes: u64) -> Duration {
+        Duration::from_secs_f64(bytes as f64 * 8.0 / self.path_rate_bps() as f64)
+    }
+
+    /// The rate the frame-drop policy assumes the path drains at: the target, or the
+    /// delivered rate when the path has shown it carries more.
+    fn path_rate_bps(&self) -> u64 {
+        let delivered = self
+            .delay_bwe
+            .as_ref()
+            .and_then(DelayBasedBwe::acked_bps)
+            .unwrap_or(0);
+        self.target_bitrate_bps().max(delivered).max(1)
+    }
+
+    /// Lets the pacer raise its rate if the queue would not drain in time — once the
+    /// peer's feedback shows what the path carries, to at most the pacing factor times
+    /// that (4.5): faster would only move the queue into the path's bottleneck.
     fn on_queued(&mut self, now: Instant) {
+        let max_rate = if self.feedback_seen {
+            Pacer::rate_for(self.path_rate_bps(), &self.config)
+        } else {
+            u64::MAX
+        };
         if let Some(pacer) = &mut self.pacer {
             let window = crate::pacer::max_queue_time(&self.config, self.rtt.smoothed());
-            pacer.on_queued(now, self.sender.queued_bytes(), window);
+            pacer.on_queued(now, self.sender.queued_bytes(), window, max_rate);
         }
     }
 
@@ -284,14 +448,42 @@ impl MediaConnection {
             Packet::Fragment { header, payload } => {
                 let (receiver, mut cx) = self.receive_context();
                 receiver.on_fragment(now, &header, payload, packet.len(), &mut cx);
+                let arrival_us = now.saturating_duration_since(self.epoch).as_micros() as u32;
+                let per_packet =
+                    (self.config.max_packet_size - FEEDBACK_HEADER_LEN) / FEEDBACK_ENTRY_LEN;
+                if self
+                    .feedback
+                    .record(now, header.packet_seq, arrival_us, per_packet)
+                {
+                    self.send_feedback();
+                }
+            }
+            Packet::Feedback {
+                base_seq,
+                reference_us,
+                entries,
+            } => {
+                self.stats.feedback_received += 1;
+                if let Some(bwe) = &mut self.delay_bwe {
+                    self.feedback_seen = true;
+                    let entries = wire::feedback_entries(base_seq, reference_us, entries);
+                    if bwe.on_feedback(now, entries, self.rtt.smoothed()) {
+                        self.update_target(now);
+                    }
+                }
             }
             Packet::Nack { nack_seq, entries } => {
                 self.stats.nacks_received += 1;
+                // Retransmissions leave ahead of queued video: they wait only for audio,
+                // earlier retransmissions and the path's own queue.
+                let queue_delay = self.network_queue_delay(now)
+                    + self.drain_time(self.sender.queued_ahead_of_retransmissions());
                 self.sender.on_nack(
                     now,
                     nack_seq,
                     wire::nack_entries(entries),
                     self.rtt.smoothed(),
+                    queue_delay,
                     &self.config,
                     &mut self.stats,
                 );
@@ -299,8 +491,8 @@ impl MediaConnection {
             }
             Packet::KeyframeRequest { stream } => {
                 self.stats.keyframe_requests_received += 1;
-                self.events
-                    .push(Event::KeyframeRequested { stream }, &mut self.stats);
+                self.keyframe_wanted |= 1u16 << (stream.index() % MAX_STREAMS);
+                self.release_keyframe_requests(now);
             }
             Packet::Report(report) => self.on_report(now, &report),
             Packet::ControlData { seq, message } => {
@@ -350,16 +542,7 @@ impl MediaConnection {
             self.loss_accumulator = (0, 0, 0);
             self.stats.send_loss = loss;
             self.bitrate.on_report(loss, interval);
-            let target = self.bitrate.target_bps();
-            self.set_pacing_target(now, target);
-            let change = target.abs_diff(self.last_bitrate_event) as f64;
-            if self.stats.frames_sent > 0
-                && change >= self.last_bitrate_event as f64 * BITRATE_EVENT_THRESHOLD
-            {
-                self.last_bitrate_event = target;
-                self.events
-                    .push(Event::TargetBitrate { bps: target }, &mut self.stats);
-            }
+            self.update_target(now);
         }
         self.peer_report = Some((report.timestamp_ms, now));
         if !self.echoed_peer {
@@ -369,8 +552,48 @@ impl MediaConnection {
         }
     }
 
-    /// Feeds the pacer a target bitrate. The loss-based controller calls this after every
-    /// applied report; a delay-based estimator would call it with its own target.
+    /// Recomputes the target from both estimates (`spec/media.md` 4.6): the lower of the
+    /// delay-based and the loss-based one. While loss is low the loss-based estimate follows
+    /// the delay-based one up, so it only ever cuts. Feeds the pacer and tells the
+    /// application about changes of at least [`BITRATE_EVENT_THRESHOLD`].
+    fn update_target(&mut self, now: Instant) {
+        if let Some(bwe) = self.delay_bwe.as_ref().filter(|_| self.feedback_seen)
+            && self.stats.send_loss < LOSS_LOW
+        {
+            self.bitrate.raise_to(bwe.target_bps());
+        }
+        let target = self.target_bitrate_bps();
+        self.set_pacing_target(now, target);
+        let change = target.abs_diff(self.last_bitrate_event) as f64;
+        let quiet = self
+            .last_bitrate_event_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= BITRATE_EVENT_MIN_INTERVAL);
+        if self.stats.frames_sent > 0
+            && quiet
+            && change >= self.last_bitrate_event as f64 * BITRATE_EVENT_THRESHOLD
+        {
+            self.last_bitrate_event = target;
+            self.last_bitrate_event_at = Some(now);
+            self.events
+                .push(Event::TargetBitrate { bps: target }, &mut self.stats);
+        }
+    }
+
+    /// Sends the pending arrival records as one feedback packet.
+    fn send_feedback(&mut self) {
+        let mut entries = std::mem::take(&mut self.feedback_scratch);
+        if let Some((base_seq, reference_us)) = self.feedback.take(&mut entries) {
+            let mut packet = BytesMut::new();
+            if wire::encode_feedback(base_seq, reference_us, &entries, &mut packet) > 0 {
+                self.stats.feedback_sent += 1;
+                self.push_small(packet.freeze());
+            }
+        }
+        entries.clear();
+        self.feedback_scratch = entries;
+    }
+
+    /// Feeds the pacer a target bitrate.
     fn set_pacing_target(&mut self, now: Instant, target_bps: u64) {
         if let Some(pacer) = &mut self.pacer {
             pacer.set_target(now, target_bps, &self.config);
@@ -440,6 +663,10 @@ impl MediaConnection {
             }
         }
         self.flush_control(now, true);
+        self.release_keyframe_requests(now);
+        if self.feedback.deadline().is_some_and(|at| at <= now) {
+            self.send_feedback();
+        }
         if now >= self.next_report_at {
             self.send_report(now);
         }
@@ -455,6 +682,7 @@ impl MediaConnection {
             self.receiver
                 .next_timeout(&self.config, self.rtt.smoothed()),
             self.control_sender.next_timeout(),
+            self.feedback.deadline(),
             Some(self.next_report_at),
         ]
         .into_iter()
@@ -497,6 +725,20 @@ impl MediaConnection {
             pacer.on_empty(now);
         }
         fragment.header.packet_seq = self.sender.take_packet_seq();
+        if let Some(bwe) = &mut self.delay_bwe {
+            // The fragments of one frame leave back to back at the pacing rate: a packet
+            // train whose receive rate shows what the path carries (a probe cluster).
+            let cluster = if retransmission || fragment.header.stream == StreamId::AUDIO {
+                0
+            } else {
+                (fragment.header.frame_seq << 4 | fragment.header.stream.index() as u32)
+                    .wrapping_add(1)
+                    .max(1)
+            };
+            let sent_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            let len = FRAGMENT_HEADER_LEN + fragment.payload.len();
+            bwe.on_sent(fragment.header.packet_seq, sent_us, len, cluster);
+        }
         if retransmission {
             self.stats.fragments_retransmitted += 1;
         } else {
@@ -527,15 +769,35 @@ impl MediaConnection {
         stats.jitter = Duration::from_micros(
             u64::try_from(self.receiver.counters.jitter_us.max(0)).unwrap_or(u64::MAX),
         );
-        stats.target_bitrate_bps = self.bitrate.target_bps();
+        stats.target_bitrate_bps = self.target_bitrate_bps();
+        stats.loss_based_target_bps = self.bitrate.target_bps();
+        stats.delay_based_target_bps = self
+            .delay_bwe
+            .as_ref()
+            .filter(|_| self.feedback_seen)
+            .map_or(0, DelayBasedBwe::target_bps);
+        stats.queuing_delay = self
+            .delay_bwe
+            .as_ref()
+            .map_or(Duration::ZERO, DelayBasedBwe::reported_queuing_delay);
+        stats.delivered_bitrate_bps = self
+            .delay_bwe
+            .as_ref()
+            .and_then(DelayBasedBwe::acked_bps)
+            .unwrap_or(0);
         stats.pacing_rate_bps = self.pacer.as_ref().map_or(0, Pacer::base_rate_bps);
         stats.pacing_burst_bytes = self.pacer.as_ref().map_or(0, Pacer::burst_bytes);
         stats
     }
 
-    /// The current target bitrate for the encoder, bits per second.
+    /// The current target bitrate for the encoder, bits per second: the lower of the
+    /// loss-based and (once the peer sends feedback) the delay-based estimate.
     pub fn target_bitrate_bps(&self) -> u64 {
-        self.bitrate.target_bps()
+        let loss_based = self.bitrate.target_bps();
+        match self.delay_bwe.as_ref().filter(|_| self.feedback_seen) {
+            Some(bwe) => loss_based.min(bwe.target_bps()),
+            None => loss_based,
+        }
     }
 
     /// Current memory use against the configured limits.

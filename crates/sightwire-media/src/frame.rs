@@ -24,6 +24,56 @@ pub struct Frame {
     pub data: Bytes,
 }
 
+/// How far into a frame [`Frame::is_discardable`] looks for its first picture NAL unit
+/// (parameter sets and SEI come first and are short).
+pub const DISCARDABLE_SCAN_LIMIT: usize = 4096;
+
+impl Frame {
+    /// Whether no later frame can reference this one, so dropping it alone leaves the
+    /// stream decodable: an H.264 picture whose first slice has `nal_ref_idc` 0, an H.265
+    /// sub-layer non-reference picture (NAL types 0, 2, …, 14), or any Motion JPEG image.
+    /// Keyframes, audio and metadata are never discardable. Looks at most
+    /// [`DISCARDABLE_SCAN_LIMIT`] bytes; a frame whose first picture NAL unit starts later
+    /// counts as a reference (the safe answer).
+    pub fn is_discardable(&self) -> bool {
+        if self.keyframe {
+            return false;
+        }
+        match self.codec {
+            Codec::Mjpeg => true,
+            Codec::H264 => first_picture_nal(&self.data, |header| {
+                let nal_type = header[0] & 0x1F;
+                (1..=5).contains(&nal_type).then_some(header[0] & 0x60 == 0)
+            }),
+            Codec::H265 => first_picture_nal(&self.data, |header| {
+                let nal_type = (header[0] >> 1) & 0x3F;
+                (nal_type < 32).then_some(nal_type <= 14 && nal_type % 2 == 0)
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Walks the Annex B start codes in the first [`DISCARDABLE_SCAN_LIMIT`] bytes of `data`
+/// and returns what `classify` says about the first NAL unit it has an answer for (it gets
+/// the two bytes after the start code); `false` if none.
+fn first_picture_nal(data: &[u8], classify: impl Fn([u8; 2]) -> Option<bool>) -> bool {
+    let scan = data.get(..DISCARDABLE_SCAN_LIMIT).unwrap_or(data);
+    let mut zeros = 0usize;
+    for (index, &byte) in scan.iter().enumerate() {
+        if byte == 1 && zeros >= 2 {
+            let header = [scan.get(index + 1).copied(), scan.get(index + 2).copied()];
+            if let [Some(first), Some(second)] = header
+                && let Some(answer) = classify([first, second])
+            {
+                return answer;
+            }
+        }
+        zeros = if byte == 0 { zeros + 1 } else { 0 };
+    }
+    false
+}
+
 /// Why a frame cannot be packetized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -138,6 +188,41 @@ impl PacketizedFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn video(codec: Codec, keyframe: bool, data: &[u8]) -> Frame {
+        Frame {
+            stream: StreamId::VIDEO,
+            codec,
+            keyframe,
+            codec_config: false,
+            capture_time_us: 0,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn discardable_pictures_are_recognised_from_their_nal_headers() {
+        // H.264: SEI (type 6) first, then a non-reference P slice (ref_idc 0, type 1).
+        let h264_non_ref = [0, 0, 0, 1, 0x06, 0x05, 0xFF, 0, 0, 1, 0x01, 0x9A];
+        assert!(video(Codec::H264, false, &h264_non_ref).is_discardable());
+        // The same slice with nal_ref_idc 2 is a reference.
+        let h264_ref = [0, 0, 1, 0x41, 0x9A];
+        assert!(!video(Codec::H264, false, &h264_ref).is_discardable());
+        // An IDR is never discardable, whatever its flag says.
+        assert!(!video(Codec::H264, true, &[0, 0, 1, 0x05, 0x88]).is_discardable());
+        // H.265: TRAIL_N (type 0) is, TRAIL_R (type 1) is not.
+        assert!(video(Codec::H265, false, &[0, 0, 1, 0x00, 0x01, 0xAF]).is_discardable());
+        assert!(!video(Codec::H265, false, &[0, 0, 1, 0x02, 0x01, 0xAF]).is_discardable());
+        // Every MJPEG image stands alone; audio and metadata are never dropped this way.
+        assert!(video(Codec::Mjpeg, false, &[0xFF, 0xD8]).is_discardable());
+        assert!(!video(Codec::Opus, false, &[1, 2, 3]).is_discardable());
+        // No start code, a truncated header, or a picture past the scan limit: reference.
+        assert!(!video(Codec::H264, false, &[1, 2, 3, 4]).is_discardable());
+        assert!(!video(Codec::H264, false, &[0, 0, 1]).is_discardable());
+        let mut late = vec![0xAB; DISCARDABLE_SCAN_LIMIT];
+        late.extend_from_slice(&[0, 0, 1, 0x01, 0x9A]);
+        assert!(!video(Codec::H264, false, &late).is_discardable());
+    }
 
     #[test]
     fn packetize_rejects_what_cannot_be_sent() {

@@ -64,6 +64,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admission;
+mod bwe;
 mod config;
 mod connection;
 mod control;
@@ -76,21 +78,28 @@ mod stats;
 mod stream;
 pub mod wire;
 
+pub use admission::DropReason;
+pub use bwe::{
+    ACKED_HEADROOM_BPS, ACKED_WINDOW, DECREASE_FACTOR, FEEDBACK_INTERVAL, INCREASE_PER_SECOND,
+    MAX_TARGET_OVER_ACKED, PROBE_MIN_PACKETS, PROBE_USE_FRACTION, SEND_HISTORY_PACKETS,
+    TRENDLINE_WINDOW,
+};
 pub use config::{
     Config, ConfigError, DEFAULT_MAX_PACKET_SIZE, IPV6_MIN_MTU, IPV6_UDP_HEADERS, MAX_PACKET_SIZE,
     MAX_TIMER, MIN_PACKET_SIZE, SESSION_OVERHEAD,
 };
 pub use connection::{
-    BITRATE_EVENT_THRESHOLD, ControlError, MAX_PENDING_SMALL_PACKETS, MIN_PACKETS_FOR_LOSS,
-    MediaConnection, MemoryUse, Transmit,
+    BITRATE_EVENT_MIN_INTERVAL, BITRATE_EVENT_THRESHOLD, ControlError, KEYFRAME_REASK_INTERVAL,
+    MAX_PENDING_SMALL_PACKETS, MIN_PACKETS_FOR_LOSS, MediaConnection, MemoryUse, Transmit,
 };
 pub use control::{CONTROL_MAX_RTO, CONTROL_WINDOW};
 pub use event::{Event, FrameLossReason, MAX_PENDING_EVENTS, ReceivedFrame};
-pub use frame::{Frame, PacketizeError, PacketizedFrame};
+pub use frame::{DISCARDABLE_SCAN_LIMIT, Frame, PacketizeError, PacketizedFrame};
 pub use pacer::{
     DEFAULT_PACING_FACTOR_PERCENT, MAX_PACING_FACTOR_PERCENT, MIN_PACING_TARGET_BPS, PACER_BURST,
     PACER_MIN_BURST_PACKETS, PACER_MIN_QUEUE_TIME_DIVISOR, PACER_RECOVERY_ROUNDS,
 };
+pub use receiver::KEYFRAME_DEADLINE_FACTOR;
 pub use sender::{RETRANSMIT_CREDIT_PER_BYTE, SendError};
 pub use stats::Stats;
 pub use stream::{Codec, MAX_STREAMS, StreamId};

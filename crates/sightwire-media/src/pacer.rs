@@ -92,8 +92,8 @@ impl Pacer {
             .max(1)
     }
 
-    /// Applies a new target bitrate (from the loss-based controller today; a delay-based
-    /// estimator plugs in here). Credit earned so far at the old rate is kept.
+    /// Applies a new target bitrate (the lower of the delay- and loss-based estimates).
+    /// Credit earned so far at the old rate is kept.
     pub(crate) fn set_target(&mut self, now: Instant, target_bps: u64, config: &Config) {
         self.refill(now);
         self.base_rate_bps = Self::rate_for(target_bps, config);
@@ -106,12 +106,19 @@ impl Pacer {
     }
 
     /// After something was queued: raises the rate so `queued_bytes` leave within
-    /// `max_queue_time` (see [`max_queue_time`]). The raised rate holds until the queue is
-    /// empty ([`on_empty`](Self::on_empty)), so everything queued now leaves in time.
-    pub(crate) fn on_queued(&mut self, now: Instant, queued_bytes: u64, max_queue_time: Duration) {
+    /// `max_queue_time` (see [`max_queue_time`]), but never above `max_rate_bps`. The
+    /// raised rate holds until the queue is empty ([`on_empty`](Self::on_empty)), so
+    /// everything queued now leaves in time.
+    pub(crate) fn on_queued(
+        &mut self,
+        now: Instant,
+        queued_bytes: u64,
+        max_queue_time: Duration,
+        max_rate_bps: u64,
+    ) {
         let window = max_queue_time.as_nanos().max(1);
         let needed = (u128::from(queued_bytes) * UNITS_PER_BYTE).div_ceil(window);
-        let needed = u64::try_from(needed).unwrap_or(u64::MAX);
+        let needed = u64::try_from(needed).unwrap_or(u64::MAX).min(max_rate_bps);
         if needed > self.drain_rate_bps {
             self.refill(now);
             self.drain_rate_bps = needed;
@@ -129,7 +136,6 @@ impl Pacer {
     }
 
     /// The rate in force, bits per second.
-    #[cfg(test)]
     pub(crate) fn rate_bps(&self) -> u64 {
         self.rate_bps
     }
@@ -236,12 +242,12 @@ mod tests {
         );
         let mut pacer = Pacer::new(t0, 2_000_000, &config);
         assert_eq!(pacer.rate_bps(), 5_000_000);
-        pacer.on_queued(t0, 71_875, window);
+        pacer.on_queued(t0, 71_875, window, u64::MAX);
         assert_eq!(pacer.rate_bps(), 5_000_000, "71.9 kB drain in 115 ms");
-        pacer.on_queued(t0, 143_750, window);
+        pacer.on_queued(t0, 143_750, window, u64::MAX);
         assert_eq!(pacer.rate_bps(), 10_000_000, "143.75 kB in 115 ms");
         assert_eq!(pacer.base_rate_bps(), 5_000_000);
-        pacer.on_queued(t0, 10_000, window);
+        pacer.on_queued(t0, 10_000, window, u64::MAX);
         assert_eq!(pacer.rate_bps(), 10_000_000, "never lowered while queued");
         pacer.on_empty(t0 + Duration::from_millis(100));
         assert_eq!(pacer.rate_bps(), 5_000_000);

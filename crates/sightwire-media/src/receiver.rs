@@ -19,6 +19,29 @@ use crate::wire::{
 /// Length of each window of the windowed-minimum transit filter that maps capture times to
 /// local time. Two windows are kept, so the base follows a clock drift within 10 s.
 pub(crate) const TRANSIT_WINDOW: Duration = Duration::from_secs(5);
+/// A keyframe may take this many latency budgets to arrive before it is given up; the
+/// frames queued behind it get a budget that shrinks back to one latency budget as their
+/// capture time moves away from the keyframe's (`spec/media.md` 5.3).
+pub const KEYFRAME_DEADLINE_FACTOR: u32 = 3;
+
+/// The budget of a frame captured at `capture_us`, the newest keyframe of its stream
+/// having been captured at `keyframe_us`: `max(B, F·B − Δ)` for `Δ = capture − keyframe
+/// capture ≥ 0` (`B` the latency budget, `F` [`KEYFRAME_DEADLINE_FACTOR`]), else `B`. The
+/// keyframe itself gets `F·B`; the frames behind it inherit its delay minus the time
+/// that passed, so a queue that does not drain in real time still makes frames late.
+/// Sender and receiver use the same rule.
+pub(crate) fn frame_budget(
+    keyframe_us: Option<u64>,
+    capture_us: u64,
+    latency_budget: Duration,
+) -> Duration {
+    let Some(since_keyframe) = keyframe_us.and_then(|key| capture_us.checked_sub(key)) else {
+        return latency_budget;
+    };
+    (latency_budget * KEYFRAME_DEADLINE_FACTOR)
+        .saturating_sub(Duration::from_micros(since_keyframe))
+        .max(latency_budget)
+}
 
 /// What a frame looked like in its first fragment; later fragments must agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +125,9 @@ struct StreamState {
     transit_min_previous: Option<i128>,
     transit_window_start: Option<Instant>,
     last_transit: Option<i128>,
+    /// Capture time of the newest keyframe seen: it and the frames captured within
+    /// its recovery window get the keyframe budget (5.3).
+    keyframe_capture_us: Option<u64>,
 }
 
 impl StreamState {
@@ -296,9 +322,23 @@ impl Receiver {
             .base_transit()
             .map_or(0, |base| (transit - base).max(0));
         let lateness = Duration::from_micros(u64::try_from(lateness).unwrap_or(u64::MAX));
-        let allowance = cx
-            .config
-            .latency_budget
+        // A keyframe is the only way back to a picture, and on a slow path it takes longer
+        // to transmit than the budget allows: late is better than never. The frames
+        // queued behind it inherit its delay, so those captured within its recovery
+        // window get the same budget (5.3).
+        if header.flags & FLAG_KEYFRAME != 0 {
+            stream.keyframe_capture_us = Some(
+                stream
+                    .keyframe_capture_us
+                    .map_or(header.capture_time_us, |c| c.max(header.capture_time_us)),
+            );
+        }
+        let budget = frame_budget(
+            stream.keyframe_capture_us,
+            header.capture_time_us,
+            cx.config.latency_budget,
+        );
+        let allowance = budget
             .saturating_sub(Self::one_way(cx))
             .saturating_sub(lateness);
         let deadline = now + allowance;

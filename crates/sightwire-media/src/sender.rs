@@ -76,6 +76,13 @@ pub enum SendError {
         /// The limit.
         limit: usize,
     },
+    /// The frame-drop policy did not send it (`spec/media.md` 4.7); not an error of the
+    /// caller's, and counted in [`Stats`](crate::Stats).
+    #[error("frame dropped: {reason:?}")]
+    FrameDropped {
+        /// Why.
+        reason: crate::DropReason,
+    },
     /// The transmit queue cannot take the frame's fragments (the driver is not draining
     /// `poll_transmit`, or frames come faster than the path carries them).
     #[error("transmit queue full: {queued} queued, frame needs {needed}, limit {limit}")]
@@ -177,6 +184,16 @@ impl Sender {
         self.queued_bytes
     }
 
+    /// Packet bytes a retransmission queued now waits behind: audio and earlier
+    /// retransmissions (they leave ahead of new video, 4.2).
+    pub(crate) fn queued_ahead_of_retransmissions(&self) -> u64 {
+        self.audio_queue
+            .iter()
+            .chain(&self.retransmit_queue)
+            .map(QueuedFragment::packet_len)
+            .sum()
+    }
+
     pub(crate) fn history_bytes(&self) -> usize {
         self.history_bytes
     }
@@ -275,13 +292,16 @@ impl Sender {
         seq
     }
 
-    /// Queues retransmissions for a NACK. `rtt` is the current estimate.
+    /// Queues retransmissions for a NACK. `rtt` is the current estimate, `queue_delay` how
+    /// long a packet queued now waits in the pacer and the path's queues.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_nack(
         &mut self,
         now: Instant,
         nack_seq: u16,
         entries: impl Iterator<Item = NackEntry>,
         rtt: Duration,
+        queue_delay: Duration,
         config: &Config,
         stats: &mut Stats,
     ) {
@@ -310,7 +330,7 @@ impl Sender {
                 continue;
             };
             let deadline = sent.sent_at + config.latency_budget;
-            let arrival = now + rtt / 2;
+            let arrival = now + queue_delay + rtt / 2;
             if arrival > deadline {
                 stats.retransmissions_skipped += 1;
                 continue;

@@ -92,6 +92,14 @@ impl BitrateController {
     pub(crate) fn target_bps(&self) -> u64 {
         self.target_bps as u64
     }
+
+    /// Lets the target follow another estimate up (never down), within the bounds.
+    pub(crate) fn raise_to(&mut self, bps: u64) {
+        self.target_bps = self
+            .target_bps
+            .max(bps as f64)
+            .clamp(self.min_bps, self.max_bps);
+    }
 }
 
 /// Counters and estimates of one connection; see [`crate::MediaConnection::stats`].
@@ -110,8 +118,18 @@ pub struct Stats {
     pub send_bitrate_bps: u64,
     /// Bitrate we received fragments at over the last report interval (bits/s).
     pub receive_bitrate_bps: u64,
-    /// Target bitrate the encoder should follow (loss-based estimate).
+    /// Target bitrate the encoder should follow: the lower of the two estimates below.
     pub target_bitrate_bps: u64,
+    /// The loss-based estimate (`spec/media.md` 6.4).
+    pub loss_based_target_bps: u64,
+    /// The delay-based estimate (`spec/media.md` 4.6); 0 until the peer sends feedback.
+    pub delay_based_target_bps: u64,
+    /// How long our latest reported fragment waited in queues on the path, from the
+    /// peer's feedback (one-way delay above its recent minimum, `spec/media.md` 4.6).
+    pub queuing_delay: Duration,
+    /// Rate the peer's feedback says our fragments arrived at over the last 500 ms
+    /// (bits/s; 0 before feedback).
+    pub delivered_bitrate_bps: u64,
     /// Rate the pacer lets fragments leave at, `pacing_factor × target` (bits/s; 0 with
     /// pacing off). It goes faster only to drain a queue that would otherwise wait past
     /// the time losses can still be repaired in (`spec/media.md`, 4.5 "Pacing").
@@ -120,6 +138,16 @@ pub struct Stats {
     pub pacing_burst_bytes: u64,
     /// Frames accepted by `send_frame`.
     pub frames_sent: u64,
+    /// Frames `send_frame` dropped because the path could not carry them within the
+    /// latency budget (`spec/media.md` 4.7).
+    pub frames_dropped_congested: u64,
+    /// Frames `send_frame` dropped because an earlier frame they may refer to was dropped
+    /// (the stream waits for a keyframe).
+    pub frames_dropped_awaiting_keyframe: u64,
+    /// Feedback packets sent.
+    pub feedback_sent: u64,
+    /// Feedback packets received.
+    pub feedback_received: u64,
     /// Fragment packets sent (first transmissions).
     pub fragments_sent: u64,
     /// Fragment packets retransmitted (each copy counted).

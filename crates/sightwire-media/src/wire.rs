@@ -28,6 +28,9 @@ pub const TYPE_REPORT: u8 = 0x43;
 pub const TYPE_CONTROL_DATA: u8 = 0x44;
 /// Packet type: acknowledgement of control messages.
 pub const TYPE_CONTROL_ACK: u8 = 0x45;
+/// Packet type: arrival times of received fragment packets (for delay-based bandwidth
+/// estimation at the sender).
+pub const TYPE_FEEDBACK: u8 = 0x46;
 
 /// Length of the fragment header that precedes every fragment's payload.
 pub const FRAGMENT_HEADER_LEN: usize = 28;
@@ -50,6 +53,18 @@ pub const CONTROL_DATA_HEADER_LEN: usize = 5;
 pub const MAX_CONTROL_MESSAGE_LEN: usize = 1000;
 /// Length of a control ack packet.
 pub const CONTROL_ACK_LEN: usize = 9;
+/// Length of a feedback packet before its entries.
+pub const FEEDBACK_HEADER_LEN: usize = 11;
+/// Length of one feedback entry.
+pub const FEEDBACK_ENTRY_LEN: usize = 4;
+/// Most entries one feedback packet may carry (fits the smallest allowed packet size).
+pub const MAX_FEEDBACK_ENTRIES: usize = 250;
+/// Unit of a feedback entry's arrival offset, microseconds.
+pub const FEEDBACK_TIME_UNIT_US: u64 = 100;
+/// Largest `packet_seq` distance from a feedback's base a single entry can express.
+pub const MAX_FEEDBACK_SEQ_SPAN: u32 = u16::MAX as u32;
+/// Largest arrival offset from a feedback's reference time (6.5535 s).
+pub const MAX_FEEDBACK_ARRIVAL_OFFSET_US: u64 = u16::MAX as u64 * FEEDBACK_TIME_UNIT_US;
 /// Largest frame the protocol can describe (the `frame_size` field is a `u32`, and
 /// implementations cap it further with `Config::max_frame_size`).
 pub const MAX_FRAME_SIZE_LIMIT: usize = 16 * 1024 * 1024;
@@ -123,6 +138,9 @@ pub enum DecodeError {
     /// A NACK with zero entries or more than [`MAX_NACK_ENTRIES`].
     #[error("NACK entry count {0} out of range")]
     BadNackCount(u8),
+    /// A feedback packet with zero entries or more than [`MAX_FEEDBACK_ENTRIES`].
+    #[error("feedback with {0} entries")]
+    BadFeedbackCount(u16),
     /// A control message longer than [`MAX_CONTROL_MESSAGE_LEN`].
     #[error("control message of {0} bytes exceeds the limit")]
     ControlMessageTooLong(usize),
@@ -210,6 +228,16 @@ pub struct ReportEcho {
     pub delay_ms: u32,
 }
 
+/// One feedback entry: a fragment packet the receiver got, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackEntry {
+    /// The packet's `packet_seq`.
+    pub packet_seq: u32,
+    /// Arrival time on the receiver's clock, microseconds since its connection start
+    /// (wraps), at [`FEEDBACK_TIME_UNIT_US`] resolution.
+    pub arrival_us: u32,
+}
+
 /// A decoded media packet, borrowing its payload from the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet<'a> {
@@ -240,6 +268,16 @@ pub enum Packet<'a> {
         seq: u32,
         /// Message bytes.
         message: &'a [u8],
+    },
+    /// Arrival times of fragment packets.
+    Feedback {
+        /// `packet_seq` that entry sequence offsets are relative to.
+        base_seq: u32,
+        /// Receiver clock (microseconds, wraps) that arrival offsets are relative to.
+        reference_us: u32,
+        /// Raw entries (each [`FEEDBACK_ENTRY_LEN`] bytes); iterate with
+        /// [`feedback_entries`].
+        entries: &'a [u8],
     },
     /// A control acknowledgement.
     ControlAck {
@@ -377,6 +415,23 @@ pub fn decode(input: &[u8]) -> Result<Packet<'_>, DecodeError> {
                 selective: u32_at(input, 5),
             })
         }
+        TYPE_FEEDBACK => {
+            need("feedback", input, FEEDBACK_HEADER_LEN)?;
+            let count = u16_at(input, 9);
+            if count == 0 || usize::from(count) > MAX_FEEDBACK_ENTRIES {
+                return Err(DecodeError::BadFeedbackCount(count));
+            }
+            exact(
+                "feedback",
+                input,
+                FEEDBACK_HEADER_LEN + usize::from(count) * FEEDBACK_ENTRY_LEN,
+            )?;
+            Ok(Packet::Feedback {
+                base_seq: u32_at(input, 1),
+                reference_us: u32_at(input, 5),
+                entries: input.get(FEEDBACK_HEADER_LEN..).unwrap_or_default(),
+            })
+        }
         other => Err(DecodeError::UnknownType(other)),
     }
 }
@@ -433,6 +488,56 @@ pub fn nack_entries(entries: &[u8]) -> impl Iterator<Item = NackEntry> + '_ {
             fragment_count: u16_at(raw, 7),
         })
     })
+}
+
+/// Iterates the entries of a decoded feedback packet, resolving the offsets against
+/// `base_seq` and `reference_us`.
+pub fn feedback_entries(
+    base_seq: u32,
+    reference_us: u32,
+    entries: &[u8],
+) -> impl Iterator<Item = FeedbackEntry> + '_ {
+    entries
+        .chunks_exact(FEEDBACK_ENTRY_LEN)
+        .map(move |raw| FeedbackEntry {
+            packet_seq: base_seq.wrapping_add(u32::from(u16_at(raw, 0))),
+            arrival_us: reference_us
+                .wrapping_add((u64::from(u16_at(raw, 2)) * FEEDBACK_TIME_UNIT_US) as u32),
+        })
+}
+
+/// Appends a feedback packet to `out`. `entries` (1..=[`MAX_FEEDBACK_ENTRIES`]) must lie
+/// within [`MAX_FEEDBACK_SEQ_SPAN`] at or after `base_seq` and within
+/// [`MAX_FEEDBACK_ARRIVAL_OFFSET_US`] at or after `reference_us`; entries that do not are
+/// left out. Returns how many entries were written.
+pub fn encode_feedback(
+    base_seq: u32,
+    reference_us: u32,
+    entries: &[FeedbackEntry],
+    out: &mut BytesMut,
+) -> usize {
+    let fits = |entry: &&FeedbackEntry| {
+        entry.packet_seq.wrapping_sub(base_seq) <= MAX_FEEDBACK_SEQ_SPAN
+            && u64::from(entry.arrival_us.wrapping_sub(reference_us))
+                <= MAX_FEEDBACK_ARRIVAL_OFFSET_US
+    };
+    let count = entries
+        .iter()
+        .take(MAX_FEEDBACK_ENTRIES)
+        .filter(fits)
+        .count();
+    out.reserve(FEEDBACK_HEADER_LEN + count * FEEDBACK_ENTRY_LEN);
+    out.put_u8(TYPE_FEEDBACK);
+    out.put_u32(base_seq);
+    out.put_u32(reference_us);
+    out.put_u16(count as u16);
+    for entry in entries.iter().take(MAX_FEEDBACK_ENTRIES).filter(fits) {
+        out.put_u16(entry.packet_seq.wrapping_sub(base_seq) as u16);
+        out.put_u16(
+            (u64::from(entry.arrival_us.wrapping_sub(reference_us)) / FEEDBACK_TIME_UNIT_US) as u16,
+        );
+    }
+    count
 }
 
 /// Appends a NACK packet with `entries` (1..=[`MAX_NACK_ENTRIES`]) to `out`.

@@ -345,7 +345,7 @@ fn the_pacer_queue_is_bounded_by_max_transmit_queue() {
         drain(&mut camera, now, &mut log);
         // 2.5 Mbit/s pacing = 31 250 bytes per 100 ms; offer 3 × that.
         let packetized = camera
-            .packetize(frame(StreamId::VIDEO, false, 9_375, index))
+            .packetize(frame(StreamId::VIDEO, true, 9_375, index))
             .unwrap();
         match camera.send_frame(now, &packetized) {
             Ok(_) => {}

@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use serde_json::Value;
-use sightwire_media::wire::{self, NackEntry, Packet, Report, ReportEcho};
+use sightwire_media::wire::{self, FeedbackEntry, NackEntry, Packet, Report, ReportEcho};
 use sightwire_media::{Codec, StreamId};
 
 fn vectors() -> Value {
@@ -43,6 +43,15 @@ fn encode(packet: &Packet<'_>) -> Vec<u8> {
             cumulative,
             selective,
         } => wire::encode_control_ack(*cumulative, *selective, &mut out),
+        Packet::Feedback {
+            base_seq,
+            reference_us,
+            entries,
+        } => {
+            let decoded: Vec<FeedbackEntry> =
+                wire::feedback_entries(*base_seq, *reference_us, entries).collect();
+            wire::encode_feedback(*base_seq, *reference_us, &decoded, &mut out);
+        }
     }
     out.to_vec()
 }
@@ -127,6 +136,29 @@ fn valid_vectors_decode_to_their_fields_and_reencode_byte_exact() {
             ) => {
                 assert_eq!(u64::from(*cumulative), field(fields, "cumulative"));
                 assert_eq!(u64::from(*selective), field(fields, "selective"));
+            }
+            (
+                Packet::Feedback {
+                    base_seq,
+                    reference_us,
+                    entries,
+                },
+                "feedback",
+            ) => {
+                assert_eq!(u64::from(*base_seq), field(fields, "base_seq"));
+                assert_eq!(u64::from(*reference_us), field(fields, "reference_us"));
+                let decoded: Vec<FeedbackEntry> =
+                    wire::feedback_entries(*base_seq, *reference_us, entries).collect();
+                let expected: Vec<FeedbackEntry> = fields["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|entry| FeedbackEntry {
+                        packet_seq: field(entry, "packet_seq") as u32,
+                        arrival_us: field(entry, "arrival_us") as u32,
+                    })
+                    .collect();
+                assert_eq!(decoded, expected, "{name}");
             }
             (other, kind) => panic!("{name}: decoded {other:?}, vector says {kind}"),
         }
