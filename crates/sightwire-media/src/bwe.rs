@@ -745,65 +745,69 @@ impl DelayBasedBwe {
 mod tests {
     use super::*;
 
-    /// Feeds the estimator packets sent at `send_rate` through a bottleneck of
-    /// `capacity_bps` with an unbounded FIFO, `seconds` long, feedback every 50 ms.
-    fn drive(
-        bwe: &mut DelayBasedBwe,
+    /// A FIFO bottleneck with an unbounded queue, 10 ms each way, feedback every 50 ms.
+    struct Bottleneck {
         start: Instant,
-        clock_us: &mut u64,
-        seq: &mut u32,
-        queue_free_at_us: &mut u64,
-        send_rate: impl Fn(&DelayBasedBwe) -> f64,
-        capacity_bps: f64,
-        seconds: f64,
-    ) {
-        let end = *clock_us + (seconds * 1e6) as u64;
-        let mut pending: Vec<FeedbackEntry> = Vec::new();
-        let mut next_feedback = *clock_us + 50_000;
-        let size = 1200u32;
-        while *clock_us < end {
-            let rate = send_rate(bwe).max(50_000.0);
-            let gap_us = (f64::from(size) * 8e6 / rate) as u64;
-            let sent = *clock_us;
-            // Ten packets per frame (one probe cluster each).
-            bwe.on_sent(*seq, sent, size as usize, *seq / 10 + 1);
-            let transmit_us = (f64::from(size) * 8e6 / capacity_bps) as u64;
-            let start_service = (*queue_free_at_us).max(sent + 10_000);
-            *queue_free_at_us = start_service + transmit_us;
-            pending.push(FeedbackEntry {
-                packet_seq: *seq,
-                arrival_us: *queue_free_at_us as u32,
-            });
-            *seq = seq.wrapping_add(1);
-            *clock_us += gap_us.max(1);
-            if *clock_us >= next_feedback {
-                let now = start + Duration::from_micros(*clock_us);
-                // Only what has arrived by now (plus the 10 ms return path) is reported.
-                let (ready, later): (Vec<_>, Vec<_>) = pending
-                    .iter()
-                    .partition(|e| u64::from(e.arrival_us) + 10_000 <= *clock_us);
-                bwe.on_feedback(now, ready.into_iter(), Duration::from_millis(20));
-                pending = later;
-                next_feedback += 50_000;
+        clock_us: u64,
+        seq: u32,
+        queue_free_at_us: u64,
+    }
+
+    impl Bottleneck {
+        fn new() -> Bottleneck {
+            Bottleneck {
+                start: Instant::now(),
+                clock_us: 0,
+                seq: 0,
+                queue_free_at_us: 0,
+            }
+        }
+
+        /// Feeds `bwe` packets sent at `send_rate` through `capacity_bps` for `seconds`.
+        fn drive(
+            &mut self,
+            bwe: &mut DelayBasedBwe,
+            send_rate: impl Fn(&DelayBasedBwe) -> f64,
+            capacity_bps: f64,
+            seconds: f64,
+        ) {
+            let end = self.clock_us + (seconds * 1e6) as u64;
+            let mut pending: Vec<FeedbackEntry> = Vec::new();
+            let mut next_feedback = self.clock_us + 50_000;
+            let size = 1200u32;
+            while self.clock_us < end {
+                let rate = send_rate(bwe).max(50_000.0);
+                let gap_us = (f64::from(size) * 8e6 / rate) as u64;
+                let sent = self.clock_us;
+                // Ten packets per frame (one probe cluster each).
+                bwe.on_sent(self.seq, sent, size as usize, self.seq / 10 + 1);
+                let transmit_us = (f64::from(size) * 8e6 / capacity_bps) as u64;
+                let start_service = self.queue_free_at_us.max(sent + 10_000);
+                self.queue_free_at_us = start_service + transmit_us;
+                pending.push(FeedbackEntry {
+                    packet_seq: self.seq,
+                    arrival_us: self.queue_free_at_us as u32,
+                });
+                self.seq = self.seq.wrapping_add(1);
+                self.clock_us += gap_us.max(1);
+                if self.clock_us >= next_feedback {
+                    let now = self.start + Duration::from_micros(self.clock_us);
+                    // Only what has arrived by now (plus the 10 ms way back) is reported.
+                    let (ready, later): (Vec<_>, Vec<_>) = pending
+                        .iter()
+                        .partition(|e| u64::from(e.arrival_us) + 10_000 <= self.clock_us);
+                    bwe.on_feedback(now, ready.into_iter(), Duration::from_millis(20));
+                    pending = later;
+                    next_feedback += 50_000;
+                }
             }
         }
     }
 
     #[test]
     fn sending_above_capacity_is_detected_and_the_target_falls_to_it() {
-        let start = Instant::now();
         let mut bwe = DelayBasedBwe::new(8_000_000, 100_000, 20_000_000);
-        let (mut clock, mut seq, mut queue) = (0u64, 0u32, 0u64);
-        drive(
-            &mut bwe,
-            start,
-            &mut clock,
-            &mut seq,
-            &mut queue,
-            DelayBasedBwe::target_f64,
-            4_000_000.0,
-            5.0,
-        );
+        Bottleneck::new().drive(&mut bwe, DelayBasedBwe::target_f64, 4_000_000.0, 5.0);
         let target = bwe.target_bps() as f64;
         assert!(
             (2_800_000.0..=4_400_000.0).contains(&target),
@@ -813,19 +817,8 @@ mod tests {
 
     #[test]
     fn sending_below_capacity_never_signals_overuse() {
-        let start = Instant::now();
         let mut bwe = DelayBasedBwe::new(1_000_000, 100_000, 20_000_000);
-        let (mut clock, mut seq, mut queue) = (0u64, 0u32, 0u64);
-        drive(
-            &mut bwe,
-            start,
-            &mut clock,
-            &mut seq,
-            &mut queue,
-            |_| 2_000_000.0,
-            8_000_000.0,
-            5.0,
-        );
+        Bottleneck::new().drive(&mut bwe, |_| 2_000_000.0, 8_000_000.0, 5.0);
         assert_ne!(bwe.usage(), BandwidthUsage::Overusing);
         assert!(bwe.target_bps() >= 1_000_000, "never decreased");
         let acked = bwe.acked_bps().expect("delivered rate measured") as f64;

@@ -205,8 +205,4 @@ impl Config {
         }
         Ok(())
     }
-
-    pub(crate) fn history_age(&self) -> Duration {
-        self.max_history_age.unwrap_or(self.latency_budget)
-    }
 }

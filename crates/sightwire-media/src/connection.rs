@@ -255,12 +255,12 @@ impl MediaConnection {
         }
         // The receiver's rule (5.3): frames behind a keyframe may be later, by less and
         // less as time passes.
-        let budget = crate::receiver::frame_budget(
+        let frame_budget = crate::receiver::frame_budget(
             self.keyframe_capture_us[media.stream.index() % MAX_STREAMS],
             media.capture_time_us,
             self.config.latency_budget,
-        )
-        .saturating_sub(self.rtt.smoothed() / 2);
+        );
+        let budget = frame_budget.saturating_sub(self.rtt.smoothed() / 2);
         let wait = self.queue_delay(now) + transmission;
         let stream_bit = 1u16 << (media.stream.index() % MAX_STREAMS);
         match self.admission.admit(media, wait, budget) {
@@ -283,9 +283,9 @@ impl MediaConnection {
             }
         }
         let keyframe = media.keyframe;
-        let seq = self
-            .sender
-            .send_frame(now, frame, &self.config, &mut self.stats)?;
+        let seq =
+            self.sender
+                .send_frame(now, frame, frame_budget, &self.config, &mut self.stats)?;
         if keyframe {
             self.keyframe_wanted &= !stream_bit;
             self.keyframe_asked &= !stream_bit;

@@ -136,6 +136,7 @@ impl Pacer {
     }
 
     /// The rate in force, bits per second.
+    #[cfg(test)]
     pub(crate) fn rate_bps(&self) -> u64 {
         self.rate_bps
     }

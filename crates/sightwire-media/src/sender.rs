@@ -38,6 +38,8 @@ struct SentFrame {
     frame_seq: u32,
     frame: PacketizedFrame,
     sent_at: Instant,
+    /// How long after `sent_at` the receiver still accepts it (`spec/media.md` 5.3).
+    budget: Duration,
     /// Per fragment, its last retransmission; empty until the frame is first NACKed.
     retransmitted: Vec<Option<LastRetransmit>>,
 }
@@ -207,10 +209,12 @@ impl Sender {
         self.queue.len() + self.audio_queue.len() + self.retransmit_queue.len()
     }
 
+    /// Queues `frame`, which the receiver accepts until `budget` after now.
     pub(crate) fn send_frame(
         &mut self,
         now: Instant,
         frame: &PacketizedFrame,
+        budget: Duration,
         config: &Config,
         stats: &mut Stats,
     ) -> Result<u32, SendError> {
@@ -261,6 +265,7 @@ impl Sender {
             frame_seq,
             frame: frame.clone(),
             sent_at: now,
+            budget,
             retransmitted: Vec::new(),
         });
         self.history_bytes += size;
@@ -269,10 +274,11 @@ impl Sender {
         Ok(frame_seq)
     }
 
-    /// Drops history beyond the byte, frame and age limits (oldest first).
+    /// Drops history beyond the byte, frame and age limits (oldest first). The age limit
+    /// is `max_history_age`, or else each frame's own budget.
     pub(crate) fn prune_history(&mut self, now: Instant, config: &Config) {
-        let max_age = config.history_age();
         while let Some(oldest) = self.history.front() {
+            let max_age = config.max_history_age.unwrap_or(oldest.budget);
             let too_old = now.saturating_duration_since(oldest.sent_at) > max_age;
             if !(too_old
                 || self.history_bytes > config.max_history_bytes
@@ -329,7 +335,7 @@ impl Sender {
                 stats.retransmissions_skipped += 1;
                 continue;
             };
-            let deadline = sent.sent_at + config.latency_budget;
+            let deadline = sent.sent_at + sent.budget;
             let arrival = now + queue_delay + rtt / 2;
             if arrival > deadline {
                 stats.retransmissions_skipped += 1;

@@ -78,7 +78,7 @@ impl Camera {
     fn send_due_frames(&mut self, now: Instant) {
         while self.next_frame_at <= now {
             let at = self.next_frame_at;
-            let keyframe = self.frame_index % GOP == 0 || self.force_keyframe;
+            let keyframe = self.frame_index.is_multiple_of(GOP) || self.force_keyframe;
             self.force_keyframe = false;
             let (key_len, p_len) = self.frame_sizes();
             let len = if keyframe { key_len } else { p_len };
