@@ -7,6 +7,8 @@
 
 /// NAL unit types that matter here (H.264 Table 7-1).
 const NAL_SLICE: u8 = 1;
+/// Slice data partition C, the last of the partition types after `NAL_SLICE`.
+const NAL_PARTITION_C: u8 = 4;
 const NAL_IDR: u8 = 5;
 const NAL_SEI: u8 = 6;
 const NAL_SPS: u8 = 7;
@@ -91,6 +93,26 @@ pub fn access_units(stream: &[u8]) -> Vec<AccessUnit> {
     units
 }
 
+/// Whether an access unit holds a picture nothing references: it has slices and every
+/// slice's `nal_ref_idc` is 0 (H.264 7.4.1), so it can be dropped without breaking the
+/// frames after it. An SVC/MVC slice extension (types 20, 21) counts as referenced.
+pub fn is_disposable(access_unit: &[u8]) -> bool {
+    let mut slices = 0usize;
+    for (_, header) in nal_starts(access_unit) {
+        let Some(&nal_header) = access_unit.get(header) else {
+            continue;
+        };
+        let nal_type = nal_header & 0x1F;
+        let nal_ref_idc = (nal_header >> 5) & 0x03;
+        match nal_type {
+            NAL_SLICE..=NAL_PARTITION_C if nal_ref_idc == 0 => slices += 1,
+            NAL_SLICE..=NAL_PARTITION_C | NAL_IDR | 20 | 21 => return false,
+            _ => {}
+        }
+    }
+    slices > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +141,36 @@ mod tests {
         // Nothing lost, nothing duplicated.
         let joined: Vec<u8> = units.iter().flat_map(|u| u.data.clone()).collect();
         assert_eq!(joined, stream);
+    }
+
+    #[test]
+    fn finds_pictures_nothing_references() {
+        // nal_ref_idc in bits 5..6 of the header: 0x01 is a non-reference slice, 0x21 and
+        // 0x41 reference slices.
+        let unit = |headers: &[u8]| -> Vec<u8> {
+            headers
+                .iter()
+                .flat_map(|&h| [0, 0, 0, 1, h, 0x88, 0xAB])
+                .collect()
+        };
+        assert!(
+            is_disposable(&unit(&[0x09, 0x06, 0x01])),
+            "AUD, SEI, non-reference slice"
+        );
+        assert!(
+            is_disposable(&unit(&[0x01, 0x01])),
+            "two non-reference slices"
+        );
+        assert!(
+            !is_disposable(&unit(&[0x01, 0x21])),
+            "one slice is referenced"
+        );
+        assert!(!is_disposable(&unit(&[0x41])));
+        assert!(!is_disposable(&unit(&[0x65])), "IDR");
+        assert!(!is_disposable(&unit(&[0x06, 0x67])), "no slice at all");
+        assert!(!is_disposable(&unit(&[0x01, 0x14])), "SVC extension");
+        assert!(!is_disposable(&[]));
+        assert!(!is_disposable(&[0, 0, 1]));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Pieces shared by the example peers (`camera`, `viewer`, `demo`) and their tests:
 //! a loopback deployment ([`local::LocalNetwork`]), H.264 access-unit splitting
-//! ([`annexb`]), frame sources ([`source`]) and the camera's identity on disk
-//! ([`identity`]).
+//! ([`annexb`]), frame sources ([`source`]), keeping a camera's offered bitrate at the
+//! viewers' target ([`rate`]: frame dropping; [`switch`]: an RTSP camera's main/sub
+//! stream) and the camera's identity on disk ([`identity`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -9,5 +10,7 @@ pub mod annexb;
 pub mod identity;
 pub mod local;
 pub mod mp4;
+pub mod rate;
 pub mod rtsp;
 pub mod source;
+pub mod switch;

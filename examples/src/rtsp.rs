@@ -12,6 +12,12 @@
 //! the source reconnects after a delay that doubles from [`RtspConfig::min_backoff`] up to
 //! [`RtspConfig::max_backoff`] and resets once a session delivers frames again. Capture
 //! times keep increasing across reconnects.
+//!
+//! [`RtspSource`] pulls a camera's main stream and, given its sub stream, switches
+//! between them on the target bitrate ([`crate::switch`]): it opens the other stream,
+//! keeps forwarding the current one until the other delivers a keyframe carrying its
+//! SPS/PPS, then forwards the other from that keyframe on and closes the first. The
+//! viewer so always gets a decoder entry point (with the new picture size) at a switch.
 
 use std::time::Duration;
 
@@ -25,6 +31,9 @@ use retina::codec::{CodecItem, FrameFormat};
 use sightwire::{Codec, Frame, StreamId};
 use tokio::sync::mpsc;
 use url::Url;
+
+use crate::rate::RateMeter;
+use crate::switch::{CameraStream, Splice, SwitchConfig, SwitchPolicy};
 
 /// Default first reconnect delay.
 pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -287,6 +296,180 @@ async fn stream_session(
             return Ok(());
         }
         *delivered += 1;
+    }
+}
+
+/// An RTSP camera's main stream and, optionally, its sub stream, switched on the target
+/// bitrate; see the module docs. Without a sub stream it forwards the main stream as
+/// [`spawn`] does.
+#[derive(Debug)]
+pub struct RtspSource {
+    main: RtspConfig,
+    sub: Option<RtspConfig>,
+    main_frames: Option<mpsc::Receiver<Frame>>,
+    sub_frames: Option<mpsc::Receiver<Frame>>,
+    /// The stream being forwarded.
+    active: CameraStream,
+    /// The stream being switched to at its next keyframe with SPS/PPS.
+    pending: Option<CameraStream>,
+    policy: SwitchPolicy,
+    /// The main stream's bitrate, from its capture times.
+    main_rate: RateMeter,
+    splice: Splice,
+    target_bps: Option<u64>,
+    switches: u64,
+}
+
+impl RtspSource {
+    /// Starts pulling `main` on the current tokio runtime; `sub`, when given, is pulled
+    /// only while switching to it or using it.
+    pub fn new(main: RtspConfig, sub: Option<RtspConfig>, config: SwitchConfig) -> Self {
+        let main_frames = Some(spawn(main.clone()));
+        Self {
+            main,
+            sub,
+            main_frames,
+            sub_frames: None,
+            active: CameraStream::Main,
+            pending: None,
+            policy: SwitchPolicy::new(config),
+            main_rate: RateMeter::new(config.measure_window),
+            splice: Splice::default(),
+            target_bps: None,
+            switches: 0,
+        }
+    }
+
+    /// The stream being forwarded.
+    pub fn active(&self) -> CameraStream {
+        self.active
+    }
+
+    /// The stream being switched to, if any.
+    pub fn pending(&self) -> Option<CameraStream> {
+        self.pending
+    }
+
+    /// The main stream's bitrate, last measured over the switch's window.
+    pub fn main_bps(&self) -> Option<u64> {
+        self.main_rate.bps().or(self.policy.main_bps())
+    }
+
+    /// Completed switches so far.
+    pub fn switches(&self) -> u64 {
+        self.switches
+    }
+
+    /// A new target (`None`: no viewer reports one).
+    pub fn set_target(&mut self, target_bps: Option<u64>) {
+        self.target_bps = target_bps;
+        self.evaluate(std::time::Instant::now());
+    }
+
+    /// The next frame to send, capture times continuing across switches; `None` only if
+    /// the forwarded stream's task ended. Cancel-safe.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            let (stream, frame) = tokio::select! {
+                frame = recv(&mut self.main_frames) => (CameraStream::Main, frame),
+                frame = recv(&mut self.sub_frames) => (CameraStream::Sub, frame),
+            };
+            let Some(mut frame) = frame else {
+                self.close(stream);
+                if stream == self.active {
+                    return None;
+                }
+                self.pending = None;
+                continue;
+            };
+            if stream == CameraStream::Main {
+                self.main_rate.push(frame.capture_time_us, frame.data.len());
+            }
+            self.evaluate(std::time::Instant::now());
+            if Some(stream) == self.pending && frame.keyframe && frame.codec_config {
+                let from = self.active;
+                self.close(from);
+                self.active = stream;
+                self.pending = None;
+                self.switches += 1;
+                self.splice.start_segment();
+                tracing::info!(
+                    from = from.name(),
+                    to = stream.name(),
+                    target_bps = self.target_bps,
+                    main_bps = self.main_bps(),
+                    switches = self.switches,
+                    "camera stream switched at a keyframe with SPS/PPS"
+                );
+            }
+            if stream == self.active {
+                frame.capture_time_us = self.splice.map(frame.capture_time_us);
+                return Some(frame);
+            }
+            // The stream being switched to, before its first keyframe: not decodable yet.
+        }
+    }
+
+    /// Follows the policy: opens the stream it wants (switching at that stream's next
+    /// keyframe), or gives up a pending switch it no longer wants.
+    fn evaluate(&mut self, now: std::time::Instant) {
+        if self.sub.is_none() {
+            return;
+        }
+        let wanted = self
+            .policy
+            .update(now, self.target_bps, self.main_rate.bps());
+        if wanted == self.active {
+            if let Some(pending) = self.pending.take() {
+                self.close(pending);
+                tracing::info!(
+                    stream = pending.name(),
+                    target_bps = self.target_bps,
+                    main_bps = self.main_bps(),
+                    "camera stream switch cancelled"
+                );
+            }
+        } else if self.pending != Some(wanted) {
+            self.open(wanted);
+            self.pending = Some(wanted);
+            tracing::info!(
+                from = self.active.name(),
+                to = wanted.name(),
+                target_bps = self.target_bps,
+                main_bps = self.main_bps(),
+                "switching camera stream at its next keyframe"
+            );
+        }
+    }
+
+    fn open(&mut self, stream: CameraStream) {
+        match stream {
+            CameraStream::Main => {
+                // A new session's capture times start again.
+                self.main_rate.reset();
+                self.main_frames = Some(spawn(self.main.clone()));
+            }
+            CameraStream::Sub => {
+                self.sub_frames = self.sub.clone().map(spawn);
+            }
+        }
+    }
+
+    /// Drops the stream's receiver, which ends its RTSP task and session.
+    fn close(&mut self, stream: CameraStream) {
+        match stream {
+            CameraStream::Main => self.main_frames = None,
+            CameraStream::Sub => self.sub_frames = None,
+        }
+    }
+}
+
+/// The next frame from `frames` (`None` when its task ended); never resolves without a
+/// receiver.
+async fn recv(frames: &mut Option<mpsc::Receiver<Frame>>) -> Option<Frame> {
+    match frames {
+        Some(frames) => frames.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,7 +9,15 @@
 //! reconnect each time, and every frame it yields must equal the clip's access unit
 //! (start codes written as `00 00 00 01`), keyframes included, because retina puts the
 //! parameter sets in front of each keyframe.
+//!
+//! A second test serves a camera's main stream (640x360) and sub stream (320x180) at
+//! once, in real time and looping, the sub stream joining mid-GOP, and drives
+//! [`RtspSource`] down to the sub stream and back with the target bitrate: each switch
+//! must start at the new stream's keyframe with its SPS/PPS, capture times must keep
+//! increasing, the stream left must be closed, and the spliced output must decode
+//! (ffmpeg) to every frame.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -18,9 +26,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use sightwire::Frame;
 use sightwire_examples::annexb::{AccessUnit, access_units};
 use sightwire_examples::mp4::nal_units;
-use sightwire_examples::rtsp::{RtspConfig, spawn};
+use sightwire_examples::rtsp::{RtspConfig, RtspSource, spawn};
+use sightwire_examples::switch::{CameraStream, SwitchConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -39,11 +49,12 @@ const SESSIONS: usize = 3;
 /// The source's stall timeout here: how long the silent second session lasts.
 const STALL_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Returns `None` (after saying so loudly) when ffmpeg is missing outside CI.
-fn make_clip(path: &Path) -> Option<Vec<u8>> {
+/// A 2 s clip of `size` (`WxH`), a keyframe every second. Returns `None` (after saying so
+/// loudly) when ffmpeg is missing outside CI.
+fn make_clip(path: &Path, size: &str) -> Option<Vec<u8>> {
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size=640x360:rate={FPS}"))
+        .arg(format!("testsrc2=size={size}:rate={FPS}"))
         .args(["-t", "2", "-c:v", "libx264", "-preset", "veryfast"])
         .args(["-pix_fmt", "yuv420p", "-g", "30", "-bf", "0"])
         .args(["-bsf:v", "h264_mp4toannexb", "-f", "h264"])
@@ -86,6 +97,25 @@ struct SessionPlan {
     parameter_sets_in_band: bool,
     /// Close the connection once the clip is sent (else wait for the client to leave).
     drop_after_clip: bool,
+    /// Times the clip is sent, timestamps continuing.
+    loops: usize,
+    /// Send frames at the clip's frame rate (else as fast as TCP takes them).
+    paced: bool,
+    /// Access unit of the clip to start from (later loops start at 0).
+    start_frame: usize,
+}
+
+impl SessionPlan {
+    /// The clip once, as fast as possible.
+    fn once(parameter_sets_in_band: bool, drop_after_clip: bool) -> Self {
+        Self {
+            parameter_sets_in_band,
+            drop_after_clip,
+            loops: 1,
+            paced: false,
+            start_frame: 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +123,10 @@ struct ServerLog {
     connections: usize,
     unauthorized_describes: usize,
     authorized_describes: usize,
+    /// Clip names described, in order.
+    described: Vec<String>,
+    /// Clip names whose connection ended because the client left or closed it.
+    closed: Vec<String>,
 }
 
 struct Clip {
@@ -101,20 +135,37 @@ struct Clip {
     pps: Vec<u8>,
 }
 
+/// The clips a server offers, by the last segment of the URL path.
+type Clips = Arc<HashMap<String, Arc<Clip>>>;
+
 async fn serve(
     listener: TcpListener,
-    clip: Arc<Clip>,
+    clips: Clips,
     plans: Vec<SessionPlan>,
     log: Arc<Mutex<ServerLog>>,
 ) {
     for plan in plans {
         let (stream, _) = listener.accept().await.expect("accept");
         log.lock().expect("log").connections += 1;
-        let clip = clip.clone();
-        let log = log.clone();
         // Wait for this connection to end before accepting the next, like a camera
         // with a single session slot.
-        serve_connection(stream, &clip, plan, &log).await;
+        serve_connection(stream, &clips, |_| plan, &log).await;
+    }
+}
+
+/// Serves every connection at once, each with the plan `plan(clip name)`.
+async fn serve_concurrently(
+    listener: TcpListener,
+    clips: Clips,
+    plan: fn(&str) -> SessionPlan,
+    log: Arc<Mutex<ServerLog>>,
+) {
+    loop {
+        let (stream, _) = listener.accept().await.expect("accept");
+        log.lock().expect("log").connections += 1;
+        let clips = clips.clone();
+        let log = log.clone();
+        tokio::spawn(async move { serve_connection(stream, &clips, plan, &log).await });
     }
 }
 
@@ -159,12 +210,14 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 async fn serve_connection(
     mut stream: TcpStream,
-    clip: &Clip,
-    plan: SessionPlan,
+    clips: &HashMap<String, Arc<Clip>>,
+    plan: impl Fn(&str) -> SessionPlan,
     log: &Mutex<ServerLog>,
 ) {
-    let base = format!("rtsp://{}/clip/", stream.local_addr().expect("addr"));
+    let addr = stream.local_addr().expect("addr");
     let expected_auth = format!("Basic {}", BASE64.encode(format!("{USER}:{PASSWORD}")));
+    // Chosen by the DESCRIBE's URL.
+    let mut chosen: Option<(String, Arc<Clip>)> = None;
     loop {
         let Some((request_line, headers)) = read_request(&mut stream).await else {
             return;
@@ -186,7 +239,15 @@ async fn serve_connection(
                     stream.write_all(reply.as_bytes()).await.expect("write");
                     continue;
                 }
-                log.lock().expect("log").authorized_describes += 1;
+                let url = request_line.split(' ').nth(1).unwrap_or("");
+                let name = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                let clip = clips.get(name).unwrap_or_else(|| panic!("no clip {name}"));
+                chosen = Some((name.to_owned(), clip.clone()));
+                let mut log = log.lock().expect("log");
+                log.authorized_describes += 1;
+                log.described.push(name.to_owned());
+                drop(log);
+                let base = format!("rtsp://{addr}/{name}/");
                 body = format!(
                     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=sightwire test clip\r\nt=0 0\r\n\
                      m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/{RTP_CLOCK_HZ}\r\n\
@@ -210,6 +271,8 @@ async fn serve_connection(
                 ));
             }
             "PLAY" => {
+                let name = chosen.as_ref().map_or("", |(name, _)| name.as_str());
+                let base = format!("rtsp://{addr}/{name}/");
                 response.push_str(&format!(
                     "Session: {SESSION_ID}\r\nRTP-Info: url={base}trackID=0;seq={FIRST_SEQ};rtptime={FIRST_RTPTIME}\r\n"
                 ));
@@ -230,7 +293,12 @@ async fn serve_connection(
             break;
         }
     }
-    send_clip(&mut stream, clip, plan.parameter_sets_in_band).await;
+    let (name, clip) = chosen.expect("PLAY after DESCRIBE");
+    let plan = plan(&name);
+    if !send_clip(&mut stream, &clip, plan).await {
+        log.lock().expect("log").closed.push(name);
+        return;
+    }
     if plan.drop_after_clip {
         return; // dropping the stream closes the connection
     }
@@ -239,20 +307,26 @@ async fn serve_connection(
         let cseq = header(&headers, "cseq").unwrap_or("0").to_owned();
         let reply = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: {SESSION_ID}\r\n\r\n");
         if stream.write_all(reply.as_bytes()).await.is_err() {
-            return;
+            break;
         }
     }
+    log.lock().expect("log").closed.push(name);
 }
 
-/// Sends every access unit as RTP on interleaved channel 0: one packet per small NAL
-/// unit, FU-A fragments for large ones, the marker bit on the last packet of a unit.
-async fn send_clip(stream: &mut TcpStream, clip: &Clip, parameter_sets_in_band: bool) {
+/// Sends the access units as RTP on interleaved channel 0 as `plan` says: one packet per
+/// small NAL unit, FU-A fragments for large ones, the marker bit on the last packet of a
+/// unit. Returns `false` if the client left.
+async fn send_clip(stream: &mut TcpStream, clip: &Clip, plan: SessionPlan) -> bool {
     let mut seq = FIRST_SEQ;
     let mut out = Vec::new();
-    for (index, unit) in clip.units.iter().enumerate() {
-        let timestamp = FIRST_RTPTIME.wrapping_add(index as u32 * TICKS_PER_FRAME);
+    let start = tokio::time::Instant::now();
+    let frame_time = Duration::from_secs(1) / FPS;
+    let n = clip.units.len();
+    for (sent, index) in (plan.start_frame..plan.loops * n).enumerate() {
+        let unit = &clip.units[index % n];
+        let timestamp = FIRST_RTPTIME.wrapping_add(sent as u32 * TICKS_PER_FRAME);
         let nals: Vec<&[u8]> = nal_units(&unit.data)
-            .filter(|nal| parameter_sets_in_band || !matches!(nal_type(nal), 7 | 8))
+            .filter(|nal| plan.parameter_sets_in_band || !matches!(nal_type(nal), 7 | 8))
             .collect();
         let mut payloads: Vec<Vec<u8>> = Vec::new();
         for nal in nals {
@@ -289,16 +363,22 @@ async fn send_clip(stream: &mut TcpStream, clip: &Clip, parameter_sets_in_band: 
             out.extend_from_slice(payload);
             seq = seq.wrapping_add(1);
         }
+        if plan.paced {
+            tokio::time::sleep_until(start + frame_time * sent as u32).await;
+            if stream.write_all(&out).await.is_err() {
+                return false;
+            }
+            out.clear();
+        }
     }
     // A failed write means the client left; the test's assertions will say what broke.
-    let _ = stream.write_all(&out).await;
-    let _ = stream.flush().await;
+    stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_source_yields_the_clips_access_units_and_reconnects() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(stream) = make_clip(&dir.path().join("clip.h264")) else {
+    let Some(stream) = make_clip(&dir.path().join("clip.h264"), "640x360") else {
         return;
     };
     let units = access_units(&stream);
@@ -320,20 +400,12 @@ async fn rtsp_source_yields_the_clips_access_units_and_reconnects() {
     let addr: SocketAddr = listener.local_addr().expect("addr");
     let log = Arc::new(Mutex::new(ServerLog::default()));
     let plans = vec![
-        SessionPlan {
-            parameter_sets_in_band: true,
-            drop_after_clip: true,
-        },
-        SessionPlan {
-            parameter_sets_in_band: false,
-            drop_after_clip: false,
-        },
-        SessionPlan {
-            parameter_sets_in_band: true,
-            drop_after_clip: false,
-        },
+        SessionPlan::once(true, true),
+        SessionPlan::once(false, false),
+        SessionPlan::once(true, false),
     ];
-    let server = tokio::spawn(serve(listener, clip.clone(), plans, log.clone()));
+    let clips = Arc::new(HashMap::from([("clip".to_owned(), clip.clone())]));
+    let server = tokio::spawn(serve(listener, clips, plans, log.clone()));
 
     let mut config =
         RtspConfig::from_url(&format!("rtsp://{USER}:p%40ss%3Aword@{addr}/clip")).expect("config");
@@ -419,5 +491,235 @@ async fn rtsp_source_yields_the_clips_access_units_and_reconnects() {
     eprintln!(
         "rtsp: {} frames ({keyframes} keyframes per pass) over {SESSIONS} sessions matched the clip",
         received.len()
+    );
+}
+
+/// A clip's access units and parameter sets.
+fn load_clip(stream: &[u8]) -> Clip {
+    let units = access_units(stream);
+    let first = units.first().expect("clip has access units");
+    let find = |wanted: u8| {
+        nal_units(&first.data)
+            .find(|n| nal_type(n) == wanted)
+            .expect("SPS and PPS lead the clip")
+            .to_vec()
+    };
+    let (sps, pps) = (find(7), find(8));
+    Clip { units, sps, pps }
+}
+
+/// Where an output frame came from: a clip and an access unit index.
+fn origin(clips: &HashMap<String, Arc<Clip>>, frame: &Frame) -> (String, usize) {
+    for (name, clip) in clips {
+        if let Some(index) = clip
+            .units
+            .iter()
+            .position(|unit| four_byte_start_codes(unit) == frame.data[..])
+        {
+            return (name.clone(), index);
+        }
+    }
+    panic!(
+        "a frame of {} bytes is no clip's access unit",
+        frame.data.len()
+    );
+}
+
+/// Pulls frames from `source` into `out` until `done`, within `limit`.
+async fn pull_until(
+    source: &mut RtspSource,
+    out: &mut Vec<Frame>,
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut(&RtspSource, &[Frame]) -> bool,
+) {
+    let pull = async {
+        while !done(source, out) {
+            out.push(source.next_frame().await.expect("the source keeps going"));
+        }
+    };
+    tokio::time::timeout(limit, pull)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {limit:?} ({} frames)", out.len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_source_switches_between_main_and_sub_at_keyframes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(main) = make_clip(&dir.path().join("main.h264"), "640x360") else {
+        return;
+    };
+    let Some(sub) = make_clip(&dir.path().join("sub.h264"), "320x180") else {
+        return;
+    };
+    let rate = |clip: &[u8]| clip.len() as u64 * 8 / 2;
+    let (main_clip_bps, sub_clip_bps) = (rate(&main), rate(&sub));
+    assert!(
+        sub_clip_bps * 2 < main_clip_bps,
+        "sub {sub_clip_bps} vs main {main_clip_bps} bit/s"
+    );
+    let clips: Clips = Arc::new(HashMap::from([
+        ("main".to_owned(), Arc::new(load_clip(&main))),
+        ("sub".to_owned(), Arc::new(load_clip(&sub))),
+    ]));
+    // Real time, looping for ever; the sub stream joins mid-GOP (frame 10 of 30).
+    let plan = |name: &str| SessionPlan {
+        parameter_sets_in_band: true,
+        drop_after_clip: false,
+        loops: 1_000,
+        paced: true,
+        start_frame: if name == "sub" { 10 } else { 0 },
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let log = Arc::new(Mutex::new(ServerLog::default()));
+    let server = tokio::spawn(serve_concurrently(
+        listener,
+        clips.clone(),
+        plan,
+        log.clone(),
+    ));
+
+    let url = |name: &str| {
+        RtspConfig::from_url(&format!("rtsp://{USER}:p%40ss%3Aword@{addr}/{name}")).expect("config")
+    };
+    let config = SwitchConfig {
+        down_hold: Duration::from_millis(300),
+        up_hold: Duration::from_millis(500),
+        measure_window: Duration::from_secs(1),
+        ..SwitchConfig::default()
+    };
+    let mut source = RtspSource::new(url("main"), Some(url("sub")), config);
+    let mut out = Vec::new();
+    let limit = Duration::from_secs(15);
+
+    // The main stream's rate, measured over 1 s.
+    pull_until(
+        &mut source,
+        &mut out,
+        limit,
+        "main rate measured",
+        |s, _| s.main_bps().is_some(),
+    )
+    .await;
+    let main_bps = source.main_bps().expect("measured");
+    assert!(
+        main_bps > main_clip_bps / 2 && main_bps < main_clip_bps * 2,
+        "measured {main_bps} bit/s of a {main_clip_bps} bit/s stream"
+    );
+    assert_eq!(source.active(), CameraStream::Main);
+
+    // A target below the main stream: down after the hold, at the sub stream's first
+    // keyframe (its frames 10..30 are discarded).
+    source.set_target(Some(main_bps / 2));
+    pull_until(&mut source, &mut out, limit, "switch down", |s, _| {
+        s.active() == CameraStream::Sub
+    })
+    .await;
+    let down = out.len();
+    pull_until(&mut source, &mut out, limit, "on the sub stream", |_, o| {
+        o.len() >= down + 40
+    })
+    .await;
+    // A target well above it: back up after the hold.
+    source.set_target(Some(main_bps * 3));
+    pull_until(&mut source, &mut out, limit, "switch up", |s, _| {
+        s.active() == CameraStream::Main
+    })
+    .await;
+    let up = out.len();
+    pull_until(
+        &mut source,
+        &mut out,
+        limit,
+        "on the main stream",
+        |_, o| o.len() >= up + 40,
+    )
+    .await;
+    assert_eq!(source.switches(), 2);
+    drop(source);
+
+    // main..., sub from its keyframe at 30 with SPS/PPS..., main from a keyframe....
+    let origins: Vec<(String, usize)> = out.iter().map(|f| origin(&clips, f)).collect();
+    let segments: Vec<(&str, usize)> = origins
+        .iter()
+        .enumerate()
+        .filter(|(i, (name, _))| *i == 0 || origins[i - 1].0 != *name)
+        .map(|(i, (name, _))| (name.as_str(), i))
+        .collect();
+    let names: Vec<&str> = segments.iter().map(|s| s.0).collect();
+    assert_eq!(names, ["main", "sub", "main"]);
+    assert_eq!(
+        segments[1].1,
+        down - 1,
+        "the switch down is the last frame pulled"
+    );
+    assert_eq!(segments[2].1, up - 1);
+    assert_eq!(
+        origins[down - 1].1,
+        30,
+        "the sub stream starts at its keyframe"
+    );
+    for &(name, at) in &segments {
+        let frame = &out[at];
+        assert!(frame.keyframe && frame.codec_config, "{name} at {at}");
+        let sps = &clips[name].sps;
+        assert!(
+            nal_units(&frame.data).any(|nal| nal == &sps[..]),
+            "{name} at {at} starts with its own SPS"
+        );
+    }
+    for (frame, (name, index)) in out.iter().zip(&origins) {
+        assert_eq!(frame.keyframe, clips[name].units[*index].keyframe);
+    }
+    assert!(
+        out.windows(2)
+            .all(|w| w[1].capture_time_us > w[0].capture_time_us),
+        "capture times increase across switches"
+    );
+
+    // The spliced stream decodes: every frame, both picture sizes, no decoder error.
+    let spliced = dir.path().join("spliced.h264");
+    let bytes: Vec<u8> = out.iter().flat_map(|f| f.data.to_vec()).collect();
+    std::fs::write(&spliced, bytes).expect("write");
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&spliced)
+        .args(["-fps_mode", "passthrough", "-f", "framemd5", "-"])
+        .output()
+        .expect("run ffmpeg");
+    let errors = String::from_utf8_lossy(&decoded.stderr);
+    assert!(
+        decoded.status.success() && errors.trim().is_empty(),
+        "{errors}"
+    );
+    let frames = String::from_utf8_lossy(&decoded.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    assert_eq!(frames, out.len(), "ffmpeg decoded every frame");
+
+    // The sessions left were closed: main (after the switch down), then sub.
+    let closed = async {
+        loop {
+            {
+                let log = log.lock().expect("log");
+                if log.closed.len() >= 3 {
+                    return (log.described.clone(), log.closed.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (described, closed) = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("every session closed");
+    assert_eq!(described, ["main", "sub", "main"]);
+    assert_eq!(closed, ["main", "sub", "main"]);
+    server.abort();
+    eprintln!(
+        "rtsp switch: {} frames, main {main_bps} bit/s measured; down at frame {down}, up at \
+         frame {up}; ffmpeg decoded all",
+        out.len()
     );
 }

@@ -8,20 +8,33 @@
 //! retina and reconnected when it drops) or a synthetic source to every viewer it
 //! authorizes.
 //!
+//! It follows the viewers' target bitrate (`Event::TargetBitrate`, the lowest among
+//! them): a synthetic source sizes its frames to it; a file or an RTSP camera drops
+//! frames to stay at or below it (`sightwire_examples::rate::FrameDropper`: the rest of a
+//! GOP after a dropped reference frame, so the output stays decodable); an RTSP camera
+//! given `--sub-source` switches to its sub stream while the target stays below the main
+//! stream's bitrate (`sightwire_examples::switch`). Each target, size change, stream
+//! switch and a count of dropped frames (every 5 s while dropping) is logged at info
+//! level on stderr.
+//!
 //! stdout carries one JSON object per line (`ready`, `viewer_connected`, `viewer_closed`,
 //! `registered`, `rendezvous_lost`); human-readable text goes to stderr.
 
+use std::collections::HashSet;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
-use sightwire::{Device, DeviceConfig, Event, PathPolicy, RendezvousServer};
+use sightwire::{Device, DeviceConfig, Event, Frame, PathPolicy, PeerId, RendezvousServer};
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
-use sightwire_examples::rtsp::{self, RtspConfig};
+use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
+use sightwire_examples::rtsp::{self, RtspConfig, RtspSource};
 use sightwire_examples::source::FrameSource;
+use sightwire_examples::switch::SwitchConfig;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
 use sightwire_signal::cert::IssuerKey;
 
@@ -45,6 +58,10 @@ struct Args {
     /// (`rtsp://user:pass@host/path`).
     #[arg(long, default_value = "synthetic")]
     source: String,
+    /// The RTSP camera's sub stream (`rtsp://user:pass@host/path`), used while the
+    /// viewers' target bitrate stays below the main stream's (`--source`) bitrate.
+    #[arg(long)]
+    sub_source: Option<String>,
     /// Frame rate of the source.
     #[arg(long, default_value_t = 30)]
     fps: u32,
@@ -65,16 +82,79 @@ struct Args {
     no_qr: bool,
 }
 
+/// How often the count of dropped frames is logged (while frames are dropped).
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
 fn emit(value: serde_json::Value) {
     println!("{value}");
+}
+
+/// Offers a frame from a file or RTSP source to the dropper and sends it if admitted.
+async fn offer(device: &Device, dropper: &mut FrameDropper, frame: Frame) {
+    let class = FrameClass::of(&frame);
+    if dropper.admit(Instant::now(), class, frame.data.len()) == Verdict::Send {
+        device.send_frame(frame).await;
+    }
+}
+
+/// Makes the source follow a new target (`None`: no viewer left) and logs what it did.
+fn follow_target(
+    target_bps: Option<u64>,
+    source: Option<&mut FrameSource>,
+    rtsp: Option<&mut RtspSource>,
+    dropper: &mut FrameDropper,
+) {
+    match target_bps {
+        Some(bps) => tracing::info!(target_bps = bps, "target bitrate"),
+        None => tracing::info!("no viewer left: target bitrate cleared"),
+    }
+    if let Some(sizes) = source.and_then(|s| s.set_target_bitrate(target_bps)) {
+        tracing::info!(
+            target_bps,
+            keyframe_bytes = sizes.keyframe,
+            delta_bytes = sizes.delta,
+            "synthetic frame size follows the target"
+        );
+        return;
+    }
+    dropper.set_target(Instant::now(), target_bps);
+    tracing::info!(
+        target_bps,
+        depth_bytes = dropper.depth_bytes(),
+        window_ms = dropper.window().as_millis() as u64,
+        "frame dropper follows the target"
+    );
+    if let Some(rtsp) = rtsp {
+        rtsp.set_target(target_bps);
+    }
+}
+
+/// Logs the frames dropped since `last` (if any) and returns the new totals.
+fn report_drops(dropper: &FrameDropper, last: DropStats) -> DropStats {
+    let now = dropper.stats();
+    if now.dropped_frames > last.dropped_frames {
+        tracing::info!(
+            dropped = now.dropped_frames - last.dropped_frames,
+            sent = now.sent_frames - last.sent_frames,
+            dropped_bytes = now.dropped_bytes - last.dropped_bytes,
+            dropped_total = now.dropped_frames,
+            sent_total = now.sent_frames,
+            target_bps = dropper.target(),
+            "frames dropped to stay within the target"
+        );
+    }
+    now
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Plain text when stderr is a file (a lab test reads the info lines).
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,camera=info,sightwire_examples=info".into()),
         )
         .init();
     let args = Args::parse();
@@ -91,6 +171,16 @@ async fn main() -> anyhow::Result<()> {
     let rtsp_config = rtsp::is_rtsp_url(&args.source)
         .then(|| RtspConfig::from_url(&args.source))
         .transpose()?;
+    let sub_config = match &args.sub_source {
+        Some(sub) => {
+            anyhow::ensure!(
+                rtsp_config.is_some(),
+                "--sub-source needs an RTSP --source (the main stream)"
+            );
+            Some(RtspConfig::from_url(sub).context("--sub-source")?)
+        }
+        None => None,
+    };
     let mut source = if rtsp_config.is_some() {
         None
     } else if args.source == "synthetic" {
@@ -121,7 +211,14 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // An RTSP camera paces its own frames; a file or synthetic source is paced by the ticker.
-    let mut rtsp_frames = rtsp_config.map(rtsp::spawn);
+    let mut rtsp_source =
+        rtsp_config.map(|main| RtspSource::new(main, sub_config, SwitchConfig::default()));
+    let mut dropper = FrameDropper::new();
+    let mut drops_reported = DropStats::default();
+    let mut drop_report = tokio::time::interval(DROP_REPORT_INTERVAL);
+    drop_report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Viewers admitted; with none left, the target no longer holds.
+    let mut viewers: HashSet<PeerId> = HashSet::new();
     let mut ticker = tokio::time::interval(
         source
             .as_ref()
@@ -135,12 +232,21 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick(), if source.is_some() => {
-                if let Some(frame) = source.as_mut().and_then(FrameSource::next_frame) {
-                    device.send_frame(frame).await;
+                if let Some(source) = source.as_mut()
+                    && let Some(frame) = source.next_frame()
+                {
+                    if source.is_synthetic() {
+                        device.send_frame(frame).await;
+                    } else {
+                        offer(&device, &mut dropper, frame).await;
+                    }
                 }
             }
-            Some(frame) = next_rtsp_frame(&mut rtsp_frames) => {
-                device.send_frame(frame).await;
+            Some(frame) = next_rtsp_frame(&mut rtsp_source) => {
+                offer(&device, &mut dropper, frame).await;
+            }
+            _ = drop_report.tick() => {
+                drops_reported = report_drops(&dropper, drops_reported);
             }
             event = device.next_event() => {
                 let Some(event) = event else { break };
@@ -154,17 +260,28 @@ async fn main() -> anyhow::Result<()> {
                         }
                     }
                     Event::RendezvousLost => emit(json!({"event": "rendezvous_lost"})),
-                    Event::PeerConnected { peer, path, .. } => emit(json!({
-                        "event": "viewer_connected",
-                        "peer": peer.0,
-                        "path": path.map(|p| p.kind_name()),
-                    })),
+                    Event::PeerConnected { peer, path, .. } => {
+                        viewers.insert(peer);
+                        emit(json!({
+                            "event": "viewer_connected",
+                            "peer": peer.0,
+                            "path": path.map(|p| p.kind_name()),
+                        }));
+                    }
                     Event::PathChanged { peer, path } => emit(json!({
                         "event": "path_changed", "peer": peer.0, "path": path.kind_name(),
                     })),
-                    Event::PeerClosed { peer, reason } => emit(json!({
-                        "event": "viewer_closed", "peer": peer.0, "reason": format!("{reason:?}"),
-                    })),
+                    Event::PeerClosed { peer, reason } => {
+                        emit(json!({
+                            "event": "viewer_closed", "peer": peer.0, "reason": format!("{reason:?}"),
+                        }));
+                        if viewers.remove(&peer) && viewers.is_empty() {
+                            follow_target(None, source.as_mut(), rtsp_source.as_mut(), &mut dropper);
+                        }
+                    }
+                    Event::TargetBitrate { bps } => {
+                        follow_target(Some(bps), source.as_mut(), rtsp_source.as_mut(), &mut dropper);
+                    }
                     Event::Control { peer, message } => emit(json!({
                         "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),
                     })),
@@ -174,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
             () = &mut shutdown => break,
         }
     }
+    report_drops(&dropper, drops_reported);
     tokio::time::timeout(Duration::from_secs(2), device.shutdown())
         .await
         .ok();
@@ -181,11 +299,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The next frame from the RTSP camera; never resolves without one.
-async fn next_rtsp_frame(
-    frames: &mut Option<tokio::sync::mpsc::Receiver<sightwire::Frame>>,
-) -> Option<sightwire::Frame> {
-    match frames {
-        Some(frames) => frames.recv().await,
+async fn next_rtsp_frame(source: &mut Option<RtspSource>) -> Option<Frame> {
+    match source {
+        Some(source) => source.next_frame().await,
         None => std::future::pending().await,
     }
 }
