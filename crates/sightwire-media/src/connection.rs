@@ -249,7 +249,7 @@ impl MediaConnection {
         let transmission =
             Duration::from_secs_f64(wire_bytes as f64 * 8.0 / self.path_rate_bps() as f64);
         let media = frame.frame();
-        if media.keyframe {
+        if media.keyframe && media.codec.has_interframe_dependency() {
             let key = &mut self.keyframe_capture_us[media.stream.index() % MAX_STREAMS];
             *key = Some(key.map_or(media.capture_time_us, |c| c.max(media.capture_time_us)));
         }

@@ -29,6 +29,8 @@ pub const KEYFRAME_DEADLINE_FACTOR: u32 = 3;
 /// capture ≥ 0` (`B` the latency budget, `F` [`KEYFRAME_DEADLINE_FACTOR`]), else `B`. The
 /// keyframe itself gets `F·B`; the frames behind it inherit its delay minus the time
 /// that passed, so a queue that does not drain in real time still makes frames late.
+/// Only streams whose codec has inter-frame dependencies track keyframes (`keyframe_us`
+/// stays `None` for audio, MJPEG, metadata: every frame stands alone, none needs more).
 /// Sender and receiver use the same rule.
 pub(crate) fn frame_budget(
     keyframe_us: Option<u64>,
@@ -326,7 +328,8 @@ impl Receiver {
         // to transmit than the budget allows: late is better than never. The frames
         // queued behind it inherit its delay, so those captured within its recovery
         // window get the same budget (5.3).
-        if header.flags & FLAG_KEYFRAME != 0 {
+        let interframe = header.codec.has_interframe_dependency();
+        if interframe && header.flags & FLAG_KEYFRAME != 0 {
             stream.keyframe_capture_us = Some(
                 stream
                     .keyframe_capture_us
@@ -644,8 +647,16 @@ impl Receiver {
                         );
                     }
                 }
-                // Given up earlier.
-                None => {}
+                // Given up earlier. Frames can be given up out of order (a keyframe has a
+                // longer budget than the frames after it, 5.3), and the keyframe delivered
+                // before this gap clears the wait its loss set: set it again here, where
+                // the chain breaks.
+                None => {
+                    stream.loss_since_delivery = true;
+                    if stream.interframe_codec && cx.config.hold_until_keyframe {
+                        stream.awaiting_keyframe = true;
+                    }
+                }
             }
             stream.next_seq = stream.next_seq.wrapping_add(1);
             if stream.next_seq == 0 {

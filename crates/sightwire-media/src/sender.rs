@@ -343,9 +343,12 @@ impl Sender {
             }
             // Deadline-aware redundancy: when at most one more NACK round could complete
             // after this one, send two copies. Losing a late retransmission is what loses
-            // frames; doubling only the last two rounds costs little bandwidth.
+            // frames; doubling only the last two rounds costs little bandwidth. Counted
+            // against the latency budget even for a keyframe with a longer one (5.3): it
+            // should arrive in time when the path allows, not merely before it is given up.
             let round = rtt + config.reorder_delay;
-            let copies = if arrival + round * 2 > deadline { 2 } else { 1 };
+            let in_time = sent.sent_at + sent.budget.min(config.latency_budget);
+            let copies = if arrival + round * 2 > in_time { 2 } else { 1 };
             let count = sent.frame.fragment_count();
             let end = if entry.fragment_count == NACK_ALL_FRAGMENTS {
                 count

@@ -255,8 +255,11 @@ fn history_limits_bound_the_sender_and_stale_nacks_are_skipped() {
     sender.handle_input(start, &nack).unwrap();
     assert!(fragments(&drain_packets(&mut sender)).is_empty());
     assert_eq!(sender.stats().retransmissions_skipped, 1);
-    // The age limit (the latency budget by default) empties the history.
-    sender.handle_timeout(start + Duration::from_millis(201));
+    // The age limit (by default each frame's budget: 3 × the 200 ms latency budget for
+    // a keyframe, spec/media.md 5.3) empties the history.
+    sender.handle_timeout(start + Duration::from_millis(599));
+    assert_eq!(sender.memory().history_frames, 2);
+    sender.handle_timeout(start + Duration::from_millis(601));
     assert_eq!(sender.memory().history_frames, 0);
     assert_eq!(sender.memory().history_bytes, 0);
 }
@@ -272,7 +275,8 @@ fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
         start,
     );
     // RTT is the 100 ms initial value; a NACK round takes rtt + reorder_delay = 105 ms.
-    send(&mut sender, start, video(true, 5_000, 1));
+    // A P-frame, whose budget is the latency budget (a keyframe's is three times it).
+    send(&mut sender, start, video(false, 5_000, 1));
     let nack = |seq: u16| {
         let mut out = BytesMut::new();
         let entry = NackEntry {

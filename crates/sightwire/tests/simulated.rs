@@ -786,10 +786,17 @@ fn pacing_lets_keyframes_through_a_shallow_uplink_queue() {
     println!(
         "4 Mbit/s uplink, 20 kB queue, 60 kB keyframes: unpaced {unpaced}/250 frames (longest gap {unpaced_gap:?}, {unpaced_drops} packets dropped at the queue), paced {paced}/250 (longest gap {paced_gap:?}, {paced_drops} dropped)"
     );
-    // Unpaced, every keyframe overflows the queue and the stream collapses (issue 13's
-    // symptom); paced at 2.5x the target, most keyframes fit.
+    // Unpaced, every keyframe overflows the queue (issue 13's symptom); retransmissions
+    // and the keyframe's longer budget (spec/media.md 5.3) now repair most of it, at the
+    // cost of several times the bottleneck drops and longer stalls. Paced at 2.5x the
+    // target, most keyframes fit.
     assert!(paced * 100 >= 250 * 80, "paced: {paced}/250");
-    assert!(paced >= unpaced + 100, "paced {paced} vs unpaced {unpaced}");
+    assert!(paced >= unpaced, "paced {paced} vs unpaced {unpaced}");
+    assert!(
+        paced_drops * 4 <= unpaced_drops,
+        "{paced_drops} vs {unpaced_drops} drops"
+    );
+    assert!(paced_gap < unpaced_gap, "{paced_gap:?} vs {unpaced_gap:?}");
     assert!(!unpaced_targets.is_empty());
     // The device tells its application (Event::TargetBitrate) a target the path carries.
     assert!(
