@@ -6,7 +6,8 @@
 //!
 //! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
 //! connect_ms), `first_keyframe` (ms since connect started), `path_changed`, `status`,
-//! and a final `summary`.
+//! and a final `summary` (frames written, the endpoint's loss counters, `streaming_ms`
+//! from connect to stop, and `bitrate_bps`, the last target bitrate the endpoint reported).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -245,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
                     Event::Frame { frame, .. } => {
                         if first_keyframe.is_none() {
                             if !frame.frame.keyframe {
+                                summary.ignored_before_keyframe += 1;
                                 continue;
                             }
                             let ms = started.elapsed().as_millis() as u64;
@@ -300,6 +302,9 @@ async fn main() -> anyhow::Result<()> {
         "lost": summary.lost,
         "late": summary.late,
         "skipped_before_keyframe": summary.skipped,
+        "ignored_before_keyframe": summary.ignored_before_keyframe,
+        "bitrate_bps": summary.bitrate_bps,
+        "streaming_ms": streaming_since.elapsed().as_millis() as u64,
         "path": path.map(|p| p.kind_name()),
         "connect_ms": connect_ms,
         "first_keyframe_ms": first_keyframe,
@@ -313,6 +318,9 @@ async fn main() -> anyhow::Result<()> {
 #[derive(Default)]
 struct Summary {
     frames: u64,
+    /// Frames the endpoint delivered before the first keyframe (not written: they
+    /// cannot be decoded).
+    ignored_before_keyframe: u64,
     bytes: u64,
     lost: u64,
     skipped: u64,

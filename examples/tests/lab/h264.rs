@@ -16,17 +16,31 @@ pub(crate) const CLIP_SECONDS: u32 = 20;
 /// Frames between keyframes (2 s).
 pub(crate) const CLIP_GOP: u32 = 60;
 
+/// Bitrate of [`heavy_clip`]: more than a 4 Mbit/s home uplink carries.
+pub(crate) const HEAVY_CLIP_BPS: u32 = 6_000_000;
+
 /// The test clip: `testsrc2`, 1280×720, 30 fps, a keyframe every 2 s (closed GOPs), 20 s,
-/// Annex-B. Generated once per test process (cached by its ffmpeg arguments).
+/// Annex-B, x264's default quality-based rate control. Generated once per test process
+/// (cached by its ffmpeg arguments).
 pub(crate) fn clip() -> anyhow::Result<PathBuf> {
     static CLIP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CLIP.get_or_init(|| generate_clip().map_err(|error| format!("{error:#}")))
+    CLIP.get_or_init(|| generate_clip(None).map_err(|error| format!("{error:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn generate_clip() -> anyhow::Result<PathBuf> {
-    let args: Vec<String> = [
+/// The test clip at [`HEAVY_CLIP_BPS`]: the same picture, size, rate and GOP, encoded at
+/// that average bitrate and capped to it over one second (`-b:v -maxrate -bufsize`), so
+/// the camera really sends ~6 Mbit/s. Cached like [`clip`].
+pub(crate) fn heavy_clip() -> anyhow::Result<PathBuf> {
+    static CLIP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    CLIP.get_or_init(|| generate_clip(Some(HEAVY_CLIP_BPS)).map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn generate_clip(bitrate_bps: Option<u32>) -> anyhow::Result<PathBuf> {
+    let mut args: Vec<String> = [
         "-hide_banner",
         "-loglevel",
         "error",
@@ -47,21 +61,23 @@ fn generate_clip() -> anyhow::Result<PathBuf> {
         &CLIP_GOP.to_string(),
         "-sc_threshold",
         "0",
-        "-bsf:v",
-        "h264_mp4toannexb",
-        "-f",
-        "h264",
     ]
     .iter()
     .map(ToString::to_string)
     .collect();
+    if let Some(bps) = bitrate_bps {
+        let bps = bps.to_string();
+        args.extend(["-b:v", &bps, "-maxrate", &bps, "-bufsize", &bps].map(String::from));
+    }
+    args.extend(["-bsf:v", "h264_mp4toannexb", "-f", "h264"].map(String::from));
     let key: u64 = args.join(" ").bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     let dir = std::env::temp_dir().join("sightwire-lab").join("clips");
     std::fs::create_dir_all(&dir)?;
+    let rate = bitrate_bps.map_or_else(String::new, |bps| format!("-{}k", bps / 1000));
     let path = dir.join(format!(
-        "testsrc2-720p{CLIP_FPS}-{CLIP_SECONDS}s-{key:016x}.h264"
+        "testsrc2-720p{CLIP_FPS}-{CLIP_SECONDS}s{rate}-{key:016x}.h264"
     ));
     if path.exists() && frame_count(&path).ok() == Some(u64::from(CLIP_FPS * CLIP_SECONDS)) {
         return Ok(path);
@@ -201,6 +217,20 @@ pub(crate) fn compare(
         skipped,
         starts_with_keyframe: first.keyframe,
     })
+}
+
+/// Bitrate of a clip: the mean over the whole clip and the highest over any window of
+/// `CLIP_FPS` consecutive frames (one second), bits per second.
+pub(crate) fn bitrate(units: &[AccessUnit<'_>]) -> (u64, u64) {
+    let sizes: Vec<u64> = units.iter().map(|u| u.bytes.len() as u64 * 8).collect();
+    let seconds = sizes.len() as u64 / u64::from(CLIP_FPS);
+    let mean = sizes.iter().sum::<u64>() / seconds.max(1);
+    let peak = sizes
+        .windows(CLIP_FPS as usize)
+        .map(|second| second.iter().sum())
+        .max()
+        .unwrap_or(mean);
+    (mean, peak)
 }
 
 /// Frames ffprobe decodes from a file (`-count_frames`).

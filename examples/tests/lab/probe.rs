@@ -101,6 +101,68 @@ impl Probe {
         Ok(())
     }
 
+    /// Forgets every output line so far: later waits and collections look only at what
+    /// comes after (see [`Self::blast`]).
+    pub(crate) fn mark(&mut self) -> anyhow::Result<()> {
+        self.process.mark()
+    }
+
+    /// Starts sending `size`-byte datagrams `<prefix>-<i>` to `to` at `rate_bps` bits of
+    /// payload per second for `length`, and returns at once (so two probes can blast at
+    /// the same time). [`Self::wait_blasted`] waits for the end. Call [`Self::mark`]
+    /// first on the receiving probe, so [`Self::blast_arrivals`] sees the whole blast.
+    pub(crate) fn blast(
+        &mut self,
+        to: SocketAddr,
+        rate_bps: u64,
+        size: usize,
+        length: Duration,
+        prefix: &str,
+    ) -> anyhow::Result<()> {
+        self.process.send_line(&format!(
+            "blast {to} {rate_bps} {size} {} {prefix}",
+            length.as_millis()
+        ))
+    }
+
+    /// Waits for the end of this probe's blast; `length` is the blast's. Datagrams this
+    /// probe received meanwhile stay visible to [`Self::blast_arrivals`].
+    pub(crate) fn wait_blasted(&mut self, length: Duration) -> anyhow::Result<Blasted> {
+        let start = self.process.cursor();
+        let line = self
+            .process
+            .wait_event("blasted", length + ARRIVAL, |_| true)?;
+        self.process.set_cursor(start);
+        let field = |name: &str| line.u64(name).with_context(|| format!("blasted {name}"));
+        Ok(Blasted {
+            count: field("count")?,
+            first_ms: field("first_ms")?,
+            last_ms: field("last_ms")?,
+        })
+    }
+
+    /// Listens for `settle`, then returns every datagram received since the last mark
+    /// whose payload starts with `prefix`: (ms since the probe started, datagram size).
+    pub(crate) fn blast_arrivals(
+        &mut self,
+        prefix: &str,
+        settle: Duration,
+    ) -> anyhow::Result<Vec<(u64, u64)>> {
+        self.process
+            .collect_for(settle, |line| {
+                line.event() == Some("recv")
+                    && line.str("payload").is_some_and(|p| p.starts_with(prefix))
+            })?
+            .iter()
+            .map(|line| {
+                Ok((
+                    line.u64("t_ms").context("recv t_ms")?,
+                    line.u64("len").context("recv len")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Waits for a datagram with payload `text`; returns its source and when it came.
     pub(crate) fn expect(&mut self, text: &str) -> anyhow::Result<(SocketAddr, u64)> {
         let line = self
@@ -176,6 +238,17 @@ impl Probe {
     pub(crate) fn pid(&self) -> Option<u32> {
         self.process.pid()
     }
+}
+
+/// What a blast sent (its `blasted` event).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Blasted {
+    /// Datagrams sent.
+    pub(crate) count: u64,
+    /// When the first left (ms since the probe started).
+    pub(crate) first_ms: u64,
+    /// When the last left.
+    pub(crate) last_ms: u64,
 }
 
 fn source(line: &Line) -> anyhow::Result<SocketAddr> {

@@ -77,7 +77,25 @@ fn build_servers() -> anyhow::Result<ServerBinaries> {
         "lab: building sightwire-rendezvous and sightwire-relay ({})",
         profile()
     );
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // `cargo test` gives this process the test package's variables; a build script that
+    // watches one (ring's reruns when `CARGO_MANIFEST_DIR` changes) would otherwise rebuild
+    // its crate and everything above it here, and again in the next `cargo test`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_BIN_EXE_",
+            "CARGO_CRATE_NAME",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command
         .arg("build")
         .arg("--manifest-path")
         .arg(workspace().join("Cargo.toml"))

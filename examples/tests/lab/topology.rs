@@ -15,7 +15,9 @@
 //! 100.64.k.0/24 (RFC 6598 shared address space).
 //!
 //! Access links are VXLAN pairs whose underlay runs through `lab-wire` (user-space delay
-//! and loss: the machines' kernels have no `sch_netem`). LAN links are plain veth.
+//! and loss: the machines' kernels have no `sch_netem`). LAN links are plain veth. A
+//! direction of an access link can also be shaped to a rate with a bounded queue, like a
+//! home uplink ([`Topology::set_access_rate`]: a `tbf` qdisc on the sending end).
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -48,6 +50,33 @@ const UNDERLAY_WIRE: &str = "10.255.0.2";
 
 /// How long `lab-wire` may take to confirm a command.
 const WIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes of a full-size frame on an access link (1500-byte MTU plus the Ethernet
+/// header): what `tbf` counts per packet there.
+const MAX_LINK_FRAME: u64 = 1514;
+
+/// Shortest queue a shaped direction may be given: one full-size frame at 100 Mbit/s.
+const MIN_SHAPER_QUEUE: Duration = Duration::from_micros(125);
+
+/// A direction of a site's access link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Site → internet: shaped on the egress of the site edge's `wan0`.
+    Uplink,
+    /// Internet → site: shaped on the egress of `a<k>` in the internet namespace.
+    Downlink,
+}
+
+/// Counters of a shaped direction (`tc -s qdisc`), since the shaper was set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ShaperStats {
+    /// Bytes the shaper let through (Ethernet frames).
+    pub(crate) bytes: u64,
+    /// Packets it let through.
+    pub(crate) packets: u64,
+    /// Packets it dropped because its queue was full.
+    pub(crate) dropped: u64,
+}
 
 /// How a site reaches the internet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +156,11 @@ pub(crate) struct HostId(usize);
 #[derive(Debug)]
 struct Site {
     name: String,
+    /// `k`: the access link is 198.18.k.0/24, its internet end is `a<k>`.
+    index: usize,
+    /// The namespace holding the site end (`wan0`) of the access link: the outermost
+    /// router, or the public host.
+    edge: Netns,
     /// Its public address (the edge of the access link).
     public_ip: Ipv4Addr,
     /// The wire link name of its access link.
@@ -375,8 +409,16 @@ impl Topology {
                 link
             }
         };
+        // The site end of the access link: the public host, or the outermost router.
+        let edge = match (public_host, routers.first()) {
+            (Some(host), _) => self.hosts[host].netns.clone(),
+            (None, Some(router)) => router.clone(),
+            (None, None) => anyhow::bail!("site {name} has no end of its access link"),
+        };
         self.sites.push(Site {
             name: name.to_owned(),
+            index: k,
+            edge,
             public_ip,
             link,
             routers,
@@ -500,6 +542,100 @@ impl Topology {
             line.str("name") == Some(link.as_str())
         })?;
         Ok(())
+    }
+
+    /// The namespace and interface whose egress carries `direction` of a site's access
+    /// link.
+    fn shaped_interface(&self, site: SiteId, direction: Direction) -> (&Netns, String) {
+        let site = &self.sites[site.0];
+        match direction {
+            Direction::Uplink => (&site.edge, "wan0".to_owned()),
+            Direction::Downlink => (&self.internet, format!("a{}", site.index)),
+        }
+    }
+
+    /// Shapes one direction of a site's access link to `rate_bps` (counting Ethernet
+    /// frames) with a drop-tail queue of `queue` at that rate, like the modem buffer of a
+    /// home uplink: a `tbf` qdisc on the sending end (the kernel has no `netem`, but
+    /// `tbf` is built in). Packets beyond the queue are dropped; the link's delay and loss
+    /// (`lab-wire`, [`Self::set_access`]) come after the shaper and still apply. Replaces
+    /// an earlier rate of the same direction.
+    pub(crate) fn set_access_rate(
+        &self,
+        site: SiteId,
+        direction: Direction,
+        rate_bps: u64,
+        queue: Duration,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (8_000..=10_000_000_000).contains(&rate_bps),
+            "a shaped rate of {rate_bps} bit/s is outside 8 kbit/s ..= 10 Gbit/s"
+        );
+        anyhow::ensure!(
+            queue >= MIN_SHAPER_QUEUE,
+            "a shaper queue of {queue:?} is shorter than {MIN_SHAPER_QUEUE:?}"
+        );
+        let bytes_per_second = rate_bps / 8;
+        // The bucket: 10 ms at the rate, at least two full frames (a bucket smaller
+        // than a frame would never let it out). tbf's queue limit counts the bucket too.
+        let burst = (bytes_per_second / 100).max(2 * MAX_LINK_FRAME);
+        let queued = (bytes_per_second as f64 * queue.as_secs_f64()) as u64;
+        let limit = queued.max(MAX_LINK_FRAME) + burst;
+        let (netns, interface) = self.shaped_interface(site, direction);
+        netns.exec(
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                &interface,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{rate_bps}bit"),
+                "burst",
+                &burst.to_string(),
+                "limit",
+                &limit.to_string(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes the shaping of one direction of a site's access link (back to the
+    /// interface's default: no queue, no rate).
+    pub(crate) fn clear_access_rate(
+        &self,
+        site: SiteId,
+        direction: Direction,
+    ) -> anyhow::Result<()> {
+        let (netns, interface) = self.shaped_interface(site, direction);
+        netns.exec("tc", &["qdisc", "del", "dev", &interface, "root"])?;
+        Ok(())
+    }
+
+    /// The counters of a shaped direction (zero when it is not shaped).
+    pub(crate) fn access_rate_stats(
+        &self,
+        site: SiteId,
+        direction: Direction,
+    ) -> anyhow::Result<ShaperStats> {
+        let (netns, interface) = self.shaped_interface(site, direction);
+        let out = netns.exec("tc", &["-s", "-j", "qdisc", "show", "dev", &interface])?;
+        let qdiscs: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("tc said {out:?}"))?;
+        let Some(tbf) = qdiscs
+            .as_array()
+            .and_then(|all| all.iter().find(|q| q["kind"] == "tbf"))
+        else {
+            return Ok(ShaperStats::default());
+        };
+        let field = |name: &str| tbf[name].as_u64().unwrap_or(0);
+        Ok(ShaperStats {
+            bytes: field("bytes"),
+            packets: field("packets"),
+            dropped: field("drops"),
+        })
     }
 
     /// Packets forwarded and dropped by a site's access link, `[inbound, outbound]`
