@@ -55,6 +55,17 @@ pub const PROBE_USE_FRACTION: f64 = 0.9;
 /// The one-way delay base is the minimum over the current and the previous window of
 /// this length (so it follows clock drift and route changes within two windows).
 pub const DELAY_BASE_WINDOW: Duration = Duration::from_secs(5);
+/// A train whose receive rate is below this fraction of its send rate was spread by the
+/// bottleneck: its receive rate measures the bottleneck.
+pub(crate) const COMPRESSED_TRAIN: f64 = 0.9;
+/// Weight of a new bottleneck sample in the path capacity estimate.
+pub(crate) const CAPACITY_SMOOTHING: f64 = 0.3;
+/// Once probes have measured the path, fragments leave at most this multiple of its
+/// rate (4.5): faster only fills the bottleneck's queue, which on a shallow uplink
+/// overflows with a keyframe.
+pub const PACING_OVER_CAPACITY: f64 = 1.25;
+/// A queuing delay above this counts as over-use even without a rising trend (4.6).
+pub const STANDING_QUEUE_LIMIT: Duration = Duration::from_millis(120);
 /// Delivered-rate records kept (one per feedback packet).
 const MAX_ACKED_RECORDS: usize = 64;
 
@@ -323,6 +334,11 @@ impl Cluster {
     /// send and receive rates (as WebRTC's `ProbeBitrateEstimator`), or `None` for a
     /// train too short to say.
     fn rate_bps(&self) -> Option<f64> {
+        self.rates_bps().map(|(send, receive)| send.min(receive))
+    }
+
+    /// `(send rate, receive rate)` of the train, bits/s.
+    fn rates_bps(&self) -> Option<(f64, f64)> {
         if self.packets < PROBE_MIN_PACKETS {
             return None;
         }
@@ -333,7 +349,7 @@ impl Cluster {
         }
         let send_rate = (self.bytes - self.last_size) as f64 * 8e6 / send_us as f64;
         let receive_rate = (self.bytes - self.first_size) as f64 * 8e6 / receive_us as f64;
-        Some(send_rate.min(receive_rate))
+        Some((send_rate, receive_rate))
     }
 }
 
@@ -409,6 +425,8 @@ pub(crate) struct DelayBasedBwe {
     delay_base: (Option<i64>, Option<i64>, Option<Instant>),
     /// `arrival − send` of the latest packet reported, and when that report came.
     latest_delay: Option<(i64, Instant)>,
+    /// The bottleneck rate from probes (see [`Self::path_capacity_bps`]).
+    path_capacity_bps: Option<f64>,
 }
 
 impl DelayBasedBwe {
@@ -431,6 +449,7 @@ impl DelayBasedBwe {
             results: Vec::with_capacity(MAX_FEEDBACK_ENTRIES),
             delay_base: (None, None, None),
             latest_delay: None,
+            path_capacity_bps: None,
         }
     }
 
@@ -556,6 +575,12 @@ impl DelayBasedBwe {
             }
         }
         self.results = results;
+        // A queue that stays full shows no delay gradient (GCC's blind spot: an encoder
+        // above the path with a tail-drop queue): a queuing delay past the limit is
+        // over-use whatever the trend says.
+        if self.queuing_delay(now) > STANDING_QUEUE_LIMIT {
+            usage = BandwidthUsage::Overusing;
+        }
         let before = self.target_bps;
         self.update_rate(now, usage, probe_bps, rtt);
         self.target_bps != before
@@ -604,21 +629,37 @@ impl DelayBasedBwe {
         Some(self.trendline.state)
     }
 
-    /// Follows probe clusters; returns a probe's rate when one ends.
+    /// Follows probe clusters; returns a probe's rate when one ends, and updates the
+    /// path capacity estimate from it.
     fn on_packet_probe(&mut self, result: &PacketResult) -> Option<f64> {
         if result.cluster == 0 {
             return None;
         }
-        match &mut self.cluster {
+        let finished = match &mut self.cluster {
             Some(cluster) if cluster.id == result.cluster => {
                 cluster.add(result);
-                None
+                return None;
             }
-            slot => {
-                let finished = slot.replace(Cluster::start(result));
-                finished.and_then(|cluster| cluster.rate_bps())
+            slot => slot.replace(Cluster::start(result)),
+        };
+        let (send, receive) = finished?.rates_bps()?;
+        self.path_capacity_bps = Some(match self.path_capacity_bps {
+            // The bottleneck spread the train: its receive rate is the bottleneck's rate
+            // (our share of it, when shared).
+            Some(capacity) if receive < COMPRESSED_TRAIN * send => {
+                (1.0 - CAPACITY_SMOOTHING) * capacity + CAPACITY_SMOOTHING * receive
             }
-        }
+            None if receive < COMPRESSED_TRAIN * send => receive,
+            // It passed at the rate it was sent: the path carries at least that.
+            Some(capacity) => capacity.max(send.min(receive)),
+            None => send.min(receive),
+        });
+        Some(send.min(receive))
+    }
+
+    /// The bottleneck's rate as the probes measured it, bits/s; `None` before the first.
+    pub(crate) fn path_capacity_bps(&self) -> Option<u64> {
+        self.path_capacity_bps.map(|bps| bps as u64)
     }
 
     fn update_rate(

@@ -368,6 +368,7 @@ impl MediaConnection {
     fn on_queued(&mut self, now: Instant) {
         let max_rate = if self.feedback_seen {
             Pacer::rate_for(self.path_rate_bps(), &self.config)
+                .min(self.pacing_cap_bps(self.target_bitrate_bps()))
         } else {
             u64::MAX
         };
@@ -467,9 +468,9 @@ impl MediaConnection {
                 if let Some(bwe) = &mut self.delay_bwe {
                     self.feedback_seen = true;
                     let entries = wire::feedback_entries(base_seq, reference_us, entries);
-                    if bwe.on_feedback(now, entries, self.rtt.smoothed()) {
-                        self.update_target(now);
-                    }
+                    // Every feedback may move the path capacity, and with it the pacer.
+                    bwe.on_feedback(now, entries, self.rtt.smoothed());
+                    self.update_target(now);
                 }
             }
             Packet::Nack { nack_seq, entries } => {
@@ -541,7 +542,8 @@ impl MediaConnection {
             let interval = Duration::from_millis(*interval_ms);
             self.loss_accumulator = (0, 0, 0);
             self.stats.send_loss = loss;
-            self.bitrate.on_report(loss, interval);
+            self.bitrate
+                .on_report(now, loss, interval, self.rtt.smoothed());
             self.update_target(now);
         }
         self.peer_report = Some((report.timestamp_ms, now));
@@ -593,10 +595,28 @@ impl MediaConnection {
         self.feedback_scratch = entries;
     }
 
-    /// Feeds the pacer a target bitrate.
+    /// Feeds the pacer a target bitrate, and the path's rate once probes measured it.
     fn set_pacing_target(&mut self, now: Instant, target_bps: u64) {
+        let max_rate = self.pacing_cap_bps(target_bps);
         if let Some(pacer) = &mut self.pacer {
-            pacer.set_target(now, target_bps, &self.config);
+            pacer.set_target(now, target_bps, max_rate, &self.config);
+        }
+    }
+
+    /// Fastest the pacer may send once the peer's feedback measured the path (4.5):
+    /// `PACING_OVER_CAPACITY` times the probes' bottleneck rate, never below the target
+    /// or the pacing floor; unlimited before.
+    fn pacing_cap_bps(&self, target_bps: u64) -> u64 {
+        let capacity = self
+            .delay_bwe
+            .as_ref()
+            .filter(|_| self.feedback_seen)
+            .and_then(DelayBasedBwe::path_capacity_bps);
+        match capacity {
+            Some(capacity) => ((capacity as f64 * crate::bwe::PACING_OVER_CAPACITY) as u64)
+                .max(target_bps)
+                .max(crate::MIN_PACING_TARGET_BPS),
+            None => u64::MAX,
         }
     }
 

@@ -75,7 +75,7 @@ impl Pacer {
             level: 0,
             updated: now,
         };
-        pacer.set_target(now, target_bps, config);
+        pacer.set_target(now, target_bps, u64::MAX, config);
         pacer.level = pacer.capacity();
         pacer
     }
@@ -92,11 +92,18 @@ impl Pacer {
             .max(1)
     }
 
-    /// Applies a new target bitrate (the lower of the delay- and loss-based estimates).
-    /// Credit earned so far at the old rate is kept.
-    pub(crate) fn set_target(&mut self, now: Instant, target_bps: u64, config: &Config) {
+    /// Applies a new target bitrate (the lower of the delay- and loss-based estimates),
+    /// the pacing rate at most `max_rate_bps`. Credit earned so far at the old rate is
+    /// kept.
+    pub(crate) fn set_target(
+        &mut self,
+        now: Instant,
+        target_bps: u64,
+        max_rate_bps: u64,
+        config: &Config,
+    ) {
         self.refill(now);
-        self.base_rate_bps = Self::rate_for(target_bps, config);
+        self.base_rate_bps = Self::rate_for(target_bps, config).min(max_rate_bps).max(1);
         self.rate_bps = self.base_rate_bps.max(self.drain_rate_bps);
         let packet = config.max_packet_size as u64;
         let earned =

@@ -1,6 +1,6 @@
 //! RTT estimation, the loss-based bitrate controller and the public statistics.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Smoothed RTT as in RFC 6298 (`srtt`, `rttvar`).
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +60,14 @@ pub(crate) struct BitrateController {
     target_bps: f64,
     min_bps: f64,
     max_bps: f64,
+    /// When the target was last cut: at most one cut per `rtt + LOSS_DECREASE_INTERVAL`.
+    last_decrease: Option<Instant>,
 }
+
+/// After a loss-based cut, the next waits this long plus an RTT (WebRTC's
+/// `kBweDecreaseInterval`): reports in between still describe losses the cut has not had
+/// time to cure, and cutting on each of them collapses the target.
+pub const LOSS_DECREASE_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Loss fraction below which the target grows.
 pub(crate) const LOSS_LOW: f64 = 0.02;
@@ -75,16 +82,24 @@ impl BitrateController {
             target_bps: initial as f64,
             min_bps: min as f64,
             max_bps: max as f64,
+            last_decrease: None,
         }
     }
 
-    /// Applies one report covering `interval` with loss fraction `loss` (0..=1).
-    pub(crate) fn on_report(&mut self, loss: f64, interval: Duration) {
+    /// Applies, at `now`, one report covering `interval` with loss fraction `loss`
+    /// (0..=1); `rtt` is the current estimate.
+    pub(crate) fn on_report(&mut self, now: Instant, loss: f64, interval: Duration, rtt: Duration) {
         let seconds = interval.as_secs_f64().clamp(0.0, 5.0);
         if loss < LOSS_LOW {
             self.target_bps *= GROWTH_PER_SECOND.powf(seconds);
         } else if loss > LOSS_HIGH {
-            self.target_bps *= 1.0 - 0.5 * loss.min(1.0);
+            let recent = self
+                .last_decrease
+                .is_some_and(|at| now.saturating_duration_since(at) < rtt + LOSS_DECREASE_INTERVAL);
+            if !recent {
+                self.target_bps *= 1.0 - 0.5 * loss.min(1.0);
+                self.last_decrease = Some(now);
+            }
         }
         self.target_bps = self.target_bps.clamp(self.min_bps, self.max_bps);
     }
@@ -215,23 +230,32 @@ mod tests {
     #[test]
     fn bitrate_controller_bands() {
         let second = Duration::from_secs(1);
+        let rtt = Duration::from_millis(50);
+        let mut now = Instant::now();
         let mut controller = BitrateController::new(1_000_000, 100_000, 2_000_000);
-        controller.on_report(0.05, second);
+        controller.on_report(now, 0.05, second, rtt);
         assert_eq!(controller.target_bps(), 1_000_000, "2-10 % holds");
-        controller.on_report(0.0, second);
+        controller.on_report(now, 0.0, second, rtt);
         assert_eq!(controller.target_bps(), 1_080_000, "below 2 % grows 8 %/s");
-        controller.on_report(0.2, second);
+        controller.on_report(now, 0.2, second, rtt);
         assert_eq!(
             controller.target_bps(),
             972_000,
             "above 10 % cuts by loss/2"
         );
+        // The next cut waits rtt + 300 ms: the reports in between describe losses the
+        // first cut has not had time to cure.
+        controller.on_report(now + Duration::from_millis(200), 0.2, second, rtt);
+        assert_eq!(controller.target_bps(), 972_000);
+        controller.on_report(now + Duration::from_millis(350), 0.2, second, rtt);
+        assert_eq!(controller.target_bps(), 874_800);
         for _ in 0..100 {
-            controller.on_report(1.0, second);
+            now += second;
+            controller.on_report(now, 1.0, second, rtt);
         }
         assert_eq!(controller.target_bps(), 100_000, "clamped to the minimum");
         for _ in 0..100 {
-            controller.on_report(0.0, second);
+            controller.on_report(now, 0.0, second, rtt);
         }
         assert_eq!(controller.target_bps(), 2_000_000, "clamped to the maximum");
     }

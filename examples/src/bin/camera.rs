@@ -105,7 +105,10 @@ fn follow_target(
     dropper: &mut FrameDropper,
 ) {
     match target_bps {
-        Some(bps) => tracing::info!(target_bps = bps, "target bitrate"),
+        Some(bps) => {
+            tracing::info!(target_bps = bps, "target bitrate");
+            emit(json!({"event": "target_bitrate", "bps": bps}));
+        }
         None => tracing::info!("no viewer left: target bitrate cleared"),
     }
     if let Some(sizes) = source.and_then(|s| s.set_target_bitrate(target_bps)) {
