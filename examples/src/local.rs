@@ -9,7 +9,7 @@ use std::time::Instant;
 use rand::{RngCore, SeedableRng};
 use sightwire::{DeviceIdentity, RendezvousServer, ViewerConfig};
 use sightwire_id::DeviceId;
-use sightwire_relay::{Relay, RelayConfig, RelayServer};
+use sightwire_relay::{Relay, RelayConfig, RelayServer, RelayStats};
 use sightwire_rendezvous::server::{Server, unix_now};
 use sightwire_rendezvous::{CoreConfig, Rendezvous, SqliteRegistry};
 use sightwire_session::StaticKeypair;
@@ -41,7 +41,7 @@ pub struct LocalNetwork {
     registry: std::path::PathBuf,
     running: Option<RunningRendezvous>,
     relay_stop: watch::Sender<bool>,
-    relay_task: JoinHandle<()>,
+    relay_task: JoinHandle<Option<RelayStats>>,
     serial: u64,
     core_config: CoreConfig,
 }
@@ -82,9 +82,7 @@ impl LocalNetwork {
         .await?;
         let relay_address = relay.local_addr()?;
         let (relay_stop, stopped) = watch::channel(false);
-        let relay_task = tokio::spawn(async move {
-            let _ = relay.run(stopped).await;
-        });
+        let relay_task = tokio::spawn(async move { relay.run(stopped).await.ok() });
 
         let public_key = *StaticKeypair::from_private(rendezvous_key).public();
         let mut network = Self {
@@ -192,10 +190,10 @@ impl LocalNetwork {
         )
     }
 
-    /// Stops both servers.
-    pub async fn shutdown(mut self) {
+    /// Stops both servers and returns the relay's counters (`None` if its task failed).
+    pub async fn shutdown(mut self) -> Option<RelayStats> {
         self.stop_rendezvous().await;
         let _ = self.relay_stop.send(true);
-        let _ = (&mut self.relay_task).await;
+        (&mut self.relay_task).await.ok().flatten()
     }
 }

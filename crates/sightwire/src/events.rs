@@ -44,7 +44,7 @@ pub fn path_kind_name(kind: PathKind) -> &'static str {
 }
 
 /// Per-peer figures, reported about once a second.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerStats {
     /// Current path, if any.
     pub path: Option<Path>,
@@ -65,6 +65,12 @@ pub struct PeerStats {
     pub bytes_delivered: u64,
     /// Target bitrate estimated for the sender's encoder, bits per second.
     pub target_bitrate_bps: u64,
+    /// Every counter and estimate of the connection's media layer, both directions:
+    /// what the sender accepted, paced and retransmitted, what the receiver delivered,
+    /// gave up as late or evicted. The figures above are a digest of these; benchmarks
+    /// and diagnostics attribute losses with them. (Boxed: one allocation a second per
+    /// peer keeps every other [`Event`] small.)
+    pub media: Box<sightwire_media::Stats>,
 }
 
 /// Why a connection to a peer ended.

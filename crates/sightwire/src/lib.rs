@@ -61,5 +61,5 @@ pub use config::{
 pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, SocketBuffers, Viewer, ViewerEndpoint};
 pub use error::ConnectError;
 pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, path_kind_name};
-pub use sightwire_media::{Codec, Frame, ReceivedFrame, StreamId};
+pub use sightwire_media::{Codec, Frame, ReceivedFrame, Stats as MediaStats, StreamId};
 pub use sightwire_punch::PathKind;

@@ -292,6 +292,7 @@ impl Connection {
             frames_skipped: stats.frames_discarded_awaiting_keyframe,
             bytes_delivered: self.bytes_delivered,
             target_bitrate_bps: stats.target_bitrate_bps,
+            media: Box::new(stats),
         }
     }
 }
