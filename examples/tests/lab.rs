@@ -1088,7 +1088,7 @@ fn endpoint_real_video() -> anyhow::Result<()> {
     let camera_host = bed.topology.add_host(camera_site, "camera")?;
     let viewer_site = bed.topology.add_site("view", Profile::Home)?;
     let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
-    let mut camera = bed.camera(camera_host, "camera", &clip.display().to_string())?;
+    let camera = bed.camera(camera_host, "camera", &clip.display().to_string())?;
     let total = u64::from(h264::CLIP_FPS * h264::CLIP_SECONDS);
     let mut viewer = bed.viewer(viewer_host, "viewer", &camera.id, Stop::Frames(total))?;
     let report = viewer.finish(Duration::from_secs(90))?;

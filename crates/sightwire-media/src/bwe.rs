@@ -333,6 +333,7 @@ impl Cluster {
     /// The rate the path demonstrably carried this train at, bits/s: the lower of the
     /// send and receive rates (as WebRTC's `ProbeBitrateEstimator`), or `None` for a
     /// train too short to say.
+    #[cfg(test)]
     fn rate_bps(&self) -> Option<f64> {
         self.rates_bps().map(|(send, receive)| send.min(receive))
     }

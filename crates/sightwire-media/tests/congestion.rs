@@ -183,21 +183,7 @@ impl Node for Viewer {
 
     fn poll_transmit(&mut self, now: Instant) -> Option<SimTransmit> {
         while let Some(event) = self.connection.poll_event() {
-            if let Event::FrameLost {
-                frame_seq, reason, ..
-            } = &event
-            {
-                if std::env::var("LOSTDBG").is_ok() {
-                    eprintln!("{:?} lost {frame_seq} {reason:?}", self.local);
-                }
-            }
             if let Event::Frame(received) = event {
-                if std::env::var("LOSTDBG").is_ok() {
-                    eprintln!(
-                        "{:?} delivered {} key {}",
-                        self.local, received.frame_seq, received.frame.keyframe
-                    );
-                }
                 let captured = self.epoch + Duration::from_micros(received.frame.capture_time_us);
                 self.delivered.push(Delivered {
                     at: now,
