@@ -796,6 +796,12 @@ impl MediaConnection {
             .as_ref()
             .filter(|_| self.feedback_seen)
             .map_or(0, DelayBasedBwe::target_bps);
+        stats.path_capacity_bps = self
+            .delay_bwe
+            .as_ref()
+            .filter(|_| self.feedback_seen)
+            .and_then(DelayBasedBwe::path_capacity_bps)
+            .unwrap_or(0);
         stats.queuing_delay = self
             .delay_bwe
             .as_ref()

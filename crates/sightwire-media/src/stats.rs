@@ -139,6 +139,9 @@ pub struct Stats {
     pub loss_based_target_bps: u64,
     /// The delay-based estimate (`spec/media.md` 4.6); 0 until the peer sends feedback.
     pub delay_based_target_bps: u64,
+    /// The path's bottleneck rate as probes measured it (bits/s; 0 before); the pacer
+    /// sends at most `PACING_OVER_CAPACITY` times it (`spec/media.md` 4.6).
+    pub path_capacity_bps: u64,
     /// How long our latest reported fragment waited in queues on the path, from the
     /// peer's feedback (one-way delay above its recent minimum, `spec/media.md` 4.6).
     pub queuing_delay: Duration,
