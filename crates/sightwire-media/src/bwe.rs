@@ -620,8 +620,11 @@ impl DelayBasedBwe {
         let closed = *group;
         self.group = Some(start);
         let previous = self.previous_group.replace(closed)?;
-        let send_delta_ms = (closed.last_sent_us - previous.last_sent_us) as f64 / 1000.0;
-        let arrival_delta_ms = (closed.last_arrival_us - previous.last_arrival_us) as f64 / 1000.0;
+        // Signed: frames of two streams interleave, so a group may end before the one
+        // before it did.
+        let send_delta_ms = (closed.last_sent_us as f64 - previous.last_sent_us as f64) / 1000.0;
+        let arrival_delta_ms =
+            (closed.last_arrival_us as f64 - previous.last_arrival_us as f64) / 1000.0;
         self.trendline.update(
             arrival_delta_ms - send_delta_ms,
             send_delta_ms,
@@ -938,6 +941,30 @@ mod tests {
             let target = bwe.target_bps();
             assert!((100_000..=20_000_000).contains(&target), "target {target}");
         }
+    }
+
+    #[test]
+    fn interleaved_frames_of_two_streams_do_not_underflow() {
+        // Cluster 2 (sent at 1 ms) ends before cluster 1 (0..5 ms) did: two streams'
+        // frames interleaved.
+        let start = Instant::now();
+        let mut bwe = DelayBasedBwe::new(1_000_000, 100_000, 20_000_000);
+        let sends = [
+            (0u32, 0u64, 1),
+            (1, 5_000, 1),
+            (2, 1_000, 2),
+            (3, 6_000, 3),
+            (4, 7_000, 4),
+        ];
+        for (seq, at, cluster) in sends {
+            bwe.on_sent(seq, at, 1200, cluster);
+        }
+        let entries = sends.map(|(seq, at, _)| FeedbackEntry {
+            packet_seq: seq,
+            arrival_us: at as u32 + 20_000,
+        });
+        bwe.on_feedback(start, entries.into_iter(), Duration::from_millis(20));
+        assert!((100_000..=20_000_000).contains(&bwe.target_bps()));
     }
 
     #[test]
