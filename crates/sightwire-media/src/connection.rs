@@ -284,8 +284,21 @@ impl MediaConnection {
         }
         let keyframe = media.keyframe;
         let seq =
-            self.sender
-                .send_frame(now, frame, frame_budget, &self.config, &mut self.stats)?;
+            match self
+                .sender
+                .send_frame(now, frame, frame_budget, &self.config, &mut self.stats)
+            {
+                Ok(seq) => seq,
+                Err(error) => {
+                    // A reference frame that was not sent breaks its stream like a dropped
+                    // one: the frames after it would decode to garbage (4.7).
+                    if self.admission.not_sent(frame.frame()) {
+                        self.keyframe_wanted |= stream_bit;
+                        self.release_keyframe_requests(now);
+                    }
+                    return Err(error);
+                }
+            };
         if keyframe {
             self.keyframe_wanted &= !stream_bit;
             self.keyframe_asked &= !stream_bit;

@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use common::{drain_events, drain_packets, fragments};
 use sightwire_media::wire::{self, NackEntry, Packet, Report};
 use sightwire_media::{
-    CONTROL_WINDOW, Codec, Config, ControlError, Event, Frame, FrameLossReason, MAX_PENDING_EVENTS,
-    MediaConnection, SendError, StreamId,
+    CONTROL_WINDOW, Codec, Config, ControlError, DropReason, Event, Frame, FrameLossReason,
+    MAX_PENDING_EVENTS, MediaConnection, SendError, StreamId,
 };
 
 fn video(keyframe: bool, size: usize, fill: u8) -> Frame {
@@ -342,6 +342,46 @@ fn max_transmit_queue_refuses_frames_the_driver_has_not_drained() {
     assert_eq!(sender.memory().transmit_queue_packets, 2 * needed);
     drain_packets(&mut sender);
     sender.send_frame(start, &keyframe).unwrap();
+}
+
+#[test]
+fn a_reference_frame_refused_by_a_full_queue_breaks_its_stream_until_a_keyframe() {
+    let start = Instant::now();
+    // A budget long enough that the frame-drop policy (spec/media.md 4.7) lets the frames
+    // through to the queue limit.
+    let config = Config {
+        max_transmit_queue: 300,
+        latency_budget: Duration::from_secs(10),
+        ..common::unpaced()
+    };
+    let (mut sender, _) = pair(config, start);
+    let keyframe = sender.packetize(video(true, 150_000, 0)).unwrap();
+    sender.send_frame(start, &keyframe).unwrap();
+    sender.send_frame(start, &keyframe).unwrap();
+    // A P-frame that does not fit the queue is refused…
+    let p_frame = sender.packetize(video(false, 150_000, 1)).unwrap();
+    assert!(matches!(
+        sender.send_frame(start, &p_frame),
+        Err(SendError::TransmitQueueFull { .. })
+    ));
+    // …and the P-frames after it, which would refer to it, are not sent even once the
+    // queue has room: the stream waits for a keyframe, which the application is asked for.
+    drain_packets(&mut sender);
+    let small = sender.packetize(video(false, 1_000, 2)).unwrap();
+    assert_eq!(
+        sender.send_frame(start, &small),
+        Err(SendError::FrameDropped {
+            reason: DropReason::AwaitingKeyframe
+        })
+    );
+    assert!(
+        drain_events(&mut sender)
+            .iter()
+            .any(|event| matches!(event, Event::KeyframeRequested { .. }))
+    );
+    sender.send_frame(start, &keyframe).unwrap();
+    drain_packets(&mut sender);
+    sender.send_frame(start, &small).unwrap();
 }
 
 #[test]
