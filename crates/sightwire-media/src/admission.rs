@@ -86,11 +86,11 @@ impl FrameAdmission {
     }
 
     /// `frame` was not sent for another reason (the transmit queue was full): if later
-    /// frames may refer to it, its stream now waits for a keyframe too. Returns whether it
-    /// did break the chain.
+    /// frames may refer to it (a keyframe or a reference frame), its stream now waits for
+    /// a keyframe too. Returns whether it did break the chain.
     pub(crate) fn not_sent(&mut self, frame: &Frame) -> bool {
         let breaks_chain =
-            !frame.keyframe && has_references(frame.codec) && !frame.is_discardable();
+            has_references(frame.codec) && (frame.keyframe || !frame.is_discardable());
         if breaks_chain {
             self.awaiting_keyframe |= 1u16 << (frame.stream.index() % MAX_STREAMS);
         }

@@ -382,6 +382,20 @@ fn a_reference_frame_refused_by_a_full_queue_breaks_its_stream_until_a_keyframe(
     sender.send_frame(start, &keyframe).unwrap();
     drain_packets(&mut sender);
     sender.send_frame(start, &small).unwrap();
+    // A keyframe refused the same way breaks the stream too: what follows refers to it.
+    sender.send_frame(start, &keyframe).unwrap();
+    sender.send_frame(start, &keyframe).unwrap();
+    assert!(matches!(
+        sender.send_frame(start, &keyframe),
+        Err(SendError::TransmitQueueFull { .. })
+    ));
+    drain_packets(&mut sender);
+    assert_eq!(
+        sender.send_frame(start, &small),
+        Err(SendError::FrameDropped {
+            reason: DropReason::AwaitingKeyframe
+        })
+    );
 }
 
 #[test]
