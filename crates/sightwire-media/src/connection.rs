@@ -30,6 +30,12 @@ pub const MAX_PENDING_SMALL_PACKETS: usize = 256;
 pub const MIN_PACKETS_FOR_LOSS: u64 = 32;
 /// A target bitrate change smaller than this fraction raises no event.
 pub const BITRATE_EVENT_THRESHOLD: f64 = 0.05;
+/// The loss-based target never falls below this fraction of the rate the peer's feedback
+/// says was delivered (spec/media.md 6.4).
+pub const LOSS_FLOOR_OF_DELIVERED: f64 = 0.85;
+/// Under heavy loss (above 10 %) fragments leave at most this multiple of the delivered
+/// rate (spec/media.md 4.6).
+pub const PACING_OVER_DELIVERED_UNDER_LOSS: f64 = 1.1;
 /// A keyframe asked for with [`Event::KeyframeRequested`] that has not been sent after
 /// this long is asked for again (the application may have missed or refused it).
 pub const KEYFRAME_REASK_INTERVAL: Duration = Duration::from_secs(1);
@@ -557,6 +563,13 @@ impl MediaConnection {
             self.stats.send_loss = loss;
             self.bitrate
                 .on_report(now, loss, interval, self.rtt.smoothed());
+            // Whatever the losses, the path just delivered this much: the loss-based target
+            // does not fall below a fraction of it (a policer drops what exceeds its rate
+            // and queues nothing, and cutting per report would end at the floor).
+            if let Some(delivered) = self.delay_bwe.as_ref().and_then(DelayBasedBwe::acked_bps) {
+                self.bitrate
+                    .raise_to((delivered as f64 * LOSS_FLOOR_OF_DELIVERED) as u64);
+            }
             self.update_target(now);
         }
         self.peer_report = Some((report.timestamp_ms, now));
@@ -625,12 +638,23 @@ impl MediaConnection {
             .as_ref()
             .filter(|_| self.feedback_seen)
             .and_then(DelayBasedBwe::path_capacity_bps);
-        match capacity {
-            Some(capacity) => ((capacity as f64 * crate::bwe::PACING_OVER_CAPACITY) as u64)
-                .max(target_bps)
-                .max(crate::MIN_PACING_TARGET_BPS),
-            None => u64::MAX,
-        }
+        // Under heavy loss the delivered rate is the path's rate (a policer lets bursts
+        // through, so probes overestimate it): pace at most a little above it.
+        let delivered = self
+            .delay_bwe
+            .as_ref()
+            .filter(|_| self.stats.send_loss > crate::stats::LOSS_HIGH)
+            .and_then(DelayBasedBwe::acked_bps)
+            .map(|bps| (bps as f64 * PACING_OVER_DELIVERED_UNDER_LOSS) as u64);
+        let cap = match (capacity, delivered) {
+            (None, None) => return u64::MAX,
+            (Some(capacity), delivered) => {
+                let cap = (capacity as f64 * crate::bwe::PACING_OVER_CAPACITY) as u64;
+                delivered.map_or(cap, |d| cap.min(d))
+            }
+            (None, Some(delivered)) => delivered,
+        };
+        cap.max(target_bps).max(crate::MIN_PACING_TARGET_BPS)
     }
 
     /// When the pacer lets the next queued fragment leave; `None` with nothing queued or

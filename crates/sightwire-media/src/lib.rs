@@ -90,7 +90,8 @@ pub use config::{
 };
 pub use connection::{
     BITRATE_EVENT_MIN_INTERVAL, BITRATE_EVENT_THRESHOLD, ControlError, KEYFRAME_REASK_INTERVAL,
-    MAX_PENDING_SMALL_PACKETS, MIN_PACKETS_FOR_LOSS, MediaConnection, MemoryUse, Transmit,
+    LOSS_FLOOR_OF_DELIVERED, MAX_PENDING_SMALL_PACKETS, MIN_PACKETS_FOR_LOSS, MediaConnection,
+    MemoryUse, PACING_OVER_DELIVERED_UNDER_LOSS, Transmit,
 };
 pub use control::{CONTROL_MAX_RTO, CONTROL_WINDOW};
 pub use event::{Event, FrameLossReason, MAX_PENDING_EVENTS, ReceivedFrame};

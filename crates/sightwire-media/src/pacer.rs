@@ -126,10 +126,14 @@ impl Pacer {
         let window = max_queue_time.as_nanos().max(1);
         let needed = (u128::from(queued_bytes) * UNITS_PER_BYTE).div_ceil(window);
         let needed = u64::try_from(needed).unwrap_or(u64::MAX).min(max_rate_bps);
-        if needed > self.drain_rate_bps {
+        // A raised rate from before the cap was known (or lowered) must not outlive it: a
+        // queue that never empties would keep it for good.
+        let kept = self.drain_rate_bps.min(max_rate_bps);
+        let drain = needed.max(kept);
+        if drain != self.drain_rate_bps {
             self.refill(now);
-            self.drain_rate_bps = needed;
-            self.rate_bps = self.base_rate_bps.max(needed);
+            self.drain_rate_bps = drain;
+            self.rate_bps = self.base_rate_bps.max(drain);
         }
     }
 
