@@ -34,8 +34,9 @@ pub const BITRATE_EVENT_THRESHOLD: f64 = 0.05;
 /// says was delivered (spec/media.md 6.4).
 pub const LOSS_FLOOR_OF_DELIVERED: f64 = 0.85;
 /// Under heavy loss (above 10 %) fragments leave at most this multiple of the delivered
-/// rate (spec/media.md 4.6).
-pub const PACING_OVER_DELIVERED_UNDER_LOSS: f64 = 1.1;
+/// rate (spec/media.md 4.6): above a policer's rate by what a keyframe needs to keep its
+/// burst under random loss, which is not congestion.
+pub const PACING_OVER_DELIVERED_UNDER_LOSS: f64 = 2.0;
 /// A keyframe asked for with [`Event::KeyframeRequested`] that has not been sent after
 /// this long is asked for again (the application may have missed or refused it).
 pub const KEYFRAME_REASK_INTERVAL: Duration = Duration::from_secs(1);
@@ -639,7 +640,8 @@ impl MediaConnection {
             .filter(|_| self.feedback_seen)
             .and_then(DelayBasedBwe::path_capacity_bps);
         // Under heavy loss the delivered rate is the path's rate (a policer lets bursts
-        // through, so probes overestimate it): pace at most a little above it.
+        // through, so probes overestimate it): pace at most a multiple of it. Not much
+        // less: random loss is not congestion, and a keyframe needs its burst.
         let delivered = self
             .delay_bwe
             .as_ref()
