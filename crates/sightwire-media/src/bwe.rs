@@ -330,15 +330,8 @@ impl Cluster {
         self.last_arrival_us = self.last_arrival_us.max(result.arrival_us);
     }
 
-    /// The rate the path demonstrably carried this train at, bits/s: the lower of the
-    /// send and receive rates (as WebRTC's `ProbeBitrateEstimator`), or `None` for a
-    /// train too short to say.
-    #[cfg(test)]
-    fn rate_bps(&self) -> Option<f64> {
-        self.rates_bps().map(|(send, receive)| send.min(receive))
-    }
-
-    /// `(send rate, receive rate)` of the train, bits/s.
+    /// `(send rate, receive rate)` of the train, bits/s (the probe rate is the lower, as
+    /// WebRTC's `ProbeBitrateEstimator`), or `None` for a train too short to say.
     fn rates_bps(&self) -> Option<(f64, f64)> {
         if self.packets < PROBE_MIN_PACKETS {
             return None;
@@ -893,7 +886,8 @@ mod tests {
                 None => cluster = Some(Cluster::start(&result)),
             }
         }
-        let rate = cluster.and_then(|c| c.rate_bps()).expect("long enough");
+        let (send, receive) = cluster.and_then(|c| c.rates_bps()).expect("long enough");
+        let rate = send.min(receive);
         assert!((2_900_000.0..=3_100_000.0).contains(&rate), "rate {rate}");
     }
 

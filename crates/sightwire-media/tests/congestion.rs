@@ -8,6 +8,8 @@
 //!
 //! Figures are printed (`cargo test -p sightwire-media --test congestion -- --nocapture`).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,6 @@ const FPS: u64 = 30;
 /// Frames per GOP (2 s), and how much larger a keyframe is than a P-frame.
 const GOP: u64 = 60;
 const KEYFRAME_RATIO: u64 = 6;
-const MAX_DATAGRAM: usize = 2048;
 /// The end-to-end budget the tests hold latency to (`Config::latency_budget`).
 const BUDGET: Duration = Duration::from_millis(200);
 
@@ -137,14 +138,7 @@ impl Node for Camera {
             }
         }
         let transmit = self.connection.poll_transmit(now)?;
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let len = transmit.write_to(&mut buf).expect("fits");
-        Some(SimTransmit {
-            from: self.local,
-            to: self.peer,
-            ttl: None,
-            payload: buf[..len].to_vec(),
-        })
+        Some(common::sim_transmit(self.local, self.peer, &transmit))
     }
 }
 
@@ -196,14 +190,7 @@ impl Node for Viewer {
         }
         let peer = self.peer?;
         let transmit = self.connection.poll_transmit(now)?;
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let len = transmit.write_to(&mut buf).expect("fits");
-        Some(SimTransmit {
-            from: self.local,
-            to: peer,
-            ttl: None,
-            payload: buf[..len].to_vec(),
-        })
+        Some(common::sim_transmit(self.local, peer, &transmit))
     }
 }
 

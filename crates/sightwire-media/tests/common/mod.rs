@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sightwire_media::{Config, Event, MediaConnection};
+use sightwire_media::{Config, Event, MediaConnection, Transmit};
 use sightwire_testkit::sightwire_netsim::SimConfig;
 use sightwire_testkit::{Network, Node, NodeId, SimTransmit, TestRng};
 
@@ -60,14 +60,18 @@ impl Node for Endpoint {
             self.events.push((now, event));
         }
         let transmit = self.connection.poll_transmit(now)?;
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let len = transmit.write_to(&mut buf).expect("packet fits the buffer");
-        Some(SimTransmit {
-            from: self.local,
-            to: self.peer,
-            ttl: None,
-            payload: buf[..len].to_vec(),
-        })
+        Some(sim_transmit(self.local, self.peer, &transmit))
+    }
+}
+
+/// A media packet as a datagram from `from` to `to`.
+pub fn sim_transmit(from: SocketAddr, to: SocketAddr, transmit: &Transmit) -> SimTransmit {
+    assert!(transmit.len() <= MAX_DATAGRAM, "packet fits a datagram");
+    SimTransmit {
+        from,
+        to,
+        ttl: None,
+        payload: transmit.to_bytes().to_vec(),
     }
 }
 
