@@ -162,6 +162,10 @@ pub struct MediaConnection {
     admission: FrameAdmission,
     /// Per stream, the capture time of the newest keyframe sent (for the recovery window).
     keyframe_capture_us: [Option<u64>; MAX_STREAMS],
+    /// Per stream, when the newest keyframe sent would have been transmitted at the path
+    /// rate had nothing been queued ahead of it: the frames behind it may be that much
+    /// later than the latency budget (4.7).
+    keyframe_drained_at: [Option<Instant>; MAX_STREAMS],
     /// Bit per stream: a keyframe is needed (peer request or dropped reference).
     keyframe_wanted: u16,
     /// Bit per stream: the application was asked for it, at `keyframe_asked_at`.
@@ -216,6 +220,7 @@ impl MediaConnection {
             feedback_scratch: Vec::with_capacity(MAX_FEEDBACK_ENTRIES),
             admission: FrameAdmission::default(),
             keyframe_capture_us: [None; MAX_STREAMS],
+            keyframe_drained_at: [None; MAX_STREAMS],
             keyframe_wanted: 0,
             keyframe_asked: 0,
             keyframe_asked_at: [None; MAX_STREAMS],
@@ -267,7 +272,20 @@ impl MediaConnection {
             media.capture_time_us,
             self.config.latency_budget,
         );
-        let budget = frame_budget.saturating_sub(self.rtt.smoothed() / 2);
+        // The recovery window lets the frames behind a keyframe inherit its delay, but
+        // that delay is the keyframe's own transmission time: admitting more than the
+        // latency budget beyond it would fill the queue with frames that then crowd out
+        // everything after them (4.7).
+        let stream_index = media.stream.index() % MAX_STREAMS;
+        let keyframe_delay = if media.keyframe {
+            transmission
+        } else {
+            self.keyframe_drained_at[stream_index]
+                .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+        };
+        let budget = frame_budget
+            .min(self.config.latency_budget + keyframe_delay)
+            .saturating_sub(self.rtt.smoothed() / 2);
         let wait = self.queue_delay(now) + transmission;
         let stream_bit = 1u16 << (media.stream.index() % MAX_STREAMS);
         match self.admission.admit(media, wait, budget) {
@@ -307,6 +325,9 @@ impl MediaConnection {
                 }
             };
         if keyframe {
+            // The keyframe's own transmission, not the queue ahead of it: that queue is
+            // no excuse for the frames behind it.
+            self.keyframe_drained_at[stream_index] = Some(now + transmission);
             self.keyframe_wanted &= !stream_bit;
             self.keyframe_asked &= !stream_bit;
         }

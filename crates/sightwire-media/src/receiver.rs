@@ -292,9 +292,20 @@ impl Receiver {
             cx.stats.fragments_duplicate += 1;
             return;
         }
-        // A jump further than the frames-in-flight limit: everything before is lost.
+        // A jump further than the frames-in-flight limit: the window slides so the new
+        // frame fits, and the frames it leaves behind are lost. Frames already seen inside
+        // the new window are kept (at a high frame rate one slow frame must not take the
+        // whole window with it); if none were seen, everything before is lost.
         if header.frame_seq - stream.next_seq > max_gap {
-            self.resync_stream(now, header.stream, header.frame_seq, cx);
+            let window_start = header.frame_seq - max_gap;
+            if stream
+                .highest_seen
+                .is_some_and(|highest| highest >= window_start)
+            {
+                self.slide_window(now, header.stream, window_start, cx);
+            } else {
+                self.resync_stream(now, header.stream, header.frame_seq, cx);
+            }
         }
 
         // Deadline and jitter from the capture time (first transmissions only).
@@ -376,12 +387,6 @@ impl Receiver {
             cx.stats.fragments_over_limit += 1;
             return;
         }
-        if stream
-            .highest_seen
-            .is_none_or(|highest| header.frame_seq > highest)
-        {
-            stream.highest_seen = Some(header.frame_seq);
-        }
 
         // Find or create the frame's entry, with its buffer.
         let needs_buffer = self
@@ -394,6 +399,14 @@ impl Receiver {
             if frame_size > cx.config.max_frame_size || charge > cx.config.max_buffered_bytes {
                 // Can never be reassembled here: give it up now rather than NACK it.
                 cx.stats.fragments_over_limit += 1;
+                // Seen and given up: delivery in order passes it.
+                if let Some(stream) = self.streams.get_mut(stream_index)
+                    && stream
+                        .highest_seen
+                        .is_none_or(|highest| header.frame_seq > highest)
+                {
+                    stream.highest_seen = Some(header.frame_seq);
+                }
                 self.reject_frame(now, key, cx);
                 return;
             }
@@ -411,6 +424,16 @@ impl Receiver {
             entry.charged = charge;
             entry.deadline = deadline;
             self.buffered_bytes += charge;
+        }
+        // Only now that the entry exists: an eviction above delivers in order up to the
+        // highest frame seen, and would pass a frame that is not in the table yet as one
+        // given up (losing it without a trace).
+        if let Some(stream) = self.streams.get_mut(stream_index)
+            && stream
+                .highest_seen
+                .is_none_or(|highest| header.frame_seq > highest)
+        {
+            stream.highest_seen = Some(header.frame_seq);
         }
         let Some(frame) = self.frames.get_mut(&key) else {
             return;
@@ -553,6 +576,47 @@ impl Receiver {
             }
             request_keyframe(stream, stream_id, now, cx);
         }
+    }
+
+    /// Gives up the stream's frames before `window_start` (at most the frames in flight)
+    /// and moves its next expected frame there.
+    fn slide_window(
+        &mut self,
+        now: Instant,
+        stream_id: StreamId,
+        window_start: u32,
+        cx: &mut ReceiveContext<'_>,
+    ) {
+        let Some(stream) = self.streams.get(stream_id.index()) else {
+            return;
+        };
+        if window_start <= stream.next_seq {
+            return;
+        }
+        let keys: Vec<(u8, u32)> = self
+            .frames
+            .range((stream_id.get(), stream.next_seq)..(stream_id.get(), window_start))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            if let Some(frame) = self.frames.remove(&key) {
+                self.buffered_bytes -= frame.charged;
+                cx.stats.frames_late += 1;
+                cx.events.push(
+                    Event::FrameLost {
+                        stream: stream_id,
+                        frame_seq: key.1,
+                        reason: FrameLossReason::Late,
+                    },
+                    cx.stats,
+                );
+            }
+        }
+        if let Some(stream) = self.streams.get_mut(stream_id.index()) {
+            stream.next_seq = window_start;
+        }
+        self.mark_loss(now, stream_id, cx);
+        self.deliver_in_order(now, stream_id, cx);
     }
 
     /// Gives up every frame of a stream and restarts it at `frame_seq`.

@@ -739,6 +739,89 @@ fn frame_sequence_jump_beyond_the_window_resyncs_the_stream() {
 }
 
 #[test]
+fn a_frame_stalled_at_the_window_edge_costs_only_what_it_breaks() {
+    // A frame still waiting for a retransmission, then frames lost outright (a policer's
+    // burst), then a frame past the frames-in-flight window: the window slides past the
+    // stalled frame and keeps the complete frames behind it, so the stream resumes at the
+    // keyframe inside the window instead of losing the whole window (spec/media.md 5.4).
+    let start = Instant::now();
+    let config = Config {
+        max_frames_in_flight: 8,
+        ..common::unpaced()
+    };
+    let (mut camera, mut viewer) = pair(config, start);
+    for packet in send(&mut camera, start, video(true, 1_000, 0)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    let stalled = send(&mut camera, start, video(false, 3_000, 1));
+    assert!(stalled.len() > 1);
+    viewer.handle_input(start, &stalled[0]).unwrap(); // the rest is lost
+    for seq in 2..=10u8 {
+        let packets = send(&mut camera, start, video(seq == 5, 1_000, seq));
+        if seq == 8 || seq == 9 {
+            continue; // lost outright
+        }
+        for packet in packets {
+            viewer.handle_input(start, &packet).unwrap();
+        }
+    }
+    let events = drain_events(&mut viewer);
+    let delivered = frames(&events);
+    assert_eq!(
+        delivered.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![0, 5, 6, 7],
+        "frame 1 and the P-frames after it are lost, the keyframe and its frames kept"
+    );
+    let lost: Vec<(u32, FrameLossReason)> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::FrameLost {
+                frame_seq, reason, ..
+            } => Some((*frame_seq, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lost,
+        vec![
+            (1, FrameLossReason::Late),
+            (2, FrameLossReason::AwaitingKeyframe),
+            (3, FrameLossReason::AwaitingKeyframe),
+            (4, FrameLossReason::AwaitingKeyframe),
+        ]
+    );
+    assert!(viewer.memory().receive_frames_in_flight <= 8);
+}
+
+#[test]
+fn a_frame_arriving_while_the_table_is_full_is_kept() {
+    // Making room for a new frame evicts the oldest incomplete one and delivers what was
+    // held behind it; the new frame, not yet in the table, must not be passed over as
+    // given up (it was lost without a trace, and its stream broken).
+    let start = Instant::now();
+    let config = Config {
+        max_frames_in_flight: 8,
+        ..common::unpaced()
+    };
+    let (mut camera, mut viewer) = pair(config, start);
+    for packet in send(&mut camera, start, video(true, 1_000, 0)) {
+        viewer.handle_input(start, &packet).unwrap();
+    }
+    let stalled = send(&mut camera, start, video(false, 3_000, 1));
+    viewer.handle_input(start, &stalled[0]).unwrap();
+    for seq in 2..=12u8 {
+        for packet in send(&mut camera, start, video(seq == 6, 1_000, seq)) {
+            viewer.handle_input(start, &packet).unwrap();
+        }
+    }
+    let delivered = frames(&drain_events(&mut viewer));
+    assert_eq!(
+        delivered.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![0, 6, 7, 8, 9, 10, 11, 12]
+    );
+}
+
+#[test]
 fn reports_measure_rtt_and_loss_and_drive_the_target_bitrate() {
     let start = Instant::now();
     let (mut camera, _) = pair(common::unpaced(), start);
