@@ -19,6 +19,11 @@ fn parse(c: &mut Criterion) {
             b.iter(|| black_box(input).parse::<DeviceId>())
         });
     }
+    // What a phone types: full-width forms, a BOM and a zero-width space.
+    let phone = "\u{FEFF}１Ｃ：Ｃ３：１６：ＡＢ：ＣＤ：ＥＦ\u{200B}";
+    group.bench_function("phone full-width", |b| {
+        b.iter(|| black_box(phone).parse::<DeviceId>())
+    });
     let uri = "sightwire:1CC316ABCDEFBC?fp=c501d437a80d62872a38115e0b1c4c62";
     group.bench_function("uri", |b| b.iter(|| black_box(uri).parse::<DeviceUri>()));
     group.finish();

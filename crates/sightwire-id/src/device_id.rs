@@ -4,11 +4,16 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::check::{CHECK_CHARS, crc8};
+use crate::normalize::{self, Class};
 
-/// Longest input, in bytes, that the parsers look at. Anything longer is refused before
-/// it is scanned: the longest sensible spelling of an ID with check characters, spaces
-/// and separators is well under this.
-pub const MAX_INPUT_LEN: usize = 64;
+/// Longest input, in bytes (UTF-8), that the parsers look at. Anything longer is refused
+/// before a single character is examined, so a huge paste costs nothing.
+///
+/// The longest spelling a phone produces fits with room to spare: the checked form in
+/// full-width characters (3 bytes each) with full-width colons between every pair is 60
+/// bytes; ideographic spaces around each separator and a zero-width character after
+/// every other character, as some chat apps insert, still stay under 200.
+pub const MAX_INPUT_LEN: usize = 256;
 
 /// Hex digits in an EUI-48.
 const ID_DIGITS: usize = 12;
@@ -28,6 +33,15 @@ const CHECKED_DIGITS: usize = ID_DIGITS + CHECK_CHARS;
 /// followed by the [`CHECK_CHARS`] check digits, see [`DeviceId::to_checked_string`]),
 /// and then verifies the check digits.
 ///
+/// It also accepts what phones produce (`spec/id.md` §2.1): full-width digits, letters
+/// and separators from CJK input methods (`１Ｃ：Ｃ３：１６：ＡＢ：ＣＤ：ＥＦ`), the dashes
+/// that "smart punctuation" substitutes for `-`, and invisible characters pasted along
+/// with the text (zero-width space, BOM, soft hyphen, bidi marks, any Unicode space). It
+/// refuses characters that only look like hex digits — Cyrillic `С`, Greek `Α`,
+/// mathematical `𝐀`, circled `Ⓐ`, the letter `O` for the digit `0` — with
+/// [`ParseError::LookAlike`], and the right-to-left override `U+202E` (which would
+/// display the ID reversed) with [`ParseError::InvalidCharacter`].
+///
 /// The canonical display ([`fmt::Display`]) is six upper-case hex pairs separated by
 /// colons: `1C:C3:16:AB:CD:EF`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,7 +49,8 @@ pub struct DeviceId([u8; 6]);
 
 /// Why a string is not a device ID.
 ///
-/// Positions count characters (not bytes) from 1, as a person counts them on screen.
+/// Positions count characters (Unicode scalar values, not bytes) of the input from 1,
+/// invisible ones included, so a program can find the character in the string it passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ParseError {
@@ -48,12 +63,26 @@ pub enum ParseError {
         /// The limit, [`MAX_INPUT_LEN`].
         limit: usize,
     },
-    /// A character that is neither a hex digit, a separator (`:` `-` `.`) nor whitespace.
+    /// A character that is neither a hex digit, a separator, whitespace nor an invisible
+    /// (default-ignorable) character, and does not resemble a hex digit or separator.
     InvalidCharacter {
         /// The offending character.
         ch: char,
         /// Its position among the input's characters, counting from 1.
         position: usize,
+    },
+    /// A character that looks like a hex digit or separator but is a different one: a
+    /// letter of another script (Cyrillic `С`, Greek `Α`), a compatibility form no
+    /// keyboard types (mathematical `𝐀`, circled `Ⓐ`, superscript `²`), or the letter `O`
+    /// or `I`/`l` for the digit `0` or `1`. Refused rather than guessed, so what a person
+    /// sees is always what is read.
+    LookAlike {
+        /// The offending character.
+        ch: char,
+        /// Its position among the input's characters, counting from 1.
+        position: usize,
+        /// The hex digit or separator it resembles, as the person probably meant it.
+        looks_like: char,
     },
     /// The input has the wrong number of hex digits: a device ID has 12, or 14 with its
     /// check characters.
@@ -90,7 +119,18 @@ impl fmt::Display for ParseError {
             }
             Self::InvalidCharacter { ch, position } => write!(
                 f,
-                "{ch:?} at position {position} is not a hex digit (0-9, A-F) or separator"
+                "{ch:?} (U+{:04X}) at position {position} is not a hex digit (0-9, A-F) or separator",
+                u32::from(*ch)
+            ),
+            Self::LookAlike {
+                ch,
+                position,
+                looks_like,
+            } => write!(
+                f,
+                "{ch:?} (U+{:04X}) at position {position} looks like {looks_like:?} but is a different \
+                 character (IDs use the digits 0-9 and the Latin letters A-F)",
+                u32::from(*ch)
             ),
             Self::WrongLength { digits } => write!(
                 f,
@@ -119,7 +159,8 @@ struct Digits {
 }
 
 impl Digits {
-    /// Collects hex digits, skipping separators and whitespace. Stops with
+    /// Collects hex digits, skipping separators, whitespace and invisible characters
+    /// (`spec/id.md` §2.1). Stops with
     /// [`ParseError::WrongLength`] at the first digit past [`CHECKED_DIGITS`], so the
     /// work per input is bounded by [`MAX_INPUT_LEN`].
     fn scan(input: &str) -> Result<Self, ParseError> {
@@ -134,21 +175,26 @@ impl Digits {
             count: 0,
         };
         for (index, ch) in input.chars().enumerate() {
-            if ch.is_whitespace() || matches!(ch, ':' | '-' | '.') {
-                continue;
-            }
-            let value = ch.to_digit(16).ok_or(ParseError::InvalidCharacter {
-                ch,
-                position: index + 1,
-            })?;
+            let position = index + 1;
+            let value = match normalize::classify(ch) {
+                Class::Digit(value) => value,
+                Class::Skip => continue,
+                Class::LookAlike(looks_like) => {
+                    return Err(ParseError::LookAlike {
+                        ch,
+                        position,
+                        looks_like,
+                    });
+                }
+                Class::Invalid => return Err(ParseError::InvalidCharacter { ch, position }),
+            };
             let slot = digits
                 .values
                 .get_mut(digits.count)
                 .ok_or(ParseError::WrongLength {
                     digits: CHECKED_DIGITS + 1,
                 })?;
-            // `to_digit(16)` returns at most 15.
-            *slot = value as u8;
+            *slot = value;
             digits.count += 1;
         }
         Ok(digits)
@@ -318,6 +364,121 @@ mod tests {
     }
 
     #[test]
+    fn what_phones_type_parses_to_the_same_id() {
+        let expected = DeviceId([0x1C, 0xC3, 0x16, 0xAB, 0xCD, 0xEF]);
+        for input in [
+            // CJK input methods: full-width digits, letters, colon, hyphen, full stop,
+            // ideographic space.
+            "１Ｃ：Ｃ３：１６：ＡＢ：ＣＤ：ＥＦ",
+            "１ｃｃ３－１６ａｂ－ｃｄｅｆ",
+            "１ＣＣ３．１６ＡＢ．ＣＤＥＦ",
+            "\u{3000}１Ｃ\u{3000}Ｃ３\u{3000}１６ ＡＢ ＣＤ ＥＦ\u{3000}",
+            // Japanese input: prolonged sound mark for `-`, ideographic full stop for `.`.
+            "１ＣＣ３ー１６ＡＢーＣＤＥＦ",
+            "1CC3。16AB。CDEF",
+            // Smart punctuation: en dash, em dash, non-breaking hyphen, minus sign.
+            "1C–C3—16\u{2011}AB\u{2212}CD\u{2010}EF",
+            // Pasted from a page or chat: BOM, zero-width space, soft hyphen, word
+            // joiner, bidi marks and isolates, NBSP and narrow NBSP.
+            "\u{FEFF}1C:C3\u{200B}:16:AB\u{00AD}:CD\u{2060}:EF",
+            "\u{200E}\u{2066}1C:C3:16:AB:CD:EF\u{2069}\u{200F}",
+            "\u{00A0}1C\u{202F}C3\u{200C}16\u{200D}AB CD EF\u{00A0}",
+            // Full-width mixed with ASCII, in any case.
+            "1c：Ｃ3-16.ａB cd\u{3000}ef",
+        ] {
+            assert_eq!(input.parse::<DeviceId>(), Ok(expected), "{input:?}");
+        }
+        let checked = "１ＣＣ３－１６ＡＢ－ＣＤＥＦ－ＢＣ\u{200B}";
+        assert_eq!(DeviceId::parse_checked(checked), Ok(expected));
+    }
+
+    #[test]
+    fn look_alikes_are_refused_with_what_they_resemble() {
+        // Cyrillic Es at position 2.
+        assert_eq!(
+            "1\u{0421}:C3:16:AB:CD:EF".parse::<DeviceId>(),
+            Err(ParseError::LookAlike {
+                ch: '\u{0421}',
+                position: 2,
+                looks_like: 'C'
+            })
+        );
+        // Positions count the invisible characters before it.
+        assert_eq!(
+            "\u{200B}\u{FEFF}1C:C3:16:\u{0391}B:CD:EF".parse::<DeviceId>(),
+            Err(ParseError::LookAlike {
+                ch: '\u{0391}',
+                position: 12,
+                looks_like: 'A'
+            })
+        );
+        // The letter O for the digit 0, in ASCII and in full width.
+        assert_eq!(
+            "O2:00:00:00:00:01".parse::<DeviceId>(),
+            Err(ParseError::LookAlike {
+                ch: 'O',
+                position: 1,
+                looks_like: '0'
+            })
+        );
+        assert_eq!(
+            "０２：Ｏ０".parse::<DeviceId>(),
+            Err(ParseError::LookAlike {
+                ch: 'Ｏ',
+                position: 4,
+                looks_like: '0'
+            })
+        );
+        // Mathematical bold capital A: NFKC would make it `A`, but no keyboard types it.
+        assert_eq!(
+            "1C:C3:16:\u{1D400}B:CD:EF".parse::<DeviceId>(),
+            Err(ParseError::LookAlike {
+                ch: '\u{1D400}',
+                position: 10,
+                looks_like: 'A'
+            })
+        );
+    }
+
+    #[test]
+    fn right_to_left_override_and_visible_format_characters_are_refused() {
+        // Displayed as "FE:DC:BA:61:3C:C1", read as 1C:C3:16:AB:CD:EF: refused.
+        assert_eq!(
+            "\u{202E}1C:C3:16:AB:CD:EF".parse::<DeviceId>(),
+            Err(ParseError::InvalidCharacter {
+                ch: '\u{202E}',
+                position: 1
+            })
+        );
+        // Arabic number sign: a format character that is drawn.
+        assert_eq!(
+            "1C:C3:16:AB:CD:EF\u{0600}".parse::<DeviceId>(),
+            Err(ParseError::InvalidCharacter {
+                ch: '\u{0600}',
+                position: 18
+            })
+        );
+        // Middle dots are not separators.
+        assert_eq!(
+            "1CC3\u{00B7}16AB\u{00B7}CDEF".parse::<DeviceId>(),
+            Err(ParseError::InvalidCharacter {
+                ch: '\u{00B7}',
+                position: 5
+            })
+        );
+    }
+
+    #[test]
+    fn error_messages_name_the_code_point() {
+        let error = "1C:C3:16:AB:CD:E\u{0415}".parse::<DeviceId>().unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("U+0415") && message.contains("position 17"));
+        assert!(message.contains("'E'"), "{message}");
+        let error = "\u{202E}1C".parse::<DeviceId>().unwrap_err();
+        assert!(error.to_string().contains("U+202E"));
+    }
+
+    #[test]
     fn input_length_limit_is_enforced_before_scanning() {
         let at_limit = format!("{}1cc316abcdef", " ".repeat(MAX_INPUT_LEN - 12));
         assert!(at_limit.parse::<DeviceId>().is_ok());
@@ -326,6 +487,35 @@ mod tests {
             over.parse::<DeviceId>(),
             Err(ParseError::TooLong {
                 len: MAX_INPUT_LEN + 1,
+                limit: MAX_INPUT_LEN
+            })
+        );
+        // The limit counts bytes, not characters: a full-width ID padded with
+        // ideographic spaces (3 bytes each) to exactly the limit is read...
+        let wide = "１ＣＣ３１６ＡＢＣＤＥＦ";
+        let pad = (MAX_INPUT_LEN - wide.len()) / 3;
+        let at_limit = format!(
+            "{wide}{}{}",
+            "\u{3000}".repeat(pad),
+            " ".repeat((MAX_INPUT_LEN - wide.len()) % 3)
+        );
+        assert_eq!(at_limit.len(), MAX_INPUT_LEN);
+        assert!(at_limit.parse::<DeviceId>().is_ok());
+        // ...and one invisible character more is refused before anything is read.
+        let over = format!("\u{200B}{at_limit}");
+        assert_eq!(
+            over.parse::<DeviceId>(),
+            Err(ParseError::TooLong {
+                len: MAX_INPUT_LEN + 3,
+                limit: MAX_INPUT_LEN
+            })
+        );
+        // A huge paste is refused by its length alone.
+        let huge = "\u{200B}".repeat(1 << 20);
+        assert_eq!(
+            huge.parse::<DeviceId>(),
+            Err(ParseError::TooLong {
+                len: 3 << 20,
                 limit: MAX_INPUT_LEN
             })
         );

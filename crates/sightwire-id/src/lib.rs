@@ -2,11 +2,12 @@
 //!
 //! A Sightwire camera is known by its **device ID**: its EUI-48 MAC address, the string a
 //! person reads off the label and types into a viewer. This crate turns whatever people
-//! type into a [`DeviceId`], prints it in one canonical form, adds **check characters**
-//! that catch every single-character typo and every swap of two neighbouring characters,
-//! and reads and writes the **QR/URI form** that carries both the ID and the fingerprint
-//! of the camera's static public key, so that scanning a label adds the camera *and* pins
-//! its key.
+//! type into a [`DeviceId`] (phones' full-width forms and pasted invisible characters
+//! included, look-alike letters refused), prints it in one canonical form, adds **check
+//! characters** that catch every single-character typo and every swap of two neighbouring
+//! characters, and reads and writes the **QR/URI form** that carries both the ID and the
+//! fingerprint of the camera's static public key, so that scanning a label adds the
+//! camera *and* pins its key.
 //!
 //! What it is not for: it does no networking, holds no keys and verifies no certificates
 //! (that is `sightwire-signal`); a [`KeyFingerprint`] only pins a key learned elsewhere.
@@ -19,6 +20,14 @@
 //! let id: DeviceId = "1c-c3-16-ab-cd-ef".parse()?;
 //! assert_eq!(id, "1CC3.16AB.CDEF".parse()?);
 //! assert_eq!(id.to_string(), "1C:C3:16:AB:CD:EF");
+//!
+//! // What a phone's CJK keyboard types, pasted with a zero-width space.
+//! assert_eq!("１Ｃ：Ｃ３：１６：ＡＢ：ＣＤ：ＥＦ\u{200B}".parse::<DeviceId>()?, id);
+//! // A Cyrillic letter that looks like C is refused, not guessed.
+//! assert_eq!(
+//!     "1\u{0421}:C3:16:AB:CD:EF".parse::<DeviceId>(),
+//!     Err(ParseError::LookAlike { ch: '\u{0421}', position: 2, looks_like: 'C' })
+//! );
 //!
 //! // The checked human form catches typos.
 //! let human = id.to_checked_string();
@@ -43,6 +52,7 @@
 mod check;
 mod device_id;
 mod fingerprint;
+mod normalize;
 mod uri;
 
 pub use check::{CHECK_CHARS, crc8};

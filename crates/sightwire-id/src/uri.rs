@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::normalize;
 use crate::{DeviceId, FingerprintError, KeyFingerprint, ParseError};
 
 /// The URI scheme, without the colon. Matched case-insensitively.
@@ -25,8 +26,11 @@ const FINGERPRINT_PARAM: &str = "fp";
 /// `sightwire:1CC316ABCDEFBC?fp=00112233445566778899aabbccddeeff`.
 ///
 /// Parsing is forward compatible: parameters other than `fp` are ignored, and so is a
-/// `#fragment`. It refuses a wrong scheme, an invalid ID (with or without check
-/// characters), a missing, repeated or malformed `fp`, and malformed parameters.
+/// `#fragment`. Whitespace and invisible characters around the URI (what a paste from a
+/// chat app brings along) are ignored; the ID part is read like any typed ID
+/// ([`DeviceId`]'s [`FromStr`]). It refuses a wrong scheme, an invalid ID (with or
+/// without check characters), a missing, repeated or malformed `fp`, and malformed
+/// parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceUri {
     id: DeviceId,
@@ -93,6 +97,22 @@ impl std::error::Error for UriError {
 }
 
 impl DeviceUri {
+    /// Whether `input` is meant as a device URI: after any leading whitespace and
+    /// invisible characters it starts with `sightwire:` (any case). A viewer uses this to
+    /// decide between parsing a scanned label and a typed ID. Skips at most
+    /// [`MAX_URI_LEN`] bytes of leading blanks, so its work is bounded on any input.
+    pub fn has_scheme(input: &str) -> bool {
+        let start = input
+            .char_indices()
+            .take_while(|&(index, ch)| index < MAX_URI_LEN && normalize::is_removed(ch))
+            .last()
+            .map_or(0, |(index, ch)| index + ch.len_utf8());
+        input
+            .get(start..)
+            .and_then(|rest| rest.get(..=URI_SCHEME.len()))
+            .is_some_and(|prefix| strip_scheme(prefix) == Some(""))
+    }
+
     /// The URI for a device and the fingerprint of its static key.
     pub const fn new(id: DeviceId, fingerprint: KeyFingerprint) -> Self {
         Self { id, fingerprint }
@@ -135,6 +155,7 @@ impl FromStr for DeviceUri {
                 limit: MAX_URI_LEN,
             });
         }
+        let input = input.trim_matches(normalize::is_removed);
         let rest = strip_scheme(input).ok_or(UriError::WrongScheme)?;
         // A fragment carries nothing for us.
         let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
@@ -205,6 +226,40 @@ mod tests {
         assert_eq!(extended.parse::<DeviceUri>(), Ok(uri));
         let reordered = format!("SIGHTWIRE:1c:c3:16:ab:cd:ef?x=1&FP={}", uri.fingerprint());
         assert_eq!(reordered.parse::<DeviceUri>(), Ok(uri));
+    }
+
+    #[test]
+    fn pasted_uris_keep_their_meaning() {
+        let uri = example();
+        let pasted = format!("\u{FEFF}\u{200E} {uri}\u{200B}\u{3000}\n");
+        assert!(DeviceUri::has_scheme(&pasted));
+        assert_eq!(pasted.parse::<DeviceUri>(), Ok(uri));
+        // The ID part is read like a typed ID.
+        let typed = format!(
+            "sightwire:１ＣＣ３－１６ＡＢ－ＣＤＥＦ?fp={}",
+            uri.fingerprint()
+        );
+        assert_eq!(typed.parse::<DeviceUri>(), Ok(uri));
+        // Invisible characters inside the fingerprint are not removed: it comes from a QR
+        // code, never from a keyboard.
+        let broken = text_with_fp(&format!("\u{200B}{}", uri.fingerprint()));
+        assert!(matches!(
+            broken.parse::<DeviceUri>(),
+            Err(UriError::InvalidFingerprint(_))
+        ));
+        assert!(!DeviceUri::has_scheme("1C:C3:16:AB:CD:EF"));
+        assert!(!DeviceUri::has_scheme("\u{200B}sightwire"));
+        assert!(!DeviceUri::has_scheme("sightwir"));
+        assert!(DeviceUri::has_scheme("SightWire:"));
+        // Leading blanks are looked at only up to the URI limit.
+        let far = format!("{}sightwire:", " ".repeat(MAX_URI_LEN + 1));
+        assert!(!DeviceUri::has_scheme(&far));
+        let near = format!("{}sightwire:", " ".repeat(MAX_URI_LEN));
+        assert!(DeviceUri::has_scheme(&near));
+    }
+
+    fn text_with_fp(fp: &str) -> String {
+        format!("sightwire:1CC316ABCDEFBC?fp={fp}")
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Checks the crate against the test vectors of `spec/id.md` (`spec/vectors/id.json`).
+//! Checks the crate against the test vectors of `spec/id.md` (`spec/vectors/id.json`,
+//! written by the independent generator `spec/vectors/id-gen.py`).
 
 use serde::Deserialize;
-use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint, ParseError, UriError, crc8};
+use sightwire_id::{
+    DeviceId, DeviceUri, KeyFingerprint, MAX_INPUT_LEN, ParseError, UriError, crc8,
+};
 
 #[derive(Deserialize)]
 struct Vectors {
@@ -35,6 +38,7 @@ struct RejectVector {
     digits: Option<usize>,
     first_octet: Option<u8>,
     len: Option<usize>,
+    looks_like: Option<char>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +79,7 @@ fn parse_error_name(error: &ParseError) -> &'static str {
         ParseError::Empty => "empty",
         ParseError::TooLong { .. } => "too-long",
         ParseError::InvalidCharacter { .. } => "invalid-character",
+        ParseError::LookAlike { .. } => "look-alike",
         ParseError::WrongLength { .. } => "wrong-length",
         ParseError::CheckMismatch => "check-mismatch",
         ParseError::MissingCheck => "missing-check",
@@ -112,6 +117,19 @@ fn crc8_vectors() {
 fn accepted_inputs() {
     let vectors = vectors();
     assert!(!vectors.accept.is_empty());
+    // The vectors exercise the input limit exactly.
+    assert!(
+        vectors
+            .accept
+            .iter()
+            .any(|v| v.input.len() == MAX_INPUT_LEN)
+    );
+    assert!(
+        vectors
+            .reject
+            .iter()
+            .any(|v| v.input.len() == MAX_INPUT_LEN + 1 && v.error == "too-long")
+    );
     for v in vectors.accept {
         let id: DeviceId = v
             .input
@@ -128,10 +146,27 @@ fn rejected_inputs() {
     for v in vectors.reject {
         let error = v.input.parse::<DeviceId>().unwrap_err();
         assert_eq!(parse_error_name(&error), v.error, "{:?}", v.input);
+        // The checked parser reads characters the same way.
+        if matches!(
+            v.error.as_str(),
+            "invalid-character" | "look-alike" | "too-long" | "empty"
+        ) {
+            assert_eq!(DeviceId::parse_checked(&v.input), Err(error.clone()));
+        }
         match error {
             ParseError::InvalidCharacter { ch, position } => {
-                assert_eq!(Some(ch), v.ch);
-                assert_eq!(Some(position), v.position);
+                assert_eq!(Some(ch), v.ch, "{:?}", v.input);
+                assert_eq!(Some(position), v.position, "{:?}", v.input);
+                assert_eq!(v.looks_like, None);
+            }
+            ParseError::LookAlike {
+                ch,
+                position,
+                looks_like,
+            } => {
+                assert_eq!(Some(ch), v.ch, "{:?}", v.input);
+                assert_eq!(Some(position), v.position, "{:?}", v.input);
+                assert_eq!(Some(looks_like), v.looks_like, "{:?}", v.input);
             }
             ParseError::WrongLength { digits } => assert_eq!(Some(digits), v.digits),
             ParseError::Multicast { first_octet } => assert_eq!(Some(first_octet), v.first_octet),

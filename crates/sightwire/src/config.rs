@@ -191,12 +191,10 @@ impl Target {
 impl std::str::FromStr for Target {
     type Err = sightwire_id::UriError;
 
-    /// A `sightwire:` URI, or anything [`DeviceId`] parses.
+    /// A `sightwire:` URI (also pasted with spaces or invisible characters around it),
+    /// or anything [`DeviceId`] parses, including what phones type (`spec/id.md` §2).
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        if input
-            .get(..sightwire_id::URI_SCHEME.len() + 1)
-            .is_some_and(|p| p.eq_ignore_ascii_case("sightwire:"))
-        {
+        if DeviceUri::has_scheme(input) {
             input.parse().map(Target::Uri)
         } else {
             input
@@ -254,5 +252,36 @@ pub fn default_media_config() -> MediaConfig {
             - sightwire_relay::wire::DATA_HEADER_LEN,
         latency_budget: DEFAULT_LATENCY_BUDGET,
         ..MediaConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightwire_id::{ParseError, UriError};
+
+    #[test]
+    fn targets_typed_or_pasted_on_a_phone() {
+        let id: DeviceId = "1C:C3:16:AB:CD:EF".parse().unwrap();
+        // Full-width, with a zero-width space pasted along.
+        let typed: Target = "１Ｃ：Ｃ３：１６：ＡＢ：ＣＤ：ＥＦ\u{200B}"
+            .parse()
+            .unwrap();
+        assert_eq!(typed, Target::Id(id));
+        // A label URI pasted from a chat app, BOM and bidi mark in front.
+        let fingerprint = KeyFingerprint::from_bytes([0xAB; 16]);
+        let uri = DeviceUri::new(id, fingerprint);
+        let pasted: Target = format!("\u{FEFF}\u{200E}{uri}\u{3000}").parse().unwrap();
+        assert_eq!(pasted, Target::Uri(uri));
+        assert_eq!(pasted.fingerprint(), Some(fingerprint));
+        // A look-alike is refused with the character and what it resembles.
+        assert_eq!(
+            "1C:C3:16:\u{0410}B:CD:EF".parse::<Target>(),
+            Err(UriError::InvalidId(ParseError::LookAlike {
+                ch: '\u{0410}',
+                position: 10,
+                looks_like: 'A'
+            }))
+        );
     }
 }

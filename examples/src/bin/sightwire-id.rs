@@ -4,6 +4,7 @@
 //! sightwire-id 1c-c3-16-ab-cd-ef              # canonical and checked forms
 //! sightwire-id 1c-c3-16-ab-cd-ef --key <hex>  # plus the label's URI and QR code
 //! sightwire-id 'sightwire:1CC316ABCDEFBC?fp=…' # read a scanned label
+//! sightwire-id '１Ｃ：Ｃ３：１６：ＡＢ：ＣＤ：ＥＦ'     # what a phone's CJK keyboard types
 //! ```
 
 use anyhow::{Context, bail};
@@ -26,7 +27,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (id, fingerprint) = if args.input.to_ascii_lowercase().starts_with("sightwire:") {
+    let (id, fingerprint) = if DeviceUri::has_scheme(&args.input) {
         let uri: DeviceUri = args.input.parse().context("reading the label URI")?;
         println!("label URI for device {}", uri.id());
         (uri.id(), Some(uri.fingerprint()))
@@ -64,11 +65,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Points at the offending character, the way a viewer app's input field would.
+///
+/// A terminal gives one column to each printable ASCII character only: after anything
+/// else (a full-width form takes two columns, an invisible character none) a caret would
+/// be misplaced, so then only the error message, which names the position and the code
+/// point, says where.
 fn explain(input: &str, error: &ParseError) {
     eprintln!("  {input}");
-    if let ParseError::InvalidCharacter { position, .. } = error {
-        let column: usize = input.chars().take(position - 1).count();
-        eprintln!("  {}^", " ".repeat(column));
+    let position = match error {
+        ParseError::InvalidCharacter { position, .. } | ParseError::LookAlike { position, .. } => {
+            *position
+        }
+        _ => return,
+    };
+    let before: Vec<char> = input.chars().take(position - 1).collect();
+    if before.iter().all(|ch| *ch == ' ' || ch.is_ascii_graphic()) {
+        eprintln!("  {}^", " ".repeat(before.len()));
     }
 }
 
