@@ -1,6 +1,8 @@
 //! Where a camera's frames come from: an H.264 Annex-B file played at its frame rate
 //! (looping), or a synthetic source whose frame sizes follow a target bitrate
-//! ([`FrameSource::set_target_bitrate`], like an encoder told a new bitrate).
+//! ([`FrameSource::set_target_bitrate`], like an encoder told a new bitrate) and that
+//! makes a keyframe when asked ([`FrameSource::request_keyframe`], like an encoder told to
+//! force an IDR).
 
 use std::time::Duration;
 
@@ -92,6 +94,8 @@ pub struct FrameSource {
     produced: u64,
     /// Frames to produce in all; `None` loops for ever.
     total: Option<u64>,
+    /// The next synthetic frame starts a new GOP (a viewer asked for a keyframe).
+    keyframe_requested: bool,
 }
 
 impl FrameSource {
@@ -109,6 +113,7 @@ impl FrameSource {
             interval: Duration::from_secs(1) / fps.max(1),
             produced: 0,
             total,
+            keyframe_requested: false,
         })
     }
 
@@ -131,6 +136,7 @@ impl FrameSource {
             interval: Duration::from_secs(1) / fps.max(1),
             produced: 0,
             total: frames.map(u64::from),
+            keyframe_requested: false,
         }
     }
 
@@ -148,6 +154,20 @@ impl FrameSource {
                     SyntheticSizes::for_target(bps, *fps, *gop)
                 });
                 Some(*sizes)
+            }
+        }
+    }
+
+    /// Asks for a keyframe (a viewer's `Event::KeyframeRequested`): a synthetic source
+    /// makes its next frame a keyframe and starts its GOP over, as an encoder forcing an
+    /// IDR does, and returns true. A file cannot re-encode (false); the device's GOP cache
+    /// serves a joining viewer from the last keyframe instead.
+    pub fn request_keyframe(&mut self) -> bool {
+        match self.frames {
+            Frames::Cycle(_) => false,
+            Frames::Synthetic { .. } => {
+                self.keyframe_requested = true;
+                true
             }
         }
     }
@@ -181,7 +201,7 @@ impl FrameSource {
         if self.total.is_some_and(|total| self.produced >= total) {
             return None;
         }
-        if self.next >= self.cycle_len() {
+        if self.next >= self.cycle_len() || std::mem::take(&mut self.keyframe_requested) {
             self.next = 0;
         }
         let (data, keyframe, codec_config) = match &self.frames {
@@ -281,5 +301,36 @@ mod tests {
             clip.expect("one access unit").set_target_bitrate(Some(1)),
             None
         );
+    }
+
+    #[test]
+    fn a_synthetic_source_makes_a_keyframe_when_asked() {
+        let mut source = FrameSource::synthetic(30, 60, None);
+        let keyframes = |source: &mut FrameSource, n: usize| -> Vec<bool> {
+            (0..n)
+                .map(|_| source.next_frame().expect("endless").keyframe)
+                .collect()
+        };
+        assert_eq!(keyframes(&mut source, 3), [true, false, false]);
+        assert!(source.request_keyframe());
+        // Asked twice before the next frame: one keyframe.
+        assert!(source.request_keyframe());
+        let frame = source.next_frame().unwrap();
+        assert!(frame.keyframe && frame.codec_config);
+        assert_eq!(frame.data.len(), SyntheticSizes::default().keyframe);
+        // The capture clock goes on; the GOP starts over from the forced keyframe.
+        assert_eq!(
+            frame.capture_time_us,
+            3 * source.interval.as_micros() as u64
+        );
+        let rest = keyframes(&mut source, 60);
+        assert_eq!(rest.iter().filter(|&&k| k).count(), 1);
+        assert!(
+            rest[59],
+            "the next scheduled keyframe is 60 frames after the forced one"
+        );
+        // A file cannot re-encode.
+        let mut clip = FrameSource::annexb(&[0, 0, 0, 1, 0x65, 0x88, 0x80], 30, true).unwrap();
+        assert!(!clip.request_keyframe());
     }
 }

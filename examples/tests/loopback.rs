@@ -410,3 +410,103 @@ async fn one_viewer_endpoint_watches_two_cameras() {
     endpoint.shutdown().await;
     second_device.shutdown().await;
 }
+
+/// Issue 14: a viewer joining a camera with a 4 s GOP mid-GOP decodes a picture at once,
+/// from the device's GOP cache, instead of waiting for the encoder's next keyframe; it
+/// catches up and follows live, and every frame it gets decodes. The device here does not
+/// answer keyframe requests (a file or an RTSP camera cannot): the cache alone serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_mid_gop_gets_a_picture_at_once() {
+    const FPS: u32 = 25;
+    const GOP: u32 = 100;
+    let mut setup = setup("midgop", PathPolicy::Any).await;
+    let mut source = FrameSource::synthetic(FPS, GOP, None);
+    let mut sent: Vec<sightwire::Frame> = Vec::new();
+    let mut ticker = tokio::time::interval(source.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // 2.4 s into the GOP before the viewer starts connecting.
+    while sent.len() < 60 {
+        ticker.tick().await;
+        let frame = source.next_frame().expect("endless");
+        sent.push(frame.clone());
+        assert!(setup.device.send_frame(frame).await);
+    }
+    let mut config = setup.network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let started = std::time::Instant::now();
+    let connect = Viewer::connect(
+        config,
+        Target::Uri(setup.uri),
+        Credentials::password(PASSWORD),
+    );
+    tokio::pin!(connect);
+    let mut requests = 0;
+    let mut viewer = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let frame = source.next_frame().expect("endless");
+                sent.push(frame.clone());
+                assert!(setup.device.send_frame(frame).await);
+            }
+            Some(event) = setup.device.next_event() => {
+                requests += usize::from(matches!(event, Event::KeyframeRequested { .. }));
+            }
+            viewer = &mut connect => break viewer.expect("viewer connects"),
+        }
+    };
+    let connected = started.elapsed();
+    let into_gop = Duration::from_millis((sent.len() as u64 % u64::from(GOP)) * 40);
+    let mut received: Vec<(Duration, sightwire::Frame)> = Vec::new();
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < watch_until {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let frame = source.next_frame().expect("endless");
+                sent.push(frame.clone());
+                assert!(setup.device.send_frame(frame).await);
+            }
+            Some(event) = setup.device.next_event() => {
+                requests += usize::from(matches!(event, Event::KeyframeRequested { .. }));
+            }
+            event = viewer.next_event() => {
+                if let Some(Event::Frame { frame, .. }) = event {
+                    received.push((started.elapsed(), frame.frame));
+                }
+            }
+        }
+    }
+    let (first_at, first) = received.first().cloned().expect("a frame");
+    // Frame numbers from capture times (the source stamps frame n at n / FPS).
+    let number = |frame: &sightwire::Frame| {
+        (frame.capture_time_us / source.interval.as_micros() as u64) as usize
+    };
+    let numbers: Vec<usize> = received.iter().map(|(_, f)| number(f)).collect();
+    println!(
+        "joined {into_gop:?} into a 4 s GOP on loopback: connected after {connected:?}, first \
+         frame (source frame {}) after {first_at:?}, {} frames in 3 s, the device asked the \
+         camera for {requests} keyframes",
+        numbers[0],
+        received.len()
+    );
+    assert!(first.keyframe, "the first frame is the cached keyframe");
+    assert!(numbers[0].is_multiple_of(GOP as usize));
+    // Measured from connected: connecting itself (rendezvous, punching, handshake) is not
+    // what the cache changes, and takes longer on a loaded machine.
+    assert!(
+        first_at.saturating_sub(connected) < Duration::from_secs(1),
+        "first frame after {first_at:?} (connected after {connected:?})"
+    );
+    assert!(into_gop >= Duration::from_secs(2), "{into_gop:?}");
+    // Every frame after it, in order, none twice, none missing (each synthetic frame is a
+    // reference frame: a gap would leave the next one undecodable), byte for byte.
+    assert_eq!(
+        numbers,
+        (numbers[0]..numbers[0] + numbers.len()).collect::<Vec<_>>()
+    );
+    for ((_, got), n) in received.iter().zip(&numbers) {
+        assert_eq!(got.data, sent[*n].data, "frame {n} differs");
+    }
+    // It caught up: the last frame it has is at most 200 ms older than the newest sent.
+    assert!(numbers.last().unwrap() + 5 >= sent.len() - 1);
+    assert!(requests >= 1, "the camera was asked for a fresh keyframe");
+}

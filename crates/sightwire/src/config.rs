@@ -72,6 +72,9 @@ pub struct DeviceConfig {
     /// UDP socket buffer size to ask the kernel for, each way (it grants at most its
     /// `net.core.rmem_max`/`wmem_max`; see [`crate::Device::socket_buffers`]).
     pub socket_buffer_bytes: usize,
+    /// Limits of the GOP cache a viewer joining mid-GOP is served from
+    /// (`spec/endpoint.md` §4.1).
+    pub gop_cache: GopCacheConfig,
 }
 
 impl DeviceConfig {
@@ -88,9 +91,46 @@ impl DeviceConfig {
             media: default_media_config(),
             path_policy: PathPolicy::Any,
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            gop_cache: GopCacheConfig::default(),
         }
     }
 }
+
+/// Limits of a device's GOP cache, per video stream (`spec/endpoint.md` §4.1): the
+/// newest keyframe and the frames after it that later frames may refer to. When a GOP
+/// outgrows either limit the cache lets go of it and caches nothing more until the next
+/// keyframe (a chain with a hole would be no use). A zero limit turns the cache off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GopCacheConfig {
+    /// Most payload bytes held per stream. Default [`DEFAULT_GOP_CACHE_BYTES`].
+    pub max_bytes: usize,
+    /// Most frames held per stream. Default [`DEFAULT_GOP_CACHE_FRAMES`].
+    pub max_frames: usize,
+}
+
+impl GopCacheConfig {
+    /// No cache: a viewer joining mid-GOP waits for the encoder's next keyframe.
+    pub const DISABLED: GopCacheConfig = GopCacheConfig {
+        max_bytes: 0,
+        max_frames: 0,
+    };
+}
+
+impl Default for GopCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_GOP_CACHE_BYTES,
+            max_frames: DEFAULT_GOP_CACHE_FRAMES,
+        }
+    }
+}
+
+/// Default for [`GopCacheConfig::max_bytes`]: 8 MiB, a 4 s GOP of a 16 Mbit/s 4K H.264
+/// stream (8 s at 8 Mbit/s), per stream.
+pub const DEFAULT_GOP_CACHE_BYTES: usize = 8 << 20;
+
+/// Default for [`GopCacheConfig::max_frames`]: 300, 10 s at 30 fps or 5 s at 60 fps.
+pub const DEFAULT_GOP_CACHE_FRAMES: usize = 300;
 
 /// Default for [`DeviceConfig::socket_buffer_bytes`]: 4 MiB, a quarter of a second of
 /// a 100 Mbit/s burst (a keyframe to several viewers) instead of the kernel's ~200 KiB.

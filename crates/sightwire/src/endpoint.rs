@@ -155,12 +155,14 @@ impl Device {
             media,
             path_policy,
             socket_buffer_bytes,
+            gop_cache,
         } = config;
         let settings = DeviceSettings {
             certificate: identity.certificate,
             password,
             trusted_viewers,
             max_viewers,
+            gop_cache,
         };
         let task = Task::bind(
             bind,
@@ -184,7 +186,10 @@ impl Device {
     }
 
     /// Sends a frame to every authorized viewer. It is fragmented once; the fragments
-    /// are shared by all viewers.
+    /// are shared by all viewers. H.264 and H.265 frames also go through the GOP cache
+    /// (`spec/endpoint.md` §4.1): a viewer gets a frame only once it has every frame
+    /// that frame may refer to, and one that joins mid-GOP is first given the cached
+    /// keyframe and the frames after it.
     pub async fn send_frame(&self, frame: Frame) -> bool {
         self.task
             .command(Command::SendFrame(Recipients::All, frame))

@@ -143,7 +143,11 @@ pub enum Event {
         /// The message.
         message: Bytes,
     },
-    /// A peer asks for a keyframe on a stream we send.
+    /// A keyframe is wanted on a stream we send: the peer asked (once the path has room
+    /// for one, `spec/media.md` 4.7), or, on a device, a viewer needs one that its GOP
+    /// cache cannot give it or that would cost it less than catching up from the cache
+    /// (`spec/endpoint.md` §4.1). An encoder that can should make its next frame a
+    /// keyframe; a source that cannot (a file, an RTSP camera) may ignore it.
     KeyframeRequested {
         /// The connection.
         peer: PeerId,

@@ -10,6 +10,8 @@
 //!   registration alive and re-registering after a rendezvous restart), accepts the
 //!   viewers the rendezvous introduces, decides itself who may watch (password proof or
 //!   trusted key), and sends each frame to every authorized viewer, fragmenting it once.
+//!   It keeps the newest GOP of each video stream, so a viewer that joins mid-GOP
+//!   decodes a picture at once and catches up to live ([`GopCacheConfig`]).
 //! - [`Viewer::connect`] resolves the device ID (or QR URI) at the rendezvous, checks the
 //!   device's ID certificate (and the pinned key fingerprint), punches a direct path or
 //!   falls back to the relay, runs the Noise `IK` handshake against the certified key and
@@ -54,9 +56,10 @@ mod events;
 pub mod proto;
 
 pub use config::{
-    Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LATENCY_BUDGET, DEFAULT_MAX_VIEWERS,
-    DEFAULT_SOCKET_BUFFER_BYTES, DeviceConfig, DeviceIdentity, PathPolicy, RendezvousServer,
-    Target, ViewerConfig, default_media_config,
+    Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GOP_CACHE_BYTES, DEFAULT_GOP_CACHE_FRAMES,
+    DEFAULT_LATENCY_BUDGET, DEFAULT_MAX_VIEWERS, DEFAULT_SOCKET_BUFFER_BYTES, DeviceConfig,
+    DeviceIdentity, GopCacheConfig, PathPolicy, RendezvousServer, Target, ViewerConfig,
+    default_media_config,
 };
 pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, SocketBuffers, Viewer, ViewerEndpoint};
 pub use error::ConnectError;

@@ -17,8 +17,15 @@
 //! switch and a count of dropped frames (every 5 s while dropping) is logged at info
 //! level on stderr.
 //!
+//! A viewer joining mid-GOP gets a picture at once from the device's GOP cache (the last
+//! keyframe and the frames after it, `spec/endpoint.md` §4.1); the device also passes the
+//! viewer's keyframe request on (`Event::KeyframeRequested`). The synthetic source
+//! answers it with a keyframe, which cuts the viewer's catch-up short; a file or an RTSP
+//! camera cannot re-encode, and the cache alone serves the viewer.
+//!
 //! stdout carries one JSON object per line (`ready`, `viewer_connected`, `viewer_closed`,
-//! `registered`, `rendezvous_lost`); human-readable text goes to stderr.
+//! `registered`, `rendezvous_lost`, `keyframe_requested`); human-readable text goes to
+//! stderr.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -284,6 +291,15 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Event::TargetBitrate { bps } => {
                         follow_target(Some(bps), source.as_mut(), rtsp_source.as_mut(), &mut dropper);
+                    }
+                    Event::KeyframeRequested { peer, stream } => {
+                        // Only an encoder can make one; a file or an RTSP camera cannot,
+                        // and the device's GOP cache covers a joining viewer.
+                        let made = source.as_mut().is_some_and(FrameSource::request_keyframe);
+                        tracing::debug!(peer = peer.0, stream = stream.get(), made, "keyframe requested");
+                        emit(json!({
+                            "event": "keyframe_requested", "peer": peer.0, "made": made,
+                        }));
                     }
                     Event::Control { peer, message } => emit(json!({
                         "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),

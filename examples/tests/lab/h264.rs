@@ -94,6 +94,8 @@ struct Nal {
     start: usize,
     payload: usize,
     kind: u8,
+    /// `nal_ref_idc`: non-zero when later pictures may refer to this one.
+    ref_idc: u8,
 }
 
 fn nal_units(stream: &[u8]) -> Vec<Nal> {
@@ -113,6 +115,7 @@ fn nal_units(stream: &[u8]) -> Vec<Nal> {
                     start,
                     payload,
                     kind: header & 0x1f,
+                    ref_idc: (header >> 5) & 3,
                 });
             }
             i = payload;
@@ -130,6 +133,8 @@ pub(crate) struct AccessUnit<'a> {
     pub(crate) bytes: &'a [u8],
     /// Whether it holds an IDR slice.
     pub(crate) keyframe: bool,
+    /// Whether later pictures may refer to it (a slice with `nal_ref_idc` > 0).
+    pub(crate) reference: bool,
 }
 
 /// Splits an Annex-B stream into access units (H.264 7.4.1.2.3, simplified to what
@@ -144,6 +149,7 @@ pub(crate) fn access_units(stream: &[u8]) -> Vec<AccessUnit<'_>> {
     };
     let mut seen_slice = false;
     let mut keyframe = false;
+    let mut reference = false;
     for nal in &nals {
         let is_slice = matches!(nal.kind, 1 | 5);
         let first_mb_zero = stream.get(nal.payload + 1).is_some_and(|b| b & 0x80 != 0);
@@ -153,17 +159,21 @@ pub(crate) fn access_units(stream: &[u8]) -> Vec<AccessUnit<'_>> {
             units.push(AccessUnit {
                 bytes: &stream[unit_start..nal.start],
                 keyframe,
+                reference,
             });
             unit_start = nal.start;
             seen_slice = false;
             keyframe = false;
+            reference = false;
         }
         seen_slice |= is_slice;
         keyframe |= nal.kind == 5;
+        reference |= is_slice && nal.ref_idc > 0;
     }
     units.push(AccessUnit {
         bytes: &stream[unit_start..],
         keyframe,
+        reference,
     });
     units
 }
@@ -175,8 +185,15 @@ pub(crate) struct Comparison {
     pub(crate) received: usize,
     /// Source index (in the looped source) of the first received unit.
     pub(crate) first_source_index: usize,
-    /// Source units passed over between received ones (lost or skipped frames).
+    /// Source units passed over between received ones (lost or skipped frames), but for
+    /// those in `left_out_by_catch_up`.
     pub(crate) skipped: usize,
+    /// Non-reference units passed over before the first keyframe after the first
+    /// received unit: a viewer that joins mid-GOP catches up from the device's GOP cache,
+    /// which holds only the frames later frames refer to (`spec/endpoint.md` §4.1), so
+    /// these were never sent to it. (A non-reference frame lost in that stretch is
+    /// counted here too.)
+    pub(crate) left_out_by_catch_up: usize,
     /// Whether the first received unit is a keyframe.
     pub(crate) starts_with_keyframe: bool,
 }
@@ -196,8 +213,14 @@ pub(crate) fn compare(
         .position(|unit| unit.bytes == first.bytes)
         .context("the first received frame is not a frame of the source")?;
     let n = source.len();
+    // Where the catch-up from the GOP cache ends at the latest: the next keyframe.
+    let next_keyframe = start
+        + (1..=n)
+            .find(|step| source[(start + step) % n].keyframe)
+            .unwrap_or(n);
     let mut cursor = start;
     let mut skipped = 0;
+    let mut left_out_by_catch_up = 0;
     for (index, unit) in received.iter().enumerate().skip(1) {
         let step = (1..=n)
             .find(|step| source[(cursor + step) % n].bytes == unit.bytes)
@@ -208,13 +231,20 @@ pub(crate) fn compare(
                     cursor % n
                 )
             })?;
-        skipped += step - 1;
+        for passed in cursor + 1..cursor + step {
+            if passed < next_keyframe && !source[passed % n].reference {
+                left_out_by_catch_up += 1;
+            } else {
+                skipped += 1;
+            }
+        }
         cursor += step;
     }
     Ok(Comparison {
         received: received.len(),
         first_source_index: start,
         skipped,
+        left_out_by_catch_up,
         starts_with_keyframe: first.keyframe,
     })
 }

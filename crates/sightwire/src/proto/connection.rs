@@ -25,6 +25,7 @@ use sightwire_signal::{
     Body, CandidateSet as SignalSet, CandidateUpdate, Close, CloseReason, ConnectId,
 };
 
+use super::gop::{ConnectionResume, ViewerGop};
 use super::timer::{TimerTable, timers};
 use super::{Endpoint, Role, WatchId};
 use crate::config::PathPolicy;
@@ -191,6 +192,10 @@ pub(crate) struct Connection {
     frames_delivered: u64,
     bytes_delivered: u64,
     pub(crate) timers: TimerTable<ConnTimer, 7>,
+    /// Device: where this viewer is in each stream's GOP (`spec/endpoint.md` §4.1).
+    pub(crate) gop: ViewerGop,
+    /// Viewer: whether this connection's frames resume a GOP its watch delivered.
+    pub(crate) resume: ConnectionResume,
 }
 
 impl Connection {
@@ -228,6 +233,8 @@ impl Connection {
             frames_delivered: 0,
             bytes_delivered: 0,
             timers,
+            gop: ViewerGop::default(),
+            resume: ConnectionResume::default(),
         }
     }
 
@@ -636,6 +643,7 @@ impl Endpoint {
         };
         let watch = conn.watch;
         let mut target_changed = false;
+        let latency_budget = self.media_config.latency_budget;
         while let Some(event) = conn.media.poll_event() {
             let event = match event {
                 MediaEvent::TargetBitrate { .. } => {
@@ -643,12 +651,34 @@ impl Endpoint {
                     continue;
                 }
                 MediaEvent::Frame(frame) => {
+                    // A GOP the device replays to a new connection (§4.1): what the watch
+                    // already delivered is not given twice.
+                    if let (Role::Viewer(viewer), Some(watch)) = (&mut self.role, watch)
+                        && let Some(watch) = viewer.watches.get_mut(&watch)
+                        && !watch.frames.admit(&mut conn.resume, &frame.frame)
+                    {
+                        self.stats.replayed_frames_skipped += 1;
+                        continue;
+                    }
                     conn.frames_delivered += 1;
                     conn.bytes_delivered += frame.frame.data.len() as u64;
                     Event::Frame { peer: id, frame }
                 }
                 MediaEvent::Control(message) => Event::Control { peer: id, message },
                 MediaEvent::KeyframeRequested { stream } => {
+                    if let Role::Device(device) = &self.role {
+                        conn.gop.asked(stream, now);
+                        // No keyframe is on its way to this viewer: serve it the cached
+                        // GOP if it may have it (§4.1), and still pass the request on,
+                        // since a fresh keyframe may come sooner.
+                        if conn
+                            .gop
+                            .start(&device.gop, stream, now, latency_budget)
+                            .is_some()
+                        {
+                            self.stats.catch_ups += 1;
+                        }
+                    }
                     Event::KeyframeRequested { peer: id, stream }
                 }
                 _ => continue,

@@ -13,8 +13,10 @@ use sightwire_signal::{Body, Close, CloseReason, ConnectOffer, Register};
 
 use super::connection::AuthState;
 use super::consent::Consents;
+use super::gop::GopCache;
 use super::rendezvous::REQUEST_RETRY;
 use super::{CommandError, Endpoint, EndpointTimer, Role};
+use crate::config::GopCacheConfig;
 use crate::events::{Event, PeerClosedReason, PeerId};
 
 /// How long to wait for the relay grant that follows a connect offer (or response)
@@ -31,6 +33,9 @@ pub struct DeviceSettings {
     pub trusted_viewers: Vec<PublicKey>,
     /// Most viewers served at once; further connect offers are refused.
     pub max_viewers: usize,
+    /// Limits of the GOP cache viewers joining mid-GOP are served from (§4.1 of
+    /// `spec/endpoint.md`).
+    pub gop_cache: GopCacheConfig,
 }
 
 impl std::fmt::Debug for DeviceSettings {
@@ -40,6 +45,7 @@ impl std::fmt::Debug for DeviceSettings {
             .field("password", &self.password.as_ref().map(|_| "redacted"))
             .field("trusted_viewers", &self.trusted_viewers.len())
             .field("max_viewers", &self.max_viewers)
+            .field("gop_cache", &self.gop_cache)
             .finish()
     }
 }
@@ -54,6 +60,8 @@ pub(crate) struct DeviceRole {
     pub(crate) throttle: LoginThrottle,
     /// Introductions being consented to.
     pub(crate) consents: Consents,
+    /// The newest GOP of each video stream, for viewers joining mid-GOP.
+    pub(crate) gop: GopCache,
 }
 
 impl std::fmt::Debug for DeviceRole {
@@ -86,6 +94,7 @@ impl DeviceRole {
             password,
             throttle: LoginThrottle::new(),
             consents: Consents::default(),
+            gop: GopCache::new(settings.gop_cache),
         }
     }
 }
@@ -231,6 +240,7 @@ impl Endpoint {
                     path,
                 },
             );
+            self.gop_join(now, id);
         }
     }
 }

@@ -45,6 +45,7 @@
 mod connection;
 mod consent;
 mod device;
+mod gop;
 mod outbox;
 mod rendezvous;
 pub(crate) mod timer;
@@ -73,6 +74,8 @@ use connection::{AuthState, Connection, GOODBYE, PATH_CHALLENGE, PATH_RESPONSE, 
 pub use consent::MAX_PENDING_CONSENTS;
 use device::DeviceRole;
 pub use device::DeviceSettings;
+pub use gop::GopCacheUsage;
+use gop::{Placement, Route};
 use outbox::Outbox;
 pub use outbox::{MAX_DATAGRAM_LEN, MAX_QUEUED_TRANSMITS, Transmit};
 use rendezvous::RendezvousLink;
@@ -206,6 +209,21 @@ pub struct EndpointStats {
     pub connections_opened: u64,
     /// Peer connections closed.
     pub connections_closed: u64,
+    /// Device: viewers served from the GOP cache (a catch-up began).
+    pub catch_ups: u64,
+    /// Device: frames handed to viewers from the GOP cache.
+    pub catch_up_frames: u64,
+    /// Device: catch-ups that ended before reaching live (the cache let go of the GOP,
+    /// or the viewer fell too far behind); those viewers wait for a keyframe.
+    pub catch_ups_abandoned: u64,
+    /// Device: frames not given to a viewer because it could not decode them (it waits
+    /// for a keyframe) or gets them from the GOP cache in order.
+    pub frames_withheld: u64,
+    /// Device: GOPs the cache let go of because they outgrew a limit.
+    pub gop_cache_overflows: u64,
+    /// Viewer: frames a new connection replayed from the device's GOP cache that its
+    /// watch had already delivered, not delivered twice.
+    pub replayed_frames_skipped: u64,
 }
 
 timers! {
@@ -455,6 +473,11 @@ impl Endpoint {
     /// Sends a frame: from a device to its viewers, from a viewer to its cameras
     /// (talk-back). Fragmented once; every recipient shares the fragments. Returns how
     /// many connections it was queued for.
+    ///
+    /// A device's frames for [`Recipients::All`] on an H.264 or H.265 stream go through
+    /// its GOP cache (`spec/endpoint.md` §4.1): a viewer that could not decode a frame,
+    /// or that is still catching up from the cache, does not get it now. Frames for one
+    /// [`Recipients::Peer`] bypass the cache; their decodability is the caller's.
     pub fn send_frame(
         &mut self,
         now: Instant,
@@ -467,10 +490,43 @@ impl Endpoint {
         }
         let packetized = self.packetizer.packetize(frame)?;
         let only = self.recipient(to)?;
+        let stream = packetized.frame().stream;
+        // A device's frames for all its viewers go through its GOP cache (§4.1 of
+        // spec/endpoint.md): each viewer gets a frame only when it can decode it, and a
+        // viewer still catching up gets it later, from the cache, in order.
+        let placement = match (&mut self.role, to) {
+            (Role::Device(device), Recipients::All) => device.gop.push(now, &packetized),
+            _ => Placement::Untracked,
+        };
+        let cache = match &self.role {
+            Role::Device(device) if placement != Placement::Untracked => Some(&device.gop),
+            _ => None,
+        };
         let mut queued = 0;
-        for conn in self.accepted_conns(only) {
-            if conn.media.send_frame(now, &packetized).is_ok() {
-                queued += 1;
+        let conns = self
+            .conns
+            .values_mut()
+            .filter(|c| c.auth == AuthState::Accepted && only.is_none_or(|id| id == Some(c.id)));
+        for conn in conns {
+            let route = cache.map_or(Route::Send, |cache| {
+                conn.gop.route(cache, stream, placement)
+            });
+            match route {
+                Route::Send => {
+                    let accepted = conn.media.send_frame(now, &packetized).is_ok();
+                    queued += usize::from(accepted);
+                    conn.gop.on_sent(stream, placement, accepted);
+                }
+                Route::Withhold { ask } => {
+                    self.stats.frames_withheld += 1;
+                    if ask && conn.gop.should_ask(stream, now) {
+                        let event = Event::KeyframeRequested {
+                            peer: conn.id,
+                            stream,
+                        };
+                        push_event(&mut self.events, &mut self.stats, None, event);
+                    }
+                }
             }
         }
         self.flush(now);
@@ -599,8 +655,13 @@ impl Endpoint {
 
     /// Endpoint-wide counters.
     pub fn stats(&self) -> EndpointStats {
+        let gop_cache_overflows = match &self.role {
+            Role::Device(device) => device.gop.overflows,
+            Role::Viewer(_) => 0,
+        };
         EndpointStats {
             transmits_dropped: self.outbox.dropped,
+            gop_cache_overflows,
             ..self.stats
         }
     }
@@ -620,14 +681,18 @@ impl Endpoint {
         self.conns.keys().copied()
     }
 
+    /// What a device's GOP cache holds (nothing on a viewer).
+    pub fn gop_cache_usage(&self) -> GopCacheUsage {
+        match &self.role {
+            Role::Device(device) => device.gop.usage(),
+            Role::Viewer(_) => GopCacheUsage::default(),
+        }
+    }
+
     // ---------------------------------------------------------------- internals
 
     pub(crate) fn emit(&mut self, watch: Option<WatchId>, event: Event) {
-        if self.events.len() >= MAX_QUEUED_EVENTS {
-            self.stats.events_dropped += 1;
-            return;
-        }
-        self.events.push_back(EndpointEvent { watch, event });
+        push_event(&mut self.events, &mut self.stats, watch, event);
     }
 
     fn on_endpoint_timer(&mut self, now: Instant, timer: EndpointTimer) {
@@ -915,6 +980,11 @@ impl Endpoint {
                         break;
                     }
                     let Some(transmit) = conn.media.poll_transmit(now) else {
+                        // Its queue may have run dry: the next frame of a catch-up from
+                        // the GOP cache goes in now (§4.1).
+                        if self.feed_catch_up(now, id) {
+                            continue;
+                        }
                         break;
                     };
                     any = true;
@@ -927,6 +997,83 @@ impl Endpoint {
             }
         }
         self.scratch_ids = ids;
+    }
+
+    /// A viewer was authorized: on every stream with a cached GOP it catches up from the
+    /// keyframe (§4.1). The application is asked for a keyframe where replaying the
+    /// GOP costs more than a fresh keyframe would.
+    fn gop_join(&mut self, now: Instant, id: PeerId) {
+        let Role::Device(device) = &self.role else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let budget = self.media_config.latency_budget;
+        for index in 0..sightwire_media::MAX_STREAMS as u8 {
+            let Some(stream) = sightwire_media::StreamId::new(index) else {
+                continue;
+            };
+            let Some(catch_up) = conn.gop.start(&device.gop, stream, now, budget) else {
+                continue;
+            };
+            self.stats.catch_ups += 1;
+            tracing::debug!(
+                peer = id.0,
+                stream = index,
+                frames = catch_up.frames,
+                "viewer catches up from the GOP cache"
+            );
+            if catch_up.ask && conn.gop.should_ask(stream, now) {
+                let event = Event::KeyframeRequested { peer: id, stream };
+                push_event(&mut self.events, &mut self.stats, None, event);
+            }
+        }
+    }
+
+    /// Hands the next catch-up frame from the GOP cache to connection `id`'s media layer
+    /// if that connection's transmit queue is empty (one frame at a time: what the media
+    /// layer holds decides how fast a catch-up goes, and its frame-drop policy sees an
+    /// empty queue, spec/media.md 4.7). Returns whether a frame was handed over.
+    fn feed_catch_up(&mut self, now: Instant, id: PeerId) -> bool {
+        let Role::Device(device) = &self.role else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        if !conn.may_send_media()
+            || conn.media.memory().transmit_queue_packets > 0
+            || !conn.gop.catching_up(&device.gop)
+        {
+            return false;
+        }
+        let budget = self.media_config.latency_budget;
+        let mut abandoned = 0u16;
+        let fed = match conn.gop.next_feed(&device.gop, now, budget, &mut abandoned) {
+            Some((stream, frame)) => {
+                let accepted = conn.media.send_frame(now, frame).is_ok();
+                conn.gop.fed(&device.gop, stream, now, accepted);
+                self.stats.catch_up_frames += u64::from(accepted);
+                true
+            }
+            None => false,
+        };
+        for index in 0..sightwire_media::MAX_STREAMS as u8 {
+            if abandoned & (1 << index) == 0 {
+                continue;
+            }
+            self.stats.catch_ups_abandoned += 1;
+            let Some(stream) = sightwire_media::StreamId::new(index) else {
+                continue;
+            };
+            tracing::debug!(peer = id.0, stream = index, "catch-up abandoned");
+            if conn.gop.should_ask(stream, now) {
+                let event = Event::KeyframeRequested { peer: id, stream };
+                push_event(&mut self.events, &mut self.stats, None, event);
+            }
+        }
+        fed
     }
 
     fn report_stats(&mut self) {
@@ -965,4 +1112,19 @@ impl Endpoint {
             .into_iter()
             .collect()
     }
+}
+
+/// Queues an event for the application, or counts it as dropped when
+/// [`MAX_QUEUED_EVENTS`] are waiting.
+fn push_event(
+    events: &mut VecDeque<EndpointEvent>,
+    stats: &mut EndpointStats,
+    watch: Option<WatchId>,
+    event: Event,
+) {
+    if events.len() >= MAX_QUEUED_EVENTS {
+        stats.events_dropped += 1;
+        return;
+    }
+    events.push_back(EndpointEvent { watch, event });
 }

@@ -14,6 +14,7 @@ use sightwire_signal::{Body, ConnectRequest, ConnectResponse, ErrorCode, MAX_MES
 
 use super::connection::{AuthState, ConnTimer, Failure};
 use super::device::GRANT_WAIT;
+use super::gop::WatchFrames;
 use super::rendezvous::REQUEST_RETRY;
 use super::timer::{TimerTable, timers};
 use super::{CommandError, Endpoint, Role};
@@ -100,6 +101,9 @@ pub(crate) struct Watch {
     /// Our confirmation of the device's login message (resent if that comes again).
     pub(crate) login_reply: Option<(sightwire_signal::ConnectId, Bytes)>,
     pub(crate) timers: TimerTable<WatchTimer, 3>,
+    /// What the watch delivered, per stream (a reconnect's replayed GOP is not
+    /// delivered twice).
+    pub(crate) frames: WatchFrames,
 }
 
 #[derive(Debug)]
@@ -165,6 +169,7 @@ impl Endpoint {
                 login_opening: Bytes::new(),
                 login_reply: None,
                 timers,
+                frames: WatchFrames::default(),
             },
         );
         if self.rendezvous.ready {

@@ -15,8 +15,8 @@ use sightwire::proto::{
     DeviceSettings, Endpoint, EndpointConfig, EndpointEvent, Recipients, WatchId, WatchRequest,
 };
 use sightwire::{
-    Codec, ConnectError, Credentials, Event, Frame, PathKind, PeerId, RendezvousServer, StreamId,
-    Target,
+    Codec, ConnectError, Credentials, Event, Frame, GopCacheConfig, PathKind, PeerId,
+    RendezvousServer, StreamId, Target,
 };
 use sightwire_id::DeviceId;
 use sightwire_relay::{Action, Relay, RelayConfig};
@@ -278,6 +278,7 @@ pub struct WatchLog {
     pub peer: Option<PeerId>,
     pub path: Option<PathKind>,
     pub frames: u64,
+    pub first_frame_at: Option<Instant>,
     pub last_frame_at: Option<Instant>,
     /// Longest time between two delivered frames after the first one.
     pub longest_gap: Duration,
@@ -301,6 +302,14 @@ pub struct EndpointNode {
     /// Camera: bytes of a keyframe and of a delta frame.
     pub keyframe_bytes: usize,
     pub delta_bytes: usize,
+    /// Camera: a keyframe every this many frames.
+    pub gop: u64,
+    /// Camera: make the next frame a keyframe when a viewer asks (an encoder that can;
+    /// a file or an RTSP source cannot).
+    pub honour_keyframe_requests: bool,
+    force_keyframe: bool,
+    /// Camera: the frames sent, by number: (keyframe, capture time).
+    pub sent_frames: Vec<(bool, u64)>,
     pub frames_sent: u64,
     pub registrations: u64,
     /// Datagrams sent, per destination.
@@ -320,6 +329,10 @@ impl EndpointNode {
             next_frame: None,
             keyframe_bytes: KEYFRAME_BYTES,
             delta_bytes: DELTA_BYTES,
+            gop: GOP,
+            honour_keyframe_requests: false,
+            force_keyframe: false,
+            sent_frames: Vec::new(),
             frames_sent: 0,
             registrations: 0,
             sent_to: BTreeMap::new(),
@@ -368,6 +381,7 @@ impl EndpointNode {
                 Event::PathChanged { path, .. } => log.path = Some(path.kind),
                 Event::Frame { .. } => {
                     log.frames += 1;
+                    log.first_frame_at.get_or_insert(now);
                     if let Some(last) = log.last_frame_at {
                         log.longest_gap = log.longest_gap.max(now - last);
                     }
@@ -379,6 +393,9 @@ impl EndpointNode {
                 }
                 Event::PeerClosed { .. } => log.closed += 1,
                 Event::Registered { .. } => self.registrations += 1,
+                Event::KeyframeRequested { .. } if self.honour_keyframe_requests => {
+                    self.force_keyframe = true;
+                }
                 _ => {}
             }
             self.events.push(routed);
@@ -387,7 +404,8 @@ impl EndpointNode {
 
     fn send_frame(&mut self, now: Instant) {
         let seq = self.frames_sent;
-        let keyframe = seq.is_multiple_of(GOP);
+        let forced = std::mem::take(&mut self.force_keyframe);
+        let keyframe = forced || seq.is_multiple_of(self.gop);
         let len = if keyframe {
             self.keyframe_bytes
         } else {
@@ -403,6 +421,8 @@ impl EndpointNode {
             capture_time_us: seq * 1_000_000 / FPS,
             data: Bytes::from(data),
         };
+        self.sent_frames
+            .push((frame.keyframe, frame.capture_time_us));
         self.endpoint
             .send_frame(now, Recipients::All, frame)
             .expect("frame accepted");
@@ -533,6 +553,8 @@ pub struct World {
     identities: Vec<(StaticKeypair, IdCertificate)>,
     /// Media parameters of the cameras added from now on (default: the endpoint's).
     pub camera_media: Option<sightwire_media::Config>,
+    /// GOP cache limits of the cameras added from now on.
+    pub camera_gop_cache: GopCacheConfig,
     pub viewers: Vec<(NodeId, Placement)>,
 }
 
@@ -592,6 +614,7 @@ impl World {
             cameras: Vec::new(),
             identities: Vec::new(),
             camera_media: None,
+            camera_gop_cache: GopCacheConfig::default(),
             viewers: Vec::new(),
         }
     }
@@ -713,6 +736,7 @@ impl World {
             password: Some(PASSWORD.into()),
             trusted_viewers: Vec::new(),
             max_viewers: 16,
+            gop_cache: self.camera_gop_cache,
         };
         let mut endpoint = Endpoint::device(config, settings, now).unwrap();
         endpoint.set_unix_time(unix_time_at(self.net.epoch(), now));
