@@ -58,7 +58,7 @@ async fn setup(name: &str, policy: PathPolicy) -> Setup {
         id,
         KeyFingerprint::of_public_key(identity.certificate.device_key()),
     );
-    let mut config = DeviceConfig::new(identity, network.rendezvous);
+    let mut config = DeviceConfig::new(identity, network.rendezvous.clone());
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.password = Some(PASSWORD.into());
     config.path_policy = policy;
@@ -325,7 +325,7 @@ async fn one_viewer_endpoint_watches_two_cameras() {
     let mut setup = setup("grid", PathPolicy::Any).await;
     let id: DeviceId = "1C:C3:16:AB:CD:F0".parse().unwrap();
     let identity = setup.network.provision(id).unwrap();
-    let mut config = DeviceConfig::new(identity, setup.network.rendezvous);
+    let mut config = DeviceConfig::new(identity, setup.network.rendezvous.clone());
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.password = Some(PASSWORD.into());
     let mut second_device = Device::start(config).await.unwrap();

@@ -15,8 +15,8 @@ use sightwire::proto::{
     DeviceSettings, Endpoint, EndpointConfig, EndpointEvent, Recipients, WatchId, WatchRequest,
 };
 use sightwire::{
-    Codec, ConnectError, Credentials, Event, Frame, PathKind, PeerId, RendezvousServer, StreamId,
-    Target,
+    Codec, ConnectError, Credentials, Event, Frame, PathKind, PeerId, RendezvousServer,
+    ResolveError, ServerAddr, StreamId, Target,
 };
 use sightwire_id::DeviceId;
 use sightwire_relay::{Action, Relay, RelayConfig};
@@ -110,6 +110,12 @@ impl RendezvousNode {
 
     pub fn online(&self) -> usize {
         self.core.online()
+    }
+
+    /// The same server answering at `address` instead of [`RENDEZVOUS`].
+    pub fn at(mut self, address: SocketAddr) -> Self {
+        self.address = address;
+        self
     }
 
     fn flush(&mut self, now: Instant) {
@@ -305,6 +311,10 @@ pub struct EndpointNode {
     pub registrations: u64,
     /// Datagrams sent, per destination.
     pub sent_to: BTreeMap<SocketAddr, u64>,
+    /// The simulated resolver: what each host name resolves to (answered at once).
+    pub dns: BTreeMap<String, Result<Vec<SocketAddr>, ResolveError>>,
+    /// When the endpoint asked for a name to be resolved.
+    pub lookups: Vec<Instant>,
 }
 
 impl EndpointNode {
@@ -323,6 +333,26 @@ impl EndpointNode {
             frames_sent: 0,
             registrations: 0,
             sent_to: BTreeMap::new(),
+            dns: BTreeMap::new(),
+            lookups: Vec::new(),
+        }
+    }
+
+    /// Answers the endpoint's lookup, if it asked for one, as the driver would.
+    fn resolve(&mut self, now: Instant) {
+        while let Some(name) = self.endpoint.poll_resolve() {
+            self.lookups.push(now);
+            let answer = self
+                .dns
+                .get(name.host())
+                .cloned()
+                .unwrap_or(Err(ResolveError::NotFound))
+                .map(|ips| {
+                    ips.into_iter()
+                        .map(|a| SocketAddr::new(a.ip(), name.port()))
+                        .collect()
+                });
+            self.endpoint.handle_resolved(now, answer);
         }
     }
 
@@ -416,6 +446,7 @@ impl Node for EndpointNode {
         datagram.copy_from_slice(p);
         self.endpoint.set_unix_time(unix_time_at(self.epoch, now));
         self.endpoint.handle_datagram(now, from, datagram);
+        self.resolve(now);
         self.record(now);
     }
 
@@ -433,6 +464,7 @@ impl Node for EndpointNode {
         if self.endpoint.poll_timeout().is_some_and(|at| at <= now) {
             self.endpoint.handle_timeout(now);
         }
+        self.resolve(now);
         self.record(now);
     }
 
@@ -533,6 +565,10 @@ pub struct World {
     identities: Vec<(StaticKeypair, IdCertificate)>,
     /// Media parameters of the cameras added from now on (default: the endpoint's).
     pub camera_media: Option<sightwire_media::Config>,
+    /// How endpoints added from now on are told where the rendezvous is (default:
+    /// [`RENDEZVOUS`]), and the resolver they get for it.
+    pub rendezvous_address: ServerAddr,
+    pub dns: BTreeMap<String, Result<Vec<SocketAddr>, ResolveError>>,
     pub viewers: Vec<(NodeId, Placement)>,
 }
 
@@ -592,6 +628,8 @@ impl World {
             cameras: Vec::new(),
             identities: Vec::new(),
             camera_media: None,
+            rendezvous_address: RENDEZVOUS.parse().unwrap(),
+            dns: BTreeMap::new(),
             viewers: Vec::new(),
         }
     }
@@ -602,7 +640,7 @@ impl World {
 
     fn server(&self) -> RendezvousServer {
         RendezvousServer {
-            address: RENDEZVOUS.parse().unwrap(),
+            address: self.rendezvous_address.clone(),
             public_key: *self.rendezvous_key.public(),
         }
     }
@@ -723,6 +761,7 @@ impl World {
             self.net.epoch(),
         );
         node.start_camera(now);
+        node.dns = self.dns.clone();
         node
     }
 
@@ -742,11 +781,12 @@ impl World {
         let mut endpoint = Endpoint::viewer(config, issuers, now).unwrap();
         endpoint.set_unix_time(unix_time_at(self.net.epoch(), now));
         endpoint.set_local_ip(now, Some(placement.ip));
-        let node = EndpointNode::new(
+        let mut node = EndpointNode::new(
             endpoint,
             SocketAddr::new(placement.ip, PORT),
             self.net.epoch(),
         );
+        node.dns = self.dns.clone();
         let id = self.net.add_node(placement.host, Box::new(node));
         self.viewers.push((id, placement));
         self.viewers.len() - 1
@@ -859,6 +899,29 @@ impl World {
             ip,
         };
         self.net.node_mut::<EndpointNode>(node).renumber(now, ip);
+    }
+
+    /// The rendezvous stops answering (its host stays; whatever it receives is counted).
+    pub fn silence_rendezvous(&mut self) {
+        self.net
+            .replace_node(self.rendezvous, Box::new(CounterNode::default()));
+    }
+
+    /// A second instance of the rendezvous (same key, its own state) at `address`.
+    pub fn add_rendezvous_at(&mut self, address: SocketAddr) -> NodeId {
+        let epoch = self.net.epoch();
+        let now = self.now();
+        let node = RendezvousNode::new(
+            epoch,
+            now,
+            &self.rendezvous_key,
+            &self.issuer,
+            self.relay_key.clone(),
+            self.seed ^ 2,
+        )
+        .at(address);
+        let host = self.net.sim_mut().add_public_host(address.ip());
+        self.net.add_node(host, Box::new(node))
     }
 
     /// A public host that counts what it receives.
