@@ -437,7 +437,7 @@ mod tests {
         let name = "no-such-host.invalid:3478"
             .parse::<sightwire_signal::server_addr::ServerAddr>()
             .unwrap();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = resolve(name.name().unwrap().clone(), "0.0.0.0:0".parse().unwrap()).await;
         assert!(
             matches!(result, Err(ResolveError::NotFound | ResolveError::Timeout)),

@@ -49,7 +49,7 @@ pub enum ConnectError {
     #[error("the endpoint stopped")]
     Stopped,
     /// The rendezvous host name does not resolve to an address this endpoint can use.
-    #[error("the rendezvous name does not resolve: {0}")]
+    #[error("cannot resolve the rendezvous: {0}")]
     RendezvousUnresolved(ResolveError),
 }
 

@@ -184,7 +184,7 @@ impl Endpoint {
         };
         match self.rendezvous.addresses.get(next).copied() {
             Some(address) if Some(address) != self.rendezvous.current => {
-                tracing::debug!(%address, "rendezvous address silent, trying the next");
+                tracing::info!(%address, "rendezvous address silent, trying the next");
                 self.connect_rendezvous_at(now, address);
             }
             // One address: its handshake keeps retransmitting; only the name is re-read.
