@@ -35,8 +35,8 @@ pub(crate) const RENDEZVOUS_RETRY_MAX: Duration = Duration::from_secs(8);
 pub(crate) const REQUEST_RETRY: Duration = Duration::from_secs(1);
 /// An address of the rendezvous whose handshake has not been answered this long is left
 /// for the next one (the handshake's first retransmission would come now anyway). Doubles
-/// after every round through the list, up to [`RENDEZVOUS_RETRY_MAX`], so a slow server
-/// is still reached.
+/// after every round through the list, up to 8 s (the rendezvous retry ceiling), so a
+/// slow server is still reached.
 pub const ADDRESS_TRY: Duration = Duration::from_secs(1);
 /// Most addresses of a rendezvous name kept (the rest of a longer answer is ignored).
 pub const MAX_SERVER_ADDRESSES: usize = 8;
@@ -253,7 +253,8 @@ impl Endpoint {
         let current_listed = link.current.is_some_and(|c| link.addresses.contains(&c));
         // A working link stays where it is; a handshake to an address still listed goes
         // on; otherwise start on the new list now.
-        if !link.ready && !(link.session.is_some() && current_listed) {
+        let carry_on = link.ready || (link.session.is_some() && current_listed);
+        if !carry_on {
             self.timers.stop(EndpointTimer::RendezvousRetry);
             if !current_listed {
                 self.rendezvous.current = None;
