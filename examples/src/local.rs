@@ -90,7 +90,8 @@ impl LocalNetwork {
         let mut network = Self {
             issuer,
             rendezvous: RendezvousServer {
-                address: "127.0.0.1:0".parse()?,
+                // Set when the rendezvous is bound (a server address refuses port 0).
+                address: SocketAddr::from(([127, 0, 0, 1], 0)).into(),
                 public_key,
             },
             relay_address,
