@@ -415,6 +415,18 @@ mod tests {
                 limit: 253
             }
         );
+        // Limits apply to the ASCII form: 30 characters of Unicode can exceed a label.
+        assert!(matches!(
+            err(&format!("{}.example:80", "ü".repeat(60))),
+            LabelTooLong { limit: 63, .. }
+        ));
+        // Within the byte limit, over the name limit once converted.
+        let labels = vec!["ü".repeat(20); 12].join(".");
+        assert!(labels.len() <= MAX_SERVER_ADDR_INPUT);
+        assert!(matches!(
+            err(&format!("{labels}:80")),
+            HostTooLong { limit: 253, .. }
+        ));
         let huge = "a".repeat(MAX_SERVER_ADDR_INPUT + 1);
         assert_eq!(
             err(&huge),
@@ -436,6 +448,19 @@ mod tests {
                 if let ServerAddr::Name(name) = &address {
                     prop_assert!(name.host().len() <= MAX_HOST_LEN + 1);
                     prop_assert!(name.host().is_ascii());
+                }
+            }
+        }
+
+        // Close to valid (letters, Unicode, dots of every width, hyphens): the same, with
+        // more of the accepting paths reached.
+        #[test]
+        fn near_names_are_refused_or_round_trip(input in "[a-zA-Z0-9üß日本ＡＢ.。．\\-_]{1,300}:[0-9]{1,6}") {
+            if let Ok(address) = input.parse::<ServerAddr>() {
+                prop_assert_eq!(address.to_string().parse::<ServerAddr>(), Ok(address.clone()));
+                // (`1.2.3.4:80` is an address, not a name.)
+                if let Some(name) = address.name() {
+                    prop_assert!(name.host().is_ascii() && name.host().len() <= MAX_HOST_LEN + 1);
                 }
             }
         }
