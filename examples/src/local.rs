@@ -37,6 +37,8 @@ pub struct LocalNetwork {
     /// The relay's address.
     pub relay_address: SocketAddr,
     rendezvous_key: [u8; 32],
+    /// Where the rendezvous listens.
+    rendezvous_listen: SocketAddr,
     relay_key: RelayGrantKey,
     registry: std::path::PathBuf,
     running: Option<RunningRendezvous>,
@@ -88,11 +90,13 @@ impl LocalNetwork {
         let mut network = Self {
             issuer,
             rendezvous: RendezvousServer {
-                address: "127.0.0.1:0".parse()?,
+                // Set when the rendezvous is bound (a server address refuses port 0).
+                address: SocketAddr::from(([127, 0, 0, 1], 0)).into(),
                 public_key,
             },
             relay_address,
             rendezvous_key,
+            rendezvous_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             relay_key,
             registry: registry.to_owned(),
             running: None,
@@ -107,7 +111,11 @@ impl LocalNetwork {
 
     async fn start_rendezvous(&mut self, address: SocketAddr) -> anyhow::Result<()> {
         let socket = UdpSocket::bind(address).await?;
-        self.rendezvous.address = socket.local_addr()?;
+        self.rendezvous_listen = socket.local_addr()?;
+        // A restart keeps the port, so a name given to clients stays right.
+        if self.rendezvous.address.name().is_none() {
+            self.rendezvous.address = self.rendezvous_listen.into();
+        }
         let config = CoreConfig {
             relay: Some(sightwire_rendezvous::RelayConfig {
                 address: self.relay_address,
@@ -152,7 +160,8 @@ impl LocalNetwork {
             running.task.abort();
             let _ = running.task.await;
         }
-        self.start_rendezvous(self.rendezvous.address).await
+        let address = self.rendezvous_address();
+        self.start_rendezvous(address).await
     }
 
     async fn stop_rendezvous(&mut self) {
@@ -181,11 +190,24 @@ impl LocalNetwork {
         })
     }
 
+    /// The rendezvous's socket address (it listens on loopback).
+    pub fn rendezvous_address(&self) -> SocketAddr {
+        self.rendezvous_listen
+    }
+
+    /// Clients reach the rendezvous through `host` (a name for loopback, such as
+    /// `localhost`) instead of its address, so the driver resolves it.
+    pub fn name_rendezvous(&mut self, host: &str) -> anyhow::Result<()> {
+        let port = self.rendezvous_address().port();
+        self.rendezvous.address = format!("{host}:{port}").parse()?;
+        Ok(())
+    }
+
     /// A viewer configuration that trusts this network's issuer, with a fresh key.
     pub fn viewer_config(&self) -> ViewerConfig {
         ViewerConfig::new(
             StaticKeypair::generate(&mut rand::rngs::OsRng),
-            self.rendezvous,
+            self.rendezvous.clone(),
             TrustedIssuers::single(self.issuer.public()),
         )
     }

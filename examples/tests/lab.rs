@@ -24,8 +24,8 @@ use lab::peers::{Camera, FileWatch, Stop, ViewerReport, ViewerRun};
 use lab::probe::Probe;
 use lab::servers::{self, LAB_KEEPALIVE_MS, Pki, ServerBinaries, Servers};
 use lab::topology::{
-    ACCESS_DELAY_MS, Direction, HostId, OUTSIDER_IP, Profile, REFLECTOR_IP, ShaperStats, SiteId,
-    Topology,
+    ACCESS_DELAY_MS, Direction, HostId, OUTSIDER_IP, Profile, REFLECTOR_IP, RENDEZVOUS_IP,
+    ShaperStats, SiteId, Topology,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -843,6 +843,8 @@ struct Bed {
     camera_bin: std::path::PathBuf,
     viewer_bin: std::path::PathBuf,
     devices: u8,
+    /// What the peers are given as `--rendezvous`.
+    rendezvous: String,
 }
 
 impl Bed {
@@ -862,6 +864,7 @@ impl Bed {
             camera_bin,
             viewer_bin,
             devices: 0,
+            rendezvous: Servers::rendezvous_addr(),
         })
     }
 
@@ -883,6 +886,7 @@ impl Bed {
             self.pki(),
             &state,
             source,
+            &self.rendezvous,
         )
     }
 
@@ -901,6 +905,7 @@ impl Bed {
             self.pki(),
             device,
             stop,
+            &self.rendezvous,
         )
     }
 }
@@ -1155,6 +1160,116 @@ fn endpoint_real_video() -> anyhow::Result<()> {
         "summary says {} frames",
         report.frames()
     );
+    lab.pass();
+    Ok(())
+}
+
+/// The name the peers are given for the rendezvous in [`endpoint_rendezvous_by_name`].
+const RENDEZVOUS_NAME: &str = "rendezvous.lab.test";
+
+/// Camera and viewer are given the rendezvous by name, through hosts files in their
+/// namespaces; the name has a dead address first and the rendezvous second, so both peers
+/// must try past the first. A name that does not resolve fails a viewer at once.
+#[test]
+fn endpoint_rendezvous_by_name() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_rendezvous_by_name", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    // Beside the rendezvous on the public network, where nothing answers. Same /24, so
+    // the resolver's address sorting (RFC 6724) keeps the file's order: dead first.
+    let dead = std::net::Ipv4Addr::new(203, 0, 113, 11);
+    let hosts = format!(
+        "127.0.0.1 localhost\n{dead} {RENDEZVOUS_NAME}\n{RENDEZVOUS_IP} {RENDEZVOUS_NAME}\n"
+    );
+    // Any other name goes to a resolver on loopback where nothing listens: refused at
+    // once, as a resolver answering "no such name" would be.
+    let _etc = netns::EtcFiles::write(
+        &[
+            bed.topology.host(camera_host),
+            bed.topology.host(viewer_host),
+        ],
+        &[
+            ("hosts", hosts.as_str()),
+            ("resolv.conf", "nameserver 127.0.0.1\noptions attempts:1\n"),
+        ],
+    )?;
+    bed.rendezvous = format!("{RENDEZVOUS_NAME}:{}", servers::RENDEZVOUS_PORT);
+
+    let started = Instant::now();
+    let camera = bed.camera(camera_host, "camera", "synthetic")?;
+    let registered = started.elapsed();
+    let mut viewer = bed.viewer(viewer_host, "viewer", &camera.id, Stop::Frames(60))?;
+    let report = viewer.finish(VIEWER_DEADLINE)?;
+    let camera_tries = camera.process.count_text("rendezvous address silent");
+    let viewer_tries = viewer.process.count_text("rendezvous address silent");
+    lab::publish(&format!(
+        "\nrendezvous by name ({dead} dead, {RENDEZVOUS_IP} live): camera registered in {} ms, \
+         viewer {} ({} silent-address moves by the camera, {} by the viewer)\n",
+        registered.as_millis(),
+        cell_text(&report),
+        camera_tries,
+        viewer_tries,
+    ));
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+    ensure!(
+        report.frames() == 60,
+        "viewer got {} frames",
+        report.frames()
+    );
+    ensure!(
+        camera_tries >= 1,
+        "the camera never moved past the dead address"
+    );
+    ensure!(
+        viewer_tries >= 1,
+        "the viewer never moved past the dead address"
+    );
+    ensure!(
+        camera.process.count_text("rendezvous name resolved") >= 1,
+        "the camera did not log the resolved addresses"
+    );
+
+    // A name nobody knows: the viewer says so at once, not after its 20 s timeout.
+    let mut lost = ViewerRun::start(
+        bed.topology.run(),
+        bed.topology.host(viewer_host),
+        "viewer-unknown",
+        &bed.viewer_bin,
+        bed.pki(),
+        &camera.id,
+        Stop::Frames(1),
+        &format!("nowhere.lab.test:{}", servers::RENDEZVOUS_PORT),
+    )?;
+    let started = Instant::now();
+    let failed = lost.finish(Duration::from_secs(15))?;
+    let took = started.elapsed();
+    lab::publish(&format!(
+        "unknown name: {:?} after {} ms\n",
+        failed.failure,
+        took.as_millis()
+    ));
+    ensure!(
+        !failed.exit_ok,
+        "the viewer connected through a name that does not exist"
+    );
+    ensure!(
+        failed
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("cannot resolve the rendezvous")),
+        "failure {:?}",
+        failed.failure
+    );
+    ensure!(took < Duration::from_secs(3), "took {took:?}");
     lab.pass();
     Ok(())
 }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use sightwire::{
-    ConnectError, Credentials, Device, DeviceConfig, Event, PathKind, PathPolicy, Target, Viewer,
+    ConnectError, Credentials, Device, DeviceConfig, Event, PathKind, PathPolicy, RESOLVE_TIMEOUT,
+    ResolveError, Target, Viewer,
 };
 use sightwire_examples::local::LocalNetwork;
 use sightwire_examples::source::FrameSource;
@@ -58,7 +59,7 @@ async fn setup(name: &str, policy: PathPolicy) -> Setup {
         id,
         KeyFingerprint::of_public_key(identity.certificate.device_key()),
     );
-    let mut config = DeviceConfig::new(identity, network.rendezvous);
+    let mut config = DeviceConfig::new(identity, network.rendezvous.clone());
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.password = Some(PASSWORD.into());
     config.path_policy = policy;
@@ -243,6 +244,56 @@ async fn unknown_device_is_reported() {
     assert_eq!(result.err(), Some(ConnectError::Unavailable));
 }
 
+/// The rendezvous given by host name: the tokio driver resolves it (`localhost`, through
+/// `/etc/hosts`); a name that does not exist fails the viewer at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendezvous_by_host_name() {
+    let dir = TempDir::new("by-name");
+    let mut network = LocalNetwork::start(&dir.0.join("registry.sqlite"))
+        .await
+        .unwrap();
+    network.name_rendezvous("localhost").unwrap();
+    let id: DeviceId = "1C:C3:16:AB:CD:EF".parse().unwrap();
+    let identity = network.provision(id).unwrap();
+    let uri = DeviceUri::new(
+        id,
+        KeyFingerprint::of_public_key(identity.certificate.device_key()),
+    );
+    let mut config = DeviceConfig::new(identity, network.rendezvous.clone());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.password = Some(PASSWORD.into());
+    let mut device = Device::start(config).await.unwrap();
+    wait_for(&mut device, |e| matches!(e, Event::Registered { .. })).await;
+    let mut config = network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let viewer = Viewer::connect(config, Target::Uri(uri), Credentials::password(PASSWORD))
+        .await
+        .unwrap();
+    viewer.close().await;
+
+    let mut config = network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    // RFC 6761: `.invalid` never resolves.
+    config.rendezvous.address = "nowhere.invalid:3478".parse().unwrap();
+    let started = std::time::Instant::now();
+    let result = Viewer::connect(config, Target::Uri(uri), Credentials::password(PASSWORD)).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            result.as_ref().err(),
+            Some(ConnectError::RendezvousUnresolved(
+                ResolveError::NotFound | ResolveError::Timeout
+            ))
+        ),
+        "{:?}",
+        result.err()
+    );
+    // The resolver's answer (or its bound), not the 20 s connect timeout.
+    assert!(took < RESOLVE_TIMEOUT + Duration::from_secs(2), "{took:?}");
+    device.shutdown().await;
+    network.shutdown().await;
+}
+
 async fn restart_case(name: &str, graceful: bool) {
     let mut setup = setup(name, PathPolicy::Any).await;
     let viewer = connect(&setup, Target::Uri(setup.uri), PASSWORD, PathPolicy::Any)
@@ -325,7 +376,7 @@ async fn one_viewer_endpoint_watches_two_cameras() {
     let mut setup = setup("grid", PathPolicy::Any).await;
     let id: DeviceId = "1C:C3:16:AB:CD:F0".parse().unwrap();
     let identity = setup.network.provision(id).unwrap();
-    let mut config = DeviceConfig::new(identity, setup.network.rendezvous);
+    let mut config = DeviceConfig::new(identity, setup.network.rendezvous.clone());
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.password = Some(PASSWORD.into());
     let mut second_device = Device::start(config).await.unwrap();

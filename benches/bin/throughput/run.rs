@@ -207,7 +207,7 @@ async fn run_on(network: &mut LocalNetwork, config: &RunConfig) -> anyhow::Resul
         id,
         KeyFingerprint::of_public_key(identity.certificate.device_key()),
     );
-    let mut device_config = DeviceConfig::new(identity, network.rendezvous);
+    let mut device_config = DeviceConfig::new(identity, network.rendezvous.clone());
     device_config.bind = loopback;
     device_config.password = Some(PASSWORD.into());
     device_config.path_policy = policy;

@@ -7,7 +7,7 @@
 //! trusted_issuers = ["<hex Ed25519 public key>"]
 //!
 //! [relay]                                 # optional
-//! address = "198.51.100.1:3478"
+//! address = "198.51.100.1:3478"           # or "relay.example.com:3478", resolved at start
 //! grant_key = "relay-grant.key"           # hex 32-byte secret shared with the relay
 //!
 //! [limits]                                # optional; defaults in CoreConfig
@@ -17,13 +17,14 @@
 //! max_sessions = 262144                   # Noise sessions (one per online device)
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 use sightwire_signal::grant::RelayGrantKey;
+use sightwire_signal::server_addr::{ServerAddr, ServerAddrError};
 
 use crate::Rate;
 use crate::core::{CoreConfig, RelayConfig};
@@ -51,8 +52,12 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
-    /// The relay's public address given to peers.
-    pub address: SocketAddr,
+    /// The relay's public address given to peers: `a.b.c.d:port`, `[v6]:port`, or
+    /// `host:port`. Grants carry an IP address, so a name is resolved once, when the
+    /// configuration is loaded ([`ServerConfig::core`]); the first IPv4 address is used
+    /// (what endpoints on IPv4 sockets can reach), else the first. A relay that moves
+    /// needs a restart of the rendezvous.
+    pub address: String,
     /// File holding the grant key (64 hex digits).
     pub grant_key: PathBuf,
 }
@@ -120,6 +125,51 @@ pub enum ConfigError {
     /// No trusted issuer, or too many.
     #[error("trusted_issuers must list between 1 and {max} keys", max = sightwire_signal::cert::MAX_TRUSTED_ISSUERS)]
     Issuers,
+    /// The relay address is neither an address nor a valid `host:port`.
+    #[error("invalid relay address {address:?}")]
+    RelayAddress {
+        /// As written.
+        address: String,
+        /// What is wrong with it.
+        #[source]
+        error: ServerAddrError,
+    },
+    /// The relay's host name did not resolve.
+    #[error("cannot resolve the relay address {address}")]
+    RelayUnresolved {
+        /// As written.
+        address: String,
+        /// The resolver's error (`None`: it resolved to no address).
+        #[source]
+        source: Option<std::io::Error>,
+    },
+}
+
+/// The relay's address for grants: `text` parsed, and resolved if it is a name (blocking:
+/// this runs once, at start).
+pub fn resolve_relay_address(text: &str) -> Result<SocketAddr, ConfigError> {
+    let address: ServerAddr = text.parse().map_err(|error| ConfigError::RelayAddress {
+        address: text.to_owned(),
+        error,
+    })?;
+    let name = match address {
+        ServerAddr::Ip(address) => return Ok(address),
+        ServerAddr::Name(name) => name,
+    };
+    let unresolved = |source| ConfigError::RelayUnresolved {
+        address: text.to_owned(),
+        source,
+    };
+    let addresses: Vec<SocketAddr> = (name.host(), name.port())
+        .to_socket_addrs()
+        .map_err(|e| unresolved(Some(e)))?
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| unresolved(None))
 }
 
 /// Reads a file holding 32 bytes as 64 hex digits (whitespace ignored).
@@ -216,7 +266,7 @@ impl ServerConfig {
         }
         if let Some(relay) = &self.relay {
             core.relay = Some(RelayConfig {
-                address: relay.address,
+                address: resolve_relay_address(&relay.address)?,
                 key: RelayGrantKey::from_bytes(read_hex_key(&relay.grant_key)?),
             });
         }
@@ -247,5 +297,29 @@ mod tests {
         assert!(core.relay.is_none());
         assert_eq!(config.session().max_sessions, DEFAULT_MAX_SESSIONS);
         assert!(toml::from_str::<ServerConfig>(&format!("{text}\nbogus = 1")).is_err());
+    }
+
+    #[test]
+    fn relay_addresses_by_ip_or_name() {
+        assert_eq!(
+            resolve_relay_address("198.51.100.1:3478").unwrap(),
+            "198.51.100.1:3478".parse::<SocketAddr>().unwrap()
+        );
+        let local = resolve_relay_address("localhost:3478").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 3478, "{local}");
+        // IPv4 first: what an endpoint on an IPv4 socket can reach.
+        assert!(local.is_ipv4(), "{local}");
+        assert!(matches!(
+            resolve_relay_address("relay.example.com"),
+            Err(ConfigError::RelayAddress {
+                error: ServerAddrError::MissingPort,
+                ..
+            })
+        ));
+        // RFC 6761: `.invalid` never resolves.
+        assert!(matches!(
+            resolve_relay_address("relay.invalid:3478"),
+            Err(ConfigError::RelayUnresolved { .. })
+        ));
     }
 }

@@ -11,6 +11,8 @@
 //! - [`grant`]: relay grant tokens (HMAC-SHA256 under a key shared with the relay).
 //! - [`SignalCodec`]: length-prefixed framing for stream transports (`tokio-util`).
 //! - [`punch`]: conversions to and from `sightwire-punch`'s signal types.
+//! - [`server_addr`]: a server's address as configured: an IP socket address or a
+//!   checked host name and port (resolving it is the endpoint driver's job).
 //!
 //! What it is not for: it does no I/O and holds no state. Encryption and peer
 //! authentication are the session layer's job (`sightwire-session`): signaling travels as
@@ -52,6 +54,7 @@ mod codec;
 pub mod grant;
 mod message;
 pub mod punch;
+pub mod server_addr;
 
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 mod proto {

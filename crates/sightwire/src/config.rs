@@ -8,6 +8,7 @@ use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
 use sightwire_media::Config as MediaConfig;
 use sightwire_session::{PublicKey, StaticKeypair};
 use sightwire_signal::cert::{IdCertificate, TrustedIssuers};
+use sightwire_signal::server_addr::ServerAddr;
 
 /// Which paths an endpoint may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,10 +24,12 @@ pub enum PathPolicy {
 }
 
 /// The rendezvous server: where it is and the static key pinned for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RendezvousServer {
-    /// Its UDP address.
-    pub address: SocketAddr,
+    /// Its UDP address, or a host name and port: the driver resolves the name, every
+    /// address is tried, and the name is resolved again when the server stops answering
+    /// (`spec/endpoint.md` §"Server addresses").
+    pub address: ServerAddr,
     /// Its static X25519 public key; a server that cannot prove it is refused.
     pub public_key: PublicKey,
 }

@@ -12,7 +12,11 @@
 //! - transmits go out with the TTL the core asks for; failures go back to the core
 //!   ([`Endpoint::handle_send_error`]), which reports them as [`Event::SendErrors`];
 //! - events go to the application: a device's to its one channel, a viewer endpoint's
-//!   to the channel of the watch they concern.
+//!   to the channel of the watch they concern;
+//! - a rendezvous host name the core asks for ([`Endpoint::poll_resolve`]) is looked up
+//!   in a task of its own (`getaddrinfo` blocks), bounded by [`RESOLVE_TIMEOUT`], and
+//!   the addresses of the socket's IP family go back to the core
+//!   ([`Endpoint::handle_resolved`]); the packet loop never waits for DNS.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -21,15 +25,22 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use sightwire_media::Frame;
 use sightwire_session::PublicKey;
+use sightwire_signal::server_addr::HostPort;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ConnectError;
+use crate::error::{ConnectError, ResolveError};
 use crate::events::{Event, PeerId};
 use crate::proto::{Endpoint, MAX_DATAGRAM_LEN, Recipients, WatchId, WatchRequest};
 
 /// How often the driver asks the OS for the local address (roaming detection).
 const LOCAL_ADDRESS_POLL: Duration = Duration::from_secs(1);
+/// A host name lookup that takes longer is reported as [`ResolveError::Timeout`] (the
+/// system resolver's own default is 5 s per server, with retries).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A lookup under way.
+type Resolving = tokio::task::JoinHandle<Result<Vec<SocketAddr>, ResolveError>>;
 
 /// The answer to a watch: its id and first connection, or why it failed.
 pub(crate) type WatchReady = oneshot::Sender<Result<(WatchId, PeerId), ConnectError>>;
@@ -73,7 +84,9 @@ pub(crate) struct Driver {
     device_events: Option<mpsc::Sender<Event>>,
     watches: HashMap<WatchId, WatchSink>,
     events_dropped: u64,
-    rendezvous: SocketAddr,
+    /// The socket's own address: its IP family decides which resolved addresses are usable.
+    local: SocketAddr,
+    resolving: Option<Resolving>,
 }
 
 impl Driver {
@@ -82,7 +95,7 @@ impl Driver {
         endpoint: Endpoint,
         commands: mpsc::Receiver<Command>,
         device_events: Option<mpsc::Sender<Event>>,
-        rendezvous: SocketAddr,
+        local: SocketAddr,
     ) -> Self {
         Self {
             socket,
@@ -91,7 +104,8 @@ impl Driver {
             device_events,
             watches: HashMap::new(),
             events_dropped: 0,
-            rendezvous,
+            local,
+            resolving: None,
         }
     }
 
@@ -101,6 +115,7 @@ impl Driver {
         let mut address_poll = tokio::time::interval(LOCAL_ADDRESS_POLL);
         address_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.endpoint.is_shut_down() {
+            self.start_resolving();
             let wake = self.endpoint.poll_timeout();
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
@@ -124,8 +139,15 @@ impl Driver {
                 }
                 _ = address_poll.tick() => {
                     let now = self.now();
-                    let ip = local_ip_towards(self.rendezvous);
-                    self.endpoint.set_local_ip(now, ip);
+                    if let Some(rendezvous) = self.endpoint.rendezvous_address() {
+                        let ip = local_ip_towards(rendezvous);
+                        self.endpoint.set_local_ip(now, ip);
+                    }
+                }
+                resolved = resolved(&mut self.resolving) => {
+                    self.resolving = None;
+                    let now = self.now();
+                    self.endpoint.handle_resolved(now, resolved);
                 }
                 () = sleep_until(wake) => {
                     let now = self.now();
@@ -138,6 +160,19 @@ impl Driver {
         // The goodbyes the shutdown queued.
         self.transmit().await;
         self.deliver_events();
+        if let Some(resolving) = self.resolving.take() {
+            resolving.abort();
+        }
+    }
+
+    /// Starts the lookup the core asked for, unless one is under way.
+    fn start_resolving(&mut self) {
+        if self.resolving.is_some() {
+            return;
+        }
+        if let Some(name) = self.endpoint.poll_resolve() {
+            self.resolving = Some(tokio::spawn(resolve(name, self.local)));
+        }
     }
 
     /// The monotonic clock for the core, with the wall clock set alongside it.
@@ -302,6 +337,59 @@ async fn send_to(
     sent
 }
 
+/// The lookup's answer, or never if there is none under way.
+async fn resolved(resolving: &mut Option<Resolving>) -> Result<Vec<SocketAddr>, ResolveError> {
+    match resolving {
+        // A lookup task that panicked or was cancelled counts as a failed lookup.
+        Some(task) => task.await.unwrap_or(Err(ResolveError::NotFound)),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves `name` with the system resolver, keeping the addresses a socket bound to
+/// `local` can send to.
+async fn resolve(name: HostPort, local: SocketAddr) -> Result<Vec<SocketAddr>, ResolveError> {
+    let lookup = tokio::net::lookup_host((name.host(), name.port()));
+    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Err(_) => Err(ResolveError::Timeout),
+        Ok(Err(error)) => {
+            // The resolver's message (NXDOMAIN, no server...) is for the log only.
+            tracing::warn!(%name, %error, "host name lookup failed");
+            Err(ResolveError::NotFound)
+        }
+        Ok(Ok(addresses)) => usable_addresses(local, addresses),
+    }
+}
+
+/// The addresses a socket bound to `local` can reach, in the resolver's order: an IPv4
+/// socket only IPv4 ones; an IPv6 socket (dual-stack on Linux by default) IPv6 ones and
+/// IPv4 ones as IPv4-mapped addresses, the form its datagrams will come from.
+pub(crate) fn usable_addresses(
+    local: SocketAddr,
+    resolved: impl IntoIterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    let mut any = false;
+    let mut usable = Vec::new();
+    for address in resolved {
+        any = true;
+        let address = match (local, address) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+                address
+            }
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            (SocketAddr::V4(_), SocketAddr::V6(_)) => continue,
+        };
+        usable.push(address);
+    }
+    match (usable.is_empty(), any) {
+        (false, _) => Ok(usable),
+        (true, true) => Err(ResolveError::NoUsableAddress),
+        (true, false) => Err(ResolveError::NoAddress),
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
@@ -319,4 +407,57 @@ fn local_ip_towards(remote: SocketAddr) -> Option<IpAddr> {
     let probe = std::net::UdpSocket::bind(bind).ok()?;
     probe.connect(remote).ok()?;
     probe.local_addr().ok().map(|a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_of_the_sockets_family_are_kept() {
+        let v4: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let v6: SocketAddr = "[::]:0".parse().unwrap();
+        let a: SocketAddr = "192.0.2.1:3478".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:3478".parse().unwrap();
+        assert_eq!(usable_addresses(v4, [b, a]), Ok(vec![a]));
+        assert_eq!(
+            usable_addresses(v6, [b, a]),
+            Ok(vec![b, "[::ffff:192.0.2.1]:3478".parse().unwrap()])
+        );
+        assert_eq!(
+            usable_addresses(v4, [b]),
+            Err(ResolveError::NoUsableAddress)
+        );
+        assert_eq!(usable_addresses(v4, []), Err(ResolveError::NoAddress));
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_exist_fails_fast() {
+        // `.invalid` never resolves (RFC 6761); no DNS server is needed to say so.
+        let name = "no-such-host.invalid:3478"
+            .parse::<sightwire_signal::server_addr::ServerAddr>()
+            .unwrap();
+        let started = Instant::now();
+        let result = resolve(name.name().unwrap().clone(), "0.0.0.0:0".parse().unwrap()).await;
+        assert!(
+            matches!(result, Err(ResolveError::NotFound | ResolveError::Timeout)),
+            "{result:?}"
+        );
+        assert!(started.elapsed() <= RESOLVE_TIMEOUT + Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves() {
+        let name = "localhost:3478"
+            .parse::<sightwire_signal::server_addr::ServerAddr>()
+            .unwrap();
+        let addresses = resolve(name.name().unwrap().clone(), "0.0.0.0:0".parse().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            addresses
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 3478)
+        );
+    }
 }

@@ -85,11 +85,10 @@ impl Task {
         let socket = UdpSocket::from_std(socket)?;
         let local_addr = socket.local_addr()?;
         let config = config(local_addr.port());
-        let rendezvous = config.rendezvous.address;
         let endpoint = make(config, Instant::now())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
-        let driver = Driver::new(socket, endpoint, command_rx, device_events, rendezvous);
+        let driver = Driver::new(socket, endpoint, command_rx, device_events, local_addr);
         Ok(Self {
             commands,
             join: Some(tokio::spawn(driver.run())),

@@ -48,4 +48,27 @@ pub enum ConnectError {
     /// The endpoint stopped before the connection was up.
     #[error("the endpoint stopped")]
     Stopped,
+    /// The rendezvous host name does not resolve to an address this endpoint can use.
+    #[error("cannot resolve the rendezvous: {0}")]
+    RendezvousUnresolved(ResolveError),
+}
+
+/// Why a server's host name gave no address to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The resolver found no such name, or failed (it does not say which; the driver logs
+    /// its message).
+    #[error("the name does not resolve")]
+    NotFound,
+    /// The name has addresses, but none of the socket's IP family (an IPv6-only name for
+    /// an IPv4 socket).
+    #[error("the name has no address of the socket's IP family")]
+    NoUsableAddress,
+    /// The name resolved to no address at all.
+    #[error("the name has no address")]
+    NoAddress,
+    /// The resolver did not answer in time.
+    #[error("the resolver did not answer in time")]
+    Timeout,
 }

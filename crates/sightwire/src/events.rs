@@ -103,6 +103,12 @@ pub enum Event {
     /// The link to the rendezvous failed; the endpoint is reconnecting. Existing peer
     /// connections are not affected.
     RendezvousLost,
+    /// The rendezvous host name did not resolve (the endpoint keeps trying: with the
+    /// addresses it had, or by resolving again with backoff).
+    RendezvousUnresolved {
+        /// Why.
+        error: crate::error::ResolveError,
+    },
     /// The rendezvous refused a request.
     RendezvousError {
         /// What it said.

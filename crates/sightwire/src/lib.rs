@@ -30,7 +30,8 @@
 //! # async fn watch(issuer: IssuerPublicKey, server_key: [u8; 32]) -> Result<(), Box<dyn std::error::Error>> {
 //! let config = ViewerConfig::new(
 //!     StaticKeypair::generate(&mut rand::rngs::OsRng),
-//!     RendezvousServer { address: "203.0.113.1:3478".parse()?, public_key: server_key },
+//!     // An IP address works too: "203.0.113.1:3478".
+//!     RendezvousServer { address: "rendezvous.example.com:3478".parse()?, public_key: server_key },
 //!     TrustedIssuers::single(issuer),
 //! );
 //! // What the person typed, or scanned from the label.
@@ -61,8 +62,10 @@ pub use config::{
     DeviceIdentity, GopCacheConfig, PathPolicy, RendezvousServer, Target, ViewerConfig,
     default_media_config,
 };
+pub use driver::RESOLVE_TIMEOUT;
 pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, SocketBuffers, Viewer, ViewerEndpoint};
-pub use error::ConnectError;
+pub use error::{ConnectError, ResolveError};
 pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, path_kind_name};
 pub use sightwire_media::{Codec, Frame, ReceivedFrame, Stats as MediaStats, StreamId};
 pub use sightwire_punch::PathKind;
+pub use sightwire_signal::server_addr::{HostPort, ServerAddr, ServerAddrError};

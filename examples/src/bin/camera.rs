@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
-use sightwire::{Device, DeviceConfig, Event, Frame, PathPolicy, PeerId, RendezvousServer};
+use sightwire::{
+    Device, DeviceConfig, Event, Frame, PathPolicy, PeerId, RendezvousServer, ServerAddr,
+};
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
 use sightwire_examples::rtsp::{self, RtspConfig, RtspSource};
@@ -49,9 +51,10 @@ use sightwire_signal::cert::IssuerKey;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The rendezvous server's UDP address.
+    /// The rendezvous server: `host:port` (resolved, every address tried, resolved
+    /// again when it stops answering), `a.b.c.d:port` or `[v6]:port`.
     #[arg(long)]
-    rendezvous: SocketAddr,
+    rendezvous: ServerAddr,
     /// The rendezvous server's static public key (64 hex digits).
     #[arg(long)]
     rendezvous_key: String,
@@ -204,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = DeviceConfig::new(
         identity,
         RendezvousServer {
-            address: args.rendezvous,
+            address: args.rendezvous.clone(),
             public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
         },
     );
@@ -270,6 +273,10 @@ async fn main() -> anyhow::Result<()> {
                         }
                     }
                     Event::RendezvousLost => emit(json!({"event": "rendezvous_lost"})),
+                    Event::RendezvousUnresolved { error } => {
+                        eprintln!("camera: {}: {error}", args.rendezvous);
+                        emit(json!({"event": "rendezvous_unresolved", "error": error.to_string()}));
+                    }
                     Event::PeerConnected { peer, path, .. } => {
                         viewers.insert(peer);
                         emit(json!({

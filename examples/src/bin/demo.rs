@@ -35,6 +35,10 @@ struct Args {
     /// Use the synthetic source even if ffmpeg is installed.
     #[arg(long)]
     synthetic: bool,
+    /// The host name the camera and viewer are given for the rendezvous (it must resolve
+    /// to loopback); empty: its IP address.
+    #[arg(long, default_value = "localhost")]
+    rendezvous_host: String,
 }
 
 const FPS: u32 = 30;
@@ -99,6 +103,11 @@ async fn main() -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let mut network = LocalNetwork::start(&registry).await?;
+    if !args.rendezvous_host.is_empty() {
+        network
+            .name_rendezvous(&args.rendezvous_host)
+            .context("--rendezvous-host")?;
+    }
     println!(
         "rendezvous    {} (key pinned by clients)",
         network.rendezvous.address
@@ -112,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         id,
         KeyFingerprint::of_public_key(identity.certificate.device_key()),
     );
-    let mut config = DeviceConfig::new(identity, network.rendezvous);
+    let mut config = DeviceConfig::new(identity, network.rendezvous.clone());
     config.bind = "127.0.0.1:0".parse()?;
     config.password = Some(PASSWORD.into());
     let policy = if args.relay_only {

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
-use sightwire::{Credentials, Event, PathPolicy, RendezvousServer, Target, Viewer, ViewerConfig};
+use sightwire::{
+    Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target, Viewer, ViewerConfig,
+};
 use sightwire_examples::identity::{
     KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
 };
@@ -28,9 +30,10 @@ use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The rendezvous server's UDP address.
+    /// The rendezvous server: `host:port` (resolved, every address tried, resolved
+    /// again when it stops answering), `a.b.c.d:port` or `[v6]:port`.
     #[arg(long)]
-    rendezvous: SocketAddr,
+    rendezvous: ServerAddr,
     /// The rendezvous server's static public key (64 hex digits).
     #[arg(long)]
     rendezvous_key: String,
@@ -180,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = ViewerConfig::new(
         keypair,
         RendezvousServer {
-            address: args.rendezvous,
+            address: args.rendezvous.clone(),
             public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
         },
         TrustedIssuers::single(issuer),

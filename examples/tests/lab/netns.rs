@@ -169,3 +169,53 @@ pub(crate) fn remove_stale() -> anyhow::Result<Vec<String>> {
     }
     Ok(removed)
 }
+
+/// Files under `/etc/netns/<namespace>/` (`hosts`, `resolv.conf`): `ip netns exec`
+/// bind-mounts each over its `/etc` namesake for what runs in that namespace, which gives
+/// it names without a DNS server. Removed (with the directories this made) on drop.
+#[derive(Debug)]
+pub(crate) struct EtcFiles {
+    /// Files written, then directories made (deepest first when removed).
+    files: Vec<std::path::PathBuf>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl EtcFiles {
+    /// Writes each `(name, content)` of `files` into the `/etc` of every namespace.
+    pub(crate) fn write(namespaces: &[&Netns], files: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut written = Self {
+            files: Vec::new(),
+            dirs: Vec::new(),
+        };
+        let root = Path::new("/etc/netns");
+        if !root.exists() {
+            std::fs::create_dir(root).context("creating /etc/netns")?;
+            written.dirs.push(root.to_owned());
+        }
+        for netns in namespaces {
+            let dir = root.join(netns.name());
+            if !dir.exists() {
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                written.dirs.push(dir.clone());
+            }
+            for (name, content) in files {
+                let path = dir.join(name);
+                std::fs::write(&path, content)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                written.files.push(path);
+            }
+        }
+        Ok(written)
+    }
+}
+
+impl Drop for EtcFiles {
+    fn drop(&mut self) {
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+        for dir in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

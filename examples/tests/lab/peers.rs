@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::Run;
 use super::netns::Netns;
 use super::process::Process;
-use super::servers::{Pki, Servers};
+use super::servers::Pki;
 
 /// The password every lab camera is provisioned with.
 pub(crate) const PASSWORD: &str = "lab-password-1";
@@ -30,8 +30,10 @@ pub(crate) struct Camera {
 }
 
 impl Camera {
-    /// Starts `camera` in `netns` with a provisioned state directory and waits for
-    /// `ready`.
+    /// Starts `camera` in `netns` with a provisioned state directory, given the
+    /// rendezvous as `rendezvous` (`Servers::rendezvous_addr()`, or a host name), and
+    /// waits for `ready`.
+    #[allow(clippy::too_many_arguments)] // each one varies between tests
     pub(crate) fn start(
         run: &Run,
         netns: &Netns,
@@ -40,10 +42,11 @@ impl Camera {
         pki: &Pki,
         state_dir: &Path,
         source: &str,
+        rendezvous: &str,
     ) -> anyhow::Result<Self> {
         let args = [
             "--rendezvous".into(),
-            Servers::rendezvous_addr(),
+            rendezvous.to_owned(),
             "--rendezvous-key".into(),
             pki.rendezvous_public.clone(),
             "--state-dir".into(),
@@ -129,7 +132,9 @@ impl ViewerReport {
 }
 
 impl ViewerRun {
-    /// Starts `viewer` in `netns` against `device` (an ID or URI).
+    /// Starts `viewer` in `netns` against `device` (an ID or URI), given the rendezvous
+    /// as `rendezvous`.
+    #[allow(clippy::too_many_arguments)] // each one varies between tests
     pub(crate) fn start(
         run: &Run,
         netns: &Netns,
@@ -138,11 +143,12 @@ impl ViewerRun {
         pki: &Pki,
         device: &str,
         stop: Stop,
+        rendezvous: &str,
     ) -> anyhow::Result<Self> {
         let out = run.path(&format!("{label}.h264"));
         let mut args = vec![
             "--rendezvous".into(),
-            Servers::rendezvous_addr(),
+            rendezvous.to_owned(),
             "--rendezvous-key".into(),
             pki.rendezvous_public.clone(),
             "--issuer-key".into(),

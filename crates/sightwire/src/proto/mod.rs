@@ -10,9 +10,11 @@
 //!   [`Endpoint::handle_timeout`], commands ([`Endpoint::connect`],
 //!   [`Endpoint::send_frame`], [`Endpoint::network_changed`], ...), the local address the
 //!   OS would use ([`Endpoint::set_local_ip`]), the wall clock for certificate checks
-//!   ([`Endpoint::set_unix_time`]) and send failures ([`Endpoint::handle_send_error`]);
+//!   ([`Endpoint::set_unix_time`]), send failures ([`Endpoint::handle_send_error`]) and
+//!   the addresses a rendezvous host name resolved to ([`Endpoint::handle_resolved`]);
 //! - outputs: [`Endpoint::poll_transmit`] (datagrams, each with the TTL to send it with),
-//!   [`Endpoint::poll_event`] and [`Endpoint::poll_timeout`].
+//!   [`Endpoint::poll_event`], [`Endpoint::poll_timeout`] and [`Endpoint::poll_resolve`]
+//!   (a host name to resolve: the core does no DNS).
 //!
 //! After every input, poll transmits and events until both are empty, then sleep until
 //! `poll_timeout`. The tokio driver (`crate::driver`) does exactly that on a UDP socket;
@@ -29,7 +31,7 @@
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 //! let now = Instant::now();
 //! let rendezvous = RendezvousServer { address: "198.51.100.1:3478".parse()?, public_key: [1; 32] };
-//! let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous, Box::new(rng));
+//! let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous.clone(), Box::new(rng));
 //! let issuers = TrustedIssuers::single(IssuerKey::from_seed(&[2; 32]).public());
 //! let mut viewer = Endpoint::viewer(config, issuers, now)?;
 //! let watch = viewer.connect(now, WatchRequest::new("1C:C3:16:AB:CD:EF".parse()?, Credentials::password("admin123")))?;
@@ -37,7 +39,7 @@
 //! // First thing out: the Noise handshake with the rendezvous.
 //! viewer.handle_timeout(now);
 //! let transmit = viewer.poll_transmit().expect("a handshake");
-//! assert_eq!(transmit.destination, rendezvous.address);
+//! assert_eq!(Some(transmit.destination), rendezvous.address.socket_addr());
 //! # let _ = watch;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -68,7 +70,9 @@ use sightwire_signal::MAX_MESSAGE_LEN;
 use sightwire_signal::cert::TrustedIssuers;
 
 use crate::config::{PathPolicy, RendezvousServer};
+use crate::error::ResolveError;
 use crate::events::{Event, PeerId};
+use sightwire_signal::server_addr::HostPort;
 
 use connection::{AuthState, Connection, GOODBYE, PATH_CHALLENGE, PATH_RESPONSE, virtual_channel};
 pub use consent::MAX_PENDING_CONSENTS;
@@ -79,6 +83,7 @@ use gop::{Placement, Route};
 use outbox::Outbox;
 pub use outbox::{MAX_DATAGRAM_LEN, MAX_QUEUED_TRANSMITS, Transmit};
 use rendezvous::RendezvousLink;
+pub use rendezvous::{ADDRESS_TRY, MAX_SERVER_ADDRESSES};
 use timer::{TimerTable, timers};
 use viewer::ViewerRole;
 pub use viewer::{MAX_WATCHES, WatchId, WatchRequest};
@@ -231,6 +236,8 @@ timers! {
     pub(crate) enum EndpointTimer {
         /// Try (again) to open the rendezvous session.
         RendezvousRetry,
+        /// The rendezvous address being tried has not answered: try the next.
+        RendezvousNextAddress,
         /// Send the next keepalive to the rendezvous.
         Keepalive,
         /// The last keepalive (or registration) went unanswered.
@@ -266,7 +273,7 @@ pub struct Endpoint {
     packetizer: MediaConnection,
     outbox: Outbox,
     events: VecDeque<EndpointEvent>,
-    timers: TimerTable<EndpointTimer, 5>,
+    timers: TimerTable<EndpointTimer, 6>,
     encode: BytesMut,
     agent_rng: StdRng,
     local_port: u16,
@@ -453,6 +460,33 @@ impl Endpoint {
             Role::Viewer(_) => self.reconnect_all_watches(now, "network changed"),
         }
         self.flush(now);
+    }
+
+    /// The rendezvous host name to resolve, when the core wants it resolved: at start, after
+    /// a round through its addresses went unanswered, and when the established link is
+    /// lost. Returned once per request; answer with [`Endpoint::handle_resolved`]. Never
+    /// anything for a rendezvous configured by IP address.
+    pub fn poll_resolve(&mut self) -> Option<HostPort> {
+        self.rendezvous_poll_resolve()
+    }
+
+    /// The answer to [`Endpoint::poll_resolve`]: the addresses, in order of preference
+    /// (at most [`MAX_SERVER_ADDRESSES`] are kept), or why there are none. A failure with
+    /// no earlier addresses to fall back on is reported as [`Event::RendezvousUnresolved`]
+    /// and fails the watches waiting for the rendezvous.
+    pub fn handle_resolved(&mut self, now: Instant, result: Result<Vec<SocketAddr>, ResolveError>) {
+        self.now = now;
+        if self.shut_down {
+            return;
+        }
+        self.rendezvous_resolved(now, result);
+        self.flush(now);
+    }
+
+    /// The rendezvous address in use or being tried, if any yet (the driver asks the OS
+    /// for the local address towards it).
+    pub fn rendezvous_address(&self) -> Option<SocketAddr> {
+        self.rendezvous_current()
     }
 
     /// The driver could not send a datagram to `destination`. Counted, and reported to
@@ -698,6 +732,7 @@ impl Endpoint {
     fn on_endpoint_timer(&mut self, now: Instant, timer: EndpointTimer) {
         match timer {
             EndpointTimer::RendezvousRetry => self.connect_rendezvous(now),
+            EndpointTimer::RendezvousNextAddress => self.rendezvous_address_silent(now),
             EndpointTimer::Keepalive => self.send_keepalive(now),
             EndpointTimer::KeepaliveTimeout => self.keepalive_timed_out(now),
             EndpointTimer::RegisterRetry => self.send_register(now),
@@ -857,6 +892,8 @@ impl Endpoint {
                     tracing::warn!(?reason, "rendezvous handshake failed");
                     self.rendezvous.session = None;
                     self.rendezvous.ready = false;
+                    self.timers.stop(EndpointTimer::RendezvousNextAddress);
+                    self.want_resolve();
                     self.schedule_rendezvous_retry(now);
                 } else if let Some(id) = self.by_session.remove(&session) {
                     self.connection_failed(now, id, connection::Failure::Handshake(reason));

@@ -1,5 +1,12 @@
 //! The link to the rendezvous: one Noise session, kept alive, re-established with
 //! backoff when it stops answering; signaling messages in and out.
+//!
+//! A rendezvous configured by name has a list of addresses, resolved by the driver
+//! (the core does no DNS: it asks through [`Endpoint::poll_resolve`] and is answered
+//! through [`Endpoint::handle_resolved`]). The handshake goes to one address at a time;
+//! one that has not answered within [`ADDRESS_TRY`] (doubling every round through the
+//! list) is left for the next, and the one that answers is kept. The name is resolved
+//! again after every round without an answer and whenever the established link is lost.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,6 +17,7 @@ use sightwire_signal::{Body, Close, CloseReason, Envelope, ErrorCode};
 use super::connection::{AuthState, Failure};
 use super::{Endpoint, EndpointTimer, Role};
 use crate::config::RendezvousServer;
+use crate::error::{ConnectError, ResolveError};
 use crate::events::{Event, PeerClosedReason, PeerId};
 
 /// A request to the rendezvous unanswered this long is followed by a liveness retry;
@@ -25,6 +33,24 @@ pub(crate) const RENDEZVOUS_RETRY_MIN: Duration = Duration::from_millis(500);
 pub(crate) const RENDEZVOUS_RETRY_MAX: Duration = Duration::from_secs(8);
 /// A request to the rendezvous (register, connect) unanswered this long is sent again.
 pub(crate) const REQUEST_RETRY: Duration = Duration::from_secs(1);
+/// An address of the rendezvous whose handshake has not been answered this long is left
+/// for the next one (the handshake's first retransmission would come now anyway). Doubles
+/// after every round through the list, up to 8 s (the rendezvous retry ceiling), so a
+/// slow server is still reached.
+pub const ADDRESS_TRY: Duration = Duration::from_secs(1);
+/// Most addresses of a rendezvous name kept (the rest of a longer answer is ignored).
+pub const MAX_SERVER_ADDRESSES: usize = 8;
+
+/// Where the resolution of the rendezvous name stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    /// Nothing to do (an IP address, or a list that is current).
+    Idle,
+    /// The driver should resolve the name ([`Endpoint::poll_resolve`]).
+    Wanted,
+    /// The driver is resolving it.
+    InFlight,
+}
 
 #[derive(Debug)]
 pub(crate) struct RendezvousLink {
@@ -41,11 +67,25 @@ pub(crate) struct RendezvousLink {
     pub(crate) registered: bool,
     next_request_id: u64,
     observed: Option<SocketAddr>,
+    /// The addresses to try: the configured one, or what the name resolved to.
+    addresses: Vec<SocketAddr>,
+    /// The one the session (or handshake) in progress goes to.
+    current: Option<SocketAddr>,
+    /// How long the next address gets to answer.
+    address_try: Duration,
+    resolution: Resolution,
+    /// The last resolution failed (reported with the next connect failure).
+    unresolved: Option<ResolveError>,
 }
 
 impl RendezvousLink {
     pub(crate) fn new(server: RendezvousServer) -> Self {
         Self {
+            addresses: server.address.socket_addr().into_iter().collect(),
+            current: None,
+            address_try: ADDRESS_TRY,
+            resolution: Resolution::Idle,
+            unresolved: None,
             server,
             session: None,
             ready: false,
@@ -71,22 +111,184 @@ impl Endpoint {
         if let Some(old) = self.rendezvous.session.take() {
             self.sessions.close(old);
         }
-        let server = self.rendezvous.server;
+        self.rendezvous.ready = false;
+        self.timers.stop(EndpointTimer::RendezvousNextAddress);
+        let link = &self.rendezvous;
+        // The address tried last if it is still listed (it may be the one that worked),
+        // else the first.
+        let Some(address) = link
+            .current
+            .filter(|a| link.addresses.contains(a))
+            .or_else(|| link.addresses.first().copied())
+        else {
+            // A name not resolved yet: the answer connects.
+            self.want_resolve();
+            return;
+        };
+        self.connect_rendezvous_at(now, address);
+    }
+
+    fn connect_rendezvous_at(&mut self, now: Instant, address: SocketAddr) {
+        if let Some(old) = self.rendezvous.session.take() {
+            self.sessions.close(old);
+        }
+        self.rendezvous.ready = false;
+        self.rendezvous.current = Some(address);
         match self.sessions.connect(
             now,
-            server.address,
+            address,
             SessionKind::Rendezvous,
-            server.public_key,
+            self.rendezvous.server.public_key,
         ) {
             Ok(session) => {
                 self.rendezvous.session = Some(session);
-                self.rendezvous.ready = false;
+                // Another address to move to if this one is silent, or a name to
+                // resolve again.
+                if self.rendezvous.addresses.len() > 1
+                    || self.rendezvous.server.address.name().is_some()
+                {
+                    self.timers.set(
+                        EndpointTimer::RendezvousNextAddress,
+                        now + self.rendezvous.address_try,
+                    );
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot start a rendezvous session");
                 self.schedule_rendezvous_retry(now);
             }
         }
+    }
+
+    /// The handshake with the current address went unanswered for
+    /// [`RendezvousLink::address_try`]: on to the next address. After the last one, the
+    /// next round waits twice as long per address, and a name is resolved again.
+    pub(crate) fn rendezvous_address_silent(&mut self, now: Instant) {
+        if self.rendezvous.ready {
+            return;
+        }
+        let link = &self.rendezvous;
+        let position = link
+            .current
+            .and_then(|c| link.addresses.iter().position(|a| *a == c));
+        let next = match position {
+            Some(p) if p + 1 < link.addresses.len() => p + 1,
+            _ => {
+                // A round through the list went unanswered: slower next time, and the
+                // name may point elsewhere by now.
+                self.rendezvous.address_try =
+                    (self.rendezvous.address_try * 2).min(RENDEZVOUS_RETRY_MAX);
+                self.want_resolve();
+                0
+            }
+        };
+        match self.rendezvous.addresses.get(next).copied() {
+            Some(address) if Some(address) != self.rendezvous.current => {
+                tracing::info!(%address, "rendezvous address silent, trying the next");
+                self.connect_rendezvous_at(now, address);
+            }
+            // One address: its handshake keeps retransmitting; only the name is re-read.
+            _ => self.timers.set(
+                EndpointTimer::RendezvousNextAddress,
+                now + self.rendezvous.address_try,
+            ),
+        }
+    }
+
+    /// Asks the driver to resolve the rendezvous name (again), unless it is an address or
+    /// a resolution is already under way.
+    pub(crate) fn want_resolve(&mut self) {
+        if self.rendezvous.server.address.name().is_some()
+            && self.rendezvous.resolution == Resolution::Idle
+        {
+            self.rendezvous.resolution = Resolution::Wanted;
+        }
+    }
+
+    /// The rendezvous name, once, when the driver should resolve it.
+    pub(crate) fn rendezvous_poll_resolve(
+        &mut self,
+    ) -> Option<sightwire_signal::server_addr::HostPort> {
+        if self.rendezvous.resolution != Resolution::Wanted {
+            return None;
+        }
+        self.rendezvous.resolution = Resolution::InFlight;
+        self.rendezvous.server.address.name().cloned()
+    }
+
+    /// What the name resolved to, or why it did not.
+    pub(crate) fn rendezvous_resolved(
+        &mut self,
+        now: Instant,
+        result: Result<Vec<SocketAddr>, ResolveError>,
+    ) {
+        if self.rendezvous.server.address.name().is_none() {
+            return;
+        }
+        self.rendezvous.resolution = Resolution::Idle;
+        let mut addresses = match result {
+            Ok(addresses) => addresses,
+            Err(error) => return self.rendezvous_unresolved(now, error),
+        };
+        // Bounded, and each address once, in the resolver's order of preference.
+        let mut unique: Vec<SocketAddr> = Vec::with_capacity(MAX_SERVER_ADDRESSES);
+        for address in addresses.drain(..) {
+            if unique.len() == MAX_SERVER_ADDRESSES {
+                break;
+            }
+            if !unique.contains(&address) {
+                unique.push(address);
+            }
+        }
+        if unique.is_empty() {
+            return self.rendezvous_unresolved(now, ResolveError::NoAddress);
+        }
+        self.rendezvous.unresolved = None;
+        if unique == self.rendezvous.addresses {
+            return;
+        }
+        tracing::info!(addresses = ?unique, "rendezvous name resolved");
+        self.rendezvous.addresses = unique;
+        let link = &self.rendezvous;
+        let current_listed = link.current.is_some_and(|c| link.addresses.contains(&c));
+        // A working link stays where it is; a handshake to an address still listed goes
+        // on; otherwise start on the new list now.
+        let carry_on = link.ready || (link.session.is_some() && current_listed);
+        if !carry_on {
+            self.timers.stop(EndpointTimer::RendezvousRetry);
+            if !current_listed {
+                self.rendezvous.current = None;
+            }
+            self.connect_rendezvous(now);
+        }
+    }
+
+    fn rendezvous_unresolved(&mut self, now: Instant, error: ResolveError) {
+        tracing::warn!(name = %self.rendezvous.server.address, %error, "cannot resolve the rendezvous");
+        self.rendezvous.unresolved = Some(error);
+        self.emit(None, Event::RendezvousUnresolved { error });
+        if self.rendezvous.addresses.is_empty() {
+            // Nothing to try: the watches waiting for the rendezvous fail now, not at
+            // their deadline; a device tries again with backoff.
+            self.viewer_rendezvous_unresolved(now, ConnectError::RendezvousUnresolved(error));
+            if !self.timers.is_set(EndpointTimer::RendezvousRetry) {
+                self.schedule_rendezvous_retry(now);
+            }
+        }
+        // Otherwise the addresses from before are still tried: a stale list beats none.
+    }
+
+    /// A watch was added while the rendezvous is not reachable: a name that did not
+    /// resolve is tried again at once, so the watch does not wait for the backoff.
+    pub(crate) fn rendezvous_wanted(&mut self) {
+        if !self.rendezvous.ready && self.rendezvous.addresses.is_empty() {
+            self.want_resolve();
+        }
+    }
+
+    /// The rendezvous address in use (or being tried).
+    pub(crate) fn rendezvous_current(&self) -> Option<SocketAddr> {
+        self.rendezvous.current
     }
 
     pub(crate) fn schedule_rendezvous_retry(&mut self, now: Instant) {
@@ -101,6 +303,8 @@ impl Endpoint {
     pub(crate) fn rendezvous_established(&mut self, now: Instant) {
         self.rendezvous.ready = true;
         self.rendezvous.retry_backoff = RENDEZVOUS_RETRY_MIN;
+        self.rendezvous.address_try = ADDRESS_TRY;
+        self.timers.stop(EndpointTimer::RendezvousNextAddress);
         tracing::debug!("rendezvous session established");
         match self.role {
             Role::Device(_) => {
@@ -175,6 +379,9 @@ impl Endpoint {
             self.timers.stop(timer);
         }
         self.timers.set(EndpointTimer::RendezvousRetry, now);
+        // The server went silent (or away): its name may point elsewhere now. The
+        // address that worked is tried again meanwhile.
+        self.want_resolve();
         // Requests in flight died with the session; they go out again once it is back.
         self.viewer_requests_lost(now);
         if was_registered {

@@ -174,9 +174,28 @@ impl Endpoint {
         );
         if self.rendezvous.ready {
             self.send_connect_request(now, id);
+        } else {
+            self.rendezvous_wanted();
         }
         self.flush(now);
         Ok(id)
+    }
+
+    /// The rendezvous name does not resolve and there is no address to try: every watch
+    /// still waiting for its first connect request fails with `error` now.
+    pub(crate) fn viewer_rendezvous_unresolved(&mut self, now: Instant, error: ConnectError) {
+        let Role::Viewer(viewer) = &self.role else {
+            return;
+        };
+        let waiting: Vec<WatchId> = viewer
+            .watches
+            .iter()
+            .filter(|(_, w)| !w.connected && w.current.is_none() && w.attempt.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.fail_watch(now, id, error);
+        }
     }
 
     /// Stops watching a camera: closes its connections (they end with

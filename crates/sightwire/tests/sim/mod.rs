@@ -16,7 +16,7 @@ use sightwire::proto::{
 };
 use sightwire::{
     Codec, ConnectError, Credentials, Event, Frame, GopCacheConfig, PathKind, PeerId,
-    RendezvousServer, StreamId, Target,
+    RendezvousServer, ResolveError, ServerAddr, StreamId, Target,
 };
 use sightwire_id::DeviceId;
 use sightwire_relay::{Action, Relay, RelayConfig};
@@ -110,6 +110,12 @@ impl RendezvousNode {
 
     pub fn online(&self) -> usize {
         self.core.online()
+    }
+
+    /// The same server answering at `address` instead of [`RENDEZVOUS`].
+    pub fn at(mut self, address: SocketAddr) -> Self {
+        self.address = address;
+        self
     }
 
     fn flush(&mut self, now: Instant) {
@@ -314,6 +320,10 @@ pub struct EndpointNode {
     pub registrations: u64,
     /// Datagrams sent, per destination.
     pub sent_to: BTreeMap<SocketAddr, u64>,
+    /// The simulated resolver: what each host name resolves to (answered at once).
+    pub dns: BTreeMap<String, Result<Vec<SocketAddr>, ResolveError>>,
+    /// When the endpoint asked for a name to be resolved.
+    pub lookups: Vec<Instant>,
 }
 
 impl EndpointNode {
@@ -336,6 +346,26 @@ impl EndpointNode {
             frames_sent: 0,
             registrations: 0,
             sent_to: BTreeMap::new(),
+            dns: BTreeMap::new(),
+            lookups: Vec::new(),
+        }
+    }
+
+    /// Answers the endpoint's lookup, if it asked for one, as the driver would.
+    fn resolve(&mut self, now: Instant) {
+        while let Some(name) = self.endpoint.poll_resolve() {
+            self.lookups.push(now);
+            let answer = self
+                .dns
+                .get(name.host())
+                .cloned()
+                .unwrap_or(Err(ResolveError::NotFound))
+                .map(|ips| {
+                    ips.into_iter()
+                        .map(|a| SocketAddr::new(a.ip(), name.port()))
+                        .collect()
+                });
+            self.endpoint.handle_resolved(now, answer);
         }
     }
 
@@ -436,6 +466,7 @@ impl Node for EndpointNode {
         datagram.copy_from_slice(p);
         self.endpoint.set_unix_time(unix_time_at(self.epoch, now));
         self.endpoint.handle_datagram(now, from, datagram);
+        self.resolve(now);
         self.record(now);
     }
 
@@ -453,6 +484,7 @@ impl Node for EndpointNode {
         if self.endpoint.poll_timeout().is_some_and(|at| at <= now) {
             self.endpoint.handle_timeout(now);
         }
+        self.resolve(now);
         self.record(now);
     }
 
@@ -555,6 +587,10 @@ pub struct World {
     pub camera_media: Option<sightwire_media::Config>,
     /// GOP cache limits of the cameras added from now on.
     pub camera_gop_cache: GopCacheConfig,
+    /// How endpoints added from now on are told where the rendezvous is (default:
+    /// [`RENDEZVOUS`]), and the resolver they get for it.
+    pub rendezvous_address: ServerAddr,
+    pub dns: BTreeMap<String, Result<Vec<SocketAddr>, ResolveError>>,
     pub viewers: Vec<(NodeId, Placement)>,
 }
 
@@ -615,6 +651,8 @@ impl World {
             identities: Vec::new(),
             camera_media: None,
             camera_gop_cache: GopCacheConfig::default(),
+            rendezvous_address: RENDEZVOUS.parse().unwrap(),
+            dns: BTreeMap::new(),
             viewers: Vec::new(),
         }
     }
@@ -625,7 +663,7 @@ impl World {
 
     fn server(&self) -> RendezvousServer {
         RendezvousServer {
-            address: RENDEZVOUS.parse().unwrap(),
+            address: self.rendezvous_address.clone(),
             public_key: *self.rendezvous_key.public(),
         }
     }
@@ -747,6 +785,7 @@ impl World {
             self.net.epoch(),
         );
         node.start_camera(now);
+        node.dns = self.dns.clone();
         node
     }
 
@@ -766,11 +805,12 @@ impl World {
         let mut endpoint = Endpoint::viewer(config, issuers, now).unwrap();
         endpoint.set_unix_time(unix_time_at(self.net.epoch(), now));
         endpoint.set_local_ip(now, Some(placement.ip));
-        let node = EndpointNode::new(
+        let mut node = EndpointNode::new(
             endpoint,
             SocketAddr::new(placement.ip, PORT),
             self.net.epoch(),
         );
+        node.dns = self.dns.clone();
         let id = self.net.add_node(placement.host, Box::new(node));
         self.viewers.push((id, placement));
         self.viewers.len() - 1
@@ -883,6 +923,29 @@ impl World {
             ip,
         };
         self.net.node_mut::<EndpointNode>(node).renumber(now, ip);
+    }
+
+    /// The rendezvous stops answering (its host stays; whatever it receives is counted).
+    pub fn silence_rendezvous(&mut self) {
+        self.net
+            .replace_node(self.rendezvous, Box::new(CounterNode::default()));
+    }
+
+    /// A second instance of the rendezvous (same key, its own state) at `address`.
+    pub fn add_rendezvous_at(&mut self, address: SocketAddr) -> NodeId {
+        let epoch = self.net.epoch();
+        let now = self.now();
+        let node = RendezvousNode::new(
+            epoch,
+            now,
+            &self.rendezvous_key,
+            &self.issuer,
+            self.relay_key.clone(),
+            self.seed ^ 2,
+        )
+        .at(address);
+        let host = self.net.sim_mut().add_public_host(address.ip());
+        self.net.add_node(host, Box::new(node))
     }
 
     /// A public host that counts what it receives.
