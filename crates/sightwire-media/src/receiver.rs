@@ -400,13 +400,7 @@ impl Receiver {
                 // Can never be reassembled here: give it up now rather than NACK it.
                 cx.stats.fragments_over_limit += 1;
                 // Seen and given up: delivery in order passes it.
-                if let Some(stream) = self.streams.get_mut(stream_index)
-                    && stream
-                        .highest_seen
-                        .is_none_or(|highest| header.frame_seq > highest)
-                {
-                    stream.highest_seen = Some(header.frame_seq);
-                }
+                self.note_seen(stream_index, header.frame_seq);
                 self.reject_frame(now, key, cx);
                 return;
             }
@@ -428,13 +422,7 @@ impl Receiver {
         // Only now that the entry exists: an eviction above delivers in order up to the
         // highest frame seen, and would pass a frame that is not in the table yet as one
         // given up (losing it without a trace).
-        if let Some(stream) = self.streams.get_mut(stream_index)
-            && stream
-                .highest_seen
-                .is_none_or(|highest| header.frame_seq > highest)
-        {
-            stream.highest_seen = Some(header.frame_seq);
-        }
+        self.note_seen(stream_index, header.frame_seq);
         let Some(frame) = self.frames.get_mut(&key) else {
             return;
         };
@@ -593,10 +581,34 @@ impl Receiver {
         if window_start <= stream.next_seq {
             return;
         }
+        self.give_up_late(stream_id, stream.next_seq..window_start, cx);
+        if let Some(stream) = self.streams.get_mut(stream_id.index()) {
+            stream.next_seq = window_start;
+        }
+        self.mark_loss(now, stream_id, cx);
+        self.deliver_in_order(now, stream_id, cx);
+    }
+
+    /// Gives up the stream's held frames whose `frame_seq` is in `seqs` as late (at most
+    /// the frames in flight), without delivering anything.
+    fn give_up_late(
+        &mut self,
+        stream_id: StreamId,
+        seqs: impl std::ops::RangeBounds<u32>,
+        cx: &mut ReceiveContext<'_>,
+    ) {
+        use std::ops::Bound;
+        let map = |bound: Bound<&u32>| match bound {
+            Bound::Included(&seq) => Bound::Included((stream_id.get(), seq)),
+            Bound::Excluded(&seq) => Bound::Excluded((stream_id.get(), seq)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (start, end) = (map(seqs.start_bound()), map(seqs.end_bound()));
         let keys: Vec<(u8, u32)> = self
             .frames
-            .range((stream_id.get(), stream.next_seq)..(stream_id.get(), window_start))
+            .range((start, end))
             .map(|(key, _)| *key)
+            .filter(|key| key.0 == stream_id.get())
             .collect();
         for key in keys {
             if let Some(frame) = self.frames.remove(&key) {
@@ -612,11 +624,17 @@ impl Receiver {
                 );
             }
         }
-        if let Some(stream) = self.streams.get_mut(stream_id.index()) {
-            stream.next_seq = window_start;
+    }
+
+    /// Raises the stream's `highest_seen` to `frame_seq`.
+    fn note_seen(&mut self, stream_index: usize, frame_seq: u32) {
+        if let Some(stream) = self.streams.get_mut(stream_index)
+            && stream
+                .highest_seen
+                .is_none_or(|highest| frame_seq > highest)
+        {
+            stream.highest_seen = Some(frame_seq);
         }
-        self.mark_loss(now, stream_id, cx);
-        self.deliver_in_order(now, stream_id, cx);
     }
 
     /// Gives up every frame of a stream and restarts it at `frame_seq`.
@@ -627,25 +645,7 @@ impl Receiver {
         frame_seq: u32,
         cx: &mut ReceiveContext<'_>,
     ) {
-        let keys: Vec<(u8, u32)> = self
-            .frames
-            .range((stream_id.get(), 0)..=(stream_id.get(), u32::MAX))
-            .map(|(key, _)| *key)
-            .collect();
-        for key in keys {
-            if let Some(frame) = self.frames.remove(&key) {
-                self.buffered_bytes -= frame.charged;
-                cx.stats.frames_late += 1;
-                cx.events.push(
-                    Event::FrameLost {
-                        stream: stream_id,
-                        frame_seq: key.1,
-                        reason: FrameLossReason::Late,
-                    },
-                    cx.stats,
-                );
-            }
-        }
+        self.give_up_late(stream_id, 0..=u32::MAX, cx);
         if let Some(stream) = self.streams.get_mut(stream_id.index()) {
             stream.next_seq = frame_seq;
             stream.highest_seen = None;
