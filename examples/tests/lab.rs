@@ -1164,6 +1164,110 @@ fn endpoint_real_video() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When each viewer of [`endpoint_mid_gop_join`] starts, after the camera is ready: one
+/// per 5 s slot, at a different point of the clip's 4 s GOP each, on a direct (home) and a
+/// relayed (symmetric) path alternately.
+const MID_GOP_JOINS: [(Profile, Duration); 4] = [
+    (Profile::Home, Duration::from_millis(1_000)),
+    (Profile::Symmetric, Duration::from_millis(6_900)),
+    (Profile::Home, Duration::from_millis(12_800)),
+    (Profile::Symmetric, Duration::from_millis(18_500)),
+];
+
+/// How soon after connecting a mid-GOP joiner must have its first picture: the GOP cache
+/// answers the connect at once (a keyframe and what follows it, paced), instead of the
+/// encoder's next keyframe up to 4 s later.
+const MID_GOP_FIRST_PICTURE_AFTER_CONNECT: Duration = Duration::from_millis(500);
+
+/// Issue 14: viewers join a camera whose clip has a keyframe every 4 s at different points
+/// of its GOP, over a direct and a relayed path. Each gets a decodable picture (the
+/// cached keyframe, byte for byte) within moments of connecting, however far the encoder
+/// is from its next keyframe.
+#[test]
+fn endpoint_mid_gop_join() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_mid_gop_join", &["ffmpeg", "ffprobe"]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let clip = h264::long_gop_clip()?;
+    let source_bytes = std::fs::read(&clip)?;
+    let source = h264::access_units(&source_bytes);
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let camera = bed.camera(camera_host, "camera", &clip.display().to_string())?;
+    let camera_ready = Instant::now();
+    let gop = Duration::from_millis(u64::from(h264::LONG_GOP) * 1000 / u64::from(h264::CLIP_FPS));
+
+    let mut lines = String::new();
+    let mut problems = Vec::new();
+    for (index, (profile, at)) in MID_GOP_JOINS.iter().enumerate() {
+        let site = bed.topology.add_site(&format!("v{index}"), *profile)?;
+        let host = bed.topology.add_host(site, &format!("viewer{index}"))?;
+        if let Some(wait) = at.checked_sub(camera_ready.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        // The camera loops its clip from when it became ready; the clip is a whole
+        // number of GOPs, so this is where the encoder stood when the viewer started
+        // (to within the camera's start-up, a few ms).
+        let into_gop_ms = camera_ready.elapsed().as_millis() % gop.as_millis();
+        let label = format!("viewer{index}-{profile}");
+        let mut viewer = bed.viewer(host, &label, &camera.id, Stop::Seconds(2.0))?;
+        let report = viewer.finish(VIEWER_DEADLINE)?;
+        let connect_ms = report.connect_ms.unwrap_or(u64::MAX);
+        let first_ms = report.first_keyframe_ms.unwrap_or(u64::MAX);
+        let received_bytes = std::fs::read(&viewer.out).unwrap_or_default();
+        let received = h264::access_units(&received_bytes);
+        let comparison = h264::compare(&source, &received);
+        let decoded = h264::frame_count(&viewer.out).unwrap_or(0);
+        let _ = writeln!(
+            lines,
+            "  joined ~{into_gop_ms} ms into the GOP on {:?}: connected {connect_ms} ms, first picture {first_ms} ms \
+             ({} ms after connecting), {} frames, first frame is source frame {:?} (keyframe: {:?}), \
+             ffprobe decodes {decoded}",
+            report.final_path(),
+            first_ms.saturating_sub(connect_ms),
+            received.len(),
+            comparison.as_ref().map(|c| c.first_source_index).ok(),
+            comparison.as_ref().map(|c| c.starts_with_keyframe).ok(),
+        );
+        if !report.exit_ok {
+            problems.push(format!("{label}: viewer failed: {:?}", report.failure));
+        }
+        match &comparison {
+            Ok(c) if c.starts_with_keyframe && c.skipped == 0 => {}
+            Ok(c) => problems.push(format!(
+                "{label}: starts with a keyframe: {}, {} frames skipped",
+                c.starts_with_keyframe, c.skipped
+            )),
+            Err(error) => problems.push(format!("{label}: received video: {error:#}")),
+        }
+        if decoded == 0 || decoded as usize != received.len() {
+            problems.push(format!(
+                "{label}: ffprobe decodes {decoded} of {} received frames",
+                received.len()
+            ));
+        }
+        if Duration::from_millis(first_ms.saturating_sub(connect_ms))
+            > MID_GOP_FIRST_PICTURE_AFTER_CONNECT
+        {
+            problems.push(format!(
+                "{label}: first picture {} ms after connecting",
+                first_ms.saturating_sub(connect_ms)
+            ));
+        }
+    }
+    lab::publish(&format!(
+        "\nmid-GOP joins (4 s GOP, {ACCESS_DELAY_MS} ms per access link, ms since the viewer started):\n{lines}"
+    ));
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    lab.pass();
+    Ok(())
+}
+
 /// The name the peers are given for the rendezvous in [`endpoint_rendezvous_by_name`].
 const RENDEZVOUS_NAME: &str = "rendezvous.lab.test";
 

@@ -16,6 +16,9 @@ pub(crate) const CLIP_SECONDS: u32 = 20;
 /// Frames between keyframes (2 s).
 pub(crate) const CLIP_GOP: u32 = 60;
 
+/// Frames between keyframes of [`long_gop_clip`] (4 s, as many cameras ship).
+pub(crate) const LONG_GOP: u32 = 120;
+
 /// Bitrate of [`heavy_clip`]: more than a 4 Mbit/s home uplink carries.
 pub(crate) const HEAVY_CLIP_BPS: u32 = 6_000_000;
 
@@ -24,7 +27,17 @@ pub(crate) const HEAVY_CLIP_BPS: u32 = 6_000_000;
 /// (cached by its ffmpeg arguments).
 pub(crate) fn clip() -> anyhow::Result<PathBuf> {
     static CLIP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CLIP.get_or_init(|| generate_clip(None).map_err(|error| format!("{error:#}")))
+    CLIP.get_or_init(|| generate_clip(None, CLIP_GOP).map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The test clip with a keyframe every 4 s ([`LONG_GOP`]): a viewer that joins it
+/// mid-GOP would wait up to 4 s for a picture without the device's GOP cache. Cached like
+/// [`clip`].
+pub(crate) fn long_gop_clip() -> anyhow::Result<PathBuf> {
+    static CLIP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    CLIP.get_or_init(|| generate_clip(None, LONG_GOP).map_err(|error| format!("{error:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -34,12 +47,14 @@ pub(crate) fn clip() -> anyhow::Result<PathBuf> {
 /// the camera really sends ~6 Mbit/s. Cached like [`clip`].
 pub(crate) fn heavy_clip() -> anyhow::Result<PathBuf> {
     static CLIP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CLIP.get_or_init(|| generate_clip(Some(HEAVY_CLIP_BPS)).map_err(|error| format!("{error:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    CLIP.get_or_init(|| {
+        generate_clip(Some(HEAVY_CLIP_BPS), CLIP_GOP).map_err(|error| format!("{error:#}"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }
 
-fn generate_clip(bitrate_bps: Option<u32>) -> anyhow::Result<PathBuf> {
+fn generate_clip(bitrate_bps: Option<u32>, gop: u32) -> anyhow::Result<PathBuf> {
     let mut args: Vec<String> = [
         "-hide_banner",
         "-loglevel",
@@ -56,9 +71,9 @@ fn generate_clip(bitrate_bps: Option<u32>) -> anyhow::Result<PathBuf> {
         "-pix_fmt",
         "yuv420p",
         "-g",
-        &CLIP_GOP.to_string(),
+        &gop.to_string(),
         "-keyint_min",
-        &CLIP_GOP.to_string(),
+        &gop.to_string(),
         "-sc_threshold",
         "0",
     ]
@@ -77,7 +92,7 @@ fn generate_clip(bitrate_bps: Option<u32>) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let rate = bitrate_bps.map_or_else(String::new, |bps| format!("-{}k", bps / 1000));
     let path = dir.join(format!(
-        "testsrc2-720p{CLIP_FPS}-{CLIP_SECONDS}s{rate}-{key:016x}.h264"
+        "testsrc2-720p{CLIP_FPS}-{CLIP_SECONDS}s{rate}-g{gop}-{key:016x}.h264"
     ));
     if path.exists() && frame_count(&path).ok() == Some(u64::from(CLIP_FPS * CLIP_SECONDS)) {
         return Ok(path);
