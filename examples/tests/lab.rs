@@ -1227,22 +1227,23 @@ fn endpoint_mid_gop_join() -> anyhow::Result<()> {
             lines,
             "  joined ~{into_gop_ms} ms into the GOP on {:?}: connected {connect_ms} ms, first picture {first_ms} ms \
              ({} ms after connecting), {} frames, first frame is source frame {:?} (keyframe: {:?}), \
-             ffprobe decodes {decoded}",
+             {:?} passed over, ffprobe decodes {decoded}",
             report.final_path(),
             first_ms.saturating_sub(connect_ms),
             received.len(),
             comparison.as_ref().map(|c| c.first_source_index).ok(),
             comparison.as_ref().map(|c| c.starts_with_keyframe).ok(),
+            comparison.as_ref().map(|c| c.skipped).ok(),
         );
         if !report.exit_ok {
             problems.push(format!("{label}: viewer failed: {:?}", report.failure));
         }
+        // Frames may be passed over: a catch-up that the encoder's next keyframe
+        // overtakes ends there (spec/endpoint.md §4.1). What must hold is that every
+        // frame shown decodes, which ffprobe checks below.
         match &comparison {
-            Ok(c) if c.starts_with_keyframe && c.skipped == 0 => {}
-            Ok(c) => problems.push(format!(
-                "{label}: starts with a keyframe: {}, {} frames skipped",
-                c.starts_with_keyframe, c.skipped
-            )),
+            Ok(c) if c.starts_with_keyframe => {}
+            Ok(_) => problems.push(format!("{label}: does not start with a keyframe")),
             Err(error) => problems.push(format!("{label}: received video: {error:#}")),
         }
         if decoded == 0 || decoded as usize != received.len() {

@@ -50,9 +50,17 @@ pub const MAX_PREDICTION_PROBES: u32 = 96;
 /// checks start [`OPEN_LEAD`] before public ones, so a LAN path that exists has
 /// normally answered by then; a later one still wins through an upgrade.
 pub const LAN_WAIT: Duration = Duration::from_millis(150);
-/// The controlling agent nominates the relay once this long has passed since the start
-/// without a working direct pair.
-pub const RELAY_AFTER: Duration = Duration::from_secs(2);
+/// The controlling agent nominates a working relay pair once this long has passed since
+/// the start without a working direct pair: long enough for a direct pair that works at
+/// once (`OPEN_LEAD` plus one check round trip, on paths up to ~200 ms RTT) to be chosen
+/// without a detour, short enough that a call that needs the relay starts on it at once.
+/// Direct pairs keep being checked for [`DIRECT_WINDOW`] and take over when they work.
+pub const RELAY_AFTER: Duration = Duration::from_millis(300);
+/// While the relay carries a new call, direct pairs (and port prediction) are checked
+/// until this long after the start, as if nothing were selected; the first that works is
+/// nominated and the call moves to it (the session and the media stream do not notice).
+/// Later chances are the re-punch rounds.
+pub const DIRECT_WINDOW: Duration = Duration::from_secs(3);
 /// Without a selected path this long after the start (or after a path was lost), the
 /// attempt fails.
 pub const FAIL_AFTER: Duration = Duration::from_secs(10);
@@ -605,6 +613,13 @@ impl Agent {
             .flatten()
         {
             consider(t);
+        }
+        // Port prediction also runs while a new call is on the relay (DIRECT_WINDOW).
+        if let (Some(start), Some(PathKind::Relay), Some(_)) =
+            (self.attempt_start, self.selected_kind(), self.repunch_until)
+            && after(start + PREDICTION_AFTER)
+        {
+            consider(start + PREDICTION_AFTER);
         }
         if let (Some(start), None) = (self.attempt_start, self.selected) {
             for deadline in [
@@ -1192,12 +1207,23 @@ impl Agent {
         // rounds. Both sides anchor the rounds on the moment the controlling agent
         // selected: the controlled agent selected half a round trip earlier (when the
         // nomination arrived), so it adds that half.
+        // A call that starts on the relay keeps checking the direct pairs until
+        // DIRECT_WINDOW after its start: they may only need a few more round trips, or
+        // port prediction.
+        let direct_window_end = self
+            .attempt_start
+            .map(|start| start + DIRECT_WINDOW)
+            .filter(|end| kind == PathKind::Relay && now < *end);
         let mut better_exists = false;
         for pair in &mut self.pairs {
             if pair.key == key || (pair.valid && pair.key.via_relay) {
                 continue;
             }
-            better_exists |= pair.kind > kind && !pair.key.via_relay;
+            let better = pair.kind > kind && !pair.key.via_relay;
+            better_exists |= better;
+            if better && direct_window_end.is_some() {
+                continue;
+            }
             pair.mode = CheckMode::Idle;
             pair.next_check = None;
         }
@@ -1205,7 +1231,7 @@ impl Agent {
             Role::Controlling => now,
             Role::Controlled => now + info.rtt / 2,
         };
-        self.repunch_until = None;
+        self.repunch_until = direct_window_end;
         self.repunch_next = better_exists.then(|| anchor + REPUNCH_INTERVAL);
     }
 

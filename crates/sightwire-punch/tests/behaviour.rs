@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{Model, Setup, Topology, World, addr};
 use sightwire_netsim::{Attachment, LinuxInput, NatBehavior, NatConfig};
 use sightwire_punch::{
-    Event, FAIL_AFTER, KEEPALIVE_INTERVAL, PathKind, RECOVERY_FAIL_AFTER, REPUNCH_INTERVAL,
-    REPUNCH_WINDOW,
+    DIRECT_WINDOW, Event, FAIL_AFTER, KEEPALIVE_INTERVAL, MAX_PREDICTION_PROBES, PathKind,
+    RECOVERY_FAIL_AFTER, RELAY_AFTER, REPUNCH_INTERVAL, REPUNCH_WINDOW,
 };
 
 const SITE_A: &str = "203.0.113.1";
@@ -97,6 +97,77 @@ fn linux_conntrack_race_beyond_the_start_tolerance_recovers_in_a_repunch_round()
         before_round,
         "the round collided nowhere"
     );
+}
+
+#[test]
+fn a_direct_path_that_opens_within_the_direct_window_takes_over_the_relay_call() {
+    // The direct route is down at the start: the call starts on the relay soon after
+    // RELAY_AFTER instead of waiting for direct pairs. The route comes up at 1 s, inside
+    // the direct window, and the still-running checks move the call to direct at once
+    // (not at the first re-punch round, 35 s later).
+    let mut world = World::new(Setup::new(Topology::Apart(
+        Model::PortRestricted,
+        Model::PortRestricted,
+    )));
+    block(&mut world, true);
+    world.run_for(Duration::from_secs(1));
+    for side in 0..2 {
+        let (t, kind) = world.connected(side).expect("connected on the relay");
+        assert_eq!(kind, PathKind::Relay, "side {side}");
+        assert!(
+            t >= RELAY_AFTER && t < Duration::from_millis(700),
+            "side {side} on the relay after {t:?}"
+        );
+    }
+    block(&mut world, false);
+    world.run_for(DIRECT_WINDOW);
+    for side in 0..2 {
+        assert_eq!(
+            kinds(&world, side),
+            ["Connected(Relay)", "PathChanged(Direct)"],
+            "side {side}"
+        );
+        let direct = world.reached(side, PathKind::Direct).expect("direct");
+        assert!(
+            direct < DIRECT_WINDOW,
+            "side {side} direct after {direct:?}"
+        );
+    }
+}
+
+#[test]
+fn a_call_on_the_relay_checks_direct_pairs_for_a_bounded_time_then_goes_quiet() {
+    // The direct route stays down: every direct check and prediction probe is lost
+    // (counted by the simulator). The call runs on the relay; the direct pairs are checked
+    // through the direct window and port prediction spends its per-attempt budget, then
+    // nothing is sent towards the peer directly until the re-punch round.
+    let mut world = World::new(Setup::new(Topology::Apart(
+        Model::PortRestricted,
+        Model::PortRestricted,
+    )));
+    block(&mut world, true);
+    world.run_for(Duration::from_millis(700));
+    assert_eq!(world.selected_kind(0), Some(PathKind::Relay));
+    let on_relay = world.sim().stats().lost;
+    world.run_for(DIRECT_WINDOW);
+    let in_window = world.sim().stats().lost;
+    assert!(
+        in_window > on_relay,
+        "nothing sent directly after the relay was selected ({on_relay} lost before, {in_window} after)"
+    );
+    // Prediction rounds are 1 s apart and capped per attempt (both sides).
+    world.run_for(DIRECT_WINDOW + Duration::from_secs(4));
+    let spent = world.sim().stats().lost;
+    let budget = 2 * (u64::from(MAX_PREDICTION_PROBES) + 20);
+    assert!(spent <= budget, "{spent} direct packets, budget {budget}");
+    world.run_for(REPUNCH_INTERVAL);
+    assert_eq!(
+        world.sim().stats().lost,
+        spent,
+        "direct packets between the direct window and the re-punch round"
+    );
+    assert_eq!(world.selected_kind(0), Some(PathKind::Relay));
+    assert_eq!(world.selected_kind(1), Some(PathKind::Relay));
 }
 
 #[test]

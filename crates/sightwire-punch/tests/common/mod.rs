@@ -584,6 +584,14 @@ impl World {
         })
     }
 
+    /// When side `i` first had a path of `kind` (`Connected` or `PathChanged`).
+    pub fn reached(&self, i: usize, kind: PathKind) -> Option<Duration> {
+        self.side(i).events.iter().find_map(|(t, e)| match e {
+            Event::Connected(p) | Event::PathChanged(p) if p.kind == kind => Some(*t),
+            _ => None,
+        })
+    }
+
     /// The path kind side `i` has selected now.
     pub fn selected_kind(&self, i: usize) -> Option<PathKind> {
         self.side(i).agent.selected_path().map(|p| p.kind)
