@@ -256,6 +256,21 @@ impl Servers {
         bins: &ServerBinaries,
         pki: Pki,
     ) -> anyhow::Result<Self> {
+        Self::start_with(
+            topology,
+            bins,
+            pki,
+            &format!("keepalive_interval_ms = {LAB_KEEPALIVE_MS}\n"),
+        )
+    }
+
+    /// As [`Servers::start`], with `limits` as the rendezvous's `[limits]` section.
+    pub(crate) fn start_with(
+        topology: &Topology,
+        bins: &ServerBinaries,
+        pki: Pki,
+        limits: &str,
+    ) -> anyhow::Result<Self> {
         let run = topology.run();
         let config = run.path("rendezvous.toml");
         let path = |p: &Path| p.display().to_string();
@@ -270,7 +285,7 @@ impl Servers {
                  address = \"{RELAY_IP}:{RELAY_PORT}\"\n\
                  grant_key = \"{}\"\n\
                  [limits]\n\
-                 keepalive_interval_ms = {LAB_KEEPALIVE_MS}\n",
+                 {limits}",
                 path(&pki.rendezvous_key_file),
                 path(&pki.registry),
                 pki.issuer_public,
