@@ -48,8 +48,8 @@ pub const OFFER_RESEND_AT: [Duration; 4] = [
     Duration::from_millis(1750),
     Duration::from_millis(3750),
 ];
-/// Most keepalive probes (delayed `KEEPALIVE_ACK`s, spec/registration.md §7) waiting at
-/// once; one per session at most. Beyond it a probe is answered at once (the device
+/// Default bound on keepalive probes (delayed `KEEPALIVE_ACK`s, spec/registration.md §7)
+/// waiting at once ([`CoreConfig::max_pending_probes`]); one per session at most. Beyond it a probe is answered at once (the device
 /// then keeps its interval).
 pub const MAX_PENDING_PROBES: usize = 65_536;
 /// Default bound on online devices.
@@ -171,6 +171,8 @@ pub struct CoreConfig {
     /// for, up to `keepalive_interval` (spec/registration.md §7). Off: every keepalive
     /// is answered at once, as by a rendezvous that predates probes.
     pub keepalive_probes: bool,
+    /// Most probes waiting at once ([`MAX_PENDING_PROBES`]).
+    pub max_pending_probes: usize,
 }
 
 impl Default for CoreConfig {
@@ -193,6 +195,7 @@ impl Default for CoreConfig {
             require_issued: false,
             relay: None,
             keepalive_probes: true,
+            max_pending_probes: MAX_PENDING_PROBES,
         }
     }
 }
@@ -371,7 +374,7 @@ pub struct Rendezvous<R, S> {
     next_sweep: Instant,
     /// Delayed keepalive answers, by due time (and a sequence number to keep equal times
     /// apart): the session and the request id to answer. Bounded by
-    /// [`MAX_PENDING_PROBES`], one per session ([`Rendezvous::probing`]).
+    /// `max_pending_probes`, one per session (`probing`).
     probes: BTreeMap<(Instant, u64), (S, u64)>,
     /// The key in `probes` of each session's probe.
     probing: HashMap<S, (Instant, u64)>,
@@ -1030,7 +1033,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             && self.config.keepalive_probes
             && ack_delay <= self.config.keepalive_interval
             && !self.probing.contains_key(&from.session)
-            && self.probes.len() < MAX_PENDING_PROBES;
+            && self.probes.len() < self.config.max_pending_probes;
         if probe {
             let key = (now + ack_delay, self.next_probe_seq);
             self.next_probe_seq = self.next_probe_seq.wrapping_add(1);

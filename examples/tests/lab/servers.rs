@@ -250,21 +250,8 @@ pub(crate) struct Servers {
 }
 
 impl Servers {
-    /// Starts both and waits until they listen.
-    pub(crate) fn start(
-        topology: &Topology,
-        bins: &ServerBinaries,
-        pki: Pki,
-    ) -> anyhow::Result<Self> {
-        Self::start_with(
-            topology,
-            bins,
-            pki,
-            &format!("keepalive_interval_ms = {LAB_KEEPALIVE_MS}\n"),
-        )
-    }
-
-    /// As [`Servers::start`], with `limits` as the rendezvous's `[limits]` section.
+    /// Starts both and waits until they listen; `limits` is the rendezvous's `[limits]`
+    /// section (the lab's is `keepalive_interval_ms = LAB_KEEPALIVE_MS`).
     pub(crate) fn start_with(
         topology: &Topology,
         bins: &ServerBinaries,

@@ -272,6 +272,42 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any ceiling, any NAT timeout, any pattern of lost answers: the search ends
+        /// within its bound, the interval stays between the floor and the ceiling, and
+        /// without losses it is under the NAT's timeout whenever the floor allows.
+        #[test]
+        fn the_search_is_bounded_and_safe(
+            ceiling_s in 1u64..120,
+            timeout_ms in 1_000u64..150_000,
+            losses in proptest::collection::vec(proptest::bool::ANY, MAX_PROBES as usize),
+        ) {
+            let ceiling = S(ceiling_s);
+            let timeout = Duration::from_millis(timeout_ms);
+            let mut tuner = KeepaliveTuner::new(ceiling);
+            let mut now = Instant::now();
+            let mut sent = 0usize;
+            while let Some(gap) = tuner.wanted_probe() {
+                proptest::prop_assert!(sent < MAX_PROBES as usize);
+                tuner.probe_sent(now, sent as u64, gap);
+                if gap < timeout && !losses[sent] {
+                    now += gap;
+                    tuner.on_ack(now, sent as u64);
+                } else {
+                    now = tuner.probe_deadline().unwrap();
+                    tuner.probe_timed_out();
+                }
+                sent += 1;
+            }
+            let interval = tuner.interval();
+            proptest::prop_assert!(interval <= ceiling.max(MIN_KEEPALIVE_INTERVAL));
+            proptest::prop_assert!(interval >= ceiling.min(MIN_KEEPALIVE_INTERVAL));
+            if losses.iter().all(|l| !l) && timeout > MIN_KEEPALIVE_INTERVAL {
+                proptest::prop_assert!(interval < timeout, "{interval:?} vs {timeout:?}");
+            }
+        }
+    }
+
     #[test]
     fn a_ceiling_under_the_floor_is_kept_and_never_probed() {
         let tuner = KeepaliveTuner::new(S(5));
