@@ -288,9 +288,10 @@ fn wrong_device_key_is_refused_by_mac1() {
 
 /// A responder that answers key-mismatch notices (a rendezvous server's configuration).
 fn noticing(per_second: u32) -> Config {
-    let mut config = Config::default();
-    config.key_mismatch_notices_per_second = per_second;
-    config
+    Config {
+        key_mismatch_notices_per_second: per_second,
+        ..Config::default()
+    }
 }
 
 #[test]

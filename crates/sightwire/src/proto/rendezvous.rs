@@ -312,6 +312,11 @@ impl Endpoint {
         }
     }
 
+    /// No address of the rendezvous is known yet (its name has not resolved).
+    pub(crate) fn rendezvous_addresses_unknown(&self) -> bool {
+        self.rendezvous.addresses.is_empty()
+    }
+
     /// The rendezvous address in use (or being tried).
     pub(crate) fn rendezvous_current(&self) -> Option<SocketAddr> {
         self.rendezvous.current

@@ -312,6 +312,9 @@ impl Endpoint {
                     }
                     WatchTimer::RendezvousWait => {
                         let ready = self.rendezvous.ready;
+                        // No address to have tried yet (the name is still being
+                        // resolved): the resolver's answer decides, not this timer.
+                        let resolving = self.rendezvous_addresses_unknown();
                         let error = if self.rendezvous.key_refused {
                             ConnectError::RendezvousKeyMismatch
                         } else {
@@ -320,6 +323,13 @@ impl Endpoint {
                         let Some(watch) = self.watch_mut(id) else {
                             break;
                         };
+                        if resolving {
+                            watch.timers.set(
+                                WatchTimer::RendezvousWait,
+                                now + RENDEZVOUS_UNREACHABLE_AFTER,
+                            );
+                            continue;
+                        }
                         if !ready
                             && !watch.connected
                             && watch.current.is_none()
