@@ -6,6 +6,7 @@
 //!
 //! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
 //! connect_ms), `first_keyframe` (ms since connect started), `path_changed`, `status`,
+//! `failed` (a stable `error` name, the `reason` and `ms` since connect started),
 //! and a final `summary` (frames written, the endpoint's loss counters, `streaming_ms`
 //! from connect to stop, and `bitrate_bps`, the last target bitrate the endpoint reported).
 
