@@ -134,7 +134,13 @@ impl LocalNetwork {
         let server = Server::new(
             socket,
             StaticKeypair::from_private(self.rendezvous_key),
-            sightwire_session::Config::default(),
+            {
+                // As the rendezvous binary: a client with another key learns it at once.
+                let mut config = sightwire_session::Config::default();
+                config.key_mismatch_notices_per_second =
+                    sightwire_session::KEY_MISMATCH_NOTICES_PER_SECOND;
+                config
+            },
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
         );

@@ -853,10 +853,25 @@ impl Bed {
         camera_bin: std::path::PathBuf,
         viewer_bin: std::path::PathBuf,
     ) -> anyhow::Result<Self> {
+        Self::with_limits(
+            run,
+            camera_bin,
+            viewer_bin,
+            &format!("keepalive_interval_ms = {LAB_KEEPALIVE_MS}\n"),
+        )
+    }
+
+    /// As [`Bed::new`], with `limits` as the rendezvous's `[limits]` section.
+    fn with_limits(
+        run: &lab::Run,
+        camera_bin: std::path::PathBuf,
+        viewer_bin: std::path::PathBuf,
+        limits: &str,
+    ) -> anyhow::Result<Self> {
         let bins = servers::server_binaries()?;
         let pki = servers::provision(run, &bins)?;
         let topology = Topology::new(run)?;
-        let servers = Servers::start(&topology, &bins, pki)?;
+        let servers = Servers::start_with(&topology, &bins, pki, limits)?;
         Ok(Self {
             topology,
             bins,
@@ -1965,6 +1980,260 @@ fn endpoint_fault_viewer_moves_to_other_nat() -> anyhow::Result<()> {
     ensure!(
         recovered && stall <= ROAM_RECOVERY,
         "the stream did not recover within {ROAM_RECOVERY:?} (stall {stall:?})"
+    );
+    lab.pass();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Connect errors that say what happened, and a NAT that forgets idle mappings fast.
+// ---------------------------------------------------------------------------------------
+
+/// Runs the example viewer against `rendezvous` with `pki` (its rendezvous key) for
+/// `device`; returns its report and how long the process took.
+fn failing_viewer(
+    bed: &Bed,
+    host: HostId,
+    label: &str,
+    pki: &Pki,
+    device: &str,
+    rendezvous: &str,
+) -> anyhow::Result<(ViewerReport, Duration)> {
+    let started = Instant::now();
+    let mut viewer = ViewerRun::start(
+        bed.topology.run(),
+        bed.topology.host(host),
+        label,
+        &bed.viewer_bin,
+        pki,
+        device,
+        Stop::Frames(1),
+        rendezvous,
+    )?;
+    let report = viewer.finish(Duration::from_secs(30))?;
+    Ok((report, started.elapsed()))
+}
+
+#[test]
+fn endpoint_connect_errors() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_connect_errors", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    // A camera that registers, then goes away (power cut: no goodbye).
+    let mut camera = bed.camera(camera_host, "camera", "synthetic")?;
+    camera.process.kill();
+    let device = camera.id.clone();
+    let good = Servers::rendezvous_addr();
+    let mut wrong_key = bed.pki().clone();
+    wrong_key.rendezvous_public = "42".repeat(32);
+    // (case, rendezvous, key, expected error name, bound on the viewer's own `ms`)
+    let cases: [(&str, String, Pki, &str, u64); 4] = [
+        (
+            "device offline",
+            good.clone(),
+            bed.pki().clone(),
+            "device_offline",
+            4_500,
+        ),
+        (
+            "wrong rendezvous key",
+            good.clone(),
+            wrong_key,
+            "rendezvous_key_mismatch",
+            1_000,
+        ),
+        (
+            "wrong port",
+            format!("{RENDEZVOUS_IP}:{}", servers::RENDEZVOUS_PORT + 1),
+            bed.pki().clone(),
+            "rendezvous_unreachable",
+            4_500,
+        ),
+        (
+            "wrong host",
+            format!("203.0.113.11:{}", servers::RENDEZVOUS_PORT),
+            bed.pki().clone(),
+            "rendezvous_unreachable",
+            4_500,
+        ),
+    ];
+    let mut lines = String::from("\nconnect errors (example viewer, home NAT):\n");
+    let mut problems = Vec::new();
+    let mut check =
+        |case: &str, expected: &str, bound: u64, report: &ViewerReport, took: Duration| {
+            let _ = writeln!(
+                lines,
+                "  {case:22} -> {:?} after {:?} ms ({} ms with process start); {:?}",
+                report.error,
+                report.failed_ms,
+                took.as_millis(),
+                report.failure
+            );
+            if report.exit_ok || report.error.as_deref() != Some(expected) {
+                problems.push(format!(
+                    "{case}: expected {expected}, got {:?}",
+                    report.error
+                ));
+            }
+            if report.failed_ms.is_none_or(|ms| ms > bound) {
+                problems.push(format!(
+                    "{case}: {:?} ms, bound {bound} ms",
+                    report.failed_ms
+                ));
+            }
+        };
+    for (index, (case, rendezvous, pki, expected, bound)) in cases.iter().enumerate() {
+        let label = format!("viewer-{index}");
+        let (report, took) = failing_viewer(&bed, viewer_host, &label, pki, &device, rendezvous)?;
+        check(case, expected, *bound, &report, took);
+    }
+    // Last: the rendezvous itself stops.
+    bed.servers.rendezvous.kill();
+    let (report, took) = failing_viewer(
+        &bed,
+        viewer_host,
+        "viewer-stopped",
+        bed.pki(),
+        &device,
+        &good,
+    )?;
+    check(
+        "rendezvous stopped",
+        "rendezvous_unreachable",
+        4_500,
+        &report,
+        took,
+    );
+    lab::publish(&lines);
+    ensure!(problems.is_empty(), "{problems:#?}");
+    lab.pass();
+    Ok(())
+}
+
+/// The conntrack UDP timeouts of the camera's home router in the short-mapping profile.
+const SHORT_UDP_TIMEOUT_SECS: u64 = 12;
+
+/// A camera behind a home router whose conntrack forgets idle UDP flows after
+/// [`SHORT_UDP_TIMEOUT_SECS`], a rendezvous with the default 20 s keepalive interval
+/// (`probes`: answering keepalive probes or not).
+fn short_mapping_bed(
+    lab: &lab::Run,
+    probes: bool,
+) -> anyhow::Result<Option<(Bed, HostId, Camera)>> {
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        return Ok(None);
+    };
+    let limits = format!("keepalive_interval_ms = 20000\nkeepalive_probes = {probes}\n");
+    let mut bed = Bed::with_limits(lab, camera_bin, viewer_bin, &limits)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    let timeout = SHORT_UDP_TIMEOUT_SECS.to_string();
+    for router in bed.topology.routers(camera_site) {
+        router.sysctl("net.netfilter.nf_conntrack_udp_timeout", &timeout)?;
+        router.sysctl("net.netfilter.nf_conntrack_udp_timeout_stream", &timeout)?;
+    }
+    let camera = bed.camera(camera_host, "camera", "synthetic")?;
+    Ok(Some((bed, viewer_host, camera)))
+}
+
+#[test]
+fn endpoint_short_mapping_timeout() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_short_mapping_timeout", &[]) else {
+        return Ok(());
+    };
+    let Some((bed, viewer_host, mut camera)) = short_mapping_bed(lab.run(), true)? else {
+        lab.pass();
+        return Ok(());
+    };
+    let registered = Instant::now();
+    // The camera learns the mapping lifetime: its interval goes under the timeout.
+    let limit = SHORT_UDP_TIMEOUT_SECS * 1000;
+    let learned =
+        camera
+            .process
+            .wait_event("keepalive_interval", Duration::from_secs(150), |line| {
+                line.u64("ms").is_some_and(|ms| ms < limit)
+            })?;
+    let learned_after = registered.elapsed();
+    let interval_ms = learned.u64("ms").unwrap_or(0);
+    // Then nobody watches for more than 40 s.
+    let idle = Duration::from_secs(45);
+    std::thread::sleep(idle);
+    let intervals: Vec<u64> = camera
+        .process
+        .lines()?
+        .iter()
+        .filter(|l| l.event() == Some("keepalive_interval"))
+        .filter_map(|l| l.u64("ms"))
+        .collect();
+    let mut viewer = bed.viewer(viewer_host, "viewer", &camera.id, Stop::Frames(60))?;
+    let report = viewer.finish(VIEWER_DEADLINE)?;
+    lab::publish(&format!(
+        "\nshort mapping timeout (camera router conntrack UDP timeouts {SHORT_UDP_TIMEOUT_SECS} s, \
+         rendezvous keepalive 20 s): intervals {intervals:?} ms, {interval_ms} ms learned {} s \
+         after registering; after {} s idle a viewer: {}\n",
+        learned_after.as_secs(),
+        idle.as_secs(),
+        cell_text(&report),
+    ));
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+    ensure!(
+        report.frames() == 60,
+        "viewer got {} frames",
+        report.frames()
+    );
+    ensure!(
+        intervals.last().is_some_and(|ms| *ms < limit),
+        "final interval {intervals:?}"
+    );
+    lab.pass();
+    Ok(())
+}
+
+#[test]
+fn endpoint_short_mapping_timeout_without_probes() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_short_mapping_timeout_without_probes", &[]) else {
+        return Ok(());
+    };
+    let Some((bed, viewer_host, mut camera)) = short_mapping_bed(lab.run(), false)? else {
+        lab.pass();
+        return Ok(());
+    };
+    let registered = Instant::now();
+    // The rendezvous answers the probe at once: the camera keeps the 20 s interval.
+    let fixed = camera
+        .process
+        .wait_event("keepalive_interval", Duration::from_secs(5), |_| true)?;
+    ensure!(fixed.u64("ms") == Some(20_000), "{:?}", fixed.json);
+    // Its keepalives leave at registration + 20 s·k; the router forgets the mapping
+    // 12 s after each. A viewer arriving 14 s after one is refused: nothing the
+    // rendezvous forwards reaches the camera before the consent window (3 s) closes.
+    let at = Duration::from_secs(20 + 14);
+    std::thread::sleep(at.saturating_sub(registered.elapsed()));
+    let mut viewer = bed.viewer(viewer_host, "viewer", &camera.id, Stop::Frames(10))?;
+    let report = viewer.finish(VIEWER_DEADLINE)?;
+    lab::publish(&format!(
+        "\nshort mapping timeout, rendezvous without probes (fixed 20 s keepalive): a viewer \
+         {} s after registering: {:?} after {:?} ms\n",
+        at.as_secs(),
+        report.error,
+        report.failed_ms,
+    ));
+    ensure!(
+        report.error.as_deref() == Some("device_offline"),
+        "the camera was reachable after all: {:?}",
+        report.failure
     );
     lab.pass();
     Ok(())

@@ -68,6 +68,9 @@ pub struct RelaySection {
 pub struct LimitsSection {
     /// Keepalive interval told to devices, ms.
     pub keepalive_interval_ms: Option<u64>,
+    /// Answer keepalive probes after the delay they ask for (default true; false
+    /// behaves as a rendezvous that predates probes).
+    pub keepalive_probes: Option<bool>,
     /// Presence lifetime without keepalive, ms.
     pub presence_ttl_ms: Option<u64>,
     /// Connect attempt lifetime, ms.
@@ -219,6 +222,8 @@ impl ServerConfig {
     pub fn session(&self) -> sightwire_session::Config {
         let mut config = sightwire_session::Config::default();
         config.max_sessions = self.limits.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        // A client configured with another key learns it at once (spec/session.md §2.5).
+        config.key_mismatch_notices_per_second = sightwire_session::KEY_MISMATCH_NOTICES_PER_SECOND;
         config
     }
 
@@ -229,6 +234,9 @@ impl ServerConfig {
         let ms = Duration::from_millis;
         if let Some(v) = l.keepalive_interval_ms {
             core.keepalive_interval = ms(v);
+        }
+        if let Some(v) = l.keepalive_probes {
+            core.keepalive_probes = v;
         }
         if let Some(v) = l.presence_ttl_ms {
             core.presence_ttl = ms(v);

@@ -3,7 +3,7 @@
 //! authenticated static key and source address, and `now`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -38,6 +38,20 @@ pub const DEFAULT_PUNCH_START_DELAY: Duration = Duration::from_millis(200);
 pub const DEFAULT_RELAY_GRANT_TTL: Duration = Duration::from_secs(120);
 /// How often expired state is swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// When a `CONNECT_OFFER` not yet acknowledged (`OFFER_ACK`) is sent again, as times
+/// after disclosure (the first copy goes at disclosure): gaps of 0.25, 0.5, 1 and 2 s.
+/// Then the rendezvous stops; the viewer's connect-request retransmission remains the
+/// last resort (`spec/signaling.md` §4.6).
+pub const OFFER_RESEND_AT: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(750),
+    Duration::from_millis(1750),
+    Duration::from_millis(3750),
+];
+/// Default bound on keepalive probes (delayed `KEEPALIVE_ACK`s, spec/registration.md §7)
+/// waiting at once ([`CoreConfig::max_pending_probes`]); one per session at most. Beyond it a probe is answered at once (the device
+/// then keeps its interval).
+pub const MAX_PENDING_PROBES: usize = 65_536;
 /// Default bound on online devices.
 pub const DEFAULT_MAX_PRESENCE: usize = 1_000_000;
 /// Default bound on pending connect attempts.
@@ -153,6 +167,12 @@ pub struct CoreConfig {
     pub require_issued: bool,
     /// The relay, if one is deployed.
     pub relay: Option<RelayConfig>,
+    /// Answer keepalive probes (a `KEEPALIVE` with `ack_delay_ms`) after the delay asked
+    /// for, up to `keepalive_interval` (spec/registration.md §7). Off: every keepalive
+    /// is answered at once, as by a rendezvous that predates probes.
+    pub keepalive_probes: bool,
+    /// Most probes waiting at once ([`MAX_PENDING_PROBES`]).
+    pub max_pending_probes: usize,
 }
 
 impl Default for CoreConfig {
@@ -174,6 +194,8 @@ impl Default for CoreConfig {
             register_rate: DEFAULT_REGISTER_RATE,
             require_issued: false,
             relay: None,
+            keepalive_probes: true,
+            max_pending_probes: MAX_PENDING_PROBES,
         }
     }
 }
@@ -226,6 +248,12 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Decoy login replies sent for unreachable IDs.
     pub decoys: u64,
+    /// `CONNECT_OFFER`s sent again because the device had not acknowledged them.
+    pub offer_resends: u64,
+    /// `CONNECT_OFFER`s the device acknowledged (`OFFER_ACK`).
+    pub offers_acked: u64,
+    /// Keepalive probes accepted (answered after their delay).
+    pub keepalive_probes: u64,
     /// Consent, candidate, relay or close messages ignored: from a session that is not
     /// the right party of the attempt, a second login, or a message the stage forbids.
     pub ignored: u64,
@@ -288,6 +316,12 @@ struct PendingConnect<S> {
     to_device: Option<Bytes>,
     /// What disclosure sent (resent when either side shows it was lost).
     disclosed: Option<Box<(ConnectOffer, ConnectResponse)>>,
+    /// When it was disclosed, and how many copies of the offer went out on the resend
+    /// schedule ([`OFFER_RESEND_AT`]).
+    disclosed_at: Option<Instant>,
+    offer_resends: u8,
+    /// The device acknowledged the offer: no more resends.
+    offer_acked: bool,
     /// The consent deadline until disclosure, then the end of the attempt's life.
     expires: Instant,
     /// Candidate updates forwarded from the device and from the viewer.
@@ -303,6 +337,8 @@ enum TimerKind {
     Decoy,
     /// The consent window closed.
     Deadline,
+    /// Resend an offer the device has not acknowledged.
+    OfferResend,
 }
 
 /// The rendezvous state machine.
@@ -336,6 +372,13 @@ pub struct Rendezvous<R, S> {
     outbox: VecDeque<Transmit<S>>,
     encode_buffer: BytesMut,
     next_sweep: Instant,
+    /// Delayed keepalive answers, by due time (and a sequence number to keep equal times
+    /// apart): the session and the request id to answer. Bounded by
+    /// `max_pending_probes`, one per session (`probing`).
+    probes: BTreeMap<(Instant, u64), (S, u64)>,
+    /// The key in `probes` of each session's probe.
+    probing: HashMap<S, (Instant, u64)>,
+    next_probe_seq: u64,
     stats: Stats,
 }
 
@@ -443,6 +486,9 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             outbox: VecDeque::new(),
             encode_buffer: BytesMut::new(),
             next_sweep: now + SWEEP_INTERVAL,
+            probes: BTreeMap::new(),
+            probing: HashMap::new(),
+            next_probe_seq: 0,
             stats: Stats::default(),
         }
     }
@@ -514,7 +560,8 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             && self.session_limiter.len() == 0
             && self.register_limiter.len() == 0;
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        [(!idle).then_some(self.next_sweep), timer]
+        let probe = self.probes.keys().next().map(|(at, _)| *at);
+        [(!idle).then_some(self.next_sweep), timer, probe]
             .into_iter()
             .flatten()
             .min()
@@ -531,7 +578,16 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             match kind {
                 TimerKind::Decoy => self.fire_decoy(ConnectId(id)),
                 TimerKind::Deadline => self.fire_deadline(ConnectId(id)),
+                TimerKind::OfferResend => self.fire_offer_resend(ConnectId(id)),
             }
+        }
+        while let Some(entry) = self.probes.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (session, request_id) = entry.remove();
+            self.probing.remove(&session);
+            self.answer_keepalive(session, request_id);
         }
         if now < self.next_sweep {
             return;
@@ -603,6 +659,9 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             tracing::debug!(device = %hex_id(device_id), "device offline: session closed");
         }
         self.session_sources.remove(&session);
+        if let Some(key) = self.probing.remove(&session) {
+            self.probes.remove(&key);
+        }
         let mut ended = Vec::new();
         for (id, pending) in &mut self.pending {
             let is_device = pending
@@ -653,7 +712,10 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             Body::Register(register) => {
                 self.on_register(now, from, request_len, request_id, register)
             }
-            Body::Keepalive => self.on_keepalive(now, from, request_id),
+            Body::Keepalive => self.on_keepalive(now, from, request_id, Duration::ZERO),
+            Body::KeepaliveProbe { ack_delay } => {
+                self.on_keepalive(now, from, request_id, ack_delay)
+            }
             Body::ConnectRequest(request) => {
                 self.on_connect(now, from, request_len, request_id, request)
             }
@@ -669,6 +731,9 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             Body::Close(close) => self
                 .session_check(now, from, request_id == 0)
                 .and_then(|()| self.on_close(from, close)),
+            Body::OfferAck { connect_id } => self
+                .session_check(now, from, true)
+                .and_then(|()| self.on_offer_ack(from, connect_id)),
             // Messages only the rendezvous sends, and errors from clients: nothing to do.
             other => {
                 tracing::debug!(
@@ -945,11 +1010,15 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         }
     }
 
+    /// `KEEPALIVE`, answered at once, or after `ack_delay` for a probe
+    /// (spec/registration.md §7): one probe per session, at most `keepalive_interval`
+    /// long and [`MAX_PENDING_PROBES`] at once; any other is answered at once.
     fn on_keepalive(
         &mut self,
         now: Instant,
         from: &Peer<S>,
         request_id: u64,
+        ack_delay: Duration,
     ) -> Result<(), Refusal> {
         let now_ms = self.ms(now);
         if self
@@ -960,16 +1029,38 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             return Err(error(ErrorCode::NotRegistered).into());
         }
         self.stats.keepalives += 1;
-        self.enqueue(
-            from.session,
-            &Envelope::new(
-                request_id,
-                Body::KeepaliveAck {
-                    observed: from.address,
-                },
-            ),
-        );
+        let probe = !ack_delay.is_zero()
+            && self.config.keepalive_probes
+            && ack_delay <= self.config.keepalive_interval
+            && !self.probing.contains_key(&from.session)
+            && self.probes.len() < self.config.max_pending_probes;
+        if probe {
+            let key = (now + ack_delay, self.next_probe_seq);
+            self.next_probe_seq = self.next_probe_seq.wrapping_add(1);
+            self.probes.insert(key, (from.session, request_id));
+            self.probing.insert(from.session, key);
+            self.stats.keepalive_probes += 1;
+            return Ok(());
+        }
+        self.answer_keepalive(from.session, request_id);
         Ok(())
+    }
+
+    /// `KEEPALIVE_ACK` with the address the device's keepalives come from (a probe's
+    /// answer: if the device is still online).
+    fn answer_keepalive(&mut self, session: S, request_id: u64) {
+        let observed = self
+            .presence
+            .device_of(&session)
+            .and_then(|id| self.presence.get(&id))
+            .map(|entry| entry.observed.get());
+        let Some(observed) = observed else {
+            return;
+        };
+        self.enqueue(
+            session,
+            &Envelope::new(request_id, Body::KeepaliveAck { observed }),
+        );
     }
 
     /// `CONNECT_REQUEST` (spec/signaling.md §4.5, steps 1–2). Every request that passes
@@ -1136,6 +1227,9 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 to_viewer: None,
                 to_device: None,
                 disclosed: None,
+                disclosed_at: None,
+                offer_resends: 0,
+                offer_acked: false,
                 expires: deadline,
                 updates: [0; 2],
                 grants: 0,
@@ -1317,13 +1411,20 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             candidates: viewer_candidates,
             punch,
             observed: device_observed,
+            ack_requested: true,
         };
         let expires = now + self.config.connect_ttl;
         if let Some(pending) = self.pending.get_mut(&connect_id) {
             pending.stage = Stage::Disclosed;
             pending.expires = expires;
             pending.disclosed = Some(Box::new((offer.clone(), response.clone())));
+            pending.disclosed_at = Some(now);
         }
+        self.timers.push(Reverse((
+            now + OFFER_RESEND_AT[0],
+            TimerKind::OfferResend,
+            connect_id.0,
+        )));
         self.stats.disclosures += 1;
         tracing::debug!(device = %hex_id(side.certificate.device_id()), connect = connect_id.0, "device consented: disclosing");
         self.enqueue(side.session, &Envelope::new(0, Body::ConnectOffer(offer)));
@@ -1371,6 +1472,58 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             self.enqueue(session, &Envelope::new(0, Body::Close(close)));
         }
         self.remove_attempt(connect_id);
+    }
+
+    /// An offer's resend time came: unless the device acknowledged it, send it again and
+    /// schedule the next (at most [`OFFER_RESEND_AT`]`.len()` resends per attempt).
+    fn fire_offer_resend(&mut self, connect_id: ConnectId) {
+        let Some(pending) = self.pending.get_mut(&connect_id) else {
+            return;
+        };
+        let (Stage::Disclosed, false, Some(disclosed), Some(side), Some(at)) = (
+            pending.stage,
+            pending.offer_acked,
+            &pending.disclosed,
+            &pending.device,
+            pending.disclosed_at,
+        ) else {
+            return;
+        };
+        let (offer, session) = (disclosed.0.clone(), side.session);
+        pending.offer_resends = pending.offer_resends.saturating_add(1);
+        let next = OFFER_RESEND_AT.get(usize::from(pending.offer_resends));
+        self.stats.offer_resends += 1;
+        tracing::debug!(connect = connect_id.0, "offer not acknowledged: resending");
+        self.enqueue(session, &Envelope::new(0, Body::ConnectOffer(offer)));
+        if let Some(offset) = next {
+            self.timers.push(Reverse((
+                at + *offset,
+                TimerKind::OfferResend,
+                connect_id.0,
+            )));
+        }
+    }
+
+    /// The device acknowledged the offer of `connect_id`: stop resending it. Only the
+    /// attempt's device session may; anything else is ignored.
+    fn on_offer_ack(&mut self, from: &Peer<S>, connect_id: ConnectId) -> Result<(), Refusal> {
+        let acked = self.pending.get_mut(&connect_id).filter(|pending| {
+            pending.stage == Stage::Disclosed
+                && pending
+                    .device
+                    .as_ref()
+                    .is_some_and(|side| side.session == from.session)
+        });
+        match acked {
+            Some(pending) => {
+                if !pending.offer_acked {
+                    pending.offer_acked = true;
+                    self.stats.offers_acked += 1;
+                }
+            }
+            None => self.stats.ignored += 1,
+        }
+        Err(Refusal::Silent)
     }
 
     /// The decoy's login reply for an unreachable ID is due.

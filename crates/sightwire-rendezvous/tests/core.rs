@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use proptest::prelude::*;
 use sightwire_rendezvous::{
-    CONSENT_WINDOW, CoreConfig, MAX_OUTBOX, Peer, Rate, Registry, RelayConfig,
+    CONSENT_WINDOW, CoreConfig, MAX_OUTBOX, OFFER_RESEND_AT, Peer, Rate, Registry, RelayConfig,
 };
 use sightwire_signal::grant::{GrantRole, RelayGrantKey};
 use sightwire_signal::{
@@ -1376,4 +1376,150 @@ fn low_revocation_floor_refuses_unrecorded_ids_and_lower_serials() {
     assert_eq!(h.core.online(), 0);
     let replies = h.send(&device_peer(5), &register_message(certificate(5, 4)));
     assert!(matches!(replies[0].1.body, Body::RegisterAck(_)));
+}
+
+// ------------------------------------------------------------- offer resends, probes
+
+fn offers_to(replies: &[(u64, Envelope)], session: u64) -> usize {
+    replies
+        .iter()
+        .filter(|(s, e)| *s == session && matches!(e.body, Body::ConnectOffer(_)))
+        .count()
+}
+
+fn offer_ack(connect_id: ConnectId) -> Vec<u8> {
+    Envelope::new(0, Body::OfferAck { connect_id })
+        .to_bytes()
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn an_offer_is_resent_on_its_schedule_until_the_device_acknowledges_it() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let viewer = viewer_peer(1);
+    let replies = h.connect_and_accept(&viewer, 1, false);
+    let offer = replies
+        .iter()
+        .find_map(|(_, e)| match &e.body {
+            Body::ConnectOffer(offer) => Some(offer.clone()),
+            _ => None,
+        })
+        .expect("an offer");
+    assert!(offer.ack_requested);
+    // Just before the first resend: nothing; at it: the same offer again.
+    h.advance(OFFER_RESEND_AT[0] - Duration::from_millis(1));
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_millis(1));
+    let again = h.drain();
+    assert_eq!(offers_to(&again, 1), 1, "{again:?}");
+    assert!(matches!(&again[0].1.body, Body::ConnectOffer(o) if *o == offer));
+    // The viewer cannot acknowledge for the device, nor can another device.
+    assert!(h.send(&viewer, &offer_ack(offer.connect_id)).is_empty());
+    assert!(
+        h.send(&device_peer(2), &offer_ack(offer.connect_id))
+            .is_empty()
+    );
+    h.advance(OFFER_RESEND_AT[1] - OFFER_RESEND_AT[0]);
+    assert_eq!(offers_to(&h.drain(), 1), 1);
+    // The device's acknowledgement stops the resends.
+    assert!(
+        h.send(&device_peer(1), &offer_ack(offer.connect_id))
+            .is_empty()
+    );
+    h.advance(Duration::from_secs(10));
+    assert_eq!(offers_to(&h.drain(), 1), 0);
+    let stats = h.core.stats();
+    assert_eq!(stats.offer_resends, 2);
+    assert_eq!(stats.offers_acked, 1);
+    assert!(stats.ignored >= 2);
+}
+
+#[test]
+fn limit_offer_resends_per_attempt() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    h.connect_and_accept(&viewer_peer(1), 1, false);
+    h.advance(Duration::from_secs(20));
+    assert_eq!(offers_to(&h.drain(), 1), OFFER_RESEND_AT.len());
+    assert_eq!(h.core.stats().offer_resends, OFFER_RESEND_AT.len() as u64);
+}
+
+fn probe_message(request_id: u64, delay: Duration) -> Vec<u8> {
+    Envelope::new(request_id, Body::KeepaliveProbe { ack_delay: delay })
+        .to_bytes()
+        .unwrap()
+        .to_vec()
+}
+
+fn is_ack(replies: &[(u64, Envelope)], session: u64, request_id: u64) -> bool {
+    matches!(replies, [(s, Envelope { request_id: r, body: Body::KeepaliveAck { .. } })] if *s == session && *r == request_id)
+}
+
+#[test]
+fn a_keepalive_probe_is_answered_after_its_delay() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let delay = Duration::from_secs(12);
+    assert!(h.send(&device_peer(1), &probe_message(5, delay)).is_empty());
+    h.advance(delay - Duration::from_millis(1));
+    assert!(h.drain().is_empty(), "not before its delay");
+    h.advance(Duration::from_millis(1));
+    assert!(is_ack(&h.drain(), 1, 5));
+    assert_eq!(h.core.stats().keepalive_probes, 1);
+    // An unregistered session gets NOT_REGISTERED at once, as for a keepalive.
+    let replies = h.send(&device_peer(9), &probe_message(6, delay));
+    assert_eq!(error_of(&replies).code, ErrorCode::NotRegistered);
+    // A session that closes loses its probe.
+    assert!(h.send(&device_peer(1), &probe_message(7, delay)).is_empty());
+    h.core.handle_session_closed(device_peer(1).session);
+    h.advance(delay);
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn limit_keepalive_probes() {
+    let config = CoreConfig {
+        max_pending_probes: 1,
+        ..CoreConfig::default()
+    };
+    let mut h = Harness::new(config);
+    h.register(1);
+    h.register(2);
+    let delay = Duration::from_secs(10);
+    assert!(h.send(&device_peer(1), &probe_message(1, delay)).is_empty());
+    // One per session: a second probe from the same session is answered at once.
+    assert!(is_ack(
+        &h.send(&device_peer(1), &probe_message(2, delay)),
+        1,
+        2
+    ));
+    // The table is full: another session's probe is answered at once.
+    assert!(is_ack(
+        &h.send(&device_peer(2), &probe_message(3, delay)),
+        2,
+        3
+    ));
+    // Longer than the keepalive interval: answered at once.
+    let long = CoreConfig::default().keepalive_interval + Duration::from_millis(1);
+    h.advance(delay);
+    assert!(is_ack(&h.drain(), 1, 1));
+    assert!(is_ack(
+        &h.send(&device_peer(2), &probe_message(4, long)),
+        2,
+        4
+    ));
+    assert_eq!(h.core.stats().keepalive_probes, 1);
+    // Probes off: every keepalive is answered at once.
+    let mut off = Harness::new(CoreConfig {
+        keepalive_probes: false,
+        ..CoreConfig::default()
+    });
+    off.register(1);
+    assert!(is_ack(
+        &off.send(&device_peer(1), &probe_message(5, delay)),
+        1,
+        5
+    ));
 }

@@ -51,6 +51,12 @@ pub const MAX_SOURCES: usize = 4096;
 /// then create one half-open session again; it can never complete). About 120 bytes an
 /// entry.
 pub const MAX_REMOTE_TIMESTAMPS: usize = 4096;
+/// Key-mismatch notices (`spec/session.md` §2.5) a responder sends per second, as rate
+/// and burst of one table-wide token bucket, when it answers them at all
+/// ([`Config::key_mismatch_notices_per_second`]). A rendezvous server sets it to this
+/// value; the default of a table is 0 (never answer), so a camera stays silent to
+/// initiations not made for its key.
+pub const KEY_MISMATCH_NOTICES_PER_SECOND: u32 = 64;
 /// Default bound of the queue of handshake datagrams waiting for `poll_transmit`.
 pub const MAX_QUEUED_TRANSMITS: usize = 1024;
 /// Default bound of the queue of events waiting for `poll_event`.
@@ -94,6 +100,10 @@ pub struct Config {
     pub max_queued_transmits: usize,
     /// See [`MAX_QUEUED_EVENTS`].
     pub max_queued_events: usize,
+    /// Key-mismatch notices per second (rate and burst) in answer to initiations whose
+    /// `mac1` was not made for this responder's key; 0 (the default): none. See
+    /// [`KEY_MISMATCH_NOTICES_PER_SECOND`].
+    pub key_mismatch_notices_per_second: u32,
 }
 
 impl Default for Config {
@@ -116,6 +126,7 @@ impl Default for Config {
             max_remote_timestamps: MAX_REMOTE_TIMESTAMPS,
             max_queued_transmits: MAX_QUEUED_TRANSMITS,
             max_queued_events: MAX_QUEUED_EVENTS,
+            key_mismatch_notices_per_second: 0,
         }
     }
 }

@@ -19,8 +19,9 @@ use crate::noise::{
 };
 use crate::replay::ReplayError;
 use crate::wire::{
-    COOKIE_NONCE_LEN, DecodeError, INITIATION_LEN, INITIATION_MAC2_OFFSET, Initiation, MAC_LEN,
-    MAX_PLAINTEXT_LEN, Packet, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
+    COOKIE_NONCE_LEN, DecodeError, INITIATION_LEN, INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET,
+    Initiation, KEY_MISMATCH_LEN, KeyMismatch, MAC_LEN, MAX_PLAINTEXT_LEN, Packet,
+    TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
 };
 
 /// How many random draws [`SessionTable`] makes to find a free local index before giving up.
@@ -245,6 +246,12 @@ pub enum HandshakeFailure {
         /// How many unauthenticated responses arrived.
         rejected_responses: u32,
     },
+    /// The responder sent a key-mismatch notice (`spec/session.md` §2.5) for the
+    /// initiation in flight, echoing its `mac1`: the host at that address holds another
+    /// key than the one pinned (a wrong or outdated rendezvous key). Reported at once,
+    /// not at the deadline. The notice is not authenticated: an on-path attacker can forge
+    /// it, as it can drop every packet; it decides nothing but the error reported.
+    KeyRefused,
 }
 
 /// Why a session ended.
@@ -345,6 +352,11 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Other drops (stale attempts, unexpected packets, expired keys).
     pub other_drops: u64,
+    /// Key-mismatch notices sent (`spec/session.md` §2.5).
+    pub key_mismatch_notices_sent: u64,
+    /// Key-mismatch notices not sent because their budget
+    /// ([`Config::key_mismatch_notices_per_second`]) was spent.
+    pub key_mismatch_notices_limited: u64,
 }
 
 struct Pending {
@@ -353,6 +365,8 @@ struct Pending {
     attempt_started: Instant,
     round_deadline: Instant,
     rto: Duration,
+    /// The initiation's `mac1` (a key-mismatch notice must echo it).
+    mac1: [u8; MAC_LEN],
 }
 
 struct Session {
@@ -469,6 +483,9 @@ pub struct SessionTable {
     /// Initiations within `under_load_initiations_per_second` (rate and burst); an
     /// initiation finding it empty means "under load". Created full at the first one.
     initiation_bucket: Option<TokenBucket>,
+    /// Key-mismatch notices within `key_mismatch_notices_per_second` (rate and burst).
+    /// Created full at the first one.
+    notice_bucket: Option<TokenBucket>,
     /// Per-source buckets and half-open counts (bounded: `max_sources`).
     sources: SourceTable,
     /// Half-open responder sessions, oldest (smallest id) first: what gets evicted.
@@ -518,6 +535,7 @@ impl SessionTable {
             half_open: 0,
             cookie_checker,
             initiation_bucket: None,
+            notice_bucket: None,
             sources,
             half_open_responders: BTreeSet::new(),
             timestamps,
@@ -758,12 +776,17 @@ impl SessionTable {
             jar.stamp(now, &mut packet);
         }
         session.last_attempt = attempt;
+        let mut mac1 = [0u8; MAC_LEN];
+        if let Some(sent) = packet.get(INITIATION_MAC1_OFFSET..INITIATION_MAC2_OFFSET) {
+            mac1.copy_from_slice(sent);
+        }
         if let Some(old) = session.pending.replace(Pending {
             state: Box::new(state),
             local_index: index,
             attempt_started: now,
             round_deadline,
             rto,
+            mac1,
         }) {
             self.indices.remove(&old.local_index);
         }
@@ -973,6 +996,10 @@ impl SessionTable {
                 }
                 return Ok(Input::Handshake { session: Some(id) });
             }
+            Packet::KeyMismatch(k) => {
+                let (index, mac1) = (k.receiver_index, *k.mac1);
+                return self.on_key_mismatch(index, &mac1);
+            }
         };
         self.on_transport(now, from, receiver_index, counter, datagram)
     }
@@ -1060,6 +1087,71 @@ impl SessionTable {
         }
     }
 
+    /// An initiation not made for our key: tell the initiator so (§2.5), if this table
+    /// answers such initiations and its notice budget allows. The notice is smaller than
+    /// the initiation (no amplification) and costs no DH and no state.
+    fn notice_key_mismatch(&mut self, now: Instant, to: SocketAddr, initiation: &Initiation<'_>) {
+        let per_second = self.config.key_mismatch_notices_per_second;
+        if per_second == 0 {
+            return;
+        }
+        let rate = Rate {
+            per_second,
+            burst: per_second,
+        };
+        if !self
+            .notice_bucket
+            .get_or_insert_with(|| TokenBucket::new(rate, now))
+            .try_take(now)
+        {
+            self.stats.key_mismatch_notices_limited += 1;
+            return;
+        }
+        let notice = Packet::KeyMismatch(KeyMismatch {
+            receiver_index: initiation.sender_index,
+            mac1: initiation.mac1,
+        });
+        let mut out = [0u8; KEY_MISMATCH_LEN];
+        if let Some(len) = notice.encode(&mut out) {
+            self.stats.key_mismatch_notices_sent += 1;
+            self.queue_transmit(to, &out[..len]);
+        }
+    }
+
+    /// A key-mismatch notice: a first handshake whose initiation in flight it names and
+    /// whose `mac1` it echoes fails now ([`HandshakeFailure::KeyRefused`]).
+    fn on_key_mismatch<'d>(
+        &mut self,
+        index: u32,
+        mac1: &[u8; MAC_LEN],
+    ) -> Result<Input<'d>, InputError> {
+        let id = *self
+            .indices
+            .get(&index)
+            .ok_or(InputError::UnknownIndex(index))?;
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(InputError::UnknownIndex(index))?;
+        let matches = session
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.local_index == index && p.mac1 == *mac1);
+        // A rekey is never refused this way: the peer proved its key before.
+        if !matches || session.established {
+            return Err(InputError::Unexpected);
+        }
+        if let Some(p) = session.pending.take() {
+            self.indices.remove(&p.local_index);
+        }
+        self.remove(id);
+        self.push_event(Event::HandshakeFailed {
+            session: id,
+            reason: HandshakeFailure::KeyRefused,
+        });
+        Ok(Input::Handshake { session: Some(id) })
+    }
+
     fn under_load(&mut self, now: Instant) -> bool {
         let per_second = self.config.under_load_initiations_per_second;
         let rate = Rate {
@@ -1083,6 +1175,7 @@ impl SessionTable {
     ) -> Result<Input<'d>, InputError> {
         let responder = self.responder.ok_or(InputError::NotAccepting)?;
         if !self.cookie_checker.mac1_ok(packet) {
+            self.notice_key_mismatch(now, from, initiation);
             return Err(InputError::BadMac1);
         }
         let under_load = self.under_load(now);
@@ -1523,6 +1616,7 @@ impl SessionTable {
             half_open: self.half_open,
             cookie_checker: self.cookie_checker.clone(),
             initiation_bucket: self.initiation_bucket.clone(),
+            notice_bucket: self.notice_bucket.clone(),
             sources: self.sources.clone(),
             half_open_responders: self.half_open_responders.clone(),
             timestamps: self.timestamps.clone(),

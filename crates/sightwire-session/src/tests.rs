@@ -286,6 +286,110 @@ fn wrong_device_key_is_refused_by_mac1() {
     assert!(pair.camera_out().is_empty(), "nothing answered");
 }
 
+/// A responder that answers key-mismatch notices (a rendezvous server's configuration).
+fn noticing(per_second: u32) -> Config {
+    Config {
+        key_mismatch_notices_per_second: per_second,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn wrong_key_gets_a_notice_and_fails_the_handshake_at_once() {
+    let mut pair = Pair::with_configs(Config::default(), noticing(4));
+    pair.camera_public = *keypair(999).public();
+    let id = pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    assert_eq!(
+        pair.deliver_to_camera(&initiation),
+        Err(InputError::BadMac1)
+    );
+    let notices = pair.camera_out();
+    assert_eq!(notices.len(), 1, "one notice");
+    assert_eq!(notices[0].bytes.len(), wire::KEY_MISMATCH_LEN);
+    assert!(
+        notices[0].bytes.len() <= initiation.bytes.len(),
+        "no amplification"
+    );
+    assert_eq!(pair.camera.stats().key_mismatch_notices_sent, 1);
+    assert!(pair.deliver_to_viewer(&notices[0]).is_ok());
+    assert_eq!(
+        pair.viewer_events,
+        vec![Event::HandshakeFailed {
+            session: id,
+            reason: HandshakeFailure::KeyRefused
+        }]
+    );
+    assert_eq!(pair.viewer.half_open(), 0, "the session is gone");
+    // A second copy finds nothing.
+    assert!(pair.deliver_to_viewer(&notices[0]).is_err());
+}
+
+#[test]
+fn key_mismatch_notice_must_echo_the_initiation_in_flight() {
+    let mut pair = Pair::with_configs(Config::default(), noticing(4));
+    pair.camera_public = *keypair(999).public();
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    let _ = pair.deliver_to_camera(&initiation);
+    let mut forged = pair.camera_out().remove(0);
+    // Another mac1 (an off-path forger cannot see the real one): ignored.
+    forged.bytes[5] ^= 1;
+    assert_eq!(pair.deliver_to_viewer(&forged), Err(InputError::Unexpected));
+    // Another index: unknown.
+    let mut other = forged.clone();
+    other.bytes[5] ^= 1;
+    other.bytes[1] ^= 0xff;
+    assert!(matches!(
+        pair.deliver_to_viewer(&other),
+        Err(InputError::UnknownIndex(_))
+    ));
+    assert!(pair.viewer_events.is_empty(), "the handshake goes on");
+    // An established session is never refused by a notice (the peer proved its key).
+    let mut good = Pair::with_configs(Config::default(), noticing(4));
+    good.connect();
+    good.pump();
+    assert!(good.camera_session.is_some());
+    let _ = good.viewer_out();
+    let notice = Datagram {
+        from: good.camera_addr,
+        to: good.viewer_addr,
+        bytes: {
+            let mut b = vec![wire::TYPE_KEY_MISMATCH];
+            b.extend_from_slice(&[0; wire::KEY_MISMATCH_LEN - 1]);
+            b
+        },
+    };
+    assert!(good.deliver_to_viewer(&notice).is_err());
+}
+
+#[test]
+fn limit_key_mismatch_notices_per_second() {
+    // A default table (a camera) never answers; a noticing one within its budget.
+    let mut quiet = Pair::new(Config::default());
+    quiet.camera_public = *keypair(999).public();
+    quiet.connect();
+    let initiation = quiet.viewer_out().remove(0);
+    let _ = quiet.deliver_to_camera(&initiation);
+    assert!(quiet.camera_out().is_empty());
+
+    let mut pair = Pair::with_configs(Config::default(), noticing(3));
+    pair.camera_public = *keypair(999).public();
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    for _ in 0..10 {
+        let _ = pair.deliver_to_camera(&initiation);
+    }
+    assert_eq!(pair.camera_out().len(), 3, "the burst");
+    let stats = pair.camera.stats();
+    assert_eq!(stats.key_mismatch_notices_sent, 3);
+    assert_eq!(stats.key_mismatch_notices_limited, 7);
+    // The bucket refills.
+    pair.now += Duration::from_secs(1);
+    let _ = pair.deliver_to_camera(&initiation);
+    assert_eq!(pair.camera_out().len(), 1);
+}
+
 #[test]
 fn wrong_device_id_is_refused_by_the_prologue() {
     let mut pair = Pair::new(Config::default());

@@ -13,6 +13,9 @@ pub const TYPE_RESPONSE: u8 = 0x02;
 pub const TYPE_COOKIE_REPLY: u8 = 0x03;
 /// First byte of a transport packet (either direction).
 pub const TYPE_TRANSPORT: u8 = 0x04;
+/// First byte of a key-mismatch notice (a responder that answers them → initiator whose
+/// initiation's `mac1` was not made for the responder's key; `spec/session.md` §2.5).
+pub const TYPE_KEY_MISMATCH: u8 = 0x05;
 
 /// Length of an X25519 public key.
 pub const KEY_LEN: usize = 32;
@@ -50,6 +53,9 @@ pub const INITIATION_MAC2_OFFSET: usize = INITIATION_MAC1_OFFSET + MAC_LEN;
 pub const RESPONSE_LEN: usize = HANDSHAKE_HEADER_LEN + RESPONSE_NOISE_LEN;
 /// Total length of a cookie reply (61 bytes).
 pub const COOKIE_REPLY_LEN: usize = 1 + 4 + COOKIE_NONCE_LEN + COOKIE_LEN + TAG_LEN;
+/// Total length of a key-mismatch notice (21 bytes): type (1) || receiver index (4) ||
+/// the initiation's `mac1` (16).
+pub const KEY_MISMATCH_LEN: usize = 1 + 4 + MAC_LEN;
 /// Header of a transport packet: type (1) || receiver index (4) || counter (8).
 pub const TRANSPORT_HEADER_LEN: usize = 1 + 4 + 8;
 /// Bytes a transport packet adds to its plaintext (header + tag = 29).
@@ -82,7 +88,7 @@ pub enum DecodeError {
     /// The datagram was empty.
     #[error("empty datagram")]
     Empty,
-    /// The first byte is not a session packet type (`0x01`–`0x04`).
+    /// The first byte is not a session packet type (`0x01`–`0x05`).
     #[error("unknown session packet type {0:#04x}")]
     UnknownType(u8),
     /// The packet has the wrong length for its type.
@@ -142,6 +148,17 @@ pub struct CookieReply<'a> {
     pub encrypted_cookie: &'a [u8; COOKIE_LEN + TAG_LEN],
 }
 
+/// A key-mismatch notice, borrowed from a datagram: "your initiation was not made for my
+/// key". Not authenticated (nothing the initiator holds could authenticate a server with
+/// another key); the echoed `mac1` shows its sender saw the initiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyMismatch<'a> {
+    /// The initiator's index from the initiation.
+    pub receiver_index: u32,
+    /// The initiation's `mac1`, echoed.
+    pub mac1: &'a [u8; MAC_LEN],
+}
+
 /// A transport packet, borrowed from a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport<'a> {
@@ -164,6 +181,8 @@ pub enum Packet<'a> {
     CookieReply(CookieReply<'a>),
     /// `0x04`.
     Transport(Transport<'a>),
+    /// `0x05`.
+    KeyMismatch(KeyMismatch<'a>),
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -230,6 +249,13 @@ impl<'a> Packet<'a> {
                     encrypted_cookie: array_at(bytes, 5 + COOKIE_NONCE_LEN).ok_or(bad)?,
                 }))
             }
+            TYPE_KEY_MISMATCH => {
+                exact(packet_type, bytes, KEY_MISMATCH_LEN)?;
+                Ok(Packet::KeyMismatch(KeyMismatch {
+                    receiver_index: u32_at(bytes, 1),
+                    mac1: array_at(bytes, 5).ok_or(bad)?,
+                }))
+            }
             TYPE_TRANSPORT => {
                 if bytes.len() < TRANSPORT_OVERHEAD {
                     return Err(DecodeError::BadLength {
@@ -262,6 +288,7 @@ impl<'a> Packet<'a> {
             Packet::Response(p) => p.receiver_index,
             Packet::CookieReply(p) => p.receiver_index,
             Packet::Transport(p) => p.receiver_index,
+            Packet::KeyMismatch(p) => p.receiver_index,
         }
     }
 
@@ -290,6 +317,13 @@ impl<'a> Packet<'a> {
                 out[5..5 + COOKIE_NONCE_LEN].copy_from_slice(p.nonce);
                 out[5 + COOKIE_NONCE_LEN..].copy_from_slice(p.encrypted_cookie);
                 Some(COOKIE_REPLY_LEN)
+            }
+            Packet::KeyMismatch(p) => {
+                let out = out.get_mut(..KEY_MISMATCH_LEN)?;
+                out[0] = TYPE_KEY_MISMATCH;
+                out[1..5].copy_from_slice(&p.receiver_index.to_be_bytes());
+                out[5..].copy_from_slice(p.mac1);
+                Some(KEY_MISMATCH_LEN)
             }
             Packet::Transport(p) => {
                 let len = TRANSPORT_HEADER_LEN.checked_add(p.ciphertext.len())?;
@@ -327,8 +361,15 @@ mod tests {
         assert_eq!(RESPONSE_LEN, 57);
         assert_eq!(COOKIE_REPLY_LEN, 61);
         assert_eq!(TRANSPORT_OVERHEAD, 29);
+        assert_eq!(KEY_MISMATCH_LEN, 21);
         // The DoS rule: nothing a responder sends in answer to an initiation is larger.
-        const { assert!(RESPONSE_LEN <= INITIATION_LEN && COOKIE_REPLY_LEN <= INITIATION_LEN) };
+        const {
+            assert!(
+                RESPONSE_LEN <= INITIATION_LEN
+                    && COOKIE_REPLY_LEN <= INITIATION_LEN
+                    && KEY_MISMATCH_LEN <= INITIATION_LEN
+            )
+        };
     }
 
     #[test]
@@ -340,9 +381,17 @@ mod tests {
         assert!(!is_session_packet(&[0x10]));
         assert!(!is_session_packet(&[0x20]));
         assert_eq!(
-            Packet::decode(&[0x05; 40]),
-            Err(DecodeError::UnknownType(0x05))
+            Packet::decode(&[0x06; 40]),
+            Err(DecodeError::UnknownType(0x06))
         );
+        assert!(matches!(
+            Packet::decode(&[TYPE_KEY_MISMATCH; KEY_MISMATCH_LEN + 1]),
+            Err(DecodeError::BadLength {
+                len: 22,
+                expected: 21,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -385,11 +434,12 @@ mod tests {
         }
 
         #[test]
-        fn every_fixed_length_type_round_trips(kind in 1u8..=4, fill in any::<u8>(), extra in 0usize..64) {
+        fn every_fixed_length_type_round_trips(kind in 1u8..=5, fill in any::<u8>(), extra in 0usize..64) {
             let len = match kind {
                 TYPE_INITIATION => INITIATION_LEN,
                 TYPE_RESPONSE => RESPONSE_LEN,
                 TYPE_COOKIE_REPLY => COOKIE_REPLY_LEN,
+                TYPE_KEY_MISMATCH => KEY_MISMATCH_LEN,
                 _ => TRANSPORT_OVERHEAD + extra,
             };
             let mut bytes = vec![fill; len];

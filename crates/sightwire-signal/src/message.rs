@@ -169,6 +169,9 @@ pub struct ConnectOffer {
     pub punch: PunchParams,
     /// The device's address as the rendezvous saw it.
     pub observed: SocketAddr,
+    /// The rendezvous resends the offer until the device answers [`Body::OfferAck`]
+    /// (`spec/signaling.md` §4.6); a device acknowledges every copy that asks.
+    pub ack_requested: bool,
 }
 
 /// Either peer → rendezvous → the other peer: more candidates.
@@ -341,6 +344,21 @@ pub enum Body {
     Introduction(Introduction),
     /// See [`Consent`].
     Consent(Consent),
+    /// Device → rendezvous: a keepalive whose `KeepaliveAck` the rendezvous sends only
+    /// `ack_delay` later — the device learns whether its NAT mapping survives that idle
+    /// gap (`spec/registration.md` §5). On the wire, a `Keepalive` with
+    /// `ack_delay_ms` > 0 (a zero delay decodes as [`Body::Keepalive`]).
+    KeepaliveProbe {
+        /// How long the rendezvous waits before answering (whole milliseconds, at most
+        /// `u32::MAX` ms).
+        ack_delay: Duration,
+    },
+    /// Device → rendezvous (notification): the [`ConnectOffer`] of this attempt arrived;
+    /// stop resending it.
+    OfferAck {
+        /// The connect attempt.
+        connect_id: ConnectId,
+    },
 }
 
 impl Body {
@@ -361,6 +379,8 @@ impl Body {
             Body::Error(_) => "error",
             Body::Introduction(_) => "introduction",
             Body::Consent(_) => "consent",
+            Body::OfferAck { .. } => "offer_ack",
+            Body::KeepaliveProbe { .. } => "keepalive_probe",
         }
     }
 }
@@ -842,7 +862,10 @@ impl Body {
                 keepalive_interval_ms: millis(ack.keepalive_interval),
                 presence_ttl_ms: millis(ack.presence_ttl),
             }),
-            Body::Keepalive => P::Keepalive(proto::Keepalive {}),
+            Body::Keepalive => P::Keepalive(proto::Keepalive::default()),
+            Body::KeepaliveProbe { ack_delay } => P::Keepalive(proto::Keepalive {
+                ack_delay_ms: millis(*ack_delay),
+            }),
             Body::KeepaliveAck { observed } => P::KeepaliveAck(proto::KeepaliveAck {
                 observed: Some(address_to_proto(*observed)),
             }),
@@ -865,6 +888,7 @@ impl Body {
                 candidates: candidates_to_proto(&offer.candidates),
                 punch: Some(punch_to_proto(&offer.punch)),
                 observed: Some(address_to_proto(offer.observed)),
+                ack_requested: offer.ack_requested,
             }),
             Body::CandidateUpdate(update) => P::CandidateUpdate(proto::CandidateUpdate {
                 connect_id: update.connect_id.0,
@@ -898,6 +922,9 @@ impl Body {
                 login: consent.login.clone(),
                 accept: consent.accept,
             }),
+            Body::OfferAck { connect_id } => P::OfferAck(proto::OfferAck {
+                connect_id: connect_id.0,
+            }),
         }
     }
 
@@ -913,7 +940,10 @@ impl Body {
                 keepalive_interval: Duration::from_millis(u64::from(ack.keepalive_interval_ms)),
                 presence_ttl: Duration::from_millis(u64::from(ack.presence_ttl_ms)),
             }),
-            P::Keepalive(proto::Keepalive {}) => Body::Keepalive,
+            P::Keepalive(proto::Keepalive { ack_delay_ms: 0 }) => Body::Keepalive,
+            P::Keepalive(proto::Keepalive { ack_delay_ms }) => Body::KeepaliveProbe {
+                ack_delay: Duration::from_millis(u64::from(ack_delay_ms)),
+            },
             P::KeepaliveAck(ack) => Body::KeepaliveAck {
                 observed: address_from_proto(ack.observed, "observed")?,
             },
@@ -936,6 +966,7 @@ impl Body {
                 candidates: candidates_from_proto(offer.candidates)?,
                 punch: punch_from_proto(offer.punch)?,
                 observed: address_from_proto(offer.observed, "observed")?,
+                ack_requested: offer.ack_requested,
             }),
             P::CandidateUpdate(update) => Body::CandidateUpdate(CandidateUpdate {
                 connect_id: connect_id_from_proto(update.connect_id)?,
@@ -969,6 +1000,9 @@ impl Body {
                 login: login_from_proto(consent.login)?,
                 accept: consent.accept,
             }),
+            P::OfferAck(ack) => Body::OfferAck {
+                connect_id: connect_id_from_proto(ack.connect_id)?,
+            },
         })
     }
 }

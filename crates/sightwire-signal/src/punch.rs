@@ -166,6 +166,7 @@ mod tests {
                 start_in: Duration::from_millis(200),
             },
             observed: "203.0.113.1:4000".parse().unwrap(),
+            ack_requested: true,
         };
         let start = offer.to_punch_start(None);
         assert_eq!(start.role, punch::Role::Controlled);

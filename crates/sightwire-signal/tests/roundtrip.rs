@@ -145,17 +145,25 @@ fn body() -> impl Strategy<Value = Body> {
             any::<[u8; 32]>(),
             candidates(),
             punch(),
-            address()
+            address(),
+            any::<bool>()
         )
-            .prop_map(|(connect_id, viewer_key, candidates, punch, observed)| {
-                Body::ConnectOffer(ConnectOffer {
-                    connect_id,
-                    viewer_key,
-                    candidates,
-                    punch,
-                    observed,
-                })
-            }),
+            .prop_map(
+                |(connect_id, viewer_key, candidates, punch, observed, ack_requested)| {
+                    Body::ConnectOffer(ConnectOffer {
+                        connect_id,
+                        viewer_key,
+                        candidates,
+                        punch,
+                        observed,
+                        ack_requested,
+                    })
+                }
+            ),
+        connect_id().prop_map(|connect_id| Body::OfferAck { connect_id }),
+        (1u32..).prop_map(|ms| Body::KeepaliveProbe {
+            ack_delay: Duration::from_millis(u64::from(ms))
+        }),
         (connect_id(), candidates()).prop_map(|(connect_id, candidates)| Body::CandidateUpdate(
             CandidateUpdate {
                 connect_id,

@@ -178,6 +178,11 @@ def signaling(good_cert):
         ("connect-offer", envelope(0, 16, field_fixed64(1, 0x0123456789ABCDEF) + field_bytes(2, bytes([0x22] * 32))
                                    + field_bytes(3, candidate_set(0, candidate(1, bytes([10, 0, 0, 2]), 6000, 100))) + field_bytes(4, punch)
                                    + field_bytes(5, address(v4, 40000)))),
+        ("connect-offer-ack-requested", envelope(0, 16, field_fixed64(1, 0x0123456789ABCDEF) + field_bytes(2, bytes([0x22] * 32))
+                                   + field_bytes(3, candidate_set(0, candidate(1, bytes([10, 0, 0, 2]), 6000, 100))) + field_bytes(4, punch)
+                                   + field_bytes(5, address(v4, 40000)) + field_varint(6, 1))),
+        ("offer-ack", envelope(0, 24, field_fixed64(1, 0x0123456789ABCDEF))),
+        ("keepalive-probe", envelope(5, 12, field_varint(1, 14_000))),
         ("candidate-update", envelope(0, 17, field_fixed64(1, 5) + field_bytes(2, candidate_set(1, candidate(3, v4, 40001, 70))))),
         ("relay-request", envelope(3, 18, field_fixed64(1, 5))),
         ("relay-grant", envelope(3, 19, field_fixed64(1, 5) + field_bytes(2, address(v4, 3478)) + field_bytes(3, token))),
@@ -198,6 +203,7 @@ def signaling(good_cert):
         ("device-id-5-bytes", envelope(2, 14, field_bytes(1, bytes(5))), "wrong_length"),
         ("seventeen-candidates", envelope(2, 14, field_bytes(1, bytes(6)) + field_bytes(2, candidate_set(0, *[candidate(1, v4, 1, 1)] * 17))), "too_many_candidates"),
         ("connect-id-0", envelope(3, 18, b""), "invalid_field"),
+        ("offer-ack-connect-id-0", envelope(0, 24, b""), "invalid_field"),
         ("certificate-truncated", envelope(1, 10, field_bytes(1, good_cert[:-1])), "certificate"),
         ("unknown-candidate-kind", envelope(0, 17, field_fixed64(1, 5) + field_bytes(2, candidate_set(0, candidate(9, v4, 1, 1)))), "invalid_field"),
     ]

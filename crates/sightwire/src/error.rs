@@ -51,6 +51,16 @@ pub enum ConnectError {
     /// The rendezvous host name does not resolve to an address this endpoint can use.
     #[error("cannot resolve the rendezvous: {0}")]
     RendezvousUnresolved(ResolveError),
+    /// The rendezvous answered that the viewer's handshake was not made for its key: the
+    /// rendezvous public key configured here is not the server's (a typo, or a rotated
+    /// server key). Reported within one round trip (`spec/session.md` §2.5).
+    #[error("the rendezvous key configured here does not match the server's key")]
+    RendezvousKeyMismatch,
+    /// Nothing at all answered from the rendezvous address (server stopped, wrong host or
+    /// port, or UDP to it blocked) within [`crate::proto::RENDEZVOUS_UNREACHABLE_AFTER`]
+    /// of the watch needing it.
+    #[error("the rendezvous does not answer")]
+    RendezvousUnreachable,
 }
 
 /// Why a server's host name gave no address to try.

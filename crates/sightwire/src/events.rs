@@ -109,6 +109,21 @@ pub enum Event {
         /// Why.
         error: crate::error::ResolveError,
     },
+    /// The rendezvous holds another key than the one configured: it answered the
+    /// handshake with a key-mismatch notice (`spec/session.md` §2.5). The endpoint keeps
+    /// trying with backoff (a device may be waiting for a key update); reported once until
+    /// a session with the rendezvous is established.
+    RendezvousKeyMismatch,
+    /// Nothing answered from the rendezvous for
+    /// [`crate::proto::RENDEZVOUS_UNREACHABLE_AFTER`] while the endpoint tried to reach it.
+    /// The endpoint keeps trying; reported once until a session is established.
+    RendezvousUnreachable,
+    /// A device's keepalive interval to the rendezvous changed: it learned how long its
+    /// NAT keeps an idle mapping (`spec/registration.md` §5).
+    KeepaliveInterval {
+        /// The time between keepalives from now on.
+        interval: Duration,
+    },
     /// The rendezvous refused a request.
     RendezvousError {
         /// What it said.

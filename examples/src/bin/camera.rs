@@ -273,6 +273,17 @@ async fn main() -> anyhow::Result<()> {
                         }
                     }
                     Event::RendezvousLost => emit(json!({"event": "rendezvous_lost"})),
+                    Event::KeepaliveInterval { interval } => {
+                        emit(json!({"event": "keepalive_interval", "ms": interval.as_millis() as u64}));
+                    }
+                    Event::RendezvousKeyMismatch => {
+                        eprintln!("camera: the server at {} holds another key: check --rendezvous-key", args.rendezvous);
+                        emit(json!({"event": "rendezvous_key_mismatch"}));
+                    }
+                    Event::RendezvousUnreachable => {
+                        eprintln!("camera: nothing answers at {} (still trying)", args.rendezvous);
+                        emit(json!({"event": "rendezvous_unreachable"}));
+                    }
                     Event::RendezvousUnresolved { error } => {
                         eprintln!("camera: {}: {error}", args.rendezvous);
                         emit(json!({"event": "rendezvous_unresolved", "error": error.to_string()}));

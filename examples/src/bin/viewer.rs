@@ -6,6 +6,7 @@
 //!
 //! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
 //! connect_ms), `first_keyframe` (ms since connect started), `path_changed`, `status`,
+//! `failed` (a stable `error` name, the `reason` and `ms` since connect started),
 //! and a final `summary` (frames written, the endpoint's loss counters, `streaming_ms`
 //! from connect to stop, and `bitrate_bps`, the last target bitrate the endpoint reported).
 
@@ -18,7 +19,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use sightwire::{
-    Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target, Viewer, ViewerConfig,
+    ConnectError, Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target, Viewer,
+    ViewerConfig,
 };
 use sightwire_examples::identity::{
     KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
@@ -203,8 +205,9 @@ async fn main() -> anyhow::Result<()> {
     let mut viewer = match Viewer::connect(config, target, credentials).await {
         Ok(viewer) => viewer,
         Err(error) => {
-            output.emit(json!({"event": "failed", "reason": error.to_string(), "ms": started.elapsed().as_millis() as u64}));
-            anyhow::bail!("could not connect: {error}");
+            let (name, advice) = explain(&error, &args.rendezvous);
+            output.emit(json!({"event": "failed", "error": name, "reason": error.to_string(), "ms": started.elapsed().as_millis() as u64}));
+            anyhow::bail!("could not connect ({name}): {error}. {advice}");
         }
     };
     let connect_ms = started.elapsed().as_millis() as u64;
@@ -316,6 +319,63 @@ async fn main() -> anyhow::Result<()> {
     output.finish()?;
     viewer.close().await;
     Ok(())
+}
+
+/// A stable name for a connect error (the `error` field of the `failed` line) and what
+/// the person at the keyboard can do about it.
+fn explain(error: &ConnectError, rendezvous: &ServerAddr) -> (&'static str, String) {
+    match error {
+        ConnectError::RendezvousKeyMismatch => (
+            "rendezvous_key_mismatch",
+            format!(
+                "The server at {rendezvous} holds another key: check --rendezvous-key \
+                 (the operator may have changed it)."
+            ),
+        ),
+        ConnectError::RendezvousUnreachable => (
+            "rendezvous_unreachable",
+            format!(
+                "Nothing answers at {rendezvous}: is the server running, are the host and \
+                 port right, does this network let UDP out?"
+            ),
+        ),
+        ConnectError::RendezvousUnresolved(_) => (
+            "rendezvous_unresolved",
+            format!("Check the host name {rendezvous} and this machine's DNS."),
+        ),
+        ConnectError::Unavailable => (
+            "device_offline",
+            "The camera is offline, its ID is unknown, or it did not accept these \
+             credentials (the rendezvous does not say which): check that it is online, \
+             the ID and the password."
+                .into(),
+        ),
+        ConnectError::NoPath => (
+            "no_path",
+            "Neither a direct path nor the relay reached the camera.".into(),
+        ),
+        ConnectError::Timeout => (
+            "timeout",
+            "The camera did not complete the connection in time.".into(),
+        ),
+        ConnectError::CertificateInvalid => (
+            "certificate_invalid",
+            "The camera's ID certificate is not from a trusted issuer (--issuer-key).".into(),
+        ),
+        ConnectError::KeyMismatch => (
+            "device_key_mismatch",
+            "The camera's key is not the one pinned: a replaced camera or an impostor.".into(),
+        ),
+        ConnectError::NotAuthorized(_) => (
+            "not_authorized",
+            "The camera refused this viewer: check the password.".into(),
+        ),
+        ConnectError::DeviceBusy => (
+            "device_busy",
+            "The camera serves as many viewers as it may.".into(),
+        ),
+        _ => ("other", String::new()),
+    }
 }
 
 #[derive(Default)]

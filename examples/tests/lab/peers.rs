@@ -104,6 +104,9 @@ pub(crate) struct ViewerReport {
     pub(crate) summary: Option<serde_json::Value>,
     /// A failure reason the viewer printed.
     pub(crate) failure: Option<String>,
+    /// The `error` name of the `failed` event, and its `ms` (since connect started).
+    pub(crate) error: Option<String>,
+    pub(crate) failed_ms: Option<u64>,
 }
 
 impl ViewerReport {
@@ -191,7 +194,11 @@ impl ViewerRun {
                         .push(line.str("path").unwrap_or("?").to_owned());
                 }
                 Some("summary") => report.summary = line.json.clone(),
-                Some("failed") => report.failure = line.str("reason").map(str::to_owned),
+                Some("failed") => {
+                    report.failure = line.str("reason").map(str::to_owned);
+                    report.error = line.str("error").map(str::to_owned);
+                    report.failed_ms = line.u64("ms");
+                }
                 _ => {}
             }
         }

@@ -250,11 +250,13 @@ pub(crate) struct Servers {
 }
 
 impl Servers {
-    /// Starts both and waits until they listen.
-    pub(crate) fn start(
+    /// Starts both and waits until they listen; `limits` is the rendezvous's `[limits]`
+    /// section (the lab's is `keepalive_interval_ms = LAB_KEEPALIVE_MS`).
+    pub(crate) fn start_with(
         topology: &Topology,
         bins: &ServerBinaries,
         pki: Pki,
+        limits: &str,
     ) -> anyhow::Result<Self> {
         let run = topology.run();
         let config = run.path("rendezvous.toml");
@@ -270,7 +272,7 @@ impl Servers {
                  address = \"{RELAY_IP}:{RELAY_PORT}\"\n\
                  grant_key = \"{}\"\n\
                  [limits]\n\
-                 keepalive_interval_ms = {LAB_KEEPALIVE_MS}\n",
+                 {limits}",
                 path(&pki.rendezvous_key_file),
                 path(&pki.registry),
                 pki.issuer_public,

@@ -138,6 +138,19 @@ impl Endpoint {
 
     pub(crate) fn device_on_offer(&mut self, now: Instant, offer: ConnectOffer) {
         let id = PeerId(offer.connect_id.0);
+        if offer.ack_requested {
+            // Every copy is acknowledged (an acknowledgement may be lost too); only the
+            // first makes a connection: the rendezvous resends the offer until it hears
+            // this (spec/signaling.md §4.6).
+            self.send_signal(
+                now,
+                Body::OfferAck {
+                    connect_id: offer.connect_id,
+                },
+                0,
+                None,
+            );
+        }
         if self.conns.contains_key(&id) {
             return;
         }

@@ -48,6 +48,7 @@ mod connection;
 mod consent;
 mod device;
 mod gop;
+mod mapping;
 mod outbox;
 mod rendezvous;
 pub(crate) mod timer;
@@ -80,10 +81,11 @@ use device::DeviceRole;
 pub use device::DeviceSettings;
 pub use gop::GopCacheUsage;
 use gop::{Placement, Route};
+pub use mapping::{MAX_PROBES, MIN_KEEPALIVE_INTERVAL, PROBE_RESOLUTION};
 use outbox::Outbox;
 pub use outbox::{MAX_DATAGRAM_LEN, MAX_QUEUED_TRANSMITS, Transmit};
 use rendezvous::RendezvousLink;
-pub use rendezvous::{ADDRESS_TRY, MAX_SERVER_ADDRESSES};
+pub use rendezvous::{ADDRESS_TRY, MAX_SERVER_ADDRESSES, RENDEZVOUS_UNREACHABLE_AFTER};
 use timer::{TimerTable, timers};
 use viewer::ViewerRole;
 pub use viewer::{MAX_WATCHES, WatchId, WatchRequest};
@@ -246,6 +248,11 @@ timers! {
         RegisterRetry,
         /// Report per-peer figures.
         Stats,
+        /// Nothing heard from the rendezvous since the endpoint started trying to reach
+        /// it: report it unreachable.
+        RendezvousSilent,
+        /// The keepalive probe's answer is overdue.
+        ProbeTimeout,
     }
 }
 
@@ -273,7 +280,7 @@ pub struct Endpoint {
     packetizer: MediaConnection,
     outbox: Outbox,
     events: VecDeque<EndpointEvent>,
-    timers: TimerTable<EndpointTimer, 6>,
+    timers: TimerTable<EndpointTimer, 8>,
     encode: BytesMut,
     agent_rng: StdRng,
     local_port: u16,
@@ -456,7 +463,10 @@ impl Endpoint {
             conn.agent.network_changed(now, hosts.clone());
         }
         match self.role {
-            Role::Device(_) => self.send_register(now),
+            Role::Device(_) => {
+                self.rendezvous.tuner.restart();
+                self.send_register(now);
+            }
             Role::Viewer(_) => self.reconnect_all_watches(now, "network changed"),
         }
         self.flush(now);
@@ -736,6 +746,8 @@ impl Endpoint {
             EndpointTimer::Keepalive => self.send_keepalive(now),
             EndpointTimer::KeepaliveTimeout => self.keepalive_timed_out(now),
             EndpointTimer::RegisterRetry => self.send_register(now),
+            EndpointTimer::RendezvousSilent => self.rendezvous_silent(now),
+            EndpointTimer::ProbeTimeout => self.probe_timed_out(now),
             EndpointTimer::Stats => {
                 self.timers.set(EndpointTimer::Stats, now + STATS_INTERVAL);
                 self.report_stats();
@@ -895,6 +907,11 @@ impl Endpoint {
                     self.timers.stop(EndpointTimer::RendezvousNextAddress);
                     self.want_resolve();
                     self.schedule_rendezvous_retry(now);
+                    if let sightwire_session::HandshakeFailure::KeyRefused
+                    | sightwire_session::HandshakeFailure::RemoteKeyMismatch { .. } = reason
+                    {
+                        self.rendezvous_key_refused(now);
+                    }
                 } else if let Some(id) = self.by_session.remove(&session) {
                     self.connection_failed(now, id, connection::Failure::Handshake(reason));
                 }

@@ -15,6 +15,7 @@ use sightwire_session::SessionKind;
 use sightwire_signal::{Body, Close, CloseReason, Envelope, ErrorCode};
 
 use super::connection::{AuthState, Failure};
+use super::mapping::{AckOutcome, KeepaliveTuner};
 use super::{Endpoint, EndpointTimer, Role};
 use crate::config::RendezvousServer;
 use crate::error::{ConnectError, ResolveError};
@@ -40,6 +41,12 @@ pub(crate) const REQUEST_RETRY: Duration = Duration::from_secs(1);
 pub const ADDRESS_TRY: Duration = Duration::from_secs(1);
 /// Most addresses of a rendezvous name kept (the rest of a longer answer is ignored).
 pub const MAX_SERVER_ADDRESSES: usize = 8;
+/// Nothing heard from the rendezvous this long while trying to reach it: the endpoint
+/// reports [`Event::RendezvousUnreachable`], and a watch that waited this long for it
+/// fails with [`ConnectError::RendezvousUnreachable`]. The handshake has then been sent
+/// three times (at 0, 1 and 3 s: `spec/session.md` §4.2), so one lost datagram does not
+/// make a reachable server look down.
+pub const RENDEZVOUS_UNREACHABLE_AFTER: Duration = Duration::from_millis(3500);
 
 /// Where the resolution of the rendezvous name stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +66,8 @@ pub(crate) struct RendezvousLink {
     /// The session is established: messages may be sent.
     pub(crate) ready: bool,
     retry_backoff: Duration,
-    keepalive_interval: Duration,
+    /// The keepalive interval, learned from the NAT's mapping lifetime (mapping.rs).
+    pub(crate) tuner: KeepaliveTuner,
     /// Liveness retries sent since the last message from the rendezvous.
     unanswered: u32,
     /// Device: register not yet acknowledged (its request id).
@@ -76,6 +84,13 @@ pub(crate) struct RendezvousLink {
     resolution: Resolution,
     /// The last resolution failed (reported with the next connect failure).
     unresolved: Option<ResolveError>,
+    /// Reported since the last established session: the server refused our key
+    /// ([`Event::RendezvousKeyMismatch`]), nothing answered
+    /// ([`Event::RendezvousUnreachable`]).
+    key_refused_reported: bool,
+    unreachable_reported: bool,
+    /// The server holds another key (its last handshake answer said so).
+    pub(crate) key_refused: bool,
 }
 
 impl RendezvousLink {
@@ -86,11 +101,14 @@ impl RendezvousLink {
             address_try: ADDRESS_TRY,
             resolution: Resolution::Idle,
             unresolved: None,
+            key_refused_reported: false,
+            unreachable_reported: false,
+            key_refused: false,
             server,
             session: None,
             ready: false,
             retry_backoff: RENDEZVOUS_RETRY_MIN,
-            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            tuner: KeepaliveTuner::new(DEFAULT_KEEPALIVE_INTERVAL),
             unanswered: 0,
             register: None,
             registered: false,
@@ -134,6 +152,14 @@ impl Endpoint {
         }
         self.rendezvous.ready = false;
         self.rendezvous.current = Some(address);
+        if !self.timers.is_set(EndpointTimer::RendezvousSilent)
+            && !self.rendezvous.unreachable_reported
+        {
+            self.timers.set(
+                EndpointTimer::RendezvousSilent,
+                now + RENDEZVOUS_UNREACHABLE_AFTER,
+            );
+        }
         match self.sessions.connect(
             now,
             address,
@@ -270,7 +296,7 @@ impl Endpoint {
         if self.rendezvous.addresses.is_empty() {
             // Nothing to try: the watches waiting for the rendezvous fail now, not at
             // their deadline; a device tries again with backoff.
-            self.viewer_rendezvous_unresolved(now, ConnectError::RendezvousUnresolved(error));
+            self.viewer_rendezvous_failed(now, ConnectError::RendezvousUnresolved(error));
             if !self.timers.is_set(EndpointTimer::RendezvousRetry) {
                 self.schedule_rendezvous_retry(now);
             }
@@ -284,6 +310,11 @@ impl Endpoint {
         if !self.rendezvous.ready && self.rendezvous.addresses.is_empty() {
             self.want_resolve();
         }
+    }
+
+    /// No address of the rendezvous is known yet (its name has not resolved).
+    pub(crate) fn rendezvous_addresses_unknown(&self) -> bool {
+        self.rendezvous.addresses.is_empty()
     }
 
     /// The rendezvous address in use (or being tried).
@@ -302,6 +333,10 @@ impl Endpoint {
 
     pub(crate) fn rendezvous_established(&mut self, now: Instant) {
         self.rendezvous.ready = true;
+        self.rendezvous.key_refused = false;
+        self.rendezvous.key_refused_reported = false;
+        self.rendezvous.unreachable_reported = false;
+        self.timers.stop(EndpointTimer::RendezvousSilent);
         self.rendezvous.retry_backoff = RENDEZVOUS_RETRY_MIN;
         self.rendezvous.address_try = ADDRESS_TRY;
         self.timers.stop(EndpointTimer::RendezvousNextAddress);
@@ -313,6 +348,35 @@ impl Endpoint {
             }
             Role::Viewer(_) => self.send_wanted_connect_requests(now),
         }
+    }
+
+    /// The rendezvous answered our handshake with a key-mismatch notice: the key
+    /// configured is not the server's. Waiting watches fail now; the endpoint keeps
+    /// trying with backoff (the caller schedules it).
+    pub(crate) fn rendezvous_key_refused(&mut self, now: Instant) {
+        self.rendezvous.key_refused = true;
+        // Something answered: not unreachable.
+        self.timers.stop(EndpointTimer::RendezvousSilent);
+        if !self.rendezvous.key_refused_reported {
+            self.rendezvous.key_refused_reported = true;
+            tracing::warn!(
+                address = ?self.rendezvous.current,
+                "the rendezvous does not hold the key configured here"
+            );
+            self.emit(None, Event::RendezvousKeyMismatch);
+        }
+        self.viewer_rendezvous_failed(now, ConnectError::RendezvousKeyMismatch);
+    }
+
+    /// Nothing was heard from the rendezvous for [`RENDEZVOUS_UNREACHABLE_AFTER`] while
+    /// trying to reach it: say so once (the endpoint keeps trying).
+    pub(crate) fn rendezvous_silent(&mut self, _now: Instant) {
+        if self.rendezvous.ready || self.rendezvous.unreachable_reported {
+            return;
+        }
+        self.rendezvous.unreachable_reported = true;
+        tracing::warn!(address = ?self.rendezvous.current, "the rendezvous does not answer");
+        self.emit(None, Event::RendezvousUnreachable);
     }
 
     /// Any message on the rendezvous session: the link is alive.
@@ -351,14 +415,58 @@ impl Endpoint {
         if !self.rendezvous.ready || !self.rendezvous.registered {
             return;
         }
+        if self.rendezvous.tuner.probe_in_flight() {
+            // The probe's answer (or its timeout) schedules what comes next.
+            return;
+        }
+        let idle = !self.timers.is_set(EndpointTimer::KeepaliveTimeout) && self.conns.is_empty();
+        if let Some(gap) = self.rendezvous.tuner.wanted_probe().filter(|_| idle) {
+            // A probe (spec/registration.md §7): its answer comes `gap` later, if the NAT
+            // kept the mapping that long. Nothing else is sent meanwhile.
+            let id = self.next_request_id();
+            self.send_signal(now, Body::KeepaliveProbe { ack_delay: gap }, id, None);
+            self.rendezvous.tuner.probe_sent(now, id, gap);
+            self.timers.stop(EndpointTimer::Keepalive);
+            if let Some(deadline) = self.rendezvous.tuner.probe_deadline() {
+                self.timers.set(EndpointTimer::ProbeTimeout, deadline);
+            }
+            tracing::debug!(?gap, "keepalive probe");
+            return;
+        }
+        self.send_plain_keepalive(now);
+    }
+
+    /// A keepalive answered at once (the link check), and the next one scheduled.
+    fn send_plain_keepalive(&mut self, now: Instant) {
         self.timers.set(
             EndpointTimer::Keepalive,
-            now + self.rendezvous.keepalive_interval,
+            now + self.rendezvous.tuner.interval(),
         );
         if !self.timers.is_set(EndpointTimer::KeepaliveTimeout) {
             let id = self.next_request_id();
             self.send_signal(now, Body::Keepalive, id, None);
             self.expect_answer(now);
+        }
+    }
+
+    /// A probe's answer did not come: the mapping did not survive its gap. A plain
+    /// keepalive goes out at once (it reopens the mapping and checks the link).
+    pub(crate) fn probe_timed_out(&mut self, now: Instant) {
+        let before = self.rendezvous.tuner.interval();
+        if self.rendezvous.tuner.probe_timed_out() {
+            self.keepalive_interval_changed(before);
+            if self.rendezvous.ready && self.rendezvous.registered {
+                self.send_plain_keepalive(now);
+            }
+        }
+    }
+
+    /// Reports a new keepalive interval to the application.
+    fn keepalive_interval_changed(&mut self, before: Duration) {
+        let interval = self.rendezvous.tuner.interval();
+        if interval != before {
+            tracing::info!(?interval, "keepalive interval");
+            self.emit(None, Event::KeepaliveInterval { interval });
         }
     }
 
@@ -371,10 +479,12 @@ impl Endpoint {
         self.rendezvous.registered = false;
         self.rendezvous.register = None;
         self.rendezvous.unanswered = 0;
+        self.rendezvous.tuner.abort();
         for timer in [
             EndpointTimer::Keepalive,
             EndpointTimer::KeepaliveTimeout,
             EndpointTimer::RegisterRetry,
+            EndpointTimer::ProbeTimeout,
         ] {
             self.timers.stop(timer);
         }
@@ -400,6 +510,10 @@ impl Endpoint {
         let Some(session) = self.rendezvous.session.filter(|_| self.rendezvous.ready) else {
             return;
         };
+        if !matches!(body, Body::KeepaliveProbe { .. }) {
+            // Traffic to the rendezvous refreshes the mapping: a probe's gap is not idle.
+            self.rendezvous.tuner.spoil();
+        }
         self.encode.clear();
         let envelope = Envelope::new(request_id, body);
         let encoded = match pad_to {
@@ -436,12 +550,18 @@ impl Endpoint {
                 self.rendezvous.register = None;
                 self.rendezvous.registered = true;
                 self.timers.stop(EndpointTimer::RegisterRetry);
-                self.rendezvous.keepalive_interval =
-                    ack.keepalive_interval.max(Duration::from_secs(1));
-                self.timers.set(
-                    EndpointTimer::Keepalive,
-                    now + self.rendezvous.keepalive_interval,
-                );
+                let before = self.rendezvous.tuner.interval();
+                self.rendezvous
+                    .tuner
+                    .set_ceiling(ack.keepalive_interval.max(Duration::from_secs(1)));
+                self.keepalive_interval_changed(before);
+                // The first keepalive (or probe) goes out at once: a probe measures from
+                // here, a plain one checks the link.
+                let first = match self.rendezvous.tuner.wanted_probe() {
+                    Some(_) => now,
+                    None => now + self.rendezvous.tuner.interval(),
+                };
+                self.timers.set(EndpointTimer::Keepalive, first);
                 self.rendezvous.retry_backoff = RENDEZVOUS_RETRY_MIN;
                 self.note_observed(now, ack.observed);
                 tracing::info!(observed = %ack.observed, "registered with the rendezvous");
@@ -452,7 +572,29 @@ impl Endpoint {
                     },
                 );
             }
-            Body::KeepaliveAck { observed } => self.note_observed(now, observed),
+            Body::KeepaliveAck { observed } => {
+                let before = self.rendezvous.tuner.interval();
+                let outcome = self.rendezvous.tuner.on_ack(now, envelope.request_id);
+                if outcome == AckOutcome::Plain
+                    && self.rendezvous.observed.is_some_and(|o| o != observed)
+                {
+                    // Same network, new address: the NAT replaced an idle mapping.
+                    self.rendezvous.tuner.mapping_replaced();
+                }
+                self.note_observed(now, observed);
+                self.keepalive_interval_changed(before);
+                match outcome {
+                    AckOutcome::Probe => {
+                        self.timers.stop(EndpointTimer::ProbeTimeout);
+                        self.send_keepalive(now);
+                    }
+                    AckOutcome::Plain if self.rendezvous.tuner.wanted_probe().is_some() => {
+                        // The mapping was just refreshed and the link is fine: probe now.
+                        self.timers.set(EndpointTimer::Keepalive, now);
+                    }
+                    AckOutcome::Plain => {}
+                }
+            }
             Body::ConnectOffer(offer) => self.device_on_offer(now, offer),
             Body::ConnectResponse(response) => {
                 self.viewer_on_response(now, envelope.request_id, response)

@@ -15,7 +15,7 @@ use sightwire_signal::{Body, ConnectRequest, ConnectResponse, ErrorCode, MAX_MES
 use super::connection::{AuthState, ConnTimer, Failure};
 use super::device::GRANT_WAIT;
 use super::gop::WatchFrames;
-use super::rendezvous::REQUEST_RETRY;
+use super::rendezvous::{RENDEZVOUS_UNREACHABLE_AFTER, REQUEST_RETRY};
 use super::timer::{TimerTable, timers};
 use super::{CommandError, Endpoint, Role};
 use crate::config::{Credentials, DEFAULT_CONNECT_TIMEOUT, Target};
@@ -73,6 +73,9 @@ timers! {
         Reconnect,
         /// The first connect must be done by then.
         Deadline,
+        /// The watch has waited this long for the rendezvous (no session with it): a
+        /// first connect fails as unreachable.
+        RendezvousWait,
     }
 }
 
@@ -100,7 +103,7 @@ pub(crate) struct Watch {
     login_opening: Bytes,
     /// Our confirmation of the device's login message (resent if that comes again).
     pub(crate) login_reply: Option<(sightwire_signal::ConnectId, Bytes)>,
-    pub(crate) timers: TimerTable<WatchTimer, 3>,
+    pub(crate) timers: TimerTable<WatchTimer, 4>,
     /// What the watch delivered, per stream (a reconnect's replayed GOP is not
     /// delivered twice).
     pub(crate) frames: WatchFrames,
@@ -148,6 +151,12 @@ impl Endpoint {
         let device_id = request.target.device_id();
         let mut timers = TimerTable::default();
         timers.set(WatchTimer::Deadline, now + request.connect_timeout);
+        if !self.rendezvous.ready {
+            timers.set(
+                WatchTimer::RendezvousWait,
+                now + RENDEZVOUS_UNREACHABLE_AFTER,
+            );
+        }
         viewer.watches.insert(
             id,
             Watch {
@@ -181,9 +190,10 @@ impl Endpoint {
         Ok(id)
     }
 
-    /// The rendezvous name does not resolve and there is no address to try: every watch
-    /// still waiting for its first connect request fails with `error` now.
-    pub(crate) fn viewer_rendezvous_unresolved(&mut self, now: Instant, error: ConnectError) {
+    /// The rendezvous cannot be used (its name does not resolve and there is no address
+    /// to try, or it holds another key): every watch still waiting for its first connect
+    /// request fails with `error` now.
+    pub(crate) fn viewer_rendezvous_failed(&mut self, now: Instant, error: ConnectError) {
         let Role::Viewer(viewer) = &self.role else {
             return;
         };
@@ -300,6 +310,35 @@ impl Endpoint {
                             self.send_connect_request(now, id);
                         }
                     }
+                    WatchTimer::RendezvousWait => {
+                        let ready = self.rendezvous.ready;
+                        // No address to have tried yet (the name is still being
+                        // resolved): the resolver's answer decides, not this timer.
+                        let resolving = self.rendezvous_addresses_unknown();
+                        let error = if self.rendezvous.key_refused {
+                            ConnectError::RendezvousKeyMismatch
+                        } else {
+                            ConnectError::RendezvousUnreachable
+                        };
+                        let Some(watch) = self.watch_mut(id) else {
+                            break;
+                        };
+                        if resolving {
+                            watch.timers.set(
+                                WatchTimer::RendezvousWait,
+                                now + RENDEZVOUS_UNREACHABLE_AFTER,
+                            );
+                            continue;
+                        }
+                        if !ready
+                            && !watch.connected
+                            && watch.current.is_none()
+                            && watch.attempt.is_none()
+                        {
+                            self.fail_watch(now, id, error);
+                            break;
+                        }
+                    }
                     WatchTimer::Deadline => {
                         let Some(watch) = self.watch_mut(id) else {
                             break;
@@ -335,13 +374,20 @@ impl Endpoint {
         }
     }
 
-    /// The rendezvous session died: the requests in flight go out again on the next.
-    pub(crate) fn viewer_requests_lost(&mut self, _now: Instant) {
+    /// The rendezvous session died: the requests in flight go out again on the next. A
+    /// first connect waits for it at most [`RENDEZVOUS_UNREACHABLE_AFTER`].
+    pub(crate) fn viewer_requests_lost(&mut self, now: Instant) {
         if let Role::Viewer(viewer) = &mut self.role {
             for watch in viewer.watches.values_mut() {
                 if watch.request.take().is_some() {
                     watch.want_connect = true;
                     watch.timers.stop(WatchTimer::RequestRetry);
+                    if !watch.connected && !watch.timers.is_set(WatchTimer::RendezvousWait) {
+                        watch.timers.set(
+                            WatchTimer::RendezvousWait,
+                            now + RENDEZVOUS_UNREACHABLE_AFTER,
+                        );
+                    }
                 }
             }
         }
@@ -378,6 +424,7 @@ impl Endpoint {
         };
         let request_id = *watch.request.get_or_insert(fresh_id);
         watch.want_connect = false;
+        watch.timers.stop(WatchTimer::RendezvousWait);
         watch
             .timers
             .set(WatchTimer::RequestRetry, now + REQUEST_RETRY);
@@ -674,10 +721,17 @@ impl Endpoint {
         if !watch.connected {
             let error = failure.connect_error();
             let retry_at = now + RECONNECT_BACKOFF;
+            // After "no path" (every pair, the relay included, failed for
+            // `sightwire_punch::FAIL_AFTER`), another attempt is worth it only if it can run
+            // that long before the deadline; otherwise the answer is clear now.
+            let needs = match failure {
+                Failure::NoPath => sightwire_punch::FAIL_AFTER,
+                _ => Duration::ZERO,
+            };
             let before_deadline = watch
                 .timers
                 .get(WatchTimer::Deadline)
-                .is_some_and(|deadline| retry_at < deadline);
+                .is_some_and(|deadline| retry_at + needs < deadline);
             if !failure.is_transient() || !before_deadline {
                 return self.fail_watch(now, watch_id, error);
             }

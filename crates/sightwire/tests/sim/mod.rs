@@ -26,6 +26,7 @@ use sightwire_session::{
 };
 use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey, TrustedIssuers};
 use sightwire_signal::grant::RelayGrantKey;
+use sightwire_signal::{Body, Envelope};
 use sightwire_testkit::sightwire_netsim::{
     Attachment, Filtering, HostId, LinuxInput, Mapping, NatBehavior, NatConfig, NatId,
     PortAllocation, SimConfig,
@@ -66,6 +67,13 @@ pub struct RendezvousNode {
     core: Rendezvous<MemoryRegistry, SessionId>,
     outbox: VecDeque<SimTransmit>,
     buf: Vec<u8>,
+    /// A lossy link for one kind of message: this many `CONNECT_OFFER`s the core sends
+    /// are lost on their way out, and this many `OFFER_ACK`s on their way in.
+    pub drop_offers: u32,
+    pub drop_offer_acks: u32,
+    /// What was lost that way.
+    pub offers_dropped: u32,
+    pub offer_acks_dropped: u32,
 }
 
 impl RendezvousNode {
@@ -77,11 +85,26 @@ impl RendezvousNode {
         relay_key: RelayGrantKey,
         seed: u64,
     ) -> Self {
+        Self::with_probes(epoch, now, key, issuer, relay_key, seed, true)
+    }
+
+    /// Same, answering keepalive probes or not (`false`: as a rendezvous that predates
+    /// them).
+    pub fn with_probes(
+        epoch: Instant,
+        now: Instant,
+        key: &StaticKeypair,
+        issuer: &IssuerKey,
+        relay_key: RelayGrantKey,
+        seed: u64,
+        keepalive_probes: bool,
+    ) -> Self {
         let config = CoreConfig {
             relay: Some(sightwire_rendezvous::RelayConfig {
                 address: RELAY.parse().unwrap(),
                 key: relay_key,
             }),
+            keepalive_probes,
             ..Default::default()
         };
         let core = Rendezvous::new(
@@ -92,10 +115,15 @@ impl RendezvousNode {
             now,
             unix_at(epoch, now),
         );
+        // As the rendezvous binary configures it (`sightwire-rendezvous`'s
+        // `Config::session`): a client with another key gets a key-mismatch notice.
+        let mut session_config = sightwire_session::Config::default();
+        session_config.key_mismatch_notices_per_second =
+            sightwire_session::KEY_MISMATCH_NOTICES_PER_SECOND;
         let sessions = SessionTable::with_responder(
             key.clone(),
             SessionKind::Rendezvous,
-            sightwire_session::Config::default(),
+            session_config,
             Box::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
         );
         Self {
@@ -105,11 +133,19 @@ impl RendezvousNode {
             core,
             outbox: VecDeque::new(),
             buf: vec![0; 2048],
+            drop_offers: 0,
+            drop_offer_acks: 0,
+            offers_dropped: 0,
+            offer_acks_dropped: 0,
         }
     }
 
     pub fn online(&self) -> usize {
         self.core.online()
+    }
+
+    pub fn stats(&self) -> sightwire_rendezvous::Stats {
+        self.core.stats()
     }
 
     /// The same server answering at `address` instead of [`RENDEZVOUS`].
@@ -135,6 +171,11 @@ impl RendezvousNode {
             });
         }
         while let Some(t) = self.core.poll_transmit() {
+            if self.drop_offers > 0 && is_body(&t.payload, |b| matches!(b, Body::ConnectOffer(_))) {
+                self.drop_offers -= 1;
+                self.offers_dropped += 1;
+                continue;
+            }
             if let Ok(sealed) = self
                 .sessions
                 .seal(t.session, now, &t.payload, &mut self.buf)
@@ -163,7 +204,14 @@ impl Node for RendezvousNode {
                 remote_static,
                 address: from,
             };
-            self.core.handle_message(now, &peer, plaintext);
+            if self.drop_offer_acks > 0
+                && is_body(plaintext, |b| matches!(b, Body::OfferAck { .. }))
+            {
+                self.drop_offer_acks -= 1;
+                self.offer_acks_dropped += 1;
+            } else {
+                self.core.handle_message(now, &peer, plaintext);
+            }
         }
         self.flush(now);
     }
@@ -188,6 +236,11 @@ impl Node for RendezvousNode {
     fn poll_transmit(&mut self, _: Instant) -> Option<SimTransmit> {
         self.outbox.pop_front()
     }
+}
+
+/// Whether a signaling plaintext is a message `test` picks.
+fn is_body(plaintext: &[u8], test: impl Fn(&Body) -> bool) -> bool {
+    Envelope::decode(plaintext).is_ok_and(|e| test(&e.body))
 }
 
 /// The relay core on a public host.
@@ -592,6 +645,9 @@ pub struct World {
     pub rendezvous_address: ServerAddr,
     pub dns: BTreeMap<String, Result<Vec<SocketAddr>, ResolveError>>,
     pub viewers: Vec<(NodeId, Placement)>,
+    /// The rendezvous public key endpoints added from now on are given (default: the
+    /// server's own; a test of a misconfigured endpoint changes it).
+    pub rendezvous_public_key: Option<sightwire_session::PublicKey>,
 }
 
 impl World {
@@ -654,6 +710,7 @@ impl World {
             rendezvous_address: RENDEZVOUS.parse().unwrap(),
             dns: BTreeMap::new(),
             viewers: Vec::new(),
+            rendezvous_public_key: None,
         }
     }
 
@@ -664,7 +721,9 @@ impl World {
     fn server(&self) -> RendezvousServer {
         RendezvousServer {
             address: self.rendezvous_address.clone(),
-            public_key: *self.rendezvous_key.public(),
+            public_key: self
+                .rendezvous_public_key
+                .unwrap_or(*self.rendezvous_key.public()),
         }
     }
 
@@ -893,6 +952,38 @@ impl World {
             seed,
         );
         self.net.replace_node(self.rendezvous, Box::new(node));
+    }
+
+    /// The rendezvous restarts answering keepalive probes or not (`false`: as one that
+    /// predates them). Call before adding endpoints.
+    pub fn set_keepalive_probes(&mut self, on: bool) {
+        let now = self.now();
+        let node = RendezvousNode::with_probes(
+            self.net.epoch(),
+            now,
+            &self.rendezvous_key,
+            &self.issuer,
+            self.relay_key.clone(),
+            self.seed,
+            on,
+        );
+        self.net.replace_node(self.rendezvous, Box::new(node));
+    }
+
+    /// A new site behind a NAT configured as `config` (for example a short mapping
+    /// timeout); returns a host on it.
+    pub fn place_behind(&mut self, config: NatConfig) -> Placement {
+        self.sites += 1;
+        let n = self.sites;
+        let public: IpAddr = format!("203.0.{n}.1").parse().unwrap();
+        let private: IpAddr = format!("10.{n}.0.2").parse().unwrap();
+        let sim = self.net.sim_mut();
+        let nat = sim.add_nat(public, config);
+        Placement {
+            host: sim.add_host_behind(nat, private),
+            nat: Some(nat),
+            ip: private,
+        }
     }
 
     /// A new LAN of `kind` (its NAT, and an unused address on it).
