@@ -291,8 +291,7 @@ fn symmetric_pair_without_relay_fails_by_the_deadline() {
     for side in 0..2 {
         let stats = world.side(side).agent.stats();
         assert_eq!(
-            stats.prediction_probes,
-            sightwire_punch::MAX_PREDICTION_PROBES,
+            stats.prediction_probes, MAX_PREDICTION_PROBES,
             "side {side}"
         );
     }
