@@ -1065,6 +1065,14 @@ fn a_catch_up_through_a_slow_uplink_reaches_live() {
 #[test]
 fn a_reconnect_resumes_the_stream_without_frames_twice() {
     let (mut world, viewer, watch) = streaming(12, 0);
+    // A 4 s GOP, and the move 1.6 s into one: the reconnect (under a second) comes back
+    // to a GOP the viewer already has frames of, so the catch-up repeats some of them.
+    world.camera_mut(0).gop = 4 * FPS;
+    world
+        .run_until(Duration::from_secs(10), |w| {
+            w.camera(0).frames_sent % (4 * FPS) == 40
+        })
+        .expect("mid-GOP");
     let (nat, ip) = world.new_lan(Site::Home);
     world.move_viewer_to(viewer, nat, ip);
     let gap = recovery(&mut world, viewer, watch);

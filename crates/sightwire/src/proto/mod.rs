@@ -98,6 +98,10 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Media datagrams pulled into the transmit queue per refill (round robin over peers,
 /// so one viewer's keyframe does not hold back the others).
 const MEDIA_REFILL: usize = 64;
+/// Rounds of [`Endpoint::flush`] per input: sessions, then connections, then the
+/// sessions again for what the connections started (a handshake), and once more for
+/// what that produced. Bounded so that no input can keep the core busy.
+const FLUSH_PASSES: usize = 3;
 /// Media datagrams taken from one peer per round of a refill.
 const MEDIA_PER_PEER_ROUND: usize = 8;
 
@@ -962,7 +966,34 @@ impl Endpoint {
     /// Drains every core's queued output after an input: session handshakes and events,
     /// then each connection's probes, signals, path events and media events. Media
     /// datagrams stay in their connection until [`Endpoint::poll_transmit`] pulls them.
+    /// A connection event may start a handshake (the viewer's, on the first working
+    /// path), so the sessions are drained again after the connections: otherwise that
+    /// initiation would wait for the next input or timer.
     fn flush(&mut self, now: Instant) {
+        for pass in 0..FLUSH_PASSES {
+            let sent = self.drain_session_transmits();
+            let mut session_events = false;
+            while let Some(event) = self.sessions.poll_event() {
+                session_events = true;
+                self.on_session_event(now, event);
+            }
+            if pass > 0 && !sent && !session_events {
+                break;
+            }
+            let mut ids = std::mem::take(&mut self.scratch_ids);
+            ids.clear();
+            ids.extend(self.conns.keys().copied());
+            for &id in &ids {
+                self.flush_connection(now, id);
+            }
+            self.scratch_ids = ids;
+        }
+    }
+
+    /// Moves the session table's queued datagrams (handshakes, cookie replies, sealed
+    /// signaling) into the transmit queue. Returns whether there were any.
+    fn drain_session_transmits(&mut self) -> bool {
+        let mut any = false;
         loop {
             if self.outbox.is_full() {
                 break;
@@ -992,17 +1023,9 @@ impl Endpoint {
             if !produced {
                 break;
             }
+            any = true;
         }
-        while let Some(event) = self.sessions.poll_event() {
-            self.on_session_event(now, event);
-        }
-        let mut ids = std::mem::take(&mut self.scratch_ids);
-        ids.clear();
-        ids.extend(self.conns.keys().copied());
-        for &id in &ids {
-            self.flush_connection(now, id);
-        }
-        self.scratch_ids = ids;
+        any
     }
 
     /// Pulls media datagrams into the transmit queue, a few per connection per round.
