@@ -51,7 +51,7 @@ pub const MAX_PREDICTION_PROBES: u32 = 96;
 /// normally answered by then; a later one still wins through an upgrade.
 pub const LAN_WAIT: Duration = Duration::from_millis(150);
 /// The controlling agent nominates the relay once this long has passed since the start
-/// without a working direct pair.
+/// without a working direct pair (at once when it has no direct pair to check).
 pub const RELAY_AFTER: Duration = Duration::from_secs(2);
 /// Without a selected path this long after the start (or after a path was lost), the
 /// attempt fails.
@@ -1135,7 +1135,15 @@ impl Agent {
                                     p.kind == PathKind::Lan && p.mode == CheckMode::Connect
                                 })
                         }
-                        PathKind::Relay => elapsed >= RELAY_AFTER,
+                        // At once when nothing better is being checked (the relay-only
+                        // policy, a peer whose UDP is blocked: spec/stream.md).
+                        PathKind::Relay => {
+                            elapsed >= RELAY_AFTER
+                                || !self
+                                    .pairs
+                                    .iter()
+                                    .any(|p| !p.key.via_relay && p.mode == CheckMode::Connect)
+                        }
                     },
                 };
                 if ready {

@@ -484,6 +484,7 @@ fn relay_grants_verify_at_the_relay_and_bind_both_peers() {
     let key = RelayGrantKey::from_bytes([0x42; 32]);
     let relay = RelayConfig {
         address: "198.51.100.1:3478".parse().unwrap(),
+        stream_port: Some(443),
         key: key.clone(),
     };
     let mut h = Harness::new(CoreConfig {
@@ -503,6 +504,7 @@ fn relay_grants_verify_at_the_relay_and_bind_both_peers() {
     assert_eq!(grants.len(), 2, "{replies:?}");
     let mut allocation = None;
     for (session, grant) in grants {
+        assert_eq!(grant.relay_stream_port, Some(443));
         let claims = key.verify(&grant.token, UNIX_START + 60).unwrap();
         assert_eq!(
             claims.role,
@@ -725,7 +727,7 @@ proptest! {
     /// its introduced device session.
     #[test]
     fn invariants_hold_under_arbitrary_traffic(ops in prop::collection::vec(op(), 1..80)) {
-        let relay = RelayConfig { address: "198.51.100.1:3478".parse().unwrap(), key: RelayGrantKey::from_bytes([1; 32]) };
+        let relay = RelayConfig { address: "198.51.100.1:3478".parse().unwrap(), stream_port: Some(443), key: RelayGrantKey::from_bytes([1; 32]) };
         let mut h = Harness::new(CoreConfig { max_presence: 4, max_pending_connects: 3, relay: Some(relay), ..CoreConfig::default() });
         let mut introduced = std::collections::HashMap::new();
         let mut accepted = std::collections::HashSet::new();
@@ -1268,6 +1270,7 @@ fn finding_7_candidate_updates_are_limited() {
 fn finding_7_relay_requests_are_limited() {
     let relay = RelayConfig {
         address: "198.51.100.1:3478".parse().unwrap(),
+        stream_port: None,
         key: RelayGrantKey::from_bytes([1; 32]),
     };
     let mut h = Harness::new(CoreConfig {
@@ -1328,6 +1331,7 @@ fn finding_7_close_and_other_notifications_are_limited_per_session() {
 fn low_replies_to_registered_devices_are_size_capped() {
     let relay = RelayConfig {
         address: "198.51.100.1:3478".parse().unwrap(),
+        stream_port: None,
         key: RelayGrantKey::from_bytes([1; 32]),
     };
     let mut h = Harness::new(CoreConfig {

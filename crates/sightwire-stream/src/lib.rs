@@ -70,13 +70,15 @@ const STREAM_PEER_PREFIX: u32 = 0x0100_5357;
 
 /// The virtual address a server gives stream connection number `id` from `remote`, so
 /// its datagram code can treat the connection as one more UDP peer. It is
-/// `[0100:5357:hh:hh:id]:0` (in the reserved `0100::/8`, never a real peer): the next 32
-/// bits are the client's IPv4 address (for IPv6, its /64 prefix folded to 32 bits), so
+/// `[0100:5357:hh:hh:id]:port` (in the reserved `0100::/8`, never a real peer): the next
+/// 32 bits are the client's IPv4 address (for IPv6, its /64 prefix folded to 32 bits), so
 /// a server that keys limits on a source's /64 charges every stream connection to its
-/// real source; the low 64 bits tell connections apart. Local bookkeeping only: it never
-/// goes on the wire.
-pub fn stream_peer_addr(remote: IpAddr, id: u64) -> SocketAddr {
-    let source: u32 = match remote {
+/// real source; the low 64 bits tell connections apart; the port is the client's TCP
+/// port (never 0, so signaling that reports it as an observed address can encode it).
+/// Nobody can send UDP to it: a server never offers it as a candidate, and an endpoint
+/// that is told it as its own observed address ignores it.
+pub fn stream_peer_addr(remote: SocketAddr, id: u64) -> SocketAddr {
+    let source: u32 = match remote.ip() {
         IpAddr::V4(v4) => u32::from(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => u32::from(v4),
@@ -87,16 +89,19 @@ pub fn stream_peer_addr(remote: IpAddr, id: u64) -> SocketAddr {
         },
     };
     let bits = (u128::from(STREAM_PEER_PREFIX) << 96) | (u128::from(source) << 64) | u128::from(id);
-    SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(bits), 0, 0, 0))
+    SocketAddr::V6(SocketAddrV6::new(
+        Ipv6Addr::from(bits),
+        remote.port().max(1),
+        0,
+        0,
+    ))
 }
 
 /// Whether `addr` is a [`stream_peer_addr`] (so not an address to tell anyone, for
 /// example as a server-reflexive candidate).
 pub fn is_stream_peer(addr: SocketAddr) -> bool {
     match addr {
-        SocketAddr::V6(v6) => {
-            v6.port() == 0 && (u128::from(*v6.ip()) >> 96) as u32 == STREAM_PEER_PREFIX
-        }
+        SocketAddr::V6(v6) => (u128::from(*v6.ip()) >> 96) as u32 == STREAM_PEER_PREFIX,
         SocketAddr::V4(_) => false,
     }
 }
@@ -300,16 +305,16 @@ mod tests {
 
     #[test]
     fn stream_peer_addresses_are_recognizable_and_keep_the_source() {
-        let a = stream_peer_addr("203.0.113.7".parse().unwrap(), 1);
-        let b = stream_peer_addr("203.0.113.7".parse().unwrap(), 2);
-        let c = stream_peer_addr("::ffff:203.0.113.7".parse().unwrap(), 2);
+        let a = stream_peer_addr("203.0.113.7:40000".parse().unwrap(), 1);
+        let b = stream_peer_addr("203.0.113.7:40000".parse().unwrap(), 2);
+        let c = stream_peer_addr("[::ffff:203.0.113.7]:40000".parse().unwrap(), 2);
         assert_ne!(a, b);
         assert_eq!(b, c);
+        assert_eq!(a.port(), 40000);
         assert!(is_stream_peer(a));
-        assert!(is_stream_peer(stream_peer_addr(
-            "2001:db8::1".parse().unwrap(),
-            9
-        )));
+        let v6 = stream_peer_addr("[2001:db8::1]:0".parse().unwrap(), 9);
+        assert!(is_stream_peer(v6));
+        assert_ne!(v6.port(), 0);
         assert!(!is_stream_peer("203.0.113.7:0".parse().unwrap()));
         assert!(!is_stream_peer("[100::5]:0".parse().unwrap()));
         // Same /64 for one source: per-/64 limits charge the real client.

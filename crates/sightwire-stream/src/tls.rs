@@ -306,7 +306,7 @@ async fn serve_connection(
     };
     shared.accepted.fetch_add(1, Ordering::Relaxed);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let peer = stream_peer_addr(remote.ip(), id);
+    let peer = stream_peer_addr(remote, id);
     let (tx, rx) = mpsc::channel(config.max_queued.max(1));
     shared
         .conns
@@ -491,9 +491,17 @@ impl StreamClient {
                         () = forward => {}
                     }
                 }
-                Ok(Err(error)) => tracing::debug!(%target, %error, "stream connect failed"),
-                Err(_) => tracing::debug!(%target, "stream connect timed out"),
+                Ok(Err(error)) => {
+                    drop(rx);
+                    tracing::debug!(%target, %error, "stream connect failed");
+                }
+                Err(_) => {
+                    drop(rx);
+                    tracing::debug!(%target, "stream connect timed out");
+                }
             }
+            // The queue's receiver is gone by now, so `is_closed` is true when the
+            // event is seen.
             let _ = events.send(ClientEvent::Closed(key)).await;
         });
         Self { outbound, task }
@@ -506,9 +514,10 @@ impl StreamClient {
             .is_ok()
     }
 
-    /// Whether the stream's task has ended.
+    /// Whether the stream has ended (true by the time its [`ClientEvent::Closed`] is
+    /// received).
     pub fn is_closed(&self) -> bool {
-        self.task.is_finished()
+        self.outbound.is_closed()
     }
 }
 

@@ -48,6 +48,10 @@ pub enum ConnectError {
     /// The endpoint stopped before the connection was up.
     #[error("the endpoint stopped")]
     Stopped,
+    /// The rendezvous answered neither over UDP nor over its TCP/TLS stream port
+    /// (`spec/stream.md`): it is down, or this network lets neither through.
+    #[error("the rendezvous is unreachable over UDP and over TCP/TLS")]
+    Unreachable,
     /// The rendezvous host name does not resolve to an address this endpoint can use.
     #[error("cannot resolve the rendezvous: {0}")]
     RendezvousUnresolved(ResolveError),

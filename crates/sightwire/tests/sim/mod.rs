@@ -80,6 +80,7 @@ impl RendezvousNode {
         let config = CoreConfig {
             relay: Some(sightwire_rendezvous::RelayConfig {
                 address: RELAY.parse().unwrap(),
+                stream_port: None,
                 key: relay_key,
             }),
             ..Default::default()
@@ -665,6 +666,7 @@ impl World {
         RendezvousServer {
             address: self.rendezvous_address.clone(),
             public_key: *self.rendezvous_key.public(),
+            stream_port: None,
         }
     }
 
