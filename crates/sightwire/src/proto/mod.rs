@@ -301,6 +301,9 @@ pub struct Endpoint {
     /// UDP got no answer from the rendezvous: it and the relay are reached over TCP/TLS
     /// streams, peers through the relay only (`spec/stream.md`).
     udp_blocked: bool,
+    /// A rendezvous session was established over UDP since start or the last network
+    /// change: a silence after that is an outage, not a block, so no fallback.
+    udp_worked: bool,
     /// The stream ports of the relays in the grants received (oldest first).
     relay_stream_ports: VecDeque<(SocketAddr, u16)>,
     shut_down: bool,
@@ -385,6 +388,7 @@ impl Endpoint {
             last_send_error: None,
             last_target_bps: None,
             udp_blocked: false,
+            udp_worked: false,
             relay_stream_ports: VecDeque::new(),
             shut_down: false,
         })
@@ -468,8 +472,9 @@ impl Endpoint {
         if self.shut_down {
             return;
         }
+        // The new network may block UDP, or let it through again: find out afresh.
+        self.udp_worked = false;
         if self.udp_blocked {
-            // The new network may let UDP through: try it first again.
             self.udp_blocked = false;
             self.timers.set(EndpointTimer::RendezvousRetry, now);
         }
@@ -802,7 +807,10 @@ impl Endpoint {
     fn on_endpoint_timer(&mut self, now: Instant, timer: EndpointTimer) {
         match timer {
             EndpointTimer::RendezvousRetry => {
-                if !self.udp_blocked && self.rendezvous.server.stream_port.is_some() {
+                if !self.udp_blocked
+                    && !self.udp_worked
+                    && self.rendezvous.server.stream_port.is_some()
+                {
                     self.timers
                         .set(EndpointTimer::StreamFallback, now + STREAM_FALLBACK_AFTER);
                 }
@@ -959,6 +967,7 @@ impl Endpoint {
                 ..
             } => {
                 if Some(session) == self.rendezvous.session {
+                    self.udp_worked |= !self.udp_blocked;
                     self.rendezvous_established(now);
                 } else {
                     self.peer_session_established(now, session, remote_static);
@@ -1226,7 +1235,10 @@ impl Endpoint {
     /// started trying: UDP is taken to be blocked, and the rendezvous handshake starts
     /// again, over a stream to the same address (`spec/stream.md` §1).
     fn stream_fallback(&mut self, now: Instant) {
-        if self.rendezvous.ready || self.udp_blocked || self.rendezvous.server.stream_port.is_none()
+        if self.rendezvous.ready
+            || self.udp_blocked
+            || self.udp_worked
+            || self.rendezvous.server.stream_port.is_none()
         {
             return;
         }
