@@ -1274,6 +1274,61 @@ fn endpoint_rendezvous_by_name() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A viewer on a network that lets only TCP to ports 80 and 443 out (its router drops
+/// everything else from the LAN, UDP included), the camera on an ordinary home site
+/// (UDP works there). The servers listen for TCP/TLS streams on 443. The viewer must find
+/// UDP blocked, fall back to TLS on 443 for the rendezvous and the relay, and show video
+/// within 5 s of starting (`spec/stream.md`).
+#[test]
+fn endpoint_udp_blocked() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_udp_blocked", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    bed.topology.allow_only_web(viewer_site)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    let camera = bed.camera(camera_host, "camera", "synthetic")?;
+    let mut viewer = bed.viewer(viewer_host, "viewer", &camera.id, Stop::Frames(60))?;
+    let report = viewer.finish(VIEWER_DEADLINE)?;
+    let dropped = bed.topology.web_only_drops(viewer_site)?;
+    let fell_back = viewer.process.count_text("falling back to TCP/TLS");
+    lab::publish(&format!(
+        "\nUDP blocked (only TCP 80/443 out of the viewer's site): viewer {}; \
+         {dropped} packets dropped by the site's firewall\n",
+        cell_text(&report),
+    ));
+    ensure!(report.exit_ok, "viewer failed: {:?}", report.failure);
+    ensure!(
+        dropped > 0,
+        "the site's firewall dropped nothing: UDP was not blocked"
+    );
+    ensure!(fell_back >= 1, "the viewer never fell back to TCP/TLS");
+    ensure!(
+        report.connected_path.as_deref() == Some("relay-tcp"),
+        "path {:?}",
+        report.connected_path
+    );
+    ensure!(
+        report.frames() == 60,
+        "viewer got {} frames",
+        report.frames()
+    );
+    let first = report.first_keyframe_ms.context("no first keyframe")?;
+    ensure!(
+        first <= 5_000,
+        "first picture after {first} ms (target 5 s)"
+    );
+    lab.pass();
+    Ok(())
+}
+
 /// A camera on a home site, a viewer on another home site, both on the real clip (or
 /// the synthetic source).
 struct StreamBed {
