@@ -1381,3 +1381,39 @@ fn low_revocation_floor_refuses_unrecorded_ids_and_lower_serials() {
     let replies = h.send(&device_peer(5), &register_message(certificate(5, 4)));
     assert!(matches!(replies[0].1.body, Body::RegisterAck(_)));
 }
+
+/// A viewer on a TCP/TLS stream (`spec/stream.md` §3) arrives from its connection's
+/// virtual address: the device is not offered that as a server-reflexive candidate
+/// (nobody can send UDP to it), and the viewer is still told it as `observed`.
+#[test]
+fn a_stream_peer_address_is_never_offered_as_a_candidate() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let mut viewer = viewer_peer(1);
+    viewer.address = sightwire_stream::stream_peer_addr("198.51.100.1:40000".parse().unwrap(), 7);
+    let replies = h.connect_and_accept(&viewer, 1, false);
+    let offer = replies
+        .iter()
+        .find_map(|(s, e)| match &e.body {
+            Body::ConnectOffer(offer) if *s == 1 => Some(offer.clone()),
+            _ => None,
+        })
+        .expect("an offer to the device");
+    assert!(
+        offer
+            .candidates
+            .candidates
+            .iter()
+            .all(|c| c.address != viewer.address && c.kind != CandidateKind::ServerReflexive),
+        "{:?}",
+        offer.candidates
+    );
+    let response = replies
+        .iter()
+        .find_map(|(s, e)| match &e.body {
+            Body::ConnectResponse(response) if *s == viewer.session => Some(response.clone()),
+            _ => None,
+        })
+        .expect("a response to the viewer");
+    assert_eq!(response.observed, viewer.address);
+}
