@@ -137,3 +137,23 @@ async fn a_client_to_nothing_reports_closed() {
     let event = timeout(WAIT, events.recv()).await.unwrap().unwrap();
     assert_eq!(event, ClientEvent::Closed(key()));
 }
+
+#[tokio::test]
+async fn a_connection_that_never_completes_tls_is_closed() {
+    let listener = listener(ListenerConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..ListenerConfig::default()
+    })
+    .await;
+    // TCP only: no ClientHello ever comes.
+    let mut silent = tokio::net::TcpStream::connect(listener.local_addr())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = timeout(WAIT, silent.read(&mut buf)).await.unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(listener.stats().handshakes_failed, 1);
+    assert_eq!(listener.stats().accepted, 0);
+}
