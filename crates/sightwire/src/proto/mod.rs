@@ -533,8 +533,9 @@ impl Endpoint {
     /// [`Transmit::stream_port`]) could not be opened, or ended. A stream to the
     /// rendezvous that fails before its session is up means neither UDP nor the stream
     /// reaches it: the watches waiting for it fail with [`ConnectError::Unreachable`]
-    /// and the next try starts on UDP again (`spec/stream.md` §1). One that ends later
-    /// is a lost link. A stream to a relay is left to the paths' own checks.
+    /// and the next try starts on UDP again, unless peers are being served over the
+    /// relay's stream (`spec/stream.md` §1). One that ends later is a lost link. A stream
+    /// to a relay is left to the paths' own checks.
     ///
     /// [`ConnectError::Unreachable`]: crate::ConnectError::Unreachable
     pub fn handle_stream_closed(&mut self, now: Instant, destination: SocketAddr) {
@@ -547,7 +548,11 @@ impl Endpoint {
             self.rendezvous_lost(now);
         } else {
             tracing::warn!(%destination, "the rendezvous is unreachable over UDP and TCP/TLS");
-            self.udp_blocked = false;
+            // Peers served over the relay's stream keep it: a rendezvous outage must not
+            // move their media back onto blocked UDP. Otherwise the next try is on UDP.
+            if !self.conns.values().any(|c| c.auth == AuthState::Accepted) {
+                self.udp_blocked = false;
+            }
             if let Some(session) = self.rendezvous.session.take() {
                 self.sessions.close(session);
             }
