@@ -563,8 +563,9 @@ async fn a_viewer_joining_mid_gop_gets_a_picture_at_once() {
 }
 
 /// A viewer whose UDP never reaches the servers (`spec/stream.md`): its rendezvous UDP
-/// address is a socket that swallows everything, with the real rendezvous's TCP/TLS
-/// stream port on the same IP. After 2 s without an answer it falls back to the stream,
+/// address is a socket that swallows everything, given by name (`localhost`, so the
+/// stream is opened to the resolved address and names the host in TLS), with the real
+/// rendezvous's TCP/TLS stream port on the same IP. After 2 s without an answer it falls back to the stream,
 /// reaches the camera through the relay over TCP/TLS (`relay-tcp`), and the frames
 /// arrive, in order. Prints the time to the first frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,7 +574,9 @@ async fn udp_blocked_viewer_gets_video_over_tcp() {
     let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut config = setup.network.viewer_config();
     config.bind = "127.0.0.1:0".parse().unwrap();
-    config.rendezvous.address = silent.local_addr().unwrap().into();
+    config.rendezvous.address = format!("localhost:{}", silent.local_addr().unwrap().port())
+        .parse()
+        .unwrap();
     config.rendezvous.stream_port = Some(setup.network.rendezvous_stream_port());
 
     let started = std::time::Instant::now();

@@ -104,6 +104,8 @@ pub(crate) struct Driver {
     streams_closed: HashMap<SocketAddr, Instant>,
     stream_events: mpsc::Receiver<ClientEvent>,
     stream_events_tx: mpsc::Sender<ClientEvent>,
+    /// The rendezvous's host name, if it was configured by one (TLS server name).
+    rendezvous_host: Option<String>,
 }
 
 impl Driver {
@@ -115,6 +117,7 @@ impl Driver {
         local: SocketAddr,
     ) -> Self {
         let (stream_events_tx, stream_events) = mpsc::channel(256);
+        let rendezvous_host = endpoint.rendezvous_host().map(str::to_owned);
         Self {
             socket,
             endpoint,
@@ -128,6 +131,7 @@ impl Driver {
             streams_closed: HashMap::new(),
             stream_events,
             stream_events_tx,
+            rendezvous_host,
         }
     }
 
@@ -271,15 +275,20 @@ impl Driver {
     }
 
     async fn transmit(&mut self) {
+        // A stream to the rendezvous names it in TLS (SNI) when it was configured by name.
+        let rendezvous = self.endpoint.rendezvous_address();
         while let Some(transmit) = self.endpoint.poll_transmit() {
             let destination = transmit.destination;
             if let Some(port) = transmit.stream_port {
+                let name = self
+                    .rendezvous_host
+                    .as_ref()
+                    .filter(|_| Some(destination) == rendezvous);
                 send_on_stream(
                     &mut self.streams,
                     &mut self.streams_closed,
                     &self.stream_events_tx,
-                    destination,
-                    port,
+                    (destination, port, name),
                     transmit.contents,
                 );
                 continue;
@@ -362,8 +371,7 @@ fn send_on_stream(
     streams: &mut HashMap<SocketAddr, StreamClient>,
     closed: &mut HashMap<SocketAddr, Instant>,
     events: &mpsc::Sender<ClientEvent>,
-    destination: SocketAddr,
-    port: u16,
+    (destination, port, server_name): (SocketAddr, u16, Option<&String>),
     contents: &[u8],
 ) {
     if let Some(stream) = streams.get(&destination) {
@@ -376,7 +384,7 @@ fn send_on_stream(
     }
     let target = SocketAddr::new(destination.ip(), port);
     tracing::info!(%target, "opening a TCP/TLS stream");
-    let stream = StreamClient::spawn(destination, target, None, events.clone());
+    let stream = StreamClient::spawn(destination, target, server_name.cloned(), events.clone());
     stream.send(contents);
     streams.insert(destination, stream);
 }

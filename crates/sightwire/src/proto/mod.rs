@@ -516,6 +516,12 @@ impl Endpoint {
         self.rendezvous_current()
     }
 
+    /// The rendezvous's host name, when it was configured by name (the driver sends it
+    /// as the TLS server name of a stream to the rendezvous, `spec/stream.md` §4).
+    pub fn rendezvous_host(&self) -> Option<&str> {
+        self.rendezvous.server.address.name().map(HostPort::host)
+    }
+
     /// The driver could not send a datagram to `destination`. Counted, and reported to
     /// the application once per [`STATS_INTERVAL`] as [`Event::SendErrors`].
     pub fn handle_send_error(
