@@ -674,3 +674,92 @@ async fn udp_and_tcp_both_blocked_is_reported_at_once() {
     );
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
+
+/// The camera's UDP never reaches the servers (its rendezvous UDP address swallows
+/// everything; the stream port is the real one): it registers over TCP/TLS, serves an
+/// ordinary viewer through the relay over its stream (`relay-tcp` on the camera's side,
+/// plain `relay` on the viewer's), and the frames arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_camera_serves_a_viewer_over_tcp() {
+    let dir = TempDir::new("udp-blocked-camera");
+    let mut network = LocalNetwork::start(&dir.0.join("registry.sqlite"))
+        .await
+        .unwrap();
+    let id: DeviceId = "1C:C3:16:AB:CD:EE".parse().unwrap();
+    let identity = network.provision(id).unwrap();
+    let uri = DeviceUri::new(
+        id,
+        KeyFingerprint::of_public_key(identity.certificate.device_key()),
+    );
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rendezvous = network.rendezvous.clone();
+    rendezvous.address = silent.local_addr().unwrap().into();
+    rendezvous.stream_port = Some(network.rendezvous_stream_port());
+    let mut config = DeviceConfig::new(identity, rendezvous);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.password = Some(PASSWORD.into());
+    let started = std::time::Instant::now();
+    let mut device = Device::start(config).await.unwrap();
+    let mut blocked = false;
+    timeout(Duration::from_secs(15), async {
+        loop {
+            match device.next_event().await.expect("device running") {
+                Event::UdpBlocked => blocked = true,
+                Event::Registered { .. } => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the camera registers over TCP/TLS");
+    let registered = started.elapsed();
+    assert!(blocked, "the camera reported UdpBlocked");
+
+    let mut config = network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let sending = std::sync::atomic::AtomicBool::new(true);
+    let device = &mut device;
+    let camera_side = async {
+        let mut source = FrameSource::synthetic(25, 25, None);
+        let mut path = None;
+        while sending.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(frame) = source.next_frame() {
+                device.send_frame(frame).await;
+            }
+            // The camera's own view of the path.
+            while let Ok(Some(event)) = timeout(Duration::from_millis(1), device.next_event()).await
+            {
+                if let Event::PeerConnected { path: Some(p), .. } = event {
+                    path = Some(p);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        path
+    };
+    let viewer_side = async {
+        let mut viewer = Viewer::connect(config, Target::Uri(uri), Credentials::password(PASSWORD))
+            .await
+            .expect("the viewer connects");
+        let mut frames = Vec::new();
+        timeout(Duration::from_secs(15), async {
+            while frames.len() < 30 {
+                if let Event::Frame { frame, .. } = viewer.next_event().await.expect("viewer") {
+                    frames.push(frame.frame.capture_time_us);
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} frames", frames.len()));
+        sending.store(false, std::sync::atomic::Ordering::Relaxed);
+        (viewer, frames)
+    };
+    let (path, (viewer, frames)) = tokio::join!(camera_side, viewer_side);
+    println!(
+        "camera behind a UDP block: registered after {registered:?}, camera path {}",
+        path.map_or("none", |p| p.kind_name())
+    );
+    assert_eq!(path.map(|p| p.kind_name()), Some("relay-tcp"));
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "frames in order");
+    drop(viewer);
+}
