@@ -1,5 +1,6 @@
 //! A whole Sightwire deployment on loopback: issuer, rendezvous (with its embedded
-//! registry), relay. The demo and the end-to-end tests run cameras and viewers against
+//! registry), relay, both servers with their TCP/TLS stream listeners too
+//! (`spec/stream.md`). The demo and the end-to-end tests run cameras and viewers against
 //! it.
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use sightwire_rendezvous::{CoreConfig, Rendezvous, SqliteRegistry};
 use sightwire_session::StaticKeypair;
 use sightwire_signal::cert::{CertificateFields, IssuerKey, TrustedIssuers};
 use sightwire_signal::grant::RelayGrantKey;
+use sightwire_stream::tls::{ListenerConfig, StreamListener, TlsIdentity};
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -36,6 +38,11 @@ pub struct LocalNetwork {
     pub rendezvous: RendezvousServer,
     /// The relay's address.
     pub relay_address: SocketAddr,
+    /// The relay's TCP/TLS stream port.
+    pub relay_stream_port: u16,
+    /// The rendezvous's TCP/TLS stream listener address (kept across restarts).
+    rendezvous_stream_listen: SocketAddr,
+    tls: TlsIdentity,
     rendezvous_key: [u8; 32],
     /// Where the rendezvous listens.
     rendezvous_listen: SocketAddr,
@@ -77,12 +84,17 @@ impl LocalNetwork {
         rng.fill_bytes(&mut relay_secret);
         let relay_key = RelayGrantKey::from_bytes(relay_secret);
 
+        let tls = TlsIdentity::self_signed(vec!["127.0.0.1".into()])?;
         let relay = RelayServer::bind(
             "127.0.0.1:0".parse()?,
             Relay::new(RelayConfig::default(), relay_key.clone()),
         )
         .await?;
+        let relay = relay.with_stream(
+            StreamListener::bind("127.0.0.1:0".parse()?, &tls, ListenerConfig::default()).await?,
+        );
         let relay_address = relay.local_addr()?;
+        let relay_stream_port = relay.stream_addr().map_or(0, |a| a.port());
         let (relay_stop, stopped) = watch::channel(false);
         let relay_task = tokio::spawn(async move { relay.run(stopped).await.ok() });
 
@@ -93,8 +105,12 @@ impl LocalNetwork {
                 // Set when the rendezvous is bound (a server address refuses port 0).
                 address: SocketAddr::from(([127, 0, 0, 1], 0)).into(),
                 public_key,
+                stream_port: None,
             },
             relay_address,
+            relay_stream_port,
+            rendezvous_stream_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls,
             rendezvous_key,
             rendezvous_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             relay_key,
@@ -119,6 +135,7 @@ impl LocalNetwork {
         let config = CoreConfig {
             relay: Some(sightwire_rendezvous::RelayConfig {
                 address: self.relay_address,
+                stream_port: Some(self.relay_stream_port),
                 key: self.relay_key.clone(),
             }),
             ..self.core_config.clone()
@@ -131,6 +148,13 @@ impl LocalNetwork {
             Instant::now(),
             unix_now(),
         );
+        let stream = StreamListener::bind(
+            self.rendezvous_stream_listen,
+            &self.tls,
+            ListenerConfig::default(),
+        )
+        .await?;
+        self.rendezvous_stream_listen = stream.local_addr();
         let server = Server::new(
             socket,
             StaticKeypair::from_private(self.rendezvous_key),
@@ -143,7 +167,8 @@ impl LocalNetwork {
             },
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
-        );
+        )
+        .with_stream(stream);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = server
@@ -199,6 +224,12 @@ impl LocalNetwork {
     /// The rendezvous's socket address (it listens on loopback).
     pub fn rendezvous_address(&self) -> SocketAddr {
         self.rendezvous_listen
+    }
+
+    /// The TCP port of the rendezvous's stream listener (on the same IP). Endpoints get
+    /// it only when a test puts it in their `RendezvousServer::stream_port`.
+    pub fn rendezvous_stream_port(&self) -> u16 {
+        self.rendezvous_stream_listen.port()
     }
 
     /// Clients reach the rendezvous through `host` (a name for loopback, such as

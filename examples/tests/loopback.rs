@@ -561,3 +561,205 @@ async fn a_viewer_joining_mid_gop_gets_a_picture_at_once() {
     assert!(numbers.last().unwrap() + 5 >= sent.len() - 1);
     assert!(requests >= 1, "the camera was asked for a fresh keyframe");
 }
+
+/// A viewer whose UDP never reaches the servers (`spec/stream.md`): its rendezvous UDP
+/// address is a socket that swallows everything, given by name (`localhost`, so the
+/// stream is opened to the resolved address and names the host in TLS), with the real
+/// rendezvous's TCP/TLS stream port on the same IP. After 2 s without an answer it falls back to the stream,
+/// reaches the camera through the relay over TCP/TLS (`relay-tcp`), and the frames
+/// arrive, in order. Prints the time to the first frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_viewer_gets_video_over_tcp() {
+    let setup = setup("udp-blocked", PathPolicy::Any).await;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut config = setup.network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.rendezvous.address = format!("localhost:{}", silent.local_addr().unwrap().port())
+        .parse()
+        .unwrap();
+    config.rendezvous.stream_port = Some(setup.network.rendezvous_stream_port());
+
+    let started = std::time::Instant::now();
+    let sending = std::sync::atomic::AtomicBool::new(true);
+    let device = &setup.device;
+    // The camera streams 25 fps, a keyframe every second, until the viewer has seen 50.
+    let send = async {
+        let mut source = FrameSource::synthetic(25, 25, None);
+        while sending.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(frame) = source.next_frame() {
+                device.send_frame(frame).await;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    };
+    let watch = async {
+        let mut viewer = Viewer::connect(
+            config,
+            Target::Uri(setup.uri),
+            Credentials::password(PASSWORD),
+        )
+        .await
+        .expect("the viewer connects over TCP/TLS");
+        let connected = started.elapsed();
+        let (mut udp_blocked, mut path, mut first_frame, mut frames) =
+            (false, None, None, Vec::new());
+        timeout(Duration::from_secs(15), async {
+            while frames.len() < 50 {
+                match viewer.next_event().await.expect("viewer running") {
+                    Event::UdpBlocked => udp_blocked = true,
+                    Event::PeerConnected { path: Some(p), .. }
+                    | Event::PathChanged { path: p, .. } => {
+                        path = Some(p);
+                    }
+                    Event::Frame { frame, .. } => {
+                        first_frame.get_or_insert_with(|| started.elapsed());
+                        frames.push(frame.frame.capture_time_us);
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} frames over TCP/TLS", frames.len()));
+        sending.store(false, std::sync::atomic::Ordering::Relaxed);
+        (viewer, connected, udp_blocked, path, first_frame, frames)
+    };
+    let ((), (viewer, connected, udp_blocked, path, first_frame, frames)) =
+        tokio::join!(send, watch);
+    let first_frame = first_frame.unwrap();
+    println!(
+        "udp blocked: connected after {connected:?}, first frame after {first_frame:?} (path {})",
+        path.map_or("none", |p| p.kind_name())
+    );
+    assert!(udp_blocked, "the viewer reported UdpBlocked");
+    let path = path.expect("a path was reported");
+    assert_eq!(path.kind_name(), "relay-tcp");
+    assert_eq!(path.kind, PathKind::Relay);
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "frames in order");
+    assert!(
+        first_frame < Duration::from_secs(5),
+        "first frame after {first_frame:?}"
+    );
+    drop(viewer);
+}
+
+/// Neither UDP nor the stream reaches the rendezvous: the connect fails within seconds
+/// with `Unreachable`, not after the 20 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_and_tcp_both_blocked_is_reported_at_once() {
+    let setup = setup("unreachable", PathPolicy::Any).await;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // A TCP port nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = setup.network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.rendezvous.address = silent.local_addr().unwrap().into();
+    config.rendezvous.stream_port = Some(closed.port());
+    let started = std::time::Instant::now();
+    let result = Viewer::connect(
+        config,
+        Target::Uri(setup.uri),
+        Credentials::password(PASSWORD),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        result.err(),
+        Some(ConnectError::RendezvousUnreachable),
+        "after {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
+
+/// The camera's UDP never reaches the servers (its rendezvous UDP address swallows
+/// everything; the stream port is the real one): it registers over TCP/TLS, serves an
+/// ordinary viewer through the relay over its stream (`relay-tcp` on the camera's side,
+/// plain `relay` on the viewer's), and the frames arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_camera_serves_a_viewer_over_tcp() {
+    let dir = TempDir::new("udp-blocked-camera");
+    let mut network = LocalNetwork::start(&dir.0.join("registry.sqlite"))
+        .await
+        .unwrap();
+    let id: DeviceId = "1C:C3:16:AB:CD:EE".parse().unwrap();
+    let identity = network.provision(id).unwrap();
+    let uri = DeviceUri::new(
+        id,
+        KeyFingerprint::of_public_key(identity.certificate.device_key()),
+    );
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rendezvous = network.rendezvous.clone();
+    rendezvous.address = silent.local_addr().unwrap().into();
+    rendezvous.stream_port = Some(network.rendezvous_stream_port());
+    let mut config = DeviceConfig::new(identity, rendezvous);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.password = Some(PASSWORD.into());
+    let started = std::time::Instant::now();
+    let mut device = Device::start(config).await.unwrap();
+    let mut blocked = false;
+    timeout(Duration::from_secs(15), async {
+        loop {
+            match device.next_event().await.expect("device running") {
+                Event::UdpBlocked => blocked = true,
+                Event::Registered { .. } => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the camera registers over TCP/TLS");
+    let registered = started.elapsed();
+    assert!(blocked, "the camera reported UdpBlocked");
+
+    let mut config = network.viewer_config();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let sending = std::sync::atomic::AtomicBool::new(true);
+    let device = &mut device;
+    let camera_side = async {
+        let mut source = FrameSource::synthetic(25, 25, None);
+        let mut path = None;
+        while sending.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(frame) = source.next_frame() {
+                device.send_frame(frame).await;
+            }
+            // The camera's own view of the path.
+            while let Ok(Some(event)) = timeout(Duration::from_millis(1), device.next_event()).await
+            {
+                if let Event::PeerConnected { path: Some(p), .. } = event {
+                    path = Some(p);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        path
+    };
+    let viewer_side = async {
+        let mut viewer = Viewer::connect(config, Target::Uri(uri), Credentials::password(PASSWORD))
+            .await
+            .expect("the viewer connects");
+        let mut frames = Vec::new();
+        timeout(Duration::from_secs(15), async {
+            while frames.len() < 30 {
+                if let Event::Frame { frame, .. } = viewer.next_event().await.expect("viewer") {
+                    frames.push(frame.frame.capture_time_us);
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} frames", frames.len()));
+        sending.store(false, std::sync::atomic::Ordering::Relaxed);
+        (viewer, frames)
+    };
+    let (path, (viewer, frames)) = tokio::join!(camera_side, viewer_side);
+    println!(
+        "camera behind a UDP block: registered after {registered:?}, camera path {}",
+        path.map_or("none", |p| p.kind_name())
+    );
+    assert_eq!(path.map(|p| p.kind_name()), Some("relay-tcp"));
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "frames in order");
+    drop(viewer);
+}

@@ -51,7 +51,8 @@ pub const MAX_PREDICTION_PROBES: u32 = 96;
 /// normally answered by then; a later one still wins through an upgrade.
 pub const LAN_WAIT: Duration = Duration::from_millis(150);
 /// The controlling agent nominates a working relay pair once this long has passed since
-/// the start without a working direct pair: long enough for a direct pair that works at
+/// the start without a working direct pair (at once when it has no direct pair to
+/// check): long enough for a direct pair that works at
 /// once (`OPEN_LEAD` plus one check round trip, on paths up to ~200 ms RTT) to be chosen
 /// without a detour, short enough that a call that needs the relay starts on it at once.
 /// Direct pairs keep being checked for [`DIRECT_WINDOW`] and take over when they work.
@@ -1150,7 +1151,15 @@ impl Agent {
                                     p.kind == PathKind::Lan && p.mode == CheckMode::Connect
                                 })
                         }
-                        PathKind::Relay => elapsed >= RELAY_AFTER,
+                        // At once when nothing better is being checked (the relay-only
+                        // policy, a peer whose UDP is blocked: spec/stream.md).
+                        PathKind::Relay => {
+                            elapsed >= RELAY_AFTER
+                                || !self
+                                    .pairs
+                                    .iter()
+                                    .any(|p| !p.key.via_relay && p.mode == CheckMode::Connect)
+                        }
                     },
                 };
                 if ready {

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use sightwire_relay::{Relay, RelayConfig, RelayServer};
 use sightwire_signal::grant::RelayGrantKey;
+use sightwire_stream::tls::{ListenerConfig, StreamListener, TlsIdentity};
 use tracing_subscriber::EnvFilter;
 
 /// Forward encrypted datagrams between the two endpoints of granted allocations.
@@ -32,6 +33,56 @@ struct Args {
     /// Most bytes one allocation may forward.
     #[arg(long, default_value_t = RelayConfig::default().max_bytes_per_allocation)]
     max_bytes_per_allocation: u64,
+    /// TCP port of the TLS stream listener for endpoints whose UDP is blocked
+    /// (spec/stream.md), on the `--listen` IP; 0 turns it off. If the default port cannot
+    /// be bound (not root) the relay warns and serves UDP only.
+    #[arg(long)]
+    stream_port: Option<u16>,
+    /// PEM certificate chain for the stream listener (default: a fresh self-signed one;
+    /// endpoints do not verify it).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most stream connections at once.
+    #[arg(long, default_value_t = ListenerConfig::default().max_connections)]
+    stream_max_connections: usize,
+    /// Seconds without a datagram after which a stream connection is closed.
+    #[arg(long, default_value_t = ListenerConfig::default().idle_timeout.as_secs())]
+    stream_idle_timeout_secs: u64,
+}
+
+/// The stream port used when `--stream-port` is not given.
+const DEFAULT_STREAM_PORT: u16 = 443;
+
+/// The stream listener the arguments ask for, if any.
+async fn stream_listener(args: &Args) -> anyhow::Result<Option<StreamListener>> {
+    let port = args.stream_port.unwrap_or(DEFAULT_STREAM_PORT);
+    if port == 0 {
+        return Ok(None);
+    }
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => TlsIdentity::from_pem(
+            &std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+            &std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+        )?,
+        _ => TlsIdentity::self_signed(vec![args.listen.ip().to_string()])?,
+    };
+    let config = ListenerConfig {
+        max_connections: args.stream_max_connections,
+        idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs),
+        ..ListenerConfig::default()
+    };
+    let addr = SocketAddr::new(args.listen.ip(), port);
+    match StreamListener::bind(addr, &identity, config).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(error) if args.stream_port.is_none() => {
+            tracing::warn!(%addr, %error, "no stream listener (pass --stream-port)");
+            Ok(None)
+        }
+        Err(error) => Err(error).with_context(|| format!("binding the stream port {addr}")),
+    }
 }
 
 fn read_key(path: &PathBuf) -> anyhow::Result<RelayGrantKey> {
@@ -58,11 +109,14 @@ async fn main() -> anyhow::Result<()> {
         ..RelayConfig::default()
     };
     let relay = Relay::new(config, read_key(&args.grant_key_file)?);
-    let server = RelayServer::bind(args.listen, relay)
+    let mut server = RelayServer::bind(args.listen, relay)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    if let Some(listener) = stream_listener(&args).await? {
+        server = server.with_stream(listener);
+    }
     let shutdown = sightwire_shutdown::shutdown_signal();
-    tracing::info!(listen = %server.local_addr()?, "relay ready");
+    tracing::info!(listen = %server.local_addr()?, stream = ?server.stream_addr(), "relay ready");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

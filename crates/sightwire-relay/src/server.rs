@@ -1,8 +1,14 @@
-//! The tokio driver: one UDP socket feeding the sans-IO [`Relay`].
+//! The tokio driver: one UDP socket, and optionally a TCP/TLS stream listener
+//! (`spec/stream.md`), feeding the sans-IO [`Relay`]. A stream connection is one more
+//! peer address to the core (its virtual address), so binds, challenges and forwarding
+//! work alike for UDP and stream peers, and between them.
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use sightwire_stream::is_stream_peer;
+use sightwire_stream::tls::StreamListener;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -17,6 +23,7 @@ const RECV_BUFFER_LEN: usize = 2048;
 #[derive(Debug)]
 pub struct RelayServer {
     socket: UdpSocket,
+    stream: Option<StreamListener>,
     relay: Relay,
 }
 
@@ -25,8 +32,20 @@ impl RelayServer {
     pub async fn bind(addr: SocketAddr, relay: Relay) -> std::io::Result<Self> {
         Ok(Self {
             socket: UdpSocket::bind(addr).await?,
+            stream: None,
             relay,
         })
+    }
+
+    /// Also serves endpoints whose UDP is blocked, over TCP/TLS on `listener`.
+    pub fn with_stream(mut self, listener: StreamListener) -> Self {
+        self.stream = Some(listener);
+        self
+    }
+
+    /// The TCP address of the stream listener, if any.
+    pub fn stream_addr(&self) -> Option<SocketAddr> {
+        self.stream.as_ref().map(StreamListener::local_addr)
     }
 
     /// The address the relay listens on.
@@ -55,11 +74,10 @@ impl RelayServer {
                         }
                     };
                     let datagram = &buf[..len];
-                    match self.relay.handle_datagram(Instant::now(), unix_now(), from, datagram, &mut reply) {
-                        Action::Forward(to) => send(&self.socket, datagram, to).await,
-                        Action::Reply(len) => send(&self.socket, &reply[..len], from).await,
-                        Action::Drop(reason) => tracing::trace!(?reason, %from, "dropped"),
-                    }
+                    self.handle(from, datagram, &mut reply).await;
+                }
+                Some((from, datagram)) = stream_recv(&mut self.stream) => {
+                    self.handle(from, &datagram, &mut reply).await;
                 }
                 () = sleep_until(wake) => self.relay.handle_timeout(Instant::now()),
                 changed = shutdown.changed() => {
@@ -71,11 +89,35 @@ impl RelayServer {
         }
         Ok(self.relay.stats().clone())
     }
+
+    async fn handle(&mut self, from: SocketAddr, datagram: &[u8], reply: &mut [u8]) {
+        match self
+            .relay
+            .handle_datagram(Instant::now(), unix_now(), from, datagram, reply)
+        {
+            Action::Forward(to) => self.send(datagram, to).await,
+            Action::Reply(len) => self.send(&reply[..len], from).await,
+            Action::Drop(reason) => tracing::trace!(?reason, %from, "dropped"),
+        }
+    }
+
+    async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        if is_stream_peer(to) {
+            // Queued on the connection; a full queue drops it, as UDP would.
+            if let Some(stream) = &self.stream {
+                stream.send(to, bytes);
+            }
+        } else if let Err(error) = self.socket.send_to(bytes, to).await {
+            tracing::debug!(%error, %to, "send_to failed");
+        }
+    }
 }
 
-async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    if let Err(error) = socket.send_to(bytes, to).await {
-        tracing::debug!(%error, %to, "send_to failed");
+/// The next datagram from a stream connection, or never without a listener.
+async fn stream_recv(stream: &mut Option<StreamListener>) -> Option<(SocketAddr, Bytes)> {
+    match stream {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
     }
 }
 

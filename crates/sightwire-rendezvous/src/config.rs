@@ -9,6 +9,14 @@
 //! [relay]                                 # optional
 //! address = "198.51.100.1:3478"           # or "relay.example.com:3478", resolved at start
 //! grant_key = "relay-grant.key"           # hex 32-byte secret shared with the relay
+//! stream_port = 443                       # the relay's TCP/TLS port told in grants; 0: none
+//!
+//! [stream]                                # optional: TCP/TLS for endpoints without UDP
+//! port = 443                              # on the `listen` IP; 0: off (spec/stream.md)
+//! cert = "tls.crt"                        # optional PEM chain and key; default self-signed
+//! key = "tls.key"
+//! max_connections = 1024
+//! idle_timeout_ms = 60000
 //!
 //! [limits]                                # optional; defaults in CoreConfig
 //! keepalive_interval_ms = 20000
@@ -46,6 +54,30 @@ pub struct ServerConfig {
     /// Overrides of the core's limits and timers.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// The TCP/TLS stream listener (`spec/stream.md`).
+    #[serde(default)]
+    pub stream: StreamSection,
+}
+
+/// The stream port used when `[stream] port` (or `[relay] stream_port`) is not given.
+pub const DEFAULT_STREAM_PORT: u16 = 443;
+
+/// `[stream]`; every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// TCP port on the `listen` IP; 0 turns the listener off. Not given: 443, and a
+    /// server that cannot bind it (not root) warns and serves UDP only.
+    pub port: Option<u16>,
+    /// PEM certificate chain (default: a fresh self-signed certificate; endpoints do not
+    /// verify it).
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Most connections at once.
+    pub max_connections: Option<usize>,
+    /// A connection with no datagram for this long is closed, ms.
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// `[relay]`.
@@ -60,6 +92,9 @@ pub struct RelaySection {
     pub address: String,
     /// File holding the grant key (64 hex digits).
     pub grant_key: PathBuf,
+    /// The relay's TCP/TLS stream port, told to endpoints in grants; 0: none. Default
+    /// [`DEFAULT_STREAM_PORT`].
+    pub stream_port: Option<u16>,
 }
 
 /// `[limits]`; every field optional.
@@ -275,6 +310,8 @@ impl ServerConfig {
         if let Some(relay) = &self.relay {
             core.relay = Some(RelayConfig {
                 address: resolve_relay_address(&relay.address)?,
+                stream_port: Some(relay.stream_port.unwrap_or(DEFAULT_STREAM_PORT))
+                    .filter(|port| *port != 0),
                 key: RelayGrantKey::from_bytes(read_hex_key(&relay.grant_key)?),
             });
         }
@@ -305,6 +342,13 @@ mod tests {
         assert!(core.relay.is_none());
         assert_eq!(config.session().max_sessions, DEFAULT_MAX_SESSIONS);
         assert!(toml::from_str::<ServerConfig>(&format!("{text}\nbogus = 1")).is_err());
+        assert_eq!(config.stream.port, None);
+        let with_stream: ServerConfig = toml::from_str(&format!(
+            "{text}\n[stream]\nport = 8443\nmax_connections = 3"
+        ))
+        .unwrap();
+        assert_eq!(with_stream.stream.port, Some(8443));
+        assert_eq!(with_stream.stream.max_connections, Some(3));
     }
 
     #[test]

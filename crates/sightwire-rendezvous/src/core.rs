@@ -118,6 +118,9 @@ pub const SERVER_REFLEXIVE_PRIORITY: u32 = 90 << 24;
 pub struct RelayConfig {
     /// The relay's public UDP address.
     pub address: SocketAddr,
+    /// The relay's TCP/TLS stream port, told to endpoints in grants (`spec/stream.md`);
+    /// `None`: it has none.
+    pub stream_port: Option<u16>,
     /// The secret shared with the relay.
     pub key: RelayGrantKey,
 }
@@ -126,6 +129,7 @@ impl fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelayConfig")
             .field("address", &self.address)
+            .field("stream_port", &self.stream_port)
             .finish_non_exhaustive()
     }
 }
@@ -1390,11 +1394,15 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         viewer_candidates
             .candidates
             .truncate(sightwire_signal::MAX_CANDIDATES - 1);
-        viewer_candidates.candidates.push(Candidate {
-            kind: sightwire_signal::CandidateKind::ServerReflexive,
-            address: viewer_address,
-            priority: SERVER_REFLEXIVE_PRIORITY,
-        });
+        // A viewer on a TCP/TLS stream has no UDP address anyone could reach
+        // (spec/stream.md §3): its connection's virtual address is not a candidate.
+        if !sightwire_stream::is_stream_peer(viewer_address) {
+            viewer_candidates.candidates.push(Candidate {
+                kind: sightwire_signal::CandidateKind::ServerReflexive,
+                address: viewer_address,
+                priority: SERVER_REFLEXIVE_PRIORITY,
+            });
+        }
         let response = ConnectResponse {
             connect_id,
             certificate: side.certificate,
@@ -1634,6 +1642,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                     connect_id,
                     relay: relay.address,
                     token,
+                    relay_stream_port: relay.stream_port,
                 }),
             );
             // The requester's grant is a reply, bounded by its request; the other is a

@@ -7,11 +7,14 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rand::{RngCore, SeedableRng};
 use sightwire_id::DeviceId;
-use sightwire_rendezvous::config::{ServerConfig, parse_hex_key, read_hex_key};
+use sightwire_rendezvous::config::{
+    DEFAULT_STREAM_PORT, ServerConfig, parse_hex_key, read_hex_key,
+};
 use sightwire_rendezvous::server::{Server, unix_now};
 use sightwire_rendezvous::{Registry, Rendezvous, SqliteRegistry};
 use sightwire_session::StaticKeypair;
 use sightwire_signal::cert::{CertificateFields, IssuerKey};
+use sightwire_stream::tls::{ListenerConfig, StreamListener, TlsIdentity};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Sightwire rendezvous server and ID issuer")]
@@ -245,18 +248,22 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             Instant::now(),
             unix_now(),
         );
-        let server = Server::new(
+        let mut server = Server::new(
             socket,
             static_key.clone(),
             session_config,
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
         );
+        if let Some(listener) = stream_listener(&config).await? {
+            server = server.with_stream(listener);
+        }
         // Handlers first: a SIGTERM right after the "serving" line must stop the
         // server gracefully, not kill it.
         let shutdown = sightwire_shutdown::shutdown_signal();
         tracing::info!(
             listen = %server.local_addr()?,
+            stream = ?server.stream_addr(),
             public_key = %hex::encode(static_key.public()),
             "rendezvous serving"
         );
@@ -264,4 +271,38 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(stats = ?core.stats(), "stopped");
         anyhow::Ok(())
     })
+}
+
+/// The stream listener `[stream]` asks for, if any.
+async fn stream_listener(config: &ServerConfig) -> anyhow::Result<Option<StreamListener>> {
+    let section = &config.stream;
+    let port = section.port.unwrap_or(DEFAULT_STREAM_PORT);
+    if port == 0 {
+        return Ok(None);
+    }
+    let identity = match (&section.cert, &section.key) {
+        (Some(cert), Some(key)) => TlsIdentity::from_pem(
+            &std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+            &std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+        )?,
+        (None, None) => TlsIdentity::self_signed(vec![config.listen.ip().to_string()])?,
+        _ => bail!("[stream] needs both cert and key, or neither"),
+    };
+    let defaults = ListenerConfig::default();
+    let limits = ListenerConfig {
+        max_connections: section.max_connections.unwrap_or(defaults.max_connections),
+        idle_timeout: section
+            .idle_timeout_ms
+            .map_or(defaults.idle_timeout, std::time::Duration::from_millis),
+        ..defaults
+    };
+    let addr = std::net::SocketAddr::new(config.listen.ip(), port);
+    match StreamListener::bind(addr, &identity, limits).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(error) if section.port.is_none() => {
+            tracing::warn!(%addr, %error, "no stream listener (set [stream] port)");
+            Ok(None)
+        }
+        Err(error) => Err(error).with_context(|| format!("binding the stream port {addr}")),
+    }
 }

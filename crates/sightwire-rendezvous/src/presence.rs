@@ -106,11 +106,15 @@ impl<S: Copy> PresenceEntry<S> {
                 priority: u32::from_be_bytes(stored.priority),
             });
         }
-        out.push(Candidate {
-            kind: CandidateKind::ServerReflexive,
-            address: self.observed.get(),
-            priority: server_reflexive_priority,
-        });
+        // A device registered over a TCP/TLS stream has no reachable UDP address.
+        let observed = self.observed.get();
+        if !sightwire_stream::is_stream_peer(observed) {
+            out.push(Candidate {
+                kind: CandidateKind::ServerReflexive,
+                address: observed,
+                priority: server_reflexive_priority,
+            });
+        }
         out
     }
 }

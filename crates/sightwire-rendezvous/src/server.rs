@@ -5,12 +5,18 @@
 //! the session table, which answers handshakes and, under load, cookie replies; only the
 //! plaintext of authenticated transport packets reaches the core, with the static key
 //! the handshake proved.
+//!
+//! With a stream listener ([`Server::with_stream`], `spec/stream.md`), endpoints whose UDP
+//! is blocked send the same datagrams over TCP/TLS; each connection is one more peer
+//! address (its virtual address) to the session table and the core.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
+use sightwire_stream::is_stream_peer;
+use sightwire_stream::tls::StreamListener;
 use tokio::net::UdpSocket;
 
 use crate::core::{Peer, Rendezvous};
@@ -31,6 +37,7 @@ pub fn unix_now() -> u64 {
 #[derive(Debug)]
 pub struct Server<R> {
     socket: UdpSocket,
+    stream: Option<StreamListener>,
     sessions: SessionTable,
     core: Rendezvous<R, SessionId>,
 }
@@ -52,9 +59,21 @@ impl<R: Registry> Server<R> {
         );
         Self {
             socket,
+            stream: None,
             sessions,
             core,
         }
+    }
+
+    /// Also serves endpoints whose UDP is blocked, over TCP/TLS on `listener`.
+    pub fn with_stream(mut self, listener: StreamListener) -> Self {
+        self.stream = Some(listener);
+        self
+    }
+
+    /// The TCP address of the stream listener, if any.
+    pub fn stream_addr(&self) -> Option<SocketAddr> {
+        self.stream.as_ref().map(StreamListener::local_addr)
     }
 
     /// The address the socket is bound to.
@@ -95,6 +114,11 @@ impl<R: Registry> Server<R> {
                         // ICMP errors from earlier sends surface here on some platforms.
                         Err(error) => tracing::debug!(%error, "recv_from failed"),
                     }
+                }
+                Some((from, datagram)) = stream_recv(&mut self.stream) => {
+                    let len = datagram.len().min(receive.len());
+                    receive[..len].copy_from_slice(&datagram[..len]);
+                    self.on_datagram(from, &mut receive[..len]);
                 }
                 () = sleep => {
                     let now = Instant::now();
@@ -156,7 +180,14 @@ impl<R: Registry> Server<R> {
             }
         }
         while let Some(transmit) = self.sessions.poll_transmit(buf) {
-            send_datagram(&self.socket, transmit.destination, transmit.len, buf).await;
+            send_datagram(
+                &self.socket,
+                &self.stream,
+                transmit.destination,
+                transmit.len,
+                buf,
+            )
+            .await;
         }
         let now = Instant::now();
         while let Some(transmit) = self.core.poll_transmit() {
@@ -165,7 +196,14 @@ impl<R: Registry> Server<R> {
                 .seal(transmit.session, now, &transmit.payload, buf)
             {
                 Ok(sealed) => {
-                    send_datagram(&self.socket, sealed.destination, sealed.len, buf).await
+                    send_datagram(
+                        &self.socket,
+                        &self.stream,
+                        sealed.destination,
+                        sealed.len,
+                        buf,
+                    )
+                    .await
                 }
                 Err(reason) => tracing::debug!(%reason, "could not seal a reply (session gone)"),
             }
@@ -175,11 +213,30 @@ impl<R: Registry> Server<R> {
 
 /// Takes the socket, not the server, so the server future stays `Send` without the core
 /// having to be `Sync`.
-async fn send_datagram(socket: &UdpSocket, to: SocketAddr, len: usize, buf: &[u8]) {
+async fn send_datagram(
+    socket: &UdpSocket,
+    stream: &Option<StreamListener>,
+    to: SocketAddr,
+    len: usize,
+    buf: &[u8],
+) {
     let Some(datagram) = buf.get(..len) else {
         return;
     };
-    if let Err(error) = socket.send_to(datagram, to).await {
+    if is_stream_peer(to) {
+        // Queued on the connection; a full queue drops it, as UDP would.
+        if let Some(stream) = stream {
+            stream.send(to, datagram);
+        }
+    } else if let Err(error) = socket.send_to(datagram, to).await {
         tracing::debug!(%to, %error, "send_to failed");
+    }
+}
+
+/// The next datagram from a stream connection, or never without a listener.
+async fn stream_recv(stream: &mut Option<StreamListener>) -> Option<(SocketAddr, bytes::Bytes)> {
+    match stream {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -484,6 +484,7 @@ fn relay_grants_verify_at_the_relay_and_bind_both_peers() {
     let key = RelayGrantKey::from_bytes([0x42; 32]);
     let relay = RelayConfig {
         address: "198.51.100.1:3478".parse().unwrap(),
+        stream_port: Some(443),
         key: key.clone(),
     };
     let mut h = Harness::new(CoreConfig {
@@ -503,6 +504,7 @@ fn relay_grants_verify_at_the_relay_and_bind_both_peers() {
     assert_eq!(grants.len(), 2, "{replies:?}");
     let mut allocation = None;
     for (session, grant) in grants {
+        assert_eq!(grant.relay_stream_port, Some(443));
         let claims = key.verify(&grant.token, UNIX_START + 60).unwrap();
         assert_eq!(
             claims.role,
@@ -725,7 +727,7 @@ proptest! {
     /// its introduced device session.
     #[test]
     fn invariants_hold_under_arbitrary_traffic(ops in prop::collection::vec(op(), 1..80)) {
-        let relay = RelayConfig { address: "198.51.100.1:3478".parse().unwrap(), key: RelayGrantKey::from_bytes([1; 32]) };
+        let relay = RelayConfig { address: "198.51.100.1:3478".parse().unwrap(), stream_port: Some(443), key: RelayGrantKey::from_bytes([1; 32]) };
         let mut h = Harness::new(CoreConfig { max_presence: 4, max_pending_connects: 3, relay: Some(relay), ..CoreConfig::default() });
         let mut introduced = std::collections::HashMap::new();
         let mut accepted = std::collections::HashSet::new();
@@ -1268,6 +1270,7 @@ fn finding_7_candidate_updates_are_limited() {
 fn finding_7_relay_requests_are_limited() {
     let relay = RelayConfig {
         address: "198.51.100.1:3478".parse().unwrap(),
+        stream_port: None,
         key: RelayGrantKey::from_bytes([1; 32]),
     };
     let mut h = Harness::new(CoreConfig {
@@ -1328,6 +1331,7 @@ fn finding_7_close_and_other_notifications_are_limited_per_session() {
 fn low_replies_to_registered_devices_are_size_capped() {
     let relay = RelayConfig {
         address: "198.51.100.1:3478".parse().unwrap(),
+        stream_port: None,
         key: RelayGrantKey::from_bytes([1; 32]),
     };
     let mut h = Harness::new(CoreConfig {
@@ -1522,4 +1526,40 @@ fn limit_keepalive_probes() {
         1,
         5
     ));
+}
+
+/// A viewer on a TCP/TLS stream (`spec/stream.md` §3) arrives from its connection's
+/// virtual address: the device is not offered that as a server-reflexive candidate
+/// (nobody can send UDP to it), and the viewer is still told it as `observed`.
+#[test]
+fn a_stream_peer_address_is_never_offered_as_a_candidate() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let mut viewer = viewer_peer(1);
+    viewer.address = sightwire_stream::stream_peer_addr("198.51.100.1:40000".parse().unwrap(), 7);
+    let replies = h.connect_and_accept(&viewer, 1, false);
+    let offer = replies
+        .iter()
+        .find_map(|(s, e)| match &e.body {
+            Body::ConnectOffer(offer) if *s == 1 => Some(offer.clone()),
+            _ => None,
+        })
+        .expect("an offer to the device");
+    assert!(
+        offer
+            .candidates
+            .candidates
+            .iter()
+            .all(|c| c.address != viewer.address && c.kind != CandidateKind::ServerReflexive),
+        "{:?}",
+        offer.candidates
+    );
+    let response = replies
+        .iter()
+        .find_map(|(s, e)| match &e.body {
+            Body::ConnectResponse(response) if *s == viewer.session => Some(response.clone()),
+            _ => None,
+        })
+        .expect("a response to the viewer");
+    assert_eq!(response.observed, viewer.address);
 }

@@ -192,6 +192,10 @@ pub struct RelayGrant {
     pub relay: SocketAddr,
     /// The token (see [`crate::grant`]).
     pub token: RelayGrantToken,
+    /// The relay's TCP/TLS stream port, for endpoints whose UDP is blocked
+    /// (`spec/stream.md`); `None`: the relay has none (0 on the wire; also what a value
+    /// above 65535 reads as).
+    pub relay_stream_port: Option<u16>,
 }
 
 /// Why a connect attempt or registration ends.
@@ -901,6 +905,7 @@ impl Body {
                 connect_id: grant.connect_id.0,
                 relay: Some(address_to_proto(grant.relay)),
                 token: Bytes::copy_from_slice(&grant.token.0),
+                relay_stream_port: grant.relay_stream_port.map_or(0, u32::from),
             }),
             Body::Close(close) => P::Close(proto::Close {
                 connect_id: close.connect_id.map_or(0, |id| id.0),
@@ -979,6 +984,9 @@ impl Body {
                 connect_id: connect_id_from_proto(grant.connect_id)?,
                 relay: address_from_proto(grant.relay, "relay")?,
                 token: RelayGrantToken(fixed::<GRANT_TOKEN_LEN>(&grant.token, "token")?),
+                relay_stream_port: u16::try_from(grant.relay_stream_port)
+                    .ok()
+                    .filter(|port| *port != 0),
             }),
             P::Close(close) => Body::Close(Close {
                 connect_id: (close.connect_id != 0).then_some(ConnectId(close.connect_id)),

@@ -174,13 +174,17 @@ fn body() -> impl Strategy<Value = Body> {
         (
             connect_id(),
             address(),
-            prop::collection::vec(any::<u8>(), GRANT_TOKEN_LEN)
+            prop::collection::vec(any::<u8>(), GRANT_TOKEN_LEN),
+            prop::option::of(1u16..)
         )
-            .prop_map(|(connect_id, relay, token)| Body::RelayGrant(RelayGrant {
-                connect_id,
-                relay,
-                token: RelayGrantToken::from_slice(&token).unwrap(),
-            })),
+            .prop_map(
+                |(connect_id, relay, token, relay_stream_port)| Body::RelayGrant(RelayGrant {
+                    connect_id,
+                    relay,
+                    token: RelayGrantToken::from_slice(&token).unwrap(),
+                    relay_stream_port,
+                })
+            ),
         (
             prop::option::of(connect_id()),
             prop_oneof![

@@ -32,7 +32,14 @@ pub struct RendezvousServer {
     pub address: ServerAddr,
     /// Its static X25519 public key; a server that cannot prove it is refused.
     pub public_key: PublicKey,
+    /// Its TCP/TLS stream port, used only when UDP gets no answer (`spec/stream.md`);
+    /// `None`: no fallback. Deployments use [`DEFAULT_STREAM_PORT`].
+    pub stream_port: Option<u16>,
 }
+
+/// The stream port of the rendezvous and the relay in a deployment: HTTPS's, which
+/// networks that block UDP let through.
+pub const DEFAULT_STREAM_PORT: u16 = 443;
 
 /// A device's identity: its static key pair and the ID certificate the operator issued
 /// for it.

@@ -16,7 +16,11 @@
 //! - a rendezvous host name the core asks for ([`Endpoint::poll_resolve`]) is looked up
 //!   in a task of its own (`getaddrinfo` blocks), bounded by [`RESOLVE_TIMEOUT`], and
 //!   the addresses of the socket's IP family go back to the core
-//!   ([`Endpoint::handle_resolved`]); the packet loop never waits for DNS.
+//!   ([`Endpoint::handle_resolved`]); the packet loop never waits for DNS;
+//! - a transmit the core marks for a stream ([`crate::proto::Transmit::stream_port`], when
+//!   UDP is blocked) goes down a TCP/TLS stream to that server, opened on first use
+//!   (`sightwire_stream::tls::StreamClient`); datagrams from it go to the core as coming
+//!   from the transmit's destination, and its end to [`Endpoint::handle_stream_closed`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -26,6 +30,7 @@ use bytes::Bytes;
 use sightwire_media::Frame;
 use sightwire_session::PublicKey;
 use sightwire_signal::server_addr::HostPort;
+use sightwire_stream::tls::{ClientEvent, StreamClient};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +43,12 @@ const LOCAL_ADDRESS_POLL: Duration = Duration::from_secs(1);
 /// A host name lookup that takes longer is reported as [`ResolveError::Timeout`] (the
 /// system resolver's own default is 5 s per server, with retries).
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most TCP/TLS streams open at once (the rendezvous and the relays in use); transmits
+/// for another server are dropped until one closes.
+const MAX_STREAMS: usize = 8;
+/// A stream that closed is not opened again to the same server sooner than this.
+const STREAM_REOPEN_WAIT: Duration = Duration::from_secs(1);
 
 /// A lookup under way.
 type Resolving = tokio::task::JoinHandle<Result<Vec<SocketAddr>, ResolveError>>;
@@ -87,6 +98,14 @@ pub(crate) struct Driver {
     /// The socket's own address: its IP family decides which resolved addresses are usable.
     local: SocketAddr,
     resolving: Option<Resolving>,
+    /// TCP/TLS streams, by the destination the core sends to.
+    streams: HashMap<SocketAddr, StreamClient>,
+    /// When each recently closed stream closed.
+    streams_closed: HashMap<SocketAddr, Instant>,
+    stream_events: mpsc::Receiver<ClientEvent>,
+    stream_events_tx: mpsc::Sender<ClientEvent>,
+    /// The rendezvous's host name, if it was configured by one (TLS server name).
+    rendezvous_host: Option<String>,
 }
 
 impl Driver {
@@ -97,6 +116,8 @@ impl Driver {
         device_events: Option<mpsc::Sender<Event>>,
         local: SocketAddr,
     ) -> Self {
+        let (stream_events_tx, stream_events) = mpsc::channel(256);
+        let rendezvous_host = endpoint.rendezvous_host().map(str::to_owned);
         Self {
             socket,
             endpoint,
@@ -106,6 +127,11 @@ impl Driver {
             events_dropped: 0,
             local,
             resolving: None,
+            streams: HashMap::new(),
+            streams_closed: HashMap::new(),
+            stream_events,
+            stream_events_tx,
+            rendezvous_host,
         }
     }
 
@@ -142,6 +168,24 @@ impl Driver {
                     if let Some(rendezvous) = self.endpoint.rendezvous_address() {
                         let ip = local_ip_towards(rendezvous);
                         self.endpoint.set_local_ip(now, ip);
+                    }
+                }
+                Some(event) = self.stream_events.recv() => {
+                    let now = self.now();
+                    match event {
+                        ClientEvent::Datagram(from, datagram) => {
+                            let len = datagram.len().min(buf.len());
+                            buf[..len].copy_from_slice(&datagram[..len]);
+                            self.endpoint.handle_datagram(now, from, &mut buf[..len]);
+                        }
+                        ClientEvent::Closed(key) => {
+                            // A newer stream to the same server may be open already.
+                            if self.streams.get(&key).is_some_and(StreamClient::is_closed) {
+                                self.streams.remove(&key);
+                                self.streams_closed.insert(key, Instant::now());
+                                self.endpoint.handle_stream_closed(now, key);
+                            }
+                        }
                     }
                 }
                 resolved = resolved(&mut self.resolving) => {
@@ -231,8 +275,24 @@ impl Driver {
     }
 
     async fn transmit(&mut self) {
+        // A stream to the rendezvous names it in TLS (SNI) when it was configured by name.
+        let rendezvous = self.endpoint.rendezvous_address();
         while let Some(transmit) = self.endpoint.poll_transmit() {
             let destination = transmit.destination;
+            if let Some(port) = transmit.stream_port {
+                let name = self
+                    .rendezvous_host
+                    .as_ref()
+                    .filter(|_| Some(destination) == rendezvous);
+                send_on_stream(
+                    &mut self.streams,
+                    &mut self.streams_closed,
+                    &self.stream_events_tx,
+                    (destination, port, name),
+                    transmit.contents,
+                );
+                continue;
+            }
             let sent = send_to(&self.socket, transmit.contents, destination, transmit.ttl).await;
             if let Err(error) = sent {
                 self.endpoint
@@ -302,6 +362,31 @@ impl From<crate::proto::CommandError> for ConnectError {
             _ => ConnectError::Stopped,
         }
     }
+}
+
+/// Queues a datagram on the stream to `destination`'s IP at `port`, opening it if there is
+/// none (within [`MAX_STREAMS`], and not again within [`STREAM_REOPEN_WAIT`] of its end).
+/// A datagram that cannot be queued is lost, as over UDP; the core retransmits.
+fn send_on_stream(
+    streams: &mut HashMap<SocketAddr, StreamClient>,
+    closed: &mut HashMap<SocketAddr, Instant>,
+    events: &mpsc::Sender<ClientEvent>,
+    (destination, port, server_name): (SocketAddr, u16, Option<&String>),
+    contents: &[u8],
+) {
+    if let Some(stream) = streams.get(&destination) {
+        stream.send(contents);
+        return;
+    }
+    closed.retain(|_, at| at.elapsed() < STREAM_REOPEN_WAIT);
+    if closed.contains_key(&destination) || streams.len() >= MAX_STREAMS {
+        return;
+    }
+    let target = SocketAddr::new(destination.ip(), port);
+    tracing::info!(%target, "opening a TCP/TLS stream");
+    let stream = StreamClient::spawn(destination, target, server_name.cloned(), events.clone());
+    stream.send(contents);
+    streams.insert(destination, stream);
 }
 
 /// Sends one datagram, with `ttl` if given (IPv4 only). A full socket buffer is waited

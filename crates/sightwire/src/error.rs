@@ -58,7 +58,9 @@ pub enum ConnectError {
     RendezvousKeyMismatch,
     /// Nothing at all answered from the rendezvous address (server stopped, wrong host or
     /// port, or UDP to it blocked) within [`crate::proto::RENDEZVOUS_UNREACHABLE_AFTER`]
-    /// of the watch needing it.
+    /// of the watch needing it; where the rendezvous has a TCP/TLS stream port
+    /// (`spec/stream.md`), the stream failed too (at once when its connection is refused,
+    /// else within `RENDEZVOUS_UNREACHABLE_AFTER` of falling back to it).
     #[error("the rendezvous does not answer")]
     RendezvousUnreachable,
 }

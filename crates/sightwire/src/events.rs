@@ -16,6 +16,16 @@ use crate::error::ConnectError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
 
+/// How packets leave the endpoint on a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// UDP datagrams.
+    #[default]
+    Udp,
+    /// A TCP/TLS stream to the relay, because UDP is blocked (`spec/stream.md`).
+    Stream,
+}
+
 /// The path packets to a peer take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Path {
@@ -25,12 +35,17 @@ pub struct Path {
     pub remote: SocketAddr,
     /// Round-trip time measured by the connectivity checks.
     pub rtt: Duration,
+    /// UDP, or a TCP/TLS stream to the relay.
+    pub transport: Transport,
 }
 
 impl Path {
-    /// `lan`, `direct` or `relay`.
+    /// `lan`, `direct`, `relay`, or `relay-tcp` (the relay over a TCP/TLS stream).
     pub fn kind_name(&self) -> &'static str {
-        path_kind_name(self.kind)
+        match (self.kind, self.transport) {
+            (PathKind::Relay, Transport::Stream) => "relay-tcp",
+            (kind, _) => path_kind_name(kind),
+        }
     }
 }
 
@@ -103,6 +118,10 @@ pub enum Event {
     /// The link to the rendezvous failed; the endpoint is reconnecting. Existing peer
     /// connections are not affected.
     RendezvousLost,
+    /// No answer came from the rendezvous over UDP: the endpoint now talks to the
+    /// rendezvous and the relay over TCP/TLS streams, and to peers through the relay only
+    /// (`spec/stream.md`).
+    UdpBlocked,
     /// The rendezvous host name did not resolve (the endpoint keeps trying: with the
     /// addresses it had, or by resolving again with backoff).
     RendezvousUnresolved {

@@ -31,7 +31,7 @@
 //! let config = ViewerConfig::new(
 //!     StaticKeypair::generate(&mut rand::rngs::OsRng),
 //!     // An IP address works too: "203.0.113.1:3478".
-//!     RendezvousServer { address: "rendezvous.example.com:3478".parse()?, public_key: server_key },
+//!     RendezvousServer { address: "rendezvous.example.com:3478".parse()?, public_key: server_key, stream_port: Some(443) },
 //!     TrustedIssuers::single(issuer),
 //! );
 //! // What the person typed, or scanned from the label.
@@ -58,14 +58,14 @@ pub mod proto;
 
 pub use config::{
     Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GOP_CACHE_BYTES, DEFAULT_GOP_CACHE_FRAMES,
-    DEFAULT_LATENCY_BUDGET, DEFAULT_MAX_VIEWERS, DEFAULT_SOCKET_BUFFER_BYTES, DeviceConfig,
-    DeviceIdentity, GopCacheConfig, PathPolicy, RendezvousServer, Target, ViewerConfig,
-    default_media_config,
+    DEFAULT_LATENCY_BUDGET, DEFAULT_MAX_VIEWERS, DEFAULT_SOCKET_BUFFER_BYTES, DEFAULT_STREAM_PORT,
+    DeviceConfig, DeviceIdentity, GopCacheConfig, PathPolicy, RendezvousServer, Target,
+    ViewerConfig, default_media_config,
 };
 pub use driver::RESOLVE_TIMEOUT;
 pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, SocketBuffers, Viewer, ViewerEndpoint};
 pub use error::{ConnectError, ResolveError};
-pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, path_kind_name};
+pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, Transport, path_kind_name};
 pub use sightwire_media::{Codec, Frame, ReceivedFrame, Stats as MediaStats, StreamId};
 pub use sightwire_punch::PathKind;
 pub use sightwire_signal::server_addr::{HostPort, ServerAddr, ServerAddrError};

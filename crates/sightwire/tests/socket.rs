@@ -28,6 +28,7 @@ async fn socket_buffers_are_enlarged_as_far_as_the_kernel_allows() {
     let rendezvous = RendezvousServer {
         address: "127.0.0.1:9".parse().unwrap(),
         public_key: [1; 32],
+        stream_port: None,
     };
     let requested = 1 << 20;
     let mut config = DeviceConfig::new(

@@ -58,6 +58,10 @@ struct Args {
     /// The rendezvous server's static public key (64 hex digits).
     #[arg(long)]
     rendezvous_key: String,
+    /// The rendezvous's TCP/TLS stream port, used only when UDP gets no answer
+    /// (spec/stream.md); 0: no fallback.
+    #[arg(long, default_value_t = sightwire::DEFAULT_STREAM_PORT)]
+    rendezvous_stream_port: u16,
     /// Directory for the device key and certificate.
     #[arg(long)]
     state_dir: PathBuf,
@@ -209,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
         RendezvousServer {
             address: args.rendezvous.clone(),
             public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+            stream_port: Some(args.rendezvous_stream_port).filter(|port| *port != 0),
         },
     );
     config.bind = args.bind;

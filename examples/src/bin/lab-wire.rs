@@ -20,9 +20,9 @@
 //! `{"event":"set",...}`, `{"event":"stats","name":N,"forwarded":[a,b],"dropped":[a,b]}`,
 //! `{"event":"error","message":T}`.
 //!
-//! Inner IPv4/UDP checksums are recomputed on the way through: the sending kernel leaves
-//! them to checksum offload (`CHECKSUM_PARTIAL`), which a frame that leaves the kernel
-//! through a socket never gets, and the receiving end would drop the datagram.
+//! Inner IPv4 TCP and UDP checksums are recomputed on the way through: the sending kernel
+//! leaves them to checksum offload (`CHECKSUM_PARTIAL`), which a frame that leaves the
+//! kernel through a socket never gets, and the receiving end would drop the packet.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -197,7 +197,7 @@ fn start_direction(
                 continue;
             }
             let mut frame = buf.get(..len).unwrap_or_default().to_vec();
-            fix_inner_udp_checksum(&mut frame);
+            fix_inner_checksum(&mut frame);
             let delay =
                 Duration::from_millis(u64::from(receiving.delay_ms.load(Ordering::Relaxed)));
             let due = (Instant::now() + delay).max(last_due);
@@ -223,9 +223,14 @@ fn start_direction(
     Ok(())
 }
 
-/// Recomputes the UDP checksum of an unfragmented IPv4/UDP packet inside a VXLAN frame;
-/// anything else is left alone.
-fn fix_inner_udp_checksum(frame: &mut [u8]) {
+/// IP protocol numbers whose checksums are recomputed.
+const PROTOCOL_TCP: u8 = 6;
+const PROTOCOL_UDP: u8 = 17;
+
+/// Recomputes the TCP or UDP checksum of an unfragmented IPv4 packet inside a VXLAN
+/// frame; anything else is left alone. (TCP matters as much as UDP: the stream fallback
+/// of spec/stream.md runs over TCP, and a segment with a stale checksum is dropped.)
+fn fix_inner_checksum(frame: &mut [u8]) {
     let ip_start = VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN;
     let is_ipv4 = frame.get(ip_start - 2..ip_start) == Some(&[0x08, 0x00][..]);
     let Some(&version_ihl) = frame.get(ip_start) else {
@@ -235,24 +240,36 @@ fn fix_inner_udp_checksum(frame: &mut [u8]) {
         return;
     }
     let header_len = usize::from(version_ihl & 0x0f) * 4;
-    let (Some(&protocol), Some(fragment)) = (
+    let (Some(&protocol), Some(fragment), Some(total)) = (
         frame.get(ip_start + 9),
         frame.get(ip_start + 6..ip_start + 8),
+        frame.get(ip_start + 2..ip_start + 4),
     ) else {
         return;
     };
     // More-fragments flag or a fragment offset: the checksum spans several packets.
-    if protocol != 17 || u16::from_be_bytes([fragment[0], fragment[1]]) & 0x3fff != 0 {
+    if u16::from_be_bytes([fragment[0], fragment[1]]) & 0x3fff != 0 {
         return;
     }
-    let udp_start = ip_start + header_len;
-    let Some(length) = frame.get(udp_start + 4..udp_start + 6) else {
+    let total_len = usize::from(u16::from_be_bytes([total[0], total[1]]));
+    let start = ip_start + header_len;
+    let (segment_len, checksum_at) = match protocol {
+        PROTOCOL_UDP => {
+            let Some(length) = frame.get(start + 4..start + 6) else {
+                return;
+            };
+            (usize::from(u16::from_be_bytes([length[0], length[1]])), 6)
+        }
+        // TCP has no length of its own: what the IP header leaves.
+        PROTOCOL_TCP => (total_len.saturating_sub(header_len), 16),
+        _ => return,
+    };
+    if segment_len < checksum_at + 2 || start + segment_len > frame.len() {
+        return;
+    }
+    let Ok(length_field) = u16::try_from(segment_len) else {
         return;
     };
-    let udp_len = usize::from(u16::from_be_bytes([length[0], length[1]]));
-    if udp_len < 8 || udp_start + udp_len > frame.len() {
-        return;
-    }
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
         for pair in bytes.chunks(2) {
@@ -262,25 +279,26 @@ fn fix_inner_udp_checksum(frame: &mut [u8]) {
     };
     let (Some(addresses), Some(segment)) = (
         frame.get(ip_start + 12..ip_start + 20),
-        frame.get(udp_start..udp_start + udp_len),
+        frame.get(start..start + segment_len),
     ) else {
         return;
     };
     add(addresses);
-    add(&[0, 17]);
-    add(&(udp_len as u16).to_be_bytes());
-    // The checksum field itself (bytes 6..8) counts as zero; 6 is even, so the 16-bit
-    // words on either side stay aligned.
-    add(segment.get(..6).unwrap_or_default());
-    add(segment.get(8..).unwrap_or_default());
+    add(&[0, protocol]);
+    add(&length_field.to_be_bytes());
+    // The checksum field itself counts as zero; its offset is even, so the 16-bit words
+    // on either side stay aligned.
+    add(segment.get(..checksum_at).unwrap_or_default());
+    add(segment.get(checksum_at + 2..).unwrap_or_default());
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     let mut checksum = !(sum as u16);
-    if checksum == 0 {
+    // UDP sends a computed 0 as all ones (0 means "no checksum"); TCP keeps 0.
+    if checksum == 0 && protocol == PROTOCOL_UDP {
         checksum = 0xffff;
     }
-    frame[udp_start + 6..udp_start + 8].copy_from_slice(&checksum.to_be_bytes());
+    frame[start + checksum_at..start + checksum_at + 2].copy_from_slice(&checksum.to_be_bytes());
 }
 
 /// xorshift64: loss decisions that a seed replays; no cryptographic use.
@@ -295,5 +313,98 @@ impl XorShift {
         x ^= x << 17;
         self.0 = x;
         x % bound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one's-complement sum over the pseudo-header and the segment: 0xffff when the
+    /// checksum in it is right.
+    fn verify(frame: &[u8], protocol: u8) -> u16 {
+        let ip = VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN;
+        let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
+        let segment = &frame[ip + 20..ip + total];
+        let mut sum: u32 = 0;
+        let mut words = frame[ip + 12..ip + 20].to_vec();
+        words.extend_from_slice(&[0, protocol]);
+        words.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+        words.extend_from_slice(segment);
+        for pair in words.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([
+                pair[0],
+                pair.get(1).copied().unwrap_or(0),
+            ]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    /// A VXLAN frame: header, Ethernet (IPv4), an IPv4 header for `protocol` and
+    /// `segment` (whose checksum field holds garbage, as with `CHECKSUM_PARTIAL`).
+    fn frame(protocol: u8, segment: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0u8; VXLAN_HEADER_LEN];
+        frame.extend_from_slice(&[0x02; 12]);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + segment.len()) as u16;
+        frame.extend_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, protocol, 0, 0]);
+        frame[VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN + 2..][..2]
+            .copy_from_slice(&total.to_be_bytes());
+        frame.extend_from_slice(&[192, 168, 1, 10, 203, 0, 113, 10]);
+        frame.extend_from_slice(segment);
+        frame
+    }
+
+    #[test]
+    fn tcp_checksums_are_recomputed() {
+        // A SYN to port 443 with an odd-length payload, checksum field 0x1234.
+        let mut segment = vec![
+            0xc0, 0x00, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0x12, 0x34, 0,
+            0,
+        ];
+        segment.extend_from_slice(b"SWS\x01\x00\x01\x30");
+        let mut tcp = frame(PROTOCOL_TCP, &segment);
+        assert_ne!(verify(&tcp, PROTOCOL_TCP), 0xffff);
+        fix_inner_checksum(&mut tcp);
+        assert_eq!(verify(&tcp, PROTOCOL_TCP), 0xffff);
+        // Only the checksum changed.
+        let ip = VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN;
+        assert_eq!(tcp[ip + 20 + 18..], segment[18..]);
+    }
+
+    #[test]
+    fn udp_checksums_are_recomputed() {
+        let mut segment = vec![0x1e, 0x14, 0x0d, 0x96, 0, 14, 0xab, 0xcd];
+        segment.extend_from_slice(b"\x01hello");
+        let mut udp = frame(PROTOCOL_UDP, &segment);
+        fix_inner_checksum(&mut udp);
+        assert_eq!(verify(&udp, PROTOCOL_UDP), 0xffff);
+    }
+
+    #[test]
+    fn fragments_other_protocols_and_short_frames_are_left_alone() {
+        let segment = [0u8; 20];
+        let mut icmp = frame(1, &segment);
+        let before = icmp.clone();
+        fix_inner_checksum(&mut icmp);
+        assert_eq!(icmp, before);
+        let mut fragment = frame(PROTOCOL_TCP, &segment);
+        fragment[VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN + 6] = 0x20; // more fragments
+        let before = fragment.clone();
+        fix_inner_checksum(&mut fragment);
+        assert_eq!(fragment, before);
+        // A length beyond the frame, and a truncated frame: untouched, no panic.
+        let mut lying = frame(PROTOCOL_TCP, &segment);
+        lying[VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN + 2] = 0xff;
+        let before = lying.clone();
+        fix_inner_checksum(&mut lying);
+        assert_eq!(lying, before);
+        for len in 0..before.len() {
+            let mut short = before[..len].to_vec();
+            fix_inner_checksum(&mut short);
+        }
     }
 }

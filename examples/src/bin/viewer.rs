@@ -39,6 +39,10 @@ struct Args {
     /// The rendezvous server's static public key (64 hex digits).
     #[arg(long)]
     rendezvous_key: String,
+    /// The rendezvous's TCP/TLS stream port, used only when UDP gets no answer
+    /// (spec/stream.md); 0: no fallback.
+    #[arg(long, default_value_t = sightwire::DEFAULT_STREAM_PORT)]
+    rendezvous_stream_port: u16,
     /// The issuer's public key (64 hex digits): certificates it signed are believed.
     #[arg(long)]
     issuer_key: String,
@@ -187,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         RendezvousServer {
             address: args.rendezvous.clone(),
             public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+            stream_port: Some(args.rendezvous_stream_port).filter(|port| *port != 0),
         },
         TrustedIssuers::single(issuer),
     );

@@ -148,6 +148,32 @@ impl ViewerRun {
         stop: Stop,
         rendezvous: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(
+            run,
+            netns,
+            label,
+            binary,
+            pki,
+            device,
+            stop,
+            rendezvous,
+            &[],
+        )
+    }
+
+    /// As [`Self::start`], with `extra` arguments after the usual ones.
+    #[allow(clippy::too_many_arguments)] // each one varies between tests
+    pub(crate) fn start_with(
+        run: &Run,
+        netns: &Netns,
+        label: &str,
+        binary: &Path,
+        pki: &Pki,
+        device: &str,
+        stop: Stop,
+        rendezvous: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let out = run.path(&format!("{label}.h264"));
         let mut args = vec![
             "--rendezvous".into(),
@@ -170,6 +196,7 @@ impl ViewerRun {
             Stop::Frames(n) => args.extend(["--frames".into(), n.to_string()]),
             Stop::Seconds(s) => args.extend(["--seconds".into(), format!("{s}")]),
         }
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let process = Process::start(run, netns, label, binary, &args)?;
         Ok(Self { process, out })
     }

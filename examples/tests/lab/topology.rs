@@ -331,6 +331,12 @@ impl Topology {
             .ip(&["link", "set", &vx_inet, "name", &inet_name])?;
         self.internet
             .ip(&["link", "set", &inet_name, "mtu", "1500", "up"])?;
+        // No GSO super-packets on the link: a real access link carries packets of its
+        // MTU. With them, TCP segments reached the far end larger than its 1500-byte
+        // MTU (the router counted IpFragFails) and a quarter of a TCP stream's segments
+        // were retransmitted (spec/stream.md, endpoint_udp_blocked).
+        self.internet
+            .ip(&["link", "set", &inet_name, "gso_max_size", "1500"])?;
         self.internet.ip(&[
             "addr",
             "add",
@@ -341,6 +347,7 @@ impl Topology {
         underlay.ip(&["link", "set", &vx_edge, "netns", edge.name()])?;
         edge.ip(&["link", "set", &vx_edge, "name", "wan0"])?;
         edge.ip(&["link", "set", "wan0", "mtu", "1500", "up"])?;
+        edge.ip(&["link", "set", "wan0", "gso_max_size", "1500"])?;
         edge.ip(&["addr", "add", &format!("{edge_ip}/{prefix}"), "dev", "wan0"])?;
         edge.ip(&["route", "add", "default", "via", &format!("198.18.{k}.1")])?;
         Ok(link)
@@ -439,6 +446,33 @@ impl Topology {
         router.ip(&["addr", "add", &format!("{LAN_GATEWAY}/24"), "dev", "br0"])?;
         router.ip(&["link", "set", "br0", "up"])?;
         Ok(())
+    }
+
+    /// Makes a NAT site's router forward from its LAN only TCP to ports 80 and 443, as
+    /// hotel and office networks that block UDP do (`spec/stream.md`): everything else
+    /// from the LAN, UDP included, is dropped and counted ([`Self::web_only_drops`]).
+    pub(crate) fn allow_only_web(&self, site: SiteId) -> anyhow::Result<()> {
+        let router = self.sites[site.0]
+            .lan_router()
+            .with_context(|| format!("site {} has no LAN", self.sites[site.0].name))?;
+        router.nft(
+            "table inet webonly {\n  chain forward {\n    type filter hook forward priority -10; policy accept;\n    iifname \"br0\" tcp dport { 80, 443 } accept\n    iifname \"br0\" counter drop\n  }\n}\n",
+        )
+    }
+
+    /// Packets [`Self::allow_only_web`] dropped at a site so far.
+    pub(crate) fn web_only_drops(&self, site: SiteId) -> anyhow::Result<u64> {
+        let router = self.sites[site.0]
+            .lan_router()
+            .with_context(|| format!("site {} has no LAN", self.sites[site.0].name))?;
+        let table = router.exec("nft", &["list", "table", "inet", "webonly"])?;
+        let packets = table
+            .split_whitespace()
+            .skip_while(|word| *word != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .context("no drop counter in the webonly table")?;
+        Ok(packets)
     }
 
     /// Adds a host to the LAN of a NAT site. The namespace is `swlab-<run>-<name>`.

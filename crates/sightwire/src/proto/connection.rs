@@ -28,9 +28,8 @@ use sightwire_signal::{
 use super::gop::{ConnectionResume, ViewerGop};
 use super::timer::{TimerTable, timers};
 use super::{Endpoint, Role, WatchId};
-use crate::config::PathPolicy;
 use crate::error::ConnectError;
-use crate::events::{Event, Path, PeerClosedReason, PeerId, PeerStats};
+use crate::events::{Event, Path, PeerClosedReason, PeerId, PeerStats, Transport};
 
 /// Relay binds are retransmitted at this interval until the relay answers.
 /// Peer-session plaintext saying "I am closing this connection" (`spec/endpoint.md` §3),
@@ -331,9 +330,16 @@ impl Endpoint {
         &mut self,
         now: Instant,
         mut conn: Connection,
-        start: StartAttempt,
+        mut start: StartAttempt,
         wait: Duration,
     ) {
+        // Over a TCP/TLS stream the rendezvous observed a virtual address: no candidate.
+        if start
+            .local_reflexive
+            .is_some_and(sightwire_stream::is_stream_peer)
+        {
+            start.local_reflexive = None;
+        }
         conn.pending_start = Some(start);
         conn.timers.set(ConnTimer::Start, now + wait);
         self.conns.insert(conn.id, conn);
@@ -343,6 +349,10 @@ impl Endpoint {
     /// candidate is known.
     pub(crate) fn on_relay_grant(&mut self, now: Instant, grant: sightwire_signal::RelayGrant) {
         let id = PeerId(grant.connect_id.0);
+        if !self.conns.contains_key(&id) {
+            return;
+        }
+        self.note_relay_stream_port(grant.relay, grant.relay_stream_port);
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -591,7 +601,7 @@ impl Endpoint {
 
     /// Drains a connection's probes, punch signals and events, and media events.
     pub(crate) fn flush_connection(&mut self, now: Instant, id: PeerId) {
-        let relay_only = self.path_policy == PathPolicy::RelayOnly;
+        let relay_only = self.relay_only();
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -716,16 +726,23 @@ impl Endpoint {
 
     fn on_punch_event(&mut self, now: Instant, id: PeerId, event: PunchEvent) {
         let is_viewer = matches!(self.role, Role::Viewer(_));
+        let udp_blocked = self.udp_blocked();
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         let watch = conn.watch;
         match event {
             PunchEvent::Connected(info) | PunchEvent::PathChanged(info) => {
+                let transport = if info.via_relay && udp_blocked {
+                    Transport::Stream
+                } else {
+                    Transport::Udp
+                };
                 let path = Path {
                     kind: info.kind,
                     remote: info.remote,
                     rtt: info.rtt,
+                    transport,
                 };
                 let changed = conn.path.is_some() || conn.timers.is_set(ConnTimer::Repath);
                 conn.timers.stop(ConnTimer::Repath);

@@ -30,7 +30,7 @@
 //!
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 //! let now = Instant::now();
-//! let rendezvous = RendezvousServer { address: "198.51.100.1:3478".parse()?, public_key: [1; 32] };
+//! let rendezvous = RendezvousServer { address: "198.51.100.1:3478".parse()?, public_key: [1; 32], stream_port: None };
 //! let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous.clone(), Box::new(rng));
 //! let issuers = TrustedIssuers::single(IssuerKey::from_seed(&[2; 32]).public());
 //! let mut viewer = Endpoint::viewer(config, issuers, now)?;
@@ -104,6 +104,14 @@ const MEDIA_REFILL: usize = 64;
 const FLUSH_PASSES: usize = 3;
 /// Media datagrams taken from one peer per round of a refill.
 const MEDIA_PER_PEER_ROUND: usize = 8;
+/// With no rendezvous session over UDP this long after the endpoint started trying, UDP
+/// is taken to be blocked and the rendezvous and the relay are reached over TCP/TLS
+/// (`spec/stream.md` §1). Two handshake retransmissions: a working path answers in one
+/// round trip.
+pub const STREAM_FALLBACK_AFTER: Duration = Duration::from_secs(2);
+/// Most relay addresses whose stream ports are remembered (one per relay seen in a
+/// grant; beyond, the oldest are forgotten and the next grant tells them again).
+const MAX_RELAY_STREAM_PORTS: usize = 16;
 
 /// What both kinds of endpoint need to start.
 pub struct EndpointConfig {
@@ -257,6 +265,8 @@ timers! {
         RendezvousSilent,
         /// The keepalive probe's answer is overdue.
         ProbeTimeout,
+        /// No rendezvous session over UDP yet: fall back to the stream.
+        StreamFallback,
     }
 }
 
@@ -284,7 +294,7 @@ pub struct Endpoint {
     packetizer: MediaConnection,
     outbox: Outbox,
     events: VecDeque<EndpointEvent>,
-    timers: TimerTable<EndpointTimer, 8>,
+    timers: TimerTable<EndpointTimer, 9>,
     encode: BytesMut,
     agent_rng: StdRng,
     local_port: u16,
@@ -299,6 +309,14 @@ pub struct Endpoint {
     last_send_error: Option<std::io::ErrorKind>,
     /// The device's last reported encoder target.
     last_target_bps: Option<u64>,
+    /// UDP got no answer from the rendezvous: it and the relay are reached over TCP/TLS
+    /// streams, peers through the relay only (`spec/stream.md`).
+    udp_blocked: bool,
+    /// A rendezvous session was established over UDP since start or the last network
+    /// change: a silence after that is an outage, not a block, so no fallback.
+    udp_worked: bool,
+    /// The stream ports of the relays in the grants received (oldest first).
+    relay_stream_ports: VecDeque<(SocketAddr, u16)>,
     shut_down: bool,
 }
 
@@ -380,6 +398,9 @@ impl Endpoint {
             reported: (0, 0),
             last_send_error: None,
             last_target_bps: None,
+            udp_blocked: false,
+            udp_worked: false,
+            relay_stream_ports: VecDeque::new(),
             shut_down: false,
         })
     }
@@ -462,6 +483,12 @@ impl Endpoint {
         if self.shut_down {
             return;
         }
+        // The new network may block UDP, or let it through again: find out afresh.
+        self.udp_worked = false;
+        if self.udp_blocked {
+            self.udp_blocked = false;
+            self.timers.set(EndpointTimer::RendezvousRetry, now);
+        }
         let hosts = self.host_candidates();
         for conn in self.conns.values_mut() {
             conn.agent.network_changed(now, hosts.clone());
@@ -503,6 +530,12 @@ impl Endpoint {
         self.rendezvous_current()
     }
 
+    /// The rendezvous's host name, when it was configured by name (the driver sends it
+    /// as the TLS server name of a stream to the rendezvous, `spec/stream.md` §4).
+    pub fn rendezvous_host(&self) -> Option<&str> {
+        self.rendezvous.server.address.name().map(HostPort::host)
+    }
+
     /// The driver could not send a datagram to `destination`. Counted, and reported to
     /// the application once per [`STATS_INTERVAL`] as [`Event::SendErrors`].
     pub fn handle_send_error(
@@ -514,6 +547,50 @@ impl Endpoint {
         self.stats.send_errors += 1;
         self.last_send_error = Some(kind);
         tracing::debug!(%destination, ?kind, "send failed");
+    }
+
+    /// The driver's TCP/TLS stream for `destination` (a transmit's destination, sent with
+    /// [`Transmit::stream_port`]) could not be opened, or ended. A stream to the
+    /// rendezvous that fails before its session is up means neither UDP nor the stream
+    /// reaches it: the watches waiting for it fail with
+    /// [`ConnectError::RendezvousUnreachable`]
+    /// and the next try starts on UDP again, unless peers are being served over the
+    /// relay's stream (`spec/stream.md` §1). One that ends later is a lost link. A stream
+    /// to a relay is left to the paths' own checks.
+    ///
+    /// [`ConnectError::RendezvousUnreachable`]: crate::ConnectError::RendezvousUnreachable
+    pub fn handle_stream_closed(&mut self, now: Instant, destination: SocketAddr) {
+        self.now = now;
+        if self.shut_down || !self.udp_blocked || self.rendezvous_current() != Some(destination) {
+            return;
+        }
+        if self.rendezvous.ready {
+            tracing::warn!(%destination, "the stream to the rendezvous ended");
+            self.rendezvous_lost(now);
+        } else {
+            tracing::warn!(%destination, "the rendezvous is unreachable over UDP and TCP/TLS");
+            // Peers served over the relay's stream keep it: a rendezvous outage must not
+            // move their media back onto blocked UDP. Otherwise the next try is on UDP.
+            if !self.conns.values().any(|c| c.auth == AuthState::Accepted) {
+                self.udp_blocked = false;
+            }
+            if let Some(session) = self.rendezvous.session.take() {
+                self.sessions.close(session);
+            }
+            self.viewer_rendezvous_unresolved(
+                now,
+                crate::error::ConnectError::RendezvousUnreachable,
+            );
+            self.timers.stop(EndpointTimer::RendezvousNextAddress);
+            self.schedule_rendezvous_retry(now);
+        }
+        self.flush(now);
+    }
+
+    /// Whether UDP was found blocked and the endpoint uses TCP/TLS streams
+    /// (`spec/stream.md`).
+    pub fn udp_blocked(&self) -> bool {
+        self.udp_blocked
     }
 
     // ---------------------------------------------------------------- commands
@@ -666,11 +743,24 @@ impl Endpoint {
             self.refill_media();
         }
         self.stats.transmits_dropped = self.outbox.dropped;
-        let transmit = self.outbox.pop();
-        if transmit.is_some() {
-            self.stats.transmits += 1;
-        }
-        transmit
+        let stream_port = |destination: SocketAddr| {
+            if !self.udp_blocked {
+                return None;
+            }
+            if self.rendezvous_current() == Some(destination) {
+                return self.rendezvous.server.stream_port;
+            }
+            self.relay_stream_ports
+                .iter()
+                .find(|(relay, _)| *relay == destination)
+                .map(|(_, port)| *port)
+        };
+        let next = self.outbox.peek_destination()?;
+        let port = stream_port(next);
+        let mut transmit = self.outbox.pop()?;
+        transmit.stream_port = port;
+        self.stats.transmits += 1;
+        Some(transmit)
     }
 
     /// The next event for the application.
@@ -745,7 +835,17 @@ impl Endpoint {
 
     fn on_endpoint_timer(&mut self, now: Instant, timer: EndpointTimer) {
         match timer {
-            EndpointTimer::RendezvousRetry => self.connect_rendezvous(now),
+            EndpointTimer::RendezvousRetry => {
+                if !self.udp_blocked
+                    && !self.udp_worked
+                    && self.rendezvous.server.stream_port.is_some()
+                {
+                    self.timers
+                        .set(EndpointTimer::StreamFallback, now + STREAM_FALLBACK_AFTER);
+                }
+                self.connect_rendezvous(now);
+            }
+            EndpointTimer::StreamFallback => self.stream_fallback(now),
             EndpointTimer::RendezvousNextAddress => self.rendezvous_address_silent(now),
             EndpointTimer::Keepalive => self.send_keepalive(now),
             EndpointTimer::KeepaliveTimeout => self.keepalive_timed_out(now),
@@ -811,7 +911,7 @@ impl Endpoint {
         datagram: &[u8],
         relayed_for: Option<PeerId>,
     ) {
-        if relayed_for.is_none() && self.path_policy == PathPolicy::RelayOnly {
+        if relayed_for.is_none() && self.relay_only() {
             return;
         }
         // Only the connection whose attempt key authenticates the probe gets it, so a
@@ -898,6 +998,7 @@ impl Endpoint {
                 ..
             } => {
                 if Some(session) == self.rendezvous.session {
+                    self.udp_worked |= !self.udp_blocked;
                     self.rendezvous_established(now);
                 } else {
                     self.peer_session_established(now, session, remote_static);
@@ -1180,8 +1281,43 @@ impl Endpoint {
         }
     }
 
+    /// Peers through the relay only: the relay-only policy, or UDP is blocked.
+    pub(crate) fn relay_only(&self) -> bool {
+        self.path_policy == PathPolicy::RelayOnly || self.udp_blocked
+    }
+
+    /// No rendezvous session over UDP [`STREAM_FALLBACK_AFTER`] after the endpoint
+    /// started trying: UDP is taken to be blocked, and the rendezvous handshake starts
+    /// again, over a stream to the same address (`spec/stream.md` §1).
+    fn stream_fallback(&mut self, now: Instant) {
+        if self.rendezvous.ready
+            || self.udp_blocked
+            || self.udp_worked
+            || self.rendezvous.server.stream_port.is_none()
+        {
+            return;
+        }
+        tracing::warn!("no answer from the rendezvous over UDP: falling back to TCP/TLS");
+        self.udp_blocked = true;
+        self.emit(None, Event::UdpBlocked);
+        self.viewer_rendezvous_over_stream(now);
+        self.timers.stop(EndpointTimer::RendezvousRetry);
+        self.connect_rendezvous(now);
+    }
+
+    /// Remembers the stream port of a relay from a grant.
+    pub(crate) fn note_relay_stream_port(&mut self, relay: SocketAddr, port: Option<u16>) {
+        self.relay_stream_ports.retain(|(known, _)| *known != relay);
+        if let Some(port) = port {
+            if self.relay_stream_ports.len() >= MAX_RELAY_STREAM_PORTS {
+                self.relay_stream_ports.pop_front();
+            }
+            self.relay_stream_ports.push_back((relay, port));
+        }
+    }
+
     fn host_candidates(&self) -> Vec<SocketAddr> {
-        if self.path_policy == PathPolicy::RelayOnly || self.local_port == 0 {
+        if self.relay_only() || self.local_port == 0 {
             return Vec::new();
         }
         self.host_ip

@@ -21,6 +21,10 @@ pub struct Transmit<'a> {
     pub ttl: Option<u8>,
     /// The datagram.
     pub contents: &'a [u8],
+    /// `Some(port)`: send it over a TCP/TLS stream to `destination`'s IP at `port`
+    /// (`spec/stream.md`; datagrams from that stream are handed back as coming from
+    /// `destination`); `None`: over UDP.
+    pub stream_port: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -90,6 +94,11 @@ impl Outbox {
         });
     }
 
+    /// Where the next datagram goes, if there is one.
+    pub(crate) fn peek_destination(&self) -> Option<SocketAddr> {
+        self.queue.front().map(|queued| queued.destination)
+    }
+
     /// The next datagram; the previous one's buffer goes back to the pool.
     pub(crate) fn pop(&mut self) -> Option<Transmit<'_>> {
         if let Some(done) = self.current.take() {
@@ -101,6 +110,7 @@ impl Outbox {
             destination: current.destination,
             ttl: current.ttl,
             contents: current.buf.get(..current.len).unwrap_or_default(),
+            stream_port: None,
         })
     }
 }

@@ -652,6 +652,11 @@ impl Endpoint {
     }
 
     pub(crate) fn note_observed(&mut self, now: Instant, observed: SocketAddr) {
+        // Over a TCP/TLS stream the rendezvous sees the connection's virtual address:
+        // no candidate (spec/stream.md §3).
+        if sightwire_stream::is_stream_peer(observed) {
+            return;
+        }
         if self.rendezvous.observed != Some(observed) {
             let changed = self.rendezvous.observed.is_some();
             self.rendezvous.observed = Some(observed);
@@ -690,7 +695,7 @@ impl Endpoint {
         set: &sightwire_signal::CandidateSet,
     ) -> sightwire_punch::CandidateSet {
         let mut candidates = sightwire_punch::CandidateSet::from(set.clone());
-        if self.path_policy == crate::config::PathPolicy::RelayOnly {
+        if self.relay_only() {
             candidates
                 .candidates
                 .retain(|c| c.kind == sightwire_punch::CandidateKind::Relay);

@@ -374,6 +374,22 @@ impl Endpoint {
         }
     }
 
+    /// UDP to the rendezvous was given up for a TCP/TLS stream: the watches waiting for
+    /// the rendezvous give the stream its own [`RENDEZVOUS_UNREACHABLE_AFTER`] (a TCP and
+    /// a TLS round trip come before the Noise one) rather than what was left of UDP's.
+    pub(crate) fn viewer_rendezvous_over_stream(&mut self, now: Instant) {
+        if let Role::Viewer(viewer) = &mut self.role {
+            for watch in viewer.watches.values_mut() {
+                if watch.timers.is_set(WatchTimer::RendezvousWait) {
+                    watch.timers.set(
+                        WatchTimer::RendezvousWait,
+                        now + RENDEZVOUS_UNREACHABLE_AFTER,
+                    );
+                }
+            }
+        }
+    }
+
     /// The rendezvous session died: the requests in flight go out again on the next. A
     /// first connect waits for it at most [`RENDEZVOUS_UNREACHABLE_AFTER`].
     pub(crate) fn viewer_requests_lost(&mut self, now: Instant) {

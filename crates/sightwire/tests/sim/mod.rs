@@ -102,6 +102,7 @@ impl RendezvousNode {
         let config = CoreConfig {
             relay: Some(sightwire_rendezvous::RelayConfig {
                 address: RELAY.parse().unwrap(),
+                stream_port: None,
                 key: relay_key,
             }),
             keepalive_probes,
@@ -724,6 +725,7 @@ impl World {
             public_key: self
                 .rendezvous_public_key
                 .unwrap_or(*self.rendezvous_key.public()),
+            stream_port: None,
         }
     }
 
