@@ -32,8 +32,10 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// Default lifetime of a connect attempt's state (candidate forwarding, relay grants).
 pub const DEFAULT_CONNECT_TTL: Duration = Duration::from_secs(30);
-/// Default delay after which both peers start punching.
-pub const DEFAULT_PUNCH_START_DELAY: Duration = Duration::from_millis(200);
+/// Default delay after which both peers start punching: time for the relay grant that
+/// follows the offer; it does not synchronise the two starts (their skew is the
+/// difference of their one-way delays from here, whatever this is).
+pub const DEFAULT_PUNCH_START_DELAY: Duration = Duration::from_millis(50);
 /// Default lifetime of a relay grant.
 pub const DEFAULT_RELAY_GRANT_TTL: Duration = Duration::from_secs(120);
 /// How often expired state is swept.

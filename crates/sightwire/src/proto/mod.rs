@@ -577,10 +577,7 @@ impl Endpoint {
             if let Some(session) = self.rendezvous.session.take() {
                 self.sessions.close(session);
             }
-            self.viewer_rendezvous_unresolved(
-                now,
-                crate::error::ConnectError::RendezvousUnreachable,
-            );
+            self.viewer_rendezvous_failed(now, crate::error::ConnectError::RendezvousUnreachable);
             self.timers.stop(EndpointTimer::RendezvousNextAddress);
             self.schedule_rendezvous_retry(now);
         }
