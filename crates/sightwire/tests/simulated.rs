@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sightwire::proto::{MAX_QUEUED_EVENTS, MAX_WATCHES, WatchRequest};
 use sightwire::{ConnectError, Credentials, Event, PathKind, Target};
-use sim::{FPS, GOP, Site, World};
+use sim::{FPS, GOP, Placement, Site, World};
 
 /// How long each connected pair streams before its frames are counted.
 const STREAM: Duration = Duration::from_secs(3);
@@ -938,6 +938,86 @@ fn assert_decodable(frames: &[u64], sent: &[(bool, u64)]) {
             after - 1
         );
     }
+}
+
+/// Issue 14: a call that has to start on the relay (the direct route between the two
+/// homes is down at first) moves to direct when the route comes up within the punch
+/// agent's direct window (3 s from the punch start): one path change, and the stream goes
+/// on across it with no frame twice, none without its reference, and no pause.
+#[test]
+fn a_call_that_starts_on_the_relay_moves_to_direct_without_a_seam() {
+    let mut world = World::new(31, 0);
+    let camera_place = world.place(Site::Home);
+    let camera = world.add_camera(camera_place);
+    let viewer_place = world.place(Site::Home);
+    let viewer = world.add_viewer(viewer_place);
+    let public = |world: &World, place: Placement| {
+        world
+            .net
+            .sim()
+            .nat_public_ip(place.nat.expect("a home NAT"))
+            .expect("its public address")
+    };
+    let (camera_ip, viewer_ip) = (public(&world, camera_place), public(&world, viewer_place));
+    world
+        .net
+        .sim_mut()
+        .set_route_blocked(camera_ip, viewer_ip, true);
+    world.run_for(Duration::from_secs(1));
+    let watch = world.watch(viewer, camera);
+    let on_relay = world
+        .run_until(CONNECT_LIMIT, |w| w.viewer(viewer).watch(watch).frames > 0)
+        .expect("streaming on the relay");
+    assert_eq!(
+        world.viewer(viewer).watch(watch).path,
+        Some(PathKind::Relay)
+    );
+    world.viewer_mut(viewer).reset_gaps();
+    let before = world.viewer(viewer).watch(watch).frames;
+    world
+        .net
+        .sim_mut()
+        .set_route_blocked(camera_ip, viewer_ip, false);
+    let direct = world
+        .run_until(Duration::from_secs(3), |w| {
+            w.viewer(viewer).watch(watch).path == Some(PathKind::Direct)
+        })
+        .expect("moved to direct within the direct window");
+    world.run_for(Duration::from_secs(2));
+    let log = world.viewer(viewer).watch(watch);
+    let changes = world
+        .viewer(viewer)
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, Event::PathChanged { .. }))
+        .count();
+    let frames: Vec<u64> = world
+        .viewer(viewer)
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Frame { frame, .. } => Some(frame_number(&frame.frame)),
+            _ => None,
+        })
+        .collect();
+    println!(
+        "\nrelay first: first frame {on_relay:?} after the watch; direct {direct:?} after the \
+         route came up; {} frames across the switch, longest gap {:?}",
+        log.frames - before,
+        log.longest_gap
+    );
+    assert_eq!(changes, 1, "one path change, relay to direct");
+    assert!(
+        log.longest_gap < Duration::from_millis(150),
+        "a seam of {:?} at the switch",
+        log.longest_gap
+    );
+    assert!(
+        log.frames - before >= 2 * FPS,
+        "{} frames",
+        log.frames - before
+    );
+    assert_decodable(&frames, &world.camera(0).sent_frames);
 }
 
 /// Issue 14: a viewer joining a camera with a 4 s GOP mid-GOP waited for the encoder's
