@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use sightwire::{DeviceIdentity, RendezvousServer, ViewerConfig};
@@ -63,6 +63,11 @@ impl std::fmt::Debug for LocalNetwork {
             .finish()
     }
 }
+
+/// How often, and how far apart, a restarted rendezvous tries to bind its stream port
+/// again while the old listener is still being dropped (2 s in all).
+const STREAM_REBIND_TRIES: u32 = 100;
+const STREAM_REBIND_WAIT: Duration = Duration::from_millis(20);
 
 impl LocalNetwork {
     /// Starts a relay and a rendezvous on `127.0.0.1`, the rendezvous keeping its
@@ -148,12 +153,27 @@ impl LocalNetwork {
             Instant::now(),
             unix_now(),
         );
-        let stream = StreamListener::bind(
-            self.rendezvous_stream_listen,
-            &self.tls,
-            ListenerConfig::default(),
-        )
-        .await?;
+        // On a restart the old listener's accept task (which owns its TCP socket) ends
+        // only once the runtime has processed its abort: wait for the port briefly.
+        let mut tries = 0;
+        let stream = loop {
+            match StreamListener::bind(
+                self.rendezvous_stream_listen,
+                &self.tls,
+                ListenerConfig::default(),
+            )
+            .await
+            {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse
+                        && tries < STREAM_REBIND_TRIES =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(STREAM_REBIND_WAIT).await;
+                }
+                bound => break bound?,
+            }
+        };
         self.rendezvous_stream_listen = stream.local_addr();
         let server = Server::new(
             socket,

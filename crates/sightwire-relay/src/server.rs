@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use sightwire_stream::is_stream_peer;
-use sightwire_stream::tls::StreamListener;
+use sightwire_stream::tls::{StreamListener, recv_optional, send_if_stream};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -76,7 +74,7 @@ impl RelayServer {
                     let datagram = &buf[..len];
                     self.handle(from, datagram, &mut reply).await;
                 }
-                Some((from, datagram)) = stream_recv(&mut self.stream) => {
+                Some((from, datagram)) = recv_optional(&mut self.stream) => {
                     self.handle(from, &datagram, &mut reply).await;
                 }
                 () = sleep_until(wake) => self.relay.handle_timeout(Instant::now()),
@@ -102,22 +100,12 @@ impl RelayServer {
     }
 
     async fn send(&self, bytes: &[u8], to: SocketAddr) {
-        if is_stream_peer(to) {
-            // Queued on the connection; a full queue drops it, as UDP would.
-            if let Some(stream) = &self.stream {
-                stream.send(to, bytes);
-            }
-        } else if let Err(error) = self.socket.send_to(bytes, to).await {
+        if send_if_stream(self.stream.as_ref(), to, bytes) {
+            return;
+        }
+        if let Err(error) = self.socket.send_to(bytes, to).await {
             tracing::debug!(%error, %to, "send_to failed");
         }
-    }
-}
-
-/// The next datagram from a stream connection, or never without a listener.
-async fn stream_recv(stream: &mut Option<StreamListener>) -> Option<(SocketAddr, Bytes)> {
-    match stream {
-        Some(stream) => stream.recv().await,
-        None => std::future::pending().await,
     }
 }
 

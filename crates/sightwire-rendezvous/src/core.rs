@@ -51,8 +51,8 @@ pub const OFFER_RESEND_AT: [Duration; 4] = [
     Duration::from_millis(3750),
 ];
 /// Default bound on keepalive probes (delayed `KEEPALIVE_ACK`s, spec/registration.md §7)
-/// waiting at once ([`CoreConfig::max_pending_probes`]); one per session at most. Beyond it a probe is answered at once (the device
-/// then keeps its interval).
+/// waiting at once ([`CoreConfig::max_pending_probes`]); one per session at most. Beyond
+/// it a probe is answered at once (the device then keeps its interval).
 pub const MAX_PENDING_PROBES: usize = 65_536;
 /// Default bound on online devices.
 pub const DEFAULT_MAX_PRESENCE: usize = 1_000_000;

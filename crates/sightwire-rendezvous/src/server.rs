@@ -15,8 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
-use sightwire_stream::is_stream_peer;
-use sightwire_stream::tls::StreamListener;
+use sightwire_stream::tls::{StreamListener, recv_optional, send_if_stream};
 use tokio::net::UdpSocket;
 
 use crate::core::{Peer, Rendezvous};
@@ -115,7 +114,7 @@ impl<R: Registry> Server<R> {
                         Err(error) => tracing::debug!(%error, "recv_from failed"),
                     }
                 }
-                Some((from, datagram)) = stream_recv(&mut self.stream) => {
+                Some((from, datagram)) = recv_optional(&mut self.stream) => {
                     let len = datagram.len().min(receive.len());
                     receive[..len].copy_from_slice(&datagram[..len]);
                     self.on_datagram(from, &mut receive[..len]);
@@ -223,20 +222,10 @@ async fn send_datagram(
     let Some(datagram) = buf.get(..len) else {
         return;
     };
-    if is_stream_peer(to) {
-        // Queued on the connection; a full queue drops it, as UDP would.
-        if let Some(stream) = stream {
-            stream.send(to, datagram);
-        }
-    } else if let Err(error) = socket.send_to(datagram, to).await {
-        tracing::debug!(%to, %error, "send_to failed");
+    if send_if_stream(stream.as_ref(), to, datagram) {
+        return;
     }
-}
-
-/// The next datagram from a stream connection, or never without a listener.
-async fn stream_recv(stream: &mut Option<StreamListener>) -> Option<(SocketAddr, bytes::Bytes)> {
-    match stream {
-        Some(stream) => stream.recv().await,
-        None => std::future::pending().await,
+    if let Err(error) = socket.send_to(datagram, to).await {
+        tracing::debug!(%to, %error, "send_to failed");
     }
 }

@@ -350,7 +350,7 @@ pub enum Body {
     Consent(Consent),
     /// Device → rendezvous: a keepalive whose `KeepaliveAck` the rendezvous sends only
     /// `ack_delay` later — the device learns whether its NAT mapping survives that idle
-    /// gap (`spec/registration.md` §5). On the wire, a `Keepalive` with
+    /// gap (`spec/registration.md` §7). On the wire, a `Keepalive` with
     /// `ack_delay_ms` > 0 (a zero delay decodes as [`Body::Keepalive`]).
     KeepaliveProbe {
         /// How long the rendezvous waits before answering (whole milliseconds, at most

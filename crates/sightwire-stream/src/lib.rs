@@ -157,22 +157,6 @@ pub fn encode_frame(datagram: &[u8], out: &mut BytesMut) -> Result<(), EncodeErr
     Ok(())
 }
 
-/// Writes one frame carrying `datagram` into `out` (at least `LENGTH_LEN + datagram.len()`
-/// bytes) and returns its length; for writers with a fixed buffer.
-pub fn encode_frame_into(datagram: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
-    let len = check_len(datagram.len())?;
-    let total = LENGTH_LEN + datagram.len();
-    let Some(frame) = out.get_mut(..total) else {
-        return Err(EncodeError::TooLarge {
-            size: datagram.len(),
-            limit: out.len().saturating_sub(LENGTH_LEN),
-        });
-    };
-    frame[..LENGTH_LEN].copy_from_slice(&len.to_be_bytes());
-    frame[LENGTH_LEN..].copy_from_slice(datagram);
-    Ok(total)
-}
-
 fn check_len(size: usize) -> Result<u16, EncodeError> {
     match size {
         0 => Err(EncodeError::Empty),
@@ -348,10 +332,6 @@ mod tests {
             })
         );
         assert!(wire.is_empty());
-        let mut small = [0u8; 4];
-        assert!(encode_frame_into(b"abc", &mut small).is_err());
-        assert_eq!(encode_frame_into(b"ab", &mut small), Ok(4));
-        assert_eq!(small, [0, 2, b'a', b'b']);
     }
 
     #[test]

@@ -250,6 +250,29 @@ impl StreamListener {
     }
 }
 
+/// The next datagram from `listener`'s connections; without a listener (a server whose
+/// stream port is off), never: for a `select!` arm beside the server's UDP socket.
+pub async fn recv_optional(listener: &mut Option<StreamListener>) -> Option<(SocketAddr, Bytes)> {
+    match listener {
+        Some(listener) => listener.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A server's send to `to`: when `to` is a stream connection's virtual address
+/// ([`crate::is_stream_peer`]), queues `datagram` on that connection (or drops it, as a
+/// full UDP socket would, when the queue is full or there is no such connection or no
+/// listener) and returns `true`; otherwise returns `false` and the caller sends over UDP.
+pub fn send_if_stream(listener: Option<&StreamListener>, to: SocketAddr, datagram: &[u8]) -> bool {
+    if !crate::is_stream_peer(to) {
+        return false;
+    }
+    if let Some(listener) = listener {
+        listener.send(to, datagram);
+    }
+    true
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,

@@ -138,7 +138,7 @@ pub enum Event {
     /// The endpoint keeps trying; reported once until a session is established.
     RendezvousUnreachable,
     /// A device's keepalive interval to the rendezvous changed: it learned how long its
-    /// NAT keeps an idle mapping (`spec/registration.md` §5).
+    /// NAT keeps an idle mapping (`spec/registration.md` §7).
     KeepaliveInterval {
         /// The time between keepalives from now on.
         interval: Duration,

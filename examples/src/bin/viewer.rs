@@ -341,7 +341,7 @@ fn explain(error: &ConnectError, rendezvous: &ServerAddr) -> (&'static str, Stri
             "rendezvous_unreachable",
             format!(
                 "Nothing answers at {rendezvous}: is the server running, are the host and \
-                 port right, does this network let UDP out?"
+                 port right, does this network let UDP or TCP to port 443 out?"
             ),
         ),
         ConnectError::RendezvousUnresolved(_) => (

@@ -1,5 +1,5 @@
 //! How long the device's NAT keeps its UDP mapping towards the rendezvous, learned with
-//! keepalive probes (`spec/registration.md` §5).
+//! keepalive probes (`spec/registration.md` §7).
 //!
 //! A NAT that forgets an idle mapping before the next keepalive leaves the camera
 //! registered but unreachable: what the rendezvous forwards (an introduction, an offer) is
