@@ -17,9 +17,12 @@ use crate::signal::{
 /// TTL of NAT-opening packets: enough to leave our own NAT (one router), too little to
 /// reach the peer's NAT, so the peer's NAT never sees an unsolicited packet from us.
 pub const OPEN_TTL: u8 = 2;
-/// Delay between a pair's opening packet and its first check, so the opening packets of
-/// both sides have passed their own NATs before either side's checks arrive.
-pub const OPEN_LEAD: Duration = Duration::from_millis(100);
+/// Least delay between a pair's opening packet and its first check, so the opening
+/// packets of both sides have passed their own NATs before either side's checks arrive.
+/// The opening packets of the pairs known at `Start` leave when `Start` arrives, so the
+/// rendezvous's `start_in` (50 ms) already provides this lead and the first checks leave
+/// at the start itself.
+pub const OPEN_LEAD: Duration = Duration::from_millis(50);
 /// First retransmission timeout of a connectivity check; doubles per retransmission.
 pub const CHECK_RTO_INITIAL: Duration = Duration::from_millis(100);
 /// Largest retransmission timeout while connecting.
@@ -47,16 +50,17 @@ pub const PREDICTION_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_PREDICTION_PROBES: u32 = 96;
 /// The controlling agent waits this long after the start for a LAN pair before
 /// nominating a direct public pair (unless no LAN pair is still being checked). LAN
-/// checks start [`OPEN_LEAD`] before public ones, so a LAN path that exists has
-/// normally answered by then; a later one still wins through an upgrade.
-pub const LAN_WAIT: Duration = Duration::from_millis(150);
+/// checks start with the public ones and a LAN answers in a few milliseconds, so a LAN
+/// path that exists has normally answered by then; a later one still wins through an
+/// upgrade. Shorter than any internet round trip worth waiting for.
+pub const LAN_WAIT: Duration = Duration::from_millis(50);
 /// The controlling agent nominates a working relay pair once this long has passed since
 /// the start without a working direct pair (at once when it has no direct pair to
-/// check): long enough for a direct pair that works at
-/// once (`OPEN_LEAD` plus one check round trip, on paths up to ~200 ms RTT) to be chosen
-/// without a detour, short enough that a call that needs the relay starts on it at once.
+/// check): long enough for a direct pair that works at once (one check round trip from
+/// the start, on paths up to ~200 ms RTT) to be chosen without a detour, short enough
+/// that a call that needs the relay starts on it at once.
 /// Direct pairs keep being checked for [`DIRECT_WINDOW`] and take over when they work.
-pub const RELAY_AFTER: Duration = Duration::from_millis(300);
+pub const RELAY_AFTER: Duration = Duration::from_millis(200);
 /// While the relay carries a new call, direct pairs (and port prediction) are checked
 /// until this long after the start, as if nothing were selected; the first that works is
 /// nominated and the call moves to it (the session and the media stream do not notice).
@@ -255,6 +259,8 @@ struct Pair {
     sent: u32,
     /// Send an opening packet before the next check.
     open_pending: bool,
+    /// When the opening packet sent on `Start` (before the attempt ran) left.
+    opened_early: Option<Instant>,
     valid: bool,
     rtt: Option<Duration>,
     /// Controlling side: the next checks carry the nominate flag.
@@ -278,6 +284,7 @@ impl Pair {
             next_check: None,
             sent: 0,
             open_pending: false,
+            opened_early: None,
             valid: false,
             rtt: None,
             nominating: false,
@@ -303,6 +310,13 @@ impl Pair {
         self.sent = 0;
         self.open_pending = self.wants_open();
         self.next_check = Some(now);
+        // Opened when `Start` arrived: check as soon as the opening packet has its lead.
+        if let Some(opened) = self.opened_early.take()
+            && self.open_pending
+        {
+            self.open_pending = false;
+            self.next_check = Some(now.max(opened + OPEN_LEAD));
+        }
     }
 }
 
@@ -686,6 +700,36 @@ impl Agent {
         self.queue_candidates();
         if start.start_in.is_zero() {
             self.begin(now);
+        } else {
+            self.open_early(now);
+        }
+    }
+
+    /// Sends the opening packets of the direct pairs known at `Start` at once, so that
+    /// the wait until the start is their lead and the first checks leave at the start.
+    /// They reveal nothing to the peer (they die one hop past our NAT).
+    fn open_early(&mut self, now: Instant) {
+        for index in 0..self.pairs.len() {
+            let Some(key) = self
+                .pairs
+                .get(index)
+                .filter(|p| p.wants_open())
+                .map(|p| p.key)
+            else {
+                continue;
+            };
+            let open = Probe {
+                kind: ProbeKind::Open,
+                sender: self.role,
+                transaction: self.new_transaction(),
+            };
+            let before = self.stats.probes_sent;
+            self.send_probe(now, key, Some(OPEN_TTL), &open);
+            if self.stats.probes_sent > before
+                && let Some(pair) = self.pairs.get_mut(index)
+            {
+                pair.opened_early = Some(now);
+            }
         }
     }
 
@@ -1163,6 +1207,12 @@ impl Agent {
                     },
                 };
                 if ready {
+                    // Select at once: the pair answered our check, so it works both ways.
+                    // The controlled agent follows when the nomination arrives, half a
+                    // round trip later; waiting for the nomination's answer would only
+                    // hold the session's first packet back by a round trip. A nomination
+                    // that goes unanswered loses the path like any dead selected pair.
+                    self.select(now, best);
                     if let Some(pair) = self.pair_mut(best) {
                         pair.nominating = true;
                         pair.mode = CheckMode::Connect;
@@ -1213,9 +1263,7 @@ impl Agent {
         self.ever_connected = true;
         // Stop checking every other pair (a working relay pair stays on keepalive as the
         // fallback). Pairs that could beat the selection are re-checked in re-punch
-        // rounds. Both sides anchor the rounds on the moment the controlling agent
-        // selected: the controlled agent selected half a round trip earlier (when the
-        // nomination arrived), so it adds that half.
+        // rounds, anchored on the same moment on both sides (below).
         // A call that starts on the relay keeps checking the direct pairs until
         // DIRECT_WINDOW after its start: they may only need a few more round trips, or
         // port prediction.
@@ -1236,9 +1284,12 @@ impl Agent {
             pair.mode = CheckMode::Idle;
             pair.next_check = None;
         }
+        // Both sides anchor re-punch rounds on the moment the controlled agent selected:
+        // the controlling agent selects when it nominates, half a round trip before the
+        // nomination arrives.
         let anchor = match self.role {
-            Role::Controlling => now,
-            Role::Controlled => now + info.rtt / 2,
+            Role::Controlling => now + info.rtt / 2,
+            Role::Controlled => now,
         };
         self.repunch_until = direct_window_end;
         self.repunch_next = better_exists.then(|| anchor + REPUNCH_INTERVAL);

@@ -41,11 +41,12 @@ fn block(world: &mut World, blocked: bool) {
 
 #[test]
 fn linux_conntrack_race_is_avoided_within_the_start_tolerance() {
-    // The camera starts 90 ms late (less than OPEN_LEAD plus the one-way delay): the
-    // low-TTL opening packets still open both masquerades before any check lands, so
-    // conntrack never records an unsolicited packet.
+    // The camera hears of the attempt 80 ms late (less than the start delay plus the
+    // one-way delay, 50 + 40 ms): its low-TTL opening packets, sent on receipt, still
+    // open both masquerades before any check lands, so conntrack never records an
+    // unsolicited packet.
     let mut setup = Setup::new(Topology::Apart(Model::LinuxBare, Model::LinuxBare));
-    setup.start_skew = Duration::from_millis(90);
+    setup.start_skew = Duration::from_millis(80);
     let mut world = World::new(setup);
     world.run_for(Duration::from_secs(5));
     assert_eq!(

@@ -857,7 +857,7 @@ fn join_mid_gop(
     world.run_for(Duration::from_secs(1));
     world
         .run_until(Duration::from_secs(5), |w| {
-            w.camera(camera).frames_sent % LONG_GOP == 30
+            w.camera(camera).frames_sent % LONG_GOP == 50
         })
         .expect("mid-GOP");
     let started = world.now();

@@ -145,7 +145,8 @@ pub struct Setup {
     pub topology: Topology,
     pub sim: SimConfig,
     pub with_relay: bool,
-    /// Error of the rendezvous' start synchronisation for side B (added to its start_in).
+    /// How much later side B's `Start` arrives than side A's (the difference of the two
+    /// one-way delays from the rendezvous), so side B starts that much later too.
     pub start_skew: Duration,
 }
 
@@ -513,7 +514,7 @@ impl World {
                     Role::Controlled
                 },
                 key: self.key.clone(),
-                start_in: START_MARGIN + if i == 1 { skew } else { Duration::ZERO },
+                start_in: START_MARGIN,
                 local_reflexive: reflexive[i],
                 relay: with_relay.then(|| addr(RELAY)),
                 remote: CandidateSet {
@@ -524,6 +525,7 @@ impl World {
             let start_at = self.start_at;
             let side = self.side_mut(i);
             side.start_at = start_at;
+            let arrive = if i == 1 { arrive + skew } else { arrive };
             side.inbox.push_back((arrive, PunchSignal::Start(start)));
         }
     }
