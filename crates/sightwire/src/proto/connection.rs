@@ -62,6 +62,9 @@ pub(crate) const REPATH_WAIT: Duration = Duration::from_secs(3);
 /// moved or expired under it) and reconnects, without waiting for the punch agent's
 /// slower keepalive-based liveness check.
 pub(crate) const SILENCE_REPATH: Duration = Duration::from_secs(2);
+/// Viewer: an early handshake towards the selected path gets the path's round trip plus
+/// this long to finish before it starts again.
+pub(crate) const HANDSHAKE_SLACK: Duration = Duration::from_millis(50);
 
 timers! {
     /// Per-connection deadlines.
@@ -80,6 +83,10 @@ timers! {
         Repath,
         /// Nothing heard for [`SILENCE_REPATH`] on an authorized connection (viewer).
         Silence,
+        /// Viewer: (re)start the Noise handshake if it is not up yet: at the punch start
+        /// (early, towards the device's public address), and a round trip after a path
+        /// was selected while an early initiation was still unanswered.
+        Handshake,
     }
 }
 
@@ -183,6 +190,12 @@ pub(crate) struct Connection {
     /// The outstanding path challenge: (address, token, when sent).
     pub(crate) challenge: Option<(SocketAddr, [u8; 8], Instant)>,
     pub(crate) session: Option<SessionId>,
+    /// Viewer: where the handshake of `session` was started (a relay channel's virtual
+    /// address when relayed).
+    pub(crate) handshake_to: Option<SocketAddr>,
+    /// Viewer: the device's server-reflexive address, where the handshake starts at the
+    /// punch start before any path is selected (`spec/endpoint.md` §6).
+    pub(crate) early_handshake_to: Option<SocketAddr>,
     pub(crate) auth: AuthState,
     pub(crate) media: MediaConnection,
     pub(crate) created: Instant,
@@ -190,7 +203,7 @@ pub(crate) struct Connection {
     pub(crate) superseded: bool,
     frames_delivered: u64,
     bytes_delivered: u64,
-    pub(crate) timers: TimerTable<ConnTimer, 7>,
+    pub(crate) timers: TimerTable<ConnTimer, 8>,
     /// Device: where this viewer is in each stream's GOP (`spec/endpoint.md` §4.1).
     pub(crate) gop: ViewerGop,
     /// Viewer: whether this connection's frames resume a GOP its watch delivered.
@@ -225,6 +238,8 @@ impl Connection {
             validated: None,
             challenge: None,
             session: None,
+            handshake_to: None,
+            early_handshake_to: None,
             auth: AuthState::NotStarted,
             media,
             created: now,
@@ -373,10 +388,89 @@ impl Endpoint {
         if let Some(mut start) = conn.pending_start.take() {
             start.relay = Some(grant.relay);
             conn.timers.stop(ConnTimer::Start);
-            conn.agent.handle_signal(now, PunchSignal::Start(start));
+            self.start_punch(now, id, start);
         }
         self.by_channel.insert(channel, id);
         self.send_relay_bind(now, id);
+    }
+
+    /// Hands the start to the punch agent. A viewer also arms its early handshake for
+    /// the punch start, towards the device's server-reflexive address: that is where a
+    /// direct path through endpoint-independent NATs ends up, and the initiation then
+    /// travels with the first checks instead of after a path was selected. It leaves at
+    /// the punch start, not before, so that the device's opening packets have left
+    /// (spec/punch.md §5) and it cannot land on the device's NAT first.
+    fn start_punch(&mut self, now: Instant, id: PeerId, start: StartAttempt) {
+        let early = !self.relay_only() && matches!(self.role, Role::Viewer(_));
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if early && conn.session.is_none() {
+            conn.early_handshake_to = start
+                .remote
+                .candidates
+                .iter()
+                .find(|c| c.kind == sightwire_punch::CandidateKind::ServerReflexive)
+                .map(|c| c.address);
+            if conn.early_handshake_to.is_some() {
+                conn.timers.set(ConnTimer::Handshake, now + start.start_in);
+            }
+        }
+        conn.agent.handle_signal(now, PunchSignal::Start(start));
+    }
+
+    /// Viewer: starts the Noise handshake towards `destination`, replacing one that has
+    /// not completed (its late answer is then dropped by the session table).
+    fn start_peer_handshake(&mut self, now: Instant, id: PeerId, destination: SocketAddr) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = conn.session.take() {
+            // Forgotten first, so the session's end does not end the connection.
+            self.by_session.remove(&old);
+            self.sessions.close(old);
+        }
+        let kind = SessionKind::Peer {
+            device_id: conn.device_id,
+        };
+        match self
+            .sessions
+            .connect(now, destination, kind, conn.remote_key)
+        {
+            Ok(session) => {
+                conn.session = Some(session);
+                conn.handshake_to = Some(destination);
+                self.by_session.insert(session, id);
+            }
+            Err(error) => tracing::warn!(%error, "cannot start the peer handshake"),
+        }
+    }
+
+    /// Viewer: the handshake timer fired. Starts the handshake (towards the selected
+    /// path, or early towards the device's public address), or starts it again towards
+    /// the current route if an earlier initiation went unanswered.
+    fn viewer_handshake_due(&mut self, now: Instant, id: PeerId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if conn.auth != AuthState::NotStarted || conn.watch.is_none() {
+            return;
+        }
+        let destination = match (conn.path, &conn.relay) {
+            (Some(path), Some(relay)) if path.kind == PathKind::Relay => {
+                virtual_addr(relay.channel)
+            }
+            (Some(path), _) => path.remote,
+            (None, _) if conn.session.is_none() => match conn.early_handshake_to {
+                Some(address) => address,
+                None => return,
+            },
+            // An early initiation is in flight and no path is selected yet: the
+            // selection re-arms this timer.
+            (None, _) => return,
+        };
+        tracing::debug!(peer = id.0, %destination, "starting the peer handshake");
+        self.start_peer_handshake(now, id, destination);
     }
 
     fn send_relay_bind(&mut self, now: Instant, id: PeerId) {
@@ -432,9 +526,10 @@ impl Endpoint {
             match timer {
                 ConnTimer::Start => {
                     if let Some(start) = conn.pending_start.take() {
-                        conn.agent.handle_signal(now, PunchSignal::Start(start));
+                        self.start_punch(now, id, start);
                     }
                 }
+                ConnTimer::Handshake => self.viewer_handshake_due(now, id),
                 ConnTimer::RelayBind => self.send_relay_bind(now, id),
                 ConnTimer::AuthRetry => self.send_auth_request(now, id),
                 ConnTimer::Idle => return self.connection_failed(now, id, Failure::Idle),
@@ -752,27 +847,30 @@ impl Endpoint {
                     conn.validated = Some(info.remote);
                 }
                 tracing::info!(peer = id.0, path = path.kind_name(), remote = %path.remote, "path selected");
-                if is_viewer && conn.session.is_none() {
-                    // The viewer starts the Noise handshake on the first working path.
-                    let destination = match (info.via_relay, &conn.relay) {
-                        (true, Some(relay)) => virtual_addr(relay.channel),
-                        _ => info.remote,
-                    };
-                    let kind = SessionKind::Peer {
-                        device_id: conn.device_id,
-                    };
-                    match self
-                        .sessions
-                        .connect(now, destination, kind, conn.remote_key)
-                    {
-                        Ok(session) => {
-                            conn.session = Some(session);
-                            self.by_session.insert(session, id);
-                        }
-                        Err(error) => tracing::warn!(%error, "cannot start the peer handshake"),
-                    }
+                let destination = match (info.via_relay, &conn.relay) {
+                    (true, Some(relay)) => virtual_addr(relay.channel),
+                    _ => info.remote,
+                };
+                // The viewer's Noise handshake: started on the first working path, or
+                // already under way since the punch start towards the device's public
+                // address. An early one towards another address starts again on the
+                // path; one towards this path gets a round trip (plus slack) to finish
+                // before it starts again (its initiation may have met a closed NAT).
+                let handshake = if !is_viewer || conn.auth != AuthState::NotStarted {
+                    None
+                } else if conn.session.is_none() || conn.handshake_to != Some(destination) {
+                    Some(true)
+                } else {
+                    conn.timers
+                        .set(ConnTimer::Handshake, now + info.rtt + HANDSHAKE_SLACK);
+                    Some(false)
+                };
+                let emit_change = changed || conn.auth == AuthState::Accepted;
+                if handshake == Some(true) {
+                    conn.timers.stop(ConnTimer::Handshake);
+                    self.start_peer_handshake(now, id, destination);
                 }
-                if changed || conn.auth == AuthState::Accepted {
+                if emit_change {
                     self.emit(watch, Event::PathChanged { peer: id, path });
                 }
             }
