@@ -194,8 +194,12 @@ pub(crate) struct Connection {
     /// address when relayed).
     pub(crate) handshake_to: Option<SocketAddr>,
     /// Viewer: the device's server-reflexive address, where the handshake starts at the
-    /// punch start before any path is selected (`spec/endpoint.md` §6).
+    /// punch start before any path is selected (`spec/endpoint.md` §2).
     pub(crate) early_handshake_to: Option<SocketAddr>,
+    /// Viewer: a second early handshake, through the relay, raced against `session`
+    /// until one of them is established or a path is selected: (session, its virtual
+    /// address).
+    pub(crate) spare_session: Option<(SessionId, SocketAddr)>,
     pub(crate) auth: AuthState,
     pub(crate) media: MediaConnection,
     pub(crate) created: Instant,
@@ -240,6 +244,7 @@ impl Connection {
             session: None,
             handshake_to: None,
             early_handshake_to: None,
+            spare_session: None,
             auth: AuthState::NotStarted,
             media,
             created: now,
@@ -412,24 +417,44 @@ impl Endpoint {
                 .iter()
                 .find(|c| c.kind == sightwire_punch::CandidateKind::ServerReflexive)
                 .map(|c| c.address);
-            if conn.early_handshake_to.is_some() {
+            if conn.early_handshake_to.is_some() || conn.relay.is_some() {
                 conn.timers.set(ConnTimer::Handshake, now + start.start_in);
             }
         }
         conn.agent.handle_signal(now, PunchSignal::Start(start));
     }
 
-    /// Viewer: starts the Noise handshake towards `destination`, replacing one that has
-    /// not completed (its late answer is then dropped by the session table).
+    /// Viewer: starts the Noise handshake towards `destination`, replacing any that has
+    /// not completed (their late answers are then dropped by the session table).
     fn start_peer_handshake(&mut self, now: Instant, id: PeerId, destination: SocketAddr) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if let Some(old) = conn.session.take() {
+        let old = [
+            conn.session.take(),
+            conn.spare_session.take().map(|(s, _)| s),
+        ];
+        for old in old.into_iter().flatten() {
             // Forgotten first, so the session's end does not end the connection.
             self.by_session.remove(&old);
             self.sessions.close(old);
         }
+        if let Some(session) = self.new_peer_session(now, id, destination)
+            && let Some(conn) = self.conns.get_mut(&id)
+        {
+            conn.session = Some(session);
+            conn.handshake_to = Some(destination);
+        }
+    }
+
+    /// Viewer: a Noise initiation towards `destination` for connection `id`.
+    fn new_peer_session(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        destination: SocketAddr,
+    ) -> Option<SessionId> {
+        let conn = self.conns.get(&id)?;
         let kind = SessionKind::Peer {
             device_id: conn.device_id,
         };
@@ -438,12 +463,39 @@ impl Endpoint {
             .connect(now, destination, kind, conn.remote_key)
         {
             Ok(session) => {
-                conn.session = Some(session);
-                conn.handshake_to = Some(destination);
                 self.by_session.insert(session, id);
+                Some(session)
             }
-            Err(error) => tracing::warn!(%error, "cannot start the peer handshake"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the peer handshake");
+                None
+            }
         }
+    }
+
+    /// Viewer: keeps the one of the connection's two early handshakes that goes to
+    /// `destination` (or was just established) and forgets the other. Returns whether
+    /// `destination`'s handshake was kept.
+    pub(crate) fn keep_handshake(&mut self, id: PeerId, destination: SocketAddr) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        let Some((spare, spare_to)) = conn.spare_session.take() else {
+            return conn.handshake_to == Some(destination);
+        };
+        let dropped = if spare_to == destination {
+            let primary = conn.session.replace(spare);
+            conn.handshake_to = Some(spare_to);
+            primary
+        } else {
+            Some(spare)
+        };
+        let kept = conn.handshake_to == Some(destination);
+        if let Some(dropped) = dropped {
+            self.by_session.remove(&dropped);
+            self.sessions.close(dropped);
+        }
+        kept
     }
 
     /// Viewer: the handshake timer fired. Starts the handshake (towards the selected
@@ -461,10 +513,26 @@ impl Endpoint {
                 virtual_addr(relay.channel)
             }
             (Some(path), _) => path.remote,
-            (None, _) if conn.session.is_none() => match conn.early_handshake_to {
-                Some(address) => address,
-                None => return,
-            },
+            (None, relay) if conn.session.is_none() => {
+                // Early: towards the device's public address, and raced through the
+                // relay when there is one (a pair that ends up relayed then needs no
+                // handshake after the relay is selected).
+                let relay = relay.as_ref().map(|r| virtual_addr(r.channel));
+                let (first, spare) = match (conn.early_handshake_to, relay) {
+                    (Some(direct), relay) => (direct, relay),
+                    (None, Some(relay)) => (relay, None),
+                    (None, None) => return,
+                };
+                tracing::debug!(peer = id.0, %first, ?spare, "early peer handshake");
+                self.start_peer_handshake(now, id, first);
+                if let Some(spare) = spare
+                    && let Some(session) = self.new_peer_session(now, id, spare)
+                    && let Some(conn) = self.conns.get_mut(&id)
+                {
+                    conn.spare_session = Some((session, spare));
+                }
+                return;
+            }
             // An early initiation is in flight and no path is selected yet: the
             // selection re-arms this timer.
             (None, _) => return,
@@ -584,7 +652,8 @@ impl Endpoint {
     ) -> Option<Connection> {
         let conn = self.conns.remove(&id)?;
         self.stats.connections_closed += 1;
-        if let Some(session) = conn.session {
+        let sessions = [conn.session, conn.spare_session.map(|(s, _)| s)];
+        for session in sessions.into_iter().flatten() {
             self.by_session.remove(&session);
             self.sessions.close(session);
         }
@@ -856,19 +925,21 @@ impl Endpoint {
                 // address. An early one towards another address starts again on the
                 // path; one towards this path gets a round trip (plus slack) to finish
                 // before it starts again (its initiation may have met a closed NAT).
-                let handshake = if !is_viewer || conn.auth != AuthState::NotStarted {
-                    None
-                } else if conn.session.is_none() || conn.handshake_to != Some(destination) {
-                    Some(true)
-                } else {
-                    conn.timers
-                        .set(ConnTimer::Handshake, now + info.rtt + HANDSHAKE_SLACK);
-                    Some(false)
-                };
+                let unfinished = is_viewer && conn.auth == AuthState::NotStarted;
+                let rtt = info.rtt;
                 let emit_change = changed || conn.auth == AuthState::Accepted;
-                if handshake == Some(true) {
-                    conn.timers.stop(ConnTimer::Handshake);
-                    self.start_peer_handshake(now, id, destination);
+                if unfinished {
+                    if self.keep_handshake(id, destination) {
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.timers
+                                .set(ConnTimer::Handshake, now + rtt + HANDSHAKE_SLACK);
+                        }
+                    } else {
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.timers.stop(ConnTimer::Handshake);
+                        }
+                        self.start_peer_handshake(now, id, destination);
+                    }
                 }
                 if emit_change {
                     self.emit(watch, Event::PathChanged { peer: id, path });

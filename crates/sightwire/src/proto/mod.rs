@@ -1015,7 +1015,25 @@ impl Endpoint {
                         self.rendezvous_key_refused(now);
                     }
                 } else if let Some(id) = self.by_session.remove(&session) {
-                    self.connection_failed(now, id, connection::Failure::Handshake(reason));
+                    // A raced early handshake that failed leaves the other one running.
+                    match self.conns.get_mut(&id) {
+                        Some(conn) if conn.spare_session.is_some_and(|(s, _)| s == session) => {
+                            conn.spare_session = None;
+                        }
+                        Some(conn) if conn.session == Some(session) => {
+                            if let Some((spare, to)) = conn.spare_session.take() {
+                                conn.session = Some(spare);
+                                conn.handshake_to = Some(to);
+                            } else {
+                                self.connection_failed(
+                                    now,
+                                    id,
+                                    connection::Failure::Handshake(reason),
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
                 }
             }
             SessionEvent::Closed { session, .. } => {
@@ -1050,6 +1068,10 @@ impl Endpoint {
             self.sessions.close(session);
             return;
         };
+        if let Some(to) = self.sessions.remote_addr(session) {
+            // Of two raced early handshakes, the one established first is kept.
+            self.keep_handshake(id, to);
+        }
         self.by_session.insert(session, id);
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.session = Some(session);
