@@ -68,7 +68,7 @@ struct UriRejectVector {
 }
 
 fn vectors() -> Vectors {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../spec/vectors/id.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/id.json");
     let text = std::fs::read_to_string(path).expect("spec/vectors/id.json is readable");
     serde_json::from_str(&text).expect("spec/vectors/id.json is well-formed")
 }

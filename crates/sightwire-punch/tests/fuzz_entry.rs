@@ -6,7 +6,7 @@ use sightwire_punch::fuzzing;
 
 #[test]
 fn seed_corpus_runs_clean() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/punch_probe");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-seeds/punch_probe");
     let mut seeds = 0;
     for entry in std::fs::read_dir(dir).expect("seed corpus directory") {
         let path = entry.expect("corpus entry").path();

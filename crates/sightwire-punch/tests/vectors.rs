@@ -10,7 +10,7 @@ use sightwire_punch::{ProbeError, PunchKey, Role};
 fn vectors() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../spec/vectors/punch-probes.json"
+        "/vectors/punch-probes.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).expect("vector file")).expect("vector JSON")
 }

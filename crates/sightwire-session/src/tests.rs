@@ -1211,7 +1211,7 @@ proptest! {
 #[test]
 fn fuzz_entry_points_accept_the_seed_corpus() {
     for target in ["session_packet", "session_responder"] {
-        let dir = format!("{}/../../fuzz/corpus/{target}", env!("CARGO_MANIFEST_DIR"));
+        let dir = format!("{}/fuzz-seeds/{target}", env!("CARGO_MANIFEST_DIR"));
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).expect("seed corpus") {
             let path = entry.expect("entry").path();

@@ -12,7 +12,7 @@ use sightwire_signal::{DecodeError, Envelope};
 
 fn load<T: for<'de> Deserialize<'de>>(name: &str) -> T {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../spec/vectors")
+        .join("vectors")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -72,7 +72,7 @@ proptest! {
 fn spec_vectors() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../spec/vectors/stream-frames.json"
+        "/vectors/stream-frames.json"
     );
     let text = std::fs::read_to_string(path).expect("spec/vectors/stream-frames.json");
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
