@@ -5,10 +5,7 @@ use proptest::prelude::*;
 
 #[test]
 fn seed_corpus_passes_the_fuzz_entry_point() {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fuzz-seeds/media_receiver"
-    );
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-seeds/media_receiver");
     let mut seeds = 0;
     for entry in std::fs::read_dir(dir).expect("seed corpus present") {
         let path = entry.unwrap().path();

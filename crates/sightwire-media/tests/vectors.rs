@@ -6,10 +6,7 @@ use sightwire_media::wire::{self, FeedbackEntry, NackEntry, Packet, Report, Repo
 use sightwire_media::{Codec, StreamId};
 
 fn vectors() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/vectors/media-packets.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/media-packets.json");
     let text = std::fs::read_to_string(path).expect("vector file present");
     serde_json::from_str(&text).expect("vector file is JSON")
 }

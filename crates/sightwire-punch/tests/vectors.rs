@@ -8,10 +8,7 @@ use sightwire_punch::probe::{MAX_PROBE_LEN, Probe, ProbeKind, TRANSACTION_ID_LEN
 use sightwire_punch::{ProbeError, PunchKey, Role};
 
 fn vectors() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/vectors/punch-probes.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/punch-probes.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("vector file")).expect("vector JSON")
 }
 

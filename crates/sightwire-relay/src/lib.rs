@@ -58,7 +58,8 @@
 
 mod core;
 mod server;
-pub mod wire;
+/// The relay packets (re-exported from `sightwire-relay-wire`, which endpoints use).
+pub use sightwire_relay_wire as wire;
 
 pub use crate::core::{
     Action, COOKIE_EPOCH_SECS, COOKIE_KEY_CONTEXT, DropReason, Relay, RelayConfig, RelayStats,

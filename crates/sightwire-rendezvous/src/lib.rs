@@ -60,6 +60,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod config;
 mod core;
 mod decoy;
@@ -81,5 +82,7 @@ pub use crate::core::{
 };
 pub use decoy::{DECOY_DELAY_MAX, DECOY_DELAY_MIN, DECOY_LOGIN_REPLY_LEN, decoy_login_reply};
 pub use presence::MAX_STORED_HOST_CANDIDATES;
-pub use registry::{DeviceRecord, MemoryRegistry, Registry, SqliteRegistry, SqliteRegistryError};
+pub use registry::{DeviceRecord, MemoryRegistry, Registry};
+#[cfg(feature = "sqlite")]
+pub use registry::{SqliteRegistry, SqliteRegistryError};
 pub use sightwire_limits::Rate;

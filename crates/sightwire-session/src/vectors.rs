@@ -14,10 +14,7 @@ use crate::wire::{
 };
 
 fn load() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/vectors/session-ik.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/session-ik.json");
     let text = std::fs::read_to_string(path).expect("vector file");
     serde_json::from_str(&text).expect("vector JSON")
 }

@@ -9,7 +9,8 @@
 //!   [`DecodeError`]; prost's types never appear in this API.
 //! - [`cert`]: the 135-byte Ed25519 ID certificate, issuing and verification.
 //! - [`grant`]: relay grant tokens (HMAC-SHA256 under a key shared with the relay).
-//! - [`SignalCodec`]: length-prefixed framing for stream transports (`tokio-util`).
+//! - `SignalCodec` (feature `codec`): length-prefixed framing for stream transports
+//!   (`tokio-util`).
 //! - [`punch`]: conversions to and from `sightwire-punch`'s signal types.
 //! - [`server_addr`]: a server's address as configured: an IP socket address or a
 //!   checked host name and port (resolving it is the endpoint driver's job).
@@ -50,6 +51,7 @@
 #![deny(missing_docs)]
 
 pub mod cert;
+#[cfg(feature = "codec")]
 mod codec;
 pub mod grant;
 mod message;
@@ -61,6 +63,7 @@ mod proto {
     include!(concat!(env!("OUT_DIR"), "/sightwire.signal.v1.rs"));
 }
 
+#[cfg(feature = "codec")]
 pub use codec::{CodecError, FRAME_HEADER_LEN, SignalCodec};
 pub use message::{
     Body, Candidate, CandidateKind, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId,
@@ -178,9 +181,7 @@ pub enum EncodeError {
 /// Fuzzing entry points; not part of the stable API.
 #[doc(hidden)]
 pub mod fuzzing {
-    use super::{Envelope, SignalCodec};
-    use bytes::BytesMut;
-    use tokio_util::codec::Decoder;
+    use super::Envelope;
 
     /// Decodes `input` as a datagram and as a stream; whatever decodes must re-encode
     /// within the size limit and decode to the same value. Panics on a violation.
@@ -189,10 +190,14 @@ pub mod fuzzing {
             let encoded = envelope.to_bytes().expect("a decoded message re-encodes");
             assert_eq!(Envelope::decode(&encoded).as_ref(), Ok(&envelope));
         }
-        let mut stream = BytesMut::from(input);
-        let mut codec = SignalCodec;
-        // Each successful frame consumes at least its 2-byte header, so this ends.
-        while let Ok(Some(_)) = codec.decode(&mut stream) {}
+        #[cfg(feature = "codec")]
+        {
+            use tokio_util::codec::Decoder;
+            let mut stream = bytes::BytesMut::from(input);
+            let mut codec = super::SignalCodec;
+            // Each successful frame consumes at least its 2-byte header, so this ends.
+            while let Ok(Some(_)) = codec.decode(&mut stream) {}
+        }
         let _ = super::cert::IdCertificate::decode(input);
     }
 }

@@ -70,10 +70,7 @@ proptest! {
 
 #[test]
 fn spec_vectors() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/vectors/stream-frames.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/stream-frames.json");
     let text = std::fs::read_to_string(path).expect("spec/vectors/stream-frames.json");
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
     let vectors = file["vectors"].as_array().unwrap();

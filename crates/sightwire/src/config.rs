@@ -299,7 +299,7 @@ pub const DEFAULT_LATENCY_BUDGET: Duration = Duration::from_millis(500);
 pub fn default_media_config() -> MediaConfig {
     MediaConfig {
         max_packet_size: sightwire_media::DEFAULT_MAX_PACKET_SIZE
-            - sightwire_relay::wire::DATA_HEADER_LEN,
+            - sightwire_relay_wire::DATA_HEADER_LEN,
         latency_budget: DEFAULT_LATENCY_BUDGET,
         ..MediaConfig::default()
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sightwire_media::{Event as MediaEvent, MediaConnection};
 use sightwire_punch::probe::Probe;
 use sightwire_punch::{Agent, Event as PunchEvent, PathKind, PunchKey, PunchSignal, StartAttempt};
-use sightwire_relay::wire::{
+use sightwire_relay_wire::{
     BIND_ECHO_LEN, COOKIE_LEN, DATA_HEADER_LEN, RelayPacket, write_data_header,
 };
 use sightwire_session::auth::AuthRejection;

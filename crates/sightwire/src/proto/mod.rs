@@ -62,7 +62,7 @@ use bytes::{Bytes, BytesMut};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sightwire_media::{Frame, MediaConnection, PacketizeError};
-use sightwire_relay::wire::{DATA_HEADER_LEN, RelayPacket, write_data_header};
+use sightwire_relay_wire::{DATA_HEADER_LEN, RelayPacket, write_data_header};
 use sightwire_session::{
     Config as SessionConfig, Event as SessionEvent, Input, PublicKey, SessionKind, SessionRng,
     SessionTable, StaticKeypair,

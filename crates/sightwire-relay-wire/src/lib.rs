@@ -1,4 +1,9 @@
-//! Relay packets (first bytes `0x30`–`0x3F`), see `spec/relay.md`.
+//! Relay packets (first bytes `0x30`–`0x3F`), see `spec/relay.md`: the wire format the
+//! relay server and the endpoints share, with no server code (so an endpoint depends on
+//! this crate, not on the relay).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use sightwire_signal::grant::{GRANT_TOKEN_LEN, GrantRole, RelayGrantToken};
 
