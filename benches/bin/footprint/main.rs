@@ -1,0 +1,273 @@
+//! `footprint`: what a camera costs, measured on the real example binaries (issue 16).
+//!
+//! Starts an issuer, a rendezvous and a relay in this process on loopback, then the
+//! example `camera` as its own process (synthetic source) and, for each count in
+//! `--viewers`, that many example `viewer` processes watching it for `--seconds`. It
+//! reports the camera's resident memory (`VmRSS` at the end of the run and the peak,
+//! `VmHWM`, from `/proc`), its CPU time over the streaming window (user + system, from
+//! `/proc/<pid>/stat`) per Mbit/s it sent (the viewers' received bytes), and the stripped
+//! sizes of the camera and viewer binaries.
+//!
+//! ```text
+//! cargo build --release -p sightwire-examples --bins -p sightwire-benches --bin footprint
+//! target/release/footprint --viewers 1,8 --seconds 10
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sightwire_examples::local::LocalNetwork;
+
+/// Measure the example camera's memory, CPU and binary size on loopback.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Viewer counts to measure, each with a fresh camera (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    viewers: Vec<usize>,
+    /// Seconds each viewer streams.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Directory of the `camera` and `viewer` binaries (default: this binary's).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+const PASSWORD: &str = "footprint-password";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = match args.bin_dir.clone() {
+        Some(dir) => dir,
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf(),
+    };
+    let camera_bin = bin_dir.join("camera");
+    let viewer_bin = bin_dir.join("viewer");
+    for bin in [&camera_bin, &viewer_bin] {
+        if !bin.exists() {
+            bail!(
+                "{} is missing: cargo build --release -p sightwire-examples --bins",
+                bin.display()
+            );
+        }
+    }
+    println!("machine: {}", machine());
+    println!(
+        "stripped size: camera {} bytes, viewer {} bytes",
+        stripped_size(&camera_bin)?,
+        stripped_size(&viewer_bin)?
+    );
+    println!(
+        "\n| viewers | camera VmRSS at end | camera VmHWM (peak) | camera CPU (share of one core) | sent Mbit/s (all viewers) | camera CPU ms per Mbit sent | frames per viewer |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let runtime = tokio::runtime::Runtime::new()?;
+    for &count in &args.viewers {
+        let row = runtime.block_on(measure(&camera_bin, &viewer_bin, count, args.seconds))?;
+        let window = row.window.as_secs_f64();
+        let megabits = (row.sent_mbps * window).max(f64::EPSILON);
+        println!(
+            "| {count} | {} kB | {} kB | {:.2} s in {window:.1} s ({:.1} %) | {:.2} | {:.2} | {} |",
+            row.rss_kb,
+            row.hwm_kb,
+            row.cpu_seconds,
+            100.0 * row.cpu_seconds / window,
+            row.sent_mbps,
+            1000.0 * row.cpu_seconds / megabits,
+            row.frames_per_viewer
+        );
+    }
+    Ok(())
+}
+
+struct Row {
+    rss_kb: u64,
+    hwm_kb: u64,
+    cpu_seconds: f64,
+    sent_mbps: f64,
+    window: Duration,
+    frames_per_viewer: u64,
+}
+
+async fn measure(
+    camera_bin: &Path,
+    viewer_bin: &Path,
+    viewers: usize,
+    seconds: u64,
+) -> anyhow::Result<Row> {
+    let dir = tempfile::tempdir()?;
+    let network = LocalNetwork::start(&dir.path().join("registry.sqlite")).await?;
+    let issuer_secret = dir.path().join("issuer.secret");
+    std::fs::write(&issuer_secret, hex(&network.issuer.seed()))?;
+    let device_id = sightwire_examples::identity::random_local_id();
+    let rendezvous = network.rendezvous.address.to_string();
+    let rendezvous_key = hex(&network.rendezvous.public_key);
+    let camera_state = dir.path().join("camera");
+    let camera = Killed(Some(
+        Command::new(camera_bin)
+            .args(["--rendezvous", &rendezvous, "--rendezvous-key", &rendezvous_key])
+            .args(["--rendezvous-stream-port", "0", "--password", PASSWORD])
+            .args(["--source", "synthetic", "--no-qr", "--device-id"])
+            .arg(device_id.to_string())
+            .arg("--issuer-secret")
+            .arg(&issuer_secret)
+            .arg("--state-dir")
+            .arg(&camera_state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting camera")?,
+    ));
+    // Registered: give it the time a registration takes on loopback.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = camera.id();
+    let issuer_key = hex(&network.issuer.public().to_bytes());
+    let mut children = Vec::new();
+    for index in 0..viewers {
+        let state = dir.path().join(format!("viewer-{index}"));
+        children.push(Killed(Some(
+            Command::new(viewer_bin)
+                .args(["--rendezvous", &rendezvous, "--rendezvous-key", &rendezvous_key])
+                .args(["--rendezvous-stream-port", "0", "--issuer-key", &issuer_key])
+                .args(["--device", &device_id.to_string(), "--password", PASSWORD])
+                .args(["--out", "/dev/null", "--seconds", &seconds.to_string()])
+                .arg("--state-dir")
+                .arg(&state)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting viewer")?,
+        )));
+    }
+    // The window starts once every viewer had the time to connect (well under 2 s on
+    // loopback) and ends before the first one stops.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let cpu_before = cpu_seconds(pid)?;
+    let window = Duration::from_secs(seconds.saturating_sub(3).max(1));
+    tokio::time::sleep(window).await;
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    let window = started.elapsed();
+    let (rss_kb, hwm_kb) = memory_kb(pid)?;
+    let mut bytes = 0u64;
+    let mut streaming_ms = 0u64;
+    let mut frames = u64::MAX;
+    for child in children {
+        let output = child.take().wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let summary = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|v| v["event"] == "summary")
+            .context("a viewer printed no summary")?;
+        bytes += summary["bytes"].as_u64().unwrap_or(0);
+        streaming_ms = streaming_ms.max(summary["streaming_ms"].as_u64().unwrap_or(0));
+        frames = frames.min(summary["frames"].as_u64().unwrap_or(0));
+    }
+    drop(camera);
+    network.shutdown().await;
+    let sent_mbps = bytes as f64 * 8.0 / (streaming_ms.max(1) as f64 / 1000.0) / 1e6;
+    Ok(Row {
+        rss_kb,
+        hwm_kb,
+        cpu_seconds: cpu,
+        sent_mbps,
+        window,
+        frames_per_viewer: frames,
+    })
+}
+
+/// A child process killed (and reaped) when dropped, unless taken.
+struct Killed(Option<Child>);
+
+impl Killed {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// The child, no longer killed on drop.
+    fn take(mut self) -> Child {
+        self.0.take().expect("a child until taken")
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// User + system CPU seconds of `pid` so far (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, in kB.
+fn memory_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("value")?
+            .parse()?)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Size of a stripped copy of `bin`.
+fn stripped_size(bin: &Path) -> anyhow::Result<u64> {
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("stripped");
+    std::fs::copy(bin, &copy)?;
+    let status = Command::new("strip").arg(&copy).status().context("running strip")?;
+    if !status.success() {
+        bail!("strip failed on {}", bin.display());
+    }
+    Ok(std::fs::metadata(&copy)?.len())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs, {model}")
+}
