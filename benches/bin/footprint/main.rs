@@ -110,7 +110,12 @@ async fn measure(
     let camera_state = dir.path().join("camera");
     let camera = Killed(Some(
         Command::new(camera_bin)
-            .args(["--rendezvous", &rendezvous, "--rendezvous-key", &rendezvous_key])
+            .args([
+                "--rendezvous",
+                &rendezvous,
+                "--rendezvous-key",
+                &rendezvous_key,
+            ])
             .args(["--rendezvous-stream-port", "0", "--password", PASSWORD])
             .args(["--source", "synthetic", "--no-qr", "--device-id"])
             .arg(device_id.to_string())
@@ -132,7 +137,12 @@ async fn measure(
         let state = dir.path().join(format!("viewer-{index}"));
         children.push(Killed(Some(
             Command::new(viewer_bin)
-                .args(["--rendezvous", &rendezvous, "--rendezvous-key", &rendezvous_key])
+                .args([
+                    "--rendezvous",
+                    &rendezvous,
+                    "--rendezvous-key",
+                    &rendezvous_key,
+                ])
                 .args(["--rendezvous-stream-port", "0", "--issuer-key", &issuer_key])
                 .args(["--device", &device_id.to_string(), "--password", PASSWORD])
                 .args(["--out", "/dev/null", "--seconds", &seconds.to_string()])
@@ -233,11 +243,7 @@ fn memory_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
             .lines()
             .find(|l| l.starts_with(name))
             .with_context(|| format!("{name} in /proc/{pid}/status"))?;
-        Ok(line
-            .split_whitespace()
-            .nth(1)
-            .context("value")?
-            .parse()?)
+        Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
@@ -247,7 +253,10 @@ fn stripped_size(bin: &Path) -> anyhow::Result<u64> {
     let dir = tempfile::tempdir()?;
     let copy = dir.path().join("stripped");
     std::fs::copy(bin, &copy)?;
-    let status = Command::new("strip").arg(&copy).status().context("running strip")?;
+    let status = Command::new("strip")
+        .arg(&copy)
+        .status()
+        .context("running strip")?;
     if !status.success() {
         bail!("strip failed on {}", bin.display());
     }
