@@ -909,6 +909,12 @@ impl Endpoint {
                     transport,
                 };
                 let changed = conn.path.is_some() || conn.timers.is_set(ConnTimer::Repath);
+                // A path the device assumed (it served a relayed early handshake) that the
+                // agent now confirms is no change to report.
+                let confirmed = conn.path.is_some_and(|old| {
+                    (old.kind, old.remote, old.transport)
+                        == (path.kind, path.remote, path.transport)
+                });
                 conn.timers.stop(ConnTimer::Repath);
                 conn.path = Some(path);
                 if !info.via_relay {
@@ -927,7 +933,7 @@ impl Endpoint {
                 // before it starts again (its initiation may have met a closed NAT).
                 let unfinished = is_viewer && conn.auth == AuthState::NotStarted;
                 let rtt = info.rtt;
-                let emit_change = changed || conn.auth == AuthState::Accepted;
+                let emit_change = !confirmed && (changed || conn.auth == AuthState::Accepted);
                 if unfinished {
                     if self.keep_handshake(id, destination) {
                         if let Some(conn) = self.conns.get_mut(&id) {

@@ -11,7 +11,7 @@ use sightwire_session::login::LoginThrottle;
 use sightwire_signal::cert::IdCertificate;
 use sightwire_signal::{Body, Close, CloseReason, ConnectOffer, Register};
 
-use super::connection::AuthState;
+use super::connection::{AuthState, virtual_channel};
 use super::consent::Consents;
 use super::gop::GopCache;
 use super::rendezvous::REQUEST_RETRY;
@@ -229,6 +229,27 @@ impl Endpoint {
         let newly_accepted = conn.auth != AuthState::Accepted;
         if newly_accepted {
             conn.accepted(now);
+        }
+        // The viewer's raced early handshake came through the relay before our own agent
+        // selected anything: we serve it through the relay, so that is its path.
+        if conn.path.is_none()
+            && let Some(relay) = &conn.relay
+            && self
+                .sessions
+                .remote_addr(session)
+                .and_then(virtual_channel)
+                .is_some()
+        {
+            conn.path = Some(crate::events::Path {
+                kind: sightwire_punch::PathKind::Relay,
+                remote: relay.server,
+                rtt: Duration::ZERO,
+                transport: if self.udp_blocked {
+                    crate::events::Transport::Stream
+                } else {
+                    crate::events::Transport::Udp
+                },
+            });
         }
         let path = conn.path;
         self.send_plaintext(now, id, &wire[..len]);
