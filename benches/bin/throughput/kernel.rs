@@ -40,22 +40,47 @@ pub(crate) fn net_core(name: &str) -> Option<u64> {
         .ok()
 }
 
-/// CPU time this process has used so far, user and system (Linux reports it in
-/// `USER_HZ` = 100 ticks per second in `/proc`).
-pub(crate) fn process_cpu() -> Option<Duration> {
+/// CPU time a process used, in user space (framing, crypto, the runtime) and in the
+/// kernel (system calls: sending and receiving datagrams).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CpuTimes {
+    pub(crate) user: Duration,
+    pub(crate) system: Duration,
+}
+
+impl CpuTimes {
+    pub(crate) fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    /// What was used since `before`.
+    pub(crate) fn since(self, before: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+}
+
+/// CPU time this process has used so far (Linux reports it in `USER_HZ` = 100 ticks per
+/// second in `/proc`).
+pub(crate) fn process_cpu() -> Option<CpuTimes> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     cpu_in_stat(&stat)
 }
 
-/// User plus system time from a `/proc/<pid>/stat` line.
-fn cpu_in_stat(stat: &str) -> Option<Duration> {
+/// User and system time from a `/proc/<pid>/stat` line.
+fn cpu_in_stat(stat: &str) -> Option<CpuTimes> {
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
+    Some(CpuTimes {
+        user: Duration::from_millis(utime * 10),
+        system: Duration::from_millis(stime * 10),
+    })
 }
 
 /// The one-minute load average (other work on the machine shows here).
@@ -92,7 +117,10 @@ mod tests {
     #[test]
     fn cpu_time_comes_after_the_command_name() {
         let stat = "1234 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0 100";
-        assert_eq!(cpu_in_stat(stat), Some(Duration::from_millis(2_800)));
+        let cpu = cpu_in_stat(stat).expect("parses");
+        assert_eq!(cpu.user, Duration::from_millis(2_500));
+        assert_eq!(cpu.system, Duration::from_millis(300));
+        assert_eq!(cpu.total(), Duration::from_millis(2_800));
         assert_eq!(cpu_in_stat("garbage"), None);
     }
 

@@ -17,6 +17,7 @@
 
 mod kernel;
 mod run;
+mod split;
 mod tally;
 
 use std::fmt::Write as _;
@@ -27,7 +28,7 @@ use anyhow::bail;
 use clap::Parser;
 use sightwire_relay::RelayConfig;
 
-use crate::kernel::or_na;
+use crate::kernel::{CpuTimes, or_na};
 use crate::run::{FrameShape, PathMode, RunConfig, RunResult};
 
 /// Largest frame rate the camera task is asked to keep (a frame every 10 µs).
@@ -83,6 +84,14 @@ struct Args {
     /// library's].
     #[arg(long, value_parser = parse_mbps)]
     max_bitrate_mbps: Option<f64>,
+    /// 1: everything in this process; 2: the viewer in a second process (this binary,
+    /// started by this one), so camera and viewer do not share a runtime, as on two
+    /// machines.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    processes: u8,
+    /// Internal: run as the viewer process of `--processes 2`, set up by this JSON.
+    #[arg(long, hide = true)]
+    viewer_child: Option<String>,
 }
 
 fn parse_number(text: &str, what: &str) -> Result<f64, String> {
@@ -201,6 +210,7 @@ impl Args {
                     shape,
                     socket_buffer_bytes: self.socket_buffer_bytes,
                     media: media.clone(),
+                    viewer_process: self.processes == 2,
                 })
             })
             .collect()
@@ -210,7 +220,11 @@ impl Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match measure(&args).await {
+    let outcome = match &args.viewer_child {
+        Some(setup) => split::viewer_main(setup).await,
+        None => measure(&args).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         // `{:#}`: the error and its causes on one line, never a backtrace.
         Err(error) => {
@@ -261,6 +275,24 @@ fn ms(duration: Option<Duration>) -> String {
     )
 }
 
+/// CPU seconds, total (user + system) of this process, then of the viewer's if it has
+/// its own: `3.5 (2.1 + 1.4) + 2.3 (1.5 + 0.8)`.
+fn cpu_cell(result: &RunResult) -> String {
+    let one = |cpu: CpuTimes| {
+        format!(
+            "{:.1} ({:.1} + {:.1})",
+            cpu.total().as_secs_f64(),
+            cpu.user.as_secs_f64(),
+            cpu.system.as_secs_f64()
+        )
+    };
+    match (result.cpu, result.viewer_cpu) {
+        (Some(cpu), Some(viewer)) => format!("{} + {}", one(cpu), one(viewer)),
+        (Some(cpu), None) => one(cpu),
+        _ => "n/a".to_owned(),
+    }
+}
+
 /// The whole report: the setup, then three Markdown tables.
 fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
     let mut out = String::new();
@@ -272,13 +304,18 @@ fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
     let shape = runs.first().map(|r| r.shape);
     let _ = writeln!(
         out,
-        "\nsightwire throughput: {} path, {} s per rate, camera {}; one process on {} CPUs, all on 127.0.0.1",
+        "\nsightwire throughput: {} path, {} s per rate, camera {}; {} on {} CPUs, all on 127.0.0.1",
         args.path.name(),
         args.seconds,
         if args.adapt {
             "adapting frame sizes to Event::TargetBitrate"
         } else {
             "at fixed frame sizes (--adapt off)"
+        },
+        if args.processes == 2 {
+            "two processes (camera, device and servers; viewer)"
+        } else {
+            "one process"
         },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -338,7 +375,8 @@ fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
         "\nsent = handed to Device::send_frame; delivered = complete frames the viewer application received \
          (both over the offered window); decodable = delivered with every frame back to a delivered keyframe; \
          latency = send_frame call to the viewer's Event::Frame; CPU s = the whole process (camera, device, \
-         relay, rendezvous, viewer) during stream and drain; load = 1-minute load average after the run"
+         relay, rendezvous, viewer) during stream and drain, with --processes 2 that process + the viewer \
+         process over its whole life, each as total (user + system); load = 1-minute load average after the run"
     );
     let _ = writeln!(
         out,
@@ -351,11 +389,7 @@ fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
     for (config, result) in runs.iter().zip(results) {
         let window = result.window.as_secs_f64();
         let t = &result.tally;
-        let paths: Vec<&str> = result
-            .paths
-            .iter()
-            .map(|&k| sightwire::path_kind_name(k))
-            .collect();
+        let paths = &result.paths;
         let _ = writeln!(
             out,
             "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
@@ -375,9 +409,7 @@ fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
             } else {
                 paths.join("→")
             },
-            result
-                .cpu
-                .map_or_else(|| "n/a".to_owned(), |c| format!("{:.1}", c.as_secs_f64())),
+            cpu_cell(result),
             result
                 .load
                 .map_or_else(|| "n/a".to_owned(), |l| format!("{l:.1}")),
@@ -395,7 +427,7 @@ fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (config, result) in runs.iter().zip(results) {
         let sender = result.device_stats.as_ref().map(|s| &s.media);
-        let receiver = result.viewer_stats.as_ref().map(|s| &s.media);
+        let receiver = result.viewer_stats.as_ref();
         let accepted = sender.map(|s| s.frames_sent);
         let refused = accepted.map(|a| result.tally.frames.saturating_sub(a));
         let unaccounted = match (accepted, receiver) {
@@ -442,7 +474,7 @@ fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
     );
     for (config, result) in runs.iter().zip(results) {
         let sender = result.device_stats.as_ref().map(|s| &s.media);
-        let receiver = result.viewer_stats.as_ref().map(|s| &s.media);
+        let receiver = result.viewer_stats.as_ref();
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {:.1} | {} |",

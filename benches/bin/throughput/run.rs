@@ -16,15 +16,17 @@ use sightwire_examples::local::LocalNetwork;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
 use sightwire_relay::RelayStats;
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::kernel;
+use crate::kernel::{self, CpuTimes};
+use crate::split::{ReceiverCounters, ViewerChild, ViewerFinished, ViewerSetup};
 use crate::tally::{DeliveredFrame, SentFrame, Tally};
 
 const DEVICE_ID: &str = "1C:C3:16:AB:CD:EF";
 const PASSWORD: &str = "throughput";
 /// Longest any setup step (registration, connect, first path) may take.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait after the last frame for the counters to settle.
 pub(crate) const MAX_DRAIN: Duration = Duration::from_secs(15);
 /// Smallest frame the adapting camera makes, however low the target.
@@ -89,6 +91,8 @@ pub(crate) struct RunConfig {
     pub(crate) socket_buffer_bytes: usize,
     /// Media parameters of the device and the viewer.
     pub(crate) media: sightwire_media::Config,
+    /// Run the viewer in a process of its own (`split`), not in this one.
+    pub(crate) viewer_process: bool,
 }
 
 /// Kernel receive-buffer drops per socket.
@@ -116,28 +120,31 @@ pub(crate) struct RunResult {
     pub(crate) device_stats: Option<PeerStats>,
     /// Highest fragment send rate the device reported.
     pub(crate) peak_send_bps: u64,
-    /// The viewer's last figures for the device (receiver side).
-    pub(crate) viewer_stats: Option<PeerStats>,
+    /// The viewer's last media counters for the device (receiver side).
+    pub(crate) viewer_stats: Option<ReceiverCounters>,
     /// The relay's counters (whole deployment; only this stream uses it).
     pub(crate) relay: Option<RelayStats>,
     pub(crate) drops: SocketDrops,
     pub(crate) device_buffers: SocketBuffers,
     pub(crate) viewer_buffers: SocketBuffers,
-    /// Path kinds the viewer reported, in order, without repeats.
-    pub(crate) paths: Vec<PathKind>,
-    /// CPU time the whole process (every component) used during the stream and drain.
-    pub(crate) cpu: Option<Duration>,
+    /// Path kinds the viewer reported, in order, without repeats (`path_kind_name`).
+    pub(crate) paths: Vec<String>,
+    /// CPU time this process used during the stream and drain (every component, or
+    /// all but the viewer when it has its own process).
+    pub(crate) cpu: Option<CpuTimes>,
+    /// CPU time of the viewer's own process over its whole life, when it has one.
+    pub(crate) viewer_cpu: Option<CpuTimes>,
     /// The machine's one-minute load average after the run.
     pub(crate) load: Option<f64>,
 }
 
 /// What the viewer task saw.
 #[derive(Debug, Default)]
-struct ViewerLog {
-    frames: Vec<DeliveredFrame>,
-    stats: Option<PeerStats>,
-    paths: Vec<PathKind>,
-    closed: bool,
+pub(crate) struct ViewerLog {
+    pub(crate) frames: Vec<DeliveredFrame>,
+    pub(crate) stats: Option<PeerStats>,
+    pub(crate) paths: Vec<PathKind>,
+    pub(crate) closed: bool,
 }
 
 impl ViewerLog {
@@ -221,22 +228,45 @@ async fn run_on(network: &mut LocalNetwork, config: &RunConfig) -> anyhow::Resul
     })
     .await?;
 
-    let mut viewer_config = network.viewer_config();
-    viewer_config.bind = loopback;
-    viewer_config.path_policy = policy;
-    viewer_config.socket_buffer_bytes = config.socket_buffer_bytes;
-    viewer_config.media = config.media.clone();
-    viewer_config.want_relay = config.path == PathMode::Relay;
-    let endpoint = ViewerEndpoint::bind(viewer_config)
+    let (progress_tx, mut progress) = watch::channel(0);
+    let viewer = if config.viewer_process {
+        let setup = ViewerSetup {
+            rendezvous: network.rendezvous_address().to_string(),
+            rendezvous_key: hex::encode(network.rendezvous.public_key),
+            issuer_key: hex::encode(network.issuer.public().to_bytes()),
+            device: uri.to_string(),
+            password: PASSWORD.into(),
+            relay_only: config.path == PathMode::Relay,
+            socket_buffer_bytes: config.socket_buffer_bytes,
+            pacing_factor_percent: config.media.pacing_factor_percent,
+            max_bitrate_bps: config.media.max_bitrate_bps,
+        };
+        ViewerSide::Process(ViewerChild::spawn(&setup, progress_tx)?)
+    } else {
+        let mut viewer_config = network.viewer_config();
+        viewer_config.bind = loopback;
+        viewer_config.path_policy = policy;
+        viewer_config.socket_buffer_bytes = config.socket_buffer_bytes;
+        viewer_config.media = config.media.clone();
+        viewer_config.want_relay = config.path == PathMode::Relay;
+        let endpoint = ViewerEndpoint::bind(viewer_config)
+            .await
+            .context("binding the viewer")?;
+        let viewer = timeout(
+            SETUP_TIMEOUT,
+            endpoint.watch(Target::Uri(uri), Credentials::password(PASSWORD)),
+        )
         .await
-        .context("binding the viewer")?;
-    let viewer = timeout(
-        SETUP_TIMEOUT,
-        endpoint.watch(Target::Uri(uri), Credentials::password(PASSWORD)),
-    )
-    .await
-    .context("the viewer did not connect in time")?
-    .context("the viewer could not connect")?;
+        .context("the viewer did not connect in time")?
+        .context("the viewer could not connect")?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(record(viewer, stopped, progress_tx));
+        ViewerSide::Task {
+            endpoint,
+            task,
+            stop,
+        }
+    };
     let connected = wait_for(&mut device, "the viewer's connection", |e| {
         matches!(e, Event::PeerConnected { .. })
     })
@@ -244,7 +274,13 @@ async fn run_on(network: &mut LocalNetwork, config: &RunConfig) -> anyhow::Resul
     let Event::PeerConnected { path, .. } = connected else {
         bail!("unexpected device event {connected:?}");
     };
-    let kind = path.map(|p| p.kind);
+    // The device may learn the path just after the session: then its next path news.
+    let kind = match path {
+        Some(path) => Some(path.kind),
+        None => path_kind(
+            &wait_for(&mut device, "the stream's path", |e| path_kind(e).is_some()).await?,
+        ),
+    };
     let wanted = match config.path {
         PathMode::Relay => matches!(kind, Some(PathKind::Relay)),
         PathMode::Direct => matches!(kind, Some(PathKind::Lan | PathKind::Direct)),
@@ -257,9 +293,6 @@ async fn run_on(network: &mut LocalNetwork, config: &RunConfig) -> anyhow::Resul
         );
     }
 
-    let (stop, stopped) = oneshot::channel();
-    let (progress_tx, mut progress) = watch::channel(0);
-    let viewer_task = tokio::spawn(record(viewer, stopped, progress_tx));
     let cpu_before = kernel::process_cpu();
     let mut device_log = DeviceLog::default();
     let sent = camera(&mut device, &mut device_log, config).await;
@@ -269,25 +302,22 @@ async fn run_on(network: &mut LocalNetwork, config: &RunConfig) -> anyhow::Resul
     };
     let cpu = kernel::process_cpu()
         .zip(cpu_before)
-        .map(|(after, before)| after.saturating_sub(before));
-    let _ = stop.send(());
+        .map(|(after, before)| after.since(before));
+    let finished = viewer.finish().await;
     let (sent, settled) = match (sent, settled) {
         (Ok(sent), Ok(settled)) => (sent, settled),
         (Err(error), _) | (_, Err(error)) => return Err(error),
     };
-    let (viewer, log) = viewer_task.await.context("the viewer task failed")?;
-    if log.closed {
+    let finished = finished?;
+    if finished.closed {
         bail!("the device closed the viewer's connection during the run");
     }
     let drops = SocketDrops {
         device: kernel::socket_drops(device.local_addr()),
-        viewer: kernel::socket_drops(endpoint.local_addr()),
+        viewer: finished.socket_drops,
         relay: kernel::socket_drops(network.relay_address),
     };
     let device_buffers = device.socket_buffers();
-    let viewer_buffers = endpoint.socket_buffers();
-    drop(viewer);
-    endpoint.shutdown().await;
     device.shutdown().await;
 
     let fps = config.shape.fps(config.offered_bps);
@@ -297,22 +327,68 @@ async fn run_on(network: &mut LocalNetwork, config: &RunConfig) -> anyhow::Resul
     let window = nominal.max(last.saturating_duration_since(t0));
     Ok(RunResult {
         fps,
-        tally: Tally::new(&sent.frames, &log.frames),
+        tally: Tally::new(&sent.frames, &finished.frames),
         window,
         last_target_bps: device_log.last_target_bps,
         target_events: device_log.target_events,
         device_stats: device_log.stats,
         peak_send_bps: device_log.peak_send_bps,
         settled,
-        viewer_stats: log.stats,
+        viewer_stats: finished.counters,
         relay: None,
         drops,
         device_buffers,
-        viewer_buffers,
-        paths: log.paths,
+        viewer_buffers: finished.buffers,
+        paths: finished.paths,
         cpu,
+        viewer_cpu: finished.cpu,
         load: kernel::load_average(),
     })
+}
+
+/// Where the viewer runs.
+enum ViewerSide {
+    /// A task of this process.
+    Task {
+        endpoint: ViewerEndpoint,
+        task: JoinHandle<(Viewer, ViewerLog)>,
+        stop: oneshot::Sender<()>,
+    },
+    /// A process of its own.
+    Process(ViewerChild),
+}
+
+impl ViewerSide {
+    /// Stops the viewer and returns what it measured.
+    async fn finish(self) -> anyhow::Result<ViewerFinished> {
+        match self {
+            ViewerSide::Task {
+                endpoint,
+                task,
+                stop,
+            } => {
+                let _ = stop.send(());
+                let (viewer, log) = task.await.context("the viewer task failed")?;
+                let finished = ViewerFinished {
+                    frames: log.frames,
+                    counters: log.stats.map(|s| ReceiverCounters::of(&s.media)),
+                    paths: log
+                        .paths
+                        .into_iter()
+                        .map(|k| sightwire::path_kind_name(k).to_owned())
+                        .collect(),
+                    closed: log.closed,
+                    buffers: endpoint.socket_buffers(),
+                    socket_drops: kernel::socket_drops(endpoint.local_addr()),
+                    cpu: None,
+                };
+                drop(viewer);
+                endpoint.shutdown().await;
+                Ok(finished)
+            }
+            ViewerSide::Process(child) => child.finish().await,
+        }
+    }
 }
 
 /// The frames the camera handed over, and when it started.
@@ -448,7 +524,7 @@ fn receive_progress(stats: &PeerStats) -> u64 {
 
 /// Records every frame and figure the viewer receives until told to stop, publishing the
 /// receive progress at every report.
-async fn record(
+pub(crate) async fn record(
     mut viewer: Viewer,
     mut stop: oneshot::Receiver<()>,
     progress: watch::Sender<u64>,
@@ -482,6 +558,15 @@ async fn record(
         }
     }
     (viewer, log)
+}
+
+/// The path kind an event names, if any.
+fn path_kind(event: &Event) -> Option<PathKind> {
+    match event {
+        Event::PathChanged { path, .. } => Some(path.kind),
+        Event::Stats { stats, .. } => stats.path.map(|p| p.kind),
+        _ => None,
+    }
 }
 
 /// Waits for the device event `matches` accepts.

@@ -49,6 +49,8 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_STREAMS: usize = 8;
 /// A stream that closed is not opened again to the same server sooner than this.
 const STREAM_REOPEN_WAIT: Duration = Duration::from_secs(1);
+/// Most datagrams one pass of the loop takes once the first is there.
+const INPUT_BATCH: usize = 64;
 
 /// A lookup under way.
 type Resolving = tokio::task::JoinHandle<Result<Vec<SocketAddr>, ResolveError>>;
@@ -145,15 +147,16 @@ impl Driver {
             let wake = self.endpoint.poll_timeout();
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
-                    let now = self.now();
-                    match received {
-                        Ok((len, from)) => {
-                            if let Some(datagram) = buf.get_mut(..len) {
-                                self.endpoint.handle_datagram(now, from, datagram);
-                            }
+                    self.handle_received(received, &mut buf);
+                    // At high rates datagrams wait in the socket: take those already
+                    // there in this round instead of one per pass of the loop (its
+                    // timer and select cost more than the datagram); bounded, so
+                    // timers and commands keep their turn.
+                    for _ in 1..INPUT_BATCH {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                            received => self.handle_received(received, &mut buf),
                         }
-                        // ICMP errors surface here on some systems; nothing to do.
-                        Err(error) => tracing::trace!(%error, "recv failed"),
                     }
                 }
                 command = self.commands.recv() => {
@@ -206,6 +209,20 @@ impl Driver {
         self.deliver_events();
         if let Some(resolving) = self.resolving.take() {
             resolving.abort();
+        }
+    }
+
+    /// Hands a received datagram (in `buf`) to the core.
+    fn handle_received(&mut self, received: std::io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
+        match received {
+            Ok((len, from)) => {
+                let now = self.now();
+                if let Some(datagram) = buf.get_mut(..len) {
+                    self.endpoint.handle_datagram(now, from, datagram);
+                }
+            }
+            // ICMP errors surface here on some systems; nothing to do.
+            Err(error) => tracing::trace!(%error, "recv failed"),
         }
     }
 
