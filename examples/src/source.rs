@@ -16,7 +16,7 @@ pub const SYNTHETIC_KEYFRAME_RATIO: usize = 10;
 /// Smallest synthetic frame between keyframes, in bytes (the floor of the offered rate).
 pub const SYNTHETIC_MIN_DELTA_BYTES: usize = 200;
 /// Largest synthetic keyframe, in bytes (the ceiling of the offered rate; within the
-/// media layer's default 1 MiB frame limit).
+/// media layer's default 4 MiB frame limit).
 pub const SYNTHETIC_MAX_KEYFRAME_BYTES: usize = 512 * 1024;
 
 /// Sizes of synthetic frames.

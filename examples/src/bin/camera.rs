@@ -37,7 +37,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use sightwire::{
-    Device, DeviceConfig, Event, Frame, PathPolicy, PeerId, RendezvousServer, ServerAddr,
+    Device, DeviceConfig, Event, Frame, FrameError, PathPolicy, PeerId, RendezvousServer,
+    SendError, ServerAddr,
 };
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
@@ -327,6 +328,15 @@ async fn main() -> anyhow::Result<()> {
                     Event::Control { peer, message } => emit(json!({
                         "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),
                     })),
+                    // Drops by the congestion policy are routine (counted); a frame too
+                    // large or a full queue is not.
+                    Event::FrameNotSent { peer, stream, error }
+                        if !matches!(error, FrameError::Send(SendError::FrameDropped { .. })) =>
+                    {
+                        let peer = peer.map(|p| p.0);
+                        tracing::warn!(?peer, stream = stream.get(), %error, "frame not sent");
+                        emit(json!({"event": "frame_not_sent", "peer": peer, "error": error.to_string()}));
+                    }
                     _ => {}
                 }
             }
