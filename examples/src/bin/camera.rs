@@ -69,10 +69,14 @@ struct Args {
     /// The device password viewers must prove.
     #[arg(long)]
     password: Option<String>,
-    /// `synthetic`, an H.264 Annex-B file, or an RTSP camera URL
+    /// `synthetic`, an H.264 or H.265 Annex-B file, or an RTSP camera URL
     /// (`rtsp://user:pass@host/path`).
     #[arg(long, default_value = "synthetic")]
     source: String,
+    /// The codec of an Annex-B `--source` file; `auto` detects it from the file's first
+    /// NAL unit (an H.265 stream opens with a VPS, SPS, PPS, AUD or SEI).
+    #[arg(long, value_enum, default_value_t = FileCodec::Auto)]
+    codec: FileCodec,
     /// The RTSP camera's sub stream (`rtsp://user:pass@host/path`), used while the
     /// viewers' target bitrate stays below the main stream's (`--source`) bitrate.
     #[arg(long)]
@@ -95,6 +99,17 @@ struct Args {
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
+}
+
+/// The codec of an Annex-B source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FileCodec {
+    /// Detected from the file.
+    Auto,
+    /// H.264.
+    H264,
+    /// H.265.
+    H265,
 }
 
 /// How often the count of dropped frames is logged (while frames are dropped).
@@ -206,7 +221,13 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let bytes =
             std::fs::read(&args.source).with_context(|| format!("reading {}", args.source))?;
-        Some(FrameSource::annexb(&bytes, args.fps, true)?)
+        let codec = match args.codec {
+            FileCodec::Auto => sightwire_examples::annexb::detect_codec(&bytes),
+            FileCodec::H264 => sightwire::Codec::H264,
+            FileCodec::H265 => sightwire::Codec::H265,
+        };
+        tracing::info!(?codec, file = %args.source, "Annex-B source");
+        Some(FrameSource::annexb_of(codec, &bytes, args.fps, true)?)
     };
 
     let mut config = DeviceConfig::new(
