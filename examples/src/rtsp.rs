@@ -29,7 +29,7 @@ use retina::client::{
 };
 use retina::codec::{CodecItem, FrameFormat};
 use sightwire::{Codec, Frame, StreamId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use url::Url;
 
 use crate::rate::RateMeter;
@@ -196,26 +196,100 @@ impl CaptureClock {
 /// Starts pulling `config.url` on the current tokio runtime; frames arrive on the
 /// returned receiver. The task reconnects until the receiver is dropped.
 pub fn spawn(config: RtspConfig) -> mpsc::Receiver<Frame> {
+    spawn_with_status(config).0
+}
+
+/// Like [`spawn`], and also reports the source's [`SourceStatus`] (for the application to
+/// log and to tell viewers why there are no frames).
+pub fn spawn_with_status(
+    config: RtspConfig,
+) -> (mpsc::Receiver<Frame>, watch::Receiver<SourceStatus>) {
     let (tx, rx) = mpsc::channel(FRAME_QUEUE_LEN);
-    tokio::spawn(run(config, tx));
-    rx
+    let (status_tx, status_rx) = watch::channel(SourceStatus::Connecting);
+    tokio::spawn(run_reporting(config, tx, status_tx));
+    (rx, status_rx)
+}
+
+/// What an RTSP source loop says about its camera.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceStatus {
+    /// Connecting, before the first frame of the first session.
+    Connecting,
+    /// Frames flow.
+    Streaming,
+    /// The last `attempts` sessions in a row failed or ended without a frame, the last
+    /// one for `reason`; the loop tries again after its backoff.
+    Failing {
+        /// Why the last one failed.
+        reason: SourceFailure,
+        /// Sessions in a row without a frame.
+        attempts: u32,
+    },
+}
+
+/// Why an RTSP session gave no frames.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceFailure {
+    /// The camera refused the login (401 after the credentials were sent, or none given).
+    #[error("the camera refused the login")]
+    LoginRefused,
+    /// The camera offers no video stream this source can take (H.264).
+    #[error("the camera offers no H.264 video stream")]
+    NoSupportedVideo,
+    /// The session ended (the camera closed it) without a frame.
+    #[error("the camera ended the session")]
+    Ended,
+    /// Anything else: unreachable, timed out, a protocol error (the message says which).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SourceFailure {
+    fn of(error: &anyhow::Error) -> Self {
+        let refused = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<retina::Error>()
+                .and_then(retina::Error::status_code)
+                == Some(401)
+        });
+        if refused {
+            return Self::LoginRefused;
+        }
+        match error.downcast_ref::<SourceFailure>() {
+            Some(failure) => failure.clone(),
+            None => Self::Other(format!("{error:#}")),
+        }
+    }
 }
 
 /// Pulls frames into `frames`, reconnecting with backoff, until `frames` is closed.
 pub async fn run(config: RtspConfig, frames: mpsc::Sender<Frame>) {
+    run_reporting(config, frames, watch::channel(SourceStatus::Connecting).0).await;
+}
+
+/// [`run`], reporting the source's status on `status`.
+pub async fn run_reporting(
+    config: RtspConfig,
+    frames: mpsc::Sender<Frame>,
+    status: watch::Sender<SourceStatus>,
+) {
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
     let mut clock = CaptureClock::default();
+    let mut attempts = 0u32;
     loop {
         let mut delivered = 0u64;
-        let result = stream_session(&config, &mut clock, &frames, &mut delivered).await;
+        let result = stream_session(&config, &mut clock, &frames, &mut delivered, &status).await;
         if frames.is_closed() {
             return;
         }
         if delivered > 0 {
             backoff.reset();
+            attempts = 0;
         }
         let delay = backoff.next_delay();
-        match result {
+        match &result {
             Ok(()) => tracing::warn!(
                 url = %config.url, frames = delivered, ?delay,
                 "RTSP session ended; reconnecting"
@@ -224,6 +298,19 @@ pub async fn run(config: RtspConfig, frames: mpsc::Sender<Frame>) {
                 url = %config.url, frames = delivered, ?delay,
                 "RTSP session failed: {error:#}; reconnecting"
             ),
+        }
+        if delivered == 0 {
+            attempts = attempts.saturating_add(1);
+            let reason =
+                result.map_or_else(|error| SourceFailure::of(&error), |()| SourceFailure::Ended);
+            if matches!(
+                reason,
+                SourceFailure::LoginRefused | SourceFailure::NoSupportedVideo
+            ) {
+                // Retrying does not fix these: say so loudly, not only as a reconnect.
+                tracing::error!(url = %config.url, attempts, "RTSP source: {reason}");
+            }
+            status.send_replace(SourceStatus::Failing { reason, attempts });
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -239,6 +326,7 @@ async fn stream_session(
     clock: &mut CaptureClock,
     frames: &mpsc::Sender<Frame>,
     delivered: &mut u64,
+    status: &watch::Sender<SourceStatus>,
 ) -> anyhow::Result<()> {
     let options = SessionOptions::default()
         .creds(config.credentials.clone())
@@ -253,7 +341,7 @@ async fn stream_session(
         .streams()
         .iter()
         .position(|s| s.media() == "video" && s.encoding_name() == "h264")
-        .context("the camera offers no H.264 video stream")?;
+        .ok_or(SourceFailure::NoSupportedVideo)?;
     let setup = SetupOptions::default()
         .transport(Transport::Tcp(TcpTransportOptions::default()))
         .frame_format(FrameFormat::SIMPLE);
@@ -296,6 +384,9 @@ async fn stream_session(
             return Ok(());
         }
         *delivered += 1;
+        if *delivered == 1 {
+            status.send_replace(SourceStatus::Streaming);
+        }
     }
 }
 

@@ -9,14 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use sightwire::{Codec, Frame, StreamId};
 
-use crate::annexb::access_units;
+use crate::annexb::{access_units_of, detect_codec};
 
 /// Synthetic keyframes are this many times the size of the frames between them.
 pub const SYNTHETIC_KEYFRAME_RATIO: usize = 10;
 /// Smallest synthetic frame between keyframes, in bytes (the floor of the offered rate).
 pub const SYNTHETIC_MIN_DELTA_BYTES: usize = 200;
 /// Largest synthetic keyframe, in bytes (the ceiling of the offered rate; within the
-/// media layer's default 1 MiB frame limit).
+/// media layer's default 4 MiB frame limit).
 pub const SYNTHETIC_MAX_KEYFRAME_BYTES: usize = 512 * 1024;
 
 /// Sizes of synthetic frames.
@@ -88,6 +88,8 @@ enum Frames {
 #[derive(Debug)]
 pub struct FrameSource {
     frames: Frames,
+    /// The video codec of every frame.
+    codec: Codec,
     next: usize,
     /// Time between frames.
     pub interval: Duration,
@@ -99,16 +101,28 @@ pub struct FrameSource {
 }
 
 impl FrameSource {
-    /// Frames from an Annex-B H.264 stream, `fps` frames per second, once or looping.
+    /// Frames from an Annex-B H.264 or H.265 stream (the codec detected from its first
+    /// NAL unit, [`detect_codec`]), `fps` frames per second, once or looping.
     pub fn annexb(stream: &[u8], fps: u32, looping: bool) -> anyhow::Result<Self> {
-        let cycle: Vec<_> = access_units(stream)
+        Self::annexb_of(detect_codec(stream), stream, fps, looping)
+    }
+
+    /// Frames from an Annex-B stream of `codec` (H.264 or H.265), `fps` frames per
+    /// second, once or looping.
+    pub fn annexb_of(codec: Codec, stream: &[u8], fps: u32, looping: bool) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            matches!(codec, Codec::H264 | Codec::H265),
+            "an Annex-B stream is H.264 or H.265, not {codec:?}"
+        );
+        let cycle: Vec<_> = access_units_of(codec, stream)
             .into_iter()
             .map(|u| (Bytes::from(u.data), u.keyframe, u.codec_config))
             .collect();
-        anyhow::ensure!(!cycle.is_empty(), "no H.264 access units in the input");
+        anyhow::ensure!(!cycle.is_empty(), "no {codec:?} access units in the input");
         let total = (!looping).then_some(cycle.len() as u64);
         Ok(Self {
             frames: Frames::Cycle(cycle),
+            codec,
             next: 0,
             interval: Duration::from_secs(1) / fps.max(1),
             produced: 0,
@@ -126,6 +140,7 @@ impl FrameSource {
             .map(|i| i as u8)
             .collect();
         Self {
+            codec: Codec::H264,
             frames: Frames::Synthetic {
                 gop: gop.max(1),
                 fps: fps.max(1),
@@ -223,7 +238,7 @@ impl FrameSource {
         self.produced += 1;
         Some(Frame {
             stream: StreamId::VIDEO,
-            codec: Codec::H264,
+            codec: self.codec,
             keyframe,
             codec_config,
             capture_time_us,
@@ -301,6 +316,23 @@ mod tests {
             clip.expect("one access unit").set_target_bitrate(Some(1)),
             None
         );
+    }
+
+    #[test]
+    fn an_h265_file_plays_as_h265_frames() {
+        // VPS, SPS, PPS, an IDR picture, then a TRAIL_R picture.
+        let hevc: Vec<u8> = [(32u8, 0x0C), (33, 0x01), (34, 0xC1), (19, 0xAF), (1, 0xD0)]
+            .iter()
+            .flat_map(|&(nal_type, first)| [0, 0, 0, 1, nal_type << 1, 0x01, first, 0xAB])
+            .collect();
+        let mut clip = FrameSource::annexb(&hevc, 30, false).expect("H.265 clip");
+        let frames: Vec<Frame> = std::iter::from_fn(|| clip.next_frame()).collect();
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().all(|f| f.codec == Codec::H265));
+        assert!(frames[0].keyframe && frames[0].codec_config && !frames[1].keyframe);
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.data.to_vec()).collect();
+        assert_eq!(joined, hevc);
+        assert!(FrameSource::annexb_of(Codec::Aac, &hevc, 30, false).is_err());
     }
 
     #[test]

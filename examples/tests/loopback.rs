@@ -44,6 +44,10 @@ impl Drop for TempDir {
 }
 
 async fn setup(name: &str, policy: PathPolicy) -> Setup {
+    setup_with(name, policy, |_| {}).await
+}
+
+async fn setup_with(name: &str, policy: PathPolicy, configure: fn(&mut DeviceConfig)) -> Setup {
     let dir = TempDir::new(name);
     // A short keepalive interval so the restart test runs in seconds.
     let core = sightwire_rendezvous::CoreConfig {
@@ -63,6 +67,7 @@ async fn setup(name: &str, policy: PathPolicy) -> Setup {
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.password = Some(PASSWORD.into());
     config.path_policy = policy;
+    configure(&mut config);
     let mut device = Device::start(config).await.unwrap();
     wait_for(&mut device, |e| matches!(e, Event::Registered { .. })).await;
     Setup {
@@ -762,4 +767,156 @@ async fn udp_blocked_camera_serves_a_viewer_over_tcp() {
     assert_eq!(path.map(|p| p.kind_name()), Some("relay-tcp"));
     assert!(frames.windows(2).all(|w| w[0] < w[1]), "frames in order");
     drop(viewer);
+}
+
+/// A 4K-like H.264 stream: every `GOP`th frame a keyframe of 1.0–1.3 MB (over 1 MiB),
+/// 60 KB P-frames between, 30 fps, all frames references.
+fn frame_4k(index: u32, keyframe_size: usize, capture_time_us: u64) -> sightwire::Frame {
+    use bytes::BufMut;
+    const GOP: u32 = 15;
+    let keyframe = index.is_multiple_of(GOP);
+    let size = if keyframe { keyframe_size } else { 60_000 };
+    let mut data = bytes::BytesMut::with_capacity(size);
+    data.put_slice(&[0, 0, 1, if keyframe { 0x65 } else { 0x41 }]);
+    data.put_u32(index);
+    let mut state = u64::from(index).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while data.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.put_u8(state as u8);
+    }
+    sightwire::Frame {
+        stream: sightwire::StreamId::VIDEO,
+        codec: sightwire::Codec::H264,
+        keyframe,
+        codec_config: keyframe,
+        capture_time_us,
+        data: data.freeze(),
+    }
+}
+
+/// Keyframes over 1 MiB (4K at 20 Mbit/s) arrive byte for byte; one over the media limit
+/// (4 MiB by default) is refused with a typed event on the device, and the viewer sees the
+/// gap: the frames that referred to it are not sent, and the next keyframe comes marked
+/// `after_loss`. Never an undecodable frame handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframes_over_1_mib_arrive_whole_and_an_oversized_one_is_an_explicit_gap() {
+    use sightwire::{DEFAULT_MAX_FRAME_SIZE, FrameError, SendError};
+    // A path rate for 4K from the start (the default starts at 2 Mbit/s and ramps).
+    let mut setup = setup_with("4k", PathPolicy::Any, |config| {
+        config.media.initial_bitrate_bps = 40_000_000;
+        config.media.max_bitrate_bps = 100_000_000;
+    })
+    .await;
+    let mut viewer = connect(&setup, Target::Uri(setup.uri), PASSWORD, PathPolicy::Any)
+        .await
+        .expect("viewer connects");
+    wait_for(&mut setup.device, |e| {
+        matches!(e, Event::PeerConnected { .. })
+    })
+    .await;
+    // Four GOPs; the third one's keyframe is over the limit.
+    const FRAMES: u32 = 60;
+    let oversized = 30;
+    let start = std::time::Instant::now();
+    let mut sent = std::collections::HashMap::new();
+    for index in 0..FRAMES {
+        let keyframe_size = match index {
+            30 => DEFAULT_MAX_FRAME_SIZE + 1,
+            _ => 1_000_000 + (index as usize % 4) * 100_000,
+        };
+        let capture = start.elapsed().as_micros() as u64;
+        let frame = frame_4k(index, keyframe_size, capture);
+        sent.insert(capture, (index, frame.clone()));
+        assert!(setup.device.send_frame(frame).await);
+        tokio::time::sleep(Duration::from_millis(33)).await;
+    }
+    let refused = wait_for(&mut setup.device, |e| {
+        matches!(e, Event::FrameNotSent { .. })
+    })
+    .await;
+    let Event::FrameNotSent {
+        peer: Some(_),
+        error: FrameError::Send(SendError::FrameTooLarge { size, limit }),
+        ..
+    } = refused
+    else {
+        panic!("not a refusal of the oversized keyframe: {refused:?}");
+    };
+    assert_eq!(
+        (size, limit),
+        (DEFAULT_MAX_FRAME_SIZE + 1, DEFAULT_MAX_FRAME_SIZE)
+    );
+    // A frame that cannot be framed at all (empty) is nobody's: reported without a peer.
+    let empty = sightwire::Frame {
+        data: bytes::Bytes::new(),
+        ..frame_4k(1, 0, start.elapsed().as_micros() as u64)
+    };
+    assert!(setup.device.send_frame(empty).await);
+    let refused = wait_for(&mut setup.device, |e| {
+        matches!(e, Event::FrameNotSent { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Event::FrameNotSent {
+                peer: None,
+                error: FrameError::Packetize(sightwire::PacketizeError::EmptyFrame),
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+
+    // The viewer: everything up to the last GOP's frames.
+    let mut received = Vec::new();
+    let _ = timeout(Duration::from_secs(10), async {
+        while let Some(event) = viewer.next_event().await {
+            if let Event::Frame { frame, .. } = event {
+                let (index, _) = sent[&frame.frame.capture_time_us];
+                received.push((index, frame));
+                if index == FRAMES - 1 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let indices: Vec<u32> = received.iter().map(|(i, _)| *i).collect();
+    let mut previous: Option<u32> = None;
+    for (index, frame) in &received {
+        let (_, original) = &sent[&frame.frame.capture_time_us];
+        assert_eq!(frame.frame.data, original.data, "frame {index} differs");
+        assert_eq!(frame.frame.keyframe, original.keyframe);
+        let gap = previous.is_some_and(|p| p + 1 != *index);
+        assert!(
+            !gap || frame.after_loss,
+            "frame {index} after a gap is not marked"
+        );
+        assert!(
+            frame.frame.keyframe || previous == Some(index - 1),
+            "frame {index} handed out without its reference"
+        );
+        previous = Some(*index);
+    }
+    // Every keyframe within the limit arrived, the oversized one and its GOP did not.
+    for key in [0, 15, 45] {
+        assert!(
+            indices.contains(&key),
+            "keyframe {key} missing: {indices:?}"
+        );
+    }
+    assert!(!indices.iter().any(|i| (oversized..45).contains(i)));
+    let after = received.iter().find(|(i, _)| *i == 45).map(|(_, f)| f);
+    assert!(after.is_some_and(|f| f.after_loss));
+    eprintln!(
+        "4k: {} of {FRAMES} frames delivered ({} of the 15 the oversized keyframe took with it)",
+        received.len(),
+        indices
+            .iter()
+            .filter(|i| (oversized..45).contains(*i))
+            .count()
+    );
 }

@@ -29,7 +29,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use sightwire::Frame;
 use sightwire_examples::annexb::{AccessUnit, access_units};
 use sightwire_examples::mp4::nal_units;
-use sightwire_examples::rtsp::{RtspConfig, RtspSource, spawn};
+use sightwire_examples::rtsp::{
+    RtspConfig, RtspSource, SourceFailure, SourceStatus, spawn, spawn_with_status,
+};
 use sightwire_examples::switch::{CameraStream, SwitchConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -722,4 +724,50 @@ async fn rtsp_source_switches_between_main_and_sub_at_keyframes() {
          frame {up}; ffmpeg decoded all",
         out.len()
     );
+}
+
+/// A camera that refuses the login is reported as such, every attempt counted, instead
+/// of a source that silently reconnects for ever.
+#[tokio::test]
+async fn a_refused_login_is_reported_with_its_reason() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let log = Arc::new(Mutex::new(ServerLog::default()));
+    // DESCRIBE never succeeds, so the clip is never sent.
+    let clip = Arc::new(Clip {
+        units: Vec::new(),
+        sps: Vec::new(),
+        pps: Vec::new(),
+    });
+    let clips = Arc::new(HashMap::from([("clip".to_owned(), clip)]));
+    let server = tokio::spawn(serve_concurrently(
+        listener,
+        clips,
+        |_| SessionPlan::once(true, true),
+        log.clone(),
+    ));
+    let mut config =
+        RtspConfig::from_url(&format!("rtsp://{USER}:wrong@{addr}/clip")).expect("config");
+    config.min_backoff = Duration::from_millis(50);
+    config.max_backoff = Duration::from_millis(200);
+    config.stall_timeout = STALL_TIMEOUT;
+    let (_frames, mut status) = spawn_with_status(config);
+    assert_eq!(*status.borrow(), SourceStatus::Connecting);
+    let failing = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| matches!(s, SourceStatus::Failing { attempts: 2.., .. })),
+    )
+    .await
+    .expect("reported in time")
+    .expect("source running")
+    .clone();
+    assert_eq!(
+        failing,
+        SourceStatus::Failing {
+            reason: SourceFailure::LoginRefused,
+            attempts: 2
+        }
+    );
+    assert!(log.lock().expect("log").unauthorized_describes >= 2);
+    server.abort();
 }

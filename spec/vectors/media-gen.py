@@ -44,6 +44,10 @@ frag("single-fragment Opus frame", 1, 0x13, 0x01, 7, 42, 1_000_000, 5, 0, 1, byt
 frag("last fragment of a 10-byte H.264 keyframe in 4 fragments", 0, 0x01, 0x03, 0xfffffffe, 0,
      0x0102030405060708, 10, 3, 4, bytes([0x99]))
 frag("retransmitted middle fragment", 0, 0x02, 0x04, 100, 9, 33_333, 10, 1, 4, bytes([1, 2, 3]))
+# SKIPPED (0x08): frames before this one were not sent; after a skipped reference frame the
+# next frame is a keyframe (KEYFRAME | SKIPPED = 0x09).
+frag("H.265 keyframe after frames the sender skipped", 0, 0x02, 0x09, 11, 12, 400_000, 3, 0, 1,
+     bytes([0x26, 0x01, 0xaf]))
 nack("NACK of a run and of a whole unseen frame", 3, [(0, 9, 5, 2), (0, 10, 0, 0xffff)])
 valid.append(dict(name="keyframe request for video", kind="keyframe_request", hex=bytes([0x42, 0]).hex(),
                   fields=dict(stream=0)))
@@ -74,6 +78,8 @@ bad("fragment header truncated", bytes([0x40]) + bytes(20), "Truncated")
 bad("stream id 16", struct.pack(FRAGMENT, 0x40, 16, 1, 0, 0, 0, 0, 1, 0, 1) + b"x", "InvalidStream")
 bad("unknown codec", struct.pack(FRAGMENT, 0x40, 0, 0x7f, 0, 0, 0, 0, 1, 0, 1) + b"x", "UnknownCodec")
 bad("reserved fragment flag", struct.pack(FRAGMENT, 0x40, 0, 1, 0x80, 0, 0, 0, 1, 0, 1) + b"x", "ReservedFlags")
+bad("lowest reserved fragment flag (0x10)", struct.pack(FRAGMENT, 0x40, 0, 1, 0x10, 0, 0, 0, 1, 0, 1) + b"x",
+    "ReservedFlags")
 bad("fragment count larger than frame size", struct.pack(FRAGMENT, 0x40, 0, 1, 0, 0, 0, 0, 2, 0, 3) + b"x",
     "BadFragmentLayout")
 bad("empty last fragment layout (10 bytes in 6)", struct.pack(FRAGMENT, 0x40, 0, 1, 0, 0, 0, 0, 10, 0, 6) + b"xx",

@@ -40,21 +40,31 @@ pub struct Config {
     pub latency_budget: Duration,
     /// RTT assumed before the first measurement. Default 100 ms.
     pub initial_rtt: Duration,
-    /// Largest frame the receiver reassembles; larger frames are rejected. Default 1 MiB.
+    /// Largest frame the sender sends and the receiver reassembles; larger frames are
+    /// refused by `send_frame` and rejected on receipt. Default
+    /// [`DEFAULT_MAX_FRAME_SIZE`] (4 MiB).
+    ///
+    /// `max_buffered_bytes` and `max_history_bytes` should be above it (a frame that
+    /// alone exceeds the receive buffer is rejected), and `max_transmit_queue` above its
+    /// fragment count.
     pub max_frame_size: usize,
     /// Most frames (all streams together) the receiver holds incomplete or waiting for
     /// in-order delivery. Default 64.
     pub max_frames_in_flight: usize,
-    /// Most bytes the receiver holds in reassembly buffers. Default 4 MiB.
+    /// Most bytes the receiver holds in reassembly buffers. Default 8 MiB (a largest
+    /// frame and the frames behind it).
     pub max_buffered_bytes: usize,
-    /// Most payload bytes the sender keeps for retransmission. Default 4 MiB.
+    /// Most payload bytes the sender keeps for retransmission. Default 8 MiB (a largest
+    /// frame and the frames after it stay retransmittable).
     pub max_history_bytes: usize,
     /// Most frames the sender keeps for retransmission. Default 256.
     pub max_history_frames: usize,
     /// Longest the sender keeps a frame for retransmission; `None` means the latency
     /// budget (a frame older than that can no longer arrive in time). Default `None`.
     pub max_history_age: Option<Duration>,
-    /// Most packets waiting in the transmit queue; `send_frame` fails beyond. Default 4096.
+    /// Most packets waiting in the transmit queue; `send_frame` fails beyond. Default 8192
+    /// (a largest frame needs 3 579 fragments at the default packet size, 4 211 at the
+    /// smallest).
     pub max_transmit_queue: usize,
     /// How long the receiver waits after a frame's last fragment arrived before it NACKs
     /// what is missing (absorbs reordering). Default 5 ms.
@@ -93,19 +103,25 @@ pub struct Config {
     pub delay_based_estimation: bool,
 }
 
+/// Default [`Config::max_frame_size`]: 4 MiB. A 4K stream at 20 Mbit/s makes keyframes of
+/// 1.0–1.3 MB, and high-quality or 8 MP encoders up to about 3 MB; 4 MiB leaves room for
+/// them at 3 579 fragments of the default packet size, far below
+/// [`MAX_FRAGMENT_COUNT`](crate::wire::MAX_FRAGMENT_COUNT).
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 4 * 1024 * 1024;
+
 impl Default for Config {
     fn default() -> Config {
         Config {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             latency_budget: Duration::from_millis(200),
             initial_rtt: Duration::from_millis(100),
-            max_frame_size: 1024 * 1024,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_frames_in_flight: 64,
-            max_buffered_bytes: 4 * 1024 * 1024,
-            max_history_bytes: 4 * 1024 * 1024,
+            max_buffered_bytes: 2 * DEFAULT_MAX_FRAME_SIZE,
+            max_history_bytes: 2 * DEFAULT_MAX_FRAME_SIZE,
             max_history_frames: 256,
             max_history_age: None,
-            max_transmit_queue: 4096,
+            max_transmit_queue: 8192,
             reorder_delay: Duration::from_millis(5),
             nack_interval: Duration::from_millis(5),
             keyframe_request_interval: Duration::from_millis(100),

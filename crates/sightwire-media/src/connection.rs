@@ -303,6 +303,7 @@ impl MediaConnection {
                 if breaks_chain {
                     self.keyframe_wanted |= stream_bit;
                 }
+                self.sender.mark_skipped(media.stream);
                 self.release_keyframe_requests(now);
                 return Err(SendError::FrameDropped { reason });
             }
@@ -315,12 +316,7 @@ impl MediaConnection {
             {
                 Ok(seq) => seq,
                 Err(error) => {
-                    // A reference frame that was not sent breaks its stream like a dropped
-                    // one: the frames after it would decode to garbage (4.7).
-                    if self.admission.not_sent(frame.frame()) {
-                        self.keyframe_wanted |= stream_bit;
-                        self.release_keyframe_requests(now);
-                    }
+                    self.frame_not_sent(now, frame.frame());
                     return Err(error);
                 }
             };
@@ -333,6 +329,28 @@ impl MediaConnection {
         }
         self.on_queued(now);
         Ok(seq)
+    }
+
+    /// Records that `frame` was handed in for this connection but not sent (refused by
+    /// [`send_frame`](Self::send_frame), or refused before it, as a frame that could not
+    /// be packetized): the next frame sent on its stream carries the SKIPPED flag, so the
+    /// peer sees the gap; and a frame later frames may refer to breaks its stream like a
+    /// dropped one (`spec/media.md` 4.7): the stream's non-key frames are dropped until
+    /// its next keyframe, which is asked for, since they would decode to garbage.
+    pub fn frame_not_sent(&mut self, now: Instant, frame: &Frame) {
+        self.sender.mark_skipped(frame.stream);
+        if self.admission.not_sent(frame) {
+            self.keyframe_wanted |= 1u16 << (frame.stream.index() % MAX_STREAMS);
+            self.release_keyframe_requests(now);
+        }
+    }
+
+    /// Marks a gap on `stream` without breaking it: frames the peer would have had were
+    /// withheld before they reached this connection (a GOP cache holding a viewer that
+    /// waits for a keyframe), so the next frame sent on the stream carries the SKIPPED
+    /// flag. The caller keeps the stream decodable.
+    pub fn mark_gap(&mut self, stream: StreamId) {
+        self.sender.mark_skipped(stream);
     }
 
     /// Passes wanted keyframes (asked for by the peer, or needed after a dropped

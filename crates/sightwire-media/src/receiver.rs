@@ -12,8 +12,8 @@ use crate::frame::Frame;
 use crate::stats::Stats;
 use crate::stream::{Codec, MAX_STREAMS, StreamId};
 use crate::wire::{
-    FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FragmentHeader, NACK_ALL_FRAGMENTS,
-    NackEntry,
+    FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FLAG_SKIPPED, FragmentHeader,
+    NACK_ALL_FRAGMENTS, NackEntry,
 };
 
 /// Length of each window of the windowed-minimum transit filter that maps capture times to
@@ -267,7 +267,7 @@ impl Receiver {
         let retransmission = header.flags & FLAG_RETRANSMISSION != 0;
         let meta = FrameMeta {
             codec: header.codec,
-            flags: header.flags & (FLAG_KEYFRAME | FLAG_CODEC_CONFIG),
+            flags: header.flags & (FLAG_KEYFRAME | FLAG_CODEC_CONFIG | FLAG_SKIPPED),
             capture_time_us: header.capture_time_us,
             frame_size: header.frame_size,
             fragment_count: header.fragment_count,
@@ -677,6 +677,15 @@ impl Receiver {
                     };
                     let keyframe = meta.flags & FLAG_KEYFRAME != 0;
                     let dependent = meta.codec.has_interframe_dependency() && !keyframe;
+                    if meta.flags & FLAG_SKIPPED != 0 {
+                        // The sender did not send frames just before this one: a gap in
+                        // the stream, though not in the sequence. After a skipped
+                        // reference frame the sender's next frame is a keyframe (4.7), so
+                        // a non-key frame here followed only skipped frames nothing
+                        // refers to, and decodes.
+                        cx.stats.frames_after_peer_skip += 1;
+                        stream.loss_since_delivery = true;
+                    }
                     if dependent && stream.awaiting_keyframe && cx.config.hold_until_keyframe {
                         cx.stats.frames_discarded_awaiting_keyframe += 1;
                         cx.events.push(

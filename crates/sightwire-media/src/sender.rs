@@ -11,8 +11,8 @@ use crate::frame::PacketizedFrame;
 use crate::stats::Stats;
 use crate::stream::{MAX_STREAMS, StreamId};
 use crate::wire::{
-    FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FRAGMENT_HEADER_LEN, FragmentHeader,
-    NACK_ALL_FRAGMENTS, NackEntry,
+    FLAG_CODEC_CONFIG, FLAG_KEYFRAME, FLAG_RETRANSMISSION, FLAG_SKIPPED, FRAGMENT_HEADER_LEN,
+    FragmentHeader, NACK_ALL_FRAGMENTS, NackEntry,
 };
 
 /// How many recent NACK sequence numbers the sender remembers to ignore repeated copies.
@@ -42,6 +42,9 @@ struct SentFrame {
     budget: Duration,
     /// Per fragment, its last retransmission; empty until the frame is first NACKed.
     retransmitted: Vec<Option<LastRetransmit>>,
+    /// Frames of its stream were skipped just before it (its fragments carry
+    /// `FLAG_SKIPPED`, retransmissions too).
+    after_skip: bool,
 }
 
 /// A fragment waiting in the transmit queue; `packet_seq` is assigned when it leaves.
@@ -123,6 +126,9 @@ pub(crate) struct Sender {
     /// fragment whose ticket is at least `retransmit_sent` is still in the queue.
     retransmit_tickets: u64,
     retransmit_sent: u64,
+    /// Bit per stream: a frame of the stream was not sent since the last one that was;
+    /// the next frame sent carries `FLAG_SKIPPED` (`spec/media.md` 4.7).
+    skipped: u16,
 }
 
 impl Sender {
@@ -141,7 +147,13 @@ impl Sender {
             retransmit_credit: 0,
             retransmit_tickets: 0,
             retransmit_sent: 0,
+            skipped: 0,
         }
+    }
+
+    /// A frame of `stream` was not sent: the next one sent on it says so.
+    pub(crate) fn mark_skipped(&mut self, stream: StreamId) {
+        self.skipped |= 1u16 << (stream.index() % MAX_STREAMS);
     }
 
     /// Earns retransmission credit for a first transmission of `len` bytes.
@@ -245,8 +257,11 @@ impl Sender {
         };
         let frame_seq = *next;
         *next = next.wrapping_add(1);
+        let stream_bit = 1u16 << (stream.index() % MAX_STREAMS);
+        let after_skip = self.skipped & stream_bit != 0;
+        self.skipped &= !stream_bit;
 
-        let mut header = header_for(frame, frame_seq);
+        let mut header = header_for(frame, frame_seq, after_skip);
         let queue = if stream == StreamId::AUDIO {
             &mut self.audio_queue
         } else {
@@ -267,6 +282,7 @@ impl Sender {
             sent_at: now,
             budget,
             retransmitted: Vec::new(),
+            after_skip,
         });
         self.history_bytes += size;
         self.prune_history(now, config);
@@ -364,7 +380,7 @@ impl Sender {
             if sent.retransmitted.is_empty() {
                 sent.retransmitted = vec![None; usize::from(count)];
             }
-            let mut header = header_for(&sent.frame, sent.frame_seq);
+            let mut header = header_for(&sent.frame, sent.frame_seq, sent.after_skip);
             header.flags |= FLAG_RETRANSMISSION;
             for index in entry.first_fragment..end {
                 let Some(payload) = sent.frame.fragment(index) else {
@@ -411,9 +427,12 @@ impl Sender {
     }
 }
 
-fn header_for(frame: &PacketizedFrame, frame_seq: u32) -> FragmentHeader {
+fn header_for(frame: &PacketizedFrame, frame_seq: u32, after_skip: bool) -> FragmentHeader {
     let media = frame.frame();
     let mut flags = 0;
+    if after_skip {
+        flags |= FLAG_SKIPPED;
+    }
     if media.keyframe {
         flags |= FLAG_KEYFRAME;
     }

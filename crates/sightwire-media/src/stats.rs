@@ -186,6 +186,9 @@ pub struct Stats {
     pub frames_evicted: u64,
     /// Complete frames discarded while waiting for a keyframe.
     pub frames_discarded_awaiting_keyframe: u64,
+    /// Frames delivered with the peer's SKIPPED flag: the peer did not send one or more
+    /// frames of the stream just before them (`spec/media.md` 4.7).
+    pub frames_after_peer_skip: u64,
     /// Fragments received (including duplicates and retransmissions).
     pub fragments_received: u64,
     /// Fragments received that were already present, or belonged to finished frames.

@@ -77,7 +77,13 @@ pub const FLAG_KEYFRAME: u8 = 0x01;
 pub const FLAG_CODEC_CONFIG: u8 = 0x02;
 /// Fragment flag: this packet is a retransmission (excluded from jitter).
 pub const FLAG_RETRANSMISSION: u8 = 0x04;
-const FRAGMENT_FLAGS_KNOWN: u8 = FLAG_KEYFRAME | FLAG_CODEC_CONFIG | FLAG_RETRANSMISSION;
+/// Fragment flag: frames of this stream were handed to the sender after the previous
+/// frame it sent on the stream and were not sent (dropped by policy, too large, queue
+/// full; `spec/media.md` 4.7). If any of them was a frame others refer to, this frame
+/// is a keyframe.
+pub const FLAG_SKIPPED: u8 = 0x08;
+const FRAGMENT_FLAGS_KNOWN: u8 =
+    FLAG_KEYFRAME | FLAG_CODEC_CONFIG | FLAG_RETRANSMISSION | FLAG_SKIPPED;
 
 /// Report flag: the echo fields are valid.
 pub const REPORT_FLAG_ECHO: u8 = 0x01;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sightwire_media::{ReceivedFrame, StreamId};
+use sightwire_media::{PacketizeError, ReceivedFrame, SendError, StreamId};
 use sightwire_punch::PathKind;
 use sightwire_session::PublicKey;
 use sightwire_session::auth::AuthRejection;
@@ -104,6 +104,19 @@ pub enum PeerClosedReason {
     NoPath,
     /// The peer could not complete the Noise handshake (wrong key or unreachable).
     HandshakeFailed,
+}
+
+/// Why a frame was not sent ([`Event::FrameNotSent`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The frame cannot be framed for any peer (empty, or over the protocol's 16 MiB).
+    #[error(transparent)]
+    Packetize(#[from] PacketizeError),
+    /// The peer's media connection refused it: over its `max_frame_size`, its transmit
+    /// queue full, or dropped by its frame-drop policy (`spec/media.md` 4.7).
+    #[error(transparent)]
+    Send(#[from] SendError),
 }
 
 /// Something an endpoint reports.
@@ -223,6 +236,19 @@ pub enum Event {
     ConnectFailed {
         /// Why.
         error: ConnectError,
+    },
+    /// A frame handed to `send_frame` was not sent: to one peer (`peer`), or to anyone
+    /// (`peer: None`, the frame could not be framed at all). The peer sees the gap (its
+    /// next frame on the stream is marked, `spec/media.md` 4.7); if later frames may refer
+    /// to this one, they are not sent either until the stream's next keyframe, which is
+    /// asked for with [`Event::KeyframeRequested`].
+    FrameNotSent {
+        /// The peer it was not sent to; `None`: not sent to any.
+        peer: Option<PeerId>,
+        /// The frame's stream.
+        stream: StreamId,
+        /// Why.
+        error: FrameError,
     },
     /// Sending datagrams failed since the last report (for example no route after a
     /// network change). The endpoint keeps going; the paths' own checks recover.

@@ -65,7 +65,12 @@ pub use config::{
 pub use driver::RESOLVE_TIMEOUT;
 pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, SocketBuffers, Viewer, ViewerEndpoint};
 pub use error::{ConnectError, ResolveError};
-pub use events::{Event, Path, PeerClosedReason, PeerId, PeerStats, Transport, path_kind_name};
-pub use sightwire_media::{Codec, Frame, ReceivedFrame, Stats as MediaStats, StreamId};
+pub use events::{
+    Event, FrameError, Path, PeerClosedReason, PeerId, PeerStats, Transport, path_kind_name,
+};
+pub use sightwire_media::{
+    Codec, DEFAULT_MAX_FRAME_SIZE, Frame, PacketizeError, ReceivedFrame, SendError,
+    Stats as MediaStats, StreamId,
+};
 pub use sightwire_punch::PathKind;
 pub use sightwire_signal::server_addr::{HostPort, ServerAddr, ServerAddrError};

@@ -37,7 +37,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use sightwire::{
-    Device, DeviceConfig, Event, Frame, PathPolicy, PeerId, RendezvousServer, ServerAddr,
+    Device, DeviceConfig, Event, Frame, FrameError, PathPolicy, PeerId, RendezvousServer,
+    SendError, ServerAddr,
 };
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
@@ -68,10 +69,14 @@ struct Args {
     /// The device password viewers must prove.
     #[arg(long)]
     password: Option<String>,
-    /// `synthetic`, an H.264 Annex-B file, or an RTSP camera URL
+    /// `synthetic`, an H.264 or H.265 Annex-B file, or an RTSP camera URL
     /// (`rtsp://user:pass@host/path`).
     #[arg(long, default_value = "synthetic")]
     source: String,
+    /// The codec of an Annex-B `--source` file; `auto` detects it from the file's first
+    /// NAL unit (an H.265 stream opens with a VPS, SPS, PPS, AUD or SEI).
+    #[arg(long, value_enum, default_value_t = FileCodec::Auto)]
+    codec: FileCodec,
     /// The RTSP camera's sub stream (`rtsp://user:pass@host/path`), used while the
     /// viewers' target bitrate stays below the main stream's (`--source`) bitrate.
     #[arg(long)]
@@ -94,6 +99,17 @@ struct Args {
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
+}
+
+/// The codec of an Annex-B source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FileCodec {
+    /// Detected from the file.
+    Auto,
+    /// H.264.
+    H264,
+    /// H.265.
+    H265,
 }
 
 /// How often the count of dropped frames is logged (while frames are dropped).
@@ -205,7 +221,13 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let bytes =
             std::fs::read(&args.source).with_context(|| format!("reading {}", args.source))?;
-        Some(FrameSource::annexb(&bytes, args.fps, true)?)
+        let codec = match args.codec {
+            FileCodec::Auto => sightwire_examples::annexb::detect_codec(&bytes),
+            FileCodec::H264 => sightwire::Codec::H264,
+            FileCodec::H265 => sightwire::Codec::H265,
+        };
+        tracing::info!(?codec, file = %args.source, "Annex-B source");
+        Some(FrameSource::annexb_of(codec, &bytes, args.fps, true)?)
     };
 
     let mut config = DeviceConfig::new(
@@ -327,6 +349,15 @@ async fn main() -> anyhow::Result<()> {
                     Event::Control { peer, message } => emit(json!({
                         "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),
                     })),
+                    // Drops by the congestion policy are routine (counted); a frame too
+                    // large or a full queue is not.
+                    Event::FrameNotSent { peer, stream, error }
+                        if !matches!(error, FrameError::Send(SendError::FrameDropped { .. })) =>
+                    {
+                        let peer = peer.map(|p| p.0);
+                        tracing::warn!(?peer, stream = stream.get(), %error, "frame not sent");
+                        emit(json!({"event": "frame_not_sent", "peer": peer, "error": error.to_string()}));
+                    }
                     _ => {}
                 }
             }

@@ -99,14 +99,8 @@ impl GopCache {
             return Placement::Untracked;
         };
         if !media.codec.has_interframe_dependency() {
-            if stream.keyed || stream.chain_len > 0 {
-                // Another codec interrupted the GOP: what follows it (until a keyframe)
-                // is nobody's to decode.
-                stream.gop += 1;
-                stream.keyed = false;
-                stream.chain_len = 0;
-                stream.clear();
-            }
+            // Another codec interrupted the GOP.
+            stream.interrupt();
             return Placement::Untracked;
         }
         if media.keyframe {
@@ -140,6 +134,19 @@ impl GopCache {
         }
     }
 
+    /// A frame of `frame.stream` the device handed in could not be sent to anyone (it
+    /// could not be packetized): if later frames may refer to it, the stream's GOP ends
+    /// there and its next non-key frames are orphans, sent to nobody, until a keyframe.
+    pub(crate) fn not_sent(&mut self, frame: &Frame) {
+        let breaks_chain =
+            frame.codec.has_interframe_dependency() && (frame.keyframe || !frame.is_discardable());
+        if let Some(stream) = self.streams.get_mut(usize::from(frame.stream.get()))
+            && breaks_chain
+        {
+            stream.interrupt();
+        }
+    }
+
     /// What the cache holds now.
     pub(crate) fn usage(&self) -> GopCacheUsage {
         self.streams
@@ -156,6 +163,16 @@ impl GopCache {
 }
 
 impl StreamGop {
+    /// Ends the current GOP: what follows (until a keyframe) is nobody's to decode.
+    fn interrupt(&mut self) {
+        if self.keyed || self.chain_len > 0 {
+            self.gop += 1;
+            self.keyed = false;
+            self.chain_len = 0;
+            self.clear();
+        }
+    }
+
     fn clear(&mut self) {
         self.frames.clear();
         self.bytes = 0;
@@ -307,6 +324,18 @@ impl ViewerGop {
             .waiting(current)
             .is_some_and(|(_, media_asks)| !media_asks);
         Route::Withhold { ask }
+    }
+
+    /// Whether a frame of `stream` placed at `placement` and withheld from this viewer
+    /// now is lost to it although it had frames of the stream before (it waits for a
+    /// keyframe after a broken chain, or its GOP was interrupted): a gap its receiver
+    /// should be told of (`spec/media.md` 4.7, SKIPPED). A viewer that never had any, or
+    /// that catches up from the cache, has no gap.
+    pub(crate) fn withheld_is_gap(&self, stream: StreamId, placement: Placement) -> bool {
+        match self.cursor(stream) {
+            Cursor::Waiting { last_gop, .. } => last_gop.is_some(),
+            Cursor::InChain { .. } => placement == Placement::Orphan,
+        }
     }
 
     /// The viewer's media layer took (`accepted`) or refused a frame [`route`](Self::route)

@@ -240,6 +240,10 @@ pub struct EndpointStats {
     pub frames_withheld: u64,
     /// Device: GOPs the cache let go of because they outgrew a limit.
     pub gop_cache_overflows: u64,
+    /// Frames handed to `send_frame` that a peer's media connection refused, counted
+    /// per peer, or that could not be framed at all, counted once (each is also an
+    /// [`Event::FrameNotSent`]).
+    pub frames_not_sent: u64,
     /// Viewer: frames a new connection replayed from the device's GOP cache that its
     /// watch had already delivered, not delivered twice.
     pub replayed_frames_skipped: u64,
@@ -596,6 +600,12 @@ impl Endpoint {
     /// (talk-back). Fragmented once; every recipient shares the fragments. Returns how
     /// many connections it was queued for.
     ///
+    /// A frame that is not sent to a peer (refused by its media connection: too large,
+    /// queue full, dropped by policy) or to anyone (it cannot be framed, which is also
+    /// the returned error) is reported as [`Event::FrameNotSent`] and counted; the peer
+    /// sees the gap, and a frame later frames may refer to breaks its stream until the
+    /// next keyframe (`spec/media.md` 4.7).
+    ///
     /// A device's frames for [`Recipients::All`] on an H.264 or H.265 stream go through
     /// its GOP cache (`spec/endpoint.md` §4.1): a viewer that could not decode a frame,
     /// or that is still catching up from the cache, does not get it now. Frames for one
@@ -610,9 +620,16 @@ impl Endpoint {
         if self.shut_down {
             return Err(CommandError::ShutDown);
         }
-        let packetized = self.packetizer.packetize(frame)?;
         let only = self.recipient(to)?;
-        let stream = packetized.frame().stream;
+        let stream = frame.stream;
+        // A cheap clone (reference counts): what a refusal needs to know of the frame.
+        let packetized = match self.packetizer.packetize(frame.clone()) {
+            Ok(packetized) => packetized,
+            Err(error) => {
+                self.frame_not_packetized(now, to, only, &frame, &error);
+                return Err(error.into());
+            }
+        };
         // A device's frames for all its viewers go through its GOP cache (§4.1 of
         // spec/endpoint.md): each viewer gets a frame only when it can decode it, and a
         // viewer still catching up gets it later, from the cache, in order.
@@ -635,12 +652,26 @@ impl Endpoint {
             });
             match route {
                 Route::Send => {
-                    let accepted = conn.media.send_frame(now, &packetized).is_ok();
+                    let sent = conn.media.send_frame(now, &packetized);
+                    let accepted = sent.is_ok();
                     queued += usize::from(accepted);
                     conn.gop.on_sent(stream, placement, accepted);
+                    if let Err(error) = sent {
+                        self.stats.frames_not_sent += 1;
+                        tracing::debug!(peer = conn.id.0, %error, "frame not sent");
+                        let event = Event::FrameNotSent {
+                            peer: Some(conn.id),
+                            stream,
+                            error: error.into(),
+                        };
+                        push_event(&mut self.events, &mut self.stats, conn.watch, event);
+                    }
                 }
                 Route::Withhold { ask } => {
                     self.stats.frames_withheld += 1;
+                    if conn.gop.withheld_is_gap(stream, placement) {
+                        conn.media.mark_gap(stream);
+                    }
                     if ask && conn.gop.should_ask(stream, now) {
                         let event = Event::KeyframeRequested {
                             peer: conn.id,
@@ -653,6 +684,34 @@ impl Endpoint {
         }
         self.flush(now);
         Ok(queued)
+    }
+
+    /// `frame` could not be packetized, so no recipient gets it: each recipient's stream
+    /// shows the gap and breaks if later frames may refer to it, and so does the device's
+    /// GOP cache; the application is told.
+    fn frame_not_packetized(
+        &mut self,
+        now: Instant,
+        to: Recipients,
+        only: Option<Option<PeerId>>,
+        frame: &Frame,
+        error: &PacketizeError,
+    ) {
+        if let (Role::Device(device), Recipients::All) = (&mut self.role, to) {
+            device.gop.not_sent(frame);
+        }
+        for conn in self.accepted_conns(only) {
+            conn.media.frame_not_sent(now, frame);
+        }
+        self.stats.frames_not_sent += 1;
+        tracing::warn!(stream = frame.stream.get(), %error, "frame not sent");
+        let event = Event::FrameNotSent {
+            peer: None,
+            stream: frame.stream,
+            error: error.clone().into(),
+        };
+        self.emit(None, event);
+        self.flush(now);
     }
 
     /// Sends a control message (PTZ, settings...) reliably and in order. Returns how many

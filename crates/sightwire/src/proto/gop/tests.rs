@@ -378,6 +378,9 @@ fn a_refused_frame_breaks_the_chain_and_the_media_layer_asks() {
             "the media layer asks once the path has room"
         );
     }
+    // Frames it had stop short: what is withheld now is a gap its receiver is told of.
+    let p = cache.push(now, &frame(StreamId::VIDEO, Kind::Ref, 100, 3));
+    assert!(viewer.withheld_is_gap(StreamId::VIDEO, p));
     // It had frames of this GOP: no replay of it.
     assert_eq!(viewer.start(&cache, StreamId::VIDEO, now, BUDGET), None);
     // A refused leaf breaks nothing.
@@ -456,6 +459,36 @@ fn a_viewer_that_had_frames_is_replayed_only_a_young_keyframe() {
         had_jpeg.start(&cache, StreamId::VIDEO, start + 10 * BUDGET, BUDGET),
         None
     );
+}
+
+#[test]
+fn a_frame_nobody_could_be_sent_ends_the_gop_if_others_refer_to_it() {
+    let now = Instant::now();
+    let mut cache = GopCache::new(GopCacheConfig::default());
+    let mut viewer = ViewerGop::default();
+    let key = cache.push(now, &frame(StreamId::VIDEO, Kind::Key, 100, 0));
+    assert!(live(&mut viewer, &cache, StreamId::VIDEO, key));
+    // A leaf that could not be framed breaks nothing.
+    cache.not_sent(frame(StreamId::VIDEO, Kind::Leaf, 100, 1).frame());
+    let p = cache.push(now, &frame(StreamId::VIDEO, Kind::Ref, 100, 2));
+    assert_eq!(p, Placement::Reference { gop: 1, index: 1 });
+    assert!(live(&mut viewer, &cache, StreamId::VIDEO, p));
+    // A reference frame that could not be framed ends the GOP: what follows is nobody's
+    // to decode, the viewer that had the GOP sees a gap, and nobody catches up on it.
+    cache.not_sent(frame(StreamId::VIDEO, Kind::Ref, 100, 3).frame());
+    assert_eq!(cache.usage().frames, 0);
+    let p = cache.push(now, &frame(StreamId::VIDEO, Kind::Ref, 100, 4));
+    assert_eq!(p, Placement::Orphan);
+    assert!(!live(&mut viewer, &cache, StreamId::VIDEO, p));
+    assert!(viewer.withheld_is_gap(StreamId::VIDEO, p));
+    let mut joiner = ViewerGop::default();
+    assert!(
+        !joiner.withheld_is_gap(StreamId::VIDEO, p),
+        "it never had any"
+    );
+    assert_eq!(joiner.start(&cache, StreamId::VIDEO, now, BUDGET), None);
+    let key = cache.push(now, &frame(StreamId::VIDEO, Kind::Key, 100, 5));
+    assert!(live(&mut viewer, &cache, StreamId::VIDEO, key));
 }
 
 #[test]
