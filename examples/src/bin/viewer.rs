@@ -141,7 +141,12 @@ impl Output {
                 writer.flush()?;
             }
             Sink::Mp4(mp4) => {
-                mp4.write_frame(&frame.data, frame.capture_time_us)?;
+                mp4.write(
+                    frame.codec,
+                    frame.codec_config,
+                    &frame.data,
+                    frame.capture_time_us,
+                )?;
             }
         }
         Ok(())
