@@ -367,6 +367,16 @@ impl<W: Write + Seek> Mp4Writer<W> {
         }
     }
 
+    /// [`Mp4Writer::write`] for a received frame.
+    pub fn write_frame(&mut self, frame: &sightwire::Frame) -> Result<FrameWritten, Mp4Error> {
+        self.write(
+            frame.codec,
+            frame.codec_config,
+            &frame.data,
+            frame.capture_time_us,
+        )
+    }
+
     /// Writes the sample tables and flushes. Returns the output (positioned at its end).
     pub fn finish(mut self) -> Result<W, Mp4Error> {
         let last = self.video.last_duration;

@@ -5,6 +5,12 @@
 //! `hvc1` + `mp4a`/`alaw`/`ulaw` files that ffprobe reads with exact durations, ffmpeg
 //! decodes without an error, and whose samples ffmpeg copies back out byte for byte.
 
+mod clips;
+
+use clips::{
+    adts_access_units, ffmpeg, hevc_access_units, make_aac, make_hevc, probe_stream, tools_present,
+};
+
 use std::path::Path;
 use std::process::Command;
 
@@ -13,19 +19,6 @@ use sightwire_examples::annexb::access_units;
 use sightwire_examples::mp4::{FrameWritten, Mp4Writer};
 
 const FPS: u64 = 30;
-
-fn tools_present() -> bool {
-    let found = |tool: &str| Command::new(tool).arg("-version").output().is_ok();
-    if found("ffmpeg") && found("ffprobe") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "ffmpeg and ffprobe are required under CI"
-    );
-    eprintln!("\n\n*** SKIPPED: ffmpeg/ffprobe not found; MP4 test not run ***\n\n");
-    false
-}
 
 /// The demo's clip, 3 s: keyframes at 0 and 2 s.
 fn make_clip(path: &Path) -> Vec<u8> {
@@ -44,28 +37,11 @@ fn make_clip(path: &Path) -> Vec<u8> {
 
 /// `width,height,nb_read_frames` of the first video stream, as ffprobe decodes it.
 fn probe(path: &Path) -> (u32, u32, u64) {
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=width,height,nb_read_frames"])
-        .args(["-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    assert!(
-        output.status.success(),
-        "ffprobe rejected {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    let fields: Vec<&str> = text.trim().split(',').collect();
-    let [width, height, frames] = fields[..] else {
-        panic!("unexpected ffprobe output {text:?}");
-    };
+    let info = probe_stream(path, "v:0", "stream=width,height,nb_read_frames");
     (
-        width.parse().expect("width"),
-        height.parse().expect("height"),
-        frames.parse().expect("frames"),
+        info["width"].parse().expect("width"),
+        info["height"].parse().expect("height"),
+        info["nb_read_frames"].parse().expect("frames"),
     )
 }
 
@@ -139,95 +115,6 @@ fn frames_before_the_first_keyframe_are_skipped() {
     assert_eq!(probe(&path), (1280, 720, written));
 }
 
-/// Runs ffmpeg with `args` (quiet, overwriting) and fails the test if it fails.
-fn ffmpeg(args: &[&str]) {
-    let output = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("run ffmpeg");
-    assert!(
-        output.status.success(),
-        "ffmpeg {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// H.265 access units of an Annex-B stream: a new unit starts at a parameter set, an AUD or
-/// a prefix SEI that follows a picture, or at a slice with `first_slice_segment_in_pic_flag`.
-fn hevc_access_units(stream: &[u8]) -> Vec<Vec<u8>> {
-    let mut units: Vec<Vec<u8>> = Vec::new();
-    let mut current = Vec::new();
-    let mut has_picture = false;
-    for nal in sightwire_examples::mp4::nal_units(stream) {
-        let nal_type = (nal[0] >> 1) & 0x3F;
-        let starts_unit = match nal_type {
-            0..=31 => nal.get(2).is_some_and(|b| b & 0x80 != 0),
-            32..=35 | 39 => true,
-            _ => false,
-        };
-        if starts_unit && has_picture {
-            units.push(std::mem::take(&mut current));
-            has_picture = false;
-        }
-        has_picture |= nal_type < 32;
-        current.extend_from_slice(&[0, 0, 0, 1]);
-        current.extend_from_slice(nal);
-    }
-    if !current.is_empty() {
-        units.push(current);
-    }
-    units
-}
-
-/// Raw AAC access units and the AudioSpecificConfig of an ADTS stream (no CRC).
-fn adts_access_units(stream: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
-    let mut units = Vec::new();
-    let mut asc = Vec::new();
-    let mut rest = stream;
-    while rest.len() >= 7 {
-        assert_eq!(rest[0..2], [0xFF, 0xF1], "ADTS sync without CRC");
-        let object_type = (rest[2] >> 6) + 1;
-        let index = (rest[2] >> 2) & 0x0F;
-        let channels = ((rest[2] & 1) << 2) | (rest[3] >> 6);
-        let len = (usize::from(rest[3] & 3) << 11)
-            | (usize::from(rest[4]) << 3)
-            | usize::from(rest[5] >> 5);
-        asc = vec![
-            (object_type << 3) | (index >> 1),
-            ((index & 1) << 7) | (channels << 3),
-        ];
-        units.push(rest[7..len].to_vec());
-        rest = &rest[len..];
-    }
-    (asc, units)
-}
-
-/// `key=value` lines of ffprobe's `-show_entries` for one stream, counting frames.
-fn probe_stream(
-    path: &Path,
-    stream: &str,
-    entries: &str,
-) -> std::collections::HashMap<String, String> {
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", stream])
-        .args(["-show_entries", entries, "-of", "default=nw=1"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    assert!(
-        output.status.success(),
-        "ffprobe rejected {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
 /// Decodes every stream of `path` and fails on any decoder error.
 fn decodes_cleanly(path: &Path) {
     let output = Command::new("ffmpeg")
@@ -252,46 +139,10 @@ fn h265_and_aac_clips_make_an_mp4_ffprobe_reads_exactly() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let video = dir.path().join("clip.hevc");
-    let audio = dir.path().join("clip.aac");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("testsrc2=size=640x360:rate={HEVC_FPS}"),
-        "-t",
-        "2",
-        "-c:v",
-        "libx265",
-        "-x265-params",
-        "log-level=error:keyint=25:bframes=0",
-        "-pix_fmt",
-        "yuv420p",
-        "-f",
-        "hevc",
-        video.to_str().expect("path"),
-    ]);
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        "2",
-        "-ac",
-        "2",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "96k",
-        "-f",
-        "adts",
-        audio.to_str().expect("path"),
-    ]);
-    let video_bytes = std::fs::read(&video).expect("read video");
+    let video_bytes = make_hevc(&dir.path().join("clip.hevc"), "640x360", HEVC_FPS, 2);
+    let adts = make_aac(&dir.path().join("clip.aac"), 2, "2");
     let units = hevc_access_units(&video_bytes);
     assert_eq!(units.len() as u64, 2 * HEVC_FPS);
-    let adts = std::fs::read(&audio).expect("read audio");
     let (asc, aac_units) = adts_access_units(&adts);
 
     let mp4 = dir.path().join("out.mp4");

@@ -4,7 +4,13 @@
 //! files must be the clips byte for byte (the MP4 read back by ffprobe). A viewer whose
 //! stdout reader goes away says goodbye to the camera and exits with status 3.
 
-use std::path::{Path, PathBuf};
+mod clips;
+
+use clips::{
+    adts_access_units, hevc_access_units, make_aac, make_hevc, probe_stream, tools_present,
+};
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -20,80 +26,6 @@ const FPS: u64 = 25;
 /// Status the viewer exits with when its output was closed (documented in its `--out`).
 const EXIT_OUTPUT_CLOSED: i32 = 3;
 
-fn tools_present() -> bool {
-    let found = |tool: &str| Command::new(tool).arg("-version").output().is_ok();
-    if found("ffmpeg") && found("ffprobe") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "ffmpeg and ffprobe are required under CI"
-    );
-    eprintln!("\n\n*** SKIPPED: ffmpeg/ffprobe not found; viewer output test not run ***\n\n");
-    false
-}
-
-fn ffmpeg(args: &[&str]) {
-    let output = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("run ffmpeg");
-    assert!(
-        output.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// H.265 access units: a new one starts at a VPS/SPS/PPS/AUD/prefix SEI after a picture,
-/// or at a slice with `first_slice_segment_in_pic_flag`.
-fn hevc_access_units(stream: &[u8]) -> Vec<Vec<u8>> {
-    let mut units: Vec<Vec<u8>> = Vec::new();
-    let mut current = Vec::new();
-    let mut has_picture = false;
-    for nal in nal_units(stream) {
-        let nal_type = (nal[0] >> 1) & 0x3F;
-        let starts_unit = match nal_type {
-            0..=31 => nal.get(2).is_some_and(|b| b & 0x80 != 0),
-            32..=35 | 39 => true,
-            _ => false,
-        };
-        if starts_unit && has_picture {
-            units.push(std::mem::take(&mut current));
-            has_picture = false;
-        }
-        has_picture |= nal_type < 32;
-        current.extend_from_slice(&[0, 0, 0, 1]);
-        current.extend_from_slice(nal);
-    }
-    if !current.is_empty() {
-        units.push(current);
-    }
-    units
-}
-
-/// The AudioSpecificConfig and raw access units of an ADTS stream without CRC.
-fn adts_access_units(stream: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
-    let (mut asc, mut units, mut rest) = (Vec::new(), Vec::new(), stream);
-    while rest.len() >= 7 {
-        assert_eq!(rest[0..2], [0xFF, 0xF1], "ADTS sync without CRC");
-        let object_type = (rest[2] >> 6) + 1;
-        let index = (rest[2] >> 2) & 0x0F;
-        let channels = ((rest[2] & 1) << 2) | (rest[3] >> 6);
-        let len = (usize::from(rest[3] & 3) << 11)
-            | (usize::from(rest[4]) << 3)
-            | usize::from(rest[5] >> 5);
-        asc = vec![
-            (object_type << 3) | (index >> 1),
-            ((index & 1) << 7) | (channels << 3),
-        ];
-        units.push(rest[7..len].to_vec());
-        rest = &rest[len..];
-    }
-    (asc, units)
-}
-
 struct Clips {
     video: Vec<Vec<u8>>,
     adts: Vec<u8>,
@@ -103,44 +35,11 @@ struct Clips {
 
 /// 2 s of 320x240 H.265 at 25 fps (keyframe every second) and 1.8 s of AAC 48 kHz mono.
 fn make_clips(dir: &Path) -> Clips {
-    let video = dir.join("clip.h265");
-    let audio = dir.join("clip.aac");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("testsrc2=size=320x240:rate={FPS}"),
-        "-t",
-        "2",
-        "-c:v",
-        "libx265",
-        "-x265-params",
-        "log-level=error:keyint=25:bframes=0",
-        "-pix_fmt",
-        "yuv420p",
-        "-f",
-        "hevc",
-        video.to_str().expect("path"),
-    ]);
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        "1.8",
-        "-ac",
-        "1",
-        "-c:a",
-        "aac",
-        "-f",
-        "adts",
-        audio.to_str().expect("path"),
-    ]);
-    let adts = std::fs::read(&audio).expect("read audio");
+    let video = make_hevc(&dir.join("clip.h265"), "320x240", FPS, 2);
+    let adts = make_aac(&dir.join("clip.aac"), 1, "1.8");
     let (asc, audio) = adts_access_units(&adts);
     Clips {
-        video: hevc_access_units(&std::fs::read(&video).expect("read video")),
+        video: hevc_access_units(&video),
         adts,
         asc,
         audio,
@@ -295,21 +194,6 @@ fn finish(child: Child) -> (Option<i32>, String, String) {
     )
 }
 
-fn probe(path: &PathBuf, stream: &str, entries: &str) -> String {
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", stream])
-        .args(["-show_entries", entries, "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    assert!(
-        output.status.success(),
-        "ffprobe: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_writes_h265_and_aac_to_their_own_outputs_byte_for_byte() {
     if !tools_present() {
@@ -376,22 +260,26 @@ async fn viewer_writes_h265_and_aac_to_their_own_outputs_byte_for_byte() {
         "{raw_stdout}"
     );
 
-    assert_eq!(
-        probe(
-            &mp4,
-            "v:0",
-            "stream=codec_name,codec_tag_string,width,height,nb_read_frames"
-        ),
-        format!("hevc,hvc1,320,240,{}", clips.video.len())
+    let video = probe_stream(
+        &mp4,
+        "v:0",
+        "stream=codec_name,codec_tag_string,width,height,nb_read_frames",
     );
-    assert_eq!(
-        probe(
-            &mp4,
-            "a:0",
-            "stream=codec_name,sample_rate,channels,nb_read_frames"
-        ),
-        format!("aac,48000,1,{}", clips.audio.len())
+    assert_eq!(video["codec_name"], "hevc");
+    assert_eq!(video["codec_tag_string"], "hvc1");
+    assert_eq!((&*video["width"], &*video["height"]), ("320", "240"));
+    assert_eq!(video["nb_read_frames"], clips.video.len().to_string());
+    let audio = probe_stream(
+        &mp4,
+        "a:0",
+        "stream=codec_name,sample_rate,channels,nb_read_frames",
     );
+    assert_eq!(audio["codec_name"], "aac");
+    assert_eq!(
+        (&*audio["sample_rate"], &*audio["channels"]),
+        ("48000", "1")
+    );
+    assert_eq!(audio["nb_read_frames"], clips.audio.len().to_string());
     eprintln!(
         "viewer outputs: {} H.265 frames ({} bytes) and {} AAC frames identical; MP4 probed",
         clips.video.len(),

@@ -230,12 +230,7 @@ impl Output {
                         writer.flush()?;
                     }
                     VideoSink::Mp4(mp4) => {
-                        mp4.write(
-                            frame.codec,
-                            frame.codec_config,
-                            &frame.data,
-                            frame.capture_time_us,
-                        )?;
+                        mp4.write_frame(frame)?;
                     }
                 }
                 Ok(Written::Video)
@@ -247,12 +242,7 @@ impl Output {
                 }
                 match &mut self.video {
                     VideoSink::Mp4(mp4) if self.audio_in_mp4 => {
-                        mp4.write(
-                            frame.codec,
-                            frame.codec_config,
-                            &frame.data,
-                            frame.capture_time_us,
-                        )?;
+                        mp4.write_frame(frame)?;
                         Ok(Written::Audio)
                     }
                     _ => Ok(Written::Ignored),
