@@ -13,6 +13,7 @@ pub mod hevc;
 pub mod identity;
 pub mod local;
 pub mod mp4;
+pub mod negotiation;
 pub mod rate;
 pub mod rtsp;
 pub mod source;

@@ -19,12 +19,17 @@ use sightwire::{Codec, Device, DeviceConfig, Event, Frame, PeerClosedReason, Str
 use sightwire_examples::local::LocalNetwork;
 use sightwire_examples::mp4::nal_units;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
+use sightwire_media::control_messages::{
+    CatalogStream, ControlMessage, SourceState, StatusReason, Track,
+};
 use tokio::time::timeout;
 
 const PASSWORD: &str = "correct horse";
 const FPS: u64 = 25;
 /// Status the viewer exits with when its output was closed (documented in its `--out`).
 const EXIT_OUTPUT_CLOSED: i32 = 3;
+/// Status the viewer exits with when it cannot take the camera's stream.
+const EXIT_STREAM_REFUSED: i32 = 4;
 
 struct Clips {
     video: Vec<Vec<u8>>,
@@ -319,6 +324,78 @@ async fn a_viewer_whose_stdout_closes_says_goodbye_and_exits_3() {
     assert_eq!(code, Some(EXIT_OUTPUT_CLOSED), "{stderr}");
     assert!(stderr.contains("the output was closed"), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    camera.device.shutdown().await;
+    camera.network.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_hears_why_the_source_fails_and_refuses_a_codec_it_cannot_take() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut camera = start_camera(dir.path()).await;
+    let out = dir.path().join("out.h264");
+    let viewer = spawn_viewer(
+        &camera,
+        &dir.path().join("state"),
+        &[
+            "--out",
+            out.to_str().expect("path"),
+            "--accept",
+            "h264,aac",
+            "--seconds",
+            "20",
+        ],
+    );
+    // The viewer's choice: the default stream, H.264 and AAC only.
+    let event = next_event(&mut camera.device, |e| matches!(e, Event::Control { .. })).await;
+    let Event::Control { peer, message } = event else {
+        unreachable!()
+    };
+    assert_eq!(
+        ControlMessage::decode(&message),
+        Ok(ControlMessage::Select {
+            stream: String::new(),
+            accepts: vec![Codec::H264, Codec::Aac]
+        })
+    );
+    let status = ControlMessage::Status {
+        state: SourceState::Failing,
+        reason: StatusReason::SourceLoginRefused,
+        text: "RTSP 401 Unauthorized".into(),
+    };
+    let catalog = ControlMessage::Catalog {
+        streams: vec![CatalogStream {
+            name: "main".into(),
+            tracks: vec![Track {
+                stream: StreamId::VIDEO,
+                codec: Codec::H265,
+            }],
+        }],
+    };
+    for message in [status, catalog] {
+        let bytes = message.encode().expect("encode");
+        assert!(camera.device.send_control(Some(peer), bytes.into()).await);
+    }
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| finish(viewer));
+    assert_eq!(code, Some(EXIT_STREAM_REFUSED), "{stderr}\n{stdout}");
+    assert!(
+        stdout.contains(r#""event":"camera_status","reason":"source_login_refused","state":"failing","text":"RTSP 401 Unauthorized""#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""error":"codec_not_accepted""#),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("camera: source failing (source_login_refused): RTSP 401 Unauthorized"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stream \"main\" is h265, which this viewer does not take"),
+        "{stderr}"
+    );
     camera.device.shutdown().await;
     camera.network.shutdown().await;
 }

@@ -5,11 +5,15 @@
 //! `.mp4`, with the audio track) or to stdout for `ffplay -`, the audio to `--audio-out`
 //! (ADTS AAC or raw G.711), and shows a live status line on stderr. Ctrl-C finalizes the
 //! file. A closed output (stdout's reader gone) closes the connection and exits with
-//! status 3.
+//! status 3. Once connected it tells the camera which stream it wants (`--stream`) and the
+//! codecs it takes (`--accept`, spec/control.md); a stream it cannot decode ends it with
+//! status 4 and the reason.
 //!
 //! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
 //! connect_ms), `first_keyframe` (ms since connect started), `path_changed`, `status`,
 //! `failed` (a stable `error` name, the `reason` and `ms` since connect started),
+//! `catalog` (the camera's streams and their codecs), `camera_status` (its source's
+//! `state`, `reason`, `text`: e.g. `failing`, `source_login_refused`),
 //! and a final `summary` (video frames written, `audio_frames`, `ignored_frames` (codecs
 //! no output takes), `output_closed`, the endpoint's loss counters, `streaming_ms`
 //! from connect to stop, and `bitrate_bps`, the last target bitrate the endpoint reported).
@@ -31,6 +35,8 @@ use sightwire_examples::identity::{
     KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
 };
 use sightwire_examples::mp4::{Mp4Error, Mp4Writer};
+use sightwire_examples::negotiation::{choose, codec_name, parse_codecs};
+use sightwire_media::control_messages::{ControlMessage, StatusReason};
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 
 /// Watch a camera by its ID or label URI.
@@ -68,6 +74,15 @@ struct Args {
     /// nowhere else.
     #[arg(long)]
     audio_out: Option<PathBuf>,
+    /// The camera stream to watch, by its catalog name (`main`, `sub`); default: the
+    /// camera's first.
+    #[arg(long, default_value = "")]
+    stream: String,
+    /// The codecs this viewer takes (comma-separated: h264,h265,aac,alaw,ulaw). A camera
+    /// whose chosen stream's video is another codec is refused with exit status 4
+    /// instead of writing frames nothing here can decode.
+    #[arg(long, default_value = "h264,h265,aac,alaw,ulaw")]
+    accept: String,
     /// Stop after this many frames.
     #[arg(long)]
     frames: Option<u64>,
@@ -104,6 +119,10 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
 /// Exit status when an output was closed under the viewer (a pipe's reader went away):
 /// the viewer said goodbye to the camera and stopped, nothing else went wrong.
 const EXIT_OUTPUT_CLOSED: i32 = 3;
+
+/// Exit status when the camera's stream cannot be watched here: its codec is not among
+/// `--accept`, or `--stream` names a stream the camera does not have.
+const EXIT_STREAM_REFUSED: i32 = 4;
 
 struct Output {
     json: bool,
@@ -346,6 +365,17 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let connect_ms = started.elapsed().as_millis() as u64;
+    let accepts = parse_codecs(&args.accept).map_err(|e| anyhow::anyhow!("--accept: {e}"))?;
+    let select = ControlMessage::Select {
+        stream: args.stream.clone(),
+        accepts: accepts.clone(),
+    }
+    .encode()
+    .context("--stream")?;
+    if !viewer.send_control(select.into()).await {
+        tracing::warn!("could not send the stream choice");
+    }
+    let mut refused: Option<String> = None;
 
     let mut summary = Summary::default();
     let mut first_keyframe = None;
@@ -425,6 +455,31 @@ async fn main() -> anyhow::Result<()> {
                             path = stats.path;
                         }
                     }
+                    Event::Control { message, .. } => {
+                        match ControlMessage::decode(&message) {
+                            Ok(ControlMessage::Catalog { streams }) => {
+                                output.emit(json!({"event": "catalog", "streams": streams.iter().map(|s| json!({
+                                    "name": s.name,
+                                    "codecs": s.tracks.iter().map(|t| codec_name(t.codec)).collect::<Vec<_>>(),
+                                })).collect::<Vec<_>>()}));
+                                if let Err(refusal) = choose(&streams, &args.stream, &accepts) {
+                                    refused = Some(refusal.to_string());
+                                    output.emit(json!({"event": "failed", "error": refusal.reason().name(), "reason": refusal.to_string()}));
+                                    break;
+                                }
+                            }
+                            Ok(ControlMessage::Status { state, reason, text }) => {
+                                output.emit(json!({"event": "camera_status", "state": format!("{state:?}").to_lowercase(), "reason": reason.name(), "text": text}));
+                                eprintln!("\rcamera: source {} ({}){}", format!("{state:?}").to_lowercase(), reason.name(), if text.is_empty() { String::new() } else { format!(": {text}") });
+                                if matches!(reason, StatusReason::CodecNotAccepted | StatusReason::UnknownStream) {
+                                    refused = Some(format!("the camera refused the stream choice ({}): {text}", reason.name()));
+                                    break;
+                                }
+                            }
+                            // A newer camera's message, or a broken one: not ours to act on.
+                            Ok(_) | Err(_) => summary.ignored_control += 1,
+                        }
+                    }
                     Event::PeerClosed { reason, .. } => {
                         output.emit(json!({"event": "closed", "reason": format!("{reason:?}")}));
                         break;
@@ -455,6 +510,7 @@ async fn main() -> anyhow::Result<()> {
         "bytes": summary.bytes,
         "audio_frames": summary.audio_frames,
         "ignored_frames": summary.ignored_frames,
+        "ignored_control": summary.ignored_control,
         "lost": summary.lost,
         "late": summary.late,
         "skipped_before_keyframe": summary.skipped,
@@ -475,6 +531,10 @@ async fn main() -> anyhow::Result<()> {
         Err(OutputError::Closed) => true,
         Err(OutputError::Failed(error)) => return Err(error),
     };
+    if let Some(refusal) = refused {
+        eprintln!("viewer: {refusal}; exiting with status {EXIT_STREAM_REFUSED}");
+        std::process::exit(EXIT_STREAM_REFUSED);
+    }
     if closed {
         eprintln!(
             "viewer: the output was closed (its reader went away); said goodbye to the \
@@ -550,6 +610,8 @@ struct Summary {
     audio_frames: u64,
     /// Frames of a codec no output takes.
     ignored_frames: u64,
+    /// Control messages that were not for the viewer or did not decode.
+    ignored_control: u64,
     /// Frames the endpoint delivered before the first keyframe (not written: they
     /// cannot be decoded).
     ignored_before_keyframe: u64,
