@@ -2,8 +2,10 @@
 //! codec names as people type them, and the one rule both sides apply to a catalog — the
 //! chosen stream must exist and its codecs must be ones the viewer takes.
 
-use sightwire::Codec;
-use sightwire_media::control_messages::{CatalogStream, StatusReason};
+use sightwire::{Codec, Frame};
+use sightwire_media::control_messages::{
+    CatalogStream, ControlMessage, MAX_STREAM_TRACKS, SourceState, StatusReason, Track,
+};
 
 /// Every codec the example viewer can write somewhere (video output, audio output, MP4).
 pub const VIEWER_CODECS: [Codec; 5] = [
@@ -95,11 +97,69 @@ pub fn choose<'a>(
     }
 }
 
+/// The camera's side: its one stream (`main`), whose tracks are learnt from the frames
+/// it sends, and its answer to a viewer's SELECT.
+#[derive(Debug, Clone)]
+pub struct CameraCatalog {
+    main: CatalogStream,
+}
+
+impl Default for CameraCatalog {
+    fn default() -> Self {
+        Self {
+            main: CatalogStream {
+                name: "main".into(),
+                tracks: Vec::new(),
+            },
+        }
+    }
+}
+
+impl CameraCatalog {
+    /// Notes a frame's stream and codec; true when that changed the catalog (send it
+    /// again). A track changes codec in place; at most [`MAX_STREAM_TRACKS`] are kept.
+    pub fn observe(&mut self, frame: &Frame) -> bool {
+        let tracks = &mut self.main.tracks;
+        let full = tracks.len() >= MAX_STREAM_TRACKS;
+        match tracks.iter_mut().find(|t| t.stream == frame.stream) {
+            Some(track) if track.codec == frame.codec => false,
+            Some(track) => {
+                track.codec = frame.codec;
+                true
+            }
+            None if !full => {
+                tracks.push(Track {
+                    stream: frame.stream,
+                    codec: frame.codec,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The CATALOG message.
+    pub fn message(&self) -> ControlMessage {
+        ControlMessage::Catalog {
+            streams: vec![self.main.clone()],
+        }
+    }
+
+    /// The STATUS that refuses a viewer's SELECT, or `None` when the camera can serve it.
+    pub fn answer(&self, stream: &str, accepts: &[Codec]) -> Option<ControlMessage> {
+        let refusal = choose(std::slice::from_ref(&self.main), stream, accepts).err()?;
+        Some(ControlMessage::Status {
+            state: SourceState::Running,
+            reason: refusal.reason(),
+            text: refusal.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sightwire::StreamId;
-    use sightwire_media::control_messages::Track;
 
     fn catalog() -> Vec<CatalogStream> {
         let track = |stream, codec| Track { stream, codec };
@@ -141,6 +201,36 @@ mod tests {
             choose(&catalog, "third", &VIEWER_CODECS),
             Err(Refusal::UnknownStream("third".into()))
         );
+    }
+
+    #[test]
+    fn the_camera_learns_its_tracks_and_refuses_what_a_viewer_cannot_take() {
+        let mut camera = CameraCatalog::default();
+        let frame = |stream, codec| Frame {
+            stream,
+            codec,
+            keyframe: true,
+            codec_config: false,
+            capture_time_us: 0,
+            data: bytes::Bytes::from_static(&[1]),
+        };
+        assert!(camera.observe(&frame(StreamId::VIDEO, Codec::H265)));
+        assert!(!camera.observe(&frame(StreamId::VIDEO, Codec::H265)));
+        assert!(camera.observe(&frame(StreamId::AUDIO, Codec::Aac)));
+        for id in 2..10 {
+            camera.observe(&frame(StreamId::new(id).expect("id"), Codec::Metadata));
+        }
+        let ControlMessage::Catalog { streams } = camera.message() else {
+            panic!("not a catalog")
+        };
+        assert_eq!(streams[0].tracks.len(), MAX_STREAM_TRACKS);
+        assert!(camera.message().encode().is_ok());
+        let Some(ControlMessage::Status { reason, .. }) = camera.answer("", &[Codec::H264]) else {
+            panic!("H.265 offered to an H.264-only viewer")
+        };
+        assert_eq!(reason, StatusReason::CodecNotAccepted);
+        assert_eq!(camera.answer("main", &VIEWER_CODECS), None);
+        assert!(camera.answer("sub", &VIEWER_CODECS).is_some());
     }
 
     #[test]

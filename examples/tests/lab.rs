@@ -1394,6 +1394,82 @@ fn endpoint_rendezvous_by_name() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Codec negotiation through real NATs (spec/control.md): the camera (synthetic H.264)
+/// announces its catalog; a viewer that takes only H.265 is refused with a named error
+/// (exit 4) instead of writing frames it cannot decode, and the camera sees its SELECT;
+/// a viewer that takes H.264 gets its frames.
+#[test]
+fn endpoint_codec_negotiation() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_codec_negotiation", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    let camera = bed.camera(camera_host, "camera", "synthetic")?;
+    let viewer_run = |label: &str, stop: Stop, accept: &str| {
+        ViewerRun::start_with(
+            bed.topology.run(),
+            bed.topology.host(viewer_host),
+            label,
+            &bed.viewer_bin,
+            bed.pki(),
+            &camera.id,
+            stop,
+            &bed.rendezvous,
+            &["--accept", accept],
+        )
+    };
+    let started = Instant::now();
+    let mut refused = viewer_run("viewer-h265-only", Stop::Seconds(15.0), "h265")?;
+    let refused_report = refused.finish(VIEWER_DEADLINE)?;
+    let refused_ms = started.elapsed().as_millis();
+    let mut taken = viewer_run("viewer-h264", Stop::Frames(30), "h264,aac")?;
+    let taken_report = taken.finish(VIEWER_DEADLINE)?;
+    lab::publish(&format!(
+        "\ncodec negotiation: H.265-only viewer refused ({:?}) {refused_ms} ms after start; \
+         H.264 viewer {} frames\n",
+        refused_report.error,
+        taken_report.frames(),
+    ));
+    ensure!(!refused_report.exit_ok, "the H.265-only viewer exited 0");
+    ensure!(
+        refused_report.error.as_deref() == Some("codec_not_accepted"),
+        "error {:?}, failure {:?}",
+        refused_report.error,
+        refused_report.failure
+    );
+    ensure!(
+        refused
+            .process
+            .count_text("which this viewer does not take")
+            >= 1,
+        "no clear line from the refused viewer"
+    );
+    ensure!(
+        camera.process.count_text(r#""event":"viewer_select""#) >= 2,
+        "the camera did not see both viewers' choices"
+    );
+    ensure!(
+        taken_report.exit_ok,
+        "viewer failed: {:?}",
+        taken_report.failure
+    );
+    ensure!(
+        taken_report.frames() == 30,
+        "got {} frames",
+        taken_report.frames()
+    );
+    lab.pass();
+    Ok(())
+}
+
 /// A viewer on a network that lets only TCP to ports 80 and 443 out (its router drops
 /// everything else from the LAN, UDP included), the camera on an ordinary home site
 /// (UDP works there). The servers listen for TCP/TLS streams on 443. The viewer must find

@@ -23,9 +23,14 @@
 //! answers it with a keyframe, which cuts the viewer's catch-up short; a file or an RTSP
 //! camera cannot re-encode, and the cache alone serves the viewer.
 //!
+//! Each viewer gets the camera's catalog (spec/control.md: stream `main` with the stream
+//! ids and codecs seen in its frames, sent again when they change); a viewer's SELECT
+//! whose codecs exclude the stream's video codec, or that names another stream, is
+//! answered with a STATUS saying so.
+//!
 //! stdout carries one JSON object per line (`ready`, `viewer_connected`, `viewer_closed`,
-//! `registered`, `rendezvous_lost`, `keyframe_requested`); human-readable text goes to
-//! stderr.
+//! `viewer_select`, `registered`, `rendezvous_lost`, `keyframe_requested`); human-readable
+//! text goes to stderr.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -40,11 +45,13 @@ use sightwire::{
     Device, DeviceConfig, Event, Frame, PathPolicy, PeerId, RendezvousServer, ServerAddr,
 };
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
+use sightwire_examples::negotiation::{CameraCatalog, codec_name};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
 use sightwire_examples::rtsp::{self, RtspConfig, RtspSource};
 use sightwire_examples::source::FrameSource;
 use sightwire_examples::switch::SwitchConfig;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
+use sightwire_media::control_messages::ControlMessage;
 use sightwire_signal::cert::IssuerKey;
 
 /// Register a camera with a Sightwire rendezvous and stream to the viewers it admits.
@@ -237,6 +244,8 @@ async fn main() -> anyhow::Result<()> {
     drop_report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Viewers admitted; with none left, the target no longer holds.
     let mut viewers: HashSet<PeerId> = HashSet::new();
+    // The streams viewers are told about (spec/control.md), learnt from the frames sent.
+    let mut catalog = CameraCatalog::default();
     let mut ticker = tokio::time::interval(
         source
             .as_ref()
@@ -253,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(source) = source.as_mut()
                     && let Some(frame) = source.next_frame()
                 {
+                    announce_tracks(&device, &mut catalog, &frame).await;
                     if source.is_synthetic() {
                         device.send_frame(frame).await;
                     } else {
@@ -261,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Some(frame) = next_rtsp_frame(&mut rtsp_source) => {
+                announce_tracks(&device, &mut catalog, &frame).await;
                 offer(&device, &mut dropper, frame).await;
             }
             _ = drop_report.tick() => {
@@ -295,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Event::PeerConnected { peer, path, .. } => {
                         viewers.insert(peer);
+                        send_message(&device, Some(peer), &catalog.message()).await;
                         emit(json!({
                             "event": "viewer_connected",
                             "peer": peer.0,
@@ -324,9 +336,22 @@ async fn main() -> anyhow::Result<()> {
                             "event": "keyframe_requested", "peer": peer.0, "made": made,
                         }));
                     }
-                    Event::Control { peer, message } => emit(json!({
-                        "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),
-                    })),
+                    Event::Control { peer, message } => match ControlMessage::decode(&message) {
+                        Ok(ControlMessage::Select { stream, accepts }) => {
+                            let refusal = catalog.answer(&stream, &accepts);
+                            emit(json!({
+                                "event": "viewer_select", "peer": peer.0, "stream": stream,
+                                "accepts": accepts.iter().map(|c| codec_name(*c)).collect::<Vec<_>>(),
+                                "refused": refusal.is_some(),
+                            }));
+                            if let Some(status) = refusal {
+                                send_message(&device, Some(peer), &status).await;
+                            }
+                        }
+                        _ => emit(json!({
+                            "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),
+                        })),
+                    },
                     _ => {}
                 }
             }
@@ -338,6 +363,23 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok();
     Ok(())
+}
+
+/// Sends a control message (spec/control.md) to one viewer or all.
+async fn send_message(device: &Device, to: Option<PeerId>, message: &ControlMessage) {
+    match message.encode() {
+        Ok(bytes) => {
+            device.send_control(to, bytes.into()).await;
+        }
+        Err(error) => tracing::warn!(%error, "control message not sent"),
+    }
+}
+
+/// Tells every viewer the new catalog when a frame shows a stream or codec not seen yet.
+async fn announce_tracks(device: &Device, catalog: &mut CameraCatalog, frame: &Frame) {
+    if catalog.observe(frame) {
+        send_message(device, None, &catalog.message()).await;
+    }
 }
 
 /// The next frame from the RTSP camera; never resolves without one.
