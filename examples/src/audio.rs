@@ -54,6 +54,20 @@ pub enum AudioError {
         /// `audioObjectType`.
         object_type: u8,
     },
+    /// An ADTS frame does not start with the sync word (or carries a CRC, not read here).
+    #[error("no ADTS frame (without CRC) at byte {offset}")]
+    AdtsSync {
+        /// Where one was expected.
+        offset: usize,
+    },
+    /// An ADTS frame's length runs past the data or is shorter than its header.
+    #[error("ADTS frame at byte {offset} has a bad length {len}")]
+    AdtsLength {
+        /// Where the frame starts.
+        offset: usize,
+        /// Its frame length field.
+        len: usize,
+    },
     /// The access unit is longer than an ADTS frame can describe.
     #[error("AAC access unit of {size} bytes exceeds the ADTS limit of {limit} bytes")]
     AccessUnitTooLarge {
@@ -149,6 +163,128 @@ impl AacConfig {
     }
 }
 
+impl AacConfig {
+    /// The 2-byte AudioSpecificConfig of this configuration (object types below 31 and a
+    /// tabled sample rate, what ADTS can describe).
+    pub fn audio_specific_config(&self) -> [u8; 2] {
+        [
+            (self.object_type << 3) | (self.sample_rate_index >> 1),
+            ((self.sample_rate_index & 1) << 7) | (self.channel_config << 3),
+        ]
+    }
+}
+
+/// One frame of an ADTS stream: what its header says and the raw access unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdtsFrame<'a> {
+    /// The configuration from the header.
+    pub config: AacConfig,
+    /// The raw AAC access unit.
+    pub access_unit: &'a [u8],
+}
+
+/// The frames of an ADTS stream (`.aac`, without CRC), in order; the first malformed
+/// frame ends it with an error.
+pub fn adts_frames(data: &[u8]) -> impl Iterator<Item = Result<AdtsFrame<'_>, AudioError>> {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        let rest = data.get(offset..).filter(|r| !r.is_empty())?;
+        let frame = (|| {
+            let header = rest
+                .get(..ADTS_HEADER_LEN)
+                .filter(|h| h[0] == 0xFF && h[1] & 0xF7 == 0xF1)
+                .ok_or(AudioError::AdtsSync { offset })?;
+            let len = (usize::from(header[3] & 3) << 11)
+                | (usize::from(header[4]) << 3)
+                | usize::from(header[5] >> 5);
+            if len < ADTS_HEADER_LEN || len > rest.len() {
+                return Err(AudioError::AdtsLength { offset, len });
+            }
+            let config = AacConfig {
+                object_type: (header[2] >> 6) + 1,
+                sample_rate_index: (header[2] >> 2) & 0x0F,
+                sample_rate: *SAMPLE_RATES
+                    .get(usize::from((header[2] >> 2) & 0x0F))
+                    .ok_or(AudioError::ReservedSampleRate {
+                        index: (header[2] >> 2) & 0x0F,
+                    })?,
+                channel_config: ((header[2] & 1) << 2) | (header[3] >> 6),
+            };
+            Ok((
+                AdtsFrame {
+                    config,
+                    access_unit: &rest[ADTS_HEADER_LEN..len],
+                },
+                len,
+            ))
+        })();
+        match frame {
+            Ok((frame, len)) => {
+                offset += len;
+                Some(Ok(frame))
+            }
+            Err(error) => {
+                // Stop after the first error.
+                offset = data.len();
+                Some(Err(error))
+            }
+        }
+    })
+}
+
+/// G.711 samples per talk-back frame: 20 ms, as RTP carries G.711.
+pub const G711_FRAME_SAMPLES: usize = 160;
+
+/// The audio frames of a file to send as talk-back on [`sightwire::StreamId::AUDIO`], each
+/// with its capture time from 0: `.aac` (ADTS) becomes the AudioSpecificConfig frame and
+/// one frame per access unit; `.alaw` / `.ulaw` (raw G.711, 8 kHz mono) 20 ms frames.
+pub fn talk_frames(
+    path: &std::path::Path,
+    data: &[u8],
+) -> Result<Vec<sightwire::Frame>, AudioError> {
+    use sightwire::{Codec, Frame, StreamId};
+    let frame = |codec, codec_config, capture_time_us, payload: &[u8]| Frame {
+        stream: StreamId::AUDIO,
+        codec,
+        keyframe: true,
+        codec_config,
+        capture_time_us,
+        data: bytes::Bytes::copy_from_slice(payload),
+    };
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let g711 = match extension.as_str() {
+        "alaw" => Some(Codec::G711A),
+        "ulaw" | "mulaw" => Some(Codec::G711Mu),
+        _ => None,
+    };
+    if let Some(codec) = g711 {
+        return Ok(data
+            .chunks(G711_FRAME_SAMPLES)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let us = (i * G711_FRAME_SAMPLES) as u64 * 1_000_000 / u64::from(G711_SAMPLE_RATE);
+                frame(codec, false, us, chunk)
+            })
+            .collect());
+    }
+    let mut frames = Vec::new();
+    for (index, adts) in adts_frames(data).enumerate() {
+        let adts = adts?;
+        if index == 0 {
+            let asc = adts.config.audio_specific_config();
+            frames.push(frame(Codec::Aac, true, 0, &asc));
+        }
+        let us = index as u64 * u64::from(AAC_SAMPLES_PER_FRAME) * 1_000_000
+            / u64::from(adts.config.sample_rate);
+        frames.push(frame(Codec::Aac, false, us, adts.access_unit));
+    }
+    Ok(frames)
+}
+
 /// Reads big-endian bit fields; `None` past the end.
 struct BitCursor<'a> {
     data: &'a [u8],
@@ -223,7 +359,55 @@ mod tests {
         assert!(explicit.adts_header(10).is_err());
     }
 
+    #[test]
+    fn adts_frames_round_trip_through_the_header() {
+        let config = AacConfig::parse(&ASC_LC_48K_STEREO).expect("valid ASC");
+        assert_eq!(config.audio_specific_config(), ASC_LC_48K_STEREO);
+        let mut stream = Vec::new();
+        for len in [1usize, 300, 0] {
+            stream.extend_from_slice(&config.adts_header(len).expect("header"));
+            stream.extend(std::iter::repeat_n(0xA5, len));
+        }
+        let frames: Vec<_> = adts_frames(&stream)
+            .collect::<Result<_, _>>()
+            .expect("frames");
+        assert_eq!(frames.len(), 3);
+        assert!(frames.iter().all(|f| f.config == config));
+        assert_eq!(frames[1].access_unit.len(), 300);
+        stream.push(0x00);
+        let last = adts_frames(&stream).last().expect("an item");
+        assert_eq!(
+            last,
+            Err(AudioError::AdtsSync {
+                offset: stream.len() - 1
+            })
+        );
+        let mut short = config.adts_header(10).expect("header").to_vec();
+        short.push(1);
+        assert!(matches!(
+            adts_frames(&short).next(),
+            Some(Err(AudioError::AdtsLength { len: 17, .. }))
+        ));
+    }
+
+    #[test]
+    fn g711_talk_back_is_cut_in_20_ms_frames() {
+        let frames = talk_frames(std::path::Path::new("x.alaw"), &[0xD5; 400]).expect("frames");
+        let sizes: Vec<_> = frames
+            .iter()
+            .map(|f| (f.data.len(), f.capture_time_us))
+            .collect();
+        assert_eq!(sizes, vec![(160, 0), (160, 20_000), (80, 40_000)]);
+        assert!(frames.iter().all(|f| f.codec == sightwire::Codec::G711A));
+        assert!(talk_frames(std::path::Path::new("x.aac"), &[0xD5; 10]).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn adts_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert!(adts_frames(&bytes).count() <= bytes.len() / ADTS_HEADER_LEN + 1);
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..8), len in 0usize..10_000) {
             if let Ok(config) = AacConfig::parse(&bytes) {

@@ -399,3 +399,61 @@ async fn a_viewer_hears_why_the_source_fails_and_refuses_a_codec_it_cannot_take(
     camera.device.shutdown().await;
     camera.network.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talk_back_audio_reaches_the_camera_byte_for_byte() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let talk = dir.path().join("talk.aac");
+    let adts = make_aac(&talk, 1, "1");
+    let (asc, units) = adts_access_units(&adts);
+    let mut camera = start_camera(dir.path()).await;
+    let out = dir.path().join("out.h264");
+    let viewer = spawn_viewer(
+        &camera,
+        &dir.path().join("state"),
+        &[
+            "--out",
+            out.to_str().expect("path"),
+            "--talk",
+            talk.to_str().expect("path"),
+            "--seconds",
+            "3",
+        ],
+    );
+    let mut received = Vec::new();
+    while received.len() < units.len() + 1 {
+        let event = next_event(&mut camera.device, |e| matches!(e, Event::Frame { .. })).await;
+        if let Event::Frame { frame, .. } = event {
+            assert_eq!(
+                (frame.frame.stream, frame.frame.codec),
+                (StreamId::AUDIO, Codec::Aac)
+            );
+            received.push(frame.frame);
+        }
+    }
+    assert!(received[0].codec_config);
+    assert_eq!(&received[0].data[..], &asc[..]);
+    let got: Vec<&[u8]> = received[1..].iter().map(|f| &f.data[..]).collect();
+    let sent: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
+    assert!(got == sent, "talk-back access units differ");
+    // 1024 samples at 48 kHz apart, from 0.
+    assert_eq!(
+        received.last().map(|f| f.capture_time_us),
+        Some((units.len() as u64 - 1) * 1024 * 1_000_000 / 48_000)
+    );
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| finish(viewer));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("\"talk_frames\":{}", units.len() + 1)),
+        "{stdout}"
+    );
+    eprintln!(
+        "talk-back: ASC + {} AAC frames reached the camera identical",
+        units.len()
+    );
+    camera.device.shutdown().await;
+    camera.network.shutdown().await;
+}

@@ -30,7 +30,7 @@ use sightwire::{
     Codec, ConnectError, Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target,
     Viewer, ViewerConfig,
 };
-use sightwire_examples::audio::AacConfig;
+use sightwire_examples::audio::{AacConfig, talk_frames};
 use sightwire_examples::identity::{
     KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
 };
@@ -74,6 +74,10 @@ struct Args {
     /// nowhere else.
     #[arg(long)]
     audio_out: Option<PathBuf>,
+    /// Talk-back: send this audio file to the camera on the audio stream, in real time
+    /// (`.aac` ADTS, `.alaw` / `.ulaw` raw G.711 8 kHz mono).
+    #[arg(long)]
+    talk: Option<PathBuf>,
     /// The camera stream to watch, by its catalog name (`main`, `sub`); default: the
     /// camera's first.
     #[arg(long, default_value = "")]
@@ -376,6 +380,16 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("could not send the stream choice");
     }
     let mut refused: Option<String> = None;
+    let talk = match &args.talk {
+        Some(path) => {
+            let data =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            talk_frames(path, &data).with_context(|| format!("--talk {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let mut talk = talk.into_iter().peekable();
+    let talk_start = tokio::time::Instant::now();
 
     let mut summary = Summary::default();
     let mut first_keyframe = None;
@@ -394,7 +408,17 @@ async fn main() -> anyhow::Result<()> {
             || tokio::time::Instant::now() + Duration::from_secs(3600),
             Into::into,
         ));
+        let talk_due =
+            talk_start + Duration::from_micros(talk.peek().map_or(0, |f| f.capture_time_us));
         tokio::select! {
+            () = tokio::time::sleep_until(talk_due), if talk.peek().is_some() => {
+                if let Some(frame) = talk.next() {
+                    summary.talk_frames += 1;
+                    if !viewer.send_frame(frame).await {
+                        break;
+                    }
+                }
+            }
             event = viewer.next_event() => {
                 let Some(event) = event else { break };
                 match event {
@@ -511,6 +535,7 @@ async fn main() -> anyhow::Result<()> {
         "audio_frames": summary.audio_frames,
         "ignored_frames": summary.ignored_frames,
         "ignored_control": summary.ignored_control,
+        "talk_frames": summary.talk_frames,
         "lost": summary.lost,
         "late": summary.late,
         "skipped_before_keyframe": summary.skipped,
@@ -612,6 +637,8 @@ struct Summary {
     ignored_frames: u64,
     /// Control messages that were not for the viewer or did not decode.
     ignored_control: u64,
+    /// Talk-back frames sent.
+    talk_frames: u64,
     /// Frames the endpoint delivered before the first keyframe (not written: they
     /// cannot be decoded).
     ignored_before_keyframe: u64,

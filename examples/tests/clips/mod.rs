@@ -70,22 +70,14 @@ pub fn hevc_access_units(stream: &[u8]) -> Vec<Vec<u8>> {
 
 /// Raw AAC access units and the AudioSpecificConfig of an ADTS stream (no CRC).
 pub fn adts_access_units(stream: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
-    let (mut asc, mut units, mut rest) = (Vec::new(), Vec::new(), stream);
-    while rest.len() >= 7 {
-        assert_eq!(rest[0..2], [0xFF, 0xF1], "ADTS sync without CRC");
-        let object_type = (rest[2] >> 6) + 1;
-        let index = (rest[2] >> 2) & 0x0F;
-        let channels = ((rest[2] & 1) << 2) | (rest[3] >> 6);
-        let len = (usize::from(rest[3] & 3) << 11)
-            | (usize::from(rest[4]) << 3)
-            | usize::from(rest[5] >> 5);
-        asc = vec![
-            (object_type << 3) | (index >> 1),
-            ((index & 1) << 7) | (channels << 3),
-        ];
-        units.push(rest[7..len].to_vec());
-        rest = &rest[len..];
-    }
+    let mut asc = Vec::new();
+    let units = sightwire_examples::audio::adts_frames(stream)
+        .map(|frame| {
+            let frame = frame.expect("ADTS frame");
+            asc = frame.config.audio_specific_config().to_vec();
+            frame.access_unit.to_vec()
+        })
+        .collect();
     (asc, units)
 }
 
