@@ -232,6 +232,63 @@ pub fn adts_frames(data: &[u8]) -> impl Iterator<Item = Result<AdtsFrame<'_>, Au
     })
 }
 
+/// Writes audio frames to a raw file: AAC as ADTS (framed from the AudioSpecificConfig the
+/// codec-config frame carries; access units before it are skipped), G.711 bytes as they
+/// come. The viewer's `--audio-out` and the camera's `--talk-out`.
+pub struct AudioFileWriter<W: std::io::Write> {
+    out: W,
+    aac: Option<AacConfig>,
+}
+
+/// Why an audio frame could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AudioWriteError {
+    /// The output failed (a closed pipe shows as `BrokenPipe`).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The AudioSpecificConfig or an access unit cannot be framed.
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+}
+
+impl<W: std::io::Write> std::fmt::Debug for AudioFileWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioFileWriter")
+            .field("aac", &self.aac)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: std::io::Write> AudioFileWriter<W> {
+    /// Writes into `out`.
+    pub fn new(out: W) -> Self {
+        Self { out, aac: None }
+    }
+
+    /// Writes one frame (audio codecs only; others are ignored).
+    pub fn write(&mut self, frame: &sightwire::Frame) -> Result<(), AudioWriteError> {
+        use sightwire::Codec;
+        match frame.codec {
+            Codec::Aac if frame.codec_config => self.aac = Some(AacConfig::parse(&frame.data)?),
+            Codec::Aac => {
+                if let Some(config) = &self.aac {
+                    self.out.write_all(&config.adts_header(frame.data.len())?)?;
+                    self.out.write_all(&frame.data)?;
+                }
+            }
+            Codec::G711A | Codec::G711Mu => self.out.write_all(&frame.data)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Flushes the output.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// G.711 samples per talk-back frame: 20 ms, as RTP carries G.711.
 pub const G711_FRAME_SAMPLES: usize = 160;
 

@@ -44,6 +44,7 @@ use serde_json::json;
 use sightwire::{
     Device, DeviceConfig, Event, Frame, PathPolicy, PeerId, RendezvousServer, ServerAddr,
 };
+use sightwire_examples::audio::AudioFileWriter;
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
 use sightwire_examples::negotiation::{CameraCatalog, codec_name};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
@@ -83,6 +84,10 @@ struct Args {
     /// viewers' target bitrate stays below the main stream's (`--source`) bitrate.
     #[arg(long)]
     sub_source: Option<String>,
+    /// Where to write the viewers' talk-back audio, raw: ADTS `.aac` for AAC, `.alaw` /
+    /// `.ulaw` bytes for G.711 (flushed per frame).
+    #[arg(long)]
+    talk_out: Option<PathBuf>,
     /// Frame rate of the source.
     #[arg(long, default_value_t = 30)]
     fps: u32,
@@ -246,6 +251,12 @@ async fn main() -> anyhow::Result<()> {
     let mut viewers: HashSet<PeerId> = HashSet::new();
     // The streams viewers are told about (spec/control.md), learnt from the frames sent.
     let mut catalog = CameraCatalog::default();
+    let mut talk_out = match &args.talk_out {
+        Some(path) => Some(AudioFileWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
     let mut ticker = tokio::time::interval(
         source
             .as_ref()
@@ -335,6 +346,13 @@ async fn main() -> anyhow::Result<()> {
                         emit(json!({
                             "event": "keyframe_requested", "peer": peer.0, "made": made,
                         }));
+                    }
+                    Event::Frame { peer, frame } => {
+                        if let Some(talk) = talk_out.as_mut()
+                            && let Err(error) = talk.write(&frame.frame)
+                        {
+                            tracing::warn!(peer = peer.0, %error, "talk-back frame not written");
+                        }
                     }
                     Event::Control { peer, message } => match ControlMessage::decode(&message) {
                         Ok(ControlMessage::Select { stream, accepts }) => {

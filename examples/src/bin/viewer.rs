@@ -30,7 +30,7 @@ use sightwire::{
     Codec, ConnectError, Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target,
     Viewer, ViewerConfig,
 };
-use sightwire_examples::audio::{AacConfig, talk_frames};
+use sightwire_examples::audio::{AudioFileWriter, AudioWriteError, talk_frames};
 use sightwire_examples::identity::{
     KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
 };
@@ -142,12 +142,8 @@ enum VideoSink {
     Mp4(Box<Mp4Writer<std::io::BufWriter<std::fs::File>>>),
 }
 
-/// Raw audio: ADTS-framed AAC (built from the AudioSpecificConfig the camera sent) or
-/// G.711 bytes as they come (`.alaw` / `.ulaw`, 8 kHz mono).
-struct AudioSink {
-    writer: Box<dyn Write + Send>,
-    aac: Option<AacConfig>,
-}
+/// Raw audio: ADTS-framed AAC or G.711 bytes (`--audio-out`).
+type AudioSink = AudioFileWriter<Box<dyn Write + Send>>;
 
 /// What writing a frame came to.
 enum Written {
@@ -179,6 +175,15 @@ impl From<std::io::Error> for OutputError {
     }
 }
 
+impl From<AudioWriteError> for OutputError {
+    fn from(error: AudioWriteError) -> Self {
+        match error {
+            AudioWriteError::Io(io) => io.into(),
+            other => Self::Failed(other.into()),
+        }
+    }
+}
+
 impl From<Mp4Error> for OutputError {
     fn from(error: Mp4Error) -> Self {
         match error {
@@ -194,10 +199,9 @@ impl Output {
             .map(|path| -> anyhow::Result<AudioSink> {
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                Ok(AudioSink {
-                    writer: Box::new(std::io::BufWriter::new(file)),
-                    aac: None,
-                })
+                Ok(AudioFileWriter::new(
+                    Box::new(std::io::BufWriter::new(file)) as Box<dyn Write + Send>,
+                ))
             })
             .transpose()?;
         if out == "-" {
@@ -277,35 +281,13 @@ impl Output {
 
     fn finish(self) -> Result<(), OutputError> {
         if let Some(mut audio) = self.audio {
-            audio.writer.flush()?;
+            audio.flush()?;
         }
         match self.video {
             VideoSink::AnnexB(mut writer) => writer.flush()?,
             VideoSink::Mp4(mp4) => {
                 mp4.finish()?;
             }
-        }
-        Ok(())
-    }
-}
-
-impl AudioSink {
-    fn write(&mut self, frame: &sightwire::Frame) -> Result<(), OutputError> {
-        match frame.codec {
-            Codec::Aac if frame.codec_config => {
-                self.aac = Some(AacConfig::parse(&frame.data).map_err(anyhow::Error::from)?);
-            }
-            Codec::Aac => {
-                // Access units before the AudioSpecificConfig cannot be framed: skipped.
-                if let Some(config) = &self.aac {
-                    let header = config
-                        .adts_header(frame.data.len())
-                        .map_err(anyhow::Error::from)?;
-                    self.writer.write_all(&header)?;
-                    self.writer.write_all(&frame.data)?;
-                }
-            }
-            _ => self.writer.write_all(&frame.data)?,
         }
         Ok(())
     }
