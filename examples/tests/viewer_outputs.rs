@@ -57,6 +57,13 @@ struct Camera {
     uri: DeviceUri,
 }
 
+impl Camera {
+    async fn stop(self) {
+        self.device.shutdown().await;
+        self.network.shutdown().await;
+    }
+}
+
 async fn start_camera(dir: &Path) -> Camera {
     let mut network = LocalNetwork::start(&dir.join("registry.sqlite"))
         .await
@@ -291,8 +298,7 @@ async fn viewer_writes_h265_and_aac_to_their_own_outputs_byte_for_byte() {
         expected_video.len(),
         clips.audio.len()
     );
-    camera.device.shutdown().await;
-    camera.network.shutdown().await;
+    camera.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,8 +330,7 @@ async fn a_viewer_whose_stdout_closes_says_goodbye_and_exits_3() {
     assert_eq!(code, Some(EXIT_OUTPUT_CLOSED), "{stderr}");
     assert!(stderr.contains("the output was closed"), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
-    camera.device.shutdown().await;
-    camera.network.shutdown().await;
+    camera.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,8 +401,7 @@ async fn a_viewer_hears_why_the_source_fails_and_refuses_a_codec_it_cannot_take(
         stderr.contains("stream \"main\" is h265, which this viewer does not take"),
         "{stderr}"
     );
-    camera.device.shutdown().await;
-    camera.network.shutdown().await;
+    camera.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,6 +458,5 @@ async fn talk_back_audio_reaches_the_camera_byte_for_byte() {
         "talk-back: ASC + {} AAC frames reached the camera identical",
         units.len()
     );
-    camera.device.shutdown().await;
-    camera.network.shutdown().await;
+    camera.stop().await;
 }
