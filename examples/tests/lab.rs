@@ -889,10 +889,7 @@ impl Bed {
 
     /// Provisions a new device and starts a camera for it on `host`.
     fn camera(&mut self, host: HostId, label: &str, source: &str) -> anyhow::Result<Camera> {
-        self.devices += 1;
-        let device_id = format!("02:5e:00:00:10:{:02x}", self.devices);
-        let state = self.topology.run().path(&format!("{label}-state"));
-        servers::provision_device(self.pki(), &self.bins, &state, &device_id)?;
+        let state = self.provision(label)?;
         Camera::start(
             self.topology.run(),
             self.topology.host(host),
@@ -903,6 +900,37 @@ impl Bed {
             source,
             &self.rendezvous,
         )
+    }
+
+    /// As [`Self::camera`], with `extra` camera arguments.
+    fn camera_with(
+        &mut self,
+        host: HostId,
+        label: &str,
+        source: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Camera> {
+        let state = self.provision(label)?;
+        Camera::start_with(
+            self.topology.run(),
+            self.topology.host(host),
+            label,
+            &self.camera_bin,
+            self.pki(),
+            &state,
+            source,
+            &self.rendezvous,
+            extra,
+        )
+    }
+
+    /// A new device ID with its key and certificate in `<label>-state`.
+    fn provision(&mut self, label: &str) -> anyhow::Result<std::path::PathBuf> {
+        self.devices += 1;
+        let device_id = format!("02:5e:00:00:10:{:02x}", self.devices);
+        let state = self.topology.run().path(&format!("{label}-state"));
+        servers::provision_device(self.pki(), &self.bins, &state, &device_id)?;
+        Ok(state)
     }
 
     fn viewer(
@@ -1390,6 +1418,109 @@ fn endpoint_rendezvous_by_name() -> anyhow::Result<()> {
         failed.failure
     );
     ensure!(took < Duration::from_secs(3), "took {took:?}");
+    lab.pass();
+    Ok(())
+}
+
+/// Codec negotiation through real NATs (spec/control.md): the camera (synthetic H.264)
+/// announces its catalog; a viewer that takes only H.265 is refused with a named error
+/// (exit 4) instead of writing frames it cannot decode, and the camera sees its SELECT;
+/// a viewer that takes H.264 gets its frames. Talk-back: the viewers send G.711 with
+/// `--talk`, the camera writes it with `--talk-out`.
+#[test]
+fn endpoint_codec_negotiation() -> anyhow::Result<()> {
+    let Some(mut lab) = lab::start("endpoint_codec_negotiation", &[]) else {
+        return Ok(());
+    };
+    let Some((camera_bin, viewer_bin)) = endpoint() else {
+        lab.pass();
+        return Ok(());
+    };
+    let mut bed = Bed::new(lab.run(), camera_bin, viewer_bin)?;
+    let camera_site = bed.topology.add_site("cam", Profile::Home)?;
+    let camera_host = bed.topology.add_host(camera_site, "camera")?;
+    let viewer_site = bed.topology.add_site("view", Profile::Home)?;
+    let viewer_host = bed.topology.add_host(viewer_site, "viewer")?;
+    // Talk-back: 1 s of G.711 A-law from the viewer, written by the camera.
+    let talk = bed.topology.run().path("talk.alaw");
+    let talk_samples: Vec<u8> = (0..8000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&talk, &talk_samples)?;
+    let talk_out = bed.topology.run().path("talk-out.alaw");
+    let talk_out_arg = talk_out.display().to_string();
+    let camera = bed.camera_with(
+        camera_host,
+        "camera",
+        "synthetic",
+        &["--talk-out", &talk_out_arg],
+    )?;
+    let talk_arg = talk.display().to_string();
+    let viewer_run = |label: &str, stop: Stop, accept: &str| {
+        ViewerRun::start_with(
+            bed.topology.run(),
+            bed.topology.host(viewer_host),
+            label,
+            &bed.viewer_bin,
+            bed.pki(),
+            &camera.id,
+            stop,
+            &bed.rendezvous,
+            &["--accept", accept, "--talk", &talk_arg],
+        )
+    };
+    let started = Instant::now();
+    let mut refused = viewer_run("viewer-h265-only", Stop::Seconds(15.0), "h265")?;
+    let refused_report = refused.finish(VIEWER_DEADLINE)?;
+    let refused_ms = started.elapsed().as_millis();
+    // 2 s: the talk-back (1 s) is all sent before the viewer stops.
+    let mut taken = viewer_run("viewer-h264", Stop::Seconds(2.0), "h264,aac")?;
+    let taken_report = taken.finish(VIEWER_DEADLINE)?;
+    lab::publish(&format!(
+        "\ncodec negotiation: H.265-only viewer refused ({:?}) {refused_ms} ms after start; \
+         H.264 viewer {} frames\n",
+        refused_report.error,
+        taken_report.frames(),
+    ));
+    ensure!(!refused_report.exit_ok, "the H.265-only viewer exited 0");
+    ensure!(
+        refused_report.error.as_deref() == Some("codec_not_accepted"),
+        "error {:?}, failure {:?}",
+        refused_report.error,
+        refused_report.failure
+    );
+    ensure!(
+        refused
+            .process
+            .count_text("which this viewer does not take")
+            >= 1,
+        "no clear line from the refused viewer"
+    );
+    ensure!(
+        camera.process.count_text(r#""event":"viewer_select""#) >= 2,
+        "the camera did not see both viewers' choices"
+    );
+    ensure!(
+        taken_report.exit_ok,
+        "viewer failed: {:?}",
+        taken_report.failure
+    );
+    ensure!(
+        taken_report.frames() >= 30,
+        "got {} frames",
+        taken_report.frames()
+    );
+    // The refused viewer may have talked before the catalog came; the H.264 viewer's
+    // whole second of A-law is the end of the camera's file, byte for byte.
+    let written = std::fs::read(&talk_out)?;
+    lab::publish(&format!(
+        "talk-back: camera wrote {} bytes of A-law ({} sent by the second viewer)\n",
+        written.len(),
+        talk_samples.len()
+    ));
+    ensure!(
+        written.ends_with(&talk_samples),
+        "the camera's talk-back file ({} bytes) does not end with the viewer's clip",
+        written.len()
+    );
     lab.pass();
     Ok(())
 }

@@ -69,6 +69,7 @@ mod bwe;
 mod config;
 mod connection;
 mod control;
+pub mod control_messages;
 mod event;
 mod frame;
 mod pacer;

@@ -23,9 +23,14 @@
 //! answers it with a keyframe, which cuts the viewer's catch-up short; a file or an RTSP
 //! camera cannot re-encode, and the cache alone serves the viewer.
 //!
+//! Each viewer gets the camera's catalog (spec/control.md: stream `main` with the stream
+//! ids and codecs seen in its frames, sent again when they change); a viewer's SELECT
+//! whose codecs exclude the stream's video codec, or that names another stream, is
+//! answered with a STATUS saying so.
+//!
 //! stdout carries one JSON object per line (`ready`, `viewer_connected`, `viewer_closed`,
-//! `registered`, `rendezvous_lost`, `keyframe_requested`); human-readable text goes to
-//! stderr.
+//! `viewer_select`, `registered`, `rendezvous_lost`, `keyframe_requested`); human-readable
+//! text goes to stderr.
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -40,12 +45,15 @@ use sightwire::{
     Device, DeviceConfig, Event, Frame, FrameError, PathPolicy, PeerId, RendezvousServer,
     SendError, ServerAddr,
 };
+use sightwire_examples::audio::AudioFileWriter;
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
+use sightwire_examples::negotiation::{CameraCatalog, codec_name};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
 use sightwire_examples::rtsp::{self, RtspConfig, RtspSource};
 use sightwire_examples::source::FrameSource;
 use sightwire_examples::switch::SwitchConfig;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
+use sightwire_media::control_messages::ControlMessage;
 use sightwire_signal::cert::IssuerKey;
 
 /// Register a camera with a Sightwire rendezvous and stream to the viewers it admits.
@@ -81,6 +89,10 @@ struct Args {
     /// viewers' target bitrate stays below the main stream's (`--source`) bitrate.
     #[arg(long)]
     sub_source: Option<String>,
+    /// Where to write the viewers' talk-back audio, raw: ADTS `.aac` for AAC, `.alaw` /
+    /// `.ulaw` bytes for G.711 (flushed per frame).
+    #[arg(long)]
+    talk_out: Option<PathBuf>,
     /// Frame rate of the source.
     #[arg(long, default_value_t = 30)]
     fps: u32,
@@ -259,6 +271,14 @@ async fn main() -> anyhow::Result<()> {
     drop_report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Viewers admitted; with none left, the target no longer holds.
     let mut viewers: HashSet<PeerId> = HashSet::new();
+    // The streams viewers are told about (spec/control.md), learnt from the frames sent.
+    let mut catalog = CameraCatalog::default();
+    let mut talk_out = match &args.talk_out {
+        Some(path) => Some(AudioFileWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
     let mut ticker = tokio::time::interval(
         source
             .as_ref()
@@ -275,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(source) = source.as_mut()
                     && let Some(frame) = source.next_frame()
                 {
+                    announce_tracks(&device, &mut catalog, &frame).await;
                     if source.is_synthetic() {
                         device.send_frame(frame).await;
                     } else {
@@ -283,6 +304,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Some(frame) = next_rtsp_frame(&mut rtsp_source) => {
+                announce_tracks(&device, &mut catalog, &frame).await;
                 offer(&device, &mut dropper, frame).await;
             }
             _ = drop_report.tick() => {
@@ -317,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Event::PeerConnected { peer, path, .. } => {
                         viewers.insert(peer);
+                        send_message(&device, Some(peer), &catalog.message()).await;
                         emit(json!({
                             "event": "viewer_connected",
                             "peer": peer.0,
@@ -346,9 +369,29 @@ async fn main() -> anyhow::Result<()> {
                             "event": "keyframe_requested", "peer": peer.0, "made": made,
                         }));
                     }
-                    Event::Control { peer, message } => emit(json!({
-                        "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),
-                    })),
+                    Event::Frame { peer, frame } => {
+                        if let Some(talk) = talk_out.as_mut()
+                            && let Err(error) = talk.write(&frame.frame)
+                        {
+                            tracing::warn!(peer = peer.0, %error, "talk-back frame not written");
+                        }
+                    }
+                    Event::Control { peer, message } => match ControlMessage::decode(&message) {
+                        Ok(ControlMessage::Select { stream, accepts }) => {
+                            let refusal = catalog.answer(&stream, &accepts);
+                            emit(json!({
+                                "event": "viewer_select", "peer": peer.0, "stream": stream,
+                                "accepts": accepts.iter().map(|c| codec_name(*c)).collect::<Vec<_>>(),
+                                "refused": refusal.is_some(),
+                            }));
+                            if let Some(status) = refusal {
+                                send_message(&device, Some(peer), &status).await;
+                            }
+                        }
+                        _ => emit(json!({
+                            "event": "control", "peer": peer.0, "message": String::from_utf8_lossy(&message),
+                        })),
+                    },
                     // Drops by the congestion policy are routine (counted); a frame too
                     // large or a full queue is not.
                     Event::FrameNotSent { peer, stream, error }
@@ -369,6 +412,23 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok();
     Ok(())
+}
+
+/// Sends a control message (spec/control.md) to one viewer or all.
+async fn send_message(device: &Device, to: Option<PeerId>, message: &ControlMessage) {
+    match message.encode() {
+        Ok(bytes) => {
+            device.send_control(to, bytes.into()).await;
+        }
+        Err(error) => tracing::warn!(%error, "control message not sent"),
+    }
+}
+
+/// Tells every viewer the new catalog when a frame shows a stream or codec not seen yet.
+async fn announce_tracks(device: &Device, catalog: &mut CameraCatalog, frame: &Frame) {
+    if catalog.observe(frame) {
+        send_message(device, None, &catalog.message()).await;
+    }
 }
 
 /// The next frame from the RTSP camera; never resolves without one.

@@ -1,13 +1,21 @@
 //! `viewer`: watch a Sightwire camera.
 //!
-//! Connects by device ID (and password) or by the label's URI, writes the received H.264
-//! to a file (Annex-B, or MP4 written natively when the name ends in `.mp4`) or to stdout for
-//! `ffplay -`, and shows a live status line on stderr. Ctrl-C finalizes the file.
+//! Connects by device ID (and password) or by the label's URI, writes the received video
+//! (H.264 or H.265) to a file (Annex-B, or MP4 written natively when the name ends in
+//! `.mp4`, with the audio track) or to stdout for `ffplay -`, the audio to `--audio-out`
+//! (ADTS AAC or raw G.711), and shows a live status line on stderr. Ctrl-C finalizes the
+//! file. A closed output (stdout's reader gone) closes the connection and exits with
+//! status 3. Once connected it tells the camera which stream it wants (`--stream`) and the
+//! codecs it takes (`--accept`, spec/control.md); a stream it cannot decode ends it with
+//! status 4 and the reason.
 //!
 //! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
 //! connect_ms), `first_keyframe` (ms since connect started), `path_changed`, `status`,
 //! `failed` (a stable `error` name, the `reason` and `ms` since connect started),
-//! and a final `summary` (frames written, the endpoint's loss counters, `streaming_ms`
+//! `catalog` (the camera's streams and their codecs), `camera_status` (its source's
+//! `state`, `reason`, `text`: e.g. `failing`, `source_login_refused`),
+//! and a final `summary` (video frames written, `audio_frames`, `ignored_frames` (codecs
+//! no output takes), `output_closed`, the endpoint's loss counters, `streaming_ms`
 //! from connect to stop, and `bitrate_bps`, the last target bitrate the endpoint reported).
 
 use std::io::Write;
@@ -19,13 +27,16 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use sightwire::{
-    ConnectError, Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target, Viewer,
-    ViewerConfig,
+    Codec, ConnectError, Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target,
+    Viewer, ViewerConfig,
 };
+use sightwire_examples::audio::{AudioFileWriter, AudioWriteError, talk_frames};
 use sightwire_examples::identity::{
     KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
 };
-use sightwire_examples::mp4::Mp4Writer;
+use sightwire_examples::mp4::{Mp4Error, Mp4Writer};
+use sightwire_examples::negotiation::{choose, codec_name, parse_codecs};
+use sightwire_media::control_messages::{ControlMessage, StatusReason};
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 
 /// Watch a camera by its ID or label URI.
@@ -52,10 +63,30 @@ struct Args {
     /// The device password.
     #[arg(long)]
     password: Option<String>,
-    /// Where to write the video: a file (`.h264` Annex-B; `.mp4` MP4, finalized on exit
-    /// or Ctrl-C) or `-` for stdout.
+    /// Where to write the video: a file (Annex-B H.264/H.265, e.g. `.h264`/`.h265`; `.mp4`
+    /// MP4 with the audio track too, finalized on exit or Ctrl-C) or `-` for stdout.
+    /// If the reader of stdout goes away the viewer closes the connection and exits with
+    /// status 3.
     #[arg(long)]
     out: String,
+    /// Where to write the camera's audio, raw: ADTS `.aac` for AAC, `.alaw`/`.ulaw` bytes
+    /// for G.711 (8 kHz mono). Without it, audio goes into an `.mp4` `--out` and
+    /// nowhere else.
+    #[arg(long)]
+    audio_out: Option<PathBuf>,
+    /// Talk-back: send this audio file to the camera on the audio stream, in real time
+    /// (`.aac` ADTS, `.alaw` / `.ulaw` raw G.711 8 kHz mono).
+    #[arg(long)]
+    talk: Option<PathBuf>,
+    /// The camera stream to watch, by its catalog name (`main`, `sub`); default: the
+    /// camera's first.
+    #[arg(long, default_value = "")]
+    stream: String,
+    /// The codecs this viewer takes (comma-separated: h264,h265,aac,alaw,ulaw). A camera
+    /// whose chosen stream's video is another codec is refused with exit status 4
+    /// instead of writing frames nothing here can decode.
+    #[arg(long, default_value = "h264,h265,aac,alaw,ulaw")]
+    accept: String,
     /// Stop after this many frames.
     #[arg(long)]
     frames: Option<u64>,
@@ -89,68 +120,172 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("sightwire-viewer-state"))
 }
 
+/// Exit status when an output was closed under the viewer (a pipe's reader went away):
+/// the viewer said goodbye to the camera and stopped, nothing else went wrong.
+const EXIT_OUTPUT_CLOSED: i32 = 3;
+
+/// Exit status when the camera's stream cannot be watched here: its codec is not among
+/// `--accept`, or `--stream` names a stream the camera does not have.
+const EXIT_STREAM_REFUSED: i32 = 4;
+
 struct Output {
     json: bool,
-    sink: Sink,
+    video: VideoSink,
+    audio: Option<AudioSink>,
+    /// The MP4 file also takes the audio when no `--audio-out` is given.
+    audio_in_mp4: bool,
 }
 
 /// Annex-B bytes as they arrive (file or stdout), or an MP4 file.
-enum Sink {
+enum VideoSink {
     AnnexB(Box<dyn Write + Send>),
     Mp4(Box<Mp4Writer<std::io::BufWriter<std::fs::File>>>),
 }
 
+/// Raw audio: ADTS-framed AAC or G.711 bytes (`--audio-out`).
+type AudioSink = AudioFileWriter<Box<dyn Write + Send>>;
+
+/// What writing a frame came to.
+enum Written {
+    /// Video written (counts as a frame).
+    Video,
+    /// Audio written or taken as configuration.
+    Audio,
+    /// Not for any output (another stream's codec, or audio with no audio output).
+    Ignored,
+}
+
+/// Why writing a frame failed.
+#[derive(Debug, thiserror::Error)]
+enum OutputError {
+    /// The reader of the output went away (a closed pipe).
+    #[error("the output was closed")]
+    Closed,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<std::io::Error> for OutputError {
+    fn from(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            Self::Closed
+        } else {
+            Self::Failed(error.into())
+        }
+    }
+}
+
+impl From<AudioWriteError> for OutputError {
+    fn from(error: AudioWriteError) -> Self {
+        match error {
+            AudioWriteError::Io(io) => io.into(),
+            other => Self::Failed(other.into()),
+        }
+    }
+}
+
+impl From<Mp4Error> for OutputError {
+    fn from(error: Mp4Error) -> Self {
+        match error {
+            Mp4Error::Io(io) => io.into(),
+            other => Self::Failed(other.into()),
+        }
+    }
+}
+
 impl Output {
-    fn open(out: &str) -> anyhow::Result<Self> {
+    fn open(out: &str, audio_out: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let audio = audio_out
+            .map(|path| -> anyhow::Result<AudioSink> {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Ok(AudioFileWriter::new(
+                    Box::new(std::io::BufWriter::new(file)) as Box<dyn Write + Send>,
+                ))
+            })
+            .transpose()?;
         if out == "-" {
             return Ok(Self {
                 json: false,
-                sink: Sink::AnnexB(Box::new(std::io::stdout())),
+                video: VideoSink::AnnexB(Box::new(std::io::stdout())),
+                audio,
+                audio_in_mp4: false,
             });
         }
         let path = PathBuf::from(out);
-        let sink = if path
+        let is_mp4 = path
             .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("mp4"))
-        {
-            Sink::Mp4(Box::new(
+            .is_some_and(|e| e.eq_ignore_ascii_case("mp4"));
+        let video = if is_mp4 {
+            VideoSink::Mp4(Box::new(
                 Mp4Writer::create(&path).with_context(|| format!("creating {}", path.display()))?,
             ))
         } else {
             let file = std::fs::File::create(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            Sink::AnnexB(Box::new(std::io::BufWriter::new(file)))
+            VideoSink::AnnexB(Box::new(std::io::BufWriter::new(file)))
         };
-        Ok(Self { json: true, sink })
+        Ok(Self {
+            json: true,
+            video,
+            audio_in_mp4: is_mp4 && audio.is_none(),
+            audio,
+        })
     }
 
+    /// One JSON line: on stdout when the video goes to a file, else on stderr. A closed
+    /// stdout loses the line rather than panicking like `println!`.
     fn emit(&self, value: serde_json::Value) {
-        if self.json {
-            println!("{value}");
+        let line = format!("{value}\n");
+        let _ = if self.json {
+            std::io::stdout().write_all(line.as_bytes())
         } else {
-            eprintln!("{value}");
+            std::io::stderr().write_all(line.as_bytes())
+        };
+    }
+
+    /// Writes a frame to the output of its kind: video codecs to the video output, audio
+    /// codecs to the audio output (or into the MP4), anything else nowhere.
+    fn write_frame(&mut self, frame: &sightwire::Frame) -> Result<Written, OutputError> {
+        match frame.codec {
+            Codec::H264 | Codec::H265 => {
+                match &mut self.video {
+                    VideoSink::AnnexB(writer) => {
+                        writer.write_all(&frame.data)?;
+                        // Flushed per frame: the file is always a playable prefix, and a
+                        // lab watching it sees stalls to the frame.
+                        writer.flush()?;
+                    }
+                    VideoSink::Mp4(mp4) => {
+                        mp4.write_frame(frame)?;
+                    }
+                }
+                Ok(Written::Video)
+            }
+            Codec::Aac | Codec::G711A | Codec::G711Mu => {
+                if let Some(audio) = &mut self.audio {
+                    audio.write(frame)?;
+                    return Ok(Written::Audio);
+                }
+                match &mut self.video {
+                    VideoSink::Mp4(mp4) if self.audio_in_mp4 => {
+                        mp4.write_frame(frame)?;
+                        Ok(Written::Audio)
+                    }
+                    _ => Ok(Written::Ignored),
+                }
+            }
+            _ => Ok(Written::Ignored),
         }
     }
 
-    fn write_frame(&mut self, frame: &sightwire::Frame) -> anyhow::Result<()> {
-        match &mut self.sink {
-            Sink::AnnexB(writer) => {
-                writer.write_all(&frame.data)?;
-                // Flushed per frame: the file is always a playable prefix, and a lab
-                // watching it sees stalls to the frame.
-                writer.flush()?;
-            }
-            Sink::Mp4(mp4) => {
-                mp4.write_frame(&frame.data, frame.capture_time_us)?;
-            }
+    fn finish(self) -> Result<(), OutputError> {
+        if let Some(mut audio) = self.audio {
+            audio.flush()?;
         }
-        Ok(())
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        match self.sink {
-            Sink::AnnexB(mut writer) => writer.flush()?,
-            Sink::Mp4(mp4) => {
+        match self.video {
+            VideoSink::AnnexB(mut writer) => writer.flush()?,
+            VideoSink::Mp4(mp4) => {
                 mp4.finish()?;
             }
         }
@@ -200,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
     if args.relay_only {
         config.path_policy = PathPolicy::RelayOnly;
     }
-    let mut output = Output::open(&args.out)?;
+    let mut output = Output::open(&args.out, args.audio_out.as_deref())?;
     let credentials = match &args.password {
         Some(password) => Credentials::password(password.clone()),
         None => Credentials::trusted_key(),
@@ -216,6 +351,27 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let connect_ms = started.elapsed().as_millis() as u64;
+    let accepts = parse_codecs(&args.accept).map_err(|e| anyhow::anyhow!("--accept: {e}"))?;
+    let select = ControlMessage::Select {
+        stream: args.stream.clone(),
+        accepts: accepts.clone(),
+    }
+    .encode()
+    .context("--stream")?;
+    if !viewer.send_control(select.into()).await {
+        tracing::warn!("could not send the stream choice");
+    }
+    let mut refused: Option<String> = None;
+    let talk = match &args.talk {
+        Some(path) => {
+            let data =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            talk_frames(path, &data).with_context(|| format!("--talk {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let mut talk = talk.into_iter().peekable();
+    let talk_start = tokio::time::Instant::now();
 
     let mut summary = Summary::default();
     let mut first_keyframe = None;
@@ -225,6 +381,7 @@ async fn main() -> anyhow::Result<()> {
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let streaming_since = Instant::now();
+    let mut output_closed = false;
     // Created once, so a signal between two loop turns is not missed.
     let shutdown = sightwire_shutdown::shutdown_signal();
     tokio::pin!(shutdown);
@@ -233,7 +390,17 @@ async fn main() -> anyhow::Result<()> {
             || tokio::time::Instant::now() + Duration::from_secs(3600),
             Into::into,
         ));
+        let talk_due =
+            talk_start + Duration::from_micros(talk.peek().map_or(0, |f| f.capture_time_us));
         tokio::select! {
+            () = tokio::time::sleep_until(talk_due), if talk.peek().is_some() => {
+                if let Some(frame) = talk.next() {
+                    summary.talk_frames += 1;
+                    if !viewer.send_frame(frame).await {
+                        break;
+                    }
+                }
+            }
             event = viewer.next_event() => {
                 let Some(event) = event else { break };
                 match event {
@@ -255,8 +422,10 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Event::PathLost { .. } => output.emit(json!({"event": "path_lost"})),
                     Event::Frame { frame, .. } => {
-                        if first_keyframe.is_none() {
-                            if !frame.frame.keyframe {
+                        let frame = &frame.frame;
+                        let video = matches!(frame.codec, Codec::H264 | Codec::H265);
+                        if video && first_keyframe.is_none() {
+                            if !frame.keyframe {
                                 summary.ignored_before_keyframe += 1;
                                 continue;
                             }
@@ -264,9 +433,19 @@ async fn main() -> anyhow::Result<()> {
                             first_keyframe = Some(ms);
                             output.emit(json!({"event": "first_keyframe", "ms": ms}));
                         }
-                        output.write_frame(&frame.frame)?;
-                        summary.frames += 1;
-                        summary.bytes += frame.frame.data.len() as u64;
+                        match output.write_frame(frame) {
+                            Ok(Written::Video) => {
+                                summary.frames += 1;
+                                summary.bytes += frame.data.len() as u64;
+                            }
+                            Ok(Written::Audio) => summary.audio_frames += 1,
+                            Ok(Written::Ignored) => summary.ignored_frames += 1,
+                            Err(OutputError::Closed) => {
+                                output_closed = true;
+                                break;
+                            }
+                            Err(OutputError::Failed(error)) => return Err(error),
+                        }
                         if args.frames.is_some_and(|n| summary.frames >= n) {
                             break;
                         }
@@ -280,6 +459,31 @@ async fn main() -> anyhow::Result<()> {
                         summary.bitrate_bps = stats.target_bitrate_bps;
                         if stats.path.is_some() {
                             path = stats.path;
+                        }
+                    }
+                    Event::Control { message, .. } => {
+                        match ControlMessage::decode(&message) {
+                            Ok(ControlMessage::Catalog { streams }) => {
+                                output.emit(json!({"event": "catalog", "streams": streams.iter().map(|s| json!({
+                                    "name": s.name,
+                                    "codecs": s.tracks.iter().map(|t| codec_name(t.codec)).collect::<Vec<_>>(),
+                                })).collect::<Vec<_>>()}));
+                                if let Err(refusal) = choose(&streams, &args.stream, &accepts) {
+                                    refused = Some(refusal.to_string());
+                                    output.emit(json!({"event": "failed", "error": refusal.reason().name(), "reason": refusal.to_string()}));
+                                    break;
+                                }
+                            }
+                            Ok(ControlMessage::Status { state, reason, text }) => {
+                                output.emit(json!({"event": "camera_status", "state": format!("{state:?}").to_lowercase(), "reason": reason.name(), "text": text}));
+                                eprintln!("\rcamera: source {} ({}){}", format!("{state:?}").to_lowercase(), reason.name(), if text.is_empty() { String::new() } else { format!(": {text}") });
+                                if matches!(reason, StatusReason::CodecNotAccepted | StatusReason::UnknownStream) {
+                                    refused = Some(format!("the camera refused the stream choice ({}): {text}", reason.name()));
+                                    break;
+                                }
+                            }
+                            // A newer camera's message, or a broken one: not ours to act on.
+                            Ok(_) | Err(_) => summary.ignored_control += 1,
                         }
                     }
                     Event::PeerClosed { reason, .. } => {
@@ -310,6 +514,10 @@ async fn main() -> anyhow::Result<()> {
         "event": "summary",
         "frames": summary.frames,
         "bytes": summary.bytes,
+        "audio_frames": summary.audio_frames,
+        "ignored_frames": summary.ignored_frames,
+        "ignored_control": summary.ignored_control,
+        "talk_frames": summary.talk_frames,
         "lost": summary.lost,
         "late": summary.late,
         "skipped_before_keyframe": summary.skipped,
@@ -319,10 +527,28 @@ async fn main() -> anyhow::Result<()> {
         "path": path.map(|p| p.kind_name()),
         "connect_ms": connect_ms,
         "first_keyframe_ms": first_keyframe,
+        "output_closed": output_closed,
     }));
     // Finalize the file first: a second Ctrl-C during the close must not cost the MP4 index.
-    output.finish()?;
+    let finished = output.finish();
+    // The goodbye goes out whatever happened to the output.
     viewer.close().await;
+    let closed = match finished {
+        Ok(()) => output_closed,
+        Err(OutputError::Closed) => true,
+        Err(OutputError::Failed(error)) => return Err(error),
+    };
+    if let Some(refusal) = refused {
+        eprintln!("viewer: {refusal}; exiting with status {EXIT_STREAM_REFUSED}");
+        std::process::exit(EXIT_STREAM_REFUSED);
+    }
+    if closed {
+        eprintln!(
+            "viewer: the output was closed (its reader went away); said goodbye to the \
+             camera, exiting with status {EXIT_OUTPUT_CLOSED}"
+        );
+        std::process::exit(EXIT_OUTPUT_CLOSED);
+    }
     Ok(())
 }
 
@@ -385,7 +611,16 @@ fn explain(error: &ConnectError, rendezvous: &ServerAddr) -> (&'static str, Stri
 
 #[derive(Default)]
 struct Summary {
+    /// Video frames written.
     frames: u64,
+    /// Audio frames written (or taken as configuration).
+    audio_frames: u64,
+    /// Frames of a codec no output takes.
+    ignored_frames: u64,
+    /// Control messages that were not for the viewer or did not decode.
+    ignored_control: u64,
+    /// Talk-back frames sent.
+    talk_frames: u64,
     /// Frames the endpoint delivered before the first keyframe (not written: they
     /// cannot be decoded).
     ignored_before_keyframe: u64,

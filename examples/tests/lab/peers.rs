@@ -44,7 +44,33 @@ impl Camera {
         source: &str,
         rendezvous: &str,
     ) -> anyhow::Result<Self> {
-        let args = [
+        Self::start_with(
+            run,
+            netns,
+            label,
+            binary,
+            pki,
+            state_dir,
+            source,
+            rendezvous,
+            &[],
+        )
+    }
+
+    /// As [`Self::start`], with `extra` arguments after the usual ones.
+    #[allow(clippy::too_many_arguments)] // each one varies between tests
+    pub(crate) fn start_with(
+        run: &Run,
+        netns: &Netns,
+        label: &str,
+        binary: &Path,
+        pki: &Pki,
+        state_dir: &Path,
+        source: &str,
+        rendezvous: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![
             "--rendezvous".into(),
             rendezvous.to_owned(),
             "--rendezvous-key".into(),
@@ -59,6 +85,7 @@ impl Camera {
             "30".into(),
             "--no-qr".into(),
         ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let mut process = Process::start(run, netns, label, binary, &args)?;
         let ready = process.wait_event("ready", CAMERA_READY, |_| true)?;
         Ok(Self {
