@@ -9,10 +9,7 @@ use sightwire_media::control_messages::{
 use sightwire_media::{Codec, StreamId};
 
 fn vectors() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/vectors/control-messages.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/control-messages.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("vector file present"))
         .expect("vector file is JSON")
 }
