@@ -204,10 +204,19 @@ pub fn spawn(config: RtspConfig) -> mpsc::Receiver<Frame> {
 pub fn spawn_with_status(
     config: RtspConfig,
 ) -> (mpsc::Receiver<Frame>, watch::Receiver<SourceStatus>) {
-    let (tx, rx) = mpsc::channel(FRAME_QUEUE_LEN);
     let (status_tx, status_rx) = watch::channel(SourceStatus::Connecting);
-    tokio::spawn(run_reporting(config, tx, status_tx));
-    (rx, status_rx)
+    (spawn_reporting(config, status_tx), status_rx)
+}
+
+/// Like [`spawn`], reporting into `status` (which may outlive the task: a source that
+/// restarts its session task keeps one status for its application).
+pub fn spawn_reporting(
+    config: RtspConfig,
+    status: watch::Sender<SourceStatus>,
+) -> mpsc::Receiver<Frame> {
+    let (tx, rx) = mpsc::channel(FRAME_QUEUE_LEN);
+    tokio::spawn(run_reporting(config, tx, status));
+    rx
 }
 
 /// What an RTSP source loop says about its camera.
@@ -398,6 +407,8 @@ pub struct RtspSource {
     main: RtspConfig,
     sub: Option<RtspConfig>,
     main_frames: Option<mpsc::Receiver<Frame>>,
+    /// What the main stream's tasks say about the camera (it is what viewers get).
+    main_status: watch::Sender<SourceStatus>,
     sub_frames: Option<mpsc::Receiver<Frame>>,
     /// The stream being forwarded.
     active: CameraStream,
@@ -415,11 +426,13 @@ impl RtspSource {
     /// Starts pulling `main` on the current tokio runtime; `sub`, when given, is pulled
     /// only while switching to it or using it.
     pub fn new(main: RtspConfig, sub: Option<RtspConfig>, config: SwitchConfig) -> Self {
-        let main_frames = Some(spawn(main.clone()));
+        let main_status = watch::channel(SourceStatus::Connecting).0;
+        let main_frames = spawn_reporting(main.clone(), main_status.clone());
         Self {
             main,
             sub,
-            main_frames,
+            main_frames: Some(main_frames),
+            main_status,
             sub_frames: None,
             active: CameraStream::Main,
             pending: None,
@@ -449,6 +462,16 @@ impl RtspSource {
     /// Completed switches so far.
     pub fn switches(&self) -> u64 {
         self.switches
+    }
+
+    /// The camera's status as the main stream's task last reported it.
+    pub fn status(&self) -> SourceStatus {
+        self.main_status.borrow().clone()
+    }
+
+    /// The camera's status and its changes, across restarts of the main stream's task.
+    pub fn subscribe_status(&self) -> watch::Receiver<SourceStatus> {
+        self.main_status.subscribe()
     }
 
     /// A new target (`None`: no viewer reports one).
@@ -538,7 +561,8 @@ impl RtspSource {
             CameraStream::Main => {
                 // A new session's capture times start again.
                 self.main_rate.reset();
-                self.main_frames = Some(spawn(self.main.clone()));
+                self.main_frames =
+                    Some(spawn_reporting(self.main.clone(), self.main_status.clone()));
             }
             CameraStream::Sub => {
                 self.sub_frames = self.sub.clone().map(spawn);

@@ -771,3 +771,111 @@ async fn a_refused_login_is_reported_with_its_reason() {
     assert!(log.lock().expect("log").unauthorized_describes >= 2);
     server.abort();
 }
+
+/// Issue 15: a camera whose RTSP login fails used to admit viewers who then got no frame
+/// and no reason. The example camera (the binary, on loopback) now tells each viewer why:
+/// a STATUS "failing / source_login_refused" that the viewer prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_whose_rtsp_login_fails_tells_its_viewers_why() {
+    use sightwire_examples::local::LocalNetwork;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let rtsp: SocketAddr = listener.local_addr().expect("addr");
+    let log = Arc::new(Mutex::new(ServerLog::default()));
+    let clip = Arc::new(Clip {
+        units: Vec::new(),
+        sps: Vec::new(),
+        pps: Vec::new(),
+    });
+    let clips = Arc::new(HashMap::from([("clip".to_owned(), clip)]));
+    let server = tokio::spawn(serve_concurrently(
+        listener,
+        clips,
+        |_| SessionPlan::once(true, true),
+        log.clone(),
+    ));
+    let network = LocalNetwork::start(&dir.path().join("registry.sqlite"))
+        .await
+        .expect("network");
+    let issuer_secret = dir.path().join("issuer.secret");
+    std::fs::write(&issuer_secret, hex::encode(network.issuer.seed())).expect("secret");
+    let id = "1C:C3:16:AB:CD:E7";
+    let rendezvous = network.rendezvous_address().to_string();
+    let rendezvous_key = hex::encode(network.rendezvous.public_key);
+    let camera = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_camera"))
+            .args([
+                "--rendezvous",
+                &rendezvous,
+                "--rendezvous-key",
+                &rendezvous_key,
+            ])
+            .args([
+                "--rendezvous-stream-port",
+                "0",
+                "--password",
+                "pw",
+                "--no-qr",
+            ])
+            .args(["--bind", "127.0.0.1:0", "--device-id", id])
+            .arg("--source")
+            .arg(format!("rtsp://{USER}:wrong@{rtsp}/clip"))
+            .arg("--issuer-secret")
+            .arg(&issuer_secret)
+            .arg("--state-dir")
+            .arg(dir.path().join("camera"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start camera"),
+    );
+    // The camera has had its first refusals (backoff 1 s, doubling) before the viewer comes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let viewer = Command::new(env!("CARGO_BIN_EXE_viewer"))
+        .args([
+            "--rendezvous",
+            &rendezvous,
+            "--rendezvous-key",
+            &rendezvous_key,
+        ])
+        .args(["--rendezvous-stream-port", "0", "--issuer-key"])
+        .arg(hex::encode(network.issuer.public().to_bytes()))
+        .args(["--device", id, "--password", "pw", "--bind", "127.0.0.1:0"])
+        .args(["--out", "/dev/null", "--seconds", "3"])
+        .arg("--state-dir")
+        .arg(dir.path().join("viewer"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start viewer");
+    let output = tokio::task::spawn_blocking(move || viewer.wait_with_output())
+        .await
+        .expect("join")
+        .expect("viewer output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let status_line = stdout
+        .lines()
+        .find(|line| line.contains(r#""event":"camera_status""#))
+        .unwrap_or_else(|| panic!("no camera_status line in:\n{stdout}"));
+    assert!(
+        status_line.contains(r#""reason":"source_login_refused""#)
+            && status_line.contains(r#""state":"failing""#),
+        "{status_line}"
+    );
+    assert!(log.lock().expect("log").unauthorized_describes >= 2);
+    drop(camera);
+    server.abort();
+    network.shutdown().await;
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

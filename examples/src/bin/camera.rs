@@ -38,6 +38,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
@@ -49,11 +51,13 @@ use sightwire_examples::audio::AudioFileWriter;
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
 use sightwire_examples::negotiation::{CameraCatalog, codec_name};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
-use sightwire_examples::rtsp::{self, RtspConfig, RtspSource};
+use sightwire_examples::rtsp::{self, RtspConfig, RtspSource, SourceFailure, SourceStatus};
 use sightwire_examples::source::FrameSource;
 use sightwire_examples::switch::SwitchConfig;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
-use sightwire_media::control_messages::ControlMessage;
+use sightwire_media::control_messages::{
+    ControlMessage, MAX_STATUS_TEXT_LEN, SourceState, StatusReason,
+};
 use sightwire_signal::cert::IssuerKey;
 
 /// Register a camera with a Sightwire rendezvous and stream to the viewers it admits.
@@ -265,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
     // An RTSP camera paces its own frames; a file or synthetic source is paced by the ticker.
     let mut rtsp_source =
         rtsp_config.map(|main| RtspSource::new(main, sub_config, SwitchConfig::default()));
+    let mut rtsp_status = rtsp_source.as_ref().map(RtspSource::subscribe_status);
     let mut dropper = FrameDropper::new();
     let mut drops_reported = DropStats::default();
     let mut drop_report = tokio::time::interval(DROP_REPORT_INTERVAL);
@@ -307,6 +312,12 @@ async fn main() -> anyhow::Result<()> {
                 announce_tracks(&device, &mut catalog, &frame).await;
                 offer(&device, &mut dropper, frame).await;
             }
+            status = next_rtsp_status(&mut rtsp_status) => {
+                // Every viewer learns why frames stop (or start again): spec/control.md.
+                let message = status_message(&status);
+                emit(json!({"event": "source_status", "status": format!("{status:?}")}));
+                send_message(&device, None, &message).await;
+            }
             _ = drop_report.tick() => {
                 drops_reported = report_drops(&dropper, drops_reported);
             }
@@ -340,6 +351,11 @@ async fn main() -> anyhow::Result<()> {
                     Event::PeerConnected { peer, path, .. } => {
                         viewers.insert(peer);
                         send_message(&device, Some(peer), &catalog.message()).await;
+                        // Every admitted viewer learns the source's state (a failing one
+                        // with why) at once, instead of waiting for frames that may not come.
+                        if let Some(status) = rtsp_source.as_ref().map(RtspSource::status) {
+                            send_message(&device, Some(peer), &status_message(&status)).await;
+                        }
                         emit(json!({
                             "event": "viewer_connected",
                             "peer": peer.0,
@@ -428,6 +444,49 @@ async fn send_message(device: &Device, to: Option<PeerId>, message: &ControlMess
 async fn announce_tracks(device: &Device, catalog: &mut CameraCatalog, frame: &Frame) {
     if catalog.observe(frame) {
         send_message(device, None, &catalog.message()).await;
+    }
+}
+
+/// The RTSP camera's next status change; never resolves without an RTSP source.
+async fn next_rtsp_status(status: &mut Option<watch::Receiver<SourceStatus>>) -> SourceStatus {
+    if let Some(status) = status
+        && status.changed().await.is_ok()
+    {
+        return status.borrow_and_update().clone();
+    }
+    std::future::pending().await
+}
+
+/// The STATUS message (spec/control.md) that tells viewers what the RTSP source does.
+fn status_message(status: &SourceStatus) -> ControlMessage {
+    let (state, reason, text) = match status {
+        SourceStatus::Connecting => (SourceState::Starting, StatusReason::None, String::new()),
+        SourceStatus::Streaming => (SourceState::Running, StatusReason::None, String::new()),
+        SourceStatus::Failing { reason, attempts } => {
+            let why = match reason {
+                SourceFailure::LoginRefused => StatusReason::SourceLoginRefused,
+                SourceFailure::NoSupportedVideo | SourceFailure::Ended => {
+                    StatusReason::SourceNoMedia
+                }
+                _ => StatusReason::SourceUnreachable,
+            };
+            (
+                SourceState::Failing,
+                why,
+                format!("{reason} ({attempts} attempts)"),
+            )
+        }
+        _ => (SourceState::Starting, StatusReason::None, String::new()),
+    };
+    // The text is for people and bounded on the wire; cut at a character boundary.
+    let mut text = text;
+    while text.len() > MAX_STATUS_TEXT_LEN {
+        text.pop();
+    }
+    ControlMessage::Status {
+        state,
+        reason,
+        text,
     }
 }
 
