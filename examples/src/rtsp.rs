@@ -245,7 +245,7 @@ pub enum SourceFailure {
     #[error("the camera refused the login")]
     LoginRefused,
     /// The camera offers no video stream this source can take (H.264).
-    #[error("the camera offers no H.264 video stream")]
+    #[error("the camera offers no H.264 or H.265 video stream")]
     NoSupportedVideo,
     /// The session ended (the camera closed it) without a frame.
     #[error("the camera ended the session")]
@@ -328,8 +328,9 @@ pub async fn run_reporting(
     }
 }
 
-/// One RTSP session: DESCRIBE, SETUP the first H.264 video stream, PLAY, forward frames.
-/// Returns when the camera ends the session, the stream stalls, or `frames` closes.
+/// One RTSP session: DESCRIBE, SETUP the first H.264 or H.265 video stream and the first
+/// AAC or G.711 audio stream (if the camera offers one), PLAY, forward frames. Returns when
+/// the camera ends the session, the stream stalls, or `frames` closes.
 async fn stream_session(
     config: &RtspConfig,
     clock: &mut CaptureClock,
@@ -346,22 +347,55 @@ async fn stream_session(
     )
     .await
     .context("DESCRIBE timed out")??;
-    let video = session
+    let (video, video_codec) = session
         .streams()
         .iter()
-        .position(|s| s.media() == "video" && s.encoding_name() == "h264")
+        .enumerate()
+        .find_map(|(i, s)| {
+            (s.media() == "video")
+                .then(|| video_codec(s.encoding_name()))?
+                .map(|c| (i, c))
+        })
         .ok_or(SourceFailure::NoSupportedVideo)?;
-    let setup = SetupOptions::default()
-        .transport(Transport::Tcp(TcpTransportOptions::default()))
-        .frame_format(FrameFormat::SIMPLE);
-    tokio::time::timeout(config.stall_timeout, session.setup(video, setup))
+    let audio = session.streams().iter().enumerate().find_map(|(i, s)| {
+        (s.media() == "audio")
+            .then(|| audio_codec(s.encoding_name()))?
+            .map(|c| (i, c))
+    });
+    let setup = || {
+        SetupOptions::default()
+            .transport(Transport::Tcp(TcpTransportOptions::default()))
+            .frame_format(FrameFormat::SIMPLE)
+    };
+    tokio::time::timeout(config.stall_timeout, session.setup(video, setup()))
         .await
         .context("SETUP timed out")??;
+    // Audio is optional: a camera whose audio cannot be set up still gives its video.
+    let audio = match audio {
+        Some((index, codec)) => {
+            match tokio::time::timeout(config.stall_timeout, session.setup(index, setup())).await {
+                Ok(Ok(())) => Some((index, codec)),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "the camera's audio stream could not be set up");
+                    None
+                }
+                Err(_) => anyhow::bail!("SETUP of the audio stream timed out"),
+            }
+        }
+        None => None,
+    };
     let playing = tokio::time::timeout(config.stall_timeout, session.play(PlayOptions::default()))
         .await
         .context("PLAY timed out")??;
     let mut demuxed = playing.demuxed()?;
     clock.start_session();
+    // Audio capture times share the session's origin with the video's.
+    let mut audio_clock = CaptureClock {
+        offset_us: clock.offset_us,
+        ..CaptureClock::default()
+    };
+    let mut audio_config_sent: Option<u64> = None;
+    let mut hevc_sets = HevcParameterSets::default();
     loop {
         let item = tokio::select! {
             item = tokio::time::timeout(config.stall_timeout, demuxed.next()) => item
@@ -371,19 +405,76 @@ async fn stream_session(
         let Some(item) = item else {
             return Ok(());
         };
-        let CodecItem::VideoFrame(video_frame) = item? else {
-            continue;
+        let video_frame = match item? {
+            CodecItem::VideoFrame(video_frame) => video_frame,
+            CodecItem::AudioFrame(audio_frame) => {
+                let Some((_, codec)) = audio.filter(|(i, _)| *i == audio_frame.stream_id()) else {
+                    continue;
+                };
+                let timestamp = audio_frame.timestamp();
+                let capture_time_us =
+                    audio_clock.capture_time_us(timestamp.elapsed(), timestamp.clock_rate().get());
+                // retina writes AAC as ADTS (FrameFormat::SIMPLE); frames carry the raw
+                // access unit, and the AudioSpecificConfig (from the ADTS header) travels
+                // on its own: before the first access unit and again every
+                // AUDIO_CONFIG_EVERY, so that a viewer joining later can decode.
+                let data = match codec {
+                    Codec::Aac => {
+                        let Some(Ok(adts)) = crate::audio::adts_frames(audio_frame.data()).next()
+                        else {
+                            continue;
+                        };
+                        let config_due = audio_config_sent.is_none_or(|at| {
+                            capture_time_us.saturating_sub(at)
+                                >= AUDIO_CONFIG_EVERY.as_micros() as u64
+                        });
+                        if config_due {
+                            audio_config_sent = Some(capture_time_us);
+                            let config =
+                                Bytes::copy_from_slice(&adts.config.audio_specific_config());
+                            let frame = audio_frame_of(codec, true, capture_time_us, config);
+                            if frames.send(frame).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Bytes::copy_from_slice(adts.access_unit)
+                    }
+                    _ => Bytes::copy_from_slice(audio_frame.data()),
+                };
+                if frames
+                    .send(audio_frame_of(codec, false, capture_time_us, data))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            _ => continue,
         };
         let timestamp = video_frame.timestamp();
         let capture_time_us =
             clock.capture_time_us(timestamp.elapsed(), timestamp.clock_rate().get());
-        let keyframe = video_frame.is_random_access_point();
-        let data = Bytes::from(video_frame.into_data());
-        // With FrameFormat::SIMPLE the parameter sets, when known, lead a keyframe.
-        let codec_config = data.get(4).is_some_and(|header| header & 0x1F == 7);
+        let mut keyframe = video_frame.is_random_access_point();
+        let mut data = Bytes::from(video_frame.into_data());
+        if video_codec == Codec::H265 {
+            // Any IRAP picture (BLA, IDR, CRA: NAL types 16-21) is a decoder entry point;
+            // retina flags only some of them.
+            keyframe |= crate::mp4::nal_units(&data).any(|nal| {
+                nal.first()
+                    .is_some_and(|h| (16..=21).contains(&((h >> 1) & 0x3F)))
+            });
+            data = hevc_sets.complete(data, keyframe);
+        }
+        // With FrameFormat::SIMPLE the parameter sets, when known, lead a keyframe: an
+        // SPS (H.264) or a VPS (H.265) right after the first start code.
+        let codec_config = data.get(4).is_some_and(|&header| match video_codec {
+            Codec::H265 => (header >> 1) & 0x3F == 32,
+            _ => header & 0x1F == 7,
+        });
         let frame = Frame {
             stream: StreamId::VIDEO,
-            codec: Codec::H264,
+            codec: video_codec,
             keyframe,
             codec_config,
             capture_time_us,
@@ -396,6 +487,82 @@ async fn stream_session(
         if *delivered == 1 {
             status.send_replace(SourceStatus::Streaming);
         }
+    }
+}
+
+/// The last H.265 parameter sets of a stream, put back in front of keyframes that come
+/// without them: retina passes in-band VPS/SPS/PPS on only when they change, and a viewer
+/// that joins at a later keyframe (or the device's GOP cache) needs them there.
+#[derive(Debug, Default)]
+struct HevcParameterSets {
+    vps: Option<Bytes>,
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+}
+
+impl HevcParameterSets {
+    /// `access_unit` (Annex B), with the known parameter sets in front if it is a
+    /// keyframe that lacks them; remembers the ones it carries.
+    fn complete(&mut self, access_unit: Bytes, keyframe: bool) -> Bytes {
+        let mut has_vps = false;
+        for nal in crate::mp4::nal_units(&access_unit) {
+            let slot = match nal.first().map(|h| (h >> 1) & 0x3F) {
+                Some(32) => {
+                    has_vps = true;
+                    &mut self.vps
+                }
+                Some(33) => &mut self.sps,
+                Some(34) => &mut self.pps,
+                _ => continue,
+            };
+            *slot = Some(access_unit.slice_ref(nal));
+        }
+        let (true, false, Some(vps), Some(sps), Some(pps)) =
+            (keyframe, has_vps, &self.vps, &self.sps, &self.pps)
+        else {
+            return access_unit;
+        };
+        let mut out =
+            Vec::with_capacity(access_unit.len() + vps.len() + sps.len() + pps.len() + 12);
+        for set in [vps, sps, pps] {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(set);
+        }
+        out.extend_from_slice(&access_unit);
+        Bytes::from(out)
+    }
+}
+
+/// An AAC stream's AudioSpecificConfig is sent again this often (by capture time).
+pub const AUDIO_CONFIG_EVERY: Duration = Duration::from_secs(1);
+
+/// The video codec of an SDP encoding name this source takes.
+fn video_codec(encoding_name: &str) -> Option<Codec> {
+    match encoding_name {
+        "h264" => Some(Codec::H264),
+        "h265" => Some(Codec::H265),
+        _ => None,
+    }
+}
+
+/// The audio codec of an SDP encoding name this source takes.
+fn audio_codec(encoding_name: &str) -> Option<Codec> {
+    match encoding_name {
+        "mpeg4-generic" => Some(Codec::Aac),
+        "pcma" => Some(Codec::G711A),
+        "pcmu" => Some(Codec::G711Mu),
+        _ => None,
+    }
+}
+
+fn audio_frame_of(codec: Codec, codec_config: bool, capture_time_us: u64, data: Bytes) -> Frame {
+    Frame {
+        stream: StreamId::AUDIO,
+        codec,
+        keyframe: true,
+        codec_config,
+        capture_time_us,
+        data,
     }
 }
 
@@ -500,7 +667,8 @@ impl RtspSource {
                 self.main_rate.push(frame.capture_time_us, frame.data.len());
             }
             self.evaluate(std::time::Instant::now());
-            if Some(stream) == self.pending && frame.keyframe && frame.codec_config {
+            let video = frame.stream == StreamId::VIDEO;
+            if Some(stream) == self.pending && video && frame.keyframe && frame.codec_config {
                 let from = self.active;
                 self.close(from);
                 self.active = stream;
@@ -517,7 +685,11 @@ impl RtspSource {
                 );
             }
             if stream == self.active {
-                frame.capture_time_us = self.splice.map(frame.capture_time_us);
+                frame.capture_time_us = if video {
+                    self.splice.map(frame.capture_time_us)
+                } else {
+                    self.splice.shift(frame.capture_time_us)
+                };
                 return Some(frame);
             }
             // The stream being switched to, before its first keyframe: not decodable yet.

@@ -228,6 +228,13 @@ impl Splice {
         self.new_segment = true;
     }
 
+    /// The output capture time of a frame of another track of the current segment (its
+    /// audio), captured at `capture_time_us` on the segment's clock: the segment's offset
+    /// alone, so it keeps its place between the video frames it interleaves with.
+    pub fn shift(&self, capture_time_us: u64) -> u64 {
+        u64::try_from((i128::from(capture_time_us) + self.offset).max(0)).unwrap_or(u64::MAX)
+    }
+
     /// The output capture time of a frame captured at `capture_time_us` on the current
     /// segment's clock; never less than the previous result.
     pub fn map(&mut self, capture_time_us: u64) -> u64 {

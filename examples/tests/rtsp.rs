@@ -17,6 +17,8 @@
 //! increasing, the stream left must be closed, and the spliced output must decode
 //! (ffmpeg) to every frame.
 
+mod clips;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,7 +28,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sightwire::Frame;
+use sightwire::{Codec, Frame, StreamId};
 use sightwire_examples::annexb::{AccessUnit, access_units};
 use sightwire_examples::mp4::nal_units;
 use sightwire_examples::rtsp::{
@@ -877,5 +879,467 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// An H.265 + AAC camera's streams, as [`serve_hevc_aac`] offers them.
+struct AvClip {
+    /// H.265 access units, NAL units behind 4-byte start codes (parameter sets in band).
+    video: Vec<Vec<u8>>,
+    vps: Vec<u8>,
+    sps: Vec<u8>,
+    pps: Vec<u8>,
+    /// The AAC AudioSpecificConfig and raw access units (1024 samples each).
+    asc: Vec<u8>,
+    audio: Vec<Vec<u8>>,
+}
+
+/// Video frame rate and AAC sample rate of [`AvClip`]s.
+const AV_FPS: u32 = 25;
+const AAC_RATE: u32 = 48_000;
+
+fn make_av_clip(dir: &Path) -> AvClip {
+    let video = clips::hevc_access_units(&clips::make_hevc(
+        &dir.join("av.h265"),
+        "320x240",
+        u64::from(AV_FPS),
+        2,
+    ));
+    let adts = clips::make_aac(&dir.join("av.aac"), 1, "1.9");
+    let (asc, audio) = clips::adts_access_units(&adts);
+    let parameter_set = |wanted: u8| {
+        video
+            .iter()
+            .flat_map(|unit| nal_units(unit).map(<[u8]>::to_vec).collect::<Vec<_>>())
+            .find(|nal| clips::hevc_nal_type(nal) == wanted)
+            .expect("parameter set in the clip")
+    };
+    AvClip {
+        vps: parameter_set(32),
+        sps: parameter_set(33),
+        pps: parameter_set(34),
+        video,
+        asc,
+        audio,
+    }
+}
+
+/// One RTSP session offering the clip's H.265 video (track 0, interleaved 0-1) and AAC
+/// audio (track 1, interleaved 2-3, RFC 3640 `AAC-hbr`), sent `loops` times with
+/// continuing timestamps, audio and video interleaved by time, in real time when `paced`;
+/// then answers keepalives until the client leaves.
+async fn serve_hevc_aac(listener: TcpListener, clip: Arc<AvClip>, loops: usize, paced: bool) {
+    let (mut stream, _) = listener.accept().await.expect("accept");
+    let addr = stream.local_addr().expect("addr");
+    let base = format!("rtsp://{addr}/av/");
+    loop {
+        let Some((request_line, headers)) = read_request(&mut stream).await else {
+            return;
+        };
+        let cseq = header(&headers, "cseq").unwrap_or("0").to_owned();
+        let mut response = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n");
+        let mut body = String::new();
+        let method = request_line.split(' ').next().unwrap_or("");
+        match method {
+            "OPTIONS" => response
+                .push_str("Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER\r\n"),
+            "DESCRIBE" => {
+                body = format!(
+                    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=sightwire h265 aac\r\nt=0 0\r\n\
+                     m=video 0 RTP/AVP 96\r\na=rtpmap:96 H265/{RTP_CLOCK_HZ}\r\n\
+                     a=fmtp:96 sprop-vps={};sprop-sps={};sprop-pps={}\r\n\
+                     a=control:trackID=0\r\n\
+                     m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/{AAC_RATE}/1\r\n\
+                     a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;\
+                     indexlength=3;indexdeltalength=3;config={}\r\n\
+                     a=control:trackID=1\r\n",
+                    BASE64.encode(&clip.vps),
+                    BASE64.encode(&clip.sps),
+                    BASE64.encode(&clip.pps),
+                    hex::encode(&clip.asc),
+                );
+                response.push_str(&format!(
+                    "Content-Base: {base}\r\nContent-Type: application/sdp\r\n"
+                ));
+            }
+            "SETUP" => {
+                let interleaved = header(&headers, "transport")
+                    .and_then(|t| t.split(';').find(|p| p.starts_with("interleaved=")))
+                    .unwrap_or("interleaved=0-1")
+                    .to_owned();
+                response.push_str(&format!(
+                    "Transport: RTP/AVP/TCP;unicast;{interleaved}\r\nSession: {SESSION_ID};timeout=60\r\n"
+                ));
+            }
+            "PLAY" => response.push_str(&format!(
+                "Session: {SESSION_ID}\r\nRTP-Info: url={base}trackID=0;seq={FIRST_SEQ};rtptime={FIRST_RTPTIME},\
+                 url={base}trackID=1;seq={FIRST_SEQ};rtptime={FIRST_RTPTIME}\r\n"
+            )),
+            _ => response.push_str(&format!("Session: {SESSION_ID}\r\n")),
+        }
+        if !body.is_empty() {
+            response.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        response.push_str("\r\n");
+        response.push_str(&body);
+        stream.write_all(response.as_bytes()).await.expect("write");
+        if method == "PLAY" {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let (mut video_seq, mut audio_seq) = (FIRST_SEQ, FIRST_SEQ);
+    let (mut v, mut a) = (0usize, 0usize);
+    let (videos, audios) = (clip.video.len() * loops, clip.audio.len() * loops);
+    let start = tokio::time::Instant::now();
+    while v < videos || a < audios {
+        let video_us = v as u64 * 1_000_000 / u64::from(AV_FPS);
+        let audio_us = a as u64 * 1024 * 1_000_000 / u64::from(AAC_RATE);
+        if paced {
+            tokio::time::sleep_until(start + Duration::from_micros(video_us.min(audio_us))).await;
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if a >= audios || (v < videos && video_us <= audio_us) {
+            let timestamp = FIRST_RTPTIME.wrapping_add((v as u32) * (RTP_CLOCK_HZ / AV_FPS));
+            let payloads: Vec<Vec<u8>> = nal_units(&clip.video[v % clip.video.len()])
+                .flat_map(hevc_payloads)
+                .collect();
+            let last = payloads.len().saturating_sub(1);
+            for (i, payload) in payloads.iter().enumerate() {
+                rtp_packet(&mut out, 0, 96, i == last, video_seq, timestamp, payload);
+                video_seq = video_seq.wrapping_add(1);
+            }
+            v += 1;
+        } else {
+            let timestamp = FIRST_RTPTIME.wrapping_add(a as u32 * 1024);
+            let unit = &clip.audio[a % clip.audio.len()];
+            // RFC 3640 AAC-hbr: 16 bits of AU headers, one header of size (13) and index (3).
+            let mut payload = vec![0x00, 0x10];
+            payload.extend_from_slice(&((unit.len() as u16) << 3).to_be_bytes());
+            payload.extend_from_slice(unit);
+            rtp_packet(&mut out, 2, 97, true, audio_seq, timestamp, &payload);
+            audio_seq = audio_seq.wrapping_add(1);
+            a += 1;
+        }
+    }
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    while let Some((_, headers)) = read_request(&mut stream).await {
+        let cseq = header(&headers, "cseq").unwrap_or("0").to_owned();
+        let reply = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: {SESSION_ID}\r\n\r\n");
+        if stream.write_all(reply.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// RTP payloads of one H.265 NAL unit (RFC 7798): the unit itself, or fragmentation units.
+fn hevc_payloads(nal: &[u8]) -> Vec<Vec<u8>> {
+    if nal.len() <= MAX_RTP_PAYLOAD {
+        return vec![nal.to_vec()];
+    }
+    let nal_type = clips::hevc_nal_type(nal);
+    let chunks: Vec<&[u8]> = nal[2..].chunks(MAX_RTP_PAYLOAD - 3).collect();
+    let count = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut fu_header = nal_type;
+            if i == 0 {
+                fu_header |= 0x80;
+            }
+            if i + 1 == count {
+                fu_header |= 0x40;
+            }
+            let mut payload = vec![(nal[0] & 0x81) | (49 << 1), nal[1], fu_header];
+            payload.extend_from_slice(chunk);
+            payload
+        })
+        .collect()
+}
+
+/// Appends one interleaved RTP packet (RFC 2326 §10.12) to `out`.
+fn rtp_packet(
+    out: &mut Vec<u8>,
+    channel: u8,
+    payload_type: u8,
+    marker: bool,
+    seq: u16,
+    timestamp: u32,
+    payload: &[u8],
+) {
+    out.push(b'$');
+    out.push(channel);
+    out.extend_from_slice(&((12 + payload.len()) as u16).to_be_bytes());
+    out.extend_from_slice(&[0x80, if marker { 0x80 } else { 0 } | payload_type]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&timestamp.to_be_bytes());
+    out.extend_from_slice(&(0x5157_4952u32 + u32::from(channel)).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Issue 15: an RTSP camera that streams H.265 with AAC (the default of most cameras sold
+/// today) gave no frames. The source now takes both: every H.265 access unit and every AAC
+/// access unit byte for byte, the AudioSpecificConfig first, with their capture times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_source_takes_h265_video_and_aac_audio_byte_for_byte() {
+    if !clips::tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = Arc::new(make_av_clip(dir.path()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(serve_hevc_aac(listener, clip.clone(), 1, false));
+    let mut config = RtspConfig::from_url(&format!("rtsp://{addr}/av")).expect("config");
+    config.stall_timeout = Duration::from_secs(2);
+    let (mut frames, _status) = spawn_with_status(config);
+    let (mut video, mut audio, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+    let collect = async {
+        while video.len() < clip.video.len() || audio.len() < clip.audio.len() {
+            let Some(frame) = frames.recv().await else {
+                break;
+            };
+            match (frame.stream, frame.codec_config) {
+                (StreamId::VIDEO, _) => video.push(frame),
+                (StreamId::AUDIO, true) => configs.push(frame),
+                (StreamId::AUDIO, false) => audio.push(frame),
+                _ => panic!("unexpected stream {:?}", frame.stream),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), collect)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} video, {} audio frames in 20 s",
+                video.len(),
+                audio.len()
+            )
+        });
+    drop(frames);
+    server.abort();
+
+    assert_eq!(video.len(), clip.video.len(), "every H.265 access unit");
+    for (i, (frame, unit)) in video.iter().zip(&clip.video).enumerate() {
+        assert_eq!(frame.codec, Codec::H265, "frame {i}");
+        assert!(
+            frame.data[..] == unit[..],
+            "H.265 access unit {i} differs: NAL types {:?} vs {:?}",
+            nal_units(&frame.data)
+                .map(clips::hevc_nal_type)
+                .collect::<Vec<_>>(),
+            nal_units(unit)
+                .map(clips::hevc_nal_type)
+                .collect::<Vec<_>>()
+        );
+        let irap = nal_units(unit).any(|n| (16..=21).contains(&clips::hevc_nal_type(n)));
+        assert_eq!(frame.keyframe, irap, "keyframe flag of access unit {i}");
+        let starts_with_vps = nal_units(unit).next().map(clips::hevc_nal_type) == Some(32);
+        assert_eq!(
+            frame.codec_config, starts_with_vps,
+            "codec_config of access unit {i}"
+        );
+        assert_eq!(
+            frame.capture_time_us,
+            i as u64 * 1_000_000 / u64::from(AV_FPS)
+        );
+    }
+    assert_eq!(audio.len(), clip.audio.len(), "every AAC access unit");
+    for (i, (frame, unit)) in audio.iter().zip(&clip.audio).enumerate() {
+        assert_eq!(frame.codec, Codec::Aac, "audio frame {i}");
+        assert!(
+            frame.data[..] == unit[..],
+            "AAC access unit {i} differs: {} bytes {:02x?} vs {} bytes {:02x?}",
+            frame.data.len(),
+            &frame.data[..frame.data.len().min(12)],
+            unit.len(),
+            &unit[..unit.len().min(12)]
+        );
+        assert_eq!(
+            frame.capture_time_us,
+            i as u64 * 1024 * 1_000_000 / u64::from(AAC_RATE),
+            "capture time of audio frame {i}"
+        );
+    }
+    // The AudioSpecificConfig before the first access unit, and again every second.
+    let first_config = configs.first().expect("the AudioSpecificConfig");
+    assert_eq!(first_config.data[..], clip.asc[..]);
+    assert_eq!(first_config.capture_time_us, 0);
+    assert!(configs.len() >= 2, "{} configs in 1.9 s", configs.len());
+}
+
+/// Issue 15, end to end: an RTSP camera streaming H.265 with AAC, through the example
+/// camera and viewer binaries on loopback. The viewer's MP4 has an `hvc1` video track and
+/// an AAC audio track that ffmpeg decodes without an error, and its raw audio output is
+/// the camera's AAC access units byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
+    use sightwire_examples::local::LocalNetwork;
+    use std::process::Stdio;
+
+    if !clips::tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = Arc::new(make_av_clip(dir.path()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let rtsp: SocketAddr = listener.local_addr().expect("addr");
+    // 4 loops of 2 s, in real time: the viewer joins while it plays.
+    let server = tokio::spawn(serve_hevc_aac(listener, clip.clone(), 4, true));
+    let network = LocalNetwork::start(&dir.path().join("registry.sqlite"))
+        .await
+        .expect("network");
+    let issuer_secret = dir.path().join("issuer.secret");
+    std::fs::write(&issuer_secret, hex::encode(network.issuer.seed())).expect("secret");
+    let id = "1C:C3:16:AB:CD:E8";
+    let rendezvous = network.rendezvous_address().to_string();
+    let rendezvous_key = hex::encode(network.rendezvous.public_key);
+    let camera = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_camera"))
+            .args([
+                "--rendezvous",
+                &rendezvous,
+                "--rendezvous-key",
+                &rendezvous_key,
+            ])
+            .args([
+                "--rendezvous-stream-port",
+                "0",
+                "--password",
+                "pw",
+                "--no-qr",
+            ])
+            .args(["--bind", "127.0.0.1:0", "--device-id", id])
+            .arg("--source")
+            .arg(format!("rtsp://{rtsp}/av"))
+            .arg("--issuer-secret")
+            .arg(&issuer_secret)
+            .arg("--state-dir")
+            .arg(dir.path().join("camera"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start camera"),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two viewers at once: one writes an MP4 (video and audio tracks), the other the raw
+    // video and audio outputs.
+    let (mp4, h265, aac) = (
+        dir.path().join("out.mp4"),
+        dir.path().join("out.h265"),
+        dir.path().join("out.aac"),
+    );
+    let viewer = |state: &str, outputs: Vec<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_viewer"));
+        command
+            .args([
+                "--rendezvous",
+                &rendezvous,
+                "--rendezvous-key",
+                &rendezvous_key,
+            ])
+            .args(["--rendezvous-stream-port", "0", "--issuer-key"])
+            .arg(hex::encode(network.issuer.public().to_bytes()))
+            .args(["--device", id, "--password", "pw", "--bind", "127.0.0.1:0"])
+            .args(["--seconds", "4", "--out"])
+            .arg(outputs[0]);
+        if let Some(audio) = outputs.get(1) {
+            command.arg("--audio-out").arg(audio);
+        }
+        command
+            .arg("--state-dir")
+            .arg(dir.path().join(state))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start viewer")
+    };
+    let mp4_viewer = viewer("viewer-mp4", vec![&mp4]);
+    let raw_viewer = viewer("viewer-raw", vec![&h265, &aac]);
+    let outputs = tokio::task::spawn_blocking(move || {
+        [mp4_viewer, raw_viewer].map(|v| v.wait_with_output().expect("viewer output"))
+    })
+    .await
+    .expect("join");
+    drop(camera);
+    server.abort();
+    network.shutdown().await;
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "viewer: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    // ffprobe sees both tracks, and ffmpeg decodes every frame of both without an error.
+    let video = clips::probe_stream(
+        &mp4,
+        "v:0",
+        "stream=codec_name,codec_tag_string,nb_read_frames",
+    );
+    assert_eq!(video["codec_name"], "hevc", "{video:?}");
+    assert_eq!(video["codec_tag_string"], "hvc1", "{video:?}");
+    let frames: u64 = video["nb_read_frames"].parse().expect("frames");
+    assert!(frames >= 75, "{frames} video frames in 4 s at 25 fps");
+    let audio = clips::probe_stream(&mp4, "a:0", "stream=codec_name,sample_rate");
+    assert_eq!(
+        audio.get("codec_name").map(String::as_str),
+        Some("aac"),
+        "{audio:?}"
+    );
+    assert_eq!(audio["sample_rate"], "48000", "{audio:?}");
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(&mp4)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    // The raw video: the camera's H.265 access units, from a keyframe on, in order.
+    let received_video = std::fs::read(&h265).expect("video output");
+    let units = clips::hevc_access_units(&received_video);
+    assert!(units.len() >= 75, "{} H.265 frames in 4 s", units.len());
+    let first = clip
+        .video
+        .iter()
+        .position(|u| *u == units[0])
+        .expect("the first received H.265 frame is one of the clip's");
+    assert!(
+        nal_units(&units[0]).any(|n| (16..=21).contains(&clips::hevc_nal_type(n))),
+        "the video output starts with a keyframe"
+    );
+    for (i, unit) in units.iter().enumerate() {
+        assert!(
+            *unit == clip.video[(first + i) % clip.video.len()],
+            "H.265 frame {i} differs from the clip's"
+        );
+    }
+    // The raw audio: the camera's AAC access units, in order, from where the viewer joined.
+    let received = std::fs::read(&aac).expect("audio output");
+    let (asc, units) = clips::adts_access_units(&received);
+    assert_eq!(asc, clip.asc, "AudioSpecificConfig");
+    assert!(units.len() >= 150, "{} AAC frames in 4 s", units.len());
+    let first = clip
+        .audio
+        .iter()
+        .position(|u| *u == units[0])
+        .expect("the first received AAC frame is one of the clip's");
+    for (i, unit) in units.iter().enumerate() {
+        assert!(
+            *unit == clip.audio[(first + i) % clip.audio.len()],
+            "AAC frame {i} differs from the clip's"
+        );
     }
 }

@@ -140,6 +140,12 @@ async fn offer(device: &Device, dropper: &mut FrameDropper, frame: Frame) {
     let class = FrameClass::of(&frame);
     if dropper.admit(Instant::now(), class, frame.data.len()) == Verdict::Send {
         device.send_frame(frame).await;
+    } else {
+        // One line per frame left out on purpose (the target is below the source's
+        // rate), so that a test can tell it from a frame lost on the way.
+        emit(
+            json!({"event": "frame_dropped", "by": "dropper", "capture_time_us": frame.capture_time_us}),
+        );
     }
 }
 
@@ -417,6 +423,9 @@ async fn main() -> anyhow::Result<()> {
                         tracing::warn!(?peer, stream = stream.get(), %error, "frame not sent");
                         emit(json!({"event": "frame_not_sent", "peer": peer, "error": error.to_string()}));
                     }
+                    Event::FrameNotSent { peer, .. } => emit(json!({
+                        "event": "frame_dropped", "by": "sender", "peer": peer.map(|p| p.0),
+                    })),
                     _ => {}
                 }
             }
