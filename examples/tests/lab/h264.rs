@@ -203,11 +203,12 @@ pub(crate) struct Comparison {
     /// Source units passed over between received ones (lost or skipped frames), but for
     /// those in `left_out_by_catch_up`.
     pub(crate) skipped: usize,
-    /// Non-reference units passed over before the first keyframe after the first
-    /// received unit: a viewer that joins mid-GOP catches up from the device's GOP cache,
-    /// which holds only the frames later frames refer to (`spec/endpoint.md` §4.1), so
-    /// these were never sent to it. (A non-reference frame lost in that stretch is
-    /// counted here too.)
+    /// Units passed over before the first keyframe after the first received unit: a
+    /// viewer that joins mid-GOP catches up from the device's GOP cache, which holds only
+    /// the frames later frames refer to, and a catch-up that falls behind (loss and
+    /// repair on a long path) ends early and leaves the viewer waiting for the next
+    /// keyframe (`spec/endpoint.md` §4.1), so these were never sent to it. (A frame lost
+    /// in that stretch is counted here too.)
     pub(crate) left_out_by_catch_up: usize,
     /// Whether the first received unit is a keyframe.
     pub(crate) starts_with_keyframe: bool,
@@ -247,7 +248,7 @@ pub(crate) fn compare(
                 )
             })?;
         for passed in cursor + 1..cursor + step {
-            if passed < next_keyframe && !source[passed % n].reference {
+            if passed < next_keyframe {
                 left_out_by_catch_up += 1;
             } else {
                 skipped += 1;
