@@ -779,9 +779,6 @@ async fn a_refused_login_is_reported_with_its_reason() {
 /// a STATUS "failing / source_login_refused" that the viewer prints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_whose_rtsp_login_fails_tells_its_viewers_why() {
-    use sightwire_examples::local::LocalNetwork;
-    use std::process::Stdio;
-
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let rtsp: SocketAddr = listener.local_addr().expect("addr");
@@ -798,58 +795,14 @@ async fn a_camera_whose_rtsp_login_fails_tells_its_viewers_why() {
         |_| SessionPlan::once(true, true),
         log.clone(),
     ));
-    let network = LocalNetwork::start(&dir.path().join("registry.sqlite"))
-        .await
-        .expect("network");
-    let issuer_secret = dir.path().join("issuer.secret");
-    std::fs::write(&issuer_secret, hex::encode(network.issuer.seed())).expect("secret");
+    let deployment = Deployment::start(dir.path()).await;
     let id = "1C:C3:16:AB:CD:E7";
-    let rendezvous = network.rendezvous_address().to_string();
-    let rendezvous_key = hex::encode(network.rendezvous.public_key);
-    let camera = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_camera"))
-            .args([
-                "--rendezvous",
-                &rendezvous,
-                "--rendezvous-key",
-                &rendezvous_key,
-            ])
-            .args([
-                "--rendezvous-stream-port",
-                "0",
-                "--password",
-                "pw",
-                "--no-qr",
-            ])
-            .args(["--bind", "127.0.0.1:0", "--device-id", id])
-            .arg("--source")
-            .arg(format!("rtsp://{USER}:wrong@{rtsp}/clip"))
-            .arg("--issuer-secret")
-            .arg(&issuer_secret)
-            .arg("--state-dir")
-            .arg(dir.path().join("camera"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start camera"),
-    );
+    let camera = deployment.camera(id, &format!("rtsp://{USER}:wrong@{rtsp}/clip"));
     // The camera has had its first refusals (backoff 1 s, doubling) before the viewer comes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let viewer = Command::new(env!("CARGO_BIN_EXE_viewer"))
-        .args([
-            "--rendezvous",
-            &rendezvous,
-            "--rendezvous-key",
-            &rendezvous_key,
-        ])
-        .args(["--rendezvous-stream-port", "0", "--issuer-key"])
-        .arg(hex::encode(network.issuer.public().to_bytes()))
-        .args(["--device", id, "--password", "pw", "--bind", "127.0.0.1:0"])
+    let viewer = deployment
+        .viewer(id, "viewer")
         .args(["--out", "/dev/null", "--seconds", "3"])
-        .arg("--state-dir")
-        .arg(dir.path().join("viewer"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("start viewer");
     let output = tokio::task::spawn_blocking(move || viewer.wait_with_output())
@@ -869,7 +822,7 @@ async fn a_camera_whose_rtsp_login_fails_tells_its_viewers_why() {
     assert!(log.lock().expect("log").unauthorized_describes >= 2);
     drop(camera);
     server.abort();
-    network.shutdown().await;
+    deployment.network.shutdown().await;
 }
 
 /// A child process killed (and reaped) when dropped.
@@ -879,6 +832,82 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Issuer, rendezvous and relay on loopback for the example camera and viewer binaries.
+struct Deployment {
+    network: sightwire_examples::local::LocalNetwork,
+    dir: std::path::PathBuf,
+    issuer_secret: std::path::PathBuf,
+    rendezvous: String,
+    rendezvous_key: String,
+}
+
+impl Deployment {
+    async fn start(dir: &Path) -> Self {
+        let network = sightwire_examples::local::LocalNetwork::start(&dir.join("registry.sqlite"))
+            .await
+            .expect("network");
+        let issuer_secret = dir.join("issuer.secret");
+        std::fs::write(&issuer_secret, hex::encode(network.issuer.seed())).expect("secret");
+        Self {
+            rendezvous: network.rendezvous_address().to_string(),
+            rendezvous_key: hex::encode(network.rendezvous.public_key),
+            network,
+            dir: dir.to_path_buf(),
+            issuer_secret,
+        }
+    }
+
+    /// The camera binary as device `id` (password `pw`, certificate from the issuer),
+    /// streaming `source`.
+    fn camera(&self, id: &str, source: &str) -> KillOnDrop {
+        KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_camera"))
+                .args(["--rendezvous", &self.rendezvous])
+                .args(["--rendezvous-key", &self.rendezvous_key])
+                .args([
+                    "--rendezvous-stream-port",
+                    "0",
+                    "--password",
+                    "pw",
+                    "--no-qr",
+                ])
+                .args([
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--device-id",
+                    id,
+                    "--source",
+                    source,
+                ])
+                .arg("--issuer-secret")
+                .arg(&self.issuer_secret)
+                .arg("--state-dir")
+                .arg(self.dir.join(format!("camera-{id}")))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start camera"),
+        )
+    }
+
+    /// The viewer binary watching `id`, its state in `state`, output piped; the caller
+    /// adds its outputs.
+    fn viewer(&self, id: &str, state: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_viewer"));
+        command
+            .args(["--rendezvous", &self.rendezvous])
+            .args(["--rendezvous-key", &self.rendezvous_key])
+            .args(["--rendezvous-stream-port", "0", "--issuer-key"])
+            .arg(hex::encode(self.network.issuer.public().to_bytes()))
+            .args(["--device", id, "--password", "pw", "--bind", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(self.dir.join(state))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
     }
 }
 
@@ -1180,9 +1209,6 @@ async fn rtsp_source_takes_h265_video_and_aac_audio_byte_for_byte() {
 /// the camera's AAC access units byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
-    use sightwire_examples::local::LocalNetwork;
-    use std::process::Stdio;
-
     if !clips::tools_present() {
         return;
     }
@@ -1192,41 +1218,9 @@ async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
     let rtsp: SocketAddr = listener.local_addr().expect("addr");
     // 4 loops of 2 s, in real time: the viewer joins while it plays.
     let server = tokio::spawn(serve_hevc_aac(listener, clip.clone(), 4, true));
-    let network = LocalNetwork::start(&dir.path().join("registry.sqlite"))
-        .await
-        .expect("network");
-    let issuer_secret = dir.path().join("issuer.secret");
-    std::fs::write(&issuer_secret, hex::encode(network.issuer.seed())).expect("secret");
+    let deployment = Deployment::start(dir.path()).await;
     let id = "1C:C3:16:AB:CD:E8";
-    let rendezvous = network.rendezvous_address().to_string();
-    let rendezvous_key = hex::encode(network.rendezvous.public_key);
-    let camera = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_camera"))
-            .args([
-                "--rendezvous",
-                &rendezvous,
-                "--rendezvous-key",
-                &rendezvous_key,
-            ])
-            .args([
-                "--rendezvous-stream-port",
-                "0",
-                "--password",
-                "pw",
-                "--no-qr",
-            ])
-            .args(["--bind", "127.0.0.1:0", "--device-id", id])
-            .arg("--source")
-            .arg(format!("rtsp://{rtsp}/av"))
-            .arg("--issuer-secret")
-            .arg(&issuer_secret)
-            .arg("--state-dir")
-            .arg(dir.path().join("camera"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start camera"),
-    );
+    let camera = deployment.camera(id, &format!("rtsp://{rtsp}/av"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Two viewers at once: one writes an MP4 (video and audio tracks), the other the raw
     // video and audio outputs.
@@ -1236,29 +1230,12 @@ async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
         dir.path().join("out.aac"),
     );
     let viewer = |state: &str, outputs: Vec<&Path>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_viewer"));
-        command
-            .args([
-                "--rendezvous",
-                &rendezvous,
-                "--rendezvous-key",
-                &rendezvous_key,
-            ])
-            .args(["--rendezvous-stream-port", "0", "--issuer-key"])
-            .arg(hex::encode(network.issuer.public().to_bytes()))
-            .args(["--device", id, "--password", "pw", "--bind", "127.0.0.1:0"])
-            .args(["--seconds", "4", "--out"])
-            .arg(outputs[0]);
+        let mut command = deployment.viewer(id, state);
+        command.args(["--seconds", "4", "--out"]).arg(outputs[0]);
         if let Some(audio) = outputs.get(1) {
             command.arg("--audio-out").arg(audio);
         }
-        command
-            .arg("--state-dir")
-            .arg(dir.path().join(state))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start viewer")
+        command.spawn().expect("start viewer")
     };
     let mp4_viewer = viewer("viewer-mp4", vec![&mp4]);
     let raw_viewer = viewer("viewer-raw", vec![&h265, &aac]);
@@ -1269,7 +1246,7 @@ async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
     .expect("join");
     drop(camera);
     server.abort();
-    network.shutdown().await;
+    deployment.network.shutdown().await;
     for output in &outputs {
         assert!(
             output.status.success(),
