@@ -728,14 +728,16 @@ async fn rtsp_source_switches_between_main_and_sub_at_keyframes() {
     );
 }
 
-/// A camera that refuses the login is reported as such, every attempt counted, instead
-/// of a source that silently reconnects for ever.
-#[tokio::test]
-async fn a_refused_login_is_reported_with_its_reason() {
+/// An RTSP server on loopback whose DESCRIBE never succeeds (the clip is never sent):
+/// its address, its log and its task.
+async fn refusing_server() -> (
+    SocketAddr,
+    Arc<Mutex<ServerLog>>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     let log = Arc::new(Mutex::new(ServerLog::default()));
-    // DESCRIBE never succeeds, so the clip is never sent.
     let clip = Arc::new(Clip {
         units: Vec::new(),
         sps: Vec::new(),
@@ -748,6 +750,14 @@ async fn a_refused_login_is_reported_with_its_reason() {
         |_| SessionPlan::once(true, true),
         log.clone(),
     ));
+    (addr, log, server)
+}
+
+/// A camera that refuses the login is reported as such, every attempt counted, instead
+/// of a source that silently reconnects for ever.
+#[tokio::test]
+async fn a_refused_login_is_reported_with_its_reason() {
+    let (addr, log, server) = refusing_server().await;
     let mut config =
         RtspConfig::from_url(&format!("rtsp://{USER}:wrong@{addr}/clip")).expect("config");
     config.min_backoff = Duration::from_millis(50);
@@ -780,21 +790,7 @@ async fn a_refused_login_is_reported_with_its_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_whose_rtsp_login_fails_tells_its_viewers_why() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let rtsp: SocketAddr = listener.local_addr().expect("addr");
-    let log = Arc::new(Mutex::new(ServerLog::default()));
-    let clip = Arc::new(Clip {
-        units: Vec::new(),
-        sps: Vec::new(),
-        pps: Vec::new(),
-    });
-    let clips = Arc::new(HashMap::from([("clip".to_owned(), clip)]));
-    let server = tokio::spawn(serve_concurrently(
-        listener,
-        clips,
-        |_| SessionPlan::once(true, true),
-        log.clone(),
-    ));
+    let (rtsp, log, server) = refusing_server().await;
     let deployment = Deployment::start(dir.path()).await;
     let id = "1C:C3:16:AB:CD:E7";
     let camera = deployment.camera(id, &format!("rtsp://{USER}:wrong@{rtsp}/clip"));
