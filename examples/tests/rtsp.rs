@@ -914,10 +914,51 @@ struct AvClip {
     vps: Vec<u8>,
     sps: Vec<u8>,
     pps: Vec<u8>,
-    /// The AAC AudioSpecificConfig and raw access units (1024 samples each).
+    /// The AAC AudioSpecificConfig and raw access units (1024 samples each), or with
+    /// `Codec::G711A` no config and 20 ms of A-law samples per unit.
     asc: Vec<u8>,
     audio: Vec<Vec<u8>>,
+    audio_codec: Codec,
 }
+
+impl AvClip {
+    /// The same video with 20 ms A-law packets (a deterministic byte pattern) instead.
+    fn with_g711(mut self) -> Self {
+        self.asc.clear();
+        self.audio = (0..100u32)
+            .map(|p| {
+                (0..G711_FRAME)
+                    .map(|i| ((p * 7 + i * 13) % 251) as u8)
+                    .collect()
+            })
+            .collect();
+        self.audio_codec = Codec::G711A;
+        self
+    }
+
+    /// Samples in one audio unit (its RTP timestamp step).
+    fn audio_samples(&self) -> u32 {
+        match self.audio_codec {
+            Codec::Aac => 1024,
+            _ => G711_FRAME,
+        }
+    }
+
+    fn audio_rate(&self) -> u32 {
+        match self.audio_codec {
+            Codec::Aac => AAC_RATE,
+            _ => 8_000,
+        }
+    }
+
+    /// Capture time of audio unit `a`.
+    fn audio_us(&self, a: usize) -> u64 {
+        a as u64 * u64::from(self.audio_samples()) * 1_000_000 / u64::from(self.audio_rate())
+    }
+}
+
+/// A-law samples per 20 ms packet.
+const G711_FRAME: u32 = 160;
 
 /// Video frame rate and AAC sample rate of [`AvClip`]s.
 const AV_FPS: u32 = 25;
@@ -946,6 +987,7 @@ fn make_av_clip(dir: &Path) -> AvClip {
         video,
         asc,
         audio,
+        audio_codec: Codec::Aac,
     }
 }
 
@@ -969,19 +1011,23 @@ async fn serve_hevc_aac(listener: TcpListener, clip: Arc<AvClip>, loops: usize, 
             "OPTIONS" => response
                 .push_str("Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER\r\n"),
             "DESCRIBE" => {
+                let audio = match clip.audio_codec {
+                    Codec::Aac => format!(
+                        "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/{AAC_RATE}/1\r\n\
+                         a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;\
+                         indexlength=3;indexdeltalength=3;config={}\r\n",
+                        hex::encode(&clip.asc)
+                    ),
+                    _ => "m=audio 0 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n".to_owned(),
+                };
                 body = format!(
-                    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=sightwire h265 aac\r\nt=0 0\r\n\
+                    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=sightwire h265 audio\r\nt=0 0\r\n\
                      m=video 0 RTP/AVP 96\r\na=rtpmap:96 H265/{RTP_CLOCK_HZ}\r\n\
                      a=fmtp:96 sprop-vps={};sprop-sps={};sprop-pps={}\r\n\
-                     a=control:trackID=0\r\n\
-                     m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/{AAC_RATE}/1\r\n\
-                     a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;\
-                     indexlength=3;indexdeltalength=3;config={}\r\n\
-                     a=control:trackID=1\r\n",
+                     a=control:trackID=0\r\n{audio}a=control:trackID=1\r\n",
                     BASE64.encode(&clip.vps),
                     BASE64.encode(&clip.sps),
                     BASE64.encode(&clip.pps),
-                    hex::encode(&clip.asc),
                 );
                 response.push_str(&format!(
                     "Content-Base: {base}\r\nContent-Type: application/sdp\r\n"
@@ -1019,7 +1065,7 @@ async fn serve_hevc_aac(listener: TcpListener, clip: Arc<AvClip>, loops: usize, 
     let start = tokio::time::Instant::now();
     while v < videos || a < audios {
         let video_us = v as u64 * 1_000_000 / u64::from(AV_FPS);
-        let audio_us = a as u64 * 1024 * 1_000_000 / u64::from(AAC_RATE);
+        let audio_us = clip.audio_us(a);
         if paced {
             tokio::time::sleep_until(start + Duration::from_micros(video_us.min(audio_us))).await;
             if stream.write_all(&out).await.is_err() {
@@ -1039,13 +1085,28 @@ async fn serve_hevc_aac(listener: TcpListener, clip: Arc<AvClip>, loops: usize, 
             }
             v += 1;
         } else {
-            let timestamp = FIRST_RTPTIME.wrapping_add(a as u32 * 1024);
+            let timestamp = FIRST_RTPTIME.wrapping_add(a as u32 * clip.audio_samples());
             let unit = &clip.audio[a % clip.audio.len()];
-            // RFC 3640 AAC-hbr: 16 bits of AU headers, one header of size (13) and index (3).
-            let mut payload = vec![0x00, 0x10];
-            payload.extend_from_slice(&((unit.len() as u16) << 3).to_be_bytes());
-            payload.extend_from_slice(unit);
-            rtp_packet(&mut out, 2, 97, true, audio_seq, timestamp, &payload);
+            let (payload_type, payload) = match clip.audio_codec {
+                Codec::Aac => {
+                    // RFC 3640 AAC-hbr: 16 bits of AU headers, one header of size (13) and
+                    // index (3).
+                    let mut payload = vec![0x00, 0x10];
+                    payload.extend_from_slice(&((unit.len() as u16) << 3).to_be_bytes());
+                    payload.extend_from_slice(unit);
+                    (97, payload)
+                }
+                _ => (8, unit.clone()),
+            };
+            rtp_packet(
+                &mut out,
+                2,
+                payload_type,
+                true,
+                audio_seq,
+                timestamp,
+                &payload,
+            );
             audio_seq = audio_seq.wrapping_add(1);
             a += 1;
         }
@@ -1313,6 +1374,53 @@ async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
         assert!(
             *unit == clip.audio[(first + i) % clip.audio.len()],
             "AAC frame {i} differs from the clip's"
+        );
+    }
+}
+
+/// G.711 A-law from an RTSP camera (with H.265 video): every 20 ms packet arrives as one
+/// `Codec::G711A` audio frame, byte for byte, with its capture time and no config frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_source_takes_g711_audio_byte_for_byte() {
+    if !clips::tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = Arc::new(make_av_clip(dir.path()).with_g711());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(serve_hevc_aac(listener, clip.clone(), 1, false));
+    let mut config = RtspConfig::from_url(&format!("rtsp://{addr}/av")).expect("config");
+    config.stall_timeout = Duration::from_secs(2);
+    let (mut frames, _status) = spawn_with_status(config);
+    let mut audio = Vec::new();
+    let mut video = 0;
+    let collect = async {
+        while video < clip.video.len() || audio.len() < clip.audio.len() {
+            let Some(frame) = frames.recv().await else {
+                break;
+            };
+            if frame.stream == StreamId::AUDIO {
+                audio.push(frame);
+            } else {
+                video += 1;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), collect)
+        .await
+        .unwrap_or_else(|_| panic!("{} audio frames in 20 s", audio.len()));
+    drop(frames);
+    server.abort();
+    assert_eq!(audio.len(), clip.audio.len(), "every A-law packet");
+    for (i, (frame, unit)) in audio.iter().zip(&clip.audio).enumerate() {
+        assert_eq!(frame.codec, Codec::G711A, "audio frame {i}");
+        assert!(!frame.codec_config, "G.711 has no config frame");
+        assert!(frame.data[..] == unit[..], "A-law packet {i} differs");
+        assert_eq!(
+            frame.capture_time_us,
+            clip.audio_us(i),
+            "capture time of packet {i}"
         );
     }
 }
