@@ -458,18 +458,12 @@ async fn stream_session(
         let mut keyframe = video_frame.is_random_access_point();
         let mut data = Bytes::from(video_frame.into_data());
         if video_codec == Codec::H265 {
-            // Any IRAP picture (BLA, IDR, CRA: NAL types 16-21) is a decoder entry point;
-            // retina flags only some of them.
-            keyframe |= crate::mp4::nal_units(&data).any(|nal| {
-                nal.first()
-                    .is_some_and(|h| (16..=21).contains(&((h >> 1) & 0x3F)))
-            });
-            data = hevc_sets.complete(data, keyframe);
+            (data, keyframe) = hevc_sets.complete(data, keyframe);
         }
         // With FrameFormat::SIMPLE the parameter sets, when known, lead a keyframe: an
         // SPS (H.264) or a VPS (H.265) right after the first start code.
         let codec_config = data.get(4).is_some_and(|&header| match video_codec {
-            Codec::H265 => (header >> 1) & 0x3F == 32,
+            Codec::H265 => crate::hevc::nal_unit_type(&[header]) == crate::hevc::nal_type::VPS,
             _ => header & 0x1F == 7,
         });
         let frame = Frame {
@@ -501,26 +495,35 @@ struct HevcParameterSets {
 }
 
 impl HevcParameterSets {
-    /// `access_unit` (Annex B), with the known parameter sets in front if it is a
-    /// keyframe that lacks them; remembers the ones it carries.
-    fn complete(&mut self, access_unit: Bytes, keyframe: bool) -> Bytes {
-        let mut has_vps = false;
+    /// `access_unit` (Annex B) and whether it is a keyframe (`keyframe` from retina, or
+    /// any IRAP picture: retina flags only some), with the known parameter sets in front
+    /// if it is a keyframe that lacks them; remembers the ones it carries. One pass over
+    /// the NAL units.
+    fn complete(&mut self, access_unit: Bytes, keyframe: bool) -> (Bytes, bool) {
+        use crate::hevc::{nal_type, nal_unit_type};
+        let (mut has_vps, mut irap) = (false, false);
         for nal in crate::mp4::nal_units(&access_unit) {
-            let slot = match nal.first().map(|h| (h >> 1) & 0x3F) {
-                Some(32) => {
+            let kind = nal_unit_type(nal);
+            irap |= (nal_type::IRAP_FIRST..=nal_type::IRAP_LAST).contains(&kind);
+            let slot = match kind {
+                nal_type::VPS => {
                     has_vps = true;
                     &mut self.vps
                 }
-                Some(33) => &mut self.sps,
-                Some(34) => &mut self.pps,
+                nal_type::SPS => &mut self.sps,
+                nal_type::PPS => &mut self.pps,
                 _ => continue,
             };
-            *slot = Some(access_unit.slice_ref(nal));
+            // A copy: a slice would keep the whole keyframe alive until the next one.
+            if slot.as_deref() != Some(nal) {
+                *slot = Some(Bytes::copy_from_slice(nal));
+            }
         }
+        let keyframe = keyframe || irap;
         let (true, false, Some(vps), Some(sps), Some(pps)) =
             (keyframe, has_vps, &self.vps, &self.sps, &self.pps)
         else {
-            return access_unit;
+            return (access_unit, keyframe);
         };
         let mut out =
             Vec::with_capacity(access_unit.len() + vps.len() + sps.len() + pps.len() + 12);
@@ -529,7 +532,7 @@ impl HevcParameterSets {
             out.extend_from_slice(set);
         }
         out.extend_from_slice(&access_unit);
-        Bytes::from(out)
+        (Bytes::from(out), keyframe)
     }
 }
 

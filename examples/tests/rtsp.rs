@@ -1123,6 +1123,20 @@ async fn serve_hevc_aac(listener: TcpListener, clip: Arc<AvClip>, loops: usize, 
     }
 }
 
+/// [`serve_hevc_aac`] on a loopback port: its address and task.
+async fn serve_av(
+    clip: Arc<AvClip>,
+    loops: usize,
+    paced: bool,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (
+        addr,
+        tokio::spawn(serve_hevc_aac(listener, clip, loops, paced)),
+    )
+}
+
 /// RTP payloads of one H.265 NAL unit (RFC 7798): the unit itself, or fragmentation units.
 fn hevc_payloads(nal: &[u8]) -> Vec<Vec<u8>> {
     if nal.len() <= MAX_RTP_PAYLOAD {
@@ -1179,9 +1193,7 @@ async fn rtsp_source_takes_h265_video_and_aac_audio_byte_for_byte() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = Arc::new(make_av_clip(dir.path()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(serve_hevc_aac(listener, clip.clone(), 1, false));
+    let (addr, server) = serve_av(clip.clone(), 1, false).await;
     let mut config = RtspConfig::from_url(&format!("rtsp://{addr}/av")).expect("config");
     config.stall_timeout = Duration::from_secs(2);
     let (mut frames, _status) = spawn_with_status(config);
@@ -1271,10 +1283,8 @@ async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = Arc::new(make_av_clip(dir.path()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let rtsp: SocketAddr = listener.local_addr().expect("addr");
     // 4 loops of 2 s, in real time: the viewer joins while it plays.
-    let server = tokio::spawn(serve_hevc_aac(listener, clip.clone(), 4, true));
+    let (rtsp, server) = serve_av(clip.clone(), 4, true).await;
     let deployment = Deployment::start(dir.path()).await;
     let id = "1C:C3:16:AB:CD:E8";
     let camera = deployment.camera(id, &format!("rtsp://{rtsp}/av"));
@@ -1387,9 +1397,7 @@ async fn rtsp_source_takes_g711_audio_byte_for_byte() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let clip = Arc::new(make_av_clip(dir.path()).with_g711());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(serve_hevc_aac(listener, clip.clone(), 1, false));
+    let (addr, server) = serve_av(clip.clone(), 1, false).await;
     let mut config = RtspConfig::from_url(&format!("rtsp://{addr}/av")).expect("config");
     config.stall_timeout = Duration::from_secs(2);
     let (mut frames, _status) = spawn_with_status(config);

@@ -473,25 +473,34 @@ impl Endpoint {
         }
     }
 
-    /// Viewer: keeps the one of the connection's two early handshakes that goes to
-    /// `destination` (or was just established) and forgets the other. Returns whether
-    /// `destination`'s handshake was kept.
-    pub(crate) fn keep_handshake(&mut self, id: PeerId, destination: SocketAddr) -> bool {
+    /// Viewer: settles the connection's raced early handshakes (session, destination):
+    /// the spare is kept instead of the primary if `keep` picks it, and forgotten
+    /// otherwise. Returns whether the handshake left is one `keep` picks. Used when a
+    /// path is selected (keep the one towards it), when one is established (keep that
+    /// one) and when one fails (keep the other).
+    pub(crate) fn keep_handshake(
+        &mut self,
+        id: PeerId,
+        keep: impl Fn(SessionId, SocketAddr) -> bool,
+    ) -> bool {
         let Some(conn) = self.conns.get_mut(&id) else {
             return false;
         };
-        let Some((spare, spare_to)) = conn.spare_session.take() else {
-            return conn.handshake_to == Some(destination);
+        let primary = conn.session.zip(conn.handshake_to);
+        let dropped = match conn.spare_session.take() {
+            Some((spare, to)) if keep(spare, to) => {
+                conn.session = Some(spare);
+                conn.handshake_to = Some(to);
+                primary.map(|(session, _)| session)
+            }
+            spare => spare.map(|(session, _)| session),
         };
-        let dropped = if spare_to == destination {
-            let primary = conn.session.replace(spare);
-            conn.handshake_to = Some(spare_to);
-            primary
-        } else {
-            Some(spare)
-        };
-        let kept = conn.handshake_to == Some(destination);
+        let kept = conn
+            .session
+            .zip(conn.handshake_to)
+            .is_some_and(|(session, to)| keep(session, to));
         if let Some(dropped) = dropped {
+            // Forgotten first, so the session's end does not end the connection.
             self.by_session.remove(&dropped);
             self.sessions.close(dropped);
         }
@@ -935,7 +944,7 @@ impl Endpoint {
                 let rtt = info.rtt;
                 let emit_change = !confirmed && (changed || conn.auth == AuthState::Accepted);
                 if unfinished {
-                    if self.keep_handshake(id, destination) {
+                    if self.keep_handshake(id, |_, to| to == destination) {
                         if let Some(conn) = self.conns.get_mut(&id) {
                             conn.timers
                                 .set(ConnTimer::Handshake, now + rtt + HANDSHAKE_SLACK);

@@ -1075,23 +1075,8 @@ impl Endpoint {
                     }
                 } else if let Some(id) = self.by_session.remove(&session) {
                     // A raced early handshake that failed leaves the other one running.
-                    match self.conns.get_mut(&id) {
-                        Some(conn) if conn.spare_session.is_some_and(|(s, _)| s == session) => {
-                            conn.spare_session = None;
-                        }
-                        Some(conn) if conn.session == Some(session) => {
-                            if let Some((spare, to)) = conn.spare_session.take() {
-                                conn.session = Some(spare);
-                                conn.handshake_to = Some(to);
-                            } else {
-                                self.connection_failed(
-                                    now,
-                                    id,
-                                    connection::Failure::Handshake(reason),
-                                );
-                            }
-                        }
-                        _ => {}
+                    if !self.keep_handshake(id, |other, _| other != session) {
+                        self.connection_failed(now, id, connection::Failure::Handshake(reason));
                     }
                 }
             }
@@ -1127,10 +1112,8 @@ impl Endpoint {
             self.sessions.close(session);
             return;
         };
-        if let Some(to) = self.sessions.remote_addr(session) {
-            // Of two raced early handshakes, the one established first is kept.
-            self.keep_handshake(id, to);
-        }
+        // Of two raced early handshakes, the one established first is kept.
+        self.keep_handshake(id, |kept, _| kept == session);
         self.by_session.insert(session, id);
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.session = Some(session);
