@@ -104,7 +104,7 @@ pub use pacer::{
 pub use receiver::KEYFRAME_DEADLINE_FACTOR;
 pub use sender::{RETRANSMIT_CREDIT_PER_BYTE, SendError};
 pub use stats::{LOSS_DECREASE_INTERVAL, Stats};
-pub use stream::{Codec, MAX_STREAMS, StreamId};
+pub use stream::{Codec, MAX_STREAMS, StreamId, StreamSet};
 pub use wire::DecodeError;
 
 /// Fuzzing entry points; not part of the stable API.

@@ -39,6 +39,93 @@ impl StreamId {
     }
 }
 
+/// A set of frame streams, e.g. the streams a viewer is subscribed to: one bit per
+/// [`StreamId`], so it is `Copy` and costs nothing to test per frame.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct StreamSet(u16);
+
+// One bit per stream id.
+const _: () = assert!(MAX_STREAMS <= u16::BITS as usize);
+
+impl StreamSet {
+    /// No stream.
+    pub const EMPTY: StreamSet = StreamSet(0);
+    /// Every stream id.
+    pub const ALL: StreamSet = StreamSet(u16::MAX);
+
+    /// The set of `streams`.
+    pub const fn of(streams: &[StreamId]) -> StreamSet {
+        let mut set = StreamSet::EMPTY;
+        let mut i = 0;
+        while i < streams.len() {
+            set = set.with(streams[i]);
+            i += 1;
+        }
+        set
+    }
+
+    /// This set and `stream`.
+    #[must_use]
+    pub const fn with(self, stream: StreamId) -> StreamSet {
+        StreamSet(self.0 | 1 << stream.0)
+    }
+
+    /// This set without `stream`.
+    #[must_use]
+    pub const fn without(self, stream: StreamId) -> StreamSet {
+        StreamSet(self.0 & !(1 << stream.0))
+    }
+
+    /// Whether `stream` is in the set.
+    pub const fn contains(self, stream: StreamId) -> bool {
+        self.0 & (1 << stream.0) != 0
+    }
+
+    /// The streams in this set or in `other`.
+    #[must_use]
+    pub const fn union(self, other: StreamSet) -> StreamSet {
+        StreamSet(self.0 | other.0)
+    }
+
+    /// The streams in both this set and `other`.
+    #[must_use]
+    pub const fn intersection(self, other: StreamSet) -> StreamSet {
+        StreamSet(self.0 & other.0)
+    }
+
+    /// The streams of this set that are not in `other`.
+    #[must_use]
+    pub const fn difference(self, other: StreamSet) -> StreamSet {
+        StreamSet(self.0 & !other.0)
+    }
+
+    /// Whether the set has no stream.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The streams in the set, lowest id first.
+    pub fn iter(self) -> impl Iterator<Item = StreamId> {
+        (0..MAX_STREAMS as u8)
+            .map(StreamId)
+            .filter(move |stream| self.contains(*stream))
+    }
+}
+
+impl FromIterator<StreamId> for StreamSet {
+    fn from_iter<I: IntoIterator<Item = StreamId>>(streams: I) -> Self {
+        streams.into_iter().fold(StreamSet::EMPTY, StreamSet::with)
+    }
+}
+
+impl std::fmt::Debug for StreamSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries(self.iter().map(StreamId::get))
+            .finish()
+    }
+}
+
 /// The codec of a frame's payload. The wire value is the `u8` in `spec/media.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -124,5 +211,25 @@ mod tests {
         assert_eq!(Codec::from_u8(0), None);
         assert!(Codec::H265.has_interframe_dependency());
         assert!(!Codec::Mjpeg.has_interframe_dependency());
+    }
+
+    #[test]
+    fn stream_sets_hold_every_id_and_nothing_else() {
+        let last = StreamId::new(15).expect("id 15");
+        let set = StreamSet::of(&[StreamId::VIDEO, last]);
+        assert!(set.contains(StreamId::VIDEO) && set.contains(last));
+        assert!(!set.contains(StreamId::AUDIO));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [StreamId::VIDEO, last]);
+        assert_eq!(set.without(last), StreamSet::of(&[StreamId::VIDEO]));
+        assert_eq!(set.difference(StreamSet::of(&[last])), set.without(last));
+        assert_eq!(StreamSet::ALL.iter().count(), MAX_STREAMS);
+        assert!(StreamSet::EMPTY.is_empty() && StreamSet::EMPTY.iter().next().is_none());
+        assert_eq!(set.iter().collect::<StreamSet>(), set);
+        assert_eq!(set.without(last).union(StreamSet::of(&[last])), set);
+        assert_eq!(
+            set.intersection(StreamSet::of(&[last])),
+            StreamSet::of(&[last])
+        );
+        assert_eq!(format!("{set:?}"), "{0, 15}");
     }
 }

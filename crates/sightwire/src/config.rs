@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
-use sightwire_media::Config as MediaConfig;
+use sightwire_media::{Config as MediaConfig, StreamSet};
 use sightwire_session::{PublicKey, StaticKeypair};
 use sightwire_signal::cert::{IdCertificate, TrustedIssuers};
 use sightwire_signal::server_addr::ServerAddr;
@@ -85,6 +85,9 @@ pub struct DeviceConfig {
     /// Limits of the GOP cache a viewer joining mid-GOP is served from
     /// (`spec/endpoint.md` §4.1).
     pub gop_cache: GopCacheConfig,
+    /// The streams a new viewer gets until [`crate::Device::subscribe`] chooses others
+    /// (`spec/endpoint.md` §4.2); default: all of them.
+    pub default_streams: StreamSet,
 }
 
 impl DeviceConfig {
@@ -102,6 +105,7 @@ impl DeviceConfig {
             path_policy: PathPolicy::Any,
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
             gop_cache: GopCacheConfig::default(),
+            default_streams: StreamSet::ALL,
         }
     }
 }

@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use sightwire_media::Frame;
+use sightwire_media::{Frame, StreamSet};
 use sightwire_session::PublicKey;
 use sightwire_signal::server_addr::HostPort;
 use sightwire_stream::tls::{ClientEvent, StreamClient};
@@ -67,6 +67,8 @@ pub(crate) enum Command {
     SendControl(Recipients, Bytes),
     /// Trust (or stop trusting) a viewer key (device only).
     SetTrusted(PublicKey, bool),
+    /// Subscribe a viewer to these streams (device only).
+    Subscribe(PeerId, StreamSet),
     /// Start watching a camera; its events go to `events`.
     Watch {
         request: WatchRequest,
@@ -252,6 +254,7 @@ impl Driver {
                 self.endpoint.send_control(now, to, message).map(drop)
             }
             Command::SetTrusted(key, trusted) => self.endpoint.set_trusted(key, trusted),
+            Command::Subscribe(peer, streams) => self.endpoint.set_subscription(now, peer, streams),
             Command::Watch {
                 request,
                 events,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::SeedableRng;
-use sightwire_media::Frame;
+use sightwire_media::{Frame, StreamSet};
 use sightwire_session::PublicKey;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -155,6 +155,7 @@ impl Device {
             path_policy,
             socket_buffer_bytes,
             gop_cache,
+            default_streams,
         } = config;
         let settings = DeviceSettings {
             certificate: identity.certificate,
@@ -162,6 +163,7 @@ impl Device {
             trusted_viewers,
             max_viewers,
             gop_cache,
+            default_streams,
         };
         let task = Task::bind(
             bind,
@@ -193,6 +195,14 @@ impl Device {
         self.task
             .command(Command::SendFrame(Recipients::All, frame))
             .await
+    }
+
+    /// Subscribes viewer `peer` to `streams` instead of the streams it had (a new viewer
+    /// has [`DeviceConfig::default_streams`]): frames of other streams no longer go to
+    /// it, and on each stream added it gets the cached keyframe and the frames after it
+    /// at once (`spec/endpoint.md` §4.2).
+    pub async fn subscribe(&self, peer: PeerId, streams: StreamSet) -> bool {
+        self.task.command(Command::Subscribe(peer, streams)).await
     }
 
     /// Sends a control message to one viewer, or to all.

@@ -70,7 +70,7 @@ pub use events::{
 };
 pub use sightwire_media::{
     Codec, DEFAULT_MAX_FRAME_SIZE, Frame, PacketizeError, ReceivedFrame, SendError,
-    Stats as MediaStats, StreamId,
+    Stats as MediaStats, StreamId, StreamSet,
 };
 pub use sightwire_punch::PathKind;
 pub use sightwire_signal::server_addr::{HostPort, ServerAddr, ServerAddrError};

@@ -8,7 +8,7 @@ mod sim;
 use std::time::Duration;
 
 use sightwire::proto::{MAX_QUEUED_EVENTS, MAX_WATCHES, WatchRequest};
-use sightwire::{ConnectError, Credentials, Event, PathKind, Target};
+use sightwire::{ConnectError, Credentials, Event, PathKind, PeerId, StreamId, StreamSet, Target};
 use sim::{FPS, GOP, Placement, Site, World};
 
 /// How long each connected pair streams before its frames are counted.
@@ -1180,4 +1180,212 @@ fn a_reconnect_resumes_the_stream_without_frames_twice() {
     assert_eq!(camera.catch_ups, 2, "the first connect and the reconnect");
     assert!(skipped > 0);
     assert_decodable(&frames, &world.camera(0).sent_frames);
+}
+
+/// The sub stream of [`two_streams_each_viewer_gets_its_own_and_a_switch_starts_at_the_cached_keyframe`].
+const SUB: StreamId = match StreamId::new(3) {
+    Some(id) => id,
+    None => panic!("stream id 3"),
+};
+
+/// What one viewer got of a camera's two streams: (stream, frame number) in order.
+fn streams_received(world: &World, viewer: usize) -> Vec<(StreamId, u64)> {
+    let mut frames = Vec::new();
+    for event in &world.viewer(viewer).events {
+        let Event::Frame { frame, .. } = &event.event else {
+            continue;
+        };
+        let number = frame_number(&frame.frame);
+        let expected = if frame.frame.stream == SUB {
+            sim::sub_frame_bytes(number, frame.frame.keyframe)
+        } else {
+            assert_eq!(frame.frame.stream, StreamId::VIDEO);
+            let sent = world.camera(0).sent_frames[number as usize];
+            let mut data = vec![
+                0;
+                if sent.0 {
+                    sim::KEYFRAME_BYTES
+                } else {
+                    sim::DELTA_BYTES
+                }
+            ];
+            data[..8].copy_from_slice(&number.to_be_bytes());
+            data
+        };
+        assert_eq!(
+            frame.frame.data[..],
+            expected[..],
+            "frame {number} of stream {} is not the one sent",
+            frame.frame.stream.get()
+        );
+        assert!(
+            !frame.after_loss,
+            "frame {number} of stream {} after a loss",
+            frame.frame.stream.get()
+        );
+        frames.push((frame.frame.stream, number));
+    }
+    frames
+}
+
+/// Subscribes viewer `peer` of camera 0 to `stream` alone now; returns the camera's
+/// frames sent so far (the first frame number after the switch).
+fn switch_to(world: &mut World, peer: PeerId, stream: StreamId) -> u64 {
+    let now = world.now();
+    let camera = world.camera_mut(0);
+    camera
+        .endpoint
+        .set_subscription(now, peer, StreamSet::of(&[stream]))
+        .expect("a viewer of this device");
+    assert_eq!(
+        camera.endpoint.subscription(peer),
+        Some(StreamSet::of(&[stream]))
+    );
+    camera.frames_sent
+}
+
+/// A viewer that starts on the main stream and switches to the sub stream after
+/// `switched_at` frames: main frames from its first keyframe on, each once and in order,
+/// none from after the switch (with `caught_up`, every one up to it: a viewer still
+/// catching up from the cache at the switch stops there), then sub's keyframe cached
+/// before the switch and every sub frame from it on to live, none twice, none missing.
+fn assert_switched(
+    frames: &[(StreamId, u64)],
+    switched_at: u64,
+    caught_up: bool,
+    sub_gop: u64,
+    live: u64,
+) {
+    let main: Vec<u64> = frames
+        .iter()
+        .filter(|(s, _)| *s == StreamId::VIDEO)
+        .map(|(_, n)| *n)
+        .collect();
+    let sub: Vec<u64> = frames
+        .iter()
+        .filter(|(s, _)| *s == SUB)
+        .map(|(_, n)| *n)
+        .collect();
+    let (first_main, last_main) = (main[0], main[main.len() - 1]);
+    assert_eq!(main, (first_main..=last_main).collect::<Vec<_>>());
+    assert!(
+        last_main < switched_at,
+        "main frame {last_main} after the switch"
+    );
+    if caught_up {
+        assert_eq!(last_main, switched_at - 1);
+    }
+    let cached_key = (switched_at - 1) / sub_gop * sub_gop;
+    let last_sub = *sub.last().expect("sub frames after the switch");
+    assert_eq!(
+        sub,
+        (cached_key..=last_sub).collect::<Vec<_>>(),
+        "sub from its keyframe cached before the switch at {switched_at}"
+    );
+    assert!(last_sub + FPS / 5 >= live, "sub at {last_sub}, live {live}");
+}
+
+/// Issue 15: a camera sends a main and a sub stream (each its own GOP); one viewer is
+/// subscribed to main (the default), one switches to sub as soon as it is admitted, and
+/// later the first switches to sub mid-GOP. Each viewer gets exactly the frames of the
+/// streams it is subscribed to, byte for byte, none flagged after a loss; a switch hands
+/// the viewer the other stream's cached keyframe at once (a picture without waiting for
+/// the encoder) and no frame of the old stream after it.
+#[test]
+fn two_streams_each_viewer_gets_its_own_and_a_switch_starts_at_the_cached_keyframe() {
+    const SUB_GOP: u64 = 40;
+    let mut world = World::new(150, 0);
+    world.camera_default_streams = StreamSet::of(&[StreamId::VIDEO]);
+    let camera_place = world.place(Site::Home);
+    let camera = world.add_camera(camera_place);
+    world.camera_mut(camera).gop = LONG_GOP;
+    world.camera_mut(camera).sub_stream = Some((SUB, SUB_GOP));
+    let (main_place, sub_place) = (world.place(Site::Home), world.place(Site::Home));
+    let main_viewer = world.add_viewer(main_place);
+    let sub_viewer = world.add_viewer(sub_place);
+    world.run_for(Duration::from_secs(1));
+    let admit = |world: &mut World, viewer: usize| {
+        let known: Vec<PeerId> = world.camera(camera).endpoint.connections().collect();
+        let watch = world.watch(viewer, camera);
+        world
+            .run_until(CONNECT_LIMIT, |w| {
+                w.viewer(viewer).watch(watch).connected_at.is_some()
+            })
+            .expect("connected");
+        world
+            .camera(camera)
+            .endpoint
+            .connections()
+            .find(|peer| !known.contains(peer))
+            .expect("the camera's new viewer")
+    };
+    let main_peer = admit(&mut world, main_viewer);
+    let sub_peer = admit(&mut world, sub_viewer);
+    // The sub viewer's choice arrives as soon as it is admitted (the example viewer's
+    // SELECT); both have the default stream until then.
+    let sub_switched_at = switch_to(&mut world, sub_peer, SUB);
+    world
+        .run_until(Duration::from_secs(5), |w| {
+            w.camera(camera).frames_sent % SUB_GOP == SUB_GOP / 2
+        })
+        .expect("mid sub GOP");
+    // The main viewer switches half a sub GOP (0.8 s) after sub's last keyframe.
+    let main_switched_at = switch_to(&mut world, main_peer, SUB);
+    let switched = world.now();
+    let has_sub = |w: &World| {
+        streams_received(w, main_viewer)
+            .iter()
+            .any(|(s, _)| *s == SUB)
+    };
+    world
+        .run_until(Duration::from_secs(1), has_sub)
+        .expect("a sub frame");
+    let first_sub_after = world.now() - switched;
+    world.run_for(Duration::from_secs(2));
+    let live = world.camera(camera).frames_sent;
+    let main_frames = streams_received(&world, main_viewer);
+    let sub_frames = streams_received(&world, sub_viewer);
+    let camera_stats = world.camera(camera).endpoint.stats();
+    println!(
+        "\ntwo streams: the main viewer switched to sub {} frames into sub's GOP and had sub's \
+         cached keyframe {first_sub_after:?} later; main viewer {} frames, sub viewer {} \
+         frames; {} catch-ups ({} frames)",
+        main_switched_at % SUB_GOP,
+        main_frames.len(),
+        sub_frames.len(),
+        camera_stats.catch_ups,
+        camera_stats.catch_up_frames,
+    );
+    assert_switched(&sub_frames, sub_switched_at, false, SUB_GOP, live);
+    assert_switched(&main_frames, main_switched_at, true, SUB_GOP, live);
+    assert!(
+        sub_frames.iter().any(|(s, _)| *s == StreamId::VIDEO),
+        "the sub viewer had main's cached keyframe before its choice arrived"
+    );
+    assert_eq!(main_switched_at % SUB_GOP, SUB_GOP / 2);
+    // One round trip (84 ms) and the keyframe's transmission: no wait for the encoder.
+    assert!(
+        first_sub_after < Duration::from_millis(150),
+        "{first_sub_after:?}"
+    );
+    for viewer in [main_viewer, sub_viewer] {
+        let stats = world.viewer(viewer).endpoint.stats();
+        let lost = world
+            .viewer(viewer)
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match &e.event {
+                Event::Stats { stats, .. } => Some((
+                    stats.frames_dropped,
+                    stats.frames_late,
+                    stats.frames_skipped,
+                )),
+                _ => None,
+            });
+        assert_eq!(lost, Some((0, 0, 0)), "viewer {viewer}: {stats:?}");
+    }
+    // Two joins on main, and each switch served from sub's cache.
+    assert_eq!(camera_stats.catch_ups, 4);
+    assert_eq!(camera_stats.catch_ups_abandoned, 0);
 }

@@ -850,6 +850,11 @@ impl Endpoint {
                 MediaEvent::Control(message) => Event::Control { peer: id, message },
                 MediaEvent::KeyframeRequested { stream } => {
                     if let Role::Device(device) = &self.role {
+                        // The viewer left that stream (a request sent before it did):
+                        // a keyframe would be for nobody.
+                        if !conn.gop.streams().contains(stream) {
+                            continue;
+                        }
                         conn.gop.asked(stream, now);
                         // No keyframe is on its way to this viewer: serve it the cached
                         // GOP if it may have it (§4.1), and still pass the request on,

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use sightwire_media::StreamSet;
 use sightwire_session::PublicKey;
 use sightwire_session::auth::{
     AuthRequest, AuthResponse, MAX_AUTH_MESSAGE_LEN, PasswordKey, ViewerAuthorizer,
@@ -36,6 +37,10 @@ pub struct DeviceSettings {
     /// Limits of the GOP cache viewers joining mid-GOP are served from (§4.1 of
     /// `spec/endpoint.md`).
     pub gop_cache: GopCacheConfig,
+    /// The streams a new viewer is subscribed to until [`Endpoint::set_subscription`]
+    /// says otherwise (§4.2 of `spec/endpoint.md`); [`StreamSet::ALL`]: every frame the
+    /// device sends to all.
+    pub default_streams: StreamSet,
 }
 
 impl std::fmt::Debug for DeviceSettings {
@@ -46,6 +51,7 @@ impl std::fmt::Debug for DeviceSettings {
             .field("trusted_viewers", &self.trusted_viewers.len())
             .field("max_viewers", &self.max_viewers)
             .field("gop_cache", &self.gop_cache)
+            .field("default_streams", &self.default_streams)
             .finish()
     }
 }
@@ -62,6 +68,8 @@ pub(crate) struct DeviceRole {
     pub(crate) consents: Consents,
     /// The newest GOP of each video stream, for viewers joining mid-GOP.
     pub(crate) gop: GopCache,
+    /// A new viewer's subscription.
+    default_streams: StreamSet,
 }
 
 impl std::fmt::Debug for DeviceRole {
@@ -95,6 +103,7 @@ impl DeviceRole {
             throttle: LoginThrottle::new(),
             consents: Consents::default(),
             gop: GopCache::new(settings.gop_cache),
+            default_streams: settings.default_streams,
         }
     }
 }
@@ -169,7 +178,11 @@ impl Endpoint {
             );
             return;
         }
-        let (device_id, max_viewers) = (device.certificate.device_id(), device.max_viewers);
+        let (device_id, max_viewers, default_streams) = (
+            device.certificate.device_id(),
+            device.max_viewers,
+            device.default_streams,
+        );
         if self.conns.len() >= max_viewers {
             tracing::warn!(limit = max_viewers, "refusing a viewer: table full");
             self.send_signal(
@@ -183,7 +196,7 @@ impl Endpoint {
             );
             return;
         }
-        let Some(conn) = self.new_connection(
+        let Some(mut conn) = self.new_connection(
             now,
             id,
             None,
@@ -193,6 +206,7 @@ impl Endpoint {
         ) else {
             return;
         };
+        conn.gop.subscribe(default_streams);
         let mut start = offer.to_punch_start(None);
         start.remote = self.remote_candidates(&offer.candidates);
         tracing::info!(peer = id.0, "connect offer from a viewer");

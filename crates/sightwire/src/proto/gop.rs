@@ -16,7 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use sightwire_media::{Frame, KEYFRAME_DEADLINE_FACTOR, MAX_STREAMS, PacketizedFrame, StreamId};
+use sightwire_media::{
+    Frame, KEYFRAME_DEADLINE_FACTOR, MAX_STREAMS, PacketizedFrame, StreamId, StreamSet,
+};
 
 use crate::config::GopCacheConfig;
 
@@ -269,14 +271,33 @@ pub(crate) struct CatchUp {
     pub(crate) ask: bool,
 }
 
-/// One viewer's cursors, and when the application was last asked for a keyframe for it.
-#[derive(Debug, Default)]
+/// One viewer's subscription and cursors, and when the application was last asked for a
+/// keyframe for it.
+#[derive(Debug)]
 pub(crate) struct ViewerGop {
+    /// The streams the viewer is subscribed to (`spec/endpoint.md` §4.2); the device's
+    /// frames of other streams do not go to it.
+    streams: StreamSet,
+    /// Streams the viewer was subscribed to again and has had no frame of since: a frame
+    /// withheld from it there is not a gap (it left the stream; it lost nothing).
+    rejoined: StreamSet,
     cursors: [Cursor; MAX_STREAMS],
     asked_at: [Option<Instant>; MAX_STREAMS],
     /// Bit per stream: its media layer took a frame of the stream (the receiver then
     /// maps capture times to its clock by it, `spec/media.md` 5.3).
     touched: u16,
+}
+
+impl Default for ViewerGop {
+    fn default() -> Self {
+        Self {
+            streams: StreamSet::ALL,
+            rejoined: StreamSet::EMPTY,
+            cursors: Default::default(),
+            asked_at: Default::default(),
+            touched: 0,
+        }
+    }
 }
 
 /// A keyframe request for a viewer is repeated at most this often (the media layer's
@@ -301,6 +322,33 @@ impl ViewerGop {
 
     fn cursor_mut(&mut self, stream: StreamId) -> Option<&mut Cursor> {
         self.cursors.get_mut(usize::from(stream.get()))
+    }
+
+    /// The streams the viewer is subscribed to.
+    pub(crate) fn streams(&self) -> StreamSet {
+        self.streams
+    }
+
+    /// Subscribes the viewer to `streams` instead; returns the streams added. On a stream
+    /// it leaves it waits for a keyframe, remembering the GOP it followed: coming back
+    /// within that GOP it is not handed that GOP's frames a second time.
+    pub(crate) fn subscribe(&mut self, streams: StreamSet) -> StreamSet {
+        let added = streams.difference(self.streams);
+        for stream in self.streams.difference(streams).iter() {
+            if let Some(cursor) = self.cursor_mut(stream) {
+                let last_gop = match *cursor {
+                    Cursor::InChain { gop, .. } => Some(gop),
+                    Cursor::Waiting { last_gop, .. } => last_gop,
+                };
+                *cursor = Cursor::Waiting {
+                    last_gop,
+                    media_asks: false,
+                };
+            }
+        }
+        self.rejoined = self.rejoined.intersection(streams).union(added);
+        self.streams = streams;
+        added
     }
 
     /// Whether the viewer gets a frame of `stream` the cache just placed.
@@ -332,6 +380,9 @@ impl ViewerGop {
     /// should be told of (`spec/media.md` 4.7, SKIPPED). A viewer that never had any, or
     /// that catches up from the cache, has no gap.
     pub(crate) fn withheld_is_gap(&self, stream: StreamId, placement: Placement) -> bool {
+        if self.rejoined.contains(stream) {
+            return false;
+        }
         match self.cursor(stream) {
             Cursor::Waiting { last_gop, .. } => last_gop.is_some(),
             Cursor::InChain { .. } => placement == Placement::Orphan,
@@ -343,6 +394,7 @@ impl ViewerGop {
     pub(crate) fn on_sent(&mut self, stream: StreamId, placement: Placement, accepted: bool) {
         if accepted {
             self.touched |= 1 << stream.get();
+            self.rejoined = self.rejoined.without(stream);
         }
         let Some(cursor) = self.cursor_mut(stream) else {
             return;
@@ -384,8 +436,8 @@ impl ViewerGop {
         }
     }
 
-    /// Starts a catch-up from the cache on `stream` for a viewer that needs a keyframe
-    /// and has been given no frame of the cached GOP. A viewer that has had frames of
+    /// Starts a catch-up from the cache on `stream` for a viewer subscribed to it that
+    /// needs a keyframe and has been given no frame of the cached GOP. A viewer that has had frames of
     /// this stream before (its receiver maps capture times to its clock by them,
     /// `spec/media.md` 5.3) is served only while the cached keyframe is at most
     /// `latency_budget` old, or the receiver would give it up as late.
@@ -398,7 +450,7 @@ impl ViewerGop {
     ) -> Option<CatchUp> {
         let gop = cache.stream(stream)?;
         let key = gop.frames.first()?;
-        if !gop.intact {
+        if !gop.intact || !self.streams.contains(stream) {
             return None;
         }
         let fresh = self.touched & (1 << stream.get()) == 0;
@@ -494,6 +546,7 @@ impl ViewerGop {
         };
         if accepted {
             self.touched |= 1 << stream.get();
+            self.rejoined = self.rejoined.without(stream);
         }
         let Some(cursor) = self.cursor_mut(stream) else {
             return;

@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use sightwire_media::{Frame, MediaConnection, PacketizeError};
+use sightwire_media::{Frame, MediaConnection, PacketizeError, StreamSet};
 use sightwire_relay_wire::{DATA_HEADER_LEN, RelayPacket, write_data_header};
 use sightwire_session::{
     Config as SessionConfig, Event as SessionEvent, Input, PublicKey, SessionKind, SessionRng,
@@ -204,6 +204,9 @@ pub enum CommandError {
     /// The endpoint has shut down.
     #[error("the endpoint has shut down")]
     ShutDown,
+    /// No connection with that peer (never existed, or it ended).
+    #[error("no such peer")]
+    UnknownPeer,
 }
 
 /// Endpoint-wide counters: what was dropped or failed, so nothing is lost silently.
@@ -641,11 +644,16 @@ impl Endpoint {
             Role::Device(device) if placement != Placement::Untracked => Some(&device.gop),
             _ => None,
         };
+        // A device's frames for all go only to the viewers subscribed to their stream
+        // (§4.2 of spec/endpoint.md); the others' media layers never see them, so their
+        // sequence numbers, gaps and congestion control know nothing of them.
+        let by_subscription = matches!((&self.role, to), (Role::Device(_), Recipients::All));
         let mut queued = 0;
-        let conns = self
-            .conns
-            .values_mut()
-            .filter(|c| c.auth == AuthState::Accepted && only.is_none_or(|id| id == Some(c.id)));
+        let conns = self.conns.values_mut().filter(|c| {
+            c.auth == AuthState::Accepted
+                && only.is_none_or(|id| id == Some(c.id))
+                && (!by_subscription || c.gop.streams().contains(stream))
+        });
         for conn in conns {
             let route = cache.map_or(Route::Send, |cache| {
                 conn.gop.route(cache, stream, placement)
@@ -712,6 +720,45 @@ impl Endpoint {
         };
         self.emit(None, event);
         self.flush(now);
+    }
+
+    /// Device: subscribes viewer `peer` to `streams` instead of the streams it had
+    /// (`spec/endpoint.md` §4.2; a new viewer has [`DeviceSettings::default_streams`]).
+    /// From now on the device's frames for [`Recipients::All`] go to it only on those
+    /// streams. On each stream added it catches up from the GOP cache at once, from the
+    /// cached keyframe, as a joining viewer does (§4.1); where the cache cannot serve it,
+    /// the application is asked for a keyframe for it ([`Event::KeyframeRequested`]).
+    /// Frames of a stream it leaves that its media layer holds already still go out.
+    pub fn set_subscription(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        streams: StreamSet,
+    ) -> Result<(), CommandError> {
+        self.now = now;
+        if self.shut_down {
+            return Err(CommandError::ShutDown);
+        }
+        if !matches!(self.role, Role::Device(_)) {
+            return Err(CommandError::NotADevice);
+        }
+        let conn = self.conns.get_mut(&peer).ok_or(CommandError::UnknownPeer)?;
+        let added = conn.gop.subscribe(streams);
+        tracing::debug!(peer = peer.0, ?streams, ?added, "viewer subscription");
+        // A viewer not authorized yet starts on its subscription when it is (gop_join).
+        if conn.auth == AuthState::Accepted {
+            self.gop_start(now, peer, added, true);
+            self.flush(now);
+        }
+        Ok(())
+    }
+
+    /// Device: the streams viewer `peer` is subscribed to (`None`: no such connection).
+    pub fn subscription(&self, peer: PeerId) -> Option<StreamSet> {
+        match self.role {
+            Role::Device(_) => self.conns.get(&peer).map(|c| c.gop.streams()),
+            Role::Viewer(_) => None,
+        }
     }
 
     /// Sends a control message (PTZ, settings...) reliably and in order. Returns how many
@@ -1238,10 +1285,20 @@ impl Endpoint {
         self.scratch_ids = ids;
     }
 
-    /// A viewer was authorized: on every stream with a cached GOP it catches up from the
-    /// keyframe (§4.1). The application is asked for a keyframe where replaying the
-    /// GOP costs more than a fresh keyframe would.
+    /// A viewer was authorized: on every stream it is subscribed to with a cached GOP it
+    /// catches up from the keyframe (§4.1).
     fn gop_join(&mut self, now: Instant, id: PeerId) {
+        if let Some(conn) = self.conns.get(&id) {
+            let streams = conn.gop.streams();
+            self.gop_start(now, id, streams, false);
+        }
+    }
+
+    /// Viewer `id` catches up from the cache on each of `streams` the cache can serve it
+    /// (§4.1). The application is asked for a keyframe where replaying the GOP costs
+    /// more than a fresh keyframe would, and, with `ask_uncached`, on a stream the cache
+    /// cannot serve (the viewer would wait for the encoder's next one).
+    fn gop_start(&mut self, now: Instant, id: PeerId, streams: StreamSet, ask_uncached: bool) {
         let Role::Device(device) = &self.role else {
             return;
         };
@@ -1249,21 +1306,21 @@ impl Endpoint {
             return;
         };
         let budget = self.media_config.latency_budget;
-        for index in 0..sightwire_media::MAX_STREAMS as u8 {
-            let Some(stream) = sightwire_media::StreamId::new(index) else {
-                continue;
+        for stream in streams.iter() {
+            let ask = match conn.gop.start(&device.gop, stream, now, budget) {
+                Some(catch_up) => {
+                    self.stats.catch_ups += 1;
+                    tracing::debug!(
+                        peer = id.0,
+                        stream = stream.get(),
+                        frames = catch_up.frames,
+                        "viewer catches up from the GOP cache"
+                    );
+                    catch_up.ask
+                }
+                None => ask_uncached,
             };
-            let Some(catch_up) = conn.gop.start(&device.gop, stream, now, budget) else {
-                continue;
-            };
-            self.stats.catch_ups += 1;
-            tracing::debug!(
-                peer = id.0,
-                stream = index,
-                frames = catch_up.frames,
-                "viewer catches up from the GOP cache"
-            );
-            if catch_up.ask && conn.gop.should_ask(stream, now) {
+            if ask && conn.gop.should_ask(stream, now) {
                 let event = Event::KeyframeRequested { peer: id, stream };
                 push_event(&mut self.events, &mut self.stats, None, event);
             }

@@ -16,7 +16,7 @@ use sightwire::proto::{
 };
 use sightwire::{
     Codec, ConnectError, Credentials, Event, Frame, GopCacheConfig, PathKind, PeerId,
-    RendezvousServer, ResolveError, ServerAddr, StreamId, Target,
+    RendezvousServer, ResolveError, ServerAddr, StreamId, StreamSet, Target,
 };
 use sightwire_id::DeviceId;
 use sightwire_relay::{Action, Relay, RelayConfig};
@@ -46,6 +46,19 @@ pub const KEYFRAME_BYTES: usize = 12_000;
 pub const DELTA_BYTES: usize = 2_000;
 /// A keyframe every this many frames.
 pub const GOP: u64 = 25;
+
+/// The bytes of frame `seq` of a camera's sub stream ([`EndpointNode::sub_stream`]):
+/// its number, then a fill byte no main-stream frame has; half the main stream's sizes.
+pub fn sub_frame_bytes(seq: u64, keyframe: bool) -> Vec<u8> {
+    let len = if keyframe {
+        KEYFRAME_BYTES
+    } else {
+        DELTA_BYTES
+    } / 2;
+    let mut data = vec![0xAB; len];
+    data[..8].copy_from_slice(&seq.to_be_bytes());
+    data
+}
 
 fn unix_at(epoch: Instant, now: Instant) -> u64 {
     unix_time_at(epoch, now).as_secs()
@@ -370,6 +383,11 @@ pub struct EndpointNode {
     force_keyframe: bool,
     /// Camera: the frames sent, by number: (keyframe, capture time).
     pub sent_frames: Vec<(bool, u64)>,
+    /// Camera: a second video stream sent beside the first, frame for frame (a sub
+    /// stream): its id and GOP length.
+    pub sub_stream: Option<(StreamId, u64)>,
+    /// Camera: the sub stream's frames sent, by number: whether each was a keyframe.
+    pub sub_sent: Vec<bool>,
     pub frames_sent: u64,
     pub registrations: u64,
     /// Datagrams sent, per destination.
@@ -397,6 +415,8 @@ impl EndpointNode {
             honour_keyframe_requests: false,
             force_keyframe: false,
             sent_frames: Vec::new(),
+            sub_stream: None,
+            sub_sent: Vec::new(),
             frames_sent: 0,
             registrations: 0,
             sent_to: BTreeMap::new(),
@@ -510,6 +530,21 @@ impl EndpointNode {
         self.endpoint
             .send_frame(now, Recipients::All, frame)
             .expect("frame accepted");
+        if let Some((stream, gop)) = self.sub_stream {
+            let keyframe = seq.is_multiple_of(gop);
+            let frame = Frame {
+                stream,
+                codec: Codec::H264,
+                keyframe,
+                codec_config: keyframe,
+                capture_time_us: seq * 1_000_000 / FPS,
+                data: Bytes::from(sub_frame_bytes(seq, keyframe)),
+            };
+            self.sub_sent.push(keyframe);
+            self.endpoint
+                .send_frame(now, Recipients::All, frame)
+                .expect("sub frame accepted");
+        }
         self.frames_sent += 1;
     }
 }
@@ -641,6 +676,8 @@ pub struct World {
     pub camera_media: Option<sightwire_media::Config>,
     /// GOP cache limits of the cameras added from now on.
     pub camera_gop_cache: GopCacheConfig,
+    /// The streams a new viewer of the cameras added from now on is subscribed to.
+    pub camera_default_streams: StreamSet,
     /// How endpoints added from now on are told where the rendezvous is (default:
     /// [`RENDEZVOUS`]), and the resolver they get for it.
     pub rendezvous_address: ServerAddr,
@@ -708,6 +745,7 @@ impl World {
             identities: Vec::new(),
             camera_media: None,
             camera_gop_cache: GopCacheConfig::default(),
+            camera_default_streams: StreamSet::ALL,
             rendezvous_address: RENDEZVOUS.parse().unwrap(),
             dns: BTreeMap::new(),
             viewers: Vec::new(),
@@ -836,6 +874,7 @@ impl World {
             trusted_viewers: Vec::new(),
             max_viewers: 16,
             gop_cache: self.camera_gop_cache,
+            default_streams: self.camera_default_streams,
         };
         let mut endpoint = Endpoint::device(config, settings, now).unwrap();
         endpoint.set_unix_time(unix_time_at(self.net.epoch(), now));

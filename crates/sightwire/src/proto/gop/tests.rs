@@ -567,6 +567,9 @@ enum Op {
     Feed { viewer: usize, refuse: bool },
     /// A viewer's media layer asks for a keyframe.
     Request { viewer: usize, sub: bool },
+    /// A viewer is subscribed to the main stream (bit 0) and the sub stream (bit 1)
+    /// instead (`spec/endpoint.md` §4.2).
+    Subscribe { viewer: usize, streams: u8 },
     /// Time passes.
     Wait(u32),
 }
@@ -585,6 +588,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0usize..4, prop_oneof![9 => Just(false), 1 => Just(true)])
             .prop_map(|(viewer, refuse)| Op::Feed { viewer, refuse }),
         1 => (0usize..4, any::<bool>()).prop_map(|(viewer, sub)| Op::Request { viewer, sub }),
+        1 => (0usize..4, 0u8..4).prop_map(|(viewer, streams)| Op::Subscribe { viewer, streams }),
         2 => (1u32..400).prop_map(Op::Wait),
     ]
 }
@@ -657,6 +661,8 @@ proptest! {
         let mut taken: Vec<BTreeMap<u8, Vec<u64>>> = vec![BTreeMap::new(); 4];
         let mut pushed: Vec<Pushed> = Vec::new();
         let mut refused_any = false;
+        // A viewer that left a stream may wait for a keyframe when it comes back.
+        let mut resubscribed_any = false;
         for op in ops {
             match op {
                 Op::Push { sub, kind, size, refuse } => {
@@ -671,7 +677,12 @@ proptest! {
                     };
                     pushed.push(Pushed { stream: stream.get(), gop, kind });
                     for (index, viewer) in viewers.iter_mut().enumerate() {
-                        let Some(viewer) = viewer else { continue };
+                        // The endpoint hands a frame only to the viewers subscribed to
+                        // its stream.
+                        let Some(viewer) = viewer.as_mut().filter(|v| v.streams().contains(stream))
+                        else {
+                            continue;
+                        };
                         if viewer.route(&cache, stream, placement) == Route::Send {
                             let accepted = refuse & (1 << index) == 0;
                             refused_any |= !accepted;
@@ -696,6 +707,7 @@ proptest! {
                     if let Some((stream, frame)) =
                         viewer.next_feed(&cache, now, BUDGET, &mut abandoned)
                     {
+                        prop_assert!(viewer.streams().contains(stream), "fed a stream it left");
                         let seq = seq_of(frame);
                         viewer.fed(&cache, stream, now, !refuse);
                         refused_any |= refuse;
@@ -709,6 +721,23 @@ proptest! {
                     if let Some(viewer) = &mut viewers[index] {
                         viewer.asked(stream, now);
                         viewer.start(&cache, stream, now, BUDGET);
+                    }
+                }
+                Op::Subscribe { viewer: index, streams } => {
+                    let Some(viewer) = &mut viewers[index] else { continue };
+                    let set: StreamSet = [StreamId::VIDEO, SUB]
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(bit, _)| streams & (1 << bit) != 0)
+                        .map(|(_, stream)| stream)
+                        .collect();
+                    resubscribed_any |= set != viewer.streams();
+                    viewer.subscribe(set);
+                    prop_assert_eq!(viewer.streams(), set);
+                    for stream in [StreamId::VIDEO, SUB] {
+                        // A stream the viewer is not subscribed to starts no catch-up.
+                        let started = viewer.start(&cache, stream, now, BUDGET).is_some();
+                        prop_assert!(!started || set.contains(stream));
                     }
                 }
                 Op::Wait(ms) => now += MS * ms,
@@ -729,6 +758,7 @@ proptest! {
             while let Some((stream, frame)) =
                 viewer.next_feed(&cache, now, BUDGET, &mut abandoned)
             {
+                prop_assert!(viewer.streams().contains(stream), "fed a stream it left");
                 let seq = seq_of(frame);
                 viewer.fed(&cache, stream, now, true);
                 taken[index].entry(stream.get()).or_default().push(seq);
@@ -741,6 +771,7 @@ proptest! {
                 let gop = &cache.streams[usize::from(stream)];
                 let cursor = viewer.cursors[usize::from(stream)];
                 if !refused_any
+                    && !resubscribed_any
                     && gop.intact
                     && gop.keyed
                     && let Cursor::InChain { gop: number, next, .. } = cursor
