@@ -2,7 +2,7 @@
 //! codec names as people type them, and the one rule both sides apply to a catalog — the
 //! chosen stream must exist and its codecs must be ones the viewer takes.
 
-use sightwire::{Codec, Frame};
+use sightwire::{Codec, Frame, StreamId, StreamSet};
 use sightwire_media::control_messages::{
     CatalogStream, ControlMessage, MAX_STREAM_TRACKS, SourceState, StatusReason, Track,
 };
@@ -97,11 +97,40 @@ pub fn choose<'a>(
     }
 }
 
-/// The camera's side: its one stream (`main`), whose tracks are learnt from the frames
-/// it sends, and its answer to a viewer's SELECT.
+/// The stream id of a camera's sub stream video (`spec/control.md` §2: the main stream
+/// keeps the conventional ids 0 video, 1 audio, 2 metadata).
+pub const SUB_VIDEO: StreamId = match StreamId::new(3) {
+    Some(id) => id,
+    None => panic!("stream id 3"),
+};
+/// The stream id of a camera's sub stream audio.
+pub const SUB_AUDIO: StreamId = match StreamId::new(4) {
+    Some(id) => id,
+    None => panic!("stream id 4"),
+};
+/// The stream ids of the camera's `main` stream.
+pub const MAIN_STREAMS: StreamSet =
+    StreamSet::of(&[StreamId::VIDEO, StreamId::AUDIO, StreamId::METADATA]);
+/// The stream ids of the camera's `sub` stream.
+pub const SUB_STREAMS: StreamSet = StreamSet::of(&[SUB_VIDEO, SUB_AUDIO]);
+
+/// A frame of the camera's sub stream source, moved to the sub stream's ids (its video
+/// to [`SUB_VIDEO`], anything else to [`SUB_AUDIO`]).
+pub fn to_sub_stream(mut frame: Frame) -> Frame {
+    frame.stream = if frame.stream == StreamId::VIDEO {
+        SUB_VIDEO
+    } else {
+        SUB_AUDIO
+    };
+    frame
+}
+
+/// The camera's side: its `main` stream and, with a sub stream source, its `sub` stream,
+/// whose tracks are learnt from the frames it sends, and its answer to a viewer's SELECT.
 #[derive(Debug, Clone)]
 pub struct CameraCatalog {
     main: CatalogStream,
+    sub: Option<CatalogStream>,
 }
 
 impl Default for CameraCatalog {
@@ -111,15 +140,32 @@ impl Default for CameraCatalog {
                 name: "main".into(),
                 tracks: Vec::new(),
             },
+            sub: None,
         }
     }
 }
 
 impl CameraCatalog {
+    /// A catalog of `main` and `sub` ([`SUB_STREAMS`]).
+    pub fn with_sub() -> Self {
+        Self {
+            sub: Some(CatalogStream {
+                name: "sub".into(),
+                tracks: Vec::new(),
+            }),
+            ..Self::default()
+        }
+    }
+
     /// Notes a frame's stream and codec; true when that changed the catalog (send it
-    /// again). A track changes codec in place; at most [`MAX_STREAM_TRACKS`] are kept.
+    /// again). A track changes codec in place; at most [`MAX_STREAM_TRACKS`] are kept per
+    /// stream.
     pub fn observe(&mut self, frame: &Frame) -> bool {
-        let tracks = &mut self.main.tracks;
+        let stream = match &mut self.sub {
+            Some(sub) if SUB_STREAMS.contains(frame.stream) => sub,
+            _ => &mut self.main,
+        };
+        let tracks = &mut stream.tracks;
         let full = tracks.len() >= MAX_STREAM_TRACKS;
         match tracks.iter_mut().find(|t| t.stream == frame.stream) {
             Some(track) if track.codec == frame.codec => false,
@@ -138,22 +184,59 @@ impl CameraCatalog {
         }
     }
 
+    /// The catalog's streams, the default first.
+    fn streams(&self) -> Vec<CatalogStream> {
+        std::iter::once(&self.main)
+            .chain(&self.sub)
+            .cloned()
+            .collect()
+    }
+
     /// The CATALOG message.
     pub fn message(&self) -> ControlMessage {
         ControlMessage::Catalog {
-            streams: vec![self.main.clone()],
+            streams: self.streams(),
         }
     }
 
-    /// The STATUS that refuses a viewer's SELECT, or `None` when the camera can serve it.
-    pub fn answer(&self, stream: &str, accepts: &[Codec]) -> Option<ControlMessage> {
-        let refusal = choose(std::slice::from_ref(&self.main), stream, accepts).err()?;
-        Some(ControlMessage::Status {
-            state: SourceState::Running,
-            reason: refusal.reason(),
-            text: refusal.to_string(),
-        })
+    /// The answer to a viewer's SELECT: the stream ids to subscribe it to, or the STATUS
+    /// that refuses it.
+    pub fn answer(&self, stream: &str, accepts: &[Codec]) -> Result<StreamSet, ControlMessage> {
+        let streams = self.streams();
+        match choose(&streams, stream, accepts) {
+            Ok(chosen) if chosen.name == "sub" => Ok(SUB_STREAMS),
+            Ok(_) => Ok(MAIN_STREAMS),
+            Err(refusal) => Err(ControlMessage::Status {
+                state: SourceState::Running,
+                reason: refusal.reason(),
+                text: refusal.to_string(),
+            }),
+        }
     }
+}
+
+/// The viewer's side: which stream ids not to write, given the catalog and the stream it
+/// chose — those of the catalog's other streams (a frame of the stream it left may
+/// arrive after the new stream's first frames). Ids the catalog does not name are kept.
+pub fn other_streams(catalog: &[CatalogStream], chosen: &str) -> StreamSet {
+    let chosen = if chosen.is_empty() {
+        catalog.first()
+    } else {
+        catalog.iter().find(|s| s.name == chosen)
+    };
+    let ids = |stream: &CatalogStream| {
+        stream
+            .tracks
+            .iter()
+            .map(|t| t.stream)
+            .collect::<StreamSet>()
+    };
+    let keep = chosen.map_or(StreamSet::EMPTY, ids);
+    catalog
+        .iter()
+        .map(ids)
+        .fold(StreamSet::EMPTY, StreamSet::union)
+        .difference(keep)
 }
 
 #[cfg(test)]
@@ -225,12 +308,58 @@ mod tests {
         };
         assert_eq!(streams[0].tracks.len(), MAX_STREAM_TRACKS);
         assert!(camera.message().encode().is_ok());
-        let Some(ControlMessage::Status { reason, .. }) = camera.answer("", &[Codec::H264]) else {
+        let Err(ControlMessage::Status { reason, .. }) = camera.answer("", &[Codec::H264]) else {
             panic!("H.265 offered to an H.264-only viewer")
         };
         assert_eq!(reason, StatusReason::CodecNotAccepted);
-        assert_eq!(camera.answer("main", &VIEWER_CODECS), None);
-        assert!(camera.answer("sub", &VIEWER_CODECS).is_some());
+        assert_eq!(camera.answer("main", &VIEWER_CODECS), Ok(MAIN_STREAMS));
+        assert!(camera.answer("sub", &VIEWER_CODECS).is_err());
+    }
+
+    #[test]
+    fn a_camera_with_a_sub_stream_offers_both_and_each_viewer_keeps_its_own() {
+        let mut camera = CameraCatalog::with_sub();
+        let frame = |stream, codec| Frame {
+            stream,
+            codec,
+            keyframe: true,
+            codec_config: false,
+            capture_time_us: 0,
+            data: bytes::Bytes::from_static(&[1]),
+        };
+        assert!(camera.observe(&frame(StreamId::VIDEO, Codec::H265)));
+        assert!(camera.observe(&to_sub_stream(frame(StreamId::VIDEO, Codec::H264))));
+        assert!(camera.observe(&to_sub_stream(frame(StreamId::AUDIO, Codec::G711A))));
+        let ControlMessage::Catalog { streams } = camera.message() else {
+            panic!("not a catalog")
+        };
+        let names: Vec<&str> = streams.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["main", "sub"]);
+        assert_eq!(
+            streams[1].tracks,
+            [
+                Track {
+                    stream: SUB_VIDEO,
+                    codec: Codec::H264
+                },
+                Track {
+                    stream: SUB_AUDIO,
+                    codec: Codec::G711A
+                },
+            ]
+        );
+        assert_eq!(camera.answer("sub", &[Codec::H264]), Ok(SUB_STREAMS));
+        assert_eq!(camera.answer("", &VIEWER_CODECS), Ok(MAIN_STREAMS));
+        assert!(camera.answer("", &[Codec::H264]).is_err(), "main is H.265");
+        assert!(camera.answer("third", &VIEWER_CODECS).is_err());
+        // A sub viewer drops what arrives of main; a main viewer what arrives of sub.
+        assert_eq!(
+            other_streams(&streams, "sub"),
+            StreamSet::of(&[StreamId::VIDEO])
+        );
+        assert_eq!(other_streams(&streams, ""), SUB_STREAMS);
+        assert_eq!(other_streams(&streams, "main"), SUB_STREAMS);
+        assert!(MAIN_STREAMS.intersection(SUB_STREAMS).is_empty());
     }
 
     #[test]

@@ -859,6 +859,11 @@ impl Deployment {
     /// The camera binary as device `id` (password `pw`, certificate from the issuer),
     /// streaming `source`.
     fn camera(&self, id: &str, source: &str) -> KillOnDrop {
+        self.camera_with(id, source, &[])
+    }
+
+    /// [`Deployment::camera`] with further arguments.
+    fn camera_with(&self, id: &str, source: &str, more: &[&str]) -> KillOnDrop {
         KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_camera"))
                 .args(["--rendezvous", &self.rendezvous])
@@ -882,6 +887,7 @@ impl Deployment {
                 .arg(&self.issuer_secret)
                 .arg("--state-dir")
                 .arg(self.dir.join(format!("camera-{id}")))
+                .args(more)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -905,6 +911,147 @@ impl Deployment {
             .stderr(std::process::Stdio::piped());
         command
     }
+}
+
+/// How many of `clip`'s access units (4-byte start codes, the clip looping) `output` is,
+/// one after the other from one of its keyframes; fails the test at the first byte that
+/// differs. One jump is allowed in the first GOP, and only from a frame to the clip's
+/// next keyframe after it: a viewer catching up from the camera's GOP cache (joining, or
+/// switched to another stream) that the stream's next keyframe overtakes gets that
+/// keyframe live and not the rest of the old GOP (spec/endpoint.md §4.1).
+fn clip_units_in(clip: &Clip, output: &[u8], what: &str) -> usize {
+    let units: Vec<Vec<u8>> = clip.units.iter().map(four_byte_start_codes).collect();
+    let first = units
+        .iter()
+        .position(|unit| output.starts_with(unit))
+        .unwrap_or_else(|| panic!("{what}: the output does not start with a frame of its clip"));
+    assert!(
+        clip.units[first].keyframe,
+        "{what}: starts at frame {first}"
+    );
+    let (mut at, mut count, mut index, mut jumped) = (0, 0, first, false);
+    while at < output.len() {
+        if !output[at..].starts_with(&units[index]) && !jumped && count < units.len() {
+            // The catch-up cut short: the next keyframe, live.
+            jumped = true;
+            index = (index..index + units.len())
+                .map(|i| i % units.len())
+                .find(|&i| clip.units[i].keyframe)
+                .expect("the clip has keyframes");
+        }
+        let unit = &units[index];
+        assert!(
+            output[at..].starts_with(unit),
+            "{what}: frame {count} (byte {at}) is not the clip's frame {index} but {:?}",
+            units.iter().position(|u| output[at..].starts_with(u))
+        );
+        at += unit.len();
+        count += 1;
+        index = (index + 1) % units.len();
+    }
+    count
+}
+
+/// The `summary` line a viewer printed last.
+fn viewer_summary(stdout: &[u8]) -> serde_json::Value {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .rfind(|value| value["event"] == "summary")
+        .expect("a summary line")
+}
+
+/// Issue 15: a camera with a main and a sub stream (two RTSP paths, two clips of other
+/// sizes) pulls both at once and offers both; one viewer watches `main` and one `sub` at
+/// the same time. Each output is its own clip's access units, byte for byte, from a
+/// keyframe on; the main viewer never gets a frame of sub, and the sub viewer's output
+/// has none of main (what main frames reached it before its SELECT did are dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_watch_the_main_and_the_sub_stream_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(main) = make_clip(&dir.path().join("main.h264"), "640x360") else {
+        return;
+    };
+    let Some(sub) = make_clip(&dir.path().join("sub.h264"), "320x180") else {
+        return;
+    };
+    let clips: Clips = Arc::new(HashMap::from([
+        ("main".to_owned(), Arc::new(load_clip(&main))),
+        ("sub".to_owned(), Arc::new(load_clip(&sub))),
+    ]));
+    // Real time, looping; the sub stream's GOP is 10 frames out of step with main's.
+    let plan = |name: &str| SessionPlan {
+        parameter_sets_in_band: true,
+        drop_after_clip: false,
+        loops: 1_000,
+        paced: true,
+        start_frame: if name == "sub" { 10 } else { 0 },
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let log = Arc::new(Mutex::new(ServerLog::default()));
+    let server = tokio::spawn(serve_concurrently(
+        listener,
+        clips.clone(),
+        plan,
+        log.clone(),
+    ));
+    let url = |name: &str| format!("rtsp://{USER}:p%40ss%3Aword@{addr}/{name}");
+    let deployment = Deployment::start(dir.path()).await;
+    let id = "1C:C3:16:AB:CD:E9";
+    let camera = deployment.camera_with(id, &url("main"), &["--sub-source", &url("sub")]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let viewer = |state: &str, stream: &str, out: &Path| {
+        let mut command = deployment.viewer(id, state);
+        command
+            .args(["--seconds", "4", "--stream", stream, "--out"])
+            .arg(out);
+        command.spawn().expect("start viewer")
+    };
+    let (main_out, sub_out) = (dir.path().join("main.out"), dir.path().join("sub.out"));
+    let main_viewer = viewer("viewer-main", "main", &main_out);
+    let sub_viewer = viewer("viewer-sub", "sub", &sub_out);
+    let outputs = tokio::task::spawn_blocking(move || {
+        [main_viewer, sub_viewer].map(|v| v.wait_with_output().expect("viewer output"))
+    })
+    .await
+    .expect("join");
+    drop(camera);
+    server.abort();
+    deployment.network.shutdown().await;
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "viewer: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let described = log.lock().expect("log").described.clone();
+    assert!(
+        described.contains(&"main".to_owned()) && described.contains(&"sub".to_owned()),
+        "the camera pulls both streams: {described:?}"
+    );
+    let mut counts = Vec::new();
+    for ((name, out), output) in [("main", &main_out), ("sub", &sub_out)]
+        .iter()
+        .zip(&outputs)
+    {
+        let bytes = std::fs::read(out).expect("viewer output");
+        let summary = viewer_summary(&output.stdout);
+        eprintln!("{name} viewer: {summary}");
+        let frames = clip_units_in(&clips[*name], &bytes, name);
+        assert_eq!(summary["frames"], frames, "{name}: {summary}");
+        // 4 s at 30 fps, less what the connect and the first keyframe take.
+        assert!(frames >= 90, "{name}: {frames} frames");
+        counts.push((frames, summary["other_stream_frames"].clone()));
+    }
+    assert_eq!(counts[0].1, 0, "the main viewer got a frame of sub");
+    eprintln!(
+        "main and sub at once: the main viewer wrote {} main frames, the sub viewer {} sub \
+         frames (and dropped {} of main sent before its choice arrived)",
+        counts[0].0, counts[1].0, counts[1].1
+    );
 }
 
 /// An H.265 + AAC camera's streams, as [`serve_hevc_aac`] offers them.

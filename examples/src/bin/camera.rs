@@ -11,11 +11,17 @@
 //! It follows the viewers' target bitrate (`Event::TargetBitrate`, the lowest among
 //! them): a synthetic source sizes its frames to it; a file or an RTSP camera drops
 //! frames to stay at or below it (`sightwire_examples::rate::FrameDropper`: the rest of a
-//! GOP after a dropped reference frame, so the output stays decodable); an RTSP camera
-//! given `--sub-source` switches to its sub stream while the target stays below the main
-//! stream's bitrate (`sightwire_examples::switch`). Each target, size change, stream
-//! switch and a count of dropped frames (every 5 s while dropping) is logged at info
-//! level on stderr.
+//! GOP after a dropped reference frame, so the output stays decodable). Each target, size
+//! change, stream switch and a count of dropped frames (every 5 s while dropping) is
+//! logged at info level on stderr.
+//!
+//! An RTSP camera given `--sub-source` pulls its main and its sub stream at once and
+//! offers both (`main` and `sub` in its catalog); each viewer chooses with SELECT and is
+//! switched alone, at once, from the sub stream's cached keyframe
+//! (`Device::subscribe`, `spec/endpoint.md` §4.2). A new viewer gets `main`. With
+//! `--sub-mode adaptive` it instead forwards one of the two to everyone, switching to
+//! the sub stream while the target stays below the main stream's bitrate
+//! (`sightwire_examples::switch`).
 //!
 //! A viewer joining mid-GOP gets a picture at once from the device's GOP cache (the last
 //! keyframe and the frames after it, `spec/endpoint.md` §4.1); the device also passes the
@@ -23,10 +29,10 @@
 //! answers it with a keyframe, which cuts the viewer's catch-up short; a file or an RTSP
 //! camera cannot re-encode, and the cache alone serves the viewer.
 //!
-//! Each viewer gets the camera's catalog (spec/control.md: stream `main` with the stream
-//! ids and codecs seen in its frames, sent again when they change); a viewer's SELECT
-//! whose codecs exclude the stream's video codec, or that names another stream, is
-//! answered with a STATUS saying so.
+//! Each viewer gets the camera's catalog (spec/control.md: stream `main`, and `sub` with a
+//! sub stream, with the stream ids and codecs seen in their frames, sent again when they
+//! change); a viewer's SELECT whose codecs exclude the stream's video codec, or that
+//! names a stream the camera lacks, is answered with a STATUS saying so.
 //!
 //! stdout carries one JSON object per line (`ready`, `viewer_connected`, `viewer_closed`,
 //! `viewer_select`, `registered`, `rendezvous_lost`, `keyframe_requested`); human-readable
@@ -49,7 +55,7 @@ use sightwire::{
 };
 use sightwire_examples::audio::AudioFileWriter;
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
-use sightwire_examples::negotiation::{CameraCatalog, codec_name};
+use sightwire_examples::negotiation::{CameraCatalog, MAIN_STREAMS, codec_name, to_sub_stream};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
 use sightwire_examples::rtsp::{self, RtspConfig, RtspSource, SourceFailure, SourceStatus};
 use sightwire_examples::source::FrameSource;
@@ -89,10 +95,15 @@ struct Args {
     /// NAL unit (an H.265 stream opens with a VPS, SPS, PPS, AUD or SEI).
     #[arg(long, value_enum, default_value_t = FileCodec::Auto)]
     codec: FileCodec,
-    /// The RTSP camera's sub stream (`rtsp://user:pass@host/path`), used while the
-    /// viewers' target bitrate stays below the main stream's (`--source`) bitrate.
+    /// The RTSP camera's sub stream (`rtsp://user:pass@host/path`), offered to viewers
+    /// as `sub` beside `main` (`--source`).
     #[arg(long)]
     sub_source: Option<String>,
+    /// What the sub stream is for: `choice`, each viewer chooses `main` or `sub`; or
+    /// `adaptive`, everyone gets the sub stream while the viewers' target bitrate stays
+    /// below the main stream's bitrate, else main.
+    #[arg(long, value_enum, default_value_t = SubMode::Choice)]
+    sub_mode: SubMode,
     /// Where to write the viewers' talk-back audio, raw: ADTS `.aac` for AAC, `.alaw` /
     /// `.ulaw` bytes for G.711 (flushed per frame).
     #[arg(long)]
@@ -115,6 +126,15 @@ struct Args {
     /// Do not draw the QR code.
     #[arg(long)]
     no_qr: bool,
+}
+
+/// What an RTSP camera's sub stream is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SubMode {
+    /// Both streams are pulled at once and offered; each viewer chooses.
+    Choice,
+    /// One stream at a time, for everyone, chosen by the target bitrate.
+    Adaptive,
 }
 
 /// The codec of an Annex-B source file.
@@ -265,6 +285,11 @@ async fn main() -> anyhow::Result<()> {
     if args.relay_only {
         config.path_policy = PathPolicy::RelayOnly;
     }
+    let choice = sub_config.is_some() && args.sub_mode == SubMode::Choice;
+    if choice {
+        // A new viewer gets the main stream until its SELECT says otherwise.
+        config.default_streams = MAIN_STREAMS;
+    }
     let mut device = Device::start(config).await?;
     eprintln!("camera {id}  (label: {})", id.to_checked_string());
     eprintln!("add it by ID or scan: {uri}");
@@ -273,8 +298,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // An RTSP camera paces its own frames; a file or synthetic source is paced by the ticker.
+    let (adaptive_sub, chosen_sub) = if choice {
+        (None, sub_config)
+    } else {
+        (sub_config, None)
+    };
     let mut rtsp_source =
-        rtsp_config.map(|main| RtspSource::new(main, sub_config, SwitchConfig::default()));
+        rtsp_config.map(|main| RtspSource::new(main, adaptive_sub, SwitchConfig::default()));
+    // The sub stream viewers may choose, pulled beside the main stream.
+    let mut sub_source = chosen_sub.map(|sub| RtspSource::new(sub, None, SwitchConfig::default()));
     let mut rtsp_status = rtsp_source.as_ref().map(RtspSource::subscribe_status);
     let mut dropper = FrameDropper::new();
     let mut drops_reported = DropStats::default();
@@ -283,7 +315,11 @@ async fn main() -> anyhow::Result<()> {
     // Viewers admitted; with none left, the target no longer holds.
     let mut viewers: HashSet<PeerId> = HashSet::new();
     // The streams viewers are told about (spec/control.md), learnt from the frames sent.
-    let mut catalog = CameraCatalog::default();
+    let mut catalog = if sub_source.is_some() {
+        CameraCatalog::with_sub()
+    } else {
+        CameraCatalog::default()
+    };
     let mut talk_out = match &args.talk_out {
         Some(path) => Some(AudioFileWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -317,6 +353,13 @@ async fn main() -> anyhow::Result<()> {
             Some(frame) = next_rtsp_frame(&mut rtsp_source) => {
                 announce_tracks(&device, &mut catalog, &frame).await;
                 offer(&device, &mut dropper, frame).await;
+            }
+            Some(frame) = next_rtsp_frame(&mut sub_source) => {
+                // The dropper follows the main stream; each viewer's media layer drops
+                // what its own path cannot carry (spec/media.md 4.7).
+                let frame = to_sub_stream(frame);
+                announce_tracks(&device, &mut catalog, &frame).await;
+                device.send_frame(frame).await;
             }
             status = next_rtsp_status(&mut rtsp_status) => {
                 // Every viewer learns why frames stop (or start again): spec/control.md.
@@ -400,14 +443,20 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Event::Control { peer, message } => match ControlMessage::decode(&message) {
                         Ok(ControlMessage::Select { stream, accepts }) => {
-                            let refusal = catalog.answer(&stream, &accepts);
+                            let answer = catalog.answer(&stream, &accepts);
                             emit(json!({
                                 "event": "viewer_select", "peer": peer.0, "stream": stream,
                                 "accepts": accepts.iter().map(|c| codec_name(*c)).collect::<Vec<_>>(),
-                                "refused": refusal.is_some(),
+                                "refused": answer.is_err(),
                             }));
-                            if let Some(status) = refusal {
-                                send_message(&device, Some(peer), &status).await;
+                            match answer {
+                                // Switches this viewer alone, from the chosen stream's
+                                // cached keyframe.
+                                Ok(streams) if choice => {
+                                    device.subscribe(peer, streams).await;
+                                }
+                                Ok(_) => {}
+                                Err(status) => send_message(&device, Some(peer), &status).await,
                             }
                         }
                         _ => emit(json!({

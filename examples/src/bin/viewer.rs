@@ -7,7 +7,9 @@
 //! file. A closed output (stdout's reader gone) closes the connection and exits with
 //! status 3. Once connected it tells the camera which stream it wants (`--stream`) and the
 //! codecs it takes (`--accept`, spec/control.md); a stream it cannot decode ends it with
-//! status 4 and the reason.
+//! status 4 and the reason. The outputs take only the chosen stream's frames: with
+//! `--stream` frames wait for the camera's catalog, and frames of the catalog's other
+//! streams (the default stream's, sent before the choice reached the camera) are dropped.
 //!
 //! With `--out` a file, stdout carries one JSON object per line: `connected` (path,
 //! connect_ms), `first_keyframe` (ms since connect started), `path_changed`, `status`,
@@ -15,7 +17,7 @@
 //! `catalog` (the camera's streams and their codecs), `camera_status` (its source's
 //! `state`, `reason`, `text`: e.g. `failing`, `source_login_refused`),
 //! and a final `summary` (video frames written, `audio_frames`, `ignored_frames` (codecs
-//! no output takes), `output_closed`, the endpoint's loss counters, `streaming_ms`
+//! no output takes), `other_stream_frames` (of a stream not chosen), `output_closed`, the endpoint's loss counters, `streaming_ms`
 //! from connect to stop, and `bitrate_bps`, the last target bitrate the endpoint reported).
 
 use std::io::Write;
@@ -27,15 +29,15 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use sightwire::{
-    Codec, ConnectError, Credentials, Event, PathPolicy, RendezvousServer, ServerAddr, Target,
-    Viewer, ViewerConfig,
+    Codec, ConnectError, Credentials, Event, Frame, PathPolicy, RendezvousServer, ServerAddr,
+    StreamSet, Target, Viewer, ViewerConfig,
 };
 use sightwire_examples::audio::{AudioFileWriter, AudioWriteError, talk_frames};
 use sightwire_examples::identity::{
     KnownDevices, VIEWER_KEY_FILE, load_or_create_key_file, parse_key,
 };
 use sightwire_examples::mp4::{Mp4Error, Mp4Writer};
-use sightwire_examples::negotiation::{choose, codec_name, parse_codecs};
+use sightwire_examples::negotiation::{choose, codec_name, other_streams, parse_codecs};
 use sightwire_media::control_messages::{ControlMessage, StatusReason};
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 
@@ -79,7 +81,7 @@ struct Args {
     #[arg(long)]
     talk: Option<PathBuf>,
     /// The camera stream to watch, by its catalog name (`main`, `sub`); default: the
-    /// camera's first.
+    /// camera's first. The camera switches this viewer to it as soon as it connects.
     #[arg(long, default_value = "")]
     stream: String,
     /// The codecs this viewer takes (comma-separated: h264,h265,aac,alaw,ulaw). A camera
@@ -246,7 +248,7 @@ impl Output {
 
     /// Writes a frame to the output of its kind: video codecs to the video output, audio
     /// codecs to the audio output (or into the MP4), anything else nowhere.
-    fn write_frame(&mut self, frame: &sightwire::Frame) -> Result<Written, OutputError> {
+    fn write_frame(&mut self, frame: &Frame) -> Result<Written, OutputError> {
         match frame.codec {
             Codec::H264 | Codec::H265 => {
                 match &mut self.video {
@@ -290,6 +292,117 @@ impl Output {
             }
         }
         Ok(())
+    }
+}
+
+/// Most frames held while a viewer that chose a stream by name waits for the camera's
+/// catalog; beyond, it stops waiting and writes what it gets (a camera that sends no
+/// catalog).
+const MAX_HELD_FRAMES: usize = 256;
+
+/// Which received frames reach the outputs (spec/control.md §2): none of the camera's
+/// other named streams. A frame of the stream the viewer left may arrive after the first
+/// frames of the one it chose.
+struct Selection {
+    /// The stream ids of the catalog's other streams; `None` until the catalog came.
+    others: Option<StreamSet>,
+    /// Frames waiting for the catalog.
+    held: Vec<Frame>,
+}
+
+impl Selection {
+    /// `wait`: hold frames until the catalog says which stream ids are chosen.
+    fn new(wait: bool) -> Self {
+        Self {
+            others: (!wait).then_some(StreamSet::EMPTY),
+            held: Vec::new(),
+        }
+    }
+
+    /// The frames to write now that `frame` arrived.
+    fn admit(&mut self, frame: Frame, summary: &mut Summary) -> Vec<Frame> {
+        match self.others {
+            Some(others) if others.contains(frame.stream) => {
+                summary.other_stream_frames += 1;
+                Vec::new()
+            }
+            Some(_) => vec![frame],
+            None => {
+                self.held.push(frame);
+                if self.held.len() < MAX_HELD_FRAMES {
+                    return Vec::new();
+                }
+                tracing::warn!("no catalog from the camera: writing every stream");
+                self.catalog(StreamSet::EMPTY)
+            }
+        }
+    }
+
+    /// A catalog came: `others` are the ids not to write. Returns the held frames to
+    /// write now.
+    fn catalog(&mut self, others: StreamSet) -> Vec<Frame> {
+        self.others = Some(others);
+        let (keep, drop): (Vec<Frame>, Vec<Frame>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|f| !others.contains(f.stream));
+        if !drop.is_empty() {
+            tracing::debug!(frames = drop.len(), "held frames of another stream dropped");
+        }
+        keep
+    }
+}
+
+/// What the loop does after frames were written.
+enum Flow {
+    /// Go on.
+    Go,
+    /// The output's reader went away.
+    Closed,
+    /// `--frames` were written.
+    Done,
+}
+
+/// Writes received frames from the first keyframe on and counts them.
+struct FrameWriter {
+    started: Instant,
+    /// When the first keyframe was written (ms since connecting started).
+    first_keyframe: Option<u64>,
+    frames_limit: Option<u64>,
+}
+
+impl FrameWriter {
+    fn write_all(
+        &mut self,
+        output: &mut Output,
+        summary: &mut Summary,
+        frames: Vec<Frame>,
+    ) -> anyhow::Result<Flow> {
+        for frame in &frames {
+            let video = matches!(frame.codec, Codec::H264 | Codec::H265);
+            if video && self.first_keyframe.is_none() {
+                if !frame.keyframe {
+                    summary.ignored_before_keyframe += 1;
+                    continue;
+                }
+                let ms = self.started.elapsed().as_millis() as u64;
+                self.first_keyframe = Some(ms);
+                output.emit(json!({"event": "first_keyframe", "ms": ms}));
+            }
+            match output.write_frame(frame) {
+                Ok(Written::Video) => {
+                    summary.frames += 1;
+                    summary.bytes += frame.data.len() as u64;
+                }
+                Ok(Written::Audio) => summary.audio_frames += 1,
+                Ok(Written::Ignored) => summary.ignored_frames += 1,
+                Err(OutputError::Closed) => return Ok(Flow::Closed),
+                Err(OutputError::Failed(error)) => return Err(error),
+            }
+            if self.frames_limit.is_some_and(|n| summary.frames >= n) {
+                return Ok(Flow::Done);
+            }
+        }
+        Ok(Flow::Go)
     }
 }
 
@@ -374,7 +487,13 @@ async fn main() -> anyhow::Result<()> {
     let talk_start = tokio::time::Instant::now();
 
     let mut summary = Summary::default();
-    let mut first_keyframe = None;
+    // A stream chosen by name: frames wait for the catalog that says which are its.
+    let mut selection = Selection::new(!args.stream.is_empty());
+    let mut writer = FrameWriter {
+        started,
+        first_keyframe: None,
+        frames_limit: args.frames,
+    };
     let mut path = None;
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let deadline = args
@@ -422,32 +541,14 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Event::PathLost { .. } => output.emit(json!({"event": "path_lost"})),
                     Event::Frame { frame, .. } => {
-                        let frame = &frame.frame;
-                        let video = matches!(frame.codec, Codec::H264 | Codec::H265);
-                        if video && first_keyframe.is_none() {
-                            if !frame.keyframe {
-                                summary.ignored_before_keyframe += 1;
-                                continue;
-                            }
-                            let ms = started.elapsed().as_millis() as u64;
-                            first_keyframe = Some(ms);
-                            output.emit(json!({"event": "first_keyframe", "ms": ms}));
-                        }
-                        match output.write_frame(frame) {
-                            Ok(Written::Video) => {
-                                summary.frames += 1;
-                                summary.bytes += frame.data.len() as u64;
-                            }
-                            Ok(Written::Audio) => summary.audio_frames += 1,
-                            Ok(Written::Ignored) => summary.ignored_frames += 1,
-                            Err(OutputError::Closed) => {
+                        let ready = selection.admit(frame.frame, &mut summary);
+                        match writer.write_all(&mut output, &mut summary, ready)? {
+                            Flow::Go => {}
+                            Flow::Closed => {
                                 output_closed = true;
                                 break;
                             }
-                            Err(OutputError::Failed(error)) => return Err(error),
-                        }
-                        if args.frames.is_some_and(|n| summary.frames >= n) {
-                            break;
+                            Flow::Done => break,
                         }
                     }
                     Event::Stats { stats, .. } => {
@@ -472,6 +573,15 @@ async fn main() -> anyhow::Result<()> {
                                     refused = Some(refusal.to_string());
                                     output.emit(json!({"event": "failed", "error": refusal.reason().name(), "reason": refusal.to_string()}));
                                     break;
+                                }
+                                let ready = selection.catalog(other_streams(&streams, &args.stream));
+                                match writer.write_all(&mut output, &mut summary, ready)? {
+                                    Flow::Go => {}
+                                    Flow::Closed => {
+                                        output_closed = true;
+                                        break;
+                                    }
+                                    Flow::Done => break,
                                 }
                             }
                             Ok(ControlMessage::Status { state, reason, text }) => {
@@ -526,7 +636,8 @@ async fn main() -> anyhow::Result<()> {
         "streaming_ms": streaming_since.elapsed().as_millis() as u64,
         "path": path.map(|p| p.kind_name()),
         "connect_ms": connect_ms,
-        "first_keyframe_ms": first_keyframe,
+        "first_keyframe_ms": writer.first_keyframe,
+        "other_stream_frames": summary.other_stream_frames,
         "output_closed": output_closed,
     }));
     // Finalize the file first: a second Ctrl-C during the close must not cost the MP4 index.
@@ -617,6 +728,9 @@ struct Summary {
     audio_frames: u64,
     /// Frames of a codec no output takes.
     ignored_frames: u64,
+    /// Frames of a camera stream this viewer did not choose (sent before its choice
+    /// reached the camera, or held while it waited for the catalog).
+    other_stream_frames: u64,
     /// Control messages that were not for the viewer or did not decode.
     ignored_control: u64,
     /// Talk-back frames sent.
