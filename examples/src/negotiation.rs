@@ -286,17 +286,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_camera_learns_its_tracks_and_refuses_what_a_viewer_cannot_take() {
-        let mut camera = CameraCatalog::default();
-        let frame = |stream, codec| Frame {
+    /// A one-byte keyframe of `stream` in `codec`.
+    fn frame(stream: StreamId, codec: Codec) -> Frame {
+        Frame {
             stream,
             codec,
             keyframe: true,
             codec_config: false,
             capture_time_us: 0,
             data: bytes::Bytes::from_static(&[1]),
-        };
+        }
+    }
+
+    #[test]
+    fn the_camera_learns_its_tracks_and_refuses_what_a_viewer_cannot_take() {
+        let mut camera = CameraCatalog::default();
         assert!(camera.observe(&frame(StreamId::VIDEO, Codec::H265)));
         assert!(!camera.observe(&frame(StreamId::VIDEO, Codec::H265)));
         assert!(camera.observe(&frame(StreamId::AUDIO, Codec::Aac)));
@@ -319,14 +323,6 @@ mod tests {
     #[test]
     fn a_camera_with_a_sub_stream_offers_both_and_each_viewer_keeps_its_own() {
         let mut camera = CameraCatalog::with_sub();
-        let frame = |stream, codec| Frame {
-            stream,
-            codec,
-            keyframe: true,
-            codec_config: false,
-            capture_time_us: 0,
-            data: bytes::Bytes::from_static(&[1]),
-        };
         assert!(camera.observe(&frame(StreamId::VIDEO, Codec::H265)));
         assert!(camera.observe(&to_sub_stream(frame(StreamId::VIDEO, Codec::H264))));
         assert!(camera.observe(&to_sub_stream(frame(StreamId::AUDIO, Codec::G711A))));

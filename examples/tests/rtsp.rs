@@ -547,26 +547,28 @@ async fn pull_until(
         .unwrap_or_else(|_| panic!("{what}: not within {limit:?} ({} frames)", out.len()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtsp_source_switches_between_main_and_sub_at_keyframes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(main) = make_clip(&dir.path().join("main.h264"), "640x360") else {
-        return;
-    };
-    let Some(sub) = make_clip(&dir.path().join("sub.h264"), "320x180") else {
-        return;
-    };
+/// A camera's main (640x360) and sub (320x180) stream, two ffmpeg clips, served by one
+/// RTSP server at once, in real time and looping; the sub stream starts at frame 10 of
+/// its 30-frame GOP (out of step with main's).
+struct MainAndSub {
+    clips: Clips,
+    addr: SocketAddr,
+    log: Arc<Mutex<ServerLog>>,
+    server: tokio::task::JoinHandle<()>,
+    /// The clips' bitrates.
+    main_clip_bps: u64,
+    sub_clip_bps: u64,
+}
+
+/// Starts [`MainAndSub`]; `None` without ffmpeg (outside CI).
+async fn serve_main_and_sub(dir: &Path) -> Option<MainAndSub> {
+    let main = make_clip(&dir.join("main.h264"), "640x360")?;
+    let sub = make_clip(&dir.join("sub.h264"), "320x180")?;
     let rate = |clip: &[u8]| clip.len() as u64 * 8 / 2;
-    let (main_clip_bps, sub_clip_bps) = (rate(&main), rate(&sub));
-    assert!(
-        sub_clip_bps * 2 < main_clip_bps,
-        "sub {sub_clip_bps} vs main {main_clip_bps} bit/s"
-    );
     let clips: Clips = Arc::new(HashMap::from([
         ("main".to_owned(), Arc::new(load_clip(&main))),
         ("sub".to_owned(), Arc::new(load_clip(&sub))),
     ]));
-    // Real time, looping for ever; the sub stream joins mid-GOP (frame 10 of 30).
     let plan = |name: &str| SessionPlan {
         parameter_sets_in_band: true,
         drop_after_clip: false,
@@ -583,6 +585,34 @@ async fn rtsp_source_switches_between_main_and_sub_at_keyframes() {
         plan,
         log.clone(),
     ));
+    Some(MainAndSub {
+        clips,
+        addr,
+        log,
+        server,
+        main_clip_bps: rate(&main),
+        sub_clip_bps: rate(&sub),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_source_switches_between_main_and_sub_at_keyframes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(MainAndSub {
+        clips,
+        addr,
+        log,
+        server,
+        main_clip_bps,
+        sub_clip_bps,
+    }) = serve_main_and_sub(dir.path()).await
+    else {
+        return;
+    };
+    assert!(
+        sub_clip_bps * 2 < main_clip_bps,
+        "sub {sub_clip_bps} vs main {main_clip_bps} bit/s"
+    );
 
     let url = |name: &str| {
         RtspConfig::from_url(&format!("rtsp://{USER}:p%40ss%3Aword@{addr}/{name}")).expect("config")
@@ -952,6 +982,27 @@ fn clip_units_in(clip: &Clip, output: &[u8], what: &str) -> usize {
     count
 }
 
+/// Waits for the viewer processes to exit; fails the test with a viewer's output if it
+/// did not succeed.
+async fn viewers_succeed<const N: usize>(
+    viewers: [std::process::Child; N],
+) -> [std::process::Output; N] {
+    let outputs = tokio::task::spawn_blocking(move || {
+        viewers.map(|v| v.wait_with_output().expect("viewer output"))
+    })
+    .await
+    .expect("join");
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "viewer: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    outputs
+}
+
 /// The `summary` line a viewer printed last.
 fn viewer_summary(stdout: &[u8]) -> serde_json::Value {
     String::from_utf8_lossy(stdout)
@@ -969,33 +1020,16 @@ fn viewer_summary(stdout: &[u8]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_viewers_watch_the_main_and_the_sub_stream_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(main) = make_clip(&dir.path().join("main.h264"), "640x360") else {
+    let Some(MainAndSub {
+        clips,
+        addr,
+        log,
+        server,
+        ..
+    }) = serve_main_and_sub(dir.path()).await
+    else {
         return;
     };
-    let Some(sub) = make_clip(&dir.path().join("sub.h264"), "320x180") else {
-        return;
-    };
-    let clips: Clips = Arc::new(HashMap::from([
-        ("main".to_owned(), Arc::new(load_clip(&main))),
-        ("sub".to_owned(), Arc::new(load_clip(&sub))),
-    ]));
-    // Real time, looping; the sub stream's GOP is 10 frames out of step with main's.
-    let plan = |name: &str| SessionPlan {
-        parameter_sets_in_band: true,
-        drop_after_clip: false,
-        loops: 1_000,
-        paced: true,
-        start_frame: if name == "sub" { 10 } else { 0 },
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    let log = Arc::new(Mutex::new(ServerLog::default()));
-    let server = tokio::spawn(serve_concurrently(
-        listener,
-        clips.clone(),
-        plan,
-        log.clone(),
-    ));
     let url = |name: &str| format!("rtsp://{USER}:p%40ss%3Aword@{addr}/{name}");
     let deployment = Deployment::start(dir.path()).await;
     let id = "1C:C3:16:AB:CD:E9";
@@ -1011,22 +1045,10 @@ async fn two_viewers_watch_the_main_and_the_sub_stream_at_once() {
     let (main_out, sub_out) = (dir.path().join("main.out"), dir.path().join("sub.out"));
     let main_viewer = viewer("viewer-main", "main", &main_out);
     let sub_viewer = viewer("viewer-sub", "sub", &sub_out);
-    let outputs = tokio::task::spawn_blocking(move || {
-        [main_viewer, sub_viewer].map(|v| v.wait_with_output().expect("viewer output"))
-    })
-    .await
-    .expect("join");
+    let outputs = viewers_succeed([main_viewer, sub_viewer]).await;
     drop(camera);
     server.abort();
     deployment.network.shutdown().await;
-    for output in &outputs {
-        assert!(
-            output.status.success(),
-            "viewer: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
     let described = log.lock().expect("log").described.clone();
     assert!(
         described.contains(&"main".to_owned()) && described.contains(&"sub".to_owned()),
@@ -1453,22 +1475,10 @@ async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
     };
     let mp4_viewer = viewer("viewer-mp4", vec![&mp4]);
     let raw_viewer = viewer("viewer-raw", vec![&h265, &aac]);
-    let outputs = tokio::task::spawn_blocking(move || {
-        [mp4_viewer, raw_viewer].map(|v| v.wait_with_output().expect("viewer output"))
-    })
-    .await
-    .expect("join");
+    viewers_succeed([mp4_viewer, raw_viewer]).await;
     drop(camera);
     server.abort();
     deployment.network.shutdown().await;
-    for output in &outputs {
-        assert!(
-            output.status.success(),
-            "viewer: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
 
     // ffprobe sees both tracks, and ffmpeg decodes every frame of both without an error.
     let video = clips::probe_stream(

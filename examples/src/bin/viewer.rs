@@ -17,8 +17,9 @@
 //! `catalog` (the camera's streams and their codecs), `camera_status` (its source's
 //! `state`, `reason`, `text`: e.g. `failing`, `source_login_refused`),
 //! and a final `summary` (video frames written, `audio_frames`, `ignored_frames` (codecs
-//! no output takes), `other_stream_frames` (of a stream not chosen), `output_closed`, the endpoint's loss counters, `streaming_ms`
-//! from connect to stop, and `bitrate_bps`, the last target bitrate the endpoint reported).
+//! no output takes), `other_stream_frames` (of a stream not chosen), `output_closed`, the
+//! endpoint's loss counters, `streaming_ms` from connect to stop, and `bitrate_bps`, the
+//! last target bitrate the endpoint reported).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -352,31 +353,25 @@ impl Selection {
     }
 }
 
-/// What the loop does after frames were written.
-enum Flow {
-    /// Go on.
-    Go,
-    /// The output's reader went away.
-    Closed,
-    /// `--frames` were written.
-    Done,
-}
-
 /// Writes received frames from the first keyframe on and counts them.
 struct FrameWriter {
     started: Instant,
     /// When the first keyframe was written (ms since connecting started).
     first_keyframe: Option<u64>,
     frames_limit: Option<u64>,
+    /// The output's reader went away.
+    output_closed: bool,
 }
 
 impl FrameWriter {
+    /// Writes `frames`; false once the viewer should stop (`--frames` written, or the
+    /// output closed).
     fn write_all(
         &mut self,
         output: &mut Output,
         summary: &mut Summary,
         frames: Vec<Frame>,
-    ) -> anyhow::Result<Flow> {
+    ) -> anyhow::Result<bool> {
         for frame in &frames {
             let video = matches!(frame.codec, Codec::H264 | Codec::H265);
             if video && self.first_keyframe.is_none() {
@@ -395,14 +390,17 @@ impl FrameWriter {
                 }
                 Ok(Written::Audio) => summary.audio_frames += 1,
                 Ok(Written::Ignored) => summary.ignored_frames += 1,
-                Err(OutputError::Closed) => return Ok(Flow::Closed),
+                Err(OutputError::Closed) => {
+                    self.output_closed = true;
+                    return Ok(false);
+                }
                 Err(OutputError::Failed(error)) => return Err(error),
             }
             if self.frames_limit.is_some_and(|n| summary.frames >= n) {
-                return Ok(Flow::Done);
+                return Ok(false);
             }
         }
-        Ok(Flow::Go)
+        Ok(true)
     }
 }
 
@@ -493,6 +491,7 @@ async fn main() -> anyhow::Result<()> {
         started,
         first_keyframe: None,
         frames_limit: args.frames,
+        output_closed: false,
     };
     let mut path = None;
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
@@ -500,7 +499,6 @@ async fn main() -> anyhow::Result<()> {
         .seconds
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let streaming_since = Instant::now();
-    let mut output_closed = false;
     // Created once, so a signal between two loop turns is not missed.
     let shutdown = sightwire_shutdown::shutdown_signal();
     tokio::pin!(shutdown);
@@ -542,13 +540,8 @@ async fn main() -> anyhow::Result<()> {
                     Event::PathLost { .. } => output.emit(json!({"event": "path_lost"})),
                     Event::Frame { frame, .. } => {
                         let ready = selection.admit(frame.frame, &mut summary);
-                        match writer.write_all(&mut output, &mut summary, ready)? {
-                            Flow::Go => {}
-                            Flow::Closed => {
-                                output_closed = true;
-                                break;
-                            }
-                            Flow::Done => break,
+                        if !writer.write_all(&mut output, &mut summary, ready)? {
+                            break;
                         }
                     }
                     Event::Stats { stats, .. } => {
@@ -575,13 +568,8 @@ async fn main() -> anyhow::Result<()> {
                                     break;
                                 }
                                 let ready = selection.catalog(other_streams(&streams, &args.stream));
-                                match writer.write_all(&mut output, &mut summary, ready)? {
-                                    Flow::Go => {}
-                                    Flow::Closed => {
-                                        output_closed = true;
-                                        break;
-                                    }
-                                    Flow::Done => break,
+                                if !writer.write_all(&mut output, &mut summary, ready)? {
+                                    break;
                                 }
                             }
                             Ok(ControlMessage::Status { state, reason, text }) => {
@@ -638,14 +626,14 @@ async fn main() -> anyhow::Result<()> {
         "connect_ms": connect_ms,
         "first_keyframe_ms": writer.first_keyframe,
         "other_stream_frames": summary.other_stream_frames,
-        "output_closed": output_closed,
+        "output_closed": writer.output_closed,
     }));
     // Finalize the file first: a second Ctrl-C during the close must not cost the MP4 index.
     let finished = output.finish();
     // The goodbye goes out whatever happened to the output.
     viewer.close().await;
     let closed = match finished {
-        Ok(()) => output_closed,
+        Ok(()) => writer.output_closed,
         Err(OutputError::Closed) => true,
         Err(OutputError::Failed(error)) => return Err(error),
     };
