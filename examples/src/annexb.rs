@@ -8,6 +8,8 @@
 
 use sightwire::Codec;
 
+use crate::hevc::{is_irap, nal_type, nal_unit_type};
+
 /// NAL unit types that matter here (H.264 Table 7-1).
 const NAL_SLICE: u8 = 1;
 /// Slice data partition C, the last of the partition types after `NAL_SLICE`.
@@ -17,14 +19,6 @@ const NAL_SEI: u8 = 6;
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 const NAL_AUD: u8 = 9;
-
-/// H.265 NAL unit types that matter here (H.265 Table 7-1): 0..=31 are picture slices
-/// (VCL), `16..=21` the IRAP pictures (BLA, IDR, CRA) a decoder can start at.
-const HEVC_IRAP: std::ops::RangeInclusive<u8> = 16..=21;
-const HEVC_VPS: u8 = 32;
-const HEVC_PPS: u8 = 34;
-const HEVC_AUD: u8 = 35;
-const HEVC_PREFIX_SEI: u8 = 39;
 
 /// The codec of an Annex-B video stream, from its first NAL unit: H.265 when that reads
 /// as an H.265 VPS, SPS, PPS, access unit delimiter or prefix SEI of the base layer
@@ -36,10 +30,10 @@ pub fn detect_codec(stream: &[u8]) -> Codec {
         let (Some(&first), Some(&second)) = (stream.get(header), stream.get(header + 1)) else {
             return false;
         };
-        let nal_type = (first >> 1) & 0x3F;
+        let kind = nal_unit_type(&[first]);
         first & 0x81 == 0
             && second == 0x01
-            && ((HEVC_VPS..=HEVC_AUD).contains(&nal_type) || nal_type == HEVC_PREFIX_SEI)
+            && ((nal_type::VPS..=nal_type::AUD).contains(&kind) || kind == nal_type::PREFIX_SEI)
     });
     if hevc { Codec::H265 } else { Codec::H264 }
 }
@@ -79,22 +73,23 @@ fn h264_role(nal: &[u8]) -> NalRole {
     }
 }
 
-/// H.265 (Table 7-1, 7.4.2.4.4): `nal` from its two header bytes on.
+/// H.265 (Table 7-1, 7.4.2.4.4): `nal` from its two header bytes on. Types 0..=31 are
+/// picture slices (VCL).
 fn h265_role(nal: &[u8]) -> NalRole {
-    let Some(&header) = nal.first() else {
+    if nal.is_empty() {
         return NalRole::default();
-    };
-    let nal_type = (header >> 1) & 0x3F;
-    let slice = nal_type < 32;
+    }
+    let kind = nal_unit_type(nal);
+    let slice = kind < 32;
     NalRole {
-        delimiter: nal_type == HEVC_AUD,
+        delimiter: kind == nal_type::AUD,
         // VPS, SPS, PPS, prefix SEI and the reserved types that open an access unit.
-        precedes_picture: matches!(nal_type, HEVC_VPS..=HEVC_PPS | HEVC_PREFIX_SEI | 41..=44 | 48..=55),
+        precedes_picture: matches!(kind, nal_type::VPS..=nal_type::PPS | nal_type::PREFIX_SEI | 41..=44 | 48..=55),
         slice,
         // first_slice_segment_in_pic_flag: the first bit after the header.
         first_slice: slice && nal.get(2).is_some_and(|b| b & 0x80 != 0),
-        keyframe: HEVC_IRAP.contains(&nal_type),
-        config: (HEVC_VPS..=HEVC_PPS).contains(&nal_type),
+        keyframe: is_irap(kind),
+        config: (nal_type::VPS..=nal_type::PPS).contains(&kind),
     }
 }
 
@@ -272,18 +267,20 @@ mod tests {
     #[test]
     fn splits_h265_pictures_by_first_slice_segment_and_parameter_sets() {
         let mut stream = Vec::new();
-        stream.extend(hevc(HEVC_VPS, 0x0C, 20));
-        stream.extend(hevc(33, 0x01, 30)); // SPS
-        stream.extend(hevc(HEVC_PPS, 0xC1, 5));
-        stream.extend(hevc(HEVC_PREFIX_SEI, 0x05, 10));
+        stream.extend(hevc(nal_type::VPS, 0x0C, 20));
+        stream.extend(hevc(nal_type::SPS, 0x01, 30));
+        stream.extend(hevc(nal_type::PPS, 0xC1, 5));
+        stream.extend(hevc(nal_type::PREFIX_SEI, 0x05, 10));
         stream.extend(hevc(19, 0xAF, 300)); // IDR_W_RADL, first slice segment
         stream.extend(hevc(19, 0x2F, 300)); // second slice segment, same picture
         stream.extend(hevc(1, 0xD0, 80)); // TRAIL_R: picture 2
         stream.extend(hevc(40, 0x05, 4)); // suffix SEI stays with picture 2
         stream.extend(hevc(0, 0xD0, 40)); // TRAIL_N: picture 3
-        stream.extend(hevc(HEVC_AUD, 0x50, 0));
+        stream.extend(hevc(nal_type::AUD, 0x50, 0));
         stream.extend(hevc(21, 0xAF, 200)); // CRA: picture 4, a keyframe without VPS
         stream.extend(hevc(1, 0x80, 60)); // picture 5
+        stream.extend(hevc(22, 0x80, 60)); // reserved IRAP 22: picture 6, a keyframe
+        stream.extend(hevc(23, 0x80, 60)); // reserved IRAP 23: picture 7, a keyframe
         assert_eq!(detect_codec(&stream), Codec::H265);
         let units = access_units_of(Codec::H265, &stream);
         let flags: Vec<_> = units.iter().map(|u| (u.keyframe, u.codec_config)).collect();
@@ -294,7 +291,9 @@ mod tests {
                 (false, false),
                 (false, false),
                 (true, false),
-                (false, false)
+                (false, false),
+                (true, false),
+                (true, false)
             ]
         );
         let joined: Vec<u8> = units.iter().flat_map(|u| u.data.clone()).collect();
@@ -308,8 +307,8 @@ mod tests {
         assert_eq!(detect_codec(&nal(NAL_SPS, 0x42, 8)), Codec::H264);
         assert_eq!(detect_codec(&nal(NAL_AUD, 0xF0, 1)), Codec::H264);
         assert_eq!(detect_codec(&nal(NAL_IDR, 0x88, 8)), Codec::H264);
-        assert_eq!(detect_codec(&hevc(HEVC_VPS, 0x0C, 8)), Codec::H265);
-        assert_eq!(detect_codec(&hevc(HEVC_AUD, 0x50, 1)), Codec::H265);
+        assert_eq!(detect_codec(&hevc(nal_type::VPS, 0x0C, 8)), Codec::H265);
+        assert_eq!(detect_codec(&hevc(nal_type::AUD, 0x50, 1)), Codec::H265);
         assert_eq!(detect_codec(&[]), Codec::H264);
         assert_eq!(detect_codec(&[0, 0, 1, 0x40]), Codec::H264, "truncated");
     }

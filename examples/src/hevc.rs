@@ -2,7 +2,8 @@
 //! tier, level, chroma format, bit depths and the displayed picture size (ITU-T H.265
 //! 7.3.2.2). Reads only up to `bit_depth_chroma_minus8`; every read is bounds-checked.
 
-/// H.265 NAL unit types the MP4 writer cares about (H.265 table 7-1).
+/// H.265 NAL unit types the examples care about (H.265 Table 7-1): the one source of
+/// them for the Annex-B splitter, the MP4 writer and the RTSP source.
 pub mod nal_type {
     /// First IRAP (intra random access point) type: BLA_W_LP.
     pub const IRAP_FIRST: u8 = 16;
@@ -14,6 +15,16 @@ pub mod nal_type {
     pub const SPS: u8 = 33;
     /// Picture parameter set.
     pub const PPS: u8 = 34;
+    /// Access unit delimiter.
+    pub const AUD: u8 = 35;
+    /// Prefix SEI.
+    pub const PREFIX_SEI: u8 = 39;
+}
+
+/// Whether an H.265 NAL unit type is an IRAP picture's slice (BLA, IDR, CRA, and the
+/// reserved IRAP types 22 and 23): a picture a decoder can start at.
+pub const fn is_irap(nal_type: u8) -> bool {
+    nal_type >= nal_type::IRAP_FIRST && nal_type <= nal_type::IRAP_LAST
 }
 
 /// The type of an H.265 NAL unit from its first header byte.

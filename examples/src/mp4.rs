@@ -409,8 +409,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
                     hevc::nal_type::SPS => Some(&mut track.parameter_sets.sps),
                     hevc::nal_type::PPS => Some(&mut track.parameter_sets.pps),
                     t => {
-                        keyframe |=
-                            (hevc::nal_type::IRAP_FIRST..=hevc::nal_type::IRAP_LAST).contains(&t);
+                        keyframe |= hevc::is_irap(t);
                         None
                     }
                 },

@@ -500,11 +500,11 @@ impl HevcParameterSets {
     /// if it is a keyframe that lacks them; remembers the ones it carries. One pass over
     /// the NAL units.
     fn complete(&mut self, access_unit: Bytes, keyframe: bool) -> (Bytes, bool) {
-        use crate::hevc::{nal_type, nal_unit_type};
+        use crate::hevc::{is_irap, nal_type, nal_unit_type};
         let (mut has_vps, mut irap) = (false, false);
         for nal in crate::mp4::nal_units(&access_unit) {
             let kind = nal_unit_type(nal);
-            irap |= (nal_type::IRAP_FIRST..=nal_type::IRAP_LAST).contains(&kind);
+            irap |= is_irap(kind);
             let slot = match kind {
                 nal_type::VPS => {
                     has_vps = true;

@@ -30,6 +30,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sightwire::{Codec, Frame, StreamId};
 use sightwire_examples::annexb::{AccessUnit, access_units};
+use sightwire_examples::hevc::is_irap;
 use sightwire_examples::mp4::nal_units;
 use sightwire_examples::rtsp::{
     RtspConfig, RtspSource, SourceFailure, SourceStatus, spawn, spawn_with_status,
@@ -1405,7 +1406,7 @@ async fn rtsp_source_takes_h265_video_and_aac_audio_byte_for_byte() {
                 .map(clips::hevc_nal_type)
                 .collect::<Vec<_>>()
         );
-        let irap = nal_units(unit).any(|n| (16..=21).contains(&clips::hevc_nal_type(n)));
+        let irap = nal_units(unit).any(|n| is_irap(clips::hevc_nal_type(n)));
         assert_eq!(frame.keyframe, irap, "keyframe flag of access unit {i}");
         let starts_with_vps = nal_units(unit).next().map(clips::hevc_nal_type) == Some(32);
         assert_eq!(
@@ -1518,7 +1519,7 @@ async fn h265_and_aac_from_an_rtsp_camera_reach_the_viewers_mp4() {
         .position(|u| *u == units[0])
         .expect("the first received H.265 frame is one of the clip's");
     assert!(
-        nal_units(&units[0]).any(|n| (16..=21).contains(&clips::hevc_nal_type(n))),
+        nal_units(&units[0]).any(|n| is_irap(clips::hevc_nal_type(n))),
         "the video output starts with a keyframe"
     );
     for (i, unit) in units.iter().enumerate() {

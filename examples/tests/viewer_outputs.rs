@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sightwire::{Codec, Device, DeviceConfig, Event, Frame, PeerClosedReason, StreamId};
+use sightwire_examples::hevc::{is_irap, nal_unit_type};
 use sightwire_examples::local::LocalNetwork;
 use sightwire_examples::mp4::nal_units;
 use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
@@ -164,7 +165,7 @@ async fn send_clips(device: &Device, clips: &Clips) {
         let (next, us) =
             if a >= clips.audio.len() || (v < clips.video.len() && video_us <= audio_us) {
                 let data = &clips.video[v];
-                let keyframe = nal_units(data).any(|n| (16..=23).contains(&((n[0] >> 1) & 0x3F)));
+                let keyframe = nal_units(data).any(|n| is_irap(nal_unit_type(n)));
                 v += 1;
                 (
                     frame(
