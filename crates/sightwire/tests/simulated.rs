@@ -1389,3 +1389,60 @@ fn two_streams_each_viewer_gets_its_own_and_a_switch_starts_at_the_cached_keyfra
     assert_eq!(camera_stats.catch_ups, 4);
     assert_eq!(camera_stats.catch_ups_abandoned, 0);
 }
+
+/// A frame nobody could be sent (it cannot be framed: empty) on a stream a viewer is not
+/// subscribed to is no gap of that viewer's: when it subscribes later, the stream's
+/// first frame it gets is not flagged as after a loss.
+#[test]
+fn a_frame_not_sent_on_a_stream_a_viewer_left_is_no_gap_of_its() {
+    let (mut world, viewer, _) = streaming(151, 0);
+    let now = world.now();
+    let camera = world.camera_mut(0);
+    let peer = camera.endpoint.connections().next().expect("the viewer");
+    camera
+        .endpoint
+        .set_subscription(now, peer, StreamSet::of(&[StreamId::VIDEO]))
+        .expect("a viewer");
+    let metadata = |data: &'static [u8]| sightwire::Frame {
+        stream: StreamId::METADATA,
+        codec: sightwire::Codec::Metadata,
+        keyframe: true,
+        codec_config: false,
+        capture_time_us: 0,
+        data: bytes::Bytes::from_static(data),
+    };
+    let empty = camera
+        .endpoint
+        .send_frame(now, sightwire::proto::Recipients::All, metadata(b""));
+    assert!(empty.is_err(), "an empty frame cannot be framed");
+    camera
+        .endpoint
+        .set_subscription(
+            now,
+            peer,
+            StreamSet::of(&[StreamId::VIDEO, StreamId::METADATA]),
+        )
+        .expect("a viewer");
+    let sent = camera
+        .endpoint
+        .send_frame(now, sightwire::proto::Recipients::All, metadata(b"tag"));
+    assert_eq!(sent, Ok(1));
+    world
+        .run_until(Duration::from_secs(1), |w| {
+            w.viewer(viewer).events.iter().any(|e| {
+                matches!(&e.event, Event::Frame { frame, .. } if frame.frame.stream == StreamId::METADATA)
+            })
+        })
+        .expect("the metadata frame");
+    let after_loss = world
+        .viewer(viewer)
+        .events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::Frame { frame, .. } if frame.frame.stream == StreamId::METADATA => {
+                Some(frame.after_loss)
+            }
+            _ => None,
+        });
+    assert_eq!(after_loss, Some(false));
+}

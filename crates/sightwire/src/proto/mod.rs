@@ -695,8 +695,9 @@ impl Endpoint {
     }
 
     /// `frame` could not be packetized, so no recipient gets it: each recipient's stream
-    /// shows the gap and breaks if later frames may refer to it, and so does the device's
-    /// GOP cache; the application is told.
+    /// (for a device's frames for all, each viewer subscribed to it) shows the gap and
+    /// breaks if later frames may refer to it, and so does the device's GOP cache; the
+    /// application is told.
     fn frame_not_packetized(
         &mut self,
         now: Instant,
@@ -708,7 +709,12 @@ impl Endpoint {
         if let (Role::Device(device), Recipients::All) = (&mut self.role, to) {
             device.gop.not_sent(frame);
         }
-        for conn in self.accepted_conns(only) {
+        // Only the viewers that would have had it see the gap (§4.2).
+        let by_subscription = matches!((&self.role, to), (Role::Device(_), Recipients::All));
+        let recipients = self
+            .accepted_conns(only)
+            .filter(|c| !by_subscription || c.gop.streams().contains(frame.stream));
+        for conn in recipients {
             conn.media.frame_not_sent(now, frame);
         }
         self.stats.frames_not_sent += 1;
