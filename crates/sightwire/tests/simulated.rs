@@ -1446,3 +1446,53 @@ fn a_frame_not_sent_on_a_stream_a_viewer_left_is_no_gap_of_its() {
         });
     assert_eq!(after_loss, Some(false));
 }
+
+/// A viewer on the sub stream that moves to another network connects again; the device
+/// knows it by its key and keeps it on the sub stream: after the reconnect it gets sub
+/// frames only, from a keyframe, none twice.
+#[test]
+fn a_viewer_that_reconnects_keeps_the_stream_it_chose() {
+    let (mut world, viewer, watch) = streaming(152, 0);
+    world.camera_mut(0).sub_stream = Some((SUB, GOP));
+    world.run_for(Duration::from_secs(1));
+    let now = world.now();
+    let camera = world.camera_mut(0);
+    let old_peer = camera.endpoint.connections().next().expect("the viewer");
+    camera
+        .endpoint
+        .set_subscription(now, old_peer, StreamSet::of(&[SUB]))
+        .expect("a viewer");
+    world.run_for(Duration::from_secs(1));
+    let before_move = world.viewer(viewer).events.len();
+    let (nat, ip) = world.new_lan(Site::Home);
+    world.move_viewer_to(viewer, nat, ip);
+    recovery(&mut world, viewer, watch);
+    world.run_for(Duration::from_secs(1));
+    let peers: Vec<PeerId> = world.camera(0).endpoint.connections().collect();
+    let new_peer = *peers
+        .iter()
+        .find(|p| **p != old_peer)
+        .expect("a new connection");
+    assert_eq!(
+        world.camera(0).endpoint.subscription(new_peer),
+        Some(StreamSet::of(&[SUB]))
+    );
+    let after: Vec<(StreamId, u64, bool)> = world.viewer(viewer).events[before_move..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Frame { frame, .. } => Some((
+                frame.frame.stream,
+                frame_number(&frame.frame),
+                frame.frame.keyframe,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert!(after.len() as u64 >= 2 * FPS, "{} frames", after.len());
+    assert!(
+        after.iter().all(|(stream, _, _)| *stream == SUB),
+        "only sub frames after the reconnect"
+    );
+    let numbers: Vec<u64> = after.iter().map(|(_, n, _)| *n).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+}

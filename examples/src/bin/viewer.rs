@@ -469,9 +469,13 @@ async fn main() -> anyhow::Result<()> {
     }
     .encode()
     .context("--stream")?;
-    if !viewer.send_control(select.into()).await {
+    let select = bytes::Bytes::from(select);
+    if !viewer.send_control(select.clone()).await {
         tracing::warn!("could not send the stream choice");
     }
+    // The first connection's PeerConnected; each later one is a reconnect, which gets
+    // the choice again.
+    let mut connections = 0u64;
     let mut refused: Option<String> = None;
     let talk = match &args.talk {
         Some(path) => {
@@ -527,6 +531,10 @@ async fn main() -> anyhow::Result<()> {
                         }
                         path = p;
                         output.emit(json!({"event": "connected", "path": p.map(|p| p.kind_name()), "connect_ms": connect_ms}));
+                        connections += 1;
+                        if connections > 1 && !viewer.send_control(select.clone()).await {
+                            tracing::warn!("could not send the stream choice again");
+                        }
                     }
                     Event::PathChanged { path: p, .. } => {
                         let first = path.is_none();

@@ -271,13 +271,17 @@ impl Endpoint {
             tracing::info!(peer = id.0, "viewer authorized");
             // The same viewer reconnected (it moved, or lost its path): the older
             // connection's address is stale, stop sending there.
-            let stale: Vec<PeerId> = self
+            let stale: Vec<(PeerId, StreamSet)> = self
                 .conns
                 .values()
                 .filter(|c| c.id != id && c.remote_key == remote)
-                .map(|c| c.id)
+                .map(|c| (c.id, c.gop.streams()))
                 .collect();
-            for stale in stale {
+            // It keeps the streams it chose (§4.2 of spec/endpoint.md).
+            if let (Some(&(_, streams)), Some(conn)) = (stale.first(), self.conns.get_mut(&id)) {
+                conn.gop.subscribe(streams);
+            }
+            for (stale, _) in stale {
                 self.close_connection(now, stale, PeerClosedReason::Closed, true);
             }
             self.emit(
