@@ -2,7 +2,9 @@
 //! codec names as people type them, and the one rule both sides apply to a catalog — the
 //! chosen stream must exist and its codecs must be ones the viewer takes.
 
-use sightwire::{Codec, Frame, StreamId, StreamSet};
+use std::collections::HashMap;
+
+use sightwire::{Codec, Frame, PeerId, StreamId, StreamSet};
 use sightwire_media::control_messages::{
     CatalogStream, ControlMessage, MAX_STREAM_TRACKS, SourceState, StatusReason, Track,
 };
@@ -215,6 +217,52 @@ impl CameraCatalog {
     }
 }
 
+/// The camera's main-stream target when viewers choose between main and sub: the lowest
+/// target among the viewers watching main. The main stream's frame dropper follows it;
+/// a viewer on the sub stream (on a slow path, say) does not cost main's viewers frames,
+/// and its own media layer drops what its path cannot carry (`spec/media.md` 4.7).
+/// One entry per viewer the device admitted (bounded by its `max_viewers`).
+#[derive(Debug, Default)]
+pub struct MainTarget {
+    /// Each viewer's latest target (`None`: not reported yet) and whether it is on sub.
+    viewers: HashMap<PeerId, (Option<u64>, bool)>,
+    last: Option<u64>,
+}
+
+impl MainTarget {
+    /// A viewer's target (from its stats). Returns the new main target if it changed
+    /// (`Some(None)`: no viewer of main reports one).
+    pub fn target(&mut self, peer: PeerId, bps: u64) -> Option<Option<u64>> {
+        self.viewers.entry(peer).or_insert((None, false)).0 = Some(bps);
+        self.update()
+    }
+
+    /// A viewer chose the sub stream (`on_sub`) or the main one.
+    pub fn chose(&mut self, peer: PeerId, on_sub: bool) -> Option<Option<u64>> {
+        self.viewers.entry(peer).or_insert((None, false)).1 = on_sub;
+        self.update()
+    }
+
+    /// A viewer left.
+    pub fn closed(&mut self, peer: PeerId) -> Option<Option<u64>> {
+        self.viewers.remove(&peer);
+        self.update()
+    }
+
+    fn update(&mut self) -> Option<Option<u64>> {
+        let now = self
+            .viewers
+            .values()
+            .filter(|(_, on_sub)| !on_sub)
+            .filter_map(|(bps, _)| *bps)
+            .min();
+        (now != self.last).then(|| {
+            self.last = now;
+            now
+        })
+    }
+}
+
 /// The viewer's side: which stream ids not to write, given the catalog and the stream it
 /// chose — those of the catalog's other streams (a frame of the stream it left may
 /// arrive after the new stream's first frames). Ids the catalog does not name are kept.
@@ -356,6 +404,28 @@ mod tests {
         assert_eq!(other_streams(&streams, ""), SUB_STREAMS);
         assert_eq!(other_streams(&streams, "main"), SUB_STREAMS);
         assert!(MAIN_STREAMS.intersection(SUB_STREAMS).is_empty());
+    }
+
+    #[test]
+    fn main_follows_the_slowest_viewer_of_main_only() {
+        let (a, b, c) = (PeerId(1), PeerId(2), PeerId(3));
+        let mut target = MainTarget::default();
+        assert_eq!(target.target(a, 4_000_000), Some(Some(4_000_000)));
+        assert_eq!(target.target(b, 1_000_000), Some(Some(1_000_000)));
+        // The slow viewer moves to sub: main is back at the other's target.
+        assert_eq!(target.chose(b, true), Some(Some(4_000_000)));
+        assert_eq!(
+            target.target(b, 300_000),
+            None,
+            "sub's target is not main's"
+        );
+        assert_eq!(target.chose(c, false), None, "no target reported yet");
+        assert_eq!(target.target(c, 2_000_000), Some(Some(2_000_000)));
+        assert_eq!(target.closed(c), Some(Some(4_000_000)));
+        assert_eq!(target.closed(a), Some(None), "nobody left on main");
+        assert_eq!(target.chose(b, false), Some(Some(300_000)));
+        assert_eq!(target.closed(b), Some(None));
+        assert!(target.viewers.is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! offers both (`main` and `sub` in its catalog); each viewer chooses with SELECT and is
 //! switched alone, at once, from the sub stream's cached keyframe
 //! (`Device::subscribe`, `spec/endpoint.md` §4.2). A new viewer gets `main`. With
+//! Its frame dropper then follows the lowest target among the viewers of main only. With
 //! `--sub-mode adaptive` it instead forwards one of the two to everyone, switching to
 //! the sub stream while the target stays below the main stream's bitrate
 //! (`sightwire_examples::switch`).
@@ -55,7 +56,9 @@ use sightwire::{
 };
 use sightwire_examples::audio::AudioFileWriter;
 use sightwire_examples::identity::{load_identity, parse_key, read_key};
-use sightwire_examples::negotiation::{CameraCatalog, MAIN_STREAMS, codec_name, to_sub_stream};
+use sightwire_examples::negotiation::{
+    CameraCatalog, MAIN_STREAMS, MainTarget, SUB_STREAMS, codec_name, to_sub_stream,
+};
 use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
 use sightwire_examples::rtsp::{self, RtspConfig, RtspSource, SourceFailure, SourceStatus};
 use sightwire_examples::source::FrameSource;
@@ -314,6 +317,8 @@ async fn main() -> anyhow::Result<()> {
     drop_report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Viewers admitted; with none left, the target no longer holds.
     let mut viewers: HashSet<PeerId> = HashSet::new();
+    // With a choice of streams: the lowest target among the viewers of main.
+    let mut main_target = MainTarget::default();
     // The streams viewers are told about (spec/control.md), learnt from the frames sent.
     let mut catalog = if sub_source.is_some() {
         CameraCatalog::with_sub()
@@ -418,12 +423,22 @@ async fn main() -> anyhow::Result<()> {
                         emit(json!({
                             "event": "viewer_closed", "peer": peer.0, "reason": format!("{reason:?}"),
                         }));
-                        if viewers.remove(&peer) && viewers.is_empty() {
+                        if choice {
+                            if let Some(target) = main_target.closed(peer) {
+                                follow_target(target, source.as_mut(), rtsp_source.as_mut(), &mut dropper);
+                            }
+                        } else if viewers.remove(&peer) && viewers.is_empty() {
                             follow_target(None, source.as_mut(), rtsp_source.as_mut(), &mut dropper);
                         }
                     }
-                    Event::TargetBitrate { bps } => {
+                    // With a choice of streams the main stream follows its own viewers.
+                    Event::TargetBitrate { bps } if !choice => {
                         follow_target(Some(bps), source.as_mut(), rtsp_source.as_mut(), &mut dropper);
+                    }
+                    Event::Stats { peer, stats } if choice => {
+                        if let Some(target) = main_target.target(peer, stats.target_bitrate_bps) {
+                            follow_target(target, source.as_mut(), rtsp_source.as_mut(), &mut dropper);
+                        }
                     }
                     Event::KeyframeRequested { peer, stream } => {
                         // Only an encoder can make one; a file or an RTSP camera cannot,
@@ -454,6 +469,9 @@ async fn main() -> anyhow::Result<()> {
                                 // cached keyframe.
                                 Ok(streams) if choice => {
                                     device.subscribe(peer, streams).await;
+                                    if let Some(target) = main_target.chose(peer, streams == SUB_STREAMS) {
+                                        follow_target(target, source.as_mut(), rtsp_source.as_mut(), &mut dropper);
+                                    }
                                 }
                                 Ok(_) => {}
                                 Err(status) => send_message(&device, Some(peer), &status).await,
