@@ -206,13 +206,8 @@ mod tests {
     #[test]
     fn the_camera_learns_its_tracks_and_refuses_what_a_viewer_cannot_take() {
         let mut camera = CameraCatalog::default();
-        let frame = |stream, codec| Frame {
-            stream,
-            codec,
-            keyframe: true,
-            codec_config: false,
-            capture_time_us: 0,
-            data: bytes::Bytes::from_static(&[1]),
+        let frame = |stream, codec| {
+            Frame::new(stream, codec, 0, bytes::Bytes::from_static(&[1])).with_keyframe(true)
         };
         assert!(camera.observe(&frame(StreamId::VIDEO, Codec::H265)));
         assert!(!camera.observe(&frame(StreamId::VIDEO, Codec::H265)));

@@ -323,10 +323,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = ViewerConfig::new(
         keypair,
-        RendezvousServer {
-            address: args.rendezvous.clone(),
-            public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
-            stream_port: Some(args.rendezvous_stream_port).filter(|port| *port != 0),
+        {
+            let mut value = RendezvousServer::new(
+                args.rendezvous.clone(),
+                parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+            );
+            value.stream_port = Some(args.rendezvous_stream_port).filter(|port| *port != 0);
+            value
         },
         TrustedIssuers::single(issuer),
     );
@@ -358,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
     }
     .encode()
     .context("--stream")?;
-    if !viewer.send_control(select.into()).await {
+    if viewer.send_control(select.into()).await.is_err() {
         tracing::warn!("could not send the stream choice");
     }
     let mut refused: Option<String> = None;
@@ -396,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
             () = tokio::time::sleep_until(talk_due), if talk.peek().is_some() => {
                 if let Some(frame) = talk.next() {
                     summary.talk_frames += 1;
-                    if !viewer.send_frame(frame).await {
+                    if viewer.send_frame(frame).await.is_err() {
                         break;
                     }
                 }

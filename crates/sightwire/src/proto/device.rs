@@ -24,6 +24,7 @@ use crate::events::{Event, PeerClosedReason, PeerId};
 pub(crate) const GRANT_WAIT: Duration = Duration::from_millis(300);
 
 /// What a device endpoint needs besides the common configuration.
+#[non_exhaustive]
 pub struct DeviceSettings {
     /// "Device ID X belongs to device key K", signed by the operator's issuer.
     pub certificate: IdCertificate,
@@ -36,6 +37,21 @@ pub struct DeviceSettings {
     /// Limits of the GOP cache viewers joining mid-GOP are served from (§4.1 of
     /// `spec/endpoint.md`).
     pub gop_cache: GopCacheConfig,
+}
+
+impl DeviceSettings {
+    /// The settings of the device `certificate` names, with the defaults: no password
+    /// (only trusted keys), no trusted keys yet, at most
+    /// [`crate::DEFAULT_MAX_VIEWERS`] viewers, the default GOP cache.
+    pub fn new(certificate: IdCertificate) -> Self {
+        Self {
+            certificate,
+            password: None,
+            trusted_viewers: Vec::new(),
+            max_viewers: crate::DEFAULT_MAX_VIEWERS,
+            gop_cache: GopCacheConfig::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for DeviceSettings {
