@@ -19,9 +19,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::kernel::{self, CpuTimes};
 use crate::split::{ReceiverCounters, ViewerChild, ViewerFinished, ViewerSetup};
 use crate::tally::{DeliveredFrame, SentFrame, Tally};
+use sightwire_benches::kernel::{self, CpuTimes};
 
 const DEVICE_ID: &str = "1C:C3:16:AB:CD:EF";
 const PASSWORD: &str = "throughput";

@@ -24,9 +24,9 @@ use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 use tokio::sync::{oneshot, watch};
 use tokio::time::timeout;
 
-use crate::kernel::{self, CpuTimes};
 use crate::run::{SETUP_TIMEOUT, ViewerLog, record};
 use crate::tally::DeliveredFrame;
+use sightwire_benches::kernel::{self, CpuTimes};
 
 /// Longest wait for the child's report after its stdin closed.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
