@@ -38,10 +38,11 @@ impl Pipeline {
     fn new(lose_packets: bool, aead: bool) -> Pipeline {
         let start = Instant::now();
         // Pacing off: this measures the CPU cost of framing, not the pacer's virtual time.
-        let config = Config {
-            max_transmit_queue: 16_384,
-            pacing_factor_percent: 0,
-            ..Config::default()
+        let config = {
+            let mut value = Config::default();
+            value.max_transmit_queue = 16_384;
+            value.pacing_factor_percent = 0;
+            value
         };
         let mut pipeline = Pipeline {
             camera: MediaConnection::new(config.clone(), start).unwrap(),
@@ -133,14 +134,9 @@ impl Pipeline {
 /// until transmission.
 fn packetize(keyframe: bool, data: Bytes, capture_time_us: u64) -> PacketizedFrame {
     PacketizedFrame::new(
-        Frame {
-            stream: StreamId::VIDEO,
-            codec: Codec::H264,
-            keyframe,
-            codec_config: keyframe,
-            capture_time_us,
-            data,
-        },
+        Frame::new(StreamId::VIDEO, Codec::H264, capture_time_us, data)
+            .with_keyframe(keyframe)
+            .with_codec_config(keyframe),
         Config::default().max_packet_size,
     )
     .unwrap()
@@ -148,9 +144,10 @@ fn packetize(keyframe: bool, data: Bytes, capture_time_us: u64) -> PacketizedFra
 
 /// The media packets of one frame, as the session would receive them to seal.
 fn packets_of(frame: &PacketizedFrame) -> Vec<Vec<u8>> {
-    let config = Config {
-        pacing_factor_percent: 0,
-        ..Config::default()
+    let config = {
+        let mut value = Config::default();
+        value.pacing_factor_percent = 0;
+        value
     };
     let now = Instant::now();
     let mut camera = MediaConnection::new(config, now).unwrap();

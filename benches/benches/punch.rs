@@ -71,10 +71,7 @@ fn codec(c: &mut Criterion) {
 }
 
 fn running_agent(now: Instant) -> Agent {
-    let mut agent = Agent::new(Config {
-        host_candidates: vec!["192.168.1.5:5000".parse().unwrap()],
-        seed: 1,
-    });
+    let mut agent = Agent::new(Config::new(vec!["192.168.1.5:5000".parse().unwrap()], 1));
     agent.handle_signal(
         now,
         PunchSignal::Start(StartAttempt {

@@ -47,10 +47,11 @@ fn trivial_forwarder(a: SocketAddr, b: SocketAddr) -> SocketAddr {
 fn relay_server(key: RelayGrantKey) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     spawn_runtime(async move {
-        let config = RelayConfig {
-            rate_bytes_per_sec: u64::MAX / 2,
-            rate_burst_bytes: u64::MAX / 2,
-            ..RelayConfig::default()
+        let config = {
+            let mut value = RelayConfig::default();
+            value.rate_bytes_per_sec = u64::MAX / 2;
+            value.rate_burst_bytes = u64::MAX / 2;
+            value
         };
         let server = RelayServer::bind("127.0.0.1:0".parse().unwrap(), Relay::new(config, key))
             .await

@@ -51,11 +51,11 @@ fn certificate(issuer: &IssuerKey, n: u32) -> IdCertificate {
 
 fn peer(n: u32) -> Peer<u64> {
     let b = n.to_be_bytes();
-    Peer {
-        session: u64::from(n),
-        remote_static: device_key(n),
-        address: SocketAddr::from(([10, b[1], b[2], b[3]], 40_000)),
-    }
+    Peer::new(
+        u64::from(n),
+        device_key(n),
+        SocketAddr::from(([10, b[1], b[2], b[3]], 40_000)),
+    )
 }
 
 fn register_message(certificate: IdCertificate) -> Vec<u8> {
@@ -96,10 +96,11 @@ fn populated(devices: u32, start: Instant) -> (Rendezvous<MemoryRegistry, u64>, 
         registry.record(certificate).unwrap();
     }
     // Every device registers from its own address; let the rate limiter track them all.
-    let config = CoreConfig {
-        max_presence: devices as usize,
-        max_rate_sources: devices as usize,
-        ..CoreConfig::default()
+    let config = {
+        let mut value = CoreConfig::default();
+        value.max_presence = devices as usize;
+        value.max_rate_sources = devices as usize;
+        value
     };
     let mut core = Rendezvous::new(
         config,
@@ -154,9 +155,10 @@ fn keepalives_through_noise() {
         session_config,
         Box::new(rand::rngs::StdRng::seed_from_u64(9)),
     );
-    let config = CoreConfig {
-        max_rate_sources: DEVICES as usize,
-        ..CoreConfig::default()
+    let config = {
+        let mut value = CoreConfig::default();
+        value.max_rate_sources = DEVICES as usize;
+        value
     };
     let mut core: Rendezvous<MemoryRegistry, sightwire_session::SessionId> = Rendezvous::new(
         config,
@@ -216,15 +218,7 @@ fn keepalives_through_noise() {
         }) = server.handle_input(now, from, &mut buf[..t.len])
         {
             let remote_static = *server.remote_static(session).unwrap();
-            core.handle_message(
-                now,
-                &Peer {
-                    session,
-                    remote_static,
-                    address: from,
-                },
-                plaintext,
-            );
+            core.handle_message(now, &Peer::new(session, remote_static, from), plaintext);
         }
         while core.poll_transmit().is_some() {}
         clients.push((client, session, from));
@@ -259,15 +253,7 @@ fn keepalives_through_noise() {
         }) = server.handle_input(now, *from, datagram)
         {
             let remote_static = *server.remote_static(session).unwrap();
-            core.handle_message(
-                now,
-                &Peer {
-                    session,
-                    remote_static,
-                    address: *from,
-                },
-                plaintext,
-            );
+            core.handle_message(now, &Peer::new(session, remote_static, *from), plaintext);
         }
         while let Some(reply) = core.poll_transmit() {
             if server

@@ -300,13 +300,15 @@ pub fn talk_frames(
     data: &[u8],
 ) -> Result<Vec<sightwire::Frame>, AudioError> {
     use sightwire::{Codec, Frame, StreamId};
-    let frame = |codec, codec_config, capture_time_us, payload: &[u8]| Frame {
-        stream: StreamId::AUDIO,
-        codec,
-        keyframe: true,
-        codec_config,
-        capture_time_us,
-        data: bytes::Bytes::copy_from_slice(payload),
+    let frame = |codec, codec_config, capture_time_us, payload: &[u8]| {
+        Frame::new(
+            StreamId::AUDIO,
+            codec,
+            capture_time_us,
+            bytes::Bytes::copy_from_slice(payload),
+        )
+        .with_keyframe(true)
+        .with_codec_config(codec_config)
     };
     let extension = path
         .extension()

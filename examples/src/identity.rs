@@ -117,10 +117,7 @@ pub fn load_identity(
             path.display()
         );
     }
-    Ok(DeviceIdentity {
-        keypair,
-        certificate,
-    })
+    Ok(DeviceIdentity::new(keypair, certificate))
 }
 
 /// A random unicast, locally administered MAC for demo devices without a real one.

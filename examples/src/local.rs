@@ -106,12 +106,9 @@ impl LocalNetwork {
         let public_key = *StaticKeypair::from_private(rendezvous_key).public();
         let mut network = Self {
             issuer,
-            rendezvous: RendezvousServer {
-                // Set when the rendezvous is bound (a server address refuses port 0).
-                address: SocketAddr::from(([127, 0, 0, 1], 0)).into(),
-                public_key,
-                stream_port: None,
-            },
+            // The address is set when the rendezvous is bound (a server address refuses
+            // port 0).
+            rendezvous: RendezvousServer::new(SocketAddr::from(([127, 0, 0, 1], 0)), public_key),
             relay_address,
             relay_stream_port,
             rendezvous_stream_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -137,13 +134,14 @@ impl LocalNetwork {
         if self.rendezvous.address.name().is_none() {
             self.rendezvous.address = self.rendezvous_listen.into();
         }
-        let config = CoreConfig {
-            relay: Some(sightwire_rendezvous::RelayConfig {
-                address: self.relay_address,
-                stream_port: Some(self.relay_stream_port),
-                key: self.relay_key.clone(),
-            }),
-            ..self.core_config.clone()
+        let config = {
+            let mut value = self.core_config.clone();
+            value.relay = Some(sightwire_rendezvous::RelayConfig::new(
+                self.relay_address,
+                Some(self.relay_stream_port),
+                self.relay_key.clone(),
+            ));
+            value
         };
         let core = Rendezvous::new(
             config,
@@ -235,10 +233,7 @@ impl LocalNetwork {
             not_after: now + CERTIFICATE_LIFETIME_SECS,
             serial: self.serial,
         })?;
-        Ok(DeviceIdentity {
-            keypair,
-            certificate,
-        })
+        Ok(DeviceIdentity::new(keypair, certificate))
     }
 
     /// The rendezvous's socket address (it listens on loopback).

@@ -336,14 +336,7 @@ mod tests {
 
     /// A one-byte keyframe of `stream` in `codec`.
     fn frame(stream: StreamId, codec: Codec) -> Frame {
-        Frame {
-            stream,
-            codec,
-            keyframe: true,
-            codec_config: false,
-            capture_time_us: 0,
-            data: bytes::Bytes::from_static(&[1]),
-        }
+        Frame::new(stream, codec, 0, bytes::Bytes::from_static(&[1])).with_keyframe(true)
     }
 
     #[test]

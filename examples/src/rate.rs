@@ -235,10 +235,10 @@ impl FrameDropper {
         let per_second = target_bps / 8;
         let window_bytes = u128::from(per_second) * self.window().as_millis() / 1_000
             + u128::from(self.largest_frame);
-        let rate = Rate {
-            per_second: u32::try_from(per_second).unwrap_or(u32::MAX),
-            burst: u32::try_from(window_bytes).unwrap_or(u32::MAX),
-        };
+        let rate = Rate::new(
+            u32::try_from(per_second).unwrap_or(u32::MAX),
+            u32::try_from(window_bytes).unwrap_or(u32::MAX),
+        );
         let held = match &self.bucket {
             Some(bucket) if bucket.rate() == rate => return,
             Some(bucket) => bucket.tokens(now).min(rate.burst),

@@ -466,14 +466,9 @@ async fn stream_session(
             Codec::H265 => crate::hevc::nal_unit_type(&[header]) == crate::hevc::nal_type::VPS,
             _ => header & 0x1F == 7,
         });
-        let frame = Frame {
-            stream: StreamId::VIDEO,
-            codec: video_codec,
-            keyframe,
-            codec_config,
-            capture_time_us,
-            data,
-        };
+        let frame = Frame::new(StreamId::VIDEO, video_codec, capture_time_us, data)
+            .with_keyframe(keyframe)
+            .with_codec_config(codec_config);
         if frames.send(frame).await.is_err() {
             return Ok(());
         }
@@ -559,14 +554,9 @@ fn audio_codec(encoding_name: &str) -> Option<Codec> {
 }
 
 fn audio_frame_of(codec: Codec, codec_config: bool, capture_time_us: u64, data: Bytes) -> Frame {
-    Frame {
-        stream: StreamId::AUDIO,
-        codec,
-        keyframe: true,
-        codec_config,
-        capture_time_us,
-        data,
-    }
+    Frame::new(StreamId::AUDIO, codec, capture_time_us, data)
+        .with_keyframe(true)
+        .with_codec_config(codec_config)
 }
 
 /// An RTSP camera's main stream and, optionally, its sub stream, switched on the target

@@ -236,14 +236,11 @@ impl FrameSource {
         self.next += 1;
         let capture_time_us = self.produced * self.interval.as_micros() as u64;
         self.produced += 1;
-        Some(Frame {
-            stream: StreamId::VIDEO,
-            codec: self.codec,
-            keyframe,
-            codec_config,
-            capture_time_us,
-            data,
-        })
+        Some(
+            Frame::new(StreamId::VIDEO, self.codec, capture_time_us, data)
+                .with_keyframe(keyframe)
+                .with_codec_config(codec_config),
+        )
     }
 }
 

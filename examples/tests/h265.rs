@@ -107,13 +107,10 @@ fn an_x265_clip_splits_into_ffprobes_frames_and_drops_only_what_nothing_refers_t
     // decodes, every frame of it.
     let frames: Vec<Frame> = units
         .iter()
-        .map(|u| Frame {
-            stream: StreamId::VIDEO,
-            codec: Codec::H265,
-            keyframe: u.keyframe,
-            codec_config: u.codec_config,
-            capture_time_us: 0,
-            data: Bytes::from(u.data.clone()),
+        .map(|u| {
+            Frame::new(StreamId::VIDEO, Codec::H265, 0, Bytes::from(u.data.clone()))
+                .with_keyframe(u.keyframe)
+                .with_codec_config(u.codec_config)
         })
         .collect();
     let kept: Vec<&Frame> = frames.iter().filter(|f| !f.is_discardable()).collect();

@@ -50,9 +50,10 @@ async fn setup(name: &str, policy: PathPolicy) -> Setup {
 async fn setup_with(name: &str, policy: PathPolicy, configure: fn(&mut DeviceConfig)) -> Setup {
     let dir = TempDir::new(name);
     // A short keepalive interval so the restart test runs in seconds.
-    let core = sightwire_rendezvous::CoreConfig {
-        keepalive_interval: KEEPALIVE,
-        ..Default::default()
+    let core = {
+        let mut value = sightwire_rendezvous::CoreConfig::default();
+        value.keepalive_interval = KEEPALIVE;
+        value
     };
     let mut network = LocalNetwork::start_with(&dir.0.join("registry.sqlite"), core)
         .await
@@ -110,7 +111,11 @@ async fn stream_and_check(setup: &mut Setup, viewers: &mut [Viewer], frames: u32
     let expected: Vec<_> = std::iter::from_fn(|| source.next_frame()).collect();
     let mut paths = vec![None; viewers.len()];
     for frame in &expected {
-        assert!(setup.device.send_frame(frame.clone()).await);
+        setup
+            .device
+            .send_frame(frame.clone())
+            .await
+            .expect("the endpoint stopped");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for (i, viewer) in viewers.iter_mut().enumerate() {
@@ -347,20 +352,21 @@ async fn control_messages_and_talk_back_audio_reach_the_device() {
     })
     .await;
     // PTZ command over the reliable control channel, then 20 ms of G.711 talk-back.
-    assert!(
-        viewer
-            .send_control(bytes::Bytes::from_static(b"ptz left 10"))
-            .await
-    );
-    let audio = sightwire::Frame {
-        stream: sightwire::StreamId::AUDIO,
-        codec: sightwire::Codec::G711Mu,
-        keyframe: true,
-        codec_config: false,
-        capture_time_us: 0,
-        data: bytes::Bytes::from(vec![0x7f; 160]),
-    };
-    assert!(viewer.send_frame(audio.clone()).await);
+    viewer
+        .send_control(bytes::Bytes::from_static(b"ptz left 10"))
+        .await
+        .expect("the endpoint stopped");
+    let audio = sightwire::Frame::new(
+        sightwire::StreamId::AUDIO,
+        sightwire::Codec::G711Mu,
+        0,
+        bytes::Bytes::from(vec![0x7f; 160]),
+    )
+    .with_keyframe(true);
+    viewer
+        .send_frame(audio.clone())
+        .await
+        .expect("the endpoint stopped");
     let control = wait_for(&mut setup.device, |e| matches!(e, Event::Control { .. })).await;
     let Event::Control { message, .. } = control else {
         unreachable!()
@@ -413,16 +419,25 @@ async fn one_viewer_endpoint_watches_two_cameras() {
     .await;
 
     // Each camera's frames reach its own watch only.
-    let frame = |device: u8| sightwire::Frame {
-        stream: sightwire::StreamId::VIDEO,
-        codec: sightwire::Codec::H264,
-        keyframe: true,
-        codec_config: true,
-        capture_time_us: 0,
-        data: bytes::Bytes::from(vec![device; 3000]),
+    let frame = |device: u8| {
+        sightwire::Frame::new(
+            sightwire::StreamId::VIDEO,
+            sightwire::Codec::H264,
+            0,
+            bytes::Bytes::from(vec![device; 3000]),
+        )
+        .with_keyframe(true)
+        .with_codec_config(true)
     };
-    assert!(setup.device.send_frame(frame(1)).await);
-    assert!(second_device.send_frame(frame(2)).await);
+    setup
+        .device
+        .send_frame(frame(1))
+        .await
+        .expect("the endpoint stopped");
+    second_device
+        .send_frame(frame(2))
+        .await
+        .expect("the endpoint stopped");
     for (viewer, expected) in [(&mut first, 1u8), (&mut second, 2u8)] {
         let data = timeout(Duration::from_secs(10), async {
             loop {
@@ -440,18 +455,20 @@ async fn one_viewer_endpoint_watches_two_cameras() {
     }
 
     // Talk-back goes to the watch's own camera.
-    assert!(
-        second
-            .send_control(bytes::Bytes::from_static(b"zoom"))
-            .await
-    );
+    second
+        .send_control(bytes::Bytes::from_static(b"zoom"))
+        .await
+        .expect("the endpoint stopped");
     let control = wait_for(&mut second_device, |e| matches!(e, Event::Control { .. })).await;
     assert!(matches!(control, Event::Control { message, .. } if &message[..] == b"zoom"));
 
     // Closing the first watch closes its connection; the second keeps streaming.
     first.close().await;
     wait_for(&mut setup.device, |e| matches!(e, Event::PeerClosed { .. })).await;
-    assert!(second_device.send_frame(frame(2)).await);
+    second_device
+        .send_frame(frame(2))
+        .await
+        .expect("the endpoint stopped");
     timeout(Duration::from_secs(10), async {
         loop {
             match second.next_event().await {
@@ -485,7 +502,11 @@ async fn a_viewer_joining_mid_gop_gets_a_picture_at_once() {
         ticker.tick().await;
         let frame = source.next_frame().expect("endless");
         sent.push(frame.clone());
-        assert!(setup.device.send_frame(frame).await);
+        setup
+            .device
+            .send_frame(frame)
+            .await
+            .expect("the endpoint stopped");
     }
     let mut config = setup.network.viewer_config();
     config.bind = "127.0.0.1:0".parse().unwrap();
@@ -499,16 +520,17 @@ async fn a_viewer_joining_mid_gop_gets_a_picture_at_once() {
     let mut requests = 0;
     let mut viewer = loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                let frame = source.next_frame().expect("endless");
-                sent.push(frame.clone());
-                assert!(setup.device.send_frame(frame).await);
-            }
-            Some(event) = setup.device.next_event() => {
-                requests += usize::from(matches!(event, Event::KeyframeRequested { .. }));
-            }
-            viewer = &mut connect => break viewer.expect("viewer connects"),
-        }
+                    _ = ticker.tick() => {
+                        let frame = source.next_frame().expect("endless");
+                        sent.push(frame.clone());
+                        setup.device.send_frame(frame).await
+        .expect("the endpoint stopped");
+                    }
+                    Some(event) = setup.device.next_event() => {
+                        requests += usize::from(matches!(event, Event::KeyframeRequested { .. }));
+                    }
+                    viewer = &mut connect => break viewer.expect("viewer connects"),
+                }
     };
     let connected = started.elapsed();
     let into_gop = Duration::from_millis((sent.len() as u64 % u64::from(GOP)) * 40);
@@ -516,20 +538,21 @@ async fn a_viewer_joining_mid_gop_gets_a_picture_at_once() {
     let watch_until = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < watch_until {
         tokio::select! {
-            _ = ticker.tick() => {
-                let frame = source.next_frame().expect("endless");
-                sent.push(frame.clone());
-                assert!(setup.device.send_frame(frame).await);
-            }
-            Some(event) = setup.device.next_event() => {
-                requests += usize::from(matches!(event, Event::KeyframeRequested { .. }));
-            }
-            event = viewer.next_event() => {
-                if let Some(Event::Frame { frame, .. }) = event {
-                    received.push((started.elapsed(), frame.frame));
+                    _ = ticker.tick() => {
+                        let frame = source.next_frame().expect("endless");
+                        sent.push(frame.clone());
+                        setup.device.send_frame(frame).await
+        .expect("the endpoint stopped");
+                    }
+                    Some(event) = setup.device.next_event() => {
+                        requests += usize::from(matches!(event, Event::KeyframeRequested { .. }));
+                    }
+                    event = viewer.next_event() => {
+                        if let Some(Event::Frame { frame, .. }) = event {
+                            received.push((started.elapsed(), frame.frame));
+                        }
+                    }
                 }
-            }
-        }
     }
     let (first_at, first) = received.first().cloned().expect("a frame");
     // Frame numbers from capture times (the source stamps frame n at n / FPS).
@@ -592,7 +615,7 @@ async fn udp_blocked_viewer_gets_video_over_tcp() {
         let mut source = FrameSource::synthetic(25, 25, None);
         while sending.load(std::sync::atomic::Ordering::Relaxed) {
             if let Some(frame) = source.next_frame() {
-                device.send_frame(frame).await;
+                device.send_frame(frame).await.expect("device stopped");
             }
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
@@ -729,7 +752,7 @@ async fn udp_blocked_camera_serves_a_viewer_over_tcp() {
         let mut path = None;
         while sending.load(std::sync::atomic::Ordering::Relaxed) {
             if let Some(frame) = source.next_frame() {
-                device.send_frame(frame).await;
+                device.send_frame(frame).await.expect("device stopped");
             }
             // The camera's own view of the path.
             while let Ok(Some(event)) = timeout(Duration::from_millis(1), device.next_event()).await
@@ -786,14 +809,14 @@ fn frame_4k(index: u32, keyframe_size: usize, capture_time_us: u64) -> sightwire
         state ^= state << 17;
         data.put_u8(state as u8);
     }
-    sightwire::Frame {
-        stream: sightwire::StreamId::VIDEO,
-        codec: sightwire::Codec::H264,
-        keyframe,
-        codec_config: keyframe,
+    sightwire::Frame::new(
+        sightwire::StreamId::VIDEO,
+        sightwire::Codec::H264,
         capture_time_us,
-        data: data.freeze(),
-    }
+        data.freeze(),
+    )
+    .with_keyframe(keyframe)
+    .with_codec_config(keyframe)
 }
 
 /// Keyframes over 1 MiB (4K at 20 Mbit/s) arrive byte for byte; one over the media limit
@@ -829,7 +852,11 @@ async fn keyframes_over_1_mib_arrive_whole_and_an_oversized_one_is_an_explicit_g
         let capture = start.elapsed().as_micros() as u64;
         let frame = frame_4k(index, keyframe_size, capture);
         sent.insert(capture, (index, frame.clone()));
-        assert!(setup.device.send_frame(frame).await);
+        setup
+            .device
+            .send_frame(frame)
+            .await
+            .expect("the endpoint stopped");
         tokio::time::sleep(Duration::from_millis(33)).await;
     }
     let refused = wait_for(&mut setup.device, |e| {
@@ -849,11 +876,16 @@ async fn keyframes_over_1_mib_arrive_whole_and_an_oversized_one_is_an_explicit_g
         (DEFAULT_MAX_FRAME_SIZE + 1, DEFAULT_MAX_FRAME_SIZE)
     );
     // A frame that cannot be framed at all (empty) is nobody's: reported without a peer.
-    let empty = sightwire::Frame {
-        data: bytes::Bytes::new(),
-        ..frame_4k(1, 0, start.elapsed().as_micros() as u64)
+    let empty = {
+        let mut value = frame_4k(1, 0, start.elapsed().as_micros() as u64);
+        value.data = bytes::Bytes::new();
+        value
     };
-    assert!(setup.device.send_frame(empty).await);
+    setup
+        .device
+        .send_frame(empty)
+        .await
+        .expect("the endpoint stopped");
     let refused = wait_for(&mut setup.device, |e| {
         matches!(e, Event::FrameNotSent { .. })
     })

@@ -132,31 +132,25 @@ fn frame(
     us: u64,
     data: &[u8],
 ) -> Frame {
-    Frame {
-        stream,
-        codec,
-        keyframe,
-        codec_config: config,
-        capture_time_us: us,
-        data: Bytes::copy_from_slice(data),
-    }
+    Frame::new(stream, codec, us, Bytes::copy_from_slice(data))
+        .with_keyframe(keyframe)
+        .with_codec_config(config)
 }
 
 /// Sends the clips in real time, audio and video interleaved by capture time; the
 /// AudioSpecificConfig goes first.
 async fn send_clips(device: &Device, clips: &Clips) {
-    assert!(
-        device
-            .send_frame(frame(
-                StreamId::AUDIO,
-                Codec::Aac,
-                true,
-                true,
-                0,
-                &clips.asc
-            ))
-            .await
-    );
+    device
+        .send_frame(frame(
+            StreamId::AUDIO,
+            Codec::Aac,
+            true,
+            true,
+            0,
+            &clips.asc,
+        ))
+        .await
+        .expect("the endpoint stopped");
     let (mut v, mut a) = (0usize, 0usize);
     let start = tokio::time::Instant::now();
     while v < clips.video.len() || a < clips.audio.len() {
@@ -193,7 +187,7 @@ async fn send_clips(device: &Device, clips: &Clips) {
                 )
             };
         tokio::time::sleep_until(start + Duration::from_micros(us)).await;
-        assert!(device.send_frame(next).await, "device stopped");
+        device.send_frame(next).await.expect("device stopped");
     }
 }
 
@@ -382,7 +376,11 @@ async fn a_viewer_hears_why_the_source_fails_and_refuses_a_codec_it_cannot_take(
     };
     for message in [status, catalog] {
         let bytes = message.encode().expect("encode");
-        assert!(camera.device.send_control(Some(peer), bytes.into()).await);
+        camera
+            .device
+            .send_control(Some(peer), bytes.into())
+            .await
+            .expect("the endpoint stopped");
     }
     let (code, stdout, stderr) = tokio::task::block_in_place(|| finish(viewer));
     assert_eq!(code, Some(EXIT_STREAM_REFUSED), "{stderr}\n{stdout}");

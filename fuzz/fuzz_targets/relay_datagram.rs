@@ -7,13 +7,9 @@ use sightwire_relay::{Action, Relay, RelayConfig};
 use sightwire_signal::grant::RelayGrantKey;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let mut relay = Relay::new(
-        RelayConfig {
-            max_allocations: 4,
-            ..RelayConfig::default()
-        },
-        RelayGrantKey::from_bytes([7; 32]),
-    );
+    let mut config = RelayConfig::default();
+    config.max_allocations = 4;
+    let mut relay = Relay::new(config, RelayGrantKey::from_bytes([7; 32]));
     let now = Instant::now();
     let mut reply = [0u8; 64];
     // Split the input into datagrams at 0xFF bytes, each from one of four addresses.

@@ -15,7 +15,6 @@
 //! cargo run --release -p sightwire-benches --bin throughput -- --path direct
 //! ```
 
-mod kernel;
 mod run;
 mod split;
 mod tally;
@@ -28,8 +27,8 @@ use anyhow::bail;
 use clap::Parser;
 use sightwire_relay::RelayConfig;
 
-use crate::kernel::{CpuTimes, or_na};
 use crate::run::{FrameShape, PathMode, RunConfig, RunResult};
+use sightwire_benches::kernel::{CpuTimes, or_na};
 
 /// Largest frame rate the camera task is asked to keep (a frame every 10 µs).
 const MAX_FPS: f64 = 100_000.0;
@@ -89,6 +88,10 @@ struct Args {
     /// machines.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     processes: u8,
+    /// Print one JSON object per rate (the summary `bench-report` reads) instead of the
+    /// Markdown report.
+    #[arg(long)]
+    json: bool,
     /// Internal: run as the viewer process of `--processes 2`, set up by this JSON.
     #[arg(long, hide = true)]
     viewer_child: Option<String>,
@@ -254,8 +257,47 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         );
         results.push(result);
     }
-    print!("{}", report(args, &runs, &results));
+    if args.json {
+        for (config, result) in runs.iter().zip(&results) {
+            println!("{}", summary(config, result));
+        }
+    } else {
+        print!("{}", report(args, &runs, &results));
+    }
     Ok(())
+}
+
+/// One run's figures as one JSON line: what `bench-report` puts side by side.
+fn summary(config: &RunConfig, result: &RunResult) -> serde_json::Value {
+    let tally = &result.tally;
+    let window = result.window.as_secs_f64();
+    let cpu = |times: Option<CpuTimes>| times.map(|t| t.total().as_secs_f64());
+    let cpu_seconds = match (cpu(result.cpu), cpu(result.viewer_cpu)) {
+        (Some(first), Some(viewer)) => Some(first + viewer),
+        (first, None) => first,
+        (None, Some(_)) => None,
+    };
+    let delivered_gb = tally.delivered_bytes as f64 / 1e9;
+    serde_json::json!({
+        "path": config.path.name(),
+        "processes": if config.viewer_process { 2 } else { 1 },
+        "offered_mbps": config.offered_bps / 1e6,
+        "seconds": window,
+        "frames": tally.frames,
+        "delivered_frames": tally.delivered,
+        "decodable_frames": tally.decodable,
+        "delivered_percent": tally.delivered_percent(),
+        "decodable_percent": tally.decodable_percent(),
+        "sent_mbps": tally.bytes as f64 * 8.0 / window / 1e6,
+        "delivered_mbps": tally.delivered_bytes as f64 * 8.0 / window / 1e6,
+        "latency_p50_ms": tally.latency_p50.map(|d| d.as_secs_f64() * 1e3),
+        "latency_p99_ms": tally.latency_p99.map(|d| d.as_secs_f64() * 1e3),
+        "cpu_seconds": cpu_seconds,
+        "cpu_seconds_per_gb": cpu_seconds
+            .filter(|_| delivered_gb > 0.0)
+            .map(|seconds| seconds / delivered_gb),
+        "load": result.load,
+    })
 }
 
 /// Bits per second as Mbit/s with one decimal (whole numbers without).
@@ -363,10 +405,10 @@ fn report(args: &Args, runs: &[RunConfig], results: &[RunResult]) -> String {
             first.viewer_buffers.receive,
             first.viewer_buffers.send,
             args.socket_buffer_bytes,
-            or_na(kernel::net_core("rmem_default")),
-            or_na(kernel::net_core("rmem_max")),
-            or_na(kernel::net_core("wmem_default")),
-            or_na(kernel::net_core("wmem_max")),
+            or_na(sightwire_benches::kernel::net_core("rmem_default")),
+            or_na(sightwire_benches::kernel::net_core("rmem_max")),
+            or_na(sightwire_benches::kernel::net_core("wmem_default")),
+            or_na(sightwire_benches::kernel::net_core("wmem_max")),
         );
     }
 

@@ -19,9 +19,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::kernel::{self, CpuTimes};
 use crate::split::{ReceiverCounters, ViewerChild, ViewerFinished, ViewerSetup};
 use crate::tally::{DeliveredFrame, SentFrame, Tally};
+use sightwire_benches::kernel::{self, CpuTimes};
 
 const DEVICE_ID: &str = "1C:C3:16:AB:CD:EF";
 const PASSWORD: &str = "throughput";
@@ -449,20 +449,15 @@ async fn camera(
             let capture_us = frames
                 .last()
                 .map_or(elapsed, |last: &SentFrame| elapsed.max(last.capture_us + 1));
-            let frame = Frame {
-                stream: StreamId::VIDEO,
-                codec: Codec::H264,
-                keyframe: is_key,
-                codec_config: is_key,
-                capture_time_us: capture_us,
-                data: full.slice(..len),
-            };
+            let frame = Frame::new(StreamId::VIDEO, Codec::H264, capture_us, full.slice(..len))
+                .with_keyframe(is_key)
+                .with_codec_config(is_key);
             frames.push(SentFrame {
                 at,
                 capture_us,
                 len,
             });
-            if !device.send_frame(frame).await {
+            if device.send_frame(frame).await.is_err() {
                 bail!("the device stopped during the run");
             }
             next += 1;

@@ -24,9 +24,9 @@ use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 use tokio::sync::{oneshot, watch};
 use tokio::time::timeout;
 
-use crate::kernel::{self, CpuTimes};
 use crate::run::{SETUP_TIMEOUT, ViewerLog, record};
 use crate::tally::DeliveredFrame;
+use sightwire_benches::kernel::{self, CpuTimes};
 
 /// Longest wait for the child's report after its stdin closed.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,11 +151,13 @@ pub(crate) async fn viewer_main(setup: &str) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the issuer key is not an Ed25519 public key"))?;
     let mut config = ViewerConfig::new(
         StaticKeypair::generate(&mut rand::rngs::OsRng),
-        RendezvousServer {
-            address: setup.rendezvous.parse().context("rendezvous address")?,
-            public_key: parse_key(&setup.rendezvous_key)?,
-            stream_port: None,
-        },
+        RendezvousServer::new(
+            setup
+                .rendezvous
+                .parse::<sightwire::ServerAddr>()
+                .context("rendezvous address")?,
+            parse_key(&setup.rendezvous_key)?,
+        ),
         TrustedIssuers::single(issuer),
     );
     config.bind = ([127, 0, 0, 1], 0).into();

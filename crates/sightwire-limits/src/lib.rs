@@ -18,7 +18,7 @@
 //! use sightwire_limits::{Rate, TokenBucket};
 //!
 //! let start = Instant::now();
-//! let mut bucket = TokenBucket::new(Rate { per_second: 2, burst: 3 }, start);
+//! let mut bucket = TokenBucket::new(Rate::new(2, 3), start);
 //! assert!(bucket.try_take(start) && bucket.try_take(start) && bucket.try_take(start));
 //! assert!(!bucket.try_take(start));
 //! assert_eq!(bucket.time_until(start, 1), Some(Duration::from_millis(500)));
@@ -27,6 +27,9 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Public types can grow without a breaking release: new ones are `#[non_exhaustive]`
+// unless the wire fixes them (CHANGELOG.md, "API stability").
+#![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,7 @@ const SCALE: u64 = 1_000_000_000;
 
 /// Rate of a bucket: `per_second` tokens refill each second, up to `burst` tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Rate {
     /// Tokens added per second.
     pub per_second: u32,
@@ -43,6 +47,11 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// `per_second` tokens refill each second, up to `burst` at once.
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        Self { per_second, burst }
+    }
+
     fn capacity(self) -> u64 {
         // At most u32::MAX * 10^9 < u64::MAX.
         u64::from(self.burst) * SCALE

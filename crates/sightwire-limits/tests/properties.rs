@@ -10,7 +10,7 @@ fn arb_rate() -> impl Strategy<Value = Rate> {
         prop_oneof![0..=10u32, 0..=10_000u32, Just(u32::MAX), any::<u32>()],
         prop_oneof![0..=10u32, 0..=10_000u32, Just(u32::MAX), any::<u32>()],
     )
-        .prop_map(|(per_second, burst)| Rate { per_second, burst })
+        .prop_map(|(per_second, burst)| Rate::new(per_second, burst))
 }
 
 /// Steps: a gap in nanoseconds (mostly short, sometimes huge) and how many to take.
@@ -68,7 +68,7 @@ proptest! {
         steps in 1..=2_000u32,
     ) {
         let start = Instant::now();
-        let mut bucket = TokenBucket::new(Rate { per_second, burst }, start);
+        let mut bucket = TokenBucket::new(Rate::new(per_second, burst), start);
         let mut now = start;
         let mut taken: u128 = 0;
         let n = bucket.tokens(now);

@@ -31,6 +31,7 @@ pub const MAX_TIMER: Duration = Duration::from_secs(60);
 /// Limits and timers of one media connection. `Config::default()` is what `spec/media.md`
 /// lists as defaults; both ends of a connection may use different values.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Largest media packet this side sends ([`MIN_PACKET_SIZE`]..=[`MAX_PACKET_SIZE`]).
     /// Default [`DEFAULT_MAX_PACKET_SIZE`].

@@ -27,6 +27,10 @@ pub const MAX_STATUS_TEXT_LEN: usize = 200;
 
 /// One frame stream of a catalog stream: its id on the connection and its codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Track {
     /// The frame stream its frames use.
     pub stream: StreamId,
@@ -36,6 +40,10 @@ pub struct Track {
 
 /// One stream a camera offers (for example `main`, the full-resolution encoder, or `sub`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct CatalogStream {
     /// Its name, `1..=MAX_STREAM_NAME_LEN` bytes.
     pub name: String,

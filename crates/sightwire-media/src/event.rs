@@ -14,6 +14,7 @@ use crate::stream::StreamId;
 pub const MAX_PENDING_EVENTS: usize = 1024;
 /// A frame delivered to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReceivedFrame {
     /// The frame, with its payload reassembled in one `Bytes`.
     pub frame: Frame,

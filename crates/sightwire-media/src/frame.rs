@@ -8,6 +8,7 @@ use crate::wire::{FRAGMENT_HEADER_LEN, MAX_FRAGMENT_COUNT, MAX_FRAME_SIZE_LIMIT,
 
 /// One encoded media frame: what an encoder produces and a decoder consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Frame {
     /// The stream the frame belongs to.
     pub stream: StreamId,
@@ -29,6 +30,34 @@ pub struct Frame {
 pub const DISCARDABLE_SCAN_LIMIT: usize = 4096;
 
 impl Frame {
+    /// A frame of `stream` in `codec` captured at `capture_time_us`, neither a keyframe
+    /// nor carrying codec configuration (see [`Frame::keyframe`] and
+    /// [`Frame::with_codec_config`]).
+    pub fn new(stream: StreamId, codec: Codec, capture_time_us: u64, data: Bytes) -> Self {
+        Self {
+            stream,
+            codec,
+            keyframe: false,
+            codec_config: false,
+            capture_time_us,
+            data,
+        }
+    }
+
+    /// The frame, marked as decodable on its own (or not).
+    #[must_use]
+    pub fn with_keyframe(mut self, keyframe: bool) -> Self {
+        self.keyframe = keyframe;
+        self
+    }
+
+    /// The frame, marked as carrying the codec configuration (or not).
+    #[must_use]
+    pub fn with_codec_config(mut self, codec_config: bool) -> Self {
+        self.codec_config = codec_config;
+        self
+    }
+
     /// Whether no later frame can reference this one, so dropping it alone leaves the
     /// stream decodable: an H.264 picture whose first slice has `nal_ref_idc` 0, an H.265
     /// sub-layer non-reference picture (NAL types 0, 2, …, 14), or any Motion JPEG image.

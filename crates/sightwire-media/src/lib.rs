@@ -26,14 +26,10 @@
 //! let mut viewer = MediaConnection::new(Config::default(), start)?;
 //!
 //! // Packetize once; the same fragments can go to many viewers.
-//! let frame = camera.packetize(Frame {
-//!     stream: StreamId::VIDEO,
-//!     codec: Codec::H264,
-//!     keyframe: true,
-//!     codec_config: true,
-//!     capture_time_us: 0,
-//!     data: Bytes::from(vec![7u8; 50_000]),
-//! })?;
+//! let keyframe = Frame::new(StreamId::VIDEO, Codec::H264, 0, Bytes::from(vec![7u8; 50_000]))
+//!     .with_keyframe(true)
+//!     .with_codec_config(true);
+//! let frame = camera.packetize(keyframe)?;
 //! camera.send_frame(start, &frame)?;
 //!
 //! // The "network": hand every packet straight to the other side. Fragments leave as
@@ -63,6 +59,9 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Public types can grow without a breaking release: new ones are `#[non_exhaustive]`
+// unless the wire fixes them (CHANGELOG.md, "API stability").
+#![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
 mod admission;
 mod bwe;

@@ -154,6 +154,10 @@ pub enum DecodeError {
 
 /// The fixed header of a fragment packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct FragmentHeader {
     /// Stream the frame belongs to.
     pub stream: StreamId,
@@ -195,6 +199,10 @@ impl FragmentHeader {
 
 /// One NACK entry: a run of missing fragments of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct NackEntry {
     /// Stream of the frame.
     pub stream: StreamId,
@@ -208,6 +216,10 @@ pub struct NackEntry {
 
 /// A periodic report; see `spec/media.md` for how each field is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Report {
     /// Sender's clock, milliseconds since its connection start (wraps).
     pub timestamp_ms: u32,
@@ -227,6 +239,10 @@ pub struct Report {
 
 /// The RTT echo part of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct ReportEcho {
     /// The peer's `timestamp_ms` being echoed.
     pub timestamp_ms: u32,
@@ -236,6 +252,10 @@ pub struct ReportEcho {
 
 /// One feedback entry: a fragment packet the receiver got, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct FeedbackEntry {
     /// The packet's `packet_seq`.
     pub packet_seq: u32,
@@ -246,6 +266,10 @@ pub struct FeedbackEntry {
 
 /// A decoded media packet, borrowing its payload from the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum Packet<'a> {
     /// A fragment of a frame.
     Fragment {

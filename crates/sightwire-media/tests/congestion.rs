@@ -88,14 +88,14 @@ impl Camera {
             // A reference P slice (nal_ref_idc 2) or an IDR, then filler.
             let mut data = vec![0x5A; len];
             data[..5].copy_from_slice(&[0, 0, 1, if keyframe { 0x65 } else { 0x41 }, 0x9A]);
-            let frame = Frame {
-                stream: StreamId::VIDEO,
-                codec: Codec::H264,
-                keyframe,
-                codec_config: keyframe,
-                capture_time_us: at.duration_since(self.epoch).as_micros() as u64,
-                data: Bytes::from(data),
-            };
+            let frame = Frame::new(
+                StreamId::VIDEO,
+                Codec::H264,
+                at.duration_since(self.epoch).as_micros() as u64,
+                Bytes::from(data),
+            )
+            .with_keyframe(keyframe)
+            .with_codec_config(keyframe);
             let packetized = self.connection.packetize(frame).expect("packetizes");
             match self.connection.send_frame(now, &packetized) {
                 Ok(_) => {}
@@ -234,11 +234,12 @@ struct Scenario {
 }
 
 fn config(delay_based: bool) -> Config {
-    Config {
-        latency_budget: BUDGET,
-        initial_bitrate_bps: 1_000_000,
-        delay_based_estimation: delay_based,
-        ..Config::default()
+    {
+        let mut value = Config::default();
+        value.latency_budget = BUDGET;
+        value.initial_bitrate_bps = 1_000_000;
+        value.delay_based_estimation = delay_based;
+        value
     }
 }
 

@@ -14,25 +14,24 @@ use sightwire_media::{
 };
 
 fn video(keyframe: bool, size: usize, fill: u8) -> Frame {
-    Frame {
-        stream: StreamId::VIDEO,
-        codec: Codec::H264,
-        keyframe,
-        codec_config: keyframe,
-        capture_time_us: 0,
-        data: Bytes::from(vec![fill; size]),
-    }
+    Frame::new(
+        StreamId::VIDEO,
+        Codec::H264,
+        0,
+        Bytes::from(vec![fill; size]),
+    )
+    .with_keyframe(keyframe)
+    .with_codec_config(keyframe)
 }
 
 fn audio(capture_time_us: u64) -> Frame {
-    Frame {
-        stream: StreamId::AUDIO,
-        codec: Codec::Opus,
-        keyframe: true,
-        codec_config: false,
+    Frame::new(
+        StreamId::AUDIO,
+        Codec::Opus,
         capture_time_us,
-        data: Bytes::from_static(b"opus packet"),
-    }
+        Bytes::from_static(b"opus packet"),
+    )
+    .with_keyframe(true)
 }
 
 fn pair(config: Config, start: Instant) -> (MediaConnection, MediaConnection) {
@@ -80,38 +79,46 @@ fn default_packet_size_fits_ipv6_minimum_mtu_after_session_overhead() {
 fn config_out_of_range_is_rejected() {
     let start = Instant::now();
     for config in [
-        Config {
-            max_packet_size: 1000,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.max_packet_size = 1000;
+            value
         },
-        Config {
-            max_packet_size: 9001,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.max_packet_size = 9001;
+            value
         },
-        Config {
-            max_frames_in_flight: 0,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.max_frames_in_flight = 0;
+            value
         },
-        Config {
-            max_frame_size: 17 * 1024 * 1024,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.max_frame_size = 17 * 1024 * 1024;
+            value
         },
-        Config {
-            latency_budget: Duration::ZERO,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.latency_budget = Duration::ZERO;
+            value
         },
-        Config {
-            latency_budget: Duration::from_secs(61),
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.latency_budget = Duration::from_secs(61);
+            value
         },
-        Config {
-            nack_interval: Duration::ZERO,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.nack_interval = Duration::ZERO;
+            value
         },
-        Config {
-            min_bitrate_bps: 10,
-            initial_bitrate_bps: 5,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.min_bitrate_bps = 10;
+            value.initial_bitrate_bps = 5;
+            value
         },
     ] {
         assert!(MediaConnection::new(config, start).is_err());
@@ -121,9 +128,10 @@ fn config_out_of_range_is_rejected() {
 #[test]
 fn max_frame_size_rejects_larger_frames_on_both_sides() {
     let start = Instant::now();
-    let small = Config {
-        max_frame_size: 10_000,
-        ..common::unpaced()
+    let small = {
+        let mut value = common::unpaced();
+        value.max_frame_size = 10_000;
+        value
     };
     let (mut sender, _) = pair(common::unpaced(), start);
     let (mut limited, mut receiver) = pair(small, start);
@@ -165,9 +173,10 @@ fn max_frame_size_rejects_larger_frames_on_both_sides() {
 #[test]
 fn max_frames_in_flight_evicts_the_oldest_incomplete_frames() {
     let start = Instant::now();
-    let config = Config {
-        max_frames_in_flight: 4,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_frames_in_flight = 4;
+        value
     };
     let (mut sender, mut receiver) = pair(config, start);
     // Ten frames, each missing its last fragment.
@@ -199,9 +208,10 @@ fn max_frames_in_flight_evicts_the_oldest_incomplete_frames() {
 #[test]
 fn max_buffered_bytes_bounds_reassembly_memory() {
     let start = Instant::now();
-    let config = Config {
-        max_buffered_bytes: 100_000,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_buffered_bytes = 100_000;
+        value
     };
     let (mut sender, mut receiver) = pair(config, start);
     for index in 0..5u8 {
@@ -216,9 +226,10 @@ fn max_buffered_bytes_bounds_reassembly_memory() {
     assert_eq!(receiver.memory().receive_frames_in_flight, 2);
     assert_eq!(receiver.stats().frames_evicted, 3);
     // A single frame larger than the whole budget is refused outright.
-    let config = Config {
-        max_buffered_bytes: 30_000,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_buffered_bytes = 30_000;
+        value
     };
     let (_, mut tight) = pair(config, start);
     for packet in send(&mut sender, start, video(true, 40_000, 9)) {
@@ -231,10 +242,11 @@ fn max_buffered_bytes_bounds_reassembly_memory() {
 #[test]
 fn history_limits_bound_the_sender_and_stale_nacks_are_skipped() {
     let start = Instant::now();
-    let config = Config {
-        max_history_bytes: 50_000,
-        max_history_frames: 3,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_history_bytes = 50_000;
+        value.max_history_frames = 3;
+        value
     };
     let (mut sender, _) = pair(config, start);
     for index in 0..6u8 {
@@ -268,9 +280,10 @@ fn history_limits_bound_the_sender_and_stale_nacks_are_skipped() {
 fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
     let start = Instant::now();
     let (mut sender, _) = pair(
-        Config {
-            latency_budget: Duration::from_millis(500),
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.latency_budget = Duration::from_millis(500);
+            value
         },
         start,
     );
@@ -322,9 +335,10 @@ fn nack_retransmits_only_while_the_frame_can_make_its_deadline() {
 #[test]
 fn max_transmit_queue_refuses_frames_the_driver_has_not_drained() {
     let start = Instant::now();
-    let config = Config {
-        max_transmit_queue: 300,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_transmit_queue = 300;
+        value
     };
     let (mut sender, _) = pair(config, start);
     let keyframe = sender.packetize(video(true, 150_000, 0)).unwrap();
@@ -349,10 +363,11 @@ fn a_reference_frame_refused_by_a_full_queue_breaks_its_stream_until_a_keyframe(
     let start = Instant::now();
     // A budget long enough that the frame-drop policy (spec/media.md 4.7) lets the frames
     // through to the queue limit.
-    let config = Config {
-        max_transmit_queue: 300,
-        latency_budget: Duration::from_secs(10),
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_transmit_queue = 300;
+        value.latency_budget = Duration::from_secs(10);
+        value
     };
     let (mut sender, _) = pair(config, start);
     let keyframe = sender.packetize(video(true, 150_000, 0)).unwrap();
@@ -401,9 +416,10 @@ fn a_reference_frame_refused_by_a_full_queue_breaks_its_stream_until_a_keyframe(
 #[test]
 fn packetized_for_larger_packets_is_refused() {
     let start = Instant::now();
-    let big = Config {
-        max_packet_size: 9000,
-        ..common::unpaced()
+    let big = {
+        let mut value = common::unpaced();
+        value.max_packet_size = 9000;
+        value
     };
     let (jumbo, _) = pair(big, start);
     let (mut normal, _) = pair(common::unpaced(), start);
@@ -417,9 +433,10 @@ fn packetized_for_larger_packets_is_refused() {
 #[test]
 fn control_queue_window_and_message_size_limits() {
     let start = Instant::now();
-    let config = Config {
-        max_control_queue: 40,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_control_queue = 40;
+        value
     };
     let (mut a, mut b) = pair(config, start);
     assert!(matches!(
@@ -504,9 +521,10 @@ fn control_retransmits_until_acknowledged() {
 fn pending_events_are_bounded() {
     let start = Instant::now();
     let (mut sender, mut receiver) = pair(
-        Config {
-            max_transmit_queue: 4096,
-            ..common::unpaced()
+        {
+            let mut value = common::unpaced();
+            value.max_transmit_queue = 4096;
+            value
         },
         start,
     );
@@ -596,9 +614,10 @@ fn lost_frame_is_given_up_at_its_deadline_and_a_keyframe_is_requested() {
 #[test]
 fn without_hold_back_dependent_frames_are_delivered_flagged() {
     let start = Instant::now();
-    let config = Config {
-        hold_until_keyframe: false,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.hold_until_keyframe = false;
+        value
     };
     let (mut camera, mut viewer) = pair(config, start);
     for packet in send(&mut camera, start, video(true, 2_000, 0)) {
@@ -716,9 +735,10 @@ fn nacks_are_rate_limited_and_batched() {
 #[test]
 fn frame_sequence_jump_beyond_the_window_resyncs_the_stream() {
     let start = Instant::now();
-    let config = Config {
-        max_frames_in_flight: 8,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_frames_in_flight = 8;
+        value
     };
     let (mut camera, mut viewer) = pair(config, start);
     for packet in send(&mut camera, start, video(true, 1_000, 0)) {
@@ -745,9 +765,10 @@ fn a_frame_stalled_at_the_window_edge_costs_only_what_it_breaks() {
     // stalled frame and keeps the complete frames behind it, so the stream resumes at the
     // keyframe inside the window instead of losing the whole window (spec/media.md 5.4).
     let start = Instant::now();
-    let config = Config {
-        max_frames_in_flight: 8,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_frames_in_flight = 8;
+        value
     };
     let (mut camera, mut viewer) = pair(config, start);
     for packet in send(&mut camera, start, video(true, 1_000, 0)) {
@@ -799,9 +820,10 @@ fn a_frame_arriving_while_the_table_is_full_is_kept() {
     // held behind it; the new frame, not yet in the table, must not be passed over as
     // given up (it was lost without a trace, and its stream broken).
     let start = Instant::now();
-    let config = Config {
-        max_frames_in_flight: 8,
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.max_frames_in_flight = 8;
+        value
     };
     let (mut camera, mut viewer) = pair(config, start);
     for packet in send(&mut camera, start, video(true, 1_000, 0)) {
@@ -906,9 +928,10 @@ fn pending_small_packets_are_bounded_when_the_driver_does_not_poll() {
 #[test]
 fn nack_dedup_memory_is_bounded() {
     let start = Instant::now();
-    let config = Config {
-        initial_rtt: Duration::from_millis(10),
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.initial_rtt = Duration::from_millis(10);
+        value
     };
     let (mut sender, _) = pair(config, start);
     // Large enough that its first transmission pays for every retransmission below.
@@ -961,9 +984,10 @@ fn finding_5_nack_amplification_is_bounded() {
     // of every fragment. Now each fragment is queued at most once per NACK. (A budget
     // long enough that one copy is sent, not the two of the deadline rule.)
     let start = Instant::now();
-    let config = Config {
-        latency_budget: Duration::from_secs(1),
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.latency_budget = Duration::from_secs(1);
+        value
     };
     let (mut sender, _) = pair(config, start);
     let sent = send(&mut sender, start, video(true, 40_000, 1));
@@ -987,9 +1011,10 @@ fn finding_5_nack_amplification_is_bounded() {
 #[test]
 fn nack_for_a_fragment_still_queued_or_just_retransmitted_is_deduplicated() {
     let start = Instant::now();
-    let config = Config {
-        latency_budget: Duration::from_secs(1),
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.latency_budget = Duration::from_secs(1);
+        value
     };
     let (mut sender, _) = pair(config, start);
     let fragment_count = send(&mut sender, start, video(true, 5_000, 1)).len();
@@ -1023,10 +1048,11 @@ fn retransmissions_are_bounded_by_the_credit_first_transmissions_earn() {
     // A peer NACKing one frame every half RTT for the whole latency budget gets at most
     // RETRANSMIT_CREDIT_PER_BYTE times the bytes first sent, however small the RTT.
     let start = Instant::now();
-    let config = Config {
-        initial_rtt: Duration::from_millis(2),
-        latency_budget: Duration::from_secs(2),
-        ..common::unpaced()
+    let config = {
+        let mut value = common::unpaced();
+        value.initial_rtt = Duration::from_millis(2);
+        value.latency_budget = Duration::from_secs(2);
+        value
     };
     let (mut sender, _) = pair(config, start);
     let sent = send(&mut sender, start, video(true, 20_000, 1));

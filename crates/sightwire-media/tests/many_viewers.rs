@@ -15,14 +15,9 @@ fn viewers_share_fragment_memory_and_keep_their_own_state() {
     let start = Instant::now();
     let data = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
     let frame = PacketizedFrame::new(
-        Frame {
-            stream: StreamId::VIDEO,
-            codec: Codec::H265,
-            keyframe: true,
-            codec_config: true,
-            capture_time_us: 0,
-            data: data.clone(),
-        },
+        Frame::new(StreamId::VIDEO, Codec::H265, 0, data.clone())
+            .with_keyframe(true)
+            .with_codec_config(true),
         common::unpaced().max_packet_size,
     )
     .unwrap();

@@ -35,27 +35,28 @@ impl Sent {
 /// A camera at `target_bps` on a 20 ms RTT path (a home uplink to a nearby viewer): the
 /// pacer may hold its queue 200 - 10 - 3 × 25 = 115 ms before it must speed up.
 fn config(target_bps: u64) -> Config {
-    Config {
-        initial_rtt: Duration::from_millis(20),
-        initial_bitrate_bps: target_bps,
-        min_bitrate_bps: target_bps.min(Config::default().min_bitrate_bps),
-        ..Config::default()
+    {
+        let mut value = Config::default();
+        value.initial_rtt = Duration::from_millis(20);
+        value.initial_bitrate_bps = target_bps;
+        value.min_bitrate_bps = target_bps.min(Config::default().min_bitrate_bps);
+        value
     }
 }
 
 fn frame(stream: StreamId, keyframe: bool, len: usize, index: u64) -> Frame {
-    Frame {
+    Frame::new(
         stream,
-        codec: if stream == StreamId::AUDIO {
+        if stream == StreamId::AUDIO {
             Codec::Opus
         } else {
             Codec::H264
         },
-        keyframe,
-        codec_config: keyframe,
-        capture_time_us: index * 33_333,
-        data: frame_bytes(index, len),
-    }
+        index * 33_333,
+        frame_bytes(index, len),
+    )
+    .with_keyframe(keyframe)
+    .with_codec_config(keyframe)
 }
 
 fn send(connection: &mut MediaConnection, now: Instant, frame: Frame) -> u32 {
@@ -332,9 +333,10 @@ fn the_pacer_queue_is_bounded_by_max_transmit_queue() {
     // Frames at 3 × the pacing rate: the queue fills to its limit, `send_frame` refuses,
     // and it never holds more.
     let start = Instant::now();
-    let config = Config {
-        max_transmit_queue: 200,
-        ..config(1_000_000)
+    let config = {
+        let mut value = config(1_000_000);
+        value.max_transmit_queue = 200;
+        value
     };
     let mut camera = MediaConnection::new(config, start).unwrap();
     let mut log = Vec::new();
@@ -364,9 +366,10 @@ fn the_pacer_queue_is_bounded_by_max_transmit_queue() {
 #[test]
 fn the_pacing_rate_follows_the_target_with_a_floor() {
     let start = Instant::now();
-    let low = Config {
-        initial_bitrate_bps: 100_000,
-        ..Config::default()
+    let low = {
+        let mut value = Config::default();
+        value.initial_bitrate_bps = 100_000;
+        value
     };
     let camera = MediaConnection::new(low, start).unwrap();
     assert_eq!(
@@ -464,9 +467,10 @@ fn pacing_can_be_turned_off() {
     drain(&mut camera, start, &mut log);
     assert_eq!(camera.memory().transmit_queue_packets, 0);
     assert_eq!(camera.stats().pacing_rate_bps, 0);
-    let bad = Config {
-        pacing_factor_percent: sightwire_media::MAX_PACING_FACTOR_PERCENT + 1,
-        ..Config::default()
+    let bad = {
+        let mut value = Config::default();
+        value.pacing_factor_percent = sightwire_media::MAX_PACING_FACTOR_PERCENT + 1;
+        value
     };
     assert!(MediaConnection::new(bad, start).is_err());
 }
@@ -484,7 +488,7 @@ proptest! {
         let start = Instant::now();
         // A 20 s budget keeps the queue-drain rule out of play (the pacer may hold its
         // queue ~19.9 s): at most 12 × 60 kB are queued, under 750 kbit/s × 10 s = 937 kB.
-        let config = Config { latency_budget: Duration::from_secs(20), ..config(target) };
+        let config = { let mut value = config(target); value.latency_budget = Duration::from_secs(20); value };
         let mut camera = MediaConnection::new(config, start).unwrap();
         let rate = camera.stats().pacing_rate_bps;
         let burst = camera.stats().pacing_burst_bytes;

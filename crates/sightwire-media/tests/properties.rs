@@ -10,18 +10,11 @@ use common::{drain_events, drain_packets, fragments};
 use proptest::prelude::*;
 use sightwire_media::wire::{self, FragmentHeader, NackEntry, Packet, Report, ReportEcho};
 use sightwire_media::{
-    Codec, Config, Event, Frame, MAX_STREAMS, MediaConnection, PacketizedFrame, StreamId,
+    Codec, Event, Frame, MAX_STREAMS, MediaConnection, PacketizedFrame, StreamId,
 };
 
 fn frame(stream: StreamId, codec: Codec, keyframe: bool, data: Bytes) -> Frame {
-    Frame {
-        stream,
-        codec,
-        keyframe,
-        codec_config: false,
-        capture_time_us: 1_000,
-        data,
-    }
+    Frame::new(stream, codec, 1_000, data).with_keyframe(keyframe)
 }
 
 /// Payload length of fragment `index` under the spec's even split, if the layout is valid.
@@ -49,7 +42,7 @@ proptest! {
         codec in codec(),
     ) {
         let start = Instant::now();
-        let config = Config { max_packet_size: packet_size, ..common::unpaced() };
+        let config = { let mut value = common::unpaced(); value.max_packet_size = packet_size; value };
         let mut sender = MediaConnection::new(config.clone(), start).unwrap();
         let mut receiver = MediaConnection::new(config, start).unwrap();
         let data = Bytes::from(data);
@@ -127,12 +120,7 @@ proptest! {
             1..300),
     ) {
         let start = Instant::now();
-        let config = Config {
-            max_frame_size: 60_000,
-            max_frames_in_flight: 12,
-            max_buffered_bytes: 150_000,
-            ..common::unpaced()
-        };
+        let config = { let mut value = common::unpaced(); value.max_frame_size = 60_000; value.max_frames_in_flight = 12; value.max_buffered_bytes = 150_000; value };
         let mut connection = MediaConnection::new(config.clone(), start).unwrap();
         let mut now = start;
         for (stream, frame_seq, far, frame_size, count, index, step) in fragments {

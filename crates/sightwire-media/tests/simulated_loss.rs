@@ -38,9 +38,10 @@ fn run(seed: u64) -> Outcome {
     // The scenario's encoder sends ~4.2 Mbit/s of video whatever the target says; the
     // pacer paces at 2.5 × the target, so the target starts where this encoder is (an
     // encoder that follows `Event::TargetBitrate` needs no such help).
-    let config = Config {
-        initial_bitrate_bps: SCENARIO_BITRATE_BPS,
-        ..Config::default()
+    let config = {
+        let mut value = Config::default();
+        value.initial_bitrate_bps = SCENARIO_BITRATE_BPS;
+        value
     };
     let budget = config.latency_budget;
     let link = Link {
@@ -79,14 +80,15 @@ fn run(seed: u64) -> Outcome {
             pair.run_until(next_audio);
             let frame = pair
                 .a()
-                .packetize(Frame {
-                    stream: StreamId::AUDIO,
-                    codec: Codec::Opus,
-                    keyframe: true,
-                    codec_config: false,
-                    capture_time_us: (next_audio - start).as_micros() as u64,
-                    data: frame_bytes(1_000_000 + audio_sent.len() as u64, AUDIO_FRAME_SIZE),
-                })
+                .packetize(
+                    Frame::new(
+                        StreamId::AUDIO,
+                        Codec::Opus,
+                        (next_audio - start).as_micros() as u64,
+                        frame_bytes(1_000_000 + audio_sent.len() as u64, AUDIO_FRAME_SIZE),
+                    )
+                    .with_keyframe(true),
+                )
                 .unwrap();
             let seq = pair.a().send_frame(next_audio, &frame).unwrap();
             audio_sent.insert(seq, next_audio);
@@ -119,14 +121,16 @@ fn run(seed: u64) -> Outcome {
         let data = frame_bytes(index, size);
         let frame = pair
             .a()
-            .packetize(Frame {
-                stream: StreamId::VIDEO,
-                codec: Codec::H264,
-                keyframe,
-                codec_config: keyframe,
-                capture_time_us: (at - start).as_micros() as u64,
-                data: data.clone(),
-            })
+            .packetize(
+                Frame::new(
+                    StreamId::VIDEO,
+                    Codec::H264,
+                    (at - start).as_micros() as u64,
+                    data.clone(),
+                )
+                .with_keyframe(keyframe)
+                .with_codec_config(keyframe),
+            )
             .unwrap();
         let seq = pair.a().send_frame(at, &frame).unwrap();
         sent_at.insert(seq, (at, data));

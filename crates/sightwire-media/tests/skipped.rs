@@ -37,14 +37,13 @@ fn h264(kind: Kind, index: u32, size: usize) -> Frame {
     data.put_slice(&[0, 0, 1, nal]);
     data.put_u32(index);
     data.resize(size.max(8), 0x5A);
-    Frame {
-        stream: StreamId::VIDEO,
-        codec: Codec::H264,
-        keyframe: kind == Kind::Key,
-        codec_config: false,
-        capture_time_us: u64::from(index) * 33_333,
-        data: data.freeze(),
-    }
+    Frame::new(
+        StreamId::VIDEO,
+        Codec::H264,
+        u64::from(index) * 33_333,
+        data.freeze(),
+    )
+    .with_keyframe(kind == Kind::Key)
 }
 
 fn index_of(frame: &Frame) -> u32 {
@@ -53,10 +52,11 @@ fn index_of(frame: &Frame) -> u32 {
 
 /// No pacing and a budget no queue here reaches: only the limits under test refuse frames.
 fn config(max_frame_size: usize) -> Config {
-    Config {
-        max_frame_size,
-        latency_budget: Duration::from_secs(10),
-        ..common::unpaced()
+    {
+        let mut value = common::unpaced();
+        value.max_frame_size = max_frame_size;
+        value.latency_budget = Duration::from_secs(10);
+        value
     }
 }
 
@@ -214,9 +214,10 @@ fn the_default_limits_carry_4k_keyframes_up_to_4_mib() {
     let mut receiver = MediaConnection::new(common::unpaced(), start).unwrap();
     // 1.3 MB (a 4K keyframe at 20 Mbit/s), then exactly the default limit.
     for (index, size) in [(0, 1_300_000), (1, DEFAULT_MAX_FRAME_SIZE)] {
-        let frame = Frame {
-            data: common::frame_bytes(index, size),
-            ..h264(Kind::Key, 0, 8)
+        let frame = {
+            let mut value = h264(Kind::Key, 0, 8);
+            value.data = common::frame_bytes(index, size);
+            value
         };
         let (sent, _) = offer(&mut sender, &mut receiver, start, frame.clone());
         assert_eq!(sent, Ok(index as u32));
@@ -224,9 +225,10 @@ fn the_default_limits_carry_4k_keyframes_up_to_4_mib() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].frame.data, frame.data, "byte for byte");
     }
-    let over = Frame {
-        data: Bytes::from(vec![0; DEFAULT_MAX_FRAME_SIZE + 1]),
-        ..h264(Kind::Key, 0, 8)
+    let over = {
+        let mut value = h264(Kind::Key, 0, 8);
+        value.data = Bytes::from(vec![0; DEFAULT_MAX_FRAME_SIZE + 1]);
+        value
     };
     assert!(matches!(
         offer(&mut sender, &mut receiver, start, over).0,
@@ -252,10 +254,7 @@ proptest! {
         offers in proptest::collection::vec((kind(), 8usize..3_000, 0u8..10), 1..120),
     ) {
         let start = Instant::now();
-        let limited = Config {
-            max_transmit_queue: 4,
-            ..config(2_000)
-        };
+        let limited = { let mut value = config(2_000); value.max_transmit_queue = 4; value };
         let mut sender = MediaConnection::new(limited, start).unwrap();
         let mut receiver = MediaConnection::new(config(2_000), start).unwrap();
         let mut offered = Vec::new();

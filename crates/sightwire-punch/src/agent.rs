@@ -107,15 +107,13 @@ pub const PROBE_RATE_PER_SECOND: u64 = 200;
 pub const PROBE_BURST: u64 = 32;
 
 /// [`PROBE_RATE_PER_SECOND`] and [`PROBE_BURST`] as a bucket rate (both fit a `u32`).
-const PROBE_RATE: Rate = Rate {
-    per_second: PROBE_RATE_PER_SECOND as u32,
-    burst: PROBE_BURST as u32,
-};
+const PROBE_RATE: Rate = Rate::new(PROBE_RATE_PER_SECOND as u32, PROBE_BURST as u32);
 const _: () = assert!(PROBE_RATE_PER_SECOND <= u32::MAX as u64);
 const _: () = assert!(PROBE_BURST <= u32::MAX as u64);
 
 /// How a path reaches the peer, best first: LAN > direct public > relay.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum PathKind {
     /// Relayed through the relay server.
     Relay,
@@ -125,8 +123,20 @@ pub enum PathKind {
     Lan,
 }
 
+impl PathKind {
+    /// `lan`, `direct` or `relay`: how logs and reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Lan => "lan",
+            PathKind::Direct => "direct",
+            PathKind::Relay => "relay",
+        }
+    }
+}
+
 /// The path an event talks about.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct PathInfo {
     /// Where to send: the peer's address, or the relay server when `via_relay`.
     pub remote: SocketAddr,
@@ -186,6 +196,7 @@ impl Transmit {
 
 /// Counters of what the agent dropped or limited; for logs and tests.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Datagrams received before a `Start` gave us a key.
     pub dropped_not_started: u64,
@@ -213,6 +224,7 @@ pub struct Stats {
 
 /// Construction parameters of an [`Agent`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// Addresses of the local interfaces the socket is reachable at (at most
     /// [`MAX_HOST_CANDIDATES`] are used).
@@ -220,6 +232,16 @@ pub struct Config {
     /// Seed of the agent's random number generator (transaction ids). Give each agent
     /// a fresh random seed in production and a fixed one in tests.
     pub seed: u64,
+}
+
+impl Config {
+    /// An agent reachable at `host_candidates`, its random numbers drawn from `seed`.
+    pub fn new(host_candidates: Vec<SocketAddr>, seed: u64) -> Self {
+        Self {
+            host_candidates,
+            seed,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

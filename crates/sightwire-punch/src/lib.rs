@@ -33,8 +33,8 @@
 //!
 //! let viewer_addr: SocketAddr = "192.168.1.10:5000".parse()?;
 //! let camera_addr: SocketAddr = "192.168.1.20:6000".parse()?;
-//! let mut viewer = Agent::new(Config { host_candidates: vec![viewer_addr], seed: 1 });
-//! let mut camera = Agent::new(Config { host_candidates: vec![camera_addr], seed: 2 });
+//! let mut viewer = Agent::new(Config::new(vec![viewer_addr], 1));
+//! let mut camera = Agent::new(Config::new(vec![camera_addr], 2));
 //!
 //! // The rendezvous starts both sides with one key and each other's candidates.
 //! let now = Instant::now();
@@ -79,6 +79,9 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Public types can grow without a breaking release: new ones are `#[non_exhaustive]`
+// unless the wire fixes them (CHANGELOG.md, "API stability").
+#![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
 mod agent;
 pub mod probe;

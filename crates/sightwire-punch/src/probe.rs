@@ -97,10 +97,18 @@ impl fmt::Debug for PunchKey {
 
 /// A check's transaction id: random, chosen by the requester, echoed in the response.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct TransactionId(pub [u8; TRANSACTION_ID_LEN]);
 
 /// What kind of probe this is and its kind-specific fields.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum ProbeKind {
     /// A connectivity check request; the receiver answers with a response.
     Request {
@@ -121,6 +129,10 @@ pub enum ProbeKind {
 
 /// A decoded, authenticated probe.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Probe {
     /// Which probe and its fields.
     pub kind: ProbeKind,

@@ -15,6 +15,10 @@ pub const MAX_CANDIDATES_PER_SET: usize = 16;
 
 /// How a candidate address was learned.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum CandidateKind {
     /// An address of a local interface.
     Host,
@@ -30,6 +34,10 @@ pub enum CandidateKind {
 
 /// One address at which a peer may be reachable.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Candidate {
     /// How it was learned.
     pub kind: CandidateKind,
@@ -76,6 +84,10 @@ pub fn is_private(ip: IpAddr) -> bool {
 
 /// A peer's full candidate list for one network generation.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct CandidateSet {
     /// Increases by one each time the sender's network changes. A receiver replaces its
     /// view of the sender's candidates when the generation grows, merges when it is
@@ -87,6 +99,10 @@ pub struct CandidateSet {
 
 /// What the rendezvous tells each side to begin an attempt.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct StartAttempt {
     /// This agent's role in the attempt.
     pub role: Role,

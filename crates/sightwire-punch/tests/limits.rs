@@ -36,10 +36,7 @@ fn start(role: Role, candidates: Vec<Candidate>) -> PunchSignal {
 }
 
 fn agent(role: Role, now: Instant, candidates: Vec<Candidate>) -> Agent {
-    let mut agent = Agent::new(Config {
-        host_candidates: vec!["192.168.1.5:5000".parse().unwrap()],
-        seed: 1,
-    });
+    let mut agent = Agent::new(Config::new(vec!["192.168.1.5:5000".parse().unwrap()], 1));
     agent.handle_signal(now, start(role, candidates));
     agent
 }
@@ -134,10 +131,7 @@ fn host_candidates_are_capped() {
     let hosts: Vec<SocketAddr> = (0..20)
         .map(|n| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)), 1))
         .collect();
-    let mut a = Agent::new(Config {
-        host_candidates: hosts.clone(),
-        seed: 0,
-    });
+    let mut a = Agent::new(Config::new(hosts.clone(), 0));
     assert_eq!(a.local_candidates().candidates.len(), MAX_HOST_CANDIDATES);
     a.network_changed(Instant::now(), hosts);
     assert_eq!(a.local_candidates().candidates.len(), MAX_HOST_CANDIDATES);
@@ -250,10 +244,7 @@ fn probe_rate_is_limited() {
 #[test]
 fn event_queue_is_capped() {
     let now = Instant::now();
-    let mut a = Agent::new(Config {
-        host_candidates: vec![],
-        seed: 0,
-    });
+    let mut a = Agent::new(Config::new(vec![], 0));
     let mut t = now;
     for _ in 0..(MAX_EVENT_QUEUE + 3) {
         a.handle_signal(t, start(Role::Controlling, vec![]));
@@ -268,10 +259,7 @@ fn event_queue_is_capped() {
 #[test]
 fn signal_queue_holds_only_the_newest_candidates() {
     let now = Instant::now();
-    let mut a = Agent::new(Config {
-        host_candidates: vec![peer(1)],
-        seed: 0,
-    });
+    let mut a = Agent::new(Config::new(vec![peer(1)], 0));
     for n in 0..50 {
         a.network_changed(now, vec![peer(n)]);
     }
@@ -341,10 +329,7 @@ fn a_flood_of_bogus_probes_changes_nothing() {
 #[test]
 fn datagrams_before_start_are_dropped() {
     let now = Instant::now();
-    let mut a = Agent::new(Config {
-        host_candidates: vec![],
-        seed: 0,
-    });
+    let mut a = Agent::new(Config::new(vec![], 0));
     a.handle_datagram(now, peer(1), &request(1));
     assert_eq!(a.stats().dropped_not_started, 1);
     assert!(a.poll_transmit().is_none());
@@ -354,10 +339,7 @@ fn datagrams_before_start_are_dropped() {
 #[test]
 fn candidates_signaled_before_start_are_kept() {
     let now = Instant::now();
-    let mut a = Agent::new(Config {
-        host_candidates: vec![],
-        seed: 0,
-    });
+    let mut a = Agent::new(Config::new(vec![], 0));
     let early = Candidate::new(CandidateKind::Host, "10.1.1.1:7000".parse().unwrap());
     a.handle_signal(
         now,

@@ -125,6 +125,7 @@ fn label(cell: &Cell, rtt: Duration) -> String {
         PathKind::Lan => "LAN",
         PathKind::Direct => "dir",
         PathKind::Relay => "RLY",
+        _ => "???",
     };
     let in_rtt = |d: Duration| d.as_secs_f64() / rtt.as_secs_f64();
     if cell.first == cell.settled {

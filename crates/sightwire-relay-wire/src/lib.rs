@@ -4,6 +4,9 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Public types can grow without a breaking release: new ones are `#[non_exhaustive]`
+// unless the wire fixes them (CHANGELOG.md, "API stability").
+#![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
 use sightwire_signal::grant::{GRANT_TOKEN_LEN, GrantRole, RelayGrantToken};
 
@@ -72,6 +75,10 @@ impl RefusalReason {
 
 /// A relay packet, decoded without copying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum RelayPacket<'a> {
     /// Bind an endpoint to the allocation its grant names.
     Bind {

@@ -22,6 +22,7 @@ pub const COOKIE_EPOCH_SECS: u64 = 30;
 /// Limits and timers of a relay. Every field is a bound on what a stranger can make the
 /// relay hold or do.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RelayConfig {
     /// Most allocations held at once; binds for new allocations beyond it are refused
     /// with [`RefusalReason::TableFull`].
@@ -42,10 +43,10 @@ pub struct RelayConfig {
 impl RelayConfig {
     /// The per-allocation forwarding rate as a bucket rate.
     fn data_rate(&self) -> Rate {
-        Rate {
-            per_second: u32::try_from(self.rate_bytes_per_sec).unwrap_or(u32::MAX),
-            burst: u32::try_from(self.rate_burst_bytes).unwrap_or(u32::MAX),
-        }
+        Rate::new(
+            u32::try_from(self.rate_bytes_per_sec).unwrap_or(u32::MAX),
+            u32::try_from(self.rate_burst_bytes).unwrap_or(u32::MAX),
+        )
     }
 }
 
@@ -65,6 +66,10 @@ impl Default for RelayConfig {
 /// What the driver does with the datagram it just passed to [`Relay::handle_datagram`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "the driver must carry out every action: a new one is a breaking change on purpose"
+)]
 pub enum Action {
     /// Send the same bytes, unchanged, to this address.
     Forward(SocketAddr),
@@ -95,6 +100,7 @@ pub enum DropReason {
 
 /// Counters, for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RelayStats {
     /// Datagrams forwarded.
     pub forwarded_packets: u64,

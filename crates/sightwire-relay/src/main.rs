@@ -69,10 +69,11 @@ async fn stream_listener(args: &Args) -> anyhow::Result<Option<StreamListener>> 
         )?,
         _ => TlsIdentity::self_signed(vec![args.listen.ip().to_string()])?,
     };
-    let config = ListenerConfig {
-        max_connections: args.stream_max_connections,
-        idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs),
-        ..ListenerConfig::default()
+    let config = {
+        let mut value = ListenerConfig::default();
+        value.max_connections = args.stream_max_connections;
+        value.idle_timeout = Duration::from_secs(args.stream_idle_timeout_secs);
+        value
     };
     let addr = SocketAddr::new(args.listen.ip(), port);
     match StreamListener::bind(addr, &identity, config).await {
@@ -101,12 +102,13 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let config = RelayConfig {
-        max_allocations: args.max_allocations,
-        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
-        rate_bytes_per_sec: args.rate_bytes_per_sec,
-        max_bytes_per_allocation: args.max_bytes_per_allocation,
-        ..RelayConfig::default()
+    let config = {
+        let mut value = RelayConfig::default();
+        value.max_allocations = args.max_allocations;
+        value.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+        value.rate_bytes_per_sec = args.rate_bytes_per_sec;
+        value.max_bytes_per_allocation = args.max_bytes_per_allocation;
+        value
     };
     let relay = Relay::new(config, read_key(&args.grant_key_file)?);
     let mut server = RelayServer::bind(args.listen, relay)

@@ -321,9 +321,10 @@ fn bad_and_expired_grants_are_refused() {
 
 #[test]
 fn allocation_table_limit() {
-    let mut h = Harness::new(RelayConfig {
-        max_allocations: 3,
-        ..RelayConfig::default()
+    let mut h = Harness::new({
+        let mut value = RelayConfig::default();
+        value.max_allocations = 3;
+        value
     });
     for n in 0..3 {
         h.pair(n, addr(10 + u16::from(n)), addr(20 + u16::from(n)));
@@ -345,9 +346,10 @@ fn allocation_table_limit() {
 #[test]
 fn idle_allocations_expire_and_active_ones_stay() {
     let idle = Duration::from_secs(60);
-    let mut h = Harness::new(RelayConfig {
-        idle_timeout: idle,
-        ..RelayConfig::default()
+    let mut h = Harness::new({
+        let mut value = RelayConfig::default();
+        value.idle_timeout = idle;
+        value
     });
     let quiet = h.pair(1, addr(1), addr(2));
     let busy = h.pair(2, addr(3), addr(4));
@@ -369,10 +371,11 @@ fn idle_allocations_expire_and_active_ones_stay() {
 
 #[test]
 fn rate_cap_drops_excess_and_refills() {
-    let mut h = Harness::new(RelayConfig {
-        rate_bytes_per_sec: 100_000,
-        rate_burst_bytes: 10_000,
-        ..RelayConfig::default()
+    let mut h = Harness::new({
+        let mut value = RelayConfig::default();
+        value.rate_bytes_per_sec = 100_000;
+        value.rate_burst_bytes = 10_000;
+        value
     });
     let channel = h.pair(1, addr(1), addr(2));
     let packet = 1000 + DATA_HEADER_LEN;
@@ -394,10 +397,11 @@ fn rate_cap_drops_excess_and_refills() {
 
 #[test]
 fn huge_rate_configs_saturate_instead_of_overflowing() {
-    let mut h = Harness::new(RelayConfig {
-        rate_bytes_per_sec: u64::MAX,
-        rate_burst_bytes: u64::MAX,
-        ..RelayConfig::default()
+    let mut h = Harness::new({
+        let mut value = RelayConfig::default();
+        value.rate_bytes_per_sec = u64::MAX;
+        value.rate_burst_bytes = u64::MAX;
+        value
     });
     let channel = h.pair(1, addr(1), addr(2));
     for _ in 0..100 {
@@ -409,9 +413,10 @@ fn huge_rate_configs_saturate_instead_of_overflowing() {
 
 #[test]
 fn byte_cap_ends_forwarding() {
-    let mut h = Harness::new(RelayConfig {
-        max_bytes_per_allocation: 5_000,
-        ..RelayConfig::default()
+    let mut h = Harness::new({
+        let mut value = RelayConfig::default();
+        value.max_bytes_per_allocation = 5_000;
+        value
     });
     let channel = h.pair(1, addr(1), addr(2));
     let mut forwarded = 0;
@@ -490,7 +495,7 @@ proptest! {
     fn hostile_traffic_is_bounded(
         ops in prop::collection::vec((0u8..4, 0u8..6, 0u16..6, prop::collection::vec(any::<u8>(), 0..200)), 1..200)
     ) {
-        let mut h = Harness::new(RelayConfig { max_allocations: 3, ..RelayConfig::default() });
+        let mut h = Harness::new({ let mut value = RelayConfig::default(); value.max_allocations = 3; value });
         let mut reply = [0u8; 64];
         for (kind, allocation, port, bytes) in ops {
             let from = addr(port);

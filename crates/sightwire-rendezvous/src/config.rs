@@ -40,6 +40,7 @@ use crate::core::{CoreConfig, RelayConfig};
 /// The file's content.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
@@ -65,6 +66,7 @@ pub const DEFAULT_STREAM_PORT: u16 = 443;
 /// `[stream]`; every field optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StreamSection {
     /// TCP port on the `listen` IP; 0 turns the listener off. Not given: 443, and a
     /// server that cannot bind it (not root) warns and serves UDP only.
@@ -83,6 +85,7 @@ pub struct StreamSection {
 /// `[relay]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RelaySection {
     /// The relay's public address given to peers: `a.b.c.d:port`, `[v6]:port`, or
     /// `host:port`. Grants carry an IP address, so a name is resolved once, when the
@@ -100,6 +103,7 @@ pub struct RelaySection {
 /// `[limits]`; every field optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LimitsSection {
     /// Keepalive interval told to devices, ms.
     pub keepalive_interval_ms: Option<u64>,
@@ -294,16 +298,15 @@ impl ServerConfig {
         if let Some(v) = l.max_rate_sources {
             core.max_rate_sources = v;
         }
-        core.lookup_rate = Rate {
-            per_second: l.lookups_per_second.unwrap_or(core.lookup_rate.per_second),
-            burst: l.lookup_burst.unwrap_or(core.lookup_rate.burst),
-        };
-        core.register_rate = Rate {
-            per_second: l
-                .registers_per_second
+        core.lookup_rate = Rate::new(
+            l.lookups_per_second.unwrap_or(core.lookup_rate.per_second),
+            l.lookup_burst.unwrap_or(core.lookup_rate.burst),
+        );
+        core.register_rate = Rate::new(
+            l.registers_per_second
                 .unwrap_or(core.register_rate.per_second),
-            burst: l.register_burst.unwrap_or(core.register_rate.burst),
-        };
+            l.register_burst.unwrap_or(core.register_rate.burst),
+        );
         if let Some(v) = l.require_issued {
             core.require_issued = v;
         }

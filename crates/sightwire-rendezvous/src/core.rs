@@ -64,35 +64,20 @@ pub const DEFAULT_MAX_RATE_SOURCES: usize = 65_536;
 /// only reached if it does not).
 pub const MAX_OUTBOX: usize = 1_024;
 /// Default lookups (connect requests) per source: rate and burst.
-pub const DEFAULT_LOOKUP_RATE: Rate = Rate {
-    per_second: 2,
-    burst: 10,
-};
+pub const DEFAULT_LOOKUP_RATE: Rate = Rate::new(2, 10);
 /// Default registrations per source: rate and burst. A NAT may hide many cameras, so
 /// this is higher than the lookup rate.
-pub const DEFAULT_REGISTER_RATE: Rate = Rate {
-    per_second: 20,
-    burst: 100,
-};
+pub const DEFAULT_REGISTER_RATE: Rate = Rate::new(20, 100);
 /// Default lookups (connect requests) per authenticated identity (the session's static
 /// key), whatever sources its packets come from: rate and burst.
-pub const DEFAULT_IDENTITY_LOOKUP_RATE: Rate = Rate {
-    per_second: 2,
-    burst: 10,
-};
+pub const DEFAULT_IDENTITY_LOOKUP_RATE: Rate = Rate::new(2, 10);
 /// Default introductions per device ID **per minute** (`per_second` is read as per
 /// minute) and burst, counted for every connect request naming the ID, whether or not
 /// it exists: nobody can flood one camera with introductions.
-pub const DEFAULT_INTRODUCTION_RATE_PER_MINUTE: Rate = Rate {
-    per_second: 30,
-    burst: 10,
-};
+pub const DEFAULT_INTRODUCTION_RATE_PER_MINUTE: Rate = Rate::new(30, 10);
 /// Default rate of the other signaling messages (`CONSENT`, `CANDIDATE_UPDATE`,
 /// `RELAY_REQUEST`, `CLOSE`, `REGISTER` and retransmitted `CONNECT_REQUEST`s) per session.
-pub const DEFAULT_SESSION_MESSAGE_RATE: Rate = Rate {
-    per_second: 20,
-    burst: 40,
-};
+pub const DEFAULT_SESSION_MESSAGE_RATE: Rate = Rate::new(20, 40);
 /// Default bound on attempts one identity may have pending (awaiting consent or
 /// disclosed and not yet expired): as many cameras as one viewer endpoint watches at
 /// once (`sightwire::proto::MAX_WATCHES`), so a 64-camera wall connects in one go.
@@ -117,6 +102,7 @@ pub const SERVER_REFLEXIVE_PRIORITY: u32 = 90 << 24;
 
 /// Where the relay is and the key its grants are sealed with.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RelayConfig {
     /// The relay's public UDP address.
     pub address: SocketAddr,
@@ -125,6 +111,17 @@ pub struct RelayConfig {
     pub stream_port: Option<u16>,
     /// The secret shared with the relay.
     pub key: RelayGrantKey,
+}
+
+impl RelayConfig {
+    /// The relay at `address` (with its stream port, if any), sharing `key`.
+    pub fn new(address: SocketAddr, stream_port: Option<u16>, key: RelayGrantKey) -> Self {
+        Self {
+            address,
+            stream_port,
+            key,
+        }
+    }
 }
 
 impl fmt::Debug for RelayConfig {
@@ -138,6 +135,7 @@ impl fmt::Debug for RelayConfig {
 
 /// Timers and limits of the core. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CoreConfig {
     /// Interval told to devices.
     pub keepalive_interval: Duration,
@@ -209,6 +207,7 @@ impl Default for CoreConfig {
 /// Who sent a message: the Noise session it arrived on, the static key that session
 /// authenticated, and the source address of the datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Peer<S> {
     /// The driver's handle for the session.
     pub session: S,
@@ -218,8 +217,21 @@ pub struct Peer<S> {
     pub address: SocketAddr,
 }
 
+impl<S> Peer<S> {
+    /// The authenticated session `session` whose peer holds `remote_static` and sent
+    /// from `address`.
+    pub fn new(session: S, remote_static: [u8; 32], address: SocketAddr) -> Self {
+        Self {
+            session,
+            remote_static,
+            address,
+        }
+    }
+}
+
 /// A message to seal into `session` and send.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Transmit<S> {
     /// The session to send it in.
     pub session: S,

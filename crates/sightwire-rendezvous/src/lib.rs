@@ -47,7 +47,7 @@
 //! );
 //!
 //! // The session layer says: session 1, authenticated as `device_key`, from this address.
-//! let device = Peer { session: 1u64, remote_static: device_key, address: "203.0.113.5:4000".parse()? };
+//! let device = Peer::new(1u64, device_key, "203.0.113.5:4000".parse()?);
 //! let register = Envelope::new(1, Body::Register(Register { certificate, candidates: CandidateSet::default() }));
 //! rendezvous.handle_message(now, &device, &register.to_bytes()?);
 //!
@@ -59,6 +59,9 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Public types can grow without a breaking release: new ones are `#[non_exhaustive]`
+// unless the wire fixes them (CHANGELOG.md, "API stability").
+#![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
 #[cfg(feature = "cli")]
 pub mod config;

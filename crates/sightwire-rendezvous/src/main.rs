@@ -289,12 +289,13 @@ async fn stream_listener(config: &ServerConfig) -> anyhow::Result<Option<StreamL
         _ => bail!("[stream] needs both cert and key, or neither"),
     };
     let defaults = ListenerConfig::default();
-    let limits = ListenerConfig {
-        max_connections: section.max_connections.unwrap_or(defaults.max_connections),
-        idle_timeout: section
+    let limits = {
+        let mut value = defaults;
+        value.max_connections = section.max_connections.unwrap_or(defaults.max_connections);
+        value.idle_timeout = section
             .idle_timeout_ms
-            .map_or(defaults.idle_timeout, std::time::Duration::from_millis),
-        ..defaults
+            .map_or(defaults.idle_timeout, std::time::Duration::from_millis);
+        value
     };
     let addr = std::net::SocketAddr::new(config.listen.ip(), port);
     match StreamListener::bind(addr, &identity, limits).await {

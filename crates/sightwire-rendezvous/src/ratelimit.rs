@@ -176,10 +176,7 @@ mod tests {
     #[test]
     fn burst_then_steady_rate() {
         let t0 = Instant::now();
-        let rate = Rate {
-            per_second: 2,
-            burst: 3,
-        };
+        let rate = Rate::new(2, 3);
         let mut limiter = RateLimiter::new(rate, 10, t0);
         let source = ip("192.0.2.1");
         for _ in 0..3 {
@@ -203,10 +200,7 @@ mod tests {
     #[test]
     fn per_minute_rates_refill_sixty_times_slower() {
         let t0 = Instant::now();
-        let rate = Rate {
-            per_second: 2,
-            burst: 1,
-        };
+        let rate = Rate::new(2, 1);
         let mut limiter = RateLimiter::per_minute(rate, 10, t0);
         limiter.check(1u8, t0).unwrap();
         assert_eq!(
@@ -222,10 +216,7 @@ mod tests {
     #[test]
     fn ipv6_sources_share_a_bucket_per_64() {
         let t0 = Instant::now();
-        let rate = Rate {
-            per_second: 1,
-            burst: 1,
-        };
+        let rate = Rate::new(1, 1);
         let mut limiter = RateLimiter::new(rate, 10, t0);
         limiter.check(ip("2001:db8:1:2::1"), t0).unwrap();
         assert!(limiter.check(ip("2001:db8:1:2:ffff::9"), t0).is_err());
@@ -235,10 +226,7 @@ mod tests {
     #[test]
     fn source_table_is_bounded_and_idle_sources_are_forgotten() {
         let t0 = Instant::now();
-        let rate = Rate {
-            per_second: 1,
-            burst: 2,
-        };
+        let rate = Rate::new(1, 2);
         let mut limiter = RateLimiter::new(rate, 2, t0);
         limiter.check(ip("192.0.2.1"), t0).unwrap();
         limiter.check(ip("192.0.2.2"), t0).unwrap();
@@ -258,10 +246,7 @@ mod tests {
     #[test]
     fn finding_4_source_table_eviction_is_cheap() {
         let t0 = Instant::now();
-        let rate = Rate {
-            per_second: 1,
-            burst: 10,
-        };
+        let rate = Rate::new(1, 10);
         let capacity = 10_000;
         let mut limiter = RateLimiter::new(rate, capacity, t0);
         for n in 0..capacity as u128 {

@@ -15,6 +15,7 @@ pub use sqlite::{SqliteRegistry, SqliteRegistryError};
 /// What the registry knows about one device ID: its current certificate (the one with
 /// the highest serial seen) and whether that certificate is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeviceRecord {
     /// The current certificate for the ID.
     pub certificate: IdCertificate,

@@ -91,11 +91,7 @@ fn impersonation_is_refused_and_the_real_registration_is_untouched() {
     h.register(1);
     // The attacker knows the ID and even has the real certificate, but its Noise session
     // is keyed by its own static key.
-    let attacker = Peer {
-        session: 666,
-        remote_static: [0xAA; 32],
-        address: "203.0.113.66:1".parse().unwrap(),
-    };
+    let attacker = Peer::new(666, [0xAA; 32], "203.0.113.66:1".parse().unwrap());
     let replies = h.send(&attacker, &register_message(certificate(1, 1)));
     assert_eq!(error_of(&replies).code, ErrorCode::NotAuthorized);
     assert_eq!(h.core.stats().impersonations_refused, 1);
@@ -186,9 +182,10 @@ fn revoked_and_superseded_certificates_are_refused() {
 
 #[test]
 fn require_issued_refuses_unrecorded_ids() {
-    let mut h = Harness::new(CoreConfig {
-        require_issued: true,
-        ..CoreConfig::default()
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.require_issued = true;
+        value
     });
     assert_eq!(error_of(&h.register(4)).code, ErrorCode::UnknownId);
     h.core.registry_mut().record(&certificate(4, 1)).unwrap();
@@ -200,9 +197,10 @@ fn keepalives_refresh_presence_and_report_the_observed_address() {
     let mut h = Harness::new(CoreConfig::default());
     h.register(1);
     // The device's NAT rebinds to a new port: the ack tells it.
-    let moved = Peer {
-        address: "10.0.0.1:9999".parse().unwrap(),
-        ..device_peer(1)
+    let moved = {
+        let mut value = device_peer(1);
+        value.address = "10.0.0.1:9999".parse().unwrap();
+        value
     };
     let replies = h.send(&moved, &keepalive_message(5));
     let [
@@ -350,13 +348,11 @@ fn connect_introduces_viewer_and_device_with_one_punch_key() {
 
 #[test]
 fn lookup_rate_limit_is_hit_and_says_so() {
-    let rate = Rate {
-        per_second: 1,
-        burst: 3,
-    };
-    let mut h = Harness::new(CoreConfig {
-        lookup_rate: rate,
-        ..CoreConfig::default()
+    let rate = Rate::new(1, 3);
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.lookup_rate = rate;
+        value
     });
     for request_id in 0..3 {
         let message = connect_message_with(device_id(7), false, request_id, &[]);
@@ -383,13 +379,11 @@ fn lookup_rate_limit_is_hit_and_says_so() {
 
 #[test]
 fn rate_limiter_source_table_limit_is_hit_and_says_so() {
-    let mut h = Harness::new(CoreConfig {
-        max_rate_sources: 2,
-        lookup_rate: Rate {
-            per_second: 1,
-            burst: 5,
-        },
-        ..CoreConfig::default()
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.max_rate_sources = 2;
+        value.lookup_rate = Rate::new(1, 5);
+        value
     });
     h.send(&viewer_peer(1), &connect_message(device_id(7), false));
     h.send(&viewer_peer(2), &connect_message(device_id(7), false));
@@ -402,9 +396,10 @@ fn rate_limiter_source_table_limit_is_hit_and_says_so() {
 
 #[test]
 fn presence_table_limit_is_hit_and_says_so() {
-    let mut h = Harness::new(CoreConfig {
-        max_presence: 3,
-        ..CoreConfig::default()
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.max_presence = 3;
+        value
     });
     for n in 1..=3 {
         h.register(n);
@@ -421,13 +416,11 @@ fn presence_table_limit_is_hit_and_says_so() {
 
 #[test]
 fn connect_table_limit_is_hit_and_says_so() {
-    let mut h = Harness::new(CoreConfig {
-        max_pending_connects: 2,
-        lookup_rate: Rate {
-            per_second: 100,
-            burst: 100,
-        },
-        ..CoreConfig::default()
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.max_pending_connects = 2;
+        value.lookup_rate = Rate::new(100, 100);
+        value
     });
     h.register(1);
     h.send(&viewer_peer(1), &connect_message(device_id(1), false));
@@ -482,14 +475,11 @@ fn unpadded_lookup_gets_padding_required_not_an_amplified_answer() {
 #[test]
 fn relay_grants_verify_at_the_relay_and_bind_both_peers() {
     let key = RelayGrantKey::from_bytes([0x42; 32]);
-    let relay = RelayConfig {
-        address: "198.51.100.1:3478".parse().unwrap(),
-        stream_port: Some(443),
-        key: key.clone(),
-    };
-    let mut h = Harness::new(CoreConfig {
-        relay: Some(relay),
-        ..CoreConfig::default()
+    let relay = RelayConfig::new("198.51.100.1:3478".parse().unwrap(), Some(443), key.clone());
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.relay = Some(relay);
+        value
     });
     h.register(1);
     let viewer = viewer_peer(1);
@@ -727,8 +717,8 @@ proptest! {
     /// its introduced device session.
     #[test]
     fn invariants_hold_under_arbitrary_traffic(ops in prop::collection::vec(op(), 1..80)) {
-        let relay = RelayConfig { address: "198.51.100.1:3478".parse().unwrap(), stream_port: Some(443), key: RelayGrantKey::from_bytes([1; 32]) };
-        let mut h = Harness::new(CoreConfig { max_presence: 4, max_pending_connects: 3, relay: Some(relay), ..CoreConfig::default() });
+        let relay = RelayConfig::new("198.51.100.1:3478".parse().unwrap(), Some(443), RelayGrantKey::from_bytes([1; 32]));
+        let mut h = Harness::new({ let mut value = CoreConfig::default(); value.max_presence = 4; value.max_pending_connects = 3; value.relay = Some(relay); value });
         let mut introduced = std::collections::HashMap::new();
         let mut accepted = std::collections::HashSet::new();
         let mut seen: Vec<ConnectId> = Vec::new();
@@ -736,7 +726,7 @@ proptest! {
             let online: Vec<(u64, u32)> = (0..6).filter_map(|n| h.core.session_of(device_id(n)).map(|s| (s, n))).collect();
             let (peer, message) = match op {
                 Op::Register { device, as_key_of } => {
-                    let peer = Peer { remote_static: device_key(as_key_of), ..device_peer(device) };
+                    let peer = { let mut value = device_peer(device); value.remote_static = device_key(as_key_of); value };
                     (peer, register_message(certificate(device, 1)))
                 }
                 Op::Keepalive { device } => (device_peer(device), keepalive_message(3)),
@@ -819,16 +809,14 @@ fn to(replies: &[(u64, Envelope)], session: u64) -> Vec<Envelope> {
 }
 
 fn generous() -> CoreConfig {
-    let many = Rate {
-        per_second: 1_000,
-        burst: 1_000,
-    };
-    CoreConfig {
-        lookup_rate: many,
-        identity_lookup_rate: many,
-        session_message_rate: many,
-        introduction_rate_per_minute: many,
-        ..CoreConfig::default()
+    let many = Rate::new(1_000, 1_000);
+    {
+        let mut value = CoreConfig::default();
+        value.lookup_rate = many;
+        value.identity_lookup_rate = many;
+        value.session_message_rate = many;
+        value.introduction_rate_per_minute = many;
+        value
     }
 }
 
@@ -1074,18 +1062,19 @@ fn finding_3_unreachable_ids_get_a_decoy_login_reply() {
 #[test]
 fn finding_4_one_identity_cannot_fill_the_pending_table() {
     // The default cap (64) is a viewer wall's worth; 8 keeps the test short.
-    let mut h = Harness::new(CoreConfig {
-        max_pending_per_identity: 8,
-        ..generous()
+    let mut h = Harness::new({
+        let mut value = generous();
+        value.max_pending_per_identity = 8;
+        value
     });
     let key = viewer_peer(1).remote_static;
     for n in 0..20u32 {
         // One key, many sessions from many sources.
-        let peer = Peer {
-            session: 5_000 + u64::from(n),
-            remote_static: key,
-            address: SocketAddr::from(([203, 0, 113, n as u8], 7)),
-        };
+        let peer = Peer::new(
+            5_000 + u64::from(n),
+            key,
+            SocketAddr::from(([203, 0, 113, n as u8], 7)),
+        );
         let replies = h.send(&peer, &connect_message(device_id(100 + n), false));
         if n < 8 {
             assert!(replies.is_empty(), "{replies:?}");
@@ -1111,10 +1100,11 @@ fn finding_4_one_identity_cannot_fill_the_pending_table() {
 
 #[test]
 fn finding_4_one_session_from_many_sources_is_limited() {
-    let mut h = Harness::new(CoreConfig {
-        max_pending_per_identity: 1_000,
-        max_pending_connects: 1_000,
-        ..CoreConfig::default()
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.max_pending_per_identity = 1_000;
+        value.max_pending_connects = 1_000;
+        value
     });
     let mut admitted = 0;
     for n in 0..100u32 {
@@ -1129,9 +1119,10 @@ fn finding_4_one_session_from_many_sources_is_limited() {
                 7,
             )
         };
-        let peer = Peer {
-            address,
-            ..viewer_peer(1)
+        let peer = {
+            let mut value = viewer_peer(1);
+            value.address = address;
+            value
         };
         let replies = h.send(
             &peer,
@@ -1148,23 +1139,21 @@ fn finding_4_one_session_from_many_sources_is_limited() {
 
 #[test]
 fn finding_4_a_session_cannot_spend_a_victims_source_budget() {
-    let mut h = Harness::new(CoreConfig {
-        max_pending_per_identity: 100,
-        ..CoreConfig::default()
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.max_pending_per_identity = 100;
+        value
     });
     let victim = viewer_peer(1);
-    let attacker = Peer {
-        session: 666,
-        remote_static: [0x66; 32],
-        address: "203.0.113.66:1".parse().unwrap(),
-    };
+    let attacker = Peer::new(666, [0x66; 32], "203.0.113.66:1".parse().unwrap());
     h.core
         .handle_session_established(attacker.session, attacker.address);
     // The attacker's packets claim the victim's source.
     for n in 0..10 {
-        let claimed = Peer {
-            address: victim.address,
-            ..attacker
+        let claimed = {
+            let mut value = attacker;
+            value.address = victim.address;
+            value
         };
         h.send(
             &claimed,
@@ -1183,9 +1172,10 @@ fn finding_4_a_session_cannot_spend_a_victims_source_budget() {
 
 #[test]
 fn finding_4_introductions_per_device_are_limited() {
-    let mut h = Harness::new(CoreConfig {
-        max_pending_per_identity: 100,
-        ..CoreConfig::default()
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.max_pending_per_identity = 100;
+        value
     });
     h.register(1);
     let mut introductions = 0;
@@ -1268,14 +1258,15 @@ fn finding_7_candidate_updates_are_limited() {
 
 #[test]
 fn finding_7_relay_requests_are_limited() {
-    let relay = RelayConfig {
-        address: "198.51.100.1:3478".parse().unwrap(),
-        stream_port: None,
-        key: RelayGrantKey::from_bytes([1; 32]),
-    };
-    let mut h = Harness::new(CoreConfig {
-        relay: Some(relay),
-        ..CoreConfig::default()
+    let relay = RelayConfig::new(
+        "198.51.100.1:3478".parse().unwrap(),
+        None,
+        RelayGrantKey::from_bytes([1; 32]),
+    );
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.relay = Some(relay);
+        value
     });
     h.register(1);
     let viewer = viewer_peer(1);
@@ -1329,14 +1320,15 @@ fn finding_7_close_and_other_notifications_are_limited_per_session() {
 
 #[test]
 fn low_replies_to_registered_devices_are_size_capped() {
-    let relay = RelayConfig {
-        address: "198.51.100.1:3478".parse().unwrap(),
-        stream_port: None,
-        key: RelayGrantKey::from_bytes([1; 32]),
-    };
-    let mut h = Harness::new(CoreConfig {
-        relay: Some(relay),
-        ..CoreConfig::default()
+    let relay = RelayConfig::new(
+        "198.51.100.1:3478".parse().unwrap(),
+        None,
+        RelayGrantKey::from_bytes([1; 32]),
+    );
+    let mut h = Harness::new({
+        let mut value = CoreConfig::default();
+        value.relay = Some(relay);
+        value
     });
     h.register(1);
     let replies = h.connect_and_accept(&viewer_peer(1), 1, false);
@@ -1484,9 +1476,10 @@ fn a_keepalive_probe_is_answered_after_its_delay() {
 
 #[test]
 fn limit_keepalive_probes() {
-    let config = CoreConfig {
-        max_pending_probes: 1,
-        ..CoreConfig::default()
+    let config = {
+        let mut value = CoreConfig::default();
+        value.max_pending_probes = 1;
+        value
     };
     let mut h = Harness::new(config);
     h.register(1);
@@ -1516,9 +1509,10 @@ fn limit_keepalive_probes() {
     ));
     assert_eq!(h.core.stats().keepalive_probes, 1);
     // Probes off: every keepalive is answered at once.
-    let mut off = Harness::new(CoreConfig {
-        keepalive_probes: false,
-        ..CoreConfig::default()
+    let mut off = Harness::new({
+        let mut value = CoreConfig::default();
+        value.keepalive_probes = false;
+        value
     });
     off.register(1);
     assert!(is_ack(

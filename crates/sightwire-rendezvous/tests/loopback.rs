@@ -75,10 +75,11 @@ async fn start_server(registry: &Path, address: SocketAddr, config: CoreConfig) 
 }
 
 fn config() -> CoreConfig {
-    CoreConfig {
-        keepalive_interval: KEEPALIVE,
-        presence_ttl: KEEPALIVE * 3,
-        ..CoreConfig::default()
+    {
+        let mut value = CoreConfig::default();
+        value.keepalive_interval = KEEPALIVE;
+        value.presence_ttl = KEEPALIVE * 3;
+        value
     }
 }
 
@@ -439,10 +440,11 @@ async fn impersonation_over_noise_is_refused_and_the_real_device_keeps_its_id() 
 #[tokio::test]
 async fn presence_expires_when_keepalives_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let short = CoreConfig {
-        keepalive_interval: Duration::from_millis(100),
-        presence_ttl: Duration::from_millis(300),
-        ..CoreConfig::default()
+    let short = {
+        let mut value = CoreConfig::default();
+        value.keepalive_interval = Duration::from_millis(100);
+        value.presence_ttl = Duration::from_millis(300);
+        value
     };
     let server = start_server(
         &dir.path().join("registry.sqlite"),
@@ -562,12 +564,10 @@ async fn devices_are_back_within_one_keepalive_interval_after_a_restart() {
 #[tokio::test]
 async fn lookup_rate_limit_is_hit_over_the_network() {
     let dir = tempfile::tempdir().unwrap();
-    let limited = CoreConfig {
-        lookup_rate: Rate {
-            per_second: 1,
-            burst: 3,
-        },
-        ..config()
+    let limited = {
+        let mut value = config();
+        value.lookup_rate = Rate::new(1, 3);
+        value
     };
     let server = start_server(
         &dir.path().join("registry.sqlite"),

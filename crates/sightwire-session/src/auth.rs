@@ -98,6 +98,10 @@ impl std::fmt::Debug for PasswordKey {
 
 /// Argon2id cost parameters of [`PasswordKey::derive_with_params`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct KdfParams {
     /// Memory cost in KiB (at least `8 * parallelism`).
     pub memory_kib: u32,
@@ -128,6 +132,10 @@ const _: () = assert!(
 /// [`KdfParams`] that Argon2 refuses (too little memory, zero passes or lanes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("invalid Argon2id parameters {0:?}")]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct InvalidKdfParams(pub KdfParams);
 
 impl PasswordKey {
@@ -217,6 +225,10 @@ impl PasswordKey {
 
 /// What the viewer asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum AuthRequest {
     /// "My static key is already trusted."
     TrustedKey,
@@ -267,6 +279,10 @@ impl AuthRejection {
 
 /// The device's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum AuthResponse {
     /// The viewer may watch.
     Accepted {
@@ -416,6 +432,7 @@ impl AuthResponse {
 /// The trusted list is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("trusted viewer list is full ({limit} keys)")]
+#[non_exhaustive]
 pub struct TrustListFull {
     /// The limit ([`MAX_TRUSTED_VIEWERS`]).
     pub limit: usize,

@@ -259,10 +259,7 @@ mod tests {
     #[test]
     fn source_table_evicts_the_least_recently_seen_without_half_open() {
         let t0 = Instant::now();
-        let rate = Rate {
-            per_second: 1,
-            burst: 1,
-        };
+        let rate = Rate::new(1, 1);
         let mut table = SourceTable::new(2, rate);
         let (a, b, c) = (
             SourceKey::V4([1, 1, 1, 1]),
@@ -291,10 +288,7 @@ mod tests {
     #[test]
     fn source_table_expires_idle_entries() {
         let t0 = Instant::now();
-        let rate = Rate {
-            per_second: 1,
-            burst: 1,
-        };
+        let rate = Rate::new(1, 1);
         let mut table = SourceTable::new(8, rate);
         let (a, b) = (SourceKey::V4([1, 1, 1, 1]), SourceKey::V6([9; 8]));
         assert!(table.touch(t0, a).0.unproven.try_take(t0));

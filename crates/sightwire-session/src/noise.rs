@@ -54,6 +54,7 @@ pub type HandshakeHash = [u8; HANDSHAKE_HASH_LEN];
 /// What a session is for; it decides the Noise prologue, so a handshake made for one
 /// purpose (or one camera) cannot complete as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SessionKind {
     /// Viewer (initiator) ↔ device (responder). Binds the device's ID.
     Peer {

@@ -81,6 +81,10 @@ impl SessionId {
 
 /// Which side of the handshake this end is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a closed set: two roles, as the protocol defines"
+)]
 pub enum Role {
     /// Sent the initiation (viewer to device, anyone to the rendezvous). Only the
     /// initiator starts rekeys.
@@ -92,6 +96,7 @@ pub enum Role {
 /// A datagram to send: the bytes are in the buffer passed to
 /// [`SessionTable::poll_transmit`] or [`SessionTable::seal`], `..len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Transmit {
     /// Where to send it.
     pub destination: SocketAddr,
@@ -517,10 +522,10 @@ impl SessionTable {
     /// A table that only initiates (viewers; devices talking to the rendezvous).
     pub fn new(local: StaticKeypair, config: Config, rng: Box<dyn SessionRng>) -> Self {
         let cookie_checker = CookieChecker::new(local.public());
-        let source_rate = Rate {
-            per_second: config.initiations_per_source_per_second,
-            burst: config.initiation_burst_per_source,
-        };
+        let source_rate = Rate::new(
+            config.initiations_per_source_per_second,
+            config.initiation_burst_per_source,
+        );
         let sources = SourceTable::new(config.max_sources, source_rate);
         let timestamps = TimestampTable::new(config.max_remote_timestamps);
         Self {
@@ -1095,10 +1100,7 @@ impl SessionTable {
         if per_second == 0 {
             return;
         }
-        let rate = Rate {
-            per_second,
-            burst: per_second,
-        };
+        let rate = Rate::new(per_second, per_second);
         if !self
             .notice_bucket
             .get_or_insert_with(|| TokenBucket::new(rate, now))
@@ -1154,10 +1156,7 @@ impl SessionTable {
 
     fn under_load(&mut self, now: Instant) -> bool {
         let per_second = self.config.under_load_initiations_per_second;
-        let rate = Rate {
-            per_second,
-            burst: per_second,
-        };
+        let rate = Rate::new(per_second, per_second);
         // Every initiation is counted, whatever the half-open count says.
         let over_rate = !self
             .initiation_bucket

@@ -113,6 +113,10 @@ pub enum DecodeError {
 
 /// A handshake initiation, borrowed from a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Initiation<'a> {
     /// The initiator's local index for the keypair being negotiated.
     pub sender_index: u32,
@@ -128,6 +132,10 @@ pub struct Initiation<'a> {
 
 /// A handshake response, borrowed from a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Response<'a> {
     /// The responder's local index for the new keypair.
     pub sender_index: u32,
@@ -139,6 +147,10 @@ pub struct Response<'a> {
 
 /// A cookie reply, borrowed from a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct CookieReply<'a> {
     /// The initiator's index from the initiation that caused the reply.
     pub receiver_index: u32,
@@ -152,6 +164,10 @@ pub struct CookieReply<'a> {
 /// key". Not authenticated (nothing the initiator holds could authenticate a server with
 /// another key); the echoed `mac1` shows its sender saw the initiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct KeyMismatch<'a> {
     /// The initiator's index from the initiation.
     pub receiver_index: u32,
@@ -161,6 +177,10 @@ pub struct KeyMismatch<'a> {
 
 /// A transport packet, borrowed from a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Transport<'a> {
     /// The receiver's local index of the keypair.
     pub receiver_index: u32,
@@ -172,6 +192,10 @@ pub struct Transport<'a> {
 
 /// Any session packet, borrowed from a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum Packet<'a> {
     /// `0x01`.
     Initiation(Initiation<'a>),

@@ -26,6 +26,10 @@ const SIGNED_LEN: usize = 71;
 
 /// Short identifier of an issuer key: the first 8 bytes of SHA-256 of its public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct IssuerId(pub [u8; ISSUER_ID_LEN]);
 
 impl fmt::Debug for IssuerId {
@@ -96,6 +100,10 @@ pub enum CertificateError {
 
 /// The content of a certificate, before it is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct CertificateFields {
     /// The EUI-48 device ID (MAC address bytes).
     pub device_id: [u8; 6],
@@ -296,6 +304,7 @@ impl fmt::Debug for IssuerPublicKey {
 /// An issuer public key that is not a valid Ed25519 point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid Ed25519 public key")]
+#[non_exhaustive]
 pub struct InvalidIssuerKey;
 
 impl IssuerPublicKey {
@@ -386,6 +395,7 @@ impl IssuerKey {
 /// Too many issuer keys for a [`TrustedIssuers`] set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("at most {MAX_TRUSTED_ISSUERS} issuer keys can be trusted at once")]
+#[non_exhaustive]
 pub struct TooManyIssuers;
 
 /// The issuer keys a verifier accepts (normally one; two during a key rotation).

@@ -35,6 +35,10 @@ pub enum CodecError {
 
 /// Length-prefixed framing of [`Envelope`]s.
 #[derive(Debug, Clone, Copy, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a stateless codec: a unit struct users name as the value"
+)]
 pub struct SignalCodec;
 
 impl Decoder for SignalCodec {

@@ -41,6 +41,10 @@ const _: () = assert!(TAG_AT + 16 == GRANT_TOKEN_LEN);
 
 /// Which side of the call a grant is for; the relay binds at most one endpoint per role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum GrantRole {
     /// The camera.
     Device = 1,
@@ -50,6 +54,10 @@ pub enum GrantRole {
 
 /// What a grant says: who may use which allocation until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct GrantClaims {
     /// Random identifier of the allocation (the same in both peers' grants).
     pub allocation_id: [u8; ALLOCATION_ID_LEN],
@@ -106,6 +114,10 @@ pub enum GrantError {
 
 /// An encoded grant token.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct RelayGrantToken(pub [u8; GRANT_TOKEN_LEN]);
 
 impl fmt::Debug for RelayGrantToken {

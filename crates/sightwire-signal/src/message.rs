@@ -19,10 +19,18 @@ pub const MAX_LOGIN_LEN: usize = 128;
 /// Identifies one connect attempt between a viewer and a device; chosen at random by the
 /// rendezvous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct ConnectId(pub u64);
 
 /// How a candidate address was learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum CandidateKind {
     /// An address of a local interface.
     Host,
@@ -36,6 +44,10 @@ pub enum CandidateKind {
 
 /// A transport address a peer may be reachable at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Candidate {
     /// How it was learned.
     pub kind: CandidateKind,
@@ -47,6 +59,10 @@ pub struct Candidate {
 
 /// A peer's candidates for one network generation.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct CandidateSet {
     /// Grows by one each time the sender's network changes: a receiver replaces its view
     /// of the sender's candidates when it grows, merges when it is equal and ignores an
@@ -68,6 +84,10 @@ impl CandidateSet {
 
 /// Punch parameters shared by both peers of one connect attempt.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct PunchParams {
     /// Random key authenticating connectivity checks.
     pub punch_key: [u8; PUNCH_KEY_LEN],
@@ -86,6 +106,10 @@ impl std::fmt::Debug for PunchParams {
 
 /// Device → rendezvous: register under the ID in the certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Register {
     /// The device's ID certificate (structurally valid; not yet verified).
     pub certificate: IdCertificate,
@@ -95,6 +119,10 @@ pub struct Register {
 
 /// Rendezvous → device: registration accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct RegisterAck {
     /// The device's address as the rendezvous saw it.
     pub observed: SocketAddr,
@@ -106,6 +134,10 @@ pub struct RegisterAck {
 
 /// Viewer → rendezvous: introduce me to this device.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct ConnectRequest {
     /// The EUI-48 device ID.
     pub device_id: [u8; 6],
@@ -121,6 +153,10 @@ pub struct ConnectRequest {
 /// Rendezvous → device: a viewer asks to be introduced; nothing about its address is
 /// disclosed before the device consents.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Introduction {
     /// The connect attempt.
     pub connect_id: ConnectId,
@@ -132,6 +168,10 @@ pub struct Introduction {
 
 /// Device ↔ rendezvous ↔ viewer: one step of the consent exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Consent {
     /// The connect attempt.
     pub connect_id: ConnectId,
@@ -143,6 +183,10 @@ pub struct Consent {
 
 /// Rendezvous → viewer: the device and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct ConnectResponse {
     /// The connect attempt.
     pub connect_id: ConnectId,
@@ -158,6 +202,10 @@ pub struct ConnectResponse {
 
 /// Rendezvous → device: a viewer wants to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct ConnectOffer {
     /// The connect attempt.
     pub connect_id: ConnectId,
@@ -176,6 +224,10 @@ pub struct ConnectOffer {
 
 /// Either peer → rendezvous → the other peer: more candidates.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct CandidateUpdate {
     /// The connect attempt.
     pub connect_id: ConnectId,
@@ -185,6 +237,10 @@ pub struct CandidateUpdate {
 
 /// Rendezvous → peer: permission to use a relay allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct RelayGrant {
     /// The connect attempt.
     pub connect_id: ConnectId,
@@ -216,6 +272,10 @@ pub enum CloseReason {
 
 /// Ends a connect attempt, or a registration when `connect_id` is `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Close {
     /// The connect attempt, or `None` for the sender's registration.
     pub connect_id: Option<ConnectId>,
@@ -287,6 +347,10 @@ pub enum Limit {
 
 /// An error reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct ErrorReply {
     /// What went wrong.
     pub code: ErrorCode,
@@ -394,6 +458,10 @@ impl Body {
 /// The version is implicit: encoding writes [`PROTOCOL_VERSION`] and decoding rejects
 /// anything else.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub struct Envelope {
     /// Chosen by the requester, echoed in the response; 0 when no response is expected.
     pub request_id: u64,

@@ -55,6 +55,7 @@ impl From<Candidate> for punch::Candidate {
 /// A punch candidate set with more than [`MAX_CANDIDATES`] candidates cannot be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{count} candidates exceed the signaling limit of {MAX_CANDIDATES}")]
+#[non_exhaustive]
 pub struct TooManyCandidates {
     /// How many the set had.
     pub count: usize,

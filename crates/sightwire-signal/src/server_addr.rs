@@ -35,6 +35,10 @@ pub const MAX_LABEL_LEN: usize = 63;
 
 /// A server's address: a socket address, or a host name to resolve and a port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "an IP address or a host name: the two forms a server address has"
+)]
 pub enum ServerAddr {
     /// An IP address and port: used as is.
     Ip(SocketAddr),

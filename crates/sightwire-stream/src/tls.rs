@@ -102,6 +102,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Limits of a [`StreamListener`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListenerConfig {
     /// Most connections at once (handshaking ones included); beyond, a new connection is
     /// closed as soon as it is accepted. Default 1024.
@@ -453,6 +454,10 @@ async fn run_connection<S: AsyncRead + AsyncWrite>(
 
 /// What a [`StreamClient`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "the driver must handle every event: a new one is a breaking change on purpose"
+)]
 pub enum ClientEvent {
     /// A datagram arrived on the stream for `key`.
     Datagram(SocketAddr, Bytes),

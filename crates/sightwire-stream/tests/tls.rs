@@ -47,9 +47,10 @@ async fn datagrams_go_both_ways_under_a_virtual_address() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_at_once() {
-    let mut listener = listener(ListenerConfig {
-        max_connections: 1,
-        ..ListenerConfig::default()
+    let mut listener = listener({
+        let mut value = ListenerConfig::default();
+        value.max_connections = 1;
+        value
     })
     .await;
     let (events_tx, _events) = mpsc::channel(16);
@@ -70,9 +71,10 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
-    let listener = listener(ListenerConfig {
-        idle_timeout: Duration::from_millis(300),
-        ..ListenerConfig::default()
+    let listener = listener({
+        let mut value = ListenerConfig::default();
+        value.idle_timeout = Duration::from_millis(300);
+        value
     })
     .await;
     let (events_tx, mut events) = mpsc::channel(16);
@@ -87,9 +89,10 @@ async fn an_idle_connection_is_closed() {
 
 #[tokio::test]
 async fn a_slow_client_loses_datagrams_beyond_its_queue() {
-    let mut listener = listener(ListenerConfig {
-        max_queued: 4,
-        ..ListenerConfig::default()
+    let mut listener = listener({
+        let mut value = ListenerConfig::default();
+        value.max_queued = 4;
+        value
     })
     .await;
     // A client that never reads.
@@ -140,9 +143,10 @@ async fn a_client_to_nothing_reports_closed() {
 
 #[tokio::test]
 async fn a_connection_that_never_completes_tls_is_closed() {
-    let listener = listener(ListenerConfig {
-        handshake_timeout: Duration::from_millis(300),
-        ..ListenerConfig::default()
+    let listener = listener({
+        let mut value = ListenerConfig::default();
+        value.handshake_timeout = Duration::from_millis(300);
+        value
     })
     .await;
     // TCP only: no ClientHello ever comes.

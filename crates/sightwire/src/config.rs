@@ -12,6 +12,7 @@ use sightwire_signal::server_addr::ServerAddr;
 
 /// Which paths an endpoint may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum PathPolicy {
     /// LAN, direct or relay: the best that works.
     #[default]
@@ -25,6 +26,7 @@ pub enum PathPolicy {
 
 /// The rendezvous server: where it is and the static key pinned for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RendezvousServer {
     /// Its UDP address, or a host name and port: the driver resolves the name, every
     /// address is tried, and the name is resolved again when the server stops answering
@@ -37,17 +39,41 @@ pub struct RendezvousServer {
     pub stream_port: Option<u16>,
 }
 
+impl RendezvousServer {
+    /// The rendezvous at `address` (an IP address or a host name, with the port), which
+    /// must prove it holds `public_key`; no TCP/TLS fallback until
+    /// [`RendezvousServer::stream_port`] is set.
+    pub fn new(address: impl Into<ServerAddr>, public_key: PublicKey) -> Self {
+        Self {
+            address: address.into(),
+            public_key,
+            stream_port: None,
+        }
+    }
+}
+
 /// The stream port of the rendezvous and the relay in a deployment: HTTPS's, which
 /// networks that block UDP let through.
 pub const DEFAULT_STREAM_PORT: u16 = 443;
 
 /// A device's identity: its static key pair and the ID certificate the operator issued
 /// for it.
+#[non_exhaustive]
 pub struct DeviceIdentity {
     /// The device's static key pair (generated at first boot, never leaves the device).
     pub keypair: StaticKeypair,
     /// "Device ID X belongs to device key K", signed by the operator's issuer.
     pub certificate: IdCertificate,
+}
+
+impl DeviceIdentity {
+    /// The identity of the device holding `keypair`, certified by `certificate`.
+    pub fn new(keypair: StaticKeypair, certificate: IdCertificate) -> Self {
+        Self {
+            keypair,
+            certificate,
+        }
+    }
 }
 
 impl fmt::Debug for DeviceIdentity {
@@ -61,6 +87,7 @@ impl fmt::Debug for DeviceIdentity {
 
 /// Configuration of a [`crate::Device`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct DeviceConfig {
     /// Who the device is.
     pub identity: DeviceIdentity,
@@ -115,6 +142,7 @@ impl DeviceConfig {
 /// outgrows either limit the cache lets go of it and caches nothing more until the next
 /// keyframe (a chain with a hole would be no use). A zero limit turns the cache off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GopCacheConfig {
     /// Most payload bytes held per stream. Default [`DEFAULT_GOP_CACHE_BYTES`].
     pub max_bytes: usize,
@@ -159,6 +187,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Configuration of a [`crate::Viewer`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ViewerConfig {
     /// The viewer's own static key pair (devices may remember it as trusted).
     pub keypair: StaticKeypair,
@@ -204,6 +233,7 @@ impl ViewerConfig {
 /// Which device to watch: an ID a person typed, or a scanned label that also pins the
 /// device's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// Just the ID: the device key comes from its ID certificate.
     Id(DeviceId),
@@ -261,6 +291,7 @@ impl std::str::FromStr for Target {
 
 /// How the viewer proves it may watch.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct Credentials {
     /// The device password, if the viewer knows it.
     pub password: Option<String>,
@@ -301,12 +332,11 @@ pub const DEFAULT_LATENCY_BUDGET: Duration = Duration::from_millis(500);
 /// Media parameters that leave room for the relay's 9-byte header inside the IPv6
 /// minimum MTU, so one packet size works on every path.
 pub fn default_media_config() -> MediaConfig {
-    MediaConfig {
-        max_packet_size: sightwire_media::DEFAULT_MAX_PACKET_SIZE
-            - sightwire_relay_wire::DATA_HEADER_LEN,
-        latency_budget: DEFAULT_LATENCY_BUDGET,
-        ..MediaConfig::default()
-    }
+    let mut config = MediaConfig::default();
+    config.max_packet_size =
+        sightwire_media::DEFAULT_MAX_PACKET_SIZE - sightwire_relay_wire::DATA_HEADER_LEN;
+    config.latency_budget = DEFAULT_LATENCY_BUDGET;
+    config
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Credentials, DeviceConfig, RendezvousServer, Target, ViewerConfig};
 use crate::driver::{Command, Driver};
-use crate::error::ConnectError;
+use crate::error::{ConnectError, EndpointStopped};
 use crate::events::{Event, PeerId};
 use crate::proto::{DeviceSettings, Endpoint, EndpointConfig, Recipients, WatchId, WatchRequest};
 
@@ -26,6 +26,10 @@ pub const COMMAND_QUEUE: usize = 256;
 /// The UDP socket buffer sizes the kernel granted (bytes; Linux reports twice what it
 /// reserves for payload, and caps requests at `net.core.rmem_max`/`wmem_max`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a UDP socket has these two buffers and no others"
+)]
 pub struct SocketBuffers {
     /// Receive buffer (`SO_RCVBUF`).
     pub receive: usize,
@@ -97,8 +101,11 @@ impl Task {
         })
     }
 
-    async fn command(&self, command: Command) -> bool {
-        self.commands.send(command).await.is_ok()
+    async fn command(&self, command: Command) -> Result<(), EndpointStopped> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| EndpointStopped)
     }
 
     async fn shutdown(&mut self) {
@@ -191,7 +198,7 @@ impl Device {
     /// (`spec/endpoint.md` §4.1): a viewer gets a frame only once it has every frame
     /// that frame may refer to, and one that joins mid-GOP is first given the cached
     /// keyframe and the frames after it.
-    pub async fn send_frame(&self, frame: Frame) -> bool {
+    pub async fn send_frame(&self, frame: Frame) -> Result<(), EndpointStopped> {
         self.task
             .command(Command::SendFrame(Recipients::All, frame))
             .await
@@ -201,24 +208,28 @@ impl Device {
     /// has [`DeviceConfig::default_streams`]): frames of other streams no longer go to
     /// it, and on each stream added it gets the cached keyframe and the frames after it
     /// at once (`spec/endpoint.md` §4.2).
-    pub async fn subscribe(&self, peer: PeerId, streams: StreamSet) -> bool {
+    pub async fn subscribe(&self, peer: PeerId, streams: StreamSet) -> Result<(), EndpointStopped> {
         self.task.command(Command::Subscribe(peer, streams)).await
     }
 
     /// Sends a control message to one viewer, or to all.
-    pub async fn send_control(&self, to: Option<PeerId>, message: Bytes) -> bool {
+    pub async fn send_control(
+        &self,
+        to: Option<PeerId>,
+        message: Bytes,
+    ) -> Result<(), EndpointStopped> {
         let to = to.map_or(Recipients::All, Recipients::Peer);
         self.task.command(Command::SendControl(to, message)).await
     }
 
     /// Trusts a viewer key (it may then connect without the password), or revokes it.
-    pub async fn set_trusted(&self, key: PublicKey, trusted: bool) -> bool {
+    pub async fn set_trusted(&self, key: PublicKey, trusted: bool) -> Result<(), EndpointStopped> {
         self.task.command(Command::SetTrusted(key, trusted)).await
     }
 
     /// Tells the endpoint the network changed (the platform knows before the driver's
     /// once-a-second check does): it registers again and re-gathers every path.
-    pub async fn network_changed(&self) -> bool {
+    pub async fn network_changed(&self) -> Result<(), EndpointStopped> {
         self.task.command(Command::NetworkChanged).await
     }
 
@@ -298,7 +309,7 @@ impl ViewerEndpoint {
 
     /// Tells the endpoint the network changed: every watch reconnects through the
     /// rendezvous and every path is looked for again.
-    pub async fn network_changed(&self) -> bool {
+    pub async fn network_changed(&self) -> Result<(), EndpointStopped> {
         self.task.command(Command::NetworkChanged).await
     }
 
@@ -372,7 +383,7 @@ impl Viewer {
         request.want_relay = config.want_relay;
         let endpoint = ViewerEndpoint::bind(config)
             .await
-            .map_err(|_| ConnectError::Socket)?;
+            .map_err(|error| ConnectError::Socket(error.into()))?;
         let task = endpoint.task;
         let (commands, local_addr) = (task.commands.clone(), task.local_addr);
         watch(&commands, local_addr, request, Some(task)).await
@@ -395,26 +406,29 @@ impl Viewer {
     }
 
     /// Sends a control message to the device (PTZ, settings...).
-    pub async fn send_control(&self, message: Bytes) -> bool {
+    pub async fn send_control(&self, message: Bytes) -> Result<(), EndpointStopped> {
         let to = Recipients::Watch(self.watch);
         self.commands
             .send(Command::SendControl(to, message))
             .await
-            .is_ok()
+            .map_err(|_| EndpointStopped)
     }
 
     /// Sends a frame to the device (talk-back audio).
-    pub async fn send_frame(&self, frame: Frame) -> bool {
+    pub async fn send_frame(&self, frame: Frame) -> Result<(), EndpointStopped> {
         let to = Recipients::Watch(self.watch);
         self.commands
             .send(Command::SendFrame(to, frame))
             .await
-            .is_ok()
+            .map_err(|_| EndpointStopped)
     }
 
     /// Tells the endpoint the network changed (see [`ViewerEndpoint::network_changed`]).
-    pub async fn network_changed(&self) -> bool {
-        self.commands.send(Command::NetworkChanged).await.is_ok()
+    pub async fn network_changed(&self) -> Result<(), EndpointStopped> {
+        self.commands
+            .send(Command::NetworkChanged)
+            .await
+            .map_err(|_| EndpointStopped)
     }
 
     /// Stops watching; a viewer from [`Viewer::connect`] also stops its endpoint.

@@ -1,15 +1,18 @@
-//! Why a viewer could not connect.
+//! Why a viewer could not connect, and why a command was not taken.
+
+use std::sync::Arc;
 
 use sightwire_session::auth::AuthRejection;
 use sightwire_signal::ErrorCode;
 
 /// Why [`crate::Viewer::connect`] failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The local UDP socket could not be set up.
+    /// The local UDP socket could not be set up (the bind address is taken or not
+    /// local, the process may not open sockets...): the operating system's error.
     #[error("cannot open the UDP socket")]
-    Socket,
+    Socket(#[source] SocketError),
     /// Nothing answered in time (rendezvous unreachable, or the device never answered).
     #[error("timed out")]
     Timeout,
@@ -84,3 +87,37 @@ pub enum ResolveError {
     #[error("the resolver did not answer in time")]
     Timeout,
 }
+
+/// The operating system's error behind [`ConnectError::Socket`]. It is shared so the
+/// error stays `Clone`; two compare equal when their [`std::io::ErrorKind`]s do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct SocketError(Arc<std::io::Error>);
+
+impl SocketError {
+    /// The I/O error itself.
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl From<std::io::Error> for SocketError {
+    fn from(error: std::io::Error) -> Self {
+        Self(Arc::new(error))
+    }
+}
+
+impl PartialEq for SocketError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind()
+    }
+}
+
+impl Eq for SocketError {}
+
+/// A command given to a [`crate::Device`] or [`crate::Viewer`] after its endpoint
+/// stopped (shut down, or its task ended): nothing was sent or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the endpoint has stopped")]
+#[non_exhaustive]
+pub struct EndpointStopped;

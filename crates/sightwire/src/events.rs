@@ -14,10 +14,15 @@ use crate::error::ConnectError;
 
 /// Identifies one viewer ↔ device connection at an endpoint (the rendezvous's connect id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "the number the endpoint gave a peer; applications name peers by it in logs and tests"
+)]
 pub struct PeerId(pub u64);
 
 /// How packets leave the endpoint on a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Transport {
     /// UDP datagrams.
     #[default]
@@ -28,6 +33,7 @@ pub enum Transport {
 
 /// The path packets to a peer take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Path {
     /// LAN, direct over the internet, or through the relay.
     pub kind: PathKind,
@@ -51,15 +57,12 @@ impl Path {
 
 /// `lan`, `direct` or `relay`.
 pub fn path_kind_name(kind: PathKind) -> &'static str {
-    match kind {
-        PathKind::Lan => "lan",
-        PathKind::Direct => "direct",
-        PathKind::Relay => "relay",
-    }
+    kind.name()
 }
 
 /// Per-peer figures, reported about once a second.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct PeerStats {
     /// Current path, if any.
     pub path: Option<Path>,

@@ -23,15 +23,19 @@
 //! written down in `spec/endpoint.md`.
 //!
 //! ```no_run
-//! use sightwire::{Credentials, Event, RendezvousServer, Target, Viewer, ViewerConfig};
-//! use sightwire_session::StaticKeypair;
-//! use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
+//! use sightwire::{
+//!     Credentials, Event, IssuerPublicKey, PublicKey, RendezvousServer, ServerAddr,
+//!     StaticKeypair, Target, TrustedIssuers, Viewer, ViewerConfig,
+//! };
 //!
-//! # async fn watch(issuer: IssuerPublicKey, server_key: [u8; 32]) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn watch(issuer: IssuerPublicKey, server_key: PublicKey) -> Result<(), Box<dyn std::error::Error>> {
+//! // An IP address works too: "203.0.113.1:3478".
+//! let address: ServerAddr = "rendezvous.example.com:3478".parse()?;
+//! let mut rendezvous = RendezvousServer::new(address, server_key);
+//! rendezvous.stream_port = Some(443);
 //! let config = ViewerConfig::new(
 //!     StaticKeypair::generate(&mut rand::rngs::OsRng),
-//!     // An IP address works too: "203.0.113.1:3478".
-//!     RendezvousServer { address: "rendezvous.example.com:3478".parse()?, public_key: server_key, stream_port: Some(443) },
+//!     rendezvous,
 //!     TrustedIssuers::single(issuer),
 //! );
 //! // What the person typed, or scanned from the label.
@@ -48,6 +52,9 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Public types can grow without a breaking release: new ones are `#[non_exhaustive]`
+// unless the wire fixes them (CHANGELOG.md, "API stability").
+#![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
 mod config;
 mod driver;
@@ -64,7 +71,7 @@ pub use config::{
 };
 pub use driver::RESOLVE_TIMEOUT;
 pub use endpoint::{COMMAND_QUEUE, Device, EVENT_QUEUE, SocketBuffers, Viewer, ViewerEndpoint};
-pub use error::{ConnectError, ResolveError};
+pub use error::{ConnectError, EndpointStopped, ResolveError, SocketError};
 pub use events::{
     Event, FrameError, Path, PeerClosedReason, PeerId, PeerStats, Transport, path_kind_name,
 };
@@ -73,4 +80,12 @@ pub use sightwire_media::{
     Stats as MediaStats, StreamId, StreamSet,
 };
 pub use sightwire_punch::PathKind;
+// What the constructors and errors above take and give, so an application needs no
+// other sightwire crate to build a device or a viewer.
+pub use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
+pub use sightwire_media::Config as MediaConfig;
+pub use sightwire_session::auth::AuthRejection;
+pub use sightwire_session::{PublicKey, StaticKeypair};
+pub use sightwire_signal::ErrorCode;
+pub use sightwire_signal::cert::{IdCertificate, IssuerPublicKey, TrustedIssuers};
 pub use sightwire_signal::server_addr::{HostPort, ServerAddr, ServerAddrError};

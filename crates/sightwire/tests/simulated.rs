@@ -1403,13 +1403,14 @@ fn a_frame_not_sent_on_a_stream_a_viewer_left_is_no_gap_of_its() {
         .endpoint
         .set_subscription(now, peer, StreamSet::of(&[StreamId::VIDEO]))
         .expect("a viewer");
-    let metadata = |data: &'static [u8]| sightwire::Frame {
-        stream: StreamId::METADATA,
-        codec: sightwire::Codec::Metadata,
-        keyframe: true,
-        codec_config: false,
-        capture_time_us: 0,
-        data: bytes::Bytes::from_static(data),
+    let metadata = |data: &'static [u8]| {
+        sightwire::Frame::new(
+            StreamId::METADATA,
+            sightwire::Codec::Metadata,
+            0,
+            bytes::Bytes::from_static(data),
+        )
+        .with_keyframe(true)
     };
     let empty = camera
         .endpoint

@@ -25,19 +25,12 @@ async fn socket_buffers_are_enlarged_as_far_as_the_kernel_allows() {
         })
         .unwrap();
     // Nobody answers at the rendezvous address: the device just keeps trying.
-    let rendezvous = RendezvousServer {
-        address: "127.0.0.1:9".parse().unwrap(),
-        public_key: [1; 32],
-        stream_port: None,
-    };
-    let requested = 1 << 20;
-    let mut config = DeviceConfig::new(
-        DeviceIdentity {
-            keypair,
-            certificate,
-        },
-        rendezvous,
+    let rendezvous = RendezvousServer::new(
+        "127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap(),
+        [1; 32],
     );
+    let requested = 1 << 20;
+    let mut config = DeviceConfig::new(DeviceIdentity::new(keypair, certificate), rendezvous);
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.socket_buffer_bytes = requested;
     let device = Device::start(config).await.unwrap();

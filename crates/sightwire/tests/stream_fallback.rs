@@ -12,10 +12,13 @@ use sightwire_signal::cert::{IssuerKey, TrustedIssuers};
 
 fn viewer(stream_port: Option<u16>, now: Instant) -> Endpoint {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let rendezvous = RendezvousServer {
-        address: "198.51.100.1:3478".parse().unwrap(),
-        public_key: [1; 32],
-        stream_port,
+    let rendezvous = {
+        let mut value = RendezvousServer::new(
+            "198.51.100.1:3478".parse::<std::net::SocketAddr>().unwrap(),
+            [1; 32],
+        );
+        value.stream_port = stream_port;
+        value
     };
     let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous, Box::new(rng));
     let issuers = TrustedIssuers::single(IssuerKey::from_seed(&[2; 32]).public());

@@ -158,11 +158,19 @@ fn emit(value: serde_json::Value) {
     println!("{value}");
 }
 
+/// Sends a frame to the viewers (the endpoint reports one it could not send as
+/// `Event::FrameNotSent`); a stopped endpoint ends the main loop through its events.
+async fn send_frame(device: &Device, frame: Frame) {
+    if let Err(error) = device.send_frame(frame).await {
+        tracing::debug!(%error, "frame not sent");
+    }
+}
+
 /// Offers a frame from a file or RTSP source to the dropper and sends it if admitted.
 async fn offer(device: &Device, dropper: &mut FrameDropper, frame: Frame) {
     let class = FrameClass::of(&frame);
     if dropper.admit(Instant::now(), class, frame.data.len()) == Verdict::Send {
-        device.send_frame(frame).await;
+        send_frame(device, frame).await;
     } else {
         // One line per frame left out on purpose (the target is below the source's
         // rate), so that a test can tell it from a frame lost on the way.
@@ -275,14 +283,14 @@ async fn main() -> anyhow::Result<()> {
         Some(FrameSource::annexb_of(codec, &bytes, args.fps, true)?)
     };
 
-    let mut config = DeviceConfig::new(
-        identity,
-        RendezvousServer {
-            address: args.rendezvous.clone(),
-            public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
-            stream_port: Some(args.rendezvous_stream_port).filter(|port| *port != 0),
-        },
-    );
+    let mut config = DeviceConfig::new(identity, {
+        let mut value = RendezvousServer::new(
+            args.rendezvous.clone(),
+            parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+        );
+        value.stream_port = Some(args.rendezvous_stream_port).filter(|port| *port != 0);
+        value
+    });
     config.bind = args.bind;
     config.password = args.password.clone();
     if args.relay_only {
@@ -349,7 +357,7 @@ async fn main() -> anyhow::Result<()> {
                 {
                     announce_tracks(&device, &mut catalog, &frame).await;
                     if source.is_synthetic() {
-                        device.send_frame(frame).await;
+                        send_frame(&device, frame).await;
                     } else {
                         offer(&device, &mut dropper, frame).await;
                     }
@@ -364,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
                 // what its own path cannot carry (spec/media.md 4.7).
                 let frame = to_sub_stream(frame);
                 announce_tracks(&device, &mut catalog, &frame).await;
-                device.send_frame(frame).await;
+                send_frame(&device, frame).await;
             }
             status = next_rtsp_status(&mut rtsp_status) => {
                 // Every viewer learns why frames stop (or start again): spec/control.md.
@@ -468,7 +476,9 @@ async fn main() -> anyhow::Result<()> {
                                 // Switches this viewer alone, from the chosen stream's
                                 // cached keyframe.
                                 Ok(streams) if choice => {
-                                    device.subscribe(peer, streams).await;
+                                    if let Err(error) = device.subscribe(peer, streams).await {
+                                        tracing::debug!(%error, "viewer not switched");
+                                    }
                                     if let Some(target) = main_target.chose(peer, streams == SUB_STREAMS) {
                                         follow_target(target, source.as_mut(), rtsp_source.as_mut(), &mut dropper);
                                     }
@@ -510,7 +520,9 @@ async fn main() -> anyhow::Result<()> {
 async fn send_message(device: &Device, to: Option<PeerId>, message: &ControlMessage) {
     match message.encode() {
         Ok(bytes) => {
-            device.send_control(to, bytes.into()).await;
+            if let Err(error) = device.send_control(to, bytes.into()).await {
+                tracing::debug!(%error, "control message not sent");
+            }
         }
         Err(error) => tracing::warn!(%error, "control message not sent"),
     }

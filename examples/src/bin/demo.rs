@@ -173,7 +173,9 @@ async fn main() -> anyhow::Result<()> {
         let mut ticker = tokio::time::interval(source.interval);
         while let Some(frame) = source.next_frame() {
             ticker.tick().await;
-            device.send_frame(frame).await;
+            if device.send_frame(frame).await.is_err() {
+                break;
+            }
         }
         // Let the last frames and their retransmissions arrive.
         tokio::time::sleep(Duration::from_millis(500)).await;

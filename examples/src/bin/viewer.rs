@@ -434,10 +434,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = ViewerConfig::new(
         keypair,
-        RendezvousServer {
-            address: args.rendezvous.clone(),
-            public_key: parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
-            stream_port: Some(args.rendezvous_stream_port).filter(|port| *port != 0),
+        {
+            let mut value = RendezvousServer::new(
+                args.rendezvous.clone(),
+                parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+            );
+            value.stream_port = Some(args.rendezvous_stream_port).filter(|port| *port != 0);
+            value
         },
         TrustedIssuers::single(issuer),
     );
@@ -470,7 +473,7 @@ async fn main() -> anyhow::Result<()> {
     .encode()
     .context("--stream")?;
     let select = bytes::Bytes::from(select);
-    if !viewer.send_control(select.clone()).await {
+    if viewer.send_control(select.clone()).await.is_err() {
         tracing::warn!("could not send the stream choice");
     }
     // The first connection's PeerConnected; each later one is a reconnect, which gets
@@ -517,7 +520,7 @@ async fn main() -> anyhow::Result<()> {
             () = tokio::time::sleep_until(talk_due), if talk.peek().is_some() => {
                 if let Some(frame) = talk.next() {
                     summary.talk_frames += 1;
-                    if !viewer.send_frame(frame).await {
+                    if viewer.send_frame(frame).await.is_err() {
                         break;
                     }
                 }
@@ -532,7 +535,7 @@ async fn main() -> anyhow::Result<()> {
                         path = p;
                         output.emit(json!({"event": "connected", "path": p.map(|p| p.kind_name()), "connect_ms": connect_ms}));
                         connections += 1;
-                        if connections > 1 && !viewer.send_control(select.clone()).await {
+                        if connections > 1 && viewer.send_control(select.clone()).await.is_err() {
                             tracing::warn!("could not send the stream choice again");
                         }
                     }

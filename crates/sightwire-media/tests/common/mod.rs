@@ -174,9 +174,10 @@ pub fn frame_bytes(frame_index: u64, len: usize) -> Bytes {
 /// The default configuration with pacing off, for tests of limits and loss recovery that
 /// drain everything queued at once (pacing has its own tests in `tests/pacing.rs`).
 pub fn unpaced() -> Config {
-    Config {
-        pacing_factor_percent: 0,
-        ..Config::default()
+    {
+        let mut value = Config::default();
+        value.pacing_factor_percent = 0;
+        value
     }
 }
 

@@ -398,10 +398,7 @@ impl World {
                 nat,
                 local,
                 index,
-                agent: Agent::new(Config {
-                    host_candidates: vec![local],
-                    seed,
-                }),
+                agent: Agent::new(Config::new(vec![local], seed)),
                 events: Vec::new(),
                 start_at: epoch,
                 inbox: VecDeque::new(),

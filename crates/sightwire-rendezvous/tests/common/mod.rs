@@ -57,21 +57,17 @@ pub fn address(n: u32) -> SocketAddr {
 }
 
 pub fn device_peer(n: u32) -> Peer<u64> {
-    Peer {
-        session: u64::from(n),
-        remote_static: device_key(n),
-        address: address(n),
-    }
+    Peer::new(u64::from(n), device_key(n), address(n))
 }
 
 pub fn viewer_peer(n: u32) -> Peer<u64> {
     let mut key = [0x77; 32];
     key[..4].copy_from_slice(&n.to_be_bytes());
-    Peer {
-        session: 1_000_000 + u64::from(n),
-        remote_static: key,
-        address: SocketAddr::from(([198, 51, 100, (n % 250) as u8], 5000)),
-    }
+    Peer::new(
+        1_000_000 + u64::from(n),
+        key,
+        SocketAddr::from(([198, 51, 100, (n % 250) as u8], 5000)),
+    )
 }
 
 pub fn host(address: &str) -> Candidate {
@@ -188,7 +184,10 @@ impl Harness {
 
     pub fn drain(&mut self) -> Vec<(u64, Envelope)> {
         let mut out = Vec::new();
-        while let Some(Transmit { session, payload }) = self.core.poll_transmit() {
+        while let Some(Transmit {
+            session, payload, ..
+        }) = self.core.poll_transmit()
+        {
             out.push((session, Envelope::decode(&payload).unwrap()));
         }
         out

@@ -101,6 +101,10 @@ pub const MAX_LOGIN_MESSAGE_LEN: usize = LOGIN_RESPONSE_LEN;
 
 /// Which login message an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
+)]
 pub enum LoginMessage {
     /// msg1, viewer → device.
     Start,

@@ -30,10 +30,7 @@ pub const GLOBAL_FAILURE_INTERVAL: Duration = Duration::from_secs(60);
 /// Tokens one failure costs in the global bucket: the bucket refills one token a second
 /// (its finest integer rate), so a failure costs [`GLOBAL_FAILURE_INTERVAL`] in seconds.
 const TOKENS_PER_FAILURE: u32 = GLOBAL_FAILURE_INTERVAL.as_secs() as u32;
-const GLOBAL_RATE: Rate = Rate {
-    per_second: 1,
-    burst: GLOBAL_FAILURE_BURST * TOKENS_PER_FAILURE,
-};
+const GLOBAL_RATE: Rate = Rate::new(1, GLOBAL_FAILURE_BURST * TOKENS_PER_FAILURE);
 
 /// Which limit refused a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +46,7 @@ pub enum ThrottleScope {
 /// A login refused by the throttle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("password login throttled ({scope:?}); retry after {retry_after:?}")]
+#[non_exhaustive]
 pub struct Throttled {
     /// How long from `now` until the login may be tried.
     pub retry_after: Duration,

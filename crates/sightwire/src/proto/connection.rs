@@ -335,10 +335,10 @@ impl Endpoint {
         punch_key: [u8; 32],
     ) -> Option<Connection> {
         let media = MediaConnection::new(self.media_config.clone(), now).ok()?;
-        let agent = Agent::new(sightwire_punch::Config {
-            host_candidates: self.host_candidates(),
-            seed: rand::RngCore::next_u64(&mut self.agent_rng),
-        });
+        let agent = Agent::new(sightwire_punch::Config::new(
+            self.host_candidates(),
+            rand::RngCore::next_u64(&mut self.agent_rng),
+        ));
         self.stats.connections_opened += 1;
         Some(Connection::new(
             now, id, watch, device_id, remote_key, punch_key, agent, media,

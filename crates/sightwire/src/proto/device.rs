@@ -25,6 +25,7 @@ use crate::events::{Event, PeerClosedReason, PeerId};
 pub(crate) const GRANT_WAIT: Duration = Duration::from_millis(300);
 
 /// What a device endpoint needs besides the common configuration.
+#[non_exhaustive]
 pub struct DeviceSettings {
     /// "Device ID X belongs to device key K", signed by the operator's issuer.
     pub certificate: IdCertificate,
@@ -41,6 +42,23 @@ pub struct DeviceSettings {
     /// says otherwise (§4.2 of `spec/endpoint.md`); [`StreamSet::ALL`]: every frame the
     /// device sends to all.
     pub default_streams: StreamSet,
+}
+
+impl DeviceSettings {
+    /// The settings of the device `certificate` names, with the defaults: no password
+    /// (only trusted keys), no trusted keys yet, at most
+    /// [`crate::DEFAULT_MAX_VIEWERS`] viewers, the default GOP cache, every stream for
+    /// a new viewer.
+    pub fn new(certificate: IdCertificate) -> Self {
+        Self {
+            certificate,
+            password: None,
+            trusted_viewers: Vec::new(),
+            max_viewers: crate::DEFAULT_MAX_VIEWERS,
+            gop_cache: GopCacheConfig::default(),
+            default_streams: StreamSet::ALL,
+        }
+    }
 }
 
 impl std::fmt::Debug for DeviceSettings {

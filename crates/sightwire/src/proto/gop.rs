@@ -69,6 +69,7 @@ struct StreamGop {
 
 /// Frames and bytes the cache holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GopCacheUsage {
     /// Frames held, all streams together.
     pub frames: usize,

@@ -30,7 +30,8 @@
 //!
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 //! let now = Instant::now();
-//! let rendezvous = RendezvousServer { address: "198.51.100.1:3478".parse()?, public_key: [1; 32], stream_port: None };
+//! let address: std::net::SocketAddr = "198.51.100.1:3478".parse()?;
+//! let rendezvous = RendezvousServer::new(address, [1; 32]);
 //! let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous.clone(), Box::new(rng));
 //! let issuers = TrustedIssuers::single(IssuerKey::from_seed(&[2; 32]).public());
 //! let mut viewer = Endpoint::viewer(config, issuers, now)?;
@@ -114,6 +115,7 @@ pub const STREAM_FALLBACK_AFTER: Duration = Duration::from_secs(2);
 const MAX_RELAY_STREAM_PORTS: usize = 16;
 
 /// What both kinds of endpoint need to start.
+#[non_exhaustive]
 pub struct EndpointConfig {
     /// The endpoint's static key pair.
     pub keypair: StaticKeypair,
@@ -161,6 +163,7 @@ impl EndpointConfig {
 
 /// An event, with the watch it concerns (viewer endpoints; `None` on a device).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EndpointEvent {
     /// The watch (one camera a viewer endpoint watches), if any.
     pub watch: Option<WatchId>,
@@ -170,6 +173,7 @@ pub struct EndpointEvent {
 
 /// Who a frame or control message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Recipients {
     /// Every authorized peer (a device's viewers; every camera a viewer watches).
     All,

@@ -13,6 +13,7 @@ pub const MAX_QUEUED_TRANSMITS: usize = 1024;
 
 /// A datagram to send, borrowed from the endpoint until the next `poll_transmit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Transmit<'a> {
     /// Where to send it.
     pub destination: SocketAddr,

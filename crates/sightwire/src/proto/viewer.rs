@@ -37,10 +37,12 @@ const CONNECT_REQUEST_PADDED_LEN: usize = MAX_MESSAGE_LEN;
 /// One camera a viewer endpoint watches; stable across reconnects (the [`PeerId`] of
 /// the connection serving it changes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub struct WatchId(pub u64);
 
 /// What to watch and how.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WatchRequest {
     /// The camera: an ID, a scanned label, or a remembered key.
     pub target: Target,
@@ -204,7 +206,7 @@ impl Endpoint {
             .map(|(id, _)| *id)
             .collect();
         for id in waiting {
-            self.fail_watch(now, id, error);
+            self.fail_watch(now, id, error.clone());
         }
     }
 
@@ -344,7 +346,7 @@ impl Endpoint {
                             break;
                         };
                         if !watch.connected {
-                            let error = match (watch.attempt, watch.last_failure) {
+                            let error = match (watch.attempt, watch.last_failure.clone()) {
                                 (Some(_), _) => ConnectError::NoPath,
                                 (None, Some(last)) => last,
                                 (None, None) => ConnectError::Timeout,

@@ -112,14 +112,15 @@ impl RendezvousNode {
         seed: u64,
         keepalive_probes: bool,
     ) -> Self {
-        let config = CoreConfig {
-            relay: Some(sightwire_rendezvous::RelayConfig {
-                address: RELAY.parse().unwrap(),
-                stream_port: None,
-                key: relay_key,
-            }),
-            keepalive_probes,
-            ..Default::default()
+        let config = {
+            let mut value = CoreConfig::default();
+            value.relay = Some(sightwire_rendezvous::RelayConfig::new(
+                RELAY.parse().unwrap(),
+                None,
+                relay_key,
+            ));
+            value.keepalive_probes = keepalive_probes;
+            value
         };
         let core = Rendezvous::new(
             config,
@@ -213,11 +214,7 @@ impl Node for RendezvousNode {
         }) = self.sessions.handle_input(now, from, &mut datagram)
             && let Some(remote_static) = self.sessions.remote_static(session).copied()
         {
-            let peer = Peer {
-                session,
-                remote_static,
-                address: from,
-            };
+            let peer = Peer::new(session, remote_static, from);
             if self.drop_offer_acks > 0
                 && is_body(plaintext, |b| matches!(b, Body::OfferAck { .. }))
             {
@@ -492,7 +489,7 @@ impl EndpointNode {
                     log.last_frame_at = Some(now);
                 }
                 Event::ConnectFailed { error } => {
-                    log.failed = Some(*error);
+                    log.failed = Some(error.clone());
                     log.failed_at = Some(now);
                 }
                 Event::PeerClosed { .. } => log.closed += 1,
@@ -517,14 +514,14 @@ impl EndpointNode {
         };
         let mut data = vec![0u8; len];
         data[..8].copy_from_slice(&seq.to_be_bytes());
-        let frame = Frame {
-            stream: StreamId::VIDEO,
-            codec: Codec::H264,
-            keyframe,
-            codec_config: keyframe,
-            capture_time_us: seq * 1_000_000 / FPS,
-            data: Bytes::from(data),
-        };
+        let frame = Frame::new(
+            StreamId::VIDEO,
+            Codec::H264,
+            seq * 1_000_000 / FPS,
+            Bytes::from(data),
+        )
+        .with_keyframe(keyframe)
+        .with_codec_config(keyframe);
         self.sent_frames
             .push((frame.keyframe, frame.capture_time_us));
         self.endpoint
@@ -532,14 +529,14 @@ impl EndpointNode {
             .expect("frame accepted");
         if let Some((stream, gop)) = self.sub_stream {
             let keyframe = seq.is_multiple_of(gop);
-            let frame = Frame {
+            let frame = Frame::new(
                 stream,
-                codec: Codec::H264,
-                keyframe,
-                codec_config: keyframe,
-                capture_time_us: seq * 1_000_000 / FPS,
-                data: Bytes::from(sub_frame_bytes(seq, keyframe)),
-            };
+                Codec::H264,
+                seq * 1_000_000 / FPS,
+                Bytes::from(sub_frame_bytes(seq, keyframe)),
+            )
+            .with_keyframe(keyframe)
+            .with_codec_config(keyframe);
             self.sub_sent.push(keyframe);
             self.endpoint
                 .send_frame(now, Recipients::All, frame)
@@ -758,13 +755,11 @@ impl World {
     }
 
     fn server(&self) -> RendezvousServer {
-        RendezvousServer {
-            address: self.rendezvous_address.clone(),
-            public_key: self
-                .rendezvous_public_key
+        RendezvousServer::new(
+            self.rendezvous_address.clone(),
+            self.rendezvous_public_key
                 .unwrap_or(*self.rendezvous_key.public()),
-            stream_port: None,
-        }
+        )
     }
 
     /// A new site of `kind`; returns a host on it (or behind `on_lan_of`'s NAT).
@@ -868,14 +863,11 @@ impl World {
         if let Some(media) = self.camera_media.clone() {
             config.media = media;
         }
-        let settings = DeviceSettings {
-            certificate,
-            password: Some(PASSWORD.into()),
-            trusted_viewers: Vec::new(),
-            max_viewers: 16,
-            gop_cache: self.camera_gop_cache,
-            default_streams: self.camera_default_streams,
-        };
+        let mut settings = DeviceSettings::new(certificate);
+        settings.password = Some(PASSWORD.into());
+        settings.max_viewers = 16;
+        settings.gop_cache = self.camera_gop_cache;
+        settings.default_streams = self.camera_default_streams;
         let mut endpoint = Endpoint::device(config, settings, now).unwrap();
         endpoint.set_unix_time(unix_time_at(self.net.epoch(), now));
         endpoint.set_local_ip(now, Some(placement.ip));

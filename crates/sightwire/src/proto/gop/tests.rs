@@ -35,18 +35,18 @@ fn frame(stream: StreamId, kind: Kind, size: usize, seq: u64) -> PacketizedFrame
         Kind::Jpeg => &[0xFF, 0xD8, 0xFF, 0xE0],
     };
     data[..4].copy_from_slice(header);
-    let frame = Frame {
+    let frame = Frame::new(
         stream,
-        codec: if kind == Kind::Jpeg {
+        if kind == Kind::Jpeg {
             Codec::Mjpeg
         } else {
             Codec::H264
         },
-        keyframe: matches!(kind, Kind::Key | Kind::Jpeg),
-        codec_config: kind == Kind::Key,
-        capture_time_us: seq * 40_000,
-        data: Bytes::from(data),
-    };
+        seq * 40_000,
+        Bytes::from(data),
+    )
+    .with_keyframe(matches!(kind, Kind::Key | Kind::Jpeg))
+    .with_codec_config(kind == Kind::Key);
     PacketizedFrame::new(frame, 1200).expect("packetized")
 }
 

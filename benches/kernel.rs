@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Datagrams the kernel dropped on the UDP socket bound to `addr` because its receive
 /// buffer was full (or its memory accounting refused them), since the socket was opened.
-pub(crate) fn socket_drops(addr: SocketAddr) -> Option<u64> {
+pub fn socket_drops(addr: SocketAddr) -> Option<u64> {
     let file = if addr.is_ipv4() {
         "/proc/net/udp"
     } else {
@@ -32,7 +32,7 @@ fn drops_in_table(table: &str, port: u16) -> Option<u64> {
 }
 
 /// A `net.core` sysctl (for example `rmem_max`), if readable.
-pub(crate) fn net_core(name: &str) -> Option<u64> {
+pub fn net_core(name: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
         .ok()?
         .trim()
@@ -43,18 +43,18 @@ pub(crate) fn net_core(name: &str) -> Option<u64> {
 /// CPU time a process used, in user space (framing, crypto, the runtime) and in the
 /// kernel (system calls: sending and receiving datagrams).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CpuTimes {
-    pub(crate) user: Duration,
-    pub(crate) system: Duration,
+pub struct CpuTimes {
+    pub user: Duration,
+    pub system: Duration,
 }
 
 impl CpuTimes {
-    pub(crate) fn total(self) -> Duration {
+    pub fn total(self) -> Duration {
         self.user + self.system
     }
 
     /// What was used since `before`.
-    pub(crate) fn since(self, before: CpuTimes) -> CpuTimes {
+    pub fn since(self, before: CpuTimes) -> CpuTimes {
         CpuTimes {
             user: self.user.saturating_sub(before.user),
             system: self.system.saturating_sub(before.system),
@@ -64,8 +64,20 @@ impl CpuTimes {
 
 /// CPU time this process has used so far (Linux reports it in `USER_HZ` = 100 ticks per
 /// second in `/proc`).
-pub(crate) fn process_cpu() -> Option<CpuTimes> {
+pub fn process_cpu() -> Option<CpuTimes> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_in_stat(&stat)
+}
+
+/// CPU time process `pid` (a child still running) has used so far.
+pub fn process_cpu_of(pid: u32) -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_in_stat(&stat)
+}
+
+/// CPU time the calling thread has used so far.
+pub fn thread_cpu() -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     cpu_in_stat(&stat)
 }
 
@@ -84,7 +96,7 @@ fn cpu_in_stat(stat: &str) -> Option<CpuTimes> {
 }
 
 /// The one-minute load average (other work on the machine shows here).
-pub(crate) fn load_average() -> Option<f64> {
+pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -94,7 +106,7 @@ pub(crate) fn load_average() -> Option<f64> {
 }
 
 /// `Some(n)` as `n`, `None` as `n/a`.
-pub(crate) fn or_na(value: Option<u64>) -> String {
+pub fn or_na(value: Option<u64>) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| v.to_string())
 }
 
