@@ -1,8 +1,9 @@
-//! The C example camera (`examples/c/camera.c`) end to end: built with the system C
-//! compiler against this crate's static library, it registers with a real rendezvous,
-//! waits for a viewer and streams an ffmpeg-made H.264 clip, split into access units in
-//! C; the Rust viewer must receive exactly the access units the Rust splitter finds, byte
-//! for byte and in order.
+//! The C example cameras end to end (`examples/c/camera.c`, the camera mode, and
+//! `examples/c/sans_io_camera.c`, the sans-IO mode with its own socket and poll loop):
+//! built with the system C compiler against this crate's static library, each registers
+//! with a real rendezvous, waits for a viewer and streams an ffmpeg-made H.264 clip, split
+//! into access units in C; the Rust viewer must receive exactly the access units the Rust
+//! splitter finds, byte for byte and in order.
 
 mod common;
 
@@ -23,14 +24,14 @@ fn static_library() -> PathBuf {
         .unwrap_or_else(|| panic!("no libsightwire_ffi.a near {}", exe.display()))
 }
 
-/// Compiles the example with `cc`, warnings as errors.
-fn build_camera(out: &Path) -> PathBuf {
+/// Compiles `examples/c/<name>.c` with `cc`, warnings as errors.
+fn build_camera(name: &str, out: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = out.join("camera");
+    let binary = out.join(name);
     let output = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(root.join("include"))
-        .arg(root.join("../../examples/c/camera.c"))
+        .arg(root.join(format!("../../examples/c/{name}.c")))
         .arg(static_library())
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&binary)
@@ -88,12 +89,22 @@ fn make_clip(path: &Path) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_c_camera_streams_a_clip_to_the_rust_viewer() {
+    stream_from("camera").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sans_io_c_camera_streams_a_clip_to_the_rust_viewer() {
+    stream_from("sans_io_camera").await;
+}
+
+/// Builds and runs the C camera `name`, and checks what the Rust viewer receives.
+async fn stream_from(name: &str) {
     if !ffmpeg_present() {
         return;
     }
     let deployment = common::deploy().await;
     let dir = deployment.dir.path();
-    let camera = build_camera(dir);
+    let camera = build_camera(name, dir);
     let clip_path = dir.join("clip.h264");
     let clip = make_clip(&clip_path);
     let units = sightwire_examples::annexb::access_units(&clip);
