@@ -28,6 +28,44 @@
 //!   (`CLOCK_MONOTONIC`), never going backwards; the wall clock (certificate validity)
 //!   is given separately, as microseconds since the Unix epoch.
 //!
+//! The sans-IO loop, here from Rust (C calls the same functions the same way;
+//! `examples/c/sans_io_camera.c` is the whole program):
+//!
+//! ```no_run
+//! use std::net::UdpSocket;
+//! use sightwire_ffi::*;
+//!
+//! # fn run(key: [u8; 32], certificate: &[u8], rendezvous_key: [u8; 32], now_us: impl Fn() -> u64, unix_us: u64) {
+//! let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+//! let (mut config, mut device) = (std::ptr::null_mut(), std::ptr::null_mut());
+//! // SAFETY: each pointer covers the length given with it; the string ends in a NUL.
+//! unsafe {
+//!     let result = sightwire_config_new(
+//!         key.as_ptr(), key.len(), certificate.as_ptr(), certificate.len(),
+//!         c"rendezvous.example.com:3478".as_ptr(),
+//!         rendezvous_key.as_ptr(), rendezvous_key.len(), &mut config,
+//!     );
+//!     assert_eq!(result, SightwireResult::Ok);
+//!     sightwire_device_new(config, now_us(), &mut device);
+//!     sightwire_config_free(config);
+//!     sightwire_device_set_unix_time(device, unix_us);
+//!     sightwire_device_handle_timeout(device, now_us());
+//! }
+//! let mut buf = [0u8; SIGHTWIRE_MAX_DATAGRAM_LEN];
+//! let mut transmit = SightwireTransmit::default();
+//! // After every input: send every transmit (then read events, resolve names, and wait
+//! // for the socket or the deadline of sightwire_device_poll_timeout).
+//! // SAFETY: a live device and a buffer of `buf.len()` bytes.
+//! while unsafe { sightwire_device_poll_transmit(device, &mut transmit, buf.as_mut_ptr(), buf.len()) }
+//!     == SightwireResult::Ok
+//! {
+//!     let [a, b, c, d, ..] = transmit.destination.address;
+//!     let to = std::net::SocketAddr::from(([a, b, c, d], transmit.destination.port));
+//!     let _ = socket.send_to(&buf[..transmit.len], to);
+//! }
+//! # }
+//! ```
+//!
 //! What it is not for: viewers (the C ABI has only the device side), and the TCP/TLS
 //! fallback in sans-IO mode (the application would have to own streams too; a sans-IO
 //! device never asks for one).
