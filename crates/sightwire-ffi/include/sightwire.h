@@ -456,7 +456,8 @@ enum SightwireResult sightwire_camera_send_frame(const struct SightwireCamera *c
                                                  const struct SightwireFrame *frame);
 
 /*
- The next event, without waiting, to `*out`. `SIGHTWIRE_RESULT_EMPTY`: none now.
+ The next event, without waiting, to `*out`. `SIGHTWIRE_RESULT_EMPTY`: none now;
+ `SIGHTWIRE_RESULT_SHUT_DOWN`: the camera's thread has stopped and every event was read.
  Thread-safe. Events not polled are dropped beyond `SIGHTWIRE_CAMERA_EVENT_QUEUE`.
 
  # Safety

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
-use sightwire::{Device, DeviceConfig, Frame};
+use sightwire::{Device, DeviceConfig, Event, Frame};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::SightwireConfig;
@@ -86,16 +86,20 @@ async fn run(
                 None => break,
             },
             event = device.next_event() => match event {
-                Some(event) => {
-                    if events.try_send(SightwireEvent::from_event(&event)).is_err() {
-                        events_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                Some(event) => forward(&events, &events_dropped, &event),
                 None => break,
             },
         }
     }
     device.shutdown().await;
+}
+
+/// Queues `event` for the application, or counts it as dropped when
+/// [`SIGHTWIRE_CAMERA_EVENT_QUEUE`] events are waiting.
+fn forward(events: &std_mpsc::SyncSender<SightwireEvent>, dropped: &AtomicU64, event: &Event) {
+    if events.try_send(SightwireEvent::from_event(event)).is_err() {
+        dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Starts a camera from `config` (copied; free it when convenient): binds its UDP socket
@@ -202,7 +206,8 @@ pub unsafe extern "C" fn sightwire_camera_send_frame(
     })
 }
 
-/// The next event, without waiting, to `*out`. `SIGHTWIRE_RESULT_EMPTY`: none now.
+/// The next event, without waiting, to `*out`. `SIGHTWIRE_RESULT_EMPTY`: none now;
+/// `SIGHTWIRE_RESULT_SHUT_DOWN`: the camera's thread has stopped and every event was read.
 /// Thread-safe. Events not polled are dropped beyond `SIGHTWIRE_CAMERA_EVENT_QUEUE`.
 ///
 /// # Safety
@@ -288,4 +293,79 @@ pub unsafe extern "C" fn sightwire_camera_stop(camera: *mut SightwireCamera) -> 
         camera.events_dropped.load(Ordering::Relaxed)
     }))
     .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SightwireCodec;
+
+    /// A camera whose thread never runs: its queues fill up as they would behind a
+    /// stalled device.
+    fn stalled() -> (
+        SightwireCamera,
+        mpsc::Receiver<Frame>,
+        std_mpsc::SyncSender<SightwireEvent>,
+    ) {
+        let (frames, frame_rx) = mpsc::channel(SIGHTWIRE_CAMERA_FRAME_QUEUE);
+        let (event_tx, event_rx) = std_mpsc::sync_channel(SIGHTWIRE_CAMERA_EVENT_QUEUE);
+        let camera = SightwireCamera {
+            frames,
+            stop: Mutex::new(None),
+            events: Mutex::new(event_rx),
+            events_dropped: std::sync::Arc::new(AtomicU64::new(0)),
+            thread: None,
+            local_port: 0,
+        };
+        (camera, frame_rx, event_tx)
+    }
+
+    #[test]
+    fn the_frame_queue_refuses_beyond_its_limit() {
+        let (camera, frame_rx, _events) = stalled();
+        let data = [0u8, 0, 0, 1, 0x65];
+        let frame = SightwireFrame {
+            data: data.as_ptr(),
+            len: data.len(),
+            codec: SightwireCodec::H264 as u32,
+            stream: 0,
+            keyframe: true,
+            codec_config: false,
+            capture_time_us: 0,
+        };
+        let send = |camera: &SightwireCamera| {
+            // SAFETY: a live camera and a frame whose bytes outlive the call.
+            unsafe { sightwire_camera_send_frame(camera, &frame) }
+        };
+        for _ in 0..SIGHTWIRE_CAMERA_FRAME_QUEUE {
+            assert_eq!(send(&camera), SightwireResult::Ok);
+        }
+        assert_eq!(send(&camera), SightwireResult::QueueFull);
+        drop(frame_rx);
+        assert_eq!(send(&camera), SightwireResult::ShutDown);
+    }
+
+    #[test]
+    fn events_beyond_the_queue_are_dropped_and_counted() {
+        let (camera, _frames, events) = stalled();
+        let dropped = camera.events_dropped.clone();
+        for _ in 0..SIGHTWIRE_CAMERA_EVENT_QUEUE + 3 {
+            forward(&events, &dropped, &Event::RendezvousLost);
+        }
+        let mut event = SightwireEvent::default();
+        let mut polled = 0;
+        // SAFETY: a live camera and a writable event.
+        while unsafe { sightwire_camera_poll_event(&camera, &mut event) } == SightwireResult::Ok {
+            assert_eq!(event.kind, crate::types::SightwireEventKind::RendezvousLost);
+            polled += 1;
+        }
+        assert_eq!(polled, SIGHTWIRE_CAMERA_EVENT_QUEUE);
+        drop(events);
+        // SAFETY: as above.
+        let closed = unsafe { sightwire_camera_poll_event(&camera, &mut event) };
+        assert_eq!(closed, SightwireResult::ShutDown);
+        // SAFETY: a camera from Box::into_raw, stopped once; its count comes back.
+        let reported = unsafe { sightwire_camera_stop(Box::into_raw(Box::new(camera))) };
+        assert_eq!(reported, 3);
+    }
 }
