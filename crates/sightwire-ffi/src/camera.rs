@@ -298,7 +298,6 @@ pub unsafe extern "C" fn sightwire_camera_stop(camera: *mut SightwireCamera) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::SightwireCodec;
 
     /// A camera whose thread never runs: its queues fill up as they would behind a
     /// stalled device.
@@ -324,15 +323,7 @@ mod tests {
     fn the_frame_queue_refuses_beyond_its_limit() {
         let (camera, frame_rx, _events) = stalled();
         let data = [0u8, 0, 0, 1, 0x65];
-        let frame = SightwireFrame {
-            data: data.as_ptr(),
-            len: data.len(),
-            codec: SightwireCodec::H264 as u32,
-            stream: 0,
-            keyframe: true,
-            codec_config: false,
-            capture_time_us: 0,
-        };
+        let frame = crate::types::h264_keyframe(&data);
         let send = |camera: &SightwireCamera| {
             // SAFETY: a live camera and a frame whose bytes outlive the call.
             unsafe { sightwire_camera_send_frame(camera, &frame) }

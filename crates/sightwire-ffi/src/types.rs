@@ -434,6 +434,20 @@ pub(crate) unsafe fn fixed_bytes<const N: usize>(
     Ok(out)
 }
 
+/// A C frame over `data`: an H.264 keyframe on stream 0 (for tests).
+#[cfg(test)]
+pub(crate) fn h264_keyframe(data: &[u8]) -> SightwireFrame {
+    SightwireFrame {
+        data: data.as_ptr(),
+        len: data.len(),
+        codec: SightwireCodec::H264 as u32,
+        stream: 0,
+        keyframe: true,
+        codec_config: false,
+        capture_time_us: 5,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,15 +487,7 @@ mod tests {
     #[test]
     fn frames_are_checked_before_they_are_copied() {
         let data = [0u8, 0, 0, 1, 0x65];
-        let mut frame = SightwireFrame {
-            data: data.as_ptr(),
-            len: data.len(),
-            codec: SightwireCodec::H264 as u32,
-            stream: 0,
-            keyframe: true,
-            codec_config: false,
-            capture_time_us: 5,
-        };
+        let mut frame = h264_keyframe(&data);
         // SAFETY: `data` outlives every call below and holds `data.len()` bytes; the
         // lengths over it are refused before any read.
         let checked = |frame: &SightwireFrame| unsafe { frame_from_c(frame) }.err();
