@@ -6,10 +6,13 @@
 //! reports the camera's resident memory (`VmRSS` at the end of the run and the peak,
 //! `VmHWM`, from `/proc`), its CPU time over the streaming window (user + system, from
 //! `/proc/<pid>/stat`) per Mbit/s it sent (the viewers' received bytes), and the stripped
-//! sizes of the camera and viewer binaries.
+//! sizes of the camera and viewer binaries, and of the C SDK's static library
+//! (`libsightwire_ffi.a`, debug information stripped: its symbols are what firmware links
+//! against) and of the two C example cameras linked with it (`cc -O2 -Wl,--gc-sections`,
+//! stripped: what the SDK adds to a firmware image) when it is built.
 //!
 //! ```text
-//! cargo build --release -p sightwire-examples --bins -p sightwire-benches --bin footprint
+//! cargo build --release -p sightwire-examples --bins -p sightwire-ffi -p sightwire-benches --bin footprint
 //! target/release/footprint --viewers 1,8 --seconds 10
 //! ```
 
@@ -59,9 +62,24 @@ fn main() -> anyhow::Result<()> {
     println!("machine: {}", machine());
     println!(
         "stripped size: camera {} bytes, viewer {} bytes",
-        stripped_size(&camera_bin)?,
-        stripped_size(&viewer_bin)?
+        stripped_size(&camera_bin, "--strip-all")?,
+        stripped_size(&viewer_bin, "--strip-all")?
     );
+    let staticlib = bin_dir.join("libsightwire_ffi.a");
+    if staticlib.exists() {
+        println!(
+            "C SDK static library (strip --strip-debug): {} bytes",
+            stripped_size(&staticlib, "--strip-debug")?
+        );
+        for example in ["camera", "sans_io_camera"] {
+            println!(
+                "C example {example} linked with it (-O2, --gc-sections, stripped): {} bytes",
+                c_example_size(example, &staticlib)?
+            );
+        }
+    } else {
+        println!("C SDK static library: not built (cargo build --release -p sightwire-ffi)");
+    }
     println!(
         "\n| viewers | camera VmRSS at end | camera VmHWM (peak) | camera CPU (share of one core) | sent Mbit/s (all viewers) | camera CPU ms per Mbit sent | frames per viewer |"
     );
@@ -249,11 +267,13 @@ fn memory_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Size of a stripped copy of `bin`.
-fn stripped_size(bin: &Path) -> anyhow::Result<u64> {
+/// The size of a copy of `bin` after `strip <how>`.
+fn stripped_size(bin: &Path, how: &str) -> anyhow::Result<u64> {
     let dir = tempfile::tempdir()?;
     let copy = dir.path().join("stripped");
     std::fs::copy(bin, &copy)?;
     let status = Command::new("strip")
+        .arg(how)
         .arg(&copy)
         .status()
         .context("running strip")?;
@@ -261,6 +281,27 @@ fn stripped_size(bin: &Path) -> anyhow::Result<u64> {
         bail!("strip failed on {}", bin.display());
     }
     Ok(std::fs::metadata(&copy)?.len())
+}
+
+/// Links `examples/c/<name>.c` against `staticlib` with the system C compiler and
+/// returns the stripped size.
+fn c_example_size(name: &str, staticlib: &Path) -> anyhow::Result<u64> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir()?;
+    let binary = dir.path().join(name);
+    let status = Command::new("cc")
+        .args(["-std=c11", "-O2", "-I"])
+        .arg(root.join("crates/sightwire-ffi/include"))
+        .arg(root.join(format!("examples/c/{name}.c")))
+        .arg(staticlib)
+        .args(["-lpthread", "-ldl", "-lm", "-Wl,--gc-sections", "-o"])
+        .arg(&binary)
+        .status()
+        .context("running cc")?;
+    if !status.success() {
+        bail!("cc failed on examples/c/{name}.c");
+    }
+    stripped_size(&binary, "--strip-all")
 }
 
 fn hex(bytes: &[u8]) -> String {
