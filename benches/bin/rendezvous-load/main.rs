@@ -94,6 +94,8 @@ struct Args {
 const VIEWER_LOOKUPS_PER_SECOND: f64 = 1.8;
 /// Per-request timeouts before a simulated client retries.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The registration phase ends when no device registered for this long.
+const STALL: Duration = Duration::from_secs(60);
 /// A connect answered later than this counts as unanswered (the consent window is 3 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -229,6 +231,9 @@ struct Counters {
     device_errors: AtomicU64,
     /// Devices between their start and their `REGISTER_ACK`.
     in_flight: AtomicU64,
+    /// Registered devices told `NOT_REGISTERED` (their presence expired) that registered
+    /// again.
+    reregistrations: AtomicU64,
 }
 
 /// Where one simulated device stands.
@@ -578,6 +583,20 @@ impl Group {
                 // What a device does when its registration is rate limited: wait as told
                 // (spread a little, so refused devices do not come back together).
                 self.counters.device_errors.fetch_add(1, Ordering::Relaxed);
+                if device.stage == Stage::Registered
+                    && error.code == sightwire_signal::ErrorCode::NotRegistered
+                {
+                    // Its presence expired (keepalives lost): register again on the
+                    // same session, as a device does.
+                    device.keepalive = None;
+                    self.counters.registered.fetch_sub(1, Ordering::Relaxed);
+                    self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .reregistrations
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.register(i, now).await;
+                    return None;
+                }
                 if matches!(device.stage, Stage::Registering(_)) {
                     let spread = rand::thread_rng().gen_range(0..500);
                     device.stage = Stage::RegisterAfter(
@@ -817,6 +836,7 @@ struct Report {
     hold_cpu: f64,
     keepalives_acked: u64,
     keepalives_unanswered: u64,
+    reregistrations: u64,
     introductions: u64,
     latencies: Vec<Duration>,
     connects_unanswered: u32,
@@ -863,11 +883,12 @@ impl Report {
             1e6 * self.register_cpu / (self.registered.max(1) as f64)
         );
         println!(
-            "| keepalives answered | {:.0}/s ({} in {:.0} s; {} unanswered) |",
+            "| keepalives answered | {:.0}/s ({} in {:.0} s; {} unanswered; {} devices re-registered in the whole run) |",
             self.keepalives_acked as f64 / self.hold_secs.max(1e-9),
             self.keepalives_acked,
             self.hold_secs,
-            self.keepalives_unanswered
+            self.keepalives_unanswered,
+            self.reregistrations
         );
         println!(
             "| server CPU while holding | {:.1} s in {:.0} s ({:.0} % of one core; {:.1} µs per keepalive, rekeys and lookups included) |",
@@ -955,8 +976,16 @@ async fn run(args: &Args, setup: &Setup, server_pid: u32) -> anyhow::Result<Repo
     // Registration phase: until every device is registered (or the timeout).
     let give_up = started + Duration::from_secs(args.register_timeout_secs);
     let mut last_report = Instant::now();
+    let (mut best, mut progressed) = (0, Instant::now());
     while counters.registered.load(Ordering::Relaxed) < u64::from(args.devices) {
         if Instant::now() > give_up || groups.iter().any(|g| g.is_finished()) {
+            break;
+        }
+        let now_registered = counters.registered.load(Ordering::Relaxed);
+        if now_registered > best {
+            (best, progressed) = (now_registered, Instant::now());
+        } else if progressed.elapsed() > STALL {
+            eprintln!("registration stalled at {now_registered} for {STALL:?}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -965,13 +994,14 @@ async fn run(args: &Args, setup: &Setup, server_pid: u32) -> anyhow::Result<Repo
             let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
             eprintln!(
                 "{:.0} s: {} registered ({} handshakes, {} registrations lost, {} errors, \
-                 {} keepalives unanswered), server VmRSS {} kB",
+                 {} keepalives unanswered, {} re-registrations), server VmRSS {} kB",
                 started.elapsed().as_secs_f64(),
                 load(&counters.registered),
                 load(&counters.handshakes_started),
                 load(&counters.registrations_lost),
                 load(&counters.device_errors),
                 load(&counters.keepalives_unanswered),
+                load(&counters.reregistrations),
                 memory_kb(server_pid).map_or(0, |(rss, _)| rss)
             );
         }
@@ -1026,6 +1056,7 @@ async fn run(args: &Args, setup: &Setup, server_pid: u32) -> anyhow::Result<Repo
         hold_cpu: cpu_end - cpu_registered,
         keepalives_acked,
         keepalives_unanswered,
+        reregistrations: counters.reregistrations.load(Ordering::Relaxed),
         introductions: counters.introductions.load(Ordering::Relaxed),
         latencies,
         connects_unanswered,
