@@ -15,12 +15,15 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sightwire_session::{
-    Config, Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair, TRANSPORT_OVERHEAD,
+    Config, Event, Footprint, Input, SessionId, SessionKind, SessionTable, StaticKeypair,
+    TRANSPORT_OVERHEAD,
 };
 
 const SIZES: [usize; 3] = [200, 1200, 1400];
 
-fn established_pair() -> (SessionTable, SessionTable, SessionId, SocketAddr) {
+fn established_pair(footprint: Footprint) -> (SessionTable, SessionTable, SessionId, SocketAddr) {
+    let mut config = Config::default();
+    config.footprint = footprint;
     let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let camera_key = StaticKeypair::generate(&mut rng);
@@ -28,12 +31,12 @@ fn established_pair() -> (SessionTable, SessionTable, SessionId, SocketAddr) {
     let mut camera = SessionTable::with_responder(
         camera_key,
         SessionKind::Peer { device_id },
-        Config::default(),
+        config.clone(),
         Box::new(ChaCha20Rng::seed_from_u64(2)),
     );
     let mut viewer = SessionTable::new(
         StaticKeypair::generate(&mut rng),
-        Config::default(),
+        config.clone(),
         Box::new(ChaCha20Rng::seed_from_u64(3)),
     );
     let camera_addr: SocketAddr = "192.0.2.10:7000".parse().unwrap();
@@ -76,20 +79,27 @@ fn seal_open(c: &mut Criterion) {
 
         // The session: seal in place on the viewer, open in place on the camera. The
         // plaintext lands back where seal_in_place expects it, so the loop never copies.
-        let (mut viewer, mut camera, session, viewer_addr) = established_pair();
-        let now = Instant::now();
-        let mut packet = vec![0x5au8; size + TRANSPORT_OVERHEAD];
-        group.bench_with_input(BenchmarkId::new("sightwire", size), &size, |b, &size| {
-            b.iter(|| {
-                let t = viewer
-                    .seal_in_place(session, now, &mut packet, size)
-                    .unwrap();
-                match camera.handle_input(now, viewer_addr, &mut packet[..t.len]) {
-                    Ok(Input::Data { plaintext, .. }) => black_box(plaintext.len()),
-                    other => panic!("unexpected {other:?}"),
-                }
-            })
-        });
+        // "sightwire-compact": both tables store raw keys and a small window
+        // (`Footprint::Compact`, as the rendezvous does): the key is expanded per packet.
+        for (name, footprint) in [
+            ("sightwire", Footprint::Fast),
+            ("sightwire-compact", Footprint::Compact),
+        ] {
+            let (mut viewer, mut camera, session, viewer_addr) = established_pair(footprint);
+            let now = Instant::now();
+            let mut packet = vec![0x5au8; size + TRANSPORT_OVERHEAD];
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
+                b.iter(|| {
+                    let t = viewer
+                        .seal_in_place(session, now, &mut packet, size)
+                        .unwrap();
+                    match camera.handle_input(now, viewer_addr, &mut packet[..t.len]) {
+                        Ok(Input::Data { plaintext, .. }) => black_box(plaintext.len()),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                })
+            });
+        }
 
         // Raw RustCrypto ChaCha20-Poly1305, the same backend, the same bytes, in place.
         let sender = ChaCha20Poly1305::new(GenericArray::from_slice(&[7u8; 32]));

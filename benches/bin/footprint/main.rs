@@ -17,11 +17,12 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use sightwire_benches::{Killed, cpu_seconds, machine, memory_kb};
 use sightwire_examples::local::LocalNetwork;
 
 /// Measure the example camera's memory, CPU and binary size on loopback.
@@ -210,62 +211,6 @@ async fn measure(
     })
 }
 
-/// A child process killed (and reaped) when dropped, unless taken.
-struct Killed(Option<Child>);
-
-impl Killed {
-    fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
-
-    /// The child, no longer killed on drop.
-    fn take(mut self) -> Child {
-        self.0.take().expect("a child until taken")
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// User + system CPU seconds of `pid` so far (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let after = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
-        + fields.get(12).context("stime")?.parse::<u64>()?;
-    Ok(ticks as f64 / clock_ticks_per_second())
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// `VmRSS` and `VmHWM` of `pid`, in kB.
-fn memory_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
-        Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Size of a stripped copy of `bin`.
 /// The size of a copy of `bin` after `strip <how>`.
 fn stripped_size(bin: &Path, how: &str) -> anyhow::Result<u64> {
@@ -306,18 +251,4 @@ fn c_example_size(name: &str, staticlib: &Path) -> anyhow::Result<u64> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_default();
-    format!("{cpus} CPUs, {model}")
 }

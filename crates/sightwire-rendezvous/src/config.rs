@@ -22,7 +22,7 @@
 //! keepalive_interval_ms = 20000
 //! presence_ttl_ms = 60000
 //! max_presence = 1000000
-//! max_sessions = 262144                   # Noise sessions (one per online device)
+//! max_sessions = 1065536                  # Noise sessions: max_presence + 65536 viewers
 //! ```
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -134,13 +134,19 @@ pub struct LimitsSection {
     pub register_burst: Option<u32>,
     /// Refuse certificates not recorded in the registry.
     pub require_issued: Option<bool>,
-    /// Most Noise sessions (devices and viewers together); default
-    /// [`DEFAULT_MAX_SESSIONS`].
+    /// Most Noise sessions (devices and viewers together); default `max_presence` +
+    /// [`VIEWER_SESSIONS`] ([`DEFAULT_MAX_SESSIONS`] with the default presence bound).
     pub max_sessions: Option<usize>,
 }
 
-/// Default bound on the server's Noise sessions: every online device holds one.
-pub const DEFAULT_MAX_SESSIONS: usize = 262_144;
+/// Sessions the default session bound keeps beside one per online device: viewers
+/// asking for devices (as many as connect attempts may be pending).
+pub const VIEWER_SESSIONS: usize = crate::DEFAULT_MAX_PENDING_CONNECTS;
+
+/// Default bound on the server's Noise sessions: every online device holds one, and
+/// viewers need theirs ([`VIEWER_SESSIONS`]). Sessions are stored compactly
+/// ([`sightwire_session::Footprint::Compact`], `spec/session.md` §6).
+pub const DEFAULT_MAX_SESSIONS: usize = crate::DEFAULT_MAX_PRESENCE + VIEWER_SESSIONS;
 
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +266,16 @@ impl ServerConfig {
     /// The session layer's configuration.
     pub fn session(&self) -> sightwire_session::Config {
         let mut config = sightwire_session::Config::default();
-        config.max_sessions = self.limits.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        let presence = self
+            .limits
+            .max_presence
+            .unwrap_or(crate::DEFAULT_MAX_PRESENCE);
+        config.max_sessions = self
+            .limits
+            .max_sessions
+            .unwrap_or(presence.saturating_add(VIEWER_SESSIONS));
+        // Up to a million mostly idle sessions: raw keys and a small replay window.
+        config.footprint = sightwire_session::Footprint::Compact;
         // A client configured with another key learns it at once (spec/session.md §2.5).
         config.key_mismatch_notices_per_second = sightwire_session::KEY_MISMATCH_NOTICES_PER_SECOND;
         config
@@ -344,6 +359,25 @@ mod tests {
         assert_eq!(core.lookup_rate.per_second, 7);
         assert!(core.relay.is_none());
         assert_eq!(config.session().max_sessions, DEFAULT_MAX_SESSIONS);
+        assert_eq!(DEFAULT_MAX_SESSIONS, 1_000_000 + 65_536);
+        assert_eq!(
+            config.session().footprint,
+            sightwire_session::Footprint::Compact
+        );
+        // The session bound follows the presence bound unless given.
+        let smaller: ServerConfig = toml::from_str(&format!(
+            "{text}
+max_presence = 5000"
+        ))
+        .unwrap();
+        assert_eq!(smaller.session().max_sessions, 5000 + VIEWER_SESSIONS);
+        let given: ServerConfig = toml::from_str(&format!(
+            "{text}
+max_presence = 5000
+max_sessions = 7"
+        ))
+        .unwrap();
+        assert_eq!(given.session().max_sessions, 7);
         assert!(toml::from_str::<ServerConfig>(&format!("{text}\nbogus = 1")).is_err());
         assert_eq!(config.stream.port, None);
         let with_stream: ServerConfig = toml::from_str(&format!(

@@ -62,6 +62,23 @@ pub const MAX_QUEUED_TRANSMITS: usize = 1024;
 /// Default bound of the queue of events waiting for `poll_event`.
 pub const MAX_QUEUED_EVENTS: usize = 1024;
 
+/// How a table stores the transport state of its sessions: a trade of CPU per packet
+/// against memory per session (`spec/session.md` §1.4, §6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Footprint {
+    /// ring's expanded keys, kept in their own allocations, and a replay window of
+    /// [`REPLAY_WINDOW`](crate::REPLAY_WINDOW) counters: the fastest packets (media
+    /// between peers), about 1.4 KB per keypair.
+    #[default]
+    Fast,
+    /// The two raw 32-byte keys, expanded on the stack for each packet (5–10 % more CPU
+    /// per packet), and a replay window of
+    /// [`COMPACT_REPLAY_WINDOW`](crate::COMPACT_REPLAY_WINDOW) counters: about 150 bytes
+    /// per keypair, for a server holding many mostly idle sessions (the rendezvous).
+    Compact,
+}
+
 /// Timers and limits of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -104,6 +121,8 @@ pub struct Config {
     /// `mac1` was not made for this responder's key; 0 (the default): none. See
     /// [`KEY_MISMATCH_NOTICES_PER_SECOND`].
     pub key_mismatch_notices_per_second: u32,
+    /// How transport keys and replay windows are stored ([`Footprint::Fast`] by default).
+    pub footprint: Footprint,
 }
 
 impl Default for Config {
@@ -127,6 +146,7 @@ impl Default for Config {
             max_queued_transmits: MAX_QUEUED_TRANSMITS,
             max_queued_events: MAX_QUEUED_EVENTS,
             key_mismatch_notices_per_second: 0,
+            footprint: Footprint::Fast,
         }
     }
 }

@@ -116,7 +116,7 @@ mod tests;
 mod vectors;
 
 pub use config::{
-    Config, HANDSHAKE_DEADLINE, HANDSHAKE_INITIAL_RTO, HANDSHAKE_MAX_RTO,
+    Config, Footprint, HANDSHAKE_DEADLINE, HANDSHAKE_INITIAL_RTO, HANDSHAKE_MAX_RTO,
     INITIATION_BURST_PER_SOURCE, INITIATIONS_PER_SOURCE_PER_SECOND,
     KEY_MISMATCH_NOTICES_PER_SECOND, MAX_HALF_OPEN, MAX_HALF_OPEN_PER_SOURCE, MAX_QUEUED_EVENTS,
     MAX_QUEUED_TRANSMITS, MAX_REMOTE_TIMESTAMPS, MAX_SESSIONS, MAX_SOURCES, REJECT_AFTER_TIME,
@@ -129,7 +129,10 @@ pub use noise::{
     NOISE_PATTERN, PROLOGUE_KIND_PEER, PROLOGUE_KIND_RENDEZVOUS, PROLOGUE_LABEL, PROTOCOL_VERSION,
     Prologue, PublicKey, SealError, SessionKind, StaticKeypair,
 };
-pub use replay::{REJECT_AFTER_MESSAGES, REPLAY_WINDOW, ReplayError, ReplayWindow};
+pub use replay::{
+    COMPACT_REPLAY_WINDOW, CompactReplayWindow, REJECT_AFTER_MESSAGES, REPLAY_WINDOW, ReplayError,
+    ReplayWindow, SlidingWindow,
+};
 pub use table::{
     CloseReason, ConnectError, Event, HandshakeFailure, Input, InputError, MAX_INDEX_DRAWS, Role,
     SessionId, SessionRng, SessionTable, Stats, Transmit,

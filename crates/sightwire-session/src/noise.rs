@@ -21,7 +21,8 @@ use snow::{Builder, HandshakeState};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::replay::{REJECT_AFTER_MESSAGES, ReplayWindow};
+use crate::config::Footprint;
+use crate::replay::{CompactReplayWindow, REJECT_AFTER_MESSAGES, ReplayError, ReplayWindow};
 use crate::wire::{
     INITIATION_LEN, INITIATION_NOISE_LEN, INITIATION_PAYLOAD_LEN, Initiation, KEY_LEN, Packet,
     RESPONSE_LEN, RESPONSE_NOISE_LEN, Response, TAG_LEN, TIMESTAMP_LEN, TRANSPORT_HEADER_LEN,
@@ -361,6 +362,7 @@ pub(crate) fn write_response(
     sender_index: u32,
     receiver_index: u32,
     now: Instant,
+    footprint: Footprint,
 ) -> Result<([u8; RESPONSE_LEN], Keypair, HandshakeHash), HandshakeError> {
     let mut noise = [0u8; RESPONSE_NOISE_LEN];
     let written = state
@@ -376,7 +378,14 @@ pub(crate) fn write_response(
         noise: &noise,
     })
     .encode(&mut packet);
-    let (keypair, hash) = split(&mut state, false, sender_index, receiver_index, now)?;
+    let (keypair, hash) = split(
+        &mut state,
+        false,
+        sender_index,
+        receiver_index,
+        now,
+        footprint,
+    )?;
     Ok((packet, keypair, hash))
 }
 
@@ -389,6 +398,7 @@ pub(crate) fn read_response(
     local_index: u32,
     remote_index: u32,
     now: Instant,
+    footprint: Footprint,
 ) -> Result<(Keypair, HandshakeHash), HandshakeError> {
     let mut payload = [0u8; RESPONSE_NOISE_LEN];
     let len = state
@@ -397,7 +407,7 @@ pub(crate) fn read_response(
     if len != 0 {
         return Err(HandshakeError::ResponseNotAuthenticated);
     }
-    split(state, true, local_index, remote_index, now)
+    split(state, true, local_index, remote_index, now, footprint)
 }
 
 fn split(
@@ -406,6 +416,7 @@ fn split(
     local_index: u32,
     remote_index: u32,
     now: Instant,
+    footprint: Footprint,
 ) -> Result<(Keypair, HandshakeHash), HandshakeError> {
     if !state.is_handshake_finished() {
         return Err(HandshakeError::Config(
@@ -428,7 +439,7 @@ fn split(
             Zeroizing::new(initiator_to_responder),
         )
     };
-    let keypair = Keypair::new(&send, &recv, local_index, remote_index, now)
+    let keypair = Keypair::new(&send, &recv, local_index, remote_index, now, footprint)
         .ok_or(HandshakeError::Config("ring refused a transport key"))?;
     Ok((keypair, hash))
 }
@@ -500,16 +511,67 @@ impl Drop for ScrubbedKey {
     }
 }
 
+/// The two transport keys, as [`Footprint`] chose to store them.
+#[derive(Clone)]
+enum TransportKeys {
+    /// ring's keys, expanded once (each in its own allocation, scrubbed on drop).
+    Expanded {
+        send: ScrubbedKey,
+        recv: ScrubbedKey,
+    },
+    /// The raw keys (zeroized on drop), expanded on the stack for each packet.
+    Raw {
+        send: Zeroizing<[u8; 32]>,
+        recv: Zeroizing<[u8; 32]>,
+    },
+}
+
+/// Runs `f` with ring's key for `raw`, expanded on the stack, then overwrites that
+/// stack copy with the all-zero key (as [`ScrubbedKey`] does on drop).
+fn with_raw_key<T>(raw: &[u8; 32], f: impl FnOnce(&LessSafeKey) -> T) -> Option<T> {
+    let mut key = aead_key(raw)?;
+    let result = f(&key);
+    if let Some(zero) = aead_key(&[0; 32]) {
+        key = zero;
+    }
+    std::hint::black_box(&key);
+    Some(result)
+}
+
+/// The replay window, as [`Footprint`] chose to store it.
+#[derive(Debug, Clone)]
+pub(crate) enum Replay {
+    /// [`REPLAY_WINDOW`](crate::REPLAY_WINDOW) counters, in its own allocation.
+    Wide(Box<ReplayWindow>),
+    /// [`COMPACT_REPLAY_WINDOW`](crate::COMPACT_REPLAY_WINDOW) counters, inline.
+    Compact(CompactReplayWindow),
+}
+
+impl Replay {
+    pub(crate) fn check(&self, counter: u64) -> Result<(), ReplayError> {
+        match self {
+            Replay::Wide(window) => window.check(counter),
+            Replay::Compact(window) => window.check(counter),
+        }
+    }
+
+    pub(crate) fn mark(&mut self, counter: u64) {
+        match self {
+            Replay::Wide(window) => window.mark(counter),
+            Replay::Compact(window) => window.mark(counter),
+        }
+    }
+}
+
 /// One direction pair of transport keys, with its indices, counter and replay window.
 #[derive(Clone)]
 pub(crate) struct Keypair {
-    send: ScrubbedKey,
-    recv: ScrubbedKey,
+    keys: TransportKeys,
     pub(crate) local_index: u32,
     pub(crate) remote_index: u32,
     pub(crate) created: Instant,
     pub(crate) send_counter: u64,
-    pub(crate) replay: ReplayWindow,
+    pub(crate) replay: Replay,
 }
 
 impl fmt::Debug for Keypair {
@@ -544,15 +606,31 @@ impl Keypair {
         local_index: u32,
         remote_index: u32,
         now: Instant,
+        footprint: Footprint,
     ) -> Option<Self> {
+        let (keys, replay) = match footprint {
+            Footprint::Compact => (
+                TransportKeys::Raw {
+                    send: Zeroizing::new(*send),
+                    recv: Zeroizing::new(*recv),
+                },
+                Replay::Compact(CompactReplayWindow::new()),
+            ),
+            _ => (
+                TransportKeys::Expanded {
+                    send: ScrubbedKey::new(send)?,
+                    recv: ScrubbedKey::new(recv)?,
+                },
+                Replay::Wide(Box::default()),
+            ),
+        };
         Some(Self {
-            send: ScrubbedKey::new(send)?,
-            recv: ScrubbedKey::new(recv)?,
+            keys,
             local_index,
             remote_index,
             created: now,
             send_counter: 0,
-            replay: ReplayWindow::new(),
+            replay,
         })
     }
 
@@ -580,11 +658,16 @@ impl Keypair {
         };
         let (header, rest) = buf.split_at_mut(TRANSPORT_HEADER_LEN);
         let (body, tail) = rest.split_at_mut(plaintext_len);
-        let tag = self
-            .send
-            .0
-            .seal_in_place_separate_tag(noise_nonce(counter), Aad::empty(), body)
-            .map_err(|_| too_long)?;
+        let mut seal = |key: &LessSafeKey| {
+            key.seal_in_place_separate_tag(noise_nonce(counter), Aad::empty(), body)
+        };
+        let tag = match &self.keys {
+            TransportKeys::Expanded { send, .. } => seal(&send.0),
+            TransportKeys::Raw { send, .. } => {
+                with_raw_key(send, seal).unwrap_or(Err(ring::error::Unspecified))
+            }
+        }
+        .map_err(|_| too_long)?;
         tail[..TAG_LEN].copy_from_slice(tag.as_ref());
         write_transport_header(header, self.remote_index, counter);
         self.send_counter = counter + 1;
@@ -597,11 +680,15 @@ impl Keypair {
         if ciphertext.len() < TAG_LEN {
             return Err(());
         }
-        self.recv
-            .0
-            .open_in_place(noise_nonce(counter), Aad::empty(), ciphertext)
-            .map(|plaintext| plaintext.len())
-            .map_err(|_| ())
+        let mut open = |key: &LessSafeKey| {
+            key.open_in_place(noise_nonce(counter), Aad::empty(), ciphertext)
+                .map(|plaintext| plaintext.len())
+                .map_err(|_| ())
+        };
+        match &self.keys {
+            TransportKeys::Expanded { recv, .. } => open(&recv.0),
+            TransportKeys::Raw { recv, .. } => with_raw_key(recv, open).unwrap_or(Err(())),
+        }
     }
 
     #[cfg(test)]
@@ -643,7 +730,7 @@ mod tests {
     #[test]
     fn exhausted_send_counter_refuses_to_seal() {
         let now = Instant::now();
-        let mut k = Keypair::new(&[1; 32], &[2; 32], 1, 2, now).unwrap();
+        let mut k = Keypair::new(&[1; 32], &[2; 32], 1, 2, now, Footprint::Fast).unwrap();
         k.set_send_counter_for_test(REJECT_AFTER_MESSAGES - 1);
         let mut buf = [0u8; 64];
         assert!(k.seal_in_place(&mut buf, 4).is_ok());

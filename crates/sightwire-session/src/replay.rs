@@ -6,13 +6,18 @@
 
 use thiserror::Error;
 
-/// Number of 64-bit blocks in the ring.
-const BLOCKS: usize = 32;
+/// Number of 64-bit blocks in the ring of [`ReplayWindow`].
+const WIDE_BLOCKS: usize = 32;
+/// Number of 64-bit blocks in the ring of [`CompactReplayWindow`].
+const COMPACT_BLOCKS: usize = 2;
 /// Bits per block.
 const BLOCK_BITS: u64 = 64;
 /// How far behind the highest counter seen a packet may arrive and still be accepted
-/// (1984 counters: the ring minus the block that is being filled).
-pub const REPLAY_WINDOW: u64 = (BLOCKS as u64 - 1) * BLOCK_BITS;
+/// by a [`ReplayWindow`] (1984 counters: the ring minus the block that is being filled).
+pub const REPLAY_WINDOW: u64 = (WIDE_BLOCKS as u64 - 1) * BLOCK_BITS;
+/// The same for a [`CompactReplayWindow`] (64 counters, IPsec's default): enough for a
+/// signaling session, which never has more than a few packets in flight.
+pub const COMPACT_REPLAY_WINDOW: u64 = (COMPACT_BLOCKS as u64 - 1) * BLOCK_BITS;
 /// Counters at or above this value are never accepted, and never sent
 /// (WireGuard's `REJECT_AFTER_MESSAGES`: 2^64 − 2^13 − 1).
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
@@ -37,20 +42,32 @@ pub enum ReplayError {
     Exhausted(u64),
 }
 
-/// The set of counters already accepted on one keypair.
+/// The set of counters already accepted on one keypair: a ring of `BLOCKS` 64-bit
+/// blocks, reaching `(BLOCKS - 1) * 64` counters back.
 #[derive(Debug, Clone)]
-pub struct ReplayWindow {
+pub struct SlidingWindow<const BLOCKS: usize> {
     newest: Option<u64>,
     blocks: [u64; BLOCKS],
 }
 
-impl Default for ReplayWindow {
+/// The window of a session in a [`Footprint::Fast`](crate::Footprint::Fast) table
+/// ([`REPLAY_WINDOW`] counters, 264 bytes).
+pub type ReplayWindow = SlidingWindow<WIDE_BLOCKS>;
+
+/// The window of a session in a [`Footprint::Compact`](crate::Footprint::Compact)
+/// table ([`COMPACT_REPLAY_WINDOW`] counters, 32 bytes).
+pub type CompactReplayWindow = SlidingWindow<COMPACT_BLOCKS>;
+
+impl<const BLOCKS: usize> Default for SlidingWindow<BLOCKS> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ReplayWindow {
+impl<const BLOCKS: usize> SlidingWindow<BLOCKS> {
+    /// How far behind the newest counter a counter is still accepted.
+    pub const WINDOW: u64 = (BLOCKS as u64 - 1) * BLOCK_BITS;
+
     /// An empty window (no counter seen).
     pub fn new() -> Self {
         Self {
@@ -81,7 +98,7 @@ impl ReplayWindow {
         if counter > newest {
             return Ok(());
         }
-        if newest - counter >= REPLAY_WINDOW {
+        if newest - counter >= Self::WINDOW {
             return Err(ReplayError::TooOld { counter, newest });
         }
         let (block, bit) = Self::slot(counter);
@@ -151,6 +168,28 @@ mod tests {
     }
 
     #[test]
+    fn compact_window_reaches_64_counters() {
+        assert_eq!(CompactReplayWindow::WINDOW, COMPACT_REPLAY_WINDOW);
+        assert_eq!(COMPACT_REPLAY_WINDOW, 64);
+        assert_eq!(size_of::<CompactReplayWindow>(), 32);
+        let mut w = CompactReplayWindow::new();
+        w.accept(COMPACT_REPLAY_WINDOW).unwrap();
+        assert_eq!(w.accept(1), Ok(()));
+        assert_eq!(
+            w.check(0),
+            Err(ReplayError::TooOld {
+                counter: 0,
+                newest: COMPACT_REPLAY_WINDOW
+            })
+        );
+        assert_eq!(w.check(1), Err(ReplayError::Duplicate(1)));
+        w.accept(1_000).unwrap();
+        for c in (1_000 - COMPACT_REPLAY_WINDOW + 1)..1_000 {
+            assert_eq!(w.check(c), Ok(()), "counter {c}");
+        }
+    }
+
+    #[test]
     fn exhausted_counters_are_refused() {
         let w = ReplayWindow::new();
         assert_eq!(
@@ -196,16 +235,37 @@ mod tests {
             }
         }
 
+        /// The compact window accepts once every counter that stays inside its reach.
+        #[test]
+        fn compact_reordered_and_duplicated_accepted_once(
+            base in 0u64..1_000_000,
+            offsets in proptest::collection::vec(0u64..COMPACT_REPLAY_WINDOW, 1..100),
+        ) {
+            let mut w = CompactReplayWindow::new();
+            let mut seen = HashSet::new();
+            for c in offsets.iter().map(|o| base + o).chain(offsets.iter().map(|o| base + o)) {
+                let fresh = seen.insert(c);
+                prop_assert_eq!(w.accept(c).is_ok(), fresh, "counter {}", c);
+            }
+        }
+
         /// `check` never accepts a counter that `mark` recorded, for arbitrary histories.
         #[test]
         fn marked_counters_are_never_reaccepted(counters in proptest::collection::vec(0u64..5_000, 1..400)) {
             let mut w = ReplayWindow::new();
+            let mut compact = CompactReplayWindow::new();
             let mut marked = HashSet::new();
+            let mut compact_marked = HashSet::new();
             for c in counters {
                 if w.check(c).is_ok() {
                     prop_assert!(!marked.contains(&c));
                     w.mark(c);
                     marked.insert(c);
+                }
+                if compact.check(c).is_ok() {
+                    prop_assert!(!compact_marked.contains(&c));
+                    compact.mark(c);
+                    compact_marked.insert(c);
                 }
             }
         }

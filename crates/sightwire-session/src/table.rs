@@ -380,16 +380,20 @@ struct Session {
     remote_static: PublicKey,
     remote_addr: SocketAddr,
     current: Option<Keypair>,
-    previous: Option<Keypair>,
-    next: Option<Keypair>,
-    pending: Option<Pending>,
+    /// Boxed, as `next`: they exist for part of a rekey cycle only, so an idle session
+    /// does not carry their room.
+    previous: Option<Box<Keypair>>,
+    next: Option<Box<Keypair>>,
+    /// Boxed: only while a handshake is in flight (keeps idle sessions small).
+    pending: Option<Box<Pending>>,
     /// Initiator: last attempt number sent. Responder: last attempt number accepted.
     last_attempt: u64,
     /// Hash of the first handshake (viewer authorization binds to it).
     first_handshake_hash: HandshakeHash,
     established: bool,
     rejected_responses: u32,
-    jar: Option<CookieJar>,
+    /// Initiator only; boxed so responder sessions do not pay for it.
+    jar: Option<Box<CookieJar>>,
     scheduled: Option<Instant>,
     /// Responder, while half-open: the source whose half-open count it is in.
     source: Option<SourceKey>,
@@ -404,12 +408,12 @@ enum Slot {
 
 impl Session {
     fn slot_of(&self, index: u32) -> Option<Slot> {
-        let is = |k: &Option<Keypair>| k.as_ref().is_some_and(|k| k.local_index == index);
-        if is(&self.current) {
+        let is = |k: Option<&Keypair>| k.is_some_and(|k| k.local_index == index);
+        if is(self.current.as_ref()) {
             Some(Slot::Current)
-        } else if is(&self.previous) {
+        } else if is(self.previous.as_deref()) {
             Some(Slot::Previous)
-        } else if is(&self.next) {
+        } else if is(self.next.as_deref()) {
             Some(Slot::Next)
         } else {
             None
@@ -419,10 +423,23 @@ impl Session {
     fn keys(&mut self, slot: Slot) -> Option<&mut Keypair> {
         match slot {
             Slot::Current => self.current.as_mut(),
-            Slot::Previous => self.previous.as_mut(),
-            Slot::Next => self.next.as_mut(),
+            Slot::Previous => self.previous.as_deref_mut(),
+            Slot::Next => self.next.as_deref_mut(),
         }
-        .map(|k| k as &mut Keypair)
+    }
+
+    /// Makes `keys` current; the current keys become the previous ones. Returns the
+    /// local index of the previous keys it retires.
+    fn rotate_in(&mut self, keys: Option<Keypair>) -> Option<u32> {
+        let retired = std::mem::replace(&mut self.previous, self.current.take().map(Box::new));
+        self.current = keys;
+        retired.map(|k| k.local_index)
+    }
+
+    /// The unconfirmed `next` keys became current (the initiator used or named them).
+    fn promote_next(&mut self) -> Option<u32> {
+        let confirmed = self.next.take().map(|k| *k);
+        self.rotate_in(confirmed)
     }
 
     fn is_half_open(&self) -> bool {
@@ -479,7 +496,9 @@ pub struct SessionTable {
     responder: Option<Responder>,
     config: Config,
     rng: Box<dyn SessionRng>,
-    sessions: FastMap<SessionId, Session>,
+    /// Boxed: the map's buckets stay 16 bytes, so its spare capacity (up to half the
+    /// buckets after a doubling) costs little per session.
+    sessions: FastMap<SessionId, Box<Session>>,
     indices: FastMap<u32, SessionId>,
     timers: BTreeSet<(Instant, SessionId)>,
     next_id: u64,
@@ -703,11 +722,11 @@ impl SessionTable {
             first_handshake_hash: [0; 32],
             established: false,
             rejected_responses: 0,
-            jar: Some(CookieJar::new(&remote_static)),
+            jar: Some(Box::new(CookieJar::new(&remote_static))),
             scheduled: None,
             source: None,
         };
-        self.sessions.insert(id, session);
+        self.sessions.insert(id, Box::new(session));
         self.half_open += 1;
         let deadline = now + self.config.handshake_deadline;
         let rto = self.config.handshake_initial_rto;
@@ -735,9 +754,9 @@ impl SessionTable {
         None
     }
 
-    fn free_keys(indices: &mut FastMap<u32, SessionId>, keys: Option<Keypair>) {
-        if let Some(k) = keys {
-            indices.remove(&k.local_index);
+    fn free_keys(indices: &mut FastMap<u32, SessionId>, local_index: Option<u32>) {
+        if let Some(index) = local_index {
+            indices.remove(&index);
         }
     }
 
@@ -785,14 +804,14 @@ impl SessionTable {
         if let Some(sent) = packet.get(INITIATION_MAC1_OFFSET..INITIATION_MAC2_OFFSET) {
             mac1.copy_from_slice(sent);
         }
-        if let Some(old) = session.pending.replace(Pending {
+        if let Some(old) = session.pending.replace(Box::new(Pending {
             state: Box::new(state),
             local_index: index,
             attempt_started: now,
             round_deadline,
             rto,
             mac1,
-        }) {
+        })) {
             self.indices.remove(&old.local_index);
         }
         let destination = session.remote_addr;
@@ -841,12 +860,12 @@ impl SessionTable {
         if let Some(at) = session.scheduled {
             self.timers.remove(&(at, id));
         }
-        for keys in [
-            session.current.take(),
-            session.previous.take(),
-            session.next.take(),
+        for index in [
+            session.current.take().map(|k| k.local_index),
+            session.previous.take().map(|k| k.local_index),
+            session.next.take().map(|k| k.local_index),
         ] {
-            Self::free_keys(&mut self.indices, keys);
+            Self::free_keys(&mut self.indices, index);
         }
         if let Some(p) = session.pending.take() {
             self.indices.remove(&p.local_index);
@@ -1051,9 +1070,7 @@ impl SessionTable {
         session.remote_addr = from;
         if slot == Slot::Next {
             // First packet on the responder's new keys: the initiator has them, rotate.
-            let confirmed = session.next.take();
-            let retired = std::mem::replace(&mut session.previous, session.current.take());
-            session.current = confirmed;
+            let retired = session.promote_next();
             Self::free_keys(&mut self.indices, retired);
             self.stats.handshakes_completed += 1;
             let source = session.source.take();
@@ -1284,14 +1301,19 @@ impl SessionTable {
         let index = self
             .allocate_index(id)
             .ok_or(InputError::IndexesExhausted)?;
-        let (response, keys, hash) =
-            match noise::write_response(accepted.state, index, initiation.sender_index, now) {
-                Ok(done) => done,
-                Err(e) => {
-                    self.indices.remove(&index);
-                    return Err(e.into());
-                }
-            };
+        let (response, keys, hash) = match noise::write_response(
+            accepted.state,
+            index,
+            initiation.sender_index,
+            now,
+            self.config.footprint,
+        ) {
+            Ok(done) => done,
+            Err(e) => {
+                self.indices.remove(&index);
+                return Err(e.into());
+            }
+        };
         self.stats.timestamps_evicted += self
             .timestamps
             .record(accepted.remote_static, accepted.timestamp);
@@ -1302,26 +1324,24 @@ impl SessionTable {
                 if session.slot_of(initiation.receiver_index) == Some(Slot::Next) {
                     // The authenticated initiator names our unconfirmed keys: it completed
                     // that handshake and its confirmation was lost. Promote them first.
-                    let confirmed = session.next.take();
-                    let retired = std::mem::replace(&mut session.previous, session.current.take());
-                    session.current = confirmed;
+                    let retired = session.promote_next();
                     Self::free_keys(&mut self.indices, retired);
                 }
-                let replaced = session.next.replace(keys);
+                let replaced = session.next.replace(Box::new(keys)).map(|k| k.local_index);
                 session.last_attempt = accepted.attempt;
                 Self::free_keys(&mut self.indices, replaced);
             }
             None => {
                 self.sessions.insert(
                     id,
-                    Session {
+                    Box::new(Session {
                         role: Role::Responder,
                         prologue: responder.prologue,
                         remote_static: accepted.remote_static,
                         remote_addr: from,
                         current: None,
                         previous: None,
-                        next: Some(keys),
+                        next: Some(Box::new(keys)),
                         pending: None,
                         last_attempt: accepted.attempt,
                         first_handshake_hash: hash,
@@ -1330,7 +1350,7 @@ impl SessionTable {
                         jar: None,
                         scheduled: None,
                         source: Some(source_key),
-                    },
+                    }),
                 );
                 self.half_open += 1;
                 self.half_open_responders.insert(id);
@@ -1415,6 +1435,7 @@ impl SessionTable {
             receiver_index,
             sender_index,
             now,
+            self.config.footprint,
         ) {
             Ok(done) => done,
             Err(e) => {
@@ -1424,7 +1445,7 @@ impl SessionTable {
         };
         session.pending = None;
         session.rejected_responses = 0;
-        let retired = std::mem::replace(&mut session.previous, session.current.replace(keys));
+        let retired = session.rotate_in(Some(keys));
         Self::free_keys(&mut self.indices, retired);
         session.remote_addr = from;
         self.stats.handshakes_completed += 1;
@@ -1500,18 +1521,20 @@ impl SessionTable {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        let expired = |k: &Option<Keypair>, life: Duration| {
-            k.as_ref()
-                .is_some_and(|k| now.saturating_duration_since(k.created) >= life)
+        let expired = |k: Option<&Keypair>, life: Duration| {
+            k.is_some_and(|k| now.saturating_duration_since(k.created) >= life)
         };
-        if expired(&session.previous, config.reject_after_time) {
-            Self::free_keys(&mut self.indices, session.previous.take());
+        if expired(session.previous.as_deref(), config.reject_after_time) {
+            let retired = session.previous.take().map(|k| k.local_index);
+            Self::free_keys(&mut self.indices, retired);
         }
-        if expired(&session.next, session.next_lifetime(&config)) {
-            Self::free_keys(&mut self.indices, session.next.take());
+        if expired(session.next.as_deref(), session.next_lifetime(&config)) {
+            let retired = session.next.take().map(|k| k.local_index);
+            Self::free_keys(&mut self.indices, retired);
         }
-        if expired(&session.current, config.reject_after_time) {
-            Self::free_keys(&mut self.indices, session.current.take());
+        if expired(session.current.as_ref(), config.reject_after_time) {
+            let retired = session.current.take().map(|k| k.local_index);
+            Self::free_keys(&mut self.indices, retired);
         }
         let mut retry = None;
         if let Some(p) = &session.pending {
@@ -1600,7 +1623,7 @@ impl SessionTable {
                     scheduled: s.scheduled,
                     source: s.source,
                 };
-                (*id, copy)
+                (*id, Box::new(copy))
             })
             .collect();
         Self {
@@ -1625,6 +1648,13 @@ impl SessionTable {
             events: self.events.clone(),
             stats: self.stats,
         }
+    }
+
+    /// Bytes of one idle responder session's record (`size_of` of the boxed record);
+    /// the memory test and `spec/session.md` §6 account for it.
+    #[cfg(test)]
+    pub(crate) fn session_record_size() -> usize {
+        size_of::<Session>()
     }
 
     #[cfg(test)]

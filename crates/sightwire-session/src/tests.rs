@@ -604,7 +604,66 @@ fn roaming_moves_the_endpoint_only_on_authenticated_packets() {
 
 #[test]
 fn rekey_keeps_traffic_flowing_and_rejects_replays_after_it() {
-    let mut pair = Pair::established(Config::default());
+    rekey_keeps_traffic_flowing(Pair::established(Config::default()));
+}
+
+fn compact() -> Config {
+    Config {
+        footprint: Footprint::Compact,
+        ..Config::default()
+    }
+}
+
+/// A rendezvous-like responder storing its sessions compactly talks to a fast initiator
+/// exactly as a fast one does: same handshakes, rekeys and replay refusals.
+#[test]
+fn compact_responder_rekeys_and_rejects_replays() {
+    let mut pair = Pair::with_configs(Config::default(), compact());
+    pair.connect();
+    pair.pump();
+    assert!(pair.camera_session.is_some(), "camera established");
+    rekey_keeps_traffic_flowing(pair);
+}
+
+/// A compact table's replay window reaches [`COMPACT_REPLAY_WINDOW`] counters back and
+/// no further; duplicates inside it are refused.
+#[test]
+fn limit_compact_replay_window() {
+    let mut pair = Pair::with_configs(Config::default(), compact());
+    pair.connect();
+    pair.pump();
+    let window = usize::try_from(COMPACT_REPLAY_WINDOW).unwrap();
+    // Counter 0 was the confirmation; these take counters 1 ..= window + 1.
+    let packets: Vec<Datagram> = (0..=window)
+        .map(|i| pair.seal_viewer(&u32::try_from(i).unwrap().to_be_bytes()))
+        .collect();
+    let newest = packets.last().unwrap().clone();
+    assert!(pair.deliver_to_camera(&newest).is_ok());
+    // Counter 1 is `window` behind the newest: out of reach.
+    assert!(matches!(
+        pair.deliver_to_camera(&packets[0]),
+        Err(InputError::Replay(ReplayError::TooOld { .. }))
+    ));
+    // Counter 2 is the oldest still inside; accepted once.
+    assert!(pair.deliver_to_camera(&packets[1]).is_ok());
+    assert!(matches!(
+        pair.deliver_to_camera(&packets[1]),
+        Err(InputError::Replay(ReplayError::Duplicate(_)))
+    ));
+}
+
+/// What an idle compact session costs the table, beside its map entries: the boxed
+/// record, with only the current keys inline (`spec/session.md` §6).
+#[test]
+fn compact_session_record_is_small() {
+    assert!(
+        SessionTable::session_record_size() <= 344,
+        "session record grew to {} bytes",
+        SessionTable::session_record_size()
+    );
+}
+
+fn rekey_keeps_traffic_flowing(mut pair: Pair) {
     let start = pair.now;
     // In flight across the rekey: sealed on the old keys, delivered after.
     let old_to_camera = pair.seal_viewer(b"old-1");
@@ -1305,7 +1364,11 @@ impl LossyNet {
 }
 
 fn lossy_run(seed: u64, loss: f64, duplicate: f64) {
-    let mut pair = Pair::new(Config::default());
+    lossy_run_with(seed, loss, duplicate, Config::default());
+}
+
+fn lossy_run_with(seed: u64, loss: f64, duplicate: f64, camera: Config) {
+    let mut pair = Pair::with_configs(Config::default(), camera);
     let mut net = LossyNet {
         rng: ChaCha20Rng::seed_from_u64(seed),
         loss,
@@ -1441,6 +1504,7 @@ fn lossy_network_ten_minutes_fixed_seeds() {
     for seed in 0..3 {
         lossy_run(seed, 0.2, 0.1);
     }
+    lossy_run_with(3, 0.2, 0.1, compact());
 }
 
 proptest! {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::auth::{AuthRequest, PasswordKey};
+use crate::config::Footprint;
 use crate::cookie::{CookieChecker, CookieJar};
 use crate::noise::{self, SessionKind, StaticKeypair, fixed_ephemeral};
 use crate::wire::{
@@ -109,15 +110,31 @@ fn handshake_and_transport_vectors() {
         assert_eq!(accepted.timestamp, timestamp);
         assert_eq!(&accepted.remote_static, initiator.public());
         let (response, mut responder_keys, responder_hash) =
-            noise::write_response(accepted.state, responder_index, sender, now).unwrap();
+            // The responder stores its keys compactly, the initiator expanded: both
+            // footprints must give the vectors' bytes.
+            noise::write_response(
+                accepted.state,
+                responder_index,
+                sender,
+                now,
+                Footprint::Compact,
+            )
+            .unwrap();
         assert_eq!(
             hex::encode(response),
             v["response"].as_str().unwrap(),
             "{name}: response"
         );
         let noise2: [u8; RESPONSE_NOISE_LEN] = response[9..].try_into().unwrap();
-        let (mut initiator_keys, initiator_hash) =
-            noise::read_response(&mut init_state, &noise2, sender, responder_index, now).unwrap();
+        let (mut initiator_keys, initiator_hash) = noise::read_response(
+            &mut init_state,
+            &noise2,
+            sender,
+            responder_index,
+            now,
+            Footprint::Fast,
+        )
+        .unwrap();
         assert_eq!(
             hex::encode(initiator_hash),
             v["handshake_hash"].as_str().unwrap(),
