@@ -637,7 +637,7 @@ fn report(args: &Args) -> anyhow::Result<()> {
         let delivered = points.first().map(|p| p.delivered_mbps);
         writeln!(
             summary,
-            "| bottleneck: decodable rate through the relay's 40 Mbit/s policer at 60 offered, fixed-rate camera | {} Mbit/s | 40 Mbit/s (capacity) | {} |",
+            "| bottleneck: complete frames delivered through the relay's 40 Mbit/s policer at 60 offered, fixed-rate camera | {} Mbit/s | 40 Mbit/s (capacity) | {} |",
             fmt_opt(delivered, 1),
             ratio(delivered, Some(40.0)),
         )?;
