@@ -4,7 +4,7 @@
 
 pub mod kernel;
 
-use std::process::{Child, Command};
+use std::process::Child;
 
 use anyhow::Context;
 
@@ -35,23 +35,9 @@ impl Drop for Killed {
 
 /// User + system CPU seconds of `pid` so far (`/proc/<pid>/stat` fields 14 and 15).
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let after = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
-        + fields.get(12).context("stime")?.parse::<u64>()?;
-    Ok(ticks as f64 / clock_ticks_per_second())
-}
-
-/// The kernel's clock ticks per second (`getconf CLK_TCK`, 100 if unknown).
-pub fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    kernel::process_cpu_of(pid)
+        .map(|cpu| cpu.total().as_secs_f64())
+        .with_context(|| format!("no CPU time in /proc/{pid}/stat"))
 }
 
 /// `VmRSS` and `VmHWM` of `pid`, in kB.

@@ -269,16 +269,7 @@ fn ratio(ours: Option<f64>, reference: Option<f64>) -> String {
 
 /// The machine the figures come from.
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = sightwire_benches::machine();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -299,7 +290,7 @@ fn machine() -> String {
         sightwire_benches::kernel::net_core(name).map_or("n/a".into(), |v| v.to_string())
     };
     format!(
-        "{cpu}, {cores} cores, {memory}; Linux {}; {rustc}; net.core.rmem_max {} wmem_max {}; \
+        "{cpu}, {memory}; Linux {}; {rustc}; net.core.rmem_max {} wmem_max {}; \
          load average {} at the start",
         kernel.trim(),
         net("rmem_max"),

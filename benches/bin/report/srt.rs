@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sightwire_benches::kernel::process_cpu_of;
+use sightwire_benches::cpu_seconds;
 
 use crate::udp::{PAYLOAD, SOCKET_BUFFER};
 use crate::{Point, json_lines, spawn_self, start_sink, udp_point};
@@ -78,7 +78,7 @@ pub(crate) fn run(mbps: f64, seconds: f64) -> anyhow::Result<Point> {
     let received = json_lines(sink)?.pop().context("sink report")?;
     let cpu = [sender.id(), receiver.id()]
         .into_iter()
-        .map(|pid| process_cpu_of(pid).map(|c| c.total().as_secs_f64()))
+        .map(|pid| cpu_seconds(pid).ok())
         .sum::<Option<f64>>();
     for child in [&mut sender, &mut receiver] {
         let _ = child.kill();
