@@ -566,6 +566,7 @@ impl Group {
                     connect_id: introduction.connect_id,
                     login: Bytes::new(),
                     accept: true,
+                    confirmation_digest: None,
                 });
                 self.send_body(i, consent, 0, now).await;
                 None

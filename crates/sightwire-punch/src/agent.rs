@@ -976,7 +976,12 @@ impl Agent {
             if let Some(pair) = self.pair_mut(key) {
                 pair.nominating = false;
             }
-            self.select(now, key);
+            // A late answer to an older nomination (the relay's, say, answered a round
+            // trip after a direct pair was selected and nominated) must not undo the
+            // newer selection: that flapped direct -> relay -> direct.
+            if selected.is_none() || selected == Some(key) {
+                self.select(now, key);
+            }
         }
     }
 

@@ -261,6 +261,9 @@ pub struct Stats {
     pub unavailable: u64,
     /// Login messages relayed between the sessions of an attempt.
     pub logins_relayed: u64,
+    /// Attempts disclosed when the viewer's login confirmation matched the digest the
+    /// device sent, without waiting for the device's accept.
+    pub disclosed_on_digest: u64,
     /// Retransmitted connect requests (something of the attempt was lost; what was
     /// sent so far is sent again).
     pub retransmissions: u64,
@@ -330,8 +333,11 @@ struct PendingConnect<S> {
     stage: Stage,
     /// The login message forwarded to the viewer (resent on a retransmission).
     to_viewer: Option<Bytes>,
-    /// The login message forwarded to the device (re-forwarded if the viewer repeats it).
+    /// The login message forwarded to the device (re-forwarded if the viewer repeats it,
+    /// and before each offer resend while the offer is not acknowledged).
     to_device: Option<Bytes>,
+    /// The device's digest of the confirmation it expects, sent with its login message.
+    confirmation_digest: Option<[u8; 32]>,
     /// What disclosure sent (resent when either side shows it was lost).
     disclosed: Option<Box<(ConnectOffer, ConnectResponse)>>,
     /// When it was disclosed, and how many copies of the offer went out on the resend
@@ -1238,12 +1244,13 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 request_len,
                 device_id,
                 device: reachable,
-                viewer_candidates: request.candidates,
+                viewer_candidates: host_candidates_only(request.candidates),
                 want_relay: request.want_relay,
                 login: login.clone(),
                 stage: Stage::Introduced,
                 to_viewer: None,
                 to_device: None,
+                confirmation_digest: None,
                 disclosed: None,
                 disclosed_at: None,
                 offer_resends: 0,
@@ -1285,6 +1292,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             connect_id,
             login,
             accept: false,
+            confirmation_digest: None,
         };
         self.send(
             viewer,
@@ -1318,6 +1326,9 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                     // One login message per attempt; the same one again is a
                     // retransmission (the first may have been lost on its way).
                     pending.to_viewer = Some(consent.login.clone());
+                    if first {
+                        pending.confirmation_digest = consent.confirmation_digest;
+                    }
                     self.stats.logins_relayed += 1;
                     self.send_consent_to_viewer(connect_id, consent.login, MAX_MESSAGE_LEN);
                 } else {
@@ -1329,7 +1340,15 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             };
             if consent.accept {
                 if pending.stage == Stage::Introduced {
+                    pending.confirmation_digest = None;
                     return self.disclose(now, connect_id);
+                }
+                if pending.stage == Stage::Disclosed && pending.confirmation_digest.is_some() {
+                    // Disclosed on the digest: this is the accept that was certain to
+                    // follow, not a sign that the offer was lost (the resend schedule
+                    // covers that).
+                    pending.confirmation_digest = None;
+                    return Err(Refusal::Silent);
                 }
                 if let (Stage::Disclosed, Some(disclosed), Some(side)) =
                     (&pending.stage, &pending.disclosed, &pending.device)
@@ -1360,6 +1379,16 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 return Err(Refusal::Silent);
             }
             pending.to_device = Some(consent.login.clone());
+            // The device told us which confirmation it expects: when this is it, the
+            // viewer knows the password and the device's accept (a round trip away) is
+            // certain, so disclose now (spec/signaling.md §4.5, step 3).
+            // (A plain comparison: a digest's prefix says nothing about the msg3 behind
+            // it, so timing teaches a guesser nothing.)
+            let confirmed = pending.device.is_some()
+                && pending.confirmation_digest
+                    == Some(sightwire_session::login::confirmation_digest(
+                        &consent.login,
+                    ));
             if let Some(side) = &pending.device {
                 let session = side.session;
                 self.stats.logins_relayed += 1;
@@ -1367,8 +1396,13 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                     connect_id,
                     login: consent.login,
                     accept: false,
+                    confirmation_digest: None,
                 };
                 self.enqueue(session, &Envelope::new(0, Body::Consent(forward)));
+            }
+            if confirmed {
+                self.stats.disclosed_on_digest += 1;
+                return self.disclose(now, connect_id);
             }
             return Err(Refusal::Silent);
         }
@@ -1512,10 +1546,23 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             return;
         };
         let (offer, session) = (disclosed.0.clone(), side.session);
+        // Disclosed on the confirmation's digest and the device has not accepted yet: it
+        // may have lost the forwarded confirmation too, and takes the offer only once it
+        // has checked it. (Its accept clears the digest.)
+        let confirmation = pending.confirmation_digest.and(pending.to_device.clone());
+        let confirmation = confirmation.map(|login| Consent {
+            connect_id,
+            login,
+            accept: false,
+            confirmation_digest: None,
+        });
         pending.offer_resends = pending.offer_resends.saturating_add(1);
         let next = OFFER_RESEND_AT.get(usize::from(pending.offer_resends));
         self.stats.offer_resends += 1;
         tracing::debug!(connect = connect_id.0, "offer not acknowledged: resending");
+        if let Some(confirmation) = confirmation {
+            self.enqueue(session, &Envelope::new(0, Body::Consent(confirmation)));
+        }
         self.enqueue(session, &Envelope::new(0, Body::ConnectOffer(offer)));
         if let Some(offset) = next {
             self.timers.push(Reverse((
@@ -1786,4 +1833,14 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             ),
         );
     }
+}
+
+/// The candidates a viewer may name itself: its host addresses. Its server-reflexive
+/// address is the one the rendezvous sees (appended at disclosure), and a device serves
+/// a viewer's first packets at once only from that address (spec/signaling.md §4.5), so
+/// a viewer must not be able to claim another.
+fn host_candidates_only(mut set: CandidateSet) -> CandidateSet {
+    set.candidates
+        .retain(|c| c.kind == sightwire_signal::CandidateKind::Host);
+    set
 }

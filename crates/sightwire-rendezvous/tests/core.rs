@@ -13,8 +13,8 @@ use sightwire_rendezvous::{
 };
 use sightwire_signal::grant::{GrantRole, RelayGrantKey};
 use sightwire_signal::{
-    Body, CandidateKind, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId, Envelope,
-    ErrorCode, ErrorReply, Limit, MAX_MESSAGE_LEN,
+    Body, Candidate, CandidateKind, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId,
+    ConnectRequest, Consent, Envelope, ErrorCode, ErrorReply, Limit, MAX_MESSAGE_LEN,
 };
 
 /// Sends a connect request from `viewer` for `id` and checks that nothing at all comes
@@ -454,7 +454,7 @@ fn unpadded_lookup_gets_padding_required_not_an_amplified_answer() {
     h.register(1);
     let bare = Envelope::new(
         9,
-        Body::ConnectRequest(sightwire_signal::ConnectRequest {
+        Body::ConnectRequest(ConnectRequest {
             device_id: device_id(1),
             candidates: CandidateSet::default(),
             want_relay: false,
@@ -1008,6 +1008,173 @@ fn finding_3_consent_exchange_is_relayed_only_between_the_attempts_sessions() {
             ..
         }]
     ));
+}
+
+/// A `CONSENT` from the device carrying its login message and the digest of the
+/// confirmation it expects.
+fn consent_with_digest(connect_id: ConnectId, login: &[u8], digest: [u8; 32]) -> Vec<u8> {
+    Envelope::new(
+        0,
+        Body::Consent(Consent {
+            connect_id,
+            login: bytes::Bytes::copy_from_slice(login),
+            accept: false,
+            confirmation_digest: Some(digest),
+        }),
+    )
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+/// Issue 14: the device's digest of the confirmation it expects lets the rendezvous
+/// disclose on the viewer's confirmation itself, a round trip before the device's
+/// accept; any other confirmation discloses nothing (and the viewer hears UNAVAILABLE
+/// at the deadline, exactly as for a wrong password without the digest).
+#[test]
+fn a_confirmation_matching_the_devices_digest_discloses_at_once() {
+    use sightwire_session::login::confirmation_digest;
+    let right = [3u8; 33];
+    for (confirmation, discloses) in [(right, true), ([4u8; 33], false)] {
+        let mut h = Harness::new(CoreConfig::default());
+        h.register(1);
+        let viewer = viewer_peer(1);
+        let replies = h.send(
+            &viewer,
+            &connect_message_with(device_id(1), false, 9, &[1; 34]),
+        );
+        let id = introduction_to(&replies, 1).unwrap();
+        let relayed = h.send(
+            &device_peer(1),
+            &consent_with_digest(id, &[2; 66], confirmation_digest(&right)),
+        );
+        // The digest is for the rendezvous alone.
+        assert!(
+            matches!(&to(&relayed, viewer.session)[..], [Envelope { body: Body::Consent(c), .. }] if c.confirmation_digest.is_none() && c.login[..] == [2; 66])
+        );
+        let answered = h.send(&viewer, &consent_message(id, &confirmation, false));
+        let to_device = to(&answered, 1);
+        // The confirmation reaches the device either way (it checks it itself)...
+        assert!(
+            matches!(to_device.first(), Some(Envelope { body: Body::Consent(c), .. }) if c.login[..] == confirmation),
+            "{to_device:?}"
+        );
+        let to_viewer = to(&answered, viewer.session);
+        if discloses {
+            // ...and, when it matches, the offer follows it and the viewer has its
+            // answer now, with no accept from the device.
+            assert!(
+                matches!(
+                    &to_device[..],
+                    [
+                        _,
+                        Envelope {
+                            body: Body::ConnectOffer(_),
+                            ..
+                        }
+                    ]
+                ),
+                "{to_device:?}"
+            );
+            assert!(
+                matches!(
+                    &to_viewer[..],
+                    [Envelope {
+                        request_id: 9,
+                        body: Body::ConnectResponse(_)
+                    }]
+                ),
+                "{to_viewer:?}"
+            );
+            assert_eq!(h.core.stats().disclosed_on_digest, 1);
+            // The device's accept, a round trip later, gets the offer again (a repeated
+            // accept), not a second disclosure.
+            let late = h.send(&device_peer(1), &consent_message(id, &[], true));
+            assert!(to(&late, viewer.session).is_empty());
+            assert_eq!(h.core.stats().disclosures, 1);
+        } else {
+            assert_eq!(to_device.len(), 1, "{to_device:?}");
+            assert!(to_viewer.is_empty(), "{to_viewer:?}");
+            assert_eq!(h.core.stats().disclosures, 0);
+            assert_eq!(h.core.stats().disclosed_on_digest, 0);
+            let error = unavailable_after_window(&mut h, &viewer, &[]);
+            assert_eq!(error.code, ErrorCode::Unavailable);
+        }
+    }
+}
+
+/// The offer of an attempt disclosed on the digest is resent behind the forwarded
+/// confirmation: a device that lost the confirmation takes the offer only after it.
+#[test]
+fn an_offer_disclosed_on_the_digest_is_resent_behind_the_confirmation() {
+    use sightwire_session::login::confirmation_digest;
+    let confirmation = [3u8; 33];
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let viewer = viewer_peer(1);
+    let replies = h.send(
+        &viewer,
+        &connect_message_with(device_id(1), false, 9, &[1; 34]),
+    );
+    let id = introduction_to(&replies, 1).unwrap();
+    h.send(
+        &device_peer(1),
+        &consent_with_digest(id, &[2; 66], confirmation_digest(&confirmation)),
+    );
+    h.send(&viewer, &consent_message(id, &confirmation, false));
+    h.advance(Duration::from_millis(300));
+    let resent = to(&h.drain(), 1);
+    assert!(
+        matches!(&resent[..], [Envelope { body: Body::Consent(c), .. }, Envelope { body: Body::ConnectOffer(_), .. }] if c.login[..] == confirmation),
+        "{resent:?}"
+    );
+}
+
+/// A viewer cannot name its own server-reflexive (or any non-host) candidate: the
+/// device serves a viewer's first packets at once only from the reflexive address the
+/// rendezvous saw (spec/endpoint.md §2), so that one must be the rendezvous's.
+#[test]
+fn a_viewer_cannot_claim_a_reflexive_address() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    let viewer = viewer_peer(1);
+    let claimed: SocketAddr = "198.51.100.77:4000".parse().unwrap();
+    let request = Envelope::new(
+        9,
+        Body::ConnectRequest(ConnectRequest {
+            device_id: device_id(1),
+            candidates: CandidateSet::new(vec![
+                host("10.9.9.9:6000"),
+                Candidate {
+                    kind: CandidateKind::ServerReflexive,
+                    address: claimed,
+                    priority: 1,
+                },
+            ]),
+            want_relay: false,
+            login: bytes::Bytes::new(),
+        }),
+    );
+    let mut wire = Vec::new();
+    request.encode_padded(MAX_MESSAGE_LEN, &mut wire).unwrap();
+    let replies = h.send(&viewer, &wire);
+    let id = introduction_to(&replies, 1).unwrap();
+    let disclosed = h.send(&device_peer(1), &consent_message(id, &[], true));
+    let offer = to(&disclosed, 1)
+        .into_iter()
+        .find_map(|e| match e.body {
+            Body::ConnectOffer(offer) => Some(offer),
+            _ => None,
+        })
+        .expect("an offer");
+    let reflexive: Vec<SocketAddr> = offer
+        .candidates
+        .candidates
+        .iter()
+        .filter(|c| c.kind != CandidateKind::Host)
+        .map(|c| c.address)
+        .collect();
+    assert_eq!(reflexive, vec![viewer.address]);
 }
 
 #[test]

@@ -343,6 +343,7 @@ async fn connect_with_consent(
         connect_id: introduction.connect_id,
         login: bytes::Bytes::new(),
         accept: true,
+        confirmation_digest: None,
     });
     device.client.send(consent, 0).await;
     let response = loop {

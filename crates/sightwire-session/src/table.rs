@@ -688,6 +688,44 @@ impl SessionTable {
         self.remove(session).is_some()
     }
 
+    /// Responder: completes the first handshake of `session` now, without waiting for the
+    /// initiator's first transport packet, so the caller may send on its keys at once
+    /// (0.5-RTT data, spec/session.md §3.4). Emits [`Event::Established`] as the
+    /// confirmation would have.
+    ///
+    /// The caller decides that the peer may be sent to before it proved that it holds
+    /// the keys: the initiation was authenticated and fresh (its timestamp is newer than
+    /// any accepted from that key), but its source address is not proven and a stranger
+    /// who captured an initiation that never arrived could replay it from elsewhere. The
+    /// endpoint therefore only does this for a key it already admitted, arriving from an
+    /// address the rendezvous saw that viewer at (or the relay channel of its
+    /// connection). Returns `false` (and changes nothing) for an unknown session, one we
+    /// initiated, or one whose first handshake already completed.
+    pub fn establish_early(&mut self, session: SessionId) -> bool {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        if s.role != Role::Responder || s.established || s.next.is_none() {
+            return false;
+        }
+        let retired = s.promote_next();
+        s.established = true;
+        let source = s.source.take();
+        let event = Event::Established {
+            session,
+            role: Role::Responder,
+            remote_static: s.remote_static,
+            remote_addr: s.remote_addr,
+        };
+        Self::free_keys(&mut self.indices, retired);
+        self.stats.handshakes_completed += 1;
+        self.half_open = self.half_open.saturating_sub(1);
+        self.release_source(session, source);
+        self.push_event(event);
+        self.reschedule(session);
+        true
+    }
+
     /// Starts a session to `remote_static` at `remote_addr`; the initiation is queued for
     /// [`poll_transmit`](Self::poll_transmit). For `SessionKind::Peer` the device ID is
     /// the one the viewer expects; a device with another ID cannot complete it.

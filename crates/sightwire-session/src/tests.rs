@@ -1994,3 +1994,84 @@ fn initiation_timestamps_follow_the_wall_clock_and_never_repeat() {
     viewer.set_unix_time(wall - 1_000_000_000);
     assert_eq!(read(&connect(&mut viewer)), dos::tai64n(wall + 2));
 }
+
+/// §3.4: a responder that completes the handshake early sends in the same flight as its
+/// response; the initiator opens that data right after the response, and its own first
+/// packet (the confirmation) lands on the keys already current. Nothing else changes.
+#[test]
+fn a_responder_that_establishes_early_sends_with_its_response() {
+    let mut pair = Pair::new(Config::default());
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    let mut bytes = initiation.bytes.clone();
+    let responder = match pair
+        .camera
+        .handle_input(pair.now, initiation.from, &mut bytes)
+    {
+        Ok(Input::Handshake {
+            session: Some(session),
+        }) => session,
+        other => panic!("{other:?}"),
+    };
+    // Not established yet: nothing may be sealed, and no event.
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        pair.camera.seal(responder, pair.now, b"early", &mut buf),
+        Err(SealError::NotEstablished)
+    );
+    pair.collect_events();
+    assert!(pair.camera_events.is_empty());
+    // Early: established now, with the initiation's key and address.
+    assert!(pair.camera.establish_early(responder));
+    pair.collect_events();
+    assert!(matches!(
+        pair.camera_events[..],
+        [Event::Established { session, role: Role::Responder, remote_static, remote_addr }]
+            if session == responder
+                && remote_static == *pair.viewer.local_public()
+                && remote_addr == pair.viewer_addr
+    ));
+    assert_eq!(pair.camera.half_open(), 0);
+    // A second call, a session we initiated and an unknown session change nothing.
+    assert!(!pair.camera.establish_early(responder));
+    let ours = pair.viewer_session.unwrap();
+    assert!(!pair.viewer.establish_early(ours));
+    pair.camera.close(responder);
+    assert!(!pair.camera.establish_early(responder));
+
+    // Again, delivering the flight in order: response, then early data.
+    let mut pair = Pair::new(Config::default());
+    pair.connect();
+    let initiation = pair.viewer_out().remove(0);
+    let mut bytes = initiation.bytes.clone();
+    let Ok(Input::Handshake {
+        session: Some(responder),
+    }) = pair
+        .camera
+        .handle_input(pair.now, initiation.from, &mut bytes)
+    else {
+        panic!("initiation refused");
+    };
+    assert!(pair.camera.establish_early(responder));
+    pair.collect_events();
+    let early = pair.seal_camera(b"keyframe");
+    let response = pair.camera_out();
+    assert_eq!(response.len(), 1, "the handshake response");
+    assert_eq!(pair.deliver_to_viewer(&response[0]), Ok(None));
+    assert_eq!(
+        pair.deliver_to_viewer(&early),
+        Ok(Some(b"keyframe".to_vec()))
+    );
+    // The initiator's confirmation and data land on the current keys: no second event.
+    for datagram in pair.viewer_out() {
+        assert_eq!(pair.deliver_to_camera(&datagram), Ok(None));
+    }
+    let data = pair.seal_viewer(b"hello");
+    assert_eq!(pair.deliver_to_camera(&data), Ok(Some(b"hello".to_vec())));
+    let established = pair
+        .camera_events
+        .iter()
+        .filter(|e| matches!(e, Event::Established { .. }))
+        .count();
+    assert_eq!(established, 1);
+}

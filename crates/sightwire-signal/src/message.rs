@@ -179,6 +179,11 @@ pub struct Consent {
     pub login: Bytes,
     /// Device → rendezvous only: the device admits the viewer.
     pub accept: bool,
+    /// Device → rendezvous only, with the device's login message:
+    /// `sightwire_session::login::confirmation_digest` of the viewer's confirmation it
+    /// expects. The rendezvous discloses as soon as the viewer's confirmation matches,
+    /// a round trip before the device's `accept` would arrive (spec/signaling.md §4.5).
+    pub confirmation_digest: Option<[u8; 32]>,
 }
 
 /// Rendezvous → viewer: the device and how to reach it.
@@ -994,6 +999,10 @@ impl Body {
                 connect_id: consent.connect_id.0,
                 login: consent.login.clone(),
                 accept: consent.accept,
+                confirmation_digest: consent
+                    .confirmation_digest
+                    .map(|digest| Bytes::copy_from_slice(&digest))
+                    .unwrap_or_default(),
             }),
             Body::OfferAck { connect_id } => P::OfferAck(proto::OfferAck {
                 connect_id: connect_id.0,
@@ -1075,6 +1084,11 @@ impl Body {
                 connect_id: connect_id_from_proto(consent.connect_id)?,
                 login: login_from_proto(consent.login)?,
                 accept: consent.accept,
+                confirmation_digest: if consent.confirmation_digest.is_empty() {
+                    None
+                } else {
+                    Some(fixed(&consent.confirmation_digest, "confirmation_digest")?)
+                },
             }),
             P::OfferAck(ack) => Body::OfferAck {
                 connect_id: connect_id_from_proto(ack.connect_id)?,

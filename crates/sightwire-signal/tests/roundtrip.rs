@@ -117,13 +117,20 @@ fn body() -> impl Strategy<Value = Body> {
                 login,
             })
         }),
-        (connect_id(), login(), any::<bool>()).prop_map(|(connect_id, login, accept)| {
-            Body::Consent(Consent {
-                connect_id,
-                login,
-                accept,
-            })
-        }),
+        (
+            connect_id(),
+            login(),
+            any::<bool>(),
+            proptest::option::of(any::<[u8; 32]>())
+        )
+            .prop_map(|(connect_id, login, accept, confirmation_digest)| {
+                Body::Consent(Consent {
+                    connect_id,
+                    login,
+                    accept,
+                    confirmation_digest,
+                })
+            }),
         (
             connect_id(),
             certificate(),
@@ -376,6 +383,7 @@ fn a_login_longer_than_the_limit_is_refused() {
                 connect_id: ConnectId(7),
                 login: bytes::Bytes::from(vec![0xAB; len]),
                 accept: false,
+                confirmation_digest: None,
             }),
         )
     };

@@ -943,9 +943,17 @@ fn assert_decodable(frames: &[u64], sent: &[(bool, u64)]) {
 /// Issue 14: a call that has to start on the relay (the direct route between the two
 /// homes is down at first) moves to direct when the route comes up within the punch
 /// agent's direct window (3 s from the punch start): one path change, and the stream goes
-/// on across it with no frame twice, none without its reference, and no pause.
+/// on across it with no frame twice, none without its reference, and no pause. The route
+/// comes up at several moments after the first frame: within the relay nomination's
+/// round trip, a late answer to it once undid the direct selection (three changes).
 #[test]
 fn a_call_that_starts_on_the_relay_moves_to_direct_without_a_seam() {
+    for route_up_after in [0, 60, 120, 250] {
+        relay_then_direct(Duration::from_millis(route_up_after));
+    }
+}
+
+fn relay_then_direct(route_up_after: Duration) {
     let mut world = World::new(31, 0);
     let camera_place = world.place(Site::Home);
     let camera = world.add_camera(camera_place);
@@ -972,6 +980,7 @@ fn a_call_that_starts_on_the_relay_moves_to_direct_without_a_seam() {
         world.viewer(viewer).watch(watch).path,
         Some(PathKind::Relay)
     );
+    world.run_for(route_up_after);
     world.viewer_mut(viewer).reset_gaps();
     let before = world.viewer(viewer).watch(watch).frames;
     world
@@ -1001,8 +1010,8 @@ fn a_call_that_starts_on_the_relay_moves_to_direct_without_a_seam() {
         })
         .collect();
     println!(
-        "\nrelay first: first frame {on_relay:?} after the watch; direct {direct:?} after the \
-         route came up; {} frames across the switch, longest gap {:?}",
+        "\nrelay first: first frame {on_relay:?} after the watch, route up {route_up_after:?} \
+         later; direct {direct:?} after that; {} frames across the switch, longest gap {:?}",
         log.frames - before,
         log.longest_gap
     );
@@ -1496,4 +1505,100 @@ fn a_viewer_that_reconnects_keeps_the_stream_it_chose() {
     );
     let numbers: Vec<u64> = after.iter().map(|(_, n, _)| *n).collect();
     assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+}
+
+// ------------------------------------------ issue 14 (first picture within 4 round trips)
+
+/// The NAT lab's geometry: 25 ms from each site to the internet core, where the
+/// rendezvous and the relay are (50 ms round trip to them, 100 ms between the peers).
+const LAB_ONE_WAY_TO_CORE: Duration = Duration::from_millis(25);
+const LAB_PEER_RTT: Duration = Duration::from_millis(100);
+
+/// A place whose path to the core takes [`LAB_ONE_WAY_TO_CORE`] (its LAN hop included).
+fn lab_place(world: &mut World, site: Site) -> Placement {
+    let place = world.place(site);
+    let lan = Duration::from_millis(1);
+    match place.nat {
+        Some(nat) => world
+            .net
+            .sim_mut()
+            .set_nat_uplink_latency(nat, LAB_ONE_WAY_TO_CORE - lan),
+        None => world
+            .net
+            .sim_mut()
+            .set_host_uplink_latency(place.host, LAB_ONE_WAY_TO_CORE),
+    }
+    place
+}
+
+/// From the watch command to the first frame (and the path), for a viewer joining a
+/// camera with a 4 s GOP about 2 s into it, in the lab's geometry.
+fn first_picture(seed: u64, camera_site: Site, viewer_site: Site) -> (Duration, Option<PathKind>) {
+    let mut world = World::new(seed, 0);
+    for host in [world.rendezvous_host, world.relay_host] {
+        world
+            .net
+            .sim_mut()
+            .set_host_uplink_latency(host, Duration::ZERO);
+    }
+    let camera_place = lab_place(&mut world, camera_site);
+    let camera = world.add_camera(camera_place);
+    world.camera_mut(camera).gop = LONG_GOP;
+    let viewer_place = lab_place(&mut world, viewer_site);
+    let viewer = world.add_viewer(viewer_place);
+    world.run_for(Duration::from_secs(1));
+    world
+        .run_until(Duration::from_secs(5), |w| {
+            w.camera(camera).frames_sent % LONG_GOP == 50
+        })
+        .expect("mid-GOP");
+    let started = world.now();
+    let watch = world.watch(viewer, camera);
+    world
+        .run_until(CONNECT_LIMIT, |w| {
+            w.viewer(viewer).watch(watch).first_frame_at.is_some()
+        })
+        .expect("a first frame");
+    let first = world.viewer(viewer).watch(watch).first_frame_at.unwrap() - started;
+    // The path the call settles on (a relayed pair is served through the relay before
+    // either agent selected it).
+    world.run_for(Duration::from_secs(2));
+    (first, world.viewer(viewer).watch(watch).path)
+}
+
+/// Issue 14's target, in the simulator with the NAT lab's geometry: a viewer that joins
+/// mid-GOP has its first picture within 4 peer round trips on a direct pair and 6 on a
+/// relayed one. The budget (50 ms to the rendezvous, 100 ms between the peers): the
+/// rendezvous handshake (50), the consent login disclosed on the confirmation's digest
+/// (six one-way trips of 25 ms: 150), the punch start (50), the initiation and the
+/// response with the cached keyframe right behind it (100), and the keyframe's
+/// transmission.
+#[test]
+fn first_picture_within_four_round_trips_direct_and_six_relayed() {
+    let pairs = [
+        (Site::Home, Site::Home),
+        (Site::Public, Site::Home),
+        (Site::Home, Site::BareMasquerade),
+        (Site::Home, Site::Symmetric),
+        (Site::Symmetric, Site::Symmetric),
+    ];
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    for (n, (camera, viewer)) in pairs.into_iter().enumerate() {
+        let (first, path) = first_picture(150 + n as u64, camera, viewer);
+        let expected = expected_path(camera, Some(viewer));
+        let budget = match expected {
+            PathKind::Relay => 6 * LAB_PEER_RTT,
+            _ => 4 * LAB_PEER_RTT,
+        };
+        report.push_str(&format!(
+            "\n  camera {camera:?}, viewer {viewer:?}: {path:?}, first picture after {first:?} \
+             (budget {budget:?})"
+        ));
+        if path != Some(expected) || first > budget {
+            failures.push((camera, viewer, path, first));
+        }
+    }
+    println!("first picture, lab geometry:{report}");
+    assert!(failures.is_empty(), "{failures:?}{report}");
 }

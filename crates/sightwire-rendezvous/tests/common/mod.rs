@@ -124,6 +124,7 @@ pub fn consent_message(connect_id: ConnectId, login: &[u8], accept: bool) -> Vec
             connect_id,
             login: bytes::Bytes::copy_from_slice(login),
             accept,
+            confirmation_digest: None,
         }),
     )
     .to_bytes()

@@ -280,6 +280,24 @@ impl ViewerLogin {
     }
 }
 
+/// Domain label of [`confirmation_digest`].
+pub const CONFIRMATION_DIGEST_LABEL: &[u8] = b"sightwire-login-v1 confirmation digest";
+/// Length of [`confirmation_digest`].
+pub const CONFIRMATION_DIGEST_LEN: usize = 32;
+
+/// `SHA-256(CONFIRMATION_DIGEST_LABEL || msg3)`: what a device gives the rendezvous with
+/// msg2, so that the rendezvous may disclose as soon as the viewer's msg3 matches it
+/// instead of waiting a round trip for the device's accept (spec/session.md §8.2). It
+/// tells the rendezvous nothing it could use: msg3 needs the login key `K`, and a hash
+/// does not give msg3 back. The device still checks msg3 itself.
+pub fn confirmation_digest(msg3: &[u8]) -> [u8; CONFIRMATION_DIGEST_LEN] {
+    use sha2::Digest;
+    let mut hash = Sha256::new();
+    hash.update(CONFIRMATION_DIGEST_LABEL);
+    hash.update(msg3);
+    hash.finalize().into()
+}
+
 /// The device's side of a login, between msg2 and msg3.
 pub struct DeviceLogin {
     expected_confirm: Zeroizing<[u8; CONFIRMATION_LEN]>,
@@ -335,6 +353,14 @@ impl DeviceLogin {
         let expected_confirm =
             Zeroizing::new(confirmation(&key, VIEWER_CONFIRM_LABEL, &[msg1, &msg2]));
         Ok((DeviceLogin { expected_confirm }, msg2))
+    }
+
+    /// The [`confirmation_digest`] of the msg3 this login expects.
+    pub fn expected_confirmation_digest(&self) -> [u8; CONFIRMATION_DIGEST_LEN] {
+        let mut msg3 = Zeroizing::new([0u8; LOGIN_CONFIRM_LEN]);
+        msg3[0] = TYPE_LOGIN_CONFIRM;
+        msg3[1..].copy_from_slice(&self.expected_confirm[..]);
+        confirmation_digest(&msg3[..])
     }
 
     /// Checks msg3: `Ok` means the viewer knows the password and used the viewer key and

@@ -301,3 +301,33 @@ fn fuzz_entry_point_on_genuine_messages() {
         crate::fuzzing::login_messages(m);
     }
 }
+
+proptest! {
+    /// The digest a device gives the rendezvous matches the viewer's msg3 exactly when
+    /// the viewer knows the password: a wrong password (or any other msg3) never
+    /// matches, so the rendezvous cannot disclose to it.
+    #[test]
+    fn the_confirmation_digest_matches_only_the_right_confirmation(
+        seed in any::<u64>(),
+        wrong in 2u8..=255,
+        flip in 1usize..LOGIN_CONFIRM_LEN,
+    ) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let right = key(1);
+        let (viewer, msg1) = ViewerLogin::start(&right, &VIEWER, &DEVICE, &mut rng);
+        let (device, msg2) = DeviceLogin::respond(&right, &VIEWER, &DEVICE, &msg1, &mut rng).unwrap();
+        let expected = device.expected_confirmation_digest();
+        let msg3 = viewer.finish(&msg2).unwrap();
+        prop_assert_eq!(confirmation_digest(&msg3), expected);
+        let mut tampered = msg3.clone();
+        tampered[flip] ^= 1;
+        prop_assert_ne!(confirmation_digest(&tampered), expected);
+
+        // A viewer with another password: the device answers, but its digest is not
+        // the one the device expects (and the viewer stops at msg2 anyway).
+        let (guesser, msg1) = ViewerLogin::start(&key(wrong), &VIEWER, &DEVICE, &mut rng);
+        let (device, msg2) = DeviceLogin::respond(&right, &VIEWER, &DEVICE, &msg1, &mut rng).unwrap();
+        prop_assert!(guesser.finish(&msg2).is_err());
+        prop_assert_ne!(device.expected_confirmation_digest(), expected);
+    }
+}

@@ -200,6 +200,16 @@ pub(crate) struct Connection {
     /// until one of them is established or a path is selected: (session, its virtual
     /// address).
     pub(crate) spare_session: Option<(SessionId, SocketAddr)>,
+    /// Device: the viewer's server-reflexive address as the rendezvous saw it. A Noise
+    /// initiation from there (or through this connection's relay channel) is served at
+    /// once, without waiting for the viewer's confirmation (`spec/endpoint.md` §2).
+    pub(crate) early_source: Option<SocketAddr>,
+    /// Device: `session` was established early and the viewer is served before its
+    /// authorization request arrives.
+    pub(crate) early_accept: bool,
+    /// Device: `session` was established early and nothing has arrived on it yet. A
+    /// raced initiation of the same viewer that the viewer confirms instead replaces it.
+    pub(crate) session_unconfirmed: bool,
     pub(crate) auth: AuthState,
     pub(crate) media: MediaConnection,
     pub(crate) created: Instant,
@@ -245,6 +255,9 @@ impl Connection {
             handshake_to: None,
             early_handshake_to: None,
             spare_session: None,
+            early_source: None,
+            early_accept: false,
+            session_unconfirmed: false,
             auth: AuthState::NotStarted,
             media,
             created: now,
@@ -900,6 +913,36 @@ impl Endpoint {
             self.last_target_bps = Some(bps);
         }
         self.emit(watch, Event::TargetBitrate { bps });
+    }
+
+    /// A session established through the relay channel before the punch agent selected
+    /// any path (the raced early handshake, served at once): the relay is the path. The
+    /// agent's later selection of the same relay is then no change to report.
+    pub(crate) fn assume_relay_path(&mut self, id: PeerId) {
+        let transport = if self.udp_blocked {
+            Transport::Stream
+        } else {
+            Transport::Udp
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let through_relay = conn
+            .session
+            .and_then(|session| self.sessions.remote_addr(session))
+            .and_then(virtual_channel)
+            .is_some();
+        if conn.path.is_none()
+            && through_relay
+            && let Some(relay) = &conn.relay
+        {
+            conn.path = Some(Path {
+                kind: PathKind::Relay,
+                remote: relay.server,
+                rtt: Duration::ZERO,
+                transport,
+            });
+        }
     }
 
     fn on_punch_event(&mut self, now: Instant, id: PeerId, event: PunchEvent) {

@@ -31,6 +31,9 @@ pub(crate) struct Consenting {
     /// What this device last sent for the introduction (its login message, or empty for
     /// a bare accept), resent when the rendezvous introduces again (something was lost).
     last_sent: Bytes,
+    /// The digest of the confirmation the login expects, sent with `last_sent` so the
+    /// rendezvous may disclose on the viewer's confirmation itself.
+    digest: Option<[u8; 32]>,
     pub(crate) accepted: bool,
     since: Instant,
 }
@@ -86,8 +89,9 @@ impl Endpoint {
         // again; nothing is decided twice (and no login guess is counted twice).
         if let Some(entry) = device.consents.entries.get(&intro.connect_id) {
             if entry.viewer_key == key {
-                let (last, accepted) = (entry.last_sent.clone(), entry.accepted);
-                self.send_consent(now, intro.connect_id, last, accepted);
+                let (last, accepted, digest) =
+                    (entry.last_sent.clone(), entry.accepted, entry.digest);
+                self.send_consent(now, intro.connect_id, last, accepted, digest);
             }
             return;
         }
@@ -112,11 +116,12 @@ impl Endpoint {
                     viewer_key: key,
                     login: None,
                     last_sent: Bytes::new(),
+                    digest: None,
                     accepted: true,
                     since: now,
                 },
             );
-            return self.send_consent(now, intro.connect_id, Bytes::new(), true);
+            return self.send_consent(now, intro.connect_id, Bytes::new(), true, None);
         }
         let Some(password) = device.password.as_ref() else {
             tracing::debug!("introduction from an unknown key, and no password: ignored");
@@ -141,6 +146,7 @@ impl Endpoint {
                 // The reply lets the viewer test one guess: it counts until confirmed.
                 device.throttle.record_failure(now, &key);
                 let reply = Bytes::from(reply);
+                let digest = Some(login.expected_confirmation_digest());
                 device.consents.insert(
                     now,
                     intro.connect_id,
@@ -148,11 +154,12 @@ impl Endpoint {
                         viewer_key: key,
                         login: Some(login),
                         last_sent: reply.clone(),
+                        digest,
                         accepted: false,
                         since: now,
                     },
                 );
-                self.send_consent(now, intro.connect_id, reply, false);
+                self.send_consent(now, intro.connect_id, reply, false, digest);
             }
             Err(error) => tracing::debug!(%error, "bad login opening"),
         }
@@ -169,7 +176,7 @@ impl Endpoint {
         let Some(login) = entry.login.take() else {
             if entry.accepted {
                 // The viewer's confirmation again: our accept was lost.
-                self.send_consent(now, consent.connect_id, Bytes::new(), true);
+                self.send_consent(now, consent.connect_id, Bytes::new(), true, None);
             }
             return;
         };
@@ -180,7 +187,8 @@ impl Endpoint {
                 device.throttle.record_success(now, &key);
                 entry.accepted = true;
                 entry.last_sent = Bytes::new();
-                self.send_consent(now, consent.connect_id, Bytes::new(), true);
+                entry.digest = None;
+                self.send_consent(now, consent.connect_id, Bytes::new(), true, None);
             }
             Err(error) => {
                 tracing::info!(connect = consent.connect_id.0, %error, "password login failed");
@@ -204,7 +212,7 @@ impl Endpoint {
             if let Some((id, reply)) = watch.login_reply.clone()
                 && id == consent.connect_id
             {
-                self.send_consent(now, id, reply, false);
+                self.send_consent(now, id, reply, false, None);
             }
             return;
         };
@@ -212,7 +220,7 @@ impl Endpoint {
             Ok(reply) => {
                 let reply = Bytes::from(reply);
                 watch.login_reply = Some((consent.connect_id, reply.clone()));
-                self.send_consent(now, consent.connect_id, reply, false);
+                self.send_consent(now, consent.connect_id, reply, false, None);
             }
             // A wrong password, or the rendezvous standing in for a device that is not
             // there: indistinguishable by design. The rendezvous's UNAVAILABLE follows.
@@ -234,13 +242,21 @@ impl Endpoint {
         Some((login, Bytes::from(opening)))
     }
 
-    fn send_consent(&mut self, now: Instant, connect_id: ConnectId, login: Bytes, accept: bool) {
+    fn send_consent(
+        &mut self,
+        now: Instant,
+        connect_id: ConnectId,
+        login: Bytes,
+        accept: bool,
+        confirmation_digest: Option<[u8; 32]>,
+    ) {
         self.send_signal(
             now,
             Body::Consent(Consent {
                 connect_id,
                 login,
                 accept,
+                confirmation_digest,
             }),
             0,
             None,
@@ -261,6 +277,7 @@ mod tests {
                 viewer_key: [n as u8; 32],
                 login: None,
                 last_sent: Bytes::new(),
+                digest: None,
                 accepted: true,
                 since: start + Duration::from_millis(n),
             };
@@ -282,6 +299,7 @@ mod tests {
             viewer_key: [1; 32],
             login: None,
             last_sent: Bytes::new(),
+            digest: None,
             accepted: true,
             since,
         };

@@ -4,15 +4,15 @@
 use std::time::{Duration, Instant};
 
 use sightwire_media::StreamSet;
-use sightwire_session::PublicKey;
 use sightwire_session::auth::{
     AuthRequest, AuthResponse, MAX_AUTH_MESSAGE_LEN, PasswordKey, ViewerAuthorizer,
 };
 use sightwire_session::login::LoginThrottle;
+use sightwire_session::{PublicKey, SessionId};
 use sightwire_signal::cert::IdCertificate;
 use sightwire_signal::{Body, Close, CloseReason, ConnectOffer, Register};
 
-use super::connection::{AuthState, virtual_channel};
+use super::connection::{AuthState, virtual_addr};
 use super::consent::Consents;
 use super::gop::GopCache;
 use super::rendezvous::REQUEST_RETRY;
@@ -227,11 +227,81 @@ impl Endpoint {
         conn.gop.subscribe(default_streams);
         let mut start = offer.to_punch_start(None);
         start.remote = self.remote_candidates(&offer.candidates);
+        conn.early_source = start
+            .remote
+            .candidates
+            .iter()
+            // The rendezvous appends the address it saw last (and drops any a viewer
+            // claimed itself).
+            .rfind(|c| c.kind == sightwire_punch::CandidateKind::ServerReflexive)
+            .map(|c| c.address);
         tracing::info!(peer = id.0, "connect offer from a viewer");
         self.insert_connection(now, conn, start, GRANT_WAIT.min(offer.punch.start_in));
     }
 
     pub(crate) fn device_on_auth_request(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) {
+        if !matches!(self.role, Role::Device(_)) {
+            return;
+        }
+        let Ok(request) = AuthRequest::decode(plaintext) else {
+            return;
+        };
+        // Every device connection comes from an offer the device consented to (a
+        // trusted key, or a confirmed password login), so the request is always
+        // accepted and only says whether to remember the key. Its proof field is not
+        // checked: the login replaced it.
+        let remember = matches!(request, AuthRequest::Password { remember: true, .. });
+        self.device_authorize(now, id, remember);
+    }
+
+    /// Device: the session table answered a Noise initiation. If it comes from a viewer
+    /// this device admitted, for a connection that has no session yet, and from the
+    /// viewer's server-reflexive address as the rendezvous saw it (or through the
+    /// connection's relay channel), the handshake is complete now and the viewer is
+    /// served at once: its first picture leaves with the handshake response instead of a
+    /// round trip later (0.5-RTT data, `spec/endpoint.md` §2, `spec/session.md` §3.4).
+    /// Anything else waits for the viewer's confirmation as before.
+    pub(crate) fn device_on_initiation(&mut self, session: SessionId, from: std::net::SocketAddr) {
+        if !matches!(self.role, Role::Device(_)) || self.by_session.contains_key(&session) {
+            return;
+        }
+        let Some(remote) = self.sessions.remote_static(session).copied() else {
+            return;
+        };
+        let Some(id) = self
+            .conns
+            .values()
+            .filter(|c| c.session.is_none() && c.remote_key == remote)
+            .max_by_key(|c| c.created)
+            .map(|c| c.id)
+        else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let through_relay = conn
+            .relay
+            .as_ref()
+            .is_some_and(|relay| virtual_addr(relay.channel) == from);
+        if conn.early_source != Some(from) && !through_relay {
+            return;
+        }
+        conn.early_accept = true;
+        if !self.sessions.establish_early(session) {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.early_accept = false;
+            }
+            return;
+        }
+        tracing::debug!(peer = id.0, %from, "serving the viewer on its initiation");
+    }
+
+    /// Device: a viewer that has a session is served (its consent was given before the
+    /// offer): the authorization response, then media from the GOP cache. `remember`
+    /// trusts its key from now on. Called on its authorization request, and on an early
+    /// session before that request (`remember` false; the request follows).
+    pub(crate) fn device_authorize(&mut self, now: Instant, id: PeerId, remember: bool) {
         let Role::Device(device) = &mut self.role else {
             return;
         };
@@ -241,17 +311,9 @@ impl Endpoint {
         let Some(session) = conn.session else {
             return;
         };
-        let (Ok(request), Some(remote)) = (
-            AuthRequest::decode(plaintext),
-            self.sessions.remote_static(session).copied(),
-        ) else {
+        let Some(remote) = self.sessions.remote_static(session).copied() else {
             return;
         };
-        // Every device connection comes from an offer the device consented to (a
-        // trusted key, or a confirmed password login), so the request is always
-        // accepted and only says whether to remember the key. Its proof field is not
-        // checked: the login replaced it.
-        let remember = matches!(request, AuthRequest::Password { remember: true, .. });
         let remembered = device.authorizer.is_trusted(&remote)
             || (remember && device.authorizer.trust(remote).is_ok());
         let mut wire = [0u8; MAX_AUTH_MESSAGE_LEN];
@@ -264,26 +326,8 @@ impl Endpoint {
         }
         // The viewer's raced early handshake came through the relay before our own agent
         // selected anything: we serve it through the relay, so that is its path.
-        if conn.path.is_none()
-            && let Some(relay) = &conn.relay
-            && self
-                .sessions
-                .remote_addr(session)
-                .and_then(virtual_channel)
-                .is_some()
-        {
-            conn.path = Some(crate::events::Path {
-                kind: sightwire_punch::PathKind::Relay,
-                remote: relay.server,
-                rtt: Duration::ZERO,
-                transport: if self.udp_blocked {
-                    crate::events::Transport::Stream
-                } else {
-                    crate::events::Transport::Udp
-                },
-            });
-        }
-        let path = conn.path;
+        self.assume_relay_path(id);
+        let path = self.conns.get(&id).and_then(|c| c.path);
         self.send_plaintext(now, id, &wire[..len]);
         if newly_accepted {
             tracing::info!(peer = id.0, "viewer authorized");

@@ -1057,6 +1057,9 @@ impl Endpoint {
                     self.rendezvous_heard(now);
                     self.on_signal(now, plaintext);
                 } else if let Some(&id) = self.by_session.get(&session) {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.session_unconfirmed = false;
+                    }
                     // The plaintext borrows the receive buffer, not `self`: no copy.
                     self.on_peer_plaintext(now, id, from, plaintext);
                 }
@@ -1064,12 +1067,16 @@ impl Endpoint {
             Input::Keepalive { session, .. } => {
                 if let Some(&id) = self.by_session.get(&session) {
                     if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.session_unconfirmed = false;
                         conn.heard(now);
                     }
                 } else if Some(session) == self.rendezvous.session {
                     self.rendezvous_heard(now);
                 }
             }
+            Input::Handshake {
+                session: Some(session),
+            } => self.device_on_initiation(session, from),
             _ => {}
         }
     }
@@ -1164,6 +1171,19 @@ impl Endpoint {
                 .max_by_key(|c| c.created)
                 .map(|c| c.id)
         });
+        // A device that served an early session the viewer then did not keep (it raced
+        // two initiations and completed the other first) moves to the confirmed one.
+        let id = id.or_else(|| {
+            let conn = self
+                .conns
+                .values()
+                .filter(|c| c.session_unconfirmed && c.remote_key == remote_static)
+                .max_by_key(|c| c.created)?;
+            let (id, stale) = (conn.id, conn.session?);
+            self.by_session.remove(&stale);
+            self.sessions.close(stale);
+            Some(id)
+        });
         let Some(id) = id else {
             tracing::info!("closing a session from a peer nobody introduced");
             self.sessions.close(session);
@@ -1172,13 +1192,22 @@ impl Endpoint {
         // Of two raced early handshakes, the one established first is kept.
         self.keep_handshake(id, |kept, _| kept == session);
         self.by_session.insert(session, id);
+        let mut early = false;
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.session = Some(session);
             conn.heard(now);
-            conn.auth = AuthState::Pending { attempts: 0 };
+            if conn.auth != AuthState::Accepted {
+                conn.auth = AuthState::Pending { attempts: 0 };
+            }
+            early = std::mem::take(&mut conn.early_accept);
+            conn.session_unconfirmed = early;
         }
-        if let Role::Viewer(_) = self.role {
-            self.send_auth_request(now, id);
+        match self.role {
+            Role::Viewer(_) => self.send_auth_request(now, id),
+            // Served at once: the viewer's authorization request, a round trip later,
+            // only says whether to remember its key.
+            Role::Device(_) if early => self.device_authorize(now, id, false),
+            Role::Device(_) => {}
         }
     }
 
