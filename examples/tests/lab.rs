@@ -835,6 +835,21 @@ fn expected_path(camera: Profile, viewer: Profile) -> &'static str {
     }
 }
 
+/// The paths a viewer may first connect on, `expected_path` being where it must end.
+/// With a symmetric NAT on either side the device's server-reflexive address is not
+/// where a direct path ends, so only the initiation raced through the relay is served
+/// at once (spec/endpoint.md §2): such a pair may start on the relay and move to direct
+/// (the "start on the relay, move to direct"), never the other way round.
+fn first_paths(camera: Profile, viewer: Profile) -> &'static [&'static str] {
+    match (camera, viewer, expected_path(camera, viewer)) {
+        (Profile::Symmetric, _, "direct") | (_, Profile::Symmetric, "direct") => {
+            &["direct", "relay"]
+        }
+        (_, _, "direct") => &["direct"],
+        _ => &["relay"],
+    }
+}
+
 /// Everything an endpoint test needs: servers up, keys made.
 struct Bed {
     topology: Topology,
@@ -1084,9 +1099,10 @@ fn endpoint_matrix() -> anyhow::Result<()> {
             &format!("{camera_profile} -> {viewer_profile}"),
             report,
             expected,
+            first_paths(*camera_profile, *viewer_profile),
         );
     }
-    check_cell(&mut problems, "same LAN", &lan_report, "lan");
+    check_cell(&mut problems, "same LAN", &lan_report, "lan", &["lan"]);
     ensure!(
         problems.is_empty(),
         "matrix cells differ from the expected table:\n{}",
@@ -1096,13 +1112,23 @@ fn endpoint_matrix() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_cell(problems: &mut Vec<String>, name: &str, report: &ViewerReport, expected: &str) {
+fn check_cell(
+    problems: &mut Vec<String>,
+    name: &str,
+    report: &ViewerReport,
+    expected: &str,
+    first: &[&str],
+) {
     if !report.exit_ok {
         problems.push(format!("{name}: viewer failed: {:?}", report.failure));
     }
-    if report.connected_path.as_deref() != Some(expected) {
+    if !report
+        .connected_path
+        .as_deref()
+        .is_some_and(|path| first.contains(&path))
+    {
         problems.push(format!(
-            "{name}: connected on {:?}, expected {expected}",
+            "{name}: connected on {:?}, expected one of {first:?}",
             report.connected_path
         ));
     }
