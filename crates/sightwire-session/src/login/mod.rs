@@ -151,9 +151,10 @@ pub enum LoginError {
 }
 
 fn identities(viewer_static_public: &PublicKey, device_id: &[u8; DEVICE_ID_LEN]) -> [Identity; 2] {
-    let mut a = Vec::with_capacity(VIEWER_IDENTITY_LABEL.len() + viewer_static_public.len());
+    let mut a =
+        Vec::with_capacity(VIEWER_IDENTITY_LABEL.len() + viewer_static_public.as_bytes().len());
     a.extend_from_slice(VIEWER_IDENTITY_LABEL);
-    a.extend_from_slice(viewer_static_public);
+    a.extend_from_slice(viewer_static_public.as_bytes());
     let mut b = Vec::with_capacity(DEVICE_IDENTITY_LABEL.len() + DEVICE_ID_LEN);
     b.extend_from_slice(DEVICE_IDENTITY_LABEL);
     b.extend_from_slice(device_id);
