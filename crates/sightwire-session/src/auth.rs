@@ -28,7 +28,7 @@
 //!
 //! let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
 //! let handshake_hash = [7u8; 32]; // from SessionTable::handshake_hash on both ends
-//! let viewer_key = [9u8; 32]; // from SessionTable::remote_static on the device
+//! let viewer_key = sightwire_session::PublicKey::from_bytes([9u8; 32]); // from SessionTable::remote_static on the device
 //!
 //! // Device: set up once (stores the derived key, never the password).
 //! let mut authorizer = ViewerAuthorizer::new(Some(PasswordKey::derive(b"hunter2", &device_id)));
