@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
 use sightwire_rendezvous::{CoreConfig, MemoryRegistry, Peer, Registry, Rendezvous};
+use sightwire_signal::PublicKey;
 use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey, TrustedIssuers};
 use sightwire_signal::{Body, Candidate, CandidateKind, CandidateSet, Envelope, Register};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -30,10 +31,10 @@ fn issuer() -> IssuerKey {
     IssuerKey::from_seed(&[3; 32])
 }
 
-fn device_key(n: u32) -> [u8; 32] {
+fn device_key(n: u32) -> PublicKey {
     let mut key = [0xD0; 32];
     key[..4].copy_from_slice(&n.to_be_bytes());
-    key
+    PublicKey::from_bytes(key)
 }
 
 fn certificate(issuer: &IssuerKey, n: u32) -> IdCertificate {
@@ -181,7 +182,7 @@ fn keepalives_through_noise() {
     for n in 0..DEVICES {
         // Handshakes arrive at 200/s, below the session layer's under-load threshold.
         now += Duration::from_millis(5);
-        let key = StaticKeypair::from_private(device_key(n));
+        let key = StaticKeypair::from_private(device_key(n).to_bytes());
         let b = n.to_be_bytes();
         let from = SocketAddr::from(([10, b[1], b[2], b[3]], 40_000));
         let certificate = issuer

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use rand::RngCore;
 use sightwire::DeviceIdentity;
 use sightwire_id::DeviceId;
-use sightwire_session::StaticKeypair;
+use sightwire_session::{PublicKey, StaticKeypair};
 use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey};
 
 /// File holding the device's private key, hex.
@@ -141,7 +141,7 @@ pub const KNOWN_DEVICES_FILE: &str = "known_devices";
 /// The devices a viewer has watched before, and the key each one proved (TOFU).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KnownDevices {
-    devices: Vec<(DeviceId, [u8; 32])>,
+    devices: Vec<(DeviceId, PublicKey)>,
 }
 
 impl KnownDevices {
@@ -171,16 +171,17 @@ impl KnownDevices {
             let id: DeviceId = id
                 .parse()
                 .map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
-            devices.push((
-                id,
-                parse_key(key).with_context(|| format!("line {}", n + 1))?,
-            ));
+            let key: PublicKey = key
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
+            devices.push((id, key));
         }
         Ok(Self { devices })
     }
 
     /// The key pinned for `id`, if the viewer has watched it before.
-    pub fn key_of(&self, id: DeviceId) -> Option<[u8; 32]> {
+    pub fn key_of(&self, id: DeviceId) -> Option<PublicKey> {
         self.devices.iter().find(|(d, _)| *d == id).map(|(_, k)| *k)
     }
 
@@ -189,7 +190,7 @@ impl KnownDevices {
         &mut self,
         state_dir: &Path,
         id: DeviceId,
-        key: [u8; 32],
+        key: PublicKey,
     ) -> anyhow::Result<bool> {
         use std::io::Write;
         if self.key_of(id).is_some() {
@@ -202,7 +203,7 @@ impl KnownDevices {
             .append(true)
             .open(&path)
             .with_context(|| format!("writing {}", path.display()))?;
-        writeln!(file, "{id} {}", hex::encode(key))?;
+        writeln!(file, "{id} {key}")?;
         Ok(true)
     }
 }
@@ -219,13 +220,13 @@ mod known_devices_tests {
         let id: DeviceId = "1C:C3:16:AB:CD:EF".parse().unwrap();
         let mut known = KnownDevices::load(&dir).unwrap();
         assert_eq!(known.key_of(id), None);
-        assert!(known.remember(&dir, id, [7; 32]).unwrap());
+        assert!(known.remember(&dir, id, [7; 32].into()).unwrap());
         assert!(
-            !known.remember(&dir, id, [8; 32]).unwrap(),
+            !known.remember(&dir, id, [8; 32].into()).unwrap(),
             "a pin is never replaced"
         );
         let again = KnownDevices::load(&dir).unwrap();
-        assert_eq!(again.key_of(id), Some([7; 32]));
+        assert_eq!(again.key_of(id), Some([7; 32].into()));
         assert!(KnownDevices::parse("1C:C3:16:AB:CD:EF nothex").is_err());
         assert!(KnownDevices::parse("garbage").is_err());
         let _ = std::fs::remove_dir_all(&dir);

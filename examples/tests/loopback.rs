@@ -240,7 +240,10 @@ async fn wrong_password_is_refused_by_the_device() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_pinned_to_another_key_refuses_the_device() {
     let setup = setup("pinned", PathPolicy::Any).await;
-    let wrong = DeviceUri::new(setup.uri.id(), KeyFingerprint::of_public_key(&[9; 32]));
+    let wrong = DeviceUri::new(
+        setup.uri.id(),
+        KeyFingerprint::of_public_key(&[9; 32].into()),
+    );
     let result = connect(&setup, Target::Uri(wrong), PASSWORD, PathPolicy::Any).await;
     assert_eq!(result.err(), Some(ConnectError::KeyMismatch));
 }

@@ -125,7 +125,7 @@ async fn measure(
     std::fs::write(&issuer_secret, hex(&network.issuer.seed()))?;
     let device_id = sightwire_examples::identity::random_local_id();
     let rendezvous = network.rendezvous.address.to_string();
-    let rendezvous_key = hex(&network.rendezvous.public_key);
+    let rendezvous_key = hex(network.rendezvous.public_key.as_bytes());
     let camera_state = dir.path().join("camera");
     let camera = Killed(Some(
         Command::new(camera_bin)

@@ -36,7 +36,9 @@ use bytes::Bytes;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 use sightwire_benches::{Killed, cpu_seconds, machine, memory_kb};
-use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
+use sightwire_session::{
+    Event, Input, PublicKey, SessionId, SessionKind, SessionTable, StaticKeypair,
+};
 use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey};
 use sightwire_signal::{
     Body, CandidateSet, ConnectRequest, Consent, Envelope, MAX_MESSAGE_LEN, Register,
@@ -135,7 +137,7 @@ fn main() -> anyhow::Result<()> {
 struct Setup {
     config: PathBuf,
     address: SocketAddr,
-    public_key: [u8; 32],
+    public_key: PublicKey,
     issuer_seed: [u8; 32],
 }
 
@@ -303,7 +305,7 @@ async fn send_all(socket: &UdpSocket, sends: Vec<(SocketAddr, Vec<u8>)>) {
 struct Group {
     socket: UdpSocket,
     server: SocketAddr,
-    server_key: [u8; 32],
+    server_key: PublicKey,
     devices: Vec<SimDevice>,
     by_index: HashMap<u32, usize>,
     wakes: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -317,7 +319,7 @@ impl Group {
     fn new(
         socket: UdpSocket,
         server: SocketAddr,
-        server_key: [u8; 32],
+        server_key: PublicKey,
         devices: Vec<SimDevice>,
         counters: Arc<Counters>,
     ) -> Self {
@@ -658,7 +660,7 @@ async fn device_group(
     first: u32,
     count: u32,
     admission: Admission,
-    setup: Arc<(SocketAddr, [u8; 32], IssuerKey)>,
+    setup: Arc<(SocketAddr, PublicKey, IssuerKey)>,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -736,7 +738,7 @@ async fn viewer(
     v: u32,
     count: u32,
     devices: u32,
-    setup: Arc<(SocketAddr, [u8; 32], IssuerKey)>,
+    setup: Arc<(SocketAddr, PublicKey, IssuerKey)>,
     counters: Arc<Counters>,
 ) -> anyhow::Result<ViewerResult> {
     let socket = UdpSocket::bind((loopback(2, v), 0)).await?;

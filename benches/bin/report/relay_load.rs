@@ -147,8 +147,8 @@ async fn bind(
             role,
             expires_at: unix_now() + 3600,
             device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-            device_key: [1; 32],
-            viewer_key: [2; 32],
+            device_key: [1; 32].into(),
+            viewer_key: [2; 32].into(),
         },
         {
             let mut nonce = [role as u8; 12];

@@ -19,7 +19,7 @@ use sightwire::{
 };
 use sightwire_examples::identity::parse_key;
 use sightwire_id::DeviceUri;
-use sightwire_session::StaticKeypair;
+use sightwire_session::{PublicKey, StaticKeypair};
 use sightwire_signal::cert::{IssuerPublicKey, TrustedIssuers};
 use tokio::sync::{oneshot, watch};
 use tokio::time::timeout;
@@ -156,7 +156,7 @@ pub(crate) async fn viewer_main(setup: &str) -> anyhow::Result<()> {
                 .rendezvous
                 .parse::<sightwire::ServerAddr>()
                 .context("rendezvous address")?,
-            parse_key(&setup.rendezvous_key)?,
+            PublicKey::from_bytes(parse_key(&setup.rendezvous_key)?),
         ),
         TrustedIssuers::single(issuer),
     );

@@ -4,7 +4,7 @@
 use std::ffi::c_char;
 
 use sightwire::{DeviceIdentity, PathPolicy, RendezvousServer, ServerAddr};
-use sightwire_session::StaticKeypair;
+use sightwire_session::{PublicKey, StaticKeypair};
 use sightwire_signal::cert::IdCertificate;
 
 use crate::guard;
@@ -22,7 +22,7 @@ pub struct SightwireConfig {
     private_key: [u8; 32],
     certificate: IdCertificate,
     rendezvous: ServerAddr,
-    rendezvous_key: [u8; 32],
+    rendezvous_key: PublicKey,
     stream_port: Option<u16>,
     password: Option<String>,
     max_viewers: Option<usize>,
@@ -155,6 +155,8 @@ unsafe fn build(
             SightwireResult::InvalidKey,
         )
     }?;
+    // The C ABI keeps keys as byte arrays; the Rust API names them.
+    let rendezvous_key = PublicKey::from_bytes(rendezvous_key);
     if certificate_len != sightwire_signal::cert::CERT_LEN {
         return Err(SightwireResult::InvalidCertificate);
     }

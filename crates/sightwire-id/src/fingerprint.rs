@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
+use crate::PublicKey;
+
 /// Length of a key fingerprint in bytes (128 bits; written as 32 hex digits).
 pub const FINGERPRINT_LEN: usize = 16;
 
@@ -57,11 +59,11 @@ impl fmt::Display for FingerprintError {
 impl std::error::Error for FingerprintError {}
 
 impl KeyFingerprint {
-    /// The fingerprint of a 32-byte static public key.
-    pub fn of_public_key(public_key: &[u8; 32]) -> Self {
+    /// The fingerprint of a static public key.
+    pub fn of_public_key(public_key: &PublicKey) -> Self {
         let digest = Sha256::new()
             .chain_update(DOMAIN)
-            .chain_update(public_key)
+            .chain_update(public_key.as_bytes())
             .finalize();
         let mut out = [0u8; FINGERPRINT_LEN];
         out.copy_from_slice(&digest[..FINGERPRINT_LEN]);
@@ -69,7 +71,7 @@ impl KeyFingerprint {
     }
 
     /// Whether `public_key` is the key this fingerprint names.
-    pub fn matches(&self, public_key: &[u8; 32]) -> bool {
+    pub fn matches(&self, public_key: &PublicKey) -> bool {
         *self == Self::of_public_key(public_key)
     }
 
@@ -132,13 +134,13 @@ mod tests {
 
     #[test]
     fn display_parse_round_trip_and_case() {
-        let fp = KeyFingerprint::of_public_key(&[9u8; 32]);
+        let fp = KeyFingerprint::of_public_key(&PublicKey::from_bytes([9u8; 32]));
         let text = fp.to_string();
         assert_eq!(text.len(), 32);
         assert_eq!(text.parse::<KeyFingerprint>(), Ok(fp));
         assert_eq!(text.to_uppercase().parse::<KeyFingerprint>(), Ok(fp));
-        assert!(fp.matches(&[9u8; 32]));
-        assert!(!fp.matches(&[8u8; 32]));
+        assert!(fp.matches(&PublicKey::from_bytes([9u8; 32])));
+        assert!(!fp.matches(&PublicKey::from_bytes([8u8; 32])));
     }
 
     #[test]

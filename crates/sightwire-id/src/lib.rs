@@ -9,12 +9,16 @@
 //! fingerprint of the camera's static public key, so that scanning a label adds the
 //! camera *and* pins its key.
 //!
-//! What it is not for: it does no networking, holds no keys and verifies no certificates
-//! (that is `sightwire-signal`); a [`KeyFingerprint`] only pins a key learned elsewhere.
+//! It also defines [`PublicKey`], the type every Sightwire crate uses for a static public
+//! key, so that the session, signaling and endpoint crates share one name for it.
+//!
+//! What it is not for: it does no networking, holds no private keys and verifies no
+//! certificates (that is `sightwire-signal`); a [`KeyFingerprint`] only pins a key learned
+//! elsewhere.
 //! The formats are specified in `spec/id.md`, whose test vectors the tests load.
 //!
 //! ```
-//! use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint, ParseError};
+//! use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint, ParseError, PublicKey};
 //!
 //! // Anything people write parses to the same ID.
 //! let id: DeviceId = "1c-c3-16-ab-cd-ef".parse()?;
@@ -40,7 +44,7 @@
 //! );
 //!
 //! // The QR form pins the camera's static key.
-//! let device_public_key = [7u8; 32];
+//! let device_public_key = PublicKey::from_bytes([7u8; 32]);
 //! let uri = DeviceUri::new(id, KeyFingerprint::of_public_key(&device_public_key));
 //! let scanned: DeviceUri = uri.to_string().parse()?;
 //! assert!(scanned.fingerprint().matches(&device_public_key));
@@ -55,12 +59,14 @@
 mod check;
 mod device_id;
 mod fingerprint;
+mod key;
 mod normalize;
 mod uri;
 
 pub use check::{CHECK_CHARS, crc8};
 pub use device_id::{DeviceId, MAX_INPUT_LEN, ParseError};
 pub use fingerprint::{FINGERPRINT_LEN, FingerprintError, KeyFingerprint};
+pub use key::{KeyParseError, PUBLIC_KEY_LEN, PublicKey};
 pub use uri::{DeviceUri, MAX_URI_LEN, URI_SCHEME, UriError};
 
 /// Fuzzing entry points; not part of the stable API.

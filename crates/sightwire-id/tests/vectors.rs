@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use sightwire_id::{
-    DeviceId, DeviceUri, KeyFingerprint, MAX_INPUT_LEN, ParseError, UriError, crc8,
+    DeviceId, DeviceUri, KeyFingerprint, MAX_INPUT_LEN, ParseError, PublicKey, UriError, crc8,
 };
 
 #[derive(Deserialize)]
@@ -192,7 +192,8 @@ fn fingerprints() {
     let vectors = vectors();
     assert!(!vectors.fingerprint.is_empty());
     for v in vectors.fingerprint {
-        let key: [u8; 32] = hex::decode(&v.public_key_hex).unwrap().try_into().unwrap();
+        let key: PublicKey = v.public_key_hex.parse().unwrap();
+        assert_eq!(key.to_string(), v.public_key_hex.to_lowercase());
         let fingerprint = KeyFingerprint::of_public_key(&key);
         assert_eq!(fingerprint.to_string(), v.fingerprint);
         assert_eq!(v.fingerprint.parse::<KeyFingerprint>(), Ok(fingerprint));

@@ -24,8 +24,8 @@ fn claims(allocation: u8, role: GrantRole, expires_at: u64) -> GrantClaims {
         role,
         expires_at,
         device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-        device_key: [2; 32],
-        viewer_key: [3; 32],
+        device_key: [2; 32].into(),
+        viewer_key: [3; 32].into(),
     }
 }
 

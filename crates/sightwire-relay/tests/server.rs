@@ -41,8 +41,8 @@ async fn two_endpoints_exchange_data_through_the_relay() {
                 role,
                 expires_at: unix_now() + 60,
                 device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-                device_key: [1; 32],
-                viewer_key: [2; 32],
+                device_key: [1; 32].into(),
+                viewer_key: [2; 32].into(),
             },
             [role as u8; 12],
         );

@@ -22,8 +22,8 @@ fn bind_packet(key: &RelayGrantKey, role: GrantRole) -> Vec<u8> {
         role,
         expires_at: unix_now() + 600,
         device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-        device_key: [2; 32],
-        viewer_key: [3; 32],
+        device_key: [2; 32].into(),
+        viewer_key: [3; 32].into(),
     };
     let token = key.seal(&claims, [role as u8; 12]);
     let mut packet = [0u8; 256];

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::{CryptoRng, RngCore};
+use sightwire_id::PublicKey;
 use sightwire_signal::cert::{CertificateError, IdCertificate, TrustedIssuers};
 use sightwire_signal::grant::{GRANT_NONCE_LEN, GrantClaims, GrantRole, RelayGrantKey};
 use sightwire_signal::{
@@ -212,7 +213,7 @@ pub struct Peer<S> {
     /// The driver's handle for the session.
     pub session: S,
     /// The remote static X25519 key the session's handshake authenticated.
-    pub remote_static: [u8; 32],
+    pub remote_static: PublicKey,
     /// The datagram's source address (the peer's server-reflexive address).
     pub address: SocketAddr,
 }
@@ -220,7 +221,7 @@ pub struct Peer<S> {
 impl<S> Peer<S> {
     /// The authenticated session `session` whose peer holds `remote_static` and sent
     /// from `address`.
-    pub fn new(session: S, remote_static: [u8; 32], address: SocketAddr) -> Self {
+    pub fn new(session: S, remote_static: PublicKey, address: SocketAddr) -> Self {
         Self {
             session,
             remote_static,
@@ -312,14 +313,14 @@ enum Stage {
 #[derive(Debug, Clone)]
 struct DeviceSide<S> {
     session: S,
-    key: [u8; 32],
+    key: PublicKey,
     certificate: IdCertificate,
 }
 
 #[derive(Debug, Clone)]
 struct PendingConnect<S> {
     viewer: S,
-    viewer_key: [u8; 32],
+    viewer_key: PublicKey,
     viewer_address: SocketAddr,
     request_id: u64,
     request_len: usize,
@@ -382,14 +383,14 @@ pub struct Rendezvous<R, S> {
     /// (viewer session, request id) → attempt, for retransmissions.
     by_request: HashMap<(S, u64), ConnectId>,
     /// Pending attempts per viewer identity.
-    pending_by_identity: HashMap<[u8; 32], usize>,
+    pending_by_identity: HashMap<PublicKey, usize>,
     /// Consent deadlines and decoy replies, earliest first (stale entries are skipped).
     timers: BinaryHeap<Reverse<(Instant, TimerKind, u64)>>,
     /// The source each session is charged to: the address its handshake proved (or its
     /// first message came from), never the claimed source of later datagrams.
     session_sources: HashMap<S, u128>,
     lookup_limiter: RateLimiter<u128>,
-    identity_limiter: RateLimiter<[u8; 32]>,
+    identity_limiter: RateLimiter<PublicKey>,
     introduction_limiter: RateLimiter<[u8; 6]>,
     session_limiter: RateLimiter<S>,
     register_limiter: RateLimiter<u128>,
@@ -941,7 +942,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             tracing::warn!(
                 %device,
                 source = %from.address,
-                session_key = %hex::encode(from.remote_static),
+                session_key = %from.remote_static,
                 "registration refused: session key is not the certified key (impersonation attempt)"
             );
             return Err(error(ErrorCode::NotAuthorized).into());

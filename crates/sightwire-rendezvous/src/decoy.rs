@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::{CryptoRng, RngCore};
+use sightwire_id::PublicKey;
 use sightwire_session::auth::PasswordKey;
 use sightwire_session::login::DeviceLogin;
 
@@ -36,7 +37,7 @@ pub(crate) fn decoy_delay(rng: &mut dyn RngCore) -> Duration {
 /// password.
 pub fn decoy_login_reply<R: RngCore + CryptoRng + ?Sized>(
     msg1: &[u8],
-    viewer_key: &[u8; 32],
+    viewer_key: &PublicKey,
     device_id: [u8; 6],
     rng: &mut R,
 ) -> Option<Bytes> {
@@ -67,22 +68,33 @@ mod tests {
     #[test]
     fn decoy_reply_fails_for_the_viewer_exactly_like_a_wrong_password() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(decoy_login_reply(&[], &[1; 32], [2; 6], &mut rng), None);
         assert_eq!(
-            decoy_login_reply(&[7; 32], &[1; 32], [2; 6], &mut rng),
+            decoy_login_reply(&[], &[1; 32].into(), [2; 6], &mut rng),
+            None
+        );
+        assert_eq!(
+            decoy_login_reply(&[7; 32], &[1; 32].into(), [2; 6], &mut rng),
             None
         );
         let password = PasswordKey::random(&mut rng);
-        let (login, msg1) =
-            sightwire_session::login::ViewerLogin::start(&password, &[1; 32], &[2; 6], &mut rng);
-        let reply = decoy_login_reply(&msg1, &[1; 32], [2; 6], &mut rng).unwrap();
+        let (login, msg1) = sightwire_session::login::ViewerLogin::start(
+            &password,
+            &[1; 32].into(),
+            &[2; 6],
+            &mut rng,
+        );
+        let reply = decoy_login_reply(&msg1, &[1; 32].into(), [2; 6], &mut rng).unwrap();
         assert_eq!(reply.len(), DECOY_LOGIN_REPLY_LEN);
         // The same error a real device with another password causes.
-        let (wrong_login, msg1_again) =
-            sightwire_session::login::ViewerLogin::start(&password, &[1; 32], &[2; 6], &mut rng);
+        let (wrong_login, msg1_again) = sightwire_session::login::ViewerLogin::start(
+            &password,
+            &[1; 32].into(),
+            &[2; 6],
+            &mut rng,
+        );
         let other = PasswordKey::random(&mut rng);
         let (_, real_reply) =
-            DeviceLogin::respond(&other, &[1; 32], &[2; 6], &msg1_again, &mut rng).unwrap();
+            DeviceLogin::respond(&other, &[1; 32].into(), &[2; 6], &msg1_again, &mut rng).unwrap();
         assert_eq!(
             login.finish(&reply).unwrap_err(),
             wrong_login.finish(&real_reply).unwrap_err()

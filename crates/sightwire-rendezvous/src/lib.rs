@@ -27,7 +27,7 @@
 //! use sightwire_signal::{Body, CandidateSet, Envelope, Register};
 //!
 //! let issuer = IssuerKey::from_seed(&[1; 32]);
-//! let device_key = [7u8; 32]; // the device's static X25519 public key
+//! let device_key = sightwire_signal::PublicKey::from_bytes([7u8; 32]); // the device's static X25519 public key
 //! let certificate = issuer.issue(CertificateFields {
 //!     device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
 //!     device_key,

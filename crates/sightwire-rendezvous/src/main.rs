@@ -6,10 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rand::{RngCore, SeedableRng};
-use sightwire_id::DeviceId;
-use sightwire_rendezvous::config::{
-    DEFAULT_STREAM_PORT, ServerConfig, parse_hex_key, read_hex_key,
-};
+use sightwire_id::{DeviceId, PublicKey};
+use sightwire_rendezvous::config::{DEFAULT_STREAM_PORT, ServerConfig, read_hex_key};
 use sightwire_rendezvous::server::{Server, unix_now};
 use sightwire_rendezvous::{Registry, Rendezvous, SqliteRegistry};
 use sightwire_session::StaticKeypair;
@@ -152,8 +150,9 @@ fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
             out,
         } => {
             let issuer = IssuerKey::from_seed(&read_hex_key(&key)?);
-            let device_key =
-                parse_hex_key(&device_key).context("device key must be 64 hex digits")?;
+            let device_key: PublicKey = device_key
+                .parse()
+                .context("device key must be 64 hex digits")?;
             let mut registry = SqliteRegistry::open(&registry)?;
             let id = *device_id.as_bytes();
             let serial = match registry.lookup(id)? {

@@ -133,7 +133,7 @@ mod tests {
         IssuerKey::from_seed(&[1; 32])
             .issue(CertificateFields {
                 device_id: [2, 0, 0, 0, 0, 1],
-                device_key: [key; 32],
+                device_key: [key; 32].into(),
                 not_before: 0,
                 not_after: u64::MAX,
                 serial,

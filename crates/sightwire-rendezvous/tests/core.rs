@@ -91,7 +91,7 @@ fn impersonation_is_refused_and_the_real_registration_is_untouched() {
     h.register(1);
     // The attacker knows the ID and even has the real certificate, but its Noise session
     // is keyed by its own static key.
-    let attacker = Peer::new(666, [0xAA; 32], "203.0.113.66:1".parse().unwrap());
+    let attacker = Peer::new(666, [0xAA; 32].into(), "203.0.113.66:1".parse().unwrap());
     let replies = h.send(&attacker, &register_message(certificate(1, 1)));
     assert_eq!(error_of(&replies).code, ErrorCode::NotAuthorized);
     assert_eq!(h.core.stats().impersonations_refused, 1);
@@ -1312,7 +1312,7 @@ fn finding_4_a_session_cannot_spend_a_victims_source_budget() {
         value
     });
     let victim = viewer_peer(1);
-    let attacker = Peer::new(666, [0x66; 32], "203.0.113.66:1".parse().unwrap());
+    let attacker = Peer::new(666, [0x66; 32].into(), "203.0.113.66:1".parse().unwrap());
     h.core
         .handle_session_established(attacker.session, attacker.address);
     // The attacker's packets claim the victim's source.

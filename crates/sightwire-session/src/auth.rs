@@ -28,7 +28,7 @@
 //!
 //! let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
 //! let handshake_hash = [7u8; 32]; // from SessionTable::handshake_hash on both ends
-//! let viewer_key = [9u8; 32]; // from SessionTable::remote_static on the device
+//! let viewer_key = sightwire_session::PublicKey::from_bytes([9u8; 32]); // from SessionTable::remote_static on the device
 //!
 //! // Device: set up once (stores the derived key, never the password).
 //! let mut authorizer = ViewerAuthorizer::new(Some(PasswordKey::derive(b"hunter2", &device_id)));
@@ -491,7 +491,9 @@ impl ViewerAuthorizer {
 
     /// Whether a key is trusted.
     pub fn is_trusted(&self, key: &PublicKey) -> bool {
-        self.trusted.iter().any(|k| bool::from(k.ct_eq(key)))
+        self.trusted
+            .iter()
+            .any(|k| bool::from(k.as_bytes().ct_eq(key.as_bytes())))
     }
 
     /// The trusted keys (for persistence).
@@ -550,7 +552,7 @@ mod tests {
         let key = PasswordKey::derive(b"admin123", &DEVICE);
         let mut authorizer = ViewerAuthorizer::new(Some(key.clone()));
         let now = Instant::now();
-        let viewer = [1u8; 32];
+        let viewer = PublicKey::from_bytes([1u8; 32]);
         let request = AuthRequest::password(&key, &[5; 32], false);
         // The same proof presented in another session (a replay) is refused.
         assert_eq!(
@@ -580,7 +582,7 @@ mod tests {
         let key = PasswordKey::derive(b"pw", &DEVICE);
         let mut authorizer = ViewerAuthorizer::new(Some(key.clone()));
         let now = Instant::now();
-        let viewer = [2u8; 32];
+        let viewer = PublicKey::from_bytes([2u8; 32]);
         assert_eq!(
             authorizer.authorize(now, &viewer, &[1; 32], &AuthRequest::TrustedKey),
             AuthResponse::Rejected(AuthRejection::NotTrusted)
@@ -608,16 +610,16 @@ mod tests {
         for i in 0..MAX_TRUSTED_VIEWERS {
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            assert_eq!(authorizer.trust(key), Ok(true));
+            assert_eq!(authorizer.trust(PublicKey::from_bytes(key)), Ok(true));
         }
         assert_eq!(
-            authorizer.trust([0xff; 32]),
+            authorizer.trust(PublicKey::from_bytes([0xff; 32])),
             Err(TrustListFull {
                 limit: MAX_TRUSTED_VIEWERS
             })
         );
         assert_eq!(
-            authorizer.trust([0; 32]),
+            authorizer.trust(PublicKey::from_bytes([0; 32])),
             Ok(false),
             "re-trusting a known key is fine"
         );
@@ -630,8 +632,8 @@ mod tests {
         let wrong = PasswordKey::derive(b"wrong", &DEVICE);
         let mut authorizer = ViewerAuthorizer::new(Some(key.clone()));
         let now = Instant::now();
-        let attacker = [3u8; 32];
-        let owner = [4u8; 32];
+        let attacker = PublicKey::from_bytes([3u8; 32]);
+        let owner = PublicKey::from_bytes([4u8; 32]);
         let bad = AuthRequest::password(&wrong, &[1; 32], false);
         for _ in 0..=FREE_FAILURES_PER_VIEWER {
             assert_eq!(

@@ -13,9 +13,11 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::noise::PublicKey;
+
 use crate::wire::{
     COOKIE_LEN, COOKIE_NONCE_LEN, CookieReply, INITIATION_LEN, INITIATION_MAC1_OFFSET,
-    INITIATION_MAC2_OFFSET, KEY_LEN, MAC_LEN, TAG_LEN,
+    INITIATION_MAC2_OFFSET, MAC_LEN, TAG_LEN,
 };
 
 /// Label hashed with the responder's static key to make the `mac1` key.
@@ -40,10 +42,10 @@ pub(crate) fn mac16(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
     mac.finalize().into_bytes().into()
 }
 
-fn labelled_key(label: &[u8], static_public: &[u8; KEY_LEN]) -> Zeroizing<[u8; 32]> {
+fn labelled_key(label: &[u8], static_public: &PublicKey) -> Zeroizing<[u8; 32]> {
     let mut hash = Blake2s256::new();
     hash.update(label);
-    hash.update(static_public);
+    hash.update(static_public.as_bytes());
     Zeroizing::new(hash.finalize().into())
 }
 
@@ -87,7 +89,7 @@ impl std::fmt::Debug for CookieChecker {
 }
 
 impl CookieChecker {
-    pub(crate) fn new(local_static_public: &[u8; KEY_LEN]) -> Self {
+    pub(crate) fn new(local_static_public: &PublicKey) -> Self {
         let cookie_key = labelled_key(LABEL_COOKIE, local_static_public);
         Self {
             mac1_key: labelled_key(LABEL_MAC1, local_static_public),
@@ -201,7 +203,7 @@ impl std::fmt::Debug for CookieJar {
 }
 
 impl CookieJar {
-    pub(crate) fn new(remote_static_public: &[u8; KEY_LEN]) -> Self {
+    pub(crate) fn new(remote_static_public: &PublicKey) -> Self {
         let cookie_key = labelled_key(LABEL_COOKIE, remote_static_public);
         Self {
             mac1_key: labelled_key(LABEL_MAC1, remote_static_public),
@@ -255,7 +257,7 @@ mod tests {
     #[test]
     fn cookie_round_trip_and_address_binding() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
-        let responder_static = [9u8; 32];
+        let responder_static = PublicKey::from_bytes([9u8; 32]);
         let now = Instant::now();
         let mut checker = CookieChecker::new(&responder_static);
         let mut jar = CookieJar::new(&responder_static);
@@ -296,8 +298,8 @@ mod tests {
     fn tampered_reply_is_refused() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
         let now = Instant::now();
-        let mut checker = CookieChecker::new(&[1; 32]);
-        let mut jar = CookieJar::new(&[1; 32]);
+        let mut checker = CookieChecker::new(&PublicKey::from_bytes([1; 32]));
+        let mut jar = CookieJar::new(&PublicKey::from_bytes([1; 32]));
         let mut packet = [0x01u8; INITIATION_LEN];
         jar.stamp(now, &mut packet);
         let mut out = [0u8; 128];

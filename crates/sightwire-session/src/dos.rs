@@ -303,7 +303,11 @@ mod tests {
     #[test]
     fn timestamp_table_keeps_the_greatest_and_evicts_the_least_recent() {
         let mut table = TimestampTable::new(2);
-        let (k1, k2, k3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let (k1, k2, k3) = (
+            PublicKey::from_bytes([1u8; 32]),
+            PublicKey::from_bytes([2u8; 32]),
+            PublicKey::from_bytes([3u8; 32]),
+        );
         assert_eq!(table.check(&k1, &tai64n(5)), Ok(()));
         assert_eq!(table.record(k1, tai64n(5)), 0);
         assert_eq!(table.check(&k1, &tai64n(5)), Err(tai64n(5)));

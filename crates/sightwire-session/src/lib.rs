@@ -192,7 +192,7 @@ pub mod fuzzing {
         use crate::auth::PasswordKey;
         use crate::login::{DeviceLogin, ViewerLogin};
         let key = PasswordKey::from_bytes([0x42; 32]);
-        let viewer = [9u8; 32];
+        let viewer = crate::PublicKey::from_bytes([9u8; 32]);
         let device_id = [0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
         let _ = DeviceLogin::respond(&key, &viewer, &device_id, data, &mut rng);

@@ -46,8 +46,7 @@ pub const MAX_PROLOGUE_LEN: usize = PROLOGUE_LABEL.len() + 2 + DEVICE_ID_LEN;
 /// Length of a handshake hash (BLAKE2s).
 pub const HANDSHAKE_HASH_LEN: usize = 32;
 
-/// An X25519 public key.
-pub type PublicKey = [u8; KEY_LEN];
+pub use sightwire_id::PublicKey;
 /// A handshake hash: the Noise `h` after the last handshake message, unique per handshake
 /// and known only to its two parties (the channel binding for viewer authorization).
 pub type HandshakeHash = [u8; HANDSHAKE_HASH_LEN];
@@ -140,7 +139,10 @@ impl StaticKeypair {
             dh.set(&private[..]);
             public.copy_from_slice(dh.pubkey());
         }
-        Self { private, public }
+        Self {
+            private,
+            public: PublicKey::from_bytes(public),
+        }
     }
 
     /// The public key.
@@ -258,7 +260,9 @@ fn build(
         .prologue(prologue.as_bytes())
         .map_err(config)?;
     if let Some(remote) = remote {
-        builder = builder.remote_public_key(remote).map_err(config)?;
+        builder = builder
+            .remote_public_key(remote.as_bytes())
+            .map_err(config)?;
     }
     if let Some(key) = fixed {
         builder = builder.fixed_ephemeral_key_for_testing_only(&key[..]);
@@ -346,7 +350,8 @@ pub(crate) fn read_initiation(
         .map_err(|_| HandshakeError::InitiationNotAuthenticated)?;
     let remote_static: PublicKey = state
         .get_remote_static()
-        .and_then(|s| s.try_into().ok())
+        .and_then(|s| <[u8; KEY_LEN]>::try_from(s).ok())
+        .map(PublicKey::from_bytes)
         .ok_or(HandshakeError::InitiationNotAuthenticated)?;
     Ok(AcceptedInitiation {
         state,
@@ -725,6 +730,22 @@ mod tests {
             r.as_bytes()[17..],
             [PROTOCOL_VERSION, PROLOGUE_KIND_RENDEZVOUS]
         );
+    }
+
+    #[test]
+    fn static_keypair_debug_shows_no_private_bytes() {
+        // A private key whose bytes are distinctive in every form Debug could print.
+        let keypair = StaticKeypair::from_private([0xc7; KEY_LEN]);
+        let debug = format!("{keypair:?}");
+        let alternate = format!("{keypair:#?}");
+        for text in [&debug, &alternate] {
+            assert!(!text.contains("c7c7"), "{text}");
+            assert!(!text.contains("199"), "{text}"); // 0xc7 in decimal
+            assert!(text.contains(&format!("{:?}", keypair.public())), "{text}");
+        }
+        assert_eq!(keypair.private_bytes(), &[0xc7; KEY_LEN]);
+        // The public half is derived, not the private bytes.
+        assert_ne!(keypair.public().as_bytes(), keypair.private_bytes());
     }
 
     #[test]

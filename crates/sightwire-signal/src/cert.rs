@@ -8,6 +8,7 @@ use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
+use sightwire_id::PublicKey;
 
 /// Length of an encoded certificate, in bytes.
 pub const CERT_LEN: usize = 135;
@@ -108,7 +109,7 @@ pub struct CertificateFields {
     /// The EUI-48 device ID (MAC address bytes).
     pub device_id: [u8; 6],
     /// The device's static X25519 public key, used in its Noise sessions.
-    pub device_key: [u8; 32],
+    pub device_key: PublicKey,
     /// Start of validity, Unix seconds, inclusive.
     pub not_before: u64,
     /// End of validity, Unix seconds, inclusive.
@@ -171,6 +172,7 @@ impl IdCertificate {
         device_id.copy_from_slice(&bytes[1..7]);
         let mut device_key = [0u8; 32];
         device_key.copy_from_slice(&bytes[7..39]);
+        let device_key = PublicKey::from_bytes(device_key);
         let not_before = read_u64(bytes, 39);
         let not_after = read_u64(bytes, 47);
         let serial = read_u64(bytes, 55);
@@ -249,7 +251,7 @@ impl IdCertificate {
     }
 
     /// The device static key this certificate names.
-    pub fn device_key(&self) -> &[u8; 32] {
+    pub fn device_key(&self) -> &PublicKey {
         &self.fields.device_key
     }
 
@@ -273,7 +275,7 @@ fn signed_part(fields: &CertificateFields, issuer: IssuerId) -> [u8; SIGNED_LEN]
     let mut out = [0u8; SIGNED_LEN];
     out[0] = CERT_VERSION;
     out[1..7].copy_from_slice(&fields.device_id);
-    out[7..39].copy_from_slice(&fields.device_key);
+    out[7..39].copy_from_slice(fields.device_key.as_bytes());
     out[39..47].copy_from_slice(&fields.not_before.to_be_bytes());
     out[47..55].copy_from_slice(&fields.not_after.to_be_bytes());
     out[55..63].copy_from_slice(&fields.serial.to_be_bytes());
@@ -445,7 +447,7 @@ mod tests {
     fn fields() -> CertificateFields {
         CertificateFields {
             device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-            device_key: [9; 32],
+            device_key: PublicKey::from_bytes([9; 32]),
             not_before: 100,
             not_after: 200,
             serial: 7,

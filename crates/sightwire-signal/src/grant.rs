@@ -12,6 +12,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use sightwire_id::PublicKey;
 
 /// Length of a grant token, in bytes.
 pub const GRANT_TOKEN_LEN: usize = 128;
@@ -68,9 +69,9 @@ pub struct GrantClaims {
     /// The device's ID.
     pub device_id: [u8; 6],
     /// The device's static key.
-    pub device_key: [u8; 32],
+    pub device_key: PublicKey,
     /// The viewer's static key.
-    pub viewer_key: [u8; 32],
+    pub viewer_key: PublicKey,
 }
 
 /// What can be wrong with a grant token.
@@ -206,8 +207,8 @@ impl RelayGrantKey {
         plain[8] = claims.role as u8;
         plain[9..17].copy_from_slice(&claims.expires_at.to_be_bytes());
         plain[17..23].copy_from_slice(&claims.device_id);
-        plain[23..55].copy_from_slice(&claims.device_key);
-        plain[55..87].copy_from_slice(&claims.viewer_key);
+        plain[23..55].copy_from_slice(claims.device_key.as_bytes());
+        plain[55..87].copy_from_slice(claims.viewer_key.as_bytes());
         // plain[87..91]: reserved, zero.
         let tag = self
             .cipher()
@@ -255,8 +256,8 @@ impl RelayGrantKey {
             role,
             expires_at: 0,
             device_id: [0; 6],
-            device_key: [0; 32],
-            viewer_key: [0; 32],
+            device_key: PublicKey::from_bytes([0; 32]),
+            viewer_key: PublicKey::from_bytes([0; 32]),
         };
         claims.allocation_id[..GRANT_CHANNEL_LEN].copy_from_slice(&bytes[CHANNEL_AT..NONCE_AT]);
         claims.allocation_id[GRANT_CHANNEL_LEN..].copy_from_slice(&plain[0..8]);
@@ -264,8 +265,8 @@ impl RelayGrantKey {
         expires.copy_from_slice(&plain[9..17]);
         claims.expires_at = u64::from_be_bytes(expires);
         claims.device_id.copy_from_slice(&plain[17..23]);
-        claims.device_key.copy_from_slice(&plain[23..55]);
-        claims.viewer_key.copy_from_slice(&plain[55..87]);
+        claims.device_key = PublicKey::from_bytes(key_at(&plain[23..55]));
+        claims.viewer_key = PublicKey::from_bytes(key_at(&plain[55..87]));
         if now_unix > claims.expires_at {
             return Err(GrantError::Expired {
                 expires_at: claims.expires_at,
@@ -277,6 +278,13 @@ impl RelayGrantKey {
 }
 
 /// HKDF-Expand with a single output block (RFC 5869 2.3): T(1) = HMAC(PRK, info || 0x01).
+/// The 32 bytes of a key field; `field` is always a 32-byte range of a fixed-size buffer.
+fn key_at(field: &[u8]) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(field);
+    key
+}
+
 fn expand(prk: &[u8; 32], info: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(prk)
@@ -296,8 +304,8 @@ mod tests {
             role: GrantRole::Viewer,
             expires_at: 1_000,
             device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-            device_key: [4; 32],
-            viewer_key: [5; 32],
+            device_key: PublicKey::from_bytes([4; 32]),
+            viewer_key: PublicKey::from_bytes([5; 32]),
         }
     }
 
@@ -354,8 +362,8 @@ mod tests {
             role: GrantRole::Viewer,
             expires_at: 0x0102_0304_0506_0708,
             device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-            device_key: *b"device-static-key-32-bytes-long!",
-            viewer_key: *b"viewer-static-key-32-bytes-long!",
+            device_key: PublicKey::from_bytes(*b"device-static-key-32-bytes-long!"),
+            viewer_key: PublicKey::from_bytes(*b"viewer-static-key-32-bytes-long!"),
         };
         let key = RelayGrantKey::from_bytes([7; 32]);
         let first = key.seal(&claims, [1; GRANT_NONCE_LEN]);
@@ -366,8 +374,8 @@ mod tests {
             // shows; the first half is the channel, in clear as in every DATA packet.
             assert_eq!(token.channel(), 0x616c_6c6f_6361_7469);
             for field in [
-                &claims.device_key[..],
-                &claims.viewer_key,
+                claims.device_key.as_bytes(),
+                claims.viewer_key.as_bytes(),
                 &claims.allocation_id[8..],
             ] {
                 for piece in field.chunks(4) {

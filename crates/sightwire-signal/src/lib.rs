@@ -23,13 +23,13 @@
 //!
 //! ```
 //! use sightwire_signal::cert::{CertificateFields, IssuerKey, TrustedIssuers};
-//! use sightwire_signal::{Body, CandidateSet, Envelope, Register};
+//! use sightwire_signal::{Body, CandidateSet, Envelope, PublicKey, Register};
 //!
 //! // The operator issues a certificate for a device ID and the device's static key.
 //! let issuer = IssuerKey::from_seed(&[42; 32]);
 //! let certificate = issuer.issue(CertificateFields {
 //!     device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
-//!     device_key: [7; 32],
+//!     device_key: PublicKey::from_bytes([7; 32]),
 //!     not_before: 1_700_000_000,
 //!     not_after: 2_000_000_000,
 //!     serial: 1,
@@ -44,7 +44,7 @@
 //! let Body::Register(register) = received.body else { unreachable!() };
 //! let trust = TrustedIssuers::single(issuer.public());
 //! let fields = register.certificate.verify(&trust, 1_800_000_000)?;
-//! assert_eq!(fields.device_key, [7; 32]);
+//! assert_eq!(fields.device_key, PublicKey::from_bytes([7; 32]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -74,6 +74,9 @@ pub use message::{
     Introduction, Limit, MAX_LOGIN_LEN, PUNCH_KEY_LEN, PunchParams, Register, RegisterAck,
     RelayGrant,
 };
+/// The static public key type of certificates, grants and messages (re-exported so that
+/// users of this crate need not depend on `sightwire-id`).
+pub use sightwire_id::PublicKey;
 
 /// The signaling protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

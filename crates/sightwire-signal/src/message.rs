@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use prost::Message as _;
+use sightwire_id::PublicKey;
 
 use crate::cert::IdCertificate;
 use crate::grant::{GRANT_TOKEN_LEN, RelayGrantToken};
@@ -161,7 +162,7 @@ pub struct Introduction {
     /// The connect attempt.
     pub connect_id: ConnectId,
     /// The viewer's static key, as authenticated by its Noise session with the rendezvous.
-    pub viewer_key: [u8; 32],
+    pub viewer_key: PublicKey,
     /// The viewer's login opening (may be empty). At most [`MAX_LOGIN_LEN`] bytes.
     pub login: Bytes,
 }
@@ -215,7 +216,7 @@ pub struct ConnectOffer {
     /// The connect attempt.
     pub connect_id: ConnectId,
     /// The viewer's static key, as authenticated by its Noise session with the rendezvous.
-    pub viewer_key: [u8; 32],
+    pub viewer_key: PublicKey,
     /// The viewer's candidates.
     pub candidates: CandidateSet,
     /// Punch parameters.
@@ -961,7 +962,7 @@ impl Body {
             }),
             Body::ConnectOffer(offer) => P::ConnectOffer(proto::ConnectOffer {
                 connect_id: offer.connect_id.0,
-                viewer_key: Bytes::copy_from_slice(&offer.viewer_key),
+                viewer_key: Bytes::copy_from_slice(offer.viewer_key.as_bytes()),
                 candidates: candidates_to_proto(&offer.candidates),
                 punch: Some(punch_to_proto(&offer.punch)),
                 observed: Some(address_to_proto(offer.observed)),
@@ -992,7 +993,7 @@ impl Body {
             }),
             Body::Introduction(intro) => P::Introduction(proto::Introduction {
                 connect_id: intro.connect_id.0,
-                viewer_key: Bytes::copy_from_slice(&intro.viewer_key),
+                viewer_key: Bytes::copy_from_slice(intro.viewer_key.as_bytes()),
                 login: intro.login.clone(),
             }),
             Body::Consent(consent) => P::Consent(proto::Consent {
@@ -1044,7 +1045,7 @@ impl Body {
             }),
             P::ConnectOffer(offer) => Body::ConnectOffer(ConnectOffer {
                 connect_id: connect_id_from_proto(offer.connect_id)?,
-                viewer_key: fixed(&offer.viewer_key, "viewer_key")?,
+                viewer_key: PublicKey::from_bytes(fixed(&offer.viewer_key, "viewer_key")?),
                 candidates: candidates_from_proto(offer.candidates)?,
                 punch: punch_from_proto(offer.punch)?,
                 observed: address_from_proto(offer.observed, "observed")?,
@@ -1077,7 +1078,7 @@ impl Body {
             }),
             P::Introduction(intro) => Body::Introduction(Introduction {
                 connect_id: connect_id_from_proto(intro.connect_id)?,
-                viewer_key: fixed(&intro.viewer_key, "viewer_key")?,
+                viewer_key: PublicKey::from_bytes(fixed(&intro.viewer_key, "viewer_key")?),
                 login: login_from_proto(intro.login)?,
             }),
             P::Consent(consent) => Body::Consent(Consent {

@@ -160,7 +160,7 @@ mod tests {
     fn offer_becomes_a_controlled_start_with_the_same_key() {
         let offer = ConnectOffer {
             connect_id: ConnectId(1),
-            viewer_key: [1; 32],
+            viewer_key: crate::PublicKey::from_bytes([1; 32]),
             candidates: CandidateSet::default(),
             punch: PunchParams {
                 punch_key: [9; 32],

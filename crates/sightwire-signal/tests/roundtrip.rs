@@ -55,7 +55,7 @@ fn certificate() -> impl Strategy<Value = IdCertificate> {
             IssuerKey::from_seed(&[1; 32])
                 .issue(CertificateFields {
                     device_id,
-                    device_key,
+                    device_key: device_key.into(),
                     not_before: a.min(b),
                     not_after: a.max(b),
                     serial,
@@ -113,7 +113,7 @@ fn body() -> impl Strategy<Value = Body> {
         (connect_id(), any::<[u8; 32]>(), login()).prop_map(|(connect_id, viewer_key, login)| {
             Body::Introduction(Introduction {
                 connect_id,
-                viewer_key,
+                viewer_key: viewer_key.into(),
                 login,
             })
         }),
@@ -159,7 +159,7 @@ fn body() -> impl Strategy<Value = Body> {
                 |(connect_id, viewer_key, candidates, punch, observed, ack_requested)| {
                     Body::ConnectOffer(ConnectOffer {
                         connect_id,
-                        viewer_key,
+                        viewer_key: viewer_key.into(),
                         candidates,
                         punch,
                         observed,

@@ -205,8 +205,8 @@ fn relay_grants_match_the_vectors() {
             },
             expires_at: vector.expires_at,
             device_id: unhex(&vector.device_id),
-            device_key: unhex(&vector.device_key),
-            viewer_key: unhex(&vector.viewer_key),
+            device_key: unhex::<32>(&vector.device_key).into(),
+            viewer_key: unhex::<32>(&vector.viewer_key).into(),
         };
         assert_eq!(
             hex::encode(key.seal(&claims, unhex(&vector.nonce)).0),

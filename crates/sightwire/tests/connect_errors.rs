@@ -27,7 +27,7 @@ fn failure(
 }
 
 fn wrong_key() -> sightwire_session::PublicKey {
-    [0x42; 32]
+    [0x42; 32].into()
 }
 
 #[test]

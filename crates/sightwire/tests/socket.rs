@@ -27,7 +27,7 @@ async fn socket_buffers_are_enlarged_as_far_as_the_kernel_allows() {
     // Nobody answers at the rendezvous address: the device just keeps trying.
     let rendezvous = RendezvousServer::new(
         "127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap(),
-        [1; 32],
+        [1; 32].into(),
     );
     let requested = 1 << 20;
     let mut config = DeviceConfig::new(DeviceIdentity::new(keypair, certificate), rendezvous);

@@ -15,7 +15,7 @@ fn viewer(stream_port: Option<u16>, now: Instant) -> Endpoint {
     let rendezvous = {
         let mut value = RendezvousServer::new(
             "198.51.100.1:3478".parse::<std::net::SocketAddr>().unwrap(),
-            [1; 32],
+            [1; 32].into(),
         );
         value.stream_port = stream_port;
         value

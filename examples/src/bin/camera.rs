@@ -63,7 +63,7 @@ use sightwire_examples::rate::{DropStats, FrameClass, FrameDropper, Verdict};
 use sightwire_examples::rtsp::{self, RtspConfig, RtspSource, SourceFailure, SourceStatus};
 use sightwire_examples::source::FrameSource;
 use sightwire_examples::switch::SwitchConfig;
-use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint};
+use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint, PublicKey};
 use sightwire_media::control_messages::{
     ControlMessage, MAX_STATUS_TEXT_LEN, SourceState, StatusReason,
 };
@@ -286,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = DeviceConfig::new(identity, {
         let mut value = RendezvousServer::new(
             args.rendezvous.clone(),
-            parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+            PublicKey::from_bytes(parse_key(&args.rendezvous_key).context("--rendezvous-key")?),
         );
         value.stream_port = Some(args.rendezvous_stream_port).filter(|port| *port != 0);
         value

@@ -9,7 +9,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint, ParseError};
+use sightwire_id::{DeviceId, DeviceUri, KeyFingerprint, ParseError, PublicKey};
 
 /// Parse a camera's device ID (or a scanned label URI) and show its forms.
 #[derive(Parser)]
@@ -42,8 +42,8 @@ fn main() -> anyhow::Result<()> {
     };
     let fingerprint = match (&args.key, fingerprint) {
         (Some(key), _) => {
-            let bytes: [u8; 32] = hex_key(key)?;
-            Some(KeyFingerprint::of_public_key(&bytes))
+            let key = PublicKey::from_bytes(hex_key(key)?);
+            Some(KeyFingerprint::of_public_key(&key))
         }
         (None, scanned) => scanned,
     };

@@ -30,8 +30,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use sightwire::{
-    Codec, ConnectError, Credentials, Event, Frame, PathPolicy, RendezvousServer, ServerAddr,
-    StreamSet, Target, Viewer, ViewerConfig,
+    Codec, ConnectError, Credentials, Event, Frame, PathPolicy, PublicKey, RendezvousServer,
+    ServerAddr, StreamSet, Target, Viewer, ViewerConfig,
 };
 use sightwire_examples::audio::{AudioFileWriter, AudioWriteError, talk_frames};
 use sightwire_examples::identity::{
@@ -437,7 +437,7 @@ async fn main() -> anyhow::Result<()> {
         {
             let mut value = RendezvousServer::new(
                 args.rendezvous.clone(),
-                parse_key(&args.rendezvous_key).context("--rendezvous-key")?,
+                PublicKey::from_bytes(parse_key(&args.rendezvous_key).context("--rendezvous-key")?),
             );
             value.stream_port = Some(args.rendezvous_stream_port).filter(|port| *port != 0);
             value

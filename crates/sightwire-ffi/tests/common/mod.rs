@@ -45,9 +45,9 @@ impl Deployment {
         self.network.rendezvous_address().to_string()
     }
 
-    /// The rendezvous's public key.
+    /// The rendezvous's public key, as the C ABI takes it (32 bytes).
     pub fn rendezvous_key(&self) -> [u8; 32] {
-        self.network.rendezvous.public_key
+        self.network.rendezvous.public_key.to_bytes()
     }
 
     /// Connects a Rust viewer to the camera and collects `count` frames (or fails the

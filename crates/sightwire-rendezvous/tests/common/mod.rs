@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use sightwire_rendezvous::{CoreConfig, MemoryRegistry, Peer, Rendezvous, Transmit};
+use sightwire_signal::PublicKey;
 use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey, TrustedIssuers};
 use sightwire_signal::{
     Body, Candidate, CandidateKind, CandidateSet, ConnectId, ConnectRequest, Consent, Envelope,
@@ -23,10 +24,10 @@ pub fn device_id(n: u32) -> [u8; 6] {
     [0x02, 0x00, b[0], b[1], b[2], b[3]]
 }
 
-pub fn device_key(n: u32) -> [u8; 32] {
+pub fn device_key(n: u32) -> PublicKey {
     let mut key = [0xD0; 32];
     key[..4].copy_from_slice(&n.to_be_bytes());
-    key
+    PublicKey::from_bytes(key)
 }
 
 pub fn certificate(n: u32, serial: u64) -> IdCertificate {
@@ -35,7 +36,7 @@ pub fn certificate(n: u32, serial: u64) -> IdCertificate {
 
 pub fn certificate_for(
     id: [u8; 6],
-    key: [u8; 32],
+    key: PublicKey,
     serial: u64,
     not_before: u64,
     not_after: u64,
@@ -65,7 +66,7 @@ pub fn viewer_peer(n: u32) -> Peer<u64> {
     key[..4].copy_from_slice(&n.to_be_bytes());
     Peer::new(
         1_000_000 + u64::from(n),
-        key,
+        PublicKey::from_bytes(key),
         SocketAddr::from(([198, 51, 100, (n % 250) as u8], 5000)),
     )
 }

@@ -29,7 +29,7 @@
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
 //! let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
-//! let viewer_static = [9u8; 32]; // the viewer's X25519 public key
+//! let viewer_static = sightwire_session::PublicKey::from_bytes([9u8; 32]); // the viewer's X25519 public key
 //! // Both derive the same key; the device stores it (never the password).
 //! let key = PasswordKey::from_bytes([42; 32]); // PasswordKey::derive(password, &device_id)
 //!
@@ -151,9 +151,10 @@ pub enum LoginError {
 }
 
 fn identities(viewer_static_public: &PublicKey, device_id: &[u8; DEVICE_ID_LEN]) -> [Identity; 2] {
-    let mut a = Vec::with_capacity(VIEWER_IDENTITY_LABEL.len() + viewer_static_public.len());
+    let mut a =
+        Vec::with_capacity(VIEWER_IDENTITY_LABEL.len() + viewer_static_public.as_bytes().len());
     a.extend_from_slice(VIEWER_IDENTITY_LABEL);
-    a.extend_from_slice(viewer_static_public);
+    a.extend_from_slice(viewer_static_public.as_bytes());
     let mut b = Vec::with_capacity(DEVICE_IDENTITY_LABEL.len() + DEVICE_ID_LEN);
     b.extend_from_slice(DEVICE_IDENTITY_LABEL);
     b.extend_from_slice(device_id);

@@ -5,7 +5,7 @@ use rand_chacha::ChaCha20Rng;
 use super::*;
 
 const DEVICE: [u8; DEVICE_ID_LEN] = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
-const VIEWER: PublicKey = [9; 32];
+const VIEWER: PublicKey = PublicKey::from_bytes([9; 32]);
 
 fn key(byte: u8) -> PasswordKey {
     PasswordKey::from_bytes([byte; 32])
@@ -184,6 +184,7 @@ proptest! {
     #[test]
     fn right_password_both_finish(seed: u64, pw: [u8; 32], viewer: [u8; 32], device: [u8; 6]) {
         let k = PasswordKey::from_bytes(pw);
+        let viewer = PublicKey::from_bytes(viewer);
         prop_assert_eq!(run(seed, (&k, &viewer, &device), (&k, &viewer, &device)), Ok(()));
     }
 
@@ -202,6 +203,7 @@ proptest! {
         other_viewer: [u8; 32],
         other_device: [u8; 6],
     ) {
+        let other_viewer = PublicKey::from_bytes(other_viewer);
         prop_assume!(other_viewer != VIEWER && other_device != DEVICE);
         let k = key(1);
         // The rendezvous hands the device another viewer key than the viewer's own.

@@ -120,7 +120,7 @@ impl LoginThrottle {
     fn entry(&self, now: Instant, key: &PublicKey) -> Option<&Entry> {
         self.entries
             .iter()
-            .find(|e| bool::from(e.key.ct_eq(key)))
+            .find(|e| bool::from(e.key.as_bytes().ct_eq(key.as_bytes())))
             .filter(|e| !e.forgotten(now))
     }
 
@@ -163,7 +163,7 @@ impl LoginThrottle {
         if let Some(entry) = self
             .entries
             .iter_mut()
-            .find(|e| bool::from(e.key.ct_eq(viewer_key)))
+            .find(|e| bool::from(e.key.as_bytes().ct_eq(viewer_key.as_bytes())))
         {
             entry.failures = entry.failures.saturating_add(1);
             entry.last_failure = now;
@@ -189,7 +189,7 @@ impl LoginThrottle {
     /// Records a successful login by `viewer_key`: its failures are forgotten.
     pub fn record_success(&mut self, _now: Instant, viewer_key: &PublicKey) {
         self.entries
-            .retain(|e| !bool::from(e.key.ct_eq(viewer_key)));
+            .retain(|e| !bool::from(e.key.as_bytes().ct_eq(viewer_key.as_bytes())));
     }
 
     /// Viewer keys with failures tracked (at most [`MAX_THROTTLED_VIEWERS`]).
@@ -205,7 +205,7 @@ mod tests {
     fn key(i: u32) -> PublicKey {
         let mut k = [0u8; 32];
         k[..4].copy_from_slice(&i.to_be_bytes());
-        k
+        PublicKey::from_bytes(k)
     }
 
     /// Fails `viewer` `n` times, each as soon as the throttle allows; returns the time.

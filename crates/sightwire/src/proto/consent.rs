@@ -274,7 +274,7 @@ mod tests {
         let mut consents = Consents::default();
         for n in 0..MAX_PENDING_CONSENTS as u64 + 5 {
             let entry = Consenting {
-                viewer_key: [n as u8; 32],
+                viewer_key: [n as u8; 32].into(),
                 login: None,
                 last_sent: Bytes::new(),
                 digest: None,
@@ -285,10 +285,10 @@ mod tests {
         }
         assert_eq!(consents.len(), MAX_PENDING_CONSENTS);
         // The five oldest are gone; the newest is there, for its key only.
-        assert!(!consents.take_accepted(ConnectId(1), &[0; 32]));
+        assert!(!consents.take_accepted(ConnectId(1), &[0; 32].into()));
         let newest = MAX_PENDING_CONSENTS as u64 + 5;
-        assert!(!consents.take_accepted(ConnectId(newest), &[0; 32]));
-        assert!(consents.take_accepted(ConnectId(newest), &[(newest - 1) as u8; 32]));
+        assert!(!consents.take_accepted(ConnectId(newest), &[0; 32].into()));
+        assert!(consents.take_accepted(ConnectId(newest), &[(newest - 1) as u8; 32].into()));
     }
 
     #[test]
@@ -296,7 +296,7 @@ mod tests {
         let start = Instant::now();
         let mut consents = Consents::default();
         let entry = |since| Consenting {
-            viewer_key: [1; 32],
+            viewer_key: [1; 32].into(),
             login: None,
             last_sent: Bytes::new(),
             digest: None,
@@ -307,6 +307,6 @@ mod tests {
         let later = start + CONSENT_TTL;
         consents.insert(later, ConnectId(2), entry(later));
         assert_eq!(consents.len(), 1);
-        assert!(!consents.take_accepted(ConnectId(1), &[1; 32]));
+        assert!(!consents.take_accepted(ConnectId(1), &[1; 32].into()));
     }
 }

@@ -31,7 +31,7 @@
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 //! let now = Instant::now();
 //! let address: std::net::SocketAddr = "198.51.100.1:3478".parse()?;
-//! let rendezvous = RendezvousServer::new(address, [1; 32]);
+//! let rendezvous = RendezvousServer::new(address, [1; 32].into());
 //! let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous.clone(), Box::new(rng));
 //! let issuers = TrustedIssuers::single(IssuerKey::from_seed(&[2; 32]).public());
 //! let mut viewer = Endpoint::viewer(config, issuers, now)?;
