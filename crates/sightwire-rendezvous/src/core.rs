@@ -684,10 +684,42 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
     /// The registry announced that `device_id` was revoked (by any node sharing it, or
     /// the issuer tool): if it is online here, it is dropped from presence at once; its
     /// next registration is checked against the registry like any other.
-    pub fn handle_revoked(&mut self, device_id: [u8; 6]) {
+    pub fn handle_revoked(&mut self, now: Instant, device_id: [u8; 6]) {
         if self.presence.remove_device(&device_id) {
             self.stats.revocations_applied += 1;
             tracing::info!(device = %hex_id(device_id), "revoked device removed from presence");
+        }
+        // A registration of this ID still waiting may have read the registry before the
+        // revocation committed: ask again (the first answer becomes a late one).
+        let stale: Vec<u64> = self
+            .parked
+            .iter()
+            .filter(|(_, parked)| {
+                matches!(parked, Parked::Register { register, .. }
+                    if register.certificate.device_id() == device_id)
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        for token in stale {
+            let Some(parked) = self.parked.remove(&token) else {
+                continue;
+            };
+            let Parked::Register { register, .. } = &parked else {
+                continue;
+            };
+            let kind = QueryKind::Registration {
+                certificate: register.certificate,
+                record_if_new: !self.config.require_issued,
+            };
+            let token = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1);
+            self.parked.insert(token, parked);
+            self.queries.push_back(RegistryQuery { token, kind });
+            self.timers.push(Reverse((
+                now + self.config.registry_timeout,
+                TimerKind::RegistryTimeout,
+                token,
+            )));
         }
     }
 

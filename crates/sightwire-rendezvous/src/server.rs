@@ -135,7 +135,7 @@ impl Server {
                     self.core.handle_registry_answer(Instant::now(), answer);
                 }
                 revoked = recv_revocation(&mut self.revocations) => match revoked {
-                    Some(device_id) => self.core.handle_revoked(device_id),
+                    Some(device_id) => self.core.handle_revoked(Instant::now(), device_id),
                     None => self.revocations = None,
                 },
                 Some((from, datagram)) = recv_optional(&mut self.stream) => {

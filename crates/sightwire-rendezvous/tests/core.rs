@@ -1707,11 +1707,33 @@ fn announced_revocation_drops_the_device_from_presence() {
     h.register(1);
     h.register(2);
     h.registry.revoke(device_id(1)).unwrap();
-    h.core.handle_revoked(device_id(1));
-    h.core.handle_revoked(device_id(9));
+    h.core.handle_revoked(h.now, device_id(1));
+    h.core.handle_revoked(h.now, device_id(9));
     assert_eq!(h.core.online(), 1);
     assert_eq!(h.core.stats().revocations_applied, 1);
     let replies = h.send(&device_peer(1), &keepalive_message(3));
     assert_eq!(error_of(&replies).code, ErrorCode::NotRegistered);
     assert_eq!(error_of(&h.register(1)).code, ErrorCode::Revoked);
+}
+
+/// A registration that read the registry before a revocation committed is asked again
+/// when the revocation is announced: it cannot slip into presence.
+#[test]
+fn announced_revocation_rechecks_a_waiting_registration() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.answer_at_once = false;
+    assert!(h.register(1).is_empty());
+    let query = h.core.poll_registry_query().unwrap();
+    // The registry answers from before the revocation...
+    let stale = query.run(&mut h.registry);
+    h.registry.revoke_through(device_id(1), 1).unwrap();
+    // ...and the announcement overtakes the answer.
+    h.core.handle_revoked(h.now, device_id(1));
+    h.core.handle_registry_answer(h.now, stale);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.core.stats().registry_late_answers, 1);
+    assert_eq!(h.answer_queries(), 1);
+    assert_eq!(error_of(&h.drain()).code, ErrorCode::Revoked);
+    assert_eq!(h.core.online(), 0);
+    assert_eq!(h.core.pending_lookups(), 0);
 }
