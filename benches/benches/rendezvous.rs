@@ -84,10 +84,21 @@ fn register_message(certificate: IdCertificate) -> Vec<u8> {
     .to_vec()
 }
 
+/// Answers the core's registry queries with `registry`, at once (it is in memory).
+fn answer_queries<S: Copy + Eq + std::hash::Hash + std::fmt::Debug>(
+    core: &mut Rendezvous<S>,
+    registry: &mut MemoryRegistry,
+    now: Instant,
+) {
+    while let Some(query) = core.poll_registry_query() {
+        core.handle_registry_answer(now, query.run(registry));
+    }
+}
+
 /// A core with `devices` registered (registry populated before registration), and the
 /// net bytes the core holds for them once the registration rate-limit buckets (transient:
 /// forgotten once refilled) have been swept. Returns the core and the time to use next.
-fn populated(devices: u32, start: Instant) -> (Rendezvous<MemoryRegistry, u64>, i64, Instant) {
+fn populated(devices: u32, start: Instant) -> (Rendezvous<u64>, i64, Instant) {
     let now = start;
     let issuer = issuer();
     let certificates: Vec<_> = (0..devices).map(|n| certificate(&issuer, n)).collect();
@@ -106,7 +117,6 @@ fn populated(devices: u32, start: Instant) -> (Rendezvous<MemoryRegistry, u64>, 
     let mut core = Rendezvous::new(
         config,
         TrustedIssuers::single(issuer.public()),
-        registry,
         Box::new(rand::rngs::StdRng::seed_from_u64(1)),
         now,
         UNIX_NOW,
@@ -114,6 +124,7 @@ fn populated(devices: u32, start: Instant) -> (Rendezvous<MemoryRegistry, u64>, 
     let region = Region::new(GLOBAL);
     for (n, message) in messages.iter().enumerate() {
         core.handle_message(now, &peer(n as u32), message);
+        answer_queries(&mut core, &mut registry, now);
         while core.poll_transmit().is_some() {}
     }
     assert_eq!(core.online(), devices as usize);
@@ -161,10 +172,10 @@ fn keepalives_through_noise() {
         value.max_rate_sources = DEVICES as usize;
         value
     };
-    let mut core: Rendezvous<MemoryRegistry, sightwire_session::SessionId> = Rendezvous::new(
+    let mut registry = MemoryRegistry::default();
+    let mut core: Rendezvous<sightwire_session::SessionId> = Rendezvous::new(
         config,
         TrustedIssuers::single(issuer.public()),
-        MemoryRegistry::default(),
         Box::new(rand::rngs::StdRng::seed_from_u64(1)),
         now,
         UNIX_NOW,
@@ -220,6 +231,7 @@ fn keepalives_through_noise() {
         {
             let remote_static = *server.remote_static(session).unwrap();
             core.handle_message(now, &Peer::new(session, remote_static, from), plaintext);
+            answer_queries(&mut core, &mut registry, now);
         }
         while core.poll_transmit().is_some() {}
         clients.push((client, session, from));

@@ -12,7 +12,7 @@ use sightwire::{DeviceIdentity, RendezvousServer, ViewerConfig};
 use sightwire_id::DeviceId;
 use sightwire_relay::{Relay, RelayConfig, RelayServer, RelayStats};
 use sightwire_rendezvous::server::{Server, unix_now};
-use sightwire_rendezvous::{CoreConfig, Rendezvous, SqliteRegistry};
+use sightwire_rendezvous::{CoreConfig, RegistryPool, Rendezvous, SqliteRegistry};
 use sightwire_session::StaticKeypair;
 use sightwire_signal::cert::{CertificateFields, IssuerKey, TrustedIssuers};
 use sightwire_signal::grant::RelayGrantKey;
@@ -146,7 +146,6 @@ impl LocalNetwork {
         let core = Rendezvous::new(
             config,
             TrustedIssuers::single(self.issuer.public()),
-            SqliteRegistry::open(&self.registry)?,
             Box::new(rand::rngs::StdRng::from_entropy()),
             Instant::now(),
             unix_now(),
@@ -185,6 +184,7 @@ impl LocalNetwork {
             },
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
+            RegistryPool::spawn(vec![SqliteRegistry::open(&self.registry)?])?,
         )
         .with_stream(stream);
         let (stop, stopped) = oneshot::channel::<()>();

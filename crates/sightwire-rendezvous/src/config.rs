@@ -3,7 +3,8 @@
 //! ```toml
 //! listen = "0.0.0.0:7700"
 //! static_key = "rendezvous.key"          # hex X25519 private key (`sightwire-rendezvous keygen`)
-//! registry = "registry.sqlite"
+//! registry = "registry.sqlite"            # SQLite, the embedded default; or PostgreSQL,
+//! # registry = { postgres = "host=/var/run/postgresql user=sightwire dbname=sightwire", connections = 4 }
 //! trusted_issuers = ["<hex Ed25519 public key>"]
 //!
 //! [relay]                                 # optional
@@ -46,8 +47,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// File holding the server's static X25519 private key (64 hex digits).
     pub static_key: PathBuf,
-    /// The registry's SQLite file.
-    pub registry: PathBuf,
+    /// Where the registry is: a SQLite file, or a PostgreSQL database.
+    pub registry: RegistrySetting,
     /// Ed25519 public keys (64 hex digits each) whose certificates are accepted.
     pub trusted_issuers: Vec<String>,
     /// The relay, if any.
@@ -59,6 +60,37 @@ pub struct ServerConfig {
     #[serde(default)]
     pub stream: StreamSection,
 }
+
+/// `registry`: a path (SQLite) or `{ postgres = "...", connections = N }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum RegistrySetting {
+    /// The SQLite file (feature `sqlite`, the default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (feature `postgres`) that several nodes may share.
+    Postgres(PostgresSection),
+}
+
+/// `registry = { postgres = "...", connections = N }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PostgresSection {
+    /// libpq connection parameters (`host=... user=... dbname=...`) or a
+    /// `postgresql://` URL. No TLS: use a Unix socket or loopback (spec/registration.md
+    /// §6.2).
+    pub postgres: String,
+    /// Connections (registry worker threads); default [`DEFAULT_POSTGRES_CONNECTIONS`].
+    pub connections: Option<usize>,
+}
+
+/// Registry connections a node opens to PostgreSQL by default: queries in flight at
+/// once (each worker waits one round trip per query).
+pub const DEFAULT_POSTGRES_CONNECTIONS: usize = 4;
+
+/// Most registry connections a node may open.
+pub const MAX_POSTGRES_CONNECTIONS: usize = 64;
 
 /// The stream port used when `[stream] port` (or `[relay] stream_port`) is not given.
 pub const DEFAULT_STREAM_PORT: u16 = 443;
@@ -134,6 +166,10 @@ pub struct LimitsSection {
     pub register_burst: Option<u32>,
     /// Refuse certificates not recorded in the registry.
     pub require_issued: Option<bool>,
+    /// Most requests waiting for the registry at once.
+    pub max_pending_lookups: Option<usize>,
+    /// How long a request waits for the registry before `INTERNAL`, ms.
+    pub registry_timeout_ms: Option<u64>,
     /// Most Noise sessions (devices and viewers together); default `max_presence` +
     /// [`VIEWER_SESSIONS`] ([`DEFAULT_MAX_SESSIONS`] with the default presence bound).
     pub max_sessions: Option<usize>,
@@ -325,6 +361,12 @@ impl ServerConfig {
         if let Some(v) = l.require_issued {
             core.require_issued = v;
         }
+        if let Some(v) = l.max_pending_lookups {
+            core.max_pending_lookups = v;
+        }
+        if let Some(v) = l.registry_timeout_ms {
+            core.registry_timeout = ms(v);
+        }
         if let Some(relay) = &self.relay {
             core.relay = Some(RelayConfig {
                 address: resolve_relay_address(&relay.address)?,
@@ -386,6 +428,34 @@ max_sessions = 7"
         .unwrap();
         assert_eq!(with_stream.stream.port, Some(8443));
         assert_eq!(with_stream.stream.max_connections, Some(3));
+        assert!(
+            matches!(config.registry, RegistrySetting::Sqlite(ref path) if path.as_os_str() == "registry.sqlite")
+        );
+    }
+
+    #[test]
+    fn registry_is_a_sqlite_path_or_a_postgres_table() {
+        let text = |registry: &str| {
+            format!(
+                "listen = \"127.0.0.1:7700\"\nstatic_key = \"k\"\nregistry = {registry}\ntrusted_issuers = []\n[limits]\nregistry_timeout_ms = 500\nmax_pending_lookups = 9\n"
+            )
+        };
+        let config: ServerConfig = toml::from_str(&text(
+            r#"{ postgres = "host=/run/postgresql dbname=sw", connections = 8 }"#,
+        ))
+        .unwrap();
+        match &config.registry {
+            RegistrySetting::Postgres(section) => {
+                assert_eq!(section.postgres, "host=/run/postgresql dbname=sw");
+                assert_eq!(section.connections, Some(8));
+            }
+            other => panic!("{other:?}"),
+        }
+        let core = config.core().unwrap();
+        assert_eq!(core.registry_timeout, Duration::from_millis(500));
+        assert_eq!(core.max_pending_lookups, 9);
+        // A typo in the table is an error, not a SQLite file named after it.
+        assert!(toml::from_str::<ServerConfig>(&text(r#"{ postgress = "x" }"#)).is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::Rate;
 use crate::decoy::{decoy_delay, decoy_login_reply};
 use crate::presence::{PresenceEntry, PresenceTable};
 use crate::ratelimit::{RateLimiter, RateRefusal, source_key};
-use crate::registry::Registry;
+use crate::registry::{QueryKind, QueryResult, RegistrationView, RegistryAnswer, RegistryQuery};
 
 /// Default keepalive interval told to devices. Below the 30 s UDP mapping timeout of
 /// common NATs.
@@ -55,6 +55,13 @@ pub const OFFER_RESEND_AT: [Duration; 4] = [
 /// waiting at once ([`CoreConfig::max_pending_probes`]); one per session at most. Beyond
 /// it a probe is answered at once (the device then keeps its interval).
 pub const MAX_PENDING_PROBES: usize = 65_536;
+/// Default bound on requests (registrations and connect requests) waiting for the
+/// registry at once ([`CoreConfig::max_pending_lookups`]); beyond it a request is answered
+/// `CAPACITY` / `REGISTRY_QUEUE` at once.
+pub const DEFAULT_MAX_PENDING_LOOKUPS: usize = 4_096;
+/// Default time a request waits for the registry before it is answered `INTERNAL`
+/// ([`CoreConfig::registry_timeout`]).
+pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default bound on online devices.
 pub const DEFAULT_MAX_PRESENCE: usize = 1_000_000;
 /// Default bound on pending connect attempts.
@@ -178,6 +185,12 @@ pub struct CoreConfig {
     pub keepalive_probes: bool,
     /// Most probes waiting at once ([`MAX_PENDING_PROBES`]).
     pub max_pending_probes: usize,
+    /// Most requests waiting for the registry at once
+    /// ([`DEFAULT_MAX_PENDING_LOOKUPS`]).
+    pub max_pending_lookups: usize,
+    /// How long a request waits for the registry before it is answered `INTERNAL`
+    /// ([`DEFAULT_REGISTRY_TIMEOUT`]).
+    pub registry_timeout: Duration,
 }
 
 impl Default for CoreConfig {
@@ -201,6 +214,8 @@ impl Default for CoreConfig {
             relay: None,
             keepalive_probes: true,
             max_pending_probes: MAX_PENDING_PROBES,
+            max_pending_lookups: DEFAULT_MAX_PENDING_LOOKUPS,
+            registry_timeout: DEFAULT_REGISTRY_TIMEOUT,
         }
     }
 }
@@ -296,6 +311,15 @@ pub struct Stats {
     pub relay_grants: u64,
     /// Registry errors (each answered `INTERNAL`).
     pub registry_errors: u64,
+    /// Requests whose registry answer did not come within `registry_timeout` (each
+    /// answered `INTERNAL`).
+    pub registry_timeouts: u64,
+    /// Registry answers that came after their request was answered or dropped (timed
+    /// out, or its session closed).
+    pub registry_late_answers: u64,
+    /// Online devices dropped because the registry announced their revocation
+    /// ([`Rendezvous::handle_revoked`]).
+    pub revocations_applied: u64,
 }
 
 /// Where an attempt stands.
@@ -364,17 +388,67 @@ enum TimerKind {
     Deadline,
     /// Resend an offer the device has not acknowledged.
     OfferResend,
+    /// A request waited too long for the registry.
+    RegistryTimeout,
+}
+
+/// A request waiting for its registry answer (spec/registration.md §9.1).
+#[derive(Debug, Clone)]
+enum Parked<S> {
+    Register {
+        from: Peer<S>,
+        request_len: usize,
+        request_id: u64,
+        register: Register,
+    },
+    Connect {
+        from: Peer<S>,
+        request_len: usize,
+        request_id: u64,
+        request: ConnectRequest,
+    },
+}
+
+impl<S: Copy> Parked<S> {
+    fn request(&self) -> (Peer<S>, usize, u64) {
+        match self {
+            Parked::Register {
+                from,
+                request_len,
+                request_id,
+                ..
+            }
+            | Parked::Connect {
+                from,
+                request_len,
+                request_id,
+                ..
+            } => (*from, *request_len, *request_id),
+        }
+    }
 }
 
 /// The rendezvous state machine.
 ///
 /// Drive it with [`Rendezvous::handle_message`], [`Rendezvous::handle_session_closed`]
 /// and [`Rendezvous::handle_timeout`]; after each, drain [`Rendezvous::poll_transmit`]
-/// and sleep until [`Rendezvous::poll_timeout`].
-pub struct Rendezvous<R, S> {
+/// and [`Rendezvous::poll_registry_query`] (run each query anywhere but on the loop and
+/// hand the answer to [`Rendezvous::handle_registry_answer`]), and sleep until
+/// [`Rendezvous::poll_timeout`]. The core never touches the registry itself: a
+/// registration or connect request that needs it waits in a bounded table
+/// (spec/registration.md §9.1).
+pub struct Rendezvous<S> {
     config: CoreConfig,
     trust: TrustedIssuers,
-    registry: R,
+    /// Requests waiting for the registry, by token; at most `max_pending_lookups`.
+    parked: HashMap<u64, Parked<S>>,
+    /// (viewer session, request id) → token of a parked connect request (retransmissions).
+    parked_by_request: HashMap<(S, u64), u64>,
+    /// Connect requests among `parked` (they count against the connect table).
+    parked_connects: usize,
+    /// Queries for the driver (stale ones, whose request is gone, are skipped).
+    queries: VecDeque<RegistryQuery>,
+    next_token: u64,
     rng: Box<dyn RngCoreCrypto>,
     epoch: Instant,
     epoch_unix: u64,
@@ -411,11 +485,12 @@ pub struct Rendezvous<R, S> {
 pub trait RngCoreCrypto: RngCore + CryptoRng + Send {}
 impl<T: RngCore + CryptoRng + Send> RngCoreCrypto for T {}
 
-impl<R, S: fmt::Debug> fmt::Debug for Rendezvous<R, S> {
+impl<S: fmt::Debug> fmt::Debug for Rendezvous<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rendezvous")
             .field("online", &self.presence.len())
             .field("pending_connects", &self.pending.len())
+            .field("pending_lookups", &self.parked.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -466,14 +541,14 @@ pub(crate) fn hex_id(id: [u8; 6]) -> IdDisplay {
     IdDisplay(id)
 }
 
-impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
-    /// A rendezvous trusting certificates from `trust`, with the registry `registry`.
-    /// `now` and `now_unix` anchor the wall clock (certificates and grants use Unix
-    /// time); `rng` draws connect ids, punch keys and allocation ids.
+impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
+    /// A rendezvous trusting certificates from `trust`. `now` and `now_unix` anchor the
+    /// wall clock (certificates and grants use Unix time); `rng` draws connect ids, punch
+    /// keys and allocation ids. Its registry queries come out of
+    /// [`Rendezvous::poll_registry_query`].
     pub fn new(
         config: CoreConfig,
         trust: TrustedIssuers,
-        registry: R,
         rng: Box<dyn RngCoreCrypto>,
         now: Instant,
         now_unix: u64,
@@ -504,7 +579,11 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             register_limiter: RateLimiter::new(config.register_rate, config.max_rate_sources, now),
             config,
             trust,
-            registry,
+            parked: HashMap::new(),
+            parked_by_request: HashMap::new(),
+            parked_connects: 0,
+            queries: VecDeque::new(),
+            next_token: 0,
             rng,
             epoch: now,
             epoch_unix: now_unix,
@@ -559,14 +638,168 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         self.presence.get(&device_id).map(|entry| entry.session)
     }
 
-    /// The registry.
-    pub fn registry(&self) -> &R {
-        &self.registry
+    /// How many requests wait for the registry.
+    pub fn pending_lookups(&self) -> usize {
+        self.parked.len()
     }
 
-    /// The registry, for the issuer tool's operations on a running core.
-    pub fn registry_mut(&mut self) -> &mut R {
-        &mut self.registry
+    /// The next registry query to run. Run it off the packet loop
+    /// ([`RegistryQuery::run`] on a worker, `crate::RegistryPool`) and pass the answer to
+    /// [`Rendezvous::handle_registry_answer`]; an answer that never comes is answered
+    /// `INTERNAL` to the client after `registry_timeout`.
+    pub fn poll_registry_query(&mut self) -> Option<RegistryQuery> {
+        while let Some(query) = self.queries.pop_front() {
+            if self.parked.contains_key(&query.token) {
+                return Some(query);
+            }
+        }
+        None
+    }
+
+    /// The registry answered: the parked request resumes where it stopped (an answer
+    /// for a request already timed out or whose session closed is counted and dropped).
+    pub fn handle_registry_answer(&mut self, now: Instant, answer: RegistryAnswer) {
+        let Some(parked) = self.unpark(answer.token) else {
+            self.stats.registry_late_answers += 1;
+            return;
+        };
+        let (from, request_len, request_id) = parked.request();
+        let outcome = match (parked, answer.result) {
+            (_, Err(reason)) => {
+                self.stats.registry_errors += 1;
+                tracing::error!(%reason, "registry query failed");
+                Err(error(ErrorCode::Internal).into())
+            }
+            (Parked::Register { register, .. }, Ok(QueryResult::Registration(view))) => {
+                self.finish_register(now, &from, request_len, request_id, register, view)
+            }
+            (Parked::Connect { request, .. }, Ok(QueryResult::Lookup(record))) => {
+                self.finish_connect(now, &from, request_id, request_len, request, record);
+                Ok(())
+            }
+            (_, Ok(_)) => {
+                self.stats.registry_errors += 1;
+                tracing::error!("registry answered a different question");
+                Err(error(ErrorCode::Internal).into())
+            }
+        };
+        if let Err(Refusal::Reply(reply)) = outcome {
+            self.reply(&from, request_len, request_id, reply);
+        }
+    }
+
+    /// The registry announced that `device_id` was revoked (by any node sharing it, or
+    /// the issuer tool): if it is online here, it is dropped from presence at once; its
+    /// next registration is checked against the registry like any other.
+    pub fn handle_revoked(&mut self, now: Instant, device_id: [u8; 6]) {
+        if self.presence.remove_device(&device_id) {
+            self.stats.revocations_applied += 1;
+            tracing::info!(device = %hex_id(device_id), "revoked device removed from presence");
+        }
+        // A registration of this ID still waiting may have read the registry before the
+        // revocation committed: ask again (the first answer becomes a late one).
+        let stale: Vec<u64> = self
+            .parked
+            .iter()
+            .filter(|(_, parked)| {
+                matches!(parked, Parked::Register { register, .. }
+                    if register.certificate.device_id() == device_id)
+            })
+            .map(|(token, _)| *token)
+            .collect();
+        for token in stale {
+            let Some(parked) = self.parked.remove(&token) else {
+                continue;
+            };
+            let Parked::Register { register, .. } = &parked else {
+                continue;
+            };
+            let kind = QueryKind::Registration {
+                certificate: register.certificate,
+                record_if_new: !self.config.require_issued,
+            };
+            let token = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1);
+            self.parked.insert(token, parked);
+            self.queries.push_back(RegistryQuery { token, kind });
+            self.timers.push(Reverse((
+                now + self.config.registry_timeout,
+                TimerKind::RegistryTimeout,
+                token,
+            )));
+        }
+    }
+
+    /// Parks a request until the registry answers `kind`; refuses it with `CAPACITY` /
+    /// `REGISTRY_QUEUE` when `max_pending_lookups` requests already wait.
+    fn park(&mut self, now: Instant, parked: Parked<S>, kind: QueryKind) -> Result<(), Refusal> {
+        if self.parked.len() >= self.config.max_pending_lookups {
+            self.stats.capacity_refused += 1;
+            tracing::warn!(
+                limit = self.config.max_pending_lookups,
+                "registry queue full"
+            );
+            let retry = u64::try_from(self.config.registry_timeout.as_millis()).unwrap_or(u64::MAX);
+            return Err(limited(ErrorCode::Capacity, Limit::RegistryQueue, retry).into());
+        }
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        if let Parked::Connect {
+            from, request_id, ..
+        } = &parked
+        {
+            self.parked_by_request
+                .insert((from.session, *request_id), token);
+            self.parked_connects += 1;
+            *self
+                .pending_by_identity
+                .entry(from.remote_static)
+                .or_insert(0) += 1;
+        }
+        self.parked.insert(token, parked);
+        self.queries.push_back(RegistryQuery { token, kind });
+        self.timers.push(Reverse((
+            now + self.config.registry_timeout,
+            TimerKind::RegistryTimeout,
+            token,
+        )));
+        Ok(())
+    }
+
+    /// Takes a parked request out of the table (and out of the counts it was in).
+    fn unpark(&mut self, token: u64) -> Option<Parked<S>> {
+        let parked = self.parked.remove(&token)?;
+        if let Parked::Connect {
+            from, request_id, ..
+        } = &parked
+        {
+            self.parked_by_request.remove(&(from.session, *request_id));
+            self.parked_connects = self.parked_connects.saturating_sub(1);
+            self.release_identity(from.remote_static);
+        }
+        Some(parked)
+    }
+
+    fn release_identity(&mut self, key: PublicKey) {
+        if let Some(count) = self.pending_by_identity.get_mut(&key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.pending_by_identity.remove(&key);
+            }
+        }
+    }
+
+    fn fire_registry_timeout(&mut self, token: u64) {
+        let Some(parked) = self.unpark(token) else {
+            return;
+        };
+        self.stats.registry_timeouts += 1;
+        tracing::warn!(
+            timeout_ms = self.config.registry_timeout.as_millis(),
+            "registry did not answer in time"
+        );
+        let (from, request_len, request_id) = parked.request();
+        self.reply(&from, request_len, request_id, error(ErrorCode::Internal));
     }
 
     /// The next message to send.
@@ -604,6 +837,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 TimerKind::Decoy => self.fire_decoy(ConnectId(id)),
                 TimerKind::Deadline => self.fire_deadline(ConnectId(id)),
                 TimerKind::OfferResend => self.fire_offer_resend(ConnectId(id)),
+                TimerKind::RegistryTimeout => self.fire_registry_timeout(id),
             }
         }
         while let Some(entry) = self.probes.first_entry() {
@@ -684,6 +918,19 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             tracing::debug!(device = %hex_id(device_id), "device offline: session closed");
         }
         self.session_sources.remove(&session);
+        if !self.parked.is_empty() {
+            // Nobody to answer: drop what this session has waiting for the registry (a
+            // registration must not put a closed session into presence).
+            let gone: Vec<u64> = self
+                .parked
+                .iter()
+                .filter(|(_, parked)| parked.request().0.session == session)
+                .map(|(token, _)| *token)
+                .collect();
+            for token in gone {
+                self.unpark(token);
+            }
+        }
         if let Some(key) = self.probing.remove(&session) {
             self.probes.remove(&key);
         }
@@ -909,7 +1156,6 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
         request_id: u64,
         register: Register,
     ) -> Result<(), Refusal> {
-        let now_ms = self.ms(now);
         self.session_check(now, from, false)?;
         let source = self.charged_source(from);
         Self::rate_check(
@@ -947,7 +1193,33 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             );
             return Err(error(ErrorCode::NotAuthorized).into());
         }
-        self.check_registry(&certificate, device)?;
+        let kind = QueryKind::Registration {
+            certificate,
+            record_if_new: !self.config.require_issued,
+        };
+        let parked = Parked::Register {
+            from: *from,
+            request_len,
+            request_id,
+            register,
+        };
+        self.park(now, parked, kind)
+    }
+
+    /// A registration resumed with the registry's answer.
+    fn finish_register(
+        &mut self,
+        now: Instant,
+        from: &Peer<S>,
+        request_len: usize,
+        request_id: u64,
+        register: Register,
+        view: RegistrationView,
+    ) -> Result<(), Refusal> {
+        let now_ms = self.ms(now);
+        let certificate = register.certificate;
+        let device = hex_id(certificate.device_id());
+        self.check_registry(&certificate, device, view)?;
         let entry = PresenceEntry::new(
             from.session,
             from.address,
@@ -955,7 +1227,11 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             register.candidates.generation,
             &register.candidates.candidates,
         );
-        if self.presence.upsert(fields.device_id, entry).is_err() {
+        if self
+            .presence
+            .upsert(certificate.device_id(), entry)
+            .is_err()
+        {
             self.stats.capacity_refused += 1;
             tracing::warn!(%device, limit = self.config.max_presence, "presence table full");
             return Err(limited(ErrorCode::Capacity, Limit::PresenceTable, 0).into());
@@ -976,34 +1252,20 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
     }
 
     /// Applies the registry's view: revoked or superseded certificates are refused;
-    /// newer ones are recorded (or refused if `require_issued`).
+    /// a new one was recorded by the query (or is refused if `require_issued`).
     fn check_registry(
         &mut self,
         certificate: &IdCertificate,
         device: IdDisplay,
+        view: RegistrationView,
     ) -> Result<(), Refusal> {
-        let floor = match self.registry.revocation_floor(certificate.device_id()) {
-            Ok(floor) => floor,
-            Err(reason) => {
-                self.stats.registry_errors += 1;
-                tracing::error!(%reason, "registry lookup failed");
-                return Err(error(ErrorCode::Internal).into());
-            }
-        };
+        let floor = view.floor;
         if certificate.serial() <= floor {
             self.stats.certificates_refused += 1;
             tracing::info!(%device, serial = certificate.serial(), floor, "registration refused: at or below the revocation floor");
             return Err(error(ErrorCode::Revoked).into());
         }
-        let record = match self.registry.lookup(certificate.device_id()) {
-            Ok(record) => record,
-            Err(reason) => {
-                self.stats.registry_errors += 1;
-                tracing::error!(%reason, "registry lookup failed");
-                return Err(error(ErrorCode::Internal).into());
-            }
-        };
-        match record {
+        match view.record {
             Some(record) if record.certificate == *certificate => {
                 if record.revoked {
                     self.stats.certificates_refused += 1;
@@ -1024,14 +1286,8 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
                 tracing::info!(%device, "registration refused: ID not in the registry");
                 Err(error(ErrorCode::UnknownId).into())
             }
-            _ => match self.registry.record(certificate) {
-                Ok(_) => Ok(()),
-                Err(reason) => {
-                    self.stats.registry_errors += 1;
-                    tracing::error!(%reason, "registry write failed");
-                    Err(error(ErrorCode::Internal).into())
-                }
-            },
+            // New (the query recorded it) or newer than the record.
+            _ => Ok(()),
         }
     }
 
@@ -1143,6 +1399,16 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             }
             return Ok(());
         }
+        // A retransmission of a request still waiting for the registry: its answer is
+        // on the way.
+        if self
+            .parked_by_request
+            .contains_key(&(from.session, request_id))
+        {
+            self.session_check(now, from, false)?;
+            self.stats.retransmissions += 1;
+            return Ok(());
+        }
         // Padding first, and independent of the ID: the answers must fit in the request.
         if request_len < MIN_CONNECT_REQUEST_LEN {
             return Err(ErrorReply {
@@ -1179,7 +1445,7 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             let retry = u64::try_from(CONSENT_WINDOW.as_millis()).unwrap_or(u64::MAX);
             return Err(limited(ErrorCode::Capacity, Limit::ConnectTable, retry).into());
         }
-        if self.pending.len() >= self.config.max_pending_connects {
+        if self.pending.len() + self.parked_connects >= self.config.max_pending_connects {
             self.stats.capacity_refused += 1;
             tracing::warn!(
                 limit = self.config.max_pending_connects,
@@ -1197,15 +1463,28 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             now,
             Limit::LookupRate,
         )?;
-        let device = hex_id(device_id);
-        let record = match self.registry.lookup(device_id) {
-            Ok(record) => record,
-            Err(reason) => {
-                self.stats.registry_errors += 1;
-                tracing::error!(%reason, "registry lookup failed");
-                return Err(error(ErrorCode::Internal).into());
-            }
+        let parked = Parked::Connect {
+            from: *from,
+            request_len,
+            request_id,
+            request,
         };
+        self.park(now, parked, QueryKind::Lookup { device_id })
+    }
+
+    /// A connect request resumed with the registry's record of its ID (steps 1–2 go on:
+    /// every request becomes an attempt).
+    fn finish_connect(
+        &mut self,
+        now: Instant,
+        from: &Peer<S>,
+        request_id: u64,
+        request_len: usize,
+        request: ConnectRequest,
+        record: Option<crate::registry::DeviceRecord>,
+    ) {
+        let device_id = request.device_id;
+        let device = hex_id(device_id);
         let reachable = match record {
             Some(record) if record.revoked => {
                 // Revocation takes effect at once, also for a device that is online.
@@ -1278,7 +1557,6 @@ impl<R: Registry, S: Copy + Eq + Hash + fmt::Debug> Rendezvous<R, S> {
             };
             self.enqueue(session, &Envelope::new(0, Body::Introduction(introduction)));
         }
-        Ok(())
     }
 
     /// Forwards a login message to the viewer of `connect_id` as `CONSENT`, bounded by

@@ -10,7 +10,10 @@
 //!   source, bounds every table, and never answers an unregistered session with more
 //!   bytes than it sent.
 //! - [`Registry`] stores issued IDs, device keys and revocations; [`SqliteRegistry`] is
-//!   the default (one file, usable by the issuer tool while the server runs).
+//!   the default (one file, usable by the issuer tool while the server runs),
+//!   `PostgresRegistry` (feature `postgres`) the one several nodes share. The core never
+//!   calls it: a request that needs it waits in a bounded table while the driver runs
+//!   the [`RegistryQuery`] off the packet loop ([`RegistryPool`]).
 //! - [`server`] is the tokio UDP driver: one socket, Noise sessions from
 //!   `sightwire-session`, the core, graceful shutdown. The `sightwire-rendezvous` binary
 //!   wraps it with a TOML config and the `issuer` tool.
@@ -37,10 +40,10 @@
 //! })?;
 //!
 //! let now = Instant::now();
+//! let mut registry = MemoryRegistry::default();
 //! let mut rendezvous = Rendezvous::new(
 //!     CoreConfig::default(),
 //!     TrustedIssuers::single(issuer.public()),
-//!     MemoryRegistry::default(),
 //!     Box::new(rand::rngs::StdRng::seed_from_u64(1)),
 //!     now,
 //!     1_800_000_000,
@@ -50,6 +53,12 @@
 //! let device = Peer::new(1u64, device_key, "203.0.113.5:4000".parse()?);
 //! let register = Envelope::new(1, Body::Register(Register { certificate, candidates: CandidateSet::default() }));
 //! rendezvous.handle_message(now, &device, &register.to_bytes()?);
+//!
+//! // The registration waits for the registry. A server runs the query on a worker
+//! // thread (`RegistryPool`); an in-memory registry can answer it right here.
+//! while let Some(query) = rendezvous.poll_registry_query() {
+//!     rendezvous.handle_registry_answer(now, query.run(&mut registry));
+//! }
 //!
 //! let reply = rendezvous.poll_transmit().expect("an answer");
 //! assert_eq!(reply.session, 1);
@@ -75,17 +84,28 @@ pub mod server;
 pub use crate::core::{
     CONSENT_WINDOW, CoreConfig, DEFAULT_CONNECT_TTL, DEFAULT_IDENTITY_LOOKUP_RATE,
     DEFAULT_INTRODUCTION_RATE_PER_MINUTE, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LOOKUP_RATE,
-    DEFAULT_MAX_PENDING_CONNECTS, DEFAULT_MAX_PENDING_PER_IDENTITY, DEFAULT_MAX_PRESENCE,
-    DEFAULT_MAX_RATE_SOURCES, DEFAULT_PRESENCE_TTL, DEFAULT_PUNCH_START_DELAY,
-    DEFAULT_REGISTER_RATE, DEFAULT_RELAY_GRANT_TTL, DEFAULT_SESSION_MESSAGE_RATE,
-    MAX_CANDIDATE_UPDATES_PER_ATTEMPT, MAX_OUTBOX, MAX_PENDING_PROBES,
-    MAX_RELAY_GRANTS_PER_ATTEMPT, MIN_CONNECT_REQUEST_LEN, OFFER_RESEND_AT, Peer,
-    REGISTERED_REPLY_ALLOWANCE, RelayConfig, Rendezvous, RngCoreCrypto, SERVER_REFLEXIVE_PRIORITY,
-    SWEEP_INTERVAL, Stats, Transmit,
+    DEFAULT_MAX_PENDING_CONNECTS, DEFAULT_MAX_PENDING_LOOKUPS, DEFAULT_MAX_PENDING_PER_IDENTITY,
+    DEFAULT_MAX_PRESENCE, DEFAULT_MAX_RATE_SOURCES, DEFAULT_PRESENCE_TTL,
+    DEFAULT_PUNCH_START_DELAY, DEFAULT_REGISTER_RATE, DEFAULT_REGISTRY_TIMEOUT,
+    DEFAULT_RELAY_GRANT_TTL, DEFAULT_SESSION_MESSAGE_RATE, MAX_CANDIDATE_UPDATES_PER_ATTEMPT,
+    MAX_OUTBOX, MAX_PENDING_PROBES, MAX_RELAY_GRANTS_PER_ATTEMPT, MIN_CONNECT_REQUEST_LEN,
+    OFFER_RESEND_AT, Peer, REGISTERED_REPLY_ALLOWANCE, RelayConfig, Rendezvous, RngCoreCrypto,
+    SERVER_REFLEXIVE_PRIORITY, SWEEP_INTERVAL, Stats, Transmit,
 };
 pub use decoy::{DECOY_DELAY_MAX, DECOY_DELAY_MIN, DECOY_LOGIN_REPLY_LEN, decoy_login_reply};
 pub use presence::MAX_STORED_HOST_CANDIDATES;
-pub use registry::{DeviceRecord, MemoryRegistry, Registry};
+#[doc(hidden)]
+#[cfg(feature = "postgres")]
+pub use registry::postgres_testing;
+pub use registry::{
+    DeviceRecord, MemoryRegistry, QueryKind, QueryResult, RegistrationView, Registry,
+    RegistryAnswer, RegistryFailure, RegistryPool, RegistryQuery,
+};
+#[cfg(feature = "postgres")]
+pub use registry::{
+    LISTEN_RETRY, POSTGRES_SCHEMA_VERSION, PostgresRegistry, PostgresRegistryError,
+    REVOCATION_CHANNEL, RevocationListener,
+};
 #[cfg(feature = "sqlite")]
 pub use registry::{SqliteRegistry, SqliteRegistryError};
 pub use sightwire_limits::Rate;

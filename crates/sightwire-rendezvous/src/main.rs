@@ -7,9 +7,12 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rand::{RngCore, SeedableRng};
 use sightwire_id::{DeviceId, PublicKey};
-use sightwire_rendezvous::config::{DEFAULT_STREAM_PORT, ServerConfig, read_hex_key};
+use sightwire_rendezvous::config::{
+    DEFAULT_POSTGRES_CONNECTIONS, DEFAULT_STREAM_PORT, MAX_POSTGRES_CONNECTIONS, RegistrySetting,
+    ServerConfig, read_hex_key,
+};
 use sightwire_rendezvous::server::{Server, unix_now};
-use sightwire_rendezvous::{Registry, Rendezvous, SqliteRegistry};
+use sightwire_rendezvous::{Registry, RegistryPool, Rendezvous, SqliteRegistry};
 use sightwire_session::StaticKeypair;
 use sightwire_signal::cert::{CertificateFields, IssuerKey};
 use sightwire_stream::tls::{ListenerConfig, StreamListener, TlsIdentity};
@@ -53,9 +56,8 @@ enum IssuerCommand {
         /// The issuer key file.
         #[arg(long)]
         key: PathBuf,
-        /// The registry file.
-        #[arg(long)]
-        registry: PathBuf,
+        #[command(flatten)]
+        registry: StoreArgs,
         /// The device ID as printed on the label (any common MAC notation).
         #[arg(long)]
         device_id: DeviceId,
@@ -71,22 +73,49 @@ enum IssuerCommand {
     },
     /// List recorded certificates.
     List {
-        /// The registry file.
-        #[arg(long)]
-        registry: PathBuf,
+        #[command(flatten)]
+        registry: StoreArgs,
     },
     /// Revoke the current certificate of a device ID, or (with `--through-serial`)
     /// every certificate of it up to a serial, recorded or not.
     Revoke {
-        /// The registry file.
-        #[arg(long)]
-        registry: PathBuf,
+        #[command(flatten)]
+        registry: StoreArgs,
         /// The device ID.
         #[arg(long)]
         device_id: DeviceId,
         /// Refuse every certificate of this ID with a serial at or below this one, even
         /// one the registry never saw (a stolen key's certificate that was never used).
         #[arg(long)]
+        through_serial: Option<u64>,
+    },
+}
+
+/// Which registry the issuer tool works on: a SQLite file or a PostgreSQL database.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct StoreArgs {
+    /// The registry's SQLite file.
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    /// The registry in PostgreSQL: libpq connection parameters (`host=... dbname=...`)
+    /// or a `postgresql://` URL (feature `postgres`).
+    #[arg(long)]
+    postgres: Option<String>,
+}
+
+/// What the issuer tool does on a registry.
+enum Operation {
+    Issue {
+        key: PathBuf,
+        device_id: DeviceId,
+        device_key: String,
+        valid_days: u64,
+        out: Option<PathBuf>,
+    },
+    List,
+    Revoke {
+        device_id: DeviceId,
         through_serial: Option<u64>,
     },
 }
@@ -132,7 +161,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
-    match command {
+    let (store, operation) = match command {
         IssuerCommand::NewKey { out } => {
             let seed = fresh_secret();
             write_new_secret(&out, &seed)?;
@@ -140,10 +169,66 @@ fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
                 "{}",
                 hex::encode(IssuerKey::from_seed(&seed).public().to_bytes())
             );
+            return Ok(());
         }
         IssuerCommand::Issue {
             key,
             registry,
+            device_id,
+            device_key,
+            valid_days,
+            out,
+        } => (
+            registry,
+            Operation::Issue {
+                key,
+                device_id,
+                device_key,
+                valid_days,
+                out,
+            },
+        ),
+        IssuerCommand::List { registry } => (registry, Operation::List),
+        IssuerCommand::Revoke {
+            registry,
+            device_id,
+            through_serial,
+        } => (
+            registry,
+            Operation::Revoke {
+                device_id,
+                through_serial,
+            },
+        ),
+    };
+    match (store.registry, store.postgres) {
+        (Some(path), _) => operate(
+            SqliteRegistry::open(&path)
+                .with_context(|| format!("opening registry {}", path.display()))?,
+            operation,
+        ),
+        (None, Some(params)) => operate_postgres(&params, operation),
+        (None, None) => bail!("give --registry or --postgres"),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn operate_postgres(params: &str, operation: Operation) -> anyhow::Result<()> {
+    let registry = sightwire_rendezvous::PostgresRegistry::connect(params)
+        .context("connecting to the PostgreSQL registry")?;
+    operate(registry, operation)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn operate_postgres(_params: &str, _operation: Operation) -> anyhow::Result<()> {
+    bail!("this build has no PostgreSQL support (build with --features postgres)")
+}
+
+/// The issuer tool's operations, on any registry.
+fn operate<R: Registry>(mut registry: R, operation: Operation) -> anyhow::Result<()> {
+    match operation {
+        Operation::Issue {
+            key,
             device_id,
             device_key,
             valid_days,
@@ -153,7 +238,6 @@ fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
             let device_key: PublicKey = device_key
                 .parse()
                 .context("device key must be 64 hex digits")?;
-            let mut registry = SqliteRegistry::open(&registry)?;
             let id = *device_id.as_bytes();
             let serial = match registry.lookup(id)? {
                 Some(record) => record
@@ -181,8 +265,8 @@ fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
             println!("{}", hex::encode(certificate.to_bytes()));
             eprintln!("issued serial {serial} for {device_id}");
         }
-        IssuerCommand::List { registry } => {
-            for record in SqliteRegistry::open(&registry)?.list()? {
+        Operation::List => {
+            for record in registry.list()? {
                 let fields = record.certificate.fields();
                 println!(
                     "{}  serial {:<6} key {}  valid {}..{}  issuer {}{}",
@@ -196,25 +280,21 @@ fn issuer(command: IssuerCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        IssuerCommand::Revoke {
-            registry,
+        Operation::Revoke {
             device_id,
             through_serial,
-        } => {
-            let mut registry = SqliteRegistry::open(&registry)?;
-            match through_serial {
-                Some(serial) => {
-                    registry.revoke_through(*device_id.as_bytes(), serial)?;
-                    eprintln!("revoked {device_id} through serial {serial}");
-                }
-                None => {
-                    if !registry.revoke(*device_id.as_bytes())? {
-                        bail!("no certificate recorded for {device_id} (use --through-serial)");
-                    }
-                    eprintln!("revoked {device_id}");
-                }
+        } => match through_serial {
+            Some(serial) => {
+                registry.revoke_through(*device_id.as_bytes(), serial)?;
+                eprintln!("revoked {device_id} through serial {serial}");
             }
-        }
+            None => {
+                if !registry.revoke(*device_id.as_bytes())? {
+                    bail!("no certificate recorded for {device_id} (use --through-serial)");
+                }
+                eprintln!("revoked {device_id}");
+            }
+        },
     }
     Ok(())
 }
@@ -230,8 +310,7 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
     let session_config = config.session();
     let trust = config.trusted_issuers()?;
     let static_key = StaticKeypair::from_private(read_hex_key(&config.static_key)?);
-    let registry = SqliteRegistry::open(&config.registry)
-        .with_context(|| format!("opening registry {}", config.registry.display()))?;
+    let (registry, postgres) = open_registry(&config.registry)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -242,7 +321,6 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         let core = Rendezvous::new(
             core_config,
             trust,
-            registry,
             Box::new(rand::rngs::StdRng::from_entropy()),
             Instant::now(),
             unix_now(),
@@ -253,7 +331,11 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             session_config,
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
+            registry,
         );
+        if let Some(params) = postgres {
+            server = server.with_revocations(listen_for_revocations(params));
+        }
         if let Some(listener) = stream_listener(&config).await? {
             server = server.with_stream(listener);
         }
@@ -270,6 +352,56 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!(stats = ?core.stats(), "stopped");
         anyhow::Ok(())
     })
+}
+
+/// The registry workers for `setting`, and the PostgreSQL parameters to listen for
+/// revocations on (several nodes share that database).
+fn open_registry(setting: &RegistrySetting) -> anyhow::Result<(RegistryPool, Option<String>)> {
+    match setting {
+        RegistrySetting::Sqlite(path) => {
+            // One connection: SQLite has one writer, and its queries take microseconds.
+            let registry = SqliteRegistry::open(path)
+                .with_context(|| format!("opening registry {}", path.display()))?;
+            Ok((RegistryPool::spawn(vec![registry])?, None))
+        }
+        RegistrySetting::Postgres(section) => {
+            let connections = section
+                .connections
+                .unwrap_or(DEFAULT_POSTGRES_CONNECTIONS)
+                .clamp(1, MAX_POSTGRES_CONNECTIONS);
+            open_postgres(&section.postgres, connections)
+        }
+        _ => bail!("unsupported registry setting"),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn open_postgres(
+    params: &str,
+    connections: usize,
+) -> anyhow::Result<(RegistryPool, Option<String>)> {
+    let registries = sightwire_rendezvous::PostgresRegistry::connect_many(params, connections)
+        .context("connecting to the PostgreSQL registry")?;
+    tracing::info!(connections, "registry: PostgreSQL");
+    Ok((RegistryPool::spawn(registries)?, Some(params.to_owned())))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(
+    _params: &str,
+    _connections: usize,
+) -> anyhow::Result<(RegistryPool, Option<String>)> {
+    bail!("registry = {{ postgres = ... }} needs a build with --features postgres")
+}
+
+#[cfg(feature = "postgres")]
+fn listen_for_revocations(params: String) -> tokio::sync::mpsc::Receiver<[u8; 6]> {
+    sightwire_rendezvous::RevocationListener::spawn(params)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn listen_for_revocations(_params: String) -> tokio::sync::mpsc::Receiver<[u8; 6]> {
+    tokio::sync::mpsc::channel(1).1
 }
 
 /// The stream listener `[stream]` asks for, if any.

@@ -9,6 +9,10 @@
 //! With a stream listener ([`Server::with_stream`], `spec/stream.md`), endpoints whose UDP
 //! is blocked send the same datagrams over TCP/TLS; each connection is one more peer
 //! address (its virtual address) to the session table and the core.
+//!
+//! The loop never waits for the registry: the core's registry queries go to a
+//! [`RegistryPool`] (worker threads, one database connection each) and their answers come
+//! back as one more input of the loop (spec/registration.md §9.1).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +23,7 @@ use sightwire_stream::tls::{StreamListener, recv_optional, send_if_stream};
 use tokio::net::UdpSocket;
 
 use crate::core::{Peer, Rendezvous};
-use crate::registry::Registry;
+use crate::registry::{RegistryAnswer, RegistryPool};
 
 /// Largest datagram the server reads (anything longer is truncated by the OS and then
 /// rejected by the session layer).
@@ -32,23 +36,27 @@ pub fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// A server: socket, session table and core.
+/// A server: socket, session table, core and registry workers.
 #[derive(Debug)]
-pub struct Server<R> {
+pub struct Server {
     socket: UdpSocket,
     stream: Option<StreamListener>,
     sessions: SessionTable,
-    core: Rendezvous<R, SessionId>,
+    core: Rendezvous<SessionId>,
+    registry: RegistryPool,
+    revocations: Option<tokio::sync::mpsc::Receiver<[u8; 6]>>,
 }
 
-impl<R: Registry> Server<R> {
-    /// A server on `socket` answering Noise handshakes as `static_key`.
+impl Server {
+    /// A server on `socket` answering Noise handshakes as `static_key`, asking `registry`
+    /// what the core needs to know.
     pub fn new(
         socket: UdpSocket,
         static_key: StaticKeypair,
         session_config: sightwire_session::Config,
-        core: Rendezvous<R, SessionId>,
+        core: Rendezvous<SessionId>,
         session_rng: Box<dyn sightwire_session::SessionRng>,
+        registry: RegistryPool,
     ) -> Self {
         let sessions = SessionTable::with_responder(
             static_key,
@@ -61,7 +69,16 @@ impl<R: Registry> Server<R> {
             stream: None,
             sessions,
             core,
+            registry,
+            revocations: None,
         }
+    }
+
+    /// Also drops devices from presence as soon as `revocations` announces them (the IDs
+    /// a `crate::RevocationListener` hears, spec/registration.md §9.2).
+    pub fn with_revocations(mut self, revocations: tokio::sync::mpsc::Receiver<[u8; 6]>) -> Self {
+        self.revocations = Some(revocations);
+        self
     }
 
     /// Also serves endpoints whose UDP is blocked, over TCP/TLS on `listener`.
@@ -81,16 +98,16 @@ impl<R: Registry> Server<R> {
     }
 
     /// The core (counters, presence).
-    pub fn core(&self) -> &Rendezvous<R, SessionId> {
+    pub fn core(&self) -> &Rendezvous<SessionId> {
         &self.core
     }
 
     /// Serves until `shutdown` completes, then tells online devices the server is going
-    /// away and returns the core (its registry holds what must persist).
+    /// away and returns the core.
     pub async fn run(
         mut self,
         shutdown: impl Future<Output = ()>,
-    ) -> std::io::Result<Rendezvous<R, SessionId>> {
+    ) -> std::io::Result<Rendezvous<SessionId>> {
         tokio::pin!(shutdown);
         let mut receive = vec![0u8; MAX_DATAGRAM_LEN];
         let mut send = vec![0u8; MAX_DATAGRAM_LEN];
@@ -114,6 +131,13 @@ impl<R: Registry> Server<R> {
                         Err(error) => tracing::debug!(%error, "recv_from failed"),
                     }
                 }
+                Some(answer) = self.registry.next_answer() => {
+                    self.core.handle_registry_answer(Instant::now(), answer);
+                }
+                revoked = recv_revocation(&mut self.revocations) => match revoked {
+                    Some(device_id) => self.core.handle_revoked(Instant::now(), device_id),
+                    None => self.revocations = None,
+                },
                 Some((from, datagram)) = recv_optional(&mut self.stream) => {
                     let len = datagram.len().min(receive.len());
                     receive[..len].copy_from_slice(&datagram[..len]);
@@ -178,6 +202,17 @@ impl<R: Registry> Server<R> {
                 _ => {}
             }
         }
+        while let Some(query) = self.core.poll_registry_query() {
+            if let Err(query) = self.registry.submit(query) {
+                // Every worker stopped (a panic): the request is answered INTERNAL.
+                tracing::error!("registry workers have stopped");
+                let failure = std::io::Error::other("registry workers have stopped");
+                self.core.handle_registry_answer(
+                    Instant::now(),
+                    RegistryAnswer::new(query.token, Err(Box::new(failure))),
+                );
+            }
+        }
         while let Some(transmit) = self.sessions.poll_transmit(buf) {
             send_datagram(
                 &self.socket,
@@ -207,6 +242,16 @@ impl<R: Registry> Server<R> {
                 Err(reason) => tracing::debug!(%reason, "could not seal a reply (session gone)"),
             }
         }
+    }
+}
+
+/// The next announced revocation, or never when there is no announcer.
+async fn recv_revocation(
+    revocations: &mut Option<tokio::sync::mpsc::Receiver<[u8; 6]>>,
+) -> Option<[u8; 6]> {
+    match revocations {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

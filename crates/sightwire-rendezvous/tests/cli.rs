@@ -24,10 +24,30 @@ fn path(dir: &Path, name: &str) -> String {
 #[test]
 fn issuer_tool_issues_lists_and_revokes() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, registry) = (
-        path(dir.path(), "issuer.key"),
-        path(dir.path(), "registry.sqlite"),
+    let registry = path(dir.path(), "registry.sqlite");
+    issuer_tool_on(dir.path(), ["--registry", &registry]);
+}
+
+/// The same operations on a registry in PostgreSQL (`--postgres`).
+#[cfg(feature = "postgres")]
+#[test]
+fn issuer_tool_issues_lists_and_revokes_on_postgres() {
+    let Some(params) = sightwire_rendezvous::postgres_testing::fresh_schema() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    issuer_tool_on(dir.path(), ["--postgres", &params]);
+    let floor = sightwire_rendezvous::PostgresRegistry::connect(&params).unwrap();
+    assert_eq!(
+        sightwire_rendezvous::Registry::revocation_floor(&floor, [2, 0, 0, 0, 0, 1]).unwrap(),
+        7
     );
+}
+
+/// Issue, re-issue, list, revoke and revoke through a serial, on the registry `store`
+/// names (`--registry FILE` or `--postgres PARAMS`).
+fn issuer_tool_on(dir: &Path, store: [&str; 2]) {
+    let key = path(dir, "issuer.key");
     let (ok, public, _) = run(&["issuer", "new-key", "--out", &key]);
     assert!(ok);
     assert_eq!(public.trim().len(), 64);
@@ -41,8 +61,8 @@ fn issuer_tool_issues_lists_and_revokes() {
             "issue",
             "--key",
             &key,
-            "--registry",
-            &registry,
+            store[0],
+            store[1],
             "--device-id",
             id,
             "--device-key",
@@ -73,7 +93,7 @@ fn issuer_tool_issues_lists_and_revokes() {
     // A multicast MAC is not a device ID.
     assert!(!issue("01:00:5e:00:00:01").0);
 
-    let (ok, list, _) = run(&["issuer", "list", "--registry", &registry]);
+    let (ok, list, _) = run(&["issuer", "list", store[0], store[1]]);
     assert!(ok);
     assert!(
         list.contains("1C:C3:16:AB:CD:EF")
@@ -85,15 +105,15 @@ fn issuer_tool_issues_lists_and_revokes() {
         run(&[
             "issuer",
             "revoke",
-            "--registry",
-            &registry,
+            store[0],
+            store[1],
             "--device-id",
             "1CC3.16AB.CDEF"
         ])
         .0
     );
     assert!(
-        run(&["issuer", "list", "--registry", &registry])
+        run(&["issuer", "list", store[0], store[1]])
             .1
             .contains("REVOKED")
     );
@@ -101,8 +121,8 @@ fn issuer_tool_issues_lists_and_revokes() {
         !run(&[
             "issuer",
             "revoke",
-            "--registry",
-            &registry,
+            store[0],
+            store[1],
             "--device-id",
             "02:00:00:00:00:01"
         ])
@@ -113,19 +133,14 @@ fn issuer_tool_issues_lists_and_revokes() {
         run(&[
             "issuer",
             "revoke",
-            "--registry",
-            &registry,
+            store[0],
+            store[1],
             "--device-id",
             "02:00:00:00:00:01",
             "--through-serial",
             "7"
         ])
         .0
-    );
-    let floor = sightwire_rendezvous::SqliteRegistry::open(Path::new(&registry)).unwrap();
-    assert_eq!(
-        sightwire_rendezvous::Registry::revocation_floor(&floor, [2, 0, 0, 0, 0, 1]).unwrap(),
-        7
     );
 }
 

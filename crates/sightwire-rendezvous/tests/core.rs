@@ -75,8 +75,7 @@ fn device_registers_and_learns_its_observed_address() {
     assert_eq!(h.core.stats().registrations, 1);
     // The certificate was recorded in the registry.
     assert_eq!(
-        h.core
-            .registry()
+        h.registry
             .lookup(device_id(1))
             .unwrap()
             .unwrap()
@@ -150,7 +149,7 @@ fn certificate_problems_get_distinct_codes() {
 fn revoked_and_superseded_certificates_are_refused() {
     let mut h = Harness::new(CoreConfig::default());
     h.register(3);
-    h.core.registry_mut().revoke(device_id(3)).unwrap();
+    h.registry.revoke(device_id(3)).unwrap();
     // Revocation applies at the next lookup even though the device is online; the viewer
     // hears what it hears for any unreachable ID.
     assert_eq!(
@@ -188,7 +187,7 @@ fn require_issued_refuses_unrecorded_ids() {
         value
     });
     assert_eq!(error_of(&h.register(4)).code, ErrorCode::UnknownId);
-    h.core.registry_mut().record(&certificate(4, 1)).unwrap();
+    h.registry.record(&certificate(4, 1)).unwrap();
     assert!(matches!(h.register(4)[0].1.body, Body::RegisterAck(_)));
 }
 
@@ -770,6 +769,7 @@ proptest! {
             };
             let registered_before: Vec<u64> = online.iter().map(|(s, _)| *s).collect();
             h.core.handle_message(h.now, &peer, &message);
+            h.answer_queries();
             let mut sent = Vec::new();
             while let Some(t) = h.core.poll_transmit() {
                 let to_device = registered_before.contains(&t.session) || (0..6).any(|n| h.core.session_of(device_id(n)) == Some(t.session));
@@ -1528,10 +1528,7 @@ fn low_replies_to_registered_devices_are_size_capped() {
 fn low_revocation_floor_refuses_unrecorded_ids_and_lower_serials() {
     let mut h = Harness::new(CoreConfig::default());
     // Revoked before the rendezvous ever saw the ID (a stolen factory key).
-    h.core
-        .registry_mut()
-        .revoke_through(device_id(5), 3)
-        .unwrap();
+    h.registry.revoke_through(device_id(5), 3).unwrap();
     for serial in [1, 3] {
         let replies = h.send(&device_peer(5), &register_message(certificate(5, serial)));
         assert_eq!(error_of(&replies).code, ErrorCode::Revoked);
@@ -1723,4 +1720,187 @@ fn a_stream_peer_address_is_never_offered_as_a_candidate() {
         })
         .expect("a response to the viewer");
     assert_eq!(response.observed, viewer.address);
+}
+
+/// The registry is asked off the packet loop: a registration waits (parked) until its
+/// answer comes, and nothing is answered before.
+#[test]
+fn registration_waits_for_the_registry_answer() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.answer_at_once = false;
+    assert!(h.register(1).is_empty());
+    assert_eq!(h.core.pending_lookups(), 1);
+    assert_eq!(h.core.online(), 0);
+    assert_eq!(h.answer_queries(), 1);
+    let replies = h.drain();
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [(
+                1,
+                Envelope {
+                    body: Body::RegisterAck(_),
+                    ..
+                }
+            )]
+        ),
+        "{replies:?}"
+    );
+    assert_eq!(h.core.online(), 1);
+    assert_eq!(h.core.pending_lookups(), 0);
+    // Keepalives never wait for the registry.
+    let replies = h.send(&device_peer(1), &keepalive_message(2));
+    assert!(matches!(replies[0].1.body, Body::KeepaliveAck { .. }));
+}
+
+/// The limit of the parked table: the request over it is refused at once with a clear
+/// code, and the requests already parked are all answered.
+#[test]
+fn registry_queue_limit_refuses_new_requests_and_keeps_the_parked_ones() {
+    let mut config = CoreConfig::default();
+    config.max_pending_lookups = 3;
+    let mut h = Harness::new(config);
+    h.answer_at_once = false;
+    for n in 1..=3 {
+        assert!(h.register(n).is_empty());
+    }
+    assert_eq!(h.core.pending_lookups(), 3);
+    let replies = h.register(4);
+    let refusal = error_of(&replies);
+    assert_eq!(
+        (refusal.code, refusal.limit),
+        (ErrorCode::Capacity, Some(Limit::RegistryQueue))
+    );
+    assert_eq!(refusal.retry_after, h.core.config().registry_timeout);
+    // A connect request over the limit gets the same answer.
+    let viewer = viewer_peer(1);
+    let refusal = error_of(&h.send(&viewer, &connect_message(device_id(1), false)));
+    assert_eq!(refusal.limit, Some(Limit::RegistryQueue));
+    assert_eq!(h.answer_queries(), 3);
+    let acks = h
+        .drain()
+        .into_iter()
+        .filter(|(_, e)| matches!(e.body, Body::RegisterAck(_)))
+        .count();
+    assert_eq!(acks, 3);
+    assert_eq!(h.core.online(), 3);
+    assert_eq!(h.core.pending_lookups(), 0);
+}
+
+/// A registry that does not answer in time: the client hears `INTERNAL` at the timeout,
+/// and the late answer changes nothing.
+#[test]
+fn registry_timeout_answers_internal_and_ignores_the_late_answer() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.answer_at_once = false;
+    assert!(h.register(1).is_empty());
+    let query = h.core.poll_registry_query().expect("a registration query");
+    h.advance(h.core.config().registry_timeout - Duration::from_millis(1));
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(error_of(&h.drain()).code, ErrorCode::Internal);
+    assert_eq!(h.core.stats().registry_timeouts, 1);
+    assert_eq!(h.core.pending_lookups(), 0);
+    let answer = query.run(&mut h.registry);
+    h.core.handle_registry_answer(h.now, answer);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.core.online(), 0);
+    assert_eq!(h.core.stats().registry_late_answers, 1);
+}
+
+/// A registry error is answered `INTERNAL` (and counted).
+#[test]
+fn registry_error_answers_internal() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.answer_at_once = false;
+    assert!(h.register(1).is_empty());
+    let query = h.core.poll_registry_query().unwrap();
+    let failure = std::io::Error::other("database is down");
+    h.core.handle_registry_answer(
+        h.now,
+        sightwire_rendezvous::RegistryAnswer::new(query.token, Err(Box::new(failure))),
+    );
+    assert_eq!(error_of(&h.drain()).code, ErrorCode::Internal);
+    assert_eq!(h.core.stats().registry_errors, 1);
+    assert_eq!(h.core.online(), 0);
+}
+
+/// A session that closes while its registration waits never enters presence.
+#[test]
+fn closed_session_drops_its_parked_registration() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.answer_at_once = false;
+    assert!(h.register(1).is_empty());
+    h.core.handle_session_closed(device_peer(1).session);
+    assert_eq!(h.core.pending_lookups(), 0);
+    // Its query is stale: the driver is not even asked.
+    assert_eq!(h.answer_queries(), 0);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.core.online(), 0);
+}
+
+/// A connect request waiting for its lookup: retransmissions do not ask again, the
+/// request counts against the connect table, and the attempt goes on once answered.
+#[test]
+fn parked_connect_request_counts_and_resumes() {
+    let mut config = CoreConfig::default();
+    config.max_pending_connects = 1;
+    let mut h = Harness::new(config);
+    h.register(1);
+    h.answer_at_once = false;
+    let viewer = viewer_peer(1);
+    let request = connect_message(device_id(1), false);
+    assert!(h.send(&viewer, &request).is_empty());
+    assert!(h.send(&viewer, &request).is_empty());
+    assert_eq!(h.core.pending_lookups(), 1);
+    assert_eq!(h.core.stats().retransmissions, 1);
+    // The connect table holds the parked request.
+    let other = viewer_peer(2);
+    let refusal = error_of(&h.send(&other, &connect_message(device_id(1), false)));
+    assert_eq!(refusal.limit, Some(Limit::ConnectTable));
+    assert_eq!(h.answer_queries(), 1);
+    let replies = h.drain();
+    assert!(
+        introduction_to(&replies, device_peer(1).session).is_some(),
+        "{replies:?}"
+    );
+    assert_eq!(h.core.pending_connects(), 1);
+}
+
+/// A revocation announced by the registry drops the online device at once.
+#[test]
+fn announced_revocation_drops_the_device_from_presence() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.register(1);
+    h.register(2);
+    h.registry.revoke(device_id(1)).unwrap();
+    h.core.handle_revoked(h.now, device_id(1));
+    h.core.handle_revoked(h.now, device_id(9));
+    assert_eq!(h.core.online(), 1);
+    assert_eq!(h.core.stats().revocations_applied, 1);
+    let replies = h.send(&device_peer(1), &keepalive_message(3));
+    assert_eq!(error_of(&replies).code, ErrorCode::NotRegistered);
+    assert_eq!(error_of(&h.register(1)).code, ErrorCode::Revoked);
+}
+
+/// A registration that read the registry before a revocation committed is asked again
+/// when the revocation is announced: it cannot slip into presence.
+#[test]
+fn announced_revocation_rechecks_a_waiting_registration() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.answer_at_once = false;
+    assert!(h.register(1).is_empty());
+    let query = h.core.poll_registry_query().unwrap();
+    // The registry answers from before the revocation...
+    let stale = query.run(&mut h.registry);
+    h.registry.revoke_through(device_id(1), 1).unwrap();
+    // ...and the announcement overtakes the answer.
+    h.core.handle_revoked(h.now, device_id(1));
+    h.core.handle_registry_answer(h.now, stale);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.core.stats().registry_late_answers, 1);
+    assert_eq!(h.answer_queries(), 1);
+    assert_eq!(error_of(&h.drain()).code, ErrorCode::Revoked);
+    assert_eq!(h.core.online(), 0);
+    assert_eq!(h.core.pending_lookups(), 0);
 }

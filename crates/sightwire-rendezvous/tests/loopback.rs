@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{UNIX_START, issuer};
 use rand::SeedableRng;
 use sightwire_rendezvous::server::Server;
-use sightwire_rendezvous::{CoreConfig, Rate, Registry, Rendezvous, SqliteRegistry};
+use sightwire_rendezvous::{CoreConfig, Rate, Registry, RegistryPool, Rendezvous, SqliteRegistry};
 use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
 use sightwire_signal::cert::{CertificateFields, IdCertificate, TrustedIssuers};
 use sightwire_signal::{
@@ -37,7 +37,7 @@ fn rng(seed: u64) -> Box<rand::rngs::StdRng> {
 struct Running {
     address: SocketAddr,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Rendezvous<SqliteRegistry, SessionId>>,
+    task: JoinHandle<Rendezvous<SessionId>>,
 }
 
 async fn start_server(registry: &Path, address: SocketAddr, config: CoreConfig) -> Running {
@@ -46,7 +46,6 @@ async fn start_server(registry: &Path, address: SocketAddr, config: CoreConfig) 
     let core = Rendezvous::new(
         config,
         TrustedIssuers::single(issuer().public()),
-        SqliteRegistry::open(registry).unwrap(),
         rng(1),
         Instant::now(),
         sightwire_rendezvous::server::unix_now(),
@@ -57,6 +56,7 @@ async fn start_server(registry: &Path, address: SocketAddr, config: CoreConfig) 
         sightwire_session::Config::default(),
         core,
         rng(2),
+        RegistryPool::spawn(vec![SqliteRegistry::open(registry).unwrap()]).unwrap(),
     );
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -405,7 +405,8 @@ async fn many_devices_register_and_a_viewer_resolves_one() {
     let _ = server.stop.send(());
     let core = server.task.await.unwrap();
     assert_eq!(core.stats().registrations, 40);
-    assert_eq!(core.registry().list().unwrap().len(), 40);
+    let registry = SqliteRegistry::open(&dir.path().join("registry.sqlite")).unwrap();
+    assert_eq!(registry.list().unwrap().len(), 40);
 }
 
 #[tokio::test]
@@ -599,4 +600,162 @@ async fn lookup_rate_limit_is_hit_over_the_network() {
     }
     let _ = server.stop.send(());
     assert_eq!(server.task.await.unwrap().stats().rate_limited, 2);
+}
+
+/// A `sightwire-rendezvous serve` process on PostgreSQL, its UDP address read from its
+/// "serving" log line.
+#[cfg(all(feature = "postgres", feature = "cli"))]
+struct Process {
+    child: std::process::Child,
+    address: SocketAddr,
+}
+
+#[cfg(all(feature = "postgres", feature = "cli"))]
+impl Process {
+    fn start(dir: &Path, name: &str, params: &str, require_issued: bool) -> Self {
+        use std::io::BufRead;
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&key, hex::encode([0x5E; 32])).unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstatic_key = \"{}\"\nregistry = {{ postgres = \"{}\", connections = 2 }}\ntrusted_issuers = [\"{}\"]\n[limits]\nkeepalive_interval_ms = 1000\nrequire_issued = {require_issued}\n[stream]\nport = 0\n",
+                key.display(),
+                params.replace('\\', "\\\\").replace('"', "\\\""),
+                hex::encode(issuer().public().to_bytes()),
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sightwire-rendezvous"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let serving = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|line| line.contains("rendezvous serving"))
+            .unwrap_or_else(|| panic!("{name} did not start"));
+        let address = serving
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("listen="))
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address in {serving:?}"));
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Self { child, address }
+    }
+}
+
+#[cfg(all(feature = "postgres", feature = "cli"))]
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two server processes share one PostgreSQL registry: a certificate recorded through
+/// one is known to the other (which requires issued IDs), and a revocation made with the
+/// issuer tool reaches both at once (LISTEN/NOTIFY), dropping the device from presence
+/// on each, before any lookup.
+#[cfg(all(feature = "postgres", feature = "cli"))]
+#[tokio::test]
+async fn two_processes_share_a_postgres_registry_and_its_revocations() {
+    // The blocking PostgreSQL client makes its own runtime: not on this test's.
+    let Some(params) = std::thread::spawn(sightwire_rendezvous::postgres_testing::fresh_schema)
+        .join()
+        .unwrap()
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Process::start(dir.path(), "a", &params, false);
+    let b = Process::start(dir.path(), "b", &params, true);
+    let error_code = |reply: &Envelope| match &reply.body {
+        Body::Error(error) => Some(error.code),
+        _ => None,
+    };
+
+    // Unknown to the shared registry: B (require_issued) refuses it.
+    let mut at_b = Device::new(41, b.address).await;
+    at_b.client.handshake().await;
+    let reply = at_b.register().await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::UnknownId), "{reply:?}");
+    // A records it; now B finds it.
+    let mut at_a = Device::new(41, a.address).await;
+    at_a.connect_and_register().await;
+    let reply = at_b.register().await;
+    assert!(matches!(reply.body, Body::RegisterAck(_)), "{reply:?}");
+    let record = {
+        let params = params.clone();
+        std::thread::spawn(move || {
+            let registry = sightwire_rendezvous::PostgresRegistry::connect(&params).unwrap();
+            registry.lookup(common::device_id(41)).unwrap().unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(record.certificate, at_a.certificate);
+    assert!(!record.revoked);
+
+    // Online on both nodes.
+    for device in [&mut at_a, &mut at_b] {
+        let reply = device
+            .client
+            .request(Body::Keepalive, 16, ACK_TIMEOUT)
+            .await
+            .expect("an answer to KEEPALIVE");
+        assert!(matches!(reply.body, Body::KeepaliveAck { .. }), "{reply:?}");
+    }
+    // The operator revokes it with the issuer tool, on the same database.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sightwire-rendezvous"))
+        .args(["issuer", "revoke", "--postgres", &params, "--device-id"])
+        .arg(
+            common::device_id(41)
+                .map(|byte| format!("{byte:02x}"))
+                .join(":"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let revoked_at = Instant::now();
+    // Both nodes drop it from presence without any lookup: keepalives are refused.
+    for device in [&mut at_a, &mut at_b] {
+        loop {
+            let reply = device
+                .client
+                .request(Body::Keepalive, 16, ACK_TIMEOUT)
+                .await
+                .expect("an answer to KEEPALIVE");
+            if error_code(&reply) == Some(ErrorCode::NotRegistered) {
+                break;
+            }
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(3),
+                "the revocation did not reach the node in 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "revocation seen by both nodes {} ms after the issuer tool returned",
+        revoked_at.elapsed().as_millis()
+    );
+    // And neither takes it back.
+    for device in [&mut at_a, &mut at_b] {
+        let reply = device.register().await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::Revoked), "{reply:?}");
+    }
+    drop((a, b));
 }

@@ -349,6 +349,8 @@ pub enum Limit {
     SourceTable,
     /// Queued outgoing messages.
     Outbox,
+    /// Requests waiting for the registry (the database is slow or down).
+    RegistryQueue,
 }
 
 /// An error reply.
@@ -886,6 +888,7 @@ impl Limit {
             Some(Limit::ConnectTable) => P::ConnectTable,
             Some(Limit::SourceTable) => P::SourceTable,
             Some(Limit::Outbox) => P::Outbox,
+            Some(Limit::RegistryQueue) => P::RegistryQueue,
         }) as i32
     }
 
@@ -898,6 +901,7 @@ impl Limit {
             Ok(P::ConnectTable) => Some(Limit::ConnectTable),
             Ok(P::SourceTable) => Some(Limit::SourceTable),
             Ok(P::Outbox) => Some(Limit::Outbox),
+            Ok(P::RegistryQueue) => Some(Limit::RegistryQueue),
             Ok(P::Unspecified) | Err(_) => None,
         }
     }

@@ -215,7 +215,8 @@ fn body() -> impl Strategy<Value = Body> {
             prop::option::of(prop_oneof![
                 Just(Limit::LookupRate),
                 Just(Limit::PresenceTable),
-                Just(Limit::Outbox)
+                Just(Limit::Outbox),
+                Just(Limit::RegistryQueue)
             ]),
             millis(),
             any::<u32>(),

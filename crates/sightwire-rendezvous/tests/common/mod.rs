@@ -151,7 +151,12 @@ pub fn keepalive_message(request_id: u64) -> Vec<u8> {
 
 /// A core plus virtual time.
 pub struct Harness {
-    pub core: Rendezvous<MemoryRegistry, u64>,
+    pub core: Rendezvous<u64>,
+    /// The registry the harness answers the core's queries with.
+    pub registry: MemoryRegistry,
+    /// Answer registry queries as soon as they are asked (a fast registry); off: they
+    /// wait until [`Harness::answer_queries`].
+    pub answer_at_once: bool,
     pub now: Instant,
 }
 
@@ -161,12 +166,27 @@ impl Harness {
         let core = Rendezvous::new(
             config,
             TrustedIssuers::single(issuer().public()),
-            MemoryRegistry::default(),
             Box::new(rand::rngs::StdRng::seed_from_u64(7)),
             now,
             UNIX_START,
         );
-        Self { core, now }
+        Self {
+            core,
+            registry: MemoryRegistry::default(),
+            answer_at_once: true,
+            now,
+        }
+    }
+
+    /// Runs every query the core asked and hands it the answers.
+    pub fn answer_queries(&mut self) -> usize {
+        let mut answered = 0;
+        while let Some(query) = self.core.poll_registry_query() {
+            let answer = query.run(&mut self.registry);
+            self.core.handle_registry_answer(self.now, answer);
+            answered += 1;
+        }
+        answered
     }
 
     pub fn advance(&mut self, by: Duration) {
@@ -181,6 +201,9 @@ impl Harness {
     /// Sends `message` from `peer` and returns everything the core queued.
     pub fn send(&mut self, peer: &Peer<u64>, message: &[u8]) -> Vec<(u64, Envelope)> {
         self.core.handle_message(self.now, peer, message);
+        if self.answer_at_once {
+            self.answer_queries();
+        }
         self.drain()
     }
 

@@ -77,7 +77,9 @@ pub struct RendezvousNode {
     address: SocketAddr,
     epoch: Instant,
     sessions: SessionTable,
-    core: Rendezvous<MemoryRegistry, SessionId>,
+    core: Rendezvous<SessionId>,
+    /// Answers the core's registry queries at once (an in-memory registry is instant).
+    registry: MemoryRegistry,
     outbox: VecDeque<SimTransmit>,
     buf: Vec<u8>,
     /// A lossy link for one kind of message: this many `CONNECT_OFFER`s the core sends
@@ -125,7 +127,6 @@ impl RendezvousNode {
         let core = Rendezvous::new(
             config,
             TrustedIssuers::single(issuer.public()),
-            MemoryRegistry::default(),
             Box::new(StdRng::seed_from_u64(seed)),
             now,
             unix_at(epoch, now),
@@ -146,6 +147,7 @@ impl RendezvousNode {
             epoch,
             sessions,
             core,
+            registry: MemoryRegistry::default(),
             outbox: VecDeque::new(),
             buf: vec![0; 2048],
             drop_offers: 0,
@@ -222,6 +224,10 @@ impl Node for RendezvousNode {
                 self.offer_acks_dropped += 1;
             } else {
                 self.core.handle_message(now, &peer, plaintext);
+                while let Some(query) = self.core.poll_registry_query() {
+                    let answer = query.run(&mut self.registry);
+                    self.core.handle_registry_answer(now, answer);
+                }
             }
         }
         self.flush(now);
