@@ -5,6 +5,8 @@
 //! static_key = "rendezvous.key"          # hex X25519 private key (`sightwire-rendezvous keygen`)
 //! registry = "registry.sqlite"
 //! trusted_issuers = ["<hex Ed25519 public key>"]
+//! socket_buffer_bytes = 8388608          # optional; UDP receive/send buffers asked for
+//! metrics_listen = "127.0.0.1:9700"      # optional; /metrics, /healthz, /readyz (off if absent)
 //!
 //! [relay]                                 # optional
 //! address = "198.51.100.1:3478"           # or "relay.example.com:3478", resolved at start
@@ -58,7 +60,17 @@ pub struct ServerConfig {
     /// The TCP/TLS stream listener (`spec/stream.md`).
     #[serde(default)]
     pub stream: StreamSection,
+    /// UDP socket buffer size asked for, each way (default
+    /// [`DEFAULT_SERVER_SOCKET_BUFFER_BYTES`]: 8 MiB). The kernel caps it at
+    /// `net.core.rmem_max`/`wmem_max`; the server logs what it granted.
+    pub socket_buffer_bytes: Option<usize>,
+    /// TCP address of the operator's HTTP endpoints (`/metrics`, `/healthz`,
+    /// `/readyz`; `spec/operations.md`). Absent: none (the command line's
+    /// `--metrics-listen` can set it).
+    pub metrics_listen: Option<SocketAddr>,
 }
+
+pub use sightwire_ops::udp::DEFAULT_SERVER_SOCKET_BUFFER_BYTES;
 
 /// The stream port used when `[stream] port` (or `[relay] stream_port`) is not given.
 pub const DEFAULT_STREAM_PORT: u16 = 443;
@@ -137,6 +149,27 @@ pub struct LimitsSection {
     /// Most Noise sessions (devices and viewers together); default `max_presence` +
     /// [`VIEWER_SESSIONS`] ([`DEFAULT_MAX_SESSIONS`] with the default presence bound).
     pub max_sessions: Option<usize>,
+    /// Handshake initiations per second above which the session layer is "under load"
+    /// and answers with cookies (`spec/session.md` §4); default
+    /// [`under_load_initiations_per_second`] of the session bound.
+    pub under_load_initiations_per_second: Option<u32>,
+}
+
+/// The default under-load threshold of a rendezvous holding up to `max_sessions`
+/// sessions: twice the rate at which they rekey (every `REKEY_AFTER_TIME`, 120 s), and
+/// never below the session layer's own default (256/s). A threshold under the rekey rate
+/// puts a full node under load for good: every rekey and every registration then pays a
+/// cookie round trip and a retransmission timeout (1 s); `rendezvous-load` measured it
+/// (benches/HISTORY.md, "Registration rate").
+pub fn under_load_initiations_per_second(max_sessions: usize) -> u32 {
+    let rekey = sightwire_session::REKEY_AFTER_TIME.as_secs().max(1);
+    let twice_rekey_rate = u64::try_from(max_sessions)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        / rekey;
+    u32::try_from(twice_rekey_rate)
+        .unwrap_or(u32::MAX)
+        .max(sightwire_session::UNDER_LOAD_INITIATIONS_PER_SECOND)
 }
 
 /// Sessions the default session bound keeps beside one per online device: viewers
@@ -274,6 +307,15 @@ impl ServerConfig {
             .limits
             .max_sessions
             .unwrap_or(presence.saturating_add(VIEWER_SESSIONS));
+        config.under_load_initiations_per_second = self
+            .limits
+            .under_load_initiations_per_second
+            .unwrap_or_else(|| under_load_initiations_per_second(config.max_sessions));
+        // Half-open sessions last a round trip (longer on a busy node): allow a second's
+        // worth of initiations at the threshold, and call it load at a quarter of that.
+        let rate = usize::try_from(config.under_load_initiations_per_second).unwrap_or(usize::MAX);
+        config.max_half_open = config.max_half_open.max(rate);
+        config.under_load_half_open = config.under_load_half_open.max(rate / 4);
         // Up to a million mostly idle sessions: raw keys and a small replay window.
         config.footprint = sightwire_session::Footprint::Compact;
         // A client configured with another key learns it at once (spec/session.md §2.5).
@@ -371,6 +413,34 @@ max_presence = 5000"
         ))
         .unwrap();
         assert_eq!(smaller.session().max_sessions, 5000 + VIEWER_SESSIONS);
+        // Under load above twice the rekey rate of a full table, never below 256/s; a
+        // second's worth of initiations may be half-open, a quarter of them is load.
+        let session = config.session();
+        assert_eq!(
+            session.under_load_initiations_per_second,
+            1_065_536 * 2 / 120
+        );
+        assert_eq!(session.max_half_open, 1_065_536 * 2 / 120);
+        assert_eq!(session.under_load_half_open, 1_065_536 * 2 / 120 / 4);
+        assert_eq!(
+            smaller.session().under_load_initiations_per_second,
+            (5000 + VIEWER_SESSIONS as u32) * 2 / 120
+        );
+        let under_load: ServerConfig = toml::from_str(&format!(
+            "{text}
+under_load_initiations_per_second = 9"
+        ))
+        .unwrap();
+        assert_eq!(under_load.session().under_load_initiations_per_second, 9);
+        assert_eq!(config.socket_buffer_bytes, None);
+        assert_eq!(config.metrics_listen, None);
+        let ops: ServerConfig = toml::from_str(&text.replace(
+            "[limits]",
+            "socket_buffer_bytes = 1048576\nmetrics_listen = \"127.0.0.1:9700\"\n[limits]",
+        ))
+        .unwrap();
+        assert_eq!(ops.socket_buffer_bytes, Some(1 << 20));
+        assert_eq!(ops.metrics_listen, Some("127.0.0.1:9700".parse().unwrap()));
         let given: ServerConfig = toml::from_str(&format!(
             "{text}
 max_presence = 5000
@@ -378,6 +448,13 @@ max_sessions = 7"
         ))
         .unwrap();
         assert_eq!(given.session().max_sessions, 7);
+        let tiny = given.session();
+        assert_eq!(tiny.under_load_initiations_per_second, 256);
+        assert_eq!(tiny.max_half_open, sightwire_session::MAX_HALF_OPEN);
+        assert_eq!(
+            tiny.under_load_half_open,
+            sightwire_session::UNDER_LOAD_HALF_OPEN
+        );
         assert!(toml::from_str::<ServerConfig>(&format!("{text}\nbogus = 1")).is_err());
         assert_eq!(config.stream.port, None);
         let with_stream: ServerConfig = toml::from_str(&format!(
