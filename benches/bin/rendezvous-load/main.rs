@@ -89,7 +89,7 @@ struct Args {
     #[arg(long)]
     socket_buffer_bytes: Option<usize>,
     /// The server's under-load threshold, handshake initiations per second (default:
-    /// the server's own, scaled to its session table; 256 was the fixed value before).
+    /// the server's own, 256; spec/operations.md §2).
     #[arg(long)]
     under_load_initiations_per_second: Option<u32>,
     /// Exit with an error unless every device registered, no keepalive went unanswered

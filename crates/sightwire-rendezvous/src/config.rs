@@ -25,6 +25,7 @@
 //! presence_ttl_ms = 60000
 //! max_presence = 1000000
 //! max_sessions = 1065536                  # Noise sessions: max_presence + 65536 viewers
+//! under_load_initiations_per_second = 256 # cookie replies above it (spec/operations.md §2)
 //! ```
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -150,26 +151,10 @@ pub struct LimitsSection {
     /// [`VIEWER_SESSIONS`] ([`DEFAULT_MAX_SESSIONS`] with the default presence bound).
     pub max_sessions: Option<usize>,
     /// Handshake initiations per second above which the session layer is "under load"
-    /// and answers with cookies (`spec/session.md` §4); default
-    /// [`under_load_initiations_per_second`] of the session bound.
+    /// and answers with cookies (`spec/session.md` §4, `spec/operations.md` §2); default
+    /// the session layer's [`sightwire_session::UNDER_LOAD_INITIATIONS_PER_SECOND`]
+    /// (256/s). The half-open bounds follow a higher value.
     pub under_load_initiations_per_second: Option<u32>,
-}
-
-/// The default under-load threshold of a rendezvous holding up to `max_sessions`
-/// sessions: twice the rate at which they rekey (every `REKEY_AFTER_TIME`, 120 s), and
-/// never below the session layer's own default (256/s). A threshold under the rekey rate
-/// puts a full node under load for good: every rekey and every registration then pays a
-/// cookie round trip and a retransmission timeout (1 s); `rendezvous-load` measured it
-/// (benches/HISTORY.md, "Registration rate").
-pub fn under_load_initiations_per_second(max_sessions: usize) -> u32 {
-    let rekey = sightwire_session::REKEY_AFTER_TIME.as_secs().max(1);
-    let twice_rekey_rate = u64::try_from(max_sessions)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(2)
-        / rekey;
-    u32::try_from(twice_rekey_rate)
-        .unwrap_or(u32::MAX)
-        .max(sightwire_session::UNDER_LOAD_INITIATIONS_PER_SECOND)
 }
 
 /// Sessions the default session bound keeps beside one per online device: viewers
@@ -307,10 +292,14 @@ impl ServerConfig {
             .limits
             .max_sessions
             .unwrap_or(presence.saturating_add(VIEWER_SESSIONS));
-        config.under_load_initiations_per_second = self
-            .limits
-            .under_load_initiations_per_second
-            .unwrap_or_else(|| under_load_initiations_per_second(config.max_sessions));
+        // Cookie replies above the threshold are the server's only backpressure on
+        // handshakes: they cost no DH, and the initiator comes back one round trip (or
+        // one retransmission timeout) later. A node starved of CPU with the threshold
+        // raised to its rekey rate collapsed under its own rekeys (benches/HISTORY.md,
+        // "Rendezvous: operability and the way to 1 M"), so the default stays 256/s.
+        if let Some(rate) = self.limits.under_load_initiations_per_second {
+            config.under_load_initiations_per_second = rate;
+        }
         // Half-open sessions last a round trip (longer on a busy node): allow a second's
         // worth of initiations at the threshold, and call it load at a quarter of that.
         let rate = usize::try_from(config.under_load_initiations_per_second).unwrap_or(usize::MAX);
@@ -413,18 +402,13 @@ max_presence = 5000"
         ))
         .unwrap();
         assert_eq!(smaller.session().max_sessions, 5000 + VIEWER_SESSIONS);
-        // Under load above twice the rekey rate of a full table, never below 256/s; a
-        // second's worth of initiations may be half-open, a quarter of them is load.
+        // Under load above 256 initiations/s unless configured.
         let session = config.session();
+        assert_eq!(session.under_load_initiations_per_second, 256);
+        assert_eq!(session.max_half_open, sightwire_session::MAX_HALF_OPEN);
         assert_eq!(
-            session.under_load_initiations_per_second,
-            1_065_536 * 2 / 120
-        );
-        assert_eq!(session.max_half_open, 1_065_536 * 2 / 120);
-        assert_eq!(session.under_load_half_open, 1_065_536 * 2 / 120 / 4);
-        assert_eq!(
-            smaller.session().under_load_initiations_per_second,
-            (5000 + VIEWER_SESSIONS as u32) * 2 / 120
+            session.under_load_half_open,
+            sightwire_session::UNDER_LOAD_HALF_OPEN
         );
         let under_load: ServerConfig = toml::from_str(&format!(
             "{text}
@@ -432,6 +416,15 @@ under_load_initiations_per_second = 9"
         ))
         .unwrap();
         assert_eq!(under_load.session().under_load_initiations_per_second, 9);
+        let raised: ServerConfig = toml::from_str(&format!(
+            "{text}
+under_load_initiations_per_second = 20000"
+        ))
+        .unwrap();
+        let raised = raised.session();
+        assert_eq!(raised.under_load_initiations_per_second, 20_000);
+        assert_eq!(raised.max_half_open, 20_000);
+        assert_eq!(raised.under_load_half_open, 5_000);
         assert_eq!(config.socket_buffer_bytes, None);
         assert_eq!(config.metrics_listen, None);
         let ops: ServerConfig = toml::from_str(&text.replace(
@@ -448,13 +441,6 @@ max_sessions = 7"
         ))
         .unwrap();
         assert_eq!(given.session().max_sessions, 7);
-        let tiny = given.session();
-        assert_eq!(tiny.under_load_initiations_per_second, 256);
-        assert_eq!(tiny.max_half_open, sightwire_session::MAX_HALF_OPEN);
-        assert_eq!(
-            tiny.under_load_half_open,
-            sightwire_session::UNDER_LOAD_HALF_OPEN
-        );
         assert!(toml::from_str::<ServerConfig>(&format!("{text}\nbogus = 1")).is_err());
         assert_eq!(config.stream.port, None);
         let with_stream: ServerConfig = toml::from_str(&format!(
