@@ -66,6 +66,20 @@ impl Default for HttpConfig {
     }
 }
 
+/// Binds `addr`, logs `metrics listening` with the bound address (the `metrics` field;
+/// port 0 picks one), and serves it with the default limits on a new task. What both
+/// server binaries do with their `--metrics-listen` address.
+pub async fn spawn_listener(
+    addr: std::net::SocketAddr,
+    exporter: Arc<dyn Exporter>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(metrics = %bound, "metrics listening");
+    tokio::spawn(serve(listener, exporter, HttpConfig::default()));
+    Ok(bound)
+}
+
 /// Serves `listener` forever (the caller drops the future, or aborts its task, to stop).
 /// Accept errors (out of file descriptors) are logged and retried after a pause; a
 /// connection's errors end that connection only.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sightwire_ops::http::{self, HttpConfig};
+use sightwire_ops::http;
 use sightwire_ops::log::LogFormat;
 use sightwire_ops::metrics::Metrics;
 use sightwire_ops::udp::{DEFAULT_SERVER_SOCKET_BUFFER_BYTES, bind_tokio_udp};
@@ -118,15 +118,9 @@ async fn main() -> anyhow::Result<()> {
     // The operator's endpoints first: /healthz answers while the rest starts.
     let metrics = Arc::new(Metrics::new(METRICS));
     if let Some(addr) = args.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
+        http::spawn_listener(addr, metrics.clone())
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
-        tracing::info!(metrics = %listener.local_addr()?, "metrics listening");
-        tokio::spawn(http::serve(
-            listener,
-            metrics.clone(),
-            HttpConfig::default(),
-        ));
     }
     let config = {
         let mut value = RelayConfig::default();

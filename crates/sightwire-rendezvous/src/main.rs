@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rand::{RngCore, SeedableRng};
 use sightwire_id::DeviceId;
-use sightwire_ops::http::{self, HttpConfig};
+use sightwire_ops::http;
 use sightwire_ops::log::LogFormat;
 use sightwire_ops::metrics::Metrics;
 use sightwire_ops::udp::{DEFAULT_SERVER_SOCKET_BUFFER_BYTES, bind_tokio_udp};
@@ -255,15 +255,9 @@ fn serve(config_path: &Path, metrics_listen: Option<SocketAddr>) -> anyhow::Resu
         // The operator's endpoints first: /healthz answers while the rest starts.
         let metrics = Arc::new(Metrics::new(METRICS));
         if let Some(addr) = metrics_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
+            http::spawn_listener(addr, metrics.clone())
                 .await
                 .with_context(|| format!("binding the metrics address {addr}"))?;
-            tracing::info!(metrics = %listener.local_addr()?, "metrics listening");
-            tokio::spawn(http::serve(
-                listener,
-                metrics.clone(),
-                HttpConfig::default(),
-            ));
         }
         let buffer_bytes = config
             .socket_buffer_bytes
