@@ -35,6 +35,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
+use sightwire_benches::kernel::socket_drops;
 use sightwire_benches::{Killed, cpu_seconds, machine, memory_kb};
 use sightwire_session::{
     Event, Input, PublicKey, SessionId, SessionKind, SessionTable, StaticKeypair,
@@ -85,6 +86,14 @@ struct Args {
     /// fresh directory in /dev/shm, else the system temp directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// UDP socket buffer the server asks for, bytes (default: the server's own, 8 MiB;
+    /// 212992 is what a server that does not size its socket gets on Linux).
+    #[arg(long)]
+    socket_buffer_bytes: Option<usize>,
+    /// The server's under-load threshold, handshake initiations per second (default:
+    /// the server's own, 256; spec/operations.md §2).
+    #[arg(long)]
+    under_load_initiations_per_second: Option<u32>,
     /// Exit with an error unless every device registered, no keepalive went unanswered
     /// and every connect request was answered (the CI test uses it).
     #[arg(long)]
@@ -122,9 +131,9 @@ fn main() -> anyhow::Result<()> {
         None => tempfile::tempdir()?,
     };
     let setup = Setup::write(scratch.path(), &args)?;
-    let server = setup.start(&server_bin)?;
+    let (server, metrics) = setup.start(&server_bin)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(run(&args, &setup, server.id()))?;
+    let report = runtime.block_on(run(&args, &setup, server.id(), metrics))?;
     drop(server);
     report.print(&args);
     if args.check {
@@ -156,12 +165,20 @@ impl Setup {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let presence = args.devices.max(1_000_000);
         let config = dir.join("rendezvous.toml");
+        let mut extra = String::new();
+        if let Some(bytes) = args.socket_buffer_bytes {
+            extra.push_str(&format!("socket_buffer_bytes = {bytes}\n"));
+        }
+        let mut limits = String::new();
+        if let Some(rate) = args.under_load_initiations_per_second {
+            limits.push_str(&format!("under_load_initiations_per_second = {rate}\n"));
+        }
         std::fs::write(
             &config,
             format!(
                 "listen = \"{address}\"\nstatic_key = \"{}\"\nregistry = \"{}\"\n\
-                 trusted_issuers = [\"{}\"]\n\n[stream]\nport = 0\n\n[limits]\n\
-                 keepalive_interval_ms = {}\npresence_ttl_ms = {}\nmax_presence = {presence}\n",
+                 trusted_issuers = [\"{}\"]\n{extra}\n[stream]\nport = 0\n\n[limits]\n\
+                 keepalive_interval_ms = {}\npresence_ttl_ms = {}\nmax_presence = {presence}\n{limits}",
                 dir.join("rendezvous.key").display(),
                 dir.join("registry.sqlite").display(),
                 hex::encode(issuer.public().to_bytes()),
@@ -177,12 +194,14 @@ impl Setup {
         })
     }
 
-    /// Starts the server and waits for its "serving" line.
-    fn start(&self, bin: &Path) -> anyhow::Result<Killed> {
+    /// Starts the server and waits for its "serving" line; returns it and the address
+    /// of its metrics listener.
+    fn start(&self, bin: &Path) -> anyhow::Result<(Killed, SocketAddr)> {
         let mut child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -192,17 +211,56 @@ impl Setup {
         let stdout = child.stdout.take().context("server stdout")?;
         let server = Killed(Some(child));
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
         loop {
             let line = lines.next().context("the server exited before serving")??;
+            if line.contains("metrics listening") {
+                metrics = line
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("metrics=")?.parse().ok());
+            }
             if line.contains("rendezvous serving") {
+                eprintln!("{line}");
                 break;
             }
         }
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(server)
+        Ok((
+            server,
+            metrics.context("no metrics address in the server's log")?,
+        ))
     }
 }
+
+/// The server's counters from its `/metrics` endpoint: sample (with labels) → value.
+fn scrape(metrics: SocketAddr) -> anyhow::Result<HashMap<String, u64>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: load\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (_, body) = answer.split_once("\r\n\r\n").context("no HTTP body")?;
+    Ok(body
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// What the server counted between two scrapes, for one sample.
+fn moved(before: &HashMap<String, u64>, after: &HashMap<String, u64>, sample: &str) -> u64 {
+    let get = |m: &HashMap<String, u64>| m.get(sample).copied().unwrap_or(0);
+    get(after).saturating_sub(get(before))
+}
+
+/// The server's under-load cookie replies (its handshake threshold was exceeded).
+const UNDER_LOAD_COOKIES: &str =
+    "sightwire_rendezvous_session_drops_total{reason=\"under_load_cookie\"}";
 
 fn device_id(n: u32) -> [u8; 6] {
     let b = n.to_be_bytes();
@@ -837,6 +895,20 @@ struct Report {
     register_cpu: f64,
     hold_secs: f64,
     hold_cpu: f64,
+    /// This process's CPU seconds while registering and while holding.
+    own_register_cpu: f64,
+    own_hold_cpu: f64,
+    /// Datagrams the kernel dropped at the server's socket (`/proc/net/udp`).
+    socket_drops_register: u64,
+    socket_drops_hold: u64,
+    /// Cookie replies the server sent because its handshake rate was over its
+    /// under-load threshold (from its `/metrics`).
+    under_load_cookies_register: u64,
+    under_load_cookies_hold: u64,
+    /// Keepalives the server answered during the hold, and devices it held online at
+    /// the end (from its `/metrics`).
+    server_keepalives_hold: u64,
+    server_online: u64,
     keepalives_acked: u64,
     keepalives_unanswered: u64,
     reregistrations: u64,
@@ -886,6 +958,18 @@ impl Report {
             1e6 * self.register_cpu / (self.registered.max(1) as f64)
         );
         println!(
+            "| load generator CPU while registering | {:.1} s (this process, 2 worker threads: the devices' handshakes and certificates) |",
+            self.own_register_cpu
+        );
+        println!(
+            "| server under-load cookie replies while registering | {} |",
+            self.under_load_cookies_register
+        );
+        println!(
+            "| datagrams dropped at the server socket | {} while registering, {} while holding |",
+            self.socket_drops_register, self.socket_drops_hold
+        );
+        println!(
             "| keepalives answered | {:.0}/s ({} in {:.0} s; {} unanswered; {} devices re-registered in the whole run) |",
             self.keepalives_acked as f64 / self.hold_secs.max(1e-9),
             self.keepalives_acked,
@@ -899,6 +983,17 @@ impl Report {
             self.hold_secs,
             100.0 * self.hold_cpu / self.hold_secs.max(1e-9),
             1e6 * self.hold_cpu / (self.keepalives_acked.max(1) as f64)
+        );
+        println!(
+            "| keepalives per core-second | {:.0} (answered / server CPU seconds while holding) |",
+            self.keepalives_acked as f64 / self.hold_cpu.max(1e-9)
+        );
+        println!(
+            "| server's own count while holding | {} keepalives answered, {} under-load cookie replies, {} devices online at the end; load generator CPU {:.1} s |",
+            self.server_keepalives_hold,
+            self.under_load_cookies_hold,
+            self.server_online,
+            self.own_hold_cpu
         );
         println!(
             "| connects | {} answered, {} refused, {} unanswered; {} introductions |",
@@ -939,7 +1034,16 @@ impl Report {
     }
 }
 
-async fn run(args: &Args, setup: &Setup, server_pid: u32) -> anyhow::Result<Report> {
+async fn run(
+    args: &Args,
+    setup: &Setup,
+    server_pid: u32,
+    metrics: SocketAddr,
+) -> anyhow::Result<Report> {
+    let own_pid = std::process::id();
+    let drops = || socket_drops(setup.address).unwrap_or(0);
+    let scraped_start = scrape(metrics)?;
+    let (drops_start, own_cpu_start) = (drops(), cpu_seconds(own_pid)?);
     let shared = Arc::new((
         setup.address,
         setup.public_key,
@@ -1012,6 +1116,8 @@ async fn run(args: &Args, setup: &Setup, server_pid: u32) -> anyhow::Result<Repo
     let register_secs = started.elapsed().as_secs_f64();
     let registered = counters.registered.load(Ordering::Relaxed);
     let cpu_registered = cpu_seconds(server_pid)?;
+    let scraped_registered = scrape(metrics)?;
+    let (drops_registered, own_cpu_registered) = (drops(), cpu_seconds(own_pid)?);
     // Hold phase: keepalives and lookups.
     let acked_before = counters.keepalives_acked.load(Ordering::Relaxed);
     let unanswered_before = counters.keepalives_unanswered.load(Ordering::Relaxed);
@@ -1040,6 +1146,8 @@ async fn run(args: &Args, setup: &Setup, server_pid: u32) -> anyhow::Result<Repo
     tokio::time::sleep_until(hold_end.into()).await;
     let hold_secs = hold_start.elapsed().as_secs_f64();
     let cpu_end = cpu_seconds(server_pid)?;
+    let scraped_end = scrape(metrics)?;
+    let (drops_end, own_cpu_end) = (drops(), cpu_seconds(own_pid)?);
     let (rss_kb, hwm_kb) = memory_kb(server_pid)?;
     let keepalives_acked = counters.keepalives_acked.load(Ordering::Relaxed) - acked_before;
     let keepalives_unanswered =
@@ -1057,6 +1165,21 @@ async fn run(args: &Args, setup: &Setup, server_pid: u32) -> anyhow::Result<Repo
         register_cpu: cpu_registered - cpu_start,
         hold_secs,
         hold_cpu: cpu_end - cpu_registered,
+        own_register_cpu: own_cpu_registered - own_cpu_start,
+        own_hold_cpu: own_cpu_end - own_cpu_registered,
+        socket_drops_register: drops_registered.saturating_sub(drops_start),
+        socket_drops_hold: drops_end.saturating_sub(drops_registered),
+        under_load_cookies_register: moved(&scraped_start, &scraped_registered, UNDER_LOAD_COOKIES),
+        under_load_cookies_hold: moved(&scraped_registered, &scraped_end, UNDER_LOAD_COOKIES),
+        server_keepalives_hold: moved(
+            &scraped_registered,
+            &scraped_end,
+            "sightwire_rendezvous_keepalives_total",
+        ),
+        server_online: scraped_end
+            .get("sightwire_rendezvous_devices_online")
+            .copied()
+            .unwrap_or(0),
         keepalives_acked,
         keepalives_unanswered,
         reregistrations: counters.reregistrations.load(Ordering::Relaxed),

@@ -61,6 +61,7 @@
 #![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
 mod core;
+pub mod metrics;
 mod server;
 /// The relay packets (re-exported from `sightwire-relay-wire`, which endpoints use).
 pub use sightwire_relay_wire as wire;

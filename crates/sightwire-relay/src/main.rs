@@ -2,14 +2,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use sightwire_ops::http;
+use sightwire_ops::log::LogFormat;
+use sightwire_ops::metrics::Metrics;
+use sightwire_ops::udp::{DEFAULT_SERVER_SOCKET_BUFFER_BYTES, bind_tokio_udp};
+use sightwire_relay::metrics::METRICS;
 use sightwire_relay::{Relay, RelayConfig, RelayServer};
 use sightwire_signal::grant::RelayGrantKey;
 use sightwire_stream::tls::{ListenerConfig, StreamListener, TlsIdentity};
-use tracing_subscriber::EnvFilter;
 
 /// Forward encrypted datagrams between the two endpoints of granted allocations.
 #[derive(Parser, Debug)]
@@ -51,6 +56,16 @@ struct Args {
     /// Seconds without a datagram after which a stream connection is closed.
     #[arg(long, default_value_t = ListenerConfig::default().idle_timeout.as_secs())]
     stream_idle_timeout_secs: u64,
+    /// UDP socket buffer size asked for, each way, bytes (the kernel caps it at
+    /// net.core.rmem_max/wmem_max; the granted size is logged).
+    #[arg(long, default_value_t = DEFAULT_SERVER_SOCKET_BUFFER_BYTES)]
+    socket_buffer_bytes: usize,
+    /// Serve /metrics, /healthz and /readyz on this TCP address (default: none).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` or `json` (one object per line); the filter is `RUST_LOG`.
+    #[arg(long, default_value = "text")]
+    log_format: LogFormat,
 }
 
 /// The stream port used when `--stream-port` is not given.
@@ -98,10 +113,15 @@ fn read_key(path: &PathBuf) -> anyhow::Result<RelayGrantKey> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let args = Args::parse();
+    sightwire_ops::log::init(args.log_format);
+    // The operator's endpoints first: /healthz answers while the rest starts.
+    let metrics = Arc::new(Metrics::new(METRICS));
+    if let Some(addr) = args.metrics_listen {
+        http::spawn_listener(addr, metrics.clone())
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+    }
     let config = {
         let mut value = RelayConfig::default();
         value.max_allocations = args.max_allocations;
@@ -111,14 +131,20 @@ async fn main() -> anyhow::Result<()> {
         value
     };
     let relay = Relay::new(config, read_key(&args.grant_key_file)?);
-    let mut server = RelayServer::bind(args.listen, relay)
-        .await
+    let (socket, buffers) = bind_tokio_udp(args.listen, args.socket_buffer_bytes)
         .with_context(|| format!("binding {}", args.listen))?;
+    let mut server = RelayServer::from_socket(socket, relay).with_metrics(metrics);
     if let Some(listener) = stream_listener(&args).await? {
         server = server.with_stream(listener);
     }
     let shutdown = sightwire_shutdown::shutdown_signal();
-    tracing::info!(listen = %server.local_addr()?, stream = ?server.stream_addr(), "relay ready");
+    tracing::info!(
+        listen = %server.local_addr()?,
+        stream = ?server.stream_addr(),
+        receive_buffer = buffers.receive,
+        send_buffer = buffers.send,
+        "relay ready"
+    );
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -4,8 +4,10 @@
 //! work alike for UDP and stream peers, and between them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use sightwire_ops::metrics::Metrics;
 use sightwire_stream::tls::{StreamListener, recv_optional, send_if_stream};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -23,16 +25,31 @@ pub struct RelayServer {
     socket: UdpSocket,
     stream: Option<StreamListener>,
     relay: Relay,
+    metrics: Option<Arc<Metrics<Relay>>>,
 }
 
 impl RelayServer {
-    /// Binds the relay's socket.
+    /// Binds the relay's socket (with the system's default buffers; a busy relay wants
+    /// [`RelayServer::from_socket`] with a socket from `sightwire_ops::udp::bind_udp`).
     pub async fn bind(addr: SocketAddr, relay: Relay) -> std::io::Result<Self> {
-        Ok(Self {
-            socket: UdpSocket::bind(addr).await?,
+        Ok(Self::from_socket(UdpSocket::bind(addr).await?, relay))
+    }
+
+    /// A relay on a socket the caller bound.
+    pub fn from_socket(socket: UdpSocket, relay: Relay) -> Self {
+        Self {
+            socket,
             stream: None,
             relay,
-        })
+            metrics: None,
+        }
+    }
+
+    /// Publishes counters to `metrics` after each datagram and timer, and marks it ready
+    /// while [`RelayServer::run`] serves.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics<Relay>>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Also serves endpoints whose UDP is blocked, over TCP/TLS on `listener`.
@@ -56,7 +73,15 @@ impl RelayServer {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<RelayStats> {
         let mut buf = vec![0u8; RECV_BUFFER_LEN];
         let mut reply = [0u8; CHALLENGE_LEN];
+        if let Some(metrics) = &self.metrics {
+            metrics.publish(&self.relay);
+            metrics.set_ready(true);
+        }
         loop {
+            if let Some(metrics) = &self.metrics {
+                // Relaxed stores of the last turn's counters: no lock on the hot path.
+                metrics.publish(&self.relay);
+            }
             if *shutdown.borrow() {
                 break;
             }
@@ -84,6 +109,9 @@ impl RelayServer {
                     }
                 }
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.set_ready(false);
         }
         Ok(self.relay.stats().clone())
     }

@@ -6,6 +6,8 @@
 //! registry = "registry.sqlite"            # SQLite, the embedded default; or PostgreSQL,
 //! # registry = { postgres = "host=/var/run/postgresql user=sightwire dbname=sightwire", connections = 4 }
 //! trusted_issuers = ["<hex Ed25519 public key>"]
+//! socket_buffer_bytes = 8388608          # optional; UDP receive/send buffers asked for
+//! metrics_listen = "127.0.0.1:9700"      # optional; /metrics, /healthz, /readyz (off if absent)
 //!
 //! [relay]                                 # optional
 //! address = "198.51.100.1:3478"           # or "relay.example.com:3478", resolved at start
@@ -24,6 +26,7 @@
 //! presence_ttl_ms = 60000
 //! max_presence = 1000000
 //! max_sessions = 1065536                  # Noise sessions: max_presence + 65536 viewers
+//! under_load_initiations_per_second = 256 # cookie replies above it (spec/operations.md §2)
 //! ```
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -59,6 +62,14 @@ pub struct ServerConfig {
     /// The TCP/TLS stream listener (`spec/stream.md`).
     #[serde(default)]
     pub stream: StreamSection,
+    /// UDP socket buffer size asked for, each way (default
+    /// [`DEFAULT_SERVER_SOCKET_BUFFER_BYTES`]: 8 MiB). The kernel caps it at
+    /// `net.core.rmem_max`/`wmem_max`; the server logs what it granted.
+    pub socket_buffer_bytes: Option<usize>,
+    /// TCP address of the operator's HTTP endpoints (`/metrics`, `/healthz`,
+    /// `/readyz`; `spec/operations.md`). Absent: none (the command line's
+    /// `--metrics-listen` can set it).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `registry`: a path (SQLite) or `{ postgres = "...", connections = N }`.
@@ -91,6 +102,8 @@ pub const DEFAULT_POSTGRES_CONNECTIONS: usize = 4;
 
 /// Most registry connections a node may open.
 pub const MAX_POSTGRES_CONNECTIONS: usize = 64;
+
+pub use sightwire_ops::udp::DEFAULT_SERVER_SOCKET_BUFFER_BYTES;
 
 /// The stream port used when `[stream] port` (or `[relay] stream_port`) is not given.
 pub const DEFAULT_STREAM_PORT: u16 = 443;
@@ -173,6 +186,11 @@ pub struct LimitsSection {
     /// Most Noise sessions (devices and viewers together); default `max_presence` +
     /// [`VIEWER_SESSIONS`] ([`DEFAULT_MAX_SESSIONS`] with the default presence bound).
     pub max_sessions: Option<usize>,
+    /// Handshake initiations per second above which the session layer is "under load"
+    /// and answers with cookies (`spec/session.md` §4, `spec/operations.md` §2); default
+    /// the session layer's [`sightwire_session::UNDER_LOAD_INITIATIONS_PER_SECOND`]
+    /// (256/s). The half-open bounds follow a higher value.
+    pub under_load_initiations_per_second: Option<u32>,
 }
 
 /// Sessions the default session bound keeps beside one per online device: viewers
@@ -310,6 +328,19 @@ impl ServerConfig {
             .limits
             .max_sessions
             .unwrap_or(presence.saturating_add(VIEWER_SESSIONS));
+        // Cookie replies above the threshold are the server's only backpressure on
+        // handshakes: they cost no DH, and the initiator comes back one round trip (or
+        // one retransmission timeout) later. A node starved of CPU with the threshold
+        // raised to its rekey rate collapsed under its own rekeys (benches/HISTORY.md,
+        // "Rendezvous: operability and the way to 1 M"), so the default stays 256/s.
+        if let Some(rate) = self.limits.under_load_initiations_per_second {
+            config.under_load_initiations_per_second = rate;
+        }
+        // Half-open sessions last a round trip (longer on a busy node): allow a second's
+        // worth of initiations at the threshold, and call it load at a quarter of that.
+        let rate = usize::try_from(config.under_load_initiations_per_second).unwrap_or(usize::MAX);
+        config.max_half_open = config.max_half_open.max(rate);
+        config.under_load_half_open = config.under_load_half_open.max(rate / 4);
         // Up to a million mostly idle sessions: raw keys and a small replay window.
         config.footprint = sightwire_session::Footprint::Compact;
         // A client configured with another key learns it at once (spec/session.md §2.5).
@@ -413,6 +444,38 @@ max_presence = 5000"
         ))
         .unwrap();
         assert_eq!(smaller.session().max_sessions, 5000 + VIEWER_SESSIONS);
+        // Under load above 256 initiations/s unless configured.
+        let session = config.session();
+        assert_eq!(session.under_load_initiations_per_second, 256);
+        assert_eq!(session.max_half_open, sightwire_session::MAX_HALF_OPEN);
+        assert_eq!(
+            session.under_load_half_open,
+            sightwire_session::UNDER_LOAD_HALF_OPEN
+        );
+        let under_load: ServerConfig = toml::from_str(&format!(
+            "{text}
+under_load_initiations_per_second = 9"
+        ))
+        .unwrap();
+        assert_eq!(under_load.session().under_load_initiations_per_second, 9);
+        let raised: ServerConfig = toml::from_str(&format!(
+            "{text}
+under_load_initiations_per_second = 20000"
+        ))
+        .unwrap();
+        let raised = raised.session();
+        assert_eq!(raised.under_load_initiations_per_second, 20_000);
+        assert_eq!(raised.max_half_open, 20_000);
+        assert_eq!(raised.under_load_half_open, 5_000);
+        assert_eq!(config.socket_buffer_bytes, None);
+        assert_eq!(config.metrics_listen, None);
+        let ops: ServerConfig = toml::from_str(&text.replace(
+            "[limits]",
+            "socket_buffer_bytes = 1048576\nmetrics_listen = \"127.0.0.1:9700\"\n[limits]",
+        ))
+        .unwrap();
+        assert_eq!(ops.socket_buffer_bytes, Some(1 << 20));
+        assert_eq!(ops.metrics_listen, Some("127.0.0.1:9700".parse().unwrap()));
         let given: ServerConfig = toml::from_str(&format!(
             "{text}
 max_presence = 5000

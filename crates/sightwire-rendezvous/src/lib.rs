@@ -76,6 +76,7 @@
 pub mod config;
 mod core;
 mod decoy;
+pub mod metrics;
 mod presence;
 mod ratelimit;
 mod registry;

@@ -1,16 +1,23 @@
 //! `sightwire-rendezvous`: the rendezvous server and the operator's issuer tool.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rand::{RngCore, SeedableRng};
 use sightwire_id::{DeviceId, PublicKey};
+use sightwire_ops::http;
+use sightwire_ops::log::LogFormat;
+use sightwire_ops::metrics::Metrics;
+use sightwire_ops::udp::{DEFAULT_SERVER_SOCKET_BUFFER_BYTES, bind_tokio_udp};
 use sightwire_rendezvous::config::{
     DEFAULT_POSTGRES_CONNECTIONS, DEFAULT_STREAM_PORT, MAX_POSTGRES_CONNECTIONS, RegistrySetting,
     ServerConfig, read_hex_key,
 };
+use sightwire_rendezvous::metrics::METRICS;
 use sightwire_rendezvous::server::{Server, unix_now};
 use sightwire_rendezvous::{Registry, RegistryPool, Rendezvous, SqliteRegistry};
 use sightwire_session::StaticKeypair;
@@ -20,6 +27,9 @@ use sightwire_stream::tls::{ListenerConfig, StreamListener, TlsIdentity};
 #[derive(Parser, Debug)]
 #[command(version, about = "Sightwire rendezvous server and ID issuer")]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line); the filter is `RUST_LOG`.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +41,10 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Serve /metrics, /healthz and /readyz on this TCP address (overrides the
+        /// configuration's `metrics_listen`).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Create the server's static X25519 key (clients pin its public half).
     Keygen {
@@ -140,13 +154,13 @@ fn fresh_secret() -> [u8; 32] {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match Cli::parse().command {
-        Command::Serve { config } => serve(&config),
+    let cli = Cli::parse();
+    sightwire_ops::log::init(cli.log_format);
+    match cli.command {
+        Command::Serve {
+            config,
+            metrics_listen,
+        } => serve(&config, metrics_listen),
         Command::Keygen { out } => {
             let secret = fresh_secret();
             write_new_secret(&out, &secret)?;
@@ -303,9 +317,10 @@ fn hex_id(id: [u8; 6]) -> String {
     DeviceId::from_bytes(id).map_or_else(|_| hex::encode(id), |id| id.to_string())
 }
 
-fn serve(config_path: &Path) -> anyhow::Result<()> {
+fn serve(config_path: &Path, metrics_listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let config = ServerConfig::load(config_path)
         .with_context(|| format!("loading {}", config_path.display()))?;
+    let metrics_listen = metrics_listen.or(config.metrics_listen);
     let core_config = config.core()?;
     let session_config = config.session();
     let trust = config.trusted_issuers()?;
@@ -315,8 +330,17 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let socket = tokio::net::UdpSocket::bind(config.listen)
-            .await
+        // The operator's endpoints first: /healthz answers while the rest starts.
+        let metrics = Arc::new(Metrics::new(METRICS));
+        if let Some(addr) = metrics_listen {
+            http::spawn_listener(addr, metrics.clone())
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+        }
+        let buffer_bytes = config
+            .socket_buffer_bytes
+            .unwrap_or(DEFAULT_SERVER_SOCKET_BUFFER_BYTES);
+        let (socket, buffers) = bind_tokio_udp(config.listen, buffer_bytes)
             .with_context(|| format!("binding {}", config.listen))?;
         let core = Rendezvous::new(
             core_config,
@@ -332,7 +356,8 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             core,
             Box::new(rand::rngs::StdRng::from_entropy()),
             registry,
-        );
+        )
+        .with_metrics(metrics);
         if let Some(params) = postgres {
             server = server.with_revocations(listen_for_revocations(params));
         }
@@ -346,6 +371,8 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             listen = %server.local_addr()?,
             stream = ?server.stream_addr(),
             public_key = %hex::encode(static_key.public()),
+            receive_buffer = buffers.receive,
+            send_buffer = buffers.send,
             "rendezvous serving"
         );
         let core = server.run(shutdown).await?;
@@ -428,7 +455,7 @@ async fn stream_listener(config: &ServerConfig) -> anyhow::Result<Option<StreamL
             .map_or(defaults.idle_timeout, std::time::Duration::from_millis);
         value
     };
-    let addr = std::net::SocketAddr::new(config.listen.ip(), port);
+    let addr = SocketAddr::new(config.listen.ip(), port);
     match StreamListener::bind(addr, &identity, limits).await {
         Ok(listener) => Ok(Some(listener)),
         Err(error) if section.port.is_none() => {

@@ -16,13 +16,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use sightwire_ops::metrics::Metrics;
 use sightwire_session::{Event, Input, SessionId, SessionKind, SessionTable, StaticKeypair};
 use sightwire_stream::tls::{StreamListener, recv_optional, send_if_stream};
 use tokio::net::UdpSocket;
 
 use crate::core::{Peer, Rendezvous};
+use crate::metrics::Snapshot;
 use crate::registry::{RegistryAnswer, RegistryPool};
 
 /// Largest datagram the server reads (anything longer is truncated by the OS and then
@@ -45,6 +48,7 @@ pub struct Server {
     core: Rendezvous<SessionId>,
     registry: RegistryPool,
     revocations: Option<tokio::sync::mpsc::Receiver<[u8; 6]>>,
+    metrics: Option<Arc<Metrics<Snapshot>>>,
 }
 
 impl Server {
@@ -71,6 +75,27 @@ impl Server {
             core,
             registry,
             revocations: None,
+            metrics: None,
+        }
+    }
+
+    /// Publishes counters to `metrics` after each turn of the loop, and marks it ready
+    /// while [`Server::run`] serves (the socket is bound and the registry open by then).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics<Snapshot>>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Stores the counters of this turn: relaxed atomic stores, no lock.
+    fn publish(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.publish(&Snapshot {
+                core: self.core.stats(),
+                sessions: self.sessions.stats(),
+                online: self.core.online(),
+                session_count: self.sessions.len(),
+                pending_connects: self.core.pending_connects(),
+            });
         }
     }
 
@@ -111,6 +136,10 @@ impl Server {
         tokio::pin!(shutdown);
         let mut receive = vec![0u8; MAX_DATAGRAM_LEN];
         let mut send = vec![0u8; MAX_DATAGRAM_LEN];
+        self.publish();
+        if let Some(metrics) = &self.metrics {
+            metrics.set_ready(true);
+        }
         loop {
             let deadline = [self.sessions.poll_timeout(), self.core.poll_timeout()]
                 .into_iter()
@@ -152,6 +181,10 @@ impl Server {
                 }
             }
             self.flush(&mut send).await;
+            self.publish();
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.set_ready(false);
         }
         tracing::info!(
             online = self.core.online(),

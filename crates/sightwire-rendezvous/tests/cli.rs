@@ -212,3 +212,77 @@ fn serve_and_stop_on(signal: &str) {
             .any(|line| line.contains("stopped"))
     );
 }
+
+/// `deploy/sightwire-rendezvous.service` starts this binary with arguments it accepts and
+/// the example configuration it points to parses and matches the unit (credential,
+/// state directory); `systemd-analyze verify` accepts the unit where it is installed.
+#[test]
+fn the_deploy_unit_and_configuration_fit_the_binary() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let unit = std::fs::read_to_string(deploy.join("sightwire-rendezvous.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/sightwire-rendezvous"));
+    let args: Vec<&str> = words.collect();
+    // clap refuses an unknown argument before it gets to --help.
+    let help = Command::new(BIN)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        help.status.success(),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+    let config_at = args
+        .windows(2)
+        .find_map(|pair| (pair[0] == "--config").then_some(pair[1]))
+        .unwrap();
+    assert_eq!(config_at, "/etc/sightwire/rendezvous.toml");
+    let config =
+        sightwire_rendezvous::config::ServerConfig::load(&deploy.join("rendezvous.toml")).unwrap();
+    assert!(unit.contains("\nLoadCredential=rendezvous.key:/etc/sightwire/rendezvous.key\n"));
+    assert_eq!(
+        config.static_key,
+        Path::new("/run/credentials/sightwire-rendezvous.service/rendezvous.key")
+    );
+    assert!(unit.contains("\nStateDirectory=sightwire-rendezvous\n"));
+    assert!(matches!(
+        &config.registry,
+        sightwire_rendezvous::config::RegistrySetting::Sqlite(path)
+            if path.starts_with("/var/lib/sightwire-rendezvous/")
+    ));
+    assert_eq!(config.socket_buffer_bytes, Some(8 << 20));
+    verify_unit(&unit, "sightwire-rendezvous.service", BIN);
+}
+
+/// `systemd-analyze verify` on `unit` with its binary replaced by `bin`, where
+/// systemd-analyze is installed (CI installs systemd; elsewhere this part is skipped,
+/// and says so).
+fn verify_unit(unit: &str, name: &str, bin: &str) {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: unit not verified");
+        return;
+    };
+    assert!(version.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let unit = unit.replace(
+        &format!("/usr/local/bin/{}", name.trim_end_matches(".service")),
+        bin,
+    );
+    std::fs::write(&path, unit).unwrap();
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // Warnings about our unit (unknown keys, bad values) fail too; other units' are not ours.
+    assert!(!stderr.contains(name), "{stderr}");
+}

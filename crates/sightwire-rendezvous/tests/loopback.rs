@@ -759,3 +759,138 @@ async fn two_processes_share_a_postgres_registry_and_its_revocations() {
     }
     drop((a, b));
 }
+
+/// One HTTP/1.1 exchange with the metrics listener: the status code and the body.
+async fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer (and close) before a long request is written.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_owned())
+}
+
+/// The value of the sample `name` (with its labels, if any) in an exposition.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The `sightwire-rendezvous` binary with `--metrics-listen` and `--log-format json`: a
+/// device registers and keeps alive over Noise, the counters move on `/metrics`, health
+/// and readiness answer, and a malformed or oversized request gets 400 without taking
+/// the listener down.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_binary_exports_metrics_and_health() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("server.key");
+    std::fs::write(&key, hex::encode([0x5E; 32])).unwrap();
+    let config = dir.path().join("rendezvous.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstatic_key = \"{}\"\nregistry = \"{}\"\n\
+             trusted_issuers = [\"{}\"]\nsocket_buffer_bytes = 1048576\n[stream]\nport = 0\n",
+            key.display(),
+            dir.path().join("registry.sqlite").display(),
+            hex::encode(issuer().public().to_bytes()),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sightwire-rendezvous"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut metrics, mut listen) = (None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        // Every line is one JSON object.
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let fields = &event["fields"];
+        let address = |key: &str| {
+            fields[key]
+                .as_str()
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+        };
+        match fields["message"].as_str() {
+            Some("metrics listening") => metrics = address("metrics"),
+            Some("rendezvous serving") => {
+                listen = address("listen");
+                // The granted buffer is reported (Linux doubles the request).
+                assert!(fields["receive_buffer"].as_u64().unwrap() > 0, "{line}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let (metrics, listen) = (metrics.unwrap(), listen.unwrap());
+
+    let (status, _) = http(metrics, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    let (status, before) = http(metrics, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&before, "sightwire_rendezvous_registrations_total"),
+        Some(0)
+    );
+
+    let mut device = Device::new(7, listen).await;
+    device.connect_and_register().await;
+    assert!(device.keepalive_or_recover().await);
+
+    let (_, after) = http(metrics, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert_eq!(
+        sample(&after, "sightwire_rendezvous_registrations_total"),
+        Some(1),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "sightwire_rendezvous_devices_online"),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&after, "sightwire_rendezvous_keepalives_total"),
+        Some(1)
+    );
+    assert!(sample(&after, "sightwire_rendezvous_handshakes_total").unwrap() >= 1);
+    assert_eq!(
+        sample(
+            &after,
+            "sightwire_rendezvous_refusals_total{reason=\"rate_limited\"}"
+        ),
+        Some(0)
+    );
+
+    // Hostile requests: each gets 400, and the listener keeps serving.
+    let oversized = vec![b'A'; 64 * 1024];
+    assert_eq!(http(metrics, &oversized).await.0, 400);
+    assert_eq!(http(metrics, b"BREW /pot HTCPCP/1.0\r\n\r\n").await.0, 400);
+    assert_eq!(
+        http(metrics, b"GET /\xff\xfe HTTP/1.1\r\n\r\n").await.0,
+        400
+    );
+    assert_eq!(http(metrics, b"GET /nothing HTTP/1.1\r\n\r\n").await.0, 404);
+    let (status, body) = http(metrics, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}

@@ -23,50 +23,9 @@ pub const EVENT_QUEUE: usize = 4096;
 /// Queued application commands per endpoint.
 pub const COMMAND_QUEUE: usize = 256;
 
-/// The UDP socket buffer sizes the kernel granted (bytes; Linux reports twice what it
-/// reserves for payload, and caps requests at `net.core.rmem_max`/`wmem_max`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(
-    clippy::exhaustive_structs,
-    reason = "a UDP socket has these two buffers and no others"
-)]
-pub struct SocketBuffers {
-    /// Receive buffer (`SO_RCVBUF`).
-    pub receive: usize,
-    /// Send buffer (`SO_SNDBUF`).
-    pub send: usize,
-}
-
-/// Binds a non-blocking UDP socket with buffers of `buffer_bytes` each way (best effort:
-/// what the kernel granted is returned and logged).
-fn bind_socket(
-    bind: SocketAddr,
-    buffer_bytes: usize,
-) -> std::io::Result<(std::net::UdpSocket, SocketBuffers)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    if let Err(error) = socket.set_recv_buffer_size(buffer_bytes) {
-        tracing::warn!(%error, buffer_bytes, "could not size the receive buffer");
-    }
-    if let Err(error) = socket.set_send_buffer_size(buffer_bytes) {
-        tracing::warn!(%error, buffer_bytes, "could not size the send buffer");
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&bind.into())?;
-    let buffers = SocketBuffers {
-        receive: socket.recv_buffer_size()?,
-        send: socket.send_buffer_size()?,
-    };
-    if buffers.receive < buffer_bytes || buffers.send < buffer_bytes {
-        tracing::info!(
-            requested = buffer_bytes,
-            receive = buffers.receive,
-            send = buffers.send,
-            "the kernel granted smaller socket buffers (raise net.core.rmem_max/wmem_max)"
-        );
-    }
-    Ok((socket.into(), buffers))
-}
+/// The UDP socket buffer sizes the kernel granted (shared with the servers, which size
+/// their sockets the same way).
+pub use sightwire_ops::udp::SocketBuffers;
 
 /// The running driver task of one socket.
 #[derive(Debug)]
@@ -85,7 +44,7 @@ impl Task {
         make: impl FnOnce(EndpointConfig, Instant) -> Result<Endpoint, sightwire_media::ConfigError>,
         device_events: Option<mpsc::Sender<Event>>,
     ) -> std::io::Result<Self> {
-        let (socket, buffers) = bind_socket(bind, buffer_bytes)?;
+        let (socket, buffers) = sightwire_ops::udp::bind_udp(bind, buffer_bytes)?;
         let socket = UdpSocket::from_std(socket)?;
         let local_addr = socket.local_addr()?;
         let config = config(local_addr.port());
