@@ -854,14 +854,7 @@ fn join_mid_gop(
     }
     let viewer_place = world.place(Site::Home);
     let viewer = world.add_viewer(viewer_place);
-    world.run_for(Duration::from_secs(1));
-    world
-        .run_until(Duration::from_secs(5), |w| {
-            w.camera(camera).frames_sent % LONG_GOP == 50
-        })
-        .expect("mid-GOP");
-    let started = world.now();
-    let watch = world.watch(viewer, camera);
+    let (started, watch) = watch_mid_gop(&mut world, camera, viewer);
     world
         .run_until(CONNECT_LIMIT, |w| {
             w.viewer(viewer).watch(watch).connected_at.is_some()
@@ -909,6 +902,22 @@ fn join_mid_gop(
         requests,
         live_at,
     }
+}
+
+/// Lets the camera run into the middle of its GOP, then has the viewer watch it; returns
+/// when the watch started and the watch.
+fn watch_mid_gop(
+    world: &mut World,
+    camera: usize,
+    viewer: usize,
+) -> (std::time::Instant, sightwire::proto::WatchId) {
+    world.run_for(Duration::from_secs(1));
+    world
+        .run_until(Duration::from_secs(5), |w| {
+            w.camera(camera).frames_sent % LONG_GOP == 50
+        })
+        .expect("mid-GOP");
+    (world.now(), world.watch(viewer, camera))
 }
 
 /// The simulated camera writes its frame number into each frame's first 8 bytes.
@@ -1546,14 +1555,7 @@ fn first_picture(seed: u64, camera_site: Site, viewer_site: Site) -> (Duration, 
     world.camera_mut(camera).gop = LONG_GOP;
     let viewer_place = lab_place(&mut world, viewer_site);
     let viewer = world.add_viewer(viewer_place);
-    world.run_for(Duration::from_secs(1));
-    world
-        .run_until(Duration::from_secs(5), |w| {
-            w.camera(camera).frames_sent % LONG_GOP == 50
-        })
-        .expect("mid-GOP");
-    let started = world.now();
-    let watch = world.watch(viewer, camera);
+    let (started, watch) = watch_mid_gop(&mut world, camera, viewer);
     world
         .run_until(CONNECT_LIMIT, |w| {
             w.viewer(viewer).watch(watch).first_frame_at.is_some()

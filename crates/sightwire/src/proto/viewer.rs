@@ -78,45 +78,13 @@ timers! {
         /// The watch has waited this long for the rendezvous (no session with it): a
         /// first connect fails as unreachable.
         RendezvousWait,
-        /// Derive the password key now that the rendezvous initiation has left.
-        DerivePassword,
-    }
-}
-
-/// A watch's password. Its key derivation (Argon2id, tens of milliseconds) runs on the
-/// timer that fires right after `connect` returned, once the driver has sent the
-/// rendezvous initiation: it then overlaps that round trip instead of delaying it (and
-/// it happens once per watch, not per attempt).
-enum WatchPassword {
-    Underived(zeroize::Zeroizing<Vec<u8>>),
-    Derived(PasswordKey),
-}
-
-impl std::fmt::Debug for WatchPassword {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Underived(_) => "Underived(redacted)",
-            Self::Derived(_) => "Derived(redacted)",
-        })
-    }
-}
-
-impl WatchPassword {
-    fn key(&mut self, device_id: &[u8; 6]) -> PasswordKey {
-        if let Self::Underived(password) = self {
-            *self = Self::Derived(PasswordKey::derive(&password[..], device_id));
-        }
-        match self {
-            Self::Derived(key) => key.clone(),
-            Self::Underived(password) => PasswordKey::derive(&password[..], device_id),
-        }
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct Watch {
     target: Target,
-    password: Option<WatchPassword>,
+    password: Option<PasswordKey>,
     remember: bool,
     want_relay: bool,
     /// Connected at least once (the application has its handle).
@@ -137,7 +105,7 @@ pub(crate) struct Watch {
     login_opening: Bytes,
     /// Our confirmation of the device's login message (resent if that comes again).
     pub(crate) login_reply: Option<(sightwire_signal::ConnectId, Bytes)>,
-    pub(crate) timers: TimerTable<WatchTimer, 5>,
+    pub(crate) timers: TimerTable<WatchTimer, 4>,
     /// What the watch delivered, per stream (a reconnect's replayed GOP is not
     /// delivered twice).
     pub(crate) frames: WatchFrames,
@@ -182,6 +150,7 @@ impl Endpoint {
         }
         let id = WatchId(viewer.next_watch);
         viewer.next_watch += 1;
+        let device_id = request.target.device_id();
         let mut timers = TimerTable::default();
         timers.set(WatchTimer::Deadline, now + request.connect_timeout);
         if !self.rendezvous.ready {
@@ -194,9 +163,11 @@ impl Endpoint {
             id,
             Watch {
                 target: request.target,
-                password: request.credentials.password.as_deref().map(|p| {
-                    WatchPassword::Underived(zeroize::Zeroizing::new(p.as_bytes().to_vec()))
-                }),
+                password: request
+                    .credentials
+                    .password
+                    .as_deref()
+                    .map(|p| PasswordKey::derive(p.as_bytes(), device_id.as_bytes())),
                 remember: request.credentials.remember,
                 want_relay: request.want_relay,
                 connected: false,
@@ -216,11 +187,6 @@ impl Endpoint {
             self.send_connect_request(now, id);
         } else {
             self.rendezvous_wanted();
-            if let Some(watch) = self.watch_mut(id)
-                && watch.password.is_some()
-            {
-                watch.timers.set(WatchTimer::DerivePassword, now);
-            }
         }
         self.flush(now);
         Ok(id)
@@ -346,14 +312,6 @@ impl Endpoint {
                             self.send_connect_request(now, id);
                         }
                     }
-                    WatchTimer::DerivePassword => {
-                        if let Some(watch) = self.watch_mut(id) {
-                            let device_id = *watch.target.device_id().as_bytes();
-                            if let Some(password) = watch.password.as_mut() {
-                                password.key(&device_id);
-                            }
-                        }
-                    }
                     WatchTimer::RendezvousWait => {
                         let ready = self.rendezvous.ready;
                         // No address to have tried yet (the name is still being
@@ -462,7 +420,7 @@ impl Endpoint {
         let device_id = *watch.target.device_id().as_bytes();
         if watch.request.is_none() {
             // A new request: a new login (a retransmission resends the same opening).
-            let password = watch.password.as_mut().map(|p| p.key(&device_id));
+            let password = watch.password.clone();
             let started = self.start_login(password.as_ref(), &device_id);
             let Some(watch) = self.watch_mut(id) else {
                 return;
@@ -669,7 +627,7 @@ impl Endpoint {
         // request only says whether the device should remember this key. No proof
         // travels any more: the proof field is zero.
         let request = match &watch.password {
-            Some(_password) => AuthRequest::Password {
+            Some(_) => AuthRequest::Password {
                 proof: [0; sightwire_session::auth::PROOF_LEN],
                 remember: watch.remember,
             },
