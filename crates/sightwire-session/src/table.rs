@@ -708,21 +708,7 @@ impl SessionTable {
         if s.role != Role::Responder || s.established || s.next.is_none() {
             return false;
         }
-        let retired = s.promote_next();
-        s.established = true;
-        let source = s.source.take();
-        let event = Event::Established {
-            session,
-            role: Role::Responder,
-            remote_static: s.remote_static,
-            remote_addr: s.remote_addr,
-        };
-        Self::free_keys(&mut self.indices, retired);
-        self.stats.handshakes_completed += 1;
-        self.half_open = self.half_open.saturating_sub(1);
-        self.release_source(session, source);
-        self.push_event(event);
-        self.reschedule(session);
+        self.confirm_next(session);
         true
     }
 
@@ -1108,25 +1094,7 @@ impl SessionTable {
         session.remote_addr = from;
         if slot == Slot::Next {
             // First packet on the responder's new keys: the initiator has them, rotate.
-            let retired = session.promote_next();
-            Self::free_keys(&mut self.indices, retired);
-            self.stats.handshakes_completed += 1;
-            let source = session.source.take();
-            let event = if session.established {
-                Event::Rekeyed { session: id }
-            } else {
-                session.established = true;
-                self.half_open = self.half_open.saturating_sub(1);
-                Event::Established {
-                    session: id,
-                    role: Role::Responder,
-                    remote_static: session.remote_static,
-                    remote_addr: from,
-                }
-            };
-            self.release_source(id, source);
-            self.push_event(event);
-            self.reschedule(id);
+            self.confirm_next(id);
         }
         let plaintext = datagram
             .get_mut(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plaintext_len)
@@ -1145,6 +1113,34 @@ impl SessionTable {
                 endpoint_changed,
             })
         }
+    }
+
+    /// A responder's `next` keys become current: its first handshake completes
+    /// (`Established`) or a rekey does (`Rekeyed`). On the initiator's first packet on
+    /// them, or at once by [`establish_early`](Self::establish_early).
+    fn confirm_next(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let retired = session.promote_next();
+        let source = session.source.take();
+        let event = if session.established {
+            Event::Rekeyed { session: id }
+        } else {
+            session.established = true;
+            self.half_open = self.half_open.saturating_sub(1);
+            Event::Established {
+                session: id,
+                role: Role::Responder,
+                remote_static: session.remote_static,
+                remote_addr: session.remote_addr,
+            }
+        };
+        Self::free_keys(&mut self.indices, retired);
+        self.stats.handshakes_completed += 1;
+        self.release_source(id, source);
+        self.push_event(event);
+        self.reschedule(id);
     }
 
     /// An initiation not made for our key: tell the initiator so (§2.5), if this table

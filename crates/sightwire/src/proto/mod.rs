@@ -1057,9 +1057,6 @@ impl Endpoint {
                     self.rendezvous_heard(now);
                     self.on_signal(now, plaintext);
                 } else if let Some(&id) = self.by_session.get(&session) {
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.session_unconfirmed = false;
-                    }
                     // The plaintext borrows the receive buffer, not `self`: no copy.
                     self.on_peer_plaintext(now, id, from, plaintext);
                 }
@@ -1086,6 +1083,8 @@ impl Endpoint {
             return;
         };
         conn.heard(now);
+        // The viewer confirmed the session (the device's early one included).
+        conn.session_unconfirmed = false;
         self.check_peer_address(now, id, from);
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
