@@ -105,6 +105,11 @@ fn build_servers() -> anyhow::Result<ServerBinaries> {
             "-p",
             "sightwire-relay",
             "--bins",
+            // The README's `cargo test --workspace --all-features` links these binaries to
+            // the same place; built with other features here, they would replace that
+            // build, and the rendezvous's own cli tests (which run after this package's)
+            // would find a binary without PostgreSQL support.
+            "--all-features",
         ])
         .args(["--profile", &profile(), "--message-format", "json"])
         .output()
