@@ -159,7 +159,7 @@ pub struct LimitsSection {
     pub presence_ttl_ms: Option<u64>,
     /// Connect attempt lifetime, ms.
     pub connect_ttl_ms: Option<u64>,
-    /// Punch start delay, ms.
+    /// Margin of each peer's punch start, ms (spec/signaling.md §2).
     pub punch_start_delay_ms: Option<u64>,
     /// Relay grant lifetime, s.
     pub relay_grant_ttl_secs: Option<u64>,

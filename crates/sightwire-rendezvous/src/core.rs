@@ -33,10 +33,35 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// Default lifetime of a connect attempt's state (candidate forwarding, relay grants).
 pub const DEFAULT_CONNECT_TTL: Duration = Duration::from_secs(30);
-/// Default delay after which both peers start punching: time for the relay grant that
-/// follows the offer; it does not synchronise the two starts (their skew is the
-/// difference of their one-way delays from here, whatever this is).
-pub const DEFAULT_PUNCH_START_DELAY: Duration = Duration::from_millis(50);
+/// Default margin of the punch start: both peers start their checks this long after the
+/// slower of them received its `start_in` (each side's `start_in` adds the difference of
+/// the two one-way delays, measured during the consent exchange; [`punch_start_delays`]).
+/// It covers jitter and a peer's handling of its offer; the triangle inequality covers
+/// the rest (a peer's check cannot reach the other before the rendezvous's message did).
+pub const DEFAULT_PUNCH_START_DELAY: Duration = Duration::from_millis(15);
+/// The most a side's `start_in` adds for the other side's longer signaling delay: a round
+/// trip sample inflated by a lost message buys no more waiting than this.
+pub const MAX_PUNCH_START_SKEW: Duration = Duration::from_millis(500);
+
+/// Each side's `start_in` (viewer, device) so both reach the punch start `T0` together:
+/// `D − d` with `d` the side's one-way delay (half the round trip the rendezvous measured
+/// to it during the consent exchange) and `D` the slower side's plus `margin`
+/// (spec/punch.md §3, "Choosing `start_in`"). Without both samples, `margin` each.
+pub fn punch_start_delays(
+    margin: Duration,
+    viewer_rtt: Option<Duration>,
+    device_rtt: Option<Duration>,
+) -> (Duration, Duration) {
+    let (Some(viewer_rtt), Some(device_rtt)) = (viewer_rtt, device_rtt) else {
+        return (margin, margin);
+    };
+    let (viewer, device) = (viewer_rtt / 2, device_rtt / 2);
+    let slower = viewer.max(device);
+    (
+        margin + (slower - viewer).min(MAX_PUNCH_START_SKEW),
+        margin + (slower - device).min(MAX_PUNCH_START_SKEW),
+    )
+}
 /// Default lifetime of a relay grant.
 pub const DEFAULT_RELAY_GRANT_TTL: Duration = Duration::from_secs(120);
 /// How often expired state is swept.
@@ -151,7 +176,8 @@ pub struct CoreConfig {
     pub presence_ttl: Duration,
     /// Connect attempt state lifetime.
     pub connect_ttl: Duration,
-    /// Punch start delay given to both peers.
+    /// Margin of the punch start: the least `start_in` either peer gets
+    /// ([`punch_start_delays`]).
     pub punch_start_delay: Duration,
     /// Relay grant lifetime.
     pub relay_grant_ttl: Duration,
@@ -363,6 +389,14 @@ struct PendingConnect<S> {
     to_device: Option<Bytes>,
     /// The device's digest of the confirmation it expects, sent with its login message.
     confirmation_digest: Option<[u8; 32]>,
+    /// When the device was introduced, then when its login message went to the viewer:
+    /// the start of the round trip being timed.
+    timing_from: Instant,
+    /// Round trips measured during the consent exchange: introduction → the device's
+    /// login message, and that message forwarded → the viewer's confirmation (each
+    /// including the peer's handling). They set the two `start_in`s.
+    device_rtt: Option<Duration>,
+    viewer_rtt: Option<Duration>,
     /// What disclosure sent (resent when either side shows it was lost).
     disclosed: Option<Box<(ConnectOffer, ConnectResponse)>>,
     /// When it was disclosed, and how many copies of the offer went out on the resend
@@ -1531,6 +1565,9 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
                 to_viewer: None,
                 to_device: None,
                 confirmation_digest: None,
+                timing_from: now,
+                device_rtt: None,
+                viewer_rtt: None,
                 disclosed: None,
                 disclosed_at: None,
                 offer_resends: 0,
@@ -1607,6 +1644,8 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
                     pending.to_viewer = Some(consent.login.clone());
                     if first {
                         pending.confirmation_digest = consent.confirmation_digest;
+                        pending.device_rtt = Some(now - pending.timing_from);
+                        pending.timing_from = now;
                     }
                     self.stats.logins_relayed += 1;
                     self.send_consent_to_viewer(connect_id, consent.login, MAX_MESSAGE_LEN);
@@ -1656,6 +1695,9 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
             if !allowed {
                 self.stats.ignored += 1;
                 return Err(Refusal::Silent);
+            }
+            if pending.to_device.is_none() {
+                pending.viewer_rtt = Some(now - pending.timing_from);
             }
             pending.to_device = Some(consent.login.clone());
             // The device told us which confirmation it expects: when this is it, the
@@ -1714,10 +1756,11 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
         let mut viewer_candidates = pending.viewer_candidates.clone();
         let mut punch_key = [0u8; 32];
         self.rng.fill_bytes(&mut punch_key);
-        let punch = PunchParams {
-            punch_key,
-            start_in: self.config.punch_start_delay,
-        };
+        let (viewer_start, device_start) = punch_start_delays(
+            self.config.punch_start_delay,
+            pending.viewer_rtt,
+            pending.device_rtt,
+        );
         viewer_candidates
             .candidates
             .truncate(sightwire_signal::MAX_CANDIDATES - 1);
@@ -1737,14 +1780,20 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
                 generation: device_generation,
                 candidates: device_candidates,
             },
-            punch,
+            punch: PunchParams {
+                punch_key,
+                start_in: viewer_start,
+            },
             observed: viewer_address,
         };
         let offer = ConnectOffer {
             connect_id,
             viewer_key,
             candidates: viewer_candidates,
-            punch,
+            punch: PunchParams {
+                punch_key,
+                start_in: device_start,
+            },
             observed: device_observed,
             ack_requested: true,
         };

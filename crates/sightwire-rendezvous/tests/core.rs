@@ -1103,6 +1103,95 @@ fn a_confirmation_matching_the_devices_digest_discloses_at_once() {
     }
 }
 
+/// Each side's `start_in` makes up for the other's longer signaling delay, as measured
+/// during the consent exchange: both reach the punch start at the same moment, the
+/// margin after the slower one heard from the rendezvous (spec/punch.md §3).
+#[test]
+fn each_side_starts_punching_when_the_slower_one_can() {
+    use sightwire_session::login::confirmation_digest;
+    let confirmation = [3u8; 33];
+    let margin = CoreConfig::default().punch_start_delay;
+    // (device round trip, viewer round trip) → (device start_in, viewer start_in)
+    for (device_rtt, viewer_rtt) in [(80, 20), (20, 80), (50, 50)] {
+        let mut h = Harness::new(CoreConfig::default());
+        h.register(1);
+        let viewer = viewer_peer(1);
+        let replies = h.send(
+            &viewer,
+            &connect_message_with(device_id(1), false, 9, &[1; 34]),
+        );
+        let id = introduction_to(&replies, 1).unwrap();
+        h.advance(Duration::from_millis(device_rtt));
+        h.send(
+            &device_peer(1),
+            &consent_with_digest(id, &[2; 66], confirmation_digest(&confirmation)),
+        );
+        h.advance(Duration::from_millis(viewer_rtt));
+        let answered = h.send(&viewer, &consent_message(id, &confirmation, false));
+        let offer = to(&answered, 1)
+            .into_iter()
+            .find_map(|e| match e.body {
+                Body::ConnectOffer(offer) => Some(offer),
+                _ => None,
+            })
+            .expect("disclosed on the digest");
+        let response = to(&answered, viewer.session)
+            .into_iter()
+            .find_map(|e| match e.body {
+                Body::ConnectResponse(response) => Some(response),
+                _ => None,
+            })
+            .expect("the viewer's answer");
+        let (device_one_way, viewer_one_way) = (
+            Duration::from_millis(device_rtt / 2),
+            Duration::from_millis(viewer_rtt / 2),
+        );
+        let slower = device_one_way.max(viewer_one_way);
+        assert_eq!(
+            offer.punch.start_in,
+            margin + (slower - device_one_way),
+            "device {device_rtt} ms, viewer {viewer_rtt} ms"
+        );
+        assert_eq!(
+            response.punch.start_in,
+            margin + (slower - viewer_one_way),
+            "device {device_rtt} ms, viewer {viewer_rtt} ms"
+        );
+        assert_eq!(offer.punch.punch_key, response.punch.punch_key);
+    }
+}
+
+proptest! {
+    /// Both sides reach the start together (unless a skew is capped), never sooner than
+    /// the margin after their own `start_in` arrived, and never wait beyond the cap.
+    #[test]
+    fn punch_start_delays_meet_at_one_moment(
+        margin_ms in 0u64..200,
+        viewer_rtt_us in proptest::option::of(0u64..5_000_000),
+        device_rtt_us in proptest::option::of(0u64..5_000_000),
+    ) {
+        use sightwire_rendezvous::{MAX_PUNCH_START_SKEW, punch_start_delays};
+        let margin = Duration::from_millis(margin_ms);
+        let viewer_rtt = viewer_rtt_us.map(Duration::from_micros);
+        let device_rtt = device_rtt_us.map(Duration::from_micros);
+        let (viewer, device) = punch_start_delays(margin, viewer_rtt, device_rtt);
+        prop_assert!(viewer >= margin && device >= margin);
+        prop_assert!(viewer <= margin + MAX_PUNCH_START_SKEW);
+        prop_assert!(device <= margin + MAX_PUNCH_START_SKEW);
+        match (viewer_rtt, device_rtt) {
+            (Some(v), Some(d)) => {
+                let (v, d) = (v / 2, d / 2);
+                prop_assert!(viewer == margin || device == margin);
+                let skew = v.abs_diff(d);
+                if skew <= MAX_PUNCH_START_SKEW {
+                    prop_assert_eq!(v + viewer, d + device);
+                }
+            }
+            _ => prop_assert_eq!((viewer, device), (margin, margin)),
+        }
+    }
+}
+
 /// The offer of an attempt disclosed on the digest is resent behind the forwarded
 /// confirmation: a device that lost the confirmation takes the offer only after it.
 #[test]

@@ -25,6 +25,21 @@ fn viewer(stream_port: Option<u16>, now: Instant) -> Endpoint {
     Endpoint::viewer(config, issuers, now).unwrap()
 }
 
+/// A viewer whose rendezvous is configured by host name.
+fn named_viewer(stream_port: Option<u16>, now: Instant) -> Endpoint {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let mut rendezvous = RendezvousServer::new(
+        "rendezvous.test:3478"
+            .parse::<sightwire::ServerAddr>()
+            .unwrap(),
+        [1; 32].into(),
+    );
+    rendezvous.stream_port = stream_port;
+    let config = EndpointConfig::new(StaticKeypair::generate(&mut rng), rendezvous, Box::new(rng));
+    let issuers = TrustedIssuers::single(IssuerKey::from_seed(&[2; 32]).public());
+    Endpoint::viewer(config, issuers, now).unwrap()
+}
+
 /// Every transmit queued now: (destination, stream port).
 fn drain(endpoint: &mut Endpoint) -> Vec<(std::net::SocketAddr, Option<u16>)> {
     std::iter::from_fn(|| {
@@ -90,6 +105,43 @@ fn silence_over_udp_moves_the_rendezvous_to_its_stream_port() {
     );
     // A fresh handshake, to the same address, over the stream.
     let rendezvous = "198.51.100.1:3478".parse().unwrap();
+    assert!(after.contains(&(rendezvous, Some(443))), "{after:?}");
+}
+
+/// The race behind a UDP-blocked viewer's `RendezvousUnreachable`: the watch asks for
+/// the name, the driver answers before the endpoint's first timer fires, and the UDP
+/// handshake starts from the answer, not from the retry timer.
+#[test]
+fn a_name_resolved_before_the_first_timer_still_falls_back() {
+    let start = Instant::now();
+    let mut now = start;
+    let mut endpoint = named_viewer(Some(443), now);
+    let request = WatchRequest::new(
+        "1C:C3:16:AB:CD:EF".parse().unwrap(),
+        Credentials::password("pw"),
+    );
+    endpoint.connect(now, request).unwrap();
+    let name = endpoint
+        .poll_resolve()
+        .expect("the watch asks for the name");
+    assert_eq!(name.host(), "rendezvous.test");
+    let rendezvous: std::net::SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    endpoint.handle_resolved(now, Ok(vec![rendezvous]));
+    let first = drain(&mut endpoint);
+    assert_eq!(
+        first,
+        vec![(rendezvous, None)],
+        "the handshake starts on UDP at once"
+    );
+    let after = run_until(
+        &mut endpoint,
+        &mut now,
+        start + STREAM_FALLBACK_AFTER + Duration::from_millis(200),
+    );
+    assert!(
+        endpoint.udp_blocked(),
+        "fell back within {STREAM_FALLBACK_AFTER:?}"
+    );
     assert!(after.contains(&(rendezvous, Some(443))), "{after:?}");
 }
 

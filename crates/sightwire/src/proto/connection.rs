@@ -25,6 +25,7 @@ use sightwire_signal::{
     Body, CandidateSet as SignalSet, CandidateUpdate, Close, CloseReason, ConnectId,
 };
 
+use super::device::grant_wait;
 use super::gop::{ConnectionResume, ViewerGop};
 use super::timer::{TimerTable, timers};
 use super::{Endpoint, Role, WatchId};
@@ -180,8 +181,9 @@ pub(crate) struct Connection {
     pub(crate) remote_key: PublicKey,
     pub(crate) agent: Agent,
     punch_key: PunchKey,
-    /// Start signal held back until the relay grant arrives (or the wait is over).
-    pub(crate) pending_start: Option<StartAttempt>,
+    /// Start signal held back until the relay grant arrives (or the wait is over), and
+    /// when it arrived (its `start_in` counts from then).
+    pub(crate) pending_start: Option<(StartAttempt, Instant)>,
     pub(crate) relay: Option<RelayLink>,
     pub(crate) path: Option<Path>,
     /// The peer's direct address that has proven it receives what we send (the punch
@@ -201,8 +203,9 @@ pub(crate) struct Connection {
     /// address).
     pub(crate) spare_session: Option<(SessionId, SocketAddr)>,
     /// Device: the viewer's server-reflexive address as the rendezvous saw it. A Noise
-    /// initiation from there (or through this connection's relay channel) is served at
-    /// once, without waiting for the viewer's confirmation (`spec/endpoint.md` §2).
+    /// initiation from its IP address (any port), or through this connection's relay
+    /// channel, is served at once, without waiting for the viewer's confirmation
+    /// (`spec/endpoint.md` §2).
     pub(crate) early_source: Option<SocketAddr>,
     /// Device: `session` was established early and the viewer is served before its
     /// authorization request arrives.
@@ -359,12 +362,14 @@ impl Endpoint {
     }
 
     /// Holds the punch start until the relay grant (or `wait`) and registers `conn`.
+    /// Holds `start` until the relay grant arrives when one is expected (`grant_expected`),
+    /// at most [`grant_wait`] of its `start_in`, then starts punching.
     pub(crate) fn insert_connection(
         &mut self,
         now: Instant,
         mut conn: Connection,
         mut start: StartAttempt,
-        wait: Duration,
+        grant_expected: bool,
     ) {
         // Over a TCP/TLS stream the rendezvous observed a virtual address: no candidate.
         if start
@@ -373,7 +378,12 @@ impl Endpoint {
         {
             start.local_reflexive = None;
         }
-        conn.pending_start = Some(start);
+        let wait = if grant_expected {
+            grant_wait(start.start_in)
+        } else {
+            start.start_in
+        };
+        conn.pending_start = Some((start, now));
         conn.timers.set(ConnTimer::Start, now + wait);
         self.conns.insert(conn.id, conn);
     }
@@ -403,8 +413,9 @@ impl Endpoint {
         });
         // Start now: the grant was the last thing we were waiting for. (A grant that
         // arrives after the wait is too late for this attempt's relay candidate.)
-        if let Some(mut start) = conn.pending_start.take() {
+        if let Some((mut start, received)) = conn.pending_start.take() {
             start.relay = Some(grant.relay);
+            start.start_in = start.start_in.saturating_sub(now - received);
             conn.timers.stop(ConnTimer::Start);
             self.start_punch(now, id, start);
         }
@@ -615,7 +626,8 @@ impl Endpoint {
             let watch = conn.watch;
             match timer {
                 ConnTimer::Start => {
-                    if let Some(start) = conn.pending_start.take() {
+                    if let Some((mut start, received)) = conn.pending_start.take() {
+                        start.start_in = start.start_in.saturating_sub(now - received);
                         self.start_punch(now, id, start);
                     }
                 }

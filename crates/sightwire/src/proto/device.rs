@@ -21,8 +21,19 @@ use crate::config::GopCacheConfig;
 use crate::events::{Event, PeerClosedReason, PeerId};
 
 /// How long to wait for the relay grant that follows a connect offer (or response)
-/// before starting to punch without it.
+/// before starting to punch without it, at most…
 pub(crate) const GRANT_WAIT: Duration = Duration::from_millis(300);
+/// …and at least, whatever the offer's `start_in`: the rendezvous sends the grant right
+/// behind the offer, but a `start_in` of a few milliseconds (spec/punch.md §3) must not
+/// make a little jitter cost the attempt its relay candidate.
+pub(crate) const GRANT_WAIT_MIN: Duration = Duration::from_millis(50);
+
+/// How long a connection waits for its relay grant, given the offer's `start_in`: the
+/// punch start, but within [`GRANT_WAIT_MIN`]..=[`GRANT_WAIT`]. The start itself keeps
+/// its moment: what the wait used is taken off `start_in` when the punch starts.
+pub(crate) fn grant_wait(start_in: Duration) -> Duration {
+    start_in.clamp(GRANT_WAIT_MIN, GRANT_WAIT)
+}
 
 /// What a device endpoint needs besides the common configuration.
 #[non_exhaustive]
@@ -236,7 +247,9 @@ impl Endpoint {
             .rfind(|c| c.kind == sightwire_punch::CandidateKind::ServerReflexive)
             .map(|c| c.address);
         tracing::info!(peer = id.0, "connect offer from a viewer");
-        self.insert_connection(now, conn, start, GRANT_WAIT.min(offer.punch.start_in));
+        // The rendezvous grants the device a relay whenever the viewer asked for one,
+        // which the offer does not say: wait for it.
+        self.insert_connection(now, conn, start, true);
     }
 
     pub(crate) fn device_on_auth_request(&mut self, now: Instant, id: PeerId, plaintext: &[u8]) {
@@ -255,12 +268,14 @@ impl Endpoint {
     }
 
     /// Device: the session table answered a Noise initiation. If it comes from a viewer
-    /// this device admitted, for a connection that has no session yet, and from the
-    /// viewer's server-reflexive address as the rendezvous saw it (or through the
-    /// connection's relay channel), the handshake is complete now and the viewer is
-    /// served at once: its first picture leaves with the handshake response instead of a
-    /// round trip later (0.5-RTT data, `spec/endpoint.md` §2, `spec/session.md` §3.4).
-    /// Anything else waits for the viewer's confirmation as before.
+    /// this device admitted, for a connection that has no session yet, and from the IP
+    /// address of the viewer's server-reflexive address as the rendezvous saw it (any
+    /// port: a symmetric NAT maps the viewer's socket to a new port per destination, but
+    /// keeps its address), or through the connection's relay channel, the handshake is
+    /// complete now and the viewer is served at once: its first picture leaves with the
+    /// handshake response instead of a round trip later (0.5-RTT data,
+    /// `spec/endpoint.md` §2, `spec/session.md` §3.4). Anything else waits for the
+    /// viewer's confirmation as before.
     pub(crate) fn device_on_initiation(&mut self, session: SessionId, from: std::net::SocketAddr) {
         if !matches!(self.role, Role::Device(_)) || self.by_session.contains_key(&session) {
             return;
@@ -284,7 +299,10 @@ impl Endpoint {
             .relay
             .as_ref()
             .is_some_and(|relay| virtual_addr(relay.channel) == from);
-        if conn.early_source != Some(from) && !through_relay {
+        // Only the viewer's own public address: a replayed initiation from a spoofed
+        // source can at worst send one GOP to the viewer's network, never elsewhere.
+        let from_viewer_address = conn.early_source.map(|a| a.ip()) == Some(from.ip());
+        if !from_viewer_address && !through_relay {
             return;
         }
         conn.early_accept = true;

@@ -948,16 +948,7 @@ impl Endpoint {
 
     fn on_endpoint_timer(&mut self, now: Instant, timer: EndpointTimer) {
         match timer {
-            EndpointTimer::RendezvousRetry => {
-                if !self.udp_blocked
-                    && !self.udp_worked
-                    && self.rendezvous.server.stream_port.is_some()
-                {
-                    self.timers
-                        .set(EndpointTimer::StreamFallback, now + STREAM_FALLBACK_AFTER);
-                }
-                self.connect_rendezvous(now);
-            }
+            EndpointTimer::RendezvousRetry => self.connect_rendezvous(now),
             EndpointTimer::StreamFallback => self.stream_fallback(now),
             EndpointTimer::RendezvousNextAddress => self.rendezvous_address_silent(now),
             EndpointTimer::Keepalive => self.send_keepalive(now),

@@ -16,7 +16,7 @@ use sightwire_signal::{Body, Close, CloseReason, Envelope, ErrorCode};
 
 use super::connection::{AuthState, Failure};
 use super::mapping::{AckOutcome, KeepaliveTuner};
-use super::{Endpoint, EndpointTimer, Role};
+use super::{Endpoint, EndpointTimer, Role, STREAM_FALLBACK_AFTER};
 use crate::config::RendezvousServer;
 use crate::error::{ConnectError, ResolveError};
 use crate::events::{Event, PeerClosedReason, PeerId};
@@ -152,6 +152,18 @@ impl Endpoint {
         }
         self.rendezvous.ready = false;
         self.rendezvous.current = Some(address);
+        // Armed wherever a UDP handshake starts (a retry, a name that resolved, a new
+        // address), not only on the retry timer: a name that resolves before the first
+        // retry fires must not leave a UDP-blocked endpoint without its fallback. A
+        // deadline already running is kept, so moving through addresses does not put it off.
+        if !self.udp_blocked
+            && !self.udp_worked
+            && self.rendezvous.server.stream_port.is_some()
+            && !self.timers.is_set(EndpointTimer::StreamFallback)
+        {
+            self.timers
+                .set(EndpointTimer::StreamFallback, now + STREAM_FALLBACK_AFTER);
+        }
         if !self.timers.is_set(EndpointTimer::RendezvousSilent)
             && !self.rendezvous.unreachable_reported
         {

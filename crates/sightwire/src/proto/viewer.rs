@@ -13,7 +13,6 @@ use sightwire_signal::cert::TrustedIssuers;
 use sightwire_signal::{Body, ConnectRequest, ConnectResponse, ErrorCode, MAX_MESSAGE_LEN};
 
 use super::connection::{AuthState, ConnTimer, Failure};
-use super::device::GRANT_WAIT;
 use super::gop::WatchFrames;
 use super::rendezvous::{RENDEZVOUS_UNREACHABLE_AFTER, REQUEST_RETRY};
 use super::timer::{TimerTable, timers};
@@ -78,13 +77,45 @@ timers! {
         /// The watch has waited this long for the rendezvous (no session with it): a
         /// first connect fails as unreachable.
         RendezvousWait,
+        /// Derive the password key now that the rendezvous initiation has left.
+        DerivePassword,
+    }
+}
+
+/// A watch's password. Its key derivation (Argon2id, tens of milliseconds) runs on the
+/// timer that fires right after `connect` returned, once the driver has sent the
+/// rendezvous initiation: it then overlaps that round trip instead of delaying it (and
+/// it happens once per watch, not per attempt).
+enum WatchPassword {
+    Underived(zeroize::Zeroizing<Vec<u8>>),
+    Derived(PasswordKey),
+}
+
+impl std::fmt::Debug for WatchPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Underived(_) => "Underived(redacted)",
+            Self::Derived(_) => "Derived(redacted)",
+        })
+    }
+}
+
+impl WatchPassword {
+    fn key(&mut self, device_id: &[u8; 6]) -> PasswordKey {
+        if let Self::Underived(password) = self {
+            *self = Self::Derived(PasswordKey::derive(&password[..], device_id));
+        }
+        match self {
+            Self::Derived(key) => key.clone(),
+            Self::Underived(password) => PasswordKey::derive(&password[..], device_id),
+        }
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct Watch {
     target: Target,
-    password: Option<PasswordKey>,
+    password: Option<WatchPassword>,
     remember: bool,
     want_relay: bool,
     /// Connected at least once (the application has its handle).
@@ -105,7 +136,7 @@ pub(crate) struct Watch {
     login_opening: Bytes,
     /// Our confirmation of the device's login message (resent if that comes again).
     pub(crate) login_reply: Option<(sightwire_signal::ConnectId, Bytes)>,
-    pub(crate) timers: TimerTable<WatchTimer, 4>,
+    pub(crate) timers: TimerTable<WatchTimer, 5>,
     /// What the watch delivered, per stream (a reconnect's replayed GOP is not
     /// delivered twice).
     pub(crate) frames: WatchFrames,
@@ -150,7 +181,6 @@ impl Endpoint {
         }
         let id = WatchId(viewer.next_watch);
         viewer.next_watch += 1;
-        let device_id = request.target.device_id();
         let mut timers = TimerTable::default();
         timers.set(WatchTimer::Deadline, now + request.connect_timeout);
         if !self.rendezvous.ready {
@@ -163,11 +193,9 @@ impl Endpoint {
             id,
             Watch {
                 target: request.target,
-                password: request
-                    .credentials
-                    .password
-                    .as_deref()
-                    .map(|p| PasswordKey::derive(p.as_bytes(), device_id.as_bytes())),
+                password: request.credentials.password.as_deref().map(|p| {
+                    WatchPassword::Underived(zeroize::Zeroizing::new(p.as_bytes().to_vec()))
+                }),
                 remember: request.credentials.remember,
                 want_relay: request.want_relay,
                 connected: false,
@@ -187,6 +215,11 @@ impl Endpoint {
             self.send_connect_request(now, id);
         } else {
             self.rendezvous_wanted();
+            if let Some(watch) = self.watch_mut(id)
+                && watch.password.is_some()
+            {
+                watch.timers.set(WatchTimer::DerivePassword, now);
+            }
         }
         self.flush(now);
         Ok(id)
@@ -312,6 +345,14 @@ impl Endpoint {
                             self.send_connect_request(now, id);
                         }
                     }
+                    WatchTimer::DerivePassword => {
+                        if let Some(watch) = self.watch_mut(id) {
+                            let device_id = *watch.target.device_id().as_bytes();
+                            if let Some(password) = watch.password.as_mut() {
+                                password.key(&device_id);
+                            }
+                        }
+                    }
                     WatchTimer::RendezvousWait => {
                         let ready = self.rendezvous.ready;
                         // No address to have tried yet (the name is still being
@@ -420,7 +461,7 @@ impl Endpoint {
         let device_id = *watch.target.device_id().as_bytes();
         if watch.request.is_none() {
             // A new request: a new login (a retransmission resends the same opening).
-            let password = watch.password.clone();
+            let password = watch.password.as_mut().map(|p| p.key(&device_id));
             let started = self.start_login(password.as_ref(), &device_id);
             let Some(watch) = self.watch_mut(id) else {
                 return;
@@ -525,7 +566,8 @@ impl Endpoint {
         let mut start = response.to_punch_start(None);
         start.remote = self.remote_candidates(&response.candidates);
         self.note_observed(now, response.observed);
-        self.insert_connection(now, conn, start, GRANT_WAIT.min(response.punch.start_in));
+        let grant_expected = self.watch_mut(watch_id).is_some_and(|w| w.want_relay);
+        self.insert_connection(now, conn, start, grant_expected);
     }
 
     /// The rendezvous refused a request. Returns the watch it was for, if any.
@@ -627,7 +669,7 @@ impl Endpoint {
         // request only says whether the device should remember this key. No proof
         // travels any more: the proof field is zero.
         let request = match &watch.password {
-            Some(_) => AuthRequest::Password {
+            Some(_password) => AuthRequest::Password {
                 proof: [0; sightwire_session::auth::PROOF_LEN],
                 remember: watch.remember,
             },
