@@ -97,6 +97,13 @@ pub struct Config {
     /// Default [`DEFAULT_PACING_FACTOR_PERCENT`](crate::DEFAULT_PACING_FACTOR_PERCENT)
     /// (2.5 ×).
     pub pacing_factor_percent: u32,
+    /// Packets of `max_packet_size` a new connection's pacer sends at once before the
+    /// pacing rate applies, once (`spec/media.md` 4.5, "Initial window"): a joining
+    /// viewer's first keyframe starts without waiting for the rate. `0` paces from the
+    /// first packet. At most
+    /// [`MAX_PACING_INITIAL_WINDOW_PACKETS`](crate::MAX_PACING_INITIAL_WINDOW_PACKETS).
+    /// Default [`PACER_INITIAL_WINDOW_PACKETS`](crate::PACER_INITIAL_WINDOW_PACKETS) (10).
+    pub pacing_initial_window_packets: u32,
     /// Estimate the path from one-way delay as well as loss (`spec/media.md` 4.6): the
     /// receiver sends feedback packets with arrival times and the sender's target is the
     /// lower of both estimates. Default true; off leaves the loss-based estimate alone in
@@ -133,6 +140,7 @@ impl Default for Config {
             min_bitrate_bps: 100_000,
             max_bitrate_bps: 20_000_000,
             pacing_factor_percent: crate::pacer::DEFAULT_PACING_FACTOR_PERCENT,
+            pacing_initial_window_packets: crate::pacer::PACER_INITIAL_WINDOW_PACKETS,
             delay_based_estimation: true,
         }
     }
@@ -161,6 +169,10 @@ pub enum ConfigError {
     /// [`MAX_PACING_FACTOR_PERCENT`](crate::MAX_PACING_FACTOR_PERCENT).
     #[error("pacing_factor_percent {0} above the limit")]
     PacingFactor(u32),
+    /// `pacing_initial_window_packets` above
+    /// [`MAX_PACING_INITIAL_WINDOW_PACKETS`](crate::MAX_PACING_INITIAL_WINDOW_PACKETS).
+    #[error("pacing_initial_window_packets {0} above the limit")]
+    PacingInitialWindow(u32),
     /// A timer is longer than [`MAX_TIMER`].
     #[error("{0} exceeds the 60 s timer limit")]
     DurationTooLong(&'static str),
@@ -219,6 +231,11 @@ impl Config {
         }
         if self.pacing_factor_percent > crate::pacer::MAX_PACING_FACTOR_PERCENT {
             return Err(ConfigError::PacingFactor(self.pacing_factor_percent));
+        }
+        if self.pacing_initial_window_packets > crate::pacer::MAX_PACING_INITIAL_WINDOW_PACKETS {
+            return Err(ConfigError::PacingInitialWindow(
+                self.pacing_initial_window_packets,
+            ));
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //!
 //! An exact token bucket in nano-bits: it holds at most `burst` bytes of credit, earns
 //! `rate` bits per second, and a packet leaves only when the bucket holds all its bytes.
-//! Over any window `w`, bytes sent ≤ `burst + rate × w`.
+//! Over any window `w`, bytes sent ≤ `burst + rate × w`, plus, once, a new pacer's
+//! initial window.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,14 @@ pub const MIN_PACING_TARGET_BPS: u64 = 300_000;
 pub const PACER_BURST: Duration = Duration::from_millis(5);
 /// …but at least this many largest packets.
 pub const PACER_MIN_BURST_PACKETS: u64 = 2;
+/// Default `Config::pacing_initial_window_packets`: a new pacer's one-time initial
+/// window, in largest packets, spent before the bucket (the ten packets of TCP's and
+/// QUIC's initial window, RFC 6928, RFC 9002 §7.2): a connection's first keyframe, which
+/// a joining viewer waits on, starts at once instead of at the pacing rate. The path's
+/// queue is empty then, and ten packets fit any bottleneck queue worth the name.
+pub const PACER_INITIAL_WINDOW_PACKETS: u32 = 10;
+/// Largest allowed `Config::pacing_initial_window_packets`.
+pub const MAX_PACING_INITIAL_WINDOW_PACKETS: u32 = 64;
 
 /// Recovery rounds (NACK, retransmission) the pacer leaves room for in the latency budget:
 /// it holds its queue at most `latency_budget - (rtt / 2 + PACER_RECOVERY_ROUNDS × (rtt +
@@ -62,6 +71,8 @@ pub(crate) struct Pacer {
     /// Credit in nano-bits at `updated`, at most `burst_bytes × UNITS_PER_BYTE`.
     level: u128,
     updated: Instant,
+    /// What is left of the initial window ([`PACER_INITIAL_WINDOW_PACKETS`]), bytes.
+    initial_bytes: u64,
 }
 
 impl Pacer {
@@ -74,6 +85,8 @@ impl Pacer {
             burst_bytes: 0,
             level: 0,
             updated: now,
+            initial_bytes: u64::from(config.pacing_initial_window_packets)
+                * config.max_packet_size as u64,
         };
         pacer.set_target(now, target_bps, u64::MAX, config);
         pacer.level = pacer.capacity();
@@ -184,6 +197,10 @@ impl Pacer {
     /// bucket holds less.
     pub(crate) fn try_send(&mut self, now: Instant, len: usize) -> bool {
         self.refill(now);
+        if len as u64 <= self.initial_bytes {
+            self.initial_bytes -= len as u64;
+            return true;
+        }
         let needed = len as u128 * UNITS_PER_BYTE;
         if self.level < needed {
             return false;
@@ -194,6 +211,9 @@ impl Pacer {
 
     /// The earliest time a `len`-byte packet may leave (in the past if it may now).
     pub(crate) fn next_send(&self, len: usize) -> Instant {
+        if len as u64 <= self.initial_bytes {
+            return self.updated;
+        }
         let needed = (len as u128 * UNITS_PER_BYTE).min(self.capacity());
         let missing = needed.saturating_sub(self.level);
         let nanos = missing.div_ceil(u128::from(self.rate_bps));
@@ -218,6 +238,32 @@ mod tests {
         );
     }
 
+    fn spend_initial_window(pacer: &mut Pacer, now: Instant, config: &Config) {
+        for _ in 0..config.pacing_initial_window_packets {
+            assert!(pacer.try_send(now, config.max_packet_size));
+        }
+    }
+
+    #[test]
+    fn the_initial_window_leaves_at_once_and_only_once() {
+        let t0 = Instant::now();
+        let config = Config::default();
+        let packet = config.max_packet_size;
+        let mut pacer = Pacer::new(t0, 4_000_000, &config);
+        // Ten packets, then the full bucket (6250 bytes: five packets), then nothing.
+        assert!(pacer.next_send(packet) <= t0);
+        spend_initial_window(&mut pacer, t0, &config);
+        for _ in 0..5 {
+            assert!(pacer.try_send(t0, packet));
+        }
+        assert!(!pacer.try_send(t0, packet));
+        assert!(pacer.next_send(packet) > t0);
+        // Idle for long: the bucket refills to its burst, the initial window never.
+        let later = t0 + Duration::from_secs(10);
+        assert!(pacer.try_send(later, 6250));
+        assert!(!pacer.try_send(later, 1));
+    }
+
     #[test]
     fn bucket_is_exact() {
         let t0 = Instant::now();
@@ -225,6 +271,7 @@ mod tests {
         // 10 Mbit/s: 6250 bytes burst (5 ms), 1250 bytes per ms.
         let mut pacer = Pacer::new(t0, 4_000_000, &config);
         assert_eq!(pacer.burst_bytes(), 6250);
+        spend_initial_window(&mut pacer, t0, &config);
         for _ in 0..5 {
             assert!(pacer.try_send(t0, 1200));
         }

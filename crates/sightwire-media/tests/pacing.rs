@@ -40,6 +40,8 @@ fn config(target_bps: u64) -> Config {
         value.initial_rtt = Duration::from_millis(20);
         value.initial_bitrate_bps = target_bps;
         value.min_bitrate_bps = target_bps.min(Config::default().min_bitrate_bps);
+        // These tests measure the rate and the bucket; the initial window has its own.
+        value.pacing_initial_window_packets = 0;
         value
     }
 }
@@ -137,6 +139,52 @@ fn max_bytes_in_window(log: &[Sent], window: Duration) -> usize {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// A new connection's first keyframe (a joining viewer's catch-up) starts with the
+/// initial window at once, then keeps to the rate; a later keyframe gets no second one.
+#[test]
+fn the_first_keyframe_starts_with_the_initial_window() {
+    let start = Instant::now();
+    let config = {
+        let mut value = config(4_000_000);
+        value.pacing_initial_window_packets = sightwire_media::PACER_INITIAL_WINDOW_PACKETS;
+        value
+    };
+    let window_bytes =
+        u64::from(config.pacing_initial_window_packets) * config.max_packet_size as u64;
+    let mut camera = MediaConnection::new(config, start).unwrap();
+    send(&mut camera, start, frame(StreamId::VIDEO, true, 100_000, 0));
+    let mut log = Vec::new();
+    run_until_idle(&mut camera, start, &mut log);
+    let at_once: u64 = log
+        .iter()
+        .filter(|s| s.is_fragment() && s.at == start)
+        .map(|s| s.len as u64)
+        .sum();
+    // The initial window and the full bucket (6 250 bytes) leave at once, less what a
+    // packet that does not fit leaves behind.
+    assert!(at_once > window_bytes, "{at_once} bytes at once");
+    assert!(at_once <= window_bytes + 6_250, "{at_once} bytes at once");
+    assert!(worst_window_excess(&log, 10_000_000, window_bytes + 6_250) <= 0);
+    // Idle, then another keyframe: the bucket's burst only.
+    let later = start + Duration::from_secs(2);
+    send(&mut camera, later, frame(StreamId::VIDEO, true, 100_000, 1));
+    let mut log = Vec::new();
+    run_until_idle(&mut camera, later, &mut log);
+    let at_once: u64 = log
+        .iter()
+        .filter(|s| s.is_fragment() && s.at == later)
+        .map(|s| s.len as u64)
+        .sum();
+    assert!(at_once <= 6_250, "{at_once} bytes at once the second time");
+    let too_large = {
+        let mut value = Config::default();
+        value.pacing_initial_window_packets =
+            sightwire_media::MAX_PACING_INITIAL_WINDOW_PACKETS + 1;
+        value
+    };
+    assert!(MediaConnection::new(too_large, start).is_err());
 }
 
 #[test]

@@ -32,6 +32,11 @@ pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 /// Connect requests are padded to this size so the rendezvous may answer them in full
 /// (it never answers an unregistered client with more than it sent).
 const CONNECT_REQUEST_PADDED_LEN: usize = MAX_MESSAGE_LEN;
+/// How long after `connect` a watch derives its password key: a timer due at once would
+/// run in the same pass as the first rendezvous retry, before the driver sent the
+/// initiation that pass queued, and the derivation would delay it instead of overlapping
+/// its round trip.
+const PASSWORD_DERIVE_DEFER: Duration = Duration::from_millis(1);
 
 /// One camera a viewer endpoint watches; stable across reconnects (the [`PeerId`] of
 /// the connection serving it changes).
@@ -218,7 +223,9 @@ impl Endpoint {
             if let Some(watch) = self.watch_mut(id)
                 && watch.password.is_some()
             {
-                watch.timers.set(WatchTimer::DerivePassword, now);
+                watch
+                    .timers
+                    .set(WatchTimer::DerivePassword, now + PASSWORD_DERIVE_DEFER);
             }
         }
         self.flush(now);
