@@ -23,7 +23,8 @@ fn identity(seed: u8) -> Identity {
     let issuer = IssuerKey::from_seed(&[9; 32]);
     let certificate = issuer
         .issue(CertificateFields {
-            device_id: [0x1C, 0xC3, 0x16, 0xAB, 0xCD, 0xEF],
+            device_id: sightwire::DeviceId::from_bytes([0x1C, 0xC3, 0x16, 0xAB, 0xCD, 0xEF])
+                .expect("a unicast address"),
             device_key: *keypair.public(),
             not_before: 0,
             not_after: u64::MAX / 2,

@@ -167,7 +167,7 @@ impl Endpoint {
                     .credentials
                     .password
                     .as_deref()
-                    .map(|p| PasswordKey::derive(p.as_bytes(), device_id.as_bytes())),
+                    .map(|p| PasswordKey::derive(p.as_bytes(), &device_id)),
                 remember: request.credentials.remember,
                 want_relay: request.want_relay,
                 connected: false,
@@ -417,7 +417,7 @@ impl Endpoint {
         let Some(watch) = self.watch_mut(id) else {
             return;
         };
-        let device_id = *watch.target.device_id().as_bytes();
+        let device_id = watch.target.device_id();
         if watch.request.is_none() {
             // A new request: a new login (a retransmission resends the same opening).
             let password = watch.password.clone();
@@ -486,7 +486,7 @@ impl Endpoint {
         watch.timers.stop(WatchTimer::RequestRetry);
         let target = watch.target;
         let checked = match response.certificate.verify(&viewer.issuers, unix_now) {
-            Ok(fields) if fields.device_id != *target.device_id().as_bytes() => {
+            Ok(fields) if fields.device_id != target.device_id() => {
                 Err(ConnectError::CertificateInvalid)
             }
             Ok(fields) if !target.accepts_key(&fields.device_key) => {
