@@ -119,6 +119,14 @@ fn configurations_are_checked_field_by_field() {
         new_config(&other, address, &mut config),
         SightwireResult::InvalidCertificate
     );
+    // A certificate naming a multicast address (octet 1 is the ID's first octet): no
+    // device ID, refused at the boundary like any other invalid certificate.
+    other.certificate = id.certificate.clone();
+    other.certificate[1] |= 0x01;
+    assert_eq!(
+        new_config(&other, address, &mut config),
+        SightwireResult::InvalidCertificate
+    );
 
     assert_eq!(
         new_config(&id, b"no port here\0", &mut config),
