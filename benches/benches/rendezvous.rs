@@ -41,7 +41,8 @@ fn certificate(issuer: &IssuerKey, n: u32) -> IdCertificate {
     let b = n.to_be_bytes();
     issuer
         .issue(CertificateFields {
-            device_id: [0x02, 0, b[0], b[1], b[2], b[3]],
+            device_id: sightwire_signal::DeviceId::from_bytes([0x02, 0, b[0], b[1], b[2], b[3]])
+                .expect("a unicast address"),
             device_key: device_key(n),
             not_before: 0,
             not_after: u64::MAX,
@@ -198,7 +199,10 @@ fn keepalives_through_noise() {
         let from = SocketAddr::from(([10, b[1], b[2], b[3]], 40_000));
         let certificate = issuer
             .issue(CertificateFields {
-                device_id: [0x02, 0, b[0], b[1], b[2], b[3]],
+                device_id: sightwire_signal::DeviceId::from_bytes([
+                    0x02, 0, b[0], b[1], b[2], b[3],
+                ])
+                .expect("a unicast address"),
                 device_key: *key.public(),
                 not_before: 0,
                 not_after: u64::MAX,

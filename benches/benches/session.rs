@@ -24,7 +24,8 @@ const SIZES: [usize; 3] = [200, 1200, 1400];
 fn established_pair(footprint: Footprint) -> (SessionTable, SessionTable, SessionId, SocketAddr) {
     let mut config = Config::default();
     config.footprint = footprint;
-    let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+    let device_id = sightwire_session::DeviceId::from_bytes([0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e])
+        .expect("a unicast address");
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let camera_key = StaticKeypair::generate(&mut rng);
     let camera_public = *camera_key.public();

@@ -93,7 +93,7 @@ pub fn load_identity(
         let mut serial = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut serial);
         let certificate = issuer.issue(CertificateFields {
-            device_id: *id.as_bytes(),
+            device_id: id,
             device_key: *keypair.public(),
             not_before: now.saturating_sub(60),
             not_after: now + DEMO_CERT_LIFETIME_SECS,

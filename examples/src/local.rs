@@ -227,7 +227,7 @@ impl LocalNetwork {
         self.serial += 1;
         let now = unix_now();
         let certificate = self.issuer.issue(CertificateFields {
-            device_id: *device_id.as_bytes(),
+            device_id,
             device_key: *keypair.public(),
             not_before: now.saturating_sub(60),
             not_after: now + CERTIFICATE_LIFETIME_SECS,

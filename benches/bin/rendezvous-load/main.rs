@@ -262,9 +262,11 @@ fn moved(before: &HashMap<String, u64>, after: &HashMap<String, u64>, sample: &s
 const UNDER_LOAD_COOKIES: &str =
     "sightwire_rendezvous_session_drops_total{reason=\"under_load_cookie\"}";
 
-fn device_id(n: u32) -> [u8; 6] {
+fn device_id(n: u32) -> sightwire_signal::DeviceId {
     let b = n.to_be_bytes();
-    [0x02, 0x5A, b[0], b[1], b[2], b[3]]
+    // 0x02 first: locally administered unicast, so every n is a device ID.
+    sightwire_signal::DeviceId::from_bytes([0x02, 0x5A, b[0], b[1], b[2], b[3]])
+        .expect("a unicast address")
 }
 
 /// The loopback address of socket `k` (devices) or of viewer `k` (viewers).

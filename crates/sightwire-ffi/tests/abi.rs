@@ -23,7 +23,8 @@ fn identity(seed: u8) -> Identity {
     let issuer = IssuerKey::from_seed(&[9; 32]);
     let certificate = issuer
         .issue(CertificateFields {
-            device_id: [0x1C, 0xC3, 0x16, 0xAB, 0xCD, 0xEF],
+            device_id: sightwire::DeviceId::from_bytes([0x1C, 0xC3, 0x16, 0xAB, 0xCD, 0xEF])
+                .expect("a unicast address"),
             device_key: *keypair.public(),
             not_before: 0,
             not_after: u64::MAX / 2,
@@ -114,6 +115,14 @@ fn configurations_are_checked_field_by_field() {
         SightwireResult::InvalidCertificate
     );
     other.certificate = id.certificate[..100].to_vec();
+    assert_eq!(
+        new_config(&other, address, &mut config),
+        SightwireResult::InvalidCertificate
+    );
+    // A certificate naming a multicast address (octet 1 is the ID's first octet): no
+    // device ID, refused at the boundary like any other invalid certificate.
+    other.certificate = id.certificate.clone();
+    other.certificate[1] |= 0x01;
     assert_eq!(
         new_config(&other, address, &mut config),
         SightwireResult::InvalidCertificate

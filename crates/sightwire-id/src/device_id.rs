@@ -51,7 +51,7 @@ pub struct DeviceId([u8; 6]);
 ///
 /// Positions count characters (Unicode scalar values, not bytes) of the input from 1,
 /// invisible ones included, so a program can find the character in the string it passed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ParseError {
     /// The input holds no hex digits at all.
@@ -212,15 +212,17 @@ impl Digits {
 
 impl DeviceId {
     /// The ID with these six octets, if it is a valid device ID (see the type docs).
-    pub fn from_bytes(octets: [u8; 6]) -> Result<Self, ParseError> {
-        if octets == [0; 6] {
+    ///
+    /// `const`, so a program can name a fixed ID in a constant:
+    /// `const ID: DeviceId = match DeviceId::from_bytes([0x02, 0, 0, 0, 0, 1]) { Ok(id) => id, Err(_) => panic!() };`
+    pub const fn from_bytes(octets: [u8; 6]) -> Result<Self, ParseError> {
+        let [a, b, c, d, e, f] = octets;
+        if a | b | c | d | e | f == 0 {
             Err(ParseError::AllZeros)
-        } else if octets == [0xFF; 6] {
+        } else if a & b & c & d & e & f == 0xFF {
             Err(ParseError::Broadcast)
-        } else if octets[0] & 0x01 != 0 {
-            Err(ParseError::Multicast {
-                first_octet: octets[0],
-            })
+        } else if a & 0x01 != 0 {
+            Err(ParseError::Multicast { first_octet: a })
         } else {
             Ok(Self(octets))
         }
@@ -229,6 +231,12 @@ impl DeviceId {
     /// The six octets, first octet first (as transmitted on Ethernet and on the wire).
     pub const fn as_bytes(&self) -> &[u8; 6] {
         &self.0
+    }
+
+    /// The six octets by value (the same as [`DeviceId::as_bytes`], for callers that
+    /// want an owned array to put on the wire).
+    pub const fn to_bytes(&self) -> [u8; 6] {
+        self.0
     }
 
     /// The two check digits for this ID: [`crc8`] over its six octets, upper-case hex.

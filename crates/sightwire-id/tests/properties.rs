@@ -340,7 +340,7 @@ proptest! {
             position: index + 1,
             looks_like: original,
         });
-        prop_assert_eq!(edited.parse::<DeviceId>(), expected.clone(), "{:?}", edited);
+        prop_assert_eq!(edited.parse::<DeviceId>(), expected, "{:?}", edited);
         prop_assert_eq!(DeviceId::parse_checked(&edited), expected);
     }
 

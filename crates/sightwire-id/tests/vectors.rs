@@ -151,7 +151,7 @@ fn rejected_inputs() {
             v.error.as_str(),
             "invalid-character" | "look-alike" | "too-long" | "empty"
         ) {
-            assert_eq!(DeviceId::parse_checked(&v.input), Err(error.clone()));
+            assert_eq!(DeviceId::parse_checked(&v.input), Err(error));
         }
         match error {
             ParseError::InvalidCharacter { ch, position } => {

@@ -30,7 +30,7 @@
 //! let mut relay = Relay::new(RelayConfig::default(), key.clone());
 //! let claims = |role| GrantClaims {
 //!     allocation_id: [7; 16], role, expires_at: 2_000_000_000,
-//!     device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+//!     device_id: sightwire_signal::DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef]).expect("a unicast address"),
 //!     device_key: [2; 32].into(), viewer_key: [3; 32].into(),
 //! };
 //! let (camera, viewer) = ("198.51.100.7:4000".parse()?, "203.0.113.9:5000".parse()?);

@@ -23,7 +23,8 @@ fn claims(allocation: u8, role: GrantRole, expires_at: u64) -> GrantClaims {
         allocation_id: [allocation; 16],
         role,
         expires_at,
-        device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+        device_id: sightwire_signal::DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef])
+            .expect("a unicast address"),
         device_key: [2; 32].into(),
         viewer_key: [3; 32].into(),
     }

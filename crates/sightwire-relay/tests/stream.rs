@@ -21,7 +21,8 @@ fn bind_packet(key: &RelayGrantKey, role: GrantRole) -> Vec<u8> {
         allocation_id: [9; 16],
         role,
         expires_at: unix_now() + 600,
-        device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+        device_id: sightwire_signal::DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef])
+            .expect("a unicast address"),
         device_key: [2; 32].into(),
         viewer_key: [3; 32].into(),
     };

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::{CryptoRng, RngCore};
-use sightwire_id::PublicKey;
+use sightwire_id::{DeviceId, PublicKey};
 use sightwire_signal::cert::{CertificateError, IdCertificate, TrustedIssuers};
 use sightwire_signal::grant::{GRANT_NONCE_LEN, GrantClaims, GrantRole, RelayGrantKey};
 use sightwire_signal::{
@@ -21,7 +21,7 @@ use sightwire_signal::{
 };
 
 use crate::Rate;
-use crate::decoy::{decoy_delay, decoy_login_reply};
+use crate::decoy::{DECOY_STAND_IN_ID, decoy_delay, decoy_login_reply};
 use crate::presence::{PresenceEntry, PresenceTable};
 use crate::ratelimit::{RateLimiter, RateRefusal, source_key};
 use crate::registry::{QueryKind, QueryResult, RegistrationView, RegistryAnswer, RegistryQuery};
@@ -374,7 +374,9 @@ struct PendingConnect<S> {
     viewer_address: SocketAddr,
     request_id: u64,
     request_len: usize,
-    device_id: [u8; 6],
+    /// `None` when the request named six octets that are no device ID (all zeros,
+    /// broadcast, multicast): answered like an ID nobody registered.
+    device_id: Option<DeviceId>,
     /// `None` for an unreachable ID: the rendezvous plays the device's part.
     device: Option<DeviceSide<S>>,
     viewer_candidates: CandidateSet,
@@ -426,6 +428,28 @@ enum TimerKind {
     RegistryTimeout,
 }
 
+/// What an attempt keeps of a `ConnectRequest`.
+#[derive(Debug, Clone)]
+struct AttemptRequest {
+    /// `None` when the request named six octets that are no device ID
+    /// ([`DecodeError::NotADeviceId`]): such an attempt runs like one for an unknown ID.
+    device_id: Option<DeviceId>,
+    candidates: CandidateSet,
+    want_relay: bool,
+    login: Bytes,
+}
+
+impl From<ConnectRequest> for AttemptRequest {
+    fn from(request: ConnectRequest) -> Self {
+        Self {
+            device_id: Some(request.device_id),
+            candidates: request.candidates,
+            want_relay: request.want_relay,
+            login: request.login,
+        }
+    }
+}
+
 /// A request waiting for its registry answer (spec/registration.md §9.1).
 #[derive(Debug, Clone)]
 enum Parked<S> {
@@ -439,7 +463,7 @@ enum Parked<S> {
         from: Peer<S>,
         request_len: usize,
         request_id: u64,
-        request: ConnectRequest,
+        request: AttemptRequest,
     },
 }
 
@@ -499,6 +523,8 @@ pub struct Rendezvous<S> {
     session_sources: HashMap<S, u128>,
     lookup_limiter: RateLimiter<u128>,
     identity_limiter: RateLimiter<PublicKey>,
+    /// Keyed by the six octets named, so that octets which are no device ID are
+    /// counted like any other ID (spec/signaling.md §4.2).
     introduction_limiter: RateLimiter<[u8; 6]>,
     session_limiter: RateLimiter<S>,
     register_limiter: RateLimiter<u128>,
@@ -556,23 +582,6 @@ fn limited(code: ErrorCode, limit: Limit, retry_after_ms: u64) -> ErrorReply {
         retry_after: Duration::from_millis(retry_after_ms),
         min_request_len: 0,
     }
-}
-
-/// Displays a device ID in the canonical form (`1C:C3:16:AB:CD:EF`) for logs without
-/// allocating; also IDs that `sightwire_id::DeviceId` would refuse (multicast, zero),
-/// which an attacker may send.
-#[derive(Clone, Copy)]
-pub(crate) struct IdDisplay(pub(crate) [u8; 6]);
-
-impl fmt::Display for IdDisplay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02X}:{b:02X}:{c:02X}:{d:02X}:{e:02X}:{g:02X}")
-    }
-}
-
-pub(crate) fn hex_id(id: [u8; 6]) -> IdDisplay {
-    IdDisplay(id)
 }
 
 impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
@@ -668,7 +677,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
     }
 
     /// Whether `device_id` is online, and on which session.
-    pub fn session_of(&self, device_id: [u8; 6]) -> Option<S> {
+    pub fn session_of(&self, device_id: DeviceId) -> Option<S> {
         self.presence.get(&device_id).map(|entry| entry.session)
     }
 
@@ -725,10 +734,10 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
     /// The registry announced that `device_id` was revoked (by any node sharing it, or
     /// the issuer tool): if it is online here, it is dropped from presence at once; its
     /// next registration is checked against the registry like any other.
-    pub fn handle_revoked(&mut self, now: Instant, device_id: [u8; 6]) {
+    pub fn handle_revoked(&mut self, now: Instant, device_id: DeviceId) {
         if self.presence.remove_device(&device_id) {
             self.stats.revocations_applied += 1;
-            tracing::info!(device = %hex_id(device_id), "revoked device removed from presence");
+            tracing::info!(device = %device_id, "revoked device removed from presence");
         }
         // A registration of this ID still waiting may have read the registry before the
         // revocation committed: ask again (the first answer becomes a late one).
@@ -949,7 +958,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
     /// hears `UNAVAILABLE` only at the deadline); disclosed ones end.
     pub fn handle_session_closed(&mut self, session: S) {
         if let Some(device_id) = self.presence.remove_session(&session) {
-            tracing::debug!(device = %hex_id(device_id), "device offline: session closed");
+            tracing::debug!(device = %device_id, "device offline: session closed");
         }
         self.session_sources.remove(&session);
         if !self.parked.is_empty() {
@@ -1007,6 +1016,28 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
                     error(ErrorCode::VersionUnsupported),
                 );
             }
+            Err(DecodeError::NotADeviceId {
+                request_id,
+                octets,
+                login,
+                source,
+            }) => {
+                // Answered exactly like an ID nobody registered (spec/signaling.md §4.5):
+                // a refusal of its own would be a second answer to tell IDs apart by.
+                tracing::debug!(id = %hex::encode(octets), %source, "connect request names no device ID");
+                let request = AttemptRequest {
+                    device_id: None,
+                    candidates: CandidateSet::default(),
+                    want_relay: false,
+                    login,
+                };
+                if let Err(Refusal::Reply(reply)) =
+                    self.on_connect(now, from, request_len, request_id, octets, request)
+                {
+                    self.reply(from, request_len, request_id, reply);
+                }
+                return;
+            }
             Err(reason) => {
                 tracing::debug!(%reason, "malformed signaling message");
                 self.stats.malformed += 1;
@@ -1023,7 +1054,8 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
                 self.on_keepalive(now, from, request_id, ack_delay)
             }
             Body::ConnectRequest(request) => {
-                self.on_connect(now, from, request_len, request_id, request)
+                let octets = request.device_id.to_bytes();
+                self.on_connect(now, from, request_len, request_id, octets, request.into())
             }
             Body::Consent(consent) => self
                 .session_check(now, from, request_id == 0)
@@ -1201,7 +1233,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
             Limit::RegisterRate,
         )?;
         let certificate = register.certificate;
-        let device = hex_id(certificate.device_id());
+        let device = certificate.device_id();
         let fields = match certificate.verify(&self.trust, self.unix(now)) {
             Ok(fields) => *fields,
             Err(reason) => {
@@ -1252,7 +1284,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
     ) -> Result<(), Refusal> {
         let now_ms = self.ms(now);
         let certificate = register.certificate;
-        let device = hex_id(certificate.device_id());
+        let device = certificate.device_id();
         self.check_registry(&certificate, device, view)?;
         let entry = PresenceEntry::new(
             from.session,
@@ -1290,7 +1322,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
     fn check_registry(
         &mut self,
         certificate: &IdCertificate,
-        device: IdDisplay,
+        device: DeviceId,
         view: RegistrationView,
     ) -> Result<(), Refusal> {
         let floor = view.floor;
@@ -1387,7 +1419,8 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
         from: &Peer<S>,
         request_len: usize,
         request_id: u64,
-        request: ConnectRequest,
+        named: [u8; 6],
+        request: AttemptRequest,
     ) -> Result<(), Refusal> {
         // A retransmission: something of this attempt was lost. Resend what was sent so
         // far and nothing new: the introduction (the device answers it again), the login
@@ -1487,16 +1520,22 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
             );
             return Err(limited(ErrorCode::Capacity, Limit::ConnectTable, 1_000).into());
         }
-        // Introductions per device ID, counted for every ID named (existing or not).
-        let device_id = request.device_id;
+        // Introductions per device ID, counted for every ID named (existing or not, and
+        // octets that are no device ID alike).
         Self::rate_check(
             &mut self.introduction_limiter,
             &mut self.stats,
-            device_id,
+            named,
             from,
             now,
             Limit::LookupRate,
         )?;
+        let Some(device_id) = request.device_id else {
+            // No registry holds a record for it: the attempt starts at once as for an
+            // ID the registry does not know.
+            self.finish_connect(now, from, request_id, request_len, request, None);
+            return Ok(());
+        };
         let parked = Parked::Connect {
             from: *from,
             request_len,
@@ -1514,25 +1553,27 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
         from: &Peer<S>,
         request_id: u64,
         request_len: usize,
-        request: ConnectRequest,
+        request: AttemptRequest,
         record: Option<crate::registry::DeviceRecord>,
     ) {
         let device_id = request.device_id;
-        let device = hex_id(device_id);
-        let reachable = match record {
-            Some(record) if record.revoked => {
+        let reachable = match (device_id, record) {
+            (None, _) => None,
+            (Some(device_id), Some(record)) if record.revoked => {
                 // Revocation takes effect at once, also for a device that is online.
                 if self.presence.remove_device(&device_id) {
-                    tracing::info!(%device, "revoked device removed from presence");
+                    tracing::info!(device = %device_id, "revoked device removed from presence");
                 }
                 None
             }
-            Some(record) => self.presence.get(&device_id).map(|entry| DeviceSide {
-                session: entry.session,
-                key: *record.certificate.device_key(),
-                certificate: record.certificate,
-            }),
-            None => None,
+            (Some(device_id), Some(record)) => {
+                self.presence.get(&device_id).map(|entry| DeviceSide {
+                    session: entry.session,
+                    key: *record.certificate.device_key(),
+                    certificate: record.certificate,
+                })
+            }
+            (Some(_), None) => None,
         };
         let connect_id = self.fresh_connect_id();
         let deadline = now + CONSENT_WINDOW;
@@ -1586,7 +1627,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
             .or_insert(0) += 1;
         if let Some(session) = device_session {
             self.stats.introductions += 1;
-            tracing::debug!(%device, connect = connect_id.0, "introducing a viewer");
+            tracing::debug!(device = ?device_id, connect = connect_id.0, "introducing a viewer");
             let introduction = Introduction {
                 connect_id,
                 viewer_key: from.remote_static,
@@ -1740,7 +1781,10 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
         let Some(side) = pending.device.clone() else {
             return Err(Refusal::Silent);
         };
-        let Some(entry) = self.presence.get(&pending.device_id) else {
+        let Some(entry) = pending
+            .device_id
+            .and_then(|device_id| self.presence.get(&device_id))
+        else {
             return Err(Refusal::Silent);
         };
         if entry.session != side.session {
@@ -1810,7 +1854,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
             connect_id.0,
         )));
         self.stats.disclosures += 1;
-        tracing::debug!(device = %hex_id(side.certificate.device_id()), connect = connect_id.0, "device consented: disclosing");
+        tracing::debug!(device = %side.certificate.device_id(), connect = connect_id.0, "device consented: disclosing");
         self.enqueue(side.session, &Envelope::new(0, Body::ConnectOffer(offer)));
         let response_envelope = Envelope::new(request_id, Body::ConnectResponse(response));
         let response_len = response_envelope.encoded_len();
@@ -1933,6 +1977,9 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
         }
         let (login, viewer_key, device_id) =
             (pending.login.clone(), pending.viewer_key, pending.device_id);
+        // Octets that are no device ID get the decoy of a stand-in ID: with a random
+        // password key the reply does not depend on the ID it binds.
+        let device_id = device_id.unwrap_or(DECOY_STAND_IN_ID);
         let Some(reply) = decoy_login_reply(&login, &viewer_key, device_id, &mut *self.rng) else {
             return;
         };
@@ -1999,13 +2046,12 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
         let Some(pending) = self.pending.get_mut(&connect_id) else {
             return Err(error(ErrorCode::UnknownConnect).into());
         };
-        let Some(side) = pending.device.clone() else {
+        let (Some(side), Some(device_id)) = (pending.device.clone(), pending.device_id) else {
             return Err(error(ErrorCode::UnknownConnect).into());
         };
         pending.allocation = Some(allocation_id);
         pending.grants += 1;
-        let (viewer, viewer_key, device_id) =
-            (pending.viewer, pending.viewer_key, pending.device_id);
+        let (viewer, viewer_key) = (pending.viewer, pending.viewer_key);
         for (role, session) in [
             (GrantRole::Device, side.session),
             (GrantRole::Viewer, viewer),
@@ -2104,7 +2150,7 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
     fn on_close(&mut self, from: &Peer<S>, close: Close) -> Result<(), Refusal> {
         let Some(connect_id) = close.connect_id else {
             if let Some(device_id) = self.presence.remove_session(&from.session) {
-                tracing::debug!(device = %hex_id(device_id), reason = ?close.reason, "device went offline");
+                tracing::debug!(device = %device_id, reason = ?close.reason, "device went offline");
             }
             return Ok(());
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::{CryptoRng, RngCore};
-use sightwire_id::PublicKey;
+use sightwire_id::{DeviceId, PublicKey};
 use sightwire_session::auth::PasswordKey;
 use sightwire_session::login::DeviceLogin;
 
@@ -19,6 +19,14 @@ pub const DECOY_LOGIN_REPLY_LEN: usize = sightwire_session::login::LOGIN_RESPONS
 pub const DECOY_DELAY_MIN: Duration = Duration::from_millis(40);
 /// Longest delay before the decoy reply: a slow mobile or satellite uplink.
 pub const DECOY_DELAY_MAX: Duration = Duration::from_millis(250);
+
+/// The ID a decoy binds when a connect request named six octets that are no device ID
+/// (`spec/signaling.md` §4.5): any ID gives the same distribution, as the password key is
+/// random.
+pub(crate) const DECOY_STAND_IN_ID: DeviceId = match DeviceId::from_bytes([0x02, 0, 0, 0, 0, 1]) {
+    Ok(id) => id,
+    Err(_) => panic!("a unicast address"),
+};
 
 /// The delay before the decoy reply, uniform in [`DECOY_DELAY_MIN`]..=[`DECOY_DELAY_MAX`]
 /// (millisecond steps).
@@ -38,7 +46,7 @@ pub(crate) fn decoy_delay(rng: &mut dyn RngCore) -> Duration {
 pub fn decoy_login_reply<R: RngCore + CryptoRng + ?Sized>(
     msg1: &[u8],
     viewer_key: &PublicKey,
-    device_id: [u8; 6],
+    device_id: DeviceId,
     rng: &mut R,
 ) -> Option<Bytes> {
     if msg1.is_empty() {
@@ -68,33 +76,23 @@ mod tests {
     #[test]
     fn decoy_reply_fails_for_the_viewer_exactly_like_a_wrong_password() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let id = DeviceId::from_bytes([2; 6]).unwrap();
+        assert_eq!(decoy_login_reply(&[], &[1; 32].into(), id, &mut rng), None);
         assert_eq!(
-            decoy_login_reply(&[], &[1; 32].into(), [2; 6], &mut rng),
-            None
-        );
-        assert_eq!(
-            decoy_login_reply(&[7; 32], &[1; 32].into(), [2; 6], &mut rng),
+            decoy_login_reply(&[7; 32], &[1; 32].into(), id, &mut rng),
             None
         );
         let password = PasswordKey::random(&mut rng);
-        let (login, msg1) = sightwire_session::login::ViewerLogin::start(
-            &password,
-            &[1; 32].into(),
-            &[2; 6],
-            &mut rng,
-        );
-        let reply = decoy_login_reply(&msg1, &[1; 32].into(), [2; 6], &mut rng).unwrap();
+        let (login, msg1) =
+            sightwire_session::login::ViewerLogin::start(&password, &[1; 32].into(), &id, &mut rng);
+        let reply = decoy_login_reply(&msg1, &[1; 32].into(), id, &mut rng).unwrap();
         assert_eq!(reply.len(), DECOY_LOGIN_REPLY_LEN);
         // The same error a real device with another password causes.
-        let (wrong_login, msg1_again) = sightwire_session::login::ViewerLogin::start(
-            &password,
-            &[1; 32].into(),
-            &[2; 6],
-            &mut rng,
-        );
+        let (wrong_login, msg1_again) =
+            sightwire_session::login::ViewerLogin::start(&password, &[1; 32].into(), &id, &mut rng);
         let other = PasswordKey::random(&mut rng);
         let (_, real_reply) =
-            DeviceLogin::respond(&other, &[1; 32].into(), &[2; 6], &msg1_again, &mut rng).unwrap();
+            DeviceLogin::respond(&other, &[1; 32].into(), &id, &msg1_again, &mut rng).unwrap();
         assert_eq!(
             login.finish(&reply).unwrap_err(),
             wrong_login.finish(&real_reply).unwrap_err()

@@ -32,7 +32,7 @@
 //! let issuer = IssuerKey::from_seed(&[1; 32]);
 //! let device_key = sightwire_signal::PublicKey::from_bytes([7u8; 32]); // the device's static X25519 public key
 //! let certificate = issuer.issue(CertificateFields {
-//!     device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+//!     device_id: sightwire_signal::DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef]).expect("a unicast address"),
 //!     device_key,
 //!     not_before: 0,
 //!     not_after: u64::MAX,

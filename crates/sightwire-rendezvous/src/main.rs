@@ -252,7 +252,7 @@ fn operate<R: Registry>(mut registry: R, operation: Operation) -> anyhow::Result
             let device_key: PublicKey = device_key
                 .parse()
                 .context("device key must be 64 hex digits")?;
-            let id = *device_id.as_bytes();
+            let id = device_id;
             let serial = match registry.lookup(id)? {
                 Some(record) => record
                     .certificate
@@ -284,7 +284,7 @@ fn operate<R: Registry>(mut registry: R, operation: Operation) -> anyhow::Result
                 let fields = record.certificate.fields();
                 println!(
                     "{}  serial {:<6} key {}  valid {}..{}  issuer {}{}",
-                    hex_id(fields.device_id),
+                    fields.device_id,
                     fields.serial,
                     hex::encode(fields.device_key),
                     fields.not_before,
@@ -299,11 +299,11 @@ fn operate<R: Registry>(mut registry: R, operation: Operation) -> anyhow::Result
             through_serial,
         } => match through_serial {
             Some(serial) => {
-                registry.revoke_through(*device_id.as_bytes(), serial)?;
+                registry.revoke_through(device_id, serial)?;
                 eprintln!("revoked {device_id} through serial {serial}");
             }
             None => {
-                if !registry.revoke(*device_id.as_bytes())? {
+                if !registry.revoke(device_id)? {
                     bail!("no certificate recorded for {device_id} (use --through-serial)");
                 }
                 eprintln!("revoked {device_id}");
@@ -311,10 +311,6 @@ fn operate<R: Registry>(mut registry: R, operation: Operation) -> anyhow::Result
         },
     }
     Ok(())
-}
-
-fn hex_id(id: [u8; 6]) -> String {
-    DeviceId::from_bytes(id).map_or_else(|_| hex::encode(id), |id| id.to_string())
 }
 
 fn serve(config_path: &Path, metrics_listen: Option<SocketAddr>) -> anyhow::Result<()> {
@@ -422,12 +418,12 @@ fn open_postgres(
 }
 
 #[cfg(feature = "postgres")]
-fn listen_for_revocations(params: String) -> tokio::sync::mpsc::Receiver<[u8; 6]> {
+fn listen_for_revocations(params: String) -> tokio::sync::mpsc::Receiver<DeviceId> {
     sightwire_rendezvous::RevocationListener::spawn(params)
 }
 
 #[cfg(not(feature = "postgres"))]
-fn listen_for_revocations(_params: String) -> tokio::sync::mpsc::Receiver<[u8; 6]> {
+fn listen_for_revocations(_params: String) -> tokio::sync::mpsc::Receiver<DeviceId> {
     tokio::sync::mpsc::channel(1).1
 }
 

@@ -5,6 +5,7 @@
 //! [`MAX_STORED_HOST_CANDIDATES`] candidates inline, times as milliseconds since the
 //! table's epoch) because this table is the rendezvous's per-device memory cost.
 
+use sightwire_id::DeviceId;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -126,8 +127,8 @@ pub(crate) struct PresenceFull;
 /// The presence table plus its session → device index.
 #[derive(Debug)]
 pub(crate) struct PresenceTable<S> {
-    devices: HashMap<[u8; 6], PresenceEntry<S>>,
-    sessions: HashMap<S, [u8; 6]>,
+    devices: HashMap<DeviceId, PresenceEntry<S>>,
+    sessions: HashMap<S, DeviceId>,
     capacity: usize,
 }
 
@@ -146,7 +147,7 @@ impl<S> PresenceTable<S> {
 }
 
 impl<S: Copy + Eq + Hash> PresenceTable<S> {
-    pub(crate) fn get(&self, device_id: &[u8; 6]) -> Option<&PresenceEntry<S>> {
+    pub(crate) fn get(&self, device_id: &DeviceId) -> Option<&PresenceEntry<S>> {
         self.devices.get(device_id)
     }
 
@@ -154,7 +155,7 @@ impl<S: Copy + Eq + Hash> PresenceTable<S> {
         self.sessions.keys().copied()
     }
 
-    pub(crate) fn device_of(&self, session: &S) -> Option<[u8; 6]> {
+    pub(crate) fn device_of(&self, session: &S) -> Option<DeviceId> {
         self.sessions.get(session).copied()
     }
 
@@ -162,7 +163,7 @@ impl<S: Copy + Eq + Hash> PresenceTable<S> {
     /// session that registered another ID before loses that registration.
     pub(crate) fn upsert(
         &mut self,
-        device_id: [u8; 6],
+        device_id: DeviceId,
         entry: PresenceEntry<S>,
     ) -> Result<(), PresenceFull> {
         if !self.devices.contains_key(&device_id) && self.devices.len() >= self.capacity {
@@ -190,7 +191,7 @@ impl<S: Copy + Eq + Hash> PresenceTable<S> {
         session: &S,
         observed: SocketAddr,
         now_ms: u64,
-    ) -> Option<[u8; 6]> {
+    ) -> Option<DeviceId> {
         let device_id = *self.sessions.get(session)?;
         let entry = self.devices.get_mut(&device_id)?;
         entry.last_seen_ms = now_ms;
@@ -201,7 +202,7 @@ impl<S: Copy + Eq + Hash> PresenceTable<S> {
         Some(device_id)
     }
 
-    pub(crate) fn remove_device(&mut self, device_id: &[u8; 6]) -> bool {
+    pub(crate) fn remove_device(&mut self, device_id: &DeviceId) -> bool {
         match self.devices.remove(device_id) {
             Some(entry) => {
                 self.sessions.remove(&entry.session);
@@ -211,7 +212,7 @@ impl<S: Copy + Eq + Hash> PresenceTable<S> {
         }
     }
 
-    pub(crate) fn remove_session(&mut self, session: &S) -> Option<[u8; 6]> {
+    pub(crate) fn remove_session(&mut self, session: &S) -> Option<DeviceId> {
         let device_id = self.sessions.remove(session)?;
         self.devices.remove(&device_id);
         Some(device_id)
@@ -283,24 +284,25 @@ mod tests {
 
     #[test]
     fn table_is_bounded_and_sessions_follow_devices() {
+        let dev = |n: u8| DeviceId::from_bytes([0x02, 0, 0, 0, 0, n]).unwrap();
         let observed: SocketAddr = "203.0.113.1:4".parse().unwrap();
         let mut table = PresenceTable::new(2);
         table
-            .upsert([1; 6], PresenceEntry::new(10u64, observed, 0, 0, &[]))
+            .upsert(dev(1), PresenceEntry::new(10u64, observed, 0, 0, &[]))
             .unwrap();
         table
-            .upsert([2; 6], PresenceEntry::new(20u64, observed, 0, 0, &[]))
+            .upsert(dev(2), PresenceEntry::new(20u64, observed, 0, 0, &[]))
             .unwrap();
         assert_eq!(
-            table.upsert([3; 6], PresenceEntry::new(30u64, observed, 0, 0, &[])),
+            table.upsert(dev(3), PresenceEntry::new(30u64, observed, 0, 0, &[])),
             Err(PresenceFull)
         );
         // Replacing an existing device is allowed at capacity, and drops its old session.
         table
-            .upsert([1; 6], PresenceEntry::new(11u64, observed, 5, 0, &[]))
+            .upsert(dev(1), PresenceEntry::new(11u64, observed, 5, 0, &[]))
             .unwrap();
         assert_eq!(table.device_of(&10), None);
-        assert_eq!(table.device_of(&11), Some([1; 6]));
+        assert_eq!(table.device_of(&11), Some(dev(1)));
         assert_eq!(table.expire(5), 1);
         assert_eq!(table.len(), 1);
         assert_eq!(table.device_of(&20), None);

@@ -9,6 +9,7 @@
 //! query with any [`Registry`]; the server runs it on a [`RegistryPool`] of worker threads,
 //! off the packet loop.
 
+use sightwire_id::DeviceId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -50,7 +51,7 @@ pub trait Registry {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// The record for `device_id`, if any certificate was ever recorded for it.
-    fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error>;
+    fn lookup(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error>;
 
     /// Records `certificate` as the current one for its ID, replacing an older one
     /// (lower serial). Recording a certificate whose serial is not higher than the current
@@ -60,17 +61,17 @@ pub trait Registry {
     /// Marks the current certificate of `device_id` revoked (raises the ID's revocation
     /// floor to its serial). Returns `false` if there is none (use
     /// [`Registry::revoke_through`] then).
-    fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error>;
+    fn revoke(&mut self, device_id: DeviceId) -> Result<bool, Self::Error>;
 
     /// Revokes every certificate of `device_id` with a serial ≤ `serial`, whether or not
     /// one was ever recorded: the ID's revocation floor becomes at least `serial` (it
     /// never goes down). Certificates at or below the floor are refused (`REVOKED`)
     /// everywhere the registry is consulted.
-    fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error>;
+    fn revoke_through(&mut self, device_id: DeviceId, serial: u64) -> Result<(), Self::Error>;
 
     /// The revocation floor of `device_id` (0 when nothing was revoked; serials start
     /// at 1).
-    fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error>;
+    fn revocation_floor(&self, device_id: DeviceId) -> Result<u64, Self::Error>;
 
     /// Every record, ordered by device ID.
     fn list(&self) -> Result<Vec<DeviceRecord>, Self::Error>;
@@ -149,7 +150,7 @@ pub enum QueryKind {
     /// A connect request: [`Registry::lookup`].
     Lookup {
         /// The ID asked for.
-        device_id: [u8; 6],
+        device_id: DeviceId,
     },
 }
 
@@ -282,14 +283,14 @@ impl Drop for RegistryPool {
 /// A registry in memory, for tests and for deployments that load IDs from elsewhere.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRegistry {
-    records: HashMap<[u8; 6], DeviceRecord>,
-    floors: HashMap<[u8; 6], u64>,
+    records: HashMap<DeviceId, DeviceRecord>,
+    floors: HashMap<DeviceId, u64>,
 }
 
 impl Registry for MemoryRegistry {
     type Error = std::convert::Infallible;
 
-    fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error> {
+    fn lookup(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error> {
         let floor = self.floors.get(&device_id).copied().unwrap_or(0);
         Ok(self.records.get(&device_id).map(|record| DeviceRecord {
             revoked: record.revoked || record.certificate.serial() <= floor,
@@ -314,7 +315,7 @@ impl Registry for MemoryRegistry {
         }
     }
 
-    fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error> {
+    fn revoke(&mut self, device_id: DeviceId) -> Result<bool, Self::Error> {
         let Some(record) = self.records.get_mut(&device_id) else {
             return Ok(false);
         };
@@ -324,13 +325,13 @@ impl Registry for MemoryRegistry {
         Ok(true)
     }
 
-    fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error> {
+    fn revoke_through(&mut self, device_id: DeviceId, serial: u64) -> Result<(), Self::Error> {
         let floor = self.floors.entry(device_id).or_insert(0);
         *floor = (*floor).max(serial);
         Ok(())
     }
 
-    fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error> {
+    fn revocation_floor(&self, device_id: DeviceId) -> Result<u64, Self::Error> {
         Ok(self.floors.get(&device_id).copied().unwrap_or(0))
     }
 
@@ -349,10 +350,15 @@ mod tests {
     use super::*;
     use sightwire_signal::cert::{CertificateFields, IssuerKey};
 
+    const ID: DeviceId = match DeviceId::from_bytes([2, 0, 0, 0, 0, 1]) {
+        Ok(id) => id,
+        Err(_) => panic!("a unicast address"),
+    };
+
     fn cert(serial: u64, key: u8) -> IdCertificate {
         IssuerKey::from_seed(&[1; 32])
             .issue(CertificateFields {
-                device_id: [2, 0, 0, 0, 0, 1],
+                device_id: ID,
                 device_key: [key; 32].into(),
                 not_before: 0,
                 not_after: u64::MAX,
@@ -362,7 +368,7 @@ mod tests {
     }
 
     fn exercise(registry: &mut impl Registry) {
-        let id = [2, 0, 0, 0, 0, 1];
+        let id = ID;
         assert_eq!(registry.lookup(id).unwrap(), None);
         assert!(!registry.revoke(id).unwrap());
         assert!(registry.record(&cert(5, 1)).unwrap());
@@ -387,7 +393,7 @@ mod tests {
 
     /// Low finding: revocation needed an existing record and was not a serial floor.
     fn revocation_is_a_floor(registry: &mut impl Registry) {
-        let id = [2, 0, 0, 0, 0, 1];
+        let id = ID;
         // Revoking an ID never seen, through serial 5.
         registry.revoke_through(id, 5).unwrap();
         assert_eq!(registry.revocation_floor(id).unwrap(), 5);
@@ -399,13 +405,18 @@ mod tests {
         // Above the floor: fine.
         registry.record(&cert(6, 2)).unwrap();
         assert!(!registry.lookup(id).unwrap().unwrap().revoked);
-        assert_eq!(registry.revocation_floor([2, 0, 0, 0, 0, 9]).unwrap(), 0);
+        assert_eq!(
+            registry
+                .revocation_floor(DeviceId::from_bytes([2, 0, 0, 0, 0, 9]).unwrap())
+                .unwrap(),
+            0
+        );
     }
 
     /// The registration check in one call: the floor, the record, and recording only
     /// what is new and above the floor (and only when asked to).
     fn registration_check(registry: &mut impl Registry) {
-        let id = [2, 0, 0, 0, 0, 1];
+        let id = ID;
         let view = registry.check_registration(&cert(3, 1), false).unwrap();
         assert_eq!(view, RegistrationView::new(0, None, false));
         assert_eq!(registry.lookup(id).unwrap(), None);
@@ -458,9 +469,7 @@ mod tests {
                 ..
             }))
         ));
-        let lookup = QueryKind::Lookup {
-            device_id: [2, 0, 0, 0, 0, 1],
-        };
+        let lookup = QueryKind::Lookup { device_id: ID };
         pool.submit(query(8, lookup)).unwrap();
         let answer = runtime.block_on(pool.next_answer()).unwrap();
         assert_eq!(answer.token, 8);
@@ -518,11 +527,7 @@ mod tests {
         let reopened = SqliteRegistry::open(&path).unwrap();
         assert_eq!(reopened.list().unwrap().len(), 1);
         assert_eq!(
-            reopened
-                .lookup([2, 0, 0, 0, 0, 1])
-                .unwrap()
-                .unwrap()
-                .certificate,
+            reopened.lookup(ID).unwrap().unwrap().certificate,
             cert(u64::MAX, 3)
         );
     }

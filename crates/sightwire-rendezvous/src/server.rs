@@ -14,6 +14,7 @@
 //! [`RegistryPool`] (worker threads, one database connection each) and their answers come
 //! back as one more input of the loop (spec/registration.md §9.1).
 
+use sightwire_id::DeviceId;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ pub struct Server {
     sessions: SessionTable,
     core: Rendezvous<SessionId>,
     registry: RegistryPool,
-    revocations: Option<tokio::sync::mpsc::Receiver<[u8; 6]>>,
+    revocations: Option<tokio::sync::mpsc::Receiver<DeviceId>>,
     metrics: Option<Arc<Metrics<Snapshot>>>,
 }
 
@@ -101,7 +102,7 @@ impl Server {
 
     /// Also drops devices from presence as soon as `revocations` announces them (the IDs
     /// a `crate::RevocationListener` hears, spec/registration.md §9.2).
-    pub fn with_revocations(mut self, revocations: tokio::sync::mpsc::Receiver<[u8; 6]>) -> Self {
+    pub fn with_revocations(mut self, revocations: tokio::sync::mpsc::Receiver<DeviceId>) -> Self {
         self.revocations = Some(revocations);
         self
     }
@@ -280,8 +281,8 @@ impl Server {
 
 /// The next announced revocation, or never when there is no announcer.
 async fn recv_revocation(
-    revocations: &mut Option<tokio::sync::mpsc::Receiver<[u8; 6]>>,
-) -> Option<[u8; 6]> {
+    revocations: &mut Option<tokio::sync::mpsc::Receiver<DeviceId>>,
+) -> Option<DeviceId> {
     match revocations {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,

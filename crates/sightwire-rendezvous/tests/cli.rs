@@ -39,7 +39,11 @@ fn issuer_tool_issues_lists_and_revokes_on_postgres() {
     issuer_tool_on(dir.path(), ["--postgres", &params]);
     let floor = sightwire_rendezvous::PostgresRegistry::connect(&params).unwrap();
     assert_eq!(
-        sightwire_rendezvous::Registry::revocation_floor(&floor, [2, 0, 0, 0, 0, 1]).unwrap(),
+        sightwire_rendezvous::Registry::revocation_floor(
+            &floor,
+            "02:00:00:00:00:01".parse().unwrap()
+        )
+        .unwrap(),
         7
     );
 }
@@ -85,7 +89,7 @@ fn issuer_tool_on(dir: &Path, store: [&str; 2]) {
         .as_secs();
     assert_eq!(
         cert.verify(&trust, now).unwrap().device_id,
-        [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef]
+        "1C:C3:16:AB:CD:EF".parse().unwrap()
     );
     // Re-issuing bumps the serial.
     let (ok, _, stderr) = issue("1C:C3:16:AB:CD:EF");

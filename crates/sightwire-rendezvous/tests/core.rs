@@ -1993,3 +1993,67 @@ fn announced_revocation_rechecks_a_waiting_registration() {
     assert_eq!(h.core.online(), 0);
     assert_eq!(h.core.pending_lookups(), 0);
 }
+
+/// What the viewer sees of one connect attempt, millisecond by millisecond until after
+/// the consent window: (time, request id, body kind, login length, error code).
+fn viewer_timeline(message: &[u8]) -> Vec<(Duration, u64, &'static str, usize, Option<ErrorCode>)> {
+    let mut h = Harness::new(CoreConfig::default());
+    let viewer = viewer_peer(1);
+    let mut seen = Vec::new();
+    let record = |at: Duration, out: Vec<(u64, Envelope)>, seen: &mut Vec<_>| {
+        for (session, envelope) in out {
+            assert_eq!(session, viewer.session, "{envelope:?}");
+            let (login, code) = match &envelope.body {
+                Body::Consent(c) => (c.login.len(), None),
+                Body::Error(e) => (0, Some(e.code)),
+                _ => (0, None),
+            };
+            seen.push((at, envelope.request_id, envelope.body.name(), login, code));
+        }
+    };
+    let out = h.send(&viewer, message);
+    record(Duration::ZERO, out, &mut seen);
+    let step = Duration::from_millis(1);
+    let mut at = Duration::ZERO;
+    while at <= CONSENT_WINDOW + step {
+        h.advance(step);
+        at += step;
+        let out = h.drain();
+        record(at, out, &mut seen);
+    }
+    assert_eq!(h.core.pending_connects(), 0);
+    seen
+}
+
+#[test]
+fn octets_that_are_no_device_id_are_answered_like_an_unknown_id() {
+    // A real login opening, so the decoy answers it (spec/signaling.md §4.5, step 5).
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let password = sightwire_session::auth::PasswordKey::random(&mut rng);
+    let (_, opening) = sightwire_session::login::ViewerLogin::start(
+        &password,
+        &viewer_peer(1).remote_static,
+        &device_id(42),
+        &mut rng,
+    );
+    for login in [&[][..], &opening[..]] {
+        let unknown = viewer_timeline(&connect_message_with(device_id(42), false, 9, login));
+        // UNAVAILABLE at the deadline, after the decoy's login reply if a login was opened.
+        assert_eq!(unknown.last().unwrap().4, Some(ErrorCode::Unavailable));
+        assert_eq!(unknown.last().unwrap().0, CONSENT_WINDOW);
+        assert_eq!(
+            unknown.len(),
+            if login.is_empty() { 1 } else { 2 },
+            "{unknown:?}"
+        );
+        for octets in [
+            [0x00; 6],
+            [0xFF; 6],
+            [0x01, 0x00, 0x5E, 0x00, 0x00, 0xFB],
+            [0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ] {
+            let named = viewer_timeline(&connect_message_naming(octets, 9, login));
+            assert_eq!(named, unknown, "{octets:02x?}");
+        }
+    }
+}

@@ -717,11 +717,7 @@ async fn two_processes_share_a_postgres_registry_and_its_revocations() {
     // The operator revokes it with the issuer tool, on the same database.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sightwire-rendezvous"))
         .args(["issuer", "revoke", "--postgres", &params, "--device-id"])
-        .arg(
-            common::device_id(41)
-                .map(|byte| format!("{byte:02x}"))
-                .join(":"),
-        )
+        .arg(common::device_id(41).to_string())
         .output()
         .unwrap();
     assert!(

@@ -26,7 +26,7 @@
 //! use std::time::Instant;
 //! use sightwire_session::auth::{AuthRequest, AuthResponse, PasswordKey, ViewerAuthorizer};
 //!
-//! let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+//! let device_id: sightwire_session::DeviceId = "00:1A:2B:3C:4D:5E".parse().expect("a device ID");
 //! let handshake_hash = [7u8; 32]; // from SessionTable::handshake_hash on both ends
 //! let viewer_key = sightwire_session::PublicKey::from_bytes([9u8; 32]); // from SessionTable::remote_static on the device
 //!
@@ -54,7 +54,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::login::LoginThrottle;
-use crate::noise::{DEVICE_ID_LEN, HandshakeHash, PublicKey};
+use crate::noise::{DEVICE_ID_LEN, DeviceId, HandshakeHash, PublicKey};
 
 /// Domain-separation label of the proof.
 pub const AUTH_LABEL: &[u8] = b"sightwire-auth-v1";
@@ -153,7 +153,7 @@ impl PasswordKey {
     /// hundred on a camera SoC, so a device derives once at setup and stores the key). The salt is
     /// [`PASSWORD_SALT_LABEL`] followed by the device ID, so a key does not transfer to
     /// another device with the same password.
-    pub fn derive(password: &[u8], device_id: &[u8; DEVICE_ID_LEN]) -> Self {
+    pub fn derive(password: &[u8], device_id: &DeviceId) -> Self {
         // `Params::DEFAULT` is exactly the protocol's (checked at compile time above), so
         // this path has no invalid-parameter error to handle.
         Self::derive_argon2(password, device_id, argon2::Params::DEFAULT)
@@ -163,7 +163,7 @@ impl PasswordKey {
     /// derived with anything but [`KdfParams::PROTOCOL`] does not match the other end's.
     pub fn derive_with_params(
         password: &[u8],
-        device_id: &[u8; DEVICE_ID_LEN],
+        device_id: &DeviceId,
         params: KdfParams,
     ) -> Result<Self, InvalidKdfParams> {
         let argon_params = argon2::Params::new(
@@ -176,16 +176,12 @@ impl PasswordKey {
         Ok(Self::derive_argon2(password, device_id, argon_params))
     }
 
-    fn derive_argon2(
-        password: &[u8],
-        device_id: &[u8; DEVICE_ID_LEN],
-        params: argon2::Params,
-    ) -> Self {
+    fn derive_argon2(password: &[u8], device_id: &DeviceId, params: argon2::Params) -> Self {
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut salt = [0u8; PASSWORD_SALT_LABEL.len() + DEVICE_ID_LEN];
         salt[..PASSWORD_SALT_LABEL.len()].copy_from_slice(PASSWORD_SALT_LABEL);
-        salt[PASSWORD_SALT_LABEL.len()..].copy_from_slice(device_id);
+        salt[PASSWORD_SALT_LABEL.len()..].copy_from_slice(device_id.as_bytes());
         let mut key = Zeroizing::new([0u8; PROOF_LEN]);
         // With valid parameters, a 28-byte salt and a 32-byte output, Argon2 fails only
         // for a password of 4 GiB or more: hash such a password down first (both ends do
@@ -545,7 +541,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const DEVICE: [u8; 6] = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+    const DEVICE: DeviceId = match DeviceId::from_bytes([0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e]) {
+        Ok(id) => id,
+        Err(_) => panic!("a unicast address"),
+    };
 
     #[test]
     fn proof_is_bound_to_the_handshake() {
@@ -565,7 +564,10 @@ mod tests {
         );
         assert!(!authorizer.is_trusted(&viewer));
         // A key derived for another device does not work either.
-        let other = PasswordKey::derive(b"admin123", &[0, 1, 2, 3, 4, 5]);
+        let other = PasswordKey::derive(
+            b"admin123",
+            &DeviceId::from_bytes([0, 1, 2, 3, 4, 5]).unwrap(),
+        );
         assert_eq!(
             authorizer.authorize(
                 now,

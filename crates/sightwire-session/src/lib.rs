@@ -35,7 +35,7 @@
 //! use sightwire_session::{Config, Event, Input, SessionKind, SessionTable, StaticKeypair};
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-//! let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+//! let device_id: sightwire_session::DeviceId = "00:1A:2B:3C:4D:5E".parse().expect("a device ID");
 //! let camera_key = StaticKeypair::generate(&mut rng);
 //! let camera_public = *camera_key.public();
 //! let mut camera = SessionTable::with_responder(
@@ -125,7 +125,7 @@ pub use config::{
 };
 pub use cookie::{COOKIE_LIFETIME, COOKIE_SECRET_LIFETIME, LABEL_COOKIE, LABEL_MAC1};
 pub use noise::{
-    DEVICE_ID_LEN, HANDSHAKE_HASH_LEN, HandshakeError, HandshakeHash, MAX_PROLOGUE_LEN,
+    DEVICE_ID_LEN, DeviceId, HANDSHAKE_HASH_LEN, HandshakeError, HandshakeHash, MAX_PROLOGUE_LEN,
     NOISE_PATTERN, PROLOGUE_KIND_PEER, PROLOGUE_KIND_RENDEZVOUS, PROLOGUE_LABEL, PROTOCOL_VERSION,
     Prologue, PublicKey, SealError, SessionKind, StaticKeypair,
 };
@@ -193,7 +193,8 @@ pub mod fuzzing {
         use crate::login::{DeviceLogin, ViewerLogin};
         let key = PasswordKey::from_bytes([0x42; 32]);
         let viewer = crate::PublicKey::from_bytes([9u8; 32]);
-        let device_id = [0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+        let device_id =
+            crate::DeviceId::from_bytes([0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e]).expect("unicast");
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
         let _ = DeviceLogin::respond(&key, &viewer, &device_id, data, &mut rng);
         let (v, msg1) = ViewerLogin::start(&key, &viewer, &device_id, &mut rng);
@@ -215,7 +216,8 @@ pub mod fuzzing {
     }
 
     fn fixture() -> Fixture {
-        let device_id = [0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+        let device_id =
+            crate::DeviceId::from_bytes([0, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e]).expect("unicast");
         let device_key = StaticKeypair::from_private([0x33; 32]);
         let device_public = *device_key.public();
         let mut device = SessionTable::with_responder(

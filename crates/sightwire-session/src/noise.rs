@@ -46,7 +46,7 @@ pub const MAX_PROLOGUE_LEN: usize = PROLOGUE_LABEL.len() + 2 + DEVICE_ID_LEN;
 /// Length of a handshake hash (BLAKE2s).
 pub const HANDSHAKE_HASH_LEN: usize = 32;
 
-pub use sightwire_id::PublicKey;
+pub use sightwire_id::{DeviceId, PublicKey};
 /// A handshake hash: the Noise `h` after the last handshake message, unique per handshake
 /// and known only to its two parties (the channel binding for viewer authorization).
 pub type HandshakeHash = [u8; HANDSHAKE_HASH_LEN];
@@ -59,7 +59,7 @@ pub enum SessionKind {
     /// Viewer (initiator) ↔ device (responder). Binds the device's ID.
     Peer {
         /// The device ID (its EUI-48 MAC address, 6 bytes).
-        device_id: [u8; DEVICE_ID_LEN],
+        device_id: DeviceId,
     },
     /// Device or viewer (initiator) ↔ rendezvous server (responder).
     Rendezvous,
@@ -95,7 +95,7 @@ impl SessionKind {
         let len = match self {
             SessionKind::Peer { device_id } => {
                 bytes[label + 1] = PROLOGUE_KIND_PEER;
-                bytes[label + 2..].copy_from_slice(device_id);
+                bytes[label + 2..].copy_from_slice(device_id.as_bytes());
                 MAX_PROLOGUE_LEN
             }
             SessionKind::Rendezvous => {
@@ -714,11 +714,11 @@ mod tests {
     #[test]
     fn prologues_differ_by_kind_and_device() {
         let a = SessionKind::Peer {
-            device_id: [0, 1, 2, 3, 4, 5],
+            device_id: DeviceId::from_bytes([0, 1, 2, 3, 4, 5]).unwrap(),
         }
         .prologue();
         let b = SessionKind::Peer {
-            device_id: [0, 1, 2, 3, 4, 6],
+            device_id: DeviceId::from_bytes([0, 1, 2, 3, 4, 6]).unwrap(),
         }
         .prologue();
         let r = SessionKind::Rendezvous.prologue();

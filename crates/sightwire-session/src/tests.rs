@@ -11,7 +11,11 @@ use rand_chacha::ChaCha20Rng;
 use crate::wire::{COOKIE_REPLY_LEN, INITIATION_LEN, Packet, RESPONSE_LEN, TYPE_COOKIE_REPLY};
 use crate::*;
 
-pub(crate) const DEVICE_ID: [u8; 6] = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+pub(crate) const DEVICE_ID: DeviceId =
+    match DeviceId::from_bytes([0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e]) {
+        Ok(id) => id,
+        Err(_) => panic!("a unicast address"),
+    };
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
@@ -399,7 +403,7 @@ fn wrong_device_id_is_refused_by_the_prologue() {
             pair.now,
             pair.camera_addr,
             SessionKind::Peer {
-                device_id: [0, 1, 2, 3, 4, 5],
+                device_id: DeviceId::from_bytes([0, 1, 2, 3, 4, 5]).unwrap(),
             },
             pair.camera_public,
         )

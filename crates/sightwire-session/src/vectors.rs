@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::auth::{AuthRequest, PasswordKey};
 use crate::config::Footprint;
 use crate::cookie::{CookieChecker, CookieJar};
-use crate::noise::{self, PublicKey, SessionKind, StaticKeypair, fixed_ephemeral};
+use crate::noise::{self, DeviceId, PublicKey, SessionKind, StaticKeypair, fixed_ephemeral};
 use crate::wire::{
     INITIATION_LEN, INITIATION_NOISE_LEN, Packet, RESPONSE_NOISE_LEN, TRANSPORT_HEADER_LEN,
 };
@@ -32,7 +32,7 @@ fn int(v: &Value) -> u64 {
     v.as_u64().expect("integer")
 }
 
-fn kind_of(name: &str, device_id: [u8; 6]) -> SessionKind {
+fn kind_of(name: &str, device_id: DeviceId) -> SessionKind {
     if name == "rendezvous" {
         SessionKind::Rendezvous
     } else {
@@ -43,7 +43,7 @@ fn kind_of(name: &str, device_id: [u8; 6]) -> SessionKind {
 #[test]
 fn handshake_and_transport_vectors() {
     let all = load();
-    let device_id: [u8; 6] = bytes(&all["device_id"]).try_into().unwrap();
+    let device_id = DeviceId::from_bytes(bytes(&all["device_id"]).try_into().unwrap()).unwrap();
     let now = Instant::now();
     let handshakes = all["handshakes"].as_array().unwrap();
     assert_eq!(handshakes.len(), 3);
@@ -221,7 +221,7 @@ fn key16(v: &Value) -> [u8; 16] {
 fn auth_vectors() {
     let all = load();
     let v = &all["auth"];
-    let device_id: [u8; 6] = bytes(&v["device_id"]).try_into().unwrap();
+    let device_id = DeviceId::from_bytes(bytes(&v["device_id"]).try_into().unwrap()).unwrap();
     let key = PasswordKey::derive(v["password"].as_str().unwrap().as_bytes(), &device_id);
     assert_eq!(
         hex::encode(key.as_bytes()),

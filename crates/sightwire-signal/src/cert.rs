@@ -8,7 +8,7 @@ use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
-use sightwire_id::PublicKey;
+use sightwire_id::{DeviceId, PublicKey};
 
 /// Length of an encoded certificate, in bytes.
 pub const CERT_LEN: usize = 135;
@@ -64,6 +64,14 @@ pub enum CertificateError {
         /// The version byte found.
         version: u8,
     },
+    /// The device ID octets are not a device ID: all zeros, broadcast, or the multicast
+    /// bit set (`spec/id.md` §1, `spec/registration.md`).
+    #[error("certificate names no device ID")]
+    InvalidDeviceId {
+        /// Which rule the octets break.
+        #[source]
+        source: sightwire_id::ParseError,
+    },
     /// `not_before` is later than `not_after`.
     #[error("certificate validity is empty: not_before {not_before} > not_after {not_after}")]
     EmptyValidity {
@@ -106,8 +114,10 @@ pub enum CertificateError {
     reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
 )]
 pub struct CertificateFields {
-    /// The EUI-48 device ID (MAC address bytes).
-    pub device_id: [u8; 6],
+    /// The device ID (its EUI-48 MAC address). A certificate cannot name six octets that
+    /// are no device ID (all zeros, broadcast, multicast: `spec/id.md` §1): the type
+    /// refuses them, so the issuer cannot sign one and a decoder refuses one.
+    pub device_id: DeviceId,
     /// The device's static X25519 public key, used in its Noise sessions.
     pub device_key: PublicKey,
     /// Start of validity, Unix seconds, inclusive.
@@ -131,24 +141,12 @@ pub struct IdCertificate {
 impl fmt::Debug for IdCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdCertificate")
-            .field(
-                "device_id",
-                &format_args!("{}", DeviceIdHex(self.fields.device_id)),
-            )
+            .field("device_id", &format_args!("{}", self.fields.device_id))
             .field("serial", &self.fields.serial)
             .field("issuer", &self.issuer)
             .field("not_before", &self.fields.not_before)
             .field("not_after", &self.fields.not_after)
             .finish_non_exhaustive()
-    }
-}
-
-struct DeviceIdHex([u8; 6]);
-
-impl fmt::Display for DeviceIdHex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02X}:{b:02X}:{c:02X}:{d:02X}:{e:02X}:{g:02X}")
     }
 }
 
@@ -170,6 +168,8 @@ impl IdCertificate {
         }
         let mut device_id = [0u8; 6];
         device_id.copy_from_slice(&bytes[1..7]);
+        let device_id = DeviceId::from_bytes(device_id)
+            .map_err(|source| CertificateError::InvalidDeviceId { source })?;
         let mut device_key = [0u8; 32];
         device_key.copy_from_slice(&bytes[7..39]);
         let device_key = PublicKey::from_bytes(device_key);
@@ -246,7 +246,7 @@ impl IdCertificate {
     }
 
     /// The device ID this certificate names.
-    pub fn device_id(&self) -> [u8; 6] {
+    pub fn device_id(&self) -> DeviceId {
         self.fields.device_id
     }
 
@@ -274,7 +274,7 @@ impl IdCertificate {
 fn signed_part(fields: &CertificateFields, issuer: IssuerId) -> [u8; SIGNED_LEN] {
     let mut out = [0u8; SIGNED_LEN];
     out[0] = CERT_VERSION;
-    out[1..7].copy_from_slice(&fields.device_id);
+    out[1..7].copy_from_slice(fields.device_id.as_bytes());
     out[7..39].copy_from_slice(fields.device_key.as_bytes());
     out[39..47].copy_from_slice(&fields.not_before.to_be_bytes());
     out[47..55].copy_from_slice(&fields.not_after.to_be_bytes());
@@ -446,7 +446,7 @@ mod tests {
 
     fn fields() -> CertificateFields {
         CertificateFields {
-            device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+            device_id: DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef]).unwrap(),
             device_key: PublicKey::from_bytes([9; 32]),
             not_before: 100,
             not_after: 200,

@@ -12,7 +12,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sightwire_id::PublicKey;
+use sightwire_id::{DeviceId, PublicKey};
 
 /// Length of a grant token, in bytes.
 pub const GRANT_TOKEN_LEN: usize = 128;
@@ -67,7 +67,7 @@ pub struct GrantClaims {
     /// Expiry, Unix seconds; the relay refuses the grant after it.
     pub expires_at: u64,
     /// The device's ID.
-    pub device_id: [u8; 6],
+    pub device_id: DeviceId,
     /// The device's static key.
     pub device_key: PublicKey,
     /// The viewer's static key.
@@ -99,6 +99,14 @@ pub enum GrantError {
     InvalidRole {
         /// The role byte found.
         role: u8,
+    },
+    /// The device ID octets are not a device ID (all zeros, broadcast, multicast:
+    /// `spec/id.md` §1). Only a relay key holder could mint such a token.
+    #[error("grant names no device ID")]
+    InvalidDeviceId {
+        /// Which rule the octets break.
+        #[source]
+        source: sightwire_id::ParseError,
     },
     /// The reserved bytes of the claims are not zero.
     #[error("grant reserved bytes are not zero")]
@@ -206,7 +214,7 @@ impl RelayGrantKey {
         plain[0..8].copy_from_slice(&claims.allocation_id[GRANT_CHANNEL_LEN..]);
         plain[8] = claims.role as u8;
         plain[9..17].copy_from_slice(&claims.expires_at.to_be_bytes());
-        plain[17..23].copy_from_slice(&claims.device_id);
+        plain[17..23].copy_from_slice(claims.device_id.as_bytes());
         plain[23..55].copy_from_slice(claims.device_key.as_bytes());
         plain[55..87].copy_from_slice(claims.viewer_key.as_bytes());
         // plain[87..91]: reserved, zero.
@@ -251,11 +259,15 @@ impl RelayGrantKey {
         if plain[87..] != [0; 4] {
             return Err(GrantError::ReservedNotZero);
         }
+        let mut device_id = [0u8; 6];
+        device_id.copy_from_slice(&plain[17..23]);
+        let device_id = DeviceId::from_bytes(device_id)
+            .map_err(|source| GrantError::InvalidDeviceId { source })?;
         let mut claims = GrantClaims {
             allocation_id: [0; ALLOCATION_ID_LEN],
             role,
             expires_at: 0,
-            device_id: [0; 6],
+            device_id,
             device_key: PublicKey::from_bytes([0; 32]),
             viewer_key: PublicKey::from_bytes([0; 32]),
         };
@@ -264,7 +276,6 @@ impl RelayGrantKey {
         let mut expires = [0u8; 8];
         expires.copy_from_slice(&plain[9..17]);
         claims.expires_at = u64::from_be_bytes(expires);
-        claims.device_id.copy_from_slice(&plain[17..23]);
         claims.device_key = PublicKey::from_bytes(key_at(&plain[23..55]));
         claims.viewer_key = PublicKey::from_bytes(key_at(&plain[55..87]));
         if now_unix > claims.expires_at {
@@ -303,7 +314,7 @@ mod tests {
             allocation_id: [3; 16],
             role: GrantRole::Viewer,
             expires_at: 1_000,
-            device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+            device_id: DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef]).unwrap(),
             device_key: PublicKey::from_bytes([4; 32]),
             viewer_key: PublicKey::from_bytes([5; 32]),
         }
@@ -361,7 +372,7 @@ mod tests {
             allocation_id: *b"allocation-id-16",
             role: GrantRole::Viewer,
             expires_at: 0x0102_0304_0506_0708,
-            device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+            device_id: DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef]).unwrap(),
             device_key: PublicKey::from_bytes(*b"device-static-key-32-bytes-long!"),
             viewer_key: PublicKey::from_bytes(*b"viewer-static-key-32-bytes-long!"),
         };
@@ -369,7 +380,7 @@ mod tests {
         let first = key.seal(&claims, [1; GRANT_NONCE_LEN]);
         let second = key.seal(&claims, [2; GRANT_NONCE_LEN]);
         for token in [first, second] {
-            assert!(!contains(&token.0, &claims.device_id));
+            assert!(!contains(&token.0, claims.device_id.as_bytes()));
             // Not even a 4-byte piece of a key or of the allocation id's secret half
             // shows; the first half is the channel, in clear as in every DATA packet.
             assert_eq!(token.channel(), 0x616c_6c6f_6361_7469);

@@ -23,12 +23,12 @@
 //!
 //! ```
 //! use sightwire_signal::cert::{CertificateFields, IssuerKey, TrustedIssuers};
-//! use sightwire_signal::{Body, CandidateSet, Envelope, PublicKey, Register};
+//! use sightwire_signal::{Body, CandidateSet, DeviceId, Envelope, PublicKey, Register};
 //!
 //! // The operator issues a certificate for a device ID and the device's static key.
 //! let issuer = IssuerKey::from_seed(&[42; 32]);
 //! let certificate = issuer.issue(CertificateFields {
-//!     device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+//!     device_id: "1C:C3:16:AB:CD:EF".parse::<DeviceId>()?,
 //!     device_key: PublicKey::from_bytes([7; 32]),
 //!     not_before: 1_700_000_000,
 //!     not_after: 2_000_000_000,
@@ -74,6 +74,9 @@ pub use message::{
     Introduction, Limit, MAX_LOGIN_LEN, PUNCH_KEY_LEN, PunchParams, Register, RegisterAck,
     RelayGrant,
 };
+/// The device ID type of certificates, grants and messages (re-exported for the same
+/// reason).
+pub use sightwire_id::DeviceId;
 /// The static public key type of certificates, grants and messages (re-exported so that
 /// users of this crate need not depend on `sightwire-id`).
 pub use sightwire_id::PublicKey;
@@ -148,6 +151,23 @@ pub enum DecodeError {
         count: usize,
         /// The limit.
         limit: usize,
+    },
+    /// A `ConnectRequest`'s `device_id` has the right length but is not a device ID: all
+    /// zeros, broadcast, or the multicast bit set (`spec/id.md` §1). Every other field of
+    /// the request decoded; the error carries what a rendezvous needs to answer it
+    /// exactly like an ID no device holds (`spec/signaling.md` §4.5), so that a
+    /// malformed-looking ID is no probe.
+    #[error("field `device_id` is not a device ID: {source}")]
+    NotADeviceId {
+        /// The envelope's request id.
+        request_id: u64,
+        /// The six octets as sent.
+        octets: [u8; 6],
+        /// The request's `login` field (already checked against [`MAX_LOGIN_LEN`]).
+        login: bytes::Bytes,
+        /// Which rule the octets break.
+        #[source]
+        source: sightwire_id::ParseError,
     },
     /// An embedded certificate is structurally invalid.
     #[error("embedded certificate is invalid")]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use prost::Message as _;
-use sightwire_id::PublicKey;
+use sightwire_id::{DeviceId, PublicKey};
 
 use crate::cert::IdCertificate;
 use crate::grant::{GRANT_TOKEN_LEN, RelayGrantToken};
@@ -140,8 +140,9 @@ pub struct RegisterAck {
     reason = "a wire-format type: its fields are fixed by spec/; a change is a new protocol version"
 )]
 pub struct ConnectRequest {
-    /// The EUI-48 device ID.
-    pub device_id: [u8; 6],
+    /// The device ID. Six octets on the wire that are no device ID decode to
+    /// [`DecodeError::NotADeviceId`].
+    pub device_id: DeviceId,
     /// The viewer's host candidates.
     pub candidates: CandidateSet,
     /// Ask for relay grants right away.
@@ -504,7 +505,7 @@ impl Envelope {
             .ok_or(DecodeError::MissingField { field: "body" })?;
         Ok(Self {
             request_id: raw.request_id,
-            body: Body::from_proto(body)?,
+            body: Body::from_proto(raw.request_id, body)?,
         })
     }
 
@@ -952,7 +953,7 @@ impl Body {
                 observed: Some(address_to_proto(*observed)),
             }),
             Body::ConnectRequest(request) => P::ConnectRequest(proto::ConnectRequest {
-                device_id: Bytes::copy_from_slice(&request.device_id),
+                device_id: Bytes::copy_from_slice(request.device_id.as_bytes()),
                 candidates: candidates_to_proto(&request.candidates),
                 want_relay: request.want_relay,
                 login: request.login.clone(),
@@ -1015,7 +1016,7 @@ impl Body {
         }
     }
 
-    fn from_proto(raw: proto::envelope::Body) -> Result<Self, DecodeError> {
+    fn from_proto(request_id: u64, raw: proto::envelope::Body) -> Result<Self, DecodeError> {
         use proto::envelope::Body as P;
         Ok(match raw {
             P::Register(register) => Body::Register(Register {
@@ -1034,12 +1035,26 @@ impl Body {
             P::KeepaliveAck(ack) => Body::KeepaliveAck {
                 observed: address_from_proto(ack.observed, "observed")?,
             },
-            P::ConnectRequest(request) => Body::ConnectRequest(ConnectRequest {
-                device_id: fixed(&request.device_id, "device_id")?,
-                candidates: candidates_from_proto(request.candidates)?,
-                want_relay: request.want_relay,
-                login: login_from_proto(request.login)?,
-            }),
+            P::ConnectRequest(request) => {
+                let octets = fixed(&request.device_id, "device_id")?;
+                let candidates = candidates_from_proto(request.candidates)?;
+                let login = login_from_proto(request.login)?;
+                // Checked last, so the error can carry the rest of a request that is
+                // otherwise well formed (a rendezvous answers it like an unknown ID).
+                let device_id =
+                    DeviceId::from_bytes(octets).map_err(|source| DecodeError::NotADeviceId {
+                        request_id,
+                        octets,
+                        login: login.clone(),
+                        source,
+                    })?;
+                Body::ConnectRequest(ConnectRequest {
+                    device_id,
+                    candidates,
+                    want_relay: request.want_relay,
+                    login,
+                })
+            }
             P::ConnectResponse(response) => Body::ConnectResponse(ConnectResponse {
                 connect_id: connect_id_from_proto(response.connect_id)?,
                 certificate: certificate_from_proto(&response.certificate)?,

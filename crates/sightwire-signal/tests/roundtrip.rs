@@ -10,9 +10,9 @@ use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey};
 use sightwire_signal::grant::{GRANT_TOKEN_LEN, RelayGrantToken};
 use sightwire_signal::{
     Body, Candidate, CandidateKind, CandidateSet, CandidateUpdate, Close, CloseReason, CodecError,
-    ConnectId, ConnectOffer, ConnectRequest, ConnectResponse, Consent, DecodeError, EncodeError,
-    Envelope, ErrorCode, ErrorReply, Introduction, Limit, MAX_CANDIDATES, MAX_LOGIN_LEN,
-    MAX_MESSAGE_LEN, PunchParams, Register, RegisterAck, RelayGrant, SignalCodec,
+    ConnectId, ConnectOffer, ConnectRequest, ConnectResponse, Consent, DecodeError, DeviceId,
+    EncodeError, Envelope, ErrorCode, ErrorReply, Introduction, Limit, MAX_CANDIDATES,
+    MAX_LOGIN_LEN, MAX_MESSAGE_LEN, PunchParams, Register, RegisterAck, RelayGrant, SignalCodec,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -43,9 +43,13 @@ fn candidates() -> impl Strategy<Value = CandidateSet> {
     })
 }
 
+fn device_id() -> impl Strategy<Value = DeviceId> {
+    any::<[u8; 6]>().prop_filter_map("a device ID", |octets| DeviceId::from_bytes(octets).ok())
+}
+
 fn certificate() -> impl Strategy<Value = IdCertificate> {
     (
-        any::<[u8; 6]>(),
+        device_id(),
         any::<[u8; 32]>(),
         any::<u64>(),
         any::<u64>(),
@@ -100,7 +104,7 @@ fn body() -> impl Strategy<Value = Body> {
         }),
         Just(Body::Keepalive),
         address().prop_map(|observed| Body::KeepaliveAck { observed }),
-        (any::<[u8; 6]>(), candidates(), any::<bool>(), login()).prop_map(
+        (device_id(), candidates(), any::<bool>(), login()).prop_map(
             |(device_id, candidates, want_relay, login)| {
                 Body::ConnectRequest(ConnectRequest {
                     device_id,
@@ -397,4 +401,51 @@ fn a_login_longer_than_the_limit_is_refused() {
         Envelope::decode(&buf),
         Err(DecodeError::InvalidField { field: "login", .. })
     ));
+}
+
+proptest! {
+    /// Six octets on the wire decode to a `ConnectRequest` exactly when they are a device
+    /// ID; otherwise to `NotADeviceId`, which carries what a rendezvous needs to answer
+    /// the request like an unknown ID (spec/signaling.md §4.5).
+    #[test]
+    fn wire_device_id_decodes_exactly_when_it_is_a_device_id(
+        octets in prop_oneof![
+            any::<[u8; 6]>(),
+            Just([0u8; 6]),
+            Just([0xFF; 6]),
+            any::<[u8; 6]>().prop_map(|mut o| { o[0] |= 1; o }),
+        ],
+        request_id: u64,
+        login in login(),
+    ) {
+        let placeholder: DeviceId = "1C:C3:16:AB:CD:EF".parse().unwrap();
+        let request = Envelope::new(
+            request_id,
+            Body::ConnectRequest(ConnectRequest {
+                device_id: placeholder,
+                candidates: CandidateSet::default(),
+                want_relay: false,
+                login: login.clone(),
+            }),
+        );
+        let mut wire = request.to_bytes().unwrap().to_vec();
+        let at = wire
+            .windows(6)
+            .position(|w| w == placeholder.as_bytes())
+            .unwrap();
+        wire[at..at + 6].copy_from_slice(&octets);
+        match DeviceId::from_bytes(octets) {
+            Ok(id) => {
+                let decoded = Envelope::decode(&wire).unwrap();
+                let Body::ConnectRequest(decoded) = decoded.body else {
+                    panic!("not a connect request");
+                };
+                prop_assert_eq!(decoded.device_id, id);
+            }
+            Err(reason) => prop_assert_eq!(
+                Envelope::decode(&wire),
+                Err(DecodeError::NotADeviceId { request_id, octets, login, source: reason })
+            ),
+        }
+    }
 }

@@ -8,7 +8,7 @@ use sightwire_signal::cert::{
     CertificateError, IdCertificate, IssuerKey, IssuerPublicKey, TrustedIssuers,
 };
 use sightwire_signal::grant::{GrantClaims, GrantRole, RelayGrantKey, RelayGrantToken};
-use sightwire_signal::{DecodeError, Envelope};
+use sightwire_signal::{DecodeError, DeviceId, Envelope};
 
 fn load<T: for<'de> Deserialize<'de>>(name: &str) -> T {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -66,7 +66,7 @@ fn valid_certificates_verify_and_reissue_identically() {
             .verify(&trust, vector.verify_at)
             .unwrap_or_else(|e| panic!("{}: {e}", vector.name));
         assert_eq!(
-            hex::encode(fields.device_id),
+            hex::encode(fields.device_id.as_bytes()),
             vector.device_id.clone().unwrap(),
             "{}",
             vector.name
@@ -113,6 +113,7 @@ fn invalid_certificates_are_rejected_with_the_named_error() {
             CertificateError::BadSignature => "bad_signature",
             CertificateError::NotYetValid { .. } => "not_yet_valid",
             CertificateError::Expired { .. } => "expired",
+            CertificateError::InvalidDeviceId { .. } => "invalid_device_id",
             other => panic!("{}: unexpected {other:?}", vector.name),
         };
         assert_eq!(Some(kind), vector.error.as_deref(), "{}", vector.name);
@@ -165,6 +166,7 @@ fn invalid_envelopes_are_rejected_with_the_named_error() {
             DecodeError::InvalidField { .. } => "invalid_field",
             DecodeError::TooManyCandidates { .. } => "too_many_candidates",
             DecodeError::Certificate(_) => "certificate",
+            DecodeError::NotADeviceId { .. } => "not_a_device_id",
             other => panic!("{}: unexpected {other:?}", vector.name),
         };
         assert_eq!(Some(kind), vector.error.as_deref(), "{}", vector.name);
@@ -204,7 +206,7 @@ fn relay_grants_match_the_vectors() {
                 GrantRole::Viewer
             },
             expires_at: vector.expires_at,
-            device_id: unhex(&vector.device_id),
+            device_id: DeviceId::from_bytes(unhex(&vector.device_id)).unwrap(),
             device_key: unhex::<32>(&vector.device_key).into(),
             viewer_key: unhex::<32>(&vector.viewer_key).into(),
         };

@@ -83,6 +83,10 @@ def certificates():
     flipped_key[7] ^= 1
     swapped_validity = cert(private, issuer_id, device_id, device_key, na, nb, 1)
     bad_version = cert(private, issuer_id, device_id, device_key, nb, na, 1, version=2)
+    # Signed by the trusted issuer, but the six octets are no device ID (spec/id.md §1):
+    # refused when decoded, before the signature is looked at.
+    multicast_id = cert(private, issuer_id, bytes.fromhex("01005e0000fb"), device_key, nb, na, 1)
+    zero_id = cert(private, issuer_id, bytes(6), device_key, nb, na, 1)
     write("cert-invalid.json", dict(header, description="inputs that MUST be rejected, with the error", vectors=[
         dict(name="empty", certificate="", verify_at=1_800_000_000, error="wrong_length"),
         dict(name="truncated", certificate=good[:-1].hex(), verify_at=1_800_000_000, error="wrong_length"),
@@ -97,6 +101,8 @@ def certificates():
              verify_at=1_800_000_000, error="bad_signature"),
         dict(name="not-yet-valid", certificate=good.hex(), verify_at=nb - 1, error="not_yet_valid"),
         dict(name="expired", certificate=good.hex(), verify_at=na + 1, error="expired"),
+        dict(name="device-id-multicast", certificate=multicast_id.hex(), verify_at=1_800_000_000, error="invalid_device_id"),
+        dict(name="device-id-all-zeros", certificate=zero_id.hex(), verify_at=1_800_000_000, error="invalid_device_id"),
     ]))
     return good
 
@@ -201,7 +207,12 @@ def signaling(good_cert):
         ("port-0", envelope(7, 13, field_bytes(1, address(v4, 0))), "invalid_field"),
         ("port-65536", envelope(7, 13, field_bytes(1, address(v4, 65536))), "invalid_field"),
         ("device-id-5-bytes", envelope(2, 14, field_bytes(1, bytes(5))), "wrong_length"),
-        ("seventeen-candidates", envelope(2, 14, field_bytes(1, bytes(6)) + field_bytes(2, candidate_set(0, *[candidate(1, v4, 1, 1)] * 17))), "too_many_candidates"),
+        ("seventeen-candidates", envelope(2, 14, field_bytes(1, bytes.fromhex("1cc316abcdef")) + field_bytes(2, candidate_set(0, *[candidate(1, v4, 1, 1)] * 17))), "too_many_candidates"),
+        # Six octets that are no device ID (spec/id.md §1): a typed error of its own,
+        # which a rendezvous answers like an unknown ID (spec/signaling.md §4.5).
+        ("device-id-all-zeros", envelope(2, 14, field_bytes(1, bytes(6))), "not_a_device_id"),
+        ("device-id-broadcast", envelope(2, 14, field_bytes(1, bytes([0xFF] * 6))), "not_a_device_id"),
+        ("device-id-multicast", envelope(2, 14, field_bytes(1, bytes.fromhex("01005e0000fb"))), "not_a_device_id"),
         ("connect-id-0", envelope(3, 18, b""), "invalid_field"),
         ("offer-ack-connect-id-0", envelope(0, 24, b""), "invalid_field"),
         ("certificate-truncated", envelope(1, 10, field_bytes(1, good_cert[:-1])), "certificate"),

@@ -17,7 +17,7 @@ async fn socket_buffers_are_enlarged_as_far_as_the_kernel_allows() {
     let keypair = StaticKeypair::from_private([5; 32]);
     let certificate = IssuerKey::from_seed(&[6; 32])
         .issue(CertificateFields {
-            device_id: [0x1c, 0xc3, 0x16, 0, 0, 1],
+            device_id: sightwire::DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0, 0, 1]).unwrap(),
             device_key: *keypair.public(),
             not_before: 0,
             not_after: u64::MAX / 2,

@@ -249,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let identity = load_identity(&args.state_dir, issuer.as_ref(), args.device_id)?;
-    let id = DeviceId::from_bytes(identity.certificate.device_id())?;
+    let id = identity.certificate.device_id();
     let uri = DeviceUri::new(
         id,
         KeyFingerprint::of_public_key(identity.certificate.device_key()),

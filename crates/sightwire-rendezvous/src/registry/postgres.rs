@@ -7,6 +7,7 @@
 //! (`NoTls`): connect over a Unix socket (`host=/var/run/postgresql`) or loopback, or
 //! carry the connection in a tunnel (spec/registration.md §9.2 says how).
 
+use sightwire_id::DeviceId;
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -86,7 +87,7 @@ fn decode_record(
         device_id: hex::encode(device_id),
     };
     let certificate = IdCertificate::decode(certificate).map_err(|_| corrupt())?;
-    if certificate.device_id().as_slice() != device_id {
+    if certificate.device_id().as_bytes().as_slice() != device_id {
         return Err(corrupt());
     }
     Ok(DeviceRecord {
@@ -120,12 +121,12 @@ impl PostgresRegistry {
 
     fn fetch(
         &self,
-        device_id: [u8; 6],
+        device_id: DeviceId,
     ) -> Result<(u64, Option<DeviceRecord>), PostgresRegistryError> {
-        let row = self
-            .client
-            .borrow_mut()
-            .query_one(FETCH, &[&device_id.as_slice(), &serial_to_sql(0)])?;
+        let row = self.client.borrow_mut().query_one(
+            FETCH,
+            &[&device_id.as_bytes().as_slice(), &serial_to_sql(0)],
+        )?;
         let floor = serial_from_sql(row.try_get(0)?);
         let certificate: Option<Vec<u8>> = row.try_get(1)?;
         let record = match certificate {
@@ -134,7 +135,7 @@ impl PostgresRegistry {
                 let revoked: bool = row.try_get(2)?;
                 let serial = serial_from_sql(row.try_get(3)?);
                 Some(decode_record(
-                    &device_id,
+                    device_id.as_bytes(),
                     &certificate,
                     revoked || serial <= floor,
                 )?)
@@ -185,18 +186,18 @@ fn migrate(client: &mut Client) -> Result<(), PostgresRegistryError> {
 /// listeners when the transaction commits).
 fn raise_floor(
     transaction: &mut postgres::Transaction<'_>,
-    device_id: [u8; 6],
+    device_id: DeviceId,
     serial: u64,
 ) -> Result<(), PostgresRegistryError> {
     transaction.execute(
         "INSERT INTO sightwire_revocations (device_id, floor) VALUES ($1, $2)
          ON CONFLICT (device_id) DO UPDATE
          SET floor = GREATEST(sightwire_revocations.floor, EXCLUDED.floor)",
-        &[&device_id.as_slice(), &serial_to_sql(serial)],
+        &[&device_id.as_bytes().as_slice(), &serial_to_sql(serial)],
     )?;
     transaction.execute(
         "SELECT pg_notify($1, $2)",
-        &[&REVOCATION_CHANNEL, &hex::encode(device_id)],
+        &[&REVOCATION_CHANNEL, &hex::encode(device_id.as_bytes())],
     )?;
     Ok(())
 }
@@ -204,7 +205,7 @@ fn raise_floor(
 impl Registry for PostgresRegistry {
     type Error = PostgresRegistryError;
 
-    fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error> {
+    fn lookup(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error> {
         self.fetch(device_id).map(|(_, record)| record)
     }
 
@@ -217,7 +218,7 @@ impl Registry for PostgresRegistry {
              SET serial = EXCLUDED.serial, certificate = EXCLUDED.certificate, revoked = FALSE
              WHERE sightwire_devices.serial < EXCLUDED.serial",
             &[
-                &certificate.device_id().as_slice(),
+                &certificate.device_id().as_bytes().as_slice(),
                 &serial_to_sql(certificate.serial()),
                 &bytes.as_slice(),
             ],
@@ -225,11 +226,11 @@ impl Registry for PostgresRegistry {
         Ok(changed > 0)
     }
 
-    fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error> {
+    fn revoke(&mut self, device_id: DeviceId) -> Result<bool, Self::Error> {
         let mut transaction = self.client.get_mut().transaction()?;
         let row = transaction.query_opt(
             "UPDATE sightwire_devices SET revoked = TRUE WHERE device_id = $1 RETURNING serial",
-            &[&device_id.as_slice()],
+            &[&device_id.as_bytes().as_slice()],
         )?;
         let Some(row) = row else {
             return Ok(false);
@@ -243,14 +244,14 @@ impl Registry for PostgresRegistry {
         Ok(true)
     }
 
-    fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error> {
+    fn revoke_through(&mut self, device_id: DeviceId, serial: u64) -> Result<(), Self::Error> {
         let mut transaction = self.client.get_mut().transaction()?;
         raise_floor(&mut transaction, device_id, serial)?;
         transaction.commit()?;
         Ok(())
     }
 
-    fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error> {
+    fn revocation_floor(&self, device_id: DeviceId) -> Result<u64, Self::Error> {
         self.fetch(device_id).map(|(floor, _)| floor)
     }
 
@@ -317,7 +318,7 @@ impl RevocationListener {
     /// receiver (for `Server::with_revocations`). It reconnects after an error (once per
     /// [`LISTEN_RETRY`]); revocations made while it was disconnected still take effect at
     /// the device's next lookup. It ends when the receiver is dropped.
-    pub fn spawn(params: String) -> tokio::sync::mpsc::Receiver<[u8; 6]> {
+    pub fn spawn(params: String) -> tokio::sync::mpsc::Receiver<DeviceId> {
         let (sender, receiver) = tokio::sync::mpsc::channel(1024);
         let spawned = std::thread::Builder::new()
             .name("registry-listen".into())
@@ -357,7 +358,7 @@ impl RevocationListener {
 
     /// Waits up to `timeout` for revocations; returns the device IDs announced (empty on
     /// timeout). Payloads that are not an ID are ignored (logged).
-    pub fn wait(&mut self, timeout: Duration) -> Result<Vec<[u8; 6]>, PostgresRegistryError> {
+    pub fn wait(&mut self, timeout: Duration) -> Result<Vec<DeviceId>, PostgresRegistryError> {
         let mut notifications = self.client.notifications();
         let mut ids = Vec::new();
         let Some(first) = notifications.timeout_iter(timeout).next()? else {
@@ -371,6 +372,7 @@ impl RevocationListener {
             match hex::decode(notification.payload())
                 .ok()
                 .and_then(|bytes| <[u8; 6]>::try_from(bytes).ok())
+                .and_then(|octets| DeviceId::from_bytes(octets).ok())
             {
                 Some(id) => ids.push(id),
                 None => tracing::warn!(

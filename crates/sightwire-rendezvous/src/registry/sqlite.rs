@@ -1,5 +1,6 @@
 //! The default registry: one SQLite file (feature `sqlite`, on by default).
 
+use sightwire_id::DeviceId;
 use std::path::Path;
 
 use rusqlite::OptionalExtension;
@@ -69,7 +70,7 @@ impl SqliteRegistry {
             IdCertificate::decode(&certificate).map_err(|_| SqliteRegistryError::Corrupt {
                 device_id: hex::encode(&device_id),
             })?;
-        if certificate.device_id().as_slice() != device_id.as_slice() {
+        if certificate.device_id().as_bytes().as_slice() != device_id.as_slice() {
             return Err(SqliteRegistryError::Corrupt {
                 device_id: hex::encode(&device_id),
             });
@@ -89,12 +90,12 @@ fn serial_to_sql(serial: u64) -> i64 {
 /// The revocation floor of `device_id` (0 when none).
 fn floor_of(
     connection: &rusqlite::Connection,
-    device_id: [u8; 6],
+    device_id: DeviceId,
 ) -> Result<u64, SqliteRegistryError> {
     let floor: Option<i64> = connection
         .query_row(
             "SELECT floor FROM revocations WHERE device_id = ?1",
-            [device_id.as_slice()],
+            [device_id.as_bytes().as_slice()],
             |row| row.get(0),
         )
         .optional()?;
@@ -108,17 +109,18 @@ fn serial_from_sql(serial: i64) -> u64 {
 impl Registry for SqliteRegistry {
     type Error = SqliteRegistryError;
 
-    fn lookup(&self, device_id: [u8; 6]) -> Result<Option<DeviceRecord>, Self::Error> {
+    fn lookup(&self, device_id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error> {
         let mut statement = self
             .connection
             .prepare_cached("SELECT certificate, revoked FROM devices WHERE device_id = ?1")?;
-        let mut rows = statement.query([device_id.as_slice()])?;
+        let mut rows = statement.query([device_id.as_bytes().as_slice()])?;
         match rows.next()? {
             None => Ok(None),
             Some(row) => {
                 let certificate: Vec<u8> = row.get(0)?;
                 let revoked: bool = row.get(1)?;
-                let mut record = Self::row_to_record(device_id.to_vec(), certificate, revoked)?;
+                let mut record =
+                    Self::row_to_record(device_id.as_bytes().to_vec(), certificate, revoked)?;
                 drop(rows);
                 record.revoked |=
                     record.certificate.serial() <= self.revocation_floor(device_id)?;
@@ -134,7 +136,7 @@ impl Registry for SqliteRegistry {
         let current: Option<i64> = transaction
             .query_row(
                 "SELECT serial FROM devices WHERE device_id = ?1",
-                [id.as_slice()],
+                [id.as_bytes().as_slice()],
                 |row| row.get(0),
             )
             .optional()?;
@@ -142,17 +144,17 @@ impl Registry for SqliteRegistry {
         if newer {
             transaction.execute(
                 "INSERT OR REPLACE INTO devices (device_id, serial, certificate, revoked) VALUES (?1, ?2, ?3, 0)",
-                rusqlite::params![id.as_slice(), serial_to_sql(certificate.serial()), bytes.as_slice()],
+                rusqlite::params![id.as_bytes().as_slice(), serial_to_sql(certificate.serial()), bytes.as_slice()],
             )?;
         }
         transaction.commit()?;
         Ok(newer)
     }
 
-    fn revoke(&mut self, device_id: [u8; 6]) -> Result<bool, Self::Error> {
+    fn revoke(&mut self, device_id: DeviceId) -> Result<bool, Self::Error> {
         let changed = self.connection.execute(
             "UPDATE devices SET revoked = 1 WHERE device_id = ?1",
-            [device_id.as_slice()],
+            [device_id.as_bytes().as_slice()],
         )?;
         if let Some(record) = self.lookup(device_id)? {
             self.revoke_through(device_id, record.certificate.serial())?;
@@ -160,18 +162,18 @@ impl Registry for SqliteRegistry {
         Ok(changed > 0)
     }
 
-    fn revoke_through(&mut self, device_id: [u8; 6], serial: u64) -> Result<(), Self::Error> {
+    fn revoke_through(&mut self, device_id: DeviceId, serial: u64) -> Result<(), Self::Error> {
         let transaction = self.connection.transaction()?;
         let floor = floor_of(&transaction, device_id)?.max(serial);
         transaction.execute(
             "INSERT OR REPLACE INTO revocations (device_id, floor) VALUES (?1, ?2)",
-            rusqlite::params![device_id.as_slice(), serial_to_sql(floor)],
+            rusqlite::params![device_id.as_bytes().as_slice(), serial_to_sql(floor)],
         )?;
         transaction.commit()?;
         Ok(())
     }
 
-    fn revocation_floor(&self, device_id: [u8; 6]) -> Result<u64, Self::Error> {
+    fn revocation_floor(&self, device_id: DeviceId) -> Result<u64, Self::Error> {
         floor_of(&self.connection, device_id)
     }
 

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use sightwire_rendezvous::{CoreConfig, MemoryRegistry, Peer, Rendezvous, Transmit};
-use sightwire_signal::PublicKey;
 use sightwire_signal::cert::{CertificateFields, IdCertificate, IssuerKey, TrustedIssuers};
 use sightwire_signal::{
     Body, Candidate, CandidateKind, CandidateSet, ConnectId, ConnectRequest, Consent, Envelope,
     MAX_MESSAGE_LEN, Register,
 };
+use sightwire_signal::{DeviceId, PublicKey};
 
 pub const UNIX_START: u64 = 1_800_000_000;
 
@@ -19,9 +19,9 @@ pub fn issuer() -> IssuerKey {
     IssuerKey::from_seed(&[0x15; 32])
 }
 
-pub fn device_id(n: u32) -> [u8; 6] {
+pub fn device_id(n: u32) -> DeviceId {
     let b = n.to_be_bytes();
-    [0x02, 0x00, b[0], b[1], b[2], b[3]]
+    DeviceId::from_bytes([0x02, 0x00, b[0], b[1], b[2], b[3]]).expect("a unicast address")
 }
 
 pub fn device_key(n: u32) -> PublicKey {
@@ -35,7 +35,7 @@ pub fn certificate(n: u32, serial: u64) -> IdCertificate {
 }
 
 pub fn certificate_for(
-    id: [u8; 6],
+    id: DeviceId,
     key: PublicKey,
     serial: u64,
     not_before: u64,
@@ -92,13 +92,13 @@ pub fn register_message(certificate: IdCertificate) -> Vec<u8> {
     .to_vec()
 }
 
-pub fn connect_message(id: [u8; 6], want_relay: bool) -> Vec<u8> {
+pub fn connect_message(id: DeviceId, want_relay: bool) -> Vec<u8> {
     connect_message_with(id, want_relay, 9, &[])
 }
 
 /// A padded `CONNECT_REQUEST` with request id `request_id` and login opening `login`.
 pub fn connect_message_with(
-    id: [u8; 6],
+    id: DeviceId,
     want_relay: bool,
     request_id: u64,
     login: &[u8],
@@ -238,4 +238,17 @@ impl Harness {
     pub fn register(&mut self, n: u32) -> Vec<(u64, Envelope)> {
         self.send(&device_peer(n), &register_message(certificate(n, 1)))
     }
+}
+
+/// A padded `CONNECT_REQUEST` naming the six octets `octets` as they go on the wire, also
+/// octets that are no device ID (which `ConnectRequest` cannot hold).
+pub fn connect_message_naming(octets: [u8; 6], request_id: u64, login: &[u8]) -> Vec<u8> {
+    let stand_in = device_id(0x00AB_CDEF);
+    let mut out = connect_message_with(stand_in, false, request_id, login);
+    let at = out
+        .windows(6)
+        .position(|window| window == stand_in.as_bytes())
+        .expect("the ID is in the encoding");
+    out[at..at + 6].copy_from_slice(&octets);
+    out
 }

@@ -28,7 +28,7 @@
 //! use sightwire_session::login::{DeviceLogin, ViewerLogin};
 //!
 //! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
-//! let device_id = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+//! let device_id: sightwire_session::DeviceId = "00:1A:2B:3C:4D:5E".parse().expect("a device ID");
 //! let viewer_static = sightwire_session::PublicKey::from_bytes([9u8; 32]); // the viewer's X25519 public key
 //! // Both derive the same key; the device stores it (never the password).
 //! let key = PasswordKey::from_bytes([42; 32]); // PasswordKey::derive(password, &device_id)
@@ -55,7 +55,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::auth::PasswordKey;
-use crate::noise::{DEVICE_ID_LEN, PublicKey};
+use crate::noise::{DEVICE_ID_LEN, DeviceId, PublicKey};
 
 pub use throttle::{
     FREE_FAILURES_PER_VIEWER, GLOBAL_FAILURE_BURST, GLOBAL_FAILURE_INTERVAL, LoginThrottle,
@@ -150,14 +150,14 @@ pub enum LoginError {
     ConfirmationFailed,
 }
 
-fn identities(viewer_static_public: &PublicKey, device_id: &[u8; DEVICE_ID_LEN]) -> [Identity; 2] {
+fn identities(viewer_static_public: &PublicKey, device_id: &DeviceId) -> [Identity; 2] {
     let mut a =
         Vec::with_capacity(VIEWER_IDENTITY_LABEL.len() + viewer_static_public.as_bytes().len());
     a.extend_from_slice(VIEWER_IDENTITY_LABEL);
     a.extend_from_slice(viewer_static_public.as_bytes());
     let mut b = Vec::with_capacity(DEVICE_IDENTITY_LABEL.len() + DEVICE_ID_LEN);
     b.extend_from_slice(DEVICE_IDENTITY_LABEL);
-    b.extend_from_slice(device_id);
+    b.extend_from_slice(device_id.as_bytes());
     [Identity::new(&a), Identity::new(&b)]
 }
 
@@ -236,7 +236,7 @@ impl ViewerLogin {
     pub fn start<R: RngCore + CryptoRng + ?Sized>(
         password_key: &PasswordKey,
         viewer_static_public: &PublicKey,
-        device_id: &[u8; DEVICE_ID_LEN],
+        device_id: &DeviceId,
         rng: &mut R,
     ) -> (ViewerLogin, Vec<u8>) {
         let [id_a, id_b] = identities(viewer_static_public, device_id);
@@ -319,7 +319,7 @@ impl DeviceLogin {
     pub fn respond<R: RngCore + CryptoRng + ?Sized>(
         password_key: &PasswordKey,
         viewer_static_public: &PublicKey,
-        device_id: &[u8; DEVICE_ID_LEN],
+        device_id: &DeviceId,
         msg1: &[u8],
         rng: &mut R,
     ) -> Result<(DeviceLogin, Vec<u8>), LoginError> {

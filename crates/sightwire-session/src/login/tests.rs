@@ -4,7 +4,10 @@ use rand_chacha::ChaCha20Rng;
 
 use super::*;
 
-const DEVICE: [u8; DEVICE_ID_LEN] = [0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e];
+const DEVICE: DeviceId = match DeviceId::from_bytes([0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e]) {
+    Ok(id) => id,
+    Err(_) => panic!("a unicast address"),
+};
 const VIEWER: PublicKey = PublicKey::from_bytes([9; 32]);
 
 fn key(byte: u8) -> PasswordKey {
@@ -14,8 +17,8 @@ fn key(byte: u8) -> PasswordKey {
 /// Runs a login where each side has its own view; returns where it stopped.
 fn run(
     seed: u64,
-    viewer: (&PasswordKey, &PublicKey, &[u8; DEVICE_ID_LEN]),
-    device: (&PasswordKey, &PublicKey, &[u8; DEVICE_ID_LEN]),
+    viewer: (&PasswordKey, &PublicKey, &DeviceId),
+    device: (&PasswordKey, &PublicKey, &DeviceId),
 ) -> Result<(), (LoginMessage, LoginError)> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let (v, msg1) = ViewerLogin::start(viewer.0, viewer.1, viewer.2, &mut rng);
@@ -182,7 +185,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn right_password_both_finish(seed: u64, pw: [u8; 32], viewer: [u8; 32], device: [u8; 6]) {
+    fn right_password_both_finish(
+        seed: u64,
+        pw: [u8; 32],
+        viewer: [u8; 32],
+        device in any::<[u8; 6]>().prop_filter_map("a device ID", |b| DeviceId::from_bytes(b).ok()),
+    ) {
         let k = PasswordKey::from_bytes(pw);
         let viewer = PublicKey::from_bytes(viewer);
         prop_assert_eq!(run(seed, (&k, &viewer, &device), (&k, &viewer, &device)), Ok(()));
@@ -201,7 +209,7 @@ proptest! {
     fn swapped_viewer_key_or_device_id_is_rejected(
         seed: u64,
         other_viewer: [u8; 32],
-        other_device: [u8; 6],
+        other_device in any::<[u8; 6]>().prop_filter_map("a device ID", |b| DeviceId::from_bytes(b).ok()),
     ) {
         let other_viewer = PublicKey::from_bytes(other_viewer);
         prop_assume!(other_viewer != VIEWER && other_device != DEVICE);

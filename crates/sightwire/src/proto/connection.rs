@@ -10,6 +10,7 @@
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
+use sightwire_id::DeviceId;
 use sightwire_media::{Event as MediaEvent, MediaConnection};
 use sightwire_punch::probe::Probe;
 use sightwire_punch::{Agent, Event as PunchEvent, PathKind, PunchKey, PunchSignal, StartAttempt};
@@ -176,7 +177,7 @@ pub(crate) struct Connection {
     pub(crate) id: PeerId,
     /// The viewer's watch this connection serves (`None` on a device).
     pub(crate) watch: Option<WatchId>,
-    pub(crate) device_id: [u8; 6],
+    pub(crate) device_id: DeviceId,
     /// The other end's static key (device key for a viewer, viewer key for a device).
     pub(crate) remote_key: PublicKey,
     pub(crate) agent: Agent,
@@ -233,7 +234,7 @@ impl Connection {
         now: Instant,
         id: PeerId,
         watch: Option<WatchId>,
-        device_id: [u8; 6],
+        device_id: DeviceId,
         remote_key: PublicKey,
         punch_key: [u8; 32],
         agent: Agent,
@@ -346,7 +347,7 @@ impl Endpoint {
         now: Instant,
         id: PeerId,
         watch: Option<WatchId>,
-        device_id: [u8; 6],
+        device_id: DeviceId,
         remote_key: PublicKey,
         punch_key: [u8; 32],
     ) -> Option<Connection> {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sightwire_id::DeviceId;
 use sightwire_session::PublicKey;
 use sightwire_session::login::{DeviceLogin, ViewerLogin};
 use sightwire_signal::{Body, ConnectId, Consent, Introduction};
@@ -233,7 +234,7 @@ impl Endpoint {
     pub(crate) fn start_login(
         &mut self,
         password: Option<&sightwire_session::auth::PasswordKey>,
-        device_id: &[u8; 6],
+        device_id: &DeviceId,
     ) -> Option<(ViewerLogin, Bytes)> {
         let password = password?;
         let own_key = *self.sessions.local_public();

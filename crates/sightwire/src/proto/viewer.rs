@@ -106,7 +106,7 @@ impl std::fmt::Debug for WatchPassword {
 }
 
 impl WatchPassword {
-    fn key(&mut self, device_id: &[u8; 6]) -> PasswordKey {
+    fn key(&mut self, device_id: &sightwire_id::DeviceId) -> PasswordKey {
         if let Self::Underived(password) = self {
             *self = Self::Derived(PasswordKey::derive(&password[..], device_id));
         }
@@ -354,7 +354,7 @@ impl Endpoint {
                     }
                     WatchTimer::DerivePassword => {
                         if let Some(watch) = self.watch_mut(id) {
-                            let device_id = *watch.target.device_id().as_bytes();
+                            let device_id = watch.target.device_id();
                             if let Some(password) = watch.password.as_mut() {
                                 password.key(&device_id);
                             }
@@ -465,7 +465,7 @@ impl Endpoint {
         let Some(watch) = self.watch_mut(id) else {
             return;
         };
-        let device_id = *watch.target.device_id().as_bytes();
+        let device_id = watch.target.device_id();
         if watch.request.is_none() {
             // A new request: a new login (a retransmission resends the same opening).
             let password = watch.password.as_mut().map(|p| p.key(&device_id));
@@ -534,7 +534,7 @@ impl Endpoint {
         watch.timers.stop(WatchTimer::RequestRetry);
         let target = watch.target;
         let checked = match response.certificate.verify(&viewer.issuers, unix_now) {
-            Ok(fields) if fields.device_id != *target.device_id().as_bytes() => {
+            Ok(fields) if fields.device_id != target.device_id() => {
                 Err(ConnectError::CertificateInvalid)
             }
             Ok(fields) if !target.accepts_key(&fields.device_key) => {

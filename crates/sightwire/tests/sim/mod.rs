@@ -845,7 +845,7 @@ impl World {
         let certificate = self
             .issuer
             .issue(CertificateFields {
-                device_id: *id.as_bytes(),
+                device_id: id,
                 device_key: *keypair.public(),
                 not_before: unix - 60,
                 not_after: unix + 365 * 24 * 3600,
