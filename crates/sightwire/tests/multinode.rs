@@ -1,0 +1,372 @@
+//! Several rendezvous nodes serving one deployment (`spec/multinode.md`), on loopback:
+//! three library `Server`s with a node list, real devices and viewers (the endpoint's
+//! own tokio driver). Devices register with their ID's home, a viewer reaches each of
+//! them, and when a node dies (its task aborted: no goodbye, nothing answers) its
+//! devices move to their successors and the viewer reaches them there.
+//!
+//! Two registries: one PostgreSQL database shared by the three nodes (the operator's
+//! deployment; `SIGHTWIRE_TEST_POSTGRES`, skipped without it unless `CI=true`), and an
+//! in-memory registry per node (the node logic does not need a shared database: a
+//! valid certificate is enough where IDs need not be issued first).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use sightwire::{
+    ConnectError, Credentials, Device, DeviceConfig, DeviceIdentity, Event, NodeName,
+    RendezvousNodes, RendezvousServer, Target, Viewer, ViewerConfig, ViewerEndpoint,
+};
+use sightwire_rendezvous::server::Server;
+use sightwire_rendezvous::{
+    CoreConfig, Deployment, MemoryRegistry, Registry, RegistryPool, Rendezvous,
+};
+use sightwire_session::StaticKeypair;
+use sightwire_signal::cert::{CertificateFields, IssuerKey, TrustedIssuers};
+use sightwire_signal::nodes::NodeList;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+/// The keepalive interval the nodes tell devices: short, so the test's "within one
+/// keepalive interval" is seconds.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+/// How long a device needs to notice a silent node after its last keepalive was
+/// sent: the endpoint's ack timeout (1.5 s) and its two liveness retries.
+const ACK_TIMEOUT: Duration = Duration::from_millis(4500);
+const PASSWORD: &str = "multinode";
+const NAMES: [&str; 3] = ["rv1", "rv2", "rv3"];
+const DEVICES: u8 = 9;
+
+fn issuer() -> IssuerKey {
+    IssuerKey::from_seed(&[0x31; 32])
+}
+
+fn node_key(index: usize) -> StaticKeypair {
+    StaticKeypair::from_private([0x40 + index as u8; 32])
+}
+
+fn device_id(n: u8) -> sightwire::DeviceId {
+    sightwire::DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0x00, 0x10, n]).unwrap()
+}
+
+fn names() -> Vec<NodeName> {
+    NAMES.iter().map(|n| NodeName::new(n).unwrap()).collect()
+}
+
+struct Node {
+    address: SocketAddr,
+    task: JoinHandle<std::io::Result<Rendezvous<sightwire_session::SessionId>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn start_node<R: Registry + Send + 'static>(index: usize, registry: R) -> Node {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    let list = NodeList::new(names().into_iter().map(|n| (n, ())).collect()).unwrap();
+    let mut config = CoreConfig::default();
+    config.keepalive_interval = KEEPALIVE;
+    config.presence_ttl = KEEPALIVE * 3;
+    // Every keepalive answered at once: the detection time is the ack timeout alone.
+    config.keepalive_probes = false;
+    config.deployment = Some(Deployment::new(list, &names()[index]).unwrap());
+    let core = Rendezvous::new(
+        config,
+        TrustedIssuers::single(issuer().public()),
+        Box::new(rand::rngs::StdRng::seed_from_u64(index as u64)),
+        Instant::now(),
+        sightwire_rendezvous::server::unix_now(),
+    );
+    let server = Server::new(
+        socket,
+        node_key(index),
+        sightwire_session::Config::default(),
+        core,
+        Box::new(rand::rngs::StdRng::seed_from_u64(100 + index as u64)),
+        RegistryPool::spawn(vec![registry]).unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Node {
+        address,
+        task,
+        stop: Some(stop),
+    }
+}
+
+fn client_nodes(nodes: &[Node]) -> RendezvousNodes {
+    RendezvousNodes::new(
+        names()
+            .into_iter()
+            .zip(nodes)
+            .enumerate()
+            .map(|(i, (name, node))| {
+                (
+                    name,
+                    RendezvousServer::new(node.address, *node_key(i).public()),
+                )
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+/// A device that logs when it registered.
+struct Camera {
+    id: sightwire::DeviceId,
+    registered: Arc<Mutex<Vec<Instant>>>,
+    task: JoinHandle<()>,
+}
+
+fn start_camera(n: u8, nodes: &RendezvousNodes) -> impl Future<Output = Camera> {
+    let nodes = nodes.clone();
+    async move {
+        let id = device_id(n);
+        let keypair = StaticKeypair::from_private([0x60 + n; 32]);
+        let certificate = issuer()
+            .issue(CertificateFields {
+                device_id: *id.as_bytes(),
+                device_key: *keypair.public(),
+                not_before: 0,
+                not_after: u64::MAX / 2,
+                serial: 1,
+            })
+            .unwrap();
+        let mut config = DeviceConfig::with_nodes(DeviceIdentity::new(keypair, certificate), nodes);
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.password = Some(PASSWORD.into());
+        // Not back home during the test (its home is dead anyway).
+        config.home_retry = Duration::from_secs(600);
+        let mut device = Device::start(config).await.unwrap();
+        let registered = Arc::new(Mutex::new(Vec::new()));
+        let log = registered.clone();
+        let task = tokio::spawn(async move {
+            while let Some(event) = device.next_event().await {
+                if let Event::Registered { .. } = event {
+                    log.lock().unwrap().push(Instant::now());
+                }
+            }
+        });
+        Camera {
+            id,
+            registered,
+            task,
+        }
+    }
+}
+
+fn viewer_config(keypair: u8) -> (StaticKeypair, TrustedIssuers) {
+    (
+        StaticKeypair::from_private([0x90 + keypair; 32]),
+        TrustedIssuers::single(issuer().public()),
+    )
+}
+
+/// A viewer that knows only `server`: it reaches the device only if the device is
+/// registered there.
+async fn reach_through(
+    server: RendezvousServer,
+    id: sightwire::DeviceId,
+) -> Result<(), ConnectError> {
+    let (keypair, issuers) = viewer_config(1);
+    let mut config = ViewerConfig::new(keypair, server, issuers);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.connect_timeout = Duration::from_secs(8);
+    let viewer = Viewer::connect(config, Target::Id(id), Credentials::password(PASSWORD)).await?;
+    viewer.close().await;
+    Ok(())
+}
+
+async fn wait_registered(cameras: &[Camera], count: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done = cameras
+            .iter()
+            .all(|c| c.registered.lock().unwrap().len() >= count);
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all cameras registered {count} time(s)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn deployment_serves_and_survives_a_dead_node<R: Registry + Send + 'static>(
+    registries: Vec<R>,
+) {
+    let mut nodes = Vec::new();
+    for (index, registry) in registries.into_iter().enumerate() {
+        nodes.push(start_node(index, registry).await);
+    }
+    let list = client_nodes(&nodes);
+    let mut cameras = Vec::new();
+    for n in 0..DEVICES {
+        cameras.push(start_camera(n, &list).await);
+    }
+    wait_registered(&cameras, 1, Duration::from_secs(10)).await;
+
+    // Devices spread over their homes: every node is home to some.
+    let home_of = |camera: &Camera| {
+        let ((name, _), _) = list.home_and_successor(camera.id);
+        NAMES.iter().position(|n| *n == name.as_str()).unwrap()
+    };
+    let successor_of = |camera: &Camera| {
+        let (_, successor) = list.home_and_successor(camera.id);
+        let (name, _) = successor.unwrap();
+        NAMES.iter().position(|n| *n == name.as_str()).unwrap()
+    };
+    let mut per_node = [0; 3];
+    for camera in &cameras {
+        per_node[home_of(camera)] += 1;
+    }
+    println!("devices per home node: {per_node:?}");
+    assert!(per_node.iter().all(|n| *n > 0), "{per_node:?}");
+    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.address).collect();
+    let server = |index: usize| RendezvousServer::new(addresses[index], *node_key(index).public());
+
+    // Each device is registered at its home: a viewer that knows only the home reaches
+    // it. And one viewer endpoint with the node list reaches every device.
+    for camera in &cameras {
+        reach_through(server(home_of(camera)), camera.id)
+            .await
+            .unwrap_or_else(|e| panic!("{} through its home: {e}", camera.id));
+    }
+    let (keypair, issuers) = viewer_config(2);
+    let mut config = ViewerConfig::with_nodes(keypair, list.clone(), issuers);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.connect_timeout = Duration::from_secs(8);
+    let endpoint = ViewerEndpoint::bind(config).await.unwrap();
+    for camera in &cameras {
+        let viewer = endpoint
+            .watch(Target::Id(camera.id), Credentials::password(PASSWORD))
+            .await
+            .unwrap_or_else(|e| panic!("{} through the node list: {e}", camera.id));
+        viewer.close().await;
+    }
+
+    // Kill the home of device 0 without a goodbye.
+    let dead = home_of(&cameras[0]);
+    let moved: Vec<usize> = (0..cameras.len())
+        .filter(|i| home_of(&cameras[*i]) == dead)
+        .collect();
+    let killed = Instant::now();
+    nodes[dead].task.abort();
+    let _ = (&mut nodes[dead].task).await;
+    println!("killed {} (home of {} devices)", NAMES[dead], moved.len());
+
+    // Its devices register with their successors within one keepalive interval plus the
+    // time to notice the silence.
+    let limit = KEEPALIVE + ACK_TIMEOUT + Duration::from_secs(1);
+    let moved_cameras: Vec<&Camera> = moved.iter().map(|i| &cameras[*i]).collect();
+    let deadline = killed + limit * 2;
+    let mut worst = Duration::ZERO;
+    for camera in &moved_cameras {
+        loop {
+            let again = camera
+                .registered
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .find(|t| *t > killed);
+            if let Some(at) = again {
+                worst = worst.max(at - killed);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} did not move", camera.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "devices of the dead node registered again after at most {worst:?} (keepalive {KEEPALIVE:?}, limit {limit:?})"
+    );
+    assert!(worst <= limit, "{worst:?} > {limit:?}");
+    // The others stayed where they were.
+    for (i, camera) in cameras.iter().enumerate() {
+        if !moved.contains(&i) {
+            assert_eq!(camera.registered.lock().unwrap().len(), 1, "{}", camera.id);
+        }
+    }
+
+    // They are at their successors: reached through the successor alone, and through
+    // the node list (the dead home first, then the successor).
+    for camera in &moved_cameras {
+        reach_through(server(successor_of(camera)), camera.id)
+            .await
+            .unwrap_or_else(|e| panic!("{} through its successor: {e}", camera.id));
+        let started = Instant::now();
+        let viewer = endpoint
+            .watch(Target::Id(camera.id), Credentials::password(PASSWORD))
+            .await
+            .unwrap_or_else(|e| panic!("{} through the node list: {e}", camera.id));
+        println!(
+            "{} reached through the list in {:?}",
+            camera.id,
+            started.elapsed()
+        );
+        viewer.close().await;
+        let (keypair, issuers) = viewer_config(3);
+        let mut config = ViewerConfig::with_nodes(keypair, list.clone(), issuers);
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.connect_timeout = Duration::from_secs(8);
+        let viewer = Viewer::connect(
+            config,
+            Target::Id(camera.id),
+            Credentials::password(PASSWORD),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{} by Viewer::connect: {e}", camera.id));
+        viewer.close().await;
+    }
+    // The devices of the living nodes are still reached too.
+    for camera in cameras.iter().filter(|c| home_of(c) != dead).take(2) {
+        let viewer = endpoint
+            .watch(Target::Id(camera.id), Credentials::password(PASSWORD))
+            .await
+            .unwrap_or_else(|e| panic!("{} after the death: {e}", camera.id));
+        viewer.close().await;
+    }
+
+    endpoint.shutdown().await;
+    for camera in cameras {
+        camera.task.abort();
+    }
+    for node in &mut nodes {
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_in_memory_serve_every_device_and_survive_one_dying() {
+    deployment_serves_and_survives_a_dead_node(vec![
+        MemoryRegistry::default(),
+        MemoryRegistry::default(),
+        MemoryRegistry::default(),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn three_nodes_sharing_postgres_serve_every_device_and_survive_one_dying() {
+    // The blocking PostgreSQL client makes its own runtime: not on this test's.
+    let Some(registries) = std::thread::spawn(|| {
+        let params = sightwire_rendezvous::postgres_testing::fresh_schema()?;
+        Some(
+            (0..3)
+                .map(|_| sightwire_rendezvous::PostgresRegistry::connect(&params).unwrap())
+                .collect::<Vec<_>>(),
+        )
+    })
+    .join()
+    .unwrap() else {
+        return;
+    };
+    deployment_serves_and_survives_a_dead_node(registries).await;
+}
