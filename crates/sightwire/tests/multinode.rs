@@ -61,7 +61,15 @@ struct Node {
 }
 
 async fn start_node<R: Registry + Send + 'static>(index: usize, registry: R) -> Node {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    start_node_at(index, registry, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_node_at<R: Registry + Send + 'static>(
+    index: usize,
+    registry: R,
+    bind: SocketAddr,
+) -> Node {
+    let socket = UdpSocket::bind(bind).await.unwrap();
     let address = socket.local_addr().unwrap();
     let list = NodeList::new(names().into_iter().map(|n| (n, ())).collect()).unwrap();
     let mut config = CoreConfig::default();
@@ -121,6 +129,15 @@ struct Camera {
 }
 
 fn start_camera(n: u8, nodes: &RendezvousNodes) -> impl Future<Output = Camera> {
+    // Not back home during the test (its home is dead anyway).
+    start_camera_with(n, nodes, Duration::from_secs(600))
+}
+
+fn start_camera_with(
+    n: u8,
+    nodes: &RendezvousNodes,
+    home_retry: Duration,
+) -> impl Future<Output = Camera> {
     let nodes = nodes.clone();
     async move {
         let id = device_id(n);
@@ -137,8 +154,7 @@ fn start_camera(n: u8, nodes: &RendezvousNodes) -> impl Future<Output = Camera> 
         let mut config = DeviceConfig::with_nodes(DeviceIdentity::new(keypair, certificate), nodes);
         config.bind = "127.0.0.1:0".parse().unwrap();
         config.password = Some(PASSWORD.into());
-        // Not back home during the test (its home is dead anyway).
-        config.home_retry = Duration::from_secs(600);
+        config.home_retry = home_retry;
         let mut device = Device::start(config).await.unwrap();
         let registered = Arc::new(Mutex::new(Vec::new()));
         let log = registered.clone();
@@ -369,4 +385,71 @@ async fn three_nodes_sharing_postgres_serve_every_device_and_survive_one_dying()
         return;
     };
     deployment_serves_and_survives_a_dead_node(registries).await;
+}
+
+/// A device on its successor goes back to its home once the home answers again: not at
+/// once (a recovering node is not flooded), after `home_retry` plus jitter, and a try
+/// while the home is still down costs a short gap, not the registration.
+#[tokio::test]
+async fn a_device_goes_back_home_when_its_home_returns() {
+    let mut nodes = Vec::new();
+    for index in 0..3 {
+        nodes.push(start_node(index, MemoryRegistry::default()).await);
+    }
+    let list = client_nodes(&nodes);
+    let home_retry = Duration::from_secs(2);
+    let camera = start_camera_with(0, &list, home_retry).await;
+    wait_registered(std::slice::from_ref(&camera), 1, Duration::from_secs(10)).await;
+    let ((home_name, home_server), successor) = list.home_and_successor(camera.id);
+    let home = NAMES.iter().position(|n| *n == home_name.as_str()).unwrap();
+    let (_, successor_server) = successor.unwrap();
+    let (home_server, successor_server) = (home_server.clone(), successor_server.clone());
+
+    nodes[home].task.abort();
+    let _ = (&mut nodes[home].task).await;
+    let killed = Instant::now();
+    wait_registered(std::slice::from_ref(&camera), 2, Duration::from_secs(15)).await;
+    reach_through(successor_server.clone(), camera.id)
+        .await
+        .expect("reached through the successor");
+    // The home stays down a while: the device tries it (after 2 to 4 s, then 4 to 8 s)
+    // and comes back to the successor each time.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before_return = camera.registered.lock().unwrap().len();
+    println!(
+        "registrations while the home was down: {} in {:?}",
+        before_return - 1,
+        killed.elapsed()
+    );
+    assert!(
+        before_return >= 3,
+        "the device tried its home and came back"
+    );
+    reach_through(successor_server, camera.id)
+        .await
+        .expect("still reached through the successor");
+
+    // The home comes back at its address: the device returns to it.
+    let back = Instant::now();
+    nodes[home] = start_node_at(
+        home,
+        MemoryRegistry::default(),
+        home_server.address.socket_addr().unwrap(),
+    )
+    .await;
+    let deadline = back + Duration::from_secs(30);
+    loop {
+        if reach_through(home_server.clone(), camera.id).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the device did not go back home");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("back home {:?} after the home returned", back.elapsed());
+    camera.task.abort();
+    for node in &mut nodes {
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
