@@ -83,6 +83,13 @@ impl RendezvousNodes {
 pub const HOME_RETRY_MIN: Duration = Duration::from_secs(60);
 /// Most time between two tries to go back home.
 pub const HOME_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// First wait after a node answered `NOT_HOME` before the other node is tried; doubles
+/// with every further refusal until a registration is accepted, up to
+/// [`NOT_HOME_RETRY_MAX`], so two nodes that both refuse (a list that disagrees with
+/// the deployment's) are not asked in a loop at round-trip pace.
+pub const NOT_HOME_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Most time between two registrations refused with `NOT_HOME`.
+pub const NOT_HOME_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 
 /// A device's way through the node list: its home, then its successor.
 #[derive(Debug, Clone)]
@@ -93,6 +100,8 @@ pub(crate) struct NodeRoute {
     /// How long to stay away from home before trying it again (without the jitter).
     home_retry: Duration,
     home_retry_min: Duration,
+    /// The wait before the next node after a `NOT_HOME`.
+    not_home_retry: Duration,
 }
 
 impl NodeRoute {
@@ -102,6 +111,7 @@ impl NodeRoute {
             current: 0,
             home_retry: home_retry_min,
             home_retry_min,
+            not_home_retry: NOT_HOME_RETRY_MIN,
         }
     }
 
@@ -136,6 +146,18 @@ impl NodeRoute {
     /// Registered at home: the next absence starts with the shortest wait again.
     pub(crate) fn registered_at_home(&mut self) {
         self.home_retry = self.home_retry_min;
+    }
+
+    /// Registered (anywhere): `NOT_HOME` refusals start over.
+    pub(crate) fn registered(&mut self) {
+        self.not_home_retry = NOT_HOME_RETRY_MIN;
+    }
+
+    /// A node answered `NOT_HOME`: how long to wait before asking the next one.
+    pub(crate) fn refused(&mut self) -> Duration {
+        let wait = self.not_home_retry;
+        self.not_home_retry = (wait * 2).min(NOT_HOME_RETRY_MAX);
+        wait
     }
 
     /// When to try the home again, from now: the wait plus up to as long again, at
@@ -194,6 +216,13 @@ mod tests {
         assert!(route.home_retry_delay(&mut rng) <= HOME_RETRY_MAX * 2);
         route.registered_at_home();
         assert!(route.home_retry_delay(&mut rng) <= Duration::from_secs(20));
+        // NOT_HOME refusals back off to the limit, and start over once registered.
+        let waits: Vec<Duration> = (0..12).map(|_| route.refused()).collect();
+        assert_eq!(waits[0], NOT_HOME_RETRY_MIN);
+        assert_eq!(waits[1], NOT_HOME_RETRY_MIN * 2);
+        assert_eq!(waits[11], NOT_HOME_RETRY_MAX);
+        route.registered();
+        assert_eq!(route.refused(), NOT_HOME_RETRY_MIN);
         // One node: nowhere else to go.
         let single = NodeRoute::new(&nodes(1), *id.as_bytes(), HOME_RETRY_MIN);
         assert!(!single.has_alternative());

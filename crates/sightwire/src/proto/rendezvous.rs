@@ -542,6 +542,9 @@ impl Endpoint {
     /// Registered with the successor: try the home again later (with jitter, so the
     /// devices of a node that comes back do not all return at once).
     fn schedule_home_retry(&mut self, now: Instant) {
+        if let Some(route) = self.rendezvous.route.as_mut() {
+            route.registered();
+        }
         let Some(route) = self.rendezvous.route.as_ref() else {
             return;
         };
@@ -788,9 +791,14 @@ impl Endpoint {
         tracing::warn!(?code, request_id, "rendezvous error");
         match (&self.role, code) {
             (Role::Device(_), ErrorCode::NotHome) if self.rendezvous.route.is_some() => {
-                // Our list and the node's disagree: the other node of the two.
+                // Our list and the node's disagree: the other node of the two, after a
+                // wait that grows while refusals go on (both nodes may refuse).
                 self.emit(None, Event::RendezvousError { code });
-                if !self.next_node(now, "not this ID's home") {
+                let wait = self.rendezvous.route.as_mut().map(NodeRoute::refused);
+                if self.next_node(now, "not this ID's home") {
+                    let wait = wait.unwrap_or(RENDEZVOUS_RETRY_MAX);
+                    self.timers.set(EndpointTimer::RendezvousRetry, now + wait);
+                } else {
                     self.schedule_rendezvous_retry(now);
                 }
             }
