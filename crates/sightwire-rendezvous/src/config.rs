@@ -21,6 +21,10 @@
 //! max_connections = 1024
 //! idle_timeout_ms = 60000
 //!
+//! [deployment]                            # optional: one node of several (spec/multinode.md)
+//! node = "rv1"                            # this node's name in `nodes`
+//! nodes = ["rv1", "rv2", "rv3"]           # every node's name, the list devices hash over
+//!
 //! [limits]                                # optional; defaults in CoreConfig
 //! keepalive_interval_ms = 20000
 //! presence_ttl_ms = 60000
@@ -39,7 +43,9 @@ use sightwire_signal::grant::RelayGrantKey;
 use sightwire_signal::server_addr::{ServerAddr, ServerAddrError};
 
 use crate::Rate;
-use crate::core::{CoreConfig, RelayConfig};
+use sightwire_signal::nodes::{NodeList, NodeListError, NodeName};
+
+use crate::core::{CoreConfig, Deployment, RelayConfig};
 
 /// The file's content.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +76,37 @@ pub struct ServerConfig {
     /// `/readyz`; `spec/operations.md`). Absent: none (the command line's
     /// `--metrics-listen` can set it).
     pub metrics_listen: Option<SocketAddr>,
+    /// The deployment's nodes, when this is one of several (`spec/multinode.md`).
+    pub deployment: Option<DeploymentSection>,
+}
+
+/// `[deployment]`: the names of the deployment's nodes and this node's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DeploymentSection {
+    /// This node's name; it must be in `nodes`.
+    pub node: String,
+    /// Every node's name (the same list, in any order, on every node, device and
+    /// viewer); at most [`sightwire_signal::nodes::MAX_NODES`].
+    pub nodes: Vec<String>,
+}
+
+impl DeploymentSection {
+    /// The checked list and this node's place in it.
+    pub fn deployment(&self) -> Result<Deployment, ConfigError> {
+        let names = self
+            .nodes
+            .iter()
+            .map(|name| NodeName::new(name).map(|name| (name, ())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Nodes)?;
+        let nodes = NodeList::new(names).map_err(ConfigError::Nodes)?;
+        let this = NodeName::new(&self.node).map_err(ConfigError::Nodes)?;
+        Deployment::new(nodes, &this).ok_or_else(|| ConfigError::NodeNotListed {
+            node: self.node.clone(),
+        })
+    }
 }
 
 /// `registry`: a path (SQLite) or `{ postgres = "...", connections = N }`.
@@ -245,6 +282,15 @@ pub enum ConfigError {
         #[source]
         source: Option<std::io::Error>,
     },
+    /// `[deployment]`: a node name or the node list is invalid.
+    #[error("invalid [deployment] node list")]
+    Nodes(#[source] NodeListError),
+    /// `[deployment] node` is not one of `nodes`.
+    #[error("[deployment] node {node:?} is not in nodes")]
+    NodeNotListed {
+        /// The name given.
+        node: String,
+    },
 }
 
 /// The relay's address for grants: `text` parsed, and resolved if it is a name (blocking:
@@ -398,6 +444,9 @@ impl ServerConfig {
         if let Some(v) = l.registry_timeout_ms {
             core.registry_timeout = ms(v);
         }
+        if let Some(section) = &self.deployment {
+            core.deployment = Some(section.deployment()?);
+        }
         if let Some(relay) = &self.relay {
             core.relay = Some(RelayConfig {
                 address: resolve_relay_address(&relay.address)?,
@@ -469,6 +518,30 @@ under_load_initiations_per_second = 20000"
         assert_eq!(raised.under_load_half_open, 5_000);
         assert_eq!(config.socket_buffer_bytes, None);
         assert_eq!(config.metrics_listen, None);
+        assert!(core.deployment.is_none());
+        let with_nodes = |section: &str| {
+            toml::from_str::<ServerConfig>(&format!("{text}\n[deployment]\n{section}"))
+                .unwrap()
+                .core()
+        };
+        let deployment = with_nodes("node = \"rv2\"\nnodes = [\"rv1\", \"rv2\", \"rv3\"]")
+            .unwrap()
+            .deployment
+            .unwrap();
+        assert_eq!(deployment.this, 1);
+        assert_eq!(deployment.nodes.len(), 3);
+        assert!(matches!(
+            with_nodes("node = \"rv4\"\nnodes = [\"rv1\", \"rv2\"]"),
+            Err(ConfigError::NodeNotListed { .. })
+        ));
+        assert!(matches!(
+            with_nodes("node = \"rv1\"\nnodes = [\"rv1\", \"rv1\"]"),
+            Err(ConfigError::Nodes(NodeListError::Duplicate { .. }))
+        ));
+        assert!(matches!(
+            with_nodes("node = \"rv1\"\nnodes = []"),
+            Err(ConfigError::Nodes(NodeListError::Empty))
+        ));
         let ops: ServerConfig = toml::from_str(&text.replace(
             "[limits]",
             "socket_buffer_bytes = 1048576\nmetrics_listen = \"127.0.0.1:9700\"\n[limits]",

@@ -14,6 +14,7 @@ use rand::{CryptoRng, RngCore};
 use sightwire_id::{DeviceId, PublicKey};
 use sightwire_signal::cert::{CertificateError, IdCertificate, TrustedIssuers};
 use sightwire_signal::grant::{GRANT_NONCE_LEN, GrantClaims, GrantRole, RelayGrantKey};
+use sightwire_signal::nodes::{NodeList, NodeName};
 use sightwire_signal::{
     Body, Candidate, CandidateSet, CandidateUpdate, Close, CloseReason, ConnectId, ConnectOffer,
     ConnectRequest, ConnectResponse, Consent, DecodeError, Envelope, ErrorCode, ErrorReply,
@@ -217,6 +218,35 @@ pub struct CoreConfig {
     /// How long a request waits for the registry before it is answered `INTERNAL`
     /// ([`DEFAULT_REGISTRY_TIMEOUT`]).
     pub registry_timeout: Duration,
+    /// The deployment's nodes and which one this is (`spec/multinode.md`): a node then
+    /// refuses, with `NOT_HOME`, a registration for an ID it is neither the home nor the
+    /// successor of. `None` (the default): a lone node, every ID is at home.
+    pub deployment: Option<Deployment>,
+}
+
+/// The nodes of a deployment, as this node sees them: the list every device and viewer
+/// also holds, and this node's place in it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Deployment {
+    /// Every node of the deployment, by name (the names are what is hashed).
+    pub nodes: NodeList<()>,
+    /// This node's index in `nodes`.
+    pub this: usize,
+}
+
+impl Deployment {
+    /// Node `this` of `nodes`; `None` if `this` is not listed.
+    pub fn new(nodes: NodeList<()>, this: &NodeName) -> Option<Self> {
+        let this = nodes.position(this)?;
+        Some(Self { nodes, this })
+    }
+
+    /// Whether this node may hold `device_id`'s registration: it is the ID's home or
+    /// successor.
+    pub fn serves(&self, device_id: DeviceId) -> bool {
+        self.nodes.serves(self.this, device_id.to_bytes())
+    }
 }
 
 impl Default for CoreConfig {
@@ -242,6 +272,7 @@ impl Default for CoreConfig {
             max_pending_probes: MAX_PENDING_PROBES,
             max_pending_lookups: DEFAULT_MAX_PENDING_LOOKUPS,
             registry_timeout: DEFAULT_REGISTRY_TIMEOUT,
+            deployment: None,
         }
     }
 }
@@ -346,6 +377,9 @@ pub struct Stats {
     /// Online devices dropped because the registry announced their revocation
     /// ([`Rendezvous::handle_revoked`]).
     pub revocations_applied: u64,
+    /// Registrations refused because this node is neither the home nor the successor of
+    /// the ID (`NOT_HOME`, `spec/multinode.md` §3).
+    pub not_home: u64,
 }
 
 /// Where an attempt stands.
@@ -1234,6 +1268,15 @@ impl<S: Copy + Eq + Hash + fmt::Debug> Rendezvous<S> {
         )?;
         let certificate = register.certificate;
         let device = certificate.device_id();
+        // Before the certificate is checked: the answer depends on the ID and the node
+        // list only, both public, so it tells nobody anything.
+        if let Some(deployment) = &self.config.deployment
+            && !deployment.serves(certificate.device_id())
+        {
+            self.stats.not_home += 1;
+            tracing::info!(%device, source = %from.address, "registration refused: not this ID's home or successor");
+            return Err(error(ErrorCode::NotHome).into());
+        }
         let fields = match certificate.verify(&self.trust, self.unix(now)) {
             Ok(fields) => *fields,
             Err(reason) => {

@@ -122,6 +122,7 @@ pub static METRICS: &[Metric<Snapshot>] = &[
         .with_labels(&[("reason", "outbox_full")]),
     counter(REFUSALS, REFUSALS_HELP, |s| s.core.registry_errors)
         .with_labels(&[("reason", "registry_error")]),
+    counter(REFUSALS, REFUSALS_HELP, |s| s.core.not_home).with_labels(&[("reason", "not_home")]),
     counter(
         "sightwire_rendezvous_handshakes_total",
         "Noise handshakes completed (first ones and rekeys).",

@@ -84,6 +84,66 @@ fn device_registers_and_learns_its_observed_address() {
     );
 }
 
+/// A node of a three-node deployment holds the IDs it is home or successor of, and
+/// refuses the others with `NOT_HOME` (spec/multinode.md §3) before looking at the
+/// certificate.
+#[test]
+fn a_node_refuses_ids_it_is_neither_home_nor_successor_of() {
+    use sightwire_rendezvous::Deployment;
+    use sightwire_signal::nodes::{NodeList, NodeName};
+    let names: Vec<NodeName> = ["rv1", "rv2", "rv3"]
+        .iter()
+        .map(|n| NodeName::new(n).unwrap())
+        .collect();
+    let nodes = NodeList::new(names.iter().map(|n| (n.clone(), ())).collect()).unwrap();
+    let mut config = CoreConfig::default();
+    config.deployment = Some(Deployment::new(nodes.clone(), &names[0]).unwrap());
+    let mut h = Harness::new(config);
+    let (mut served, mut refused) = (0, 0);
+    for n in 1..=60 {
+        let replies = h.register(n);
+        if nodes.serves(0, device_id(n).to_bytes()) {
+            assert!(
+                matches!(
+                    replies.as_slice(),
+                    [(
+                        _,
+                        Envelope {
+                            body: Body::RegisterAck(_),
+                            ..
+                        }
+                    )]
+                ),
+                "{n}: {replies:?}"
+            );
+            served += 1;
+        } else {
+            assert_eq!(error_of(&replies).code, ErrorCode::NotHome, "{n}");
+            refused += 1;
+        }
+    }
+    // With three nodes a node is home or successor of two IDs in three.
+    assert!((30..=50).contains(&served), "served {served} of 60");
+    assert_eq!(h.core.online(), served);
+    assert_eq!(h.core.stats().not_home, refused);
+    assert_eq!(h.core.stats().certificates_refused, 0);
+    // Even a forged certificate gets NOT_HOME, not CERTIFICATE_INVALID: the answer
+    // depends on public things only.
+    let n = (1..)
+        .find(|n| !nodes.serves(0, device_id(*n).to_bytes()))
+        .unwrap();
+    let mut message = register_message(certificate(n, 1));
+    let bytes = certificate(n, 1).to_bytes();
+    let at = message
+        .windows(bytes.len())
+        .position(|w| w == &bytes[..])
+        .unwrap();
+    // The last byte of the issuer's signature.
+    message[at + bytes.len() - 1] ^= 1;
+    let replies = h.send(&device_peer(n), &message);
+    assert_eq!(error_of(&replies).code, ErrorCode::NotHome);
+}
+
 #[test]
 fn impersonation_is_refused_and_the_real_registration_is_untouched() {
     let mut h = Harness::new(CoreConfig::default());

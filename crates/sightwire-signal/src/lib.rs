@@ -11,6 +11,8 @@
 //! - [`grant`]: relay grant tokens (HMAC-SHA256 under a key shared with the relay).
 //! - `SignalCodec` (feature `codec`): length-prefixed framing for stream transports
 //!   (`tokio-util`).
+//! - [`nodes`]: the rendezvous nodes of a deployment and which one a device ID lives on
+//!   (highest random weight hashing, `spec/multinode.md`).
 //! - [`punch`]: conversions to and from `sightwire-punch`'s signal types.
 //! - [`server_addr`]: a server's address as configured: an IP socket address or a
 //!   checked host name and port (resolving it is the endpoint driver's job).
@@ -58,6 +60,7 @@ pub mod cert;
 mod codec;
 pub mod grant;
 mod message;
+pub mod nodes;
 pub mod punch;
 pub mod server_addr;
 

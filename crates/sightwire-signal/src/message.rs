@@ -330,6 +330,9 @@ pub enum ErrorCode {
     /// The device cannot be reached by this viewer: unknown, offline, refused, or no
     /// consent in time — deliberately indistinguishable.
     Unavailable,
+    /// A registration reached a node that is neither the home nor the successor of the
+    /// device's ID (`spec/multinode.md` §3): the device's node list is stale or wrong.
+    NotHome,
     /// A code this implementation does not know (from a newer peer).
     Unknown(i32),
 }
@@ -850,6 +853,7 @@ impl ErrorCode {
             ErrorCode::PaddingRequired => P::PaddingRequired as i32,
             ErrorCode::Internal => P::Internal as i32,
             ErrorCode::Unavailable => P::Unavailable as i32,
+            ErrorCode::NotHome => P::NotHome as i32,
             ErrorCode::Unknown(raw) => raw,
         }
     }
@@ -873,6 +877,7 @@ impl ErrorCode {
             Ok(P::PaddingRequired) => ErrorCode::PaddingRequired,
             Ok(P::Internal) => ErrorCode::Internal,
             Ok(P::Unavailable) => ErrorCode::Unavailable,
+            Ok(P::NotHome) => ErrorCode::NotHome,
             Ok(P::Unspecified) | Err(_) => ErrorCode::Unknown(raw),
         }
     }

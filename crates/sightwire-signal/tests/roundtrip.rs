@@ -214,7 +214,10 @@ fn body() -> impl Strategy<Value = Body> {
                 Just(ErrorCode::Offline),
                 Just(ErrorCode::RateLimited),
                 Just(ErrorCode::PaddingRequired),
-                (16i32..).prop_map(ErrorCode::Unknown),
+                Just(ErrorCode::Unavailable),
+                Just(ErrorCode::NotHome),
+                // Past the last known code (NOT_HOME, 17): decoded as unknown.
+                (18i32..).prop_map(ErrorCode::Unknown),
             ],
             prop::option::of(prop_oneof![
                 Just(Limit::LookupRate),

@@ -218,3 +218,59 @@ fn relay_grants_match_the_vectors() {
         assert_eq!(key.verify(&token, vector.verify_at), Ok(claims));
     }
 }
+
+#[derive(Deserialize)]
+struct NodesFile {
+    vectors: Vec<NodesVector>,
+}
+
+#[derive(Deserialize)]
+struct NodesVector {
+    nodes: Vec<String>,
+    device_id: String,
+    weights: std::collections::BTreeMap<String, String>,
+    home: String,
+    successor: Option<String>,
+}
+
+/// Homes and successors (spec/multinode.md §3) as `spec/vectors/nodes-gen.py` computes
+/// them with Python's own BLAKE2s.
+#[test]
+fn node_homes_match_the_vectors() {
+    use sightwire_signal::nodes::{NodeList, NodeName, weight};
+    let file: NodesFile = load("nodes.json");
+    assert!(file.vectors.len() >= 40);
+    for v in file.vectors {
+        let id: [u8; 6] = unhex(&v.device_id);
+        let list = NodeList::new(
+            v.nodes
+                .iter()
+                .map(|n| (NodeName::new(n).unwrap(), ()))
+                .collect(),
+        )
+        .unwrap();
+        for (name, ()) in list.iter() {
+            assert_eq!(
+                format!("{:016x}", weight(name, id)),
+                v.weights[name.as_str()],
+                "weight of {} on {name}",
+                v.device_id
+            );
+        }
+        let (home, successor) = list.home_and_successor(id);
+        let name = |i: usize| list.get(i).unwrap().0.as_str().to_owned();
+        assert_eq!(
+            name(home),
+            v.home,
+            "home of {} in {:?}",
+            v.device_id,
+            v.nodes
+        );
+        assert_eq!(
+            successor.map(name),
+            v.successor,
+            "successor of {}",
+            v.device_id
+        );
+    }
+}

@@ -10,6 +10,8 @@ use sightwire_session::{PublicKey, StaticKeypair};
 use sightwire_signal::cert::{IdCertificate, TrustedIssuers};
 use sightwire_signal::server_addr::ServerAddr;
 
+use crate::nodes::RendezvousNodes;
+
 /// Which paths an endpoint may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -91,8 +93,16 @@ impl fmt::Debug for DeviceIdentity {
 pub struct DeviceConfig {
     /// Who the device is.
     pub identity: DeviceIdentity,
-    /// The rendezvous to register with.
+    /// The rendezvous to register with (with [`DeviceConfig::nodes`]: the ID's home).
     pub rendezvous: RendezvousServer,
+    /// The deployment's rendezvous nodes, when there are several (`spec/multinode.md`):
+    /// the device registers with its ID's home, moves to the successor when the home
+    /// stops answering, and tries the home again after [`DeviceConfig::home_retry`].
+    pub nodes: Option<RendezvousNodes>,
+    /// With [`DeviceConfig::nodes`]: least time on the successor before the home is tried
+    /// again (plus up to as long again at random; doubling while the home stays away).
+    /// Default [`crate::nodes::HOME_RETRY_MIN`].
+    pub home_retry: Duration,
     /// Local address to bind the UDP socket to (`0.0.0.0:0` picks any port).
     pub bind: SocketAddr,
     /// The device password viewers may prove (the camera's admin password). `None`: only
@@ -124,6 +134,8 @@ impl DeviceConfig {
         Self {
             identity,
             rendezvous,
+            nodes: None,
+            home_retry: crate::nodes::HOME_RETRY_MIN,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             password: None,
             trusted_viewers: Vec::new(),
@@ -134,6 +146,19 @@ impl DeviceConfig {
             gop_cache: GopCacheConfig::default(),
             default_streams: StreamSet::ALL,
         }
+    }
+}
+
+impl DeviceConfig {
+    /// A device of a deployment with several rendezvous nodes: it registers with its
+    /// ID's home among `nodes` (`spec/multinode.md` §3); otherwise the defaults of
+    /// [`DeviceConfig::new`].
+    pub fn with_nodes(identity: DeviceIdentity, nodes: RendezvousNodes) -> Self {
+        let id = identity.certificate.device_id();
+        let home = nodes.servers_for(id).swap_remove(0);
+        let mut config = Self::new(identity, home);
+        config.nodes = Some(nodes);
+        config
     }
 }
 
@@ -191,8 +216,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct ViewerConfig {
     /// The viewer's own static key pair (devices may remember it as trusted).
     pub keypair: StaticKeypair,
-    /// The rendezvous to ask.
+    /// The rendezvous to ask (ignored when [`ViewerConfig::nodes`] is set).
     pub rendezvous: RendezvousServer,
+    /// The deployment's rendezvous nodes, when there are several (`spec/multinode.md`):
+    /// a camera is looked up at its ID's home, and at the successor when the home
+    /// cannot introduce it. A [`crate::ViewerEndpoint`] then holds one socket and one
+    /// rendezvous session per node.
+    pub nodes: Option<RendezvousNodes>,
     /// Issuers whose ID certificates the viewer believes.
     pub issuers: TrustedIssuers,
     /// Local address to bind the UDP socket to.
@@ -219,6 +249,7 @@ impl ViewerConfig {
         Self {
             keypair,
             rendezvous,
+            nodes: None,
             issuers,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -227,6 +258,39 @@ impl ViewerConfig {
             path_policy: PathPolicy::Any,
             socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
         }
+    }
+}
+
+impl ViewerConfig {
+    /// This configuration for one node: the same keys, issuers and settings, `server` as
+    /// the rendezvous, no node list.
+    pub(crate) fn for_node(&self, server: RendezvousServer) -> Self {
+        Self {
+            keypair: self.keypair.clone(),
+            rendezvous: server,
+            nodes: None,
+            issuers: self.issuers.clone(),
+            bind: self.bind,
+            connect_timeout: self.connect_timeout,
+            want_relay: self.want_relay,
+            media: self.media.clone(),
+            path_policy: self.path_policy,
+            socket_buffer_bytes: self.socket_buffer_bytes,
+        }
+    }
+
+    /// A viewer of a deployment with several rendezvous nodes; otherwise the defaults
+    /// of [`ViewerConfig::new`].
+    pub fn with_nodes(
+        keypair: StaticKeypair,
+        nodes: RendezvousNodes,
+        issuers: TrustedIssuers,
+    ) -> Self {
+        let first = nodes.iter().next().map(|(_, server)| server.clone());
+        let first = first.expect("a node list is never empty");
+        let mut config = Self::new(keypair, first, issuers);
+        config.nodes = Some(nodes);
+        config
     }
 }
 

@@ -15,6 +15,7 @@ use crate::config::{Credentials, DeviceConfig, RendezvousServer, Target, ViewerC
 use crate::driver::{Command, Driver};
 use crate::error::{ConnectError, EndpointStopped};
 use crate::events::{Event, PeerId};
+use crate::nodes::RendezvousNodes;
 use crate::proto::{DeviceSettings, Endpoint, EndpointConfig, Recipients, WatchId, WatchRequest};
 
 /// Queued application events per device, or per watched camera; beyond it events are
@@ -113,6 +114,8 @@ impl Device {
         let DeviceConfig {
             identity,
             rendezvous,
+            nodes,
+            home_retry,
             bind,
             password,
             trusted_viewers,
@@ -134,7 +137,13 @@ impl Device {
         let task = Task::bind(
             bind,
             socket_buffer_bytes,
-            |port| endpoint_config(identity.keypair, rendezvous, media, path_policy, port),
+            |port| {
+                let mut config =
+                    endpoint_config(identity.keypair, rendezvous, media, path_policy, port);
+                config.nodes = nodes;
+                config.home_retry = home_retry;
+                config
+            },
             |config, now| Endpoint::device(config, settings, now),
             Some(event_tx),
         )
@@ -213,14 +222,42 @@ pub struct ViewerEndpoint {
     task: Task,
     connect_timeout: Duration,
     want_relay: bool,
+    /// With several rendezvous nodes: the list, and one endpoint per node (`task` is
+    /// the first node's), each with its own socket and rendezvous session.
+    nodes: Option<(RendezvousNodes, Vec<Task>)>,
 }
 
 impl ViewerEndpoint {
-    /// Binds the socket and opens the rendezvous session.
-    pub async fn bind(config: ViewerConfig) -> std::io::Result<Self> {
+    /// Binds the socket and opens the rendezvous session; with several rendezvous nodes
+    /// ([`ViewerConfig::nodes`]), one socket and one session per node (the first node's
+    /// socket on [`ViewerConfig::bind`], the others on its IP with any port).
+    pub async fn bind(mut config: ViewerConfig) -> std::io::Result<Self> {
+        let Some(nodes) = config.nodes.take() else {
+            return Self::bind_one(config).await;
+        };
+        let mut tasks = Vec::with_capacity(nodes.len());
+        for (index, (_, server)) in nodes.iter().enumerate() {
+            let mut one = config.for_node(server.clone());
+            if index > 0 {
+                one.bind.set_port(0);
+            }
+            tasks.push(Self::bind_one(one).await?.task);
+        }
+        let mut tasks = tasks.into_iter();
+        let first = tasks.next().expect("a node list is never empty");
+        Ok(Self {
+            task: first,
+            connect_timeout: config.connect_timeout,
+            want_relay: config.want_relay,
+            nodes: Some((nodes, tasks.collect())),
+        })
+    }
+
+    async fn bind_one(config: ViewerConfig) -> std::io::Result<Self> {
         let ViewerConfig {
             keypair,
             rendezvous,
+            nodes: _,
             issuers,
             bind,
             connect_timeout,
@@ -241,7 +278,22 @@ impl ViewerEndpoint {
             task,
             connect_timeout,
             want_relay,
+            nodes: None,
         })
+    }
+
+    /// The endpoint of node `index` of the list.
+    fn node_task(&self, index: usize) -> Option<&Task> {
+        match (index, &self.nodes) {
+            (0, _) => Some(&self.task),
+            (_, Some((_, rest))) => rest.get(index - 1),
+            (_, None) => None,
+        }
+    }
+
+    /// Every endpoint: the first node's, then the others'.
+    fn tasks(&self) -> impl Iterator<Item = &Task> {
+        std::iter::once(&self.task).chain(self.nodes.iter().flat_map(|(_, rest)| rest.iter()))
     }
 
     /// The local socket address.
@@ -260,23 +312,92 @@ impl ViewerEndpoint {
         target: Target,
         credentials: Credentials,
     ) -> Result<Viewer, ConnectError> {
-        let mut request = WatchRequest::new(target, credentials);
-        request.connect_timeout = self.connect_timeout;
-        request.want_relay = self.want_relay;
-        watch(&self.task.commands, self.task.local_addr, request, None).await
+        let request = |credentials| {
+            let mut request = WatchRequest::new(target, credentials);
+            request.connect_timeout = self.connect_timeout;
+            request.want_relay = self.want_relay;
+            request
+        };
+        let Some((nodes, _)) = &self.nodes else {
+            return watch(
+                &self.task.commands,
+                self.task.local_addr,
+                request(credentials),
+                None,
+            )
+            .await;
+        };
+        // The ID's home first, then its successor (spec/multinode.md §3).
+        let order = nodes.indexes_for(target.device_id());
+        let mut first_error = None;
+        for index in order {
+            let Some(task) = self.node_task(index) else {
+                continue;
+            };
+            let attempt = watch(
+                &task.commands,
+                task.local_addr,
+                request(credentials.clone()),
+                None,
+            )
+            .await;
+            match attempt {
+                Err(error) if try_next_node(&error) => {
+                    first_error = Some(prefer_error(first_error, error));
+                }
+                result => return result,
+            }
+        }
+        Err(first_error.unwrap_or(ConnectError::Unavailable))
     }
 
     /// Tells the endpoint the network changed: every watch reconnects through the
     /// rendezvous and every path is looked for again.
     pub async fn network_changed(&self) -> Result<(), EndpointStopped> {
-        self.task.command(Command::NetworkChanged).await
+        for task in self.tasks() {
+            task.command(Command::NetworkChanged).await?;
+        }
+        Ok(())
     }
 
     /// Closes every watch and stops the endpoint.
     pub async fn shutdown(mut self) {
         self.task.shutdown().await;
+        if let Some((_, rest)) = &mut self.nodes {
+            for task in rest {
+                task.shutdown().await;
+            }
+        }
     }
 }
+
+/// Whether a watch refused by one node is tried at the next: the home may be down
+/// (unreachable, or silent since the request: a timeout), or not hold the device (its
+/// home was down when it registered, so it is on the successor).
+fn try_next_node(error: &ConnectError) -> bool {
+    matches!(
+        error,
+        ConnectError::Unavailable
+            | ConnectError::Timeout
+            | ConnectError::RendezvousUnreachable
+            | ConnectError::RendezvousUnresolved(_)
+            | ConnectError::Rendezvous(_)
+    )
+}
+
+/// Which of two nodes' refusals to report: a node that answered says more than one that
+/// did not.
+fn prefer_error(earlier: Option<ConnectError>, later: ConnectError) -> ConnectError {
+    match (earlier, later) {
+        (
+            Some(earlier),
+            ConnectError::RendezvousUnreachable | ConnectError::RendezvousUnresolved(_),
+        ) => earlier,
+        (_, later) => later,
+    }
+}
+
+impl ViewerEndpoint {}
 
 async fn watch(
     commands: &mpsc::Sender<Command>,
@@ -333,10 +454,13 @@ impl Viewer {
     /// device key, and proves it may watch. Resolves once frames can flow, or with why
     /// not. To watch several cameras from one socket, use [`ViewerEndpoint`].
     pub async fn connect(
-        config: ViewerConfig,
+        mut config: ViewerConfig,
         target: Target,
         credentials: Credentials,
     ) -> Result<Self, ConnectError> {
+        if let Some(nodes) = config.nodes.take() {
+            return Self::connect_through_nodes(config, nodes, target, credentials).await;
+        }
         let mut request = WatchRequest::new(target, credentials);
         request.connect_timeout = config.connect_timeout;
         request.want_relay = config.want_relay;
@@ -346,6 +470,33 @@ impl Viewer {
         let task = endpoint.task;
         let (commands, local_addr) = (task.commands.clone(), task.local_addr);
         watch(&commands, local_addr, request, Some(task)).await
+    }
+
+    /// [`Viewer::connect`] with several nodes: an endpoint of its own at the ID's home,
+    /// and if the home cannot introduce it, another at the successor.
+    async fn connect_through_nodes(
+        config: ViewerConfig,
+        nodes: RendezvousNodes,
+        target: Target,
+        credentials: Credentials,
+    ) -> Result<Self, ConnectError> {
+        let servers = nodes.servers_for(target.device_id());
+        let mut first_error = None;
+        for server in servers {
+            match Box::pin(Self::connect(
+                config.for_node(server),
+                target,
+                credentials.clone(),
+            ))
+            .await
+            {
+                Err(error) if try_next_node(&error) => {
+                    first_error = Some(prefer_error(first_error, error));
+                }
+                result => return result,
+            }
+        }
+        Err(first_error.unwrap_or(ConnectError::Unavailable))
     }
 
     /// The connection's id when the watch connected. After a reconnect (the viewer

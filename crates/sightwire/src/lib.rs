@@ -61,6 +61,7 @@ mod driver;
 mod endpoint;
 mod error;
 mod events;
+pub mod nodes;
 pub mod proto;
 
 pub use config::{
@@ -75,6 +76,7 @@ pub use error::{ConnectError, EndpointStopped, ResolveError, SocketError};
 pub use events::{
     Event, FrameError, Path, PeerClosedReason, PeerId, PeerStats, Transport, path_kind_name,
 };
+pub use nodes::{NodeName, RendezvousNodes};
 pub use sightwire_media::{
     Codec, DEFAULT_MAX_FRAME_SIZE, Frame, PacketizeError, ReceivedFrame, SendError,
     Stats as MediaStats, StreamId, StreamSet,

@@ -127,6 +127,14 @@ pub struct EndpointConfig {
     pub path_policy: PathPolicy,
     /// The local UDP port (host candidates are the local IP with this port).
     pub local_port: u16,
+    /// The deployment's rendezvous nodes, when there are several (`spec/multinode.md`):
+    /// a device registers with its ID's home among them, moving to the successor when
+    /// the home stops answering. `None`: [`EndpointConfig::rendezvous`] alone.
+    pub nodes: Option<crate::nodes::RendezvousNodes>,
+    /// A device registered with its successor tries its home again after this long (and
+    /// up to as long again at random), doubling after each failed try
+    /// ([`crate::nodes::HOME_RETRY_MIN`] by default).
+    pub home_retry: Duration,
     /// Randomness for handshakes (ephemeral keys, session indices) and punch agents. The
     /// driver passes an OS-seeded generator; tests pass a seeded one and replay exactly.
     pub rng: Box<dyn SessionRng>,
@@ -156,6 +164,8 @@ impl EndpointConfig {
             media: crate::config::default_media_config(),
             path_policy: PathPolicy::Any,
             local_port: 0,
+            nodes: None,
+            home_retry: crate::nodes::HOME_RETRY_MIN,
             rng,
         }
     }
@@ -278,6 +288,8 @@ timers! {
         ProbeTimeout,
         /// No rendezvous session over UDP yet: fall back to the stream.
         StreamFallback,
+        /// A device registered with its successor node tries its home again.
+        NodeHome,
     }
 }
 
@@ -305,7 +317,7 @@ pub struct Endpoint {
     packetizer: MediaConnection,
     outbox: Outbox,
     events: VecDeque<EndpointEvent>,
-    timers: TimerTable<EndpointTimer, 9>,
+    timers: TimerTable<EndpointTimer, 10>,
     encode: BytesMut,
     agent_rng: StdRng,
     local_port: u16,
@@ -381,6 +393,21 @@ impl Endpoint {
             ),
             Role::Viewer(_) => SessionTable::new(config.keypair, SessionConfig::default(), rng),
         };
+        // A device with several nodes starts at its ID's home (spec/multinode.md §3).
+        let route = match (&role, &config.nodes) {
+            (Role::Device(device), Some(nodes)) if nodes.len() > 1 => {
+                Some(crate::nodes::NodeRoute::new(
+                    nodes,
+                    device.certificate.device_id(),
+                    config.home_retry,
+                ))
+            }
+            _ => None,
+        };
+        let rendezvous = match &route {
+            Some(route) => route.current().clone(),
+            None => config.rendezvous,
+        };
         let mut timers = TimerTable::default();
         timers.set(EndpointTimer::RendezvousRetry, now);
         timers.set(EndpointTimer::Stats, now + STATS_INTERVAL);
@@ -389,7 +416,7 @@ impl Endpoint {
             unix_now: 0,
             role,
             sessions,
-            rendezvous: RendezvousLink::new(config.rendezvous),
+            rendezvous: RendezvousLink::new(rendezvous, route),
             conns: BTreeMap::new(),
             by_session: HashMap::new(),
             by_channel: HashMap::new(),
@@ -956,6 +983,7 @@ impl Endpoint {
             EndpointTimer::RegisterRetry => self.send_register(now),
             EndpointTimer::RendezvousSilent => self.rendezvous_silent(now),
             EndpointTimer::ProbeTimeout => self.probe_timed_out(now),
+            EndpointTimer::NodeHome => self.try_home_node(now),
             EndpointTimer::Stats => {
                 self.timers.set(EndpointTimer::Stats, now + STATS_INTERVAL);
                 self.report_stats();
@@ -1127,6 +1155,8 @@ impl Endpoint {
                     {
                         self.rendezvous_key_refused(now);
                     }
+                    // A node that cannot complete a handshake is as good as gone.
+                    self.next_node(now, "handshake failed");
                 } else if let Some(id) = self.by_session.remove(&session) {
                     // A raced early handshake that failed leaves the other one running.
                     if !self.keep_handshake(id, |other, _| other != session) {

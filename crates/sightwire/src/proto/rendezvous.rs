@@ -20,6 +20,7 @@ use super::{Endpoint, EndpointTimer, Role, STREAM_FALLBACK_AFTER};
 use crate::config::RendezvousServer;
 use crate::error::{ConnectError, ResolveError};
 use crate::events::{Event, PeerClosedReason, PeerId};
+use crate::nodes::NodeRoute;
 
 /// A request to the rendezvous unanswered this long is followed by a liveness retry;
 /// after [`LINK_RETRIES`] of them the link is declared dead and re-established (which
@@ -91,11 +92,14 @@ pub(crate) struct RendezvousLink {
     unreachable_reported: bool,
     /// The server holds another key (its last handshake answer said so).
     pub(crate) key_refused: bool,
+    /// A device's home and successor among several nodes (`spec/multinode.md` §3).
+    route: Option<NodeRoute>,
 }
 
 impl RendezvousLink {
-    pub(crate) fn new(server: RendezvousServer) -> Self {
+    pub(crate) fn new(server: RendezvousServer, route: Option<NodeRoute>) -> Self {
         Self {
+            route,
             addresses: server.address.socket_addr().into_iter().collect(),
             current: None,
             address_try: ADDRESS_TRY,
@@ -184,6 +188,11 @@ impl Endpoint {
                 // resolve again.
                 if self.rendezvous.addresses.len() > 1
                     || self.rendezvous.server.address.name().is_some()
+                    || self
+                        .rendezvous
+                        .route
+                        .as_ref()
+                        .is_some_and(NodeRoute::has_alternative)
                 {
                     self.timers.set(
                         EndpointTimer::RendezvousNextAddress,
@@ -212,6 +221,11 @@ impl Endpoint {
         let next = match position {
             Some(p) if p + 1 < link.addresses.len() => p + 1,
             _ => {
+                // Every address of this node went unanswered: a device with another
+                // node moves there (spec/multinode.md §3).
+                if self.next_node(now, "no answer") {
+                    return;
+                }
                 // A round through the list went unanswered: slower next time, and the
                 // name may point elsewhere by now.
                 self.rendezvous.address_try =
@@ -509,6 +523,109 @@ impl Endpoint {
         if was_registered {
             self.emit(None, Event::RendezvousLost);
         }
+        // A device with several nodes registers with the other one at once.
+        self.next_node(now, "link lost");
+    }
+
+    /// A device with several nodes moves to the other of its two (home → successor, or
+    /// back): the link starts over on that node's addresses, at once. Returns whether it
+    /// moved.
+    pub(crate) fn next_node(&mut self, now: Instant, why: &str) -> bool {
+        let Some(route) = self
+            .rendezvous
+            .route
+            .as_mut()
+            .filter(|r| r.has_alternative())
+        else {
+            return false;
+        };
+        let server = route.advance().clone();
+        if route.at_home() {
+            // Both nodes were tried: each gets longer to answer in the next round, as
+            // the addresses of one node do, so two dead nodes are not hammered.
+            self.rendezvous.address_try =
+                (self.rendezvous.address_try * 2).min(RENDEZVOUS_RETRY_MAX);
+        }
+        tracing::info!(address = %server.address, why, "moving to the other rendezvous node");
+        self.use_node(now, server);
+        true
+    }
+
+    /// Registered with the successor: try the home again later (with jitter, so the
+    /// devices of a node that comes back do not all return at once).
+    fn schedule_home_retry(&mut self, now: Instant) {
+        if let Some(route) = self.rendezvous.route.as_mut() {
+            route.registered();
+        }
+        let Some(route) = self.rendezvous.route.as_ref() else {
+            return;
+        };
+        if route.at_home() {
+            self.timers.stop(EndpointTimer::NodeHome);
+            if let Some(route) = self.rendezvous.route.as_mut() {
+                route.registered_at_home();
+            }
+            return;
+        }
+        if !self.timers.is_set(EndpointTimer::NodeHome) {
+            let delay = route.home_retry_delay(&mut self.agent_rng);
+            self.timers.set(EndpointTimer::NodeHome, now + delay);
+        }
+    }
+
+    /// Time to try the home again: the successor is told the device is leaving, and the
+    /// link starts over on the home. If the home still does not answer, the device is
+    /// back on the successor one address try later, and waits twice as long next time.
+    pub(crate) fn try_home_node(&mut self, now: Instant) {
+        let Some(route) = self.rendezvous.route.as_mut().filter(|r| !r.at_home()) else {
+            return;
+        };
+        if !self.conns.is_empty() {
+            // Viewers are being served or connected through this node: not now.
+            let delay = route.home_retry_delay(&mut self.agent_rng);
+            self.timers.set(EndpointTimer::NodeHome, now + delay);
+            return;
+        }
+        let server = route.go_home().clone();
+        tracing::info!(address = %server.address, "trying the home rendezvous node again");
+        self.send_deregister(now);
+        self.use_node(now, server);
+    }
+
+    /// Starts the link over on `server`.
+    fn use_node(&mut self, now: Instant, server: RendezvousServer) {
+        if let Some(session) = self.rendezvous.session.take() {
+            self.sessions.close(session);
+        }
+        let was_registered = self.rendezvous.registered;
+        let link = &mut self.rendezvous;
+        link.ready = false;
+        link.registered = false;
+        link.register = None;
+        link.unanswered = 0;
+        link.tuner.abort();
+        link.addresses = server.address.socket_addr().into_iter().collect();
+        link.server = server;
+        link.current = None;
+        link.resolution = Resolution::Idle;
+        link.unresolved = None;
+        link.key_refused = false;
+        link.retry_backoff = RENDEZVOUS_RETRY_MIN;
+        for timer in [
+            EndpointTimer::Keepalive,
+            EndpointTimer::KeepaliveTimeout,
+            EndpointTimer::RegisterRetry,
+            EndpointTimer::ProbeTimeout,
+            EndpointTimer::RendezvousNextAddress,
+            EndpointTimer::NodeHome,
+        ] {
+            self.timers.stop(timer);
+        }
+        self.want_resolve();
+        self.timers.set(EndpointTimer::RendezvousRetry, now);
+        if was_registered {
+            self.emit(None, Event::RendezvousLost);
+        }
     }
 
     /// Seals a signaling message on the rendezvous session and queues it.
@@ -576,7 +693,8 @@ impl Endpoint {
                 self.timers.set(EndpointTimer::Keepalive, first);
                 self.rendezvous.retry_backoff = RENDEZVOUS_RETRY_MIN;
                 self.note_observed(now, ack.observed);
-                tracing::info!(observed = %ack.observed, "registered with the rendezvous");
+                tracing::info!(observed = %ack.observed, address = ?self.rendezvous.current, "registered with the rendezvous");
+                self.schedule_home_retry(now);
                 self.emit(
                     None,
                     Event::Registered {
@@ -684,6 +802,18 @@ impl Endpoint {
     fn on_rendezvous_error(&mut self, now: Instant, request_id: u64, code: ErrorCode) {
         tracing::warn!(?code, request_id, "rendezvous error");
         match (&self.role, code) {
+            (Role::Device(_), ErrorCode::NotHome) if self.rendezvous.route.is_some() => {
+                // Our list and the node's disagree: the other node of the two, after a
+                // wait that grows while refusals go on (both nodes may refuse).
+                self.emit(None, Event::RendezvousError { code });
+                let wait = self.rendezvous.route.as_mut().map(NodeRoute::refused);
+                if self.next_node(now, "not this ID's home") {
+                    let wait = wait.unwrap_or(RENDEZVOUS_RETRY_MAX);
+                    self.timers.set(EndpointTimer::RendezvousRetry, now + wait);
+                } else {
+                    self.schedule_rendezvous_retry(now);
+                }
+            }
             (Role::Device(_), ErrorCode::NotRegistered) => {
                 // Presence expired or the server restarted: register again now.
                 self.rendezvous.registered = false;
