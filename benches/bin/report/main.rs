@@ -7,7 +7,8 @@
 //!   Sightwire direct (two processes) and relayed, next to raw UDP between two processes
 //!   and SRT (`srt-live-transmit`, Debian's srt-tools, with raised buffers and window);
 //! - a bottleneck: decodable rate through the relay's policer / its capacity;
-//! - 100 concurrent 4 Mbit/s streams through one relay vs a trivial forwarder;
+//! - 100 concurrent 4 Mbit/s streams through one relay vs a trivial forwarder, and the
+//!   relay's batched socket I/O (recvmmsg, GSO/GRO) vs the same relay without it;
 //! - the rendezvous at scale, when `rendezvous-load` is built beside this binary.
 //!
 //! `cargo run --release -p sightwire-benches --bin bench-report -- --output BENCHMARKS.md`
@@ -644,6 +645,14 @@ fn report(args: &Args) -> anyhow::Result<()> {
             seconds.max(2.0),
         )?;
         let relay = relay_load::run(relay_load::Forwarder::Relay, streams, 4.0, seconds.max(2.0))?;
+        // The same relay with batching off, in the same run: the before/after figure of
+        // batched socket I/O (recvmmsg + GSO/GRO through quinn-udp).
+        let plain = relay_load::run(
+            relay_load::Forwarder::RelayPlain,
+            streams,
+            4.0,
+            seconds.max(2.0),
+        )?;
         writeln!(
             details,
             "\n### {streams} concurrent 4 Mbit/s streams through one forwarder\n"
@@ -654,7 +663,7 @@ fn report(args: &Args) -> anyhow::Result<()> {
             relay_load::DEADLINE.as_millis()
         )?;
         writeln!(details, "| --- | --- | --- | --- | --- | --- |")?;
-        for run in [&relay, &trivial] {
+        for run in [&relay, &plain, &trivial] {
             writeln!(
                 details,
                 "| {} | {} | {} ({:.2} %) | {:.3} | {} | {} |",
@@ -673,6 +682,13 @@ fn report(args: &Args) -> anyhow::Result<()> {
             fmt_opt(relay.cores_per_gbps, 3),
             fmt_opt(trivial.cores_per_gbps, 3),
             ratio(relay.cores_per_gbps, trivial.cores_per_gbps),
+        )?;
+        writeln!(
+            summary,
+            "| relay: {streams} × 4 Mbit/s, batched I/O (recvmmsg + GSO), CPU cores per Gbit/s forwarded | {} | {} (the same relay, one datagram per syscall) | {} |",
+            fmt_opt(relay.cores_per_gbps, 3),
+            fmt_opt(plain.cores_per_gbps, 3),
+            ratio(relay.cores_per_gbps, plain.cores_per_gbps),
         )?;
         let pct = |r: &relay_load::RelayLoad| {
             100.0 * r.frames_by_deadline as f64 / r.frames.max(1) as f64

@@ -2,7 +2,8 @@
 //! carrying `mbps` of 25 fps frames from its device side to its viewer side. The relay
 //! runs on a thread of its own, so its CPU time is the relay's alone; the reference is a
 //! trivial forwarder (receive, look the other side up by source address, send) carrying
-//! the same datagrams on the same kind of thread.
+//! the same datagrams on the same kind of thread. The relay runs twice, with its batched
+//! socket I/O on and off, for the before/after figure of batching.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +30,11 @@ const HEADER: usize = 4 + 4 + 2 + 2 + 8;
 /// What forwards the datagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Forwarder {
-    /// `sightwire_relay::RelayServer` with `RelayConfig::default()`.
+    /// `sightwire_relay::RelayServer` with `RelayConfig::default()` and its default
+    /// batched socket I/O (recvmmsg, GSO/GRO).
     Relay,
+    /// The same relay with batched I/O off: one datagram per syscall.
+    RelayPlain,
     /// The reference: receive, send to the other side, nothing else.
     Trivial,
 }
@@ -87,13 +91,14 @@ fn spawn_forwarder(
         runtime.block_on(async move {
             let before = thread_cpu();
             match forwarder {
-                Forwarder::Relay => {
+                Forwarder::Relay | Forwarder::RelayPlain => {
                     let server = RelayServer::bind(
                         "127.0.0.1:0".parse().expect("address"),
                         Relay::new(RelayConfig::default(), key),
                     )
                     .await
-                    .expect("relay bind");
+                    .expect("relay bind")
+                    .with_batched_io(forwarder == Forwarder::Relay);
                     let _ = address_tx.send(server.local_addr().expect("relay address"));
                     let _ = server.run(stopped).await;
                 }
@@ -192,7 +197,7 @@ async fn run_async(
         let device = UdpSocket::bind("127.0.0.1:0").await?;
         let viewer = UdpSocket::bind("127.0.0.1:0").await?;
         let channel = match forwarder {
-            Forwarder::Relay => {
+            Forwarder::Relay | Forwarder::RelayPlain => {
                 let channel = bind(
                     &device,
                     running.address,
@@ -287,7 +292,7 @@ async fn run_async(
                     payload[10..12].copy_from_slice(&fragments.to_be_bytes());
                     payload[12..20].copy_from_slice(&sent_at.to_be_bytes());
                     let len = match forwarder {
-                        Forwarder::Relay => RelayPacket::Data {
+                        Forwarder::Relay | Forwarder::RelayPlain => RelayPacket::Data {
                             channel,
                             payload: &payload,
                         }
@@ -320,7 +325,8 @@ async fn run_async(
     let cpu_seconds = cpu.map(|c| c.total().as_secs_f64());
     Ok(RelayLoad {
         forwarder: match forwarder {
-            Forwarder::Relay => "sightwire-relay",
+            Forwarder::Relay => "sightwire-relay, batched I/O",
+            Forwarder::RelayPlain => "sightwire-relay, one datagram per syscall",
             Forwarder::Trivial => "trivial UDP forwarder",
         },
         streams,

@@ -60,6 +60,7 @@
 // unless the wire fixes them (CHANGELOG.md, "API stability").
 #![warn(clippy::exhaustive_structs, clippy::exhaustive_enums)]
 
+mod batch;
 mod core;
 pub mod metrics;
 mod server;

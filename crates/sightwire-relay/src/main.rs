@@ -60,6 +60,11 @@ struct Args {
     /// net.core.rmem_max/wmem_max; the granted size is logged).
     #[arg(long, default_value_t = DEFAULT_SERVER_SOCKET_BUFFER_BYTES)]
     socket_buffer_bytes: usize,
+    /// Batched socket I/O: recvmmsg with GRO, and runs of datagrams to one destination
+    /// in one sendmsg with GSO, where the kernel offers them (spec/relay.md, "Socket I/O").
+    /// `--batched-io false` reads and sends one datagram per syscall.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    batched_io: bool,
     /// Serve /metrics, /healthz and /readyz on this TCP address (default: none).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -133,7 +138,9 @@ async fn main() -> anyhow::Result<()> {
     let relay = Relay::new(config, read_key(&args.grant_key_file)?);
     let (socket, buffers) = bind_tokio_udp(args.listen, args.socket_buffer_bytes)
         .with_context(|| format!("binding {}", args.listen))?;
-    let mut server = RelayServer::from_socket(socket, relay).with_metrics(metrics);
+    let mut server = RelayServer::from_socket(socket, relay)
+        .with_metrics(metrics)
+        .with_batched_io(args.batched_io);
     if let Some(listener) = stream_listener(&args).await? {
         server = server.with_stream(listener);
     }
