@@ -59,7 +59,8 @@ async fn bind(
             allocation_id,
             role,
             expires_at: unix_now() + 60,
-            device_id: [0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef],
+            device_id: sightwire_signal::DeviceId::from_bytes([0x1c, 0xc3, 0x16, 0xab, 0xcd, 0xef])
+                .expect("a unicast ID"),
             device_key: [1; 32].into(),
             viewer_key: [2; 32].into(),
         },
